@@ -1,0 +1,93 @@
+"""The exception tree of pytest-qrel.
+
+Every error a *user* can cause (a bad spec, missing data, a bad checkpoint, a missing or stale
+baseline) is a :class:`QrelError`. The pytest plugin prints these as one line, never a traceback;
+anything else escaping the library is a bug in pytest-qrel.
+
+::
+
+    QrelError                  base class; ``str(err)`` is the full one-line message
+    ├── SpecError              the suite YAML is wrong (file, line, field, fix)
+    ├── UnknownNameError       a registry lookup failed (lists known names, "did you mean")
+    ├── DataError              a dataset is missing or unreadable
+    │   └── DataMissingError   a dataset root does not exist (items are skipped, not failed)
+    ├── ModelError             a model or checkpoint cannot be loaded
+    └── BaselineError          a stored FP32 baseline cannot be used
+        ├── BaselineMissingError
+        └── BaselineStaleError (the fingerprint changed; names each field old -> new)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class QrelError(Exception):
+    """Base class of every error caused by user input."""
+
+
+class SpecError(QrelError):
+    """A suite file is invalid.
+
+    The message names the file (and line when known), the field, what is wrong and how to fix it.
+    """
+
+    def __init__(
+        self,
+        problem: str,
+        *,
+        file: str | Path | None = None,
+        line: int | None = None,
+        field: str | None = None,
+        fix: str | None = None,
+    ) -> None:
+        self.problem = problem
+        self.file = str(file) if file is not None else None
+        self.line = line
+        self.field = field
+        self.fix = fix
+        where = ""
+        if self.file:
+            where = self.file + (f":{line}" if line else "")
+        parts = [p for p in (where, f"field '{field}'" if field else "") if p]
+        head = ": ".join(parts)
+        msg = f"{head}: {problem}" if head else problem
+        if fix:
+            msg += f" (fix: {fix})"
+        super().__init__(msg)
+
+
+class UnknownNameError(QrelError, LookupError):
+    """A name was looked up in a registry that does not know it."""
+
+    def __init__(self, kind: str, name: str, known: list[str]) -> None:
+        import difflib
+
+        self.kind, self.name, self.known = kind, name, known
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        super().__init__(f"unknown {kind} '{name}'{hint} (known: {', '.join(known) or 'none'})")
+
+
+class DataError(QrelError):
+    """A dataset cannot be read."""
+
+
+class DataMissingError(DataError):
+    """A dataset's root path does not exist; dependent checks are skipped unless --qrel-strict."""
+
+
+class ModelError(QrelError):
+    """A model, its weights or its checkpoint cannot be loaded."""
+
+
+class BaselineError(QrelError):
+    """A stored FP32 baseline cannot be used."""
+
+
+class BaselineMissingError(BaselineError):
+    """No FP32 baseline is stored for what a check needs."""
+
+
+class BaselineStaleError(BaselineError):
+    """The stored FP32 baseline was produced from different weights, data or preprocessing."""

@@ -1,0 +1,177 @@
+"""The check language: a one-line shorthand and a structured mapping, both parsed into CheckSpec.
+
+Shorthand grammar (whitespace-separated; ``[...]`` optional)::
+
+    <quantizers> <metric>[(<score>)] [on <datasets>] [delta|value] <op> <number>[%|pp]
+
+    quantizers  all | NAME[,NAME...]            e.g. W4A4   or   W6A6,W4A8
+    datasets    mean(ood) | ood | NAME[,NAME...]
+    op          <= | < | >= | >
+    unit        %  (delta: relative to FP32; value: percent of a fraction metric)
+                pp (percentage points, fraction metrics only); none: the metric's own unit
+
+Without ``delta``/``value`` the bound is on the value itself (``all ece <= 0.05``).
+
+Examples::
+
+    W8A8 top1 delta <= 1pp
+    W4A4 aupr_out(msp) on mean(ood) delta <= 12%
+    all ece <= 0.05
+
+Structured form::
+
+    - metric: nll
+      quantizers: [W6A6, W4A8]      # or "all" (default)
+      score: msp                     # OOD metrics only
+      on: mean(ood)                  # or a dataset name / list
+      delta: {max: 10%}              # or value: {min: 0.9} / {max: 0.05}
+      expect: fail                   # reported as a strict xfail
+      reason: "4-bit is known to hurt OOD detection"
+    - check: "W4A4 aupr_out(msp) on mean(ood) delta <= 5%"    # shorthand + extra fields
+      expect: fail
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ..errors import SpecError
+from .schema import MEAN_OOD, Bound, CheckSpec, Location
+
+_NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
+_SHORTHAND = re.compile(
+    r"^\s*(?P<quantizers>\S+)\s+"
+    r"(?P<metric>[A-Za-z_][A-Za-z0-9_]*)(?:\((?P<score>[A-Za-z_][A-Za-z0-9_]*)\))?"
+    r"(?:\s+on\s+(?P<on>\S+))?"
+    r"\s+(?:(?P<kind>delta|value)\s*)?"
+    rf"(?P<op><=|>=|<|>)\s*(?P<amount>{_NUMBER})\s*(?P<unit>%|pp)?\s*$"
+)
+_AMOUNT = re.compile(rf"^\s*(?P<amount>{_NUMBER})\s*(?P<unit>%|pp)?\s*$")
+
+SHORTHAND_HELP = "write '<quantizers> <metric>[(<score>)] [on <datasets>] [delta|value] <op> <number>[%|pp]', e.g. 'W4A4 aupr_out(msp) on mean(ood) delta <= 12%'"
+
+_STRUCTURED_KEYS = {"check", "metric", "score", "quantizers", "on", "datasets", "delta", "value", "expect", "reason"}
+
+
+def _split_names(text: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
+def parse_shorthand(text: str, where: Location | None = None, field: str = "checks") -> CheckSpec:
+    """Parse ``"W4A4 aupr_out(msp) on mean(ood) delta <= 12%"`` into a :class:`CheckSpec`.
+
+    Only the syntax is checked here; names are validated against the suite by the loader.
+    """
+    m = _SHORTHAND.match(text)
+    if not m:
+        raise SpecError(
+            f"cannot parse check '{text}'",
+            file=where.file if where else None,
+            line=where.line if where else None,
+            field=field,
+            fix=SHORTHAND_HELP,
+        )
+    on = m["on"]
+    datasets: tuple[str, ...] | None
+    if on is None or on == "ood":
+        datasets = None if on is None else ("ood",)
+    else:
+        datasets = _split_names(on)
+    bound = Bound(
+        kind=m["kind"] or "value",  # type: ignore[arg-type]
+        op=m["op"],  # type: ignore[arg-type]
+        amount=float(m["amount"]),
+        unit=m["unit"] or "abs",  # type: ignore[arg-type]
+    )
+    return CheckSpec(
+        metric=m["metric"],
+        score=m["score"],
+        quantizers=_split_names(m["quantizers"]),
+        datasets=datasets,
+        bound=bound,
+        text=" ".join(text.split()),
+        where=where,
+    )
+
+
+def _bound_from_mapping(kind: str, raw: Any, where: Location, field: str) -> Bound:
+    err = dict(file=where.file, line=where.line, field=field)
+    if not isinstance(raw, dict) or len(raw) != 1 or next(iter(raw)) not in ("max", "min", "lt", "gt"):
+        raise SpecError(
+            f"'{kind}' must be a mapping with exactly one of max/min/lt/gt, got {raw!r}",
+            fix=f"write e.g. '{kind}: {{max: 10%}}'",
+            **err,
+        )
+    (key, amount_raw), = raw.items()
+    op = {"max": "<=", "min": ">=", "lt": "<", "gt": ">"}[key]
+    m = _AMOUNT.match(str(amount_raw))
+    if not m or isinstance(amount_raw, bool):
+        raise SpecError(f"bound '{amount_raw}' is not a number with an optional % or pp", fix="write e.g. 10%, 1pp or 0.05", **err)
+    return Bound(kind=kind, op=op, amount=float(m["amount"]), unit=m["unit"] or "abs")  # type: ignore[arg-type]
+
+
+def _names(raw: Any, where: Location, field: str) -> tuple[str, ...]:
+    if isinstance(raw, str):
+        return _split_names(raw)
+    if isinstance(raw, list) and raw and all(isinstance(x, str) for x in raw):
+        return tuple(raw)
+    raise SpecError(f"expected a name or a list of names, got {raw!r}", file=where.file, line=where.line, field=field, fix="write e.g. [W6A6, W4A8]")
+
+
+def parse_check(raw: Any, where: Location, field: str) -> CheckSpec:
+    """Parse one entry of ``checks:`` (a shorthand string or a mapping)."""
+    if isinstance(raw, str):
+        return parse_shorthand(raw, where, field)
+    if not isinstance(raw, dict):
+        raise SpecError(f"a check must be a string or a mapping, got {type(raw).__name__}", file=where.file, line=where.line, field=field, fix=SHORTHAND_HELP)
+    unknown = sorted(set(map(str, raw)) - _STRUCTURED_KEYS)
+    if unknown:
+        raise SpecError(
+            f"unknown key(s) {', '.join(unknown)}",
+            file=where.file,
+            line=where.line,
+            field=field,
+            fix=f"use only {', '.join(sorted(_STRUCTURED_KEYS))}",
+        )
+    if "check" in raw:
+        clash = sorted({"metric", "score", "quantizers", "on", "datasets", "delta", "value"} & set(raw))
+        if clash:
+            raise SpecError(f"'check' shorthand cannot be combined with {', '.join(clash)}", file=where.file, line=where.line, field=field, fix="put everything in the shorthand or use the structured keys only")
+        if not isinstance(raw["check"], str):
+            raise SpecError("'check' must be a string", file=where.file, line=where.line, field=f"{field}.check", fix=SHORTHAND_HELP)
+        base = parse_shorthand(raw["check"], where, f"{field}.check")
+    else:
+        if "metric" not in raw or not isinstance(raw["metric"], str):
+            raise SpecError("a structured check needs 'metric' (a metric name)", file=where.file, line=where.line, field=field, fix="add e.g. 'metric: nll'")
+        kinds = [k for k in ("delta", "value") if k in raw]
+        if len(kinds) != 1:
+            raise SpecError("a structured check needs exactly one of 'delta' or 'value'", file=where.file, line=where.line, field=field, fix="add e.g. 'delta: {max: 10%}'")
+        bound = _bound_from_mapping(kinds[0], raw[kinds[0]], where, f"{field}.{kinds[0]}")
+        if "on" in raw and "datasets" in raw:
+            raise SpecError("give either 'on' or 'datasets', not both", file=where.file, line=where.line, field=field)
+        on = raw.get("on", raw.get("datasets"))
+        datasets = None if on is None else _names(on, where, f"{field}.on")
+        if datasets == ("ood",):
+            datasets = None
+        quantizers = _names(raw.get("quantizers", "all"), where, f"{field}.quantizers")
+        score = raw.get("score")
+        if score is not None and not isinstance(score, str):
+            raise SpecError("'score' must be a score name", file=where.file, line=where.line, field=f"{field}.score", fix="write e.g. 'score: msp'")
+        text = f"{','.join(quantizers)} {raw['metric']}" + (f"({score})" if score else "")
+        if datasets:
+            text += f" on {','.join(datasets)}"
+        text += f" {bound.kind} {bound.op} {bound.amount:g}{'' if bound.unit == 'abs' else bound.unit}"
+        base = CheckSpec(metric=raw["metric"], score=score, quantizers=quantizers, datasets=datasets, bound=bound, text=text, where=where)
+    expect = raw.get("expect", "pass")
+    if expect not in ("pass", "fail"):
+        raise SpecError(f"'expect' must be 'pass' or 'fail', got {expect!r}", file=where.file, line=where.line, field=f"{field}.expect", fix="write 'expect: fail' for a check known to fail")
+    reason = raw.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        raise SpecError("'reason' must be a string", file=where.file, line=where.line, field=f"{field}.reason")
+    from dataclasses import replace
+
+    return replace(base, expect=expect, reason=reason)
+
+
+__all__ = ["parse_check", "parse_shorthand", "MEAN_OOD", "SHORTHAND_HELP"]

@@ -1,0 +1,308 @@
+"""Load a suite YAML file into a validated :class:`~pytest_qrel.spec.schema.Suite`.
+
+Validation happens here, once, so that every later stage can trust the suite: each error names
+the file, the line, the field and the fix. Loading imports neither torch nor scikit-learn, so
+pytest collection stays fast.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ..errors import SpecError, UnknownNameError
+from .checks import parse_check
+from .schema import (
+    FP32,
+    MEAN_OOD,
+    SCHEMA_VERSION,
+    CalibrationSpec,
+    CheckSpec,
+    DatasetSpec,
+    Location,
+    ModelSpec,
+    QuantizerSpec,
+    Suite,
+)
+from .yamlsrc import LineDict, LineList, load_yaml
+
+TOP_LEVEL_KEYS = ("version", "name", "description", "models", "datasets", "quantizers", "scores", "checks", "conventions", "batch_size")
+CONVENTIONS = ("hendrycks",)
+# Names appear in pytest ids "model[quantizer-dataset]::check"; the scheduler splits on the last
+# "-", so dataset names may not contain one.
+_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
+_DATASET_NAME = re.compile(r"^[A-Za-z0-9_.]+$")
+_BITS_IN_NAME = re.compile(r"^W(\d+)A(\d+|16|32)?")
+
+
+class _Ctx:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def err(self, problem: str, *, node: Any = None, key: Any = None, line: int | None = None, field: str | None = None, fix: str | None = None) -> SpecError:
+        if line is None and node is not None:
+            if key is not None and isinstance(node, LineDict):
+                line = node.line_of(key)
+            elif isinstance(key, int) and isinstance(node, LineList):
+                line = node.line_of(key)
+            else:
+                line = getattr(node, "line", None)
+        return SpecError(problem, file=self.path, line=line, field=field, fix=fix)
+
+    def loc(self, node: Any, key: Any = None) -> Location:
+        line = None
+        if isinstance(node, LineDict):
+            line = node.line_of(key) if key is not None else node.line
+        elif isinstance(node, LineList):
+            line = node.line_of(key) if key is not None else node.line
+        return Location(str(self.path), line)
+
+    def mapping(self, node: Any, field: str, fix: str) -> LineDict:
+        if not isinstance(node, dict):
+            raise self.err(f"expected a mapping, got {_typename(node)}", node=node, field=field, fix=fix)
+        return node  # type: ignore[return-value]
+
+    def unknown_keys(self, node: LineDict, allowed: tuple[str, ...] | set[str], field: str) -> None:
+        for key in node:
+            if key not in allowed:
+                close = difflib.get_close_matches(str(key), list(allowed), n=1)
+                hint = f"did you mean '{close[0]}'?" if close else f"allowed: {', '.join(sorted(allowed))}"
+                raise self.err(f"unknown key '{key}'", node=node, key=key, field=f"{field}.{key}" if field else str(key), fix=hint)
+
+
+def _typename(x: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", type(None): "nothing"}.get(type(x), type(x).__name__)
+
+
+def _check_name(ctx: _Ctx, name: Any, node: Any, key: Any, field: str, pattern: re.Pattern[str] = _NAME) -> str:
+    if not isinstance(name, str) or not pattern.match(name):
+        allowed = "letters, digits, _ and ." if pattern is _DATASET_NAME else "letters, digits, _ . + and -"
+        raise ctx.err(f"invalid name {name!r}", node=node, key=key, field=field, fix=f"use only {allowed}")
+    return name
+
+
+def _source(ctx: _Ctx, raw: Any, node: Any, key: Any, field: str) -> str:
+    if not isinstance(raw, str) or ":" not in raw or raw.startswith(":") or raw.endswith(":"):
+        raise ctx.err(f"source must be '<scheme>:<arg>', got {raw!r}", node=node, key=key, field=field, fix="write e.g. 'embedded:digits' or 'timm:deit_small_patch16_224'")
+    return raw
+
+
+def _int(ctx: _Ctx, raw: Any, node: Any, key: Any, field: str, lo: int, hi: int | None = None) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw < lo or (hi is not None and raw > hi):
+        rng = f"from {lo} to {hi}" if hi is not None else f">= {lo}"
+        raise ctx.err(f"expected an integer {rng}, got {raw!r}", node=node, key=key, field=field, fix=f"use an integer {rng}")
+    return raw
+
+
+def _models(ctx: _Ctx, raw: Any) -> dict[str, ModelSpec]:
+    node = ctx.mapping(raw, "models", "write e.g. 'models: {vit_digits: {source: embedded:digits_vit}}'")
+    if not node:
+        raise ctx.err("no models given", node=node, field="models", fix="name at least one model")
+    out = {}
+    for name, spec in node.items():
+        _check_name(ctx, name, node, name, f"models.{name}")
+        if isinstance(spec, str):
+            spec = LineDict(source=spec)
+            spec.line = node.line_of(name)
+        spec = ctx.mapping(spec, f"models.{name}", "write '{source: <scheme>:<arg>}'")
+        ctx.unknown_keys(spec, ("source", "options"), f"models.{name}")
+        if "source" not in spec:
+            raise ctx.err("missing 'source'", node=spec, field=f"models.{name}.source", fix="add e.g. 'source: embedded:digits_vit'")
+        options = spec.get("options") or {}
+        if not isinstance(options, dict):
+            raise ctx.err("'options' must be a mapping", node=spec, key="options", field=f"models.{name}.options")
+        out[name] = ModelSpec(name, _source(ctx, spec["source"], spec, "source", f"models.{name}.source"), dict(options), ctx.loc(node, name))
+    return out
+
+
+def _dataset(ctx: _Ctx, raw: Any, parent: Any, key: Any, field: str, name: str | None = None) -> DatasetSpec:
+    if isinstance(raw, str) and name is not None:
+        raw_map = LineDict(source=raw)
+        raw_map.line = parent.line_of(key) if hasattr(parent, "line_of") else None
+        raw = raw_map
+    spec = ctx.mapping(raw, field, "write '{name: <name>, source: <scheme>:<arg>}'")
+    ctx.unknown_keys(spec, ("name", "source", "options"), field)
+    name = spec.get("name", name)
+    if name is None:
+        raise ctx.err("missing 'name'", node=spec, field=f"{field}.name", fix="add e.g. 'name: textures'")
+    _check_name(ctx, name, spec, "name", f"{field}.name", _DATASET_NAME)
+    if "source" not in spec:
+        raise ctx.err("missing 'source'", node=spec, field=f"{field}.source", fix="add e.g. 'source: embedded:textures'")
+    options = spec.get("options") or {}
+    if not isinstance(options, dict):
+        raise ctx.err("'options' must be a mapping", node=spec, key="options", field=f"{field}.options")
+    return DatasetSpec(name, _source(ctx, spec["source"], spec, "source", f"{field}.source"), dict(options), ctx.loc(spec))
+
+
+def _datasets(ctx: _Ctx, raw: Any) -> tuple[DatasetSpec, dict[str, DatasetSpec]]:
+    node = ctx.mapping(raw, "datasets", "write 'datasets: {id: {...}, ood: [...]}'")
+    ctx.unknown_keys(node, ("id", "ood"), "datasets")
+    if "id" not in node:
+        raise ctx.err("missing the in-distribution set 'id'", node=node, field="datasets.id", fix="add 'id: {name: ..., source: ...}'")
+    id_ds = _dataset(ctx, node["id"], node, "id", "datasets.id")
+    ood_raw = node.get("ood") or []
+    ood: dict[str, DatasetSpec] = {}
+    if isinstance(ood_raw, dict):
+        entries = [(_dataset(ctx, v, ood_raw, k, f"datasets.ood.{k}", name=str(k)), k) for k, v in ood_raw.items()]
+    elif isinstance(ood_raw, list):
+        entries = [(_dataset(ctx, v, ood_raw, i, f"datasets.ood[{i}]"), i) for i, v in enumerate(ood_raw)]
+    else:
+        raise ctx.err(f"'ood' must be a list or a mapping, got {_typename(ood_raw)}", node=node, key="ood", field="datasets.ood")
+    for ds, key in entries:
+        if ds.name in ood or ds.name == id_ds.name or ds.name in ("ood", "id", "mean"):
+            raise ctx.err(f"dataset name '{ds.name}' is used twice or reserved", node=ood_raw, key=key, field="datasets.ood", fix="give each dataset a unique name")
+        ood[ds.name] = ds
+    return id_ds, ood
+
+
+def _quantizers(ctx: _Ctx, raw: Any) -> dict[str, QuantizerSpec]:
+    if raw is None:
+        return {}
+    node = ctx.mapping(raw, "quantizers", "write e.g. 'quantizers: {W4A4: {method: minmax, weight_bits: 4, act_bits: 4}}'")
+    out = {}
+    for name, spec in node.items():
+        field = f"quantizers.{name}"
+        _check_name(ctx, name, node, name, field)
+        if name == FP32:
+            raise ctx.err("'FP32' is reserved for the unquantized reference", node=node, key=name, field=field, fix="remove it: FP32 is always part of a suite")
+        if isinstance(spec, str):
+            spec = LineDict(method=spec)
+            spec.line = node.line_of(name)
+        spec = ctx.mapping(spec, field, "write '{method: minmax, weight_bits: 4, act_bits: 4}'")
+        ctx.unknown_keys(spec, ("method", "weight_bits", "act_bits", "calibration", "options"), field)
+        if "method" not in spec or not isinstance(spec["method"], str):
+            raise ctx.err("missing 'method'", node=spec, field=f"{field}.method", fix="add e.g. 'method: minmax'")
+        m = _BITS_IN_NAME.match(name)
+        bits_from_name = (int(m[1]), int(m[2]) if m[2] else None) if m else (None, None)
+        wb = spec.get("weight_bits", bits_from_name[0])
+        if wb is None:
+            raise ctx.err("missing 'weight_bits'", node=spec, field=f"{field}.weight_bits", fix="add e.g. 'weight_bits: 4' (or name the quantizer like W4A4)")
+        wb = _int(ctx, wb, spec, "weight_bits", f"{field}.weight_bits", 2, 8)
+        ab = spec.get("act_bits", bits_from_name[1])
+        if ab is not None and ab not in (16, 32):
+            ab = _int(ctx, ab, spec, "act_bits", f"{field}.act_bits", 2, 8)
+        elif ab in (16, 32):
+            ab = None  # floating-point activations
+        cal_raw = spec.get("calibration") or {}
+        cal_node = ctx.mapping(cal_raw, f"{field}.calibration", "write '{samples: 256, seed: 0}'")
+        ctx.unknown_keys(cal_node, ("samples", "seed"), f"{field}.calibration")
+        cal = CalibrationSpec(
+            samples=_int(ctx, cal_node.get("samples", 256), cal_node, "samples", f"{field}.calibration.samples", 1),
+            seed=_int(ctx, cal_node.get("seed", 0), cal_node, "seed", f"{field}.calibration.seed", 0),
+        )
+        options = spec.get("options") or {}
+        if not isinstance(options, dict):
+            raise ctx.err("'options' must be a mapping", node=spec, key="options", field=f"{field}.options")
+        out[name] = QuantizerSpec(name, spec["method"], wb, ab, cal, dict(options), ctx.loc(node, name))
+    return out
+
+
+def _scores(ctx: _Ctx, raw: Any, node: LineDict) -> tuple[str, ...]:
+    from ..scores import SCORES
+
+    if raw is None:
+        return ("msp",)
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list) or not all(isinstance(s, str) for s in raw):
+        raise ctx.err("'scores' must be a list of score names", node=node, key="scores", field="scores", fix="write e.g. 'scores: [msp, energy]'")
+    for i, s in enumerate(raw):
+        if s not in SCORES:
+            raise ctx.err(str(UnknownNameError("score", s, SCORES.names())), node=raw, key=i, field=f"scores[{i}]", fix="use one of the known scores")
+    return tuple(dict.fromkeys(raw))
+
+
+def _validate_check(ctx: _Ctx, check: CheckSpec, suite: Suite, field: str) -> list[CheckSpec]:
+    """Check names against the suite; expand an OOD check without a score into one per suite score."""
+    from ..metrics import METRICS
+
+    line = check.where.line if check.where else None
+
+    def fail(problem: str, fix: str | None = None, sub: str = "") -> SpecError:
+        return SpecError(problem, file=ctx.path, line=line, field=field + sub, fix=fix)
+
+    if check.metric not in METRICS:
+        raise fail(str(UnknownNameError("metric", check.metric, METRICS.names())), fix="use one of the known metrics")
+    meta = METRICS.meta(check.metric)
+    is_ood = meta["kind"] == "ood"
+    known_q = [FP32, *suite.quantizers]
+    for q in check.quantizers:
+        if q != "all" and q not in known_q:
+            raise fail(str(UnknownNameError("quantizer", q, known_q)), fix="define it under 'quantizers:' or use 'all'")
+    if "all" in check.quantizers and len(check.quantizers) > 1:
+        raise fail("'all' cannot be combined with other quantizer names", fix="write either 'all' or a list of names")
+    if check.bound.kind == "delta" and FP32 in check.quantizers:
+        raise fail("a delta check on FP32 compares FP32 with itself", fix="use a value bound for FP32, or name a quantizer")
+    if check.bound.kind == "delta" and (check.bound.op not in ("<=", "<") or check.bound.amount < 0):
+        # Keeps "an improvement always passes a delta bound" true: deltas are capped, never floored.
+        raise fail("a delta bound must be '<=' or '<' a non-negative amount", fix="write e.g. 'delta <= 5%' ('delta <= 0' means: must not worsen)")
+    if check.bound.unit == "pp" and not meta["fraction"]:
+        raise fail(f"'pp' (percentage points) needs a metric in [0, 1]; {check.metric} is not one", fix="use % (relative) or an absolute number")
+    if check.bound.kind == "value" and check.bound.unit == "pp":
+        raise fail("'pp' applies to deltas; a value bound takes a plain number or %", fix="write e.g. 'value >= 90%'")
+    if check.bound.kind == "value" and check.bound.unit == "%" and not meta["fraction"]:
+        raise fail(f"'%' on a value bound means percent of a fraction metric; {check.metric} is not one", fix="write an absolute number")
+    if is_ood:
+        if check.score is not None and check.score not in suite.scores:
+            raise fail(str(UnknownNameError("score", check.score, list(suite.scores))), fix="add it to 'scores:' or pick a listed one")
+        if not suite.ood_datasets:
+            raise fail(f"{check.metric} is an OOD metric but the suite has no OOD sets", fix="add sets under 'datasets: ood:'")
+        for d in check.datasets or ():
+            if d != MEAN_OOD and d not in suite.ood_datasets:
+                raise fail(str(UnknownNameError("OOD dataset", d, [*suite.ood_datasets, MEAN_OOD])), fix="name a set listed under 'datasets: ood:'")
+        scores = (check.score,) if check.score else suite.scores
+        return [replace(check, score=s) for s in scores]
+    if check.score is not None:
+        raise fail(f"{check.metric} is not an OOD metric and takes no score", fix=f"write '{check.metric}' without '({check.score})'")
+    for d in check.datasets or ():
+        if d != suite.id_dataset.name:
+            raise fail(f"{check.metric} is measured on the in-distribution set '{suite.id_dataset.name}', not '{d}'", fix="drop 'on ...' from this check")
+    return [check]
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Read, validate and return the suite at ``path``. Raises :class:`SpecError` on any problem."""
+    path = Path(path)
+    ctx = _Ctx(path)
+    doc = load_yaml(path)
+    if doc is None:
+        raise ctx.err("the suite file is empty", fix="see the README for a complete example")
+    doc = ctx.mapping(doc, "", "a suite is a mapping with models, datasets, quantizers, scores and checks")
+    ctx.unknown_keys(doc, TOP_LEVEL_KEYS, "")
+    version = doc.get("version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise ctx.err(f"unsupported schema version {version!r}", node=doc, key="version", field="version", fix=f"this pytest-qrel reads version {SCHEMA_VERSION}")
+    name = doc.get("name", path.stem)
+    _check_name(ctx, name, doc, "name", "name")
+    conventions = doc.get("conventions", "hendrycks")
+    if conventions not in CONVENTIONS:
+        raise ctx.err(f"unknown conventions {conventions!r}", node=doc, key="conventions", field="conventions", fix=f"use one of {', '.join(CONVENTIONS)}")
+    for required in ("models", "datasets"):
+        if required not in doc:
+            raise ctx.err(f"missing '{required}'", node=doc, field=required, fix="see the README for a complete example")
+    batch_size = _int(ctx, doc.get("batch_size", 128), doc, "batch_size", "batch_size", 1)
+    id_ds, ood = _datasets(ctx, doc["datasets"])
+    suite = Suite(
+        name=name,
+        path=path,
+        models=_models(ctx, doc["models"]),
+        id_dataset=id_ds,
+        ood_datasets=ood,
+        quantizers=_quantizers(ctx, doc.get("quantizers")),
+        scores=_scores(ctx, doc.get("scores"), doc),
+        checks=(),
+        conventions=conventions,
+        batch_size=batch_size,
+    )
+    checks_raw = doc.get("checks") or []
+    if not isinstance(checks_raw, list):
+        raise ctx.err("'checks' must be a list", node=doc, key="checks", field="checks", fix="start each check with '- '")
+    checks: list[CheckSpec] = []
+    for i, raw in enumerate(checks_raw):
+        field = f"checks[{i}]"
+        check = parse_check(raw, ctx.loc(checks_raw, i), field)
+        checks.extend(_validate_check(ctx, check, suite, field))
+    return replace(suite, checks=tuple(checks))

@@ -1,0 +1,146 @@
+"""Schema v1 of a reliability suite, as typed dataclasses.
+
+Units: every metric value is a fraction or a natural unit inside the library (top1 = 0.97, not 97).
+``delta`` is signed so that *positive means worse* (see :mod:`pytest_qrel.evaluate`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+SCHEMA_VERSION = 1
+FP32 = "FP32"
+"""The reserved quantizer name of the unquantized reference model."""
+
+MEAN_OOD = "mean(ood)"
+"""The pseudo-dataset of a check that averages an OOD metric over every OOD set."""
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where something was written: used in every error message about it."""
+
+    file: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}" if self.line else self.file
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    source: str  # "<scheme>:<arg>", e.g. "embedded:digits_vit", "timm:deit_small_patch16_224"
+    options: dict[str, Any] = field(default_factory=dict)
+    where: Location | None = None
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    source: str  # "<scheme>:<arg>", e.g. "embedded:textures"
+    options: dict[str, Any] = field(default_factory=dict)
+    where: Location | None = None
+
+
+@dataclass(frozen=True)
+class CalibrationSpec:
+    samples: int = 256
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class QuantizerSpec:
+    """One named quantization configuration, e.g. ``W4A4: {method: minmax, weight_bits: 4, act_bits: 4}``.
+
+    ``options`` holds method-specific settings (validated by the method itself).
+    """
+
+    name: str
+    method: str
+    weight_bits: int
+    act_bits: int | None  # None: activations stay in floating point (weight-only methods)
+    calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
+    options: dict[str, Any] = field(default_factory=dict)
+    where: Location | None = None
+
+    def config_dict(self) -> dict[str, Any]:
+        """Everything that determines the quantized model (for fingerprints)."""
+        return {
+            "method": self.method,
+            "weight_bits": self.weight_bits,
+            "act_bits": self.act_bits,
+            "calibration": {"samples": self.calibration.samples, "seed": self.calibration.seed},
+            "options": self.options,
+        }
+
+
+Op = Literal["<=", "<", ">=", ">"]
+Unit = Literal["%", "pp", "abs"]
+
+
+@dataclass(frozen=True)
+class Bound:
+    """``delta <= 12%`` or ``value >= 0.9``.
+
+    ``kind='delta'`` compares the signed worsening against FP32 (positive = worse);
+    ``kind='value'`` compares the quantized model's metric itself. ``amount`` is in the unit
+    given: ``%`` relative to FP32 (12 means 12%), ``pp`` percentage points, ``abs`` the metric's own unit.
+    """
+
+    kind: Literal["delta", "value"]
+    op: Op
+    amount: float
+    unit: Unit = "abs"
+
+    def __str__(self) -> str:
+        amount = f"{self.amount:g}"
+        suffix = {"%": "%", "pp": "pp", "abs": ""}[self.unit]
+        return f"{self.kind}{self.op}{amount}{suffix}"
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    """One check, from either the shorthand string or the structured mapping.
+
+    ``quantizers``: names, or ``("all",)``. ``datasets``: ``None`` = the metric's natural sets (the ID
+    test set for classification/calibration metrics, each OOD set for OOD metrics); or a tuple of
+    dataset names; or ``(MEAN_OOD,)``.
+    """
+
+    metric: str
+    bound: Bound
+    quantizers: tuple[str, ...] = ("all",)
+    score: str | None = None
+    datasets: tuple[str, ...] | None = None
+    expect: Literal["pass", "fail"] = "pass"
+    reason: str | None = None
+    text: str = ""  # the shorthand as written, or a generated equivalent
+    where: Location | None = None
+
+    @property
+    def label(self) -> str:
+        """The item name: ``aupr_out(msp) delta<=12%``."""
+        metric = f"{self.metric}({self.score})" if self.score else self.metric
+        return f"{metric} {self.bound}"
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    path: Path
+    models: dict[str, ModelSpec]
+    id_dataset: DatasetSpec
+    ood_datasets: dict[str, DatasetSpec]
+    quantizers: dict[str, QuantizerSpec]
+    scores: tuple[str, ...]
+    checks: tuple[CheckSpec, ...]
+    conventions: str = "hendrycks"
+    batch_size: int = 128
+    version: int = SCHEMA_VERSION
+
+    @property
+    def all_datasets(self) -> dict[str, DatasetSpec]:
+        return {self.id_dataset.name: self.id_dataset, **self.ood_datasets}

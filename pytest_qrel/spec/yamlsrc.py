@@ -1,0 +1,89 @@
+"""YAML loading that remembers line numbers, so every spec error can say ``file:line``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import SpecError
+
+
+class LineDict(dict):
+    """A mapping from the YAML file; ``line`` is where it starts, ``key_lines[k]`` where key k is."""
+
+    line: int | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.key_lines: dict[Any, int] = {}
+
+    def line_of(self, key: Any) -> int | None:
+        return self.key_lines.get(key, self.line)
+
+
+class LineList(list):
+    line: int | None = None
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.item_lines: list[int] = []
+
+    def line_of(self, index: int) -> int | None:
+        return self.item_lines[index] if index < len(self.item_lines) else self.line
+
+
+def _convert(node: yaml.Node, loader: yaml.SafeLoader) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        out = LineDict()
+        out.line = node.start_mark.line + 1
+        for key_node, value_node in node.value:
+            key = _convert(key_node, loader)
+            if not isinstance(key, (str, int, float, bool)):
+                raise SpecError("mapping keys must be plain scalars", file=loader.name, line=key_node.start_mark.line + 1)
+            if key in out:
+                raise SpecError(
+                    f"duplicate key '{key}'",
+                    file=loader.name,
+                    line=key_node.start_mark.line + 1,
+                    fix="remove or rename one of them",
+                )
+            out[key] = _convert(value_node, loader)
+            out.key_lines[key] = key_node.start_mark.line + 1
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        seq = LineList()
+        seq.line = node.start_mark.line + 1
+        for item in node.value:
+            seq.append(_convert(item, loader))
+            seq.item_lines.append(item.start_mark.line + 1)
+        return seq
+    return loader.construct_object(node, deep=True)
+
+
+def load_yaml(path: str | Path) -> Any:
+    """Parse one YAML document safely into LineDict/LineList/scalars; syntax errors become SpecError."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError("suite file does not exist", file=path, fix="check the path given to --qrel-suite") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"cannot read suite file ({exc})", file=path) from None
+    loader = yaml.SafeLoader(text)
+    loader.name = str(path)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        return _convert(node, loader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        problem = exc.problem or str(exc)
+        raise SpecError(f"invalid YAML: {problem}", file=path, line=line, fix="fix the YAML syntax") from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"invalid YAML: {exc}", file=path) from None
+    finally:
+        loader.dispose()

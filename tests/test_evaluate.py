@@ -1,0 +1,55 @@
+"""Delta signs, units and bounds: the arithmetic every verdict rests on."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from pytest_qrel.evaluate import compare, relative, signed_delta
+from pytest_qrel.spec.schema import Bound
+
+
+def test_delta_is_positive_when_worse_for_both_directions():
+    assert signed_delta(0.90, 0.85, higher_is_better=True) == pytest.approx(0.05)  # accuracy dropped
+    assert signed_delta(0.30, 0.40, higher_is_better=False) == pytest.approx(0.10)  # NLL rose
+    assert signed_delta(0.90, 0.95, higher_is_better=True) < 0  # improvement is negative
+    assert signed_delta(0.30, 0.20, higher_is_better=False) < 0
+
+
+@pytest.mark.parametrize(
+    ("bound", "fp32", "value", "hib", "passed", "display"),
+    [
+        (Bound("delta", "<=", 12, "%"), 0.50, 0.45, True, True, "+10.00%"),
+        (Bound("delta", "<=", 12, "%"), 0.50, 0.43, True, False, "+14.00%"),
+        (Bound("delta", "<=", 1, "pp"), 0.97, 0.965, True, True, "+0.50pp"),
+        (Bound("delta", "<=", 1, "pp"), 0.97, 0.955, True, False, "+1.50pp"),
+        (Bound("delta", "<=", 0.05, "abs"), 0.20, 0.26, False, False, "+0.06"),
+        (Bound("delta", "<=", 0, "abs"), 0.05, 0.04, False, True, "-0.01"),  # ECE improved: passes
+        (Bound("delta", "<=", 0, "%"), 0.05, 0.05, False, True, "+0.00%"),
+        (Bound("value", "<=", 0.05, "abs"), None, 0.04, False, True, "0.04"),
+        (Bound("value", ">=", 90, "%"), 0.97, 0.89, True, False, "89.00%"),
+    ],
+)
+def test_compare(bound, fp32, value, hib, passed, display):
+    ok, delta, shown = compare(bound, fp32, value, higher_is_better=hib)
+    assert ok is passed
+    assert shown == display
+
+
+def test_improvement_always_passes_nonnegative_delta_bounds():
+    for unit in ("%", "pp", "abs"):
+        for amount in (0, 0.5, 5):
+            assert compare(Bound("delta", "<=", amount, unit), 0.8, 0.9, higher_is_better=True)[0]
+            assert compare(Bound("delta", "<=", amount, unit), 0.4, 0.3, higher_is_better=False)[0]
+
+
+def test_relative_with_zero_fp32():
+    assert relative(0.0, 0.0) == 0.0
+    assert relative(0.1, 0.0) == math.inf
+    assert relative(-0.1, 0.0) == -math.inf
+
+
+def test_delta_bound_needs_fp32():
+    with pytest.raises(ValueError):
+        compare(Bound("delta", "<=", 1, "%"), None, 0.5, higher_is_better=True)
