@@ -1,0 +1,440 @@
+"""Reliability metrics: pure numpy functions over per-sample model outputs.
+
+Everything here is a fraction in [0, 1] except :func:`nll` (nats). No pytest, no torch.
+
+Conventions (they must not drift; see DESIGN.md):
+
+- **OOD scores**: higher means *more in-distribution*. OOD is the positive class for
+  :func:`aupr_out`; ID is the positive class for :func:`aupr_in` and for the 95% TPR of
+  :func:`fpr_at_95_tpr`. AUPR is average precision (step-wise), not a trapezoidal area.
+- **Direction**: each metric is registered in :data:`METRICS` with ``higher_is_better``;
+  top1, auroc, aupr_in and aupr_out get worse when they go *down*; nll, ece and fpr_at_95_tpr
+  get worse when they go *up*.
+
+Each public function validates its arguments first (``check_*`` helpers, raising
+:class:`ValueError` that names the argument and what was found) and then computes. The engine
+calls :func:`compute_id_metrics` and :func:`compute_ood_metrics`, which iterate over the registry:
+a newly registered metric shows up in their output without further changes.
+
+Registry metadata of every metric:
+
+``higher_is_better`` (bool)
+    True when a larger value is better.
+``kind`` (``"id"`` | ``"ood"``)
+    ``"id"`` metrics read ``(outputs, labels)`` of one in-distribution set; ``"ood"`` metrics
+    read ``(id_scores, ood_scores)``.
+``fraction`` (bool)
+    True when values are fractions in [0, 1], so percentage points ("pp") make sense.
+``input`` (``"logits"`` | ``"probs"`` | ``"scores"``)
+    What the first argument is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .registry import Registry
+
+__all__ = [
+    "METRICS",
+    "aupr_in",
+    "aupr_out",
+    "auroc",
+    "check_labels",
+    "check_logits",
+    "check_probs",
+    "check_scores",
+    "compute_id_metrics",
+    "compute_ood_metrics",
+    "ece",
+    "fpr_at_95_tpr",
+    "logsumexp",
+    "nll",
+    "softmax",
+    "top1",
+]
+
+#: Every metric under its YAML name, with the metadata described in the module docstring.
+METRICS: Registry[Callable[..., float]] = Registry("metric")
+
+#: Rows of ``probs`` must sum to 1 within this absolute tolerance (float16 softmax is ~5e-4 off).
+PROBS_SUM_ATOL = 1e-2
+
+
+# --------------------------------------------------------------------------------------------
+# Validation (separate from computation)
+# --------------------------------------------------------------------------------------------
+
+
+def _as_float_array(x: Any, name: str) -> np.ndarray:
+    try:
+        arr = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be numeric; could not convert it to float64 ({exc})") from None
+    return arr
+
+
+def _check_finite(arr: np.ndarray, name: str) -> None:
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        first = np.unravel_index(int(np.argmax(bad)), arr.shape)
+        where = first[0] if len(first) == 1 else tuple(int(i) for i in first)
+        n_nan = int(np.isnan(arr).sum())
+        n_inf = int(bad.sum()) - n_nan
+        raise ValueError(
+            f"{name} contains non-finite values: {n_nan} NaN and {n_inf} inf "
+            f"(first at index {where}); the model output is broken"
+        )
+
+
+def check_logits(logits: Any, name: str = "logits") -> np.ndarray:
+    """Return ``logits`` as a finite float64 array of shape (N, C), N >= 1, C >= 1.
+
+    Raises:
+        ValueError: not 2-D, empty, or containing NaN/inf.
+    """
+    arr = _as_float_array(logits, name)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be 2-D with shape (N, C); got shape {arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"{name} is empty: got shape {arr.shape}; need at least one sample and one class")
+    _check_finite(arr, name)
+    return arr
+
+
+def check_probs(probs: Any, name: str = "probs") -> np.ndarray:
+    """Return ``probs`` as a float64 (N, C) array of probabilities (rows sum to 1).
+
+    Raises:
+        ValueError: as :func:`check_logits`, or values outside [0, 1], or a row whose sum is
+            more than :data:`PROBS_SUM_ATOL` away from 1 (pass ``softmax(logits)``, not logits).
+    """
+    arr = check_logits(probs, name)
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < 0.0 or hi > 1.0:
+        raise ValueError(
+            f"{name} must be probabilities in [0, 1]; found values in [{lo:g}, {hi:g}] "
+            "(pass softmax(logits), not logits)"
+        )
+    sums = arr.sum(axis=1)
+    off = np.abs(sums - 1.0) > PROBS_SUM_ATOL
+    if off.any():
+        i = int(np.argmax(off))
+        raise ValueError(
+            f"{name} rows must sum to 1; row {i} sums to {sums[i]:g} "
+            f"({int(off.sum())} rows off by more than {PROBS_SUM_ATOL:g})"
+        )
+    return arr
+
+
+def check_labels(labels: Any, n_samples: int, n_classes: int, name: str = "labels") -> np.ndarray:
+    """Return ``labels`` as an int64 array of shape (n_samples,) with values in [0, n_classes).
+
+    Integer-valued floats are accepted; fractional values are not.
+
+    Raises:
+        ValueError: not 1-D, wrong length, non-integer, non-finite or out-of-range values.
+    """
+    arr = np.asarray(labels)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D with shape (N,); got shape {arr.shape}")
+    if arr.shape[0] != n_samples:
+        raise ValueError(f"{name} has {arr.shape[0]} entries but there are {n_samples} samples (rows)")
+    if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise ValueError(f"{name} must be integer class indices; got dtype {arr.dtype}")
+    if np.issubdtype(arr.dtype, np.floating):
+        _check_finite(arr, name)
+        if not np.all(arr == np.round(arr)):
+            raise ValueError(f"{name} must be integer class indices; found fractional values")
+    arr = arr.astype(np.int64)
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo < 0 or hi >= n_classes:
+        raise ValueError(
+            f"{name} out of range: values must be in [0, {n_classes}) for {n_classes} classes; "
+            f"found min {lo}, max {hi}"
+        )
+    return arr
+
+
+def check_scores(scores: Any, name: str) -> np.ndarray:
+    """Return ``scores`` as a non-empty, finite, 1-D float64 array.
+
+    Raises:
+        ValueError: not 1-D, empty, or containing NaN/inf.
+    """
+    arr = _as_float_array(scores, name)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D with shape (N,); got shape {arr.shape}")
+    if arr.shape[0] == 0:
+        raise ValueError(f"{name} is empty (0 scores); need at least one")
+    _check_finite(arr, name)
+    return arr
+
+
+def _check_n_bins(n_bins: Any) -> int:
+    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
+        raise ValueError(f"n_bins must be a positive integer; got {n_bins!r}")
+    return int(n_bins)
+
+
+# --------------------------------------------------------------------------------------------
+# Numerics shared with scores.py
+# --------------------------------------------------------------------------------------------
+
+
+def logsumexp(logits: Any) -> np.ndarray:
+    """Row-wise ``log(sum(exp(logits)))``, stable for large logits; shape (N,), float64.
+
+    >>> float(logsumexp([[0.0, 0.0]])[0]) == float(np.log(2.0))
+    True
+    >>> float(logsumexp([[1e4, 1e4]])[0]) == 1e4 + float(np.log(2.0))
+    True
+    """
+    x = check_logits(logits)
+    m = x.max(axis=1)
+    return m + np.log(np.exp(x - m[:, None]).sum(axis=1))
+
+
+def softmax(logits: Any) -> np.ndarray:
+    """Row-wise softmax of (N, C) logits, computed stably (max subtracted); float64 (N, C).
+
+    >>> softmax([[0.0, 0.0]]).tolist()
+    [[0.5, 0.5]]
+    >>> softmax([[1e4, 1e4, 1e4, 1e4]]).tolist()
+    [[0.25, 0.25, 0.25, 0.25]]
+    """
+    x = check_logits(logits)
+    z = np.exp(x - x.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+# --------------------------------------------------------------------------------------------
+# In-distribution metrics
+# --------------------------------------------------------------------------------------------
+
+
+@METRICS.register("top1", higher_is_better=True, kind="id", fraction=True, input="logits")
+def top1(logits: Any, labels: Any) -> float:
+    """Top-1 accuracy: fraction in [0, 1] of samples whose arg-max logit is the label.
+
+    Ties between logits go to the lowest class index (``np.argmax``). Higher is better.
+
+    Args:
+        logits: (N, C) logits (or probabilities: the arg-max is the same).
+        labels: (N,) integer class indices in [0, C).
+
+    >>> top1([[2.0, 1.0], [0.0, 3.0], [5.0, 4.0]], [0, 1, 1])
+    0.6666666666666666
+    """
+    x = check_logits(logits)
+    y = check_labels(labels, x.shape[0], x.shape[1])
+    return float(np.mean(x.argmax(axis=1) == y))
+
+
+@METRICS.register("nll", higher_is_better=False, kind="id", fraction=False, input="logits")
+def nll(logits: Any, labels: Any) -> float:
+    """Mean negative log-likelihood of the labels, in nats, from logits via log-softmax.
+
+    .. math:: \\mathrm{NLL} = \\frac{1}{N}\\sum_i \\big(\\log\\textstyle\\sum_c e^{z_{ic}} - z_{i,y_i}\\big)
+
+    Computed with a max-shifted logsumexp, so logits of 1e4 are fine. Lower is better; not a
+    fraction (0 is perfect, log(C) is a uniform prediction).
+
+    Args:
+        logits: (N, C) logits (not probabilities).
+        labels: (N,) integer class indices in [0, C).
+
+    >>> round(nll([[0.0, 0.0]], [1]), 12) == round(float(np.log(2.0)), 12)
+    True
+    """
+    x = check_logits(logits)
+    y = check_labels(labels, x.shape[0], x.shape[1])
+    per_sample = logsumexp(x) - x[np.arange(x.shape[0]), y]
+    return float(np.mean(per_sample))
+
+
+@METRICS.register("ece", higher_is_better=False, kind="id", fraction=True, input="probs")
+def ece(probs: Any, labels: Any, n_bins: int = 15) -> float:
+    """Expected calibration error (top-label, L1), a fraction in [0, 1]; lower is better.
+
+    .. math:: \\mathrm{ECE} = \\sum_{b} \\frac{|B_b|}{N}\\,\\big|\\mathrm{acc}(B_b) - \\mathrm{conf}(B_b)\\big|
+
+    where the confidence of a sample is its max probability, it is correct when the arg-max is
+    the label, and empty bins contribute 0.
+
+    Binning convention: ``n_bins`` equal-width bins with edges ``np.linspace(0, 1, n_bins + 1)``,
+    every bin closed on the left and open on the right, ``[e_k, e_{k+1})``, except the last,
+    which is closed on both sides, ``[e_{n-1}, 1]``. A confidence exactly on an inner edge goes
+    to the bin on its right; a confidence of exactly 1.0 goes to the last bin. This is
+    ``np.digitize(conf, edges) - 1`` clipped to ``n_bins - 1``, the same as torchmetrics'
+    ``torch.bucketize(conf, edges, right=True) - 1`` for every confidence below 1.0.
+
+    Difference from torchmetrics (``multiclass_calibration_error(norm="l1")``): torchmetrics
+    does not clip, so a confidence of exactly 1.0 lands in an extra, (n_bins + 1)-th bin of its
+    own (torchmetrics issue #3510). The two agree unless some confidences are exactly 1.0 *and*
+    the last bin also holds confidences below 1.0. torchmetrics also computes in float32, we in
+    float64, so results can differ at the 1e-7 level and for confidences within float32
+    rounding of a bin edge.
+
+    Args:
+        probs: (N, C) probabilities (rows sum to 1), e.g. ``softmax(logits)``; not logits.
+        labels: (N,) integer class indices in [0, C).
+        n_bins: number of equal-width bins on [0, 1].
+
+    >>> ece([[0.5, 0.5], [0.0, 1.0]], [0, 1], n_bins=2)  # conf 0.5 right, conf 1.0 right
+    0.25
+    """
+    p = check_probs(probs)
+    y = check_labels(labels, p.shape[0], p.shape[1])
+    n_bins = _check_n_bins(n_bins)
+
+    conf = p.max(axis=1)
+    correct = (p.argmax(axis=1) == y).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    idx = np.clip(np.digitize(conf, edges) - 1, 0, n_bins - 1)
+
+    count = np.bincount(idx, minlength=n_bins).astype(np.float64)
+    conf_sum = np.bincount(idx, weights=conf, minlength=n_bins)
+    acc_sum = np.bincount(idx, weights=correct, minlength=n_bins)
+    # sum_b |B_b|/N * |acc_b - conf_b| == sum_b |acc_sum_b - conf_sum_b| / N
+    return float(np.abs(acc_sum - conf_sum).sum() / count.sum())
+
+
+# --------------------------------------------------------------------------------------------
+# OOD-detection metrics (scores: higher = more in-distribution)
+# --------------------------------------------------------------------------------------------
+
+
+def _ood_inputs(id_scores: Any, ood_scores: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Validate and stack: returns (scores, is_id) with ID samples first, ``is_id`` in {0, 1}."""
+    s_id = check_scores(id_scores, "id_scores")
+    s_ood = check_scores(ood_scores, "ood_scores")
+    scores = np.concatenate([s_id, s_ood])
+    is_id = np.concatenate([np.ones(s_id.shape[0], dtype=np.int64), np.zeros(s_ood.shape[0], dtype=np.int64)])
+    return scores, is_id
+
+
+@METRICS.register("auroc", higher_is_better=True, kind="ood", fraction=True, input="scores")
+def auroc(id_scores: Any, ood_scores: Any) -> float:
+    """Area under the ROC curve of separating ID from OOD by score; fraction in [0, 1].
+
+    ID is the positive class and the score the decision value (the value is the same with OOD
+    positive and ``-score``). 1 = perfect separation, 0.5 = chance, 0 = reversed. Ties count
+    one half. Higher is better. This is ``sklearn.metrics.roc_auc_score``.
+
+    Args:
+        id_scores: (N_id,) scores of in-distribution samples, higher = more ID.
+        ood_scores: (N_ood,) scores of OOD samples.
+
+    >>> auroc([3.0, 2.0], [1.0, 0.0])
+    1.0
+    """
+    scores, is_id = _ood_inputs(id_scores, ood_scores)
+    from sklearn.metrics import roc_auc_score  # lazy: collection must not pay for scikit-learn
+
+    return float(roc_auc_score(is_id, scores))
+
+
+@METRICS.register("aupr_in", higher_is_better=True, kind="ood", fraction=True, input="scores")
+def aupr_in(id_scores: Any, ood_scores: Any) -> float:
+    """Area under the precision-recall curve with **ID as the positive class**; in [0, 1].
+
+    Computed as average precision (step-wise sum of precision times recall increments, as in
+    Hendrycks & Gimpel's baseline), ``sklearn.metrics.average_precision_score(is_id, score)``,
+    not a trapezoidal area. Chance level is the ID fraction N_id / (N_id + N_ood). Higher is
+    better.
+
+    >>> aupr_in([3.0, 2.0], [1.0, 0.0])
+    1.0
+    """
+    scores, is_id = _ood_inputs(id_scores, ood_scores)
+    from sklearn.metrics import average_precision_score
+
+    return float(average_precision_score(is_id, scores))
+
+
+@METRICS.register("aupr_out", higher_is_better=True, kind="ood", fraction=True, input="scores")
+def aupr_out(id_scores: Any, ood_scores: Any) -> float:
+    """Area under the precision-recall curve with **OOD as the positive class**; in [0, 1].
+
+    The decision value is ``-score`` (low score = more OOD) and OOD samples are labelled 1:
+    ``sklearn.metrics.average_precision_score(is_ood, -score)``, step-wise average precision.
+    Chance level is the OOD fraction N_ood / (N_id + N_ood). Higher is better.
+
+    >>> aupr_out([3.0, 2.0], [1.0, 0.0])
+    1.0
+    """
+    scores, is_id = _ood_inputs(id_scores, ood_scores)
+    from sklearn.metrics import average_precision_score
+
+    return float(average_precision_score(1 - is_id, -scores))
+
+
+@METRICS.register("fpr_at_95_tpr", higher_is_better=False, kind="ood", fraction=True, input="scores")
+def fpr_at_95_tpr(id_scores: Any, ood_scores: Any) -> float:
+    """False-positive rate on OOD at 95% true-positive rate on ID; fraction in [0, 1].
+
+    **ID is the positive class.** Thresholding ``score >= t`` accepts a sample as ID; TPR is
+    the fraction of ID samples accepted, FPR the fraction of OOD samples accepted. The value is
+    the FPR at the first ROC operating point, in order of decreasing threshold, whose TPR is
+    >= 0.95 (``sklearn.metrics.roc_curve(..., drop_intermediate=False)``; one point per
+    distinct score, no interpolation). Lower is better; 0 = perfect.
+
+    >>> fpr_at_95_tpr([3.0, 2.0], [1.0, 0.0])
+    0.0
+    >>> fpr_at_95_tpr([0.0, 1.0], [2.0, 3.0])  # reversed: all OOD accepted before all ID
+    1.0
+    """
+    scores, is_id = _ood_inputs(id_scores, ood_scores)
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(is_id, scores, drop_intermediate=False)
+    # tpr is non-decreasing and ends at 1.0, so the search always succeeds.
+    i = int(np.searchsorted(tpr, 0.95, side="left"))
+    return float(fpr[i])
+
+
+# --------------------------------------------------------------------------------------------
+# What the engine calls
+# --------------------------------------------------------------------------------------------
+
+
+def compute_id_metrics(logits: Any, labels: Any) -> dict[str, float]:
+    """Every registered metric of kind ``"id"``, as ``{name: float}``.
+
+    Softmax is computed once; each metric gets the input its ``input`` metadata names
+    (``"logits"`` or ``"probs"``) and the labels.
+    """
+    x = check_logits(logits)
+    y = check_labels(labels, x.shape[0], x.shape[1])
+    inputs = {"logits": x, "probs": softmax(x)}
+    out: dict[str, float] = {}
+    for name in METRICS:
+        meta = METRICS.meta(name)
+        if meta["kind"] != "id":
+            continue
+        if meta["input"] not in inputs:
+            raise LookupError(
+                f"metric '{name}' has kind 'id' but input '{meta['input']}'; "
+                f"id metrics take one of {sorted(inputs)}"
+            )
+        out[name] = float(METRICS.get(name)(inputs[meta["input"]], y))
+    return out
+
+
+def compute_ood_metrics(id_scores: Any, ood_scores: Any) -> dict[str, float]:
+    """Every registered metric of kind ``"ood"``, as ``{name: float}``.
+
+    Both arguments are 1-D scores where higher means more in-distribution.
+    """
+    s_id = check_scores(id_scores, "id_scores")
+    s_ood = check_scores(ood_scores, "ood_scores")
+    out: dict[str, float] = {}
+    for name in METRICS:
+        if METRICS.meta(name)["kind"] != "ood":
+            continue
+        out[name] = float(METRICS.get(name)(s_id, s_ood))
+    return out

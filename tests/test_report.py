@@ -1,0 +1,450 @@
+"""Tests of the HTML report and the Markdown summary (synthetic verdicts and unit metrics)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from markupsafe import Markup
+
+from pytest_qrel.report import build_context, render_html, render_markdown, render_report
+from pytest_qrel.report.html import (
+    environment,
+    fmt_delta,
+    fmt_metric,
+    num,
+    order_quantizers,
+    pct,
+    signed,
+    signed_delta,
+)
+from pytest_qrel.results import UnitMetrics, Verdict
+
+QUANTIZERS = ["FP32", "W8A8", "W6A6", "W4A8", "W8A4", "W4A4"]
+# Shaped like Table 1 of the ViT quantization/OOD paper (top-1 as fractions, NLL in nats).
+TOP1 = [0.82700, 0.82594, 0.81380, 0.73491, 0.76287, 0.65288]
+NLL = [0.733, 0.819, 1.002, 1.171, 1.325, 1.662]
+ECE = [0.021, 0.022, 0.030, 0.051, 0.060, 0.094]
+OOD_DATASETS = ["textures", "places365", "inaturalist"]
+
+
+# ------------------------------------------------------------------------------ a tiny DOM
+
+
+class Node:
+    def __init__(self, tag: str, attrs: dict[str, str | None], parent: "Node | None") -> None:
+        self.tag, self.attrs, self.parent = tag, attrs, parent
+        self.children: list[Node | str] = []
+
+    @property
+    def classes(self) -> set[str]:
+        return set((self.attrs.get("class") or "").split())
+
+    def text(self) -> str:
+        parts = [c if isinstance(c, str) else c.text() for c in self.children]
+        return " ".join(" ".join(parts).split())
+
+    def iter(self):
+        for c in self.children:
+            if isinstance(c, Node):
+                yield c
+                yield from c.iter()
+
+    def find_all(self, tag: str | None = None, cls: str | None = None, id: str | None = None):
+        return [
+            n
+            for n in self.iter()
+            if (tag is None or n.tag == tag)
+            and (cls is None or cls in n.classes)
+            and (id is None or n.attrs.get("id") == id)
+        ]
+
+    def find(self, tag: str | None = None, cls: str | None = None, id: str | None = None) -> "Node":
+        found = self.find_all(tag, cls, id)
+        assert found, f"no <{tag} class={cls} id={id}>"
+        return found[0]
+
+
+VOID = {"meta", "br", "link", "img", "input", "hr", "col", "source", "wbr"}
+
+
+class TreeBuilder(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.root = Node("#root", {}, None)
+        self.cur = self.root
+
+    def handle_starttag(self, tag, attrs):
+        node = Node(tag, dict(attrs), self.cur)
+        self.cur.children.append(node)
+        if tag not in VOID:
+            self.cur = node
+
+    def handle_startendtag(self, tag, attrs):
+        self.cur.children.append(Node(tag, dict(attrs), self.cur))
+
+    def handle_endtag(self, tag):
+        node = self.cur
+        while node is not None and node.tag != tag:
+            node = node.parent
+        assert node is not None and node.parent is not None, f"unbalanced </{tag}>"
+        self.cur = node.parent
+
+    def handle_data(self, data):
+        self.cur.children.append(data)
+
+
+def parse(html: str) -> Node:
+    builder = TreeBuilder()
+    builder.feed(html)
+    builder.close()
+    return builder.root
+
+
+def table_headers(table: Node) -> list[str]:
+    return [th.text() for th in table.find("thead").find_all("th")]
+
+
+def table_rows(table: Node) -> dict[str, list[Node]]:
+    """Row label -> its value cells (<td>), for a table with a <th> row header."""
+    rows = {}
+    for tr in table.find("tbody").find_all("tr"):
+        rows[tr.find("th").text().split(" ")[0]] = tr.find_all("td")
+    return rows
+
+
+def cell_value(td: Node) -> str:
+    return td.find("span", cls="v").text()
+
+
+# ------------------------------------------------------------------------------ synthetic data
+
+
+def make_units(model: str = "DeiT3-S16", suite: str = "vit") -> list[UnitMetrics]:
+    units = []
+    for i, q in enumerate(QUANTIZERS):
+        ood = {}
+        for score, shift in (("msp", 0.0), ("energy", 0.01)):
+            ood[score] = {
+                ds: {
+                    "auroc": 0.90 - 0.02 * i - 0.01 * j + shift,
+                    "aupr_in": 0.95 - 0.01 * i,
+                    "aupr_out": 0.80 - 0.03 * i - 0.02 * j + shift,
+                    "fpr_at_95_tpr": 0.40 + 0.04 * i + 0.01 * j - shift,
+                }
+                for j, ds in enumerate(OOD_DATASETS)
+            }
+        info = {"temperature": 1.3 + 0.1 * i} if q in ("FP32", "W4A4") else {}
+        units.append(
+            UnitMetrics(suite, model, q, {"top1": TOP1[i], "nll": NLL[i], "ece": ECE[i]}, ood, info)
+        )
+    # scramble: the report must put FP32 first and keep the others in order of appearance
+    return [units[1], units[0]] + units[2:]
+
+
+def verdict(outcome: str = "passed", **kw) -> Verdict:
+    base = dict(
+        suite="vit",
+        model="DeiT3-S16",
+        quantizer="W8A8",
+        dataset="imagenet-val",
+        metric="top1",
+        score=None,
+        check="top1 drop <= 1pp",
+        bound="1pp",
+        fp32=TOP1[0],
+        value=TOP1[1],
+        delta=TOP1[0] - TOP1[1],
+        delta_display="+0.11pp",
+        passed=outcome in ("passed", "xpassed"),
+        expect_fail=outcome in ("xfailed", "xpassed"),
+        outcome=outcome,
+        message="",
+        nodeid="suites/vit.yaml::DeiT3-S16::W8A8::top1",
+    )
+    base.update(kw)
+    return Verdict(**base)
+
+
+def failing_w4a4() -> Verdict:
+    return verdict(
+        "failed",
+        quantizer="W4A4",
+        value=TOP1[5],
+        delta=TOP1[0] - TOP1[5],
+        delta_display="+17.41pp",
+        check="top1 drop <= 2pp",
+        bound="2pp",
+        message="top1 dropped 17.41pp (> 2pp) under W4A4",
+        nodeid="suites/vit.yaml::DeiT3-S16::W4A4::top1",
+    )
+
+
+# ------------------------------------------------------------------------------ tests
+
+
+def test_writes_self_contained_file(tmp_path: Path) -> None:
+    out = render_report([verdict(), failing_w4a4()], make_units(), tmp_path / "a" / "b" / "r.html")
+    assert out == tmp_path / "a" / "b" / "r.html" and out.is_file()
+    html = out.read_text(encoding="utf-8")
+    assert "http://" not in html and "https://" not in html
+    tree = parse(html)
+    assert not tree.find_all("script") and not tree.find_all("link") and not tree.find_all("img")
+    assert all("src" not in n.attrs for n in tree.iter())
+    assert all(n.attrs["href"].startswith("#") for n in tree.iter() if "href" in n.attrs)
+    assert "url(" not in html and "@import" not in html  # no CSS fetches either
+    assert tree.find_all("style"), "CSS must be inline"
+    assert tree.find("meta").attrs.get("charset") == "utf-8"
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "status"),
+    [
+        (["passed", "xfailed", "skipped"], "PASS"),
+        (["passed", "failed", "xfailed"], "FAIL"),
+        (["passed", "error"], "FAIL"),
+        (["passed", "xpassed"], "FAIL"),  # a strict xfail that passed is a failure
+        ([], "PASS"),
+    ],
+)
+def test_banner_status(outcomes: list[str], status: str) -> None:
+    tree = parse(render_html([verdict(o) for o in outcomes], make_units()))
+    banner = tree.find(id="verdict")
+    assert banner.find(cls="status").text() == status
+    assert ("fail" if status == "FAIL" else "pass") in banner.classes
+    # the verdict comes before everything else in <main>
+    main = tree.find("main")
+    assert next(main.iter()) is banner
+
+
+def test_banner_counts_every_outcome() -> None:
+    outcomes = ["passed", "passed", "failed", "xfailed", "skipped", "error", "xpassed"]
+    tree = parse(render_html([verdict(o) for o in outcomes], []))
+    counts = {li.text().split(" ", 1)[1]: int(li.text().split(" ")[0])
+              for li in tree.find(id="verdict").find_all("li")}
+    assert counts == {
+        "passed": 2, "failed": 1, "xfailed": 1, "xpassed": 1, "skipped": 1, "error": 1
+    }
+
+
+def test_failing_section_shows_numbers_and_only_failures() -> None:
+    ok = verdict(check="nll increase <= 0.1", metric="nll", fp32=0.733, value=0.819)
+    xpass = verdict("xpassed", quantizer="W6A6", check="strict-xfail-check", metric="ece",
+                    fp32=0.021, value=0.030, delta_display="+0.90pp")
+    tree = parse(render_html([ok, failing_w4a4(), xpass], make_units()))
+    section = tree.find(id="failing")
+    text = section.text()
+    for expected in ("82.70%", "65.29%", "+17.41pp", "2pp", "top1 drop <= 2pp",
+                     "top1 dropped 17.41pp (> 2pp) under W4A4",
+                     "suites/vit.yaml::DeiT3-S16::W4A4::top1", "strict-xfail-check"):
+        assert expected in text, expected
+    assert "nll increase <= 0.1" not in text
+    rows = section.find("tbody").find_all("tr")
+    assert [r.find(cls="badge").text() for r in rows] == ["failed", "xpassed"]
+    # each failing row links to its model's section
+    anchor = tree.find("section", cls="model").attrs["id"]
+    assert rows[0].find("a", cls="loc").attrs["href"] == f"#{anchor}"
+    # all verdicts are still listed, collapsed
+    details = tree.find(id="all-verdicts").find("details")
+    assert "open" not in details.attrs
+    assert len(details.find("tbody").find_all("tr")) == 3
+    assert "nll increase <= 0.1" in details.text()
+
+
+def test_table1_quantizer_columns_values_and_deltas() -> None:
+    tree = parse(render_html([], make_units()))
+    table = tree.find("table", cls="id-metrics")
+    assert table_headers(table) == ["Metric"] + QUANTIZERS
+    rows = table_rows(table)
+    assert list(rows) == ["Top-1", "NLL", "ECE"]
+    top1 = ["82.70", "82.59", "81.38", "73.49", "76.29", "65.29"]
+    assert [cell_value(td) for td in rows["Top-1"]] == top1
+    nll = ["0.733", "0.819", "1.002", "1.171", "1.325", "1.662"]
+    assert [cell_value(td) for td in rows["NLL"]] == nll
+    assert cell_value(rows["ECE"][5]) == "9.40"
+    # no delta beside FP32; positive = worse for accuracy (FP32 - q) and for NLL/ECE (q - FP32)
+    assert not rows["Top-1"][0].find_all(cls="delta")
+    top1_delta = rows["Top-1"][5].find(cls="delta")
+    assert top1_delta.text() == "+17.41" and "worse" in top1_delta.classes
+    assert rows["NLL"][5].find(cls="delta").text() == "+0.929"
+    assert rows["ECE"][1].find(cls="delta").text() == "+0.10"
+
+
+def test_improvement_shows_typographic_minus() -> None:
+    units = make_units()
+    units[0].id["top1"] = 0.83  # W8A8 better than FP32
+    tree = parse(render_html([], units))
+    top1 = table_rows(tree.find("table", cls="id-metrics"))["Top-1"]
+    delta = top1[1].find(cls="delta")
+    assert delta.text() == "\u22120.30" and "better" in delta.classes
+
+
+def test_ood_tables_rows_datasets_and_mean() -> None:
+    tree = parse(render_html([], make_units()))
+    section = tree.find("section", cls="model")
+    tables = section.find_all("table", cls="ood-metrics")
+    captions = [t.find("caption").text().split(" ")[0] for t in tables]
+    # per score: AUROC, AUPR-out, FPR@95 (AUPR-in goes into the collapsed "other metrics")
+    assert captions[:3] == ["AUROC", "AUPR-out", "FPR@95"] and len(tables) == 2 * 4
+    aupr_out = tables[1]
+    assert table_headers(aupr_out) == ["OOD dataset"] + QUANTIZERS
+    rows = table_rows(aupr_out)
+    assert list(rows) == OOD_DATASETS + ["mean"]
+    # FP32 AUPR-out: 0.80, 0.78, 0.76 -> mean 78.00; W4A4: 0.65, 0.63, 0.61 -> 63.00
+    assert cell_value(rows["mean"][0]) == "78.00"
+    assert cell_value(rows["mean"][5]) == "63.00"
+    assert rows["mean"][5].find(cls="delta").text() == "+15.00"
+    fpr_rows = table_rows(tables[2])
+    assert fpr_rows["textures"][5].find(cls="delta").text() == "+20.00"  # q - FP32 for FPR@95
+
+
+def test_autoescape_of_user_strings() -> None:
+    evil = "<script>alert(1)</script>"
+    units = make_units(model=evil)
+    v = failing_w4a4()
+    v = replace(v, model=evil, message=f"bad {evil}", check=f"top1 {evil}")
+    html = render_html([v], units, title=evil, meta={"command": evil, evil: [evil]})
+    assert "<script>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    tree = parse(html)
+    assert not tree.find_all("script")
+    assert tree.find("h3", cls="model-name").text().startswith(evil)
+    md = render_markdown([v], units)
+    assert "<script>" not in md
+
+
+def test_missing_data_renders_dashes() -> None:
+    units = make_units()
+    units[0].id.pop("ece")  # W8A8 without ECE
+    units[3].ood = {}  # W4A8 without any OOD metrics
+    del units[2].ood["msp"]["places365"]  # W6A6 misses one dataset
+    skipped = verdict("skipped", fp32=None, value=None, delta=None, delta_display="",
+                      bound="", message="dataset missing", check="aupr_out drop <= 5%",
+                      metric="aupr_out", score="msp", dataset="openimage-o")
+    error = verdict("error", fp32=None, value=None, delta=None, delta_display="",
+                    message="model failed to load", metric="unknown_metric")
+    tree = parse(render_html([skipped, error], units))
+    id_rows = table_rows(tree.find("table", cls="id-metrics"))
+    assert cell_value(id_rows["ECE"][1]) == "\u2014"
+    assert not id_rows["ECE"][1].find_all(cls="delta")
+    msp_aupr = table_rows(tree.find_all("table", cls="ood-metrics")[1])
+    w4a8 = QUANTIZERS.index("W4A8")
+    assert all(cell_value(cells[w4a8]) == "\u2014" for cells in msp_aupr.values())
+    # W6A6's mean covers 2 of 3 datasets: shown, marked, without a delta
+    w6a6_mean = msp_aupr["mean"][QUANTIZERS.index("W6A6")]
+    assert cell_value(w6a6_mean) != "\u2014" and w6a6_mean.find_all(cls="note")
+    assert "2 of 3" in w6a6_mean.attrs["title"] and not w6a6_mean.find_all(cls="delta")
+    error_row = tree.find(id="failing").find("tbody").find("tr")
+    cells = [td.text() for td in error_row.find_all("td")]
+    assert cells[3:6] == ["\u2014", "\u2014", "\u2014"]
+
+
+def test_no_units_and_no_verdicts() -> None:
+    tree = parse(render_html([], []))
+    assert tree.find(id="verdict").find(cls="status").text() == "PASS"
+    assert "No checks ran" in tree.find(id="verdict").text()
+    assert "No unit metrics" in tree.find(id="results").text()
+    assert not tree.find_all("table", cls="id-metrics")
+
+
+def test_failing_cell_is_highlighted() -> None:
+    tree = parse(render_html([failing_w4a4()], make_units()))
+    top1 = table_rows(tree.find("table", cls="id-metrics"))["Top-1"]
+    assert "cell-fail" in top1[5].classes and "top1 drop <= 2pp" in top1[5].attrs["title"]
+    assert not any("cell-fail" in td.classes for td in top1[:5])
+
+
+def test_info_line_and_meta_table() -> None:
+    meta = {"suites": {"vit": "suites/vit.yaml"}, "conventions": "hendrycks",
+            "versions": {"torch": "2.4.0", "timm": "1.0.9"}, "created": "2025-01-02T03:04:05Z",
+            "command": "pytest --qrel-suite suites/vit.yaml"}
+    tree = parse(render_html([], make_units(), meta=meta))
+    info = tree.find("ul", cls="info").text()
+    assert "FP32 : temperature = 1.3" in info and "W4A4 : temperature = 1.8" in info
+    assert "W8A8" not in info
+    run_info = tree.find(id="run-info").text()
+    command = "pytest --qrel-suite suites/vit.yaml"
+    for expected in ("suites/vit.yaml", "hendrycks", "2.4.0", command):
+        assert expected in run_info
+    assert "2025-01-02T03:04:05Z" in tree.find("header").text()
+
+
+def test_plot_slots_accept_trusted_markup_and_escape_strings() -> None:
+    svg = Markup('<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"></svg>')
+    html = render_html(
+        [], make_units(),
+        plots={("vit", "DeiT3-S16"): [{"title": "AUPR-out per quantizer", "svg": svg},
+                                      {"title": "raw", "svg": "<svg onload=x>"}]},
+        extra_sections=[{"id": "notes", "title": "Notes", "html": Markup("<p class='n'>hi</p>")}],
+    )
+    tree = parse(html)
+    section = tree.find("section", cls="model")
+    assert len(section.find_all("svg")) == 1 and "&lt;svg onload=x&gt;" in html
+    assert tree.find(id="notes").find("p", cls="n").text() == "hi"
+    # and the template's `plots` block can be overridden by a child template
+    child = environment().from_string(
+        '{% extends "report.html.j2" %}'
+        '{% block plots %}<p class="slot">plot for {{ section.model }}</p>{% endblock %}'
+    )
+    tree = parse(child.render(build_context([], make_units() + make_units(model="ViT-S16"))))
+    assert [p.text() for p in tree.find_all("p", cls="slot")] == [
+        "plot for DeiT3-S16", "plot for ViT-S16"
+    ]
+
+
+def test_atomic_write_leaves_no_temp_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "report.html"
+    render_report([verdict()], make_units(), target)
+    render_report([failing_w4a4()], make_units(), target)  # overwrite in place
+    assert os.listdir(tmp_path) == ["report.html"]
+    assert "FAIL" in parse(target.read_text()).find(id="verdict").text()
+
+    def boom(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        render_report([verdict()], make_units(), target)
+    assert os.listdir(tmp_path) == ["report.html"]  # temp file cleaned up, old report intact
+    assert "FAIL" in parse(target.read_text()).find(id="verdict").text()
+
+
+def test_markdown_summary() -> None:
+    v = replace(failing_w4a4(), message="a | b\nc")
+    md = render_markdown([verdict(), v, verdict("xfailed")], make_units())
+    lines = md.splitlines()
+    assert lines[0].endswith("FAIL")
+    counts = ["1 passed", "1 failed", "1 xfailed", "0 xpassed", "0 skipped", "0 error"]
+    assert " \u00b7 ".join(counts) in md
+    row = next(line for line in lines if "top1 drop <= 2pp" in line.replace("\\", ""))
+    for expected in ("82.70%", "65.29%", "+17.41pp", "a \\| b c"):
+        assert expected in row
+    assert row.count(" | ") == 7  # the escaped pipe does not add a column
+    assert "top1 drop <= 1pp" not in md.replace("\\", "")  # the passing check is not listed
+
+    ok = render_markdown([verdict(), verdict("skipped")], make_units())
+    assert ok.splitlines()[0].endswith("PASS") and "Failing checks" not in ok
+
+
+def test_markdown_accepts_dicts_from_xdist_workers() -> None:
+    md = render_markdown([failing_w4a4().to_dict()], [u.to_dict() for u in make_units()])
+    assert "FAIL" in md.splitlines()[0] and "6 units, 1 model" in md
+
+
+def test_filters_and_delta_conventions() -> None:
+    assert pct(0.827) == "82.70%" and pct(0.827, 3, False) == "82.700" and pct(None) == "\u2014"
+    assert num(0.7331) == "0.733" and num(float("nan")) == "\u2014"
+    assert signed(0.1234) == "+0.12" and signed(-0.5, 1, "pp") == "\u22120.5pp"
+    assert signed(0.0001) == "\u00b10.00"
+    assert fmt_metric(0.733, "nll") == "0.733" and fmt_metric(0.021, "ece") == "2.10%"
+    assert fmt_delta(0.1741, "top1") == "+17.41pp" and fmt_delta(0.929, "nll") == "+0.929"
+    # positive = worse: FP32 - q for accuracy/AUROC/AUPR, q - FP32 for NLL/ECE/FPR@95
+    assert signed_delta("top1", 0.8, 0.7) == pytest.approx(0.1)
+    assert signed_delta("aupr_out", 0.8, 0.7) == pytest.approx(0.1)
+    assert signed_delta("nll", 0.7, 0.9) == pytest.approx(0.2)
+    assert signed_delta("fpr_at_95_tpr", 0.4, 0.5) == pytest.approx(0.1)
+    assert signed_delta("mystery", 0.4, 0.5) is None and signed_delta("nll", None, 0.5) is None
+    assert order_quantizers(make_units()) == QUANTIZERS
