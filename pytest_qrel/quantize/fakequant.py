@@ -1,0 +1,378 @@
+"""Reusable building blocks of simulated ("fake") quantization.
+
+Every method in :mod:`pytest_qrel.quantize` is assembled from these parts:
+
+- quantization parameters: :func:`symmetric_qparams`, :func:`asymmetric_qparams` and the integer
+  ranges :func:`signed_range` (restricted symmetric) and :func:`unsigned_range`;
+- :func:`quantize_weight_per_channel_symmetric`: a weight tensor -> its fake-quantized copy;
+- :class:`ActQuantizer`: a per-tensor asymmetric activation quantizer with observer state;
+- :class:`FakeQuantLinear`: an ``nn.Linear`` with a fake-quantized weight and an input quantizer;
+- :func:`replace_linears`: swap every ``nn.Linear`` of a model for what a factory builds;
+- the calibration protocol :func:`observe`, :func:`freeze`, :func:`calibrate`, which acts on every
+  :class:`QuantModule` in a model.
+
+Calibration protocol::
+
+    replace_linears(qmodel, lambda name, lin: FakeQuantLinear(lin, weight_bits=4, act_bits=8))
+    observe(qmodel)                # every ActQuantizer: reset its min/max, pass inputs through
+    with torch.no_grad():
+        for batch in batches:      # the model runs in FP32 (weights are not quantized yet)
+            qmodel(batch)
+    freeze(qmodel)                 # weights quantized once; activation scale/zero_point fixed
+    # or in one call: calibrate(qmodel, images, batch_size=64)
+
+Quantization formula (the one of ATen's CPU/CUDA kernels, which :func:`fake_quantize_reference`
+repeats in plain torch ops)::
+
+    q    = clamp(nearbyint(x * (1 / scale)) + zero_point, quant_min, quant_max)
+    x_hat = (q - zero_point) * scale
+
+``1 / scale`` is computed in float32 and *multiplied*, never divided by; ``nearbyint`` rounds half
+to even. Integer kernels (``torch.quantize_per_tensor``) use the same formula, so a simulated model
+and an integer one agree to float precision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+EPS = torch.finfo(torch.float32).eps
+"""Smallest scale: guards all-zero weight rows and constant activations (as PyTorch's observers do)."""
+
+CALIBRATION_BATCH_SIZE = 64
+
+
+# --------------------------------------------------------------------------------------------------
+# Integer ranges and quantization parameters
+# --------------------------------------------------------------------------------------------------
+
+
+def signed_range(bits: int) -> tuple[int, int]:
+    """Restricted symmetric signed range ``[-(2^(b-1) - 1), 2^(b-1) - 1]`` (e.g. [-127, 127], [-7, 7], [-1, 1]).
+
+    The code ``-2^(b-1)`` is left out: with ``scale = absmax / qmax`` it could only ever be reached by
+    values below ``-absmax``, which do not exist, so the grid is symmetric (negating a weight negates
+    its code) and the level count is honest: ``2^b - 1``.
+    """
+    _check_bits(bits)
+    qmax = 2 ** (bits - 1) - 1
+    return -qmax, qmax
+
+
+def unsigned_range(bits: int) -> tuple[int, int]:
+    """Unsigned range ``[0, 2^b - 1]`` used by asymmetric activation quantization."""
+    _check_bits(bits)
+    return 0, 2**bits - 1
+
+
+def _check_bits(bits: int) -> None:
+    if not isinstance(bits, int) or isinstance(bits, bool) or not 2 <= bits <= 16:
+        raise ValueError(f"bits must be an integer from 2 to 16, got {bits!r}")
+
+
+def symmetric_qparams(absmax: Tensor | float, bits: int) -> tuple[Tensor, Tensor]:
+    """``scale = max(absmax / qmax, EPS)`` (float32) and ``zero_point = 0`` (int32), elementwise.
+
+    ``qmax = 2^(b-1) - 1`` (see :func:`signed_range`). ``absmax`` may be a scalar or a tensor of
+    per-channel maxima.
+    """
+    _, qmax = signed_range(bits)
+    absmax = torch.as_tensor(absmax, dtype=torch.float32)
+    scale = torch.clamp_min(absmax.clamp_min(0.0) / float(qmax), EPS)
+    return scale, torch.zeros_like(scale, dtype=torch.int32)
+
+
+def asymmetric_qparams(min_val: Tensor | float, max_val: Tensor | float, bits: int) -> tuple[Tensor, Tensor]:
+    """Affine parameters mapping ``[min, max]`` onto the unsigned range ``[0, 2^b - 1]``.
+
+    ``min`` is clamped to ``<= 0`` and ``max`` to ``>= 0`` so that zero is exactly representable;
+    ``scale = max((max - min) / (2^b - 1), EPS)`` (float32) and
+    ``zero_point = clamp(round(-min / scale), 0, 2^b - 1)`` (int32, round half to even). This is
+    what ``torch.ao.quantization.MinMaxObserver`` computes for ``per_tensor_affine``.
+    """
+    qmin, qmax = unsigned_range(bits)
+    lo = torch.as_tensor(min_val, dtype=torch.float32).clamp_max(0.0)
+    hi = torch.as_tensor(max_val, dtype=torch.float32).clamp_min(0.0)
+    scale = torch.clamp_min((hi - lo) / float(qmax - qmin), EPS)
+    zero_point = torch.clamp(torch.round(-lo / scale), qmin, qmax).to(torch.int32)
+    return scale, zero_point
+
+
+# --------------------------------------------------------------------------------------------------
+# Fake quantization
+# --------------------------------------------------------------------------------------------------
+
+
+def fake_quantize_reference(
+    x: Tensor,
+    scale: Tensor | float,
+    zero_point: Tensor | int,
+    quant_min: int,
+    quant_max: int,
+    axis: int | None = None,
+) -> Tensor:
+    """Round/clamp fake quantization in plain torch ops, with exactly ATen's formula.
+
+    Equal to ``torch.fake_quantize_per_tensor_affine`` (``axis=None``) or
+    ``torch.fake_quantize_per_channel_affine`` (``axis`` given) for finite inputs whose
+    ``|x / scale|`` is below 2^62 (ATen's cast to int64 of larger values is undefined). Used by the
+    tests as an independent statement of the formula and by methods that need it on dtypes or
+    shapes the fused ops do not take.
+    """
+    scale_t = torch.as_tensor(scale, dtype=torch.float32, device=x.device)
+    zp_t = torch.as_tensor(zero_point, device=x.device).to(torch.float32)
+    if axis is not None:
+        shape = [1] * x.dim()
+        shape[axis] = -1
+        scale_t, zp_t = scale_t.reshape(shape), zp_t.reshape(shape)
+    inv_scale = 1.0 / scale_t  # float32, like ATen's `1.0f / scale`
+    q = torch.round(x.float() * inv_scale) + zp_t  # torch.round == nearbyint (half to even)
+    q = torch.clamp(q, quant_min, quant_max)
+    return ((q - zp_t) * scale_t).to(x.dtype)
+
+
+def quantize_weight_per_channel_symmetric(w: Tensor, bits: int, axis: int = 0) -> Tensor:
+    """Fake-quantize ``w`` symmetrically per output channel (``axis``) to ``bits`` bits.
+
+    ``scale_c = absmax_c / (2^(b-1) - 1)`` per channel (``EPS`` for all-zero channels), codes in the
+    restricted range of :func:`signed_range`, through ``torch.fake_quantize_per_channel_affine``.
+    Returns a new tensor of ``w``'s shape and dtype holding at most ``2^b - 1`` distinct values per
+    channel.
+    """
+    qmin, qmax = signed_range(bits)
+    w32 = w.detach().to(torch.float32)
+    rows = w32.transpose(0, axis).reshape(w32.shape[axis], -1)
+    scale, zero_point = symmetric_qparams(rows.abs().amax(dim=1), bits)
+    out = torch.fake_quantize_per_channel_affine(
+        w32, scale.to(w32.device), zero_point.to(w32.device), axis, qmin, qmax
+    )
+    return out.to(w.dtype)
+
+
+WeightQuantizer = Callable[[Tensor, int], Tensor]
+"""``fn(weight, bits) -> fake-quantized weight`` (same shape); e.g. :func:`quantize_weight_per_channel_symmetric`."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Modules
+# --------------------------------------------------------------------------------------------------
+
+
+class QuantModule(nn.Module):
+    """Base of every module that takes part in the calibration protocol.
+
+    :func:`observe` calls :meth:`observe` and :func:`freeze` calls :meth:`freeze` on every
+    ``QuantModule`` of a model (parents before children); each acts on its *own* state only and is
+    idempotent.
+    """
+
+    def observe(self) -> None:
+        """Start observing: forward passes now collect statistics and do not quantize."""
+
+    def freeze(self) -> None:
+        """Fix the quantization parameters from what was observed; forward now quantizes."""
+
+
+ActMode = Literal["observe", "quantize", "off"]
+
+
+class ActQuantizer(QuantModule):
+    """Static per-tensor asymmetric quantizer of an activation, with a min/max observer.
+
+    Modes: ``"observe"`` (the initial one; passes ``x`` through and tracks its running min and max),
+    ``"quantize"`` (after :meth:`freeze`; fake-quantizes with the frozen ``scale``/``zero_point``
+    through ``torch.fake_quantize_per_tensor_affine``) and ``"off"`` (passes ``x`` through untouched,
+    e.g. for ablations). Buffers: ``min_val``, ``max_val`` (observed range), ``scale`` (float32) and
+    ``zero_point`` (int32), all 0-dim.
+    """
+
+    def __init__(self, bits: int) -> None:
+        super().__init__()
+        self.quant_min, self.quant_max = unsigned_range(bits)
+        self.bits = bits
+        self.mode: ActMode = "observe"
+        self.register_buffer("min_val", torch.tensor(float("inf")))
+        self.register_buffer("max_val", torch.tensor(float("-inf")))
+        self.register_buffer("scale", torch.tensor(1.0))
+        self.register_buffer("zero_point", torch.tensor(0, dtype=torch.int32))
+
+    @property
+    def observed(self) -> bool:
+        return bool(self.min_val <= self.max_val)
+
+    def reset(self) -> None:
+        """Forget the observed range."""
+        self.min_val.fill_(float("inf"))
+        self.max_val.fill_(float("-inf"))
+
+    def observe(self, reset: bool = True) -> None:
+        if reset:
+            self.reset()
+        self.mode = "observe"
+
+    def freeze(self) -> None:
+        if not self.observed:
+            raise RuntimeError(
+                "ActQuantizer.freeze(): no input was observed; run calibration batches through the "
+                "model in observe mode first (is this module ever called by the model's forward?)"
+            )
+        scale, zero_point = asymmetric_qparams(self.min_val, self.max_val, self.bits)
+        self.scale.copy_(scale)
+        self.zero_point.copy_(zero_point)
+        self.mode = "quantize"
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.mode == "quantize":
+            return torch.fake_quantize_per_tensor_affine(
+                x, self.scale, self.zero_point, self.quant_min, self.quant_max
+            )
+        if self.mode == "observe":
+            lo, hi = torch.aminmax(x.detach())
+            torch.minimum(self.min_val, lo.to(self.min_val.dtype), out=self.min_val)
+            torch.maximum(self.max_val, hi.to(self.max_val.dtype), out=self.max_val)
+        return x
+
+    def extra_repr(self) -> str:
+        text = f"bits={self.bits}, mode={self.mode}"
+        if self.mode == "quantize":
+            text += f", scale={self.scale.item():.6g}, zero_point={int(self.zero_point)}"
+        return text
+
+
+class FakeQuantLinear(QuantModule):
+    """An ``nn.Linear`` with a fake-quantized weight and a fake-quantized input.
+
+    Built from a float ``nn.Linear`` (its weight and bias are copied). Until :meth:`freeze` the
+    weight stays in floating point (so observation runs the FP32 model); :meth:`freeze` replaces it
+    ONCE by ``weight_quantizer(weight, weight_bits)`` and freezing never happens again, so forward
+    passes never re-quantize weights. ``weight_bits=None`` keeps the weight in floating point;
+    ``act_bits=None`` leaves the input unquantized (``input_quantizer`` is then ``None``).
+
+    The small interface :mod:`pytest_qrel.quantize.verify` relies on (future fake-quant modules
+    expose the same): ``weight_bits``, ``act_bits``, :meth:`dequantized_weight` (the exact tensor
+    forward multiplies by, rows = output channels) and ``input_quantizer`` (the module whose output
+    is the exact input forward consumes).
+    """
+
+    def __init__(
+        self,
+        linear: nn.Linear,
+        *,
+        weight_bits: int | None,
+        act_bits: int | None,
+        weight_quantizer: WeightQuantizer = quantize_weight_per_channel_symmetric,
+    ) -> None:
+        super().__init__()
+        self.in_features = linear.in_features
+        self.out_features = linear.out_features
+        self.weight_bits = weight_bits
+        self.act_bits = act_bits
+        self.weight = nn.Parameter(linear.weight.detach().clone(), requires_grad=False)
+        if linear.bias is not None:
+            self.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+        else:
+            self.register_parameter("bias", None)
+        self.input_quantizer: ActQuantizer | None = ActQuantizer(act_bits) if act_bits is not None else None
+        self.weight_quantizer = weight_quantizer
+        self.weight_frozen = weight_bits is None
+
+    def freeze(self) -> None:
+        if self.weight_frozen:
+            return
+        assert self.weight_bits is not None
+        with torch.no_grad():
+            self.weight.copy_(self.weight_quantizer(self.weight, self.weight_bits))
+        self.weight_frozen = True
+
+    def dequantized_weight(self) -> Tensor | None:
+        """The weight forward uses (fake-quantized once frozen), or ``None`` when weights stay float."""
+        return self.weight if self.weight_bits is not None else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.input_quantizer is not None:
+            x = self.input_quantizer(x)
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+            f"weight_bits={self.weight_bits}, act_bits={self.act_bits}, weight_frozen={self.weight_frozen}"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Model surgery and the calibration protocol
+# --------------------------------------------------------------------------------------------------
+
+
+def replace_linears(model: nn.Module, factory: Callable[[str, nn.Linear], nn.Module | None]) -> list[str]:
+    """Replace, in place, every ``nn.Linear`` (subclasses included) inside ``model``.
+
+    ``factory(qualified_name, linear)`` returns the replacement, or ``None`` to keep that linear. A
+    linear shared by several parents is built once and the same replacement put everywhere. Returns
+    the qualified names replaced, in module order. Caveat: modules that read a child linear's
+    ``.weight`` instead of calling it (``nn.MultiheadAttention.out_proj``) bypass the replacement's
+    forward; :func:`~pytest_qrel.quantize.verify.verify_simulation` reports such inputs as never quantized.
+
+    Raises:
+        ValueError: ``model`` itself is an ``nn.Linear`` (it has no parent to be replaced in).
+    """
+    if isinstance(model, nn.Linear):
+        raise ValueError("replace_linears() needs a container module; wrap the nn.Linear (e.g. nn.Sequential)")
+    built: dict[int, nn.Module | None] = {}
+    replaced: list[str] = []
+    targets = [
+        (parent, child_name, f"{parent_name}.{child_name}" if parent_name else child_name, child)
+        for parent_name, parent in model.named_modules()
+        for child_name, child in parent._modules.items()  # not named_children(): it hides repeats
+        if isinstance(child, nn.Linear)
+    ]
+    for parent, child_name, qualified, child in targets:
+        if id(child) not in built:
+            built[id(child)] = factory(qualified, child)
+        new = built[id(child)]
+        if new is not None:
+            setattr(parent, child_name, new)
+            replaced.append(qualified)
+    return replaced
+
+
+def quant_modules(model: nn.Module) -> Iterable[QuantModule]:
+    return (m for m in model.modules() if isinstance(m, QuantModule))
+
+
+def observe(model: nn.Module) -> None:
+    """Put every :class:`QuantModule` of ``model`` in observe mode (activation observers are reset)."""
+    for m in quant_modules(model):
+        m.observe()
+
+
+def freeze(model: nn.Module) -> None:
+    """Freeze every :class:`QuantModule` of ``model``: weights quantized once, activation qparams fixed."""
+    for m in quant_modules(model):
+        m.freeze()
+
+
+def calibrate(model: nn.Module, images: Tensor, *, batch_size: int = CALIBRATION_BATCH_SIZE) -> None:
+    """The whole protocol: :func:`observe`, forward ``images`` in batches under ``torch.no_grad``, :func:`freeze`.
+
+    The forward passes are skipped when no :class:`ActQuantizer` needs statistics. ``images`` are
+    moved to the device and floating dtype of the model's first parameter. The model's train/eval
+    mode is left as it is (callers put it in eval mode first).
+    """
+    observe(model)
+    if any(isinstance(m, ActQuantizer) for m in model.modules()):
+        if images.shape[0] == 0:
+            raise ValueError("calibrate(): no calibration images")
+        ref = next(iter(model.parameters()), None)
+        if ref is not None:
+            images = images.to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
+        with torch.no_grad():
+            for batch in images.split(batch_size):
+                model(batch)
+    freeze(model)
