@@ -1,0 +1,3 @@
+"""Import every built-in dataset source module so its registry entries exist."""
+
+from . import embedded  # noqa: F401

@@ -1,0 +1,82 @@
+"""What a dataset source returns, and the registry of dataset sources.
+
+A dataset source is one function filed under its scheme in :data:`DATASET_SOURCES`; the suite
+names it as ``source: "<scheme>:<arg>"``. It is called as
+``fn(arg, split=..., options=..., base_dir=...)`` and returns an :class:`ImageSet`.
+
+``split`` is ``"test"`` (evaluation) or ``"train"`` (the in-distribution split that calibration and
+QAT draw from; never used for evaluation). OOD sets are only ever asked for ``"test"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..registry import Registry
+
+OOD_LABEL = -1
+"""Label of every sample of an out-of-distribution set."""
+
+
+class ImageSet(Protocol):
+    """A finite, ordered, labelled set of images (order is part of its identity).
+
+    ``__getitem__`` returns ``(image, label)``: ``image`` is either a PIL image or a float tensor of
+    shape (C, H, W) with values in [0, 1], before the model's preprocessing; ``label`` is an int
+    class index, or ``OOD_LABEL`` for OOD samples. ``fingerprint`` is a stable hex digest of the
+    content and order (a change means stored baselines no longer apply).
+    """
+
+    name: str
+    fingerprint: str
+    labels: np.ndarray
+    class_names: list[str] | None
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> tuple[Any, int]: ...
+
+
+@dataclass
+class TensorImageSet:
+    """An in-memory :class:`ImageSet`: ``images`` float32 (N, C, H, W) in [0, 1]."""
+
+    name: str
+    images: Any  # torch.Tensor; typed loosely so importing this module does not import torch
+    labels: np.ndarray
+    fingerprint: str
+    class_names: list[str] | None = None
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        return self.images[index], int(self.labels[index])
+
+
+DatasetSource = Callable[..., ImageSet]
+DATASET_SOURCES: Registry[DatasetSource] = Registry("dataset source")
+
+
+def parse_source(source: str) -> tuple[str, str]:
+    """Split ``"scheme:arg"``; a bare word is treated as ``embedded:<word>`` is NOT done: be explicit."""
+    scheme, sep, arg = source.partition(":")
+    if not sep or not scheme or not arg:
+        raise ValueError(f"source '{source}' is not of the form '<scheme>:<arg>'")
+    return scheme, arg
+
+
+def load_dataset(
+    source: str, *, split: str, options: Mapping[str, Any] | None = None, base_dir: Path | None = None
+) -> ImageSet:
+    """Look up the scheme of ``source`` in :data:`DATASET_SOURCES` and call it."""
+    from . import _builtin  # noqa: F401  (registers the built-in sources)
+
+    scheme, arg = parse_source(source)
+    fn = DATASET_SOURCES.get(scheme)
+    return fn(arg, split=split, options=dict(options or {}), base_dir=base_dir or Path.cwd())
