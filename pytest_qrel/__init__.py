@@ -1,0 +1,53 @@
+"""pytest-qrel: gate quantized vision models on reliability (calibration, OOD detection).
+
+Public API (the pytest plugin is a thin layer over it)::
+
+    from pytest_qrel import load_suite, run, render_report
+    suite = load_suite("suites/demo.yaml")
+    verdicts = run(suite, baseline_dir="baselines")
+
+Importing this package is cheap: torch, timm and scikit-learn load only when a model runs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+from .errors import (
+    BaselineError,
+    BaselineMissingError,
+    BaselineStaleError,
+    DataError,
+    DataMissingError,
+    ModelError,
+    QrelError,
+    SpecError,
+    UnknownNameError,
+)
+from .results import UnitMetrics, Verdict
+from .spec import Suite, load_suite, plan
+
+if TYPE_CHECKING:
+    from .api import run
+    from .engine import Engine
+    from .report import render_report
+
+_LAZY = {"run": ("api", "run"), "Engine": ("engine", "Engine"), "render_report": ("report", "render_report")}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(f".{module}", __name__), attr)
+    raise AttributeError(f"module 'pytest_qrel' has no attribute {name!r}")
+
+
+__all__ = [
+    "BaselineError", "BaselineMissingError", "BaselineStaleError", "DataError", "DataMissingError", "Engine",
+    "ModelError", "QrelError", "SpecError", "Suite", "UnitMetrics", "UnknownNameError", "Verdict", "__version__",
+    "load_suite", "plan", "render_report", "run",
+]

@@ -1,0 +1,408 @@
+"""The engine: plan -> units -> outputs, each computed once, then values for checks.
+
+A *unit* is the expensive thing: forward passes of one (model, quantizer) over a dataset. The
+engine memoises every stage in-process (loaded models, datasets, quantized models, outputs,
+metrics) by content, and optionally on disk (:mod:`pytest_qrel.cache`) so that xdist workers and
+later runs reuse outputs. Checks only read outputs; ``forward_passes`` counts real computations.
+
+FP32 values are read from the stored baseline (:mod:`pytest_qrel.baselines`), which
+``update_baselines=True`` (re)writes from a fresh FP32 run; quantized results are never stored as
+baselines.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import fingerprint as fp
+from .baselines import Baseline, baseline_path, read_baseline, write_baseline
+from .errors import BaselineMissingError, BaselineStaleError, QrelError, SpecError
+from .evaluate import decide
+from .results import UnitMetrics, Verdict
+from .spec.plan import PlannedCheck
+from .spec.schema import FP32, MEAN_OOD, Suite
+
+
+@dataclass
+class DatasetOutputs:
+    """Logits (N, C) float32 of one model on one dataset, with labels (N,) (-1 for OOD)."""
+
+    logits: np.ndarray
+    labels: np.ndarray
+
+
+def _json_key(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, default=str)
+
+
+class Engine:
+    """Computes and memoises everything checks read. One engine per process (per pytest session).
+
+    ``baseline_dir``: root of ``<suite>/<model>.json`` baselines. ``cache_dir``: on-disk outputs
+    cache (None disables it). ``update_command``: the exact command a user should run to (re)create
+    baselines, quoted in error messages.
+    """
+
+    def __init__(
+        self,
+        *,
+        baseline_dir: str | Path = "baselines",
+        cache_dir: str | Path | None = None,
+        update_baselines: bool = False,
+        device: str = "cpu",
+        run_id: str | None = None,
+        update_command: str | None = None,
+    ) -> None:
+        self.baseline_dir = Path(baseline_dir)
+        from .cache import OutputsCache
+
+        self.cache = OutputsCache(Path(cache_dir)) if cache_dir is not None else None
+        self.update_baselines = update_baselines
+        self.device = device
+        self.run_id = run_id or uuid.uuid4().hex
+        self._update_command = update_command
+        self.forward_passes: Counter[tuple[str, str, str, str]] = Counter()
+        self.cache_hits: Counter[tuple[str, str, str, str]] = Counter()
+        self._models: dict[str, Any] = {}
+        self._datasets: dict[str, Any] = {}
+        self._qmodels: dict[str, Any] = {}
+        self._outputs: dict[str, DatasetOutputs] = {}
+        self._id_metrics: dict[str, dict[str, float]] = {}
+        self._scores: dict[tuple[str, str], np.ndarray] = {}
+        self._ood_metrics: dict[tuple[str, str, str], dict[str, float]] = {}
+        self._baselines: dict[tuple[str, str], Baseline] = {}
+        self._written: set[tuple[str, str]] = set()
+        self.touched_units: dict[tuple[str, str, str], Suite] = {}
+
+    # ------------------------------------------------------------------ loading
+    def update_command(self, suite: Suite) -> str:
+        if self._update_command:
+            return self._update_command.format(suite=suite.path)
+        return f"pytest --qrel-suite {suite.path} --qrel-update-baselines"
+
+    def model(self, suite: Suite, name: str) -> Any:
+        """The loaded FP32 :class:`~pytest_qrel.models.LoadedModel` named ``name`` in ``suite``."""
+        from .models import load_model
+
+        spec = suite.models[name]
+        key = _json_key([spec.source, spec.options])
+        if key not in self._models:
+            try:
+                loaded = load_model(spec.source, options=spec.options, base_dir=suite.path.parent)
+            except QrelError as exc:
+                raise type(exc)(f"{spec.where or suite.path}: model '{name}': {exc}") from None
+            loaded.module.eval()
+            self._models[key] = loaded
+        return self._models[key]
+
+    def dataset(self, suite: Suite, name: str, split: str = "test") -> Any:
+        """The :class:`~pytest_qrel.data.ImageSet` named ``name`` (``split`` train/test)."""
+        from .data import load_dataset
+
+        spec = suite.all_datasets[name]
+        key = _json_key([spec.source, spec.options, split])
+        if key not in self._datasets:
+            try:
+                ds = load_dataset(spec.source, split=split, options=spec.options, base_dir=suite.path.parent)
+            except QrelError as exc:
+                raise type(exc)(f"{spec.where or suite.path}: dataset '{name}': {exc}") from None
+            self._datasets[key] = ds
+        return self._datasets[key]
+
+    def _model_identity(self, suite: Suite, name: str) -> dict[str, Any]:
+        spec = suite.models[name]
+        loaded = self.model(suite, name)
+        return {
+            "source": spec.source,
+            "options": spec.options,
+            "weights_sha256": loaded.weights_sha256,
+            "preprocessing": loaded.preprocessing,
+        }
+
+    # ------------------------------------------------------------------ quantization
+    def calibration_images(self, suite: Suite, model: str, samples: int, seed: int, where: str) -> Any:
+        """``samples`` preprocessed images of the ID *train* split, drawn with ``seed`` (N, C, H, W)."""
+        import torch
+
+        train = self.dataset(suite, suite.id_dataset.name, "train")
+        if samples > len(train):
+            raise SpecError(
+                f"asks for {samples} calibration images but the train split of '{suite.id_dataset.name}' has {len(train)}",
+                file=suite.path,
+                field=where,
+                fix=f"use at most {len(train)}",
+            )
+        index = np.random.default_rng(seed).permutation(len(train))[:samples]
+        preprocess = self.model(suite, model).preprocess
+        return torch.stack([preprocess(train[int(i)][0]) for i in index]).to(self.device)
+
+    def quantized_module(self, suite: Suite, model: str, quantizer: str) -> Any:
+        """The module that computes ``quantizer``'s outputs (the FP32 module itself for FP32)."""
+        loaded = self.model(suite, model)
+        if quantizer == FP32:
+            return loaded.module.to(self.device)
+        spec = suite.quantizers[quantizer]
+        key = _json_key([self._model_identity(suite, model), spec.config_dict()])
+        if key not in self._qmodels:
+            from .quantize import quantize
+
+            calib = self.calibration_images(
+                suite, model, spec.calibration.samples, spec.calibration.seed, f"quantizers.{quantizer}.calibration.samples"
+            )
+            self._qmodels[key] = quantize(loaded.module.to(self.device), spec, calib).eval()
+        return self._qmodels[key]
+
+    # ------------------------------------------------------------------ outputs
+    def _outputs_key(self, suite: Suite, model: str, quantizer: str, dataset: str) -> str:
+        import torch
+
+        qconf = "FP32" if quantizer == FP32 else suite.quantizers[quantizer].config_dict()
+        ds = self.dataset(suite, dataset)
+        return fp.digest(
+            {
+                "model": self._model_identity(suite, model),
+                "quantizer": qconf,
+                "dataset": ds.fingerprint,
+                "code": fp.code_digest(),
+                "torch": torch.__version__,
+                "device": self.device,
+            }
+        )
+
+    def outputs(self, suite: Suite, model: str, quantizer: str, dataset: str) -> DatasetOutputs:
+        """Logits of (model, quantizer) on ``dataset``'s test split: computed once, then reused."""
+        key = self._outputs_key(suite, model, quantizer, dataset)
+        if key in self._outputs:
+            return self._outputs[key]
+        label = (suite.name, model, quantizer, dataset)
+        if self.cache is None:
+            out = self._forward(suite, model, quantizer, dataset)
+        else:
+            with self.cache.lock(key):
+                cached = self.cache.get(key)
+                if cached is not None and set(cached) >= {"logits", "labels"}:
+                    self.cache_hits[label] += 1
+                    out = DatasetOutputs(cached["logits"], cached["labels"])
+                else:
+                    out = self._forward(suite, model, quantizer, dataset)
+                    self.cache.put(key, {"logits": out.logits, "labels": out.labels})
+        self._outputs[key] = out
+        return out
+
+    def _forward(self, suite: Suite, model: str, quantizer: str, dataset: str) -> DatasetOutputs:
+        import torch
+
+        module = self.quantized_module(suite, model, quantizer)
+        ds = self.dataset(suite, dataset)
+        preprocess = self.model(suite, model).preprocess
+        chunks = []
+        with torch.inference_mode():
+            for start in range(0, len(ds), suite.batch_size):
+                batch = torch.stack([preprocess(ds[i][0]) for i in range(start, min(start + suite.batch_size, len(ds)))])
+                chunks.append(module(batch.to(self.device)).float().cpu())
+        logits = torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), np.float32)
+        self.forward_passes[(suite.name, model, quantizer, dataset)] += 1
+        return DatasetOutputs(np.ascontiguousarray(logits, dtype=np.float32), np.asarray(ds.labels, dtype=np.int64))
+
+    # ------------------------------------------------------------------ metrics
+    def id_metrics(self, suite: Suite, model: str, quantizer: str) -> dict[str, float]:
+        from .metrics import compute_id_metrics
+
+        key = self._outputs_key(suite, model, quantizer, suite.id_dataset.name)
+        if key not in self._id_metrics:
+            out = self.outputs(suite, model, quantizer, suite.id_dataset.name)
+            self._id_metrics[key] = compute_id_metrics(out.logits, out.labels)
+        return self._id_metrics[key]
+
+    def scores(self, suite: Suite, model: str, quantizer: str, dataset: str, score: str) -> np.ndarray:
+        from .scores import SCORES
+
+        key = (self._outputs_key(suite, model, quantizer, dataset), score)
+        if key not in self._scores:
+            self._scores[key] = np.asarray(SCORES.get(score)(self.outputs(suite, model, quantizer, dataset).logits))
+        return self._scores[key]
+
+    def ood_metrics(self, suite: Suite, model: str, quantizer: str, score: str, dataset: str) -> dict[str, float]:
+        from .metrics import compute_ood_metrics
+
+        key = (self._outputs_key(suite, model, quantizer, dataset), self._outputs_key(suite, model, quantizer, suite.id_dataset.name), score)
+        if key not in self._ood_metrics:
+            id_s = self.scores(suite, model, quantizer, suite.id_dataset.name, score)
+            ood_s = self.scores(suite, model, quantizer, dataset, score)
+            self._ood_metrics[key] = compute_ood_metrics(id_s, ood_s)
+        return self._ood_metrics[key]
+
+    def all_metrics(self, suite: Suite, model: str, quantizer: str) -> dict[str, Any]:
+        """``{"id": {...}, "ood": {score: {dataset: {...}}}}`` over every dataset and score of the suite."""
+        return {
+            "id": dict(self.id_metrics(suite, model, quantizer)),
+            "ood": {
+                s: {d: dict(self.ood_metrics(suite, model, quantizer, s, d)) for d in suite.ood_datasets}
+                for s in suite.scores
+            },
+        }
+
+    # ------------------------------------------------------------------ baselines
+    def current_fingerprint(self, suite: Suite, model: str, datasets: list[str]) -> dict[str, Any]:
+        return {
+            "model": self._model_identity(suite, model),
+            "datasets": {
+                d: {"source": suite.all_datasets[d].source, "fingerprint": self.dataset(suite, d).fingerprint, "samples": len(self.dataset(suite, d))}
+                for d in datasets
+            },
+            "versions": fp.versions_major_minor(),
+        }
+
+    def write_baseline(self, suite: Suite, model: str) -> Path:
+        """Run FP32 over every dataset of ``suite`` and store its metrics and per-sample arrays."""
+        from .metrics import softmax
+
+        path = baseline_path(self.baseline_dir, suite.name, model)
+        metrics = self.all_metrics(suite, model, FP32)
+        out = self.outputs(suite, model, FP32, suite.id_dataset.name)
+        probs = softmax(out.logits)
+        correct = probs.argmax(1) == out.labels
+        nll = -np.log(np.clip(probs[np.arange(len(out.labels)), out.labels], 1e-300, None))
+        arrays: dict[str, np.ndarray] = {
+            "id.correct": correct,
+            "id.nll": nll.astype(np.float32),
+            "id.confidence": probs.max(1).astype(np.float32),
+        }
+        for s in suite.scores:
+            for d in suite.all_datasets:
+                arrays[f"score.{s}.{d}"] = self.scores(suite, model, FP32, d, s).astype(np.float32)
+        write_baseline(
+            path,
+            suite=suite.name,
+            model=model,
+            fingerprint=self.current_fingerprint(suite, model, list(suite.all_datasets)),
+            metrics=metrics,
+            arrays=arrays,
+            run_id=self.run_id,
+            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        )
+        return path
+
+    def baseline(self, suite: Suite, model: str) -> Baseline:
+        """The stored FP32 baseline of (suite, model); (re)written first when updating baselines."""
+        key = (suite.name, model)
+        if key in self._baselines:
+            return self._baselines[key]
+        path = baseline_path(self.baseline_dir, suite.name, model)
+        if self.update_baselines and key not in self._written:
+            if self.cache is not None:  # several xdist workers: write once per run
+                with self.cache.lock(fp.digest(["baseline", str(path.resolve())])):
+                    self._update_once(suite, model, path)
+            else:
+                self._update_once(suite, model, path)
+            self._written.add(key)
+        b = read_baseline(path, update_command=self.update_command(suite))
+        self._baselines[key] = b
+        return b
+
+    def _update_once(self, suite: Suite, model: str, path: Path) -> None:
+        try:
+            existing = read_baseline(path, update_command="")
+            if existing.run_id == self.run_id:
+                return  # another worker of this run already wrote it
+        except QrelError:
+            pass
+        self.write_baseline(suite, model)
+
+    def checked_baseline(self, suite: Suite, model: str, datasets: list[str]) -> Baseline:
+        """The baseline, after checking its fingerprint for the parts ``datasets`` depend on."""
+        b = self.baseline(suite, model)
+        current = self.current_fingerprint(suite, model, datasets)
+        stored = {
+            "model": b.fingerprint.get("model"),
+            "datasets": {d: v for d, v in (b.fingerprint.get("datasets") or {}).items() if d in datasets},
+            "versions": b.fingerprint.get("versions"),
+        }
+        missing = [d for d in datasets if d not in stored["datasets"]]
+        if missing:
+            raise BaselineMissingError(
+                f"FP32 baseline {b.path} has no results for dataset(s) {', '.join(missing)}; re-create it with: {self.update_command(suite)}"
+            )
+        changes = fp.diff(stored, current)
+        if changes:
+            raise BaselineStaleError(
+                f"FP32 baseline {b.path} is stale: {'; '.join(changes)}; if the change is intended, re-create it with: {self.update_command(suite)}"
+            )
+        return b
+
+    # ------------------------------------------------------------------ checks
+    def _datasets_read(self, p: PlannedCheck) -> list[str]:
+        suite = p.suite
+        if p.dataset == suite.id_dataset.name:
+            return [suite.id_dataset.name]
+        ood = list(suite.ood_datasets) if p.dataset == MEAN_OOD else [p.dataset]
+        return [suite.id_dataset.name, *ood]
+
+    def _value_from(self, metrics_id: Any, metrics_ood: Any, p: PlannedCheck, where: str) -> float:
+        """Read the planned check's metric from an ``{"id": .., "ood": ..}``-shaped source."""
+        from .metrics import METRICS
+
+        suite = p.suite
+        try:
+            if METRICS.meta(p.check.metric)["kind"] != "ood":
+                return float(metrics_id()[p.check.metric])
+            sets = list(suite.ood_datasets) if p.dataset == MEAN_OOD else [p.dataset]
+            return float(np.mean([metrics_ood(p.score, d)[p.check.metric] for d in sets]))
+        except KeyError as exc:
+            raise BaselineMissingError(
+                f"{where} has no {p.check.metric} for {exc}; re-create it with: {self.update_command(suite)}"
+            ) from None
+
+    def evaluate(self, p: PlannedCheck) -> Verdict:
+        """Decide one planned check. Raises QrelError subclasses for missing data/baselines."""
+        from .metrics import METRICS
+
+        suite = p.suite
+        self.touched_units[(str(suite.path), p.model, p.quantizer)] = suite
+        b = self.checked_baseline(suite, p.model, self._datasets_read(p))
+        fp32 = self._value_from(lambda: b.metrics["id"], lambda s, d: b.metrics["ood"][s][d], p, f"FP32 baseline {b.path}")
+        if p.quantizer == FP32:
+            value = fp32
+        else:
+            value = self._value_from(
+                lambda: self.id_metrics(suite, p.model, p.quantizer),
+                lambda s, d: self.ood_metrics(suite, p.model, p.quantizer, s, d),
+                p,
+                "outputs",
+            )
+        meta = METRICS.meta(p.check.metric)
+        return decide(p, value, fp32, higher_is_better=meta["higher_is_better"], fraction=meta["fraction"])
+
+    def unit_metrics(self, suite: Suite, model: str, quantizer: str) -> UnitMetrics | None:
+        """Every metric of one unit for the report (FP32 from its baseline); None if unavailable."""
+        try:
+            if quantizer == FP32:
+                m = self.baseline(suite, model).metrics
+            else:
+                m = self.all_metrics(suite, model, quantizer)
+        except QrelError:
+            return None
+        return UnitMetrics(suite=suite.name, model=model, quantizer=quantizer, id=m.get("id", {}), ood=m.get("ood", {}))
+
+    def report_units(self) -> list[UnitMetrics]:
+        """Unit metrics of every (model, quantizer) a check touched, FP32 first, in suite order."""
+        out: list[UnitMetrics] = []
+        seen = set()
+        for (_, model, _q), suite in list(self.touched_units.items()):
+            for q in [FP32, *suite.quantizers]:
+                key = (str(suite.path), model, q)
+                if key in seen or (q != FP32 and key not in self.touched_units):
+                    continue
+                seen.add(key)
+                um = self.unit_metrics(suite, model, q)
+                if um is not None:
+                    out.append(um)
+        return out

@@ -1,0 +1,74 @@
+"""Fingerprints: what produced a result, so stale baselines and caches are detected, not trusted."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+# Versions that change FP32 numbers enough to matter are compared at major.minor.
+FINGERPRINT_PACKAGES = ("torch", "timm", "pytest-qrel")
+
+
+def digest(obj: Any) -> str:
+    """SHA-256 of the canonical JSON form of ``obj``."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def package_version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        if name == "pytest-qrel":
+            from . import __version__
+
+            return __version__
+        return "absent"
+
+
+@functools.lru_cache(maxsize=1)
+def versions_major_minor() -> dict[str, str]:
+    """``{"torch": "2.14", "timm": "1.0", "pytest-qrel": "0.1"}`` (local build tags dropped)."""
+    out = {}
+    for name in FINGERPRINT_PACKAGES:
+        v = package_version(name).split("+")[0]
+        out[name] = ".".join(v.split(".")[:2])
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def code_digest() -> str:
+    """SHA-256 of this package's Python sources: part of every cache key, so editing the code
+    (or upgrading the package) can never serve outputs computed by older code."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def diff(stored: Any, current: Any, prefix: str = "") -> list[str]:
+    """Human-readable differences ``field: old -> new`` between two nested dicts (leaves only)."""
+    if isinstance(stored, dict) and isinstance(current, dict):
+        out: list[str] = []
+        for key in sorted(set(stored) | set(current), key=str):
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if key not in stored:
+                out.append(f"{name}: (none) -> {_short(current[key])}")
+            elif key not in current:
+                out.append(f"{name}: {_short(stored[key])} -> (none)")
+            else:
+                out.extend(diff(stored[key], current[key], name))
+        return out
+    return [] if stored == current else [f"{prefix}: {_short(stored)} -> {_short(current)}"]
+
+
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+        return value[:12]  # a digest: the prefix is enough to tell them apart
+    return text if len(text) <= 80 else text[:77] + "..."
