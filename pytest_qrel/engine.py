@@ -128,8 +128,9 @@ class Engine:
         }
 
     # ------------------------------------------------------------------ quantization
-    def calibration_images(self, suite: Suite, model: str, samples: int, seed: int, where: str) -> Any:
-        """``samples`` preprocessed images of the ID *train* split, drawn with ``seed`` (N, C, H, W)."""
+    def calibration_images(self, suite: Suite, model: str, samples: int, seed: int, where: str) -> tuple[Any, Any]:
+        """``samples`` preprocessed images (N, C, H, W) of the ID *train* split drawn with ``seed``,
+        and their labels (N,)."""
         import torch
 
         train = self.dataset(suite, suite.id_dataset.name, "train")
@@ -142,7 +143,9 @@ class Engine:
             )
         index = np.random.default_rng(seed).permutation(len(train))[:samples]
         preprocess = self.model(suite, model).preprocess
-        return torch.stack([preprocess(train[int(i)][0]) for i in index]).to(self.device)
+        images = torch.stack([preprocess(train[int(i)][0]) for i in index]).to(self.device)
+        labels = torch.as_tensor(np.asarray(train.labels)[index], dtype=torch.int64).to(self.device)
+        return images, labels
 
     def quantized_module(self, suite: Suite, model: str, quantizer: str) -> Any:
         """The module that computes ``quantizer``'s outputs (the FP32 module itself for FP32)."""
@@ -154,10 +157,10 @@ class Engine:
         if key not in self._qmodels:
             from .quantize import quantize
 
-            calib = self.calibration_images(
+            images, labels = self.calibration_images(
                 suite, model, spec.calibration.samples, spec.calibration.seed, f"quantizers.{quantizer}.calibration.samples"
             )
-            self._qmodels[key] = quantize(loaded.module.to(self.device), spec, calib).eval()
+            self._qmodels[key] = quantize(loaded.module.to(self.device), spec, images, labels=labels).eval()
         return self._qmodels[key]
 
     # ------------------------------------------------------------------ outputs

@@ -5,7 +5,13 @@ entry in :data:`QUANTIZERS` built from the reusable parts of :mod:`.fakequant`, 
 :func:`verify_simulation` checks that a simulated model really computes on its integer grids.
 """
 
-from . import minmax as _minmax  # noqa: F401  (registers the built-in methods)
+# Importing a method module registers its entries (one module per method family).
+from . import minmax as _minmax  # noqa: F401
+from . import observers as _observers  # noqa: F401
+from . import qat as _qat  # noqa: F401
+from . import raana as _raana  # noqa: F401
+from . import repq_vit as _repq_vit  # noqa: F401
+from . import smoothquant as _smoothquant  # noqa: F401
 from .base import QUANTIZERS, Option, parse_options, quantize, validate_bits
 from .fakequant import (
     ActQuantizer,

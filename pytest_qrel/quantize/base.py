@@ -3,12 +3,14 @@
 A method is one function filed under its YAML name in :data:`QUANTIZERS`::
 
     @QUANTIZERS.register("minmax", options=("batch_size",), summary="...")
-    def minmax(model: nn.Module, spec: QuantizerSpec, calibration: torch.Tensor) -> nn.Module: ...
+    def minmax(model: nn.Module, spec: QuantizerSpec, calibration: torch.Tensor, *, labels=None) -> nn.Module: ...
 
 Contract of every method:
 
 - ``calibration`` is a float tensor (N, C, H, W) of already-preprocessed in-distribution *training*
-  images (the engine draws ``spec.calibration.samples`` of them with ``spec.calibration.seed``).
+  images (the engine draws ``spec.calibration.samples`` of them with ``spec.calibration.seed``);
+  ``labels`` (keyword, int64 (N,) or None) are their class indices, for methods that train (QAT).
+  Methods must never see test or OOD data.
 - It returns a NEW module (a deep copy; the input model is never modified), in eval mode, whose
   forward maps images to logits exactly like the original's.
 - It validates its own ``spec.options`` with :func:`parse_options` (unknown keys are a
@@ -35,17 +37,20 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from ..spec.schema import QuantizerSpec
 
-QuantizeFn = Callable[["nn.Module", "QuantizerSpec", "torch.Tensor"], "nn.Module"]
+QuantizeFn = Callable[..., "nn.Module"]
 
 QUANTIZERS: Registry[QuantizeFn] = Registry("quantization method")
-"""YAML method name -> ``fn(model, spec, calibration) -> quantized copy``."""
+"""YAML method name -> ``fn(model, spec, calibration, *, labels=None) -> quantized copy``."""
 
 MIN_BITS = 2
 MAX_BITS = 8
 
 
-def quantize(model: nn.Module, spec: QuantizerSpec, calibration: torch.Tensor) -> nn.Module:
-    """Quantize a copy of ``model`` as ``spec`` says, calibrating on ``calibration`` (N, C, H, W).
+def quantize(
+    model: nn.Module, spec: QuantizerSpec, calibration: torch.Tensor, *, labels: torch.Tensor | None = None
+) -> nn.Module:
+    """Quantize a copy of ``model`` as ``spec`` says, calibrating on ``calibration`` (N, C, H, W)
+    with class indices ``labels`` (N,) when known (training-based methods need them).
 
     Looks ``spec.method`` up in :data:`QUANTIZERS` and calls it after validating the bit widths.
 
@@ -55,7 +60,7 @@ def quantize(model: nn.Module, spec: QuantizerSpec, calibration: torch.Tensor) -
     """
     fn = QUANTIZERS.get(spec.method)
     validate_bits(spec)
-    return fn(model, spec, calibration)
+    return fn(model, spec, calibration, labels=labels)
 
 
 def validate_bits(spec: QuantizerSpec) -> None:

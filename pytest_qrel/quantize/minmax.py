@@ -45,7 +45,7 @@ MINMAX_OPTIONS = {
     options=tuple(MINMAX_OPTIONS),
     summary="static min/max PTQ of every nn.Linear: weights symmetric per channel, inputs asymmetric per tensor",
 )
-def minmax(model: nn.Module, spec: QuantizerSpec, calibration: Tensor) -> nn.Module:
+def minmax(model: nn.Module, spec: QuantizerSpec, calibration: Tensor, *, labels: Tensor | None = None) -> nn.Module:
     """Return a quantized deep copy of ``model`` (eval mode); ``model`` itself is not modified."""
     opts = parse_options(spec, MINMAX_OPTIONS)
     if spec.act_bits is not None and calibration.shape[0] == 0:

@@ -1,0 +1,1 @@
+"""(in progress) quantization method module; registers its entries in QUANTIZERS on import."""
