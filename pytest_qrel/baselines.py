@@ -35,6 +35,7 @@ class Baseline:
     metrics: dict[str, Any]  # {"id": {metric: v}, "ood": {score: {dataset: {metric: v}}}}
     run_id: str | None
     created: str
+    variants: dict[str, Any] | None = None  # {"FP32+temperature": {"metrics": .., "params": {"temperature": T}}}
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The per-sample arrays (loaded on demand; checked against the recorded digest)."""
@@ -82,6 +83,7 @@ def write_baseline(
     arrays: dict[str, np.ndarray],
     run_id: str | None,
     created: str,
+    variants: dict[str, Any] | None = None,
 ) -> None:
     """Write the npz, then the JSON that names its digest (the JSON replace is the commit point)."""
     buf = io.BytesIO()
@@ -95,6 +97,7 @@ def write_baseline(
         "run_id": run_id,
         "fingerprint": fingerprint,
         "metrics": metrics,
+        "variants": variants or {},
         "npz_sha256": hashlib.sha256(npz_bytes).hexdigest(),
     }
     text = json.dumps(record, indent=2, sort_keys=True, allow_nan=False) + "\n"
@@ -130,6 +133,7 @@ def read_baseline(path: Path, *, update_command: str) -> Baseline:
             metrics=record["metrics"],
             run_id=record.get("run_id"),
             created=record.get("created", ""),
+            variants=record.get("variants") or {},
         )
         b._npz_sha256 = record["npz_sha256"]
     except KeyError as exc:

@@ -24,11 +24,16 @@ import numpy as np
 
 from . import fingerprint as fp
 from .baselines import Baseline, baseline_path, read_baseline, write_baseline
-from .errors import BaselineMissingError, BaselineStaleError, QrelError, SpecError
+from .errors import BaselineMissingError, BaselineStaleError, DataMissingError, QrelError, SpecError
 from .evaluate import decide
 from .results import UnitMetrics, Verdict
 from .spec.plan import PlannedCheck
-from .spec.schema import FP32, MEAN_OOD, Suite
+from .posthoc import POSTHOC, split_name
+from .spec.schema import FP32, HELDOUT, MEAN_OOD, Suite
+
+HELDOUT_SPLIT = "val"
+"""The ID split post-hoc steps (``+temperature``) are fitted on: held out from both the model's
+training data and the test split. Calibration and QAT draw from ``train``."""
 
 
 @dataclass
@@ -79,6 +84,7 @@ class Engine:
         self._scores: dict[tuple[str, str], np.ndarray] = {}
         self._ood_metrics: dict[tuple[str, str, str], dict[str, float]] = {}
         self._baselines: dict[tuple[str, str], Baseline] = {}
+        self._posthoc: dict[Any, dict[str, float]] = {}
         self._written: set[tuple[str, str]] = set()
         self.touched_units: dict[tuple[str, str, str], Suite] = {}
 
@@ -104,9 +110,20 @@ class Engine:
         return self._models[key]
 
     def dataset(self, suite: Suite, name: str, split: str = "test") -> Any:
-        """The :class:`~pytest_qrel.data.ImageSet` named ``name`` (``split`` train/test)."""
+        """The :class:`~pytest_qrel.data.ImageSet` named ``name`` (``split`` train/test); ``HELDOUT``
+        is the held-out part of the ID train split used to fit post-hoc steps."""
         from .data import load_dataset
 
+        if name == HELDOUT:
+            try:
+                return self.dataset(suite, suite.id_dataset.name, HELDOUT_SPLIT)
+            except DataMissingError:
+                raise
+            except QrelError as exc:
+                raise type(exc)(
+                    f"post-hoc steps (+temperature) are fitted on the '{HELDOUT_SPLIT}' split of the in-distribution set, "
+                    f"which is not available: {exc}"
+                ) from None
         spec = suite.all_datasets[name]
         key = _json_key([spec.source, spec.options, split])
         if key not in self._datasets:
@@ -150,6 +167,8 @@ class Engine:
     def quantized_module(self, suite: Suite, model: str, quantizer: str) -> Any:
         """The module that computes ``quantizer``'s outputs (the FP32 module itself for FP32)."""
         loaded = self.model(suite, model)
+        if split_name(quantizer)[1]:
+            raise ValueError(f"post-hoc steps have no module of their own: {quantizer}")
         if quantizer == FP32:
             return loaded.module.to(self.device)
         spec = suite.quantizers[quantizer]
@@ -167,12 +186,14 @@ class Engine:
     def _outputs_key(self, suite: Suite, model: str, quantizer: str, dataset: str) -> str:
         import torch
 
-        qconf = "FP32" if quantizer == FP32 else suite.quantizers[quantizer].config_dict()
+        base, steps = split_name(quantizer)
+        qconf = "FP32" if base == FP32 else suite.quantizers[base].config_dict()
         ds = self.dataset(suite, dataset)
         return fp.digest(
             {
                 "model": self._model_identity(suite, model),
                 "quantizer": qconf,
+                "posthoc": steps,
                 "dataset": ds.fingerprint,
                 "code": fp.code_digest(),
                 "torch": torch.__version__,
@@ -185,6 +206,14 @@ class Engine:
         key = self._outputs_key(suite, model, quantizer, dataset)
         if key in self._outputs:
             return self._outputs[key]
+        base, steps = split_name(quantizer)
+        if steps:  # post-hoc: cheap maps of the base outputs, never cached on disk
+            prefix = quantizer.rsplit("+", 1)[0]
+            params = self.posthoc_params(suite, model, quantizer)
+            inner = self.outputs(suite, model, prefix, dataset)
+            out = DatasetOutputs(POSTHOC.get(steps[-1]).apply(inner.logits, params), inner.labels)
+            self._outputs[key] = out
+            return out
         label = (suite.name, model, quantizer, dataset)
         if self.cache is None:
             out = self._forward(suite, model, quantizer, dataset)
@@ -199,6 +228,16 @@ class Engine:
                     self.cache.put(key, {"logits": out.logits, "labels": out.labels})
         self._outputs[key] = out
         return out
+
+    def posthoc_params(self, suite: Suite, model: str, quantizer: str) -> dict[str, float]:
+        """Parameters of the last post-hoc step of ``quantizer`` (e.g. ``{"temperature": 1.3}``),
+        fitted on the held-out ID train split outputs of everything before it."""
+        key = (self._outputs_key(suite, model, quantizer, HELDOUT), "params")
+        if key not in self._posthoc:
+            prefix, step = quantizer.rsplit("+", 1)
+            held = self.outputs(suite, model, prefix, HELDOUT)
+            self._posthoc[key] = POSTHOC.get(step).fit(held.logits, held.labels)
+        return self._posthoc[key]
 
     def _forward(self, suite: Suite, model: str, quantizer: str, dataset: str) -> DatasetOutputs:
         import torch
@@ -258,7 +297,11 @@ class Engine:
         return {
             "model": self._model_identity(suite, model),
             "datasets": {
-                d: {"source": suite.all_datasets[d].source, "fingerprint": self.dataset(suite, d).fingerprint, "samples": len(self.dataset(suite, d))}
+                d: {
+                    "source": suite.all_datasets[d].source if d != HELDOUT else f"{suite.id_dataset.source} ({HELDOUT_SPLIT} split)",
+                    "fingerprint": self.dataset(suite, d).fingerprint,
+                    "samples": len(self.dataset(suite, d)),
+                }
                 for d in datasets
             },
             "versions": fp.versions_major_minor(),
@@ -282,12 +325,17 @@ class Engine:
         for s in suite.scores:
             for d in suite.all_datasets:
                 arrays[f"score.{s}.{d}"] = self.scores(suite, model, FP32, d, s).astype(np.float32)
+        variants = {}
+        for step in POSTHOC.names():  # FP32+temperature etc., for fair comparisons
+            name = f"{FP32}+{step}"
+            variants[name] = {"metrics": self.all_metrics(suite, model, name), "params": self.posthoc_params(suite, model, name)}
         write_baseline(
             path,
             suite=suite.name,
             model=model,
-            fingerprint=self.current_fingerprint(suite, model, list(suite.all_datasets)),
+            fingerprint=self.current_fingerprint(suite, model, [*suite.all_datasets, HELDOUT]),
             metrics=metrics,
+            variants=variants,
             arrays=arrays,
             run_id=self.run_id,
             created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -349,6 +397,11 @@ class Engine:
         ood = list(suite.ood_datasets) if p.dataset == MEAN_OOD else [p.dataset]
         return [suite.id_dataset.name, *ood]
 
+    def datasets_read(self, p: PlannedCheck) -> list[str]:
+        """Every dataset whose fingerprint a check depends on (post-hoc steps add the held-out split)."""
+        extra = [HELDOUT] if split_name(p.quantizer)[1] else []
+        return [*self._datasets_read(p), *extra]
+
     def _value_from(self, metrics_id: Any, metrics_ood: Any, p: PlannedCheck, where: str) -> float:
         """Read the planned check's metric from an ``{"id": .., "ood": ..}``-shaped source."""
         from .metrics import METRICS
@@ -370,10 +423,13 @@ class Engine:
 
         suite = p.suite
         self.touched_units[(str(suite.path), p.model, p.quantizer)] = suite
-        b = self.checked_baseline(suite, p.model, self._datasets_read(p))
+        b = self.checked_baseline(suite, p.model, self.datasets_read(p))
         fp32 = self._value_from(lambda: b.metrics["id"], lambda s, d: b.metrics["ood"][s][d], p, f"FP32 baseline {b.path}")
         if p.quantizer == FP32:
             value = fp32
+        elif split_name(p.quantizer)[0] == FP32:  # FP32+temperature: stored with the baseline
+            variant = (b.variants or {}).get(p.quantizer, {}).get("metrics", {})
+            value = self._value_from(lambda: variant["id"], lambda s, d: variant["ood"][s][d], p, f"FP32 baseline {b.path} ({p.quantizer})")
         else:
             value = self._value_from(
                 lambda: self.id_metrics(suite, p.model, p.quantizer),
@@ -386,21 +442,30 @@ class Engine:
 
     def unit_metrics(self, suite: Suite, model: str, quantizer: str) -> UnitMetrics | None:
         """Every metric of one unit for the report (FP32 from its baseline); None if unavailable."""
+        info: dict[str, Any] = {}
         try:
             if quantizer == FP32:
                 m = self.baseline(suite, model).metrics
+            elif split_name(quantizer)[0] == FP32:
+                variant = (self.baseline(suite, model).variants or {}).get(quantizer)
+                if not variant:
+                    return None
+                m, info = variant["metrics"], dict(variant.get("params", {}))
             else:
                 m = self.all_metrics(suite, model, quantizer)
+                if split_name(quantizer)[1]:
+                    info = dict(self.posthoc_params(suite, model, quantizer))
         except QrelError:
             return None
-        return UnitMetrics(suite=suite.name, model=model, quantizer=quantizer, id=m.get("id", {}), ood=m.get("ood", {}))
+        return UnitMetrics(suite=suite.name, model=model, quantizer=quantizer, id=m.get("id", {}), ood=m.get("ood", {}), info=info)
 
     def report_units(self) -> list[UnitMetrics]:
         """Unit metrics of every (model, quantizer) a check touched, FP32 first, in suite order."""
         out: list[UnitMetrics] = []
         seen = set()
         for (_, model, _q), suite in list(self.touched_units.items()):
-            for q in [FP32, *suite.quantizers]:
+            touched = [q for (path, m, q) in self.touched_units if path == str(suite.path) and m == model]
+            for q in dict.fromkeys([FP32, *suite.quantizers, *touched]):
                 key = (str(suite.path), model, q)
                 if key in seen or (q != FP32 and key not in self.touched_units):
                     continue

@@ -15,14 +15,15 @@ from pytest_qrel.data import DATASET_SOURCES, OOD_LABEL, load_dataset
 from pytest_qrel.data import embedded as E
 from pytest_qrel.errors import DataError, UnknownNameError
 
-ALL = [("digits", "train"), ("digits", "test"), ("digits89", "test"), ("textures", "test"), ("photos", "test"), ("noise", "test")]
+ALL = [("digits", "train"), ("digits", "val"), ("digits", "test"), ("digits89", "test"), ("textures", "test"), ("photos", "test"), ("noise", "test")]
 OOD = ["digits89", "textures", "photos", "noise"]
 
 # Golden fingerprints: the sets are meant to be bit-identical on every machine. A change here means
 # every stored FP32 baseline built on these sets goes stale; update only on purpose.
 GOLDEN = {
     ("digits", "train"): "446181978bda",
-    ("digits", "test"): "9bcb52794289",
+    ("digits", "val"): "0905a42b0033",
+    ("digits", "test"): "af03af09f986",
     ("digits89", "test"): "429615c89a4f",
     ("textures", "test"): "03c95ca8ea5e",
     ("photos", "test"): "115a5b892a4e",
@@ -66,7 +67,7 @@ def test_sizes_match_the_source_data():
     from sklearn.datasets import load_digits
 
     target = load_digits().target
-    assert len(get("digits", "train")) + len(get("digits", "test")) == int(np.isin(target, range(8)).sum())
+    assert sum(len(get("digits", s)) for s in ("train", "val", "test")) == int(np.isin(target, range(8)).sum())
     assert len(get("digits89")) == int(np.isin(target, (8, 9)).sum())
     for name in ("textures", "photos", "noise"):
         assert len(get(name)) == 300
@@ -85,18 +86,21 @@ def test_digits_are_the_sklearn_digits_upsampled():
     np.testing.assert_allclose(ds.images.numpy()[:, 0], expected, rtol=0, atol=1e-6)
 
 
-def test_train_test_disjoint_complete_and_stratified():
+def test_train_val_test_disjoint_complete_and_stratified():
     split = E._digits_split_indices()
-    train, test = split["train"], split["test"]
-    assert np.intersect1d(train, test).size == 0
+    train, val, test = split["train"], split["val"], split["test"]
+    assert np.intersect1d(train, test).size == 0 and np.intersect1d(train, val).size == 0 and np.intersect1d(val, test).size == 0
     _, labels = E._digits_raw()
-    assert np.array_equal(np.union1d(train, test), np.flatnonzero(labels < 8))
+    assert np.array_equal(np.union1d(np.union1d(train, val), test), np.flatnonzero(labels < 8))
     for cls in range(8):
-        n_train, n_test = int((labels[train] == cls).sum()), int((labels[test] == cls).sum())
-        assert abs(n_train / (n_train + n_test) - 0.6) <= 1 / (n_train + n_test)
-    # no test image is also a training image
+        n_train, n_val, n_test = (int((labels[ix] == cls).sum()) for ix in (train, val, test))
+        n = n_train + n_val + n_test
+        assert abs(n_train / n - 0.6) <= 1 / n
+        assert abs(n_val / (n_val + n_test) - 1 / 3) <= 1 / (n_val + n_test)
+    # no val or test image is also a training image (the model never saw them)
     tr = {row.tobytes() for row in get("digits", "train").images.numpy()}
-    assert sum(row.tobytes() in tr for row in get("digits", "test").images.numpy()) == 0
+    for split_name in ("val", "test"):
+        assert sum(row.tobytes() in tr for row in get("digits", split_name).images.numpy()) == 0
 
 
 def test_fingerprints_are_deterministic_and_distinct():
@@ -140,9 +144,9 @@ def test_unknown_name_lists_known_sets():
         assert name in msg
 
 
-@pytest.mark.parametrize("split", ["val", "", "TEST"])
+@pytest.mark.parametrize("split", ["valid", "", "TEST"])
 def test_unknown_split_is_a_clear_error(split):
-    with pytest.raises(DataError, match=rf"unknown split '{split}' \(known: train, test\)"):
+    with pytest.raises(DataError, match=rf"unknown split '{split}' \(known: train, val, test\)"):
         get("digits", split)
 
 

@@ -80,3 +80,4 @@ def load_dataset(
     scheme, arg = parse_source(source)
     fn = DATASET_SOURCES.get(scheme)
     return fn(arg, split=split, options=dict(options or {}), base_dir=base_dir or Path.cwd())
+

@@ -6,7 +6,9 @@
 name        splits  content
 ==========  ======  ==========================================================================
 digits      train,  scikit-learn's handwritten digits 0-7 (in-distribution), labels 0..7;
-            test    a fixed stratified 60/40 split (seed 0)
+            val,    a fixed stratified 60/40 train/rest split (seed 0); "rest" is split again,
+            test    stratified, into val (1/3, for post-hoc fitting) and test (2/3). The shipped
+                    model was trained on train only, so val is genuinely held out.
 digits89    test    the held-out digits 8 and 9, all of them (near-OOD, semantic shift)
 textures    test    300 random crops of scikit-image's brick / grass / gravel (OOD)
 photos      test    300 random crops of natural photos from scikit-image (far-OOD)
@@ -54,7 +56,8 @@ CROP_SIZES = (32, 48, 64)  # multiples of 16, so the block average is exact
 MIN_CROP_RANGE = 16  # grey levels (of 255); flatter crops are redrawn
 TEXTURE_IMAGES = ("brick", "grass", "gravel")
 PHOTO_IMAGES = ("astronaut", "camera", "chelsea", "coffee", "coins", "moon", "motorcycle")
-SPLITS = ("train", "test")
+SPLITS = ("train", "val", "test")
+VAL_FRACTION_OF_REST = 1 / 3
 
 
 @dataclass(frozen=True)
@@ -103,8 +106,16 @@ def _digits_split_indices() -> dict[str, np.ndarray]:
         members = members[rng.permutation(len(members))]
         train.append(members[: int(round(TRAIN_FRACTION * len(members)))])
     train_idx = np.sort(np.concatenate(train))
-    test_idx = np.setdiff1d(keep, train_idx)  # sorted
-    return {"train": train_idx, "test": test_idx}
+    rest = np.setdiff1d(keep, train_idx)  # sorted
+    val: list[np.ndarray] = []
+    rng_val = np.random.default_rng(SPLIT_SEED + 1)
+    for cls in ID_DIGITS:
+        members = rest[labels[rest] == cls]
+        members = members[rng_val.permutation(len(members))]
+        val.append(members[: int(round(VAL_FRACTION_OF_REST * len(members)))])
+    val_idx = np.sort(np.concatenate(val))
+    test_idx = np.setdiff1d(rest, val_idx)
+    return {"train": train_idx, "val": val_idx, "test": test_idx}
 
 
 def _build_digits(split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -17,6 +17,7 @@ from ..errors import SpecError, UnknownNameError
 from .checks import parse_check
 from .schema import (
     FP32,
+    HELDOUT,
     MEAN_OOD,
     SCHEMA_VERSION,
     CalibrationSpec,
@@ -33,7 +34,7 @@ TOP_LEVEL_KEYS = ("version", "name", "description", "models", "datasets", "quant
 CONVENTIONS = ("hendrycks",)
 # Names appear in pytest ids "model[quantizer-dataset]::check"; the scheduler splits on the last
 # "-", so dataset names may not contain one.
-_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")  # '+' is reserved for post-hoc steps (W8A8+temperature)
 _DATASET_NAME = re.compile(r"^[A-Za-z0-9_.]+$")
 _BITS_IN_NAME = re.compile(r"^W(\d+)A(\d+|16|32)?")
 
@@ -79,7 +80,7 @@ def _typename(x: Any) -> str:
 
 def _check_name(ctx: _Ctx, name: Any, node: Any, key: Any, field: str, pattern: re.Pattern[str] = _NAME) -> str:
     if not isinstance(name, str) or not pattern.match(name):
-        allowed = "letters, digits, _ and ." if pattern is _DATASET_NAME else "letters, digits, _ . + and -"
+        allowed = "letters, digits, _ and ." if pattern is _DATASET_NAME else "letters, digits, _ . and -"
         raise ctx.err(f"invalid name {name!r}", node=node, key=key, field=field, fix=f"use only {allowed}")
     return name
 
@@ -152,7 +153,7 @@ def _datasets(ctx: _Ctx, raw: Any) -> tuple[DatasetSpec, dict[str, DatasetSpec]]
     else:
         raise ctx.err(f"'ood' must be a list or a mapping, got {_typename(ood_raw)}", node=node, key="ood", field="datasets.ood")
     for ds, key in entries:
-        if ds.name in ood or ds.name == id_ds.name or ds.name in ("ood", "id", "mean"):
+        if ds.name in ood or ds.name == id_ds.name or ds.name in ("ood", "id", "mean", HELDOUT):
             raise ctx.err(f"dataset name '{ds.name}' is used twice or reserved", node=ood_raw, key=key, field="datasets.ood", fix="give each dataset a unique name")
         ood[ds.name] = ds
     return id_ds, ood
@@ -228,10 +229,18 @@ def _validate_check(ctx: _Ctx, check: CheckSpec, suite: Suite, field: str) -> li
         raise fail(str(UnknownNameError("metric", check.metric, METRICS.names())), fix="use one of the known metrics")
     meta = METRICS.meta(check.metric)
     is_ood = meta["kind"] == "ood"
+    from ..posthoc import POSTHOC, split_name
+
     known_q = [FP32, *suite.quantizers]
     for q in check.quantizers:
-        if q != "all" and q not in known_q:
-            raise fail(str(UnknownNameError("quantizer", q, known_q)), fix="define it under 'quantizers:' or use 'all'")
+        if q == "all":
+            continue
+        base, steps = split_name(q)
+        if base not in known_q:
+            raise fail(str(UnknownNameError("quantizer", base, known_q)), fix="define it under 'quantizers:' or use 'all'")
+        for step in steps:
+            if step not in POSTHOC:
+                raise fail(str(UnknownNameError("post-hoc step", step, POSTHOC.names())), fix=f"write e.g. '{base}+temperature'")
     if "all" in check.quantizers and len(check.quantizers) > 1:
         raise fail("'all' cannot be combined with other quantizer names", fix="write either 'all' or a list of names")
     if check.bound.kind == "delta" and FP32 in check.quantizers:

@@ -14,6 +14,9 @@ SCHEMA_VERSION = 1
 FP32 = "FP32"
 """The reserved quantizer name of the unquantized reference model."""
 
+HELDOUT = "heldout"
+"""The reserved dataset name of the held-out part of the ID train split (post-hoc fitting)."""
+
 MEAN_OOD = "mean(ood)"
 """The pseudo-dataset of a check that averages an OOD metric over every OOD set."""
 

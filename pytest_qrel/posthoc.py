@@ -1,0 +1,65 @@
+"""Post-hoc recalibration applied to any quantizer's outputs: ``<quantizer>+temperature``.
+
+A post-hoc step is fitted on a held-out split of the in-distribution *training* data (never on
+test or OOD data) and then maps logits to logits. ``FP32+temperature`` is the same step on the FP32
+model, so a quantized+recalibrated model can be compared fairly.
+
+Temperature scaling (Guo et al. 2017): one scalar T > 0 minimising the NLL of ``logits / T`` on the
+held-out split, fitted with L-BFGS on log T (so T stays positive). For CLIP, dividing the logits by
+T is the same as re-fitting the logit scale (``scale / T``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .registry import Registry
+
+
+@dataclass(frozen=True)
+class PostHocStep:
+    """``fit(logits, labels) -> params`` on held-out data; ``apply(logits, params) -> logits``."""
+
+    fit: Callable[[np.ndarray, np.ndarray], dict[str, float]]
+    apply: Callable[[np.ndarray, dict[str, float]], np.ndarray]
+
+
+POSTHOC: Registry[PostHocStep] = Registry("post-hoc calibration")
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, *, max_iter: int = 200) -> dict[str, float]:
+    """The temperature T minimising mean NLL of ``softmax(logits / T)`` on (logits, labels)."""
+    import torch
+
+    if len(logits) == 0:
+        raise ValueError("temperature scaling needs at least one held-out sample")
+    x = torch.as_tensor(np.asarray(logits, dtype=np.float64))
+    y = torch.as_tensor(np.array(labels, dtype=np.int64, copy=True))
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure() -> Any:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(x / log_t.exp(), y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return {"temperature": float(log_t.detach().exp())}
+
+
+def apply_temperature(logits: np.ndarray, params: dict[str, float]) -> np.ndarray:
+    return (np.asarray(logits, dtype=np.float32) / np.float32(params["temperature"])).astype(np.float32)
+
+
+POSTHOC.add("temperature", PostHocStep(fit_temperature, apply_temperature))
+
+
+def split_name(quantizer: str) -> tuple[str, tuple[str, ...]]:
+    """``"W8A8-qat-lsq+temperature"`` -> ``("W8A8-qat-lsq", ("temperature",))``."""
+    base, *steps = quantizer.split("+")
+    return base, tuple(steps)

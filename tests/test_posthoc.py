@@ -1,0 +1,85 @@
+"""Post-hoc temperature scaling: fitted on the held-out ID split, applied to any quantizer."""
+
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import pytest
+
+from pytest_qrel import Engine, load_suite, plan
+from pytest_qrel.errors import SpecError
+from pytest_qrel.metrics import nll
+from pytest_qrel.posthoc import POSTHOC, fit_temperature, split_name
+
+
+def test_fit_temperature_recovers_the_scale_of_overconfident_logits():
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(size=(4000, 5)) * 2
+    probs = np.exp(true_logits) / np.exp(true_logits).sum(1, keepdims=True)
+    labels = np.array([rng.choice(5, p=p) for p in probs])
+    overconfident = true_logits * 3.0  # a model three times too sharp
+    t = fit_temperature(overconfident, labels)["temperature"]
+    assert t == pytest.approx(3.0, rel=0.1)
+    assert nll(overconfident / t, labels) < nll(overconfident, labels)
+
+
+def test_split_name():
+    assert split_name("W8A8-qat-lsq+temperature") == ("W8A8-qat-lsq", ("temperature",))
+    assert split_name("FP32") == ("FP32", ())
+    assert "temperature" in POSTHOC
+
+
+SUITE = """\
+name: posthoc
+models:
+  vit: {source: "embedded:digits_vit"}
+datasets:
+  id: {name: digits, source: "embedded:digits"}
+  ood: [{name: noise, source: "embedded:noise"}]
+quantizers:
+  W4A4: {method: minmax, calibration: {samples: 64}}
+scores: [msp]
+checks:
+%s
+"""
+
+
+def write(tmp_path, checks: str):
+    path = tmp_path / "s.yaml"
+    path.write_text(SUITE % textwrap.indent(textwrap.dedent(checks), "  "))
+    return path
+
+
+def test_temperature_lowers_nll_on_the_heldout_split_and_is_reported(tmp_path):
+    suite = load_suite(write(tmp_path, '- "W4A4+temperature nll delta <= 100%"\n- "FP32+temperature nll <= 10"\n'))
+    engine = Engine(baseline_dir=tmp_path / "b", update_baselines=True)
+    verdicts = [engine.evaluate(p) for p in plan(suite)]
+    assert all(v.passed for v in verdicts)
+    held = engine.outputs(suite, "vit", "W4A4", "heldout")
+    scaled = engine.outputs(suite, "vit", "W4A4+temperature", "heldout")
+    assert nll(scaled.logits, scaled.labels) < nll(held.logits, held.labels)
+    t = engine.posthoc_params(suite, "vit", "W4A4+temperature")["temperature"]
+    np.testing.assert_allclose(scaled.logits, held.logits / t, rtol=1e-6)
+    # held out = the ID 'val' split: disjoint from the calibration (train) and test splits
+    val = engine.dataset(suite, "digits", "val").fingerprint
+    assert val not in {engine.dataset(suite, "digits", s).fingerprint for s in ("train", "test")}
+    units = {u.quantizer: u for u in engine.report_units()}
+    assert units["W4A4+temperature"].info["temperature"] == pytest.approx(t)
+    assert units["FP32+temperature"].info["temperature"] > 0  # stored with the FP32 baseline
+    # the temperature-scaled forward reuses the base outputs: no extra forward on the test split
+    assert engine.forward_passes[("posthoc", "vit", "W4A4", "digits")] == 1
+
+
+def test_unknown_posthoc_step_is_a_spec_error(tmp_path):
+    with pytest.raises(SpecError, match=r"unknown post-hoc step 'temprature'; did you mean 'temperature'\?"):
+        load_suite(write(tmp_path, '- "W4A4+temprature ece delta <= 0"\n'))
+    with pytest.raises(SpecError, match="unknown quantizer 'W9A9'"):
+        load_suite(write(tmp_path, '- "W9A9+temperature ece delta <= 0"\n'))
+
+
+def test_quantizer_names_cannot_contain_plus(tmp_path):
+    path = write(tmp_path, "[]\n")
+    path.write_text(path.read_text().replace("W4A4: {", "W4A4+x: {"))
+    with pytest.raises(SpecError, match="invalid name 'W4A4\\+x'"):
+        load_suite(path)
