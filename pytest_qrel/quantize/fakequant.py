@@ -4,9 +4,12 @@ Every method in :mod:`pytest_qrel.quantize` is assembled from these parts:
 
 - quantization parameters: :func:`symmetric_qparams`, :func:`asymmetric_qparams` and the integer
   ranges :func:`signed_range` (restricted symmetric) and :func:`unsigned_range`;
-- :func:`quantize_weight_per_channel_symmetric`: a weight tensor -> its fake-quantized copy;
-- :class:`ActQuantizer`: a per-tensor asymmetric activation quantizer with observer state;
-- :class:`FakeQuantLinear`: an ``nn.Linear`` with a fake-quantized weight and an input quantizer;
+- :func:`quantize_weight_per_channel_symmetric`: a weight tensor -> its fake-quantized copy, and
+  :func:`quantize_weight` for the other granularities (per tensor) and asymmetric weights;
+- :class:`ActQuantizer`: a per-tensor activation quantizer (asymmetric by default, or symmetric)
+  with observer state;
+- :class:`FakeQuantLinear`: an ``nn.Linear`` with a fake-quantized weight and an input quantizer,
+  and :class:`FakeQuantConv2d`, the same for an ``nn.Conv2d`` (e.g. a ViT's patch embedding);
 - :func:`replace_linears`: swap every ``nn.Linear`` of a model for what a factory builds;
 - the calibration protocol :func:`observe`, :func:`freeze`, :func:`calibrate`, which acts on every
   :class:`QuantModule` in a model.
@@ -154,6 +157,40 @@ def quantize_weight_per_channel_symmetric(w: Tensor, bits: int, axis: int = 0) -
     return out.to(w.dtype)
 
 
+def quantize_weight(w: Tensor, bits: int, *, per_channel: bool = True, symmetric: bool = True, axis: int = 0) -> Tensor:
+    """Fake-quantize a weight: per output channel (``axis``) or per tensor, symmetric or asymmetric.
+
+    - symmetric: restricted signed range of :func:`signed_range`, ``scale = absmax / (2^(b-1) - 1)``,
+      zero_point 0 (at most ``2^b - 1`` levels); per channel this *is*
+      :func:`quantize_weight_per_channel_symmetric`;
+    - asymmetric: unsigned range ``[0, 2^b - 1]`` with :func:`asymmetric_qparams` of the channel's
+      (or tensor's) min and max (at most ``2^b`` levels).
+
+    Per channel goes through ``torch.fake_quantize_per_channel_affine``, per tensor through
+    ``torch.fake_quantize_per_tensor_affine`` (one call each). Returns a new tensor of ``w``'s shape
+    and dtype.
+    """
+    if per_channel and symmetric:
+        return quantize_weight_per_channel_symmetric(w, bits, axis)
+    w32 = w.detach().to(torch.float32)
+    if symmetric:
+        qmin, qmax = signed_range(bits)
+        scale, zero_point = symmetric_qparams(w32.abs().amax(), bits)
+    elif per_channel:
+        qmin, qmax = unsigned_range(bits)
+        rows = w32.transpose(0, axis).reshape(w32.shape[axis], -1)
+        scale, zero_point = asymmetric_qparams(rows.amin(dim=1), rows.amax(dim=1), bits)
+    else:
+        qmin, qmax = unsigned_range(bits)
+        scale, zero_point = asymmetric_qparams(w32.amin(), w32.amax(), bits)
+    scale, zero_point = scale.to(w32.device), zero_point.to(w32.device)
+    if per_channel:
+        out = torch.fake_quantize_per_channel_affine(w32, scale, zero_point, axis, qmin, qmax)
+    else:
+        out = torch.fake_quantize_per_tensor_affine(w32, scale, zero_point, qmin, qmax)
+    return out.to(w.dtype)
+
+
 WeightQuantizer = Callable[[Tensor, int], Tensor]
 """``fn(weight, bits) -> fake-quantized weight`` (same shape); e.g. :func:`quantize_weight_per_channel_symmetric`."""
 
@@ -182,7 +219,11 @@ ActMode = Literal["observe", "quantize", "off"]
 
 
 class ActQuantizer(QuantModule):
-    """Static per-tensor asymmetric quantizer of an activation, with a min/max observer.
+    """Static per-tensor quantizer of an activation, with a min/max observer.
+
+    Asymmetric by default (:func:`asymmetric_qparams`, unsigned range ``[0, 2^b - 1]``); with
+    ``symmetric=True`` the scale is :func:`symmetric_qparams` of ``max(|min|, |max|)`` on the
+    restricted signed range of :func:`signed_range` and the zero point is 0.
 
     Modes: ``"observe"`` (the initial one; passes ``x`` through and tracks its running min and max),
     ``"quantize"`` (after :meth:`freeze`; fake-quantizes with the frozen ``scale``/``zero_point``
@@ -191,9 +232,10 @@ class ActQuantizer(QuantModule):
     ``zero_point`` (int32), all 0-dim.
     """
 
-    def __init__(self, bits: int) -> None:
+    def __init__(self, bits: int, *, symmetric: bool = False) -> None:
         super().__init__()
-        self.quant_min, self.quant_max = unsigned_range(bits)
+        self.symmetric = symmetric
+        self.quant_min, self.quant_max = signed_range(bits) if symmetric else unsigned_range(bits)
         self.bits = bits
         self.mode: ActMode = "observe"
         self.register_buffer("min_val", torch.tensor(float("inf")))
@@ -221,7 +263,10 @@ class ActQuantizer(QuantModule):
                 "ActQuantizer.freeze(): no input was observed; run calibration batches through the "
                 "model in observe mode first (is this module ever called by the model's forward?)"
             )
-        scale, zero_point = asymmetric_qparams(self.min_val, self.max_val, self.bits)
+        if self.symmetric:
+            scale, zero_point = symmetric_qparams(torch.maximum(-self.min_val, self.max_val), self.bits)
+        else:
+            scale, zero_point = asymmetric_qparams(self.min_val, self.max_val, self.bits)
         self.scale.copy_(scale)
         self.zero_point.copy_(zero_point)
         self.mode = "quantize"
@@ -238,7 +283,7 @@ class ActQuantizer(QuantModule):
         return x
 
     def extra_repr(self) -> str:
-        text = f"bits={self.bits}, mode={self.mode}"
+        text = f"bits={self.bits}, mode={self.mode}" + (", symmetric" if self.symmetric else "")
         if self.mode == "quantize":
             text += f", scale={self.scale.item():.6g}, zero_point={int(self.zero_point)}"
         return text
@@ -251,7 +296,8 @@ class FakeQuantLinear(QuantModule):
     weight stays in floating point (so observation runs the FP32 model); :meth:`freeze` replaces it
     ONCE by ``weight_quantizer(weight, weight_bits)`` and freezing never happens again, so forward
     passes never re-quantize weights. ``weight_bits=None`` keeps the weight in floating point;
-    ``act_bits=None`` leaves the input unquantized (``input_quantizer`` is then ``None``).
+    ``act_bits=None`` leaves the input unquantized (``input_quantizer`` is then ``None``);
+    ``act_symmetric`` selects the symmetric :class:`ActQuantizer`.
 
     The small interface :mod:`pytest_qrel.quantize.verify` relies on (future fake-quant modules
     expose the same): ``weight_bits``, ``act_bits``, :meth:`dequantized_weight` (the exact tensor
@@ -266,6 +312,7 @@ class FakeQuantLinear(QuantModule):
         weight_bits: int | None,
         act_bits: int | None,
         weight_quantizer: WeightQuantizer = quantize_weight_per_channel_symmetric,
+        act_symmetric: bool = False,
     ) -> None:
         super().__init__()
         self.in_features = linear.in_features
@@ -277,7 +324,9 @@ class FakeQuantLinear(QuantModule):
             self.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
         else:
             self.register_parameter("bias", None)
-        self.input_quantizer: ActQuantizer | None = ActQuantizer(act_bits) if act_bits is not None else None
+        self.input_quantizer: ActQuantizer | None = (
+            ActQuantizer(act_bits, symmetric=act_symmetric) if act_bits is not None else None
+        )
         self.weight_quantizer = weight_quantizer
         self.weight_frozen = weight_bits is None
 
@@ -301,6 +350,69 @@ class FakeQuantLinear(QuantModule):
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+            f"weight_bits={self.weight_bits}, act_bits={self.act_bits}, weight_frozen={self.weight_frozen}"
+        )
+
+
+class FakeQuantConv2d(QuantModule):
+    """An ``nn.Conv2d`` with a fake-quantized weight and a fake-quantized input (per tensor).
+
+    The same protocol and interface as :class:`FakeQuantLinear` (``weight_bits``, ``act_bits``,
+    ``input_quantizer``, :meth:`dequantized_weight` with rows = output channels), built from a float
+    ``nn.Conv2d`` whose weight, bias and geometry (stride, padding, dilation, groups, padding mode) are
+    copied. Used for the patch embedding of a ViT (``patch_embed: quantized``).
+    """
+
+    def __init__(
+        self,
+        conv: nn.Conv2d,
+        *,
+        weight_bits: int | None,
+        act_bits: int | None,
+        weight_quantizer: WeightQuantizer = quantize_weight_per_channel_symmetric,
+        act_symmetric: bool = False,
+    ) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.kernel_size, self.stride, self.padding = conv.kernel_size, conv.stride, conv.padding
+        self.dilation, self.groups, self.padding_mode = conv.dilation, conv.groups, conv.padding_mode
+        self._reversed_padding_repeated_twice = list(conv._reversed_padding_repeated_twice)
+        self.weight_bits = weight_bits
+        self.act_bits = act_bits
+        self.weight = nn.Parameter(conv.weight.detach().clone(), requires_grad=False)
+        if conv.bias is not None:
+            self.bias = nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
+        else:
+            self.register_parameter("bias", None)
+        self.input_quantizer: ActQuantizer | None = (
+            ActQuantizer(act_bits, symmetric=act_symmetric) if act_bits is not None else None
+        )
+        self.weight_quantizer = weight_quantizer
+        self.weight_frozen = weight_bits is None
+
+    def freeze(self) -> None:
+        if self.weight_frozen:
+            return
+        assert self.weight_bits is not None
+        with torch.no_grad():
+            self.weight.copy_(self.weight_quantizer(self.weight, self.weight_bits))
+        self.weight_frozen = True
+
+    def dequantized_weight(self) -> Tensor | None:
+        """The weight forward uses (fake-quantized once frozen), or ``None`` when weights stay float."""
+        return self.weight if self.weight_bits is not None else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.input_quantizer is not None:
+            x = self.input_quantizer(x)
+        if self.padding_mode != "zeros":
+            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
             f"weight_bits={self.weight_bits}, act_bits={self.act_bits}, weight_frozen={self.weight_frozen}"
         )
 

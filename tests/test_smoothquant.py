@@ -1,0 +1,300 @@
+"""Tests of the ``smoothquant`` method: the smoothing is an exact FP32 rewrite with the published
+factors, and it makes per-tensor activation quantization of outlier channels work."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pytest_qrel.errors import SpecError
+from pytest_qrel.quantize import QUANTIZERS, FakeQuantLinear, quantize, verify_simulation
+from pytest_qrel.quantize.smoothquant import (
+    SmoothGroup,
+    layernorm_statistics,
+    smooth_ln_linears,
+    smooth_model,
+    smoothing_scales,
+)
+from pytest_qrel.spec.schema import CalibrationSpec, Location, QuantizerSpec
+
+timm = pytest.importorskip("timm")
+
+N_LINEARS = 2 * 4 + 1
+OUTLIER_CHANNELS = torch.tensor([3, 17, 40])
+
+
+def make_vit(seed: int = 0) -> nn.Module:
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(seed)
+    return VisionTransformer(
+        img_size=16, patch_size=4, in_chans=1, num_classes=8, embed_dim=64, depth=2, num_heads=4
+    ).eval()
+
+
+def with_outliers(model: nn.Module, factor: float = 40.0) -> nn.Module:
+    """A copy whose LayerNorm outputs have a few channels ``factor`` times larger, compensated in the
+    next Linear's input columns (the FP32 function is unchanged; per-tensor quantization suffers)."""
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        for blk in model.blocks:
+            for ln, lin in ((blk.norm1, blk.attn.qkv), (blk.norm2, blk.mlp.fc1)):
+                ln.weight[OUTLIER_CHANNELS] *= factor
+                ln.bias[OUTLIER_CHANNELS] *= factor
+                lin.weight[:, OUTLIER_CHANNELS] /= factor
+    return model
+
+
+def spec(wb, ab, *, name="W8A8", method="smoothquant", **options) -> QuantizerSpec:
+    return QuantizerSpec(name=name, method=method, weight_bits=wb, act_bits=ab,
+                         calibration=CalibrationSpec(samples=48, seed=0), options=options,
+                         where=Location("suite.yaml", 3))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def vit() -> nn.Module:
+    return make_vit()
+
+
+@pytest.fixture(scope="module")
+def calib() -> torch.Tensor:
+    return torch.randn(48, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    return torch.randn(64, 1, 16, 16, generator=torch.Generator().manual_seed(2))
+
+
+def logits(model, x):
+    with torch.no_grad():
+        return model(x)
+
+
+def rel_error(out, ref):
+    return float((out - ref).norm() / ref.norm())
+
+
+# ------------------------------------------------------------------------------------------------
+# the smoothing arithmetic
+# ------------------------------------------------------------------------------------------------
+
+
+def test_is_registered_with_alpha():
+    assert "smoothquant" in QUANTIZERS
+    assert {"alpha", "batch_size", "head", "patch_embed"} <= set(QUANTIZERS.meta("smoothquant")["options"])
+
+
+def test_scale_formula_against_an_independent_computation():
+    ln = nn.LayerNorm(4)
+    a_lin, b_lin = nn.Linear(4, 3), nn.Linear(4, 2, bias=False)
+    with torch.no_grad():
+        ln.weight.copy_(torch.tensor([1.0, -2.0, 0.5, 3.0]))
+        ln.bias.copy_(torch.tensor([0.1, 0.2, -0.3, 0.4]))
+        a_lin.weight.copy_(torch.tensor([[0.5, -1.0, 0.0, 0.2], [-2.0, 0.1, 0.0, 0.3], [0.4, 0.4, 0.0, -0.1]]))
+        b_lin.weight.copy_(torch.tensor([[1.5, 0.2, 0.0, 0.05], [0.1, -0.3, 0.0, 0.6]]))
+    act = torch.tensor([8.0, 0.5, 2.0, 0.0])  # channel 2 has all-zero weights, channel 3 a dead activation
+    alpha = 0.7
+    w_np = np.concatenate([a_lin.weight.detach().numpy(), b_lin.weight.detach().numpy()])
+    expected = []
+    for j in range(4):
+        wmax = max(max(abs(float(w_np[i, j])) for i in range(w_np.shape[0])), 1e-5)
+        expected.append(max(float(act[j]) ** alpha / wmax ** (1 - alpha), 1e-5))
+    expected = torch.tensor(expected)
+    torch.testing.assert_close(smoothing_scales(act, [a_lin.weight, b_lin.weight], alpha), expected)
+
+    ln_w, ln_b = ln.weight.detach().clone(), ln.bias.detach().clone()
+    wa, wb = a_lin.weight.detach().clone(), b_lin.weight.detach().clone()
+    s = smooth_ln_linears(ln, [a_lin, b_lin], act, alpha)
+    torch.testing.assert_close(s, expected)
+    torch.testing.assert_close(ln.weight, ln_w / expected)
+    torch.testing.assert_close(ln.bias, ln_b / expected)
+    torch.testing.assert_close(a_lin.weight, wa * expected)
+    torch.testing.assert_close(b_lin.weight, wb * expected)
+    assert s[3] == pytest.approx(1e-5)  # clamped
+
+
+def test_one_block_product_is_unchanged(vit, calib):
+    model = copy.deepcopy(vit)
+    blk = model.blocks[0]
+    ln0, w0 = copy.deepcopy(blk.norm1), blk.attn.qkv.weight.detach().clone()
+    _, absmax = layernorm_statistics(model, calib)
+    s = smooth_ln_linears(blk.norm1, [blk.attn.qkv], absmax["blocks.0.norm1"], 0.5)
+    assert not torch.allclose(s, torch.ones_like(s))  # a real rescaling, not the identity
+    x = torch.randn(5, 17, 64, generator=torch.Generator().manual_seed(3)) * 3
+    with torch.no_grad():
+        before = nn.functional.linear(ln0(x), w0)
+        after = nn.functional.linear(blk.norm1(x), blk.attn.qkv.weight)
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
+
+
+def test_groups_are_found_by_data_flow(vit, calib):
+    groups, absmax = layernorm_statistics(vit, calib)
+    assert groups == [
+        SmoothGroup("blocks.0.norm1", ("blocks.0.attn.qkv",)),
+        SmoothGroup("blocks.0.norm2", ("blocks.0.mlp.fc1",)),
+        SmoothGroup("blocks.1.norm1", ("blocks.1.attn.qkv",)),
+        SmoothGroup("blocks.1.norm2", ("blocks.1.mlp.fc1",)),
+    ]  # the final `norm` feeds the head only through the class-token slice: not a group
+    # absmax is the per-channel max over every token of every image (an independent hook)
+    seen = []
+    h = vit.blocks[1].norm2.register_forward_hook(lambda m, a, out: seen.append(out.detach().abs().amax(dim=(0, 1))))
+    with torch.no_grad():
+        vit(calib)
+    h.remove()
+    torch.testing.assert_close(absmax["blocks.1.norm2"], seen[0])
+
+
+def test_smoothed_model_computes_the_same_fp32_function(vit, calib, images):
+    model = copy.deepcopy(vit)
+    scales = smooth_model(model, calib)
+    assert set(scales) == {"blocks.0.norm1", "blocks.0.norm2", "blocks.1.norm1", "blocks.1.norm2"}
+    assert not torch.equal(model.blocks[0].norm1.weight, vit.blocks[0].norm1.weight)
+    assert not torch.equal(model.blocks[1].mlp.fc1.weight, vit.blocks[1].mlp.fc1.weight)
+    torch.testing.assert_close(logits(model, images), logits(vit, images), rtol=1e-4, atol=1e-5)
+
+
+def test_smoothing_flattens_outlier_channels(vit, calib):
+    model = with_outliers(vit)
+    _, before = layernorm_statistics(model, calib)
+    smooth_model(model, calib)
+    _, after = layernorm_statistics(model, calib)
+    for name in before:
+        ratio = lambda a: float(a.max() / a.median())  # noqa: E731
+        assert ratio(after[name]) < ratio(before[name]) / 4, name
+
+
+def test_alpha_changes_the_factors(vit, calib, images):
+    s_low = smooth_model(copy.deepcopy(vit), calib, alpha=0.2)
+    s_high = smooth_model(copy.deepcopy(vit), calib, alpha=0.8)
+    for name in s_low:
+        assert not torch.allclose(s_low[name], s_high[name]), name
+    # alpha = 0: s_j = 1 / max_j |W| (activations do not matter)
+    s0 = smooth_model(copy.deepcopy(vit), calib * 5, alpha=0.0)
+    torch.testing.assert_close(s0["blocks.0.norm2"], 1 / vit.blocks[0].mlp.fc1.weight.detach().abs().amax(0))
+    # through the option
+    q5 = quantize(vit, spec(8, 8), calib)
+    q8 = quantize(vit, spec(8, 8, alpha=0.8), calib)
+    assert not torch.allclose(q5.blocks[0].norm1.weight, q8.blocks[0].norm1.weight)
+    assert not torch.equal(logits(q5, images), logits(q8, images))
+
+
+def test_method_smooths_then_quantizes_like_minmax(vit, calib, images):
+    q = quantize(vit, spec(8, 8), calib)
+    ref = copy.deepcopy(vit)
+    smooth_model(ref, calib)
+    assert torch.equal(q.blocks[1].norm2.weight, ref.blocks[1].norm2.weight)
+    assert len([m for m in q.modules() if isinstance(m, FakeQuantLinear)]) == N_LINEARS
+    assert not [m for m in q.modules() if type(m) is nn.Linear]
+    # minmax applied to the smoothed model gives the same quantized model
+    minmax_of_smoothed = quantize(ref, spec(8, 8, method="minmax"), calib)
+    assert torch.equal(logits(q, images), logits(minmax_of_smoothed, images))
+
+
+# ------------------------------------------------------------------------------------------------
+# what smoothing is for
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("wb,ab", [(8, 8), (8, 6)])
+def test_outlier_channels_smoothquant_beats_minmax(vit, calib, images, wb, ab):
+    model = with_outliers(vit)
+    ref = logits(model, images)
+    torch.testing.assert_close(ref, logits(vit, images), rtol=1e-4, atol=1e-4)  # same FP32 function
+    err_minmax = rel_error(logits(quantize(model, spec(wb, ab, method="minmax"), calib), images), ref)
+    err_smooth = rel_error(logits(quantize(model, spec(wb, ab), calib), images), ref)
+    assert err_smooth < err_minmax / 3, (err_smooth, err_minmax)
+    assert err_smooth < 0.1
+
+
+@pytest.mark.parametrize("bits", [8, 6, 4])
+def test_verify_simulation(vit, calib, images, bits):
+    q = quantize(vit, spec(bits, bits, name=f"W{bits}A{bits}"), calib)
+    report = verify_simulation(q, images)
+    assert report.ok, report.summary()
+    assert len(report) == 2 * N_LINEARS
+    assert all(c.bits == bits and 1 < c.distinct <= 2**bits for c in report)
+
+
+# ------------------------------------------------------------------------------------------------
+# other architectures and errors
+# ------------------------------------------------------------------------------------------------
+
+
+def test_model_without_layernorm_is_plain_minmax(calib, images):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(256, 32), nn.GELU(), nn.Linear(32, 8)).eval()
+    with pytest.warns(UserWarning, match="nothing is smoothed"):
+        q = quantize(model, spec(8, 8), calib)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = quantize(model, spec(8, 8, method="minmax"), calib)
+    assert torch.equal(logits(q, images), logits(m, images))
+
+
+class SideConsumer(nn.Module):
+    """ln1 feeds fc1 AND a residual (smoothing it would change the function); ln2 feeds fc2 only."""
+
+    def __init__(self):
+        super().__init__()
+        self.ln1, self.fc1 = nn.LayerNorm(16), nn.Linear(16, 16)
+        self.ln2, self.fc2 = nn.LayerNorm(16), nn.Linear(16, 4)
+        with torch.no_grad():
+            self.ln1.weight.uniform_(0.5, 3.0)
+            self.ln2.weight.uniform_(0.5, 3.0)
+
+    def forward(self, x):
+        h = self.ln1(x.flatten(1)[:, :16])
+        h = self.fc1(h) + h
+        return self.fc2(self.ln2(h))
+
+
+def test_group_whose_output_feeds_something_else_is_left_alone(calib, images):
+    torch.manual_seed(0)
+    model = SideConsumer().eval()
+    before = logits(model, images)
+    smoothed = copy.deepcopy(model)
+    with pytest.warns(UserWarning, match="ln1 would change"):
+        scales = smooth_model(smoothed, calib)
+    assert set(scales) == {"ln2"}
+    assert torch.equal(smoothed.ln1.weight, model.ln1.weight) and torch.equal(smoothed.fc1.weight, model.fc1.weight)
+    assert not torch.equal(smoothed.ln2.weight, model.ln2.weight)
+    torch.testing.assert_close(logits(smoothed, images), before, rtol=1e-4, atol=1e-5)
+
+
+def test_input_model_untouched(vit, calib):
+    before = {k: v.clone() for k, v in vit.state_dict().items()}
+    quantize(vit, spec(4, 4), calib)
+    assert all(torch.equal(before[k], v) for k, v in vit.state_dict().items())
+
+
+@pytest.mark.parametrize("value", [1.5, -0.1, "0.5", True, None])
+def test_bad_alpha_is_a_spec_error(vit, calib, value):
+    with pytest.raises(SpecError) as info:
+        quantize(vit, spec(8, 8, alpha=value), calib)
+    assert info.value.field == "quantizers.W8A8.alpha" and "a number from 0 to 1" in str(info.value)
+
+
+def test_unknown_option_lists_alpha(vit, calib):
+    with pytest.raises(SpecError) as info:
+        quantize(vit, spec(8, 8, alfa=0.5), calib)
+    assert info.value.field == "quantizers.W8A8.alfa" and "did you mean 'alpha'" in str(info.value)
+
+
+def test_no_calibration_images_is_a_spec_error(vit):
+    with pytest.raises(SpecError) as info:
+        quantize(vit, spec(8, None), torch.zeros(0, 1, 16, 16))
+    assert info.value.field == "quantizers.W8A8.calibration.samples"
