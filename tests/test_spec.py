@@ -176,3 +176,11 @@ def test_missing_file_and_empty_file(tmp_path):
 def test_fp32_is_implicit(tmp_path):
     suite = load_suite(write(tmp_path, '- "FP32 top1 value >= 0.5"\n'))
     assert [p.quantizer for p in plan(suite)] == [FP32]
+
+
+def test_yaml_12_floats_are_numbers(tmp_path):
+    from pytest_qrel.spec.yamlsrc import load_yaml
+
+    path = tmp_path / "f.yaml"
+    path.write_text("lr: 1e-5\nbig: 2E+3\nplain: 3\npct: 12%\n")
+    assert load_yaml(path) == {"lr": 1e-5, "big": 2000.0, "plain": 3, "pct": "12%"}

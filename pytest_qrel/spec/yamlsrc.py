@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ..errors import SpecError
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads YAML 1.2 floats such as ``1e-5`` (PyYAML's 1.1 rules need a dot)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 class LineDict(dict):
@@ -71,7 +83,7 @@ def load_yaml(path: str | Path) -> Any:
         raise SpecError("suite file does not exist", file=path, fix="check the path given to --qrel-suite") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"cannot read suite file ({exc})", file=path) from None
-    loader = yaml.SafeLoader(text)
+    loader = _Loader(text)
     loader.name = str(path)
     try:
         node = loader.get_single_node()
