@@ -399,7 +399,8 @@ class Engine:
 
     def datasets_read(self, p: PlannedCheck) -> list[str]:
         """Every dataset whose fingerprint a check depends on (post-hoc steps add the held-out split)."""
-        extra = [HELDOUT] if split_name(p.quantizer)[1] else []
+        names = [p.quantizer] + ([p.check.bound.ref] if p.check.bound.ref else [])
+        extra = [HELDOUT] if any(split_name(q)[1] for q in names) else []
         return [*self._datasets_read(p), *extra]
 
     def _value_from(self, metrics_id: Any, metrics_ood: Any, p: PlannedCheck, where: str) -> float:
@@ -425,20 +426,27 @@ class Engine:
         self.touched_units[(str(suite.path), p.model, p.quantizer)] = suite
         b = self.checked_baseline(suite, p.model, self.datasets_read(p))
         fp32 = self._value_from(lambda: b.metrics["id"], lambda s, d: b.metrics["ood"][s][d], p, f"FP32 baseline {b.path}")
-        if p.quantizer == FP32:
-            value = fp32
-        elif split_name(p.quantizer)[0] == FP32:  # FP32+temperature: stored with the baseline
-            variant = (b.variants or {}).get(p.quantizer, {}).get("metrics", {})
-            value = self._value_from(lambda: variant["id"], lambda s, d: variant["ood"][s][d], p, f"FP32 baseline {b.path} ({p.quantizer})")
-        else:
-            value = self._value_from(
-                lambda: self.id_metrics(suite, p.model, p.quantizer),
-                lambda s, d: self.ood_metrics(suite, p.model, p.quantizer, s, d),
-                p,
-                "outputs",
-            )
+        value = self._quantized_value(p, p.quantizer, b, fp32)
+        ref = p.check.bound.ref
+        ref_value = self._quantized_value(p, ref, b, fp32) if ref is not None else None
+        if ref is not None:
+            self.touched_units[(str(suite.path), p.model, ref)] = suite
         meta = METRICS.meta(p.check.metric)
-        return decide(p, value, fp32, higher_is_better=meta["higher_is_better"], fraction=meta["fraction"])
+        return decide(p, value, fp32, higher_is_better=meta["higher_is_better"], fraction=meta["fraction"], ref_value=ref_value)
+
+    def _quantized_value(self, p: PlannedCheck, quantizer: str, b: Baseline, fp32: float) -> float:
+        """The check's metric for ``quantizer`` (FP32 variants come from the stored baseline)."""
+        if quantizer == FP32:
+            return fp32
+        if split_name(quantizer)[0] == FP32:  # FP32+temperature: stored with the baseline
+            variant = (b.variants or {}).get(quantizer, {}).get("metrics", {})
+            return self._value_from(lambda: variant["id"], lambda s, d: variant["ood"][s][d], p, f"FP32 baseline {b.path} ({quantizer})")
+        return self._value_from(
+            lambda: self.id_metrics(p.suite, p.model, quantizer),
+            lambda s, d: self.ood_metrics(p.suite, p.model, quantizer, s, d),
+            p,
+            "outputs",
+        )
 
     def unit_metrics(self, suite: Suite, model: str, quantizer: str) -> UnitMetrics | None:
         """Every metric of one unit for the report (FP32 from its baseline); None if unavailable."""

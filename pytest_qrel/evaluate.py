@@ -43,9 +43,23 @@ def format_value(value: float | None, *, fraction: bool) -> str:
     return f"{100 * value:.2f}%" if fraction else f"{value:.4f}"
 
 
-def compare(bound: Bound, fp32: float | None, value: float, *, higher_is_better: bool) -> tuple[bool, float | None, str]:
-    """Apply ``bound``; returns (passed, delta in metric units or None, the compared quantity for display)."""
+def compare(
+    bound: Bound, fp32: float | None, value: float, *, higher_is_better: bool, ref_value: float | None = None
+) -> tuple[bool, float | None, str]:
+    """Apply ``bound``; returns (passed, delta in metric units or None, the compared quantity for display).
+
+    With ``bound.ref``, ``ref_value`` is the other quantizer's value and the comparison is of the two
+    deltas (or values) in the metric's own unit.
+    """
     op = _OPS[bound.op]
+    if bound.ref is not None:
+        if ref_value is None or (bound.kind == "delta" and fp32 is None):
+            raise ValueError("a bound against another quantizer needs its value (and FP32 for deltas)")
+        if bound.kind == "value":
+            return bool(op(value, ref_value)), None, f"{value:.4g} vs {bound.ref} {ref_value:.4g}"
+        delta = signed_delta(fp32, value, higher_is_better=higher_is_better)  # type: ignore[arg-type]
+        ref_delta = signed_delta(fp32, ref_value, higher_is_better=higher_is_better)  # type: ignore[arg-type]
+        return bool(op(delta, ref_delta)), delta, f"{delta:+.4g} vs {bound.ref} {ref_delta:+.4g}"
     if bound.kind == "value":
         shown = 100 * value if bound.unit == "%" else value
         display = f"{shown:.2f}%" if bound.unit == "%" else f"{shown:.4g}"
@@ -66,14 +80,25 @@ def compare(bound: Bound, fp32: float | None, value: float, *, higher_is_better:
     return bool(op(shown, bound.amount)), delta, display
 
 
-def decide(planned: PlannedCheck, value: float, fp32: float | None, *, higher_is_better: bool, fraction: bool) -> Verdict:
-    """The :class:`Verdict` of ``planned`` given the quantized ``value`` and the ``fp32`` value."""
+def decide(
+    planned: PlannedCheck,
+    value: float,
+    fp32: float | None,
+    *,
+    higher_is_better: bool,
+    fraction: bool,
+    ref_value: float | None = None,
+) -> Verdict:
+    """The :class:`Verdict` of ``planned`` given the quantized ``value``, the ``fp32`` value and, for
+    bounds against another quantizer, that quantizer's ``ref_value``."""
     check = planned.check
-    passed, delta, display = compare(check.bound, fp32, value, higher_is_better=higher_is_better)
+    passed, delta, display = compare(check.bound, fp32, value, higher_is_better=higher_is_better, ref_value=ref_value)
     metric = f"{check.metric}({planned.score})" if planned.score else check.metric
     what = f"{planned.model} {planned.quantizer} {metric} on {planned.dataset}"
     numbers = f"FP32 {format_value(fp32, fraction=fraction)}, {planned.quantizer} {format_value(value, fraction=fraction)}"
-    if check.bound.kind == "delta":
+    if check.bound.ref is not None:
+        numbers += f", {check.bound.ref} {format_value(ref_value, fraction=fraction)}, {check.bound.kind} {display}"
+    elif check.bound.kind == "delta":
         numbers += f", delta {display}"
     verb = "within" if passed else "violates"
     message = f"{what}: {numbers} {verb} {check.bound}"
@@ -91,7 +116,7 @@ def decide(planned: PlannedCheck, value: float, fp32: float | None, *, higher_is
         fp32=fp32,
         value=value,
         delta=delta,
-        delta_display=display if check.bound.kind == "delta" else "",
+        delta_display=display if check.bound.kind == "delta" or check.bound.ref else "",
         passed=passed,
         expect_fail=expect_fail,
         outcome=outcome,

@@ -53,3 +53,15 @@ def test_relative_with_zero_fp32():
 def test_delta_bound_needs_fp32():
     with pytest.raises(ValueError):
         compare(Bound("delta", "<=", 1, "%"), None, 0.5, higher_is_better=True)
+
+
+def test_compare_against_another_quantizers_delta():
+    bound = Bound("delta", "<=", 0, "abs", ref="W4A4")
+    # accuracy: FP32 0.90, candidate 0.88 (delta +0.02), reference 0.85 (delta +0.05): candidate loses less
+    ok, delta, shown = compare(bound, 0.90, 0.88, higher_is_better=True, ref_value=0.85)
+    assert ok and delta == pytest.approx(0.02) and shown == "+0.02 vs W4A4 +0.05"
+    assert not compare(bound, 0.90, 0.84, higher_is_better=True, ref_value=0.85)[0]
+    # NLL (lower is better): candidate 0.5 vs reference 0.4 from FP32 0.3 -> candidate is worse
+    assert not compare(bound, 0.3, 0.5, higher_is_better=False, ref_value=0.4)[0]
+    with pytest.raises(ValueError):
+        compare(bound, 0.9, 0.88, higher_is_better=True)

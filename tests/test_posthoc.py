@@ -83,3 +83,15 @@ def test_quantizer_names_cannot_contain_plus(tmp_path):
     path.write_text(path.read_text().replace("W4A4: {", "W4A4+x: {"))
     with pytest.raises(SpecError, match="invalid name 'W4A4\\+x'"):
         load_suite(path)
+
+
+def test_bound_against_another_quantizer_reads_both_units(tmp_path):
+    suite = load_suite(write(tmp_path, '- "W4A4+temperature nll delta <= delta(W4A4)"\n'))
+    engine = Engine(baseline_dir=tmp_path / "b", update_baselines=True)
+    (p,) = plan(suite)
+    verdict = engine.evaluate(p)
+    plain = engine.id_metrics(suite, "vit", "W4A4")["nll"]
+    scaled = engine.id_metrics(suite, "vit", "W4A4+temperature")["nll"]
+    assert verdict.value == pytest.approx(scaled)
+    assert verdict.passed == (scaled <= plain)
+    assert f"W4A4 {plain:.4f}" in verdict.message

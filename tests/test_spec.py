@@ -184,3 +184,18 @@ def test_yaml_12_floats_are_numbers(tmp_path):
     path = tmp_path / "f.yaml"
     path.write_text("lr: 1e-5\nbig: 2E+3\nplain: 3\npct: 12%\n")
     assert load_yaml(path) == {"lr": 1e-5, "big": 2000.0, "plain": 3, "pct": "12%"}
+
+
+def test_bound_against_another_quantizer(tmp_path):
+    c = parse_shorthand("W4A4-repq top1 delta <= delta(W4A4)")
+    assert c.bound.ref == "W4A4" and str(c.bound) == "delta<=delta(W4A4)"
+    structured = parse_check({"metric": "top1", "quantizers": ["W8A8"], "delta": {"max": "delta(W4A4)"}}, Location("f", 1), "checks[0]")
+    assert structured.bound.ref == "W4A4"
+    suite = load_suite(write(tmp_path, '- "W8A8 top1 delta <= delta(W4A4)"\n'))
+    assert [p.name for p in plan(suite)] == ["top1 delta<=delta(W4A4)"]
+    with pytest.raises(SpecError, match="unknown quantizer 'W3A3'"):
+        load_suite(write(tmp_path, '- "W8A8 top1 delta <= delta(W3A3)"\n'))
+    with pytest.raises(SpecError, match="compares W8A8 with itself"):
+        load_suite(write(tmp_path, '- "W8A8 top1 delta <= delta(W8A8)"\n'))
+    with pytest.raises(SpecError, match="compares delta with value"):
+        parse_shorthand("W8A8 top1 delta <= value(W4A4)")

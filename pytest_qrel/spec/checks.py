@@ -3,6 +3,7 @@
 Shorthand grammar (whitespace-separated; ``[...]`` optional)::
 
     <quantizers> <metric>[(<score>)] [on <datasets>] [delta|value] <op> <number>[%|pp]
+    <quantizers> <metric>[(<score>)] [on <datasets>] delta <op> delta(<quantizer>)
 
     quantizers  all | NAME[,NAME...]            e.g. W4A4   or   W6A6,W4A8
     datasets    mean(ood) | ood | NAME[,NAME...]
@@ -11,6 +12,8 @@ Shorthand grammar (whitespace-separated; ``[...]`` optional)::
                 pp (percentage points, fraction metrics only); none: the metric's own unit
 
 Without ``delta``/``value`` the bound is on the value itself (``all ece <= 0.05``).
+``delta <= delta(W4A4)`` bounds by another quantizer's delta on the same metric, dataset and score
+(``W4A4-repq top1 delta <= delta(W4A4)``: RepQ-ViT loses no more accuracy than minmax).
 
 Examples::
 
@@ -45,9 +48,10 @@ _SHORTHAND = re.compile(
     r"(?P<metric>[A-Za-z_][A-Za-z0-9_]*)(?:\((?P<score>[A-Za-z_][A-Za-z0-9_]*)\))?"
     r"(?:\s+on\s+(?P<on>\S+))?"
     r"\s+(?:(?P<kind>delta|value)\s*)?"
-    rf"(?P<op><=|>=|<|>)\s*(?P<amount>{_NUMBER})\s*(?P<unit>%|pp)?\s*$"
+    rf"(?P<op><=|>=|<|>)\s*(?:(?P<amount>{_NUMBER})\s*(?P<unit>%|pp)?|(?P<refkind>delta|value)\((?P<ref>[^()\s]+)\))\s*$"
 )
 _AMOUNT = re.compile(rf"^\s*(?P<amount>{_NUMBER})\s*(?P<unit>%|pp)?\s*$")
+_REF = re.compile(r"^\s*(?P<refkind>delta|value)\((?P<ref>[^()\s]+)\)\s*$")
 
 SHORTHAND_HELP = "write '<quantizers> <metric>[(<score>)] [on <datasets>] [delta|value] <op> <number>[%|pp]', e.g. 'W4A4 aupr_out(msp) on mean(ood) delta <= 12%'"
 
@@ -78,11 +82,19 @@ def parse_shorthand(text: str, where: Location | None = None, field: str = "chec
         datasets = None if on is None else ("ood",)
     else:
         datasets = _split_names(on)
+    kind = m["kind"] or "value"
+    if m["ref"] is not None and m["refkind"] != kind:
+        raise SpecError(
+            f"'{text}' compares {kind} with {m['refkind']}({m['ref']})",
+            file=where.file if where else None, line=where.line if where else None, field=field,
+            fix=f"write '{kind} {m['op']} {kind}({m['ref']})'",
+        )
     bound = Bound(
-        kind=m["kind"] or "value",  # type: ignore[arg-type]
+        kind=kind,  # type: ignore[arg-type]
         op=m["op"],  # type: ignore[arg-type]
-        amount=float(m["amount"]),
+        amount=float(m["amount"]) if m["amount"] is not None else 0.0,
         unit=m["unit"] or "abs",  # type: ignore[arg-type]
+        ref=m["ref"],
     )
     return CheckSpec(
         metric=m["metric"],
@@ -105,6 +117,9 @@ def _bound_from_mapping(kind: str, raw: Any, where: Location, field: str) -> Bou
         )
     (key, amount_raw), = raw.items()
     op = {"max": "<=", "min": ">=", "lt": "<", "gt": ">"}[key]
+    ref = _REF.match(str(amount_raw))
+    if ref and ref["refkind"] == kind:
+        return Bound(kind=kind, op=op, amount=0.0, unit="abs", ref=ref["ref"])  # type: ignore[arg-type]
     m = _AMOUNT.match(str(amount_raw))
     if not m or isinstance(amount_raw, bool):
         raise SpecError(f"bound '{amount_raw}' is not a number with an optional % or pp", fix="write e.g. 10%, 1pp or 0.05", **err)
@@ -161,7 +176,8 @@ def parse_check(raw: Any, where: Location, field: str) -> CheckSpec:
         text = f"{','.join(quantizers)} {raw['metric']}" + (f"({score})" if score else "")
         if datasets:
             text += f" on {','.join(datasets)}"
-        text += f" {bound.kind} {bound.op} {bound.amount:g}{'' if bound.unit == 'abs' else bound.unit}"
+        rhs = f"{bound.kind}({bound.ref})" if bound.ref else f"{bound.amount:g}{'' if bound.unit == 'abs' else bound.unit}"
+        text += f" {bound.kind} {bound.op} {rhs}"
         base = CheckSpec(metric=raw["metric"], score=score, quantizers=quantizers, datasets=datasets, bound=bound, text=text, where=where)
     expect = raw.get("expect", "pass")
     if expect not in ("pass", "fail"):

@@ -245,7 +245,13 @@ def _validate_check(ctx: _Ctx, check: CheckSpec, suite: Suite, field: str) -> li
         raise fail("'all' cannot be combined with other quantizer names", fix="write either 'all' or a list of names")
     if check.bound.kind == "delta" and FP32 in check.quantizers:
         raise fail("a delta check on FP32 compares FP32 with itself", fix="use a value bound for FP32, or name a quantizer")
-    if check.bound.kind == "delta" and (check.bound.op not in ("<=", "<") or check.bound.amount < 0):
+    if check.bound.ref is not None:
+        base, steps = split_name(check.bound.ref)
+        if base not in known_q or any(step not in POSTHOC for step in steps):
+            raise fail(str(UnknownNameError("quantizer", check.bound.ref, known_q)), fix="compare with a quantizer defined under 'quantizers:'")
+        if check.bound.ref in check.quantizers:
+            raise fail(f"the check compares {check.bound.ref} with itself", fix="name a different quantizer inside delta(...)")
+    elif check.bound.kind == "delta" and (check.bound.op not in ("<=", "<") or check.bound.amount < 0):
         # Keeps "an improvement always passes a delta bound" true: deltas are capped, never floored.
         raise fail("a delta bound must be '<=' or '<' a non-negative amount", fix="write e.g. 'delta <= 5%' ('delta <= 0' means: must not worsen)")
     if check.bound.unit == "pp" and not meta["fraction"]:

@@ -91,14 +91,19 @@ class Bound:
     ``kind='delta'`` compares the signed worsening against FP32 (positive = worse);
     ``kind='value'`` compares the quantized model's metric itself. ``amount`` is in the unit
     given: ``%`` relative to FP32 (12 means 12%), ``pp`` percentage points, ``abs`` the metric's own unit.
+    With ``ref``, the bound is the same quantity of another quantizer (``delta <= delta(W4A4)``:
+    no worse than minmax W4A4); ``amount`` is then unused.
     """
 
     kind: Literal["delta", "value"]
     op: Op
     amount: float
     unit: Unit = "abs"
+    ref: str | None = None  # "delta <= delta(W4A4)": compare with another quantizer's delta
 
     def __str__(self) -> str:
+        if self.ref is not None:
+            return f"{self.kind}{self.op}{self.kind}({self.ref})"
         amount = f"{self.amount:g}"
         suffix = {"%": "%", "pp": "pp", "abs": ""}[self.unit]
         return f"{self.kind}{self.op}{amount}{suffix}"
