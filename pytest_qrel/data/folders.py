@@ -1,1 +1,594 @@
-"""(in progress) dataset source module; registers its entries in DATASET_SOURCES on import."""
+"""The ``imagefolder`` and ``filelist`` dataset sources: image files on disk, loaded lazily with PIL.
+
+``source: "imagefolder:<root>"``
+    The ImageNet-val / torchvision ``ImageFolder`` layout ``<root>/<class>/**/<image>``.
+
+    *Labels.* By default the classes are the sorted names of the subfolders of the root (the
+    torchvision convention; hidden folders, starting with ``.``, are skipped) and a sample's label
+    is its folder's position. Images are found recursively inside each class folder. To match a
+    model's label space instead, give ``classes:`` (a list, a file with one name per line, or a
+    built-in list such as ``imagenet1k`` = the 1000 ImageNet synset ids in model index order; see
+    :mod:`~pytest_qrel.data.classnames`) or ``class_index:`` (a mapping / file ``folder -> index``,
+    Keras ``imagenet_class_index.json`` works). With an explicit label space, a folder that is not
+    in it is an error unless ``unknown_classes: ignore`` (skip it) or ``unknown_classes: ood``
+    (label -1). ``class_names:`` (same forms as ``classes``) overrides the display / prompt names;
+    with ``classes: imagenet1k`` they default to ``imagenet1k_names``.
+
+    *OOD sets.* A source does not know whether the suite uses it as ID or OOD, so OOD labelling is
+    decided by the data or an option: a *flat* folder (images directly in the root, no class
+    subfolders) gives every image the label -1; ``labels: none`` gives every image under the root
+    (recursively, subfolders or not) the label -1. A root holding both loose images and class
+    folders is an error (ambiguous) unless ``labels: none``.
+
+    *Splits.* ``split="test"`` reads the root itself. A ``train`` split (calibration, QAT) or a
+    ``val`` split (held-out data that post-hoc steps such as temperature scaling are fitted on)
+    must be configured: ``split_dirs: {train: <subdir>, val: <subdir>, test: <subdir>}``
+    (subfolders of the root) or ``train: <folder>`` / ``val: <folder>`` / ``test: <folder>``
+    (separate roots, resolved like the root). Asking for an unconfigured split is a
+    :class:`~pytest_qrel.errors.DataError` that says what to add. Inferred classes are the union
+    of the subfolders of every configured split that exists, so all splits share one label space.
+
+``source: "filelist:<list.txt>"``
+    One sample per line, ``<relative/path.jpg> [<label>]`` (the label is the last
+    whitespace-separated token when it is an integer, so paths may contain spaces; blank lines and
+    lines starting with ``#`` are skipped). Paths are relative to the list's folder or to the
+    ``root:`` option (the same root for every split). Either every line has a label or none does (then all are -1, i.e. OOD);
+    ``labels: none`` ignores the labels. ``classes:`` / ``class_names:`` give the names of the
+    indices (and labels are then checked against their number). ``train: <list.txt>`` and
+    ``val: <list.txt>`` name the lists of the other splits. Every file is checked when the set is loaded; a missing one is a
+    :class:`~pytest_qrel.errors.DataError` naming the list, line and path.
+
+Options of both: ``limit: N`` and ``seed: S`` (default 0) keep a deterministic uniform
+random subset of N samples (drawn with ``numpy.random.default_rng(seed)``, then kept in file
+order), ``mode`` (PIL mode the images are converted to, default ``RGB``) and
+``content_hash: true``; ``imagefolder`` also takes ``extensions`` (the image file name endings,
+default torchvision's ``IMG_EXTENSIONS``, case-insensitive; a file list uses every file it names). Unknown
+options are a :class:`~pytest_qrel.errors.DataError` naming the option and the accepted ones.
+
+*Paths.* Roots, lists and option paths may use ``${VARS}`` and ``~``; an unset variable is a
+:class:`~pytest_qrel.errors.DataMissingError` naming it (so dependent checks are skipped, not
+failed, unless ``--qrel-strict``), as is a root or list that does not exist (naming the resolved
+path). Relative paths resolve against ``base_dir`` (the suite file's folder).
+
+*Order.* Samples are sorted by relative path, compared component by component (so all files of
+one class folder are together and the order is the same on every file system).
+
+*Fingerprint.* SHA-256 over a JSON header (source kind, split, layout, the resolved classes /
+class index and class names, and the options that change what a sample is: labels, mode,
+extensions, unknown_classes, content_hash) followed by one record per sample, in order: relative
+path, file size in bytes and label. ``limit`` / ``seed`` are not hashed themselves: the samples
+they select are (so ``limit`` >= the set's size gives the full set's fingerprint). Modification times are deliberately *not* included (a copy or
+checkout changes them without changing the data); absolute roots are not included either (moving
+the data does not make baselines stale). Without ``content_hash`` the fingerprint does not see an
+edit that keeps a file's size (a re-encoded JPEG of equal length); with ``content_hash: true``
+every file's bytes are hashed too (reads the whole set: minutes for ImageNet-val).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from ..errors import DataError, DataMissingError
+from .base import DATASET_SOURCES, OOD_LABEL
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+"""torchvision's ``IMG_EXTENSIONS`` (copied so that listing files does not import torchvision)."""
+
+FINGERPRINT_VERSION = 1
+"""Bumped whenever the fingerprint recipe changes (it is part of the hashed header)."""
+
+_VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
+
+
+# ------------------------------------------------------------------------------- shared helpers
+
+
+def resolve_path(raw: Any, *, base_dir: Path | None, what: str, must_exist: bool = True) -> Path:
+    """Expand ``${VARS}`` and ``~`` in ``raw``, resolve it against ``base_dir``, check it exists.
+
+    Raises:
+        DataError: ``raw`` is not a non-empty string.
+        DataMissingError: an environment variable in ``raw`` is unset, or (``must_exist``) the path
+            does not exist; the message names the variable or the resolved path.
+    """
+    if isinstance(raw, os.PathLike):
+        raw = os.fspath(raw)
+    if not isinstance(raw, str) or not raw.strip():
+        raise DataError(f"{what} must be a path (a non-empty string), got {raw!r}")
+    expanded = os.path.expanduser(os.path.expandvars(raw))
+    unset = [m.group(1) or m.group(2) for m in _VAR.finditer(expanded) if (m.group(1) or m.group(2)) not in os.environ]
+    if unset:
+        names = ", ".join(dict.fromkeys(unset))
+        raise DataMissingError(
+            f"{what} '{raw}' uses the environment variable {names}, which is not set "
+            f"(set it to the data's location, e.g. `export {unset[0]}=/path/to/data`)"
+        )
+    path = Path(expanded)
+    if not path.is_absolute():
+        path = Path(base_dir or Path.cwd()) / path
+    path = Path(os.path.normpath(path))
+    if must_exist and not path.exists():
+        shown = f" (from '{raw}')" if raw != str(path) else ""
+        raise DataMissingError(f"{what} {path} does not exist{shown}")
+    return path
+
+
+def check_options(where: str, options: Mapping[str, Any], accepted: Iterable[str]) -> None:
+    """Raise a :class:`DataError` naming every unknown option key and listing the accepted ones."""
+    accepted = sorted(accepted)
+    unknown = sorted(str(k) for k in options if k not in accepted)
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, accepted, n=1)
+            hints.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        raise DataError(f"{where}: unknown option(s) {', '.join(hints)} (accepted: {', '.join(accepted) or 'none'})")
+
+
+def opt_int(where: str, options: Mapping[str, Any], key: str, default: int | None, lo: int | None = None) -> int | None:
+    value = options.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or (lo is not None and value < lo):
+        rng = f" >= {lo}" if lo is not None else ""
+        raise DataError(f"{where}: option '{key}' must be an integer{rng}, got {value!r}")
+    return value
+
+
+def opt_bool(where: str, options: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = options.get(key, default)
+    if not isinstance(value, bool):
+        raise DataError(f"{where}: option '{key}' must be true or false, got {value!r}")
+    return value
+
+
+def opt_choice(where: str, options: Mapping[str, Any], key: str, choices: Sequence[str], default: str) -> str:
+    value = options.get(key, default)
+    if value is None and "none" in choices:  # YAML `labels: none` is the string, `labels: null` is None
+        value = "none"
+    if not isinstance(value, str) or value not in choices:
+        raise DataError(f"{where}: option '{key}' must be one of {', '.join(choices)}; got {value!r}")
+    return value
+
+
+def check_split(where: str, split: str) -> None:
+    if split not in SPLITS:
+        raise DataError(f"{where}: unknown split '{split}' (known: {', '.join(SPLITS)})")
+
+
+def subset_indices(n: int, limit: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of a uniform random subset of ``limit`` of ``n`` items (all when ``limit`` is None or >= n)."""
+    if limit is None or limit >= n:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, size=limit, replace=False))
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def files_fingerprint(
+    header: Mapping[str, Any], relpaths: Sequence[str], sizes: Sequence[int], labels: np.ndarray, paths: Sequence[Path] | None = None
+) -> str:
+    """SHA-256 of the canonical JSON ``header`` and one ``relpath \\t size \\t label [\\t sha256]`` line per sample."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"fingerprint_version": FINGERPRINT_VERSION, **header}, sort_keys=True, default=str).encode())
+    for i, (rel, size, label) in enumerate(zip(relpaths, sizes, labels.tolist())):
+        line = f"\n{rel}\t{size}\t{label}"
+        if paths is not None:
+            line += "\t" + _sha256_file(paths[i])
+        h.update(line.encode())
+    return h.hexdigest()
+
+
+def load_image(path: Path, mode: str) -> Any:
+    """Open ``path`` with PIL, decode it fully and convert it to ``mode`` (file closed on return)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.convert(mode)
+    except (OSError, UnidentifiedImageError, ValueError) as err:
+        raise DataError(f"cannot read image {path}: {err}") from None
+
+
+# ------------------------------------------------------------------------------------ the image set
+
+
+@dataclass
+class FileImageSet:
+    """An :class:`~pytest_qrel.data.ImageSet` of image files, decoded on access (PIL, ``mode``).
+
+    ``relpaths`` are the sample paths relative to ``root`` (posix form), in the set's order.
+    """
+
+    name: str
+    root: Path
+    relpaths: list[str]
+    labels: np.ndarray
+    fingerprint: str
+    class_names: list[str] | None = None
+    mode: str = "RGB"
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.relpaths)
+
+    def path(self, index: int) -> Path:
+        return self.root / self.relpaths[index]
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        return load_image(self.path(index), self.mode), int(self.labels[index])
+
+
+# ----------------------------------------------------------------------------------- common options
+
+COMMON_OPTIONS = ("limit", "seed", "mode", "extensions", "content_hash", "labels", "classes", "class_names")
+LABEL_MODES = ("auto", "folders", "none")
+UNKNOWN_CLASS_MODES = ("error", "ignore", "ood")
+PIL_MODES = ("RGB", "L", "RGBA", "I", "F", "CMYK", "YCbCr", "LAB", "HSV", "1", "P")
+
+
+def _extensions(where: str, options: Mapping[str, Any]) -> tuple[str, ...]:
+    value = options.get("extensions", IMG_EXTENSIONS)
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) and v for v in value):
+        raise DataError(f"{where}: option 'extensions' must be a list like ['.jpg', '.png'], got {value!r}")
+    return tuple(sorted({(v if v.startswith(".") else "." + v).lower() for v in value}))
+
+
+def _mode(where: str, options: Mapping[str, Any]) -> str:
+    return opt_choice(where, options, "mode", PIL_MODES, "RGB")
+
+
+def _class_names(where: str, options: Mapping[str, Any], base_dir: Path, default: list[str] | None) -> list[str] | None:
+    from .classnames import resolve_class_list
+
+    if "class_names" in options:
+        return resolve_class_list(options["class_names"], base_dir=base_dir, where=f"{where}: option 'class_names'")
+    return default
+
+
+def _default_names(options: Mapping[str, Any], classes: list[str]) -> list[str]:
+    """Display names of an explicit class list: readable ImageNet names for ``imagenet1k``, else the list."""
+    if options.get("classes") == "imagenet1k":
+        from .classnames import CLASS_LISTS
+
+        return list(CLASS_LISTS.get("imagenet1k_names")())
+    return list(classes)
+
+
+def _sort_key(rel: str) -> tuple[str, ...]:
+    return PurePosixPath(rel).parts
+
+
+# ------------------------------------------------------------------------------------- imagefolder
+
+SPLITS = ("train", "val", "test")
+"""The splits a source can be asked for (see :mod:`pytest_qrel.data.base`); ``test`` is the default one."""
+
+IMAGEFOLDER_OPTIONS = (*COMMON_OPTIONS, "class_index", "unknown_classes", "split_dirs", *SPLITS)
+
+
+def _split_root(where: str, root_raw: str, split: str, options: Mapping[str, Any], base_dir: Path, *, must_exist: bool) -> Path | None:
+    """The folder of ``split`` (None when the split is not configured)."""
+    split_dirs = options.get("split_dirs")
+    if split_dirs is not None:
+        if not isinstance(split_dirs, Mapping) or not split_dirs or not set(split_dirs) <= set(SPLITS):
+            raise DataError(f"{where}: option 'split_dirs' must be a mapping with keys from {', '.join(SPLITS)}, e.g. {{train: train, test: val}}; got {split_dirs!r}")
+        if split in split_dirs and split in options:
+            raise DataError(f"{where}: give the {split} folder either in 'split_dirs' or as option '{split}', not both")
+    if split in options:
+        return resolve_path(options[split], base_dir=base_dir, what=f"{split} folder", must_exist=must_exist)
+    root = resolve_path(root_raw, base_dir=base_dir, what="dataset root", must_exist=must_exist)
+    if split_dirs is not None:
+        if split not in split_dirs:
+            return None
+        sub = split_dirs[split]
+        if not isinstance(sub, str) or not sub:
+            raise DataError(f"{where}: split_dirs.{split} must be a folder name, got {sub!r}")
+        return resolve_path(sub, base_dir=root, what=f"{split} folder (split_dirs.{split})", must_exist=must_exist)
+    return root if split == "test" else None
+
+
+def _scan(folder: Path, exts: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """``(loose images directly in folder, visible subfolder names)``, both sorted."""
+    loose, subdirs = [], []
+    try:
+        entries = list(os.scandir(folder))
+    except NotADirectoryError:
+        raise DataError(f"dataset root {folder} is a file, not a folder (for a list of files use 'filelist:{folder}')") from None
+    except OSError as err:
+        raise DataError(f"cannot list {folder}: {err.strerror or err}") from None
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir(follow_symlinks=True):
+            subdirs.append(entry.name)
+        elif entry.name.lower().endswith(exts):
+            loose.append(entry.name)
+    return sorted(loose), sorted(subdirs)
+
+
+def _walk_images(folder: Path, exts: tuple[str, ...]) -> list[str]:
+    """Image files below ``folder`` (recursive, following links, hidden entries skipped), as posix relpaths."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        rel_dir = Path(dirpath).relative_to(folder)
+        for name in filenames:
+            if not name.startswith(".") and name.lower().endswith(exts):
+                out.append((rel_dir / name).as_posix())
+    return out
+
+
+def _class_space(
+    where: str, options: Mapping[str, Any], base_dir: Path, inferred: list[str]
+) -> tuple[dict[str, int], list[str] | None, dict[str, Any]]:
+    """``(folder -> index, class names, fingerprint header part)`` from the options or the folders."""
+    from .classnames import names_from_index, resolve_class_index, resolve_class_list
+
+    if "classes" in options and "class_index" in options:
+        raise DataError(f"{where}: give either 'classes' (names in index order) or 'class_index' (name -> index), not both")
+    if "class_index" in options:
+        index = resolve_class_index(options["class_index"], base_dir=base_dir, where=f"{where}: option 'class_index'")
+        names = names_from_index(index)
+        return index, _class_names(where, options, base_dir, names), {"class_index": index}
+    if "classes" in options:
+        classes = resolve_class_list(options["classes"], base_dir=base_dir, where=f"{where}: option 'classes'")
+        names = _class_names(where, options, base_dir, _default_names(options, classes))
+        return {c: i for i, c in enumerate(classes)}, names, {"classes": classes}
+    return {c: i for i, c in enumerate(inferred)}, _class_names(where, options, base_dir, list(inferred)), {"classes": inferred}
+
+
+@DATASET_SOURCES.register("imagefolder")
+def imagefolder_source(
+    arg: str, *, split: str, options: Mapping[str, Any] | None = None, base_dir: Path | None = None
+) -> FileImageSet:
+    """``source: "imagefolder:<root>"``: class subfolders of images, or a flat folder of OOD images.
+
+    See the module docstring for the options, labelling rules and the fingerprint.
+
+    Raises:
+        DataMissingError: the root (or split folder) does not exist or uses an unset ``${VAR}``.
+        DataError: unknown option, bad option value, unconfigured split, no images, unknown class folder.
+    """
+    options = dict(options or {})
+    base_dir = Path(base_dir or Path.cwd())
+    where = f"dataset 'imagefolder:{arg}'"
+    check_options(where, options, IMAGEFOLDER_OPTIONS)
+    check_split(where, split)
+    exts = _extensions(where, options)
+    mode = _mode(where, options)
+    labels_mode = opt_choice(where, options, "labels", LABEL_MODES, "auto")
+    unknown_mode = opt_choice(where, options, "unknown_classes", UNKNOWN_CLASS_MODES, "error")
+    limit = opt_int(where, options, "limit", None, lo=1)
+    seed = opt_int(where, options, "seed", 0)
+    content_hash = opt_bool(where, options, "content_hash", False)
+
+    folder = _split_root(where, arg, split, options, base_dir, must_exist=True)
+    if folder is None:
+        raise DataError(
+            f"{where} has no '{split}' split configured (the root is the test split); add the option "
+            f"'{split}: <folder>' or 'split_dirs: {{{split}: <subdir>, test: <subdir>}}' to the dataset"
+        )
+    loose, subdirs = _scan(folder, exts)
+
+    if labels_mode == "none":
+        relpaths = sorted(_walk_images(folder, exts), key=_sort_key)
+        labels = np.full(len(relpaths), OOD_LABEL, dtype=np.int64)
+        class_names, header_classes, layout = None, {}, "unlabelled"
+    else:
+        files_by_dir = {d: _walk_images(folder / d, exts) for d in subdirs}
+        class_dirs = [d for d in subdirs if files_by_dir[d]]
+        if not class_dirs:
+            if labels_mode == "folders":
+                raise DataError(f"{where}: {folder} has no class subfolders with images (labels: folders); for an OOD folder use 'labels: none'")
+            relpaths = loose
+            labels = np.full(len(relpaths), OOD_LABEL, dtype=np.int64)
+            class_names, header_classes, layout = None, {}, "flat"
+        else:
+            if loose:
+                raise DataError(
+                    f"{where}: {folder} holds both class subfolders and loose images ({loose[0]}, ...); "
+                    "move the loose images into a class folder, or use 'labels: none' to label everything -1 (OOD)"
+                )
+            inferred = set(subdirs)
+            for other in SPLITS:  # one label space for all splits
+                if other != split:
+                    try:
+                        other_root = _split_root(where, arg, other, options, base_dir, must_exist=False)
+                    except DataMissingError:
+                        other_root = None
+                    if other_root is not None and other_root.is_dir():
+                        inferred |= set(_scan(other_root, exts)[1])
+            index, class_names, header_classes = _class_space(where, options, base_dir, sorted(inferred))
+            unknown = [d for d in subdirs if d not in index]
+            if unknown and unknown_mode == "error":
+                shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+                raise DataError(
+                    f"{where}: {len(unknown)} folder(s) of {folder} are not in the class list: {shown} "
+                    "(fix the class list, or set 'unknown_classes: ignore' to skip them or 'unknown_classes: ood' to label them -1)"
+                )
+            relpaths, label_list = [], []
+            for d in subdirs:
+                if d not in index and unknown_mode == "ignore":
+                    continue
+                label = index.get(d, OOD_LABEL)
+                relpaths.extend(f"{d}/{f}" for f in files_by_dir[d])
+                label_list.extend([label] * len(files_by_dir[d]))
+            order = sorted(range(len(relpaths)), key=lambda i: _sort_key(relpaths[i]))
+            relpaths = [relpaths[i] for i in order]
+            labels = np.asarray([label_list[i] for i in order], dtype=np.int64)
+            layout = "classes"
+    if not relpaths:
+        raise DataError(f"{where}: no images found under {folder} (extensions: {', '.join(exts)})")
+
+    keep = subset_indices(len(relpaths), limit, seed)
+    relpaths = [relpaths[i] for i in keep]
+    labels = np.ascontiguousarray(labels[keep], dtype=np.int64)
+    labels.setflags(write=False)
+    sizes = [(folder / r).stat().st_size for r in relpaths]
+    header = {
+        "source": "imagefolder",
+        "split": split,
+        "layout": layout,
+        **header_classes,
+        "class_names": class_names,
+        "options": {
+            "labels": labels_mode, "mode": mode,
+            "extensions": list(exts), "unknown_classes": unknown_mode, "content_hash": content_hash,
+        },
+    }
+    fingerprint = files_fingerprint(header, relpaths, sizes, labels, [folder / r for r in relpaths] if content_hash else None)
+    return FileImageSet(
+        name=f"imagefolder:{arg}",
+        root=folder,
+        relpaths=relpaths,
+        labels=labels,
+        fingerprint=fingerprint,
+        class_names=class_names,
+        mode=mode,
+        info={"layout": layout, "split": split},
+    )
+
+
+# ---------------------------------------------------------------------------------------- filelist
+
+FILELIST_OPTIONS = ("limit", "seed", "mode", "content_hash", "labels", "classes", "class_names", "root", *SPLITS)
+_LABELS_MODES_FILELIST = ("auto", "none")
+
+
+def _parse_list(where: str, path: Path) -> list[tuple[int, str, int | None]]:
+    """``(line number, relpath, label or None)`` per sample line of the list file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise DataError(f"{where}: cannot read file list {path}: {err.strerror or err}") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{where}: file list {path} is not UTF-8 text") from None
+    out: list[tuple[int, str, int | None]] = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.rsplit(maxsplit=1)
+        label: int | None = None
+        rel = line
+        if len(parts) == 2 and re.fullmatch(r"[+-]?\d+", parts[1]):
+            rel, label = parts[0], int(parts[1])
+            if label < OOD_LABEL:
+                raise DataError(f"{where}: file list {path} line {lineno}: label {label} must be >= 0 (or -1 for OOD)")
+        out.append((lineno, rel, label))
+    if not out:
+        raise DataError(f"{where}: file list {path} has no entries")
+    return out
+
+
+@DATASET_SOURCES.register("filelist")
+def filelist_source(
+    arg: str, *, split: str, options: Mapping[str, Any] | None = None, base_dir: Path | None = None
+) -> FileImageSet:
+    """``source: "filelist:<list.txt>"``: images named in a text file, ``<relpath> [<label>]`` per line.
+
+    Raises:
+        DataMissingError: the list (or ``root``) does not exist or uses an unset ``${VAR}``.
+        DataError: unknown option, malformed line, missing image file (naming list, line, path),
+            labels on some lines only, a label out of range of ``classes``.
+    """
+    options = dict(options or {})
+    base_dir = Path(base_dir or Path.cwd())
+    where = f"dataset 'filelist:{arg}'"
+    check_options(where, options, FILELIST_OPTIONS)
+    check_split(where, split)
+    mode = _mode(where, options)
+    labels_mode = opt_choice(where, options, "labels", _LABELS_MODES_FILELIST, "auto")
+    limit = opt_int(where, options, "limit", None, lo=1)
+    seed = opt_int(where, options, "seed", 0)
+    content_hash = opt_bool(where, options, "content_hash", False)
+
+    if split in options:
+        list_path = resolve_path(options[split], base_dir=base_dir, what=f"{split} file list")
+    elif split == "test":
+        list_path = resolve_path(arg, base_dir=base_dir, what="file list")
+    else:
+        raise DataError(f"{where} has no '{split}' split configured (the list is the test split); add the option '{split}: <list.txt>' to the dataset")
+    if list_path.is_dir():
+        raise DataError(f"{where}: {list_path} is a folder, not a file list (for a folder of images use 'imagefolder:{arg}')")
+    root = resolve_path(options["root"], base_dir=base_dir, what="file list root") if "root" in options else list_path.parent
+
+    entries = _parse_list(where, list_path)
+    has_label = [e[2] is not None for e in entries]
+    if labels_mode == "auto" and any(has_label) and not all(has_label):
+        first_missing = entries[has_label.index(False)][0]
+        first_given = entries[has_label.index(True)][0]
+        raise DataError(
+            f"{where}: file list {list_path} line {first_missing} has no label but line {first_given} has one "
+            "(label every line, or none for an OOD set; 'labels: none' ignores the labels)"
+        )
+    class_names: list[str] | None = None
+    header_classes: dict[str, Any] = {}
+    if "classes" in options:
+        from .classnames import resolve_class_list
+
+        classes = resolve_class_list(options["classes"], base_dir=base_dir, where=f"{where}: option 'classes'")
+        header_classes = {"classes": classes}
+        class_names = _class_names(where, options, base_dir, _default_names(options, classes))
+    else:
+        class_names = _class_names(where, options, base_dir, None)
+    relpaths, labels_list = [], []
+    for lineno, rel, label in entries:
+        path = Path(os.path.expandvars(rel))
+        full = path if path.is_absolute() else root / path
+        if not full.is_file():
+            raise DataError(f"{where}: file list {list_path} line {lineno}: image '{rel}' does not exist ({full})")
+        if labels_mode == "none" or label is None:
+            label = OOD_LABEL
+        if class_names is not None and label >= len(class_names):
+            raise DataError(f"{where}: file list {list_path} line {lineno}: label {label} is out of range for {len(class_names)} classes")
+        relpaths.append(os.path.relpath(full, root).replace(os.sep, "/") if not path.is_absolute() else full.as_posix())
+        labels_list.append(label)
+
+    labels = np.asarray(labels_list, dtype=np.int64)
+    keep = subset_indices(len(relpaths), limit, seed)
+    relpaths = [relpaths[i] for i in keep]
+    labels = np.ascontiguousarray(labels[keep])
+    labels.setflags(write=False)
+    paths = [Path(r) if Path(r).is_absolute() else root / r for r in relpaths]
+    sizes = [p.stat().st_size for p in paths]
+    header = {
+        "source": "filelist",
+        "split": split,
+        **header_classes,
+        "class_names": class_names,
+        "options": {"labels": labels_mode, "mode": mode, "content_hash": content_hash},
+    }
+    fingerprint = files_fingerprint(header, relpaths, sizes, labels, paths if content_hash else None)
+    return FileImageSet(
+        name=f"filelist:{arg}",
+        root=root,
+        relpaths=relpaths,
+        labels=labels,
+        fingerprint=fingerprint,
+        class_names=class_names,
+        mode=mode,
+        info={"list": str(list_path), "split": split},
+    )

@@ -1,0 +1,414 @@
+"""Covariate shift: ImageNet-C style corruptions of an image set, at five severities.
+
+Three entry points:
+
+- :func:`corrupt` ``(image (C, H, W) in [0, 1], name, severity, seed) -> image``: one corruption
+  of one image (torch tensor or numpy array in, the same kind out, float32, still in [0, 1]);
+- :class:`ShiftedImageSet` ``(base, corruption, severity, seed)``: an
+  :class:`~pytest_qrel.data.ImageSet` whose sample ``i`` is ``base[i]`` corrupted with the seed
+  ``(seed, i)`` (deterministic per sample, independent of access order);
+- the dataset source ``source: "shift:<corruption>/<severity>"`` with the options
+
+  ============  ==========================================================================
+  ``of``        (required) the source of the clean set, e.g. ``"embedded:digits"``
+  ``of_options``  options passed to that source
+  ``seed``      base seed of the noise (default 0)
+  ``table``     ``imagenet`` (default) or ``cifar``: which parameter table (below)
+  ``as_ood``    ``true``: every sample is labelled -1, so the corrupted set can be an OOD set
+                (AUROC of clean ID vs corrupted); default ``false`` keeps the base labels, so
+                top-1 / NLL / ECE under shift can be computed
+  ``resize``    PIL bases only: resize the shorter side to this many pixels (bilinear) ...
+  ``crop``      ... then center-crop to this square size, before corrupting. ``resize: 256,
+                crop: 224`` is the ImageNet-C protocol.
+  ============  ==========================================================================
+
+  e.g. ``{name: digits_noise3, source: "shift:gaussian_noise/3", options: {of: "embedded:digits"}}``.
+
+Corruptions (:data:`CORRUPTIONS`; ``c`` is the severity's parameter, ``x`` the image in [0, 1]):
+
+=================  =====================================================  =========================  ==========================
+name               operation (then clipped to [0, 1])                      ``imagenet`` c (sev 1..5)  ``cifar`` c (sev 1..5)
+=================  =====================================================  =========================  ==========================
+gaussian_noise     x + N(0, c^2)                                           .08 .12 .18 .26 .38        .04 .06 .08 .09 .10
+shot_noise         Poisson(x c) / c                                        60 25 12 5 3               500 250 100 75 50
+impulse_noise      a fraction c of the values set to 0 or 1 (salt/pepper)  .03 .06 .09 .17 .27        .01 .02 .03 .05 .07
+speckle_noise      x + x N(0, c^2)                                         .15 .20 .35 .45 .60        .06 .10 .12 .16 .20
+gaussian_blur      Gaussian filter, sigma = c pixels (edges: nearest)      1 2 3 4 6                  .4 .6 .7 .8 1
+contrast           (x - mean) c + mean, per channel                        .40 .30 .20 .10 .05        .75 .50 .40 .30 .15
+brightness         HSV value + c (grey images: x + c)                      .1 .2 .3 .4 .5             .05 .10 .15 .20 .30
+jpeg_compression   JPEG round trip at quality c (alias ``jpeg``)           25 18 15 10 7              80 65 58 50 40
+pixelate           box-downsample to c x size, box-upsample back           .60 .50 .40 .30 .25        .95 .90 .85 .75 .65
+=================  =====================================================  =========================  ==========================
+
+The constants are the per-severity tables of Hendrycks & Dietterich, "Benchmarking Neural Network
+Robustness to Common Corruptions and Perturbations" (ICLR 2019): ``imagenet`` from the
+``imagenet_c`` package (``ImageNet-C/imagenet_c/imagenet_c/corruptions.py`` of
+github.com/hendrycks/robustness, made for 224 x 224 images), ``cifar`` from
+``ImageNet-C/create_c/make_cifar_c.py`` (32 x 32 images). The operations are re-implemented here
+(numpy, scipy.ndimage, PIL; no OpenCV / ImageMagick) and match the reference up to the random
+streams: noise is drawn from ``numpy.random.default_rng`` seeded per sample, not from the global
+``np.random`` state. The blur sigma is in pixels of the image it is applied to (as in the
+reference): choose the table that matches the resolution the corruption sees.
+
+*Where in the pipeline.* ImageNet-C corrupts the 224 x 224 center crop, i.e. after resize / crop
+and before normalisation. Here the corruption is applied to what the base set returns:
+
+- tensor sets (the ``embedded`` sets are already at model resolution in [0, 1]): exactly that
+  ordering;
+- PIL sets (``imagefolder``, ``filelist``, ``torchvision``): the raw image (optionally resized /
+  center-cropped with ``resize`` / ``crop`` first) is corrupted, quantised back to 8 bits (as
+  ImageNet-C stores its images) and returned as a PIL image, so the model's own preprocessing
+  (resize, crop, normalise) runs afterwards unchanged. Without ``resize`` / ``crop`` the model's
+  resize changes the corruption's effective strength (downsampling averages noise away); with
+  them, the model's resize / crop should be the identity at that size. The exact ordering for any
+  model transform needs an engine hook that applies the shift between the model's geometric
+  transform and its normalisation.
+
+*Fingerprint.* SHA-256 over the base set's fingerprint, the canonical corruption name, severity,
+parameter, table, seed, ``as_ood``, ``resize``, ``crop`` and :data:`SHIFT_VERSION` (bumped when an
+operation changes). It does not hash the corrupted pixels: a numpy release that changed the
+``Generator`` normal / Poisson streams would change the images without changing the fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DataError
+from ..registry import Registry
+from .base import DATASET_SOURCES, OOD_LABEL, ImageSet
+from .folders import check_options, opt_bool, opt_choice, opt_int
+
+SHIFT_VERSION = 1
+SEVERITIES = (1, 2, 3, 4, 5)
+TABLES = ("imagenet", "cifar")
+
+Op = Callable[[np.ndarray, Any, np.random.Generator], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Corruption:
+    """One entry of :data:`CORRUPTIONS`: the operation on a float64 (C, H, W) array and its tables."""
+
+    name: str
+    op: Op
+    params: Mapping[str, tuple[Any, ...]]  # table -> 5 parameters (severity 1..5)
+    description: str
+    random: bool
+
+    def parameter(self, severity: int, table: str = "imagenet") -> Any:
+        return self.params[table][severity - 1]
+
+
+CORRUPTIONS: Registry[Corruption] = Registry("corruption")
+
+
+def _register(name: str, imagenet: Sequence[Any], cifar: Sequence[Any], description: str, random: bool, aliases: Sequence[str] = ()) -> Callable[[Op], Op]:
+    def deco(op: Op) -> Op:
+        entry = Corruption(name, op, {"imagenet": tuple(imagenet), "cifar": tuple(cifar)}, description, random)
+        CORRUPTIONS.add(name, entry, canonical=name)
+        for alias in aliases:
+            CORRUPTIONS.add(alias, entry, canonical=name)
+        return op
+
+    return deco
+
+
+# ------------------------------------------------------------------------------------ operations
+
+
+@_register("gaussian_noise", (0.08, 0.12, 0.18, 0.26, 0.38), (0.04, 0.06, 0.08, 0.09, 0.10), "additive Gaussian noise", True)
+def _gaussian_noise(x: np.ndarray, c: float, rng: np.random.Generator) -> np.ndarray:
+    return x + rng.normal(0.0, c, size=x.shape)
+
+
+@_register("shot_noise", (60, 25, 12, 5, 3), (500, 250, 100, 75, 50), "Poisson (photon) noise", True)
+def _shot_noise(x: np.ndarray, c: float, rng: np.random.Generator) -> np.ndarray:
+    return rng.poisson(x * c) / c
+
+
+@_register("impulse_noise", (0.03, 0.06, 0.09, 0.17, 0.27), (0.01, 0.02, 0.03, 0.05, 0.07), "salt-and-pepper noise", True)
+def _impulse_noise(x: np.ndarray, c: float, rng: np.random.Generator) -> np.ndarray:
+    flipped = rng.random(x.shape) < c
+    salt = rng.random(x.shape) < 0.5
+    out = x.copy()
+    out[flipped & salt] = 1.0
+    out[flipped & ~salt] = 0.0
+    return out
+
+
+@_register("speckle_noise", (0.15, 0.2, 0.35, 0.45, 0.6), (0.06, 0.1, 0.12, 0.16, 0.2), "multiplicative Gaussian noise", True)
+def _speckle_noise(x: np.ndarray, c: float, rng: np.random.Generator) -> np.ndarray:
+    return x + x * rng.normal(0.0, c, size=x.shape)
+
+
+@_register("gaussian_blur", (1, 2, 3, 4, 6), (0.4, 0.6, 0.7, 0.8, 1), "Gaussian blur (sigma in pixels)", False)
+def _gaussian_blur(x: np.ndarray, c: float, rng: np.random.Generator) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter
+
+    # skimage.filters.gaussian's defaults (which the reference uses): mode 'nearest', truncate 4
+    return gaussian_filter(x, sigma=(0.0, float(c), float(c)), mode="nearest", truncate=4.0)
+
+
+@_register("contrast", (0.4, 0.3, 0.2, 0.1, 0.05), (0.75, 0.5, 0.4, 0.3, 0.15), "contrast reduction towards the channel mean", False)
+def _contrast(x: np.ndarray, c: float, rng: np.random.Generator) -> np.ndarray:
+    means = x.mean(axis=(1, 2), keepdims=True)
+    return (x - means) * c + means
+
+
+@_register("brightness", (0.1, 0.2, 0.3, 0.4, 0.5), (0.05, 0.1, 0.15, 0.2, 0.3), "HSV value increase", False)
+def _brightness(x: np.ndarray, c: float, rng: np.random.Generator) -> np.ndarray:
+    if x.shape[0] == 1:  # the HSV value of a grey pixel is the pixel itself
+        return x + c
+    from skimage.color import hsv2rgb, rgb2hsv
+
+    hsv = rgb2hsv(np.moveaxis(x, 0, -1))
+    hsv[..., 2] = np.clip(hsv[..., 2] + c, 0.0, 1.0)
+    return np.moveaxis(hsv2rgb(hsv), -1, 0)
+
+
+def _to_pil(x: np.ndarray) -> Any:
+    from PIL import Image
+
+    u8 = np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return Image.fromarray(u8[0], mode="L") if x.shape[0] == 1 else Image.fromarray(np.moveaxis(u8, 0, -1), mode="RGB")
+
+
+def _from_pil(image: Any) -> np.ndarray:
+    arr = np.asarray(image, dtype=np.float64) / 255.0
+    return arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
+
+
+@_register("jpeg_compression", (25, 18, 15, 10, 7), (80, 65, 58, 50, 40), "JPEG round trip (quality)", False, aliases=("jpeg",))
+def _jpeg(x: np.ndarray, c: int, rng: np.random.Generator) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    _to_pil(x).save(buf, format="JPEG", quality=int(c))
+    buf.seek(0)
+    with Image.open(buf) as im:
+        return _from_pil(im.convert("L" if x.shape[0] == 1 else "RGB"))
+
+
+@_register("pixelate", (0.6, 0.5, 0.4, 0.3, 0.25), (0.95, 0.9, 0.85, 0.75, 0.65), "box down- and up-sampling", False)
+def _pixelate(x: np.ndarray, c: float, rng: np.random.Generator) -> np.ndarray:
+    from PIL import Image
+
+    _, h, w = x.shape
+    small = (max(1, int(w * c)), max(1, int(h * c)))
+    out = np.empty_like(x)
+    for ch in range(x.shape[0]):
+        im = Image.fromarray(x[ch].astype(np.float32), mode="F")
+        out[ch] = np.asarray(im.resize(small, Image.BOX).resize((w, h), Image.BOX), dtype=np.float64)
+    return out
+
+
+# ------------------------------------------------------------------------------------- corrupt()
+
+
+def _check_severity(severity: Any, table: str) -> int:
+    if isinstance(severity, bool) or not isinstance(severity, (int, np.integer)) or int(severity) not in SEVERITIES:
+        raise DataError(f"corruption severity must be an integer from 1 to 5, got {severity!r}")
+    if table not in TABLES:
+        raise DataError(f"unknown corruption table '{table}' (known: {', '.join(TABLES)})")
+    return int(severity)
+
+
+def corrupt(image: Any, name: str, severity: int, seed: int | Sequence[int] = 0, *, table: str = "imagenet") -> Any:
+    """Corrupt one image ``(C, H, W)`` with values in [0, 1]; ``C`` is 1 (grey) or 3 (RGB).
+
+    ``seed`` (an int or a sequence of ints, e.g. ``(base_seed, index)``) seeds
+    ``numpy.random.default_rng``: the same arguments give the same output. Returns the same kind
+    as the input (a float32 torch tensor for a tensor, a float32 numpy array otherwise), clipped
+    to [0, 1].
+
+    Raises:
+        UnknownNameError: ``name`` is not in :data:`CORRUPTIONS` (the message lists the known names).
+        DataError: severity not in 1..5, unknown table, or not a (1|3, H, W) image in [0, 1].
+    """
+    entry = CORRUPTIONS.get(name)
+    severity = _check_severity(severity, table)
+    is_tensor = hasattr(image, "detach") and hasattr(image, "is_floating_point")
+    arr = image.detach().cpu().double().numpy() if is_tensor else np.asarray(image, dtype=np.float64)
+    if arr.ndim != 3 or arr.shape[0] not in (1, 3) or arr.shape[1] < 1 or arr.shape[2] < 1:
+        raise DataError(f"corruption '{name}' needs an image of shape (1 or 3, H, W); got {tuple(arr.shape)}")
+    if is_tensor and not image.is_floating_point():
+        raise DataError(f"corruption '{name}' needs a float image with values in [0, 1]; got dtype {image.dtype}")
+    if arr.size and (arr.min() < -1e-6 or arr.max() > 1 + 1e-6 or not np.isfinite(arr).all()):
+        raise DataError(f"corruption '{name}' needs values in [0, 1]; got [{arr.min():.3g}, {arr.max():.3g}]")
+    rng = np.random.default_rng(list(seed) if isinstance(seed, (list, tuple)) else int(seed))
+    out = np.clip(entry.op(np.clip(arr, 0.0, 1.0), entry.parameter(severity, table), rng), 0.0, 1.0).astype(np.float32)
+    if is_tensor:
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(out)).to(device=image.device)
+    return out
+
+
+# ------------------------------------------------------------------------------- ShiftedImageSet
+
+
+def _is_pil(image: Any) -> bool:
+    return hasattr(image, "convert") and hasattr(image, "mode") and hasattr(image, "resize")
+
+
+class ShiftedImageSet:
+    """``base`` with every sample corrupted (``corruption`` at ``severity``, per-sample seed ``(seed, i)``).
+
+    Labels are the base's, or all -1 with ``as_ood``. Tensor samples come back as float32 tensors
+    (C, H, W) in [0, 1]; PIL samples as PIL images (grey stays ``L``, anything else ``RGB``).
+    """
+
+    def __init__(
+        self,
+        base: ImageSet,
+        corruption: str,
+        severity: int,
+        seed: int = 0,
+        *,
+        table: str = "imagenet",
+        as_ood: bool = False,
+        resize: int | None = None,
+        crop: int | None = None,
+        name: str | None = None,
+    ) -> None:
+        entry = CORRUPTIONS.get(corruption)
+        self.base = base
+        self.corruption = entry.name  # canonical (``jpeg`` -> ``jpeg_compression``)
+        self.severity = _check_severity(severity, table)
+        self.seed = int(seed)
+        self.table = table
+        self.as_ood = bool(as_ood)
+        self.resize = resize
+        self.crop = crop
+        self.parameter = entry.parameter(self.severity, table)
+        self.name = name or f"{getattr(base, 'name', 'dataset')}+{self.corruption}/{self.severity}"
+        labels = np.full(len(base), OOD_LABEL, dtype=np.int64) if self.as_ood else np.array(base.labels, dtype=np.int64, copy=True)
+        labels.setflags(write=False)
+        self.labels = labels
+        self.class_names = None if self.as_ood else getattr(base, "class_names", None)
+        spec = {
+            "shift_version": SHIFT_VERSION,
+            "base": base.fingerprint,
+            "corruption": self.corruption,
+            "severity": self.severity,
+            "parameter": self.parameter,
+            "table": table,
+            "seed": self.seed,
+            "as_ood": self.as_ood,
+            "resize": resize,
+            "crop": crop,
+        }
+        self.fingerprint = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __repr__(self) -> str:
+        return f"ShiftedImageSet({self.name!r}, {len(self)} samples)"
+
+    def _geometry_pil(self, image: Any) -> Any:
+        from PIL import Image
+
+        if self.resize:
+            w, h = image.size
+            scale = self.resize / min(w, h)
+            image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
+        if self.crop:
+            w, h = image.size
+            left, top = int(round((w - self.crop) / 2.0)), int(round((h - self.crop) / 2.0))
+            image = image.crop((left, top, left + self.crop, top + self.crop))
+        return image
+
+    def _geometry_tensor(self, image: Any) -> Any:
+        import torch
+
+        if self.resize:
+            _, h, w = image.shape
+            scale = self.resize / min(h, w)
+            size = (max(1, round(h * scale)), max(1, round(w * scale)))
+            image = torch.nn.functional.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0].clamp(0, 1)
+        if self.crop:
+            _, h, w = image.shape
+            top, left = int(round((h - self.crop) / 2.0)), int(round((w - self.crop) / 2.0))
+            if top < 0 or left < 0:
+                raise DataError(f"{self.name}: crop {self.crop} is larger than the image ({h}x{w})")
+            image = image[:, top : top + self.crop, left : left + self.crop]
+        return image
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        index = index % len(self)
+        image, _ = self.base[index]
+        seed = (self.seed, index)
+        if _is_pil(image):
+            image = self._geometry_pil(image)
+            if image.mode not in ("L", "RGB"):
+                image = image.convert("RGB")
+            out = corrupt(_from_pil(image), self.corruption, self.severity, seed, table=self.table)
+            return _to_pil(out), int(self.labels[index])
+        if not (hasattr(image, "detach") or isinstance(image, np.ndarray)):
+            raise DataError(f"{self.name}: cannot corrupt a sample of type {type(image).__name__}")
+        if hasattr(image, "detach") and (self.resize or self.crop):
+            image = self._geometry_tensor(image)
+        return corrupt(image, self.corruption, self.severity, seed, table=self.table), int(self.labels[index])
+
+
+# ------------------------------------------------------------------------------------- the source
+
+SHIFT_OPTIONS = ("of", "of_options", "seed", "table", "as_ood", "resize", "crop")
+_ARG = re.compile(r"^\s*([A-Za-z_][\w]*)\s*/\s*(\S+)\s*$")
+
+
+@DATASET_SOURCES.register("shift")
+def shift_source(
+    arg: str, *, split: str, options: Mapping[str, Any] | None = None, base_dir: Path | None = None
+) -> ShiftedImageSet:
+    """``source: "shift:<corruption>/<severity>"`` with ``options: {of: "<source>"}``: a corrupted copy of a set.
+
+    The requested ``split`` is passed on to the base source.
+
+    Raises:
+        UnknownNameError: unknown corruption (lists the known ones).
+        DataError: malformed ``<corruption>/<severity>``, missing ``of``, bad option; errors of the
+            base source pass through (a missing base root stays a DataMissingError).
+    """
+    from .base import load_dataset
+
+    options = dict(options or {})
+    where = f"dataset 'shift:{arg}'"
+    check_options(where, options, SHIFT_OPTIONS)
+    m = _ARG.match(arg)
+    if not m:
+        raise DataError(f"{where}: write 'shift:<corruption>/<severity>', e.g. 'shift:gaussian_noise/3' (corruptions: {', '.join(CORRUPTIONS.names())})")
+    name, sev = m.group(1), m.group(2)
+    CORRUPTIONS.get(name)
+    if not sev.isdigit() or int(sev) not in SEVERITIES:
+        raise DataError(f"{where}: severity must be an integer from 1 to 5, got '{sev}'")
+    of = options.get("of")
+    if not isinstance(of, str) or ":" not in of:
+        raise DataError(f"{where}: option 'of' is required: the source of the clean set, e.g. {{of: \"embedded:digits\"}}")
+    of_options = options.get("of_options") or {}
+    if not isinstance(of_options, Mapping):
+        raise DataError(f"{where}: option 'of_options' must be a mapping (the options of '{of}'), got {of_options!r}")
+    seed = opt_int(where, options, "seed", 0)
+    table = opt_choice(where, options, "table", TABLES, "imagenet")
+    as_ood = opt_bool(where, options, "as_ood", False)
+    resize = opt_int(where, options, "resize", None, lo=1)
+    crop = opt_int(where, options, "crop", None, lo=1)
+    try:
+        base = load_dataset(of, split=split, options=dict(of_options), base_dir=base_dir)
+    except DataError as exc:
+        raise type(exc)(f"{where}: base set '{of}': {exc}") from None
+    return ShiftedImageSet(base, name, int(sev), seed or 0, table=table, as_ood=as_ood, resize=resize, crop=crop, name=f"{of}+{name}/{sev}")

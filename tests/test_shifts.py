@@ -1,0 +1,249 @@
+"""Covariate-shift corruptions, ShiftedImageSet, the ``shift:`` source, and one suite end to end."""
+
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import pytest_qrel
+from pytest_qrel.data import OOD_LABEL, load_dataset
+from pytest_qrel.data.shifts import CORRUPTIONS, SEVERITIES, ShiftedImageSet, corrupt
+from pytest_qrel.errors import DataError, DataMissingError, UnknownNameError
+
+REQUIRED = ("gaussian_noise", "shot_noise", "gaussian_blur", "contrast", "jpeg")
+NAMES = CORRUPTIONS.names()
+
+
+@pytest.fixture(scope="module")
+def photo() -> torch.Tensor:
+    """A 3 x 64 x 64 natural image in [0, 1] (astronaut, area-downsampled)."""
+    import skimage.data
+
+    img = skimage.data.astronaut()[:448, :448].astype(np.float64) / 255.0
+    small = img.reshape(64, 7, 64, 7, 3).mean(axis=(1, 3))
+    return torch.from_numpy(np.moveaxis(small, -1, 0).astype(np.float32).copy())
+
+
+@pytest.fixture(scope="module")
+def grey(photo) -> torch.Tensor:
+    return photo.mean(dim=0, keepdim=True)
+
+
+def mean_abs_change(x, name, severity, seed=0, **kw):
+    return float((corrupt(x, name, severity, seed, **kw) - x).abs().mean())
+
+
+def test_registry_has_the_required_corruptions():
+    for name in REQUIRED:
+        assert name in CORRUPTIONS
+    assert CORRUPTIONS.get("jpeg") is CORRUPTIONS.get("jpeg_compression")
+
+
+def test_imagenet_c_constants():
+    # spot checks against the published per-severity tables (imagenet_c / make_cifar_c.py)
+    assert CORRUPTIONS.get("gaussian_noise").params["imagenet"] == (0.08, 0.12, 0.18, 0.26, 0.38)
+    assert CORRUPTIONS.get("shot_noise").params["imagenet"] == (60, 25, 12, 5, 3)
+    assert CORRUPTIONS.get("gaussian_blur").params["imagenet"] == (1, 2, 3, 4, 6)
+    assert CORRUPTIONS.get("contrast").params["imagenet"] == (0.4, 0.3, 0.2, 0.1, 0.05)
+    assert CORRUPTIONS.get("jpeg").params["imagenet"] == (25, 18, 15, 10, 7)
+    assert CORRUPTIONS.get("gaussian_noise").params["cifar"] == (0.04, 0.06, 0.08, 0.09, 0.10)
+    for name in NAMES:
+        for table in ("imagenet", "cifar"):
+            assert len(CORRUPTIONS.get(name).params[table]) == 5
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("channels", [3, 1])
+def test_changes_the_image_and_stays_in_range(name, channels, photo, grey):
+    x = photo if channels == 3 else grey
+    for severity in SEVERITIES:
+        out = corrupt(x, name, severity, seed=0)
+        assert isinstance(out, torch.Tensor) and out.dtype == torch.float32 and out.shape == x.shape
+        assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+        assert float((out - x).abs().mean()) > 1e-3
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("table", ["imagenet", "cifar"])
+def test_severity_is_monotone(name, table, photo, grey):
+    for x in (photo, grey):
+        changes = [mean_abs_change(x, name, s, table=table) for s in SEVERITIES]
+        assert all(a < b for a, b in zip(changes, changes[1:])), (name, table, changes)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_deterministic_given_the_seed(name, photo):
+    a, b = corrupt(photo, name, 3, seed=7), corrupt(photo, name, 3, seed=7)
+    assert torch.equal(a, b)
+    assert torch.equal(corrupt(photo, name, 3, seed=(7, 1)), corrupt(photo, name, 3, seed=[7, 1]))
+    if CORRUPTIONS.get(name).random:
+        assert not torch.equal(a, corrupt(photo, name, 3, seed=8))
+        assert not torch.equal(corrupt(photo, name, 3, seed=(7, 1)), corrupt(photo, name, 3, seed=(7, 2)))
+
+
+def test_numpy_in_numpy_out(photo):
+    out = corrupt(photo.numpy(), "gaussian_noise", 2, seed=0)
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32
+    np.testing.assert_array_equal(out, corrupt(photo, "gaussian_noise", 2, seed=0).numpy())
+
+
+def test_reference_formulas(photo):
+    """Independent re-derivations of two operations (not just 'something changed')."""
+    c = 0.2  # contrast severity 3
+    x = photo.double().numpy()
+    means = x.mean(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(corrupt(photo, "contrast", 3).numpy(), np.clip((x - means) * c + means, 0, 1), atol=1e-6)
+    rng = np.random.default_rng(5)
+    expected = np.clip(x + rng.normal(0.0, 0.18, size=x.shape), 0, 1)
+    np.testing.assert_allclose(corrupt(photo, "gaussian_noise", 3, seed=5).numpy(), expected, atol=1e-6)
+
+
+def test_errors(photo):
+    with pytest.raises(UnknownNameError, match=r"did you mean 'gaussian_noise'.*known: .*contrast.*jpeg"):
+        corrupt(photo, "gausian_noise", 1)
+    for bad in (0, 6, 2.5, True):
+        with pytest.raises(DataError, match="severity must be an integer from 1 to 5"):
+            corrupt(photo, "contrast", bad)
+    with pytest.raises(DataError, match="unknown corruption table"):
+        corrupt(photo, "contrast", 1, table="svhn")
+    with pytest.raises(DataError, match=r"shape \(1 or 3, H, W\)"):
+        corrupt(photo[:2], "contrast", 1)
+    with pytest.raises(DataError, match=r"values in \[0, 1\]"):
+        corrupt(photo * 255, "contrast", 1)
+    with pytest.raises(DataError, match="float image"):
+        corrupt((photo * 255).to(torch.uint8), "contrast", 1)
+
+
+# -------------------------------------------------------------------------------- ShiftedImageSet
+
+
+def test_shifted_set_keeps_labels_and_is_deterministic():
+    base = load_dataset("embedded:digits", split="test")
+    ds = ShiftedImageSet(base, "gaussian_noise", 3, seed=0)
+    assert len(ds) == len(base) and ds.labels.tolist() == base.labels.tolist() and ds.class_names == base.class_names
+    x, y = ds[10]
+    assert y == int(base.labels[10]) and x.shape == (1, 16, 16)
+    assert torch.equal(x, corrupt(base[10][0], "gaussian_noise", 3, seed=(0, 10)))  # seed (base seed, index)
+    assert torch.equal(ds[10][0], x)  # independent of access order
+    assert not torch.equal(ds[11][0], corrupt(base[11][0], "gaussian_noise", 3, seed=(0, 10)))
+    ood = ShiftedImageSet(base, "gaussian_noise", 3, seed=0, as_ood=True)
+    assert set(ood.labels.tolist()) == {OOD_LABEL} and ood.class_names is None
+    assert torch.equal(ood[10][0], x)
+
+
+def test_shifted_fingerprint_derives_from_base_and_corruption():
+    base = load_dataset("embedded:digits", split="test")
+    fp = ShiftedImageSet(base, "gaussian_noise", 3).fingerprint
+    assert fp == ShiftedImageSet(base, "gaussian_noise", 3).fingerprint
+    assert fp != base.fingerprint
+    others = {
+        ShiftedImageSet(base, "gaussian_noise", 4).fingerprint,
+        ShiftedImageSet(base, "shot_noise", 3).fingerprint,
+        ShiftedImageSet(base, "gaussian_noise", 3, seed=1).fingerprint,
+        ShiftedImageSet(base, "gaussian_noise", 3, as_ood=True).fingerprint,
+        ShiftedImageSet(base, "gaussian_noise", 3, table="cifar").fingerprint,
+        ShiftedImageSet(load_dataset("embedded:digits", split="train"), "gaussian_noise", 3).fingerprint,
+    }
+    assert fp not in others and len(others) == 6
+    assert ShiftedImageSet(base, "jpeg", 2).fingerprint == ShiftedImageSet(base, "jpeg_compression", 2).fingerprint
+
+
+def test_shifted_pil_set_returns_pil_images(tmp_path):
+    for cls in ("a", "b"):
+        for i in range(2):
+            arr = np.random.default_rng(i).integers(0, 256, size=(40, 30, 3), dtype=np.uint8)
+            (tmp_path / "d" / cls).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(arr).save(tmp_path / "d" / cls / f"{i}.png")
+    base = load_dataset(f"imagefolder:{tmp_path / 'd'}", split="test")
+    ds = ShiftedImageSet(base, "contrast", 5)
+    image, label = ds[2]
+    assert isinstance(image, Image.Image) and image.mode == "RGB" and image.size == (30, 40) and label == 1
+    clean = np.asarray(base[2][0], dtype=np.float64)
+    assert np.asarray(image, dtype=np.float64).std() < 0.2 * clean.std()  # contrast 0.05 flattens it
+    cropped = ShiftedImageSet(base, "contrast", 1, resize=20, crop=16)
+    assert cropped[0][0].size == (16, 16)
+    tensor_crop = ShiftedImageSet(load_dataset("embedded:digits", split="test"), "contrast", 1, resize=32, crop=24)
+    assert tuple(tensor_crop[0][0].shape) == (1, 24, 24)
+
+
+# ---------------------------------------------------------------------------------- shift: source
+
+
+def test_shift_source_end_to_end():
+    ds = load_dataset("shift:gaussian_noise/3", split="test", options={"of": "embedded:digits", "seed": 2})
+    base = load_dataset("embedded:digits", split="test")
+    assert isinstance(ds, ShiftedImageSet) and ds.corruption == "gaussian_noise" and ds.severity == 3 and ds.seed == 2
+    assert ds.labels.tolist() == base.labels.tolist()
+    assert torch.equal(ds[0][0], corrupt(base[0][0], "gaussian_noise", 3, seed=(2, 0)))
+    train = load_dataset("shift:contrast/1", split="train", options={"of": "embedded:digits"})
+    assert len(train) == len(load_dataset("embedded:digits", split="train"))
+    ood = load_dataset("shift:jpeg/5", split="test", options={"of": "embedded:digits", "as_ood": True, "table": "cifar"})
+    assert set(ood.labels.tolist()) == {OOD_LABEL} and ood.parameter == 40
+
+
+def test_shift_source_with_options_of_the_base(tmp_path):
+    for i in range(3):
+        (tmp_path / "flat").mkdir(exist_ok=True)
+        Image.fromarray(np.full((16, 16), 40 * i + 30, np.uint8)).save(tmp_path / "flat" / f"{i}.png")
+    ds = load_dataset("shift:gaussian_noise/1", split="test", options={"of": "imagefolder:flat", "of_options": {"limit": 2}}, base_dir=tmp_path)
+    assert len(ds) == 2 and set(ds.labels.tolist()) == {OOD_LABEL}
+
+
+def test_shift_source_errors(tmp_path):
+    of = {"of": "embedded:digits"}
+    with pytest.raises(DataError, match=r"shift:<corruption>/<severity>"):
+        load_dataset("shift:gaussian_noise", split="test", options=of)
+    with pytest.raises(UnknownNameError, match="unknown corruption 'fog'"):
+        load_dataset("shift:fog/3", split="test", options=of)
+    with pytest.raises(DataError, match="severity must be an integer from 1 to 5, got '9'"):
+        load_dataset("shift:contrast/9", split="test", options=of)
+    with pytest.raises(DataError, match="option 'of' is required"):
+        load_dataset("shift:contrast/1", split="test")
+    with pytest.raises(DataError, match=r"'sed' \(did you mean 'seed'\?\)"):
+        load_dataset("shift:contrast/1", split="test", options={**of, "sed": 1})
+    # a missing base stays a DataMissingError (dependent checks are skipped), naming the path
+    with pytest.raises(DataMissingError, match=str(tmp_path / "gone")):
+        load_dataset("shift:contrast/1", split="test", options={"of": "imagefolder:gone"}, base_dir=tmp_path)
+
+
+# --------------------------------------------------------------------------- through the engine
+
+SUITE = """\
+version: 1
+name: shifted
+models:
+  vit: {source: "embedded:digits_vit"}
+datasets:
+  id: {name: digits, source: "embedded:digits"}
+  ood:
+    - {name: folder_ood, source: "imagefolder:ood_pngs"}
+    - {name: digits_noise3, source: "shift:gaussian_noise/3", options: {of: "embedded:digits", as_ood: true}}
+scores: [msp]
+batch_size: 1024
+checks:
+  - "all auroc >= 0"
+"""
+
+
+def test_suite_with_folder_and_shifted_ood_sets_runs_through_the_engine(tmp_path):
+    rng = np.random.default_rng(0)
+    (tmp_path / "ood_pngs").mkdir()
+    for i in range(12):  # 16x16 grey PNGs (the embedded model's preprocessing takes PIL images)
+        Image.fromarray(rng.integers(0, 256, size=(16, 16), dtype=np.uint8), mode="L").save(tmp_path / "ood_pngs" / f"{i:02d}.png")
+    path = tmp_path / "suite.yaml"
+    path.write_text(textwrap.dedent(SUITE))
+    engine = pytest_qrel.Engine(baseline_dir=tmp_path / "b", update_baselines=True)
+    verdicts = pytest_qrel.run(pytest_qrel.load_suite(path), engine=engine)
+    got = {(v.quantizer, v.dataset): v for v in verdicts}
+    assert set(got) == {(q, d) for q in ("FP32",) for d in ("folder_ood", "digits_noise3")}, [v.message for v in verdicts]
+    for v in verdicts:
+        assert v.outcome == "passed", v.message
+        assert v.metric == "auroc" and 0.0 <= v.value <= 1.0
+    # noise images are far from digits; the noisy digits are much nearer (but still separable)
+    assert got[("FP32", "folder_ood")].value > 0.9
+    assert got[("FP32", "digits_noise3")].value > 0.5
+    assert any(p.name == "vit.json" for p in (tmp_path / "b").rglob("*.json"))
