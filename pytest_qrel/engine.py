@@ -44,6 +44,10 @@ class DatasetOutputs:
     labels: np.ndarray
 
 
+def _mean_dicts(dicts: list[dict[str, float]]) -> dict[str, float]:
+    return {k: float(np.mean([d[k] for d in dicts])) for k in dicts[0]}
+
+
 def _json_key(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=str)
 
@@ -164,6 +168,25 @@ class Engine:
         labels = torch.as_tensor(np.asarray(train.labels)[index], dtype=torch.int64).to(self.device)
         return images, labels
 
+    def quantizer_spec(self, suite: Suite, quantizer: str) -> Any:
+        """The spec of a base quantizer name; ``name@seed`` is one seed of a multi-seed quantizer."""
+        from dataclasses import replace
+
+        name, _, seed = quantizer.partition("@")
+        spec = suite.quantizers[name]
+        if seed:
+            spec = replace(spec, calibration=replace(spec.calibration, seed=int(seed), seeds=()))
+        return spec
+
+    def seed_variants(self, suite: Suite, quantizer: str) -> list[str]:
+        """``["W8A8@0", "W8A8@13", "W8A8@37"]`` for a multi-seed quantizer (post-hoc steps kept), else ``[quantizer]``."""
+        base, steps = split_name(quantizer)
+        spec = suite.quantizers.get(base)
+        if spec is None or len(spec.calibration.seeds) < 2:
+            return [quantizer]
+        suffix = "".join(f"+{s}" for s in steps)
+        return [f"{base}@{seed}{suffix}" for seed in spec.calibration.seeds]
+
     def quantized_module(self, suite: Suite, model: str, quantizer: str) -> Any:
         """The module that computes ``quantizer``'s outputs (the FP32 module itself for FP32)."""
         loaded = self.model(suite, model)
@@ -171,13 +194,15 @@ class Engine:
             raise ValueError(f"post-hoc steps have no module of their own: {quantizer}")
         if quantizer == FP32:
             return loaded.module.to(self.device)
-        spec = suite.quantizers[quantizer]
+        spec = self.quantizer_spec(suite, quantizer)
+        if len(spec.calibration.seeds) > 1:
+            raise ValueError(f"{quantizer} has several seeds: ask for one of {self.seed_variants(suite, quantizer)}")
         key = _json_key([self._model_identity(suite, model), spec.config_dict()])
         if key not in self._qmodels:
             from .quantize import quantize
 
             images, labels = self.calibration_images(
-                suite, model, spec.calibration.samples, spec.calibration.seed, f"quantizers.{quantizer}.calibration.samples"
+                suite, model, spec.calibration.samples, spec.calibration.seed, f"quantizers.{quantizer.partition('@')[0]}.calibration.samples"
             )
             self._qmodels[key] = quantize(loaded.module.to(self.device), spec, images, labels=labels).eval()
         return self._qmodels[key]
@@ -187,7 +212,7 @@ class Engine:
         import torch
 
         base, steps = split_name(quantizer)
-        qconf = "FP32" if base == FP32 else suite.quantizers[base].config_dict()
+        qconf = "FP32" if base == FP32 else self.quantizer_spec(suite, base).config_dict()
         ds = self.dataset(suite, dataset)
         return fp.digest(
             {
@@ -256,8 +281,12 @@ class Engine:
 
     # ------------------------------------------------------------------ metrics
     def id_metrics(self, suite: Suite, model: str, quantizer: str) -> dict[str, float]:
+        """Classification/calibration metrics on the ID test split (mean over seeds for multi-seed quantizers)."""
         from .metrics import compute_id_metrics
 
+        variants = self.seed_variants(suite, quantizer)
+        if len(variants) > 1:
+            return _mean_dicts([self.id_metrics(suite, model, v) for v in variants])
         key = self._outputs_key(suite, model, quantizer, suite.id_dataset.name)
         if key not in self._id_metrics:
             out = self.outputs(suite, model, quantizer, suite.id_dataset.name)
@@ -273,8 +302,12 @@ class Engine:
         return self._scores[key]
 
     def ood_metrics(self, suite: Suite, model: str, quantizer: str, score: str, dataset: str) -> dict[str, float]:
+        """OOD metrics of ``score`` on ID test vs ``dataset`` (mean over seeds for multi-seed quantizers)."""
         from .metrics import compute_ood_metrics
 
+        variants = self.seed_variants(suite, quantizer)
+        if len(variants) > 1:
+            return _mean_dicts([self.ood_metrics(suite, model, v, score, dataset) for v in variants])
         key = (self._outputs_key(suite, model, quantizer, dataset), self._outputs_key(suite, model, quantizer, suite.id_dataset.name), score)
         if key not in self._ood_metrics:
             id_s = self.scores(suite, model, quantizer, suite.id_dataset.name, score)
@@ -282,14 +315,23 @@ class Engine:
             self._ood_metrics[key] = compute_ood_metrics(id_s, ood_s)
         return self._ood_metrics[key]
 
+    def available_ood(self, suite: Suite) -> list[str]:
+        """The suite's OOD sets whose data exists here (missing ones are skipped, not fatal)."""
+        out = []
+        for d in suite.ood_datasets:
+            try:
+                self.dataset(suite, d)
+            except DataMissingError:
+                continue
+            out.append(d)
+        return out
+
     def all_metrics(self, suite: Suite, model: str, quantizer: str) -> dict[str, Any]:
-        """``{"id": {...}, "ood": {score: {dataset: {...}}}}`` over every dataset and score of the suite."""
+        """``{"id": {...}, "ood": {score: {dataset: {...}}}}`` over every available dataset and score."""
+        ood = self.available_ood(suite)
         return {
             "id": dict(self.id_metrics(suite, model, quantizer)),
-            "ood": {
-                s: {d: dict(self.ood_metrics(suite, model, quantizer, s, d)) for d in suite.ood_datasets}
-                for s in suite.scores
-            },
+            "ood": {s: {d: dict(self.ood_metrics(suite, model, quantizer, s, d)) for d in ood} for s in suite.scores},
         }
 
     # ------------------------------------------------------------------ baselines
@@ -322,18 +364,19 @@ class Engine:
             "id.nll": nll.astype(np.float32),
             "id.confidence": probs.max(1).astype(np.float32),
         }
+        available = [suite.id_dataset.name, *self.available_ood(suite)]
         for s in suite.scores:
-            for d in suite.all_datasets:
+            for d in available:
                 arrays[f"score.{s}.{d}"] = self.scores(suite, model, FP32, d, s).astype(np.float32)
         variants = {}
-        for step in POSTHOC.names():  # FP32+temperature etc., for fair comparisons
+        for step in POSTHOC.names() if self._heldout_if_available(suite) else ():  # FP32+temperature etc.
             name = f"{FP32}+{step}"
             variants[name] = {"metrics": self.all_metrics(suite, model, name), "params": self.posthoc_params(suite, model, name)}
         write_baseline(
             path,
             suite=suite.name,
             model=model,
-            fingerprint=self.current_fingerprint(suite, model, [*suite.all_datasets, HELDOUT]),
+            fingerprint=self.current_fingerprint(suite, model, [*available, *self._heldout_if_available(suite)]),
             metrics=metrics,
             variants=variants,
             arrays=arrays,
@@ -341,6 +384,13 @@ class Engine:
             created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         )
         return path
+
+    def _heldout_if_available(self, suite: Suite) -> list[str]:
+        try:
+            self.dataset(suite, HELDOUT)
+        except QrelError:
+            return []
+        return [HELDOUT]
 
     def baseline(self, suite: Suite, model: str) -> Baseline:
         """The stored FP32 baseline of (suite, model); (re)written first when updating baselines."""
@@ -424,6 +474,8 @@ class Engine:
 
         suite = p.suite
         self.touched_units[(str(suite.path), p.model, p.quantizer)] = suite
+        for d in self.datasets_read(p):  # missing data skips the check before anything else can fail
+            self.dataset(suite, d)
         b = self.checked_baseline(suite, p.model, self.datasets_read(p))
         fp32 = self._value_from(lambda: b.metrics["id"], lambda s, d: b.metrics["ood"][s][d], p, f"FP32 baseline {b.path}")
         value = self._quantized_value(p, p.quantizer, b, fp32)
@@ -461,8 +513,13 @@ class Engine:
                 m, info = variant["metrics"], dict(variant.get("params", {}))
             else:
                 m = self.all_metrics(suite, model, quantizer)
+                variants = self.seed_variants(suite, quantizer)
+                if len(variants) > 1:
+                    info["seeds"] = list(self.quantizer_spec(suite, split_name(quantizer)[0]).calibration.seeds)
+                    info["top1 per seed"] = [self.id_metrics(suite, model, v)["top1"] for v in variants]
                 if split_name(quantizer)[1]:
-                    info = dict(self.posthoc_params(suite, model, quantizer))
+                    params = [self.posthoc_params(suite, model, v) for v in variants]
+                    info.update(params[0] if len(params) == 1 else {k: [p[k] for p in params] for k in params[0]})
         except QrelError:
             return None
         return UnitMetrics(suite=suite.name, model=model, quantizer=quantizer, id=m.get("id", {}), ood=m.get("ood", {}), info=info)

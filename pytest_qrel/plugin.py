@@ -193,7 +193,8 @@ class CheckItem(pytest.Item):
                 outcome="skipped" if skipped else "error", message=str(exc),
             ))
             if skipped:
-                pytest.skip(str(exc))
+                # Report the suite's location, not this line (the reason names the missing path).
+                raise pytest.skip.Exception(str(exc), _use_item_location=True) from None
             raise
         self._record(verdict)
         if not verdict.passed:

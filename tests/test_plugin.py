@@ -226,3 +226,20 @@ def test_xdist_gives_the_serial_verdicts(pytester, write_suite):
     serial = verdicts("-p", "no:cacheprovider")
     parallel = verdicts("-n", "2", "-p", "no:cacheprovider")
     assert serial and parallel == serial
+
+
+def test_missing_data_skips_with_the_path_unless_strict(pytester, write_suite, monkeypatch):
+    monkeypatch.delenv("QREL_TEST_NOWHERE", raising=False)
+    path = write_suite('- "W8A8 top1 delta <= 2pp"\n- "W8A8 auroc(msp) on ghost delta <= 5pp"\n')
+    path.write_text(path.read_text().replace(
+        '- {name: noise, source: "embedded:noise"}',
+        '- {name: noise, source: "embedded:noise"}\n    - {name: ghost, source: "imagefolder:${QREL_TEST_NOWHERE}/ood"}',
+    ))
+    result = pytester.runpytest(*SUITE, "--qrel-update-baselines", "-rs")
+    # the baseline is written for the data that exists; only the check reading 'ghost' is skipped
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines(["SKIPPED [[]1[]] suites/mini.yaml:*dataset 'ghost'*QREL_TEST_NOWHERE, which is not set*"])
+    assert "ghost" not in json.loads((pytester.path / "baselines/mini/vit.json").read_text())["fingerprint"]["datasets"]
+    result = pytester.runpytest(*SUITE, "--qrel-strict")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*QREL_TEST_NOWHERE*"])

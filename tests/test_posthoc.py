@@ -95,3 +95,26 @@ def test_bound_against_another_quantizer_reads_both_units(tmp_path):
     assert verdict.value == pytest.approx(scaled)
     assert verdict.passed == (scaled <= plain)
     assert f"W4A4 {plain:.4f}" in verdict.message
+
+
+def test_multi_seed_quantizer_averages_per_seed_metrics(tmp_path):
+    path = write(tmp_path, '- "W4A4 top1 delta <= 100pp"\n- "W4A4+temperature nll delta <= 100%"\n')
+    path.write_text(path.read_text().replace("calibration: {samples: 64}", "calibration: {samples: 16, seeds: [0, 13, 37]}"))
+    suite = load_suite(path)
+    assert suite.quantizers["W4A4"].calibration.seeds == (0, 13, 37)
+    engine = Engine(baseline_dir=tmp_path / "b", update_baselines=True)
+    verdicts = [engine.evaluate(p) for p in plan(suite)]
+    per_seed = [engine.id_metrics(suite, "vit", f"W4A4@{s}")["top1"] for s in (0, 13, 37)]
+    assert verdicts[0].value == pytest.approx(np.mean(per_seed))
+    assert len({engine.outputs(suite, "vit", f"W4A4@{s}", "digits").logits.tobytes() for s in (0, 13, 37)}) == 3
+    for s in (0, 13, 37):  # each seed's unit ran once on the test split, however many checks read it
+        assert engine.forward_passes[("posthoc", "vit", f"W4A4@{s}", "digits")] == 1
+    info = {u.quantizer: u.info for u in engine.report_units()}["W4A4"]
+    assert info["seeds"] == [0, 13, 37] and len(info["top1 per seed"]) == 3
+
+
+def test_seed_and_seeds_are_exclusive(tmp_path):
+    path = write(tmp_path, "[]\n")
+    path.write_text(path.read_text().replace("calibration: {samples: 64}", "calibration: {seed: 1, seeds: [0, 13]}"))
+    with pytest.raises(SpecError, match="give either 'seed' or 'seeds'"):
+        load_suite(path)

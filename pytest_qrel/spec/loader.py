@@ -189,10 +189,21 @@ def _quantizers(ctx: _Ctx, raw: Any) -> dict[str, QuantizerSpec]:
             ab = None  # floating-point activations
         cal_raw = spec.get("calibration") or {}
         cal_node = ctx.mapping(cal_raw, f"{field}.calibration", "write '{samples: 256, seed: 0}'")
-        ctx.unknown_keys(cal_node, ("samples", "seed"), f"{field}.calibration")
+        ctx.unknown_keys(cal_node, ("samples", "seed", "seeds"), f"{field}.calibration")
+        if "seed" in cal_node and "seeds" in cal_node:
+            raise ctx.err("give either 'seed' or 'seeds'", node=cal_node, key="seeds", field=f"{field}.calibration", fix="e.g. 'seeds: [0, 13, 37]'")
+        seeds: tuple[int, ...] = ()
+        if "seeds" in cal_node:
+            raw_seeds = cal_node["seeds"]
+            if not isinstance(raw_seeds, list) or not raw_seeds:
+                raise ctx.err("'seeds' must be a non-empty list of integers", node=cal_node, key="seeds", field=f"{field}.calibration.seeds", fix="e.g. 'seeds: [0, 13, 37]'")
+            seeds = tuple(_int(ctx, x, raw_seeds, i, f"{field}.calibration.seeds[{i}]", 0) for i, x in enumerate(raw_seeds))
+            if len(set(seeds)) != len(seeds):
+                raise ctx.err("'seeds' repeats a seed", node=cal_node, key="seeds", field=f"{field}.calibration.seeds", fix="list each seed once")
         cal = CalibrationSpec(
             samples=_int(ctx, cal_node.get("samples", 256), cal_node, "samples", f"{field}.calibration.samples", 1),
-            seed=_int(ctx, cal_node.get("seed", 0), cal_node, "seed", f"{field}.calibration.seed", 0),
+            seed=seeds[0] if seeds else _int(ctx, cal_node.get("seed", 0), cal_node, "seed", f"{field}.calibration.seed", 0),
+            seeds=seeds if len(seeds) > 1 else (),
         )
         options = spec.get("options") or {}
         if not isinstance(options, dict):
