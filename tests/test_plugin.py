@@ -157,8 +157,10 @@ def test_each_unit_runs_forward_once_per_run(pytester, write_suite):
     )
     reprec = pytester.inline_run(*SUITE, "--qrel-update-baselines", "-p", "no:cacheprovider")
     passes = engine_of(reprec).forward_passes
-    # FP32 runs once per dataset to write the baseline; each quantizer once per dataset.
-    assert dict(passes) == {("mini", "vit", q, d): 1 for q in ("FP32", "W8A8", "W4A4") for d in ("digits", "digits89", "noise")}
+    # FP32 runs once per dataset to write the baseline (plus the held-out split for FP32+temperature);
+    # each quantizer once per dataset.
+    expected = {("mini", "vit", q, d): 1 for q in ("FP32", "W8A8", "W4A4") for d in ("digits", "digits89", "noise")}
+    assert dict(passes) == {**expected, ("mini", "vit", "FP32", "heldout"): 1}
     reprec = pytester.inline_run(*SUITE, "-p", "no:cacheprovider")
     reprec.assertoutcome(passed=len(reprec.getreports("pytest_runtest_logreport")) // 3)
     passes = engine_of(reprec).forward_passes
