@@ -24,12 +24,12 @@ import numpy as np
 
 from . import fingerprint as fp
 from .baselines import Baseline, baseline_path, read_baseline, write_baseline
-from .errors import BaselineMissingError, BaselineStaleError, DataMissingError, QrelError, SpecError
+from .errors import BaselineMissingError, BaselineStaleError, DataMissingError, QrelError, SpecError, UnknownNameError
 from .evaluate import decide
 from .results import UnitMetrics, Verdict
 from .spec.plan import PlannedCheck
 from .posthoc import POSTHOC, split_name
-from .spec.schema import FP32, HELDOUT, MEAN_OOD, Suite
+from .spec.schema import FP32, HELDOUT, Suite, mean_members
 
 HELDOUT_SPLIT = "val"
 """The ID split post-hoc steps (``+temperature``) are fitted on: held out from both the model's
@@ -204,6 +204,15 @@ class Engine:
             images, labels = self.calibration_images(
                 suite, model, spec.calibration.samples, spec.calibration.seed, f"quantizers.{quantizer.partition('@')[0]}.calibration.samples"
             )
+            from .quantize import QUANTIZERS
+
+            if spec.method not in QUANTIZERS:
+                where = spec.where
+                raise SpecError(
+                    str(UnknownNameError("quantization method", spec.method, QUANTIZERS.names())),
+                    file=where.file if where else suite.path, line=where.line if where else None,
+                    field=f"quantizers.{spec.name}.method", fix="use one of the known methods",
+                )
             self._qmodels[key] = quantize(loaded.module.to(self.device), spec, images, labels=labels).eval()
         return self._qmodels[key]
 
@@ -211,15 +220,21 @@ class Engine:
     def _outputs_key(self, suite: Suite, model: str, quantizer: str, dataset: str) -> str:
         import torch
 
+        import os
+
         base, steps = split_name(quantizer)
         qconf = "FP32" if base == FP32 else self.quantizer_spec(suite, base).config_dict()
         ds = self.dataset(suite, dataset)
+        spec = suite.id_dataset if dataset == HELDOUT else suite.all_datasets[dataset]
+        # A fingerprint need not hash file contents, so the key also names where the data came from.
+        source = [os.path.expandvars(spec.source), spec.options, str(suite.path.parent.resolve()), HELDOUT if dataset == HELDOUT else "test"]
         return fp.digest(
             {
                 "model": self._model_identity(suite, model),
                 "quantizer": qconf,
                 "posthoc": steps,
                 "dataset": ds.fingerprint,
+                "source": source,
                 "code": fp.code_digest(),
                 "torch": torch.__version__,
                 "device": self.device,
@@ -444,7 +459,7 @@ class Engine:
         suite = p.suite
         if p.dataset == suite.id_dataset.name:
             return [suite.id_dataset.name]
-        ood = list(suite.ood_datasets) if p.dataset == MEAN_OOD else [p.dataset]
+        ood = mean_members(p.dataset, list(suite.ood_datasets)) or [p.dataset]
         return [suite.id_dataset.name, *ood]
 
     def datasets_read(self, p: PlannedCheck) -> list[str]:
@@ -461,7 +476,7 @@ class Engine:
         try:
             if METRICS.meta(p.check.metric)["kind"] != "ood":
                 return float(metrics_id()[p.check.metric])
-            sets = list(suite.ood_datasets) if p.dataset == MEAN_OOD else [p.dataset]
+            sets = mean_members(p.dataset, list(suite.ood_datasets)) or [p.dataset]
             return float(np.mean([metrics_ood(p.score, d)[p.check.metric] for d in sets]))
         except KeyError as exc:
             raise BaselineMissingError(

@@ -17,8 +17,8 @@ import timm  # noqa: F401
 import torch  # noqa: F401
 
 import pytest_qrel.api  # noqa: F401
-import pytest_qrel.data.embedded  # noqa: F401
-import pytest_qrel.models.embedded  # noqa: F401
+import pytest_qrel.data._builtin  # noqa: F401
+import pytest_qrel.models._builtin  # noqa: F401
 import pytest_qrel.plugin  # noqa: F401
 import pytest_qrel.quantize  # noqa: F401
 import pytest_qrel.report  # noqa: F401

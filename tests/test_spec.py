@@ -199,3 +199,12 @@ def test_bound_against_another_quantizer(tmp_path):
         load_suite(write(tmp_path, '- "W8A8 top1 delta <= delta(W8A8)"\n'))
     with pytest.raises(SpecError, match="compares delta with value"):
         parse_shorthand("W8A8 top1 delta <= value(W4A4)")
+
+
+def test_mean_over_a_subset_of_ood_sets(tmp_path):
+    c = parse_shorthand("W4A4 aupr_out(msp) on mean(digits89,noise),noise delta <= 12%")
+    assert c.datasets == ("mean(digits89,noise)", "noise")
+    suite = load_suite(write(tmp_path, '- "W4A4 aupr_out(msp) on mean(digits89) delta <= 12%"\n'))
+    assert [p.group for p in plan(suite)] == ["vit[W4A4-mean(digits89)]"]
+    with pytest.raises(SpecError, match="unknown OOD dataset 'textures'"):
+        load_suite(write(tmp_path, '- "W4A4 aupr_out(msp) on mean(digits89,textures) delta <= 12%"\n'))

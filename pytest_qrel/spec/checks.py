@@ -6,7 +6,7 @@ Shorthand grammar (whitespace-separated; ``[...]`` optional)::
     <quantizers> <metric>[(<score>)] [on <datasets>] delta <op> delta(<quantizer>)
 
     quantizers  all | NAME[,NAME...]            e.g. W4A4   or   W6A6,W4A8
-    datasets    mean(ood) | ood | NAME[,NAME...]
+    datasets    mean(ood) | mean(NAME,NAME...) | ood | NAME[,NAME...]
     op          <= | < | >= | >
     unit        %  (delta: relative to FP32; value: percent of a fraction metric)
                 pp (percentage points, fraction metrics only); none: the metric's own unit
@@ -59,7 +59,18 @@ _STRUCTURED_KEYS = {"check", "metric", "score", "quantizers", "on", "datasets", 
 
 
 def _split_names(text: str) -> tuple[str, ...]:
-    return tuple(n.strip() for n in text.split(",") if n.strip())
+    """Split on commas outside parentheses: ``"a,mean(b,c)"`` -> ``("a", "mean(b,c)")``."""
+    names, depth, current = [], 0, ""
+    for ch in text:
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == "," and depth == 0:
+            names.append(current)
+            current = ""
+        else:
+            current += ch
+    names.append(current)
+    return tuple(n.strip() for n in names if n.strip())
 
 
 def parse_shorthand(text: str, where: Location | None = None, field: str = "checks") -> CheckSpec:

@@ -27,6 +27,7 @@ from .schema import (
     ModelSpec,
     QuantizerSpec,
     Suite,
+    mean_members,
 )
 from .yamlsrc import LineDict, LineList, load_yaml
 
@@ -277,8 +278,12 @@ def _validate_check(ctx: _Ctx, check: CheckSpec, suite: Suite, field: str) -> li
         if not suite.ood_datasets:
             raise fail(f"{check.metric} is an OOD metric but the suite has no OOD sets", fix="add sets under 'datasets: ood:'")
         for d in check.datasets or ():
-            if d != MEAN_OOD and d not in suite.ood_datasets:
-                raise fail(str(UnknownNameError("OOD dataset", d, [*suite.ood_datasets, MEAN_OOD])), fix="name a set listed under 'datasets: ood:'")
+            members = mean_members(d, list(suite.ood_datasets))
+            for name in members if members is not None else [d]:
+                if name not in suite.ood_datasets:
+                    raise fail(str(UnknownNameError("OOD dataset", name, [*suite.ood_datasets, MEAN_OOD])), fix="name a set listed under 'datasets: ood:'")
+            if members is not None and not members:
+                raise fail(f"'{d}' averages over no dataset", fix="write mean(ood) or mean(<set>,<set>)")
         scores = (check.score,) if check.score else suite.scores
         return [replace(check, score=s) for s in scores]
     if check.score is not None:

@@ -21,6 +21,15 @@ MEAN_OOD = "mean(ood)"
 """The pseudo-dataset of a check that averages an OOD metric over every OOD set."""
 
 
+def mean_members(dataset: str, ood_names: list[str]) -> list[str] | None:
+    """The OOD sets a ``mean(...)`` pseudo-dataset averages over (``mean(ood)``: all of them;
+    ``mean(textures,sun)``: those); ``None`` for a plain dataset name."""
+    if not (dataset.startswith("mean(") and dataset.endswith(")")):
+        return None
+    inner = dataset[len("mean(") : -1]
+    return list(ood_names) if inner == "ood" else [n.strip() for n in inner.split(",") if n.strip()]
+
+
 @dataclass(frozen=True)
 class Location:
     """Where something was written: used in every error message about it."""
