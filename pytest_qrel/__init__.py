@@ -23,6 +23,7 @@ from .errors import (
     DataMissingError,
     ModelError,
     QrelError,
+    SimulationError,
     SpecError,
     UnknownNameError,
 )
@@ -48,6 +49,6 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "BaselineError", "BaselineMissingError", "BaselineStaleError", "DataError", "DataMissingError", "Engine",
-    "ModelError", "QrelError", "SpecError", "Suite", "UnitMetrics", "UnknownNameError", "Verdict", "__version__",
+    "ModelError", "QrelError", "SimulationError", "SpecError", "Suite", "UnitMetrics", "UnknownNameError", "Verdict", "__version__",
     "load_suite", "plan", "render_report", "run",
 ]

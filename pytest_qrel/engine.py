@@ -24,7 +24,15 @@ import numpy as np
 
 from . import fingerprint as fp
 from .baselines import Baseline, baseline_path, read_baseline, write_baseline
-from .errors import BaselineMissingError, BaselineStaleError, DataMissingError, QrelError, SpecError, UnknownNameError
+from .errors import (
+    BaselineMissingError,
+    BaselineStaleError,
+    DataMissingError,
+    QrelError,
+    SimulationError,
+    SpecError,
+    UnknownNameError,
+)
 from .evaluate import decide
 from .results import UnitMetrics, Verdict
 from .spec.plan import PlannedCheck
@@ -89,6 +97,7 @@ class Engine:
         self._ood_metrics: dict[tuple[str, str, str], dict[str, float]] = {}
         self._baselines: dict[tuple[str, str], Baseline] = {}
         self._posthoc: dict[Any, dict[str, float]] = {}
+        self.verified: dict[str, Any] = {}  # quantizer name -> SimulationReport (verify: true)
         self._written: set[tuple[str, str]] = set()
         self.touched_units: dict[tuple[str, str, str], Suite] = {}
 
@@ -213,8 +222,20 @@ class Engine:
                     file=where.file if where else suite.path, line=where.line if where else None,
                     field=f"quantizers.{spec.name}.method", fix="use one of the known methods",
                 )
-            self._qmodels[key] = quantize(loaded.module.to(self.device), spec, images, labels=labels).eval()
+            qmodel = quantize(loaded.module.to(self.device), spec, images, labels=labels).eval()
+            if spec.verify:
+                self._verify(spec, qmodel, images)
+            self._qmodels[key] = qmodel
         return self._qmodels[key]
+
+    def _verify(self, spec: Any, qmodel: Any, images: Any) -> None:
+        """``verify: true``: count distinct values per quantized tensor on the calibration images."""
+        from .quantize import verify_simulation
+
+        report = verify_simulation(qmodel, images)
+        self.verified[spec.name] = report
+        if not report.ok:
+            raise SimulationError(f"{spec.where or spec.name}: quantizer '{spec.name}' failed verify_simulation: {report.summary()}")
 
     # ------------------------------------------------------------------ outputs
     def _outputs_key(self, suite: Suite, model: str, quantizer: str, dataset: str) -> str:

@@ -12,6 +12,7 @@ anything else escaping the library is a bug in pytest-qrel.
     ├── DataError              a dataset is missing or unreadable
     │   └── DataMissingError   a dataset root does not exist (items are skipped, not failed)
     ├── ModelError             a model or checkpoint cannot be loaded
+    ├── SimulationError        verify: true found a tensor with more distinct values than 2^bits
     └── BaselineError          a stored FP32 baseline cannot be used
         ├── BaselineMissingError
         └── BaselineStaleError (the fingerprint changed; names each field old -> new)
@@ -79,6 +80,10 @@ class DataMissingError(DataError):
 
 class ModelError(QrelError):
     """A model, its weights or its checkpoint cannot be loaded."""
+
+
+class SimulationError(QrelError):
+    """A quantized model does not compute on the integer grids it claims (``verify: true``)."""
 
 
 class BaselineError(QrelError):

@@ -174,7 +174,10 @@ def _quantizers(ctx: _Ctx, raw: Any) -> dict[str, QuantizerSpec]:
             spec = LineDict(method=spec)
             spec.line = node.line_of(name)
         spec = ctx.mapping(spec, field, "write '{method: minmax, weight_bits: 4, act_bits: 4}'")
-        ctx.unknown_keys(spec, ("method", "weight_bits", "act_bits", "calibration", "options"), field)
+        ctx.unknown_keys(spec, ("method", "weight_bits", "act_bits", "calibration", "options", "verify"), field)
+        verify = spec.get("verify", False)
+        if not isinstance(verify, bool):
+            raise ctx.err(f"'verify' must be true or false, got {verify!r}", node=spec, key="verify", field=f"{field}.verify", fix="write 'verify: true'")
         if "method" not in spec or not isinstance(spec["method"], str):
             raise ctx.err("missing 'method'", node=spec, field=f"{field}.method", fix="add e.g. 'method: minmax'")
         m = _BITS_IN_NAME.match(name)
@@ -209,7 +212,7 @@ def _quantizers(ctx: _Ctx, raw: Any) -> dict[str, QuantizerSpec]:
         options = spec.get("options") or {}
         if not isinstance(options, dict):
             raise ctx.err("'options' must be a mapping", node=spec, key="options", field=f"{field}.options")
-        out[name] = QuantizerSpec(name, spec["method"], wb, ab, cal, dict(options), ctx.loc(node, name))
+        out[name] = QuantizerSpec(name, spec["method"], wb, ab, cal, dict(options), ctx.loc(node, name), verify)
     return out
 
 

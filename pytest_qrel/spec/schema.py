@@ -82,6 +82,7 @@ class QuantizerSpec:
     calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
     options: dict[str, Any] = field(default_factory=dict)
     where: Location | None = None
+    verify: bool = False  # run verify_simulation after quantizing (distinct values <= 2^bits)
 
     def config_dict(self) -> dict[str, Any]:
         """Everything that determines the quantized model (for fingerprints)."""
