@@ -1,0 +1,316 @@
+"""Quantized self-attention for timm Vision Transformers, and the log-sqrt(2) softmax quantizer.
+
+timm's ``Attention`` computes ``softmax(q k^T * scale) v`` with ``F.scaled_dot_product_attention``
+when it can, so its two matmuls are out of reach of module-level quantization. :class:`QuantAttention`
+is a drop-in replacement (built from an existing ``Attention``, sharing its ``qkv``, ``q_norm``,
+``k_norm``, ``attn_drop``, ``norm``, ``gate``, ``proj``, ``proj_drop``) that computes attention with
+explicit matmuls, and passes the four matmul operands through quantizers::
+
+    attn = (Q(q) @ Q(k)^T) * scale   (+ mask) -> softmax -> attn_drop
+    out  = Q_softmax(attn) @ Q(v)
+
+Each operand lives in a :class:`QuantOperand` child (``q_operand``, ``k_operand``, ``v_operand``,
+``attn_operand``) that exposes the interface of :mod:`pytest_qrel.quantize.verify`
+(``weight_bits = None``, ``act_bits``, ``input_quantizer``, ``dequantized_weight() -> None``), so
+``verify_simulation`` finds and checks these tensors with no change. ``act_bits=None`` leaves them
+in floating point: the module then reproduces timm's output to float rounding (``q`` is scaled after
+the matmul, as in RepQ-ViT's reference code, instead of before it as timm's unfused path does).
+
+The uniform quantizer of ``q``, ``k``, ``v`` is built by ``act_quantizer(bits)`` (default:
+:class:`~pytest_qrel.quantize.fakequant.ActQuantizer`, min/max); the one of the softmax output by
+``softmax_quantizer``: ``"uniform"`` (the same factory), ``"log_sqrt2"`` (:class:`LogSqrt2Quantizer`)
+or any factory. ``QuantAttention.softmax_kind`` says which.
+
+**log-sqrt(2) quantizer** (RepQ-ViT, ``LogSqrt2Quantizer`` of the reference code), for ``x`` in [0, 1]
+and a scale ``s`` (a clipping value, the largest representable output)::
+
+    c = round(-2 * log2(x / s))                      (round half to even)
+    x_hat = s * 2^(-ceil(c' / 2)) * (sqrt(2) if c' is odd else 1),   c' = clamp(c, 0, 2^b - 1)
+          = s * 2^(-c' / 2)
+    x_hat = 0 where c >= Z   (and where x <= 0)
+
+The reference uses ``Z = 2^b``: codes 0 .. 2^b - 1 are levels *and* underflow gives 0, i.e. up to
+2^b + 1 distinct outputs, which no b-bit code can hold. Here ``strict=True`` (the default) uses
+``Z = 2^b - 1``: the top code means zero, leaving 2^b - 1 levels ``s * 2^(-c/2)`` plus zero = 2^b
+values; the only outputs that differ from the reference are inputs whose code is exactly 2^b - 1
+(``x ~ s * 2^(-(2^b - 1)/2)``, e.g. ``2^-7.5 s`` at 4 bits), which become 0 instead of that level.
+``strict=False`` mirrors the reference exactly. The scale is calibrated as in the reference: among
+``s = Q(p)`` for ``p`` in {0.999, 0.9999, 0.99999} of the observed values, the one with the smallest
+mean squared error.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .fakequant import ActQuantizer, QuantModule, unsigned_range
+from .observers import REPQ_PERCENTILES, ValueSample, quantiles
+
+QuantizerFactory = Callable[[int], nn.Module]
+SQRT2 = math.sqrt(2.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# log-sqrt(2) quantization
+# --------------------------------------------------------------------------------------------------
+
+
+def log_sqrt2_quantize(x: Tensor, scale: Tensor | float, bits: int, *, strict: bool = True) -> Tensor:
+    """Fake-quantize non-negative ``x`` on the log-sqrt(2) grid ``scale * 2^(-c/2)`` (see the module docstring).
+
+    ``strict=True``: codes ``0 .. 2^b - 2`` are levels and code ``2^b - 1`` (and anything smaller) is
+    zero, so at most ``2^b`` distinct outputs; ``strict=False``: RepQ-ViT's reference (codes
+    ``0 .. 2^b - 1`` are levels, codes ``>= 2^b`` are zero). Inputs ``<= 0`` give 0.
+    """
+    _, qmax = unsigned_range(bits)
+    scale_t = torch.as_tensor(scale, dtype=x.dtype, device=x.device)
+    zero_from = qmax if strict else qmax + 1
+    code = torch.round(-2.0 * torch.log2(x / scale_t))
+    zero = (code >= zero_from) | ~(x > 0)
+    code = torch.clamp(code, 0, qmax)
+    odd = torch.remainder(code, 2)
+    out = torch.exp2(-torch.ceil(code / 2)) * (odd * (SQRT2 - 1.0) + 1.0) * scale_t
+    return torch.where(zero, torch.zeros_like(out), out)
+
+
+class LogSqrt2Quantizer(QuantModule):
+    """Static log-sqrt(2) quantizer of a softmax output, with RepQ-ViT's scale search.
+
+    Modes as :class:`~pytest_qrel.quantize.observers.ObservedActQuantizer`: ``"observe"`` (collect
+    values, pass through), ``"calibrate"`` (the next call collects, freezes and quantizes),
+    ``"quantize"``, ``"off"``. At :meth:`freeze` the scale is the candidate ``Q(p)``, ``p`` in
+    ``percentiles``, of the observed values with the smallest mean squared error of
+    :func:`log_sqrt2_quantize` (first smallest wins). Values beyond ``max_values`` are subsampled
+    (:class:`~pytest_qrel.quantize.observers.ValueSample`); ``None`` (default) keeps them all.
+    Buffer ``scale`` (float32, 0-dim).
+    """
+
+    def __init__(
+        self,
+        bits: int,
+        *,
+        strict: bool = True,
+        percentiles: Sequence[float] = REPQ_PERCENTILES,
+        max_values: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.quant_min, self.quant_max = unsigned_range(bits)
+        self.bits = bits
+        self.strict = strict
+        self.percentiles = tuple(float(p) for p in percentiles)
+        self.mode = "observe"
+        self.sample = ValueSample(max_values)
+        self.register_buffer("scale", torch.tensor(1.0))
+
+    def reset(self) -> None:
+        self.sample.reset()
+
+    def observe(self, reset: bool = True) -> None:
+        if reset:
+            self.reset()
+        self.mode = "observe"
+
+    def calibrate_once(self) -> None:
+        self.reset()
+        self.mode = "calibrate"
+
+    def freeze(self) -> None:
+        if self.mode == "quantize" and self.sample.empty:
+            return
+        if self.sample.empty:
+            raise RuntimeError("LogSqrt2Quantizer.freeze(): no input was observed; run calibration batches first")
+        self.scale.copy_(self.search_scale(self.sample.values().reshape(-1)))
+        self.sample.reset()
+        self.mode = "quantize"
+
+    def search_scale(self, x: Tensor) -> Tensor:
+        """The candidate scale ``Q(p)`` of ``x`` with the smallest mean squared quantization error."""
+        best, best_err = x.max(), None
+        for cand in quantiles(x, self.percentiles):
+            err = (log_sqrt2_quantize(x, cand, self.bits, strict=self.strict) - x).square().mean()
+            if best_err is None or err < best_err:
+                best, best_err = cand, err
+        return best.to(torch.float32)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.mode == "calibrate":
+            self.sample.update(x)
+            self.freeze()
+        if self.mode == "quantize":
+            return log_sqrt2_quantize(x, self.scale, self.bits, strict=self.strict)
+        if self.mode == "observe":
+            self.sample.update(x)
+        return x
+
+    def extra_repr(self) -> str:
+        text = f"bits={self.bits}, mode={self.mode}, strict={self.strict}"
+        if self.mode == "quantize":
+            text += f", scale={self.scale.item():.6g}"
+        return text
+
+
+# --------------------------------------------------------------------------------------------------
+# Quantized attention
+# --------------------------------------------------------------------------------------------------
+
+
+class QuantOperand(nn.Module):
+    """One quantized tensor that is not a layer's input (here: a matmul operand).
+
+    Presents the interface :func:`~pytest_qrel.quantize.verify.verify_simulation` looks for:
+    ``weight_bits = None`` (no weight), ``act_bits``, ``input_quantizer`` (whose output is exactly the
+    operand the matmul consumes; ``None`` when ``act_bits`` is ``None``) and ``dequantized_weight()``
+    returning ``None``.
+    """
+
+    def __init__(self, act_bits: int | None, quantizer: nn.Module | None) -> None:
+        super().__init__()
+        if (act_bits is None) != (quantizer is None):
+            raise ValueError("QuantOperand: give both act_bits and a quantizer, or neither")
+        self.weight_bits: int | None = None
+        self.act_bits = act_bits
+        self.input_quantizer = quantizer
+
+    def dequantized_weight(self) -> Tensor | None:
+        return None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x if self.input_quantizer is None else self.input_quantizer(x)
+
+    def extra_repr(self) -> str:
+        return f"act_bits={self.act_bits}"
+
+
+def _softmax_factory(
+    kind: str | QuantizerFactory | None, act_quantizer: QuantizerFactory
+) -> tuple[str, QuantizerFactory]:
+    if kind is None or kind == "uniform":
+        return "uniform", act_quantizer
+    if kind == "log_sqrt2":
+        return "log_sqrt2", LogSqrt2Quantizer
+    if callable(kind):
+        return getattr(kind, "__name__", type(kind).__name__), kind
+    raise ValueError(f"softmax_quantizer must be 'uniform', 'log_sqrt2' or a factory, got {kind!r}")
+
+
+def _attn_bias(n: int, scores: Tensor, attn_mask: Tensor | None, is_causal: bool) -> Tensor | None:
+    """The additive mask of ``F.scaled_dot_product_attention`` (as timm's ``resolve_self_attn_mask``)."""
+    if is_causal:
+        return scores.new_full((n, n), float("-inf")).triu_(1)
+    if attn_mask is None:
+        return None
+    if attn_mask.dtype == torch.bool:
+        return torch.zeros_like(attn_mask, dtype=scores.dtype).masked_fill_(~attn_mask, float("-inf"))
+    return attn_mask
+
+
+class QuantAttention(nn.Module):
+    """timm's ``Attention`` with explicit matmuls whose four operands are quantized.
+
+    Args:
+        attn: the ``timm.models.vision_transformer.Attention`` to replace; its submodules are reused
+            (not copied).
+        act_bits: bits of the four operands, or ``None`` for none (floating point).
+        act_quantizer: ``factory(bits) -> module`` for ``q``, ``k`` and ``v`` (uniform; default
+            :class:`ActQuantizer`).
+        softmax_quantizer: ``"uniform"`` (default: ``act_quantizer``), ``"log_sqrt2"`` or a factory,
+            for the softmax output ``attn``.
+
+    Attributes: ``q_operand``, ``k_operand``, ``v_operand``, ``attn_operand`` (:class:`QuantOperand`),
+    ``softmax_kind``, and timm's ``num_heads``, ``head_dim``, ``attn_dim``, ``scale``.
+    """
+
+    def __init__(
+        self,
+        attn: nn.Module,
+        *,
+        act_bits: int | None,
+        act_quantizer: QuantizerFactory = ActQuantizer,
+        softmax_quantizer: str | QuantizerFactory | None = None,
+    ) -> None:
+        super().__init__()
+        self.num_heads: int = attn.num_heads
+        self.head_dim: int = attn.head_dim
+        self.attn_dim: int = getattr(attn, "attn_dim", self.num_heads * self.head_dim)
+        self.scale: float = attn.scale
+        self.qkv = attn.qkv
+        self.q_norm = getattr(attn, "q_norm", nn.Identity())
+        self.k_norm = getattr(attn, "k_norm", nn.Identity())
+        self.attn_drop = attn.attn_drop
+        self.norm = getattr(attn, "norm", nn.Identity())
+        self.gate = getattr(attn, "gate", None)
+        self.proj = attn.proj
+        self.proj_drop = attn.proj_drop
+        self.softmax_kind, softmax_factory = _softmax_factory(softmax_quantizer, act_quantizer)
+
+        def operand(factory: QuantizerFactory) -> QuantOperand:
+            return QuantOperand(act_bits, None if act_bits is None else factory(act_bits))
+
+        self.q_operand = operand(act_quantizer)
+        self.k_operand = operand(act_quantizer)
+        self.v_operand = operand(act_quantizer)
+        self.attn_operand = operand(softmax_factory)
+        self.train(attn.training)
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
+        b, n, _ = x.shape
+        gate = self.gate(x).sigmoid() if self.gate is not None else None
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        scores = (self.q_operand(q) @ self.k_operand(k).transpose(-2, -1)) * self.scale
+        bias = _attn_bias(n, scores, attn_mask, is_causal)
+        if bias is not None:
+            scores = scores + bias
+        attn = self.attn_drop(scores.softmax(dim=-1))
+        x = self.attn_operand(attn) @ self.v_operand(v)
+        x = x.transpose(1, 2).reshape(b, n, self.attn_dim)
+        x = self.norm(x)
+        if gate is not None:
+            x = x * gate
+        return self.proj_drop(self.proj(x))
+
+    def extra_repr(self) -> str:
+        return f"num_heads={self.num_heads}, head_dim={self.head_dim}, softmax={self.softmax_kind}"
+
+
+def timm_attention_class() -> type[nn.Module] | None:
+    """timm's ``Attention`` class, or ``None`` when timm is not installed."""
+    try:
+        from timm.models.vision_transformer import Attention
+    except ImportError:  # pragma: no cover - timm is a dependency
+        return None
+    return Attention
+
+
+def replace_attention(model: nn.Module, factory: Callable[[str, nn.Module], nn.Module | None]) -> list[str]:
+    """Replace, in place, every module of exactly timm's ``Attention`` class inside ``model``.
+
+    ``factory(qualified_name, attention)`` returns the replacement (e.g. a :class:`QuantAttention`) or
+    ``None`` to keep it. Subclasses of ``Attention`` are left alone (their forward may differ).
+    Returns the qualified names replaced, in module order.
+    """
+    cls = timm_attention_class()
+    if cls is None:
+        return []
+    targets = [
+        (parent, child_name, f"{parent_name}.{child_name}" if parent_name else child_name, child)
+        for parent_name, parent in model.named_modules()
+        for child_name, child in parent._modules.items()
+        if child is not None and type(child) is cls
+    ]
+    built: dict[int, Any] = {}
+    replaced = []
+    for parent, child_name, qualified, child in targets:
+        if id(child) not in built:
+            built[id(child)] = factory(qualified, child)
+        new = built[id(child)]
+        if new is not None:
+            setattr(parent, child_name, new)
+            replaced.append(qualified)
+    return replaced
