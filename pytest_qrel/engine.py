@@ -46,10 +46,12 @@ training data and the test split. Calibration and QAT draw from ``train``."""
 
 @dataclass
 class DatasetOutputs:
-    """Logits (N, C) float32 of one model on one dataset, with labels (N,) (-1 for OOD)."""
+    """Logits (N, C) float32 of one model on one dataset, with labels (N,) (-1 for OOD), and for
+    CLIP models whose suite uses CLIP scores, normalized image features (N, D)."""
 
     logits: np.ndarray
     labels: np.ndarray
+    features: np.ndarray | None = None
 
 
 def _mean_dicts(dicts: list[dict[str, float]]) -> dict[str, float]:
@@ -150,12 +152,20 @@ class Engine:
     def _model_identity(self, suite: Suite, name: str) -> dict[str, Any]:
         spec = suite.models[name]
         loaded = self.model(suite, name)
-        return {
+        identity = {
             "source": spec.source,
             "options": spec.options,
             "weights_sha256": loaded.weights_sha256,
             "preprocessing": loaded.preprocessing,
         }
+        if "clip_text_sha256" in loaded.info:  # negative labels / generic prompts of CLIP scores
+            identity["clip_text_sha256"] = loaded.info["clip_text_sha256"]
+        return identity
+
+    def _wants_features(self, suite: Suite) -> bool:
+        from .scores import SCORES
+
+        return any(SCORES.meta(s).get("needs") == "clip" for s in suite.scores)
 
     # ------------------------------------------------------------------ quantization
     def calibration_images(self, suite: Suite, model: str, samples: int, seed: int, where: str) -> tuple[Any, Any]:
@@ -272,7 +282,7 @@ class Engine:
             prefix = quantizer.rsplit("+", 1)[0]
             params = self.posthoc_params(suite, model, quantizer)
             inner = self.outputs(suite, model, prefix, dataset)
-            out = DatasetOutputs(POSTHOC.get(steps[-1]).apply(inner.logits, params), inner.labels)
+            out = DatasetOutputs(POSTHOC.get(steps[-1]).apply(inner.logits, params), inner.labels, inner.features)
             self._outputs[key] = out
             return out
         label = (suite.name, model, quantizer, dataset)
@@ -281,12 +291,16 @@ class Engine:
         else:
             with self.cache.lock(key):
                 cached = self.cache.get(key)
-                if cached is not None and set(cached) >= {"logits", "labels"}:
+                need = {"logits", "labels"} | ({"features"} if self._wants_features(suite) else set())
+                if cached is not None and set(cached) >= need:
                     self.cache_hits[label] += 1
-                    out = DatasetOutputs(cached["logits"], cached["labels"])
+                    out = DatasetOutputs(cached["logits"], cached["labels"], cached.get("features"))
                 else:
                     out = self._forward(suite, model, quantizer, dataset)
-                    self.cache.put(key, {"logits": out.logits, "labels": out.labels})
+                    arrays = {"logits": out.logits, "labels": out.labels}
+                    if out.features is not None:
+                        arrays["features"] = out.features
+                    self.cache.put(key, arrays)
         self._outputs[key] = out
         return out
 
@@ -306,14 +320,21 @@ class Engine:
         module = self.quantized_module(suite, model, quantizer)
         ds = self.dataset(suite, dataset)
         preprocess = self.model(suite, model).preprocess
-        chunks = []
+        with_features = self._wants_features(suite) and hasattr(module, "forward_with_features")
+        chunks, feats = [], []
         with torch.inference_mode():
             for start in range(0, len(ds), suite.batch_size):
                 batch = torch.stack([preprocess(ds[i][0]) for i in range(start, min(start + suite.batch_size, len(ds)))])
-                chunks.append(module(batch.to(self.device)).float().cpu())
+                if with_features:  # one pass gives both: CLIP scores read image features
+                    logits_b, feats_b = module.forward_with_features(batch.to(self.device))
+                    feats.append(feats_b.float().cpu())
+                else:
+                    logits_b = module(batch.to(self.device))
+                chunks.append(logits_b.float().cpu())
         logits = torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), np.float32)
+        features = np.ascontiguousarray(torch.cat(feats).numpy(), dtype=np.float32) if feats else None
         self.forward_passes[(suite.name, model, quantizer, dataset)] += 1
-        return DatasetOutputs(np.ascontiguousarray(logits, dtype=np.float32), np.asarray(ds.labels, dtype=np.int64))
+        return DatasetOutputs(np.ascontiguousarray(logits, dtype=np.float32), np.asarray(ds.labels, dtype=np.int64), features)
 
     # ------------------------------------------------------------------ metrics
     def id_metrics(self, suite: Suite, model: str, quantizer: str) -> dict[str, float]:
@@ -334,7 +355,20 @@ class Engine:
 
         key = (self._outputs_key(suite, model, quantizer, dataset), score)
         if key not in self._scores:
-            self._scores[key] = np.asarray(SCORES.get(score)(self.outputs(suite, model, quantizer, dataset).logits))
+            fn, needs = SCORES.get(score), SCORES.meta(score).get("needs", "logits")
+            out = self.outputs(suite, model, quantizer, dataset)
+            if needs == "clip":
+                # The text side (class, negative and generic prompt embeddings) is the FP32 model's:
+                # only the visual encoder is ever quantized.
+                clip = self.model(suite, model).info.get("clip")
+                if clip is None or out.features is None:
+                    raise SpecError(
+                        f"score '{score}' needs a CLIP model (image features and text embeddings); model '{model}' is not one",
+                        file=suite.path, field="scores", fix="use msp, energy or maxlogit for this model, or an open_clip: source",
+                    )
+                self._scores[key] = np.asarray(fn(out.logits, out.features, clip))
+            else:
+                self._scores[key] = np.asarray(fn(out.logits))
         return self._scores[key]
 
     def ood_metrics(self, suite: Suite, model: str, quantizer: str, score: str, dataset: str) -> dict[str, float]:

@@ -77,3 +77,6 @@ def compute_scores(logits: Any, names: Iterable[str] | str) -> dict[str, np.ndar
             raise ValueError(f"score '{name}' needs {needs!r}, not logits; it cannot be computed from logits")
     x = check_logits(logits)
     return {name: np.asarray(fn(x), dtype=np.float64) for name, fn in fns.items()}
+
+# CLIP scores (mcm, neglabel, genneg) need image features and text embeddings: needs="clip".
+from . import clip_scores  # noqa: E402,F401

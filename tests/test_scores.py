@@ -89,7 +89,7 @@ def test_registry_entries_and_metadata() -> None:
 def test_unknown_score_lists_known_names() -> None:
     with pytest.raises(UnknownNameError, match=r"unknown score 'enrgy'; did you mean 'energy'\?.*known: .*maxlogit.*msp"):
         SCORES.get("enrgy")
-    with pytest.raises(UnknownNameError, match=r"unknown score 'odin'.*known: energy, maxlogit, msp"):
+    with pytest.raises(UnknownNameError, match=r"unknown score 'odin'.*known: energy, genneg, maxlogit, mcm, msp, neglabel"):
         compute_scores(np.zeros((2, 3)), ["msp", "odin"])
 
 
