@@ -22,6 +22,7 @@ import pytest_qrel.models._builtin  # noqa: F401
 import pytest_qrel.plugin  # noqa: F401
 import pytest_qrel.quantize  # noqa: F401
 import pytest_qrel.report  # noqa: F401
+import pytest_qrel.scores  # noqa: F401  (also registers the CLIP scores)
 
 MINI_SUITE = """\
 version: 1

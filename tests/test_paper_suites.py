@@ -17,9 +17,9 @@ DEIT_VARS = ["QREL_IMAGENET_VAL", "QREL_IMAGENET_TRAIN", "QREL_IMAGENET_O", "QRE
              "QREL_SUN", "QREL_INATURALIST", "QREL_OPENIMAGE_O"]
 
 
-@pytest.mark.parametrize("suite", ["deit.yaml"])
+@pytest.mark.parametrize("suite", ["deit.yaml", "clip.yaml"])
 def test_paper_suite_without_data_skips_every_item_and_exits_0(pytester, monkeypatch, suite):
-    for var in DEIT_VARS:
+    for var in [*DEIT_VARS, "QREL_IMAGENET_HELDOUT"]:
         monkeypatch.delenv(var, raising=False)
     (pytester.path / "suites").mkdir()
     shutil.copy(ROOT / "suites" / suite, pytester.path / "suites" / suite)
@@ -27,7 +27,7 @@ def test_paper_suite_without_data_skips_every_item_and_exits_0(pytester, monkeyp
     assert result.ret == 0
     outcomes = result.parseoutcomes()
     assert outcomes.get("skipped", 0) == len(plan(load_suite(ROOT / "suites" / suite))) and "failed" not in outcomes
-    result.stdout.fnmatch_lines(["SKIPPED*suites/deit.yaml:*QREL_IMAGENET_VAL, which is not set*"])
+    result.stdout.fnmatch_lines([f"SKIPPED*suites/{suite}:*QREL_IMAGENET_VAL, which is not set*"])
 
 
 def _images(folder: Path, n: int, seed: int) -> None:
