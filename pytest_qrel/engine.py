@@ -378,11 +378,16 @@ class Engine:
         variants = self.seed_variants(suite, quantizer)
         if len(variants) > 1:
             return _mean_dicts([self.ood_metrics(suite, model, v, score, dataset) for v in variants])
-        key = (self._outputs_key(suite, model, quantizer, dataset), self._outputs_key(suite, model, quantizer, suite.id_dataset.name), score)
+        key = (
+            self._outputs_key(suite, model, quantizer, dataset),
+            self._outputs_key(suite, model, quantizer, suite.id_dataset.name),
+            score,
+            suite.conventions,
+        )
         if key not in self._ood_metrics:
             id_s = self.scores(suite, model, quantizer, suite.id_dataset.name, score)
             ood_s = self.scores(suite, model, quantizer, dataset, score)
-            self._ood_metrics[key] = compute_ood_metrics(id_s, ood_s)
+            self._ood_metrics[key] = compute_ood_metrics(id_s, ood_s, conventions=suite.conventions)
         return self._ood_metrics[key]
 
     def available_ood(self, suite: Suite) -> list[str]:
@@ -417,6 +422,7 @@ class Engine:
                 for d in datasets
             },
             "versions": fp.versions_major_minor(),
+            "conventions": suite.conventions,
         }
 
     def write_baseline(self, suite: Suite, model: str) -> Path:
@@ -496,6 +502,7 @@ class Engine:
             "model": b.fingerprint.get("model"),
             "datasets": {d: v for d, v in (b.fingerprint.get("datasets") or {}).items() if d in datasets},
             "versions": b.fingerprint.get("versions"),
+            "conventions": b.fingerprint.get("conventions", "hendrycks"),
         }
         missing = [d for d in datasets if d not in stored["datasets"]]
         if missing:
@@ -592,7 +599,10 @@ class Engine:
                     info.update(params[0] if len(params) == 1 else {k: [p[k] for p in params] for k in params[0]})
         except QrelError:
             return None
-        return UnitMetrics(suite=suite.name, model=model, quantizer=quantizer, id=m.get("id", {}), ood=m.get("ood", {}), info=info)
+        return UnitMetrics(
+            suite=suite.name, model=model, quantizer=quantizer, id=m.get("id", {}), ood=m.get("ood", {}), info=info,
+            conventions=suite.conventions,
+        )
 
     def report_units(self) -> list[UnitMetrics]:
         """Unit metrics of every (model, quantizer) a check touched, FP32 first, in suite order."""

@@ -425,16 +425,20 @@ def compute_id_metrics(logits: Any, labels: Any) -> dict[str, float]:
     return out
 
 
-def compute_ood_metrics(id_scores: Any, ood_scores: Any) -> dict[str, float]:
+def compute_ood_metrics(id_scores: Any, ood_scores: Any, conventions: str = "hendrycks") -> dict[str, float]:
     """Every registered metric of kind ``"ood"``, as ``{name: float}``.
 
-    Both arguments are 1-D scores where higher means more in-distribution.
+    Both arguments are 1-D scores where higher means more in-distribution. ``conventions`` names an
+    entry of :data:`pytest_qrel.conventions.CONVENTIONS` whose definitions override the defaults.
     """
+    from .conventions import CONVENTIONS
+
+    overrides = CONVENTIONS.get(conventions)
     s_id = check_scores(id_scores, "id_scores")
     s_ood = check_scores(ood_scores, "ood_scores")
     out: dict[str, float] = {}
     for name in METRICS:
         if METRICS.meta(name)["kind"] != "ood":
             continue
-        out[name] = float(METRICS.get(name)(s_id, s_ood))
+        out[name] = float(overrides.get(name, METRICS.get(name))(s_id, s_ood))
     return out

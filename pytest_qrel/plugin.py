@@ -261,7 +261,12 @@ class _Recorder:
             path = Path(report_path)
             verdicts = list(state.verdicts.values())
             units = list(state.units.values())
-            meta = {"suites": sorted({v.suite for v in verdicts}), "command": " ".join(map(str, config.invocation_params.args))}
+            conventions = sorted({f"{u.suite}: {u.conventions}" for u in units})
+            meta = {
+                "suites": sorted({v.suite for v in verdicts}),
+                "metric conventions": conventions or ["hendrycks"],
+                "command": " ".join(map(str, config.invocation_params.args)),
+            }
             render_report(verdicts, units, path, meta=meta)
             path.with_suffix(".md").write_text(render_markdown(verdicts, units), encoding="utf-8")
             self.report_written = path

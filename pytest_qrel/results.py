@@ -62,6 +62,7 @@ class UnitMetrics:
     id: dict[str, float] = field(default_factory=dict)
     ood: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)  # e.g. {"temperature": 1.3}
+    conventions: str = "hendrycks"  # which metric conventions the OOD numbers follow
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(asdict(self))

@@ -208,3 +208,11 @@ def test_mean_over_a_subset_of_ood_sets(tmp_path):
     assert [p.group for p in plan(suite)] == ["vit[W4A4-mean(digits89)]"]
     with pytest.raises(SpecError, match="unknown OOD dataset 'textures'"):
         load_suite(write(tmp_path, '- "W4A4 aupr_out(msp) on mean(digits89,textures) delta <= 12%"\n'))
+
+
+def test_conventions_field(tmp_path):
+    path = write(tmp_path, "[]\n", BASE.replace("name: mini", "name: mini\nconventions: openood"))
+    assert load_suite(path).conventions == "openood"
+    path = write(tmp_path, "[]\n", BASE.replace("name: mini", "name: mini\nconventions: openod"))
+    with pytest.raises(SpecError, match="unknown metric convention 'openod'; did you mean 'openood'"):
+        load_suite(path)

@@ -32,7 +32,6 @@ from .schema import (
 from .yamlsrc import LineDict, LineList, load_yaml
 
 TOP_LEVEL_KEYS = ("version", "name", "description", "models", "datasets", "quantizers", "scores", "checks", "conventions", "batch_size")
-CONVENTIONS = ("hendrycks",)
 # Names appear in pytest ids "model[quantizer-dataset]::check"; the scheduler splits on the last
 # "-", so dataset names may not contain one.
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")  # '+' is reserved for post-hoc steps (W8A8+temperature)
@@ -311,9 +310,11 @@ def load_suite(path: str | Path) -> Suite:
         raise ctx.err(f"unsupported schema version {version!r}", node=doc, key="version", field="version", fix=f"this pytest-qrel reads version {SCHEMA_VERSION}")
     name = doc.get("name", path.stem)
     _check_name(ctx, name, doc, "name", "name")
+    from ..conventions import CONVENTIONS
+
     conventions = doc.get("conventions", "hendrycks")
-    if conventions not in CONVENTIONS:
-        raise ctx.err(f"unknown conventions {conventions!r}", node=doc, key="conventions", field="conventions", fix=f"use one of {', '.join(CONVENTIONS)}")
+    if not isinstance(conventions, str) or conventions not in CONVENTIONS:
+        raise ctx.err(str(UnknownNameError("metric convention", str(conventions), CONVENTIONS.names())), node=doc, key="conventions", field="conventions", fix=f"use one of {', '.join(CONVENTIONS.names())}")
     for required in ("models", "datasets"):
         if required not in doc:
             raise ctx.err(f"missing '{required}'", node=doc, field=required, fix="see the README for a complete example")
