@@ -37,7 +37,7 @@ def test_update_then_pass_and_ids(pytester, write_suite):
     write_suite()
     update(pytester)
     stored = json.loads((pytester.path / "baselines/mini/vit.json").read_text())
-    assert stored["format_version"] == 1 and set(stored["fingerprint"]) == {"model", "datasets", "versions"}
+    assert stored["format_version"] == 1 and set(stored["fingerprint"]) == {"model", "datasets", "versions", "conventions"}
     assert (pytester.path / "baselines/mini/vit.npz").is_file()
     result = pytester.runpytest(*SUITE, "--collect-only", "-q")
     result.stdout.fnmatch_lines(
