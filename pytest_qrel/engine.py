@@ -337,18 +337,30 @@ class Engine:
         return DatasetOutputs(np.ascontiguousarray(logits, dtype=np.float32), np.asarray(ds.labels, dtype=np.int64), features)
 
     # ------------------------------------------------------------------ metrics
-    def id_metrics(self, suite: Suite, model: str, quantizer: str) -> dict[str, float]:
-        """Classification/calibration metrics on the ID test split (mean over seeds for multi-seed quantizers)."""
+    def id_metrics(self, suite: Suite, model: str, quantizer: str, dataset: str | None = None) -> dict[str, float]:
+        """Classification/calibration metrics on a labelled set (default: the ID test split); mean over
+        seeds for multi-seed quantizers."""
         from .metrics import compute_id_metrics
+
+        dataset = dataset or suite.id_dataset.name
+        variants = self.seed_variants(suite, quantizer)
+        if len(variants) > 1:
+            return _mean_dicts([self.id_metrics(suite, model, v, dataset) for v in variants])
+        key = self._outputs_key(suite, model, quantizer, dataset)
+        if key not in self._id_metrics:
+            out = self.outputs(suite, model, quantizer, dataset)
+            self._id_metrics[key] = compute_id_metrics(out.logits, out.labels)
+        return self._id_metrics[key]
+
+    def pair_metrics(self, suite: Suite, model: str, quantizer: str, pair: str) -> dict[str, float]:
+        """Metrics of a (common, counter) pair of labelled sets, e.g. ``vulnerability``."""
+        from .metrics import compute_pair_metrics
 
         variants = self.seed_variants(suite, quantizer)
         if len(variants) > 1:
-            return _mean_dicts([self.id_metrics(suite, model, v) for v in variants])
-        key = self._outputs_key(suite, model, quantizer, suite.id_dataset.name)
-        if key not in self._id_metrics:
-            out = self.outputs(suite, model, quantizer, suite.id_dataset.name)
-            self._id_metrics[key] = compute_id_metrics(out.logits, out.labels)
-        return self._id_metrics[key]
+            return _mean_dicts([self.pair_metrics(suite, model, v, pair) for v in variants])
+        common, counter = (self.outputs(suite, model, quantizer, d) for d in suite.pairs[pair])
+        return compute_pair_metrics(common.logits, common.labels, counter.logits, counter.labels)
 
     def scores(self, suite: Suite, model: str, quantizer: str, dataset: str, score: str) -> np.ndarray:
         from .scores import SCORES
@@ -392,8 +404,11 @@ class Engine:
 
     def available_ood(self, suite: Suite) -> list[str]:
         """The suite's OOD sets whose data exists here (missing ones are skipped, not fatal)."""
+        return self._available(suite, suite.ood_datasets)
+
+    def _available(self, suite: Suite, names: Any) -> list[str]:
         out = []
-        for d in suite.ood_datasets:
+        for d in names:
             try:
                 self.dataset(suite, d)
             except DataMissingError:
@@ -402,12 +417,20 @@ class Engine:
         return out
 
     def all_metrics(self, suite: Suite, model: str, quantizer: str) -> dict[str, Any]:
-        """``{"id": {...}, "ood": {score: {dataset: {...}}}}`` over every available dataset and score."""
+        """``{"id": {...}, "ood": {score: {dataset: {...}}}, "shifted": {dataset: {...}}, "pairs": {pair: {...}}}``
+        over every available dataset and score."""
         ood = self.available_ood(suite)
-        return {
+        shifted = self._available(suite, suite.shifted_datasets)
+        pairs = [p for p, members in suite.pairs.items() if all(m == suite.id_dataset.name or m in shifted for m in members)]
+        out: dict[str, Any] = {
             "id": dict(self.id_metrics(suite, model, quantizer)),
             "ood": {s: {d: dict(self.ood_metrics(suite, model, quantizer, s, d)) for d in ood} for s in suite.scores},
         }
+        if suite.shifted_datasets:
+            out["shifted"] = {d: dict(self.id_metrics(suite, model, quantizer, d)) for d in shifted}
+        if suite.pairs:
+            out["pairs"] = {p: dict(self.pair_metrics(suite, model, quantizer, p)) for p in pairs}
+        return out
 
     # ------------------------------------------------------------------ baselines
     def current_fingerprint(self, suite: Suite, model: str, datasets: list[str]) -> dict[str, Any]:
@@ -440,9 +463,11 @@ class Engine:
             "id.nll": nll.astype(np.float32),
             "id.confidence": probs.max(1).astype(np.float32),
         }
-        available = [suite.id_dataset.name, *self.available_ood(suite)]
+        available = [suite.id_dataset.name, *self.available_ood(suite), *self._available(suite, suite.shifted_datasets)]
         for s in suite.scores:
             for d in available:
+                if d in suite.shifted_datasets:
+                    continue
                 arrays[f"score.{s}.{d}"] = self.scores(suite, model, FP32, d, s).astype(np.float32)
         variants = {}
         for step in POSTHOC.names() if self._heldout_if_available(suite) else ():  # FP32+temperature etc.
@@ -519,8 +544,10 @@ class Engine:
     # ------------------------------------------------------------------ checks
     def _datasets_read(self, p: PlannedCheck) -> list[str]:
         suite = p.suite
-        if p.dataset == suite.id_dataset.name:
-            return [suite.id_dataset.name]
+        if p.dataset in suite.labelled_datasets:
+            return [p.dataset]
+        if p.dataset in suite.pairs:
+            return list(dict.fromkeys(suite.pairs[p.dataset]))
         ood = mean_members(p.dataset, list(suite.ood_datasets)) or [p.dataset]
         return [suite.id_dataset.name, *ood]
 
@@ -530,20 +557,49 @@ class Engine:
         extra = [HELDOUT] if any(split_name(q)[1] for q in names) else []
         return [*self._datasets_read(p), *extra]
 
-    def _value_from(self, metrics_id: Any, metrics_ood: Any, p: PlannedCheck, where: str) -> float:
-        """Read the planned check's metric from an ``{"id": .., "ood": ..}``-shaped source."""
+    def _value_from(self, source: Any, p: PlannedCheck, where: str) -> float:
+        """Read the planned check's metric from ``source(section, *keys)``, which returns the metrics
+        dict of a section: ``("id", dataset)``, ``("ood", score, dataset)`` or ``("pairs", pair)``."""
         from .metrics import METRICS
 
         suite = p.suite
+        kind = METRICS.meta(p.check.metric)["kind"]
         try:
-            if METRICS.meta(p.check.metric)["kind"] != "ood":
-                return float(metrics_id()[p.check.metric])
+            if kind == "pair":
+                return float(source("pairs", p.dataset)[p.check.metric])
+            if kind != "ood":
+                return float(source("id", p.dataset)[p.check.metric])
             sets = mean_members(p.dataset, list(suite.ood_datasets)) or [p.dataset]
-            return float(np.mean([metrics_ood(p.score, d)[p.check.metric] for d in sets]))
+            return float(np.mean([source("ood", p.score, d)[p.check.metric] for d in sets]))
         except KeyError as exc:
             raise BaselineMissingError(
                 f"{where} has no {p.check.metric} for {exc}; re-create it with: {self.update_command(suite)}"
             ) from None
+
+    @staticmethod
+    def _stored(metrics: dict[str, Any], suite: Suite) -> Any:
+        """A ``source`` for :meth:`_value_from` over a stored ``all_metrics``-shaped dict."""
+
+        def source(section: str, *keys: str) -> dict[str, float]:
+            if section == "id":
+                return metrics["id"] if keys[0] == suite.id_dataset.name else metrics["shifted"][keys[0]]
+            if section == "ood":
+                return metrics["ood"][keys[0]][keys[1]]
+            return metrics["pairs"][keys[0]]
+
+        return source
+
+    def _live(self, p: PlannedCheck, quantizer: str) -> Any:
+        """A ``source`` for :meth:`_value_from` computing ``quantizer``'s metrics on demand."""
+
+        def source(section: str, *keys: str) -> dict[str, float]:
+            if section == "id":
+                return self.id_metrics(p.suite, p.model, quantizer, keys[0])
+            if section == "ood":
+                return self.ood_metrics(p.suite, p.model, quantizer, keys[0], keys[1])
+            return self.pair_metrics(p.suite, p.model, quantizer, keys[0])
+
+        return source
 
     def evaluate(self, p: PlannedCheck) -> Verdict:
         """Decide one planned check. Raises QrelError subclasses for missing data/baselines."""
@@ -554,7 +610,7 @@ class Engine:
         for d in self.datasets_read(p):  # missing data skips the check before anything else can fail
             self.dataset(suite, d)
         b = self.checked_baseline(suite, p.model, self.datasets_read(p))
-        fp32 = self._value_from(lambda: b.metrics["id"], lambda s, d: b.metrics["ood"][s][d], p, f"FP32 baseline {b.path}")
+        fp32 = self._value_from(self._stored(b.metrics, suite), p, f"FP32 baseline {b.path}")
         value = self._quantized_value(p, p.quantizer, b, fp32)
         ref = p.check.bound.ref
         ref_value = self._quantized_value(p, ref, b, fp32) if ref is not None else None
@@ -569,13 +625,8 @@ class Engine:
             return fp32
         if split_name(quantizer)[0] == FP32:  # FP32+temperature: stored with the baseline
             variant = (b.variants or {}).get(quantizer, {}).get("metrics", {})
-            return self._value_from(lambda: variant["id"], lambda s, d: variant["ood"][s][d], p, f"FP32 baseline {b.path} ({quantizer})")
-        return self._value_from(
-            lambda: self.id_metrics(p.suite, p.model, quantizer),
-            lambda s, d: self.ood_metrics(p.suite, p.model, quantizer, s, d),
-            p,
-            "outputs",
-        )
+            return self._value_from(self._stored(variant, p.suite), p, f"FP32 baseline {b.path} ({quantizer})")
+        return self._value_from(self._live(p, quantizer), p, "outputs")
 
     def unit_metrics(self, suite: Suite, model: str, quantizer: str) -> UnitMetrics | None:
         """Every metric of one unit for the report (FP32 from its baseline); None if unavailable."""
@@ -601,7 +652,7 @@ class Engine:
             return None
         return UnitMetrics(
             suite=suite.name, model=model, quantizer=quantizer, id=m.get("id", {}), ood=m.get("ood", {}), info=info,
-            conventions=suite.conventions,
+            conventions=suite.conventions, shifted=m.get("shifted", {}), pairs=m.get("pairs", {}),
         )
 
     def report_units(self) -> list[UnitMetrics]:

@@ -425,6 +425,26 @@ def compute_id_metrics(logits: Any, labels: Any) -> dict[str, float]:
     return out
 
 
+@METRICS.register("vulnerability", higher_is_better=False, kind="pair", fraction=True, input="pair")
+def vulnerability(common_logits: Any, common_labels: Any, counter_logits: Any, counter_labels: Any) -> float:
+    """Spurious-correlation vulnerability: ``top1(common) - top1(counter)``, a signed fraction.
+
+    ``common`` holds images with their usual context (e.g. animals on typical backgrounds),
+    ``counter`` the same classes in unusual contexts (CounterAnimals). Higher means the model leans
+    more on the context; lower is better. Comparable across precisions of one model.
+    """
+    return float(top1(common_logits, common_labels) - top1(counter_logits, counter_labels))
+
+
+def compute_pair_metrics(common_logits: Any, common_labels: Any, counter_logits: Any, counter_labels: Any) -> dict[str, float]:
+    """Every registered metric of kind ``"pair"``, as ``{name: float}``."""
+    return {
+        name: float(METRICS.get(name)(common_logits, common_labels, counter_logits, counter_labels))
+        for name in METRICS
+        if METRICS.meta(name)["kind"] == "pair"
+    }
+
+
 def compute_ood_metrics(id_scores: Any, ood_scores: Any, conventions: str = "hendrycks") -> dict[str, float]:
     """Every registered metric of kind ``"ood"``, as ``{name: float}``.
 

@@ -63,6 +63,8 @@ class UnitMetrics:
     ood: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)  # e.g. {"temperature": 1.3}
     conventions: str = "hendrycks"  # which metric conventions the OOD numbers follow
+    shifted: dict[str, dict[str, float]] = field(default_factory=dict)  # {labelled shifted set: ID metrics}
+    pairs: dict[str, dict[str, float]] = field(default_factory=dict)  # {pair: {"vulnerability": ..}}
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(asdict(self))

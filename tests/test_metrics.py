@@ -432,6 +432,7 @@ EXPECTED = {
     "aupr_in": (True, "ood", True, "scores"),
     "aupr_out": (True, "ood", True, "scores"),
     "fpr_at_95_tpr": (False, "ood", True, "scores"),
+    "vulnerability": (False, "pair", True, "pair"),
 }
 
 

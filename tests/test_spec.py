@@ -120,7 +120,7 @@ def test_duplicate_checks_get_unique_names(tmp_path):
         ('- "W8A8 nll delta <= 1pp"\n', "checks[0]", "'pp' (percentage points) needs a metric in [0, 1]"),
         ('- "FP32 top1 delta <= 1pp"\n', "checks[0]", "compares FP32 with itself"),
         ('- "W8A8 aupr_out(msp) on textures delta <= 1pp"\n', "checks[0]", "unknown OOD dataset 'textures'"),
-        ('- "W8A8 top1 on noise delta <= 1pp"\n', "checks[0]", "measured on the in-distribution set"),
+        ('- "W8A8 top1 on noise delta <= 1pp"\n', "checks[0]", "is measured on labelled sets (digits), not 'noise'"),
         ('- "W8A8 top1 delta >= 1pp"\n', "checks[0]", "must be '<=' or '<' a non-negative amount"),
         ('- {metric: nll}\n', "checks[0]", "exactly one of 'delta' or 'value'"),
         ('- {metric: nll, delta: {maximum: 3}}\n', "checks[0].delta", "exactly one of max/min/lt/gt"),

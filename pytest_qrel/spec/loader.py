@@ -138,25 +138,54 @@ def _dataset(ctx: _Ctx, raw: Any, parent: Any, key: Any, field: str, name: str |
     return DatasetSpec(name, _source(ctx, spec["source"], spec, "source", f"{field}.source"), dict(options), ctx.loc(spec))
 
 
-def _datasets(ctx: _Ctx, raw: Any) -> tuple[DatasetSpec, dict[str, DatasetSpec]]:
+def _dataset_list(ctx: _Ctx, node: LineDict, key: str, taken: set[str]) -> dict[str, DatasetSpec]:
+    raw = node.get(key) or []
+    if isinstance(raw, dict):
+        entries = [(_dataset(ctx, v, raw, k, f"datasets.{key}.{k}", name=str(k)), k) for k, v in raw.items()]
+    elif isinstance(raw, list):
+        entries = [(_dataset(ctx, v, raw, i, f"datasets.{key}[{i}]"), i) for i, v in enumerate(raw)]
+    else:
+        raise ctx.err(f"'{key}' must be a list or a mapping, got {_typename(raw)}", node=node, key=key, field=f"datasets.{key}")
+    out: dict[str, DatasetSpec] = {}
+    for ds, k in entries:
+        if ds.name in out or ds.name in taken or ds.name in ("ood", "id", "mean", "shifted", HELDOUT):
+            raise ctx.err(f"dataset name '{ds.name}' is used twice or reserved", node=raw, key=k, field=f"datasets.{key}", fix="give each dataset a unique name")
+        out[ds.name] = ds
+    return out
+
+
+def _pairs(ctx: _Ctx, node: LineDict, labelled: list[str]) -> dict[str, tuple[str, str]]:
+    raw = node.get("pairs") or {}
+    raw = ctx.mapping(raw, "datasets.pairs", "write 'pairs: {<name>: {common: <set>, counter: <set>}}'")
+    out = {}
+    for name, pair in raw.items():
+        field = f"datasets.pairs.{name}"
+        _check_name(ctx, name, raw, name, field, _DATASET_NAME)
+        pair = ctx.mapping(pair, field, "write '{common: <set>, counter: <set>}'")
+        ctx.unknown_keys(pair, ("common", "counter"), field)
+        members = []
+        for role in ("common", "counter"):
+            member = pair.get(role)
+            if member not in labelled:
+                raise ctx.err(
+                    f"'{role}' must name the ID set or a shifted set, got {member!r}", node=pair, key=role if role in pair else None,
+                    field=f"{field}.{role}", fix=f"use one of {', '.join(labelled)}",
+                )
+            members.append(member)
+        out[name] = (members[0], members[1])
+    return out
+
+
+def _datasets(ctx: _Ctx, raw: Any) -> tuple[DatasetSpec, dict[str, DatasetSpec], dict[str, DatasetSpec], dict[str, tuple[str, str]]]:
     node = ctx.mapping(raw, "datasets", "write 'datasets: {id: {...}, ood: [...]}'")
-    ctx.unknown_keys(node, ("id", "ood"), "datasets")
+    ctx.unknown_keys(node, ("id", "ood", "shifted", "pairs"), "datasets")
     if "id" not in node:
         raise ctx.err("missing the in-distribution set 'id'", node=node, field="datasets.id", fix="add 'id: {name: ..., source: ...}'")
     id_ds = _dataset(ctx, node["id"], node, "id", "datasets.id")
-    ood_raw = node.get("ood") or []
-    ood: dict[str, DatasetSpec] = {}
-    if isinstance(ood_raw, dict):
-        entries = [(_dataset(ctx, v, ood_raw, k, f"datasets.ood.{k}", name=str(k)), k) for k, v in ood_raw.items()]
-    elif isinstance(ood_raw, list):
-        entries = [(_dataset(ctx, v, ood_raw, i, f"datasets.ood[{i}]"), i) for i, v in enumerate(ood_raw)]
-    else:
-        raise ctx.err(f"'ood' must be a list or a mapping, got {_typename(ood_raw)}", node=node, key="ood", field="datasets.ood")
-    for ds, key in entries:
-        if ds.name in ood or ds.name == id_ds.name or ds.name in ("ood", "id", "mean", HELDOUT):
-            raise ctx.err(f"dataset name '{ds.name}' is used twice or reserved", node=ood_raw, key=key, field="datasets.ood", fix="give each dataset a unique name")
-        ood[ds.name] = ds
-    return id_ds, ood
+    ood = _dataset_list(ctx, node, "ood", {id_ds.name})
+    shifted = _dataset_list(ctx, node, "shifted", {id_ds.name, *ood})
+    pairs = _pairs(ctx, node, [id_ds.name, *shifted])
+    return id_ds, ood, shifted, pairs
 
 
 def _quantizers(ctx: _Ctx, raw: Any) -> dict[str, QuantizerSpec]:
@@ -290,9 +319,21 @@ def _validate_check(ctx: _Ctx, check: CheckSpec, suite: Suite, field: str) -> li
         return [replace(check, score=s) for s in scores]
     if check.score is not None:
         raise fail(f"{check.metric} is not an OOD metric and takes no score", fix=f"write '{check.metric}' without '({check.score})'")
+    if meta["kind"] == "pair":
+        if not suite.pairs:
+            raise fail(f"{check.metric} compares a pair of sets but the suite has no 'datasets: pairs:'", fix="add e.g. 'pairs: {bg: {common: <set>, counter: <set>}}'")
+        for d in check.datasets or ():
+            if d not in suite.pairs:
+                raise fail(str(UnknownNameError("pair", d, list(suite.pairs))), fix="name a pair listed under 'datasets: pairs:'")
+        return [check]
     for d in check.datasets or ():
-        if d != suite.id_dataset.name:
-            raise fail(f"{check.metric} is measured on the in-distribution set '{suite.id_dataset.name}', not '{d}'", fix="drop 'on ...' from this check")
+        if d != "shifted" and d not in suite.labelled_datasets:
+            raise fail(
+                f"{check.metric} is measured on labelled sets ({', '.join(suite.labelled_datasets)}), not '{d}'",
+                fix="name the ID set or a set under 'datasets: shifted:', or drop 'on ...'",
+            )
+        if d == "shifted" and not suite.shifted_datasets:
+            raise fail("'on shifted' but the suite has no 'datasets: shifted:'", fix="add labelled shifted sets or drop 'on shifted'")
     return [check]
 
 
@@ -319,13 +360,15 @@ def load_suite(path: str | Path) -> Suite:
         if required not in doc:
             raise ctx.err(f"missing '{required}'", node=doc, field=required, fix="see the README for a complete example")
     batch_size = _int(ctx, doc.get("batch_size", 128), doc, "batch_size", "batch_size", 1)
-    id_ds, ood = _datasets(ctx, doc["datasets"])
+    id_ds, ood, shifted, pairs = _datasets(ctx, doc["datasets"])
     suite = Suite(
         name=name,
         path=path,
         models=_models(ctx, doc["models"]),
         id_dataset=id_ds,
         ood_datasets=ood,
+        shifted_datasets=shifted,
+        pairs=pairs,
         quantizers=_quantizers(ctx, doc.get("quantizers")),
         scores=_scores(ctx, doc.get("scores"), doc),
         checks=(),

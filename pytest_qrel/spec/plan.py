@@ -41,9 +41,18 @@ def expand_quantizers(check: CheckSpec, suite: Suite) -> list[str]:
     return list(check.quantizers)
 
 
-def expand_datasets(check: CheckSpec, suite: Suite, is_ood: bool) -> list[str]:
-    if not is_ood:
-        return [suite.id_dataset.name]
+def expand_datasets(check: CheckSpec, suite: Suite, kind: str) -> list[str]:
+    """ID metrics: the ID test set unless ``on`` names labelled sets (``shifted`` = all shifted sets);
+    pair metrics: every pair unless named; OOD metrics: each OOD set unless named or averaged."""
+    if kind == "pair":
+        return list(check.datasets or suite.pairs)
+    if kind != "ood":
+        if not check.datasets:
+            return [suite.id_dataset.name]
+        out: list[str] = []
+        for d in check.datasets:
+            out.extend(suite.shifted_datasets if d == "shifted" else [d])
+        return out
     if check.datasets is None:
         return list(suite.ood_datasets)
     return [MEAN_OOD if d == MEAN_OOD else d for d in check.datasets]
@@ -56,10 +65,10 @@ def plan(suite: Suite) -> list[PlannedCheck]:
     planned: list[PlannedCheck] = []
     seen: dict[tuple[str, str], int] = {}
     for check in suite.checks:
-        is_ood = METRICS.meta(check.metric)["kind"] == "ood"
+        kind = METRICS.meta(check.metric)["kind"]
         for model in suite.models:
             for quantizer in expand_quantizers(check, suite):
-                for dataset in expand_datasets(check, suite, is_ood):
+                for dataset in expand_datasets(check, suite, kind):
                     p = PlannedCheck(suite, check, model, quantizer, dataset, check.score, check.label)
                     n = seen.get((p.group, p.name), 0) + 1
                     seen[(p.group, p.name)] = n

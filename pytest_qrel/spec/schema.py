@@ -163,7 +163,16 @@ class Suite:
     conventions: str = "hendrycks"
     batch_size: int = 128
     version: int = SCHEMA_VERSION
+    shifted_datasets: dict[str, DatasetSpec] = field(default_factory=dict)
+    """Labelled sets in the ID label space (covariate shift, counter backgrounds): ID metrics run on them."""
+    pairs: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """Spurious-correlation pairs ``name -> (common, counter)`` of labelled set names (ID or shifted)."""
 
     @property
     def all_datasets(self) -> dict[str, DatasetSpec]:
-        return {self.id_dataset.name: self.id_dataset, **self.ood_datasets}
+        return {self.id_dataset.name: self.id_dataset, **self.ood_datasets, **self.shifted_datasets}
+
+    @property
+    def labelled_datasets(self) -> list[str]:
+        """Sets whose labels are ID classes: the ID test set and the shifted sets."""
+        return [self.id_dataset.name, *self.shifted_datasets]
