@@ -113,11 +113,21 @@ class Engine:
         """The loaded FP32 :class:`~pytest_qrel.models.LoadedModel` named ``name`` in ``suite``."""
         from .models import load_model
 
+        from .data.base import parse_source
+        from .models import MODEL_SOURCES
+
         spec = suite.models[name]
-        key = _json_key([spec.source, spec.options])
+        options = dict(spec.options)
+        scheme = parse_source(spec.source)[0]
+        if scheme in MODEL_SOURCES and MODEL_SOURCES.meta(scheme).get("zero_shot") and "class_names" not in options:
+            # A zero-shot head is built from the ID dataset's class names unless the suite names them.
+            names = self.dataset(suite, suite.id_dataset.name).class_names
+            if names:
+                options["class_names"] = list(names)
+        key = _json_key([spec.source, options])
         if key not in self._models:
             try:
-                loaded = load_model(spec.source, options=spec.options, base_dir=suite.path.parent)
+                loaded = load_model(spec.source, options=options, base_dir=suite.path.parent)
             except QrelError as exc:
                 raise type(exc)(f"{spec.where or suite.path}: model '{name}': {exc}") from None
             loaded.module.eval()

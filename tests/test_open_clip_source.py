@@ -415,3 +415,23 @@ def test_retraining_the_digits_clip(tmp_path, monkeypatch, digits_test):
     acc = zero_shot_accuracy(loaded, digits_test)
     assert acc >= 0.85, f"10-epoch digits_clip reaches only {acc:.4f}"
     assert abs(acc - meta["metrics"]["test"]["accuracy"]) < 1e-5
+
+
+def test_engine_builds_the_zero_shot_head_from_the_id_class_names(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    import pytest_qrel.models.base as base
+    from pytest_qrel import Engine, load_suite
+
+    seen = {}
+    real = base.load_model
+
+    def spy(source, *, options=None, base_dir=None):
+        seen[source] = dict(options or {})
+        return real(source, options=options, base_dir=base_dir)
+
+    monkeypatch.setattr(base, "load_model", spy)
+    monkeypatch.setattr("pytest_qrel.models.load_model", spy)
+    suite = load_suite(Path(__file__).resolve().parents[1] / "suites/demo_clip.yaml")
+    Engine(baseline_dir=tmp_path).model(suite, "clip_digits")
+    assert seen["open_clip:digits_clip"]["class_names"] == ["0", "1", "2", "3", "4", "5", "6", "7"]
