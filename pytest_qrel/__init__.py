@@ -1,10 +1,8 @@
 """pytest-qrel: gate quantized vision models on reliability (calibration, OOD detection).
 
-Public API (the pytest plugin is a thin layer over it)::
-
-    from pytest_qrel import load_suite, run, render_report
-    suite = load_suite("suites/demo.yaml")
-    verdicts = run(suite, baseline_dir="baselines")
+Public API (the pytest plugin is a thin layer over it): ``load_suite(path) -> Suite``,
+``run(suite, baseline_dir=...) -> list[Verdict]``, ``render_report(verdicts, units, path)`` and the
+:class:`Engine` behind them; the README's "Python API" section has a complete example.
 
 Importing this package is cheap: torch, timm and scikit-learn load only when a model runs.
 """

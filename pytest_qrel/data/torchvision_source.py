@@ -298,7 +298,7 @@ def torchvision_source(
             at = args.get("root", "?")
             raise DataMissingError(
                 f"{where}: data not found under {at} (torchvision: {msg.splitlines()[0]}); "
-                f"put the dataset there first (e.g. torchvision.datasets.{arg}(root, download=True) on a machine with network access)"
+                f"put the dataset there first (e.g. run torchvision.datasets.{arg} with its download flag on, on a machine with network access, then copy the folder)"
             ) from None
         raise DataError(f"{where}: torchvision.datasets.{arg}({_show(args)}) failed: {msg}") from None
     except (TypeError, ValueError) as err:

@@ -313,7 +313,10 @@ class FakeQuantLinear(QuantModule):
         act_bits: int | None,
         weight_quantizer: WeightQuantizer = quantize_weight_per_channel_symmetric,
         act_symmetric: bool = False,
+        input_quantizer: nn.Module | None = None,
     ) -> None:
+        """``input_quantizer`` replaces the default :class:`ActQuantizer` (e.g. an observer-driven
+        one); it is ignored when ``act_bits`` is ``None``."""
         super().__init__()
         self.in_features = linear.in_features
         self.out_features = linear.out_features
@@ -324,9 +327,9 @@ class FakeQuantLinear(QuantModule):
             self.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
         else:
             self.register_parameter("bias", None)
-        self.input_quantizer: ActQuantizer | None = (
-            ActQuantizer(act_bits, symmetric=act_symmetric) if act_bits is not None else None
-        )
+        self.input_quantizer: nn.Module | None = None
+        if act_bits is not None:
+            self.input_quantizer = input_quantizer if input_quantizer is not None else ActQuantizer(act_bits, symmetric=act_symmetric)
         self.weight_quantizer = weight_quantizer
         self.weight_frozen = weight_bits is None
 
@@ -371,12 +374,15 @@ class FakeQuantConv2d(QuantModule):
         act_bits: int | None,
         weight_quantizer: WeightQuantizer = quantize_weight_per_channel_symmetric,
         act_symmetric: bool = False,
+        input_quantizer: nn.Module | None = None,
     ) -> None:
+        """``input_quantizer`` replaces the default :class:`ActQuantizer` (e.g. RepQ-ViT's
+        percentile-search quantizer); it is ignored when ``act_bits`` is ``None``."""
         super().__init__()
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.kernel_size, self.stride, self.padding = conv.kernel_size, conv.stride, conv.padding
         self.dilation, self.groups, self.padding_mode = conv.dilation, conv.groups, conv.padding_mode
-        self._reversed_padding_repeated_twice = list(conv._reversed_padding_repeated_twice)
+        self._reversed_padding_repeated_twice = list(getattr(conv, "_reversed_padding_repeated_twice", []))
         self.weight_bits = weight_bits
         self.act_bits = act_bits
         self.weight = nn.Parameter(conv.weight.detach().clone(), requires_grad=False)
@@ -384,9 +390,9 @@ class FakeQuantConv2d(QuantModule):
             self.bias = nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
         else:
             self.register_parameter("bias", None)
-        self.input_quantizer: ActQuantizer | None = (
-            ActQuantizer(act_bits, symmetric=act_symmetric) if act_bits is not None else None
-        )
+        self.input_quantizer: nn.Module | None = None
+        if act_bits is not None:
+            self.input_quantizer = input_quantizer if input_quantizer is not None else ActQuantizer(act_bits, symmetric=act_symmetric)
         self.weight_quantizer = weight_quantizer
         self.weight_frozen = weight_bits is None
 

@@ -99,6 +99,7 @@ from ..spec.schema import QuantizerSpec
 from .attention import QuantAttention, replace_attention
 from .base import QUANTIZERS, Option, parse_options, spec_error
 from .fakequant import (
+    FakeQuantConv2d,
     ActQuantizer,
     FakeQuantLinear,
     QuantModule,
@@ -139,69 +140,6 @@ def repq_weight_quantizer(w: Tensor, bits: int, percentiles: Sequence[float] = R
     scale, zp = search_percentile_qparams(rows.t(), bits, percentiles)
     out = fake_quantize_reference(rows, scale, zp, qmin, qmax, axis=0)
     return out.reshape(w.shape).to(w.dtype)
-
-
-class FakeQuantConv2d(QuantModule):
-    """An ``nn.Conv2d`` with a fake-quantized weight (per output filter) and a fake-quantized input.
-
-    The convolution counterpart of :class:`FakeQuantLinear`, with the same interface for
-    :mod:`~pytest_qrel.quantize.verify` (``weight_bits``, ``act_bits``, ``input_quantizer``,
-    ``dequantized_weight()``): the weight is replaced once at :meth:`freeze` by
-    ``weight_quantizer(weight, weight_bits)``; ``input_quantizer`` defaults to an :class:`ActQuantizer`.
-    """
-
-    def __init__(
-        self,
-        conv: nn.Conv2d,
-        *,
-        weight_bits: int | None,
-        act_bits: int | None,
-        weight_quantizer: WeightQuantizer = quantize_weight_per_channel_symmetric,
-        input_quantizer: nn.Module | None = None,
-    ) -> None:
-        super().__init__()
-        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
-        self.kernel_size, self.stride, self.padding = conv.kernel_size, conv.stride, conv.padding
-        self.dilation, self.groups, self.padding_mode = conv.dilation, conv.groups, conv.padding_mode
-        self._reversed_padding_repeated_twice = list(getattr(conv, "_reversed_padding_repeated_twice", []))
-        self.weight_bits = weight_bits
-        self.act_bits = act_bits
-        self.weight = nn.Parameter(conv.weight.detach().clone(), requires_grad=False)
-        if conv.bias is not None:
-            self.bias = nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
-        else:
-            self.register_parameter("bias", None)
-        if act_bits is None:
-            self.input_quantizer: nn.Module | None = None
-        else:
-            self.input_quantizer = input_quantizer if input_quantizer is not None else ActQuantizer(act_bits)
-        self.weight_quantizer = weight_quantizer
-        self.weight_frozen = weight_bits is None
-
-    def freeze(self) -> None:
-        if self.weight_frozen:
-            return
-        assert self.weight_bits is not None
-        with torch.no_grad():
-            self.weight.copy_(self.weight_quantizer(self.weight, self.weight_bits))
-        self.weight_frozen = True
-
-    def dequantized_weight(self) -> Tensor | None:
-        return self.weight if self.weight_bits is not None else None
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.input_quantizer is not None:
-            x = self.input_quantizer(x)
-        if self.padding_mode != "zeros":
-            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-            f"weight_bits={self.weight_bits}, act_bits={self.act_bits}, weight_frozen={self.weight_frozen}"
-        )
 
 
 def replace_convs(model: nn.Module, factory: Any) -> list[str]:
