@@ -36,26 +36,9 @@ from pytest_qrel.quantize.observers import (
     search_percentile_qparams,
 )
 from pytest_qrel.spec.schema import CalibrationSpec, Location, QuantizerSpec
+from tinyvit import make_vit, one_thread  # noqa: F401  (one_thread is autouse)
 
 timm = pytest.importorskip("timm")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls gain nothing from threads, and thread spinning is slow on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def make_vit(seed: int = 0) -> nn.Module:
-    from timm.models.vision_transformer import VisionTransformer
-
-    torch.manual_seed(seed)
-    return VisionTransformer(
-        img_size=16, patch_size=4, in_chans=1, num_classes=8, embed_dim=64, depth=2, num_heads=4
-    ).eval()
 
 
 def spec(method, wb=4, ab=4, *, name="W", options=None) -> QuantizerSpec:

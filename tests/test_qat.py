@@ -32,6 +32,8 @@ from pytest_qrel.quantize.qat import (
     lsq_fake_quantize,
 )
 from pytest_qrel.spec.schema import CalibrationSpec, Location, QuantizerSpec
+import tinyvit
+from tinyvit import one_thread  # noqa: F401  (autouse: one torch thread for this module)
 
 timm = pytest.importorskip("timm")
 
@@ -43,27 +45,13 @@ FAST = {"steps": 3, "batch_size": 16}
 
 
 def make_vit(seed: int = 0, width: int = 32) -> nn.Module:
-    from timm.models.vision_transformer import VisionTransformer
-
-    torch.manual_seed(seed)
-    return VisionTransformer(
-        img_size=16, patch_size=4, in_chans=1, num_classes=N_CLASSES, embed_dim=width, depth=1, num_heads=2
-    ).eval()
+    return tinyvit.make_vit(seed, width=width, depth=1, heads=2, num_classes=N_CLASSES)
 
 
 def spec(method: str, wb: int = 8, ab: int | None = 8, *, calib_seed: int = 0, **options) -> QuantizerSpec:
     return QuantizerSpec(name="W", method=method, weight_bits=wb, act_bits=ab,
                          calibration=CalibrationSpec(samples=32, seed=calib_seed), options=options,
                          where=Location("suite.yaml", 7))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls gain nothing from threads, and thread spinning is slow on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -32,33 +32,16 @@ from pytest_qrel.quantize import (
 )
 from pytest_qrel.quantize.verify import assert_simulation_ok
 from pytest_qrel.spec.schema import CalibrationSpec, Location, QuantizerSpec
+from tinyvit import make_vit, one_thread  # noqa: F401  (one_thread is autouse)
 
 timm = pytest.importorskip("timm")
 
 N_LINEARS = 2 * 4 + 1  # depth 2 x (qkv, proj, fc1, fc2) + head
 
 
-def make_vit(seed: int = 0) -> nn.Module:
-    from timm.models.vision_transformer import VisionTransformer
-
-    torch.manual_seed(seed)
-    return VisionTransformer(
-        img_size=16, patch_size=4, in_chans=1, num_classes=8, embed_dim=64, depth=2, num_heads=4
-    ).eval()
-
-
 def spec(wb, ab, *, name="W", options=None, where=Location("suite.yaml", 12)) -> QuantizerSpec:
     return QuantizerSpec(name=name, method="minmax", weight_bits=wb, act_bits=ab,
                          calibration=CalibrationSpec(samples=64, seed=0), options=options or {}, where=where)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls gain nothing from threads, and thread spinning is slow on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

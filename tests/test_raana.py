@@ -25,33 +25,17 @@ from pytest_qrel.quantize.raana import (
     rabitq_quantize,
 )
 from pytest_qrel.spec.schema import CalibrationSpec, Location, QuantizerSpec
+from tinyvit import make_vit, one_thread  # noqa: F401  (one_thread is autouse)
 
 timm = pytest.importorskip("timm")
 
 N_LINEARS = 2 * 4 + 1
 
 
-def make_vit(seed: int = 0) -> nn.Module:
-    from timm.models.vision_transformer import VisionTransformer
-
-    torch.manual_seed(seed)
-    return VisionTransformer(
-        img_size=16, patch_size=4, in_chans=1, num_classes=8, embed_dim=64, depth=2, num_heads=4
-    ).eval()
-
-
 def spec(wb, ab=None, *, name=None, cal_seed=0, **options) -> QuantizerSpec:
     return QuantizerSpec(name=name or f"W{wb}A16", method="raana", weight_bits=wb, act_bits=ab,
                          calibration=CalibrationSpec(samples=32, seed=cal_seed), options=options,
                          where=Location("suite.yaml", 5))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -35,25 +35,10 @@ from pytest_qrel.spec.schema import CalibrationSpec, Location, QuantizerSpec
 
 timm = pytest.importorskip("timm")
 from timm.models.vision_transformer import Attention, VisionTransformer  # noqa: E402
+from tinyvit import make_vit, one_thread  # noqa: F401  (one_thread is autouse)
 
 N_LINEARS = 2 * 4 + 1
 OUTLIER_CHANNELS = [3, 17, 40]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls gain nothing from threads, and thread spinning is slow on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def make_vit(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return VisionTransformer(
-        img_size=16, patch_size=4, in_chans=1, num_classes=8, embed_dim=64, depth=2, num_heads=4
-    ).eval()
 
 
 def make_outlier_vit(seed: int = 0, factor: float = 50.0) -> nn.Module:

@@ -21,20 +21,12 @@ from pytest_qrel.quantize.smoothquant import (
     smoothing_scales,
 )
 from pytest_qrel.spec.schema import CalibrationSpec, Location, QuantizerSpec
+from tinyvit import make_vit, one_thread  # noqa: F401  (one_thread is autouse)
 
 timm = pytest.importorskip("timm")
 
 N_LINEARS = 2 * 4 + 1
 OUTLIER_CHANNELS = torch.tensor([3, 17, 40])
-
-
-def make_vit(seed: int = 0) -> nn.Module:
-    from timm.models.vision_transformer import VisionTransformer
-
-    torch.manual_seed(seed)
-    return VisionTransformer(
-        img_size=16, patch_size=4, in_chans=1, num_classes=8, embed_dim=64, depth=2, num_heads=4
-    ).eval()
 
 
 def with_outliers(model: nn.Module, factor: float = 40.0) -> nn.Module:
@@ -54,14 +46,6 @@ def spec(wb, ab, *, name="W8A8", method="smoothquant", **options) -> QuantizerSp
     return QuantizerSpec(name=name, method=method, weight_bits=wb, act_bits=ab,
                          calibration=CalibrationSpec(samples=48, seed=0), options=options,
                          where=Location("suite.yaml", 3))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
