@@ -663,6 +663,7 @@ class Engine:
         return UnitMetrics(
             suite=suite.name, model=model, quantizer=quantizer, id=m.get("id", {}), ood=m.get("ood", {}), info=info,
             conventions=suite.conventions, shifted=m.get("shifted", {}), pairs=m.get("pairs", {}),
+            method="" if split_name(quantizer)[0] == FP32 else self.quantizer_spec(suite, split_name(quantizer)[0]).method,
         )
 
     def report_units(self) -> list[UnitMetrics]:

@@ -40,6 +40,7 @@ class _State:
     units: dict[tuple[str, str, str], UnitMetrics] = field(default_factory=dict)
     engine: Any = None
     threads: int | None = None
+    threads_before: int | None = None
 
 
 STATE = pytest.StashKey[_State]()
@@ -99,6 +100,7 @@ def _engine(config: pytest.Config) -> Any:
         if state.threads:
             import torch
 
+            state.threads_before = torch.get_num_threads()
             torch.set_num_threads(state.threads)
         cache_dir = None
         if not config.getoption("qrel_no_cache") and getattr(config, "cache", None) is not None:
@@ -267,7 +269,8 @@ class _Recorder:
                 "metric conventions": conventions or ["hendrycks"],
                 "command": " ".join(map(str, config.invocation_params.args)),
             }
-            render_report(verdicts, units, path, meta=meta)
+            methods = {(u.suite, u.quantizer): u.method for u in units if u.method}
+            render_report(verdicts, units, path, meta=meta, methods=methods)
             path.with_suffix(".md").write_text(render_markdown(verdicts, units), encoding="utf-8")
             self.report_written = path
 
@@ -340,6 +343,14 @@ def _make_unit_scheduler(config: pytest.Config, log: Any) -> Any:
             return unit_scope(nodeid)
 
     return UnitScheduling(config, log)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    state = config.stash.get(STATE, None)
+    if state is not None and state.threads_before is not None:
+        import torch
+
+        torch.set_num_threads(state.threads_before)  # leave the process as we found it
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:

@@ -63,6 +63,7 @@ class UnitMetrics:
     ood: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)  # e.g. {"temperature": 1.3}
     conventions: str = "hendrycks"  # which metric conventions the OOD numbers follow
+    method: str = ""  # the registered quantization method ("" for FP32)
     shifted: dict[str, dict[str, float]] = field(default_factory=dict)  # {labelled shifted set: ID metrics}
     pairs: dict[str, dict[str, float]] = field(default_factory=dict)  # {pair: {"vulnerability": ..}}
 

@@ -20,6 +20,7 @@ from pytest_qrel.report.html import (
     pct,
     signed,
     signed_delta,
+    split_quantizer_name,
 )
 from pytest_qrel.results import UnitMetrics, Verdict
 
@@ -448,3 +449,140 @@ def test_filters_and_delta_conventions() -> None:
     assert signed_delta("fpr_at_95_tpr", 0.4, 0.5) == pytest.approx(0.1)
     assert signed_delta("mystery", 0.4, 0.5) is None and signed_delta("nll", None, 0.5) is None
     assert order_quantizers(make_units()) == QUANTIZERS
+
+
+# ------------------------------------------------------------------------ methods x bit configs
+
+METHOD_QUANTIZERS = ["FP32", "W8A8", "W4A4", "W8A8-repq", "W4A4-repq", "W4A4-qat-lsq",
+                     "W4A4-qat-lsq+temperature", "FP32+temperature"]
+
+
+def make_method_units(suite: str = "demo_methods", model: str = "vit_digits") -> list[UnitMetrics]:
+    """Units shaped like suites/demo_methods.yaml: bare minmax names, '-repq', a QAT method at
+    W4A4 only (so W8A8 has a gap), its +temperature variant and FP32+temperature."""
+    units = []
+    for i, q in enumerate(METHOD_QUANTIZERS):
+        ood = {
+            # msp first: the AUROC column averages the first score; energy is different on purpose
+            "msp": {ds: {"auroc": 0.90 - 0.01 * i - 0.02 * j} for j, ds in enumerate(OOD_DATASETS)},
+            "energy": {ds: {"auroc": 0.50} for ds in OOD_DATASETS},
+        }
+        info = {"temperature": 1.2 + i / 100} if q.endswith("+temperature") else {}
+        idm = {"top1": 0.95 - 0.01 * i, "nll": 0.20 + 0.01 * i, "ece": 0.02 + 0.001 * i}
+        units.append(UnitMetrics(suite, model, q, idm, ood, info))
+    return units
+
+
+def methods_table(tree: Node) -> Node:
+    return tree.find("table", cls="methods-table")
+
+
+def method_rows(table: Node) -> dict[str, list[Node]]:
+    """Full row-header text ("qat-lsq +temperature") -> its <td> cells."""
+    return {tr.find("th").text(): tr.find_all("td") for tr in table.find("tbody").find_all("tr")}
+
+
+def test_methods_table_only_with_several_methods() -> None:
+    # bare bit-config names (the demo suite): one method, no table
+    assert not parse(render_html([], make_units())).find_all("table", cls="methods-table")
+    assert build_context([], make_units())["suites"][0].models[0].methods_table is None
+    # FP32 and its post-hoc variants are no method; a single suffixed method is still one method
+    units = [u for u in make_method_units() if u.quantizer in ("FP32", "FP32+temperature", "W8A8-repq", "W4A4-repq")]
+    assert not parse(render_html([], units)).find_all("table", cls="methods-table")
+    assert parse(render_html([], make_method_units())).find_all("table", cls="methods-table")
+
+
+def test_methods_table_layout_values_and_temperature() -> None:
+    units = make_method_units()
+    tree = parse(render_html([], units))
+    table = methods_table(tree)
+    head = table.find("thead").find_all("tr")
+    assert [th.text() for th in head[0].find_all("th")] == ["Method", "W8A8", "W4A4"]
+    assert [th.text().split(" ")[0] for th in head[1].find_all("th")] == ["Top-1", "NLL", "ECE", "AUROC", "T"] * 2
+    rows = method_rows(table)
+    # FP32 first, post-hoc variants right below their method, methods in order of appearance
+    assert list(rows) == ["FP32", "FP32 +temperature", "base", "repq", "qat-lsq", "qat-lsq +temperature"]
+    assert all(len(cells) == 10 for cells in rows.values())
+    q = {name: i for i, name in enumerate(METHOD_QUANTIZERS)}
+    w8, w4 = slice(0, 5), slice(5, 10)
+    # values: top1 0.95 - 0.01 i; AUROC = mean of the first score (msp) over the OOD sets: 0.88 - 0.01 i
+    assert [cell_value(td) for td in rows["repq"][w4][:4]] == [
+        pct(0.95 - 0.01 * q["W4A4-repq"], 2, False), num(0.20 + 0.01 * q["W4A4-repq"]),
+        pct(0.02 + 0.001 * q["W4A4-repq"], 2, False), pct(0.88 - 0.01 * q["W4A4-repq"], 2, False),
+    ]
+    assert cell_value(rows["base"][w8][3]) == "87.00"  # W8A8: i = 1
+    # FP32: reference values repeated under every bit config, no deltas; others: delta vs FP32
+    assert [cell_value(td) for td in rows["FP32"][w8][:4]] == [cell_value(td) for td in rows["FP32"][w4][:4]]
+    assert not rows["FP32"][0].find_all(cls="delta") and "ref" in rows["FP32"][0].classes
+    delta = rows["repq"][w4][0].find(cls="delta")  # 95.00 - 91.00
+    assert delta.text() == "+4.00" and "worse" in delta.classes
+    assert rows["repq"][w4][1].find(cls="delta").text() == "+0.040"
+    # the QAT method has no W8A8 quantizer: dashes there, values at W4A4
+    assert all(td.text() == "\u2014" for td in rows["qat-lsq"][w8][:4])
+    assert cell_value(rows["qat-lsq"][w4][0]) == pct(0.95 - 0.01 * q["W4A4-qat-lsq"], 2, False)
+    # fitted temperatures in the T column, blank where there is none
+    assert rows["qat-lsq +temperature"][9].text() == "1.260"  # 1.2 + 6/100
+    assert rows["FP32 +temperature"][4].text() == rows["FP32 +temperature"][9].text() == "1.270"
+    assert rows["repq"][9].text() == "" and rows["qat-lsq +temperature"][4].text() == ""
+    # the best quantized value per column is bold: top-1 falls with i, so minmax at both configs
+    assert "best" in rows["base"][w8][0].classes and "best" in rows["base"][w4][0].classes
+    assert not any("best" in cells[0].classes for name, cells in rows.items() if name != "base")
+    # the row header names its quantizers on hover; the legend names the AUROC score
+    header = {tr.find("th").text(): tr.find("th") for tr in table.find("tbody").find_all("tr")}
+    assert header["repq"].attrs["title"] == "W8A8-repq, W4A4-repq"
+    legend = tree.find("section", cls="model").find_all("p", cls="legend")[0].text()
+    assert "MSP score, mean over 3 OOD sets" in legend
+
+
+def test_methods_table_without_temperature_has_no_t_column() -> None:
+    units = [u for u in make_method_units() if "+temperature" not in u.quantizer]
+    table = methods_table(parse(render_html([], units)))
+    assert "T" not in [th.text() for th in table.find("thead").find_all("th")]
+    assert all(len(cells) == 8 for cells in method_rows(table).values())
+
+
+def test_methods_table_labels_from_methods_mapping_and_failing_cells() -> None:
+    failing = verdict("failed", suite="demo_methods", model="vit_digits", quantizer="W4A4-repq",
+                      metric="top1", check="W4A4-repq top1 delta <= delta(W4A4)")
+    ood_fail = verdict("failed", suite="demo_methods", model="vit_digits", quantizer="W4A4",
+                       metric="auroc", score="msp", dataset="mean(ood)", check="W4A4 auroc(msp) on mean(ood) delta <= 0")
+    methods = {"W8A8": "minmax", "W4A4": "minmax", ("demo_methods", "W8A8-repq"): "repq_vit",
+               ("demo_methods", "W4A4-repq"): "repq_vit", ("other", "W4A4-qat-lsq"): "nope"}
+    tree = parse(render_html([failing, ood_fail], make_method_units(), methods=methods))
+    rows = method_rows(methods_table(tree))
+    # a bare name takes its registered method as label; a suffix stays, the method beside it
+    assert list(rows)[2:] == ["minmax", "repq repq_vit", "qat-lsq", "qat-lsq +temperature"]
+    assert "cell-fail" in rows["repq repq_vit"][5].classes
+    assert "delta(W4A4)" in rows["repq repq_vit"][5].attrs["title"]
+    assert "cell-fail" in rows["minmax"][8].classes  # W4A4 AUROC (mean over OOD sets)
+    assert sum("cell-fail" in td.classes for cells in rows.values() for td in cells) == 2
+
+
+def test_methods_table_names_that_read_the_same_get_rows_of_their_own() -> None:
+    units = [UnitMetrics("s", "m", q, {"top1": 0.9}, {}, {}) for q in ("FP32", "W8A8-x", "x-W8A8", "W4A4_y", "W4A4")]
+    table = methods_table(parse(render_html([], units)))
+    trs = table.find("tbody").find_all("tr")
+    assert [tr.find("th").text() for tr in trs] == ["FP32", "x", "x", "y", "base"]
+    rows = method_rows(table)
+    assert [th.text() for th in table.find("thead").find_all("tr")[0].find_all("th")] == ["Method", "W8A8", "W4A4"]
+    header = [tr.find("th").attrs["title"] for tr in table.find("tbody").find_all("tr")]
+    assert header[1:3] == ["W8A8-x", "x-W8A8"]
+    # no OOD metrics: the AUROC cells are dashes
+    assert cell_value(rows["y"][4 + 3]) == "\u2014"
+
+
+@pytest.mark.parametrize(
+    ("name", "parts"),
+    [
+        ("W4A4-qat-lsq+temperature", ("W4A4", "qat-lsq", "+temperature")),
+        ("W8A8", ("W8A8", "", "")),
+        ("repq-W4A4", ("W4A4", "repq", "")),
+        ("w4a16_raana", ("W4A16", "raana", "")),
+        ("smooth-W8A8-a05", ("W8A8", "smooth-a05", "")),
+        ("int8", ("", "int8", "")),
+        ("W8A8x", ("", "W8A8x", "")),
+        ("FP32+temperature", ("", "FP32", "+temperature")),
+    ],
+)
+def test_split_quantizer_name(name: str, parts: tuple[str, str, str]) -> None:
+    assert split_quantizer_name(name) == parts

@@ -704,15 +704,16 @@ def open_clip_model_source(arg: str, *, options: Mapping[str, Any] | None = None
 
     logit_scale = float(clip_model.logit_scale.detach().exp())
     visual = clip_model.visual
+    # The fingerprint hashes the checkpoint (both towers) and the prompts, never the computed text
+    # features: those are float results that vary with the torch build and thread count.
+    with torch.no_grad():
+        checkpoint_sha = state_dict_sha256(clip_model)
     del clip_model  # the text tower is not needed any more
     module = ZeroShotCLIP(visual, text.class_features, logit_scale, linear_attention=linear_attention).eval()
     for p in module.parameters():
         p.requires_grad_(False)
 
-    digest = hashlib.sha256()
-    for t in (text.negative_features, text.generic_features):
-        digest.update(t.numpy().tobytes())
-    digest.update(json.dumps([text.negative_labels, text.generic_prompts]).encode())
+    digest = hashlib.sha256(json.dumps([text.negative_labels, text.generic_prompts, neg_template]).encode())
     info.update(
         {
             "source": f"open_clip:{arg}",
@@ -733,8 +734,9 @@ def open_clip_model_source(arg: str, *, options: Mapping[str, Any] | None = None
             },
         }
     )
-    with torch.no_grad():
-        sha = state_dict_sha256(module)
+    sha = hashlib.sha256(
+        json.dumps([checkpoint_sha, class_names, templates, tokenizer_id, linear_attention]).encode()
+    ).hexdigest()
     return LoadedModel(
         name=arg,
         module=module,

@@ -7,6 +7,10 @@ The work is split in three steps that later code can reuse one by one:
 * :func:`render_html` renders a template of ``templates/`` with that context;
 * :func:`render_report` writes the result atomically (temp file in the same folder, ``os.replace``).
 
+A model whose quantizer names show more than one method (``W4A4``, ``W4A4-repq``, ``W4A4-qat-lsq``)
+also gets a methods x bit configs table (top-1, NLL, ECE, mean AUROC; fitted temperatures beside
+``+temperature`` rows), as the appendix tables of the CLIP quantization paper.
+
 Every string that comes from a user (suite, model, quantizer, dataset names, check texts,
 messages, meta values) is autoescaped by Jinja2. Only objects already wrapped in
 :class:`markupsafe.Markup` (SVG plots, extra sections produced by trusted code) are inserted as is.
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -242,6 +247,7 @@ def environment(templates_dir: str | None = None) -> Environment:
         keep_trailing_newline=True,
     )
     env.filters.update(FILTERS)
+    env.filters.update(short_label=short_label, fmt_temperature=fmt_temperature)
     env.globals["metric_direction"] = metric_direction
     return env
 
@@ -258,6 +264,7 @@ class Cell:
     delta: float | None = None
     failing: list[str] = field(default_factory=list)
     note: str = ""  # e.g. "mean over 4 of 5 datasets"
+    best: bool = False  # best quantized value of its column (methods table)
 
 
 @dataclass
@@ -290,6 +297,7 @@ class ModelSection:
     counts: dict[str, int]
     n_failing: int
     plots: list[Any] = field(default_factory=list)
+    methods_table: "MethodsTable | None" = None  # only with more than one quantization method
 
 
 @dataclass
@@ -376,6 +384,182 @@ def _failing_index(verdicts: Sequence[Verdict]) -> dict[tuple, list[str]]:
     return index
 
 
+# ------------------------------------------------------------------------ methods x bit configs
+
+#: Metrics of the methods table, in column order; ``auroc`` is the mean over the OOD sets of the
+#: first score.
+METHOD_METRICS: tuple[str, ...] = ("top1", "nll", "ece", "auroc")
+_BITS = re.compile(r"(?:^|[-_])([Ww]\d+[Aa]\d+)(?=$|[-_])")
+#: Row label of quantizers whose name is only a bit config (``W8A8``) when no method is known.
+BASE_METHOD = "base"
+#: Column labels of the methods table (units are in its legend).
+SHORT_LABELS: dict[str, str] = {"top1": "Top-1"}
+
+
+def short_label(metric: str) -> str:
+    return SHORT_LABELS.get(metric, metric_label(metric, unit=False))
+
+
+def fmt_temperature(x: Any) -> str:
+    """A fitted temperature: 3 decimals (one per seed, comma-separated, for a list)."""
+    if isinstance(x, (list, tuple)):
+        return ", ".join(fmt_temperature(v) for v in x)
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        return num(x, 3)
+    return fmt_info(x)
+
+
+@dataclass
+class MethodGroup:
+    """The cells of one row under one bit config (one quantizer)."""
+
+    quantizer: str
+    cells: list[Cell]  # one per METHOD_METRICS entry
+    temperature: Any = None  # fitted T (``UnitMetrics.info["temperature"]``), when present
+
+
+@dataclass
+class MethodRow:
+    label: str  # "repq", "qat-lsq", "FP32"; post-hoc steps in ``posthoc``
+    posthoc: str  # "" or "+temperature" (every step, with its "+")
+    groups: list[MethodGroup | None]  # one per bit config, None where the suite has no such quantizer
+    is_fp32: bool = False
+    method: str = ""  # the registered method (``methods=``), when it differs from ``label``
+
+    @property
+    def quantizers(self) -> list[str]:
+        return [g.quantizer for g in self.groups if g is not None]
+
+
+@dataclass
+class MethodsTable:
+    """Methods x bit configs, as the appendix tables of the CLIP quantization paper: rows are
+    quantization methods (post-hoc variants right below their base), column groups are the bit
+    configs parsed from the quantizer names, each with top-1, NLL, ECE and mean AUROC."""
+
+    bits: list[str]
+    metrics: list[str]
+    score: str | None  # the score of the AUROC column
+    n_ood: int  # OOD sets the AUROC mean runs over
+    rows: list[MethodRow]
+    has_temperature: bool
+
+
+def split_quantizer_name(name: str) -> tuple[str, str, str]:
+    """``"W4A4-qat-lsq+temperature"`` -> ``("W4A4", "qat-lsq", "+temperature")``.
+
+    The bit config is the first ``W<w>A<a>`` token of the name (separated by ``-`` or ``_``);
+    the method is what is left of the name before any post-hoc step (``""`` for a bare ``W8A8``).
+    A name without a bit config is its own method, under the bit config ``""``.
+    """
+    base, plus, steps = name.partition("+")
+    posthoc = plus + steps
+    match = _BITS.search(base)
+    if match is None:
+        return "", base, posthoc
+    method = (base[: match.start(1)] + "-" + base[match.end(1):]).strip("-_")
+    method = re.sub(r"[-_]{2,}", "-", method)
+    return match.group(1).upper(), method, posthoc
+
+
+def _methods_table(
+    suite: str,
+    model: str,
+    by_q: Mapping[str, UnitMetrics],
+    quantizers: Sequence[str],
+    fp32: str | None,
+    failing: Mapping[tuple, list[str]],
+    methods: Mapping[Any, str],
+) -> MethodsTable | None:
+    """The methods table of one model, or None when its quantizer names show fewer than two
+    methods (``W8A8``, ``W4A4``: one; ``W4A4``, ``W4A4-repq``: two)."""
+    parsed = {q: split_quantizer_name(q) for q in quantizers if not is_fp32(q.partition("+")[0])}
+    if len({method for _, method, _ in parsed.values()}) < 2:
+        return None
+
+    def known_method(q: str) -> str:
+        base = q.partition("+")[0]
+        return str(methods.get((suite, base), methods.get(base, "")))
+
+    bits = _ordered_union([[b for b, _, _ in parsed.values()]])
+    # The suite's first score: quantized units list scores in suite order (a stored FP32 baseline
+    # may have them sorted by name), so they come first.
+    scores = _ordered_union([by_q[q].ood for q in parsed] + [u.ood for u in by_q.values()])
+    score = scores[0] if scores else None
+    ood_sets = _ordered_union(by_q[q].ood.get(score, {}) for q in quantizers) if score else []
+
+    def values(q: str) -> list[tuple[float | None, str]]:
+        unit = by_q[q]
+        out: list[tuple[float | None, str]] = [(unit.id.get(m), "") for m in METHOD_METRICS if m != "auroc"]
+        per_set = unit.ood.get(score, {}) if score else {}
+        mean, n = _mean([per_set.get(d, {}).get("auroc") for d in ood_sets])
+        note = "" if n == len(ood_sets) or mean is None else f"mean over {n} of {len(ood_sets)} OOD sets"
+        out.append((mean, note))
+        return out
+
+    base_values = values(fp32) if fp32 else [(None, "")] * len(METHOD_METRICS)
+
+    def group(q: str, reference: bool = False) -> MethodGroup:
+        cells = []
+        for metric, (value, note), (base, base_note) in zip(METHOD_METRICS, values(q), base_values):
+            delta = None
+            if not reference and not note and not base_note:
+                delta = signed_delta(metric, base, value)
+            if metric == "auroc":
+                keys = [(suite, model, q, metric, score, d) for d in ("mean(ood)", "mean")]
+            else:
+                keys = [(suite, model, q, metric, None, None)]
+            cells.append(Cell(value, delta, [t for k in keys for t in failing.get(k, [])], note))
+        return MethodGroup(q, cells, by_q[q].info.get("temperature"))
+
+    rows: list[MethodRow] = []
+    if fp32:
+        rows.append(MethodRow(fp32, "", [group(fp32, reference=True)] * len(bits), is_fp32=True))
+        for q in quantizers:  # FP32+temperature etc.: one value, repeated under every bit config
+            if q != fp32 and is_fp32(q.partition("+")[0]):
+                _, plus, steps = q.partition("+")
+                rows.append(MethodRow(fp32, plus + steps, [group(q)] * len(bits), is_fp32=True))
+
+    # Methods in order of first appearance, each followed by its post-hoc variants. Two quantizers
+    # that read the same (method, bits) -- "W8A8-x" and "x-W8A8" -- get rows of their own.
+    order = _ordered_union([[m for _, m, _ in parsed.values()]])
+    method_rows: list[MethodRow] = []
+    for method in order:
+        variants = _ordered_union([[p for _, m, p in parsed.values() if m == method]])
+        for posthoc in sorted(variants, key=lambda p: p != ""):
+            mine: list[MethodRow] = []
+            for q, (b, m, p) in parsed.items():
+                if (m, p) != (method, posthoc):
+                    continue
+                row = next((r for r in mine if r.groups[bits.index(b)] is None), None)
+                if row is None:
+                    label = method or known_method(q) or BASE_METHOD
+                    row = MethodRow(label, posthoc, [None] * len(bits))
+                    known = known_method(q)
+                    row.method = known if known and known != label else ""
+                    mine.append(row)
+                row.groups[bits.index(b)] = group(q)
+            method_rows += mine
+    rows += method_rows
+    _mark_best(method_rows, len(bits))
+    has_t = any(g is not None and g.temperature is not None for r in rows for g in r.groups)
+    return MethodsTable(bits, list(METHOD_METRICS), score, len(ood_sets), rows, has_t)
+
+
+def _mark_best(rows: Sequence[MethodRow], n_bits: int) -> None:
+    """Flag the best value (as displayed; ties all flagged) of every column among quantized rows."""
+    for b in range(n_bits):
+        for i, metric in enumerate(METHOD_METRICS):
+            cells = [r.groups[b].cells[i] for r in rows if r.groups[b] is not None]
+            shown = {id(c): fmt_metric(c.value, metric, False) for c in cells if not _missing(c.value)}
+            if len(shown) < 2:
+                continue
+            pick = max if metric_direction(metric) else min
+            best = pick(float(v) for v in shown.values())
+            for c in cells:
+                c.best = id(c) in shown and float(shown[id(c)]) == best
+
+
 def _model_section(
     suite: str,
     model: str,
@@ -384,6 +568,7 @@ def _model_section(
     global_order: list[str],
     verdicts: list[Verdict],
     failing: dict[tuple, list[str]],
+    methods: Mapping[Any, str] | None = None,
 ) -> ModelSection:
     by_q: dict[str, UnitMetrics] = {}
     for u in units:  # one unit per quantizer; a later duplicate wins
@@ -467,6 +652,7 @@ def _model_section(
         info=[(q, dict(by_q[q].info)) for q in quantizers if by_q[q].info],
         counts=counts,
         n_failing=sum(1 for v in mine if is_failing(v.outcome)),
+        methods_table=_methods_table(suite, model, by_q, quantizers, fp32, failing, methods or {}),
     )
 
 
@@ -478,12 +664,17 @@ def build_context(
     meta: Mapping[str, Any] | None = None,
     extra_sections: Sequence[Mapping[str, Any]] | None = None,
     plots: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]] | None = None,
+    methods: Mapping[Any, str] | None = None,
 ) -> dict[str, Any]:
     """Everything the templates read, as plain objects.
 
     ``extra_sections``: ``[{"id": "...", "title": "...", "html": Markup(...)}]`` appended after the
     per-model results. ``plots``: ``{(suite, model): [{"title": "...", "svg": Markup(...)}]}`` shown
     in each model section (the ``plots`` block). Plain strings there are escaped, not inserted.
+    ``methods``: quantizer name -> quantization method (``{"W8A8": "minmax"}``, or keyed by
+    ``(suite, quantizer)``), used as row labels of the methods table; without it the method is
+    read from the name (``W4A4-repq`` -> ``repq``, a bare ``W4A4`` -> ``base``). That table
+    (methods x bit configs) is shown for a model whose quantizers use more than one method.
     """
     vs = [_as_verdict(v) for v in verdicts]
     us = [_as_unit(u) for u in units]
@@ -501,7 +692,7 @@ def build_context(
         for model, model_units in models.items():
             n += 1
             section = _model_section(
-                suite, model, f"model-{n}", model_units, global_order, vs, failing_index
+                suite, model, f"model-{n}", model_units, global_order, vs, failing_index, methods
             )
             section.plots = list((plots or {}).get((suite, model), []))
             sections.append(section)
@@ -537,11 +728,13 @@ def render_html(
     meta: Mapping[str, Any] | None = None,
     extra_sections: Sequence[Mapping[str, Any]] | None = None,
     plots: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]] | None = None,
+    methods: Mapping[Any, str] | None = None,
     template: str = "report.html.j2",
 ) -> str:
     """The report as an HTML string (see :func:`build_context` for the arguments)."""
     context = build_context(
-        verdicts, units, title=title, meta=meta, extra_sections=extra_sections, plots=plots
+        verdicts, units, title=title, meta=meta, extra_sections=extra_sections, plots=plots,
+        methods=methods,
     )
     return environment().get_template(template).render(context)
 
@@ -555,6 +748,7 @@ def render_report(
     meta: Mapping[str, Any] | None = None,
     extra_sections: Sequence[Mapping[str, Any]] | None = None,
     plots: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]] | None = None,
+    methods: Mapping[Any, str] | None = None,
 ) -> Path:
     """Write the self-contained HTML report to ``path`` and return it.
 
@@ -566,7 +760,8 @@ def render_report(
     package versions, created timestamp, command line); nested dicts and lists are fine.
     """
     text = render_html(
-        verdicts, units, title=title, meta=meta, extra_sections=extra_sections, plots=plots
+        verdicts, units, title=title, meta=meta, extra_sections=extra_sections, plots=plots,
+        methods=methods,
     )
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,93 @@
+"""The shipped embedded suites pass against their committed FP32 baselines.
+
+Each suite runs once through the library (``run(suite, engine=...)``), with one engine shared by
+the module so the digits ViT, the datasets and the minmax quantizers that several suites define
+the same way are built once. Every planned check must come back ``passed`` or ``xfailed`` (an
+``expect: fail`` check), never failed, error, xpassed or skipped: the demo suites need nothing
+outside the package. QAT quantizers are checked by the optimizer steps they took, not by time.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pytest_qrel import Engine, load_suite, plan, run
+from pytest_qrel.spec import Suite
+
+ROOT = Path(__file__).resolve().parents[1]
+SUITES = ["demo", "demo_clip", "demo_methods"]
+# The light-QAT default of the CLIP paper (100 steps of batch 100 on 100 images).
+QAT_DEFAULT_STEPS = 100
+
+
+# Torch threads the committed baselines were written with. Results depend on it: the embedded
+# CLIP's text features (hashed into its baseline fingerprint) and QAT training (100 steps amplify
+# float rounding) change with the thread count, and earlier tests in the same process may have
+# changed it (the plugin sets it per xdist worker), so this module pins it while it runs.
+BASELINE_THREADS = 2
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[Engine]:
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(BASELINE_THREADS)
+    try:
+        # no outputs cache: every run computes from scratch, against the committed baselines
+        yield Engine(baseline_dir=ROOT / "baselines", cache_dir=None)
+    finally:
+        torch.set_num_threads(before)
+
+
+def is_embedded(suite: Suite) -> bool:
+    """Every dataset of the suite ships with the package (nothing to point a variable at)."""
+    return all(spec.source.startswith("embedded:") for spec in suite.all_datasets.values())
+
+
+def test_every_embedded_suite_is_covered() -> None:
+    embedded = sorted(
+        p.stem for p in (ROOT / "suites").glob("*.yaml") if is_embedded(load_suite(p))
+    )
+    assert embedded == sorted(SUITES)
+
+
+@pytest.mark.parametrize("name", SUITES)
+def test_shipped_suite_passes_against_committed_baselines(name: str, engine: Engine) -> None:
+    suite = load_suite(ROOT / "suites" / f"{name}.yaml")
+    planned = plan(suite)
+    verdicts = run(suite, engine=engine)
+
+    # one verdict per planned check, in plan order
+    assert len(verdicts) == len(planned)
+    for p, v in zip(planned, verdicts):
+        assert (v.model, v.quantizer, v.metric, v.score) == (p.model, p.quantizer, p.check.metric, p.score)
+
+    bad = [f"{v.outcome}: {v.quantizer} {v.check}: {v.message}" for v in verdicts
+           if v.outcome not in ("passed", "xfailed")]
+    assert not bad, "\n".join(bad)
+    expected_xfail = sum(1 for p in planned if p.check.expect == "fail")
+    counts = Counter(v.outcome for v in verdicts)
+    assert (counts["passed"], counts["xfailed"]) == (len(planned) - expected_xfail, expected_xfail)
+    assert all(v.expect_fail == (v.outcome == "xfailed") for v in verdicts)
+
+    # QAT quantizers trained for exactly their configured number of optimizer steps
+    qat = [q for q, spec in suite.quantizers.items() if spec.method.startswith("qat")]
+    steps_taken = {}
+    for model in suite.models:
+        for q in qat:
+            spec = suite.quantizers[q]
+            module = engine.quantized_module(suite, model, q)  # already built by the run above
+            steps = int(spec.options.get("steps", QAT_DEFAULT_STEPS))
+            assert module.qat_steps == steps == len(module.qat_losses), q
+            assert module.qat_options["batch_size"] == int(spec.options.get("batch_size", 100)), q
+            steps_taken[(model, q)] = module.qat_steps
+    if name == "demo_methods":
+        # the paper's light-QAT defaults: 100 steps of batch 100 on 100 calibration images
+        assert sorted(qat) == ["W4A4-qat-distill", "W4A4-qat-lsq", "W8A8-qat-distill", "W8A8-qat-lsq"]
+        assert all(suite.quantizers[q].calibration.samples == 100 for q in qat)
+        assert sum(steps_taken.values()) == 4 * QAT_DEFAULT_STEPS
