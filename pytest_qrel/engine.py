@@ -27,6 +27,7 @@ from .baselines import Baseline, baseline_path, read_baseline, write_baseline
 from .errors import (
     BaselineMissingError,
     BaselineStaleError,
+    DataError,
     DataMissingError,
     QrelError,
     SimulationError,
@@ -52,6 +53,34 @@ class DatasetOutputs:
     logits: np.ndarray
     labels: np.ndarray
     features: np.ndarray | None = None
+
+
+def model_input_fn(ds: Any, preprocess: Any) -> Any:
+    """``i -> model input tensor`` for sample ``i`` of ``ds``.
+
+    A set that corrupts in the model's geometry (``corrupt_unit``, e.g. a covariate-shifted set)
+    gets its corruption between the model's resize / crop and its normalisation when the model's
+    preprocessing splits there (:func:`~pytest_qrel.models.base.preprocess_stages`); any other set,
+    or a model whose preprocessing does not split, is ``preprocess(ds[i][0])``.
+    """
+    from .models.base import preprocess_stages
+
+    stages = preprocess_stages(preprocess) if hasattr(ds, "corrupt_unit") else None
+    if stages is None:
+        return lambda i: preprocess(ds[i][0])
+    to_unit, normalize = stages
+
+    def sample(i: int) -> Any:
+        x = to_unit(ds.raw(i))
+        if not (hasattr(x, "is_floating_point") and x.is_floating_point() and x.ndim == 3):
+            raise DataError(
+                f"{getattr(ds, 'name', 'dataset')}: the model's preprocessing before Normalize returned "
+                f"{type(x).__name__} {tuple(getattr(x, 'shape', ()))}, not a float tensor (C, H, W) to corrupt "
+                "(fix: put ToTensor before Normalize in the model's transform)"
+            )
+        return normalize(ds.corrupt_unit(x, i))
+
+    return sample
 
 
 def _mean_dicts(dicts: list[dict[str, float]]) -> dict[str, float]:
@@ -329,12 +358,12 @@ class Engine:
 
         module = self.quantized_module(suite, model, quantizer)
         ds = self.dataset(suite, dataset)
-        preprocess = self.model(suite, model).preprocess
+        sample = model_input_fn(ds, self.model(suite, model).preprocess)
         with_features = self._wants_features(suite) and hasattr(module, "forward_with_features")
         chunks, feats = [], []
         with torch.inference_mode():
             for start in range(0, len(ds), suite.batch_size):
-                batch = torch.stack([preprocess(ds[i][0]) for i in range(start, min(start + suite.batch_size, len(ds)))])
+                batch = torch.stack([sample(i) for i in range(start, min(start + suite.batch_size, len(ds)))])
                 if with_features:  # one pass gives both: CLIP scores read image features
                     logits_b, feats_b = module.forward_with_features(batch.to(self.device))
                     feats.append(feats_b.float().cpu())

@@ -210,6 +210,97 @@ def test_shift_source_errors(tmp_path):
         load_dataset("shift:contrast/1", split="test", options={"of": "imagefolder:gone"}, base_dir=tmp_path)
 
 
+# ------------------------------------------------------------- where the corruption runs: stages
+
+
+def _preprocessors():
+    """One of each preprocessing kind the sources return, at a small resolution."""
+    from torchvision import transforms as T
+
+    from pytest_qrel.models import load_model
+    from pytest_qrel.models.embedded import GreyNormalize
+    from pytest_qrel.models.open_clip_source import GreyToRGBNormalize, OpenClipTransform
+
+    timm_model = load_model(
+        "timm:vit_tiny_patch16_224",
+        options={"pretrained": False, "model_kwargs": {"img_size": 16, "patch_size": 8, "depth": 1, "embed_dim": 16, "num_heads": 2, "num_classes": 3}},
+    )
+    clip_cfg = {"size": 16, "mode": "RGB", "mean": (0.48, 0.46, 0.41), "std": (0.27, 0.26, 0.28), "interpolation": "bicubic", "resize_mode": "shortest", "fill_color": 0}
+    compose = T.Compose([T.Resize(16), T.CenterCrop(16), T.ToTensor(), T.Normalize((0.5,) * 3, (0.25,) * 3)])
+    return {
+        "timm": timm_model.preprocess,
+        "open_clip": OpenClipTransform(clip_cfg),
+        "grey": GreyNormalize(0.3, 0.2, 16),
+        "grey_rgb": GreyToRGBNormalize(0.3, 0.2, 16),
+        "compose": compose,
+    }
+
+
+def _pil(h=48, w=64, seed=0):
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, size=(h, w, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("kind", ["timm", "open_clip", "grey", "grey_rgb", "compose"])
+def test_preprocess_splits_into_unit_image_and_normalisation(kind):
+    from pytest_qrel.models.base import preprocess_stages
+
+    prep = _preprocessors()[kind]
+    to_unit, normalize = preprocess_stages(prep)
+    inputs = [_pil()] + ([] if kind == "compose" else [torch.rand(1 if kind.startswith("grey") else 3, 16, 16)])
+    for image in inputs:
+        unit = to_unit(image)
+        assert unit.ndim == 3 and unit.shape[-2:] == (16, 16) and unit.is_floating_point()
+        assert float(unit.min()) >= 0.0 and float(unit.max()) <= 1.0
+        torch.testing.assert_close(normalize(unit), prep(image), atol=1e-5, rtol=0)
+
+
+def test_preprocess_that_cannot_split_is_none():
+    from torchvision import transforms as T
+
+    from pytest_qrel.models.base import preprocess_stages
+
+    assert preprocess_stages(lambda image: image) is None
+    assert preprocess_stages(T.Compose([T.Resize(16), T.ToTensor()])) is None
+
+
+def test_engine_corrupts_between_the_model_crop_and_normalisation(tmp_path):
+    """Noise added after the model's 4x downsampling keeps its full strength; added to the raw image
+    (then downsampled, the pre-hook order) most of it is averaged away."""
+    from pytest_qrel.engine import model_input_fn
+
+    for i in range(3):
+        (tmp_path / "flat").mkdir(exist_ok=True)
+        Image.fromarray(np.full((64, 64, 3), 128, dtype=np.uint8)).save(tmp_path / "flat" / f"{i}.png")
+    base = load_dataset(f"imagefolder:{tmp_path / 'flat'}", split="test")
+    shifted = ShiftedImageSet(base, "gaussian_noise", 1, seed=0)  # sigma 0.08
+    prep = _preprocessors()["compose"]  # Resize(16): a 4x downsampling of the 64 x 64 images
+    clean = model_input_fn(base, prep)(0) * 0.25 + 0.5
+    in_pipeline = model_input_fn(shifted, prep)(0) * 0.25 + 0.5
+    on_raw = prep(shifted[0][0]) * 0.25 + 0.5
+    assert float((in_pipeline - clean).std()) == pytest.approx(0.08, rel=0.15)
+    assert float((on_raw - clean).std()) < 0.5 * 0.08
+    # the same seed as indexing: corrupting the model-resolution image directly gives the same pixels
+    expected = corrupt(clean, "gaussian_noise", 1, (0, 0))
+    torch.testing.assert_close(in_pipeline, expected, atol=1e-5, rtol=0)
+
+
+def test_a_model_transform_without_tensor_before_normalize_is_a_clear_error(tmp_path):
+    from pytest_qrel.engine import model_input_fn
+
+    class Odd:  # splits, but its first stage returns a PIL image
+        def stages(self):
+            return (lambda im: im), (lambda x: x)
+
+        def __call__(self, image):
+            return image
+
+    (tmp_path / "flat").mkdir()
+    Image.fromarray(np.full((8, 8, 3), 128, dtype=np.uint8)).save(tmp_path / "flat" / "0.png")
+    shifted = ShiftedImageSet(load_dataset(f"imagefolder:{tmp_path / 'flat'}", split="test"), "contrast", 1)
+    with pytest.raises(DataError, match="put ToTensor before Normalize"):
+        model_input_fn(shifted, Odd())(0)
+
+
 # --------------------------------------------------------------------------- through the engine
 
 SUITE = """\

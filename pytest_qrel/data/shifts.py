@@ -50,19 +50,20 @@ streams: noise is drawn from ``numpy.random.default_rng`` seeded per sample, not
 ``np.random`` state. The blur sigma is in pixels of the image it is applied to (as in the
 reference): choose the table that matches the resolution the corruption sees.
 
-*Where in the pipeline.* ImageNet-C corrupts the 224 x 224 center crop, i.e. after resize / crop
-and before normalisation. Here the corruption is applied to what the base set returns:
+*Where in the pipeline.* ImageNet-C corrupts the 224 x 224 center crop: after resize / crop and
+before normalisation (the CLIP paper's "resize, then corrupt" order, so the model's resampling never
+blurs or averages away the corruption). The engine does exactly that for every model whose
+preprocessing splits into ``(to_unit, normalize)`` (:func:`~pytest_qrel.models.base.preprocess_stages`:
+timm, OpenCLIP, the embedded models, and any torchvision ``Compose`` with a ``Normalize``): sample
+``i`` is ``normalize(corrupt_unit(to_unit(raw(i)), i))``, in float, without an 8-bit round trip.
+``resize`` / ``crop`` (optional) run on the raw image before the model's own resize / crop.
 
-- tensor sets (the ``embedded`` sets are already at model resolution in [0, 1]): exactly that
-  ordering;
-- PIL sets (``imagefolder``, ``filelist``, ``torchvision``): the raw image (optionally resized /
-  center-cropped with ``resize`` / ``crop`` first) is corrupted, quantised back to 8 bits (as
-  ImageNet-C stores its images) and returned as a PIL image, so the model's own preprocessing
-  (resize, crop, normalise) runs afterwards unchanged. Without ``resize`` / ``crop`` the model's
-  resize changes the corruption's effective strength (downsampling averages noise away); with
-  them, the model's resize / crop should be the identity at that size. The exact ordering for any
-  model transform needs an engine hook that applies the shift between the model's geometric
-  transform and its normalisation.
+Indexing the set directly (``ds[i]``, the path for a model whose preprocessing cannot be split)
+corrupts what the base returns: tensor sets at their own resolution; PIL sets (``imagefolder``,
+``filelist``, ``torchvision``) on the raw image (after ``resize`` / ``crop``), quantised back to 8
+bits (as ImageNet-C stores its images) and returned as a PIL image, which the model then
+preprocesses. There, without ``resize`` / ``crop``, the model's resize changes the corruption's
+effective strength (downsampling averages noise away).
 
 *Fingerprint.* SHA-256 over the base set's fingerprint, the canonical corruption name, severity,
 parameter, table, seed, ``as_ood``, ``resize``, ``crop`` and :data:`SHIFT_VERSION` (bumped when an
@@ -87,7 +88,7 @@ from ..registry import Registry
 from .base import DATASET_SOURCES, OOD_LABEL, ImageSet
 from .folders import check_options, opt_bool, opt_choice, opt_int
 
-SHIFT_VERSION = 1
+SHIFT_VERSION = 2  # 2: corruption between the model's crop and its normalisation
 SEVERITIES = (1, 2, 3, 4, 5)
 TABLES = ("imagenet", "cifar")
 
@@ -345,6 +346,28 @@ class ShiftedImageSet:
                 raise DataError(f"{self.name}: crop {self.crop} is larger than the image ({h}x{w})")
             image = image[:, top : top + self.crop, left : left + self.crop]
         return image
+
+    def raw(self, index: int) -> Any:
+        """Sample ``index`` of the base set, resized / cropped by ``resize`` / ``crop`` if set, not yet corrupted."""
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        image, _ = self.base[index % len(self)]
+        if _is_pil(image):
+            return self._geometry_pil(image)
+        if hasattr(image, "detach") and (self.resize or self.crop):
+            return self._geometry_tensor(image)
+        return image
+
+    def corrupt_unit(self, x: Any, index: int) -> Any:
+        """Corrupt sample ``index`` given as a float tensor (C, H, W) in the model's geometry.
+
+        The engine's path (see the module docstring): ``x`` is the model's resized / cropped image,
+        clamped to [0, 1] here; the result goes to the model's normalisation. Same seed as ``self[index]``.
+        """
+        import torch
+
+        x = x.clamp(0.0, 1.0) if isinstance(x, torch.Tensor) else np.clip(x, 0.0, 1.0)
+        return corrupt(x, self.corruption, self.severity, (self.seed, index % len(self)), table=self.table)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         if not -len(self) <= index < len(self):

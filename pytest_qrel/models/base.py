@@ -59,3 +59,51 @@ def state_dict_sha256(module: Any) -> str:
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
         h.update(t.view(-1).view(dtype=__import__("torch").uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------ preprocessing stages
+Stages = tuple[Callable[[Any], Any], Callable[[Any], Any]]
+
+
+def _normalize_index(transforms: list[Any]) -> int | None:
+    names = [type(t).__name__ for t in transforms]
+    return names.index("Normalize") if "Normalize" in names else None
+
+
+def compose_stages(transforms: list[Any]) -> Stages | None:
+    """``(to_unit, normalize)`` of a torchvision ``Compose``'s list of steps, split before its ``Normalize``.
+
+    ``to_unit`` runs every step before ``Normalize`` (resize, crop, to-tensor) and clamps the result
+    to [0, 1] (antialiased resampling of a float tensor may overshoot); ``normalize`` runs the rest.
+    None when there is no ``Normalize`` to split at.
+    """
+    from torchvision.transforms import Compose
+
+    at = _normalize_index(transforms)
+    if at is None:
+        return None
+    before, after = Compose(list(transforms[:at])), Compose(list(transforms[at:]))
+
+    def to_unit(image: Any) -> Any:
+        return before(image).clamp(0.0, 1.0)
+
+    return to_unit, after
+
+
+def preprocess_stages(preprocess: Callable[[Any], Any]) -> Stages | None:
+    """Split a model's preprocessing into ``(to_unit, normalize)``, or None when it cannot be split.
+
+    ``to_unit`` maps one raw image (PIL, or float tensor (C, H, W) in [0, 1]) to a float tensor
+    (C, H, W) with values in [0, 1] at the model's resolution (resize, crop, channel conversion);
+    ``normalize`` maps that to the model's input, so ``preprocess(x) == normalize(to_unit(x))``.
+    Covariate-shift corruptions run between the two (ImageNet-C corrupts the 224 x 224 crop, before
+    normalisation). A preprocess object provides it with a ``stages()`` method; a plain torchvision
+    ``Compose`` (e.g. from a ``python:`` source) is split before its ``Normalize``.
+    """
+    stages = getattr(preprocess, "stages", None)
+    if callable(stages):
+        return stages()
+    transforms = getattr(preprocess, "transforms", None)
+    if type(preprocess).__name__ == "Compose" and isinstance(transforms, list):
+        return compose_stages(transforms)
+    return None

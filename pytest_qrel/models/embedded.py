@@ -62,6 +62,10 @@ class GreyNormalize:
     size: int = 16
 
     def __call__(self, image: Any) -> Any:
+        return self.normalize(self.to_unit(image))
+
+    def to_unit(self, image: Any) -> Any:
+        """A grey float tensor (1, size, size) in [0, 1]: a PIL image is converted and resized, a tensor checked."""
         if hasattr(image, "convert") and hasattr(image, "resize"):  # a PIL image
             import numpy as np
             import torch
@@ -74,7 +78,13 @@ class GreyNormalize:
             raise ValueError(f"{self!r} expects a grey image tensor of shape (1, {self.size}, {self.size}); got {shape}")
         if not image.is_floating_point():
             raise ValueError(f"{self!r} expects a float tensor with values in [0, 1]; got dtype {image.dtype}")
-        return (image - self.mean) / self.std
+        return image
+
+    def normalize(self, x: Any) -> Any:
+        return (x - self.mean) / self.std
+
+    def stages(self) -> Any:
+        return self.to_unit, self.normalize
 
     def __repr__(self) -> str:
         return f"GreyNormalize(size={self.size}, mean={self.mean!r}, std={self.std!r})"

@@ -380,6 +380,24 @@ class OpenClipTransform:
                 image = image.repeat_interleave(3, dim=-3)
         return self._get()(image)
 
+    def stages(self) -> Any:
+        """``(to_unit, normalize)`` split before open_clip's ``Normalize`` (grey tensors repeated to RGB first)."""
+        from .base import compose_stages
+
+        split = compose_stages(list(self._get().transforms))
+        if split is None:
+            return None
+        head, tail = split
+
+        def to_unit(image: Any) -> Any:
+            import torch
+
+            if isinstance(image, torch.Tensor) and image.ndim >= 3 and image.shape[-3] == 1:
+                image = image.repeat_interleave(3, dim=-3)
+            return head(image)
+
+        return to_unit, tail
+
     def __getstate__(self) -> dict[str, Any]:
         return {"cfg": self.cfg, "_transform": None}
 
@@ -413,6 +431,13 @@ class GreyToRGBNormalize:
         from .embedded import GreyNormalize
 
         return GreyNormalize(self.mean, self.std, self.size)(image).repeat_interleave(3, dim=-3)
+
+    def stages(self) -> Any:
+        """``(to_unit, normalize)``: grey (1, size, size) in [0, 1], then normalised and repeated to RGB."""
+        from .embedded import GreyNormalize
+
+        to_unit, normalize = GreyNormalize(self.mean, self.std, self.size).stages()
+        return to_unit, lambda x: normalize(x).repeat_interleave(3, dim=-3)
 
     def describe(self) -> str:
         return f"grey 1x{self.size}x{self.size} in [0,1]; (x - {self.mean!r}) / {self.std!r}; repeated to 3 channels"

@@ -344,6 +344,30 @@ class TimmPreprocess:
             x = t(x)
         return x
 
+    def stages(self) -> Any:
+        """``(to_unit, normalize)`` split before timm's ``Normalize`` (see :func:`~pytest_qrel.models.base.preprocess_stages`)."""
+        steps = list(getattr(self.transform, "transforms", []))
+        at = next((i for i, t in enumerate(steps) if type(t).__name__ == "Normalize"), None)
+        if at is None or self._split is None or self._split > at:
+            return None
+        from torchvision.transforms import Compose
+
+        head, tail = Compose(steps[:at]), Compose(steps[at:])
+
+        def to_unit(image: Any) -> Any:
+            if hasattr(image, "convert") and hasattr(image, "mode"):
+                mode = {1: "L", 3: "RGB"}.get(self.in_chans)
+                return head(image.convert(mode) if mode is not None and image.mode != mode else image).clamp(0.0, 1.0)
+            x = self._channels(image.float())
+            for t in steps[: self._split]:
+                x = t(x)
+            x = x.clamp(0.0, 1.0)
+            for t in steps[self._split + 1 : at]:
+                x = t(x)
+            return x
+
+        return to_unit, tail
+
     def _channels(self, x: Any) -> Any:
         c = x.shape[0]
         if c == self.in_chans:
