@@ -141,14 +141,11 @@ class Engine:
     def model(self, suite: Suite, name: str) -> Any:
         """The loaded FP32 :class:`~pytest_qrel.models.LoadedModel` named ``name`` in ``suite``."""
         from .models import load_model
-
-        from .data.base import parse_source
-        from .models import MODEL_SOURCES
+        from .models.base import model_source_meta
 
         spec = suite.models[name]
         options = dict(spec.options)
-        scheme = parse_source(spec.source)[0]
-        if scheme in MODEL_SOURCES and MODEL_SOURCES.meta(scheme).get("zero_shot") and "class_names" not in options:
+        if model_source_meta(spec.source).get("zero_shot") and "class_names" not in options:
             # A zero-shot head is built from the ID dataset's class names unless the suite names them.
             names = self.dataset(suite, suite.id_dataset.name).class_names
             if names:

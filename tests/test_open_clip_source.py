@@ -435,3 +435,22 @@ def test_engine_builds_the_zero_shot_head_from_the_id_class_names(tmp_path, monk
     suite = load_suite(Path(__file__).resolve().parents[1] / "suites/demo_clip.yaml")
     Engine(baseline_dir=tmp_path).model(suite, "clip_digits")
     assert seen["open_clip:digits_clip"]["class_names"] == ["0", "1", "2", "3", "4", "5", "6", "7"]
+
+
+def test_the_zero_shot_head_does_not_depend_on_import_order():
+    """In a fresh interpreter that has imported nothing of the model sources, the engine must still
+    pass the ID class names (the model-source registry fills lazily), else the fingerprint of the
+    same suite differs between processes and stored baselines look stale."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "from pytest_qrel import Engine, load_suite\n"
+        "import sys, tempfile\n"
+        "suite = load_suite(sys.argv[1])\n"
+        "print(Engine(baseline_dir=tempfile.mkdtemp()).model(suite, 'clip_digits').class_names)\n"
+    )
+    suite = Path(__file__).resolve().parents[1] / "suites/demo_clip.yaml"
+    out = subprocess.run([sys.executable, "-c", code, str(suite)], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.strip() == "['0', '1', '2', '3', '4', '5', '6', '7']"

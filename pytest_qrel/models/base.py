@@ -49,6 +49,18 @@ def load_model(source: str, *, options: Mapping[str, Any] | None = None, base_di
     return fn(arg, options=dict(options or {}), base_dir=base_dir or Path.cwd())
 
 
+def model_source_meta(source: str) -> dict[str, Any]:
+    """The registry metadata of ``source``'s scheme (e.g. ``{"zero_shot": True}``); ``{}`` for an unknown scheme.
+
+    Registers the built-in sources first: the answer must not depend on what was imported before.
+    """
+    from . import _builtin  # noqa: F401
+    from ..data.base import parse_source
+
+    scheme = parse_source(source)[0]
+    return dict(MODEL_SOURCES.meta(scheme)) if scheme in MODEL_SOURCES else {}
+
+
 def state_dict_sha256(module: Any) -> str:
     """SHA-256 over the names, shapes, dtypes and bytes of every tensor in ``module.state_dict()``."""
     import hashlib
