@@ -586,3 +586,138 @@ def test_methods_table_names_that_read_the_same_get_rows_of_their_own() -> None:
 )
 def test_split_quantizer_name(name: str, parts: tuple[str, str, str]) -> None:
     assert split_quantizer_name(name) == parts
+
+
+# ------------------------------------------------------------------ covariate shift and pairs
+
+SHIFTED = ["noise3", "blur2"]
+
+
+def make_shift_units() -> list[UnitMetrics]:
+    """``make_units`` plus top-1 / NLL / ECE on two shifted sets and a CounterAnimals-like pair."""
+    units = make_units()
+    for u in units:
+        i = QUANTIZERS.index(u.quantizer)
+        u.shifted = {
+            "noise3": {"top1": 0.60 - 0.05 * i, "nll": 1.5 + 0.1 * i, "ece": 0.05 + 0.01 * i},
+            "blur2": {"top1": 0.70 - 0.02 * i, "nll": 1.2, "ece": 0.04},
+        }
+        u.pairs = {"animals": {"vulnerability": 0.12 + 0.02 * i}}
+    return units
+
+
+def shift_tables(tree: Node) -> dict[str, Node]:
+    return {t.find("caption").text().split(" ")[0]: t for t in tree.find_all("table", cls="shift-metrics")}
+
+
+def test_shift_tables_rows_sets_columns_quantizers_and_deltas() -> None:
+    units = make_shift_units()
+    del units[2].shifted["blur2"]  # W6A6 misses one set
+    tree = parse(render_html([], units))
+    tables = shift_tables(tree)
+    assert list(tables) == ["Top-1", "NLL", "ECE"]
+    assert "Covariate shift" in [h.text() for h in tree.find_all("h4")]
+    top1 = tables["Top-1"]
+    assert table_headers(top1) == ["Shifted set"] + QUANTIZERS
+    rows = table_rows(top1)
+    assert list(rows) == SHIFTED  # no mean row
+    assert [cell_value(td) for td in rows["noise3"]] == ["60.00", "55.00", "50.00", "45.00", "40.00", "35.00"]
+    assert not rows["noise3"][0].find_all(cls="delta")  # FP32 column
+    w4a4 = rows["noise3"][5].find(cls="delta")
+    assert w4a4.text() == "+25.00" and "worse" in w4a4.classes  # pp vs FP32 on the same set
+    assert cell_value(rows["blur2"][2]) == "\u2014" and not rows["blur2"][2].find_all(cls="delta")
+    nll = table_rows(tables["NLL"])
+    assert cell_value(nll["noise3"][5]) == "2.000" and nll["noise3"][5].find(cls="delta").text() == "+0.500"
+    ece = table_rows(tables["ECE"])
+    assert cell_value(ece["noise3"][1]) == "6.00" and ece["noise3"][1].find(cls="delta").text() == "+1.00"
+    assert cell_value(ece["blur2"][3]) == "4.00" and ece["blur2"][3].find(cls="delta").text() == "\u00b10.00"
+    # the ID table is unchanged by the shifted numbers
+    assert cell_value(table_rows(tree.find("table", cls="id-metrics"))["Top-1"][0]) == "82.70"
+
+
+def test_pair_table_vulnerability_per_quantizer() -> None:
+    tree = parse(render_html([], make_shift_units()))
+    assert "Spurious correlations (pairs)" in [h.text() for h in tree.find_all("h4")]
+    (table,) = tree.find_all("table", cls="pair-metrics")
+    assert table.find("caption").text().startswith("Vulnerability (%)")
+    assert table_headers(table) == ["Pair"] + QUANTIZERS
+    rows = table_rows(table)
+    assert list(rows) == ["animals"]
+    assert [cell_value(td) for td in rows["animals"]] == ["12.00", "14.00", "16.00", "18.00", "20.00", "22.00"]
+    delta = rows["animals"][5].find(cls="delta")
+    assert delta.text() == "+10.00" and "worse" in delta.classes  # lower is better: more = worse
+
+
+def test_pair_table_shows_every_stored_pair_metric() -> None:
+    units = make_shift_units()
+    for u in units:
+        u.pairs["animals"]["top1"] = 0.5  # e.g. an accuracy stored beside the vulnerability
+        u.pairs["birds"] = {"vulnerability": -0.03}
+    tables = parse(render_html([], units)).find_all("table", cls="pair-metrics")
+    assert [t.find("caption").text().split(" ")[0] for t in tables] == ["Vulnerability", "Top-1"]
+    vuln = table_rows(tables[0])
+    assert list(vuln) == ["animals", "birds"] and cell_value(vuln["birds"][0]) == "-3.00"
+    assert cell_value(table_rows(tables[1])["animals"][4]) == "50.00"
+    assert cell_value(table_rows(tables[1])["birds"][4]) == "\u2014"
+
+
+def test_shift_and_pair_sections_absent_without_data() -> None:
+    tree = parse(render_html([], make_units()))
+    assert not tree.find_all("table", cls="shift-metrics")
+    assert not tree.find_all("table", cls="pair-metrics")
+    headings = [h.text() for h in tree.find_all("h4")]
+    assert "Covariate shift" not in headings and "Spurious correlations (pairs)" not in headings
+    # one kind without the other
+    units = make_units()
+    for u in units:
+        u.pairs = {"animals": {"vulnerability": 0.1}}
+    tree = parse(render_html([], units))
+    assert not tree.find_all("table", cls="shift-metrics") and tree.find_all("table", cls="pair-metrics")
+
+
+def test_shift_and_pair_sections_per_model() -> None:
+    units = make_shift_units() + make_units(model="ViT-S16")
+    tree = parse(render_html([], units))
+    deit, vit = tree.find_all("section", cls="model")
+    assert deit.find_all("table", cls="shift-metrics") and deit.find_all("table", cls="pair-metrics")
+    assert not vit.find_all("table", cls="shift-metrics") and not vit.find_all("table", cls="pair-metrics")
+
+
+def test_shift_and_pair_names_are_escaped() -> None:
+    evil = "<b>x</b>"
+    units = make_shift_units()
+    for u in units:
+        u.shifted = {evil: u.shifted["noise3"]}
+        u.pairs = {evil: u.pairs["animals"]}
+    html = render_html([], units)
+    assert "<b>x</b>" not in html and "&lt;b&gt;x&lt;/b&gt;" in html
+    tree = parse(html)
+    assert list(table_rows(shift_tables(tree)["Top-1"])) == [evil]
+
+
+def test_failing_shift_and_pair_checks_highlight_their_own_cells() -> None:
+    shift_fail = verdict("failed", quantizer="W4A4", dataset="noise3", check="W4A4 top1 on noise3 delta <= 5pp")
+    pair_fail = verdict("failed", quantizer="W8A4", dataset="animals", metric="vulnerability",
+                        check="W8A4 vulnerability delta <= 5pp")
+    tree = parse(render_html([shift_fail, pair_fail], make_shift_units()))
+    top1 = table_rows(shift_tables(tree)["Top-1"])
+    assert "cell-fail" in top1["noise3"][5].classes
+    assert "W4A4 top1 on noise3" in top1["noise3"][5].attrs["title"]
+    assert not any("cell-fail" in td.classes for td in top1["noise3"][:5] + top1["blur2"])
+    vuln = table_rows(tree.find("table", cls="pair-metrics"))["animals"]
+    assert [("cell-fail" in td.classes) for td in vuln] == [False, False, False, False, True, False]
+    # a check on a shifted set does not mark the in-distribution cell of the same metric
+    id_top1 = table_rows(tree.find("table", cls="id-metrics"))["Top-1"]
+    assert not any("cell-fail" in td.classes for td in id_top1)
+
+
+def test_shift_and_pairs_fp32_first_and_sets_in_suite_order() -> None:
+    units = make_shift_units()
+    fp32 = next(u for u in units if u.quantizer == "FP32")
+    fp32.shifted = dict(sorted(fp32.shifted.items()))  # a stored baseline sorts its keys
+    dicts = [u.to_dict() for u in units]  # W8A8 first, as xdist workers send them
+    top1 = shift_tables(parse(render_html([], dicts)))["Top-1"]
+    assert table_headers(top1)[1:3] == ["FP32", "W8A8"]
+    rows = table_rows(top1)
+    assert list(rows) == SHIFTED  # the quantized units' (suite) order, not the baseline's
+    assert cell_value(rows["blur2"][0]) == "70.00" and cell_value(rows["blur2"][1]) == "68.00"

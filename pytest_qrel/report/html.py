@@ -11,6 +11,10 @@ A model whose quantizer names show more than one method (``W4A4``, ``W4A4-repq``
 also gets a methods x bit configs table (top-1, NLL, ECE, mean AUROC; fitted temperatures beside
 ``+temperature`` rows), as the appendix tables of the CLIP quantization paper.
 
+A model with covariate-shifted labelled sets (``UnitMetrics.shifted``) gets a "Covariate shift"
+table per ID metric, and one with pairs (``UnitMetrics.pairs``) a "Spurious correlations" table per
+pair metric (``vulnerability``): rows are the sets or pairs, columns the quantizers (as OOD tables).
+
 Every string that comes from a user (suite, model, quantizer, dataset names, check texts,
 messages, meta values) is autoescaped by Jinja2. Only objects already wrapped in
 :class:`markupsafe.Markup` (SVG plots, extra sections produced by trusted code) are inserted as is.
@@ -27,7 +31,7 @@ import re
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +88,7 @@ METRIC_LABELS: dict[str, str] = {
     "aupr_out": "AUPR-out",
     "aupr_in": "AUPR-in",
     "fpr_at_95_tpr": "FPR@95",
+    "vulnerability": "Vulnerability",
 }
 
 SCORE_LABELS: dict[str, str] = {
@@ -283,6 +288,14 @@ class OODTable:
 
 
 @dataclass
+class SetTable:
+    """One metric over labelled sets: rows = shifted sets or pairs, columns = quantizers."""
+
+    metric: str
+    rows: list[Row]
+
+
+@dataclass
 class ModelSection:
     suite: str
     model: str
@@ -298,6 +311,8 @@ class ModelSection:
     n_failing: int
     plots: list[Any] = field(default_factory=list)
     methods_table: "MethodsTable | None" = None  # only with more than one quantization method
+    shift_tables: list[SetTable] = field(default_factory=list)  # per ID metric, on the shifted sets
+    pair_tables: list[SetTable] = field(default_factory=list)  # per pair metric (vulnerability)
 
 
 @dataclass
@@ -365,19 +380,23 @@ def _mean(values: Sequence[float | None]) -> tuple[float | None, int]:
     return (sum(present) / len(present) if present else None), len(present)
 
 
-def _failing_index(verdicts: Sequence[Verdict]) -> dict[tuple, list[str]]:
+def _failing_index(
+    verdicts: Sequence[Verdict], side_sets: Iterable[tuple[str, str]] = ()
+) -> dict[tuple, list[str]]:
     """Failing check texts keyed by the table cell they point at.
 
     ID cells: ``(suite, model, quantizer, metric, None, None)``; OOD cells:
-    ``(suite, model, quantizer, metric, score, dataset)``.
+    ``(suite, model, quantizer, metric, score, dataset)``; cells of the ``side_sets``
+    (``(suite, shifted set or pair)``): ``(suite, model, quantizer, metric, None, dataset)``.
     """
+    side = set(side_sets)
     index: dict[tuple, list[str]] = {}
     for v in verdicts:
         if not is_failing(v.outcome):
             continue
         text = f"{v.outcome}: {v.check}" if v.check else v.outcome
-        if v.score:
-            key = (v.suite, v.model, v.quantizer, v.metric, v.score, v.dataset)
+        if v.score or (v.suite, v.dataset) in side:
+            key = (v.suite, v.model, v.quantizer, v.metric, v.score or None, v.dataset)
         else:
             key = (v.suite, v.model, v.quantizer, v.metric, None, None)
         index.setdefault(key, []).append(text)
@@ -590,52 +609,21 @@ def _model_section(
             cells.append(Cell(value, delta, failing.get((suite, model, q, metric, None, None), [])))
         id_rows.append(Row(metric_label(metric), metric, cells))
 
+    tables = partial(_set_rows, suite, model, quantizers, fp32, failing)
+
     # OOD tables: one per (score, metric), rows = datasets (+ mean), columns = quantizers.
     scores = _ordered_union(u.ood for u in units)
     ood_tables: list[OODTable] = []
     ood_extra: list[OODTable] = []
     for score in scores:
-        per_q = {q: by_q[q].ood.get(score, {}) for q in quantizers}
-        datasets = _ordered_union(per_q[q] for q in quantizers)
-        found = _ordered_union(m for q in quantizers for m in per_q[q].values())
-        metrics = [m for m in OOD_METRICS if m in found]
-        metrics += [m for m in found if m not in OOD_METRICS]
-        for metric in metrics:
-
-            def value_of(q: str, ds: str, metric: str = metric) -> float | None:
-                return per_q[q].get(ds, {}).get(metric)
-
-            rows = []
-            for ds in datasets:
-                base = value_of(fp32, ds) if fp32 else None
-                cells = [
-                    Cell(
-                        value_of(q, ds),
-                        None if q == fp32 else signed_delta(metric, base, value_of(q, ds)),
-                        failing.get((suite, model, q, metric, score, ds), []),
-                    )
-                    for q in quantizers
-                ]
-                rows.append(Row(ds, metric, cells))
-            if len(datasets) > 1:
-                means = {q: _mean([value_of(q, ds) for ds in datasets]) for q in quantizers}
-                base_mean, base_n = means[fp32] if fp32 else (None, 0)
-                cells = []
-                for q in quantizers:
-                    value, n = means[q]
-                    complete = n == len(datasets)
-                    note = "" if complete or value is None else (
-                        f"mean over {n} of {len(datasets)} datasets"
-                    )
-                    delta = None
-                    if q != fp32 and complete and base_n == len(datasets):
-                        delta = signed_delta(metric, base_mean, value)
-                    key = (suite, model, q, metric, score, "mean")
-                    cells.append(Cell(value, delta, failing.get(key, []), note))
-                rows.append(Row("mean", metric, cells, is_mean=True))
+        per_score = {q: by_q[q].ood.get(score, {}) for q in quantizers}
+        for metric, rows in tables(per_score, OOD_METRICS, score, mean=True).items():
             (ood_tables if metric in OOD_METRICS else ood_extra).append(
                 OODTable(score, metric, rows)
             )
+    # Covariate shift and pairs: one table per metric, rows = sets / pairs, columns = quantizers.
+    shifted = tables({q: by_q[q].shifted for q in quantizers}, ID_METRICS)
+    pairs = tables({q: by_q[q].pairs for q in quantizers}, ("vulnerability",))
 
     mine = [v for v in verdicts if v.suite == suite and v.model == model]
     counts = count_outcomes(mine)
@@ -653,7 +641,67 @@ def _model_section(
         counts=counts,
         n_failing=sum(1 for v in mine if is_failing(v.outcome)),
         methods_table=_methods_table(suite, model, by_q, quantizers, fp32, failing, methods or {}),
+        shift_tables=[SetTable(metric, rows) for metric, rows in shifted.items()],
+        pair_tables=[SetTable(metric, rows) for metric, rows in pairs.items()],
     )
+
+
+def _set_rows(
+    suite: str,
+    model: str,
+    quantizers: Sequence[str],
+    fp32: str | None,
+    failing: Mapping[tuple, list[str]],
+    per_q: Mapping[str, Mapping[str, Mapping[str, float]]],
+    first: Sequence[str],
+    score: str | None = None,
+    mean: bool = False,
+) -> dict[str, list[Row]]:
+    """The rows of one table per metric found in ``per_q`` (``{quantizer: {set: {metric: v}}}``),
+    ``first`` metrics first: a row per set (+ a ``mean`` row over several sets with ``mean``), a
+    cell per quantizer with its signed delta vs FP32. Cells are keyed for failing checks by
+    ``(suite, model, quantizer, metric, score, set)``."""
+    # Sets in suite order: quantized units list them so, a stored FP32 baseline may sort them.
+    suite_order = sorted(quantizers, key=lambda q: q == fp32)
+    datasets = _ordered_union(per_q[q] for q in suite_order)
+    found = _ordered_union(m for q in suite_order for m in per_q[q].values())
+    metrics = [m for m in first if m in found] + [m for m in found if m not in first]
+    out: dict[str, list[Row]] = {}
+    for metric in metrics:
+
+        def value_of(q: str, ds: str, metric: str = metric) -> float | None:
+            return per_q[q].get(ds, {}).get(metric)
+
+        rows = []
+        for ds in datasets:
+            base = value_of(fp32, ds) if fp32 else None
+            cells = [
+                Cell(
+                    value_of(q, ds),
+                    None if q == fp32 else signed_delta(metric, base, value_of(q, ds)),
+                    failing.get((suite, model, q, metric, score, ds), []),
+                )
+                for q in quantizers
+            ]
+            rows.append(Row(ds, metric, cells))
+        if mean and len(datasets) > 1:
+            means = {q: _mean([value_of(q, ds) for ds in datasets]) for q in quantizers}
+            base_mean, base_n = means[fp32] if fp32 else (None, 0)
+            cells = []
+            for q in quantizers:
+                value, n = means[q]
+                complete = n == len(datasets)
+                note = "" if complete or value is None else (
+                    f"mean over {n} of {len(datasets)} datasets"
+                )
+                delta = None
+                if q != fp32 and complete and base_n == len(datasets):
+                    delta = signed_delta(metric, base_mean, value)
+                key = (suite, model, q, metric, score, "mean")
+                cells.append(Cell(value, delta, failing.get(key, []), note))
+            rows.append(Row("mean", metric, cells, is_mean=True))
+        out[metric] = rows
+    return out
 
 
 def build_context(
@@ -678,7 +726,7 @@ def build_context(
     """
     vs = [_as_verdict(v) for v in verdicts]
     us = [_as_unit(u) for u in units]
-    failing_index = _failing_index(vs)
+    failing_index = _failing_index(vs, {(u.suite, d) for u in us for d in (*u.shifted, *u.pairs)})
     global_order = order_quantizers(us)
 
     grouped: dict[str, dict[str, list[UnitMetrics]]] = {}
