@@ -189,11 +189,9 @@ def _class_names(value: Any, source: str, base_dir: Path) -> list[str]:
 
         if value in CLASS_LISTS:
             return _readable(list(CLASS_LISTS.get(value)()))
-    names = _readable(_string_list(value, "class_names", source, base_dir))
-    if len(set(names)) != len(names):
-        dup = next(n for n in names if names.count(n) > 1)
-        raise ModelError(f"{_where(source)}: class name '{dup}' is listed twice")
-    return names
+    # Names may repeat: they are display names of distinct classes (OpenCLIP's own ImageNet list has
+    # 'missile' and 'sunglasses' twice), and repeated names just get identical text embeddings.
+    return _readable(_string_list(value, "class_names", source, base_dir))
 
 
 def _templates(value: Any, source: str) -> list[str]:
