@@ -289,7 +289,53 @@ class ActQuantizer(QuantModule):
         return text
 
 
-class FakeQuantLinear(QuantModule):
+class _FakeQuantWeighted(QuantModule):
+    """What :class:`FakeQuantLinear` and :class:`FakeQuantConv2d` share: a frozen copy of a float
+    layer's weight and bias, the weight fake-quantized once at :meth:`freeze`, and an optional
+    quantizer of the layer's input."""
+
+    weight_bits: int | None
+    act_bits: int | None
+
+    def _take_weights(
+        self,
+        layer: nn.Module,
+        weight_bits: int | None,
+        act_bits: int | None,
+        weight_quantizer: WeightQuantizer,
+        act_symmetric: bool,
+        input_quantizer: nn.Module | None,
+    ) -> None:
+        self.weight_bits = weight_bits
+        self.act_bits = act_bits
+        self.weight = nn.Parameter(layer.weight.detach().clone(), requires_grad=False)
+        if layer.bias is not None:
+            self.bias = nn.Parameter(layer.bias.detach().clone(), requires_grad=False)
+        else:
+            self.register_parameter("bias", None)
+        self.input_quantizer: nn.Module | None = None
+        if act_bits is not None:
+            self.input_quantizer = input_quantizer if input_quantizer is not None else ActQuantizer(act_bits, symmetric=act_symmetric)
+        self.weight_quantizer = weight_quantizer
+        self.weight_frozen = weight_bits is None
+
+    def freeze(self) -> None:
+        if self.weight_frozen:
+            return
+        assert self.weight_bits is not None
+        with torch.no_grad():
+            self.weight.copy_(self.weight_quantizer(self.weight, self.weight_bits))
+        self.weight_frozen = True
+
+    def dequantized_weight(self) -> Tensor | None:
+        """The weight forward uses (fake-quantized once frozen), or ``None`` when weights stay float."""
+        return self.weight if self.weight_bits is not None else None
+
+    def quantize_input(self, x: Tensor) -> Tensor:
+        return self.input_quantizer(x) if self.input_quantizer is not None else x
+
+
+class FakeQuantLinear(_FakeQuantWeighted):
     """An ``nn.Linear`` with a fake-quantized weight and a fake-quantized input.
 
     Built from a float ``nn.Linear`` (its weight and bias are copied). Until :meth:`freeze` the
@@ -320,35 +366,10 @@ class FakeQuantLinear(QuantModule):
         super().__init__()
         self.in_features = linear.in_features
         self.out_features = linear.out_features
-        self.weight_bits = weight_bits
-        self.act_bits = act_bits
-        self.weight = nn.Parameter(linear.weight.detach().clone(), requires_grad=False)
-        if linear.bias is not None:
-            self.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
-        else:
-            self.register_parameter("bias", None)
-        self.input_quantizer: nn.Module | None = None
-        if act_bits is not None:
-            self.input_quantizer = input_quantizer if input_quantizer is not None else ActQuantizer(act_bits, symmetric=act_symmetric)
-        self.weight_quantizer = weight_quantizer
-        self.weight_frozen = weight_bits is None
-
-    def freeze(self) -> None:
-        if self.weight_frozen:
-            return
-        assert self.weight_bits is not None
-        with torch.no_grad():
-            self.weight.copy_(self.weight_quantizer(self.weight, self.weight_bits))
-        self.weight_frozen = True
-
-    def dequantized_weight(self) -> Tensor | None:
-        """The weight forward uses (fake-quantized once frozen), or ``None`` when weights stay float."""
-        return self.weight if self.weight_bits is not None else None
+        self._take_weights(linear, weight_bits, act_bits, weight_quantizer, act_symmetric, input_quantizer)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.input_quantizer is not None:
-            x = self.input_quantizer(x)
-        return F.linear(x, self.weight, self.bias)
+        return F.linear(self.quantize_input(x), self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return (
@@ -357,7 +378,7 @@ class FakeQuantLinear(QuantModule):
         )
 
 
-class FakeQuantConv2d(QuantModule):
+class FakeQuantConv2d(_FakeQuantWeighted):
     """An ``nn.Conv2d`` with a fake-quantized weight and a fake-quantized input (per tensor).
 
     The same protocol and interface as :class:`FakeQuantLinear` (``weight_bits``, ``act_bits``,
@@ -383,34 +404,10 @@ class FakeQuantConv2d(QuantModule):
         self.kernel_size, self.stride, self.padding = conv.kernel_size, conv.stride, conv.padding
         self.dilation, self.groups, self.padding_mode = conv.dilation, conv.groups, conv.padding_mode
         self._reversed_padding_repeated_twice = list(getattr(conv, "_reversed_padding_repeated_twice", []))
-        self.weight_bits = weight_bits
-        self.act_bits = act_bits
-        self.weight = nn.Parameter(conv.weight.detach().clone(), requires_grad=False)
-        if conv.bias is not None:
-            self.bias = nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
-        else:
-            self.register_parameter("bias", None)
-        self.input_quantizer: nn.Module | None = None
-        if act_bits is not None:
-            self.input_quantizer = input_quantizer if input_quantizer is not None else ActQuantizer(act_bits, symmetric=act_symmetric)
-        self.weight_quantizer = weight_quantizer
-        self.weight_frozen = weight_bits is None
-
-    def freeze(self) -> None:
-        if self.weight_frozen:
-            return
-        assert self.weight_bits is not None
-        with torch.no_grad():
-            self.weight.copy_(self.weight_quantizer(self.weight, self.weight_bits))
-        self.weight_frozen = True
-
-    def dequantized_weight(self) -> Tensor | None:
-        """The weight forward uses (fake-quantized once frozen), or ``None`` when weights stay float."""
-        return self.weight if self.weight_bits is not None else None
+        self._take_weights(conv, weight_bits, act_bits, weight_quantizer, act_symmetric, input_quantizer)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.input_quantizer is not None:
-            x = self.input_quantizer(x)
+        x = self.quantize_input(x)
         if self.padding_mode != "zeros":
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
