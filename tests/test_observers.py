@@ -35,16 +35,14 @@ from pytest_qrel.quantize.observers import (
     quantiles,
     search_percentile_qparams,
 )
-from pytest_qrel.spec.schema import CalibrationSpec, Location, QuantizerSpec
-from tinyvit import make_vit, one_thread  # noqa: F401  (one_thread is autouse)
+from pytest_qrel.spec.schema import QuantizerSpec
+from tinyvit import make_vit, one_thread, logits, quant_spec  # noqa: F401  (one_thread is autouse)
 
 timm = pytest.importorskip("timm")
 
 
 def spec(method, wb=4, ab=4, *, name="W", options=None) -> QuantizerSpec:
-    return QuantizerSpec(name=name, method=method, weight_bits=wb, act_bits=ab,
-                         calibration=CalibrationSpec(samples=32, seed=0), options=options or {},
-                         where=Location("suite.yaml", 7))
+    return quant_spec(method, wb, ab, name=name, options=options)
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +59,6 @@ def calib() -> torch.Tensor:
 def images() -> torch.Tensor:
     return torch.randn(64, 1, 16, 16, generator=torch.Generator().manual_seed(2))
 
-
-def logits(model, x):
-    with torch.no_grad():
-        return model(x)
 
 
 def heavy_tailed(n=20000, seed=0) -> torch.Tensor:

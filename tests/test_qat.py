@@ -31,9 +31,9 @@ from pytest_qrel.quantize.qat import (
     QATLinear,
     lsq_fake_quantize,
 )
-from pytest_qrel.spec.schema import CalibrationSpec, Location, QuantizerSpec
+from pytest_qrel.spec.schema import QuantizerSpec
 import tinyvit
-from tinyvit import one_thread  # noqa: F401  (autouse: one torch thread for this module)
+from tinyvit import one_thread, logits, quant_spec  # noqa: F401  (autouse: one torch thread for this module)
 
 timm = pytest.importorskip("timm")
 
@@ -49,9 +49,7 @@ def make_vit(seed: int = 0, width: int = 32) -> nn.Module:
 
 
 def spec(method: str, wb: int = 8, ab: int | None = 8, *, calib_seed: int = 0, **options) -> QuantizerSpec:
-    return QuantizerSpec(name="W", method=method, weight_bits=wb, act_bits=ab,
-                         calibration=CalibrationSpec(samples=32, seed=calib_seed), options=options,
-                         where=Location("suite.yaml", 7))
+    return quant_spec(method, wb, ab, seed=calib_seed, options=options)
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +68,6 @@ def task() -> tuple[torch.Tensor, torch.Tensor]:
         images[i, 0, 8 * r:8 * r + 8, 8 * col:8 * col + 8] += 1.5
     return images, labels
 
-
-def logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(images)
 
 
 def ce(model, images, labels) -> float:

@@ -25,17 +25,15 @@ from pytest_qrel.quantize.options import (
     find_patch_embed,
     select_modules,
 )
-from pytest_qrel.spec.schema import CalibrationSpec, Location, QuantizerSpec
-from tinyvit import make_vit, one_thread  # noqa: F401  (one_thread is autouse)
+from pytest_qrel.spec.schema import QuantizerSpec
+from tinyvit import make_vit, one_thread, logits, quant_spec  # noqa: F401  (one_thread is autouse)
 
 timm = pytest.importorskip("timm")
 observer = pytest.importorskip("torch.ao.quantization.observer")
 
 
 def spec(wb, ab, *, name="W8A8", method="minmax", **options) -> QuantizerSpec:
-    return QuantizerSpec(name=name, method=method, weight_bits=wb, act_bits=ab,
-                         calibration=CalibrationSpec(samples=32, seed=0), options=options,
-                         where=Location("suite.yaml", 7))
+    return quant_spec(method, wb, ab, name=name, options=options)
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +50,6 @@ def calib() -> torch.Tensor:
 def images() -> torch.Tensor:
     return torch.randn(48, 1, 16, 16, generator=torch.Generator().manual_seed(2))
 
-
-def logits(model, x):
-    with torch.no_grad():
-        return model(x)
 
 
 def fq_linears(model):

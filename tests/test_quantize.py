@@ -32,7 +32,7 @@ from pytest_qrel.quantize import (
 )
 from pytest_qrel.quantize.verify import assert_simulation_ok
 from pytest_qrel.spec.schema import CalibrationSpec, Location, QuantizerSpec
-from tinyvit import make_vit, one_thread  # noqa: F401  (one_thread is autouse)
+from tinyvit import make_vit, one_thread, logits, rel_error  # noqa: F401  (one_thread is autouse)
 
 timm = pytest.importorskip("timm")
 
@@ -78,13 +78,6 @@ def qmodels(vit, calib):
     return get
 
 
-def logits(model, images):
-    with torch.no_grad():
-        return model(images)
-
-
-def rel_error(out, ref):
-    return float((out - ref).norm() / ref.norm())
 
 
 # ------------------------------------------------------------------------------------------------

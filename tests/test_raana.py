@@ -24,8 +24,8 @@ from pytest_qrel.quantize.raana import (
     rabitq_dequantize,
     rabitq_quantize,
 )
-from pytest_qrel.spec.schema import CalibrationSpec, Location, QuantizerSpec
-from tinyvit import make_vit, one_thread  # noqa: F401  (one_thread is autouse)
+from pytest_qrel.spec.schema import QuantizerSpec
+from tinyvit import make_vit, one_thread, logits, rel_error, quant_spec  # noqa: F401  (one_thread is autouse)
 
 timm = pytest.importorskip("timm")
 
@@ -33,9 +33,7 @@ N_LINEARS = 2 * 4 + 1
 
 
 def spec(wb, ab=None, *, name=None, cal_seed=0, **options) -> QuantizerSpec:
-    return QuantizerSpec(name=name or f"W{wb}A16", method="raana", weight_bits=wb, act_bits=ab,
-                         calibration=CalibrationSpec(samples=32, seed=cal_seed), options=options,
-                         where=Location("suite.yaml", 5))
+    return quant_spec("raana", wb, ab, name=name or f"W{wb}A16", seed=cal_seed, line=5, options=options)
 
 
 @pytest.fixture(scope="module")
@@ -75,13 +73,6 @@ def qmodels(vit, calib, labels):
     return get
 
 
-def logits(model, x):
-    with torch.no_grad():
-        return model(x)
-
-
-def rel_error(out, ref):
-    return float((out - ref).norm() / ref.norm())
 
 
 def rabitq_layers(model):

@@ -31,11 +31,11 @@ from pytest_qrel.quantize.repq_vit import (
     reparameterizable_pairs,
     scale_reparameterize,
 )
-from pytest_qrel.spec.schema import CalibrationSpec, Location, QuantizerSpec
+from pytest_qrel.spec.schema import QuantizerSpec
 
 timm = pytest.importorskip("timm")
 from timm.models.vision_transformer import Attention, VisionTransformer  # noqa: E402
-from tinyvit import make_vit, one_thread  # noqa: F401  (one_thread is autouse)
+from tinyvit import make_vit, one_thread, logits, rel_error, quant_spec  # noqa: F401  (one_thread is autouse)
 
 N_LINEARS = 2 * 4 + 1
 OUTLIER_CHANNELS = [3, 17, 40]
@@ -59,9 +59,7 @@ def make_outlier_vit(seed: int = 0, factor: float = 50.0) -> nn.Module:
 
 
 def spec(wb=4, ab=4, *, method="repq_vit", name="W", options=None) -> QuantizerSpec:
-    return QuantizerSpec(name=name, method=method, weight_bits=wb, act_bits=ab,
-                         calibration=CalibrationSpec(samples=32, seed=0), options=options or {},
-                         where=Location("suite.yaml", 9))
+    return quant_spec(method, wb, ab, name=name, line=9, options=options)
 
 
 @pytest.fixture(scope="module")
@@ -97,13 +95,6 @@ def qmodels(vit, outlier_vit, calib):
     return get
 
 
-def logits(model, x):
-    with torch.no_grad():
-        return model(x)
-
-
-def rel_error(out, ref):
-    return float((out - ref).norm() / ref.norm())
 
 
 # ------------------------------------------------------------------------------------------------

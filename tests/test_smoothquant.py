@@ -20,8 +20,8 @@ from pytest_qrel.quantize.smoothquant import (
     smooth_model,
     smoothing_scales,
 )
-from pytest_qrel.spec.schema import CalibrationSpec, Location, QuantizerSpec
-from tinyvit import make_vit, one_thread  # noqa: F401  (one_thread is autouse)
+from pytest_qrel.spec.schema import QuantizerSpec
+from tinyvit import make_vit, one_thread, logits, rel_error, quant_spec  # noqa: F401  (one_thread is autouse)
 
 timm = pytest.importorskip("timm")
 
@@ -43,9 +43,7 @@ def with_outliers(model: nn.Module, factor: float = 40.0) -> nn.Module:
 
 
 def spec(wb, ab, *, name="W8A8", method="smoothquant", **options) -> QuantizerSpec:
-    return QuantizerSpec(name=name, method=method, weight_bits=wb, act_bits=ab,
-                         calibration=CalibrationSpec(samples=48, seed=0), options=options,
-                         where=Location("suite.yaml", 3))
+    return quant_spec(method, wb, ab, name=name, samples=48, line=3, options=options)
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +61,6 @@ def images() -> torch.Tensor:
     return torch.randn(64, 1, 16, 16, generator=torch.Generator().manual_seed(2))
 
 
-def logits(model, x):
-    with torch.no_grad():
-        return model(x)
-
-
-def rel_error(out, ref):
-    return float((out - ref).norm() / ref.norm())
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Shared helpers of the quantizer tests: a tiny random timm ViT and a one-thread fixture."""
+"""Shared helpers of the quantizer tests: a tiny random timm ViT, a quantizer spec builder, logits
+without autograd, the relative error, and a one-thread fixture."""
 
 from __future__ import annotations
 
@@ -15,6 +16,26 @@ def make_vit(seed: int = 0, *, width: int = 64, depth: int = 2, heads: int = 4, 
     return VisionTransformer(
         img_size=16, patch_size=4, in_chans=1, num_classes=num_classes, embed_dim=width, depth=depth, num_heads=heads
     ).eval()
+
+
+def quant_spec(method: str, weight_bits: int | None, act_bits: int | None, *, name: str = "W", samples: int = 32,
+               seed: int = 0, line: int = 7, options: dict | None = None):
+    """A :class:`QuantizerSpec` as the loader would build it from line ``line`` of ``suite.yaml``."""
+    from pytest_qrel.spec.schema import CalibrationSpec, Location, QuantizerSpec
+
+    return QuantizerSpec(name=name, method=method, weight_bits=weight_bits, act_bits=act_bits,
+                         calibration=CalibrationSpec(samples=samples, seed=seed), options=options or {},
+                         where=Location("suite.yaml", line))
+
+
+def logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x)
+
+
+def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """``||out - ref|| / ||ref||`` (Frobenius)."""
+    return float((out - ref).norm() / ref.norm())
 
 
 @pytest.fixture(scope="module", autouse=True)
