@@ -2,8 +2,9 @@
 
 Layout: ``<baseline_dir>/<suite>/<model>.json`` (metrics + fingerprint, the commit point) and
 ``<model>.npz`` (per-sample arrays of the FP32 model: ``id.correct``, ``id.nll``, ``id.confidence``
-and ``score.<score>.<dataset>``). The JSON records the SHA-256 of the npz, so a half-replaced pair
-is detected. Only FP32 results are ever stored here.
+and ``score.<score>.<dataset>``; for suites with spectral checks also ``spectrum.<id set>``, the
+FP32 last-block feature spectrum of :mod:`pytest_qrel.spectral`). The JSON records the SHA-256
+of the npz, so a half-replaced pair is detected. Only FP32 results are ever stored here.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from .errors import (
     BaselineStaleError,
     DataError,
     DataMissingError,
+    ModelError,
     QrelError,
     SimulationError,
     SpecError,
@@ -47,12 +48,19 @@ training data and the test split. Calibration and QAT draw from ``train``."""
 
 @dataclass
 class DatasetOutputs:
-    """Logits (N, C) float32 of one model on one dataset, with labels (N,) (-1 for OOD), and for
-    CLIP models whose suite uses CLIP scores, normalized image features (N, D)."""
+    """Logits (N, C) float32 of one model on one dataset, with labels (N,) (-1 for OOD), for
+    CLIP models whose suite uses CLIP scores, normalized image features (N, D), and on the ID test
+    split of a suite with spectral checks, the last-block feature spectrum (h, w) float64
+    (:mod:`pytest_qrel.spectral`), accumulated during the same forward pass."""
 
     logits: np.ndarray
     labels: np.ndarray
     features: np.ndarray | None = None
+    spectrum: np.ndarray | None = None
+
+    def has(self, arrays: set[str]) -> bool:
+        """True when every named array (``logits``, ``labels``, ``features``, ``spectrum``) is present."""
+        return all(getattr(self, name) is not None for name in arrays)
 
 
 def model_input_fn(ds: Any, preprocess: Any) -> Any:
@@ -128,6 +136,7 @@ class Engine:
         self._ood_metrics: dict[tuple[str, str, str], dict[str, float]] = {}
         self._baselines: dict[tuple[str, str], Baseline] = {}
         self._posthoc: dict[Any, dict[str, float]] = {}
+        self._spectra: dict[tuple[str, str, str], np.ndarray] = {}  # FP32 spectra read from baselines
         self.verified: dict[str, Any] = {}  # quantizer name -> SimulationReport (verify: true)
         self._written: set[tuple[str, str]] = set()
         self.touched_units: dict[tuple[str, str, str], Suite] = {}
@@ -202,6 +211,22 @@ class Engine:
         from .scores import SCORES
 
         return any(SCORES.meta(s).get("needs") == "clip" for s in suite.scores)
+
+    @staticmethod
+    def _wants_spectrum(suite: Suite) -> bool:
+        """A suite records feature spectra only when one of its checks is on a spectral metric."""
+        from .metrics import METRICS
+
+        return any(METRICS.meta(c.metric)["kind"] == "spectral" for c in suite.checks)
+
+    def _needs(self, suite: Suite, dataset: str) -> set[str]:
+        """The arrays an outputs entry of ``suite`` on ``dataset`` must hold."""
+        need = {"logits", "labels"}
+        if self._wants_features(suite):
+            need.add("features")
+        if dataset == suite.id_dataset.name and self._wants_spectrum(suite):
+            need.add("spectrum")
+        return need
 
     # ------------------------------------------------------------------ quantization
     def calibration_images(self, suite: Suite, model: str, samples: int, seed: int, where: str) -> tuple[Any, Any]:
@@ -311,31 +336,29 @@ class Engine:
     def outputs(self, suite: Suite, model: str, quantizer: str, dataset: str) -> DatasetOutputs:
         """Logits of (model, quantizer) on ``dataset``'s test split: computed once, then reused."""
         key = self._outputs_key(suite, model, quantizer, dataset)
-        if key in self._outputs:
+        need = self._needs(suite, dataset)
+        if key in self._outputs and self._outputs[key].has(need):
             return self._outputs[key]
         base, steps = split_name(quantizer)
-        if steps:  # post-hoc: cheap maps of the base outputs, never cached on disk
+        if steps:  # post-hoc: cheap maps of the base outputs (features unchanged), never cached on disk
             prefix = quantizer.rsplit("+", 1)[0]
             params = self.posthoc_params(suite, model, quantizer)
             inner = self.outputs(suite, model, prefix, dataset)
-            out = DatasetOutputs(POSTHOC.get(steps[-1]).apply(inner.logits, params), inner.labels, inner.features)
+            out = DatasetOutputs(POSTHOC.get(steps[-1]).apply(inner.logits, params), inner.labels, inner.features, inner.spectrum)
             self._outputs[key] = out
             return out
         label = (suite.name, model, quantizer, dataset)
         if self.cache is None:
-            out = self._forward(suite, model, quantizer, dataset)
+            out = self._forward(suite, model, quantizer, dataset, spectrum="spectrum" in need)
         else:
             with self.cache.lock(key):
                 cached = self.cache.get(key)
-                need = {"logits", "labels"} | ({"features"} if self._wants_features(suite) else set())
                 if cached is not None and set(cached) >= need:
                     self.cache_hits[label] += 1
-                    out = DatasetOutputs(cached["logits"], cached["labels"], cached.get("features"))
+                    out = DatasetOutputs(cached["logits"], cached["labels"], cached.get("features"), cached.get("spectrum"))
                 else:
-                    out = self._forward(suite, model, quantizer, dataset)
-                    arrays = {"logits": out.logits, "labels": out.labels}
-                    if out.features is not None:
-                        arrays["features"] = out.features
+                    out = self._forward(suite, model, quantizer, dataset, spectrum="spectrum" in need)
+                    arrays = {k: getattr(out, k) for k in ("logits", "labels", "features", "spectrum") if getattr(out, k) is not None}
                     self.cache.put(key, arrays)
         self._outputs[key] = out
         return out
@@ -350,7 +373,11 @@ class Engine:
             self._posthoc[key] = POSTHOC.get(step).fit(held.logits, held.labels)
         return self._posthoc[key]
 
-    def _forward(self, suite: Suite, model: str, quantizer: str, dataset: str) -> DatasetOutputs:
+    def _forward(self, suite: Suite, model: str, quantizer: str, dataset: str, *, spectrum: bool = False) -> DatasetOutputs:
+        """One pass over ``dataset``; with ``spectrum``, a forward hook on the last transformer block
+        accumulates the feature spectrum in the same pass (:func:`pytest_qrel.spectral.record_spectrum`)."""
+        import contextlib
+
         import torch
 
         module = self.quantized_module(suite, model, quantizer)
@@ -358,7 +385,14 @@ class Engine:
         sample = model_input_fn(ds, self.model(suite, model).preprocess)
         with_features = self._wants_features(suite) and hasattr(module, "forward_with_features")
         chunks, feats = [], []
-        with torch.inference_mode():
+        recording: Any = contextlib.nullcontext(None)
+        if spectrum:
+            from .models.features import last_block_feature_map
+            from .spectral import record_spectrum
+
+            name = f"model '{model}' ({suite.models[model].source})"
+            recording = record_spectrum(last_block_feature_map(module, name))
+        with torch.inference_mode(), recording as acc:
             for start in range(0, len(ds), suite.batch_size):
                 batch = torch.stack([sample(i) for i in range(start, min(start + suite.batch_size, len(ds)))])
                 if with_features:  # one pass gives both: CLIP scores read image features
@@ -370,7 +404,11 @@ class Engine:
         logits = torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), np.float32)
         features = np.ascontiguousarray(torch.cat(feats).numpy(), dtype=np.float32) if feats else None
         self.forward_passes[(suite.name, model, quantizer, dataset)] += 1
-        return DatasetOutputs(np.ascontiguousarray(logits, dtype=np.float32), np.asarray(ds.labels, dtype=np.int64), features)
+        try:
+            spec = acc.spectrum() if acc is not None else None
+        except ValueError as exc:
+            raise ModelError(f"model '{model}' {quantizer} on {dataset}: no feature spectrum: {exc}") from None
+        return DatasetOutputs(np.ascontiguousarray(logits, dtype=np.float32), np.asarray(ds.labels, dtype=np.int64), features, spec)
 
     # ------------------------------------------------------------------ metrics
     def id_metrics(self, suite: Suite, model: str, quantizer: str, dataset: str | None = None) -> dict[str, float]:
@@ -397,6 +435,55 @@ class Engine:
             return _mean_dicts([self.pair_metrics(suite, model, v, pair) for v in variants])
         common, counter = (self.outputs(suite, model, quantizer, d) for d in suite.pairs[pair])
         return compute_pair_metrics(common.logits, common.labels, counter.logits, counter.labels)
+
+    def spectrum(self, suite: Suite, model: str, quantizer: str) -> np.ndarray:
+        """The last-block feature spectrum (h, w) of (model, quantizer) on the ID test split; post-hoc
+        steps only rescale logits, so ``W8A8+temperature`` has the spectrum of ``W8A8``."""
+        out = self.outputs(suite, model, split_name(quantizer)[0], suite.id_dataset.name)
+        if out.spectrum is None:
+            raise ValueError(f"suite {suite.name} has no spectral check, so no spectrum is recorded")
+        return out.spectrum
+
+    def baseline_spectrum(self, suite: Suite, model: str) -> np.ndarray:
+        """The FP32 spectrum stored with the baseline (``spectrum.<id set>`` in its npz)."""
+        b = self.baseline(suite, model)
+        key = f"spectrum.{suite.id_dataset.name}"
+        memo = (str(b.path), b._npz_sha256, key)
+        if memo not in self._spectra:
+            arrays = b.arrays()
+            if key not in arrays:
+                raise BaselineMissingError(
+                    f"FP32 baseline {b.path} has no feature spectrum ({key}) for spectral metrics; re-create it with: {self.update_command(suite)}"
+                )
+            self._spectra[memo] = np.asarray(arrays[key], dtype=np.float64)
+        return self._spectra[memo]
+
+    def spectral_metrics(self, suite: Suite, model: str, quantizer: str) -> dict[str, float]:
+        """Spectral metrics of ``quantizer`` against the FP32 spectrum of the stored baseline (FP32 and
+        its post-hoc variants against their own spectrum: all 0); mean over seeds for multi-seed quantizers."""
+        from .metrics import compute_spectral_metrics
+
+        variants = self.seed_variants(suite, quantizer)
+        if len(variants) > 1:
+            return _mean_dicts([self.spectral_metrics(suite, model, v) for v in variants])
+        mine = self.spectrum(suite, model, quantizer)
+        fp32 = mine if split_name(quantizer)[0] == FP32 else self.baseline_spectrum(suite, model)
+        if fp32.shape != mine.shape:
+            raise BaselineStaleError(
+                f"FP32 baseline of {model} stores a {fp32.shape} feature spectrum, the model now gives {mine.shape}; "
+                f"re-create it with: {self.update_command(suite)}"
+            )
+        return compute_spectral_metrics(mine, fp32)
+
+    def spectral_error_map(self, suite: Suite, model: str, quantizer: str) -> np.ndarray:
+        """The RSE map (h, w) of ``quantizer`` against the stored FP32 spectrum (mean over seeds)."""
+        from .spectral import relative_spectral_error_map
+
+        maps = [
+            relative_spectral_error_map(self.spectrum(suite, model, v), self.baseline_spectrum(suite, model))
+            for v in self.seed_variants(suite, quantizer)
+        ]
+        return np.mean(maps, axis=0)
 
     def scores(self, suite: Suite, model: str, quantizer: str, dataset: str, score: str) -> np.ndarray:
         from .scores import SCORES
@@ -509,6 +596,10 @@ class Engine:
         for step in POSTHOC.names() if self._heldout_if_available(suite) else ():  # FP32+temperature etc.
             name = f"{FP32}+{step}"
             variants[name] = {"metrics": self.all_metrics(suite, model, name), "params": self.posthoc_params(suite, model, name)}
+        if self._wants_spectrum(suite):  # only suites with spectral checks store a spectrum
+            arrays[f"spectrum.{suite.id_dataset.name}"] = self.spectrum(suite, model, FP32)
+            for m in (metrics, *(v["metrics"] for v in variants.values())):
+                m["spectral"] = self.spectral_metrics(suite, model, FP32)
         write_baseline(
             path,
             suite=suite.name,
@@ -595,7 +686,8 @@ class Engine:
 
     def _value_from(self, source: Any, p: PlannedCheck, where: str) -> float:
         """Read the planned check's metric from ``source(section, *keys)``, which returns the metrics
-        dict of a section: ``("id", dataset)``, ``("ood", score, dataset)`` or ``("pairs", pair)``."""
+        dict of a section: ``("id", dataset)``, ``("ood", score, dataset)``, ``("pairs", pair)`` or
+        ``("spectral",)`` (the ID test split's spectral metrics)."""
         from .metrics import METRICS
 
         suite = p.suite
@@ -603,6 +695,8 @@ class Engine:
         try:
             if kind == "pair":
                 return float(source("pairs", p.dataset)[p.check.metric])
+            if kind == "spectral":
+                return float(source("spectral")[p.check.metric])
             if kind != "ood":
                 return float(source("id", p.dataset)[p.check.metric])
             sets = mean_members(p.dataset, list(suite.ood_datasets)) or [p.dataset]
@@ -621,6 +715,8 @@ class Engine:
                 return metrics["id"] if keys[0] == suite.id_dataset.name else metrics["shifted"][keys[0]]
             if section == "ood":
                 return metrics["ood"][keys[0]][keys[1]]
+            if section == "spectral":
+                return metrics["spectral"]
             return metrics["pairs"][keys[0]]
 
         return source
@@ -633,6 +729,8 @@ class Engine:
                 return self.id_metrics(p.suite, p.model, quantizer, keys[0])
             if section == "ood":
                 return self.ood_metrics(p.suite, p.model, quantizer, keys[0], keys[1])
+            if section == "spectral":
+                return self.spectral_metrics(p.suite, p.model, quantizer)
             return self.pair_metrics(p.suite, p.model, quantizer, keys[0])
 
         return source
@@ -686,10 +784,18 @@ class Engine:
                     info.update(params[0] if len(params) == 1 else {k: [p[k] for p in params] for k in params[0]})
         except QrelError:
             return None
+        spectral, rse_map = dict(m.get("spectral", {})), []
+        if split_name(quantizer)[0] != FP32 and self._wants_spectrum(suite):
+            try:  # a baseline without a spectrum costs the report these numbers, not the unit
+                spectral = self.spectral_metrics(suite, model, quantizer)
+                rse_map = self.spectral_error_map(suite, model, quantizer).tolist()
+            except QrelError:
+                pass
         return UnitMetrics(
             suite=suite.name, model=model, quantizer=quantizer, id=m.get("id", {}), ood=m.get("ood", {}), info=info,
             conventions=suite.conventions, shifted=m.get("shifted", {}), pairs=m.get("pairs", {}),
             method="" if split_name(quantizer)[0] == FP32 else self.quantizer_spec(suite, split_name(quantizer)[0]).method,
+            spectral=spectral, spectral_map=rse_map,
         )
 
     def report_units(self) -> list[UnitMetrics]:

@@ -20,13 +20,18 @@ Registry metadata of every metric:
 
 ``higher_is_better`` (bool)
     True when a larger value is better.
-``kind`` (``"id"`` | ``"ood"``)
+``kind`` (``"id"`` | ``"ood"`` | ``"pair"`` | ``"spectral"``)
     ``"id"`` metrics read ``(outputs, labels)`` of one in-distribution set; ``"ood"`` metrics
-    read ``(id_scores, ood_scores)``.
+    read ``(id_scores, ood_scores)``; ``"pair"`` metrics the outputs and labels of two labelled
+    sets; ``"spectral"`` metrics ``(quantized_spectrum, fp32_spectrum)``, the last-block feature
+    spectra of :mod:`pytest_qrel.spectral` on the ID test split.
 ``fraction`` (bool)
     True when values are fractions in [0, 1], so percentage points ("pp") make sense.
-``input`` (``"logits"`` | ``"probs"`` | ``"scores"``)
+``input`` (``"logits"`` | ``"probs"`` | ``"scores"`` | ``"pair"`` | ``"spectra"``)
     What the first argument is.
+``delta_bounds`` (bool, default True)
+    False for metrics that already measure a distance from FP32 (0 for FP32 itself): the spec
+    loader rejects ``delta`` bounds on them and asks for a value bound.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from .spectral import spectral_error, spectral_error_high
 from .registry import Registry
 
 __all__ = [
@@ -49,11 +55,14 @@ __all__ = [
     "check_scores",
     "compute_id_metrics",
     "compute_ood_metrics",
+    "compute_spectral_metrics",
     "ece",
     "fpr_at_95_tpr",
     "logsumexp",
     "nll",
     "softmax",
+    "spectral_error",
+    "spectral_error_high",
     "top1",
 ]
 
@@ -462,3 +471,18 @@ def compute_ood_metrics(id_scores: Any, ood_scores: Any, conventions: str = "hen
             continue
         out[name] = float(overrides.get(name, METRICS.get(name))(s_id, s_ood))
     return out
+
+
+# Spectral metrics: distances of a quantized model's feature spectrum from the FP32 one (see
+# pytest_qrel.spectral for the definitions). FP32 against itself is 0, so only value bounds apply.
+for _name, _fn in (("spectral_error", spectral_error), ("spectral_error_high", spectral_error_high)):
+    METRICS.add(_name, _fn, higher_is_better=False, kind="spectral", fraction=False, input="spectra", delta_bounds=False)
+
+
+def compute_spectral_metrics(quantized_spectrum: Any, fp32_spectrum: Any) -> dict[str, float]:
+    """Every registered metric of kind ``"spectral"``, as ``{name: float}``, from two (h, w) spectra."""
+    return {
+        name: float(METRICS.get(name)(quantized_spectrum, fp32_spectrum))
+        for name in METRICS
+        if METRICS.meta(name)["kind"] == "spectral"
+    }

@@ -53,7 +53,8 @@ class UnitMetrics:
     """Every metric of one (suite, model, quantizer) unit, for the report's tables.
 
     ``id``: ``{"top1": 0.97, "nll": 0.11, "ece": 0.02}``;
-    ``ood``: ``{score: {dataset: {"auroc": .., "aupr_in": .., "aupr_out": .., "fpr_at_95_tpr": ..}}}``.
+    ``ood``: ``{score: {dataset: {"auroc": .., "aupr_in": .., "aupr_out": .., "fpr_at_95_tpr": ..}}}``;
+    ``spectral``: the spectral metrics on the ID test split (only for suites with spectral checks).
     """
 
     suite: str
@@ -66,6 +67,8 @@ class UnitMetrics:
     method: str = ""  # the registered quantization method ("" for FP32)
     shifted: dict[str, dict[str, float]] = field(default_factory=dict)  # {labelled shifted set: ID metrics}
     pairs: dict[str, dict[str, float]] = field(default_factory=dict)  # {pair: {"vulnerability": ..}}
+    spectral: dict[str, float] = field(default_factory=dict)  # {"spectral_error": .., "spectral_error_high": ..}
+    spectral_map: list[list[float]] = field(default_factory=list)  # the RSE map (h x w) vs FP32, if recorded
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(asdict(self))

@@ -19,7 +19,7 @@ from pytest_qrel import Engine, load_suite, plan, run
 from pytest_qrel.spec import Suite
 
 ROOT = Path(__file__).resolve().parents[1]
-SUITES = ["demo", "demo_clip", "demo_methods"]
+SUITES = ["demo", "demo_clip", "demo_methods", "demo_spectral"]
 # The light-QAT default of the CLIP paper (100 steps of batch 100 on 100 images).
 QAT_DEFAULT_STEPS = 100
 
@@ -95,3 +95,16 @@ def test_shipped_suite_passes_against_committed_baselines(name: str, engine: Eng
         assert sorted(qat) == ["W4A4-qat-distill", "W4A4-qat-lsq", "W8A8-qat-distill", "W8A8-qat-lsq"]
         assert all(suite.quantizers[q].calibration.samples == 100 for q in qat)
         assert sum(steps_taken.values()) == 4 * QAT_DEFAULT_STEPS
+
+
+def test_spectral_error_grows_as_bits_shrink(engine: Engine) -> None:
+    """The CLIP paper's finding on the shipped ViT: the last-block feature spectrum drifts further
+    from FP32 as bits shrink (values measured against the committed baseline)."""
+    suite = load_suite(ROOT / "suites" / "demo_spectral.yaml")
+    errors = {q: engine.spectral_metrics(suite, "vit_digits", q) for q in ("W8A8", "W6A6", "W4A4")}
+    assert errors["W8A8"]["spectral_error"] == pytest.approx(4.12e-4, rel=0.1)
+    assert errors["W6A6"]["spectral_error"] == pytest.approx(1.57e-3, rel=0.1)
+    assert errors["W4A4"]["spectral_error"] == pytest.approx(1.51e-2, rel=0.1)
+    assert 0 < errors["W8A8"]["spectral_error"] < errors["W6A6"]["spectral_error"] < errors["W4A4"]["spectral_error"]
+    assert errors["W4A4"]["spectral_error"] > 10 * errors["W8A8"]["spectral_error"]
+    assert errors["W4A4"]["spectral_error_high"] > 10 * errors["W8A8"]["spectral_error_high"]

@@ -433,6 +433,8 @@ EXPECTED = {
     "aupr_out": (True, "ood", True, "scores"),
     "fpr_at_95_tpr": (False, "ood", True, "scores"),
     "vulnerability": (False, "pair", True, "pair"),
+    "spectral_error": (False, "spectral", False, "spectra"),
+    "spectral_error_high": (False, "spectral", False, "spectra"),
 }
 
 

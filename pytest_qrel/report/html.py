@@ -11,6 +11,10 @@ A model whose quantizer names show more than one method (``W4A4``, ``W4A4-repq``
 also gets a methods x bit configs table (top-1, NLL, ECE, mean AUROC; fitted temperatures beside
 ``+temperature`` rows), as the appendix tables of the CLIP quantization paper.
 
+A model whose units carry spectral metrics (``UnitMetrics.spectral``) gets a "Feature spectrum"
+table (rows = spectral metrics, columns = quantizers) and an RSE heatmap per quantizer
+(:mod:`pytest_qrel.report.spectral`).
+
 A model with covariate-shifted labelled sets (``UnitMetrics.shifted``) gets a "Covariate shift"
 table per ID metric, and one with pairs (``UnitMetrics.pairs``) a "Spurious correlations" table per
 pair metric (``vulnerability``): rows are the sets or pairs, columns the quantizers (as OOD tables).
@@ -89,7 +93,11 @@ METRIC_LABELS: dict[str, str] = {
     "aupr_in": "AUPR-in",
     "fpr_at_95_tpr": "FPR@95",
     "vulnerability": "Vulnerability",
+    "spectral_error": "Spectral error (RSE)",
+    "spectral_error_high": "Spectral error, high band",
 }
+#: Display formats of metrics whose values are too small for the default 3 decimals.
+METRIC_FORMATS: dict[str, str] = {"spectral_error": ".4g", "spectral_error_high": ".4g"}
 
 SCORE_LABELS: dict[str, str] = {
     "msp": "MSP",
@@ -180,6 +188,8 @@ def fmt_metric(x: Any, metric: str | None, symbol: bool = True) -> str:
     """A metric value for display: percentages (2 decimals) for fractions, 3 decimals else."""
     if metric_style(metric).percent:
         return pct(x, 2, symbol)
+    if metric in METRIC_FORMATS and not _missing(x):
+        return format(float(x), METRIC_FORMATS[metric])
     return num(x, 3)
 
 
@@ -313,6 +323,8 @@ class ModelSection:
     methods_table: "MethodsTable | None" = None  # only with more than one quantization method
     shift_tables: list[SetTable] = field(default_factory=list)  # per ID metric, on the shifted sets
     pair_tables: list[SetTable] = field(default_factory=list)  # per pair metric (vulnerability)
+    spectral_rows: list[Row] = field(default_factory=list)  # per spectral metric, cells per quantizer
+    spectral_maps: list[Any] = field(default_factory=list)  # report.spectral.SpectralMap per quantizer
 
 
 @dataclass
@@ -625,6 +637,13 @@ def _model_section(
     shifted = tables({q: by_q[q].shifted for q in quantizers}, ID_METRICS)
     pairs = tables({q: by_q[q].pairs for q in quantizers}, ("vulnerability",))
 
+    from .spectral import spectral_maps, spectral_rows
+
+    spectral = [
+        Row(metric_label(metric), metric, [Cell(value, None, fails) for value, fails in cells])
+        for metric, cells in spectral_rows(suite, model, by_q, quantizers, failing)
+    ]
+
     mine = [v for v in verdicts if v.suite == suite and v.model == model]
     counts = count_outcomes(mine)
     return ModelSection(
@@ -643,6 +662,8 @@ def _model_section(
         methods_table=_methods_table(suite, model, by_q, quantizers, fp32, failing, methods or {}),
         shift_tables=[SetTable(metric, rows) for metric, rows in shifted.items()],
         pair_tables=[SetTable(metric, rows) for metric, rows in pairs.items()],
+        spectral_rows=spectral,
+        spectral_maps=spectral_maps(by_q, quantizers) if spectral else [],
     )
 
 

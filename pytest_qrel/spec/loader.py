@@ -286,6 +286,11 @@ def _validate_check(ctx: _Ctx, check: CheckSpec, suite: Suite, field: str) -> li
                 raise fail(str(UnknownNameError("post-hoc step", step, POSTHOC.names())), fix=f"write e.g. '{base}+temperature'")
     if "all" in check.quantizers and len(check.quantizers) > 1:
         raise fail("'all' cannot be combined with other quantizer names", fix="write either 'all' or a list of names")
+    if check.bound.kind == "delta" and not meta.get("delta_bounds", True):
+        raise fail(
+            f"{check.metric} already measures the distance from FP32 (0 for FP32 itself), so it takes a value bound, not a delta bound",
+            fix=f"write e.g. '{','.join(check.quantizers)} {check.metric} <= 0.25'",
+        )
     if check.bound.kind == "delta" and FP32 in check.quantizers:
         raise fail("a delta check on FP32 compares FP32 with itself", fix="use a value bound for FP32, or name a quantizer")
     if check.bound.ref is not None:
@@ -319,6 +324,11 @@ def _validate_check(ctx: _Ctx, check: CheckSpec, suite: Suite, field: str) -> li
         return [replace(check, score=s) for s in scores]
     if check.score is not None:
         raise fail(f"{check.metric} is not an OOD metric and takes no score", fix=f"write '{check.metric}' without '({check.score})'")
+    if meta["kind"] == "spectral":  # feature spectra are recorded on the ID test split only
+        for d in check.datasets or ():
+            if d != suite.id_dataset.name:
+                raise fail(f"{check.metric} is measured on the ID test split ('{suite.id_dataset.name}'), not '{d}'", fix="drop 'on ...'")
+        return [check]
     if meta["kind"] == "pair":
         if not suite.pairs:
             raise fail(f"{check.metric} compares a pair of sets but the suite has no 'datasets: pairs:'", fix="add e.g. 'pairs: {bg: {common: <set>, counter: <set>}}'")
