@@ -48,7 +48,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .fakequant import ActQuantizer, QuantModule, unsigned_range
+from .fakequant import ActQuantizer, QuantModule, replace_modules, unsigned_range
 from .observers import REPQ_PERCENTILES, ValueSample, quantiles
 
 QuantizerFactory = Callable[[int], nn.Module]
@@ -298,19 +298,4 @@ def replace_attention(model: nn.Module, factory: Callable[[str, nn.Module], nn.M
     cls = timm_attention_class()
     if cls is None:
         return []
-    targets = [
-        (parent, child_name, f"{parent_name}.{child_name}" if parent_name else child_name, child)
-        for parent_name, parent in model.named_modules()
-        for child_name, child in parent._modules.items()
-        if child is not None and type(child) is cls
-    ]
-    built: dict[int, Any] = {}
-    replaced = []
-    for parent, child_name, qualified, child in targets:
-        if id(child) not in built:
-            built[id(child)] = factory(qualified, child)
-        new = built[id(child)]
-        if new is not None:
-            setattr(parent, child_name, new)
-            replaced.append(qualified)
-    return replaced
+    return replace_modules(model, lambda m: type(m) is cls, factory)

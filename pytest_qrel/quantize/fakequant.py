@@ -38,7 +38,7 @@ and an integer one agree to float precision.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -439,13 +439,25 @@ def replace_linears(model: nn.Module, factory: Callable[[str, nn.Linear], nn.Mod
     """
     if isinstance(model, nn.Linear):
         raise ValueError("replace_linears() needs a container module; wrap the nn.Linear (e.g. nn.Sequential)")
+    return replace_modules(model, lambda m: isinstance(m, nn.Linear), factory)
+
+
+def replace_modules(
+    model: nn.Module, select: Callable[[nn.Module], bool], factory: Callable[[str, Any], nn.Module | None]
+) -> list[str]:
+    """Replace, in place, every child module of ``model`` for which ``select(module)`` is true.
+
+    ``factory(qualified_name, module)`` returns the replacement, or ``None`` to keep it; a module
+    shared by several parents is built once and the same replacement put everywhere. Returns the
+    qualified names replaced, in module order.
+    """
     built: dict[int, nn.Module | None] = {}
     replaced: list[str] = []
     targets = [
         (parent, child_name, f"{parent_name}.{child_name}" if parent_name else child_name, child)
         for parent_name, parent in model.named_modules()
         for child_name, child in parent._modules.items()  # not named_children(): it hides repeats
-        if isinstance(child, nn.Linear)
+        if child is not None and select(child)
     ]
     for parent, child_name, qualified, child in targets:
         if id(child) not in built:
