@@ -36,7 +36,7 @@ from pytest_qrel.quantize.observers import (
     search_percentile_qparams,
 )
 from pytest_qrel.spec.schema import QuantizerSpec
-from tinyvit import make_vit, one_thread, logits, quant_spec  # noqa: F401  (one_thread is autouse)
+from tinyvit import make_vit, one_thread, logits, quant_spec, vit, random_images  # noqa: F401  (one_thread is autouse)
 
 timm = pytest.importorskip("timm")
 
@@ -45,19 +45,15 @@ def spec(method, wb=4, ab=4, *, name="W", options=None) -> QuantizerSpec:
     return quant_spec(method, wb, ab, name=name, options=options)
 
 
-@pytest.fixture(scope="module")
-def vit() -> nn.Module:
-    return make_vit()
-
 
 @pytest.fixture(scope="module")
 def calib() -> torch.Tensor:
-    return torch.randn(32, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    return random_images(32, 1)
 
 
 @pytest.fixture(scope="module")
 def images() -> torch.Tensor:
-    return torch.randn(64, 1, 16, 16, generator=torch.Generator().manual_seed(2))
+    return random_images(64, 2)
 
 
 

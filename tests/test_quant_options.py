@@ -26,7 +26,7 @@ from pytest_qrel.quantize.options import (
     select_modules,
 )
 from pytest_qrel.spec.schema import QuantizerSpec
-from tinyvit import make_vit, one_thread, logits, quant_spec  # noqa: F401  (one_thread is autouse)
+from tinyvit import make_vit, one_thread, logits, quant_spec, vit, random_images  # noqa: F401  (one_thread is autouse)
 
 timm = pytest.importorskip("timm")
 observer = pytest.importorskip("torch.ao.quantization.observer")
@@ -36,19 +36,15 @@ def spec(wb, ab, *, name="W8A8", method="minmax", **options) -> QuantizerSpec:
     return quant_spec(method, wb, ab, name=name, options=options)
 
 
-@pytest.fixture(scope="module")
-def vit() -> nn.Module:
-    return make_vit()
-
 
 @pytest.fixture(scope="module")
 def calib() -> torch.Tensor:
-    return torch.randn(32, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    return random_images(32, 1)
 
 
 @pytest.fixture(scope="module")
 def images() -> torch.Tensor:
-    return torch.randn(48, 1, 16, 16, generator=torch.Generator().manual_seed(2))
+    return random_images(48, 2)
 
 
 

@@ -32,7 +32,7 @@ from pytest_qrel.quantize import (
 )
 from pytest_qrel.quantize.verify import assert_simulation_ok
 from pytest_qrel.spec.schema import CalibrationSpec, Location, QuantizerSpec
-from tinyvit import make_vit, one_thread, logits, rel_error  # noqa: F401  (one_thread is autouse)
+from tinyvit import make_vit, one_thread, logits, rel_error, vit, random_images  # noqa: F401  (one_thread is autouse)
 
 timm = pytest.importorskip("timm")
 
@@ -44,19 +44,15 @@ def spec(wb, ab, *, name="W", options=None, where=Location("suite.yaml", 12)) ->
                          calibration=CalibrationSpec(samples=64, seed=0), options=options or {}, where=where)
 
 
-@pytest.fixture(scope="module")
-def vit() -> nn.Module:
-    return make_vit()
-
 
 @pytest.fixture(scope="module")
 def calib() -> torch.Tensor:
-    return torch.randn(64, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    return random_images(64, 1)
 
 
 @pytest.fixture(scope="module")
 def images() -> torch.Tensor:
-    return torch.randn(128, 1, 16, 16, generator=torch.Generator().manual_seed(2))
+    return random_images(128, 2)
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from pytest_qrel.quantize.raana import (
     rabitq_quantize,
 )
 from pytest_qrel.spec.schema import QuantizerSpec
-from tinyvit import make_vit, one_thread, logits, rel_error, quant_spec  # noqa: F401  (one_thread is autouse)
+from tinyvit import make_vit, one_thread, logits, rel_error, quant_spec, vit, random_images  # noqa: F401  (one_thread is autouse)
 
 timm = pytest.importorskip("timm")
 
@@ -36,14 +36,10 @@ def spec(wb, ab=None, *, name=None, cal_seed=0, **options) -> QuantizerSpec:
     return quant_spec("raana", wb, ab, name=name or f"W{wb}A16", seed=cal_seed, line=5, options=options)
 
 
-@pytest.fixture(scope="module")
-def vit() -> nn.Module:
-    return make_vit()
-
 
 @pytest.fixture(scope="module")
 def calib() -> torch.Tensor:
-    return torch.randn(32, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    return random_images(32, 1)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +49,7 @@ def labels() -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def images() -> torch.Tensor:
-    return torch.randn(64, 1, 16, 16, generator=torch.Generator().manual_seed(2))
+    return random_images(64, 2)
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ from pytest_qrel.spec.schema import QuantizerSpec
 
 timm = pytest.importorskip("timm")
 from timm.models.vision_transformer import Attention, VisionTransformer  # noqa: E402
-from tinyvit import make_vit, one_thread, logits, rel_error, quant_spec  # noqa: F401  (one_thread is autouse)
+from tinyvit import make_vit, one_thread, logits, rel_error, quant_spec, vit, random_images  # noqa: F401  (one_thread is autouse)
 
 N_LINEARS = 2 * 4 + 1
 OUTLIER_CHANNELS = [3, 17, 40]
@@ -62,10 +62,6 @@ def spec(wb=4, ab=4, *, method="repq_vit", name="W", options=None) -> QuantizerS
     return quant_spec(method, wb, ab, name=name, line=9, options=options)
 
 
-@pytest.fixture(scope="module")
-def vit() -> nn.Module:
-    return make_vit()
-
 
 @pytest.fixture(scope="module")
 def outlier_vit() -> nn.Module:
@@ -74,12 +70,12 @@ def outlier_vit() -> nn.Module:
 
 @pytest.fixture(scope="module")
 def calib() -> torch.Tensor:
-    return torch.randn(32, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    return random_images(32, 1)
 
 
 @pytest.fixture(scope="module")
 def images() -> torch.Tensor:
-    return torch.randn(96, 1, 16, 16, generator=torch.Generator().manual_seed(2))
+    return random_images(96, 2)
 
 
 @pytest.fixture(scope="module")

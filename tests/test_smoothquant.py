@@ -21,7 +21,7 @@ from pytest_qrel.quantize.smoothquant import (
     smoothing_scales,
 )
 from pytest_qrel.spec.schema import QuantizerSpec
-from tinyvit import make_vit, one_thread, logits, rel_error, quant_spec  # noqa: F401  (one_thread is autouse)
+from tinyvit import make_vit, one_thread, logits, rel_error, quant_spec, vit, random_images  # noqa: F401  (one_thread is autouse)
 
 timm = pytest.importorskip("timm")
 
@@ -46,19 +46,15 @@ def spec(wb, ab, *, name="W8A8", method="smoothquant", **options) -> QuantizerSp
     return quant_spec(method, wb, ab, name=name, samples=48, line=3, options=options)
 
 
-@pytest.fixture(scope="module")
-def vit() -> nn.Module:
-    return make_vit()
-
 
 @pytest.fixture(scope="module")
 def calib() -> torch.Tensor:
-    return torch.randn(48, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    return random_images(48, 1)
 
 
 @pytest.fixture(scope="module")
 def images() -> torch.Tensor:
-    return torch.randn(64, 1, 16, 16, generator=torch.Generator().manual_seed(2))
+    return random_images(64, 2)
 
 
 

@@ -38,6 +38,17 @@ def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out - ref).norm() / ref.norm())
 
 
+def random_images(n: int, seed: int) -> torch.Tensor:
+    """``n`` seeded standard-normal one-channel 16x16 images (N, 1, 16, 16)."""
+    return torch.randn(n, 1, 16, 16, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def vit() -> nn.Module:
+    """The default tiny ViT, once per test module."""
+    return make_vit()
+
+
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """Tiny matmuls gain nothing from threads, and thread spinning is slow on a shared 2-core box."""
