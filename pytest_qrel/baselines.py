@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BaselineError, BaselineMissingError
+from .io import atomic_write_bytes
 
 FORMAT_VERSION = 1
 
@@ -57,23 +56,6 @@ def baseline_path(baseline_dir: Path, suite: str, model: str) -> Path:
     return Path(baseline_dir) / suite / f"{model}.json"
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def write_baseline(
     path: Path,
     *,
@@ -102,8 +84,8 @@ def write_baseline(
         "npz_sha256": hashlib.sha256(npz_bytes).hexdigest(),
     }
     text = json.dumps(record, indent=2, sort_keys=True, allow_nan=False) + "\n"
-    _atomic_write_bytes(path.with_suffix(".npz"), npz_bytes)
-    _atomic_write_bytes(path, text.encode())
+    atomic_write_bytes(path.with_suffix(".npz"), npz_bytes)
+    atomic_write_bytes(path, text.encode())
 
 
 def read_baseline(path: Path, *, update_command: str) -> Baseline:

@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-Outcome = Literal["passed", "failed", "xfailed", "xpassed", "skipped", "error"]
+Outcome = Literal["passed", "failed", "xfailed", "xpassed", "skipped", "error", "inconclusive", "not run"]
+"""``inconclusive``: a check with ``confidence:`` whose interval straddles its bound; ``not run``: a
+planned check that produced no verdict (a crashed worker, ``-x``, an interrupted run)."""
 
 
 @dataclass
@@ -20,6 +22,16 @@ class Verdict:
     nats for NLL). ``delta`` is signed so that positive means *worse* than FP32, in the metric's unit;
     ``delta_display`` is the delta in the bound's unit for humans ("+22.1%", "+1.3pp", "+0.012").
     ``passed`` is the raw comparison; ``outcome`` folds in ``expect: fail`` (xfailed / xpassed).
+
+    Interval fields (filled when the check has per-sample arrays on both sides): ``delta_ci`` is the
+    paired bootstrap interval ``[low, high]`` of ``delta`` in the metric's unit at level
+    ``ci_level`` (0.95), from ``ci_resamples`` resamples drawn with ``ci_seed``; ``ci_display`` is it
+    in the bound's unit (``"[95% CI +11.4, +14.9]"``). ``compared`` is the number the bound was
+    applied to, in the bound's unit (the relative delta in percent for ``delta <= 12%``), and
+    ``margin`` how far it is from the bound in that unit (positive: room left, negative: violated).
+    ``value_display`` / ``fp32_display`` / ``bound_display`` are the values and the bound written in
+    one unit by one display rule per metric (:mod:`pytest_qrel.display`).
+    ``stage`` names where an error happened (``"model import"``, ``"calibration"``, ``"forward"``, ...).
     """
 
     suite: str
@@ -39,6 +51,18 @@ class Verdict:
     outcome: Outcome
     message: str
     nodeid: str = ""
+    delta_ci: list[float] | None = None
+    ci_level: float | None = None
+    ci_resamples: int | None = None
+    ci_seed: int | None = None
+    ci_display: str = ""
+    confidence: float | None = None  # the check demanded this confidence (non-inferiority test)
+    compared: float | None = None
+    margin: float | None = None
+    value_display: str = ""
+    fp32_display: str = ""
+    bound_display: str = ""
+    stage: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {k: _plain(v) for k, v in asdict(self).items()}
@@ -50,11 +74,33 @@ class Verdict:
 
 @dataclass
 class UnitMetrics:
-    """Every metric of one (suite, model, quantizer) unit, for the report's tables.
+    """Every metric of one (suite, model, quantizer) unit, for the report's tables and figures.
 
-    ``id``: ``{"top1": 0.97, "nll": 0.11, "ece": 0.02}``;
+    The report renders these as given and computes nothing: everything it shows is here.
+
+    ``id``: ``{"top1": 0.97, "nll": 0.11, "ece": 0.02}`` (mean over seeds for multi-seed quantizers);
     ``ood``: ``{score: {dataset: {"auroc": .., "aupr_in": .., "aupr_out": .., "fpr_at_95_tpr": ..}}}``;
     ``spectral``: the spectral metrics on the ID test split (only for suites with spectral checks).
+
+    Identity of the unit (so that nothing has to parse quantizer names): ``base`` is the quantizer
+    without post-hoc steps (``"W8A8-qat-lsq"`` for ``"W8A8-qat-lsq+temperature"``), ``posthoc`` its
+    steps (``["temperature"]``), ``method`` the registered method (``""`` for FP32), ``weight_bits``
+    / ``act_bits`` the bit widths (``None``: float), ``bits_label`` the bit configuration for table
+    columns (``"W8A8"``, ``"W4A16"``; ``""`` for FP32), ``seeds`` the calibration seeds (one or
+    more), ``calibration_samples`` the number of calibration images, ``options`` the method
+    options as written in the suite.
+
+    ``per_seed``: ``{metric: [value per seed]}`` of the ID metrics for multi-seed quantizers (the
+    report shows mean +/- std over seeds, as the ViT paper does).
+
+    ``curves`` (small, precomputed from the per-sample arrays when the unit ran; plain lists):
+    ``{"reliability": {"edges": [16 floats], "count": [15], "accuracy": [15], "confidence": [15]},
+    "roc": {score: {dataset: {"fpr": [...], "tpr": [...]}}},
+    "pr": {score: {dataset: {"recall": [...], "precision": [...]}}}}`` with at most a few hundred
+    points per curve (ROC: OOD positive is *not* used; ID is the positive class and TPR the share of
+    ID samples accepted; PR: OOD is the positive class, as ``aupr_out``).
+    ``diagnostics``: ``{name: ...}`` of opt-in diagnostics (``attention_rollout``: see
+    :mod:`pytest_qrel.diagnostics`).
     """
 
     suite: str
@@ -69,6 +115,17 @@ class UnitMetrics:
     pairs: dict[str, dict[str, float]] = field(default_factory=dict)  # {pair: {"vulnerability": ..}}
     spectral: dict[str, float] = field(default_factory=dict)  # {"spectral_error": .., "spectral_error_high": ..}
     spectral_map: list[list[float]] = field(default_factory=list)  # the RSE map (h x w) vs FP32, if recorded
+    base: str = ""
+    posthoc: list[str] = field(default_factory=list)
+    weight_bits: int | None = None
+    act_bits: int | None = None
+    bits_label: str = ""
+    seeds: list[int] = field(default_factory=list)
+    calibration_samples: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    per_seed: dict[str, list[float]] = field(default_factory=dict)
+    curves: dict[str, Any] = field(default_factory=dict)
+    diagnostics: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(asdict(self))
@@ -76,6 +133,63 @@ class UnitMetrics:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "UnitMetrics":
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+@dataclass
+class MetricInfo:
+    """How a metric reads, for reports: ``label`` ("AUPR-out"), ``higher_is_better``, ``fraction``
+    (a value in [0, 1], shown as a percentage), ``unit`` of a non-fraction metric ("nats", "")."""
+
+    name: str
+    label: str
+    higher_is_better: bool
+    fraction: bool
+    unit: str = ""
+    kind: str = "id"
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(asdict(self))
+
+
+@dataclass
+class RunResults:
+    """Everything one run (or the merge of several shards) hands to the report: plain data only.
+
+    ``verdicts``: one per planned check that ran (plus ``not run`` verdicts for planned checks that
+    produced none); ``units``: the units that ran, FP32 first per model; ``metrics``: display
+    information per metric name; ``scores``: ``{suite: [score names in suite order]}``;
+    ``run``: run metadata (timestamp, duration, host, device, versions, suite files and hashes,
+    baseline fingerprints, quantizer configs, conventions; see :mod:`pytest_qrel.runinfo`);
+    ``planned``: the number of planned checks per suite, so a report can say "N of M did not run".
+    """
+
+    verdicts: list[Verdict] = field(default_factory=list)
+    units: list[UnitMetrics] = field(default_factory=list)
+    metrics: dict[str, MetricInfo] = field(default_factory=dict)
+    scores: dict[str, list[str]] = field(default_factory=dict)
+    run: dict[str, Any] = field(default_factory=dict)
+    planned: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "verdicts": [v.to_dict() for v in self.verdicts],
+            "units": [u.to_dict() for u in self.units],
+            "metrics": {k: m.to_dict() for k, m in self.metrics.items()},
+            "scores": _plain(self.scores),
+            "run": _plain(self.run),
+            "planned": dict(self.planned),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunResults":
+        return cls(
+            verdicts=[Verdict.from_dict(v) for v in data.get("verdicts", [])],
+            units=[UnitMetrics.from_dict(u) for u in data.get("units", [])],
+            metrics={k: MetricInfo(**m) for k, m in (data.get("metrics") or {}).items()},
+            scores=dict(data.get("scores") or {}),
+            run=dict(data.get("run") or {}),
+            planned=dict(data.get("planned") or {}),
+        )
 
 
 def _plain(value: Any) -> Any:

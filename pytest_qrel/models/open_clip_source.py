@@ -265,19 +265,12 @@ def cached_text_features(key: str, compute: Callable[[], Any], cache_dir: Path |
 
 
 def _write_features(path: Path, tensor: Any) -> None:
-    import tempfile
+    from safetensors.torch import save
 
-    from safetensors.torch import save_file
+    from ..io import atomic_write_bytes
 
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({"features": tensor}, tmp, metadata={"format": str(TEXT_CACHE_FORMAT)})
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        atomic_write_bytes(path, save({"features": tensor.contiguous()}, metadata={"format": str(TEXT_CACHE_FORMAT)}))
     except OSError:  # a read-only cache is not an error: the features are in memory
         pass
 

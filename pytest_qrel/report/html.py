@@ -32,7 +32,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
@@ -832,26 +831,8 @@ def render_report(
         verdicts, units, title=title, meta=meta, extra_sections=extra_sections, plots=plots,
         methods=methods,
     )
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(target, text)
-    return target
+    from ..io import atomic_write_text
 
+    return atomic_write_text(Path(path), text)
 
-def write_atomic(target: Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``target`` through a temp file in the same folder + os.replace."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report is meant to be read
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 

@@ -40,7 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from . import ZOO_DIR
-from .train_digits_vit import _atomic_write, _ece, _shifted, file_sha256
+from ..io import atomic_write_bytes, atomic_write_text
+from .train_digits_vit import _ece, _shifted, file_sha256
 
 NAME = "digits_clip"
 FORMAT_VERSION = 1
@@ -311,17 +312,17 @@ def resolve_out(out: Path | str | None) -> tuple[Path, Path]:
 
 def save(result: TrainResult, out: Path | str | None = None) -> tuple[Path, Path]:
     """Write the weights (safetensors) and the json (metadata + file SHA-256) atomically."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     weights, meta_path = resolve_out(out)
     state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
-    _atomic_write(weights, lambda p: save_file(state, str(p), metadata={"name": NAME, "format": "pt"}))
+    atomic_write_bytes(weights, save(state, metadata={"name": NAME, "format": "pt"}))
     meta = dict(result.metadata)
     meta["weights_file"] = weights.name
     meta["weights_file_sha256"] = file_sha256(weights)
     meta["weights_file_bytes"] = weights.stat().st_size
     text = json.dumps(meta, indent=2, sort_keys=False) + "\n"
-    _atomic_write(meta_path, lambda p: p.write_text(text))
+    atomic_write_text(meta_path, text)
     result.metadata = meta
     return weights, meta_path
 

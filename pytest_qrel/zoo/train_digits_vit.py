@@ -27,12 +27,12 @@ import math
 import os
 import platform
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..io import atomic_write_bytes, atomic_write_text
 from . import ZOO_DIR, build_vit
 
 NAME = "digits_vit"
@@ -255,21 +255,6 @@ def train(settings: TrainSettings = TrainSettings(), *, verbose: bool = False) -
     return TrainResult(module=module, metadata=metadata)
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; these are package data files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def resolve_out(out: Path | str | None) -> tuple[Path, Path]:
     """``(weights, json)`` paths for ``--out``: a directory, a ``.safetensors`` path, or the zoo."""
     if out is None:
@@ -281,17 +266,17 @@ def resolve_out(out: Path | str | None) -> tuple[Path, Path]:
 
 def save(result: TrainResult, out: Path | str | None = None) -> tuple[Path, Path]:
     """Write the weights (safetensors) and the json (metadata + file SHA-256) atomically."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     weights, meta_path = resolve_out(out)
     state = {k: v.detach().cpu().contiguous() for k, v in result.module.state_dict().items()}
-    _atomic_write(weights, lambda p: save_file(state, str(p), metadata={"name": NAME, "format": "pt"}))
+    atomic_write_bytes(weights, save(state, metadata={"name": NAME, "format": "pt"}))
     meta = dict(result.metadata)
     meta["weights_file"] = weights.name
     meta["weights_file_sha256"] = file_sha256(weights)
     meta["weights_file_bytes"] = weights.stat().st_size
     text = json.dumps(meta, indent=2, sort_keys=False) + "\n"
-    _atomic_write(meta_path, lambda p: p.write_text(text))
+    atomic_write_text(meta_path, text)
     result.metadata = meta
     return weights, meta_path
 
