@@ -1,57 +1,88 @@
-"""On-disk cache of per-dataset model outputs, shared by xdist workers and later runs.
+"""On-disk cache of per-sample arrays, shared by xdist workers, shards and later runs.
 
-Entries are keyed by a digest of everything that produced them (model weights, preprocessing,
-quantizer config, dataset fingerprint, code digest, torch version, device). A file lock per key
-makes concurrent workers compute an entry once; a corrupt or unreadable entry is recomputed, never
-trusted.
+One entry holds the per-sample arrays (:mod:`pytest_qrel.engine.samples`) of one seed of one unit
+on one dataset (about 40 bytes a sample, never logits), or the fitted parameters of a post-hoc
+step. Entries are keyed by a digest of everything that produced them (model weights,
+preprocessing, quantizer config and seed, dataset fingerprint, code digest, torch version,
+device) and carry a digest of their own content: a truncated, byte-flipped or edited entry is a
+miss (recomputed and overwritten, with one warning line), never trusted. Writes go through the
+one atomic writer (:mod:`pytest_qrel.io`: process-unique temp names and ``os.replace``), so a
+directory shared over NFS is safe without file locks.
 """
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import io
-from collections.abc import Iterator
+import zipfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
 
 from .io import atomic_write_bytes
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
+_DIGEST = "__digest__"
+_FORMAT = "__format__"
+
+
+def arrays_digest(arrays: Mapping[str, np.ndarray]) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of ``arrays`` (in name order)."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{a.dtype.str}|{a.shape};".encode())
+        h.update(a.view(np.uint8).tobytes() if a.size else b"")
+    return h.hexdigest()
 
 
 class OutputsCache:
-    """``get``/``put`` arrays by key under ``root``; ``lock(key)`` serialises computing one key."""
+    """``get`` / ``put`` dicts of arrays by key under ``root``; see the module docstring.
 
-    def __init__(self, root: Path) -> None:
+    ``warn(message)`` receives one line per corrupt entry found (default: ignore).
+    """
+
+    def __init__(self, root: Path, warn: Callable[[str], None] | None = None) -> None:
         self.root = Path(root)
+        self.warn = warn or (lambda message: None)
+        self.hits = 0
+        self.misses = 0
 
-    def _path(self, key: str) -> Path:
+    def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.npz"
 
-    @contextlib.contextmanager
-    def lock(self, key: str) -> Iterator[None]:
-        from filelock import FileLock
-
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(path) + ".lock"):
-            yield
-
     def get(self, key: str) -> dict[str, np.ndarray] | None:
-        path = self._path(key)
+        """The arrays stored under ``key``; None when absent, of another format, or corrupt."""
+        path = self.path(key)
         try:
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError, EOFError, KeyError):
-            return None  # missing or corrupt: the caller recomputes and overwrites
-        if int(arrays.pop("__format__", -1)) != CACHE_FORMAT:
+            data = path.read_bytes()
+        except OSError:
+            self.misses += 1
             return None
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            fmt = int(arrays.pop(_FORMAT, -1))
+            digest = str(arrays.pop(_DIGEST, ""))
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zipfile.LargeZipFile):
+            self._corrupt(path, "unreadable (truncated or not an npz file)")
+            return None
+        if fmt != CACHE_FORMAT:
+            self.misses += 1
+            return None
+        if digest != arrays_digest(arrays):
+            self._corrupt(path, "altered (its content digest does not match)")
+            return None
+        self.hits += 1
         return arrays
 
-    def put(self, key: str, arrays: dict[str, np.ndarray]) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def _corrupt(self, path: Path, why: str) -> None:
+        self.misses += 1
+        self.warn(f"pytest-qrel: cache entry {path} is {why}; it is recomputed")
+
+    def put(self, key: str, arrays: Mapping[str, np.ndarray]) -> None:
         buf = io.BytesIO()
-        np.savez(buf, __format__=np.array(CACHE_FORMAT), **arrays)
-        atomic_write_bytes(path, buf.getvalue())
+        plain = {k: np.asarray(v) for k, v in arrays.items()}
+        np.savez(buf, **{_FORMAT: np.array(CACHE_FORMAT), _DIGEST: np.array(arrays_digest(plain))}, **plain)
+        atomic_write_bytes(self.path(key), buf.getvalue())

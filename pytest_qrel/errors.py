@@ -13,6 +13,8 @@ anything else escaping the library is a bug in pytest-qrel.
     │   └── DataMissingError   a dataset root does not exist (items are skipped, not failed)
     ├── ModelError             a model or checkpoint cannot be loaded
     ├── SimulationError        verify: true found a tensor with more distinct values than 2^bits
+    ├── UserCodeError          user code (a model file, factory, checkpoint loader, forward pass,
+    │                          calibration) raised something else, SystemExit included
     └── BaselineError          a stored FP32 baseline cannot be used
         ├── BaselineMissingError
         └── BaselineStaleError (the fingerprint changed; names each field old -> new)
@@ -25,6 +27,15 @@ from pathlib import Path
 
 class QrelError(Exception):
     """Base class of every error caused by user input."""
+
+    def with_context(self, prefix: str) -> "QrelError":
+        """A copy of this error, of the same type and with the same attributes, whose message is
+        ``"<prefix>: <message>"`` (works for every subclass, whatever its ``__init__`` takes)."""
+        new = type(self).__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.args = (f"{prefix}: {self}",)
+        new.__cause__ = self.__cause__
+        return new
 
 
 class SpecError(QrelError):
@@ -84,6 +95,15 @@ class ModelError(QrelError):
 
 class SimulationError(QrelError):
     """A quantized model does not compute on the integer grids it claims (``verify: true``)."""
+
+
+class UserCodeError(QrelError):
+    """User code raised a non-pytest-qrel exception (or exited) at ``stage``; the original is the
+    ``__cause__``. The message names the model, the stage and the exception in one line."""
+
+    def __init__(self, message: str, *, stage: str = "") -> None:
+        super().__init__(message)
+        self.stage = stage
 
 
 class BaselineError(QrelError):

@@ -24,7 +24,7 @@ import socket
 import time
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "remove_stray_temps"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "remove_stray_temps", "temp_path"]
 
 _STALE_SECONDS = 24 * 3600
 
@@ -32,7 +32,8 @@ _STALE_SECONDS = 24 * 3600
 _HOST = socket.gethostname().replace(".", "_") or "host"
 
 
-def _temp_name(target: Path) -> Path:
+def temp_path(target: Path) -> Path:
+    """A process-unique temp name beside ``target`` (what :func:`remove_stray_temps` recognises)."""
     return target.with_name(f".{target.name}.{_HOST}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
@@ -76,7 +77,7 @@ def atomic_write_bytes(target: str | os.PathLike[str], data: bytes) -> Path:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stray_temps(target)
-    tmp = _temp_name(target)
+    tmp = temp_path(target)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open()
     try:
         with os.fdopen(fd, "wb") as fh:

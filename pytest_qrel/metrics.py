@@ -29,6 +29,11 @@ Registry metadata of every metric:
     True when values are fractions in [0, 1], so percentage points ("pp") make sense.
 ``input`` (``"logits"`` | ``"probs"`` | ``"scores"`` | ``"pair"`` | ``"spectra"``)
     What the first argument is.
+``samples`` (id and pair metrics)
+    The same metric from per-sample arrays (:mod:`pytest_qrel.engine.samples`): ``fn(arrays)`` of
+    one labelled set, or ``fn(common, counter)`` for a pair; what the engine evaluates.
+``unit`` (str, default "")
+    The display unit of a non-fraction metric ("nats").
 ``delta_bounds`` (bool, default True)
     False for metrics that already measure a distance from FP32 (0 for FP32 itself): the spec
     loader rejects ``delta`` bounds on them and asks for a value bound.
@@ -57,7 +62,10 @@ __all__ = [
     "compute_ood_metrics",
     "compute_spectral_metrics",
     "ece",
+    "ece_from_confidence",
     "fpr_at_95_tpr",
+    "id_metrics_from_samples",
+    "pair_metrics_from_samples",
     "logsumexp",
     "nll",
     "softmax",
@@ -225,7 +233,7 @@ def softmax(logits: Any) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-@METRICS.register("top1", higher_is_better=True, kind="id", fraction=True, input="logits")
+@METRICS.register("top1", higher_is_better=True, kind="id", fraction=True, input="logits", samples=lambda a: float(np.mean(a["correct"])))
 def top1(logits: Any, labels: Any) -> float:
     """Top-1 accuracy: fraction in [0, 1] of samples whose arg-max logit is the label.
 
@@ -243,7 +251,8 @@ def top1(logits: Any, labels: Any) -> float:
     return float(np.mean(x.argmax(axis=1) == y))
 
 
-@METRICS.register("nll", higher_is_better=False, kind="id", fraction=False, input="logits")
+@METRICS.register("nll", higher_is_better=False, kind="id", fraction=False, input="logits", unit="nats",
+                  samples=lambda a: float(np.mean(a["nll"], dtype=np.float64)))
 def nll(logits: Any, labels: Any) -> float:
     """Mean negative log-likelihood of the labels, in nats, from logits via log-softmax.
 
@@ -265,7 +274,8 @@ def nll(logits: Any, labels: Any) -> float:
     return float(np.mean(per_sample))
 
 
-@METRICS.register("ece", higher_is_better=False, kind="id", fraction=True, input="probs")
+@METRICS.register("ece", higher_is_better=False, kind="id", fraction=True, input="probs",
+                  samples=lambda a: ece_from_confidence(a["confidence"], a["correct"]))
 def ece(probs: Any, labels: Any, n_bins: int = 15) -> float:
     """Expected calibration error (top-label, L1), a fraction in [0, 1]; lower is better.
 
@@ -300,16 +310,26 @@ def ece(probs: Any, labels: Any, n_bins: int = 15) -> float:
     y = check_labels(labels, p.shape[0], p.shape[1])
     n_bins = _check_n_bins(n_bins)
 
-    conf = p.max(axis=1)
-    correct = (p.argmax(axis=1) == y).astype(np.float64)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    idx = np.clip(np.digitize(conf, edges) - 1, 0, n_bins - 1)
+    return ece_from_confidence(p.max(axis=1), p.argmax(axis=1) == y, n_bins)
 
-    count = np.bincount(idx, minlength=n_bins).astype(np.float64)
+
+def ece_bin_index(confidence: Any, n_bins: int = 15) -> np.ndarray:
+    """The ECE bin (0 .. n_bins - 1) of each confidence: the binning convention of :func:`ece`."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    return np.clip(np.digitize(np.asarray(confidence, dtype=np.float64), edges) - 1, 0, n_bins - 1)
+
+
+def ece_from_confidence(confidence: Any, correct: Any, n_bins: int = 15) -> float:
+    """:func:`ece` from per-sample max-softmax ``confidence`` (N,) and ``correct`` (N,) flags."""
+    conf = np.asarray(confidence, dtype=np.float64)
+    hit = np.asarray(correct, dtype=np.float64)
+    if conf.ndim != 1 or conf.shape != hit.shape or conf.size == 0:
+        raise ValueError(f"confidence and correct must be non-empty 1-D arrays of one length; got {conf.shape} and {hit.shape}")
+    idx = ece_bin_index(conf, _check_n_bins(n_bins))
     conf_sum = np.bincount(idx, weights=conf, minlength=n_bins)
-    acc_sum = np.bincount(idx, weights=correct, minlength=n_bins)
+    acc_sum = np.bincount(idx, weights=hit, minlength=n_bins)
     # sum_b |B_b|/N * |acc_b - conf_b| == sum_b |acc_sum_b - conf_sum_b| / N
-    return float(np.abs(acc_sum - conf_sum).sum() / count.sum())
+    return float(np.abs(acc_sum - conf_sum).sum() / conf.size)
 
 
 # --------------------------------------------------------------------------------------------
@@ -434,7 +454,8 @@ def compute_id_metrics(logits: Any, labels: Any) -> dict[str, float]:
     return out
 
 
-@METRICS.register("vulnerability", higher_is_better=False, kind="pair", fraction=True, input="pair")
+@METRICS.register("vulnerability", higher_is_better=False, kind="pair", fraction=True, input="pair",
+                  samples=lambda common, counter: float(np.mean(common["correct"]) - np.mean(counter["correct"])))
 def vulnerability(common_logits: Any, common_labels: Any, counter_logits: Any, counter_labels: Any) -> float:
     """Spurious-correlation vulnerability: ``top1(common) - top1(counter)``, a signed fraction.
 
@@ -477,6 +498,18 @@ def compute_ood_metrics(id_scores: Any, ood_scores: Any, conventions: str = "hen
 # pytest_qrel.spectral for the definitions). FP32 against itself is 0, so only value bounds apply.
 for _name, _fn in (("spectral_error", spectral_error), ("spectral_error_high", spectral_error_high)):
     METRICS.add(_name, _fn, higher_is_better=False, kind="spectral", fraction=False, input="spectra", delta_bounds=False)
+
+
+def id_metrics_from_samples(arrays: Any) -> dict[str, float]:
+    """Every registered ``"id"`` metric from one labelled set's per-sample arrays."""
+    return {name: float(METRICS.meta(name)["samples"](arrays)) for name in METRICS if METRICS.meta(name)["kind"] == "id"}
+
+
+def pair_metrics_from_samples(common: Any, counter: Any) -> dict[str, float]:
+    """Every registered ``"pair"`` metric from the per-sample arrays of the (common, counter) sets."""
+    return {
+        name: float(METRICS.meta(name)["samples"](common, counter)) for name in METRICS if METRICS.meta(name)["kind"] == "pair"
+    }
 
 
 def compute_spectral_metrics(quantized_spectrum: Any, fp32_spectrum: Any) -> dict[str, float]:

@@ -2,10 +2,18 @@
 
 This is the only module of pytest-qrel that imports pytest; everything it does is a thin call into
 the library (:func:`pytest_qrel.load_suite`, :func:`pytest_qrel.plan`, :class:`pytest_qrel.Engine`,
-:func:`pytest_qrel.render_report`). Heavy imports (torch, timm) happen only when an item runs.
+:mod:`pytest_qrel.report`, :mod:`pytest_qrel.shards`). Heavy imports (torch, timm) happen only
+when an item runs.
 
-Node ids: ``<suite file>::<model>[<quantizer>-<dataset>]::<check>``, e.g.
-``suites/demo.yaml::vit_digits[W4A4-textures]::aupr_out(msp) delta<=12%``.
+Node ids: ``<suite file>::<model>::<quantizer>::<metric>[(<score>)] on <dataset> <bound>``, e.g.
+``suites/demo.yaml::vit_digits::W4A4::aupr_out(msp) on textures delta<=12%``. They contain no
+``[`` (pytest reads one as the start of parameters), so ``--lf``, ``--sw``, ``--deselect``, pasting an
+id back and junit names all work.
+
+A green run means every selected check ran and held: a check that produced no verdict (a crashed
+xdist worker, ``-x``, an interrupted run) is ``not run`` and fails the run; a run in which every
+check was skipped (data missing) fails with one line naming what is missing, unless
+``--qrel-allow-skip-all``.
 """
 
 from __future__ import annotations
@@ -13,19 +21,20 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-import re
+import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .errors import DataMissingError, QrelError
+from .errors import DataMissingError, QrelError, UserCodeError
 from .results import UnitMetrics, Verdict
 from .spec import PlannedCheck, load_suite, plan
 
 PROP_PREFIX = "qrel."
-_QREL_NODEID = re.compile(r"^(?P<file>[^:]+\.ya?ml)::(?P<model>[^\[:]+)\[(?P<inner>[^\]]*)\]::")
 
 
 class CheckFailed(AssertionError):
@@ -35,33 +44,78 @@ class CheckFailed(AssertionError):
 @dataclass
 class _State:
     suites: list[Path] = field(default_factory=list)
-    expected: set[str] = field(default_factory=set)
+    expected: dict[str, str] = field(default_factory=dict)  # nodeid -> suite name
+    planned: dict[str, int] = field(default_factory=dict)  # suite name -> planned checks (whole suite)
     verdicts: dict[str, Verdict] = field(default_factory=dict)
+    crashed: set[str] = field(default_factory=set)
     units: dict[tuple[str, str, str], UnitMetrics] = field(default_factory=dict)
     engine: Any = None
     threads: int | None = None
     threads_before: int | None = None
+    started: float = field(default_factory=time.time)
+    suites_loaded: dict[str, Any] = field(default_factory=dict)  # suite name -> Suite (run info)
+    selected: list[PlannedCheck] = field(default_factory=list)  # the checks this process will run
 
 
 STATE = pytest.StashKey[_State]()
+PLANNED = pytest.StashKey[PlannedCheck]()
 
 
 # ---------------------------------------------------------------------------- options
+def _shard(value: str) -> tuple[int, int]:
+    try:
+        k, n = (int(x) for x in value.split("/"))
+    except ValueError:
+        raise pytest.UsageError(f"--qrel-shard {value}: expected K/N with integers, e.g. 1/4") from None
+    if not 1 <= k <= n:
+        raise pytest.UsageError(f"--qrel-shard {value}: K must be between 1 and N (shards are numbered 1..N)")
+    return k, n
+
+
+def _workers(value: str) -> int | None:
+    if value == "auto":
+        return None
+    if value.isdigit():
+        return int(value)
+    raise pytest.UsageError(f"--qrel-workers {value}: expected 'auto' or a number of DataLoader worker processes (0 = none)")
+
+
+def _device(value: str) -> str:
+    import re
+
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+        raise pytest.UsageError(f"--qrel-device {value}: expected auto, cpu, cuda, cuda:K or mps")
+    return value
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("qrel", "pytest-qrel: reliability gates for quantized vision models")
     group.addoption("--qrel-suite", action="append", default=[], metavar="PATH",
                     help="run this reliability suite (YAML); may be given several times. Only suites are then collected.")
     group.addoption("--qrel-report", metavar="PATH", default=None,
-                    help="write a self-contained HTML audit report here (and a Markdown summary next to it).")
+                    help="write a self-contained HTML audit report here (and a Markdown summary next to it, .md).")
+    group.addoption("--qrel-results", metavar="PATH", default=None,
+                    help="write the run's results (verdicts, report tables, environment, suite hashes) as JSON, for 'qrel merge'.")
+    group.addoption("--qrel-shard", metavar="K/N", default=None, type=_shard,
+                    help="run shard K of N: a deterministic, cost-balanced 1/N of the units (all checks of a unit together).")
     group.addoption("--qrel-update-baselines", action="store_true", default=False,
                     help="(re)write the FP32 baselines of the collected suites before checking against them.")
     group.addoption("--qrel-strict", action="store_true", default=False,
                     help="treat missing datasets as errors instead of skipping their checks.")
-    group.addoption("--qrel-device", default="cpu", metavar="DEVICE", help="torch device for forward passes (default: cpu).")
+    group.addoption("--qrel-allow-skip-all", action="store_true", default=False,
+                    help="let a run in which every check was skipped (data missing) pass; by default it fails.")
+    group.addoption("--qrel-device", default="auto", metavar="DEVICE", type=_device,
+                    help="torch device: auto (cuda, else mps, else cpu), cpu, cuda, cuda:K or mps; under -n, worker K uses GPU K mod count.")
+    group.addoption("--qrel-workers", default="auto", metavar="N", type=_workers,
+                    help="DataLoader worker processes that decode image files (default auto: from the cores per pytest worker).")
     group.addoption("--qrel-no-cache", action="store_true", default=False,
-                    help="do not read or write the on-disk outputs cache (.pytest_cache/d/qrel).")
+                    help="do not read or write the outputs cache and decoded-image store (.pytest_cache/d/qrel).")
     parser.addini("qrel_suite_glob", "suite files collected by path (relative to rootdir)", default="suites/*.yaml")
     parser.addini("qrel_baseline_dir", "directory of stored FP32 baselines (relative to rootdir)", default="baselines")
+
+
+def _xdist_workers() -> int:
+    return int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -72,10 +126,11 @@ def pytest_configure(config: pytest.Config) -> None:
         if not path.is_file():
             raise pytest.UsageError(f"--qrel-suite {raw}: no such file (give the path of a suite YAML file)")
         state.suites.append(path.resolve())
-    if state.suites:
-        # Only the suites' items run: the project's own tests are not collected alongside.
+    if state.suites and config.args_source != pytest.Config.ArgsSource.ARGS:
+        # Only the suites' items run: the project's own tests (testpaths) are not collected
+        # alongside. Node ids given on the command line (a pasted id, --lf's) are kept as given.
         config.args[:] = [str(p) for p in state.suites]
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    workers = _xdist_workers()
     if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
         state.threads = max(1, (os.cpu_count() or 1) // workers)  # avoid oversubscribing the cores
     config.stash[STATE] = state
@@ -90,6 +145,19 @@ def _relative(path: Path, start: Path) -> Path:
     except ValueError:
         return path
     return path if rel.parts[:1] == ("..",) else rel
+
+
+def _resolve_device(config: pytest.Config) -> str:
+    import torch
+
+    device = config.getoption("qrel_device")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else ("mps" if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else "cpu")
+    workerinput = getattr(config, "workerinput", None)
+    if device == "cuda" and workerinput and torch.cuda.device_count() > 1:
+        k = int(str(workerinput.get("workerid", "gw0")).lstrip("gw") or 0)
+        device = f"cuda:{k % torch.cuda.device_count()}"
+    return device
 
 
 def _engine(config: pytest.Config) -> Any:
@@ -107,14 +175,124 @@ def _engine(config: pytest.Config) -> Any:
             cache_dir = config.cache.mkdir("qrel")
         workerinput = getattr(config, "workerinput", None)
         invocation = config.invocation_params.dir
+        workers = config.getoption("qrel_workers")
+        if workers is None:  # one decoding process per spare core of this pytest worker
+            workers = max(0, min(4, (os.cpu_count() or 1) // _xdist_workers() - 1))
+        progress = config.stash.get(_PROGRESS, None)
         state.engine = Engine(
             baseline_dir=_relative(config.rootpath / config.getini("qrel_baseline_dir"), invocation),
             cache_dir=cache_dir,
             update_baselines=config.getoption("qrel_update_baselines"),
-            device=config.getoption("qrel_device"),
+            device=_resolve_device(config),
             run_id=workerinput.get("testrunuid") if workerinput else None,
+            workers=workers,
+            progress=progress,
+            warn=lambda message: _warn_line(config, message),
         )
+        # Every selected check is announced, so each unit computes what all its checks read, once,
+        # and is released after its last check.
+        state.engine.expect(state.selected)
     return state.engine
+
+
+def _warn_line(config: pytest.Config, message: str) -> None:
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    if tr is not None and not hasattr(config, "workerinput"):
+        tr.write_line(message, yellow=True)
+    else:
+        sys.stderr.write(message + "\n")
+
+
+# ---------------------------------------------------------------------------- progress
+class _Progress:
+    """Progress of passes and units. On a terminal, one line rewritten in place while a pass runs
+    (unit, dataset, images done / total, images/s, ETA), then the line pytest was writing is put
+    back; otherwise one line per finished unit. Nothing under ``-q``. An xdist worker writes its
+    line to a status file that the controller shows."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.tr = config.pluginmanager.get_plugin("terminalreporter")
+        self.capture = config.pluginmanager.get_plugin("capturemanager")
+        self.tty = bool(self.tr is not None and self.tr.isatty)
+        self.worker = getattr(config, "workerinput", {}).get("workerid")
+        self.status = _status_dir(config)
+        self.last = 0.0
+        self.start: dict[str, float] = {}
+        self.saved: str | None = None
+
+    def _write(self, fn: Any) -> None:
+        if self.capture is not None:
+            with self.capture.global_and_fixture_disabled():
+                fn()
+        else:
+            fn()
+
+    def update(self, what: str, done: int, total: int) -> None:
+        """A pass advanced (``done`` of ``total`` images)."""
+        now = time.monotonic()
+        if done == 0:
+            self.start[what] = now
+        elapsed = max(1e-9, now - self.start.get(what, now))
+        rate = done / elapsed if done else 0.0
+        finished = done >= total
+        if not finished and now - self.last < 0.5:
+            return
+        self.last = now
+        eta = f", ETA {int((total - done) / rate)} s" if rate and not finished else ""
+        line = f"qrel: {what}: {done}/{total} images, {rate:.0f} img/s{eta}"
+        if self.worker is not None:
+            self._status(line, finished)
+            return
+        if self.tr is None or not self.tty:
+            return
+        tw = self.tr._tw
+        if finished:
+            if self.saved is not None:
+                saved = self.saved
+                self._write(lambda: self.tr.rewrite(saved, erase=True))
+                self.saved = None
+        else:
+            if self.saved is None:
+                self.saved = getattr(tw, "_current_line", "")
+            self._write(lambda: self.tr.rewrite(line[: max(20, tw.fullwidth - 1)], erase=True))
+
+    def unit(self, what: str, seconds: float, passes: int, images: int) -> None:
+        """A unit finished: ``passes`` passes over ``images`` images in ``seconds``."""
+        line = f"qrel: {what}: {passes} passes, {images} images in {seconds:.1f} s"
+        if self.worker is not None:
+            self._status(line, True)
+        elif self.tr is not None and not self.tty and passes:
+            self._write(lambda: self.tr.write_line(line))
+
+    def _status(self, line: str, finished: bool) -> None:
+        if self.status is None:
+            return
+        from .io import atomic_write_text
+
+        try:
+            atomic_write_text(self.status / f"{self.worker}.json", json.dumps({"line": line, "finished": finished, "time": time.time()}))
+        except OSError:
+            pass
+
+
+_PROGRESS = pytest.StashKey[_Progress]()
+
+
+def _status_dir(config: pytest.Config) -> Path | None:
+    cache = getattr(config, "cache", None)
+    if cache is None:
+        return None
+    workerinput = getattr(config, "workerinput", None)
+    run = workerinput.get("testrunuid") if workerinput else config.stash.get(_RUN_ID, "")
+    return cache.mkdir("qrel-status") / str(run or "run")
+
+
+_RUN_ID = pytest.StashKey[str]()
+
+
+def _quiet(config: pytest.Config) -> bool:
+    return config.get_verbosity() < 0
 
 
 # ---------------------------------------------------------------------------- collection
@@ -135,29 +313,51 @@ def _matches_glob(config: pytest.Config, path: Path) -> bool:
     return any(fnmatch.fnmatch(rel, g) for g in config.getini("qrel_suite_glob").split())
 
 
-def _one_line(excinfo: pytest.ExceptionInfo[BaseException]) -> str | None:
-    if isinstance(excinfo.value, (QrelError, CheckFailed)):
+def _one_line(excinfo: pytest.ExceptionInfo[BaseException], config: pytest.Config) -> str | None:
+    if isinstance(excinfo.value, (QrelError, CheckFailed)) and config.option.tbstyle not in ("long", "native"):
         return str(excinfo.value)
     return None
 
 
 class SuiteFile(pytest.File):
-    """A suite YAML file: validated, planned, and split into one group per model[quantizer-dataset]."""
+    """A suite YAML file: validated, planned, and split into model / quantizer collectors."""
 
     def collect(self) -> Any:
         suite = load_suite(_relative(self.path, self.config.invocation_params.dir))
-        groups: dict[str, list[PlannedCheck]] = {}
-        for p in plan(suite):
-            groups.setdefault(p.group, []).append(p)
-        for name, planned in groups.items():
-            yield UnitGroup.from_parent(self, name=name, planned=planned)
+        planned = plan(suite)
+        state = self.config.stash[STATE]
+        state.planned[suite.name] = state.planned.get(suite.name, 0) + len(planned)
+        state.suites_loaded[suite.name] = suite
+        from .spec.plan import scopes
+
+        scope = scopes(planned)
+        first = {s: i for i, s in reversed(list(enumerate(scope[(p.model, p.quantizer)] for p in planned)))}
+        # Items of one scope are adjacent (in plan order otherwise), so a unit's arrays are
+        # released soon after its first check runs.
+        models: dict[str, dict[str, list[PlannedCheck]]] = {}
+        for p in sorted(planned, key=lambda p: (list(suite.models).index(p.model), first[scope[(p.model, p.quantizer)]])):
+            models.setdefault(p.model, {}).setdefault(p.quantizer, []).append(p)
+        for model, quantizers in models.items():
+            yield ModelNode.from_parent(self, name=model, quantizers=quantizers)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:  # type: ignore[override]
-        return _one_line(excinfo) or super().repr_failure(excinfo)
+        return _one_line(excinfo, self.config) or super().repr_failure(excinfo)
 
 
-class UnitGroup(pytest.Collector):
-    """The checks of one (model, quantizer, dataset): ``vit_digits[W4A4-textures]``."""
+class ModelNode(pytest.Collector):
+    """The checks of one model: ``vit_digits``."""
+
+    def __init__(self, *, quantizers: dict[str, list[PlannedCheck]], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.quantizers = quantizers
+
+    def collect(self) -> Any:
+        for q, planned in self.quantizers.items():
+            yield QuantizerNode.from_parent(self, name=q, planned=planned)
+
+
+class QuantizerNode(pytest.Collector):
+    """The checks of one (model, quantizer): ``vit_digits::W4A4``."""
 
     def __init__(self, *, planned: list[PlannedCheck], **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -174,6 +374,7 @@ class CheckItem(pytest.Item):
     def __init__(self, *, planned: PlannedCheck, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.planned = planned
+        self.stash[PLANNED] = planned
         self.add_marker(pytest.mark.qrel)
         check = planned.check
         if check.expect == "fail":
@@ -182,18 +383,16 @@ class CheckItem(pytest.Item):
 
     def runtest(self) -> None:
         __tracebackhide__ = True
+        from .api import verdict_without_result
+
         engine = _engine(self.config)
         p = self.planned
         try:
             verdict = engine.evaluate(p)
         except QrelError as exc:
             skipped = isinstance(exc, DataMissingError) and not self.config.getoption("qrel_strict")
-            self._record(Verdict(
-                suite=p.suite.name, model=p.model, quantizer=p.quantizer, dataset=p.dataset, metric=p.check.metric,
-                score=p.score, check=p.check.text, bound=str(p.check.bound), fp32=None, value=None, delta=None,
-                delta_display="", passed=False, expect_fail=p.check.expect == "fail",
-                outcome="skipped" if skipped else "error", message=str(exc),
-            ))
+            stage = exc.stage if isinstance(exc, UserCodeError) else ""
+            self._record(verdict_without_result(p, "skipped" if skipped else "error", str(exc), stage=stage))
             if skipped:
                 # Report the suite's location, not this line (the reason names the missing path).
                 raise pytest.skip.Exception(str(exc), _use_item_location=True) from None
@@ -205,78 +404,156 @@ class CheckItem(pytest.Item):
     def _record(self, verdict: Verdict) -> None:
         verdict.nodeid = self.nodeid
         # Plain types only: xdist silently drops reports carrying numpy scalars.
+        import dataclasses
+
+        defaults = {f.name: f.default for f in dataclasses.fields(Verdict) if f.default is not dataclasses.MISSING}
         for key, value in verdict.to_dict().items():
-            self.user_properties.append((PROP_PREFIX + key, value))
+            if key not in defaults or value != defaults[key]:  # optional fields only when set: small junit
+                self.user_properties.append((PROP_PREFIX + key, value))
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:  # type: ignore[override]
-        return _one_line(excinfo) or super().repr_failure(excinfo)
+        return _one_line(excinfo, self.config) or super().repr_failure(excinfo)
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
         where = self.planned.check.where
         line = (where.line - 1) if where and where.line else None
-        return self.path, line, f"{self.planned.group}::{self.name}"
+        return self.path, line, f"{self.planned.model}::{self.planned.quantizer}::{self.name}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    outcome = yield
+    if call.when == "call" and isinstance(item, CheckItem):
+        engine = item.config.stash[STATE].engine
+        if engine is not None:
+            # Unit records travel with the report (xdist serialises plain attributes), so a worker
+            # that crashes later has already delivered what it computed.
+            outcome.get_result().qrel_units = [u.to_dict() for u in engine.take_new_records()]
 
 
 # ---------------------------------------------------------------------------- results
 class _Recorder:
-    """Collects verdicts from reports (in the controller under xdist), checks that every item
-    reported one, writes the report and prints the summary."""
+    """Collects verdicts and unit records from reports (in the controller under xdist), names the
+    checks that produced none, writes the report and results file and prints the summary."""
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.state: _State = config.stash[STATE]
-        self.missing: list[str] = []
+        self.not_run: list[str] = []
         self.report_written: Path | None = None
+        self.results_written: Path | None = None
+        self.all_skipped = False
+        self.problems: list[str] = []
+
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        import uuid
+
+        self.config.stash[_RUN_ID] = uuid.uuid4().hex
+        if not _quiet(self.config):
+            self.config.stash[_PROGRESS] = _Progress(self.config)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+        shard = config.getoption("qrel_shard")
+        if shard is None:
+            return
+        from .shards import assign
+
+        checks = [i for i in items if isinstance(i, CheckItem)]
+        mine = assign([i.planned for i in checks], *shard)
+        keep, drop = [], []
+        for i in items:
+            (keep if not isinstance(i, CheckItem) or mine[i.planned] else drop).append(i)
+        if drop:
+            config.hook.pytest_deselected(items=drop)
+            items[:] = keep
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
-        self.state.expected.update(i.nodeid for i in session.items if isinstance(i, CheckItem))
+        checks = [i for i in session.items if isinstance(i, CheckItem)]
+        self.state.expected.update({i.nodeid: i.planned.suite.name for i in checks})
+        self.state.selected = [i.planned for i in checks]
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        state = self.state
+        for raw in getattr(report, "qrel_units", None) or []:
+            u = UnitMetrics.from_dict(raw)
+            state.units[(u.suite, u.model, u.quantizer)] = u
         props = {k[len(PROP_PREFIX):]: v for k, v in report.user_properties if isinstance(k, str) and k.startswith(PROP_PREFIX)}
         if not props:
+            if report.failed and report.nodeid in state.expected and report.nodeid not in state.verdicts:
+                # No verdict came with it: a crashed worker ("???") or an error outside runtest.
+                state.verdicts[report.nodeid] = _verdict_from_nodeid(report.nodeid, state, "error", _first_line(report))
+                if report.when == "???":
+                    state.crashed.add(report.nodeid)
             return
+        if report.nodeid in state.crashed:
+            return  # a crash is a failure for good, even if the re-scheduled item then passed
         verdict = Verdict.from_dict(props)
         verdict.nodeid = report.nodeid
         if hasattr(report, "wasxfail"):
             verdict.outcome = "xfailed" if report.skipped else "xpassed"
-        self.state.verdicts[report.nodeid] = verdict
+        state.verdicts[report.nodeid] = verdict
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         config, state = self.config, self.state
-        report_path = config.getoption("qrel_report")
         if hasattr(config, "workerinput"):
-            # Worker: ship the report tables to the controller (plain types only).
-            if report_path and state.engine is not None:
-                config.workeroutput["qrel_units"] = json.dumps([u.to_dict() for u in state.engine.report_units()])
             return
-        if state.engine is not None and report_path:
-            for u in state.engine.report_units():
-                state.units[(u.suite, u.model, u.quantizer)] = u
-        interrupted = bool(session.shouldstop or session.shouldfail) or exitstatus == pytest.ExitCode.INTERRUPTED
-        self.missing = sorted(state.expected - set(state.verdicts))
-        if self.missing and not interrupted:
+        if config.option.collectonly or not state.expected:
+            return
+        interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
+        self.not_run = [n for n in state.expected if n not in state.verdicts]
+        reason = "the run was interrupted" if interrupted else (
+            "the run stopped early (-x / --maxfail)" if session.shouldstop or session.shouldfail else "no result arrived for it"
+        )
+        for nodeid in self.not_run:
+            state.verdicts[nodeid] = _verdict_from_nodeid(nodeid, state, "not run", f"did not run: {reason}")
+        verdicts = list(state.verdicts.values())
+        if self.not_run and not interrupted:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
-        if report_path and state.verdicts:
-            from .report import render_markdown, render_report
+        if verdicts and all(v.outcome == "skipped" for v in verdicts) and not config.getoption("qrel_allow_skip_all"):
+            self.all_skipped = True
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        try:
+            self._write_outputs(verdicts)
+        except Exception as exc:  # a broken report must not hide the verdicts behind an INTERNALERROR
+            self.problems.append(f"ERROR: could not write the report: {type(exc).__name__}: {exc}")
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
-            path = Path(report_path)
-            verdicts = list(state.verdicts.values())
-            units = list(state.units.values())
-            conventions = sorted({f"{u.suite}: {u.conventions}" for u in units})
-            meta = {
-                "suites": sorted({v.suite for v in verdicts}),
-                "metric conventions": conventions or ["hendrycks"],
-                "command": " ".join(map(str, config.invocation_params.args)),
-            }
-            methods = {(u.suite, u.quantizer): u.method for u in units if u.method}
-            render_report(verdicts, units, path, meta=meta, methods=methods)
-            path.with_suffix(".md").write_text(render_markdown(verdicts, units), encoding="utf-8")
-            self.report_written = path
+    def _suites(self) -> dict[str, tuple[Any, str]]:
+        """``{suite name: (Suite, file as written in node ids)}`` of the checks this run expected."""
+        out: dict[str, tuple[Any, str]] = {}
+        for nodeid in self.state.expected:
+            file = nodeid.split("::", 1)[0]
+            found = _suite_of(self.config, file)
+            if found is not None and found[0].name not in out:
+                out[found[0].name] = (found[0], file)
+        return out
+
+    def _write_outputs(self, verdicts: list[Verdict]) -> None:
+        report_path = self.config.getoption("qrel_report")
+        results_path = self.config.getoption("qrel_results")
+        if not (report_path or results_path):
+            return
+        from .shards import planned_ids, run_results, write_report, write_results
+
+        state = self.state
+        suites = self._suites()
+        plan_ids = {name: planned_ids(suite, file) for name, (suite, file) in suites.items()}
+        results = run_results(
+            verdicts, list(state.units.values()), suites=[s for s, _ in suites.values()],
+            planned=state.planned or {name: len(ids) for name, ids in plan_ids.items()}, started=state.started,
+            command=" ".join(map(str, self.config.invocation_params.args)), device=str(self.config.getoption("qrel_device")),
+            shard=self.config.getoption("qrel_shard"),
+        )
+        if results_path:
+            self.results_written = write_results(results, Path(results_path), plan_ids=plan_ids)
+        if report_path:
+            self.report_written = write_report(results, Path(report_path))
 
     def pytest_terminal_summary(self, terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
         state = self.state
-        if not (state.verdicts or state.expected):
+        if hasattr(config, "workerinput") or config.option.collectonly or not (state.verdicts or state.expected):
             return
         tr = terminalreporter
         tr.section("pytest-qrel")
@@ -286,35 +563,98 @@ class _Recorder:
             counts[v.outcome] = counts.get(v.outcome, 0) + 1
         for suite, counts in sorted(by_suite.items()):
             parts = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-            tr.write_line(f"{suite}: {sum(counts.values())} checks: {parts}")
-        if self.missing:
+            total = sum(counts.values())
+            planned = state.planned.get(suite, total)
+            selected = "" if planned == total else f" (of {planned} planned)"
+            tr.write_line(f"{suite}: {total} checks{selected}: {parts}")
+        skipped = [v for v in state.verdicts.values() if v.outcome == "skipped"]
+        if skipped:
+            reasons: dict[str, int] = {}
+            for v in skipped:
+                reasons[v.message] = reasons.get(v.message, 0) + 1
+            for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1]):
+                tr.write_line(f"NOT VERIFIED: {n} check(s) skipped: {reason}", yellow=True)
+        if self.all_skipped:
             tr.write_line(
-                f"ERROR: no result arrived for {len(self.missing)} check(s), e.g. {self.missing[0]}; the run is marked failed",
+                f"ERROR: no check produced a verdict: all {len(skipped)} were skipped because data is missing (see above); "
+                "point the suite at the data, or pass --qrel-allow-skip-all to accept a run that verifies nothing",
                 red=True,
             )
+        if self.not_run:
+            tr.write_line(f"ERROR: {len(self.not_run)} check(s) did not run, e.g. {self.not_run[0]}; the run is marked failed", red=True)
+        crashed = sorted(state.crashed)
+        if crashed:
+            tr.write_line(f"ERROR: {len(crashed)} check(s) were lost to a crashed worker, e.g. {crashed[0]}", red=True)
+        for line in self.problems:
+            tr.write_line(line, red=True)
         if self.report_written:
             tr.write_line(f"report: {self.report_written} (summary: {self.report_written.with_suffix('.md')})")
+        if self.results_written:
+            tr.write_line(f"results: {self.results_written}")
+
+
+def _first_line(report: pytest.TestReport) -> str:
+    text = str(report.longrepr or "").strip().splitlines()
+    return text[-1] if text else "failed without a message"
+
+
+def _verdict_from_nodeid(nodeid: str, state: _State, outcome: Any, message: str) -> Verdict:
+    """A verdict for a check known only by its node id (a crash, a check that never ran)."""
+    parts = nodeid.split("::")
+    model, quantizer, name = (parts + ["", "", ""])[1:4]
+    return Verdict(
+        suite=state.expected.get(nodeid, ""), model=model, quantizer=quantizer, dataset="", metric=name.split(" ", 1)[0],
+        score=None, check=name, bound="", fp32=None, value=None, delta=None, delta_display="", passed=False,
+        expect_fail=False, outcome=outcome, message=message, nodeid=nodeid,
+    )
 
 
 # ---------------------------------------------------------------------------- xdist
 class _XdistController:
-    """Controller-side xdist hooks: expected items, worker tables, and a unit-grouping scheduler."""
+    """Controller-side xdist hooks: expected items, worker status lines, a unit-grouping scheduler."""
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
-        self.config.stash[STATE].expected.update(i for i in ids if _QREL_NODEID.match(i))
+        state = self.config.stash[STATE]
+        for nodeid in ids:
+            if nodeid.count("::") == 3 and nodeid.split("::", 1)[0].endswith((".yaml", ".yml")):
+                state.expected.setdefault(nodeid, _suite_name_of(self.config, nodeid))
+        if self._thread is None and not _quiet(self.config):
+            self._thread = threading.Thread(target=self._show_status, daemon=True)
+            self._thread.start()
+
+    def _show_status(self) -> None:
+        status = _status_dir(self.config)
+        tr = self.config.pluginmanager.get_plugin("terminalreporter")
+        if status is None or tr is None:
+            return
+        shown: dict[str, float] = {}
+        last_print = 0.0
+        while not self._stop.wait(2.0):
+            lines = []
+            for path in sorted(status.glob("gw*.json")):
+                try:
+                    info = json.loads(path.read_text())
+                except (OSError, ValueError):
+                    continue
+                if info.get("time", 0) > shown.get(path.stem, 0):
+                    shown[path.stem] = info["time"]
+                    lines.append(f"[{path.stem}] {info['line']}")
+            if lines and time.monotonic() - last_print >= 5.0:
+                last_print = time.monotonic()
+                tr.write_line(" | ".join(lines))
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
-        raw = getattr(node, "workeroutput", {}).get("qrel_units")
-        if raw:
-            state = self.config.stash[STATE]
-            for d in json.loads(raw):
-                u = UnitMetrics.from_dict(d)
-                state.units[(u.suite, u.model, u.quantizer)] = u
+        pass
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        self._stop.set()
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
@@ -323,14 +663,40 @@ class _XdistController:
         return _make_unit_scheduler(config, log)
 
 
-def unit_scope(nodeid: str) -> str:
-    """The xdist scope of a node id: all checks of one (suite, model, quantizer) share one worker,
-    so each unit's forward passes run once. Other node ids are their own scope."""
-    m = _QREL_NODEID.match(nodeid)
-    if not m or "-" not in m["inner"]:
+_SUITES = pytest.StashKey[dict[str, Any]]()
+
+
+def _suite_name_of(config: pytest.Config, nodeid: str) -> str:
+    suite = _suite_of(config, nodeid.split("::", 1)[0])
+    return suite[0].name if suite else ""
+
+
+def _suite_of(config: pytest.Config, file: str) -> tuple[Any, dict[tuple[str, str], str]] | None:
+    """The suite behind a node id's file part and its scopes (loaded once per session; no torch)."""
+    cache = config.stash.setdefault(_SUITES, {})
+    if file not in cache:
+        from .spec.plan import scopes
+
+        try:
+            suite = load_suite(_relative(config.rootpath / file, config.invocation_params.dir))
+            cache[file] = (suite, scopes(plan(suite)))
+        except QrelError:
+            cache[file] = None
+    return cache[file]
+
+
+def unit_scope(nodeid: str, config: pytest.Config | None = None) -> str:
+    """The xdist scope of a node id: every check reading one unit -- its post-hoc variants and the
+    checks comparing it with another quantizer included -- goes to one worker, so each forward
+    pass and calibration runs once across workers. Other node ids are their own scope."""
+    parts = nodeid.split("::")
+    if len(parts) != 4 or not parts[0].endswith((".yaml", ".yml")):
         return nodeid
-    quantizer = m["inner"].rsplit("-", 1)[0]  # dataset names never contain '-'
-    return f"{m['file']}::{m['model']}[{quantizer}]"
+    file, model, quantizer = parts[:3]
+    found = _suite_of(config, file) if config is not None else None
+    if found is not None and (model, quantizer) in found[1]:
+        return f"{file}::{found[1][(model, quantizer)]}"
+    return f"{file}::{model}::{quantizer.split('+', 1)[0]}"
 
 
 def _make_unit_scheduler(config: pytest.Config, log: Any) -> Any:
@@ -340,7 +706,7 @@ def _make_unit_scheduler(config: pytest.Config, log: Any) -> Any:
 
     class UnitScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return unit_scope(nodeid)
+            return unit_scope(nodeid, config)
 
     return UnitScheduling(config, log)
 
@@ -358,4 +724,3 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     if not suites:
         return None
     return [f"qrel: suites {', '.join(str(_relative(s, config.invocation_params.dir)) for s in suites)}; baselines in {config.getini('qrel_baseline_dir')}/"]
-

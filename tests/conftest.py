@@ -49,6 +49,14 @@ DEFAULT_CHECKS = """\
 """
 
 
+@pytest.fixture(autouse=True)
+def _pytester_rootdir(request: pytest.FixtureRequest) -> None:
+    """Pin each pytester directory as its own rootdir: without a config file pytest would take the
+    nearest ancestor holding a setup.py (a stray /tmp/setup.py changes every node id)."""
+    if "pytester" in request.fixturenames:
+        request.getfixturevalue("pytester").makeini("[pytest]\n")
+
+
 @pytest.fixture
 def write_suite(pytester: pytest.Pytester):
     """Write ``suites/<name>.yaml`` into the pytester directory; returns its path."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import xml.etree.ElementTree as ET
 
 import pytest
 
+from pytest_qrel.engine.trace import read_trace
 from pytest_qrel.plugin import STATE, unit_scope
 
 SUITE = ("--qrel-suite", "suites/mini.yaml")
@@ -22,10 +24,24 @@ def engine_of(reprec) -> object:
     return reprec.getcalls("pytest_sessionfinish")[0].session.config.stash[STATE].engine
 
 
+def resign(path, record) -> None:
+    """Write ``record`` back with a valid self digest: a baseline as an older writer made it."""
+    from pytest_qrel.baselines import _SELF, _canonical
+
+    record[_SELF] = hashlib.sha256(_canonical(record)).hexdigest()
+    path.write_text(json.dumps(record))
+
+
+def collected_ids(pytester: pytest.Pytester, *extra: str) -> list[str]:
+    result = pytester.runpytest(*SUITE, "--co", "-q", "-p", "no:randomly", *extra)
+    assert result.ret == 0, result.stdout.str()
+    return [line for line in result.stdout.lines if line.startswith("suites/")]
+
+
 def test_missing_baseline_fails_each_item_with_the_command(pytester, write_suite):
     write_suite()
     result = pytester.runpytest(*SUITE)
-    result.assert_outcomes(failed=5)
+    result.assert_outcomes(errors=0, failed=5)
     result.stdout.fnmatch_lines(
         ["*no FP32 baseline at baselines/mini/vit.json; create it with: pytest --qrel-suite suites/mini.yaml --qrel-update-baselines"]
     )
@@ -37,19 +53,90 @@ def test_update_then_pass_and_ids(pytester, write_suite):
     write_suite()
     update(pytester)
     stored = json.loads((pytester.path / "baselines/mini/vit.json").read_text())
-    assert stored["format_version"] == 1 and set(stored["fingerprint"]) == {"model", "datasets", "versions", "conventions"}
-    assert (pytester.path / "baselines/mini/vit.npz").is_file()
-    result = pytester.runpytest(*SUITE, "--collect-only", "-q")
-    result.stdout.fnmatch_lines(
-        [
-            "suites/mini.yaml::vit[[]W8A8-digits[]]::top1 delta<=2pp",
-            "suites/mini.yaml::vit[[]W4A4-mean(ood)[]]::aupr_out(msp) delta<=50%",
-            "suites/mini.yaml::vit[[]FP32-digits[]]::ece value<=0.5",
-        ]
-    )
+    assert stored["format_version"] == 2 and set(stored["fingerprint"]) == {"model", "datasets", "versions", "conventions"}
+    assert (pytester.path / "baselines/mini" / stored["npz"]).is_file()
+    assert collected_ids(pytester) == [  # grouped by unit, in the order the checks first name them
+        "suites/mini.yaml::vit::W8A8::top1 on digits delta<=2pp",
+        "suites/mini.yaml::vit::W8A8::ece on digits value<=0.5",
+        "suites/mini.yaml::vit::W4A4::aupr_out(msp) on mean(ood) delta<=50%",
+        "suites/mini.yaml::vit::W4A4::ece on digits value<=0.5",
+        "suites/mini.yaml::vit::FP32::ece on digits value<=0.5",
+    ]
     result = pytester.runpytest(*SUITE)
     result.assert_outcomes(passed=5)
     result.stdout.fnmatch_lines(["*mini: 5 checks: 5 passed*"])
+
+
+def test_collect_only_exits_0_and_lists_the_ids(pytester, write_suite):
+    write_suite()
+    result = pytester.runpytest(*SUITE, "--co", "-q")
+    assert result.ret == 0
+    assert "no result arrived" not in result.stdout.str() and "did not run" not in result.stdout.str()
+    result.stdout.fnmatch_lines(["5 tests collected*"])
+
+
+def test_every_id_selects_exactly_that_check_when_pasted_back(pytester, write_suite):
+    write_suite(
+        """\
+        - "W8A8 top1 delta <= 2pp"
+        - "W4A4 aupr_out(msp) delta <= 50%"
+        - "W4A4+temperature ece delta <= 50pp"
+        """
+    )
+    ids = collected_ids(pytester)
+    assert len(ids) == 4 and not any("[" in i for i in ids)
+    for nodeid in ids:
+        assert collected_ids(pytester, nodeid) == [nodeid]
+
+
+def test_lf_reruns_exactly_the_failed_checks_and_sw_stops(pytester, write_suite):
+    write_suite(
+        """\
+        - "W8A8 top1 delta <= 2pp"
+        - "W4A4 top1 >= 1.5"
+        - "W4A4 aupr_out(msp) delta <= 50%"
+        - "W8A8 nll delta <= 0.0001%"
+        """
+    )
+    pytester.runpytest(*SUITE, "--qrel-update-baselines")
+    first = pytester.runpytest(*SUITE)
+    first.assert_outcomes(passed=3, failed=2)
+    again = pytester.runpytest(*SUITE, "--lf", "-q")
+    again.assert_outcomes(failed=2, deselected=3)
+    assert "known failures not in selected tests" not in again.stdout.str()
+    stepped = pytester.runpytest(*SUITE, "--sw", "-q")
+    stepped.assert_outcomes(failed=1, passed=1)  # stops at the first failure ...
+    failed = [line for line in stepped.stdout.lines if line.startswith("FAILED ")]
+    stepped = pytester.runpytest(*SUITE, "--sw", "-q")
+    stepped.assert_outcomes(failed=1, deselected=1)  # ... and resumes from it
+    assert [line for line in stepped.stdout.lines if line.startswith("FAILED ")] == failed
+
+
+def test_deselect_and_k_do_not_report_missing_results(pytester, write_suite):
+    write_suite()
+    update(pytester)
+    ids = collected_ids(pytester)
+    result = pytester.runpytest(*SUITE, "--deselect", ids[0], "-k", "W4A4 or W8A8 or FP32")
+    result.assert_outcomes(passed=4, deselected=1)
+    out = result.stdout.str()
+    assert "did not run" not in out and "no result arrived" not in out
+    result.stdout.fnmatch_lines(["*mini: 4 checks (of 5 planned): 4 passed*"])
+
+
+def test_junit_names_are_clean_and_carry_the_verdict(pytester, write_suite):
+    write_suite()
+    update(pytester)
+    result = pytester.runpytest(*SUITE, "--qrel-report", "reports/mini.html", "--junitxml", "junit.xml")
+    result.assert_outcomes(passed=5)
+    html = (pytester.path / "reports/mini.html").read_text()
+    assert "PASS" in html and "W4A4" in html and "FP32" in html
+    assert (pytester.path / "reports/mini.md").is_file()
+    tree = ET.parse(pytester.path / "junit.xml")
+    names = [(c.get("classname"), c.get("name")) for c in tree.iter("testcase")]
+    assert ("suites.mini.yaml.vit.W8A8", "top1 on digits delta<=2pp") in names
+    assert not any("]" in n or "[" in n for _, n in names)
+    props = {p.get("name"): p.get("value") for p in tree.iter("property")}
+    assert props["qrel.outcome"] == "passed" and "qrel.fp32" in props and "qrel.delta_display" in props
 
 
 def test_failing_check_prints_one_line_with_numbers(pytester, write_suite):
@@ -73,7 +160,7 @@ def test_expect_fail_is_a_strict_xfail(pytester, write_suite):
     pytester.runpytest(*SUITE, "--qrel-update-baselines")
     result = pytester.runpytest(*SUITE, "-rxX")
     result.assert_outcomes(xfailed=1, failed=1)
-    result.stdout.fnmatch_lines(["*XFAIL*top1 value>=1.5*cannot reach 150%*"])
+    result.stdout.fnmatch_lines(["*XFAIL*top1 on digits value>=1.5*cannot reach 150%*"])
     result.stdout.fnmatch_lines(["*[[]XPASS(strict)[]] expected to fail: W8A8 top1 >= 0*"])
 
 
@@ -91,20 +178,58 @@ def test_stale_fingerprint_names_what_changed(pytester, write_suite):
     record = json.loads(path.read_text())
     record["fingerprint"]["model"]["weights_sha256"] = "0" * 64
     record["fingerprint"]["datasets"]["noise"]["fingerprint"] = "f" * 64
-    path.write_text(json.dumps(record))
+    resign(path, record)
     result = pytester.runpytest(*SUITE)
     result.assert_outcomes(failed=5)
     result.stdout.fnmatch_lines(["*FP32 baseline baselines/mini/vit.json is stale: model.weights_sha256: 000000000000 -> *--qrel-update-baselines"])
     result.stdout.fnmatch_lines(["*datasets.noise.fingerprint: ffffffffffff -> *"])  # only the mean(ood) item reads noise
 
 
-def test_corrupt_baseline_gets_a_clear_message(pytester, write_suite):
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda t: "{not json", "is not valid JSON"),
+        (lambda t: t.replace('"top1": 0.', '"top1": 1.', 1), "was modified after it was written (its content digest does not match)"),
+        (lambda t: t.replace('"top1": 0.9', '"top1": 0.8', 1), "was modified after it was written"),
+        (lambda t: t.replace('"npz_sha256": "', '"npz_sha256": "0', 1), "was modified after it was written"),
+    ],
+)
+def test_an_edited_baseline_is_refused_with_the_command(pytester, write_suite, edit, message):
     write_suite('- "W8A8 top1 delta <= 2pp"\n')
     update(pytester)
-    (pytester.path / "baselines/mini/vit.json").write_text("{not json")
+    path = pytester.path / "baselines/mini/vit.json"
+    text = path.read_text()
+    assert edit(text) != text
+    path.write_text(edit(text))
     result = pytester.runpytest(*SUITE)
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*FP32 baseline baselines/mini/vit.json is corrupt*regenerate it with*"])
+    result.stdout.fnmatch_lines([f"*FP32 baseline baselines/mini/vit.json {message}*re-create it with: pytest --qrel-suite suites/mini.yaml --qrel-update-baselines"])
+    assert "Traceback" not in result.stdout.str()
+
+
+def test_a_torn_or_truncated_npz_is_refused(pytester, write_suite):
+    write_suite('- "W8A8 top1 delta <= 2pp"\n')
+    update(pytester)
+    folder = pytester.path / "baselines/mini"
+    npz = next(folder.glob("vit.*.npz"))
+    npz.write_bytes(npz.read_bytes()[:100])
+    result = pytester.runpytest(*SUITE)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([f"*baselines/mini/vit.json does not match {npz.name} (its digest differs*"])
+    npz.unlink()
+    result = pytester.runpytest(*SUITE)
+    result.stdout.fnmatch_lines([f"*baselines/mini/vit.json names {npz.name}, which is missing*"])
+
+
+def test_hand_edited_metrics_with_a_forged_digest_are_range_checked(pytester, write_suite):
+    write_suite('- "W8A8 top1 delta <= 2pp"\n')
+    update(pytester)
+    path = pytester.path / "baselines/mini/vit.json"
+    record = json.loads(path.read_text())
+    record["metrics"]["id"]["top1"] = 1.5
+    resign(path, record)
+    result = pytester.runpytest(*SUITE)
+    result.stdout.fnmatch_lines(["*holds metrics.id.top1 = 1.5, outside [[]0, 1[]] for a fraction metric*"])
 
 
 def test_bad_spec_is_one_line_collection_error_and_touches_nothing(pytester, write_suite):
@@ -127,21 +252,25 @@ def test_missing_suite_file_is_a_usage_error(pytester):
 def test_qrel_suite_collects_only_suites_and_glob_collects_by_path(pytester, write_suite):
     write_suite('- "W8A8 top1 delta <= 2pp"\n')
     pytester.makepyfile(test_other="def test_other():\n    assert True\n")
-    update(pytester)
     result = pytester.runpytest(*SUITE, "--collect-only", "-q")
     assert "test_other" not in result.stdout.str()
     result = pytester.runpytest("suites/mini.yaml", "--collect-only", "-q")  # qrel_suite_glob: suites/*.yaml
-    result.stdout.fnmatch_lines(["suites/mini.yaml::vit*top1 delta<=2pp"])
+    result.stdout.fnmatch_lines(["suites/mini.yaml::vit::W8A8::top1 on digits delta<=2pp"])
     (pytester.path / "elsewhere.yaml").write_text("a: 1\n")
     result = pytester.runpytest("--collect-only", "-q")
     assert "elsewhere.yaml" not in result.stdout.str() and "test_other" in result.stdout.str()
 
 
-def test_dash_k_selects_by_quantizer(pytester, write_suite):
+def test_dash_k_selects_by_quantizer_and_the_report_runs_no_other_unit(pytester, write_suite, monkeypatch, tmp_path):
     write_suite()
     update(pytester)
-    result = pytester.runpytest(*SUITE, "-k", "W4A4")
+    trace = tmp_path / "trace.tsv"
+    monkeypatch.setenv("PYTEST_QREL_TRACE", str(trace))
+    result = pytester.runpytest(*SUITE, "-k", "W4A4", "--qrel-report", "r/mini.html", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=2, deselected=3)
+    events = read_trace(trace)
+    assert {e[4] for e in events if e[1] in ("forward", "quantize")} == {"W4A4"}  # W8A8 never ran, not even for the report
+    assert (pytester.path / "r/mini.html").is_file()
 
 
 def test_each_unit_runs_forward_once_per_run(pytester, write_suite):
@@ -156,15 +285,17 @@ def test_each_unit_runs_forward_once_per_run(pytester, write_suite):
         """
     )
     reprec = pytester.inline_run(*SUITE, "--qrel-update-baselines", "-p", "no:cacheprovider")
-    passes = engine_of(reprec).forward_passes
+    engine = engine_of(reprec)
     # FP32 runs once per dataset to write the baseline (plus the held-out split for FP32+temperature);
     # each quantizer once per dataset.
     expected = {("mini", "vit", q, d): 1 for q in ("FP32", "W8A8", "W4A4") for d in ("digits", "digits89", "noise")}
-    assert dict(passes) == {**expected, ("mini", "vit", "FP32", "heldout"): 1}
+    assert dict(engine.forward_passes) == {**expected, ("mini", "vit", "FP32", "heldout"): 1}
+    assert engine.units.quantizations == {"W8A8": 1, "W4A4": 1}
+    # every unit was released after its last check: no quantized module and no per-sample arrays left
+    assert engine.live_units() == 0 and engine.live_modules() == 0 and engine.loader.live_models() == 0
     reprec = pytester.inline_run(*SUITE, "-p", "no:cacheprovider")
     reprec.assertoutcome(passed=len(reprec.getreports("pytest_runtest_logreport")) // 3)
-    passes = engine_of(reprec).forward_passes
-    assert dict(passes) == {("mini", "vit", q, d): 1 for q in ("W8A8", "W4A4") for d in ("digits", "digits89", "noise")}
+    assert dict(engine_of(reprec).forward_passes) == {("mini", "vit", q, d): 1 for q in ("W8A8", "W4A4") for d in ("digits", "digits89", "noise")}
 
 
 def test_disk_cache_is_reused_and_a_corrupt_entry_recomputed(pytester, write_suite):
@@ -173,45 +304,58 @@ def test_disk_cache_is_reused_and_a_corrupt_entry_recomputed(pytester, write_sui
     reprec = pytester.inline_run(*SUITE)
     engine = engine_of(reprec)
     assert sum(engine.forward_passes.values()) == 0 and sum(engine.cache_hits.values()) == 1
-    for entry in (pytester.path / ".pytest_cache/d/qrel").rglob("*.npz"):
-        entry.write_bytes(b"garbage")
+    entries = list((pytester.path / ".pytest_cache/d/qrel/outputs").rglob("*.npz"))
+    assert entries
+    for entry in entries:
+        data = bytearray(entry.read_bytes())
+        data[len(data) // 2] ^= 0xFF  # one flipped byte
+        entry.write_bytes(bytes(data))
+    result = pytester.runpytest(*SUITE)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["pytest-qrel: cache entry *.npz is * it is recomputed"])
+    assert "Traceback" not in result.stdout.str() and "BadZipFile" not in result.stdout.str()
+
+
+def test_an_altered_but_valid_cache_entry_is_not_trusted(pytester, write_suite):
+    import numpy as np
+
+    write_suite('- "W8A8 top1 delta <= 2pp"\n')
+    pytester.inline_run(*SUITE, "--qrel-update-baselines")
+    for entry in (pytester.path / ".pytest_cache/d/qrel/outputs").rglob("*.npz"):
+        with np.load(entry) as z:
+            arrays = {k: z[k] for k in z.files}
+        if "correct" in arrays:
+            arrays["correct"] = np.zeros_like(arrays["correct"])  # a W8A8 that got nothing right
+            np.savez(entry, **arrays)
     reprec = pytester.inline_run(*SUITE)
-    reprec.assertoutcome(passed=1)
-    assert sum(engine_of(reprec).forward_passes.values()) == 1
-
-
-def test_report_and_junit_properties(pytester, write_suite):
-    write_suite()
-    update(pytester)
-    result = pytester.runpytest(*SUITE, "--qrel-report", "reports/mini.html", "--junitxml", "junit.xml")
-    result.assert_outcomes(passed=5)
-    html = (pytester.path / "reports/mini.html").read_text()
-    assert "PASS" in html and "W4A4" in html and "FP32" in html
-    assert (pytester.path / "reports/mini.md").is_file()
-    tree = ET.parse(pytester.path / "junit.xml")
-    props = {p.get("name"): p.get("value") for p in tree.iter("property")}
-    assert props["qrel.outcome"] == "passed" and "qrel.fp32" in props and "qrel.delta_display" in props
+    reprec.assertoutcome(passed=1)  # recomputed, not read as 0% top-1
 
 
 @pytest.mark.parametrize(
-    ("nodeid", "scope"),
+    ("unit", "scope"),
     [
-        ("suites/d.yaml::vit[W4A4-textures]::aupr_out(msp) delta<=12%", "suites/d.yaml::vit[W4A4]"),
-        ("suites/d.yaml::vit[W8A8-qat-lsq+temperature-mean(ood)]::ece delta<=0", "suites/d.yaml::vit[W8A8-qat-lsq+temperature]"),
-        ("tests/test_x.py::test_a[1-2]", "tests/test_x.py::test_a[1-2]"),
+        (("vit", "W4A4"), "suites/mini.yaml::vit::W4A4"),
+        (("vit", "W8A8+temperature"), "suites/mini.yaml::vit::W8A8"),
+        (("vit", "W8A8"), "suites/mini.yaml::vit::W8A8"),
     ],
 )
-def test_unit_scope(nodeid, scope):
-    assert unit_scope(nodeid) == scope
+def test_unit_scope_keeps_posthoc_and_compared_units_together(pytester, write_suite, unit, scope):
+    write_suite('- "W8A8+temperature ece delta <= 1pp"\n- "W4A4 top1 delta <= 1pp"\n- "W8A8 nll delta <= 1%"\n')
+    config = pytester.parseconfigure(*SUITE)
+    nodeid = f"suites/mini.yaml::{unit[0]}::{unit[1]}::some check"
+    assert unit_scope(nodeid, config) == scope
+    assert unit_scope("tests/test_x.py::test_a[1-2]", config) == "tests/test_x.py::test_a[1-2]"
 
 
-def test_xdist_gives_the_serial_verdicts(pytester, write_suite):
+def test_xdist_gives_the_serial_verdicts_and_runs_each_unit_once(pytester, write_suite, monkeypatch, tmp_path):
     pytest.importorskip("xdist")
     write_suite(
         """\
         - "all top1 delta <= 0.5pp"
         - "all aupr_out delta <= 1%"
         - "all ece <= 0.03"
+        - "W8A8+temperature ece delta <= 5pp"
+        - "W4A4 top1 delta <= delta(W8A8)"
         """
     )
     pytester.runpytest(*SUITE, "--qrel-update-baselines")  # some checks fail on purpose
@@ -222,12 +366,19 @@ def test_xdist_gives_the_serial_verdicts(pytester, write_suite):
         out = {}
         for case in tree.iter("testcase"):
             props = {p.get("name"): p.get("value") for p in case.iter("property")}
-            out[case.get("name")] = (props.get("qrel.outcome"), props.get("qrel.value"))
+            out[(case.get("classname"), case.get("name"))] = (props.get("qrel.outcome"), props.get("qrel.value"))
         return out
 
     serial = verdicts("-p", "no:cacheprovider")
+    trace = tmp_path / "trace.tsv"
+    monkeypatch.setenv("PYTEST_QREL_TRACE", str(trace))
     parallel = verdicts("-n", "2", "-p", "no:cacheprovider")
     assert serial and parallel == serial
+    events = read_trace(trace)
+    quantized = [e[2:5] for e in events if e[1] == "quantize"]
+    assert sorted(quantized) == [("mini", "vit", "W4A4"), ("mini", "vit", "W8A8")]  # once each across workers
+    passes = [e[2:6] for e in events if e[1] == "forward"]
+    assert len(passes) == len(set(passes)) and ("mini", "vit", "W8A8", "heldout") in passes
 
 
 def test_missing_data_skips_with_the_path_unless_strict(pytester, write_suite, monkeypatch):
@@ -241,7 +392,110 @@ def test_missing_data_skips_with_the_path_unless_strict(pytester, write_suite, m
     # the baseline is written for the data that exists; only the check reading 'ghost' is skipped
     result.assert_outcomes(passed=1, skipped=1)
     result.stdout.fnmatch_lines(["SKIPPED [[]1[]] suites/mini.yaml:*dataset 'ghost'*QREL_TEST_NOWHERE, which is not set*"])
+    result.stdout.fnmatch_lines(["NOT VERIFIED: 1 check(s) skipped: *QREL_TEST_NOWHERE*"])
     assert "ghost" not in json.loads((pytester.path / "baselines/mini/vit.json").read_text())["fingerprint"]["datasets"]
     result = pytester.runpytest(*SUITE, "--qrel-strict")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*QREL_TEST_NOWHERE*"])
+
+
+def test_a_run_that_verifies_nothing_fails_unless_allowed(pytester, write_suite, monkeypatch):
+    monkeypatch.delenv("QREL_TEST_NOWHERE", raising=False)
+    path = write_suite('- "W8A8 top1 delta <= 2pp"\n')
+    path.write_text(path.read_text().replace('source: "embedded:digits"', 'source: "imagefolder:${QREL_TEST_NOWHERE}/val"'))
+    result = pytester.runpytest(*SUITE, "--qrel-report", "r/x.html")
+    result.assert_outcomes(skipped=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["ERROR: no check produced a verdict: all 1 were skipped because data is missing*--qrel-allow-skip-all*"])
+    assert "PASS" not in (pytester.path / "r/x.md").read_text().splitlines()[0]
+    result = pytester.runpytest(*SUITE, "--qrel-allow-skip-all")
+    assert result.ret == 0
+
+
+def test_x_stops_early_and_the_report_says_what_did_not_run(pytester, write_suite):
+    write_suite('- "W4A4 top1 >= 1.5"\n- "W8A8 top1 delta <= 2pp"\n- "W4A4 ece <= 0.5"\n')
+    pytester.runpytest(*SUITE, "--qrel-update-baselines")
+    result = pytester.runpytest(*SUITE, "-x", "--qrel-report", "r/x.html")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["ERROR: 2 check(s) did not run, e.g. *; the run is marked failed"])
+    summary = (pytester.path / "r/x.md").read_text()
+    assert "FAIL" in summary.splitlines()[0] and "not run" in summary
+
+
+MODEL = '''
+import os, sys
+import torch
+from pytest_qrel.models import load_model
+{on_import}
+
+class Wrapped(torch.nn.Module):
+    def __init__(self, vit):
+        super().__init__()
+        self.vit = vit  # the shipped, trained ViT: FP32 is well above chance
+        self.num_classes = 8
+
+    def forward(self, x):
+        out = self.vit(x)
+        {on_forward}
+        return out
+
+def build():
+    {on_build}
+    loaded = load_model("embedded:digits_vit")
+    return Wrapped(loaded.module), loaded.preprocess, "the shipped digits ViT, wrapped"
+'''
+
+PY_SUITE = """\
+version: 1
+name: py
+models:
+  m: {source: "python:model.py:build"}
+datasets:
+  id: {name: digits, source: "embedded:digits"}
+  ood: [{name: noise, source: "embedded:noise"}]
+quantizers:
+  W8A8: {method: minmax, calibration: {samples: 16}}
+checks:
+  - "W8A8 top1 >= 0"
+  - "W8A8 auroc(msp) >= 0"
+"""
+
+
+def write_model(pytester: pytest.Pytester, on_import: str = "", on_forward: str = "pass", on_build: str = "pass") -> None:
+    (pytester.path / "suites").mkdir(exist_ok=True)
+    (pytester.path / "suites/py.yaml").write_text(PY_SUITE)
+    (pytester.path / "suites/model.py").write_text(MODEL.format(on_import=on_import, on_forward=on_forward, on_build=on_build))
+
+
+@pytest.mark.parametrize(
+    ("where", "code", "stage", "what"),
+    [
+        ("on_import", "sys.exit(0)", "loading the model", "SystemExit(0) (the code called sys.exit)"),
+        ("on_import", "sys.exit(3)", "loading the model", "SystemExit(3)"),
+        ("on_build", "raise RuntimeError('no GPU here')", "build(**options) with options {}", "RuntimeError: no GPU here"),
+        ("on_forward", "if os.environ.get('QREL_BOOM') and not torch.is_grad_enabled(): raise ZeroDivisionError('boom')", "the forward pass", "ZeroDivisionError: boom"),
+    ],
+)
+def test_user_code_that_exits_or_raises_is_an_error_naming_model_and_stage(pytester, monkeypatch, where, code, stage, what):
+    write_model(pytester, **{where: code})
+    monkeypatch.setenv("QREL_BOOM", "1")
+    result = pytester.runpytest_subprocess("--qrel-suite", "suites/py.yaml", "--qrel-update-baselines", "--qrel-report", "r/py.html")
+    out = result.stdout.str()
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, out
+    assert "Traceback" not in out and "INTERNALERROR" not in out
+    assert f"model 'm'" in out and f"{stage} raised {what}" in out
+    summary = (pytester.path / "r/py.md").read_text()
+    assert "FAIL" in summary.splitlines()[0]
+
+
+def test_nan_logits_fail_naming_model_quantizer_dataset_and_count(pytester, monkeypatch):
+    write_model(pytester, on_forward="if os.environ.get('QREL_NAN'): out = out.clone(); out[::3] = float('nan')")
+    monkeypatch.delenv("QREL_NAN", raising=False)
+    result = pytester.runpytest_subprocess("--qrel-suite", "suites/py.yaml", "--qrel-update-baselines")
+    assert result.ret == 0, result.stdout.str()
+    monkeypatch.setenv("QREL_NAN", "1")
+    result = pytester.runpytest_subprocess("--qrel-suite", "suites/py.yaml", "--qrel-report", "r/py.html", "-p", "no:cacheprovider")
+    out = result.stdout.str()
+    assert result.ret == pytest.ExitCode.TESTS_FAILED and "INTERNALERROR" not in out and "Traceback" not in out
+    result.stdout.re_match_lines([r".*model 'm' W8A8 on digits: the model returned NaN or infinite logits for \d+ of \d+ samples.*"])
+    assert (pytester.path / "r/py.html").is_file()

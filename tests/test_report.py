@@ -204,7 +204,9 @@ def test_writes_self_contained_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("outcomes", "status"),
     [
-        (["passed", "xfailed", "skipped"], "PASS"),
+        (["passed", "xfailed", "skipped"], "INCOMPLETE"),  # a skipped check was not verified
+        (["passed", "xfailed"], "PASS"),
+        (["passed", "not run"], "FAIL"),
         (["passed", "failed", "xfailed"], "FAIL"),
         (["passed", "error"], "FAIL"),
         (["passed", "xpassed"], "FAIL"),  # a strict xfail that passed is a failure
@@ -227,7 +229,7 @@ def test_banner_counts_every_outcome() -> None:
     counts = {li.text().split(" ", 1)[1]: int(li.text().split(" ")[0])
               for li in tree.find(id="verdict").find_all("li")}
     assert counts == {
-        "passed": 2, "failed": 1, "xfailed": 1, "xpassed": 1, "skipped": 1, "error": 1
+        "passed": 2, "failed": 1, "xfailed": 1, "xpassed": 1, "skipped": 1, "error": 1, "not run": 0, "inconclusive": 0
     }
 
 
@@ -418,7 +420,7 @@ def test_markdown_summary() -> None:
     md = render_markdown([verdict(), v, verdict("xfailed")], make_units())
     lines = md.splitlines()
     assert lines[0].endswith("FAIL")
-    counts = ["1 passed", "1 failed", "1 xfailed", "0 xpassed", "0 skipped", "0 error"]
+    counts = ["1 passed", "1 failed", "1 xfailed", "0 xpassed", "0 skipped", "0 error", "0 not run", "0 inconclusive"]
     assert " \u00b7 ".join(counts) in md
     row = next(line for line in lines if "top1 drop <= 2pp" in line.replace("\\", ""))
     for expected in ("82.70%", "65.29%", "+17.41pp", "a \\| b c"):
@@ -426,8 +428,10 @@ def test_markdown_summary() -> None:
     assert row.count(" | ") == 7  # the escaped pipe does not add a column
     assert "top1 drop <= 1pp" not in md.replace("\\", "")  # the passing check is not listed
 
-    ok = render_markdown([verdict(), verdict("skipped")], make_units())
+    ok = render_markdown([verdict(), verdict("xfailed")], make_units())
     assert ok.splitlines()[0].endswith("PASS") and "Failing checks" not in ok
+    partial = render_markdown([verdict(), verdict("skipped")], make_units())
+    assert partial.splitlines()[0].endswith("INCOMPLETE") and "1 of 2 checks were skipped" in partial
 
 
 def test_markdown_accepts_dicts_from_xdist_workers() -> None:

@@ -94,20 +94,46 @@ def test_plan_expands_models_quantizers_datasets(tmp_path):
         - "W4A4 aupr_out(msp) on mean(ood) delta <= 12%"
         - "all ece <= 0.5"
         """))
-    groups = [(p.group, p.name) for p in plan(suite)]
-    assert ("vit[W8A8-digits]", "top1 delta<=1pp") in groups
-    assert ("vit[W4A4-digits]", "top1 delta<=1pp") in groups
-    assert ("vit[FP32-digits]", "top1 delta<=1pp") not in groups  # delta on FP32 is meaningless
-    assert ("vit[FP32-digits]", "ece value<=0.5") in groups  # value bounds include FP32
-    assert ("vit[W4A4-digits89]", "aupr_out(msp) delta<=12%") in groups
-    assert ("vit[W4A4-noise]", "aupr_out(msp) delta<=12%") in groups
-    assert ("vit[W4A4-mean(ood)]", "aupr_out(msp) delta<=12%") in groups
-    assert len(groups) == 2 + 2 + 1 + 3
+    items = [(p.quantizer, p.name) for p in plan(suite)]
+    assert ("W8A8", "top1 on digits delta<=1pp") in items
+    assert ("W4A4", "top1 on digits delta<=1pp") in items
+    assert ("FP32", "top1 on digits delta<=1pp") not in items  # delta on FP32 is meaningless
+    assert ("FP32", "ece on digits value<=0.5") in items  # value bounds include FP32
+    assert ("W4A4", "aupr_out(msp) on digits89 delta<=12%") in items
+    assert ("W4A4", "aupr_out(msp) on noise delta<=12%") in items
+    assert ("W4A4", "aupr_out(msp) on mean(ood) delta<=12%") in items
+    assert len(items) == 2 + 2 + 1 + 3
+    assert not any("[" in name for _, name in items)  # pytest reads '[' in a node id as parameters
 
 
-def test_duplicate_checks_get_unique_names(tmp_path):
-    suite = load_suite(write(tmp_path, '- "W8A8 top1 delta <= 1pp"\n- "W8A8 top1 delta <= 1pp"\n'))
-    assert [p.name for p in plan(suite)] == ["top1 delta<=1pp", "top1 delta<=1pp#2"]
+def test_the_same_check_twice_is_a_spec_error_naming_both_lines(tmp_path):
+    path = write(tmp_path, '- "W8A8 top1 delta <= 1pp"\n- "W8A8 top1 delta <= 1pp"\n')
+    with pytest.raises(SpecError) as err:
+        plan(load_suite(path))
+    assert str(err.value) == (
+        f"{path}:16: field 'checks': 'W8A8 top1 delta <= 1pp' is written twice (lines 15 and 16) (fix: remove one of them)"
+    )
+
+
+def test_two_checks_that_expand_to_one_item_are_a_spec_error(tmp_path):
+    path = write(tmp_path, '- "W8A8 top1 delta <= 1pp"\n- "all top1 delta <= 1pp"\n')
+    with pytest.raises(SpecError, match=r"'W8A8 top1 delta <= 1pp' and 'all top1 delta <= 1pp' both check W8A8 top1 on digits delta<=1pp \(lines 15 and 16\)"):
+        plan(load_suite(path))
+
+
+def test_scopes_join_units_that_one_check_compares(tmp_path):
+    from pytest_qrel.spec.plan import scopes
+
+    suite = load_suite(write(tmp_path, """\
+        - "W8A8 top1 delta <= delta(W4A4)"
+        - "W8A8+temperature ece delta <= 1pp"
+        - "FP32 ece <= 0.5"
+        - "W4A4 nll delta <= 10%"
+        """))
+    s = scopes(plan(suite))
+    assert s[("vit", "W8A8")] == s[("vit", "W4A4")] == s[("vit", "W8A8+temperature")]
+    assert s[("vit", "FP32")] == "vit::FP32"
+    assert len(set(s.values())) == 2
 
 
 @pytest.mark.parametrize(
@@ -192,7 +218,7 @@ def test_bound_against_another_quantizer(tmp_path):
     structured = parse_check({"metric": "top1", "quantizers": ["W8A8"], "delta": {"max": "delta(W4A4)"}}, Location("f", 1), "checks[0]")
     assert structured.bound.ref == "W4A4"
     suite = load_suite(write(tmp_path, '- "W8A8 top1 delta <= delta(W4A4)"\n'))
-    assert [p.name for p in plan(suite)] == ["top1 delta<=delta(W4A4)"]
+    assert [p.name for p in plan(suite)] == ["top1 on digits delta<=delta(W4A4)"]
     with pytest.raises(SpecError, match="unknown quantizer 'W3A3'"):
         load_suite(write(tmp_path, '- "W8A8 top1 delta <= delta(W3A3)"\n'))
     with pytest.raises(SpecError, match="compares W8A8 with itself"):
@@ -205,7 +231,7 @@ def test_mean_over_a_subset_of_ood_sets(tmp_path):
     c = parse_shorthand("W4A4 aupr_out(msp) on mean(digits89,noise),noise delta <= 12%")
     assert c.datasets == ("mean(digits89,noise)", "noise")
     suite = load_suite(write(tmp_path, '- "W4A4 aupr_out(msp) on mean(digits89) delta <= 12%"\n'))
-    assert [p.group for p in plan(suite)] == ["vit[W4A4-mean(digits89)]"]
+    assert [(p.quantizer, p.dataset) for p in plan(suite)] == [("W4A4", "mean(digits89)")]
     with pytest.raises(SpecError, match="unknown OOD dataset 'textures'"):
         load_suite(write(tmp_path, '- "W4A4 aupr_out(msp) on mean(digits89,textures) delta <= 12%"\n'))
 

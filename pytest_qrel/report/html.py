@@ -55,11 +55,11 @@ __all__ = [
 TEMPLATES_DIR = Path(__file__).with_name("templates")
 
 #: Every outcome, in the order the report counts them.
-OUTCOMES: tuple[str, ...] = ("passed", "failed", "xfailed", "xpassed", "skipped", "error")
+OUTCOMES: tuple[str, ...] = ("passed", "failed", "xfailed", "xpassed", "skipped", "error", "not run", "inconclusive")
 #: Outcomes that do not fail the gate. Anything else (failed, error, xpassed = a strict xfail
 #: that unexpectedly passed, or an outcome this module does not know) fails it.
 NON_FAILING_OUTCOMES = frozenset({"passed", "xfailed", "skipped"})
-FAILING_OUTCOMES: tuple[str, ...] = ("failed", "error", "xpassed")
+FAILING_OUTCOMES: tuple[str, ...] = ("failed", "error", "xpassed", "not run", "inconclusive")
 
 MISSING = "\u2014"  # em dash
 MINUS = "\u2212"  # typographic minus
@@ -341,8 +341,12 @@ def is_failing(outcome: str) -> bool:
 
 
 def overall_status(verdicts: Iterable[Verdict]) -> str:
-    """``"FAIL"`` if any verdict failed, errored or unexpectedly passed, else ``"PASS"``."""
-    return "FAIL" if any(is_failing(v.outcome) for v in verdicts) else "PASS"
+    """``"FAIL"`` if any verdict failed, errored or unexpectedly passed; ``"INCOMPLETE"`` if some
+    check was skipped (not verified); else ``"PASS"``."""
+    vs = list(verdicts)
+    if any(is_failing(v.outcome) for v in vs):
+        return "FAIL"
+    return "INCOMPLETE" if any(v.outcome == "skipped" for v in vs) else "PASS"
 
 
 def count_outcomes(verdicts: Iterable[Verdict]) -> dict[str, int]:

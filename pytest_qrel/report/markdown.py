@@ -55,13 +55,16 @@ def render_markdown(
     rank = {o: i for i, o in enumerate(FAILING_OUTCOMES)}
     failing.sort(key=lambda v: rank.get(v.outcome, len(rank)))
 
-    icon = "\u274c" if status == "FAIL" else "\u2705"
+    icon = {"FAIL": "\u274c", "INCOMPLETE": "\u26a0\ufe0f"}.get(status, "\u2705")
     lines = [f"## {icon} {md_escape(title)}: {status}", ""]
     n = len(vs)
     if status == "FAIL":
         lines.append(f"**{len(failing)} of {n} check{'s' if n != 1 else ''} block the release.**")
     elif n == 0:
         lines.append("**No checks ran.**")
+    elif status == "INCOMPLETE":
+        skipped = counts.get("skipped", 0)
+        lines.append(f"**Not verified: {skipped} of {n} checks were skipped (data missing); the rest passed.**")
     else:
         lines.append(f"**All {n} check{'s' if n != 1 else ''} passed, were expected to fail, "
                      "or were skipped.**")

@@ -34,8 +34,10 @@ from .yamlsrc import LineDict, LineList, load_yaml
 TOP_LEVEL_KEYS = ("version", "name", "description", "models", "datasets", "quantizers", "scores", "checks", "conventions", "batch_size")
 # Names appear in pytest ids "model[quantizer-dataset]::check"; the scheduler splits on the last
 # "-", so dataset names may not contain one.
-_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")  # '+' is reserved for post-hoc steps (W8A8+temperature)
-_DATASET_NAME = re.compile(r"^[A-Za-z0-9_.]+$")
+# Names become path components (baselines/<suite>/<model>.json) and node-id parts: no leading '.'
+# (so never '.' or '..'), no '/', no '+' (reserved for post-hoc steps: W8A8+temperature).
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_DATASET_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.]*$")
 _BITS_IN_NAME = re.compile(r"^W(\d+)A(\d+|16|32)?")
 
 
@@ -81,6 +83,7 @@ def _typename(x: Any) -> str:
 def _check_name(ctx: _Ctx, name: Any, node: Any, key: Any, field: str, pattern: re.Pattern[str] = _NAME) -> str:
     if not isinstance(name, str) or not pattern.match(name):
         allowed = "letters, digits, _ and ." if pattern is _DATASET_NAME else "letters, digits, _ . and -"
+        allowed += ", not starting with ."
         raise ctx.err(f"invalid name {name!r}", node=node, key=key, field=field, fix=f"use only {allowed}")
     return name
 

@@ -1,18 +1,33 @@
-"""Expand a suite's checks over models x quantizers x datasets into planned checks (one per item).
+"""Expand a suite's checks over models x quantizers x datasets into planned checks (one per item),
+and say which *units* each one reads.
+
+A unit is the expensive thing: one (model, base quantizer) of a suite, quantized once per seed and
+run over every dataset its checks read. Post-hoc variants (``W8A8+temperature``) are computed inside
+the unit of their base (``W8A8``); FP32 and its post-hoc variants come from the stored baseline and
+read no unit. Checks that compare two quantizers (``delta <= delta(W4A4)``) read two units, which
+therefore belong to one *scope*: the units a pytest-xdist worker (or a shard) must run together so
+that every forward pass and every calibration happens once across workers.
 
 Pure and cheap (no torch): pytest collection calls it, and so does ``pytest_qrel.run``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .schema import FP32, MEAN_OOD, CheckSpec, Suite
+from ..errors import SpecError
+from .schema import FP32, HELDOUT, MEAN_OOD, CheckSpec, Suite, mean_members
+
+
+def base_quantizer(quantizer: str) -> str:
+    """``"W8A8-qat+temperature"`` -> ``"W8A8-qat"`` (post-hoc steps dropped)."""
+    return quantizer.split("+", 1)[0]
 
 
 @dataclass(frozen=True)
 class PlannedCheck:
-    """One check applied to one model, quantizer, dataset (or ``mean(ood)``) and score."""
+    """One check applied to one model, quantizer, dataset (or ``mean(...)``) and score."""
 
     suite: Suite
     check: CheckSpec
@@ -20,17 +35,42 @@ class PlannedCheck:
     quantizer: str
     dataset: str
     score: str | None
-    name: str  # item name, unique within its group, e.g. "aupr_out(msp) delta<=12%"
+    name: str  # item name, unique within its (model, quantizer), e.g. "aupr_out(msp) on textures delta<=12%"
 
     @property
-    def group(self) -> str:
-        """Collector name ``model[quantizer-dataset]``; the xdist scheduler splits on its last '-'."""
-        return f"{self.model}[{self.quantizer}-{self.dataset}]"
+    def quantizers_read(self) -> tuple[str, ...]:
+        """The quantizer and, for ``delta <= delta(ref)`` bounds, the reference quantizer."""
+        ref = self.check.bound.ref
+        return (self.quantizer,) if ref is None else (self.quantizer, ref)
 
     @property
-    def unit(self) -> tuple[str, str, str]:
-        """The expensive thing this check reads: (suite, model, quantizer)."""
-        return (self.suite.name, self.model, self.quantizer)
+    def units(self) -> tuple[tuple[str, str], ...]:
+        """The units ``(model, base quantizer)`` this check reads; FP32 variants come from the baseline."""
+        out = []
+        for q in self.quantizers_read:
+            base = base_quantizer(q)
+            if base != FP32 and (self.model, base) not in out:
+                out.append((self.model, base))
+        return tuple(out)
+
+    @property
+    def posthoc(self) -> tuple[str, ...]:
+        """Post-hoc quantizer names this check reads (``W8A8+temperature``), FP32 ones excluded."""
+        return tuple(q for q in self.quantizers_read if "+" in q and base_quantizer(q) != FP32)
+
+    @property
+    def datasets(self) -> tuple[str, ...]:
+        """Every dataset the check's value depends on; post-hoc steps add the held-out split."""
+        suite = self.suite
+        if self.dataset in suite.labelled_datasets:
+            names = [self.dataset]
+        elif self.dataset in suite.pairs:
+            names = list(dict.fromkeys(suite.pairs[self.dataset]))
+        else:
+            names = [suite.id_dataset.name, *(mean_members(self.dataset, list(suite.ood_datasets)) or [self.dataset])]
+        if any("+" in q for q in self.quantizers_read):
+            names.append(HELDOUT)
+        return tuple(names)
 
 
 def expand_quantizers(check: CheckSpec, suite: Suite) -> list[str]:
@@ -58,21 +98,74 @@ def expand_datasets(check: CheckSpec, suite: Suite, kind: str) -> list[str]:
     return [MEAN_OOD if d == MEAN_OOD else d for d in check.datasets]
 
 
+def item_name(check: CheckSpec, dataset: str) -> str:
+    """``aupr_out(msp) on textures delta<=12%``: metric, score, dataset and bound, no brackets
+    (pytest reads a ``[`` in a node id as the start of parameters)."""
+    metric = f"{check.metric}({check.score})" if check.score else check.metric
+    return f"{metric} on {dataset} {check.bound}"
+
+
 def plan(suite: Suite) -> list[PlannedCheck]:
-    """Every (check, model, quantizer, dataset) of ``suite``, in spec order."""
+    """Every (check, model, quantizer, dataset) of ``suite``, in spec order.
+
+    Raises:
+        SpecError: two checks expand to the same item (the same check written twice, perhaps once
+            through ``all``), naming both lines.
+    """
     from ..metrics import METRICS
 
     planned: list[PlannedCheck] = []
-    seen: dict[tuple[str, str], int] = {}
+    seen: dict[tuple[str, str, str], CheckSpec] = {}
     for check in suite.checks:
         kind = METRICS.meta(check.metric)["kind"]
         for model in suite.models:
             for quantizer in expand_quantizers(check, suite):
                 for dataset in expand_datasets(check, suite, kind):
-                    p = PlannedCheck(suite, check, model, quantizer, dataset, check.score, check.label)
-                    n = seen.get((p.group, p.name), 0) + 1
-                    seen[(p.group, p.name)] = n
-                    if n > 1:  # the same check written twice: keep ids unique
-                        p = PlannedCheck(suite, check, model, quantizer, dataset, check.score, f"{check.label}#{n}")
+                    p = PlannedCheck(suite, check, model, quantizer, dataset, check.score, item_name(check, dataset))
+                    key = (model, quantizer, p.name)
+                    first = seen.setdefault(key, check)
+                    if first is not check:
+                        lines = " and ".join(str(c.where.line) for c in (first, check) if c.where and c.where.line)
+                        what = f"'{check.text}' is written twice" if first.text == check.text else (
+                            f"'{first.text}' and '{check.text}' both check {quantizer} {p.name}"
+                        )
+                        raise SpecError(
+                            f"{what}{f' (lines {lines})' if lines else ''}",
+                            file=suite.path, line=check.where.line if check.where else None, field="checks",
+                            fix="remove one of them",
+                        )
                     planned.append(p)
     return planned
+
+
+def scopes(planned: Iterable[PlannedCheck]) -> dict[tuple[str, str], str]:
+    """``(model, quantizer) -> scope`` for every (model, quantizer) of the planned checks.
+
+    Units joined by a check that reads both (``delta(ref)``) share a scope; a post-hoc variant is in
+    the scope of its base. The scope's name is its first unit in plan order, ``model::quantizer``;
+    a check that reads no unit (an FP32 value bound) is in the scope ``model::FP32``.
+    """
+    parent: dict[tuple[str, str], tuple[str, str]] = {}
+
+    def find(x: tuple[str, str]) -> tuple[str, str]:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    members: list[tuple[tuple[str, str], tuple[tuple[str, str], ...]]] = []
+    for p in planned:
+        units = p.units or ((p.model, FP32),)
+        for u in units:
+            find(u)
+        for u in units[1:]:
+            a, b = find(units[0]), find(u)
+            if a != b:
+                parent[b] = a
+        members.append(((p.model, p.quantizer), units))
+    out: dict[tuple[str, str], str] = {}
+    for key, units in members:
+        root = find(units[0])
+        out[key] = f"{root[0]}::{root[1]}"
+    return out

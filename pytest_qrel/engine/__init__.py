@@ -1,0 +1,579 @@
+"""The engine: planned checks -> units (each computed once) -> per-sample arrays -> verdicts.
+
+Collaborators, one job each:
+
+- :class:`~.loading.Loader` loads models, datasets and calibration images (user code is wrapped);
+- :class:`~.runner.Runner` streams a dataset through a module (DataLoader, decode-once image store);
+- :class:`~.units.UnitComputer` quantizes per seed and produces a unit's per-sample arrays, through
+  the outputs cache (:mod:`pytest_qrel.cache`);
+- the baseline store (:mod:`pytest_qrel.baselines`) writes and verifies FP32 baselines;
+- :class:`Engine` (here) ties them together: it is told which checks will run (:meth:`Engine.expect`),
+  so it knows what each unit must compute and when a unit's last check has run; it then releases
+  the unit's per-sample arrays, keeping only the small record the report shows
+  (:class:`~pytest_qrel.results.UnitMetrics`). Checks only read metrics; the report only reads records.
+
+FP32 values are read from the stored baseline, which ``update_baselines=True`` (re)writes from a
+fresh FP32 run; quantized results are never stored as baselines.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import fingerprint as fp
+from ..baselines import Baseline, baseline_path, read_baseline, write_baseline
+from ..errors import BaselineError, BaselineMissingError, BaselineStaleError, DataError, QrelError
+from ..evaluate import decide
+from ..results import UnitMetrics, Verdict
+from ..spec.plan import PlannedCheck, base_quantizer
+from ..spec.schema import FP32, HELDOUT, Suite, mean_members
+from .loading import HELDOUT_SPLIT, Loader
+from .runner import Runner
+from .samples import SampleArrays
+from .units import BASE, Needs, SeedOutputs, UnitComputer, mean_metrics, metrics_of, seed_names, variant_name, wants_spectrum
+
+__all__ = ["HELDOUT_SPLIT", "Engine", "UnitState"]
+
+UnitKey = tuple[str, str, str]  # (suite file, model, base quantizer)
+
+
+@dataclass
+class UnitState:
+    """A unit's outputs while its checks run (``seeds``), its metrics and records for good."""
+
+    suite: Suite
+    model: str
+    base: str
+    needs: Needs = field(default_factory=Needs)
+    seeds: list[SeedOutputs] | None = None
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # variant -> mean over seeds
+    per_seed: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    params: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    info: list[dict[str, Any]] = field(default_factory=list)
+    spectra: list[np.ndarray] = field(default_factory=list)
+    error: QrelError | None = None
+
+    @property
+    def live(self) -> bool:
+        return self.seeds is not None
+
+
+def _check_needs(p: PlannedCheck, base: str) -> Needs:
+    from ..metrics import METRICS
+
+    datasets = {d for d in p.datasets if d != HELDOUT}
+    variants = {tuple(q.split("+")[1:]) for q in p.quantizers_read if base_quantizer(q) == base and "+" in q}
+    return Needs(datasets, variants, METRICS.meta(p.check.metric)["kind"] == "spectral")
+
+
+class Engine:
+    """Computes everything checks read, each unit once per process (see the module docstring).
+
+    ``baseline_dir``: root of the baselines. ``cache_dir``: the outputs cache and the decode-once
+    image store live under it (None disables both). ``update_command``: the exact command a user
+    should run to (re)create baselines, quoted in messages (``{suite}`` is the suite's path).
+    ``workers``: DataLoader worker processes for image files. ``progress`` (optional) has
+    ``update(what, done, total)``, called as passes advance, and ``unit(what, seconds, passes,
+    images)``, called when a unit is computed; ``warn(message)`` receives one-line warnings (a
+    corrupt cache entry).
+    """
+
+    def __init__(
+        self,
+        *,
+        baseline_dir: str | Path = "baselines",
+        cache_dir: str | Path | None = None,
+        update_baselines: bool = False,
+        device: str = "cpu",
+        run_id: str | None = None,
+        update_command: str | None = None,
+        workers: int = 0,
+        progress: Any = None,
+        warn: Callable[[str], None] | None = None,
+    ) -> None:
+        from ..cache import OutputsCache
+        from .imagestore import ImageStore
+
+        self.baseline_dir = Path(baseline_dir)
+        self.warn = warn or (lambda message: None)
+        root = Path(cache_dir) if cache_dir is not None else None
+        self.cache_dir = root
+        self.cache = OutputsCache(root / "outputs", warn=self.warn) if root is not None else None
+        self.images = ImageStore(root / "images", warn=self.warn) if root is not None else None
+        self.update_baselines = update_baselines
+        self.device = device
+        self.run_id = run_id or uuid.uuid4().hex
+        self._update_command = update_command
+        self.loader = Loader(device)
+        self.progress = progress
+        self.runner = Runner(device=device, workers=workers, store=self.images, progress=progress.update if progress else None)
+        self.units = UnitComputer(self.loader, self.runner, cache=self.cache, device=device)
+        self._states: dict[UnitKey, UnitState] = {}
+        self._pending: Counter[UnitKey] = Counter()
+        self._model_pending: Counter[tuple[str, str]] = Counter()
+        self._needs: dict[UnitKey, Needs] = {}
+        self._baselines: dict[tuple[str, str], Baseline] = {}
+        self._baseline_suites: dict[tuple[str, str], Suite] = {}
+        self._written: set[tuple[str, str]] = set()
+        self._records: dict[tuple[str, str, str], UnitMetrics] = {}
+        self._new_records: list[UnitMetrics] = []
+
+    # ------------------------------------------------------------------ counters tests read
+    @property
+    def forward_passes(self) -> Counter[tuple[str, str, str, str]]:
+        """Passes computed in this process by (suite, model, quantizer or seed name, dataset);
+        ``heldout`` is the split post-hoc steps are fitted on."""
+        return self.runner.forward_passes
+
+    @property
+    def cache_hits(self) -> dict[tuple[str, str, str, str], int]:
+        return self.units.cache_hits
+
+    def live_units(self) -> int:
+        """Units whose per-sample arrays are held right now."""
+        return sum(1 for s in self._states.values() if s.live)
+
+    def live_modules(self) -> int:
+        """Quantized modules alive right now."""
+        import gc
+
+        gc.collect()
+        return len(self.units.live_modules)
+
+    # ------------------------------------------------------------------ loading (public helpers)
+    def update_command(self, suite: Suite) -> str:
+        if self._update_command:
+            return self._update_command.format(suite=suite.path)
+        return f"pytest --qrel-suite {suite.path} --qrel-update-baselines"
+
+    def model(self, suite: Suite, name: str) -> Any:
+        return self.loader.model(suite, name)
+
+    def dataset(self, suite: Suite, name: str, split: str = "test") -> Any:
+        return self.loader.dataset(suite, name, split)
+
+    def quantized_module(self, suite: Suite, model: str, quantizer: str) -> Any:
+        """A freshly quantized module for ``quantizer`` (``name@seed`` for one seed); not memoised:
+        the engine itself never keeps one beyond its unit."""
+        base, _, seed = quantizer.partition("@")
+        spec = suite.quantizers.get(base)
+        return self.units.build_module(suite, model, base, int(seed) if seed else (spec.calibration.seed if spec else None), {})
+
+    # ------------------------------------------------------------------ planning
+    def expect(self, planned: Iterable[PlannedCheck]) -> None:
+        """Announce the checks of this run: a unit computes what all of them read, once, and is
+        released when the last of them is done (:meth:`done`)."""
+        for p in planned:
+            key_model = (str(p.suite.path), p.model)
+            self._model_pending[key_model] += 1
+            for model, base in p.units:
+                key = (str(p.suite.path), model, base)
+                self._pending[key] += 1
+                self._needs.setdefault(key, Needs()).merge(_check_needs(p, base))
+
+    def done(self, p: PlannedCheck) -> None:
+        """``p`` has its verdict: release every unit (and model) no announced check still reads."""
+        for model, base in p.units:
+            key = (str(p.suite.path), model, base)
+            if self._pending[key] > 0:
+                self._pending[key] -= 1
+                if self._pending[key] == 0:
+                    self._release(key)
+        key_model = (str(p.suite.path), p.model)
+        if self._model_pending[key_model] > 0:
+            self._model_pending[key_model] -= 1
+            if self._model_pending[key_model] == 0:
+                self.loader.release_model(p.suite, p.model)
+
+    def _release(self, key: UnitKey) -> None:
+        state = self._states.get(key)
+        if state is not None:
+            state.seeds = None
+            state.spectra = []
+
+    # ------------------------------------------------------------------ units
+    def unit(self, suite: Suite, model: str, base: str, needs: Needs | None = None, *, arrays: bool = False) -> UnitState:
+        """The state of unit (suite, model, base), computed now if it does not cover ``needs`` yet
+        (or, with ``arrays``, if its per-sample arrays were released already)."""
+        key = (str(suite.path), model, base)
+        want = Needs()
+        want.merge(self._needs.get(key, Needs()))
+        if needs is not None:
+            want.merge(needs)
+        state = self._states.setdefault(key, UnitState(suite, model, base))
+        if state.error is not None:
+            raise state.error
+        if state.metrics and state.needs.covers(want) and (state.live or not arrays):
+            return state
+        want.merge(state.needs)
+        available = set(self.loader.available(suite, sorted(want.datasets)))
+        want.datasets = available
+        started, passes_before = time.monotonic(), sum(self.runner.forward_passes.values())
+        try:
+            seeds = [
+                self.units.compute_seed(suite, model, base, name, seed, want)
+                for name, seed in seed_names(base, suite.quantizers.get(base))
+            ]
+        except QrelError as exc:
+            state.error = exc
+            raise
+        state.seeds, state.needs = seeds, want
+        self._summarise(state)
+        if self.progress is not None:
+            images = sum(len(a.get("label", ())) for s in seeds for a in s.arrays.get(BASE, {}).values())
+            passes = sum(self.runner.forward_passes.values()) - passes_before
+            self.progress.unit(f"{model} {base}", time.monotonic() - started, passes, images if passes else 0)
+        return state
+
+    def _summarise(self, state: UnitState) -> None:
+        """Metrics (mean over seeds), parameters and the report's records from the seeds' arrays."""
+        assert state.seeds is not None
+        suite = state.suite
+        variants = sorted({v for s in state.seeds for v in s.arrays})
+        for v in variants:
+            per = [metrics_of(suite, s.arrays.get(v, {}), conventions=suite.conventions) for s in state.seeds]
+            state.per_seed[v] = per
+            state.metrics[v] = mean_metrics(per)
+            state.params[v] = [s.params[v] for s in state.seeds if v in s.params]
+        state.info = [dict(s.info) for s in state.seeds]
+        state.spectra = [s.spectrum for s in state.seeds if s.spectrum is not None]
+        b = self._baselines.get((suite.name, state.model))
+        if state.spectra and b is not None:
+            self._spectral(state, b)
+        for v in variants:
+            self._add_record(self._unit_record(state, v))
+
+    def _spectral(self, state: UnitState, b: Baseline) -> None:
+        from ..metrics import compute_spectral_metrics
+
+        ref = b.spectrum(state.suite.id_dataset.name)
+        if ref is None or not state.spectra:
+            return
+        for mine in state.spectra:
+            if mine.shape != ref.shape:
+                raise BaselineStaleError(
+                    f"FP32 baseline {b.path} stores a {ref.shape} feature spectrum, the model now gives {mine.shape}; "
+                    f"re-create it with: {self.update_command(state.suite)}"
+                )
+        spectral = mean_metrics([compute_spectral_metrics(m, ref) for m in state.spectra])
+        for v in state.metrics:
+            state.metrics[v]["spectral"] = spectral
+
+    # ------------------------------------------------------------------ records for the report
+    def _add_record(self, record: UnitMetrics) -> None:
+        self._new_records.append(record)
+        self._records[(record.suite, record.model, record.quantizer)] = record
+
+    def take_new_records(self) -> list[UnitMetrics]:
+        """Records made since the last call (the plugin ships them with the item's report)."""
+        out, self._new_records = self._new_records, []
+        return out
+
+    def _unit_record(self, state: UnitState, variant: str) -> UnitMetrics:
+        suite = state.suite
+        spec = suite.quantizers[state.base]
+        m = state.metrics[variant]
+        info: dict[str, Any] = {}
+        params = state.params.get(variant) or []
+        if params:
+            info.update(params[0] if len(params) == 1 else {k: [p[k] for p in params] for k in params[0]})
+        per_seed: dict[str, list[float]] = {}
+        if len(state.per_seed.get(variant, [])) > 1:
+            for metric in m.get("id", {}):
+                per_seed[metric] = [s["id"][metric] for s in state.per_seed[variant]]
+            info["top1 per seed"] = per_seed.get("top1", [])
+        qat = [i["qat_steps"] for i in state.info if "qat_steps" in i]
+        if qat:
+            info["QAT steps"] = qat[0] if len(qat) == 1 else qat
+        spectral_map: list[list[float]] = []
+        b = self._baselines.get((suite.name, state.model))
+        if state.spectra and b is not None and b.spectrum(suite.id_dataset.name) is not None:
+            from ..spectral import relative_spectral_error_map
+
+            ref = b.spectrum(suite.id_dataset.name)
+            spectral_map = np.mean([relative_spectral_error_map(s, ref) for s in state.spectra], axis=0).tolist()
+        return UnitMetrics(
+            suite=suite.name, model=state.model, quantizer=state.base + variant, id=m.get("id", {}), ood=m.get("ood", {}),
+            info=info, conventions=suite.conventions, method=spec.method, shifted=m.get("shifted", {}), pairs=m.get("pairs", {}),
+            spectral=m.get("spectral", {}), spectral_map=spectral_map, base=state.base, posthoc=[s for s in variant.split("+") if s],
+            weight_bits=spec.weight_bits, act_bits=spec.act_bits, bits_label=f"W{spec.weight_bits}A{spec.act_bits or 16}",
+            seeds=list(spec.calibration.seeds or (spec.calibration.seed,)), calibration_samples=spec.calibration.samples,
+            options=dict(spec.options), per_seed=per_seed, curves=self._curves(state.seeds[0].arrays.get(variant, {}) if state.seeds else {}, suite),
+        )
+
+    def _curves(self, arrays: dict[str, SampleArrays], suite: Suite) -> dict[str, Any]:
+        """The report's small plot data from one seed's per-sample arrays (see UnitMetrics.curves)."""
+        try:
+            from ..curves import unit_curves
+        except ImportError:
+            return {}
+        return unit_curves(arrays, id_dataset=suite.id_dataset.name, ood_datasets=list(suite.ood_datasets), scores=list(suite.scores))
+
+    def _baseline_records(self, suite: Suite, model: str, b: Baseline) -> None:
+        for name in [FP32, *b.variants]:
+            m = b.metrics if name == FP32 else b.variants[name].get("metrics", {})
+            arrays = b.samples(name)
+            info = {} if name == FP32 else dict(b.variants[name].get("params", {}))
+            self._add_record(UnitMetrics(
+                suite=suite.name, model=model, quantizer=name, id=m.get("id", {}), ood=m.get("ood", {}), info=info,
+                conventions=suite.conventions, shifted=m.get("shifted", {}), pairs=m.get("pairs", {}), spectral=m.get("spectral", {}),
+                base=FP32, posthoc=[s for s in name.split("+")[1:]], curves=self._curves(arrays, suite),
+            ))
+
+    def report_units(self) -> list[UnitMetrics]:
+        """The records of every unit computed here and the FP32 baselines read, FP32 first per model."""
+        records = list(self._records.values())
+        return sorted(records, key=lambda r: (r.suite, r.model, r.quantizer.split("+")[0] != FP32))
+
+    # ------------------------------------------------------------------ baselines
+    def current_fingerprint(self, suite: Suite, model: str, datasets: list[str]) -> dict[str, Any]:
+        return {
+            "model": self.loader.identity(suite, model),
+            "datasets": {
+                d: {
+                    "source": suite.all_datasets[d].source if d != HELDOUT else f"{suite.id_dataset.source} ({HELDOUT_SPLIT} split)",
+                    "fingerprint": self.loader.dataset(suite, d).fingerprint,
+                    "samples": len(self.loader.dataset(suite, d)),
+                }
+                for d in datasets
+            },
+            "versions": fp.versions_major_minor(),
+            "conventions": suite.conventions,
+        }
+
+    def write_baseline(self, suite: Suite, model: str) -> Path:
+        """Run FP32 over every available dataset of ``suite`` and store its metrics and arrays."""
+        from ..metrics import compute_spectral_metrics
+        from ..posthoc import POSTHOC
+
+        path = baseline_path(self.baseline_dir, suite.name, model)
+        heldout = self.loader.heldout_available(suite)
+        datasets = self.loader.available(suite, [suite.id_dataset.name, *suite.ood_datasets, *suite.shifted_datasets])
+        if suite.id_dataset.name not in datasets:
+            self.loader.dataset(suite, suite.id_dataset.name)  # raises the missing-data error
+        needs = Needs(set(datasets), {(s,) for s in POSTHOC.names()} if heldout else set(), wants_spectrum(suite))
+        seed = self.units.compute_seed(suite, model, FP32, FP32, None, needs)
+        loaded = self.loader.model(suite, model)
+        self._refuse_chance_level(suite, model, seed.arrays[BASE][suite.id_dataset.name], loaded.num_classes, path)
+        arrays: dict[str, np.ndarray] = {}
+        variants: dict[str, Any] = {}
+        metrics = metrics_of(suite, seed.arrays[BASE], conventions=suite.conventions)
+        for v, per in seed.arrays.items():
+            for d, fields in per.items():
+                for name, a in fields.items():
+                    arrays[f"{FP32}{v}|{d}|{name}"] = a
+            if v != BASE:
+                variants[f"{FP32}{v}"] = {"metrics": metrics_of(suite, per, conventions=suite.conventions), "params": seed.params.get(v, {})}
+        if seed.spectrum is not None:
+            arrays[f"{FP32}|{suite.id_dataset.name}|spectrum"] = seed.spectrum
+            zero = compute_spectral_metrics(seed.spectrum, seed.spectrum)
+            for m in (metrics, *(v["metrics"] for v in variants.values())):
+                m["spectral"] = zero
+        write_baseline(
+            path, suite=suite.name, model=model,
+            fingerprint=self.current_fingerprint(suite, model, [*datasets, *([HELDOUT] if heldout else [])]),
+            metrics=metrics, variants=variants, arrays=arrays, run_id=self.run_id, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        )
+        return path
+
+    def _refuse_chance_level(self, suite: Suite, model: str, arrays: SampleArrays, n_classes: int, path: Path) -> None:
+        """A baseline whose FP32 top-1 is near chance almost always means the dataset's class order
+        does not match the model's (e.g. class folders sorted alphabetically): refuse to store it."""
+        top1 = float(np.mean(arrays["correct"]))
+        chance = 1.0 / max(1, n_classes)
+        if n_classes > 1 and top1 <= 1.5 * chance:
+            raise DataError(
+                f"model '{model}' FP32 top-1 on '{suite.id_dataset.name}' is {100 * top1:.2f}%, at chance level "
+                f"({100 * chance:.2f}% for {n_classes} classes): the dataset's labels probably do not follow the model's class "
+                f"order (check 'classes' / 'class_index' of the dataset); {path} was not written"
+            )
+
+    def baseline(self, suite: Suite, model: str) -> Baseline:
+        """The stored FP32 baseline of (suite, model); (re)written first when updating baselines."""
+        key = (suite.name, model)
+        if key in self._baselines:
+            return self._baselines[key]
+        path = baseline_path(self.baseline_dir, suite.name, model)
+        if self.update_baselines and key not in self._written:
+            self._update_once(suite, model, path)
+            self._written.add(key)
+        b = read_baseline(path, update_command=self.update_command(suite))
+        self._baselines[key] = b
+        self._baseline_records(suite, model, b)
+        return b
+
+    def _update_once(self, suite: Suite, model: str, path: Path) -> None:
+        """Write the baseline once per run: several xdist workers of one run share the cache
+        directory, and the first one to get the lock writes it."""
+        def update() -> None:
+            try:
+                if read_baseline(path, update_command="").run_id == self.run_id:
+                    return  # another worker of this run already wrote it
+            except QrelError:
+                pass
+            self.write_baseline(suite, model)
+
+        if self.cache_dir is None:
+            update()
+            return
+        from filelock import FileLock
+
+        lock = self.cache_dir / "locks" / f"{fp.digest(['baseline', str(path.resolve())])[:32]}.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(lock)):
+            update()
+
+    def checked_baseline(self, suite: Suite, model: str, datasets: list[str]) -> Baseline:
+        """The baseline, after checking its fingerprint for the parts ``datasets`` depend on."""
+        b = self.baseline(suite, model)
+        current = self.current_fingerprint(suite, model, datasets)
+        stored = {
+            "model": b.fingerprint.get("model"),
+            "datasets": {d: v for d, v in (b.fingerprint.get("datasets") or {}).items() if d in datasets},
+            "versions": b.fingerprint.get("versions"),
+            "conventions": b.fingerprint.get("conventions", "hendrycks"),
+        }
+        missing = [d for d in datasets if d not in stored["datasets"]]
+        if missing:
+            raise BaselineMissingError(
+                f"FP32 baseline {b.path} has no results for dataset(s) {', '.join(missing)}; re-create it with: {self.update_command(suite)}"
+            )
+        changes = fp.diff(stored, current)
+        if changes:
+            raise BaselineStaleError(
+                f"FP32 baseline {b.path} is stale: {'; '.join(changes)}; if the change is intended, re-create it with: {self.update_command(suite)}"
+            )
+        return b
+
+    # ------------------------------------------------------------------ checks
+    def _value_from(self, metrics: dict[str, Any], p: PlannedCheck, where: str) -> float:
+        """The planned check's metric from a stored ``{"id", "ood", "shifted", "pairs", "spectral"}`` dict."""
+        from ..metrics import METRICS
+
+        suite = p.suite
+        kind = METRICS.meta(p.check.metric)["kind"]
+        try:
+            if kind == "pair":
+                return float(metrics["pairs"][p.dataset][p.check.metric])
+            if kind == "spectral":
+                return float(metrics["spectral"][p.check.metric])
+            if kind != "ood":
+                section = metrics["id"] if p.dataset == suite.id_dataset.name else metrics["shifted"][p.dataset]
+                return float(section[p.check.metric])
+            sets = mean_members(p.dataset, list(suite.ood_datasets)) or [p.dataset]
+            return float(np.mean([metrics["ood"][p.score][d][p.check.metric] for d in sets]))
+        except KeyError as exc:
+            raise BaselineMissingError(
+                f"{where} has no {p.check.metric} for {exc}; re-create it with: {self.update_command(suite)}"
+            ) from None
+
+    def value(self, p: PlannedCheck, quantizer: str, b: Baseline) -> float:
+        """The check's metric for ``quantizer`` (FP32 and its variants from the stored baseline)."""
+        base = base_quantizer(quantizer)
+        if base == FP32:
+            if quantizer == FP32:
+                return self._value_from(b.metrics, p, f"FP32 baseline {b.path}")
+            variant = (b.variants or {}).get(quantizer, {}).get("metrics", {})
+            return self._value_from(variant, p, f"FP32 baseline {b.path} ({quantizer})")
+        state = self.unit(p.suite, p.model, base, _check_needs(p, base))
+        variant = quantizer[len(base):]
+        if "spectral" not in state.metrics.get(variant, {}) and state.spectra:
+            self._spectral(state, b)
+        return self._value_from(state.metrics.get(variant, {}), p, "outputs")
+
+    def evaluate(self, p: PlannedCheck) -> Verdict:
+        """Decide one planned check. Raises QrelError subclasses for missing data / baselines and
+        for failures of the units it reads; always counts the check as done (:meth:`done`)."""
+        try:
+            return self._evaluate(p)
+        finally:
+            self.done(p)
+
+    def _evaluate(self, p: PlannedCheck) -> Verdict:
+        from ..metrics import METRICS
+
+        suite = p.suite
+        for d in p.datasets:  # missing data skips the check before anything else can fail
+            self.loader.dataset(suite, d)
+        b = self.checked_baseline(suite, p.model, list(p.datasets))
+        fp32 = self.value(p, FP32, b)
+        value = self.value(p, p.quantizer, b)
+        ref = p.check.bound.ref
+        ref_value = self.value(p, ref, b) if ref is not None else None
+        meta = METRICS.meta(p.check.metric)
+        return decide(p, value, fp32, higher_is_better=meta["higher_is_better"], fraction=meta["fraction"], ref_value=ref_value)
+
+    # ------------------------------------------------------------------ conveniences (Python API, tests)
+    def samples(self, suite: Suite, model: str, quantizer: str, dataset: str) -> SampleArrays:
+        """Per-sample arrays of ``quantizer`` (``W8A8``, ``W8A8@13``, ``W8A8+temperature``;
+        FP32 from the baseline) on ``dataset``; computes the unit if needed."""
+        name, _, seed = quantizer.partition("@")
+        base, variant = base_quantizer(name), name[len(base_quantizer(name)):]
+        if seed and "+" in seed:
+            seed, variant = seed.split("+", 1)[0], "+" + seed.split("+", 1)[1]
+        if base == FP32:
+            return self.baseline(suite, model).samples(FP32 + variant)[dataset]
+        needs = Needs({dataset}, {tuple(variant.split("+")[1:])} if variant else set(), False)
+        state = self.unit(suite, model, base, needs, arrays=True)
+        assert state.seeds is not None
+        picked = [s for s in state.seeds if not seed or s.seed == int(seed)]
+        return picked[0].arrays[variant][dataset]
+
+    def metrics(self, suite: Suite, model: str, quantizer: str, datasets: Iterable[str] | None = None) -> dict[str, Any]:
+        """``{"id", "ood", "shifted", "pairs", "spectral"}`` of ``quantizer`` (mean over seeds)."""
+        base = base_quantizer(quantizer)
+        if base == FP32:
+            b = self.baseline(suite, model)
+            return b.metrics if quantizer == FP32 else b.variants[quantizer]["metrics"]
+        names = list(datasets) if datasets is not None else [suite.id_dataset.name, *suite.ood_datasets, *suite.shifted_datasets]
+        variant = quantizer[len(base):]
+        state = self.unit(suite, model, base, Needs(set(names), {tuple(variant.split("+")[1:])} if variant else set(), False))
+        return state.metrics[variant]
+
+    def id_metrics(self, suite: Suite, model: str, quantizer: str, dataset: str | None = None) -> dict[str, float]:
+        dataset = dataset or suite.id_dataset.name
+        m = self.metrics(suite, model, quantizer, [dataset])
+        return m["id"] if dataset == suite.id_dataset.name else m["shifted"][dataset]
+
+    def ood_metrics(self, suite: Suite, model: str, quantizer: str, score: str, dataset: str) -> dict[str, float]:
+        return self.metrics(suite, model, quantizer, [suite.id_dataset.name, dataset])["ood"][score][dataset]
+
+    def posthoc_params(self, suite: Suite, model: str, quantizer: str) -> dict[str, Any]:
+        """Fitted parameters of ``quantizer``'s post-hoc steps (``{"temperature": T}``; a list per seed)."""
+        base = base_quantizer(quantizer)
+        if base == FP32:
+            return dict(self.baseline(suite, model).variants[quantizer]["params"])
+        variant = quantizer[len(base):]
+        state = self.unit(suite, model, base, Needs({suite.id_dataset.name}, {tuple(variant.split("+")[1:])}, False))
+        params = state.params[variant]
+        return params[0] if len(params) == 1 else {k: [p[k] for p in params] for k in params[0]}
+
+    def spectral_metrics(self, suite: Suite, model: str, quantizer: str) -> dict[str, float]:
+        base = base_quantizer(quantizer)
+        if base == FP32:
+            return dict(self.baseline(suite, model).metrics.get("spectral", {}))
+        b = self.baseline(suite, model)
+        if b.spectrum(suite.id_dataset.name) is None:
+            raise BaselineMissingError(
+                f"FP32 baseline {b.path} has no feature spectrum (spectrum.{suite.id_dataset.name}) for spectral metrics; "
+                f"re-create it with: {self.update_command(suite)}"
+            )
+        state = self.unit(suite, model, base, Needs({suite.id_dataset.name}, set(), True))
+        if "spectral" not in state.metrics.get("", {}):
+            self._spectral(state, b)
+        return state.metrics[""]["spectral"]
+
+    def unit_info(self, suite: Suite, model: str, quantizer: str) -> list[dict[str, Any]]:
+        """Per seed: what quantizing recorded (``qat_steps``, ``qat_losses``, ``qat_options``, ``verify``)."""
+        return self.unit(suite, model, base_quantizer(quantizer)).info
+
+
+_ = (variant_name, Verdict)  # re-exported names used by callers of this package

@@ -1,0 +1,176 @@
+"""Loading what a suite names: models, datasets and calibration images, each once per process.
+
+User code runs here (a ``python:`` model file, a factory, a checkpoint loader), so every call into
+it is wrapped by :func:`user_stage`: whatever it raises -- ``SystemExit`` included, except
+``KeyboardInterrupt`` -- becomes one :class:`~pytest_qrel.errors.UserCodeError` naming the model,
+the stage and the exception, never a traceback or an exit of the test session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from ..errors import DataMissingError, QrelError, SpecError, UserCodeError
+from ..spec.schema import HELDOUT, Suite
+
+HELDOUT_SPLIT = "val"
+"""The ID split post-hoc steps (``+temperature``) are fitted on: held out from both the model's
+training data and the test split. Calibration and QAT draw from ``train``."""
+
+
+@contextlib.contextmanager
+def user_stage(stage: str, what: str) -> Iterator[None]:
+    """Turn anything but a QrelError or KeyboardInterrupt raised inside into a UserCodeError."""
+    try:
+        yield
+    except (QrelError, KeyboardInterrupt, GeneratorExit):
+        raise
+    except BaseException as exc:  # SystemExit from a model file must not end the session
+        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if isinstance(exc, SystemExit):
+            text = f"SystemExit({exc.code!r}) (the code called sys.exit)"
+        raise UserCodeError(f"{what}: {stage} raised {text}", stage=stage) from exc
+
+
+def _json_key(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, default=str)
+
+
+class Loader:
+    """Models and datasets by content (source and options), loaded once; models can be released."""
+
+    def __init__(self, device: str = "cpu") -> None:
+        self.device = device
+        self._models: dict[str, Any] = {}
+        self._identities: dict[str, dict[str, Any]] = {}
+        self._datasets: dict[str, Any] = {}
+
+    def _model_key(self, suite: Suite, name: str) -> tuple[str, dict[str, Any]]:
+        from ..models.base import model_source_meta
+
+        spec = suite.models[name]
+        options = dict(spec.options)
+        if model_source_meta(spec.source).get("zero_shot") and "class_names" not in options:
+            # A zero-shot head is built from the ID dataset's class names unless the suite names them.
+            names = self.dataset(suite, suite.id_dataset.name).class_names
+            if names:
+                options["class_names"] = list(names)
+        return _json_key([spec.source, options, str(suite.path.parent.resolve())]), options
+
+    def model(self, suite: Suite, name: str) -> Any:
+        """The loaded FP32 :class:`~pytest_qrel.models.LoadedModel` named ``name`` in ``suite``."""
+        from ..models import load_model
+
+        key, options = self._model_key(suite, name)
+        if key not in self._models:
+            spec = suite.models[name]
+            where = f"{spec.where or suite.path}: model '{name}'"
+            try:
+                with user_stage("loading the model", where):
+                    loaded = load_model(spec.source, options=options, base_dir=suite.path.parent)
+                    loaded.module.eval()
+            except UserCodeError:
+                raise
+            except QrelError as exc:
+                raise exc.with_context(where) from None
+            self._models[key] = loaded
+            self._identities[key] = self._identity(suite, name, loaded)
+        return self._models[key]
+
+    @staticmethod
+    def _identity(suite: Suite, name: str, loaded: Any) -> dict[str, Any]:
+        spec = suite.models[name]
+        identity = {
+            "source": spec.source,
+            "options": spec.options,
+            "weights_sha256": loaded.weights_sha256,
+            "preprocessing": loaded.preprocessing,
+        }
+        if "clip_text_sha256" in loaded.info:  # negative labels / generic prompts of CLIP scores
+            identity["clip_text_sha256"] = loaded.info["clip_text_sha256"]
+        return identity
+
+    def identity(self, suite: Suite, name: str) -> dict[str, Any]:
+        """What makes the model's outputs what they are (kept after the module is released)."""
+        key, _ = self._model_key(suite, name)
+        if key not in self._identities:
+            self.model(suite, name)
+        return self._identities[key]
+
+    def release_model(self, suite: Suite, name: str) -> None:
+        """Forget the loaded module (its identity stays): no unit of it is pending any more."""
+        key, _ = self._model_key(suite, name)
+        self._models.pop(key, None)
+
+    def live_models(self) -> int:
+        return len(self._models)
+
+    def dataset(self, suite: Suite, name: str, split: str = "test") -> Any:
+        """The :class:`~pytest_qrel.data.ImageSet` named ``name`` (``split`` train/val/test);
+        ``HELDOUT`` is the ID set's ``val`` split, which post-hoc steps are fitted on."""
+        from ..data import load_dataset
+
+        if name == HELDOUT:
+            try:
+                return self.dataset(suite, suite.id_dataset.name, HELDOUT_SPLIT)
+            except DataMissingError:
+                raise
+            except QrelError as exc:
+                raise exc.with_context(
+                    f"post-hoc steps (+temperature) are fitted on the '{HELDOUT_SPLIT}' split of the in-distribution set, "
+                    "which is not available"
+                ) from None
+        spec = suite.all_datasets[name]
+        key = _json_key([spec.source, spec.options, split, str(suite.path.parent.resolve())])
+        if key not in self._datasets:
+            where = f"{spec.where or suite.path}: dataset '{name}'"
+            try:
+                with user_stage("loading the dataset", where):
+                    ds = load_dataset(spec.source, split=split, options=spec.options, base_dir=suite.path.parent)
+            except UserCodeError:
+                raise
+            except QrelError as exc:
+                raise exc.with_context(where) from None
+            self._datasets[key] = ds
+        return self._datasets[key]
+
+    def available(self, suite: Suite, names: Any) -> list[str]:
+        """The named datasets whose data exists here (missing ones are skipped, not fatal)."""
+        out = []
+        for d in names:
+            try:
+                self.dataset(suite, d)
+            except DataMissingError:
+                continue
+            out.append(d)
+        return out
+
+    def heldout_available(self, suite: Suite) -> bool:
+        try:
+            self.dataset(suite, HELDOUT)
+        except QrelError:
+            return False
+        return True
+
+    def calibration_images(self, suite: Suite, model: str, samples: int, seed: int, field: str) -> tuple[Any, Any]:
+        """``samples`` preprocessed images (N, C, H, W) of the ID *train* split drawn with ``seed``,
+        and their labels (N,), on the device."""
+        import torch
+
+        train = self.dataset(suite, suite.id_dataset.name, "train")
+        if samples > len(train):
+            raise SpecError(
+                f"asks for {samples} calibration images but the train split of '{suite.id_dataset.name}' has {len(train)}",
+                file=suite.path, field=field, fix=f"use at most {len(train)}",
+            )
+        index = np.random.default_rng(seed).permutation(len(train))[:samples]
+        preprocess = self.model(suite, model).preprocess
+        with user_stage("preprocessing calibration images", f"model '{model}'"):
+            images = torch.stack([preprocess(train[int(i)][0]) for i in index]).to(self.device)
+        labels = torch.as_tensor(np.asarray(train.labels)[index], dtype=torch.int64).to(self.device)
+        return images, labels

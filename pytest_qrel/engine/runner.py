@@ -1,0 +1,317 @@
+"""The runner: streams one dataset through one module and returns per-sample arrays.
+
+Images come through a :class:`torch.utils.data.DataLoader` (worker processes decode files in
+parallel; the sample order is fixed, so results do not depend on the number of workers; pinned
+memory on CUDA). For a set of image files whose model preprocessing splits into ``to_unit`` and
+``normalize`` (:func:`~pytest_qrel.models.base.preprocess_stages`), the first pass also writes the
+``to_unit`` images to the decode-once :class:`~pytest_qrel.engine.imagestore.ImageStore`, and every
+later pass reads them from there. Covariate-shifted sets are corrupted between the two stages
+(``corrupt_unit``), so a shifted variant reads its clean set's stored images.
+
+Each batch's logits become per-sample arrays (:mod:`.samples`) and scores right away, together
+with those of every post-hoc variant asked for (the variant's logit map applied to the batch), so
+a full (N, C) logits matrix is kept only when asked (``keep_logits``: the held-out split that
+post-hoc steps are fitted on).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import DataError, ModelError
+from .imagestore import ImageStore, StoreCorrupt, store_key
+from .trace import trace
+from .samples import SampleArrays, batch_arrays, check_labels_in_range, check_logits_finite, concat
+
+Progress = Callable[[str, int, int], None]
+"""``progress(what, done, total)``: ``what`` is a short label ("vit W8A8 on digits")."""
+
+
+@dataclass
+class Want:
+    """What a pass must produce besides the per-sample arrays.
+
+    ``scores``: ``{name: fn}`` of the OOD scores to compute (``fn(logits)`` or, with ``needs ==
+    "clip"``, ``fn(logits, features, clip)``); ``clip``: the model's CLIP text side, if any;
+    ``variants``: ``{name: logits -> logits}`` post-hoc maps whose arrays are computed as well;
+    ``spectrum``: accumulate the last-block feature spectrum; ``keep_logits``: return the logits.
+    """
+
+    labelled: bool = True
+    scores: Mapping[str, tuple[Callable[..., Any], str]] = field(default_factory=dict)
+    clip: Any = None
+    variants: Mapping[str, Callable[[np.ndarray], np.ndarray]] = field(default_factory=dict)
+    spectrum: bool = False
+    keep_logits: bool = False
+
+
+@dataclass
+class PassResult:
+    arrays: SampleArrays
+    variants: dict[str, SampleArrays]
+    logits: np.ndarray | None = None
+    spectrum: np.ndarray | None = None
+
+
+class _Samples:
+    """``i -> fn(i)`` as a map-style dataset (a module-level class, so DataLoader workers can pickle it)."""
+
+    def __init__(self, fn: Callable[[int], Any], n: int) -> None:
+        self.fn, self.n = fn, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> Any:
+        return self.fn(i)
+
+
+class _UnitImage:
+    def __init__(self, raw: Callable[[int], Any], to_unit: Callable[[Any], Any]) -> None:
+        self.raw, self.to_unit = raw, to_unit
+
+    def __call__(self, i: int) -> Any:
+        return self.to_unit(self.raw(i))
+
+
+class _ModelInput:
+    def __init__(self, ds: Any, preprocess: Callable[[Any], Any]) -> None:
+        self.ds, self.preprocess = ds, preprocess
+
+    def __call__(self, i: int) -> Any:
+        return self.preprocess(self.ds[i][0])
+
+
+def _clean_source(ds: Any) -> tuple[str, Any, Callable[[int], Any]]:
+    """``(fingerprint, geometry, raw)`` of the uncorrupted images behind ``ds``: a shifted set that
+    corrupts in the model's geometry reads its base set (plus its own resize / crop)."""
+    if hasattr(ds, "corrupt_unit") and hasattr(ds, "raw"):
+        base = getattr(ds, "base", ds)
+        return str(getattr(base, "fingerprint", ds.fingerprint)), [getattr(ds, "resize", None), getattr(ds, "crop", None)], ds.raw
+    return str(ds.fingerprint), None, (lambda i: ds[i][0])
+
+
+def _decodes(ds: Any) -> bool:
+    """True for sets whose samples are decoded from files (worth storing decoded)."""
+    return bool(getattr(getattr(ds, "base", ds), "decodes", False) or getattr(ds, "decodes", False))
+
+
+def _check_unit_tensor(x: Any, name: str) -> None:
+    if not (hasattr(x, "is_floating_point") and x.is_floating_point() and x.ndim == 3):
+        raise DataError(
+            f"{name}: the model's preprocessing before Normalize returned {type(x).__name__} "
+            f"{tuple(getattr(x, 'shape', ()))}, not a float tensor (C, H, W) (fix: put ToTensor before Normalize in the model's transform)"
+        )
+
+
+class Runner:
+    """Streams datasets through modules (see the module docstring).
+
+    ``workers``: DataLoader worker processes for sets of image files (0: decode in this process);
+    in-memory sets are always read in-process. ``store``: the decode-once image store, or None.
+    ``progress``: called after every batch. ``forward_passes`` counts passes by ``what`` and
+    ``decoded`` the images decoded from files (stores count theirs too).
+    """
+
+    def __init__(
+        self,
+        *,
+        device: str = "cpu",
+        workers: int = 0,
+        store: ImageStore | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.device = device
+        self.workers = max(0, int(workers))
+        self.store = store
+        self.progress = progress
+        self.forward_passes: Counter[Any] = Counter()
+        self.decoded = 0
+
+    # ------------------------------------------------------------------ input batches
+    def _loader(self, fn: Callable[[int], Any], n: int, batch_size: int, workers: int) -> Any:
+        import torch
+
+        return torch.utils.data.DataLoader(
+            _Samples(fn, n),
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=workers,
+            pin_memory=str(self.device).startswith("cuda"),
+            persistent_workers=False,
+        )
+
+    def batches(self, ds: Any, preprocess: Any, batch_size: int, preprocessing: str) -> Iterator[tuple[int, Any]]:
+        """``(start, model input batch)`` over ``ds`` in order; ``preprocessing`` describes
+        ``preprocess`` (part of the image store's key). Raises StoreCorrupt (after discarding the
+        store) when a stored chunk fails its digest; the caller starts the pass again."""
+        from ..models.base import preprocess_stages
+
+        n = len(ds)
+        stages = preprocess_stages(preprocess)
+        shifted = hasattr(ds, "corrupt_unit")
+        decodes = _decodes(ds)
+        workers = self.workers if decodes else 0
+        if stages is None:
+            if shifted:
+                raise DataError(
+                    f"{getattr(ds, 'name', 'dataset')}: a covariate-shifted set is corrupted between the model's resize/crop and its "
+                    "normalisation, but this model's preprocessing cannot be split there (fix: give the model a torchvision "
+                    "Compose with Normalize, or a preprocess object with stages())"
+                )
+            if decodes:
+                self.decoded += n
+            start = 0
+            for batch in self._loader(_ModelInput(ds, preprocess), n, batch_size, workers):
+                yield start, batch
+                start += len(batch)
+            return
+        to_unit, normalize = stages
+        fingerprint, geometry, raw = _clean_source(ds)
+        name = getattr(ds, "name", "dataset")
+
+        def finish(start: int, units: Any) -> Any:
+            import torch
+
+            if shifted:
+                units = torch.stack([ds.corrupt_unit(units[j], start + j) for j in range(len(units))])
+            return torch.stack([normalize(u) for u in units])
+
+        store = self.store if (decodes and self.store is not None) else None
+        if store is None:
+            if decodes:
+                self.decoded += n
+            start = 0
+            for units in self._loader(_UnitImage(raw, to_unit), n, batch_size, workers):
+                _check_unit_tensor(units[0], name)
+                yield start, finish(start, units.clamp(0.0, 1.0))
+                start += len(units)
+            return
+        key = store_key(fingerprint, preprocessing, geometry)
+        stored = store.open(key)
+        if stored is None or len(stored) != n:
+            with store.building(key):
+                stored = store.open(key)  # another process may have built it while we waited
+                if stored is None or len(stored) != n:
+                    yield from self._decode(raw, to_unit, n, batch_size, workers, finish, name, key)
+                    return
+        yield from self._from_store(stored, batch_size, finish)
+
+    def _from_store(self, stored: Any, batch_size: int, finish: Callable[[int, Any], Any]) -> Iterator[tuple[int, Any]]:
+        import torch
+
+        n = len(stored)
+        for start in range(0, n, batch_size):
+            try:
+                units = torch.from_numpy(stored.batch(start, min(n, start + batch_size)))
+            except StoreCorrupt as exc:
+                stored.store.discard(stored.key, f"corrupt ({exc})")
+                raise
+            yield start, finish(start, units)
+
+    def _decode(self, raw: Any, to_unit: Any, n: int, batch_size: int, workers: int, finish: Any, name: str, key: str) -> Iterator[tuple[int, Any]]:
+        assert self.store is not None
+        writer = None
+        usable = True
+        start = 0
+        try:
+            for units in self._loader(_UnitImage(raw, to_unit), n, batch_size, workers):
+                _check_unit_tensor(units[0], name)
+                units = units.clamp(0.0, 1.0)
+                self.decoded += len(units)
+                self.store.decodes += len(units)
+                if usable:
+                    if writer is None:
+                        arr = units.numpy()
+                        exact = bool(np.abs(arr * 255.0 - np.rint(arr * 255.0)).max(initial=0.0) <= 1e-3)
+                        writer = self.store.writer(key, n, tuple(units.shape[1:]), exact)
+                    usable = writer.put(start, units.numpy())
+                yield start, finish(start, units)
+                start += len(units)
+            if writer is not None and usable and start == n:
+                writer.commit()
+                writer = None
+        finally:
+            if writer is not None:
+                writer.abort()
+
+    # ------------------------------------------------------------------ a pass
+    def run(
+        self, module: Any, ds: Any, preprocess: Any, *, batch_size: int, want: Want, what: str, preprocessing: str = "",
+        key: Any = None,
+    ) -> PassResult:
+        """One pass of ``module`` over ``ds``; ``what`` ("model 'vit' W8A8 on digits") names it in
+        messages and progress, ``key`` in :attr:`forward_passes` (default ``what``). Raises
+        ModelError for NaN / Inf logits, DataError for labels the model has no class for."""
+        self.forward_passes[key if key is not None else what] += 1
+        trace("forward", *(key if isinstance(key, tuple) else (what,)))
+        try:
+            return self._run(module, ds, preprocess, batch_size, want, what, preprocessing)
+        except StoreCorrupt:  # the store was discarded: decode the set again
+            return self._run(module, ds, preprocess, batch_size, want, what, preprocessing)
+
+    def _run(self, module: Any, ds: Any, preprocess: Any, batch_size: int, want: Want, what: str, preprocessing: str) -> PassResult:
+        import torch
+
+        n = len(ds)
+        labels_all = np.asarray(ds.labels, dtype=np.int64)
+        with_features = any(needs == "clip" for _, needs in want.scores.values()) and hasattr(module, "forward_with_features")
+        parts: list[SampleArrays] = []
+        vparts: dict[str, list[SampleArrays]] = {v: [] for v in want.variants}
+        kept: list[np.ndarray] = []
+        recording: Any = contextlib.nullcontext(None)
+        if want.spectrum:
+            from ..models.features import last_block_feature_map
+            from ..spectral import record_spectrum
+
+            recording = record_spectrum(last_block_feature_map(module, what))
+        done = 0
+        if self.progress:
+            self.progress(what, 0, n)
+        with torch.inference_mode(), recording as acc:
+            for start, batch in self.batches(ds, preprocess, batch_size, preprocessing):
+                x = batch.to(self.device, non_blocking=True)
+                if with_features:
+                    logits_t, feats_t = module.forward_with_features(x)
+                    feats = feats_t.float().cpu().numpy()
+                else:
+                    logits_t, feats = module(x), None
+                logits = logits_t.float().cpu().numpy()
+                check_logits_finite(logits, what=what)
+                labels = labels_all[start : start + len(logits)]
+                if want.labelled:
+                    check_labels_in_range(labels, logits.shape[1], what=what)
+                parts.append(self._arrays(logits, feats, labels, want))
+                for v, fn in want.variants.items():
+                    vparts[v].append(self._arrays(fn(logits), feats, labels, want))
+                if want.keep_logits:
+                    kept.append(logits)
+                done += len(logits)
+                if self.progress:
+                    self.progress(what, done, n)
+        spectrum = None
+        if acc is not None:
+            try:
+                spectrum = acc.spectrum()
+            except ValueError as exc:
+                raise ModelError(f"{what}: no feature spectrum: {exc}") from None
+        return PassResult(
+            arrays=concat(parts),
+            variants={v: concat(p) for v, p in vparts.items()},
+            logits=np.concatenate(kept) if kept else None,
+            spectrum=spectrum,
+        )
+
+    @staticmethod
+    def _arrays(logits: np.ndarray, feats: Any, labels: np.ndarray, want: Want) -> SampleArrays:
+        out = batch_arrays(logits, labels, labelled=want.labelled)
+        for name, (fn, needs) in want.scores.items():
+            s = fn(logits, feats, want.clip) if needs == "clip" else fn(logits)
+            out[f"score.{name}"] = np.asarray(s, dtype=np.float64)
+        return out

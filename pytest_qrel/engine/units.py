@@ -1,0 +1,334 @@
+"""A unit -- one (suite, model, base quantizer) -- computed once: quantize per seed, stream every
+dataset its checks read, keep per-sample arrays, release the module.
+
+What a unit must produce (:class:`Needs`) comes from the planner: the datasets its checks read,
+the post-hoc variants (``W8A8+temperature`` is a variant of the unit ``W8A8``, fitted on the
+held-out split and applied batch by batch in the same passes) and whether the ID pass records the
+feature spectrum. Per seed, cached arrays are used where the outputs cache has them; only what is
+missing is computed, and the quantized module is dropped as soon as its passes are done, so the
+memory a run holds does not grow with the number of units.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from .. import fingerprint as fp
+from ..errors import SimulationError, SpecError, UnknownNameError
+from ..spec.schema import FP32, HELDOUT, QuantizerSpec, Suite
+from .loading import Loader, user_stage
+from .runner import Runner, Want
+from .samples import SampleArrays
+from .trace import trace
+
+BASE = ""
+"""The variant name of a unit's own outputs (no post-hoc step)."""
+
+
+@dataclass
+class Needs:
+    """What a unit computes: ``datasets`` (test splits, the ID set included), post-hoc ``variants``
+    (step chains such as ``("temperature",)``), and ``spectrum`` on the ID pass."""
+
+    datasets: set[str] = field(default_factory=set)
+    variants: set[tuple[str, ...]] = field(default_factory=set)
+    spectrum: bool = False
+
+    def covers(self, other: "Needs") -> bool:
+        return other.datasets <= self.datasets and other.variants <= self.variants and (self.spectrum or not other.spectrum)
+
+    def merge(self, other: "Needs") -> None:
+        self.datasets |= other.datasets
+        self.variants |= other.variants
+        self.spectrum = self.spectrum or other.spectrum
+
+
+def variant_name(steps: tuple[str, ...]) -> str:
+    """``("temperature",)`` -> ``"+temperature"``; ``()`` -> ``""``."""
+    return "".join(f"+{s}" for s in steps)
+
+
+@dataclass
+class SeedOutputs:
+    """One seed of a unit: ``arrays[variant][dataset]``, the ID ``spectrum``, fitted post-hoc
+    ``params[variant]`` and ``info`` (e.g. QAT steps taken; ``verify`` report summary)."""
+
+    name: str  # "W8A8", or "W8A8@13" for one seed of a multi-seed quantizer
+    seed: int | None
+    arrays: dict[str, dict[str, SampleArrays]] = field(default_factory=dict)
+    spectrum: np.ndarray | None = None
+    params: dict[str, dict[str, float]] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def seed_names(base: str, spec: QuantizerSpec | None) -> list[tuple[str, int | None]]:
+    """``[("W8A8@0", 0), ("W8A8@13", 13), ...]`` for a multi-seed quantizer, else ``[(base, seed)]``."""
+    if spec is None:
+        return [(base, None)]
+    if len(spec.calibration.seeds) > 1:
+        return [(f"{base}@{s}", s) for s in spec.calibration.seeds]
+    return [(base, spec.calibration.seed)]
+
+
+def wants_spectrum(suite: Suite) -> bool:
+    """A suite records feature spectra only when one of its checks is on a spectral metric."""
+    from ..metrics import METRICS
+
+    return any(METRICS.meta(c.metric)["kind"] == "spectral" for c in suite.checks)
+
+
+def score_functions(suite: Suite) -> dict[str, tuple[Callable[..., Any], str]]:
+    from ..scores import SCORES
+
+    return {s: (SCORES.get(s), SCORES.meta(s).get("needs", "logits")) for s in suite.scores}
+
+
+class UnitComputer:
+    """Computes :class:`SeedOutputs` for units, reading and filling the outputs cache.
+
+    ``live_modules`` holds weak references to the quantized modules alive right now (tests count
+    them: after a unit, none may remain).
+    """
+
+    def __init__(self, loader: Loader, runner: Runner, *, cache: Any = None, device: str = "cpu") -> None:
+        self.loader, self.runner, self.cache, self.device = loader, runner, cache, device
+        self.live_modules: "weakref.WeakSet[Any]" = weakref.WeakSet()
+        self.quantizations: dict[str, int] = {}  # seed name -> times quantized in this process
+        self.cache_hits: dict[tuple[str, str, str, str], int] = {}
+
+    # ------------------------------------------------------------------ keys
+    def _output_key(self, suite: Suite, model: str, qconf: Any, dataset: str, variant: str) -> str:
+        ds = self.loader.dataset(suite, dataset)
+        spec = suite.id_dataset if dataset == HELDOUT else suite.all_datasets[dataset]
+        import torch
+
+        # A fingerprint need not hash file contents, so the key also names where the data came from.
+        source = [os.path.expandvars(spec.source), spec.options, str(suite.path.parent.resolve()), "val" if dataset == HELDOUT else "test"]
+        return fp.digest(
+            {
+                "model": self.loader.identity(suite, model),
+                "quantizer": qconf,
+                "dataset": ds.fingerprint,
+                "source": source,
+                "variant": variant,
+                "scores": list(suite.scores),
+                "code": fp.code_digest(),
+                "torch": torch.__version__,
+                "device": str(self.device).split(":")[0],
+            }
+        )
+
+    # ------------------------------------------------------------------ quantization
+    def quantizer_spec(self, suite: Suite, base: str, seed: int | None) -> QuantizerSpec:
+        spec = suite.quantizers[base]
+        if seed is not None and (seed != spec.calibration.seed or spec.calibration.seeds):
+            spec = replace(spec, calibration=replace(spec.calibration, seed=seed, seeds=()))
+        return spec
+
+    def build_module(self, suite: Suite, model: str, base: str, seed: int | None, info: dict[str, Any]) -> Any:
+        """The module computing ``base`` at ``seed`` (FP32: the loaded module itself)."""
+        loaded = self.loader.model(suite, model)
+        if base == FP32:
+            return loaded.module.to(self.device)
+        from ..quantize import QUANTIZERS, quantize
+
+        spec = self.quantizer_spec(suite, base, seed)
+        if spec.method not in QUANTIZERS:
+            where = spec.where
+            raise SpecError(
+                str(UnknownNameError("quantization method", spec.method, QUANTIZERS.names())),
+                file=where.file if where else suite.path, line=where.line if where else None,
+                field=f"quantizers.{base}.method", fix="use one of the known methods",
+            )
+        images, labels = self.loader.calibration_images(
+            suite, model, spec.calibration.samples, spec.calibration.seed, f"quantizers.{base}.calibration.samples"
+        )
+        what = f"model '{model}' quantizer '{base}'"
+        with user_stage("quantization (calibration / QAT)", what):
+            module = quantize(loaded.module.to(self.device), spec, images, labels=labels).eval()
+        name = f"{base}@{seed}" if len(suite.quantizers[base].calibration.seeds) > 1 else base
+        self.quantizations[name] = self.quantizations.get(name, 0) + 1
+        trace("quantize", suite.name, model, name)
+        for attr in ("qat_steps", "qat_options"):
+            if hasattr(module, attr):
+                info[attr] = getattr(module, attr)
+        if hasattr(module, "qat_losses"):
+            info["qat_losses"] = len(module.qat_losses)
+        if spec.verify:
+            from ..quantize import verify_simulation
+
+            with user_stage("verify_simulation", what):
+                report = verify_simulation(module, images)
+            info["verify"] = report.summary()
+            if not report.ok:
+                raise SimulationError(f"{spec.where or base}: quantizer '{base}' failed verify_simulation: {report.summary()}")
+        self.live_modules.add(module)
+        return module
+
+    # ------------------------------------------------------------------ one seed
+    def compute_seed(self, suite: Suite, model: str, base: str, name: str, seed: int | None, needs: Needs) -> SeedOutputs:
+        """Every array ``needs`` asks for, for one seed: from the cache where possible, else by
+        quantizing once and streaming each missing dataset through the module."""
+        out = SeedOutputs(name=name, seed=seed)
+        qconf: Any = "FP32" if base == FP32 else self.quantizer_spec(suite, base, seed).config_dict()
+        loaded_scores = score_functions(suite)
+        required = {f"score.{s}" for s in suite.scores}
+        todo: list[str] = []
+        variants = sorted(needs.variants)
+        for d in sorted(needs.datasets):
+            spectrum = needs.spectrum and d == suite.id_dataset.name
+            hit = True
+            for steps in [(), *variants]:
+                v = variant_name(steps)
+                entry = self._get(suite, model, qconf, d, v)
+                labelled = d in suite.labelled_datasets
+                if entry is None or not required <= set(entry) or (labelled and "nll" not in entry) or (spectrum and not steps and "spectrum" not in entry):
+                    hit = False
+                    break
+                if not steps and spectrum:
+                    out.spectrum = entry.pop("spectrum")
+                entry.pop("spectrum", None)
+                out.arrays.setdefault(v, {})[d] = entry
+            if hit:
+                self.cache_hits[(suite.name, model, name, d)] = self.cache_hits.get((suite.name, model, name, d), 0) + 1
+            else:
+                todo.append(d)
+        for steps in variants:
+            params = self._get(suite, model, qconf, HELDOUT, variant_name(steps) + "#params")
+            if params is not None:
+                out.params[variant_name(steps)] = {k: float(v) for k, v in params.items()}
+        missing_params = [s for s in variants if variant_name(s) not in out.params]
+        if not todo and not missing_params:
+            return out
+        module = self.build_module(suite, model, base, seed, out.info)
+        try:
+            self._fit_posthoc(suite, model, qconf, module, name, missing_params, out)
+            loaded = self.loader.model(suite, model)
+            clip = loaded.info.get("clip")
+            for d in todo:
+                spectrum = needs.spectrum and d == suite.id_dataset.name
+                self._check_clip_scores(suite, model, module, clip)
+                want = Want(
+                    labelled=d in suite.labelled_datasets,
+                    scores=loaded_scores,
+                    clip=clip,
+                    variants={variant_name(s): self._apply(s, out.params) for s in variants},
+                    spectrum=spectrum,
+                )
+                what = f"model '{model}' {name} on {d}"
+                with user_stage("the forward pass", what):
+                    result = self.runner.run(
+                        module, self.loader.dataset(suite, d), loaded.preprocess, batch_size=suite.batch_size, want=want,
+                        what=what, preprocessing=loaded.preprocessing, key=(suite.name, model, name, d),
+                    )
+                out.arrays.setdefault(BASE, {})[d] = result.arrays
+                entry = dict(result.arrays)
+                if result.spectrum is not None:
+                    out.spectrum = result.spectrum
+                    entry["spectrum"] = result.spectrum
+                self._put(suite, model, qconf, d, BASE, entry)
+                for v, arrays in result.variants.items():
+                    out.arrays.setdefault(v, {})[d] = arrays
+                    self._put(suite, model, qconf, d, v, arrays)
+        finally:
+            del module
+        return out
+
+    def _check_clip_scores(self, suite: Suite, model: str, module: Any, clip: Any) -> None:
+        from ..scores import SCORES
+
+        for s in suite.scores:
+            if SCORES.meta(s).get("needs") == "clip" and (clip is None or not hasattr(module, "forward_with_features")):
+                raise SpecError(
+                    f"score '{s}' needs a CLIP model (image features and text embeddings); model '{model}' is not one",
+                    file=suite.path, field="scores", fix="use msp, energy or maxlogit for this model, or an open_clip: source",
+                )
+
+    @staticmethod
+    def _apply(steps: tuple[str, ...], params: dict[str, dict[str, float]]) -> Callable[[np.ndarray], np.ndarray]:
+        from ..posthoc import POSTHOC
+
+        def apply(logits: np.ndarray) -> np.ndarray:
+            for i, step in enumerate(steps):
+                logits = POSTHOC.get(step).apply(logits, params[variant_name(steps[: i + 1])])
+            return logits
+
+        return apply
+
+    def _fit_posthoc(self, suite: Suite, model: str, qconf: Any, module: Any, name: str, chains: list[tuple[str, ...]], out: SeedOutputs) -> None:
+        """Fit every missing post-hoc chain on the held-out split's logits (one pass for all)."""
+        if not chains:
+            return
+        from ..posthoc import POSTHOC
+
+        loaded = self.loader.model(suite, model)
+        what = f"model '{model}' {name} on the held-out split"
+        held = self.loader.dataset(suite, HELDOUT)
+        with user_stage("the forward pass", what):
+            result = self.runner.run(
+                module, held, loaded.preprocess, batch_size=suite.batch_size, want=Want(labelled=True, keep_logits=True),
+                what=what, preprocessing=loaded.preprocessing, key=(suite.name, model, name, HELDOUT),
+            )
+        labels = np.asarray(held.labels, dtype=np.int64)
+        for steps in chains:
+            logits = result.logits
+            for i, step in enumerate(steps):
+                v = variant_name(steps[: i + 1])
+                if v not in out.params:
+                    out.params[v] = POSTHOC.get(step).fit(logits, labels)
+                    self._put(suite, model, qconf, HELDOUT, v + "#params", {k: np.array(x) for k, x in out.params[v].items()})
+                logits = POSTHOC.get(step).apply(logits, out.params[v])
+
+    # ------------------------------------------------------------------ cache
+    def _get(self, suite: Suite, model: str, qconf: Any, dataset: str, variant: str) -> dict[str, np.ndarray] | None:
+        if self.cache is None:
+            return None
+        return self.cache.get(self._output_key(suite, model, qconf, dataset, variant))
+
+    def _put(self, suite: Suite, model: str, qconf: Any, dataset: str, variant: str, arrays: dict[str, np.ndarray]) -> None:
+        if self.cache is not None:
+            try:
+                self.cache.put(self._output_key(suite, model, qconf, dataset, variant), arrays)
+            except OSError:  # a read-only or full cache costs reuse, not the run
+                pass
+
+
+def mean_metrics(dicts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Element-wise mean of nested metric dicts over seeds (keys of the first dict)."""
+    first = dicts[0]
+    out: dict[str, Any] = {}
+    for k, v in first.items():
+        if isinstance(v, dict):
+            out[k] = mean_metrics([d[k] for d in dicts])
+        else:
+            out[k] = float(np.mean([d[k] for d in dicts]))
+    return out
+
+
+def metrics_of(suite: Suite, arrays: dict[str, SampleArrays], *, conventions: str) -> dict[str, Any]:
+    """``{"id", "ood", "shifted", "pairs"}`` metrics of one seed's arrays over the datasets present."""
+    from ..metrics import compute_ood_metrics, id_metrics_from_samples, pair_metrics_from_samples
+
+    id_name = suite.id_dataset.name
+    out: dict[str, Any] = {"id": {}, "ood": {}}
+    if id_name in arrays:
+        out["id"] = id_metrics_from_samples(arrays[id_name])
+        for s in suite.scores:
+            per = {}
+            for d in suite.ood_datasets:
+                if d in arrays:
+                    per[d] = compute_ood_metrics(arrays[id_name][f"score.{s}"], arrays[d][f"score.{s}"], conventions=conventions)
+            out["ood"][s] = per
+    if suite.shifted_datasets:
+        out["shifted"] = {d: id_metrics_from_samples(arrays[d]) for d in suite.shifted_datasets if d in arrays}
+    if suite.pairs:
+        out["pairs"] = {
+            p: pair_metrics_from_samples(arrays[c], arrays[k]) for p, (c, k) in suite.pairs.items() if c in arrays and k in arrays
+        }
+    return out
