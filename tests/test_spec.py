@@ -105,9 +105,14 @@ def test_plan_expands_models_quantizers_datasets(tmp_path):
     assert len(groups) == 2 + 2 + 1 + 3
 
 
-def test_duplicate_checks_get_unique_names(tmp_path):
-    suite = load_suite(write(tmp_path, '- "W8A8 top1 delta <= 1pp"\n- "W8A8 top1 delta <= 1pp"\n'))
-    assert [p.name for p in plan(suite)] == ["top1 delta<=1pp", "top1 delta<=1pp#2"]
+def test_a_check_written_twice_is_an_error_naming_both_lines(tmp_path):
+    path = write(tmp_path, '- "W8A8 top1 delta <= 1pp"\n- "W8A8 top1 delta<=1pp"\n')
+    with pytest.raises(SpecError) as info:
+        load_suite(path)
+    assert str(info.value) == (
+        f"{path}:16: field 'checks[1]': repeats checks[0] (line 15): both check W8A8 top1 delta<=1pp on digits "
+        "(fix: remove one of them, or narrow 'all' / 'on' so that they do not overlap)"
+    )
 
 
 @pytest.mark.parametrize(
@@ -211,7 +216,7 @@ def test_mean_over_a_subset_of_ood_sets(tmp_path):
 
 
 def test_conventions_field(tmp_path):
-    path = write(tmp_path, "[]\n", BASE.replace("name: mini", "name: mini\nconventions: openood"))
+    path = write(tmp_path, '- "all ece <= 0.5"\n', BASE.replace("name: mini", "name: mini\nconventions: openood"))
     assert load_suite(path).conventions == "openood"
     path = write(tmp_path, "[]\n", BASE.replace("name: mini", "name: mini\nconventions: openod"))
     with pytest.raises(SpecError, match="unknown metric convention 'openod'; did you mean 'openood'"):

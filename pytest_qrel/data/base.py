@@ -71,6 +71,35 @@ def parse_source(source: str) -> tuple[str, str]:
     return scheme, arg
 
 
+def validate_source(registry: Registry[Any], source: str, options: Mapping[str, Any] | None = None) -> None:
+    """Check ``source`` (and, when given, its ``options``) without loading anything or importing torch.
+
+    The scheme must be in ``registry``; a source registered with ``check_arg=fn(arg)`` and/or
+    ``check_options=fn(arg, options)`` metadata has them called (e.g. the embedded sets check the
+    name, ``shift`` checks the corruption and its ``of`` source). The suite loader calls this once
+    with ``options=None`` (errors belong to ``source:``) and once with the options.
+
+    Raises:
+        UnknownNameError: unknown scheme or name ("did you mean").
+        QrelError: whatever the source's checks raise (DataError, ModelError).
+        ValueError: ``source`` is not ``<scheme>:<arg>``.
+    """
+    scheme, arg = parse_source(source)
+    meta = registry.meta(scheme)
+    if options is None:
+        if meta.get("check_arg"):
+            meta["check_arg"](arg)
+    elif meta.get("check_options"):
+        meta["check_options"](arg, dict(options))
+
+
+def validate_dataset_source(source: str, options: Mapping[str, Any] | None = None) -> None:
+    """:func:`validate_source` against :data:`DATASET_SOURCES` (built-in sources registered first)."""
+    from . import _builtin  # noqa: F401
+
+    validate_source(DATASET_SOURCES, source, options)
+
+
 def load_dataset(
     source: str, *, split: str, options: Mapping[str, Any] | None = None, base_dir: Path | None = None
 ) -> ImageSet:

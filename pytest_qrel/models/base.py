@@ -33,6 +33,9 @@ class LoadedModel:
     num_classes: int
     class_names: list[str] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    class_ids: list[str] | None = None
+    """Machine ids of the classes in index order (ImageNet WordNet ids ``n01440764`` for a timm
+    ImageNet head), the names class folders are usually given; None when unknown."""
 
 
 ModelSource = Callable[..., LoadedModel]
@@ -47,6 +50,15 @@ def load_model(source: str, *, options: Mapping[str, Any] | None = None, base_di
     scheme, arg = parse_source(source)
     fn = MODEL_SOURCES.get(scheme)
     return fn(arg, options=dict(options or {}), base_dir=base_dir or Path.cwd())
+
+
+def validate_model_source(source: str, options: Mapping[str, Any] | None = None) -> None:
+    """Check a model ``source`` (and, when given, its options) without loading it or importing torch;
+    see :func:`pytest_qrel.data.base.validate_source`."""
+    from . import _builtin  # noqa: F401
+    from ..data.base import validate_source
+
+    validate_source(MODEL_SOURCES, source, options)
 
 
 def model_source_meta(source: str) -> dict[str, Any]:

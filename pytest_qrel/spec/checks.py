@@ -41,6 +41,7 @@ from typing import Any
 
 from ..errors import SpecError
 from .schema import MEAN_OOD, Bound, CheckSpec, Location
+from .yamlsrc import kind_of
 
 _NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
 _SHORTHAND = re.compile(
@@ -150,7 +151,7 @@ def parse_check(raw: Any, where: Location, field: str) -> CheckSpec:
     if isinstance(raw, str):
         return parse_shorthand(raw, where, field)
     if not isinstance(raw, dict):
-        raise SpecError(f"a check must be a string or a mapping, got {type(raw).__name__}", file=where.file, line=where.line, field=field, fix=SHORTHAND_HELP)
+        raise SpecError(f"a check must be a string or a mapping, got {kind_of(raw)}", file=where.file, line=where.line, field=field, fix=SHORTHAND_HELP)
     unknown = sorted(set(map(str, raw)) - _STRUCTURED_KEYS)
     if unknown:
         raise SpecError(

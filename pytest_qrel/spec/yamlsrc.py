@@ -46,7 +46,35 @@ class LineList(list):
         return self.item_lines[index] if index < len(self.item_lines) else self.line
 
 
+_STD = "tag:yaml.org,2002:"
+ALLOWED_TAGS = frozenset(_STD + t for t in ("map", "seq", "str", "int", "float", "bool", "null", "timestamp"))
+"""The YAML tags a suite may carry (the core schema plus dates). Anything else, written explicitly
+(``!!python/object/apply:os.system``, ``!!set``, ``!!binary``, ``!custom``), is rejected with its
+line: a suite is plain data, and a tag PyYAML's safe loader would read as a plain list or mapping
+must not be silently accepted."""
+
+
+def _check_tag(node: yaml.Node, loader: yaml.SafeLoader) -> None:
+    if node.tag in ALLOWED_TAGS:
+        return
+    if node.tag == _STD + "merge":
+        raise SpecError(
+            "YAML merge keys ('<<') are not supported",
+            file=loader.name,
+            line=node.start_mark.line + 1,
+            fix="write the keys out in each mapping",
+        )
+    shown = "!!" + node.tag[len(_STD):] if node.tag.startswith(_STD) else node.tag
+    raise SpecError(
+        f"YAML tag '{shown}' is not allowed",
+        file=loader.name,
+        line=node.start_mark.line + 1,
+        fix="remove the tag: a suite holds only plain mappings, lists, strings and numbers",
+    )
+
+
 def _convert(node: yaml.Node, loader: yaml.SafeLoader) -> Any:
+    _check_tag(node, loader)
     if isinstance(node, yaml.MappingNode):
         out = LineDict()
         out.line = node.start_mark.line + 1
@@ -72,6 +100,12 @@ def _convert(node: yaml.Node, loader: yaml.SafeLoader) -> Any:
             seq.item_lines.append(item.start_mark.line + 1)
         return seq
     return loader.construct_object(node, deep=True)
+
+
+def kind_of(x: Any) -> str:
+    """How an error names a YAML value's type: ``a list`` (also for LineList), ``a mapping``, ``a number``..."""
+    kinds = ((bool, "a boolean"), (dict, "a mapping"), (list, "a list"), (str, "a string"), ((int, float), "a number"), (type(None), "nothing"))
+    return next((name for t, name in kinds if isinstance(x, t)), type(x).__name__)
 
 
 def load_yaml(path: str | Path) -> Any:
