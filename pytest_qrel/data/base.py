@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..errors import DataError, QrelError
 from ..registry import Registry
 
 OOD_LABEL = -1
@@ -63,11 +64,18 @@ DatasetSource = Callable[..., ImageSet]
 DATASET_SOURCES: Registry[DatasetSource] = Registry("dataset source")
 
 
-def parse_source(source: str) -> tuple[str, str]:
-    """Split ``"scheme:arg"``; a bare word is treated as ``embedded:<word>`` is NOT done: be explicit."""
+def parse_source(source: str, error: type[QrelError] = DataError) -> tuple[str, str]:
+    """Split ``"scheme:arg"`` (a bare word is not read as ``embedded:<word>``: be explicit).
+
+    Raises:
+        error: (DataError by default; ModelError for model sources) ``source`` is not a string of
+            the form ``<scheme>:<arg>`` with both parts non-empty.
+    """
+    if not isinstance(source, str):
+        raise error(f"source {source!r} is not a string of the form '<scheme>:<arg>' (e.g. 'embedded:digits')")
     scheme, sep, arg = source.partition(":")
     if not sep or not scheme or not arg:
-        raise ValueError(f"source '{source}' is not of the form '<scheme>:<arg>'")
+        raise error(f"source '{source}' is not of the form '<scheme>:<arg>' (e.g. 'embedded:digits')")
     return scheme, arg
 
 
@@ -82,7 +90,7 @@ def validate_source(registry: Registry[Any], source: str, options: Mapping[str, 
     Raises:
         UnknownNameError: unknown scheme or name ("did you mean").
         QrelError: whatever the source's checks raise (DataError, ModelError).
-        ValueError: ``source`` is not ``<scheme>:<arg>``.
+        DataError: ``source`` is not ``<scheme>:<arg>``.
     """
     scheme, arg = parse_source(source)
     meta = registry.meta(scheme)

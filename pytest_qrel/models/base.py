@@ -46,8 +46,9 @@ def load_model(source: str, *, options: Mapping[str, Any] | None = None, base_di
     """Look up the scheme of ``source`` in :data:`MODEL_SOURCES` and call it."""
     from . import _builtin  # noqa: F401  (registers the built-in sources)
     from ..data.base import parse_source
+    from ..errors import ModelError
 
-    scheme, arg = parse_source(source)
+    scheme, arg = parse_source(source, ModelError)
     fn = MODEL_SOURCES.get(scheme)
     return fn(arg, options=dict(options or {}), base_dir=base_dir or Path.cwd())
 

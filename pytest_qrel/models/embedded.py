@@ -141,7 +141,12 @@ def paths(name: str) -> tuple[Path, Path]:
 
 
 def check_name(arg: str) -> None:
-    """``arg`` names a shipped model (UnknownNameError with "did you mean" otherwise)."""
+    """``arg`` names a shipped model (UnknownNameError with "did you mean" otherwise; a shipped
+    CLIP, which has its own scheme, gets a ModelError saying how to write it)."""
+    from .open_clip_source import EMBEDDED_CLIPS
+
+    if arg in EMBEDDED_CLIPS and arg not in EMBEDDED_MODELS:
+        raise ModelError(f"'{arg}' is the shipped CLIP model, which the open_clip source loads: write 'open_clip:{arg}'")
     EMBEDDED_MODELS.get(arg)
 
 
@@ -161,6 +166,7 @@ def embedded_model_source(
         UnknownNameError: ``<name>`` is not an embedded model (the message lists the known ones).
         ModelError: an option was given, or the weights / config file is missing, corrupt or out of sync.
     """
+    check_name(arg)
     entry = EMBEDDED_MODELS.get(arg)
     check_no_options(arg, options or {})
     weights, config_path = paths(arg)

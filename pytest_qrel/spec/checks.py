@@ -88,6 +88,12 @@ def parse_shorthand(text: str, where: Location | None = None, field: str = "chec
             field=field,
             fix=SHORTHAND_HELP,
         )
+    if m["metric"] in ("delta", "value") and m["kind"] is None:
+        raise SpecError(
+            f"check '{text}' names no quantizer before the metric '{m['quantizers']}'",
+            file=where.file if where else None, line=where.line if where else None, field=field,
+            fix=f"write e.g. 'all {' '.join(text.split())}' or name quantizers such as 'W8A8'",
+        )
     on = m["on"]
     datasets: tuple[str, ...] | None
     if on is None or on == "ood":

@@ -82,6 +82,8 @@ def _check_name(ctx: _Ctx, name: Any, node: Any, key: Any, field: str, pattern: 
     if not isinstance(name, str) or not pattern.match(name):
         allowed = "letters, digits, _ and ." if pattern is _DATASET_NAME else "letters, digits, _ . and -"
         raise ctx.err(f"invalid name {name!r}", node=node, key=key, field=field, fix=f"use only {allowed}")
+    if name.startswith("."):  # names become file names (baselines/<suite>/<model>.json): no '..', no hidden files
+        raise ctx.err(f"invalid name {name!r}", node=node, key=key, field=field, fix="start it with a letter, a digit or _")
     return name
 
 

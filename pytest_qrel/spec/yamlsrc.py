@@ -115,8 +115,12 @@ def load_yaml(path: str | Path) -> Any:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError("suite file does not exist", file=path, fix="check the path given to --qrel-suite") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"cannot read suite file ({exc})", file=path) from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(
+            f"the suite file is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})", file=path, fix="save it as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise SpecError(f"cannot read suite file ({exc.strerror or exc})", file=path, fix="give the path of a readable YAML file") from None
     loader = _Loader(text)
     loader.name = str(path)
     try:
