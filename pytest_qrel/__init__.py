@@ -20,6 +20,7 @@ from .errors import (
     DataError,
     DataMissingError,
     ModelError,
+    NumericsError,
     QrelError,
     SimulationError,
     SpecError,
@@ -47,6 +48,6 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "BaselineError", "BaselineMissingError", "BaselineStaleError", "DataError", "DataMissingError", "Engine",
-    "ModelError", "QrelError", "SimulationError", "SpecError", "Suite", "UnitMetrics", "UnknownNameError", "Verdict", "__version__",
+    "ModelError", "NumericsError", "QrelError", "SimulationError", "SpecError", "Suite", "UnitMetrics", "UnknownNameError", "Verdict", "__version__",
     "load_suite", "plan", "render_report", "run",
 ]

@@ -15,27 +15,54 @@ anything else escaping the library is a bug in pytest-qrel.
     ├── SimulationError        verify: true found a tensor with more distinct values than 2^bits
     ├── UserCodeError          user code (a model file, factory, checkpoint loader, forward pass,
     │                          calibration) raised something else, SystemExit included
+    ├── NumericsError          outputs cannot be scored: NaN / Inf logits, labels out of range,
+    │                          too few OOD samples, all-equal scores, chance-level FP32 accuracy
+    │                          (also a ValueError, so the metric functions can raise it)
     └── BaselineError          a stored FP32 baseline cannot be used
         ├── BaselineMissingError
         └── BaselineStaleError (the fingerprint changed; names each field old -> new)
+
+Adding context: a layer that knows more (the engine knows the model and dataset a source error
+happened for) calls ``raise exc.with_context("suite.yaml:7: model 'vit'") from None``, which
+returns a copy of the *same* error type with the prefix in front of the message and every
+attribute kept. Never re-raise with ``type(exc)(message)``: subclasses such as
+:class:`UnknownNameError` and :class:`SpecError` take other constructor arguments.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, TypeVar
+
+_E = TypeVar("_E", bound="QrelError")
+
+
+def _rebuild(cls: type[QrelError], args: tuple[Any, ...], state: dict[str, Any]) -> QrelError:
+    """Unpickle any :class:`QrelError` without calling its ``__init__`` (whose signature varies)."""
+    err = cls.__new__(cls)
+    err.args = args
+    err.__dict__.update(state)
+    return err
 
 
 class QrelError(Exception):
-    """Base class of every error caused by user input."""
+    """Base class of every error caused by user input; ``str(err)`` is the one-line message."""
 
-    def with_context(self, prefix: str) -> "QrelError":
+    def with_context(self: _E, prefix: str) -> _E:
         """A copy of this error, of the same type and with the same attributes, whose message is
-        ``"<prefix>: <message>"`` (works for every subclass, whatever its ``__init__`` takes)."""
+        ``f"{prefix}: {message}"``. Works for every subclass whatever its constructor takes.
+
+        >>> err = UnknownNameError("embedded dataset", "digts", ["digits", "noise"])
+        >>> str(err.with_context("s.yaml:6: dataset 'digits'"))
+        "s.yaml:6: dataset 'digits': unknown embedded dataset 'digts'; did you mean 'digits'? (known: digits, noise)"
+        """
         new = type(self).__new__(type(self))
         new.__dict__.update(self.__dict__)
-        new.args = (f"{prefix}: {self}",)
-        new.__cause__ = self.__cause__
+        new.args = (f"{prefix}: {self}" if prefix else str(self),)
         return new
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable whatever ``__init__`` takes (xdist, multiprocessing)
+        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
 
 
 class SpecError(QrelError):
@@ -104,6 +131,13 @@ class UserCodeError(QrelError):
     def __init__(self, message: str, *, stage: str = "") -> None:
         super().__init__(message)
         self.stage = stage
+
+
+class NumericsError(QrelError, ValueError):
+    """Outputs that cannot be scored: NaN / Inf logits, labels outside the model's classes, an OOD
+    set below :data:`pytest_qrel.validation.MIN_OOD_SAMPLES`, all-equal OOD scores, or an FP32
+    accuracy indistinguishable from chance. The message names the model, quantizer, dataset and
+    how many samples are affected (see :mod:`pytest_qrel.validation`)."""
 
 
 class BaselineError(QrelError):

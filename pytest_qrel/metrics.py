@@ -12,7 +12,12 @@ Conventions (they must not drift; see DESIGN.md):
   get worse when they go *up*.
 
 Each public function validates its arguments first (``check_*`` helpers, raising
-:class:`ValueError` that names the argument and what was found) and then computes. The engine
+:class:`ValueError` that names the argument and what was found) and then computes. Problems of the
+*data* rather than of the call (NaN / inf values, labels out of range, all-equal OOD scores, fewer
+than :data:`~pytest_qrel.validation.MIN_OOD_SAMPLES` OOD scores in :func:`compute_ood_metrics`)
+raise :class:`~pytest_qrel.errors.NumericsError`, a ``ValueError`` that the plugin prints as one line.
+All-equal scores are rejected by every OOD metric: AUROC 0.5 and FPR@95 1.0 would be an artefact,
+not a measurement. The engine
 calls :func:`compute_id_metrics` and :func:`compute_ood_metrics`, which iterate over the registry:
 a newly registered metric shows up in their output without further changes.
 
@@ -46,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import NumericsError
 from .spectral import spectral_error, spectral_error_high
 from .registry import Registry
 
@@ -56,6 +62,8 @@ __all__ = [
     "auroc",
     "check_labels",
     "check_logits",
+    "check_not_degenerate",
+    "check_ood_sizes",
     "check_probs",
     "check_scores",
     "compute_id_metrics",
@@ -101,7 +109,7 @@ def _check_finite(arr: np.ndarray, name: str) -> None:
         where = first[0] if len(first) == 1 else tuple(int(i) for i in first)
         n_nan = int(np.isnan(arr).sum())
         n_inf = int(bad.sum()) - n_nan
-        raise ValueError(
+        raise NumericsError(
             f"{name} contains non-finite values: {n_nan} NaN and {n_inf} inf "
             f"(first at index {where}); the model output is broken"
         )
@@ -169,7 +177,7 @@ def check_labels(labels: Any, n_samples: int, n_classes: int, name: str = "label
     arr = arr.astype(np.int64)
     lo, hi = int(arr.min()), int(arr.max())
     if lo < 0 or hi >= n_classes:
-        raise ValueError(
+        raise NumericsError(
             f"{name} out of range: values must be in [0, {n_classes}) for {n_classes} classes; "
             f"found min {lo}, max {hi}"
         )
@@ -337,10 +345,31 @@ def ece_from_confidence(confidence: Any, correct: Any, n_bins: int = 15) -> floa
 # --------------------------------------------------------------------------------------------
 
 
+def check_not_degenerate(s_id: np.ndarray, s_ood: np.ndarray) -> None:
+    """Raise :class:`~pytest_qrel.errors.NumericsError` when every ID and OOD score is the same value
+    (no threshold separates anything: AUROC 0.5 and FPR@95 1.0 by construction)."""
+    lo = min(float(s_id.min()), float(s_ood.min()))
+    if lo == max(float(s_id.max()), float(s_ood.max())):
+        raise NumericsError(
+            f"all {s_id.size} ID and {s_ood.size} OOD scores equal {lo:.6g}: the OOD metrics are degenerate "
+            "(AUROC 0.5 and FPR@95 1.0 by construction); the outputs do not depend on the input"
+        )
+
+
+def check_ood_sizes(s_ood: np.ndarray, min_ood: int) -> None:
+    """Raise :class:`~pytest_qrel.errors.NumericsError` when there are fewer than ``min_ood`` OOD scores."""
+    if s_ood.size < min_ood:
+        raise NumericsError(
+            f"ood_scores has {s_ood.size} sample{'s' if s_ood.size != 1 else ''}; OOD metrics need at least {min_ood} "
+            f"(with fewer, one sample moves FPR@95 by more than {100 / min_ood:g} points)"
+        )
+
+
 def _ood_inputs(id_scores: Any, ood_scores: Any) -> tuple[np.ndarray, np.ndarray]:
     """Validate and stack: returns (scores, is_id) with ID samples first, ``is_id`` in {0, 1}."""
     s_id = check_scores(id_scores, "id_scores")
     s_ood = check_scores(ood_scores, "ood_scores")
+    check_not_degenerate(s_id, s_ood)
     scores = np.concatenate([s_id, s_ood])
     is_id = np.concatenate([np.ones(s_id.shape[0], dtype=np.int64), np.zeros(s_ood.shape[0], dtype=np.int64)])
     return scores, is_id
@@ -475,17 +504,24 @@ def compute_pair_metrics(common_logits: Any, common_labels: Any, counter_logits:
     }
 
 
-def compute_ood_metrics(id_scores: Any, ood_scores: Any, conventions: str = "hendrycks") -> dict[str, float]:
+def compute_ood_metrics(id_scores: Any, ood_scores: Any, conventions: str = "hendrycks", *, min_ood: int | None = None) -> dict[str, float]:
     """Every registered metric of kind ``"ood"``, as ``{name: float}``.
 
     Both arguments are 1-D scores where higher means more in-distribution. ``conventions`` names an
     entry of :data:`pytest_qrel.conventions.CONVENTIONS` whose definitions override the defaults.
+
+    Raises:
+        NumericsError: fewer than ``min_ood`` OOD scores (default
+            :data:`~pytest_qrel.validation.MIN_OOD_SAMPLES`), non-finite or all-equal scores.
     """
     from .conventions import CONVENTIONS
+    from .validation import MIN_OOD_SAMPLES
 
     overrides = CONVENTIONS.get(conventions)
     s_id = check_scores(id_scores, "id_scores")
     s_ood = check_scores(ood_scores, "ood_scores")
+    check_ood_sizes(s_ood, MIN_OOD_SAMPLES if min_ood is None else min_ood)
+    check_not_degenerate(s_id, s_ood)
     out: dict[str, float] = {}
     for name in METRICS:
         if METRICS.meta(name)["kind"] != "ood":

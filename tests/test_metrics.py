@@ -190,12 +190,22 @@ def test_reversed_separation() -> None:
     assert aupr_in(id_s, ood_s) == pytest.approx((1 / 5 + 2 / 6 + 3 / 7) / 3)
 
 
-def test_all_tied_is_chance() -> None:
+def test_all_tied_is_a_degenerate_metric_not_chance() -> None:
+    # Every score equal: AUROC 0.5 and FPR@95 1.0 would be artefacts of the ties, so each OOD
+    # metric (and compute_ood_metrics, whatever the convention) refuses with one clear line.
+    from pytest_qrel.errors import NumericsError
+
     id_s, ood_s = np.zeros(3), np.zeros(5)
-    assert auroc(id_s, ood_s) == 0.5
-    assert aupr_in(id_s, ood_s) == pytest.approx(3 / 8)  # ID prevalence
-    assert aupr_out(id_s, ood_s) == pytest.approx(5 / 8)  # OOD prevalence
-    assert fpr_at_95_tpr(id_s, ood_s) == 1.0
+    msg = (
+        "all 3 ID and 5 OOD scores equal 0: the OOD metrics are degenerate "
+        "(AUROC 0.5 and FPR@95 1.0 by construction); the outputs do not depend on the input"
+    )
+    for fn in (*OOD_FNS, lambda a, b: compute_ood_metrics(a, b, min_ood=1), lambda a, b: compute_ood_metrics(a, b, "openood", min_ood=1)):
+        with pytest.raises(NumericsError) as info:
+            fn(id_s, ood_s)
+        assert str(info.value) == msg
+    # one distinct value on either side is enough to rank: ties within a side are fine
+    assert auroc(np.zeros(3), np.r_[np.zeros(4), -1.0]) == pytest.approx(0.5 + 0.5 * 1 / 5)
 
 
 def test_ood_metrics_accept_lists_and_ints_and_return_floats() -> None:
@@ -489,7 +499,7 @@ def test_compute_functions_follow_the_registry(monkeypatch: pytest.MonkeyPatch) 
     id_out = compute_id_metrics([[0.0, math.log(3.0)]], [1])
     assert id_out["mean_max_prob"] == pytest.approx(0.75)  # got probs, not logits
     assert "id_mean" not in id_out
-    ood_out = compute_ood_metrics([1.0, 3.0], [0.0])
+    ood_out = compute_ood_metrics([1.0, 3.0], [0.0], min_ood=1)
     assert ood_out["id_mean"] == 2.0
     assert "mean_max_prob" not in ood_out
 

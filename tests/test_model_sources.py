@@ -6,6 +6,8 @@ come from checkpoints and fake Hugging Face caches written into ``tmp_path``.
 
 from __future__ import annotations
 
+from pytest_qrel import load_suite
+
 import pickle
 import socket
 from pathlib import Path
@@ -564,7 +566,7 @@ def test_engine_runs_a_python_model(tmp_path):
     (tmp_path / "digits_factory.py").write_text(DIGITS_FACTORY)
     verdicts, engine = run_suite(tmp_path, "py", "python:digits_factory.py:build", "{seed: 1}")
     check_verdicts(verdicts)
-    loaded = next(iter(engine._models.values()))
+    loaded = engine.model(load_suite(tmp_path / "py.yaml"), "m")
     assert loaded.preprocessing == "grey 1x16x16 in [0,1]; (x - 0.5) / 0.5" and loaded.num_classes == 8
 
 
@@ -572,7 +574,7 @@ def test_engine_runs_a_random_init_timm_model(tmp_path):
     options = "{pretrained: false, model_kwargs: {img_size: 16, patch_size: 4, in_chans: 1, num_classes: 8, embed_dim: 32, depth: 1, num_heads: 2}}"
     verdicts, engine = run_suite(tmp_path, "tm", "timm:vit_tiny_patch16_224", options)
     check_verdicts(verdicts)
-    loaded = next(iter(engine._models.values()))
+    loaded = engine.model(load_suite(tmp_path / "tm.yaml"), "m")
     assert "input_size=(1, 16, 16)" in loaded.preprocessing and "random init (seed 0)" in loaded.preprocessing
     stored = (tmp_path / "b" / "tm" / "m.json").read_text()
     assert "random init (seed 0)" in stored  # the baseline's fingerprint says what produced it

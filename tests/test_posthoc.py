@@ -6,10 +6,11 @@ import textwrap
 
 import numpy as np
 import pytest
+import torch
 
-from pytest_qrel import Engine, load_suite, plan
+from pytest_qrel import Engine, load_suite, plan, run
 from pytest_qrel.errors import SpecError
-from pytest_qrel.metrics import nll
+from pytest_qrel.metrics import nll, softmax
 from pytest_qrel.posthoc import POSTHOC, fit_temperature, split_name
 
 
@@ -56,11 +57,21 @@ def test_temperature_lowers_nll_on_the_heldout_split_and_is_reported(tmp_path):
     engine = Engine(baseline_dir=tmp_path / "b", update_baselines=True)
     verdicts = [engine.evaluate(p) for p in plan(suite)]
     assert all(v.passed for v in verdicts)
-    held = engine.outputs(suite, "vit", "W4A4", "heldout")
-    scaled = engine.outputs(suite, "vit", "W4A4+temperature", "heldout")
-    assert nll(scaled.logits, scaled.labels) < nll(held.logits, held.labels)
+    # refit on a fresh copy of the same quantizer: the fitted T lowers the held-out NLL
+    module = engine.quantized_module(suite, "vit", "W4A4")
+    held_set = engine.dataset(suite, "digits", "val")
+    preprocess = engine.model(suite, "vit").preprocess
+    with torch.inference_mode():
+        logits = module(torch.stack([preprocess(held_set[i][0]) for i in range(len(held_set))])).numpy()
     t = engine.posthoc_params(suite, "vit", "W4A4+temperature")["temperature"]
-    np.testing.assert_allclose(scaled.logits, held.logits / t, rtol=1e-6)
+    assert nll(logits / t, held_set.labels) < nll(logits, held_set.labels)
+    # the variant's arrays are the base logits divided by T: same predictions, rescaled confidences
+    base, scaled = (engine.samples(suite, "vit", q, "digits") for q in ("W4A4", "W4A4+temperature"))
+    assert (base["pred"] == scaled["pred"]).all() and not np.allclose(base["confidence"], scaled["confidence"])
+    test_set = engine.dataset(suite, "digits")
+    with torch.inference_mode():
+        test_logits = module(torch.stack([preprocess(test_set[i][0]) for i in range(len(test_set))])).numpy()
+    np.testing.assert_allclose(scaled["confidence"], softmax(test_logits / t).max(1), rtol=1e-5)
     # held out = the ID 'val' split: disjoint from the calibration (train) and test splits
     val = engine.dataset(suite, "digits", "val").fingerprint
     assert val not in {engine.dataset(suite, "digits", s).fingerprint for s in ("train", "test")}
@@ -103,14 +114,15 @@ def test_multi_seed_quantizer_averages_per_seed_metrics(tmp_path):
     suite = load_suite(path)
     assert suite.quantizers["W4A4"].calibration.seeds == (0, 13, 37)
     engine = Engine(baseline_dir=tmp_path / "b", update_baselines=True)
-    verdicts = [engine.evaluate(p) for p in plan(suite)]
+    verdicts = run(suite, engine=engine)  # announces every check, so each unit computes once
     per_seed = [engine.id_metrics(suite, "vit", f"W4A4@{s}")["top1"] for s in (0, 13, 37)]
     assert verdicts[0].value == pytest.approx(np.mean(per_seed))
-    assert len({engine.outputs(suite, "vit", f"W4A4@{s}", "digits").logits.tobytes() for s in (0, 13, 37)}) == 3
     for s in (0, 13, 37):  # each seed's unit ran once on the test split, however many checks read it
         assert engine.forward_passes[("posthoc", "vit", f"W4A4@{s}", "digits")] == 1
-    info = {u.quantizer: u.info for u in engine.report_units()}["W4A4"]
-    assert info["seeds"] == [0, 13, 37] and len(info["top1 per seed"]) == 3
+    assert engine.live_units() == 0  # released after its last check; asking for arrays recomputes them
+    assert len({engine.samples(suite, "vit", f"W4A4@{s}", "digits")["confidence"].tobytes() for s in (0, 13, 37)}) == 3
+    unit = {u.quantizer: u for u in engine.report_units()}["W4A4"]
+    assert unit.seeds == [0, 13, 37] and unit.per_seed["top1"] == pytest.approx(per_seed)
 
 
 def test_seed_and_seeds_are_exclusive(tmp_path):

@@ -45,14 +45,14 @@ def test_id_metrics_under_shift_vulnerability_and_shift_detection(tmp_path):
         - "W4A4 auroc(msp) on noise_ood delta <= 100pp"
         """))
     planned = plan(suite)
-    assert [p.group for p in planned[:2]] == ["vit[W4A4-digits_noise]", "vit[W4A4-digits_blur]"]
+    assert [(p.quantizer, p.dataset) for p in planned[:2]] == [("W4A4", "digits_noise"), ("W4A4", "digits_blur")]
     engine = Engine(baseline_dir=tmp_path / "b", update_baselines=True)
     verdicts = [engine.evaluate(p) for p in planned]
     assert all(v.passed for v in verdicts), [v.message for v in verdicts]
-    clean = engine.outputs(suite, "vit", "W4A4", "digits")
-    noisy = engine.outputs(suite, "vit", "W4A4", "digits_noise")
-    assert (noisy.labels == clean.labels).all()  # a shifted set keeps its labels
-    acc_clean, acc_noisy = top1(clean.logits, clean.labels), top1(noisy.logits, noisy.labels)
+    clean = engine.samples(suite, "vit", "W4A4", "digits")
+    noisy = engine.samples(suite, "vit", "W4A4", "digits_noise")
+    assert (noisy["label"] == clean["label"]).all()  # a shifted set keeps its labels
+    acc_clean, acc_noisy = clean["correct"].mean(), noisy["correct"].mean()
     assert acc_noisy < acc_clean  # severity-5 noise costs accuracy
     vuln = next(v for v in verdicts if v.metric == "vulnerability")
     assert vuln.value == pytest.approx(acc_clean - acc_noisy)

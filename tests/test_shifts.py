@@ -263,19 +263,24 @@ def test_preprocess_that_cannot_split_is_none():
     assert preprocess_stages(T.Compose([T.Resize(16), T.ToTensor()])) is None
 
 
+def model_input(ds, preprocess) -> torch.Tensor:
+    """Sample 0 of ``ds`` as the engine's runner feeds it to the model."""
+    from pytest_qrel.engine.runner import Runner
+
+    return next(Runner().batches(ds, preprocess, batch_size=1, preprocessing="test"))[1][0]
+
+
 def test_engine_corrupts_between_the_model_crop_and_normalisation(tmp_path):
     """Noise added after the model's 4x downsampling keeps its full strength; added to the raw image
     (then downsampled, the pre-hook order) most of it is averaged away."""
-    from pytest_qrel.engine import model_input_fn
-
     for i in range(3):
         (tmp_path / "flat").mkdir(exist_ok=True)
         Image.fromarray(np.full((64, 64, 3), 128, dtype=np.uint8)).save(tmp_path / "flat" / f"{i}.png")
     base = load_dataset(f"imagefolder:{tmp_path / 'flat'}", split="test")
     shifted = ShiftedImageSet(base, "gaussian_noise", 1, seed=0)  # sigma 0.08
     prep = _preprocessors()["compose"]  # Resize(16): a 4x downsampling of the 64 x 64 images
-    clean = model_input_fn(base, prep)(0) * 0.25 + 0.5
-    in_pipeline = model_input_fn(shifted, prep)(0) * 0.25 + 0.5
+    clean = model_input(base, prep) * 0.25 + 0.5
+    in_pipeline = model_input(shifted, prep) * 0.25 + 0.5
     on_raw = prep(shifted[0][0]) * 0.25 + 0.5
     assert float((in_pipeline - clean).std()) == pytest.approx(0.08, rel=0.15)
     assert float((on_raw - clean).std()) < 0.5 * 0.08
@@ -285,8 +290,6 @@ def test_engine_corrupts_between_the_model_crop_and_normalisation(tmp_path):
 
 
 def test_a_model_transform_without_tensor_before_normalize_is_a_clear_error(tmp_path):
-    from pytest_qrel.engine import model_input_fn
-
     class Odd:  # splits, but its first stage returns a PIL image
         def stages(self):
             return (lambda im: im), (lambda x: x)
@@ -298,7 +301,7 @@ def test_a_model_transform_without_tensor_before_normalize_is_a_clear_error(tmp_
     Image.fromarray(np.full((8, 8, 3), 128, dtype=np.uint8)).save(tmp_path / "flat" / "0.png")
     shifted = ShiftedImageSet(load_dataset(f"imagefolder:{tmp_path / 'flat'}", split="test"), "contrast", 1)
     with pytest.raises(DataError, match="put ToTensor before Normalize"):
-        model_input_fn(shifted, Odd())(0)
+        model_input(shifted, Odd())
 
 
 # --------------------------------------------------------------------------- through the engine

@@ -21,7 +21,7 @@ datasets:
   id: {{name: digits, source: "embedded:digits"}}
 quantizers:
   Q: {{method: {method}, weight_bits: {bits}, act_bits: {act}, calibration: {{samples: 32}}, verify: true, options: {options}}}
-checks: []
+checks: ["all top1 >= 0"]
 """
 
 

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..errors import DataError, QrelError
 from ..registry import Registry
 
 OOD_LABEL = -1
@@ -63,12 +64,48 @@ DatasetSource = Callable[..., ImageSet]
 DATASET_SOURCES: Registry[DatasetSource] = Registry("dataset source")
 
 
-def parse_source(source: str) -> tuple[str, str]:
-    """Split ``"scheme:arg"``; a bare word is treated as ``embedded:<word>`` is NOT done: be explicit."""
+def parse_source(source: str, error: type[QrelError] = DataError) -> tuple[str, str]:
+    """Split ``"scheme:arg"`` (a bare word is not read as ``embedded:<word>``: be explicit).
+
+    Raises:
+        error: (DataError by default; ModelError for model sources) ``source`` is not a string of
+            the form ``<scheme>:<arg>`` with both parts non-empty.
+    """
+    if not isinstance(source, str):
+        raise error(f"source {source!r} is not a string of the form '<scheme>:<arg>' (e.g. 'embedded:digits')")
     scheme, sep, arg = source.partition(":")
     if not sep or not scheme or not arg:
-        raise ValueError(f"source '{source}' is not of the form '<scheme>:<arg>'")
+        raise error(f"source '{source}' is not of the form '<scheme>:<arg>' (e.g. 'embedded:digits')")
     return scheme, arg
+
+
+def validate_source(registry: Registry[Any], source: str, options: Mapping[str, Any] | None = None) -> None:
+    """Check ``source`` (and, when given, its ``options``) without loading anything or importing torch.
+
+    The scheme must be in ``registry``; a source registered with ``check_arg=fn(arg)`` and/or
+    ``check_options=fn(arg, options)`` metadata has them called (e.g. the embedded sets check the
+    name, ``shift`` checks the corruption and its ``of`` source). The suite loader calls this once
+    with ``options=None`` (errors belong to ``source:``) and once with the options.
+
+    Raises:
+        UnknownNameError: unknown scheme or name ("did you mean").
+        QrelError: whatever the source's checks raise (DataError, ModelError).
+        DataError: ``source`` is not ``<scheme>:<arg>``.
+    """
+    scheme, arg = parse_source(source)
+    meta = registry.meta(scheme)
+    if options is None:
+        if meta.get("check_arg"):
+            meta["check_arg"](arg)
+    elif meta.get("check_options"):
+        meta["check_options"](arg, dict(options))
+
+
+def validate_dataset_source(source: str, options: Mapping[str, Any] | None = None) -> None:
+    """:func:`validate_source` against :data:`DATASET_SOURCES` (built-in sources registered first)."""
+    from . import _builtin  # noqa: F401
+
+    validate_source(DATASET_SOURCES, source, options)
 
 
 def load_dataset(

@@ -109,6 +109,23 @@ def _unique(names: list[str], where: str) -> list[str]:
     return names
 
 
+def _not_a_misspelled_list(value: str, base_dir: Path, where: str) -> None:
+    """A bare word close to a built-in list name that is not a file is a typo, not missing data
+    (which would skip the checks): ``classes: imagenet1kk`` is a DataError with "did you mean"."""
+    import difflib
+
+    from .folders import resolve_path
+
+    if any(c in value for c in "/\\.$~"):
+        return
+    close = difflib.get_close_matches(value, CLASS_LISTS.names(), n=1)
+    if close and not resolve_path(value, base_dir=base_dir, what="class list", must_exist=False).exists():
+        raise DataError(
+            f"{where}: '{value}' is neither a built-in class list nor a file; did you mean '{close[0]}'? "
+            f"(built-in lists: {', '.join(CLASS_LISTS.names())})"
+        )
+
+
 def resolve_class_list(value: Any, *, base_dir: Path, where: str) -> list[str]:
     """A ``classes:`` option value (list, built-in name or file path) -> the names in index order.
 
@@ -126,6 +143,7 @@ def resolve_class_list(value: Any, *, base_dir: Path, where: str) -> list[str]:
         raise DataError(f"{where}: 'classes' must be a list of names, a file or one of {', '.join(CLASS_LISTS.names())}; got {value!r}")
     if value in CLASS_LISTS:
         return list(CLASS_LISTS.get(value)())
+    _not_a_misspelled_list(value, base_dir, where)
     path = resolve_path(value, base_dir=base_dir, what="class list")
     return _unique(read_class_file(path), f"{where}: class list {path}")
 

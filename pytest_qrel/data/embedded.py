@@ -234,7 +234,21 @@ def clear_cache() -> None:
         fn.cache_clear()
 
 
-@DATASET_SOURCES.register("embedded")
+def check_name(arg: str) -> None:
+    """``arg`` names an embedded set (UnknownNameError with "did you mean" otherwise)."""
+    EMBEDDED_SETS.get(arg)
+
+
+def check_no_options(arg: str, options: Mapping[str, Any]) -> None:
+    if options:
+        keys = ", ".join(f"'{k}'" for k in sorted(map(str, options)))
+        raise DataError(
+            f"dataset 'embedded:{arg}': unknown option(s) {keys}; embedded datasets take no options "
+            "(remove them from the suite)"
+        )
+
+
+@DATASET_SOURCES.register("embedded", check_arg=check_name, check_options=check_no_options)
 def embedded_source(
     arg: str, *, split: str, options: Mapping[str, Any] | None = None, base_dir: Path | None = None
 ) -> TensorImageSet:
@@ -245,12 +259,7 @@ def embedded_source(
         DataError: ``split`` is not one the set has, or an option was given.
     """
     entry = EMBEDDED_SETS.get(arg)
-    if options:
-        keys = ", ".join(f"'{k}'" for k in sorted(map(str, options)))
-        raise DataError(
-            f"dataset 'embedded:{arg}': unknown option(s) {keys}; embedded datasets take no options "
-            "(remove them from the suite)"
-        )
+    check_no_options(arg, options or {})
     if split not in entry.splits:
         if split in SPLITS:
             raise DataError(

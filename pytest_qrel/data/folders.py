@@ -196,13 +196,45 @@ def files_fingerprint(
     return h.hexdigest()
 
 
+WIDE_INT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+"""PIL modes of 16-bit (and 32-bit integer) images; see :func:`convert_image`."""
+
+_EIGHT_BIT_MODES = ("RGB", "L", "RGBA", "CMYK", "YCbCr", "LAB", "HSV", "1", "P")
+
+
+def convert_image(image: Any, mode: str, what: str = "image") -> Any:
+    """``image`` (PIL) converted to ``mode``, with 16-bit images *scaled* to 8 bits, not clipped.
+
+    PIL's own ``convert`` clips a 16-bit grey value to 255, so a 16-bit PNG whose values span
+    0..65535 comes out almost white. Here an image in one of :data:`WIDE_INT_MODES` is first mapped
+    linearly to 8 bits, ``round(v * 255 / 65535)`` (exact for images saved as ``v8 * 257``), then
+    converted. Mode ``I`` (32-bit signed; what some decoders give for 16-bit PNGs) is read as
+    16-bit and must hold values in 0..65535. Target modes ``I`` and ``F`` keep the raw values.
+
+    Raises:
+        DataError: a mode ``I`` image with values outside 0..65535 (``what`` names the file).
+    """
+    from PIL import Image
+
+    if image.mode in WIDE_INT_MODES and mode in _EIGHT_BIT_MODES:
+        values = np.asarray(image, dtype=np.int64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise DataError(
+                f"{what}: 32-bit integer image (PIL mode I) with values from {values.min()} to {values.max()}; "
+                "only 16-bit values 0..65535 can be scaled to 8 bits (save it as an 8- or 16-bit PNG)"
+            )
+        image = Image.fromarray(np.rint(values * (255.0 / 65535.0)).astype(np.uint8), mode="L")
+    return image.convert(mode)
+
+
 def load_image(path: Path, mode: str) -> Any:
-    """Open ``path`` with PIL, decode it fully and convert it to ``mode`` (file closed on return)."""
+    """Open ``path`` with PIL, decode it fully and convert it to ``mode`` (file closed on return;
+    16-bit images are scaled to 8 bits, see :func:`convert_image`)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
-            return im.convert(mode)
+            return convert_image(im, mode, what=f"image {path}")
     except (OSError, UnidentifiedImageError, ValueError) as err:
         raise DataError(f"cannot read image {path}: {err}") from None
 
@@ -225,6 +257,12 @@ class FileImageSet:
     class_names: list[str] | None = None
     mode: str = "RGB"
     info: dict[str, Any] = field(default_factory=dict)
+    class_order: list[str] | None = None
+    """The class (folder) name of each label index, in index order; None for an unlabelled set."""
+    class_order_from: str | None = None
+    """Where :attr:`class_order` came from: :data:`ORDER_FROM_FOLDERS` (inferred: nothing checked
+    it against a model, see :func:`pytest_qrel.validation.check_class_folders`), ``"option 'classes'"``
+    or ``"option 'class_index'"``; None for an unlabelled set."""
 
     def __len__(self) -> int:
         return len(self.relpaths)
@@ -281,6 +319,9 @@ def _sort_key(rel: str) -> tuple[str, ...]:
 
 
 # ------------------------------------------------------------------------------------- imagefolder
+
+ORDER_FROM_FOLDERS = "sorted folder names"
+"""``FileImageSet.class_order_from`` of a set whose label order was inferred from its folders."""
 
 SPLITS = ("train", "val", "test")
 """The splits a source can be asked for (see :mod:`pytest_qrel.data.base`); ``test`` is the default one."""
@@ -346,8 +387,7 @@ def _class_space(
     """``(folder -> index, class names, fingerprint header part)`` from the options or the folders."""
     from .classnames import names_from_index, resolve_class_index, resolve_class_list
 
-    if "classes" in options and "class_index" in options:
-        raise DataError(f"{where}: give either 'classes' (names in index order) or 'class_index' (name -> index), not both")
+    _class_options_exclusive(where, options)
     if "class_index" in options:
         index = resolve_class_index(options["class_index"], base_dir=base_dir, where=f"{where}: option 'class_index'")
         names = names_from_index(index)
@@ -359,7 +399,41 @@ def _class_space(
     return {c: i for i, c in enumerate(inferred)}, _class_names(where, options, base_dir, list(inferred)), {"classes": inferred}
 
 
-@DATASET_SOURCES.register("imagefolder")
+def _imagefolder_options(where: str, options: Mapping[str, Any]) -> tuple[Any, ...]:
+    """``(extensions, mode, labels, unknown_classes, limit, seed, content_hash)``; DataError on a bad option."""
+    check_options(where, options, IMAGEFOLDER_OPTIONS)
+    _class_options_exclusive(where, options)
+    return (
+        _extensions(where, options),
+        _mode(where, options),
+        opt_choice(where, options, "labels", LABEL_MODES, "auto"),
+        opt_choice(where, options, "unknown_classes", UNKNOWN_CLASS_MODES, "error"),
+        opt_int(where, options, "limit", None, lo=1),
+        opt_int(where, options, "seed", 0),
+        opt_bool(where, options, "content_hash", False),
+    )
+
+
+def _class_options_exclusive(where: str, options: Mapping[str, Any]) -> None:
+    if "classes" in options and "class_index" in options:
+        raise DataError(f"{where}: give either 'classes' (names in index order) or 'class_index' (name -> index), not both")
+
+
+def check_imagefolder_options(arg: str, options: Mapping[str, Any]) -> None:
+    """The suite-load check of an ``imagefolder`` dataset's options (no file is read)."""
+    _imagefolder_options(f"dataset 'imagefolder:{arg}'", options)
+
+
+def names_in_index_order(index: Mapping[str, int]) -> list[str]:
+    """The folder name of each label index (``a|b`` where folders are merged, ``class_<i>`` where none maps)."""
+    size = max(index.values(), default=-1) + 1
+    names: list[list[str]] = [[] for _ in range(size)]
+    for name in sorted(index):
+        names[index[name]].append(name)
+    return ["|".join(n) if n else f"class_{i}" for i, n in enumerate(names)]
+
+
+@DATASET_SOURCES.register("imagefolder", check_options=check_imagefolder_options)
 def imagefolder_source(
     arg: str, *, split: str, options: Mapping[str, Any] | None = None, base_dir: Path | None = None
 ) -> FileImageSet:
@@ -374,15 +448,8 @@ def imagefolder_source(
     options = dict(options or {})
     base_dir = Path(base_dir or Path.cwd())
     where = f"dataset 'imagefolder:{arg}'"
-    check_options(where, options, IMAGEFOLDER_OPTIONS)
     check_split(where, split)
-    exts = _extensions(where, options)
-    mode = _mode(where, options)
-    labels_mode = opt_choice(where, options, "labels", LABEL_MODES, "auto")
-    unknown_mode = opt_choice(where, options, "unknown_classes", UNKNOWN_CLASS_MODES, "error")
-    limit = opt_int(where, options, "limit", None, lo=1)
-    seed = opt_int(where, options, "seed", 0)
-    content_hash = opt_bool(where, options, "content_hash", False)
+    exts, mode, labels_mode, unknown_mode, limit, seed, content_hash = _imagefolder_options(where, options)
 
     folder = _split_root(where, arg, split, options, base_dir, must_exist=True)
     if folder is None:
@@ -396,6 +463,7 @@ def imagefolder_source(
         relpaths = sorted(_walk_images(folder, exts), key=_sort_key)
         labels = np.full(len(relpaths), OOD_LABEL, dtype=np.int64)
         class_names, header_classes, layout = None, {}, "unlabelled"
+        class_order, order_from = None, None
     else:
         files_by_dir = {d: _walk_images(folder / d, exts) for d in subdirs}
         class_dirs = [d for d in subdirs if files_by_dir[d]]
@@ -405,6 +473,7 @@ def imagefolder_source(
             relpaths = loose
             labels = np.full(len(relpaths), OOD_LABEL, dtype=np.int64)
             class_names, header_classes, layout = None, {}, "flat"
+            class_order, order_from = None, None
         else:
             if loose:
                 raise DataError(
@@ -421,6 +490,8 @@ def imagefolder_source(
                     if other_root is not None and other_root.is_dir():
                         inferred |= set(_scan(other_root, exts)[1])
             index, class_names, header_classes = _class_space(where, options, base_dir, sorted(inferred))
+            class_order = names_in_index_order(index)
+            order_from = next((f"option '{k}'" for k in ("classes", "class_index") if k in options), ORDER_FROM_FOLDERS)
             unknown = [d for d in subdirs if d not in index]
             if unknown and unknown_mode == "error":
                 shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
@@ -468,6 +539,8 @@ def imagefolder_source(
         class_names=class_names,
         mode=mode,
         info={"layout": layout, "split": split},
+        class_order=class_order,
+        class_order_from=order_from,
     )
 
 
@@ -503,7 +576,24 @@ def _parse_list(where: str, path: Path) -> list[tuple[int, str, int | None]]:
     return out
 
 
-@DATASET_SOURCES.register("filelist")
+def _filelist_options(where: str, options: Mapping[str, Any]) -> tuple[Any, ...]:
+    """``(mode, labels, limit, seed, content_hash)``; DataError on a bad option."""
+    check_options(where, options, FILELIST_OPTIONS)
+    return (
+        _mode(where, options),
+        opt_choice(where, options, "labels", _LABELS_MODES_FILELIST, "auto"),
+        opt_int(where, options, "limit", None, lo=1),
+        opt_int(where, options, "seed", 0),
+        opt_bool(where, options, "content_hash", False),
+    )
+
+
+def check_filelist_options(arg: str, options: Mapping[str, Any]) -> None:
+    """The suite-load check of a ``filelist`` dataset's options (no file is read)."""
+    _filelist_options(f"dataset 'filelist:{arg}'", options)
+
+
+@DATASET_SOURCES.register("filelist", check_options=check_filelist_options)
 def filelist_source(
     arg: str, *, split: str, options: Mapping[str, Any] | None = None, base_dir: Path | None = None
 ) -> FileImageSet:
@@ -517,13 +607,8 @@ def filelist_source(
     options = dict(options or {})
     base_dir = Path(base_dir or Path.cwd())
     where = f"dataset 'filelist:{arg}'"
-    check_options(where, options, FILELIST_OPTIONS)
     check_split(where, split)
-    mode = _mode(where, options)
-    labels_mode = opt_choice(where, options, "labels", _LABELS_MODES_FILELIST, "auto")
-    limit = opt_int(where, options, "limit", None, lo=1)
-    seed = opt_int(where, options, "seed", 0)
-    content_hash = opt_bool(where, options, "content_hash", False)
+    mode, labels_mode, limit, seed, content_hash = _filelist_options(where, options)
 
     if split in options:
         list_path = resolve_path(options[split], base_dir=base_dir, what=f"{split} file list")
@@ -591,4 +676,6 @@ def filelist_source(
         class_names=class_names,
         mode=mode,
         info={"list": str(list_path), "split": split},
+        class_order=header_classes.get("classes"),
+        class_order_from="option 'classes'" if "classes" in header_classes else ("integer labels of the list" if (labels >= 0).any() else None),
     )

@@ -83,7 +83,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, QrelError
 from ..registry import Registry
 from .base import DATASET_SOURCES, OOD_LABEL, ImageSet
 from .folders import check_options, opt_bool, opt_choice, opt_int
@@ -394,7 +394,53 @@ SHIFT_OPTIONS = ("of", "of_options", "seed", "table", "as_ood", "resize", "crop"
 _ARG = re.compile(r"^\s*([A-Za-z_][\w]*)\s*/\s*(\S+)\s*$")
 
 
-@DATASET_SOURCES.register("shift")
+def _parse_arg(arg: str) -> tuple[str, int]:
+    """``"gaussian_noise/3"`` -> ``("gaussian_noise", 3)``; UnknownNameError / DataError otherwise."""
+    where = f"dataset 'shift:{arg}'"
+    m = _ARG.match(arg)
+    if not m:
+        raise DataError(f"{where}: write 'shift:<corruption>/<severity>', e.g. 'shift:gaussian_noise/3' (corruptions: {', '.join(CORRUPTIONS.names())})")
+    name, sev = m.group(1), m.group(2)
+    CORRUPTIONS.get(name)
+    if not sev.isdigit() or int(sev) not in SEVERITIES:
+        raise DataError(f"{where}: severity must be an integer from 1 to 5, got '{sev}'")
+    return name, int(sev)
+
+
+def _parse_options(where: str, options: Mapping[str, Any]) -> tuple[Any, ...]:
+    """``(of, of_options, seed, table, as_ood, resize, crop)``; DataError on a bad option."""
+    check_options(where, options, SHIFT_OPTIONS)
+    of = options.get("of")
+    if not isinstance(of, str) or ":" not in of:
+        raise DataError(f"{where}: option 'of' is required: the source of the clean set, e.g. {{of: \"embedded:digits\"}}")
+    of_options = options.get("of_options") or {}
+    if not isinstance(of_options, Mapping):
+        raise DataError(f"{where}: option 'of_options' must be a mapping (the options of '{of}'), got {of_options!r}")
+    return (
+        of,
+        dict(of_options),
+        opt_int(where, options, "seed", 0),
+        opt_choice(where, options, "table", TABLES, "imagenet"),
+        opt_bool(where, options, "as_ood", False),
+        opt_int(where, options, "resize", None, lo=1),
+        opt_int(where, options, "crop", None, lo=1),
+    )
+
+
+def check_shift_options(arg: str, options: Mapping[str, Any]) -> None:
+    """The suite-load check of a shifted set: its options, and its ``of`` source (name and options)."""
+    from .base import validate_dataset_source
+
+    where = f"dataset 'shift:{arg}'"
+    of, of_options, *_ = _parse_options(where, options)
+    try:
+        validate_dataset_source(of)
+        validate_dataset_source(of, of_options)
+    except QrelError as exc:
+        raise exc.with_context(f"{where}: base set '{of}'") from None
+
+
+@DATASET_SOURCES.register("shift", check_arg=_parse_arg, check_options=check_shift_options)
 def shift_source(
     arg: str, *, split: str, options: Mapping[str, Any] | None = None, base_dir: Path | None = None
 ) -> ShiftedImageSet:
@@ -412,26 +458,10 @@ def shift_source(
     options = dict(options or {})
     where = f"dataset 'shift:{arg}'"
     check_options(where, options, SHIFT_OPTIONS)
-    m = _ARG.match(arg)
-    if not m:
-        raise DataError(f"{where}: write 'shift:<corruption>/<severity>', e.g. 'shift:gaussian_noise/3' (corruptions: {', '.join(CORRUPTIONS.names())})")
-    name, sev = m.group(1), m.group(2)
-    CORRUPTIONS.get(name)
-    if not sev.isdigit() or int(sev) not in SEVERITIES:
-        raise DataError(f"{where}: severity must be an integer from 1 to 5, got '{sev}'")
-    of = options.get("of")
-    if not isinstance(of, str) or ":" not in of:
-        raise DataError(f"{where}: option 'of' is required: the source of the clean set, e.g. {{of: \"embedded:digits\"}}")
-    of_options = options.get("of_options") or {}
-    if not isinstance(of_options, Mapping):
-        raise DataError(f"{where}: option 'of_options' must be a mapping (the options of '{of}'), got {of_options!r}")
-    seed = opt_int(where, options, "seed", 0)
-    table = opt_choice(where, options, "table", TABLES, "imagenet")
-    as_ood = opt_bool(where, options, "as_ood", False)
-    resize = opt_int(where, options, "resize", None, lo=1)
-    crop = opt_int(where, options, "crop", None, lo=1)
+    name, sev = _parse_arg(arg)
+    of, of_options, seed, table, as_ood, resize, crop = _parse_options(where, options)
     try:
-        base = load_dataset(of, split=split, options=dict(of_options), base_dir=base_dir)
-    except DataError as exc:
-        raise type(exc)(f"{where}: base set '{of}': {exc}") from None
-    return ShiftedImageSet(base, name, int(sev), seed or 0, table=table, as_ood=as_ood, resize=resize, crop=crop, name=f"{of}+{name}/{sev}")
+        base = load_dataset(of, split=split, options=of_options, base_dir=base_dir)
+    except QrelError as exc:
+        raise exc.with_context(f"{where}: base set '{of}'") from None
+    return ShiftedImageSet(base, name, sev, seed or 0, table=table, as_ood=as_ood, resize=resize, crop=crop, name=f"{of}+{name}/{sev}")

@@ -71,6 +71,7 @@ from .folders import (
     SPLITS,
     check_options,
     check_split,
+    convert_image,
     opt_bool,
     opt_choice,
     opt_int,
@@ -212,13 +213,18 @@ def _to_image(sample: Any, mode: str) -> Any:
     from PIL import Image
 
     if isinstance(sample, Image.Image):
-        return sample.convert(mode)
-    if isinstance(sample, np.ndarray) and sample.dtype == np.uint8:
-        return Image.fromarray(sample).convert(mode)
+        return convert_image(sample, mode, what="a torchvision sample")
+    if isinstance(sample, np.ndarray) and (sample.dtype == np.uint8 or (sample.dtype == np.uint16 and sample.ndim == 2)):
+        return convert_image(Image.fromarray(sample), mode, what="a torchvision sample")
     if hasattr(sample, "dtype") and hasattr(sample, "is_floating_point"):  # torch tensor
         if sample.is_floating_point():
             return sample
-        return sample.float() / 255.0
+        import torch
+
+        scale = {torch.uint8: 255.0, torch.uint16: 65535.0}.get(sample.dtype)
+        if scale is None:
+            raise DataError(f"a torchvision sample is an integer tensor of dtype {sample.dtype}; only uint8 and uint16 images can be scaled to [0, 1]")
+        return sample.float() / scale
     raise DataError(f"unsupported image type {type(sample).__name__} from a torchvision dataset")
 
 
@@ -253,7 +259,18 @@ class TorchvisionImageSet:
         return _to_image(image, self.mode), int(self.labels[index])
 
 
-@DATASET_SOURCES.register("torchvision")
+def check_tv_options(arg: str, options: Mapping[str, Any]) -> None:
+    """The suite-load check of a torchvision dataset's options (torchvision is not imported)."""
+    where = f"dataset 'torchvision:{arg}'"
+    check_options(where, options, OPTIONS)
+    opt_choice(where, options, "labels", ("auto", "none"), "auto")
+    opt_choice(where, options, "mode", PIL_MODES, "RGB")
+    opt_int(where, options, "limit", None, lo=1)
+    opt_int(where, options, "seed", 0)
+    opt_bool(where, options, "content_hash", False)
+
+
+@DATASET_SOURCES.register("torchvision", check_options=check_tv_options)
 def torchvision_source(
     arg: str, *, split: str, options: Mapping[str, Any] | None = None, base_dir: Path | None = None
 ) -> TorchvisionImageSet:

@@ -30,7 +30,7 @@ import numpy as np
 
 from .. import fingerprint as fp
 from ..baselines import Baseline, baseline_path, read_baseline, write_baseline
-from ..errors import BaselineError, BaselineMissingError, BaselineStaleError, DataError, QrelError
+from ..errors import BaselineMissingError, BaselineStaleError, QrelError
 from ..evaluate import decide
 from ..results import UnitMetrics, Verdict
 from ..spec.plan import PlannedCheck, base_quantizer
@@ -60,6 +60,7 @@ class UnitState:
     info: list[dict[str, Any]] = field(default_factory=list)
     spectra: list[np.ndarray] = field(default_factory=list)
     error: QrelError | None = None
+    errors: dict[tuple[str, str], str] = field(default_factory=dict)  # (score, OOD set) -> why it has no metrics
 
     @property
     def live(self) -> bool:
@@ -239,7 +240,10 @@ class Engine:
         suite = state.suite
         variants = sorted({v for s in state.seeds for v in s.arrays})
         for v in variants:
-            per = [metrics_of(suite, s.arrays.get(v, {}), conventions=suite.conventions) for s in state.seeds]
+            per = [
+                metrics_of(suite, s.arrays.get(v, {}), conventions=suite.conventions, model=state.model, quantizer=state.base + v, errors=state.errors)
+                for s in state.seeds
+            ]
             state.per_seed[v] = per
             state.metrics[v] = mean_metrics(per)
             state.params[v] = [s.params[v] for s in state.seeds if v in s.params]
@@ -385,16 +389,23 @@ class Engine:
         return path
 
     def _refuse_chance_level(self, suite: Suite, model: str, arrays: SampleArrays, n_classes: int, path: Path) -> None:
-        """A baseline whose FP32 top-1 is near chance almost always means the dataset's class order
-        does not match the model's (e.g. class folders sorted alphabetically): refuse to store it."""
-        top1 = float(np.mean(arrays["correct"]))
-        chance = 1.0 / max(1, n_classes)
-        if n_classes > 1 and top1 <= 1.5 * chance:
-            raise DataError(
-                f"model '{model}' FP32 top-1 on '{suite.id_dataset.name}' is {100 * top1:.2f}%, at chance level "
-                f"({100 * chance:.2f}% for {n_classes} classes): the dataset's labels probably do not follow the model's class "
-                f"order (check 'classes' / 'class_index' of the dataset); {path} was not written"
-            )
+        """Refuse a baseline whose FP32 top-1 is at chance level when the set's label order was only
+        inferred from folder names that no class list of the model could confirm: then a wrong
+        order (``zero..four`` sorted alphabetically) is far likelier than a model that bad. A model
+        at chance on labels in a known order (a random-init dry run) is stored as it is."""
+        from ..data.folders import ORDER_FROM_FOLDERS
+        from ..validation import refuse_chance_level
+
+        ds = self.loader.dataset(suite, suite.id_dataset.name)
+        loaded = self.loader.model(suite, model)
+        order_from = getattr(ds, "class_order_from", None)
+        if order_from != ORDER_FROM_FOLDERS or loaded.class_names or getattr(loaded, "class_ids", None):
+            return
+        labels = arrays["label"]
+        refuse_chance_level(
+            float(np.mean(arrays["correct"])), len(np.unique(labels[labels >= 0])), len(labels), model=model,
+            dataset=suite.id_dataset.name, class_order=getattr(ds, "class_order", None), class_order_from=order_from,
+        )
 
     def baseline(self, suite: Suite, model: str) -> Baseline:
         """The stored FP32 baseline of (suite, model); (re)written first when updating baselines."""
@@ -454,8 +465,10 @@ class Engine:
         return b
 
     # ------------------------------------------------------------------ checks
-    def _value_from(self, metrics: dict[str, Any], p: PlannedCheck, where: str) -> float:
-        """The planned check's metric from a stored ``{"id", "ood", "shifted", "pairs", "spectral"}`` dict."""
+    def _value_from(self, metrics: dict[str, Any], p: PlannedCheck, where: str, errors: dict[tuple[str, str], str] | None = None) -> float:
+        """The planned check's metric from a stored ``{"id", "ood", "shifted", "pairs", "spectral"}``
+        dict; ``errors`` says why an OOD (score, set) has no metrics (degenerate scores)."""
+        from ..errors import NumericsError
         from ..metrics import METRICS
 
         suite = p.suite
@@ -469,6 +482,9 @@ class Engine:
                 section = metrics["id"] if p.dataset == suite.id_dataset.name else metrics["shifted"][p.dataset]
                 return float(section[p.check.metric])
             sets = mean_members(p.dataset, list(suite.ood_datasets)) or [p.dataset]
+            for d in sets:
+                if errors and (p.score, d) in errors:
+                    raise NumericsError(errors[(p.score, d)])
             return float(np.mean([metrics["ood"][p.score][d][p.check.metric] for d in sets]))
         except KeyError as exc:
             raise BaselineMissingError(
@@ -487,7 +503,7 @@ class Engine:
         variant = quantizer[len(base):]
         if "spectral" not in state.metrics.get(variant, {}) and state.spectra:
             self._spectral(state, b)
-        return self._value_from(state.metrics.get(variant, {}), p, "outputs")
+        return self._value_from(state.metrics.get(variant, {}), p, "outputs", state.errors)
 
     def evaluate(self, p: PlannedCheck) -> Verdict:
         """Decide one planned check. Raises QrelError subclasses for missing data / baselines and
@@ -512,31 +528,38 @@ class Engine:
         return decide(p, value, fp32, higher_is_better=meta["higher_is_better"], fraction=meta["fraction"], ref_value=ref_value)
 
     # ------------------------------------------------------------------ conveniences (Python API, tests)
+    @staticmethod
+    def _parse(quantizer: str) -> tuple[str, int | None, str]:
+        """``"W4A4@13+temperature"`` -> ``("W4A4", 13, "+temperature")``."""
+        head, plus, steps = quantizer.partition("+")
+        base, _, seed = head.partition("@")
+        return base, int(seed) if seed else None, plus + steps
+
     def samples(self, suite: Suite, model: str, quantizer: str, dataset: str) -> SampleArrays:
         """Per-sample arrays of ``quantizer`` (``W8A8``, ``W8A8@13``, ``W8A8+temperature``;
-        FP32 from the baseline) on ``dataset``; computes the unit if needed."""
-        name, _, seed = quantizer.partition("@")
-        base, variant = base_quantizer(name), name[len(base_quantizer(name)):]
-        if seed and "+" in seed:
-            seed, variant = seed.split("+", 1)[0], "+" + seed.split("+", 1)[1]
+        FP32 from the baseline) on ``dataset``; computes the unit if needed (first seed by default)."""
+        base, seed, variant = self._parse(quantizer)
         if base == FP32:
             return self.baseline(suite, model).samples(FP32 + variant)[dataset]
         needs = Needs({dataset}, {tuple(variant.split("+")[1:])} if variant else set(), False)
         state = self.unit(suite, model, base, needs, arrays=True)
         assert state.seeds is not None
-        picked = [s for s in state.seeds if not seed or s.seed == int(seed)]
+        picked = [s for s in state.seeds if seed is None or s.seed == seed]
         return picked[0].arrays[variant][dataset]
 
     def metrics(self, suite: Suite, model: str, quantizer: str, datasets: Iterable[str] | None = None) -> dict[str, Any]:
-        """``{"id", "ood", "shifted", "pairs", "spectral"}`` of ``quantizer`` (mean over seeds)."""
-        base = base_quantizer(quantizer)
+        """``{"id", "ood", "shifted", "pairs", "spectral"}`` of ``quantizer`` (mean over seeds, or
+        one seed with ``W8A8@13``)."""
+        base, seed, variant = self._parse(quantizer)
         if base == FP32:
             b = self.baseline(suite, model)
-            return b.metrics if quantizer == FP32 else b.variants[quantizer]["metrics"]
+            return b.metrics if not variant else b.variants[FP32 + variant]["metrics"]
         names = list(datasets) if datasets is not None else [suite.id_dataset.name, *suite.ood_datasets, *suite.shifted_datasets]
-        variant = quantizer[len(base):]
         state = self.unit(suite, model, base, Needs(set(names), {tuple(variant.split("+")[1:])} if variant else set(), False))
-        return state.metrics[variant]
+        if seed is None:
+            return state.metrics[variant]
+        seeds = [s for s, _ in (seed_names(base, suite.quantizers.get(base)))]
+        return state.per_seed[variant][seeds.index(f"{base}@{seed}")]
 
     def id_metrics(self, suite: Suite, model: str, quantizer: str, dataset: str | None = None) -> dict[str, float]:
         dataset = dataset or suite.id_dataset.name

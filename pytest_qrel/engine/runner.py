@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError, ModelError
+from ..validation import LogitsTally
 from .imagestore import ImageStore, StoreCorrupt, store_key
 from .trace import trace
-from .samples import SampleArrays, batch_arrays, check_labels_in_range, check_logits_finite, concat
+from .samples import SampleArrays, batch_arrays, concat
 
 Progress = Callable[[str, int, int], None]
 """``progress(what, done, total)``: ``what`` is a short label ("vit W8A8 on digits")."""
@@ -59,6 +60,14 @@ class PassResult:
     spectrum: np.ndarray | None = None
 
 
+class _Failed:
+    """What a sample that raised becomes inside the DataLoader, so the exception reaches the main
+    process as itself (DataLoader would re-raise it with a worker traceback glued to its message)."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
 class _Samples:
     """``i -> fn(i)`` as a map-style dataset (a module-level class, so DataLoader workers can pickle it)."""
 
@@ -69,15 +78,29 @@ class _Samples:
         return self.n
 
     def __getitem__(self, i: int) -> Any:
-        return self.fn(i)
+        try:
+            return self.fn(i)
+        except Exception as exc:  # re-raised in the main process by _collate / batches()
+            return _Failed(exc)
+
+
+def _collate(batch: list[Any]) -> Any:
+    from torch.utils.data import default_collate
+
+    for item in batch:
+        if isinstance(item, _Failed):
+            return item
+    return default_collate(batch)
 
 
 class _UnitImage:
-    def __init__(self, raw: Callable[[int], Any], to_unit: Callable[[Any], Any]) -> None:
-        self.raw, self.to_unit = raw, to_unit
+    def __init__(self, raw: Callable[[int], Any], to_unit: Callable[[Any], Any], name: str) -> None:
+        self.raw, self.to_unit, self.name = raw, to_unit, name
 
     def __call__(self, i: int) -> Any:
-        return self.to_unit(self.raw(i))
+        x = self.to_unit(self.raw(i))
+        _check_unit_tensor(x, self.name)
+        return x
 
 
 class _ModelInput:
@@ -138,14 +161,19 @@ class Runner:
     def _loader(self, fn: Callable[[int], Any], n: int, batch_size: int, workers: int) -> Any:
         import torch
 
-        return torch.utils.data.DataLoader(
+        loader = torch.utils.data.DataLoader(
             _Samples(fn, n),
             batch_size=batch_size,
             shuffle=False,
             num_workers=workers,
+            collate_fn=_collate,
             pin_memory=str(self.device).startswith("cuda"),
             persistent_workers=False,
         )
+        for batch in loader:
+            if isinstance(batch, _Failed):
+                raise batch.exc
+            yield batch
 
     def batches(self, ds: Any, preprocess: Any, batch_size: int, preprocessing: str) -> Iterator[tuple[int, Any]]:
         """``(start, model input batch)`` over ``ds`` in order; ``preprocessing`` describes
@@ -188,8 +216,7 @@ class Runner:
             if decodes:
                 self.decoded += n
             start = 0
-            for units in self._loader(_UnitImage(raw, to_unit), n, batch_size, workers):
-                _check_unit_tensor(units[0], name)
+            for units in self._loader(_UnitImage(raw, to_unit, name), n, batch_size, workers):
                 yield start, finish(start, units.clamp(0.0, 1.0))
                 start += len(units)
             return
@@ -221,8 +248,7 @@ class Runner:
         usable = True
         start = 0
         try:
-            for units in self._loader(_UnitImage(raw, to_unit), n, batch_size, workers):
-                _check_unit_tensor(units[0], name)
+            for units in self._loader(_UnitImage(raw, to_unit, name), n, batch_size, workers):
                 units = units.clamp(0.0, 1.0)
                 self.decoded += len(units)
                 self.store.decodes += len(units)
@@ -252,11 +278,11 @@ class Runner:
         self.forward_passes[key if key is not None else what] += 1
         trace("forward", *(key if isinstance(key, tuple) else (what,)))
         try:
-            return self._run(module, ds, preprocess, batch_size, want, what, preprocessing)
+            return self._run(module, ds, preprocess, batch_size, want, what, preprocessing, key)
         except StoreCorrupt:  # the store was discarded: decode the set again
-            return self._run(module, ds, preprocess, batch_size, want, what, preprocessing)
+            return self._run(module, ds, preprocess, batch_size, want, what, preprocessing, key)
 
-    def _run(self, module: Any, ds: Any, preprocess: Any, batch_size: int, want: Want, what: str, preprocessing: str) -> PassResult:
+    def _run(self, module: Any, ds: Any, preprocess: Any, batch_size: int, want: Want, what: str, preprocessing: str, key: Any = None) -> PassResult:
         import torch
 
         n = len(ds)
@@ -272,6 +298,8 @@ class Runner:
 
             recording = record_spectrum(last_block_feature_map(module, what))
         done = 0
+        model, quantizer, dataset = key[1:4] if isinstance(key, tuple) and len(key) == 4 else (what, "", "")
+        tally = LogitsTally(model=str(model), quantizer=str(quantizer), dataset=str(dataset))
         if self.progress:
             self.progress(what, 0, n)
         with torch.inference_mode(), recording as acc:
@@ -283,10 +311,8 @@ class Runner:
                 else:
                     logits_t, feats = module(x), None
                 logits = logits_t.float().cpu().numpy()
-                check_logits_finite(logits, what=what)
+                tally.add(logits)
                 labels = labels_all[start : start + len(logits)]
-                if want.labelled:
-                    check_labels_in_range(labels, logits.shape[1], what=what)
                 parts.append(self._arrays(logits, feats, labels, want))
                 for v, fn in want.variants.items():
                     vparts[v].append(self._arrays(fn(logits), feats, labels, want))
@@ -295,6 +321,7 @@ class Runner:
                 done += len(logits)
                 if self.progress:
                     self.progress(what, done, n)
+        tally.check()
         spectrum = None
         if acc is not None:
             try:
@@ -315,3 +342,4 @@ class Runner:
             s = fn(logits, feats, want.clip) if needs == "clip" else fn(logits)
             out[f"score.{name}"] = np.asarray(s, dtype=np.float64)
         return out
+

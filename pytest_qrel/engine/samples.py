@@ -23,33 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError, ModelError
 
 SampleArrays = dict[str, np.ndarray]
 LABELLED_FIELDS = ("label", "pred", "confidence", "correct", "nll")
 OOD_FIELDS = ("label", "pred", "confidence")
-
-
-def check_logits_finite(logits: np.ndarray, *, what: str) -> None:
-    """ModelError naming ``what`` (model, quantizer, dataset) and how many samples have NaN / Inf logits."""
-    bad = ~np.isfinite(logits).all(axis=1)
-    if bad.any():
-        first = int(np.argmax(bad))
-        raise ModelError(
-            f"{what}: the model returned NaN or infinite logits for {int(bad.sum())} of {len(logits)} samples "
-            f"(first: sample {first}); the quantized model is numerically broken (try more bits, another method, "
-            "or check the calibration)"
-        )
-
-
-def check_labels_in_range(labels: np.ndarray, n_classes: int, *, what: str) -> None:
-    """DataError when a labelled set has class indices outside the model's ``n_classes`` outputs."""
-    bad = (labels < 0) | (labels >= n_classes)
-    if bad.any():
-        raise DataError(
-            f"{what}: {int(bad.sum())} labels are outside the model's {n_classes} classes (min {int(labels.min())}, "
-            f"max {int(labels.max())}); the dataset's classes do not match the model's (check 'classes' / 'class_index')"
-        )
 
 
 def batch_arrays(logits: Any, labels: np.ndarray, *, labelled: bool) -> SampleArrays:

@@ -101,6 +101,7 @@ class UnitComputer:
         self.live_modules: "weakref.WeakSet[Any]" = weakref.WeakSet()
         self.quantizations: dict[str, int] = {}  # seed name -> times quantized in this process
         self.cache_hits: dict[tuple[str, str, str, str], int] = {}
+        self._labels_checked: set[tuple[str, str]] = set()
 
     # ------------------------------------------------------------------ keys
     def _output_key(self, suite: Suite, model: str, qconf: Any, dataset: str, variant: str) -> str:
@@ -211,9 +212,10 @@ class UnitComputer:
             self._fit_posthoc(suite, model, qconf, module, name, missing_params, out)
             loaded = self.loader.model(suite, model)
             clip = loaded.info.get("clip")
+            self._check_clip_scores(suite, model, module, clip)
             for d in todo:
                 spectrum = needs.spectrum and d == suite.id_dataset.name
-                self._check_clip_scores(suite, model, module, clip)
+                self.check_labels(suite, model, d)
                 want = Want(
                     labelled=d in suite.labelled_datasets,
                     scores=loaded_scores,
@@ -239,6 +241,21 @@ class UnitComputer:
         finally:
             del module
         return out
+
+    def check_labels(self, suite: Suite, model: str, dataset: str) -> None:
+        """A labelled set's labels are classes of the model, in the model's order when the order
+        came from folder names (once per model and set)."""
+        from ..validation import check_class_folders, check_labels_in_range
+
+        if dataset not in suite.labelled_datasets or (model, dataset) in self._labels_checked:
+            return
+        ds, loaded = self.loader.dataset(suite, dataset), self.loader.model(suite, model)
+        check_labels_in_range(ds.labels, loaded.num_classes, model=model, dataset=dataset)
+        check_class_folders(
+            getattr(ds, "class_order", None), getattr(ds, "class_order_from", None), loaded.class_names,
+            model_class_ids=getattr(loaded, "class_ids", None), model=model, dataset=dataset,
+        )
+        self._labels_checked.add((model, dataset))
 
     def _check_clip_scores(self, suite: Suite, model: str, module: Any, clip: Any) -> None:
         from ..scores import SCORES
@@ -300,10 +317,12 @@ class UnitComputer:
 
 
 def mean_metrics(dicts: list[dict[str, Any]]) -> dict[str, Any]:
-    """Element-wise mean of nested metric dicts over seeds (keys of the first dict)."""
+    """Element-wise mean of nested metric dicts over seeds (the keys every seed has)."""
     first = dicts[0]
     out: dict[str, Any] = {}
     for k, v in first.items():
+        if not all(k in d for d in dicts):
+            continue
         if isinstance(v, dict):
             out[k] = mean_metrics([d[k] for d in dicts])
         else:
@@ -311,9 +330,19 @@ def mean_metrics(dicts: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def metrics_of(suite: Suite, arrays: dict[str, SampleArrays], *, conventions: str) -> dict[str, Any]:
-    """``{"id", "ood", "shifted", "pairs"}`` metrics of one seed's arrays over the datasets present."""
+def metrics_of(
+    suite: Suite, arrays: dict[str, SampleArrays], *, conventions: str, model: str = "", quantizer: str = "",
+    errors: dict[tuple[str, str], str] | None = None,
+) -> dict[str, Any]:
+    """``{"id", "ood", "shifted", "pairs"}`` metrics of one seed's arrays over the datasets present.
+
+    An OOD (score, set) whose scores cannot be ranked (too few OOD samples, all equal: see
+    :func:`pytest_qrel.validation.check_ood_scores`) is left out and its one-line message put in
+    ``errors[(score, set)]``: the checks reading it fail with that message, the others are unaffected.
+    """
+    from ..errors import NumericsError
     from ..metrics import compute_ood_metrics, id_metrics_from_samples, pair_metrics_from_samples
+    from ..validation import check_ood_scores
 
     id_name = suite.id_dataset.name
     out: dict[str, Any] = {"id": {}, "ood": {}}
@@ -323,7 +352,15 @@ def metrics_of(suite: Suite, arrays: dict[str, SampleArrays], *, conventions: st
             per = {}
             for d in suite.ood_datasets:
                 if d in arrays:
-                    per[d] = compute_ood_metrics(arrays[id_name][f"score.{s}"], arrays[d][f"score.{s}"], conventions=conventions)
+                    id_s, ood_s = arrays[id_name][f"score.{s}"], arrays[d][f"score.{s}"]
+                    try:
+                        check_ood_scores(id_s, ood_s, model=model, quantizer=quantizer, dataset=d, score=s)
+                    except NumericsError as exc:
+                        if errors is None:
+                            raise
+                        errors[(s, d)] = str(exc)
+                        continue
+                    per[d] = compute_ood_metrics(id_s, ood_s, conventions=conventions)
             out["ood"][s] = per
     if suite.shifted_datasets:
         out["shifted"] = {d: id_metrics_from_samples(arrays[d]) for d in suite.shifted_datasets if d in arrays}

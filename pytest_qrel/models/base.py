@@ -33,6 +33,9 @@ class LoadedModel:
     num_classes: int
     class_names: list[str] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    class_ids: list[str] | None = None
+    """Machine ids of the classes in index order (ImageNet WordNet ids ``n01440764`` for a timm
+    ImageNet head), the names class folders are usually given; None when unknown."""
 
 
 ModelSource = Callable[..., LoadedModel]
@@ -43,10 +46,20 @@ def load_model(source: str, *, options: Mapping[str, Any] | None = None, base_di
     """Look up the scheme of ``source`` in :data:`MODEL_SOURCES` and call it."""
     from . import _builtin  # noqa: F401  (registers the built-in sources)
     from ..data.base import parse_source
+    from ..errors import ModelError
 
-    scheme, arg = parse_source(source)
+    scheme, arg = parse_source(source, ModelError)
     fn = MODEL_SOURCES.get(scheme)
     return fn(arg, options=dict(options or {}), base_dir=base_dir or Path.cwd())
+
+
+def validate_model_source(source: str, options: Mapping[str, Any] | None = None) -> None:
+    """Check a model ``source`` (and, when given, its options) without loading it or importing torch;
+    see :func:`pytest_qrel.data.base.validate_source`."""
+    from . import _builtin  # noqa: F401
+    from ..data.base import validate_source
+
+    validate_source(MODEL_SOURCES, source, options)
 
 
 def model_source_meta(source: str) -> dict[str, Any]:

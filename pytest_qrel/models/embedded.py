@@ -140,7 +140,23 @@ def paths(name: str) -> tuple[Path, Path]:
     return ZOO_DIR / f"{entry.stem}.safetensors", ZOO_DIR / f"{entry.stem}.json"
 
 
-@MODEL_SOURCES.register("embedded")
+def check_name(arg: str) -> None:
+    """``arg`` names a shipped model (UnknownNameError with "did you mean" otherwise; a shipped
+    CLIP, which has its own scheme, gets a ModelError saying how to write it)."""
+    from .open_clip_source import EMBEDDED_CLIPS
+
+    if arg in EMBEDDED_CLIPS and arg not in EMBEDDED_MODELS:
+        raise ModelError(f"'{arg}' is the shipped CLIP model, which the open_clip source loads: write 'open_clip:{arg}'")
+    EMBEDDED_MODELS.get(arg)
+
+
+def check_no_options(arg: str, options: Mapping[str, Any]) -> None:
+    if options:
+        keys = ", ".join(f"'{k}'" for k in sorted(map(str, options)))
+        raise ModelError(f"model 'embedded:{arg}': unknown option(s) {keys}; embedded models take no options")
+
+
+@MODEL_SOURCES.register("embedded", check_arg=check_name, check_options=check_no_options)
 def embedded_model_source(
     arg: str, *, options: Mapping[str, Any] | None = None, base_dir: Path | None = None
 ) -> LoadedModel:
@@ -150,10 +166,9 @@ def embedded_model_source(
         UnknownNameError: ``<name>`` is not an embedded model (the message lists the known ones).
         ModelError: an option was given, or the weights / config file is missing, corrupt or out of sync.
     """
+    check_name(arg)
     entry = EMBEDDED_MODELS.get(arg)
-    if options:
-        keys = ", ".join(f"'{k}'" for k in sorted(map(str, options)))
-        raise ModelError(f"model 'embedded:{arg}': unknown option(s) {keys}; embedded models take no options")
+    check_no_options(arg, options or {})
     weights, config_path = paths(arg)
     config = _read_config(config_path, entry)
     try:

@@ -627,7 +627,7 @@ def _build_embedded(name: str) -> tuple[Any, Any, Any, dict[str, Any], dict[str,
 
 
 # zero_shot: the engine passes the ID dataset's class names as `class_names` unless the suite gives them.
-@MODEL_SOURCES.register("open_clip", zero_shot=True)
+@MODEL_SOURCES.register("open_clip", zero_shot=True, check_options=lambda arg, options: _check_options(options, arg))
 def open_clip_model_source(arg: str, *, options: Mapping[str, Any] | None = None, base_dir: Path | None = None) -> LoadedModel:
     """``source: "open_clip:<arch>/<tag>"``, ``"open_clip:<arch>"`` + ``checkpoint``, or ``"open_clip:digits_clip"``.
 

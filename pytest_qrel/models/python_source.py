@@ -181,7 +181,7 @@ def _infer_num_classes(module: Any, preprocess: Callable[[Any], Any], label: str
     )
 
 
-@MODEL_SOURCES.register("python")
+@MODEL_SOURCES.register("python", check_arg=_split_arg)
 def python_model_source(arg: str, *, options: Mapping[str, Any] | None = None, base_dir: Path | None = None) -> LoadedModel:
     """``source: "python:<module>:<factory>"``: call ``<factory>(**options)`` and wrap what it returns.
 

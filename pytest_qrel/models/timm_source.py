@@ -455,6 +455,19 @@ def _class_names(model: Any, num_classes: int) -> list[str] | None:
     return names if len(names) == num_classes else None
 
 
+def _class_ids(num_classes: int) -> list[str] | None:
+    """ImageNet WordNet ids (``n01440764``) in timm's class index order for an ImageNet-sized head, else None."""
+    try:
+        from timm.data import ImageNetInfo, infer_imagenet_subset
+    except ImportError:  # an older timm
+        return None
+    subset = infer_imagenet_subset({"num_classes": num_classes})
+    if subset is None:
+        return None
+    ids = list(ImageNetInfo(subset).label_names())
+    return ids if len(ids) == num_classes else None
+
+
 # ---------------------------------------------------------------------------------------- the source
 def _create(
     name: str, kwargs: Mapping[str, Any], seed: int, label: str, extra: Mapping[str, Any] | None = None, weights: Path | None = None
@@ -507,7 +520,12 @@ def _resolve_name(arg: str, label: str) -> tuple[str, Any]:
     return arch, cfg
 
 
-@MODEL_SOURCES.register("timm")
+def check_options(arg: str, options: Mapping[str, Any]) -> None:
+    """The suite-load check of a timm model's options (timm is not imported)."""
+    _parse_options(options, f"timm model '{arg}'")
+
+
+@MODEL_SOURCES.register("timm", check_options=check_options)
 def timm_model_source(arg: str, *, options: Mapping[str, Any] | None = None, base_dir: Path | None = None) -> LoadedModel:
     """``source: "timm:<name>"``: a timm classifier in eval mode with its own eval preprocessing.
 
@@ -605,4 +623,5 @@ def timm_model_source(arg: str, *, options: Mapping[str, Any] | None = None, bas
         num_classes=num_classes,
         class_names=_class_names(module, num_classes),
         info=info,
+        class_ids=_class_ids(num_classes),
     )

@@ -41,6 +41,7 @@ from typing import Any
 
 from ..errors import SpecError
 from .schema import MEAN_OOD, Bound, CheckSpec, Location
+from .yamlsrc import kind_of
 
 _NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
 _SHORTHAND = re.compile(
@@ -86,6 +87,12 @@ def parse_shorthand(text: str, where: Location | None = None, field: str = "chec
             line=where.line if where else None,
             field=field,
             fix=SHORTHAND_HELP,
+        )
+    if m["metric"] in ("delta", "value") and m["kind"] is None:
+        raise SpecError(
+            f"check '{text}' names no quantizer before the metric '{m['quantizers']}'",
+            file=where.file if where else None, line=where.line if where else None, field=field,
+            fix=f"write e.g. 'all {' '.join(text.split())}' or name quantizers such as 'W8A8'",
         )
     on = m["on"]
     datasets: tuple[str, ...] | None
@@ -150,7 +157,7 @@ def parse_check(raw: Any, where: Location, field: str) -> CheckSpec:
     if isinstance(raw, str):
         return parse_shorthand(raw, where, field)
     if not isinstance(raw, dict):
-        raise SpecError(f"a check must be a string or a mapping, got {type(raw).__name__}", file=where.file, line=where.line, field=field, fix=SHORTHAND_HELP)
+        raise SpecError(f"a check must be a string or a mapping, got {kind_of(raw)}", file=where.file, line=where.line, field=field, fix=SHORTHAND_HELP)
     unknown = sorted(set(map(str, raw)) - _STRUCTURED_KEYS)
     if unknown:
         raise SpecError(

@@ -29,15 +29,13 @@ from .schema import (
     Suite,
     mean_members,
 )
-from .yamlsrc import LineDict, LineList, load_yaml
+from .yamlsrc import LineDict, LineList, kind_of, load_yaml
 
 TOP_LEVEL_KEYS = ("version", "name", "description", "models", "datasets", "quantizers", "scores", "checks", "conventions", "batch_size")
 # Names appear in pytest ids "model[quantizer-dataset]::check"; the scheduler splits on the last
 # "-", so dataset names may not contain one.
-# Names become path components (baselines/<suite>/<model>.json) and node-id parts: no leading '.'
-# (so never '.' or '..'), no '/', no '+' (reserved for post-hoc steps: W8A8+temperature).
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-_DATASET_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.]*$")
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")  # '+' is reserved for post-hoc steps (W8A8+temperature)
+_DATASET_NAME = re.compile(r"^[A-Za-z0-9_.]+$")
 _BITS_IN_NAME = re.compile(r"^W(\d+)A(\d+|16|32)?")
 
 
@@ -77,14 +75,15 @@ class _Ctx:
 
 
 def _typename(x: Any) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string", type(None): "nothing"}.get(type(x), type(x).__name__)
+    return kind_of(x)
 
 
 def _check_name(ctx: _Ctx, name: Any, node: Any, key: Any, field: str, pattern: re.Pattern[str] = _NAME) -> str:
     if not isinstance(name, str) or not pattern.match(name):
         allowed = "letters, digits, _ and ." if pattern is _DATASET_NAME else "letters, digits, _ . and -"
-        allowed += ", not starting with ."
         raise ctx.err(f"invalid name {name!r}", node=node, key=key, field=field, fix=f"use only {allowed}")
+    if name.startswith("."):  # names become file names (baselines/<suite>/<model>.json): no '..', no hidden files
+        raise ctx.err(f"invalid name {name!r}", node=node, key=key, field=field, fix="start it with a letter, a digit or _")
     return name
 
 
@@ -92,6 +91,20 @@ def _source(ctx: _Ctx, raw: Any, node: Any, key: Any, field: str) -> str:
     if not isinstance(raw, str) or ":" not in raw or raw.startswith(":") or raw.endswith(":"):
         raise ctx.err(f"source must be '<scheme>:<arg>', got {raw!r}", node=node, key=key, field=field, fix="write e.g. 'embedded:digits' or 'timm:deit_small_patch16_224'")
     return raw
+
+
+def _known_source(ctx: _Ctx, validate: Any, spec: LineDict, field: str, options: dict[str, Any]) -> None:
+    """Scheme, name and options of ``spec['source']``, checked now (a collection error at file:line)
+    rather than once per item at run time; ``validate`` is ``validate_model_source`` or
+    ``validate_dataset_source`` (no torch: names come from the registries' metadata)."""
+    from ..errors import QrelError
+
+    for part, opts in (("source", None), ("options", options)):
+        try:
+            validate(spec["source"], opts)
+        except QrelError as exc:
+            where = part if part in spec else "source"
+            raise ctx.err(str(exc), node=spec, key=where, field=f"{field}.{part}") from None
 
 
 def _int(ctx: _Ctx, raw: Any, node: Any, key: Any, field: str, lo: int, hi: int | None = None) -> int:
@@ -118,7 +131,11 @@ def _models(ctx: _Ctx, raw: Any) -> dict[str, ModelSpec]:
         options = spec.get("options") or {}
         if not isinstance(options, dict):
             raise ctx.err("'options' must be a mapping", node=spec, key="options", field=f"models.{name}.options")
-        out[name] = ModelSpec(name, _source(ctx, spec["source"], spec, "source", f"models.{name}.source"), dict(options), ctx.loc(node, name))
+        source = _source(ctx, spec["source"], spec, "source", f"models.{name}.source")
+        from ..models.base import validate_model_source
+
+        _known_source(ctx, validate_model_source, spec, f"models.{name}", dict(options))
+        out[name] = ModelSpec(name, source, dict(options), ctx.loc(node, name))
     return out
 
 
@@ -138,7 +155,11 @@ def _dataset(ctx: _Ctx, raw: Any, parent: Any, key: Any, field: str, name: str |
     options = spec.get("options") or {}
     if not isinstance(options, dict):
         raise ctx.err("'options' must be a mapping", node=spec, key="options", field=f"{field}.options")
-    return DatasetSpec(name, _source(ctx, spec["source"], spec, "source", f"{field}.source"), dict(options), ctx.loc(spec))
+    source = _source(ctx, spec["source"], spec, "source", f"{field}.source")
+    from ..data.base import validate_dataset_source
+
+    _known_source(ctx, validate_dataset_source, spec, field, dict(options))
+    return DatasetSpec(name, source, dict(options), ctx.loc(spec))
 
 
 def _dataset_list(ctx: _Ctx, node: LineDict, key: str, taken: set[str]) -> dict[str, DatasetSpec]:
@@ -388,12 +409,55 @@ def load_suite(path: str | Path) -> Suite:
         conventions=conventions,
         batch_size=batch_size,
     )
-    checks_raw = doc.get("checks") or []
-    if not isinstance(checks_raw, list):
-        raise ctx.err("'checks' must be a list", node=doc, key="checks", field="checks", fix="start each check with '- '")
+    checks_raw = _checks_list(ctx, doc)
     checks: list[CheckSpec] = []
+    fields: list[str] = []
     for i, raw in enumerate(checks_raw):
         field = f"checks[{i}]"
         check = parse_check(raw, ctx.loc(checks_raw, i), field)
-        checks.extend(_validate_check(ctx, check, suite, field))
+        expanded = _validate_check(ctx, check, suite, field)
+        checks.extend(expanded)
+        fields.extend([field] * len(expanded))
+    _reject_repeated_checks(ctx, suite, checks, fields)
     return replace(suite, checks=tuple(checks))
+
+
+def _checks_list(ctx: _Ctx, doc: LineDict) -> LineList:
+    """``checks:`` as a non-empty list: a suite without checks verifies nothing, so it is an error
+    (not a green run of zero tests)."""
+    fix = "add at least one check, e.g. '- \"W8A8 top1 delta <= 1pp\"'"
+    if "checks" not in doc or doc["checks"] is None:
+        raise ctx.err("the suite has no checks", node=doc, key="checks" if "checks" in doc else None, field="checks", fix=fix)
+    raw = doc["checks"]
+    if not isinstance(raw, list):
+        raise ctx.err(f"'checks' must be a list, got {_typename(raw)}", node=doc, key="checks", field="checks", fix="start each check with '- '")
+    if not raw:
+        raise ctx.err("'checks' is empty: the suite would verify nothing", node=doc, key="checks", field="checks", fix=fix)
+    return raw  # type: ignore[return-value]
+
+
+def _reject_repeated_checks(ctx: _Ctx, suite: Suite, checks: list[CheckSpec], fields: list[str]) -> None:
+    """Two checks that give the same item (same metric, bound, score, quantizer and dataset; e.g. a
+    line written twice, or ``all ece <= 0.05`` next to ``FP32 ece <= 0.05``) are an error naming both."""
+    from ..metrics import METRICS
+    from .plan import expand_datasets, expand_quantizers
+
+    seen: dict[tuple[str, str, str | None, str], tuple[str, int | None]] = {}
+    for check, field in zip(checks, fields):
+        kind = METRICS.meta(check.metric)["kind"]
+        line = check.where.line if check.where else None
+        for q in expand_quantizers(check, suite):
+            for d in expand_datasets(check, suite, kind):
+                key = (q, d, check.score, check.label)
+                if key not in seen:
+                    seen[key] = (field, line)
+                    continue
+                first_field, first_line = seen[key]
+                if first_field == field:
+                    raise SpecError(f"gives {q} {check.label} on {d} twice", file=ctx.path, line=line, field=field, fix="name each quantizer and dataset once")
+                at = f" (line {first_line})" if first_line else ""
+                raise SpecError(
+                    f"repeats {first_field}{at}: both check {q} {check.label} on {d}",
+                    file=ctx.path, line=line, field=field,
+                    fix="remove one of them, or narrow 'all' / 'on' so that they do not overlap",
+                )

@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..errors import SpecError
 from .schema import FP32, HELDOUT, MEAN_OOD, CheckSpec, Suite, mean_members
 
 
@@ -106,35 +105,17 @@ def item_name(check: CheckSpec, dataset: str) -> str:
 
 
 def plan(suite: Suite) -> list[PlannedCheck]:
-    """Every (check, model, quantizer, dataset) of ``suite``, in spec order.
-
-    Raises:
-        SpecError: two checks expand to the same item (the same check written twice, perhaps once
-            through ``all``), naming both lines.
-    """
+    """Every (check, model, quantizer, dataset) of ``suite``, in spec order (the loader has
+    already refused two checks that expand to the same item)."""
     from ..metrics import METRICS
 
     planned: list[PlannedCheck] = []
-    seen: dict[tuple[str, str, str], CheckSpec] = {}
     for check in suite.checks:
         kind = METRICS.meta(check.metric)["kind"]
         for model in suite.models:
             for quantizer in expand_quantizers(check, suite):
                 for dataset in expand_datasets(check, suite, kind):
-                    p = PlannedCheck(suite, check, model, quantizer, dataset, check.score, item_name(check, dataset))
-                    key = (model, quantizer, p.name)
-                    first = seen.setdefault(key, check)
-                    if first is not check:
-                        lines = " and ".join(str(c.where.line) for c in (first, check) if c.where and c.where.line)
-                        what = f"'{check.text}' is written twice" if first.text == check.text else (
-                            f"'{first.text}' and '{check.text}' both check {quantizer} {p.name}"
-                        )
-                        raise SpecError(
-                            f"{what}{f' (lines {lines})' if lines else ''}",
-                            file=suite.path, line=check.where.line if check.where else None, field="checks",
-                            fix="remove one of them",
-                        )
-                    planned.append(p)
+                    planned.append(PlannedCheck(suite, check, model, quantizer, dataset, check.score, item_name(check, dataset)))
     return planned
 
 

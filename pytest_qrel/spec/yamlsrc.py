@@ -46,7 +46,35 @@ class LineList(list):
         return self.item_lines[index] if index < len(self.item_lines) else self.line
 
 
+_STD = "tag:yaml.org,2002:"
+ALLOWED_TAGS = frozenset(_STD + t for t in ("map", "seq", "str", "int", "float", "bool", "null", "timestamp"))
+"""The YAML tags a suite may carry (the core schema plus dates). Anything else, written explicitly
+(``!!python/object/apply:os.system``, ``!!set``, ``!!binary``, ``!custom``), is rejected with its
+line: a suite is plain data, and a tag PyYAML's safe loader would read as a plain list or mapping
+must not be silently accepted."""
+
+
+def _check_tag(node: yaml.Node, loader: yaml.SafeLoader) -> None:
+    if node.tag in ALLOWED_TAGS:
+        return
+    if node.tag == _STD + "merge":
+        raise SpecError(
+            "YAML merge keys ('<<') are not supported",
+            file=loader.name,
+            line=node.start_mark.line + 1,
+            fix="write the keys out in each mapping",
+        )
+    shown = "!!" + node.tag[len(_STD):] if node.tag.startswith(_STD) else node.tag
+    raise SpecError(
+        f"YAML tag '{shown}' is not allowed",
+        file=loader.name,
+        line=node.start_mark.line + 1,
+        fix="remove the tag: a suite holds only plain mappings, lists, strings and numbers",
+    )
+
+
 def _convert(node: yaml.Node, loader: yaml.SafeLoader) -> Any:
+    _check_tag(node, loader)
     if isinstance(node, yaml.MappingNode):
         out = LineDict()
         out.line = node.start_mark.line + 1
@@ -74,6 +102,12 @@ def _convert(node: yaml.Node, loader: yaml.SafeLoader) -> Any:
     return loader.construct_object(node, deep=True)
 
 
+def kind_of(x: Any) -> str:
+    """How an error names a YAML value's type: ``a list`` (also for LineList), ``a mapping``, ``a number``..."""
+    kinds = ((bool, "a boolean"), (dict, "a mapping"), (list, "a list"), (str, "a string"), ((int, float), "a number"), (type(None), "nothing"))
+    return next((name for t, name in kinds if isinstance(x, t)), type(x).__name__)
+
+
 def load_yaml(path: str | Path) -> Any:
     """Parse one YAML document safely into LineDict/LineList/scalars; syntax errors become SpecError."""
     path = Path(path)
@@ -81,8 +115,12 @@ def load_yaml(path: str | Path) -> Any:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError("suite file does not exist", file=path, fix="check the path given to --qrel-suite") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"cannot read suite file ({exc})", file=path) from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(
+            f"the suite file is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})", file=path, fix="save it as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise SpecError(f"cannot read suite file ({exc.strerror or exc})", file=path, fix="give the path of a readable YAML file") from None
     loader = _Loader(text)
     loader.name = str(path)
     try:
