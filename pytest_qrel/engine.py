@@ -293,7 +293,16 @@ class Engine:
                     file=where.file if where else suite.path, line=where.line if where else None,
                     field=f"quantizers.{spec.name}.method", fix="use one of the known methods",
                 )
-            qmodel = quantize(loaded.module.to(self.device), spec, images, labels=labels).eval()
+            from .errors import QuantOptionError
+            from .quantize import validate_quantizer
+            from .spec.quantizers import spec_error_for
+
+            try:
+                config = validate_quantizer(spec.method, spec.weight_bits, spec.act_bits, spec.options,
+                                            seed=spec.calibration.seed)
+                qmodel = quantize(loaded.module.to(self.device), config, images, labels=labels).eval()
+            except QuantOptionError as exc:
+                raise spec_error_for(exc, spec) from None
             if spec.verify:
                 self._verify(spec, qmodel, images)
             self._qmodels[key] = qmodel
@@ -305,8 +314,11 @@ class Engine:
 
         report = verify_simulation(qmodel, images)
         self.verified[spec.name] = report
-        if not report.ok:
-            raise SimulationError(f"{spec.where or spec.name}: quantizer '{spec.name}' failed verify_simulation: {report.summary()}")
+        if not report.passes(allow_float_paths=spec.allow_float_paths):
+            hint = ""
+            if report.ok:  # on its grids, but some matmul / linear / conv computes in float
+                hint = " (fix: quantize those operations, or set 'allow_float_paths: true' on the quantizer to accept them)"
+            raise SimulationError(f"{spec.where or spec.name}: quantizer '{spec.name}' failed verify_simulation: {report.summary()}{hint}")
 
     # ------------------------------------------------------------------ outputs
     def _outputs_key(self, suite: Suite, model: str, quantizer: str, dataset: str) -> str:

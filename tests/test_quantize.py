@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from pytest_qrel.errors import SpecError, UnknownNameError
+from pytest_qrel.errors import QuantOptionError, UnknownNameError
 from pytest_qrel.quantize import (
     QUANTIZERS,
     ActQuantizer,
@@ -31,17 +31,16 @@ from pytest_qrel.quantize import (
     verify_simulation,
 )
 from pytest_qrel.quantize.verify import assert_simulation_ok
-from pytest_qrel.spec.schema import CalibrationSpec, Location, QuantizerSpec
-from tinyvit import make_vit, one_thread, logits, rel_error, vit, random_images  # noqa: F401  (one_thread is autouse)
+from pytest_qrel.quantize import QuantConfig, validate_quantizer
+from tinyvit import make_vit, one_thread, logits, rel_error, quant_config, vit, random_images  # noqa: F401  (one_thread is autouse)
 
 timm = pytest.importorskip("timm")
 
 N_LINEARS = 2 * 4 + 1  # depth 2 x (qkv, proj, fc1, fc2) + head
 
 
-def spec(wb, ab, *, name="W", options=None, where=Location("suite.yaml", 12)) -> QuantizerSpec:
-    return QuantizerSpec(name=name, method="minmax", weight_bits=wb, act_bits=ab,
-                         calibration=CalibrationSpec(samples=64, seed=0), options=options or {}, where=where)
+def spec(wb, ab, *, options=None) -> QuantConfig:
+    return quant_config("minmax", wb, ab, options=options)
 
 
 
@@ -393,7 +392,7 @@ def test_replace_linears_shared_and_skipped():
 
 
 # ------------------------------------------------------------------------------------------------
-# spec validation
+# option validation (plain data; the suite loader locates these errors, see test_quant_validation.py)
 # ------------------------------------------------------------------------------------------------
 
 
@@ -404,34 +403,37 @@ BAD_BITS = [1, 9, "4", 4.0, True]
     "field,value",
     [("weight_bits", v) for v in [*BAD_BITS, None]] + [("act_bits", v) for v in BAD_BITS],  # act_bits: null is valid
 )
-def test_bad_bits_raise_spec_error(vit, calib, field, value):
+def test_bad_bits_raise_quant_option_error(vit, calib, field, value):
     bits = {"weight_bits": 4, "act_bits": 4, field: value}
-    with pytest.raises(SpecError) as info:
-        quantize(vit, spec(bits["weight_bits"], bits["act_bits"], name="W4A4"), calib)
+    with pytest.raises(QuantOptionError) as info:
+        quantize(vit, spec(bits["weight_bits"], bits["act_bits"]), calib)
     err = info.value
-    assert err.field == f"quantizers.W4A4.{field}"
-    assert err.file == "suite.yaml" and err.line == 12
+    assert err.option == field
     msg = str(err)
-    assert f"quantizers.W4A4.{field}" in msg and "suite.yaml:12" in msg
     assert "use an integer from 2 to 8" in msg and repr(value) in msg
+    assert "quantizers." not in msg and "yaml" not in msg  # plain data: no suite path in quantize/ errors
 
 
-def test_unknown_option_raises_spec_error(vit, calib):
-    with pytest.raises(SpecError) as info:
-        quantize(vit, spec(8, 8, name="W8A8", options={"batchsize": 32}), calib)
+def test_unknown_option_names_it_with_did_you_mean(vit, calib):
+    with pytest.raises(QuantOptionError) as info:
+        quantize(vit, spec(8, 8, options={"batchsize": 32}), calib)
     msg = str(info.value)
-    assert info.value.field == "quantizers.W8A8.batchsize"
-    assert "quantizers.W8A8.batchsize" in msg and "batch_size" in msg and "did you mean" in msg
+    assert info.value.option == "batchsize"
+    assert "batch_size" in msg and "did you mean" in msg
 
 
 @pytest.mark.parametrize("value", [0, -1, 2.5, "64", True])
-def test_bad_option_value_raises_spec_error(vit, calib, value):
-    with pytest.raises(SpecError) as info:
-        quantize(vit, spec(8, 8, name="W8A8", options={"batch_size": value}), calib)
-    assert info.value.field == "quantizers.W8A8.batch_size" and "positive integer" in str(info.value)
+def test_bad_option_value_names_the_option(vit, calib, value):
+    with pytest.raises(QuantOptionError) as info:
+        quantize(vit, spec(8, 8, options={"batch_size": value}), calib)
+    assert info.value.option == "batch_size" and "positive integer" in str(info.value)
 
 
-def test_unknown_method(vit, calib):
-    bad = QuantizerSpec(name="X", method="minmaks", weight_bits=8, act_bits=8)
+def test_unknown_method():
     with pytest.raises(UnknownNameError, match="did you mean 'minmax'"):
-        quantize(vit, bad, calib)
+        validate_quantizer("minmaks", 8, 8, {})
+
+
+def test_quantize_takes_a_validated_config(vit, calib):
+    with pytest.raises(TypeError, match="QuantConfig"):
+        quantize(vit, {"method": "minmax", "weight_bits": 8, "act_bits": 8}, calib)
