@@ -294,6 +294,69 @@ def test_verify_with_nothing_quantized_is_not_ok(vit, images):
 
 
 # ------------------------------------------------------------------------------------------------
+# float paths: matmul / linear / conv whose operands are not on an integer grid
+# ------------------------------------------------------------------------------------------------
+
+
+def _paths(report):
+    return {(p.module, p.op, p.operands) for p in report.float_paths}
+
+
+def test_minmax_reports_the_patch_embedding_and_attention_as_float(qmodels, images):
+    report = verify_simulation(qmodels(4, 4), images)
+    assert report.ok and not report.integer_only and not report.passes()
+    assert report.passes(allow_float_paths=True)
+    sdpa = ("query", "key", "value", "attention weights")
+    assert _paths(report) == {("patch_embed.proj", "conv2d", ("input", "weight")),
+                              ("blocks.0.attn", "scaled_dot_product_attention", sdpa),
+                              ("blocks.1.attn", "scaled_dot_product_attention", sdpa)}
+    assert report.ops == 2 * 4 + 2 + 1 + 1  # linears, fused attentions, head, patch embedding
+    assert "float path" in report.summary() and "patch_embed.proj: conv2d" in report.summary()
+
+
+def test_quantized_patch_embedding_leaves_only_attention(vit, calib, images):
+    q = quantize(vit, spec(4, 4, options={"patch_embed": "quantized"}), calib)
+    assert {op for _, op, _ in _paths(verify_simulation(q, images))} == {"scaled_dot_product_attention"}
+
+
+def test_weight_only_expects_float_activations(qmodels, images):
+    report = verify_simulation(qmodels(4, None), images)
+    assert _paths(report) == {("patch_embed.proj", "conv2d", ("weight",))}  # attention: activations only
+    strict = verify_simulation(qmodels(4, None), images, weight_only=False)
+    assert ("blocks.0.attn", "scaled_dot_product_attention", ("query", "key", "value", "attention weights")) in _paths(strict)
+
+
+class _Tail(nn.Module):
+    """A model around a quantized one, with extra matmuls of the kinds a forward can hide."""
+
+    def __init__(self, inner: nn.Module, mode: str):
+        super().__init__()
+        self.inner, self.mode = inner, mode
+        self.register_buffer("table", torch.randn(8, 5))
+        self.quant = FakeQuantLinear(nn.Linear(8, 5), weight_bits=4, act_bits=4)
+
+    def forward(self, x):
+        y = self.inner(x)
+        if self.mode == "buffer":  # a float buffer multiplied in (a zero-shot text head, say)
+            return y @ self.table
+        if self.mode == "views":  # grid values reshaped and copied, then multiplied: still integer
+            q = self.quant.input_quantizer(y)
+            w = self.quant.weight.t().contiguous().t()
+            return torch.matmul(q.reshape(-1, 8).clone(), w.T)
+        return y
+
+
+def test_float_operands_are_found_through_views_and_buffers(qmodels, calib, images):
+    base = copy.deepcopy(qmodels(4, 4))
+    report = verify_simulation(_Tail(base, "buffer"), images)
+    assert ("", "matmul", ("a", "b (a model parameter or buffer)")) in _paths(report)
+    views = _Tail(copy.deepcopy(base), "views")
+    calibrate(views.quant, torch.randn(64, 8))
+    report = verify_simulation(views, images, allow_float_linears=True)
+    assert not any(module == "" for module, _, _ in _paths(report)), report.summary()
+
+
+# ------------------------------------------------------------------------------------------------
 # primitives: ranges, qparams, fused op vs round/clamp formula
 # ------------------------------------------------------------------------------------------------
 
