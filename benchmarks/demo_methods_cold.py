@@ -44,7 +44,7 @@ for m in suite.models:
                                   "bits": f"W{spec.weight_bits}A{spec.act_bits}",
                                   "samples": spec.calibration.samples, "quantize_s": tq, "forward_s": tf,
                                   "qat_steps": getattr(module, "qat_steps", None),
-                                  "batch": (getattr(module, "qat_options", None) or {}).get("batch_size")})
+                                  "batch": getattr(getattr(module, "qat_options", None), "batch_size", None)})
 t = time.perf_counter(); verdicts = [engine.evaluate(p) for p in items]
 out["checks (post-hoc fits, FP32 forward on held-out, metrics)"] = time.perf_counter() - t
 out["outcomes"] = {o: sum(v.outcome == o for v in verdicts) for o in sorted({v.outcome for v in verdicts})}

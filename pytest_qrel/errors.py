@@ -8,6 +8,9 @@ anything else escaping the library is a bug in pytest-qrel.
 
     QrelError                  base class; ``str(err)`` is the full one-line message
     ├── SpecError              the suite YAML is wrong (file, line, field, fix)
+    ├── QuantOptionError       a quantizer's method, bits or options are wrong (option, problem, fix);
+    │                          raised by pytest_qrel.quantize, which knows no YAML: callers turn it
+    │                          into a located SpecError (pytest_qrel.spec.quantizers.located_error)
     ├── UnknownNameError       a registry lookup failed (lists known names, "did you mean")
     ├── DataError              a dataset is missing or unreadable
     │   └── DataMissingError   a dataset root does not exist (items are skipped, not failed)
@@ -94,6 +97,23 @@ class SpecError(QrelError):
         if fix:
             msg += f" (fix: {fix})"
         super().__init__(msg)
+
+
+class QuantOptionError(QrelError):
+    """A quantization method was given something it cannot use: an option, a bit width or its
+    calibration images.
+
+    ``option`` names what is wrong, as the method sees it: an option key (``"alpha"``), or one of
+    ``"method"``, ``"weight_bits"``, ``"act_bits"`` and ``"calibration"`` (the calibration images).
+    It carries no file or YAML path: :mod:`pytest_qrel.quantize` takes plain data, and whoever read
+    the quantizer from a suite turns the error into a :class:`SpecError` at the right line.
+    """
+
+    def __init__(self, option: str, problem: str, fix: str) -> None:
+        self.option = option
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{option}: {problem} (fix: {fix})")
 
 
 class UnknownNameError(QrelError, LookupError):

@@ -88,7 +88,7 @@ def test_shipped_suite_passes_against_committed_baselines(name: str, engine: Eng
             module = engine.quantized_module(suite, model, q)  # already built by the run above
             steps = int(spec.options.get("steps", QAT_DEFAULT_STEPS))
             assert module.qat_steps == steps == len(module.qat_losses), q
-            assert module.qat_options["batch_size"] == int(spec.options.get("batch_size", 100)), q
+            assert module.qat_options.batch_size == int(spec.options.get("batch_size", 100)), q
             steps_taken[(model, q)] = module.qat_steps
     if name == "demo_methods":
         # the paper's light-QAT defaults: 100 steps of batch 100 on 100 calibration images

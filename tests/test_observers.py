@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from pytest_qrel.errors import SpecError
+from pytest_qrel.errors import QuantOptionError
 from pytest_qrel.quantize import (
     QUANTIZERS,
     ActQuantizer,
@@ -35,14 +35,15 @@ from pytest_qrel.quantize.observers import (
     quantiles,
     search_percentile_qparams,
 )
-from pytest_qrel.spec.schema import QuantizerSpec
-from tinyvit import make_vit, one_thread, logits, quant_spec, vit, random_images  # noqa: F401  (one_thread is autouse)
+from pytest_qrel.quantize import QuantConfig
+from pytest_qrel.quantize.fakequant import FakeQuantConv2d
+from tinyvit import make_vit, one_thread, logits, quant_config, vit, random_images  # noqa: F401  (one_thread is autouse)
 
 timm = pytest.importorskip("timm")
 
 
-def spec(method, wb=4, ab=4, *, name="W", options=None) -> QuantizerSpec:
-    return quant_spec(method, wb, ab, name=name, options=options)
+def spec(method, wb=4, ab=4, *, options=None) -> QuantConfig:
+    return quant_config(method, wb, ab, options=options)
 
 
 
@@ -301,8 +302,36 @@ def test_calibrate_one_shot_calibrates_on_quantized_upstream():
 
 def test_methods_are_registered():
     assert {"percentile", "mse"} <= set(QUANTIZERS)
-    assert set(QUANTIZERS.meta("percentile")["options"]) == {"percentile", "max_values", "batch_size"}
-    assert set(QUANTIZERS.meta("mse")["options"]) == {"grid", "max_values", "batch_size"}
+    linear_keys = {"weight_granularity", "weight_symmetric", "head", "patch_embed", "batch_size"}  # minmax's
+    assert set(QUANTIZERS.meta("percentile")["options"]) == {"percentile", "max_values", *linear_keys}
+    assert set(QUANTIZERS.meta("mse")["options"]) == {"grid", "max_values", *linear_keys}
+
+
+@pytest.mark.parametrize("method", ["percentile", "mse"])
+def test_module_selection_options_are_honoured(vit, calib, images, method):
+    """percentile / mse select modules as minmax does (they used to ignore these options)."""
+    fast = {"grid": 10} if method == "mse" else {}
+
+    def spec(method, options=None):  # noqa: F811  (a cheaper mse search; the selection is what is tested)
+        return quant_config(method, 4, 4, options={**(fast if method == "mse" else {}), **(options or {})})
+
+    head = quantize(vit, spec(method, options={"head": "fp32"}), calib)
+    assert type(head.head) is nn.Linear and torch.equal(head.head.weight, vit.head.weight)
+    patch = quantize(vit, spec(method, options={"patch_embed": "quantized"}), calib)
+    conv = patch.patch_embed.proj
+    assert isinstance(conv, FakeQuantConv2d) and isinstance(conv.input_quantizer, ObservedActQuantizer)
+    assert verify_simulation(patch, images).ok
+    per_tensor = quantize(vit, spec(method, options={"weight_granularity": "per_tensor"}), calib)
+    w = per_tensor.blocks[0].mlp.fc1.weight
+    assert torch.unique(w).numel() <= 15  # one 4-bit symmetric grid for the whole weight
+    default = quantize(vit, spec(method), calib)
+    assert torch.unique(default.blocks[0].mlp.fc1.weight).numel() > 15  # one grid per row
+    asym = quantize(vit, spec(method, options={"weight_symmetric": False}), calib)
+    minmax_asym = quantize(vit, spec("minmax", options={"weight_symmetric": False}), calib)
+    assert not torch.equal(asym.blocks[0].mlp.fc1.weight, default.blocks[0].mlp.fc1.weight)
+    for (name, m), ref in zip(asym.named_modules(), minmax_asym.modules()):  # minmax's weights, layer by layer
+        if isinstance(m, FakeQuantLinear):
+            assert torch.equal(m.weight, ref.weight), name
 
 
 @pytest.mark.parametrize("method,options", [("percentile", {"percentile": 100}), ("mse", {"grid": 1})])
@@ -372,11 +401,12 @@ def test_input_model_untouched_and_deterministic(calib, images, method):
         ("percentile", {"max_values": 0}, "max_values", "positive integer"),
         ("mse", {"grid": 0}, "grid", "positive integer"),
         ("mse", {"grid": 2.5}, "grid", "positive integer"),
-        ("mse", {"percentile": 99.0}, "percentile", "accepts: batch_size, grid, max_values"),
+        ("mse", {"percentile": 99.0}, "percentile", "known: batch_size, grid, head, max_values"),
+        ("mse", {"act_symmetric": True}, "act_symmetric", "unknown mse option 'act_symmetric'"),
     ],
 )
-def test_bad_options_raise_spec_error(vit, calib, method, options, field, needle):
-    with pytest.raises(SpecError) as info:
-        quantize(vit, spec(method, name="W4A4", options=options), calib)
-    assert info.value.field == f"quantizers.W4A4.{field}"
-    assert needle in str(info.value) and "suite.yaml:7" in str(info.value)
+def test_bad_options_name_the_option(method, options, field, needle):
+    with pytest.raises(QuantOptionError) as info:
+        spec(method, options=options)
+    assert info.value.option == field
+    assert needle in str(info.value)

@@ -368,13 +368,12 @@ def test_shipped_digits_clip_loads_offline_and_classifies_zero_shot(no_network, 
 
 
 def test_minmax_quantizes_the_visual_attention_of_the_shipped_clip(digits_test):
-    from pytest_qrel.quantize import FakeQuantLinear, quantize
-    from pytest_qrel.spec.schema import QuantizerSpec
+    from pytest_qrel.quantize import FakeQuantLinear, quantize, validate_quantizer
 
     loaded = S.open_clip_model_source("digits_clip")
     train = load_dataset("embedded:digits", split="train")
     calib = torch.stack([loaded.preprocess(train[i][0]) for i in range(64)])
-    q = quantize(loaded.module, QuantizerSpec(name="W8A8", method="minmax", weight_bits=8, act_bits=8), calib)
+    q = quantize(loaded.module, validate_quantizer("minmax", 8, 8), calib)
     fq = {n for n, m in q.named_modules() if isinstance(m, FakeQuantLinear)}
     assert "visual.transformer.resblocks.0.attn.qkv" in fq and "proj" in fq
     assert torch.equal(q.class_text_features, loaded.module.class_text_features)  # the head stays FP32

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pytest_qrel.errors import SpecError
+from pytest_qrel.errors import QuantOptionError
 from pytest_qrel.quantize import (
     QUANTIZERS,
     ActQuantizer,
@@ -31,9 +31,9 @@ from pytest_qrel.quantize.qat import (
     QATLinear,
     lsq_fake_quantize,
 )
-from pytest_qrel.spec.schema import QuantizerSpec
+from pytest_qrel.quantize import QuantConfig
 import tinyvit
-from tinyvit import one_thread, logits, quant_spec  # noqa: F401  (autouse: one torch thread for this module)
+from tinyvit import one_thread, logits, quant_config  # noqa: F401  (autouse: one torch thread for this module)
 
 timm = pytest.importorskip("timm")
 
@@ -48,8 +48,8 @@ def make_vit(seed: int = 0, width: int = 32) -> nn.Module:
     return tinyvit.make_vit(seed, width=width, depth=1, heads=2, num_classes=N_CLASSES)
 
 
-def spec(method: str, wb: int = 8, ab: int | None = 8, *, calib_seed: int = 0, **options) -> QuantizerSpec:
-    return quant_spec(method, wb, ab, seed=calib_seed, options=options)
+def spec(method: str, wb: int = 8, ab: int | None = 8, *, calib_seed: int = 0, **options) -> QuantConfig:
+    return quant_config(method, wb, ab, seed=calib_seed, options=options)
 
 
 @pytest.fixture(scope="module")
@@ -271,7 +271,7 @@ def test_distill_lowers_kl_to_teacher_without_labels(vit, task):
     images, _ = task
     initial = quantize(vit, spec("qat_distill", 4, 4, steps=0), images)
     trained = quantize(vit, spec("qat_distill", 4, 4, steps=8, lr=3e-3, step_lr=1e-3), images)
-    assert trained.qat_options["distill_weight"] == 1.0  # no labels: the KL term alone
+    assert trained.qat_options.distill_weight == 1.0  # no labels: the KL term alone
     before, after = kl_to(vit, initial, images), kl_to(vit, trained, images)
     assert after < 0.9 * before, (before, after)
 
@@ -282,7 +282,7 @@ def test_distill_weight_mixes_cross_entropy(vit, task):
     ce_only = quantize(vit, spec("qat_distill", 6, 6, **FAST, lr=1e-3, distill_weight=0), images, labels=labels)
     assert torch.equal(logits(ce_only, images), logits(lsq, images))  # weight 0: exactly qat_lsq
     default = quantize(vit, spec("qat_distill", 6, 6, **FAST, lr=1e-3), images, labels=labels)
-    assert default.qat_options["distill_weight"] == 0.5
+    assert default.qat_options.distill_weight == 0.5
     assert not torch.equal(logits(default, images), logits(lsq, images))
     # temperature T: the loss of the very first step is T^2 KL at T plus CE, computed here independently
     t = 2.0
@@ -330,7 +330,7 @@ def test_default_is_100_steps_of_100_images(task, optimizer_steps, monkeypatch):
     qmodel = quantize(make_vit(width=16), spec("qat_lora", 8, 8), images, labels=labels)  # narrow: 100 real steps
     assert optimizer_steps[0] == 100 and qmodel.qat_steps == 100
     assert seen == [100] * 100  # 32 calibration images looped into batches of 100
-    assert qmodel.qat_options["lora_r"] == 8 and qmodel.qat_options["lora_alpha"] == 16
+    assert qmodel.qat_options.lora_r == 8 and qmodel.qat_options.lora_alpha == 16
 
 
 def test_batches_loop_over_a_seeded_shuffle():
@@ -355,7 +355,7 @@ def test_deterministic_and_seeded(vit, task):
     # the default seed is calibration.seed
     from_calib = quantize(vit, spec("qat_lsq_per_channel", 4, 4, calib_seed=1, **opts), images, labels=labels)
     assert torch.equal(logits(from_calib, images), logits(other, images))
-    assert from_calib.qat_options["seed"] == 1
+    assert from_calib.qat_options.seed == 1
 
 
 @pytest.mark.parametrize("method", ["qat", "qat_distill", "qat_lora"])
@@ -384,7 +384,7 @@ def test_returned_model_is_a_frozen_inference_model(vit, task, method):
     assert len(linears) == N_LINEARS and all(m.weight_frozen for m in linears)
     acts = [m for m in qmodel.modules() if isinstance(m, ActQuantizer)]
     assert len(acts) == N_LINEARS and all(m.mode == "quantize" for m in acts)
-    assert all(isinstance(m, LoRAFakeQuantLinear) == (method == "qat_lora") for m in linears)
+    assert not any(isinstance(m, LoRAFakeQuantLinear) for m in linears)  # qat_lora merges its adapters
     assert not qmodel(images[:2]).requires_grad
 
 
@@ -395,20 +395,21 @@ def test_returned_model_is_a_frozen_inference_model(vit, task, method):
 ])
 def test_exported_model_computes_what_was_trained(vit, task, recipe):
     images, labels = task
-    s = spec("qat", 4, 4)
-    opts = {"steps": 3, "batch_size": 16, "lr": 1e-2, "step_lr": 1e-3, "weight_decay": 0.0,
-            "lora_r": 4, "lora_alpha": 8.0, "train_steps": True}
-    model = qat_mod.prepare(vit, s, images, recipe, opts, seed=0)
-    qat_mod.train(model, images, lambda out, idx: F.cross_entropy(out, labels[idx]), opts, seed=0)
+    s = spec("qat_lora", 4, 4, steps=3, batch_size=16, lr=1e-2, step_lr=1e-3, weight_decay=0.0, lora_r=4,
+             lora_alpha=8.0, train_steps=True)
+    model = qat_mod.prepare(vit, s, images, recipe, seed=0)
+    qat_mod.train(model, images, lambda out, idx: F.cross_entropy(out, labels[idx]), s.options, seed=0)
     trained = logits(model, images)
-    qat_mod.export(model)
+    qat_mod.export(model, merge_lora=False)
     assert torch.equal(logits(model, images), trained)
 
 
 def test_lora_trains_only_the_adapters(vit, task):
     images, labels = task
-    initial = quantize(vit, spec("qat_lora", 4, 4, steps=0, lora_r=4, lora_alpha=12), images, labels=labels)
-    trained = quantize(vit, spec("qat_lora", 4, 4, steps=6, lr=1e-2, lora_r=4, lora_alpha=12), images, labels=labels)
+    initial = quantize(vit, spec("qat_lora", 4, 4, steps=0, lora_r=4, lora_alpha=12, lora_merge=False), images,
+                       labels=labels)
+    trained = quantize(vit, spec("qat_lora", 4, 4, steps=6, lr=1e-2, lora_r=4, lora_alpha=12, lora_merge=False),
+                       images, labels=labels)
     s0, s1 = initial.state_dict(), trained.state_dict()
     lora_keys = [k for k in s1 if ".lora_" in k]
     assert len(lora_keys) == 2 * N_LINEARS
@@ -432,8 +433,8 @@ def test_lora_trains_only_the_adapters(vit, task):
 
 def test_lora_train_steps_moves_the_base_grid(vit, task):
     images, labels = task
-    frozen = quantize(vit, spec("qat_lora", 4, 4, steps=4, lr=1e-2), images, labels=labels)
-    moving = quantize(vit, spec("qat_lora", 4, 4, steps=4, lr=1e-2, step_lr=1e-3, train_steps=True),
+    frozen = quantize(vit, spec("qat_lora", 4, 4, steps=4, lr=1e-2, lora_merge=False), images, labels=labels)
+    moving = quantize(vit, spec("qat_lora", 4, 4, steps=4, lr=1e-2, step_lr=1e-3, train_steps=True, lora_merge=False),
                       images, labels=labels)
     assert not torch.equal(moving.blocks[0].attn.qkv.weight, frozen.blocks[0].attn.qkv.weight)
 
@@ -496,58 +497,144 @@ def test_weight_only_qat(vit, task):
     ("qat_lora", "lora_alpha", -16),
     ("qat_lora", "train_steps", 1),
 ])
-def test_bad_option_names_its_field(vit, task, method, key, value):
-    images, labels = task
-    with pytest.raises(SpecError) as err:
-        quantize(vit, spec(method, 8, 8, **{key: value}), images, labels=labels)
-    assert err.value.field == f"quantizers.W.{key}"
-    assert "suite.yaml:7" in str(err.value)
+def test_bad_option_names_it(method, key, value):
+    with pytest.raises(QuantOptionError) as err:
+        spec(method, 8, 8, **{key: value})
+    assert err.value.option == key
 
 
-def test_unknown_option_suggests_the_right_one(vit, task):
-    images, labels = task
-    with pytest.raises(SpecError, match="did you mean 'steps'"):
-        quantize(vit, spec("qat", 8, 8, stpes=5), images, labels=labels)
+def test_unknown_option_suggests_the_right_one():
+    with pytest.raises(QuantOptionError, match="did you mean 'steps'"):
+        spec("qat", 8, 8, stpes=5)
 
 
-def test_yaml_style_numeric_strings_are_accepted(vit, task):
-    images, labels = task
-    a = quantize(vit, spec("qat", 6, 6, **FAST, lr="1e-3"), images, labels=labels)  # YAML 1.1 reads 1e-3 as a str
-    b = quantize(vit, spec("qat", 6, 6, **FAST, lr=1e-3), images, labels=labels)
-    assert a.qat_options["lr"] == 1e-3
-    assert torch.equal(logits(a, images), logits(b, images))
+def test_options_are_typed_numbers(vit, task):
+    """The suite loader reads 1e-3 as a float (yamlsrc); a quoted string is not a number."""
+    with pytest.raises(QuantOptionError, match="a positive number, got '1e-3'"):
+        spec("qat", 6, 6, lr="1e-3")
+    config = spec("qat_lora", 6, 6, lr=1, lora_alpha=16)
+    assert config.options.lr == 1.0 and isinstance(config.options.lr, float)
+    assert isinstance(config.options.lora_alpha, float)
 
 
 @pytest.mark.parametrize("method", CE_METHODS)
 def test_labels_are_required_for_cross_entropy(vit, task, method):
     images, _ = task
-    with pytest.raises(SpecError, match="class labels") as err:
+    with pytest.raises(QuantOptionError, match="class labels") as err:
         quantize(vit, spec(method, 8, 8, **FAST), images)
-    assert err.value.field == "quantizers.W.method"
+    assert err.value.option == "method"
     assert "qat_distill" in str(err.value)
 
 
 def test_distill_with_cross_entropy_needs_labels(vit, task):
     images, _ = task
-    with pytest.raises(SpecError, match="no labels") as err:
+    with pytest.raises(QuantOptionError, match="no labels") as err:
         quantize(vit, spec("qat_distill", 8, 8, **FAST, distill_weight=0.5), images)
-    assert err.value.field == "quantizers.W.distill_weight"
+    assert err.value.option == "distill_weight"
 
 
 def test_labels_outside_the_model_classes(vit, task):
     images, labels = task
-    with pytest.raises(SpecError, match="not a class of the model"):
+    with pytest.raises(QuantOptionError, match="not a class of the model"):
         quantize(vit, spec("qat", 8, 8, **FAST), images, labels=labels + N_CLASSES)
 
 
 def test_no_calibration_images(vit, task):
     _, labels = task
-    with pytest.raises(SpecError, match="no calibration images"):
+    with pytest.raises(QuantOptionError, match="no calibration images") as err:
         quantize(vit, spec("qat", 8, 8), torch.empty(0, 1, 16, 16), labels=labels[:0])
+    assert err.value.option == "calibration"
 
 
 def test_diverging_training_names_the_learning_rate(vit, task):
     images, labels = task
-    with pytest.raises(SpecError, match="training loss became") as err:
+    with pytest.raises(QuantOptionError, match="training loss became") as err:
         quantize(vit, spec("qat", 8, 8, steps=5, batch_size=16, lr=1e30), images, labels=labels)
-    assert err.value.field == "quantizers.W.lr"
+    assert err.value.option == "lr"
+
+
+# ------------------------------------------------------------------------------------------------
+# LSQ's integer range (weight_range: full) and the merged QAT-LoRA adapter
+# ------------------------------------------------------------------------------------------------
+
+
+def _lsq_paper_weight(w: torch.Tensor, s: float, bits: int, *, full: bool) -> torch.Tensor:
+    """LSQ (Esser et al.) forward written out: v_hat = round(clip(v / s, -Qn, Qp)) * s, Qp = 2^(b-1) - 1,
+    Qn = 2^(b-1) (the paper) or Qp (the restricted range)."""
+    qp = 2 ** (bits - 1) - 1
+    qn = qp + 1 if full else qp
+    out = [round(min(max(v / s, -qn), qp)) * s for v in w.flatten().tolist()]
+    return torch.tensor(out).reshape(w.shape)
+
+
+@pytest.mark.parametrize("full", [True, False])
+def test_lsq_weight_range_forward_and_step_gradient(full):
+    bits = 2
+    torch.manual_seed(0)
+    lin = nn.Linear(10, 6)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(6, 10) * 0.5)
+    layer = QATLinear(lin, weight_bits=bits, act_bits=None, weight_scheme="lsq_tensor", act_scheme="lsq",
+                      step_init="lsq", weight_range="full" if full else "restricted")
+    layer.freeze()  # LSQ's init 2 mean|w| / sqrt(Qp): weights beyond -1.5 s exist
+    s = float(layer.weight_step.detach())
+    w_hat = layer.quantized_weight()
+    torch.testing.assert_close(w_hat.detach(), _lsq_paper_weight(lin.weight.detach(), s, bits, full=full))
+    codes = torch.unique(torch.round(w_hat.detach() / s)).tolist()
+    assert min(codes) == (-2 if full else -1) and len(codes) <= (4 if full else 3)
+    upstream = torch.randn(6, 10, generator=torch.Generator().manual_seed(1))
+    (w_hat * upstream).sum().backward()
+    g = 1.0 / math.sqrt(lin.weight.numel() * 1)  # g = 1 / sqrt(N Qp), Qp = 1 at 2 bits
+    lo = -2 if full else -1
+    expected = _lsq_step_grad_reference(lin.weight.detach().flatten(), s, lo, 1, upstream.flatten(), g)
+    assert layer.weight_step.grad.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_weight_range_full_through_the_method(vit, task):
+    images, labels = task
+    full = quantize(vit, spec("qat_lsq", 2, 8, steps=0, step_init="lsq", weight_range="full"), images, labels=labels)
+    narrow = quantize(vit, spec("qat_lsq", 2, 8, steps=0, step_init="lsq"), images, labels=labels)
+    assert full.qat_options.weight_range == "full"
+    report = verify_simulation(full, images)
+    assert report.ok, report.summary()
+    assert max(c.distinct for c in report if c.kind == "weight") == 4  # 2^2 codes: {-2, -1, 0, 1}
+    assert max(c.distinct for c in verify_simulation(narrow, images) if c.kind == "weight") == 3
+    assert not torch.equal(full.blocks[0].mlp.fc1.weight, narrow.blocks[0].mlp.fc1.weight)
+
+
+def test_weight_range_is_validated():
+    with pytest.raises(QuantOptionError, match="'restricted' or 'full'"):
+        spec("qat_lsq", 4, 4, weight_range="paper")
+    with pytest.raises(QuantOptionError, match="unknown qat option 'weight_range'"):
+        spec("qat", 4, 4, weight_range="full")  # basic QAT has no LSQ steps
+
+
+def test_lora_adapter_is_merged_into_the_quantized_weight(vit, task):
+    images, labels = task
+    s = spec("qat_lora", 4, 4, steps=4, batch_size=16, lr=1e-2, lora_r=4, lora_alpha=8.0)
+    recipe = qat_mod.RECIPES["qat_lora"](s.options)
+    model = qat_mod.prepare(vit, s, images, recipe, seed=0)
+    qat_mod.train(model, images, lambda out, idx: F.cross_entropy(out, labels[idx]), s.options, seed=0)
+    layer = model.blocks[0].mlp.fc1
+    w, a, b = layer.weight.detach().clone(), layer.lora_A.detach().clone(), layer.lora_B.detach().clone()
+    steps = layer.weight_step.detach().clone()
+    assert float(b.abs().sum()) > 0  # the adapter did train
+    qat_mod.export(model)  # merge_lora=True, the default
+    merged = model.blocks[0].mlp.fc1
+    assert type(merged) is FakeQuantLinear
+    q = 2 ** 3 - 1
+    w_merged = w + (8.0 / 4) * (b @ a)  # W + (alpha / r) B A, then each row on its own step's grid
+    expected = torch.stack([torch.clamp(torch.round(row * (1.0 / st)), -q, q) * st for row, st in zip(w_merged, steps)])
+    torch.testing.assert_close(merged.weight, expected, rtol=0, atol=1e-7)
+    assert not torch.allclose(merged.weight, layer.quantized_weight().detach())  # not the base weight alone
+
+
+def test_merged_lora_has_no_float_adapter_path(vit, task):
+    images, labels = task
+    merged = quantize(vit, spec("qat_lora", 4, 4, **FAST, lr=1e-2), images, labels=labels)
+    apart = quantize(vit, spec("qat_lora", 4, 4, **FAST, lr=1e-2, lora_merge=False), images, labels=labels)
+    assert not any(isinstance(m, LoRAFakeQuantLinear) for m in merged.modules())
+    on_linears = lambda report: {p.module for p in report.float_paths if p.op == "linear"}  # noqa: E731
+    assert on_linears(verify_simulation(merged, images)) == set()
+    assert on_linears(verify_simulation(apart, images)) == {"blocks.0.attn.qkv", "blocks.0.attn.proj",
+                                                           "blocks.0.mlp.fc1", "blocks.0.mlp.fc2", "head"}

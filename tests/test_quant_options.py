@@ -13,27 +13,24 @@ import pytest
 import torch
 from torch import nn
 
-from pytest_qrel.errors import SpecError
-from pytest_qrel.quantize import QUANTIZERS, ActQuantizer, FakeQuantLinear, quantize, verify_simulation
+from pytest_qrel.errors import QuantOptionError
+from pytest_qrel.quantize import QUANTIZERS, ActQuantizer, FakeQuantLinear, QuantConfig, quantize, verify_simulation
 from pytest_qrel.quantize import minmax as minmax_module
 from pytest_qrel.quantize import options as options_module
 from pytest_qrel.quantize.fakequant import FakeQuantConv2d
 from pytest_qrel.quantize.options import (
     COMMON_OPTIONS,
     LinearQuantOptions,
-    find_head,
-    find_patch_embed,
-    select_modules,
 )
-from pytest_qrel.spec.schema import QuantizerSpec
-from tinyvit import make_vit, one_thread, logits, quant_spec, vit, random_images  # noqa: F401  (one_thread is autouse)
+from pytest_qrel.quantize.selection import find_head, find_patch_embed, select_modules
+from tinyvit import make_vit, one_thread, logits, quant_config, vit, random_images  # noqa: F401  (one_thread is autouse)
 
 timm = pytest.importorskip("timm")
 observer = pytest.importorskip("torch.ao.quantization.observer")
 
 
-def spec(wb, ab, *, name="W8A8", method="minmax", **options) -> QuantizerSpec:
-    return quant_spec(method, wb, ab, name=name, options=options)
+def spec(wb, ab, *, method="minmax", **options) -> QuantConfig:
+    return quant_config(method, wb, ab, options=options)
 
 
 
@@ -101,10 +98,11 @@ def _yaml(value):
 
 
 def test_defaults():
-    opts = LinearQuantOptions.from_spec(spec(8, 8))
+    opts = spec(8, 8).options
+    assert isinstance(opts, LinearQuantOptions)
     assert {k: getattr(opts, k) for k in EXPECTED_DEFAULTS} == EXPECTED_DEFAULTS
     assert {k: o.default for k, o in COMMON_OPTIONS.items()} == EXPECTED_DEFAULTS
-    assert opts.extra == {}
+    assert opts == LinearQuantOptions()  # the dataclass defaults are the documented ones
     assert set(QUANTIZERS.meta("minmax")["options"]) == set(EXPECTED_DEFAULTS)
 
 
@@ -234,11 +232,11 @@ def test_patch_embed_per_tensor_follows_weight_granularity(vit, calib):
     assert torch.unique(q.patch_embed.proj.weight).numel() <= 15
 
 
-def test_patch_embed_quantized_without_one_is_a_spec_error(calib):
+def test_patch_embed_quantized_without_one_is_an_option_error(calib):
     model = nn.Sequential(nn.Flatten(), nn.Linear(256, 8))
-    with pytest.raises(SpecError) as info:
+    with pytest.raises(QuantOptionError) as info:
         quantize(model, spec(8, 8, patch_embed="quantized"), calib)
-    assert info.value.field == "quantizers.W8A8.patch_embed"
+    assert info.value.option == "patch_embed" and "no patch-embedding Conv2d" in str(info.value)
 
 
 def test_find_head_and_patch_embed(vit):
@@ -301,38 +299,34 @@ def test_find_head_and_patch_embed(vit):
         ("batch_size", 0, "a positive integer"),
     ],
 )
-def test_bad_values_raise_spec_error_naming_the_field(vit, calib, key, value, expect):
-    with pytest.raises(SpecError) as info:
-        quantize(vit, spec(8, 8, **{key: value}), calib)
+def test_bad_values_raise_an_error_naming_the_option(key, value, expect):
+    with pytest.raises(QuantOptionError) as info:
+        spec(8, 8, **{key: value})
     err = info.value
-    assert err.field == f"quantizers.W8A8.{key}"
-    assert err.file == "suite.yaml" and err.line == 7
+    assert err.option == key
     assert expect in str(err) and repr(value) in str(err)
 
 
-def test_unknown_key_lists_the_accepted_ones(vit, calib):
-    with pytest.raises(SpecError) as info:
-        quantize(vit, spec(8, 8, heads="fp32"), calib)
+def test_unknown_key_lists_the_accepted_ones():
+    with pytest.raises(QuantOptionError) as info:
+        spec(8, 8, heads="fp32")
     msg = str(info.value)
-    assert info.value.field == "quantizers.W8A8.heads" and "did you mean 'head'" in msg
+    assert info.value.option == "heads" and "did you mean 'head'" in msg
     for key in EXPECTED_DEFAULTS:
         assert key in msg
 
 
-def test_accepted_subsets_extras_and_defaults():
-    from pytest_qrel.quantize.base import Option
+def test_accepted_tables_follow_the_typed_options():
+    from pytest_qrel.quantize.options import MSEOptions, PercentileOptions, RaanAOptions, SmoothQuantOptions
 
-    table = LinearQuantOptions.accepted(keys=("head",), extra={"alpha": Option(0.5, lambda v: True, "x")},
-                                        defaults={"head": "fp32"})
-    assert list(table) == ["head", "alpha"] and table["head"].default == "fp32"
-    opts = LinearQuantOptions.from_spec(spec(8, 8, alpha=0.3), keys=("head",),
-                                        extra={"alpha": Option(0.5, lambda v: True, "x")}, defaults={"head": "fp32"})
-    assert opts.head == "fp32" and opts.extra == {"alpha": 0.3}
-    with pytest.raises(SpecError):  # a common key the method does not accept
-        LinearQuantOptions.from_spec(spec(8, 8, batch_size=8), keys=("head",))
-    with pytest.raises(ValueError):
-        LinearQuantOptions.accepted(keys=("nope",))
-    with pytest.raises(ValueError):
-        LinearQuantOptions.accepted(defaults={"head": "maybe"})
-    with pytest.raises(ValueError):
-        LinearQuantOptions.accepted(extra={"head": COMMON_OPTIONS["head"]})
+    assert list(PercentileOptions.accepted()) == [k for k in COMMON_OPTIONS if k != "act_symmetric"] + [
+        "percentile", "max_values"]
+    assert list(RaanAOptions.accepted()) == ["head", "batch_size", "bit_candidates", "seed"]
+    assert set(SmoothQuantOptions.accepted()) == {*COMMON_OPTIONS, "alpha", "act_quant", "quantize_bmm_input"}
+    for cls in (PercentileOptions, MSEOptions, RaanAOptions, SmoothQuantOptions):  # parse({}) == the defaults
+        assert cls.parse({}, method="m") == cls()
+    with pytest.raises(QuantOptionError, match="did you mean 'percentile'"):
+        PercentileOptions.parse({"percentil": 99.0}, method="percentile")
+    with pytest.raises(QuantOptionError) as info:  # a common key the method does not accept
+        RaanAOptions.parse({"weight_granularity": "per_tensor"}, method="raana")
+    assert info.value.option == "weight_granularity"

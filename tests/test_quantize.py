@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from pytest_qrel.errors import SpecError, UnknownNameError
+from pytest_qrel.errors import QuantOptionError, UnknownNameError
 from pytest_qrel.quantize import (
     QUANTIZERS,
     ActQuantizer,
@@ -31,17 +31,16 @@ from pytest_qrel.quantize import (
     verify_simulation,
 )
 from pytest_qrel.quantize.verify import assert_simulation_ok
-from pytest_qrel.spec.schema import CalibrationSpec, Location, QuantizerSpec
-from tinyvit import make_vit, one_thread, logits, rel_error, vit, random_images  # noqa: F401  (one_thread is autouse)
+from pytest_qrel.quantize import QuantConfig, validate_quantizer
+from tinyvit import make_vit, one_thread, logits, rel_error, quant_config, vit, random_images  # noqa: F401  (one_thread is autouse)
 
 timm = pytest.importorskip("timm")
 
 N_LINEARS = 2 * 4 + 1  # depth 2 x (qkv, proj, fc1, fc2) + head
 
 
-def spec(wb, ab, *, name="W", options=None, where=Location("suite.yaml", 12)) -> QuantizerSpec:
-    return QuantizerSpec(name=name, method="minmax", weight_bits=wb, act_bits=ab,
-                         calibration=CalibrationSpec(samples=64, seed=0), options=options or {}, where=where)
+def spec(wb, ab, *, options=None) -> QuantConfig:
+    return quant_config("minmax", wb, ab, options=options)
 
 
 
@@ -295,6 +294,69 @@ def test_verify_with_nothing_quantized_is_not_ok(vit, images):
 
 
 # ------------------------------------------------------------------------------------------------
+# float paths: matmul / linear / conv whose operands are not on an integer grid
+# ------------------------------------------------------------------------------------------------
+
+
+def _paths(report):
+    return {(p.module, p.op, p.operands) for p in report.float_paths}
+
+
+def test_minmax_reports_the_patch_embedding_and_attention_as_float(qmodels, images):
+    report = verify_simulation(qmodels(4, 4), images)
+    assert report.ok and not report.integer_only and not report.passes()
+    assert report.passes(allow_float_paths=True)
+    sdpa = ("query", "key", "value", "attention weights")
+    assert _paths(report) == {("patch_embed.proj", "conv2d", ("input", "weight")),
+                              ("blocks.0.attn", "scaled_dot_product_attention", sdpa),
+                              ("blocks.1.attn", "scaled_dot_product_attention", sdpa)}
+    assert report.ops == 2 * 4 + 2 + 1 + 1  # linears, fused attentions, head, patch embedding
+    assert "float path" in report.summary() and "patch_embed.proj: conv2d" in report.summary()
+
+
+def test_quantized_patch_embedding_leaves_only_attention(vit, calib, images):
+    q = quantize(vit, spec(4, 4, options={"patch_embed": "quantized"}), calib)
+    assert {op for _, op, _ in _paths(verify_simulation(q, images))} == {"scaled_dot_product_attention"}
+
+
+def test_weight_only_expects_float_activations(qmodels, images):
+    report = verify_simulation(qmodels(4, None), images)
+    assert _paths(report) == {("patch_embed.proj", "conv2d", ("weight",))}  # attention: activations only
+    strict = verify_simulation(qmodels(4, None), images, weight_only=False)
+    assert ("blocks.0.attn", "scaled_dot_product_attention", ("query", "key", "value", "attention weights")) in _paths(strict)
+
+
+class _Tail(nn.Module):
+    """A model around a quantized one, with extra matmuls of the kinds a forward can hide."""
+
+    def __init__(self, inner: nn.Module, mode: str):
+        super().__init__()
+        self.inner, self.mode = inner, mode
+        self.register_buffer("table", torch.randn(8, 5))
+        self.quant = FakeQuantLinear(nn.Linear(8, 5), weight_bits=4, act_bits=4)
+
+    def forward(self, x):
+        y = self.inner(x)
+        if self.mode == "buffer":  # a float buffer multiplied in (a zero-shot text head, say)
+            return y @ self.table
+        if self.mode == "views":  # grid values reshaped and copied, then multiplied: still integer
+            q = self.quant.input_quantizer(y)
+            w = self.quant.weight.t().contiguous().t()
+            return torch.matmul(q.reshape(-1, 8).clone(), w.T)
+        return y
+
+
+def test_float_operands_are_found_through_views_and_buffers(qmodels, calib, images):
+    base = copy.deepcopy(qmodels(4, 4))
+    report = verify_simulation(_Tail(base, "buffer"), images)
+    assert ("", "matmul", ("a", "b (a model parameter or buffer)")) in _paths(report)
+    views = _Tail(copy.deepcopy(base), "views")
+    calibrate(views.quant, torch.randn(64, 8))
+    report = verify_simulation(views, images, allow_float_linears=True)
+    assert not any(module == "" for module, _, _ in _paths(report)), report.summary()
+
+
+# ------------------------------------------------------------------------------------------------
 # primitives: ranges, qparams, fused op vs round/clamp formula
 # ------------------------------------------------------------------------------------------------
 
@@ -393,7 +455,7 @@ def test_replace_linears_shared_and_skipped():
 
 
 # ------------------------------------------------------------------------------------------------
-# spec validation
+# option validation (plain data; the suite loader locates these errors, see test_quant_validation.py)
 # ------------------------------------------------------------------------------------------------
 
 
@@ -404,34 +466,37 @@ BAD_BITS = [1, 9, "4", 4.0, True]
     "field,value",
     [("weight_bits", v) for v in [*BAD_BITS, None]] + [("act_bits", v) for v in BAD_BITS],  # act_bits: null is valid
 )
-def test_bad_bits_raise_spec_error(vit, calib, field, value):
+def test_bad_bits_raise_quant_option_error(vit, calib, field, value):
     bits = {"weight_bits": 4, "act_bits": 4, field: value}
-    with pytest.raises(SpecError) as info:
-        quantize(vit, spec(bits["weight_bits"], bits["act_bits"], name="W4A4"), calib)
+    with pytest.raises(QuantOptionError) as info:
+        quantize(vit, spec(bits["weight_bits"], bits["act_bits"]), calib)
     err = info.value
-    assert err.field == f"quantizers.W4A4.{field}"
-    assert err.file == "suite.yaml" and err.line == 12
+    assert err.option == field
     msg = str(err)
-    assert f"quantizers.W4A4.{field}" in msg and "suite.yaml:12" in msg
     assert "use an integer from 2 to 8" in msg and repr(value) in msg
+    assert "quantizers." not in msg and "yaml" not in msg  # plain data: no suite path in quantize/ errors
 
 
-def test_unknown_option_raises_spec_error(vit, calib):
-    with pytest.raises(SpecError) as info:
-        quantize(vit, spec(8, 8, name="W8A8", options={"batchsize": 32}), calib)
+def test_unknown_option_names_it_with_did_you_mean(vit, calib):
+    with pytest.raises(QuantOptionError) as info:
+        quantize(vit, spec(8, 8, options={"batchsize": 32}), calib)
     msg = str(info.value)
-    assert info.value.field == "quantizers.W8A8.batchsize"
-    assert "quantizers.W8A8.batchsize" in msg and "batch_size" in msg and "did you mean" in msg
+    assert info.value.option == "batchsize"
+    assert "batch_size" in msg and "did you mean" in msg
 
 
 @pytest.mark.parametrize("value", [0, -1, 2.5, "64", True])
-def test_bad_option_value_raises_spec_error(vit, calib, value):
-    with pytest.raises(SpecError) as info:
-        quantize(vit, spec(8, 8, name="W8A8", options={"batch_size": value}), calib)
-    assert info.value.field == "quantizers.W8A8.batch_size" and "positive integer" in str(info.value)
+def test_bad_option_value_names_the_option(vit, calib, value):
+    with pytest.raises(QuantOptionError) as info:
+        quantize(vit, spec(8, 8, options={"batch_size": value}), calib)
+    assert info.value.option == "batch_size" and "positive integer" in str(info.value)
 
 
-def test_unknown_method(vit, calib):
-    bad = QuantizerSpec(name="X", method="minmaks", weight_bits=8, act_bits=8)
+def test_unknown_method():
     with pytest.raises(UnknownNameError, match="did you mean 'minmax'"):
-        quantize(vit, bad, calib)
+        validate_quantizer("minmaks", 8, 8, {})
+
+
+def test_quantize_takes_a_validated_config(vit, calib):
+    with pytest.raises(TypeError, match="QuantConfig"):
+        quantize(vit, {"method": "minmax", "weight_bits": 8, "act_bits": 8}, calib)

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from pytest_qrel.errors import SpecError
+from pytest_qrel.errors import QuantOptionError
 from pytest_qrel.quantize import QUANTIZERS, FakeQuantLinear, quantize, verify_simulation
 from pytest_qrel.quantize.attention import (
     LogSqrt2Quantizer,
@@ -31,11 +31,11 @@ from pytest_qrel.quantize.repq_vit import (
     reparameterizable_pairs,
     scale_reparameterize,
 )
-from pytest_qrel.spec.schema import QuantizerSpec
+from pytest_qrel.quantize import QuantConfig
 
 timm = pytest.importorskip("timm")
 from timm.models.vision_transformer import Attention, VisionTransformer  # noqa: E402
-from tinyvit import make_vit, one_thread, logits, rel_error, quant_spec, vit, random_images  # noqa: F401  (one_thread is autouse)
+from tinyvit import make_vit, one_thread, logits, rel_error, quant_config, vit, random_images  # noqa: F401  (one_thread is autouse)
 
 N_LINEARS = 2 * 4 + 1
 OUTLIER_CHANNELS = [3, 17, 40]
@@ -58,8 +58,8 @@ def make_outlier_vit(seed: int = 0, factor: float = 50.0) -> nn.Module:
     return vit
 
 
-def spec(wb=4, ab=4, *, method="repq_vit", name="W", options=None) -> QuantizerSpec:
-    return quant_spec(method, wb, ab, name=name, line=9, options=options)
+def spec(wb=4, ab=4, *, method="repq_vit", options=None) -> QuantConfig:
+    return quant_config(method, wb, ab, options=options)
 
 
 
@@ -499,16 +499,17 @@ def test_input_model_untouched_deterministic_and_calibration_matters(calib, imag
         ({"softmax_quantizer": "log2"}, "softmax_quantizer", "'log_sqrt2' or 'uniform'"),
     ],
 )
-def test_bad_options(vit, calib, options, field, needle):
-    with pytest.raises(SpecError) as info:
-        quantize(vit, spec(4, 4, name="W4A4", options=options), calib)
-    assert info.value.field == f"quantizers.W4A4.{field}" and needle in str(info.value)
+def test_bad_options(options, field, needle):
+    with pytest.raises(QuantOptionError) as info:
+        spec(4, 4, options=options)
+    assert info.value.option == field and needle in str(info.value)
 
 
-def test_model_without_timm_attention_is_a_spec_error(calib):
+def test_model_without_timm_attention_is_an_error(calib):
     model = nn.Sequential(nn.Flatten(), nn.Linear(256, 8))
-    with pytest.raises(SpecError, match="no timm Attention") as info:
-        quantize(model, spec(4, 4, name="W4A4"), calib)
-    assert info.value.field == "quantizers.W4A4.method"
-    with pytest.raises(SpecError, match="calibration"):
+    with pytest.raises(QuantOptionError, match="no timm Attention") as info:
+        quantize(model, spec(4, 4), calib)
+    assert info.value.option == "method"
+    with pytest.raises(QuantOptionError, match="calibration") as info:
         quantize(make_vit(), spec(4, 4), calib[:0])
+    assert info.value.option == "calibration"

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from pytest_qrel.errors import SpecError
+from pytest_qrel.errors import QuantOptionError
 from pytest_qrel.quantize import QUANTIZERS, FakeQuantLinear, quantize, verify_simulation
 from pytest_qrel.quantize.smoothquant import (
     SmoothGroup,
@@ -20,8 +20,9 @@ from pytest_qrel.quantize.smoothquant import (
     smooth_model,
     smoothing_scales,
 )
-from pytest_qrel.spec.schema import QuantizerSpec
-from tinyvit import make_vit, one_thread, logits, rel_error, quant_spec, vit, random_images  # noqa: F401  (one_thread is autouse)
+from pytest_qrel.quantize import DynamicActQuantizer, QuantConfig
+from pytest_qrel.quantize.attention import QuantAttention
+from tinyvit import make_vit, one_thread, logits, rel_error, quant_config, vit, random_images  # noqa: F401  (one_thread is autouse)
 
 timm = pytest.importorskip("timm")
 
@@ -42,8 +43,8 @@ def with_outliers(model: nn.Module, factor: float = 40.0) -> nn.Module:
     return model
 
 
-def spec(wb, ab, *, name="W8A8", method="smoothquant", **options) -> QuantizerSpec:
-    return quant_spec(method, wb, ab, name=name, samples=48, line=3, options=options)
+def spec(wb, ab, *, method="smoothquant", **options) -> QuantConfig:
+    return quant_config(method, wb, ab, options=options)
 
 
 
@@ -193,7 +194,7 @@ def test_outlier_channels_smoothquant_beats_minmax(vit, calib, images, wb, ab):
 
 @pytest.mark.parametrize("bits", [8, 6, 4])
 def test_verify_simulation(vit, calib, images, bits):
-    q = quantize(vit, spec(bits, bits, name=f"W{bits}A{bits}"), calib)
+    q = quantize(vit, spec(bits, bits), calib)
     report = verify_simulation(q, images)
     assert report.ok, report.summary()
     assert len(report) == 2 * N_LINEARS
@@ -253,19 +254,119 @@ def test_input_model_untouched(vit, calib):
 
 
 @pytest.mark.parametrize("value", [1.5, -0.1, "0.5", True, None])
-def test_bad_alpha_is_a_spec_error(vit, calib, value):
-    with pytest.raises(SpecError) as info:
-        quantize(vit, spec(8, 8, alpha=value), calib)
-    assert info.value.field == "quantizers.W8A8.alpha" and "a number from 0 to 1" in str(info.value)
+def test_bad_alpha_names_the_option(value):
+    with pytest.raises(QuantOptionError) as info:
+        spec(8, 8, alpha=value)
+    assert info.value.option == "alpha" and "a number from 0 to 1" in str(info.value)
 
 
-def test_unknown_option_lists_alpha(vit, calib):
-    with pytest.raises(SpecError) as info:
-        quantize(vit, spec(8, 8, alfa=0.5), calib)
-    assert info.value.field == "quantizers.W8A8.alfa" and "did you mean 'alpha'" in str(info.value)
+def test_unknown_option_lists_alpha():
+    with pytest.raises(QuantOptionError) as info:
+        spec(8, 8, alfa=0.5)
+    assert info.value.option == "alfa" and "did you mean 'alpha'" in str(info.value)
 
 
-def test_no_calibration_images_is_a_spec_error(vit):
-    with pytest.raises(SpecError) as info:
+@pytest.mark.parametrize("options,needle", [({"act_quant": "dynamic"}, "'static' or 'per_token' or 'per_tensor'"),
+                                            ({"quantize_bmm_input": "yes"}, "true or false")])
+def test_bad_reference_options(options, needle):
+    with pytest.raises(QuantOptionError, match=needle):
+        spec(8, 8, **options)
+
+
+def test_bmm_input_quantization_needs_activation_bits():
+    with pytest.raises(QuantOptionError) as info:
+        spec(8, None, quantize_bmm_input=True)
+    assert info.value.option == "quantize_bmm_input"
+
+
+def test_no_calibration_images_is_an_error(vit):
+    with pytest.raises(QuantOptionError) as info:
         quantize(vit, spec(8, None), torch.zeros(0, 1, 16, 16))
-    assert info.value.field == "quantizers.W8A8.calibration.samples"
+    assert info.value.option == "calibration"
+
+
+# ------------------------------------------------------------------------------------------------
+# the reference's variant: dynamic symmetric activations, quantized attention matmul inputs
+# ------------------------------------------------------------------------------------------------
+# Written here from the behaviour of mit-han-lab/smoothquant's fake_quant.py: weights per output
+# channel, scale = max(absmax, 1e-5) / (2^(b-1) - 1), w = round(w / scale) * scale; activations the
+# same formula with the absmax of each token (per_token) or of everything (per_tensor) at every call;
+# with quantize_bmm_input the outputs of the q, k and v projections are quantized the same way.
+
+
+def ref_fake_quant(t: torch.Tensor, bits: int, dims) -> torch.Tensor:
+    qmax = 2 ** (bits - 1) - 1
+    scale = t.abs().amax(dim=dims, keepdim=True).clamp(min=1e-5) / qmax
+    return (t / scale).round() * scale
+
+
+class RefLinear(nn.Module):
+    """The reference's W8A8Linear at ``bits``; ``split_output=3``: a fused qkv whose q, k and v
+    outputs are each quantized per token (the reference's separate q/k/v projections)."""
+
+    def __init__(self, lin: nn.Linear, bits: int, act: str, split_output: int = 0):
+        super().__init__()
+        self.bits, self.act, self.split = bits, act, split_output
+        self.weight = nn.Parameter(ref_fake_quant(lin.weight.detach(), bits, dims=1), requires_grad=False)
+        self.bias = lin.bias
+
+    def quant(self, t):
+        dims = -1 if self.act == "per_token" else tuple(range(1, t.dim()))  # per_tensor: one image at a time
+        return ref_fake_quant(t, self.bits, dims)
+
+    def forward(self, x):
+        y = nn.functional.linear(self.quant(x), self.weight, self.bias)
+        if self.split:
+            y = torch.cat([self.quant(part) for part in y.chunk(self.split, dim=-1)], dim=-1)
+        return y
+
+
+def reference_smoothquant(model, calib, bits, act, bmm):
+    ref = copy.deepcopy(model).eval()
+    smooth_model(ref, calib, alpha=0.5)  # SmoothQuant's smoothing (tested above against its formula)
+    for blk in ref.blocks:
+        blk.attn.qkv = RefLinear(blk.attn.qkv, bits, act, split_output=3 if bmm else 0)
+        blk.attn.proj = RefLinear(blk.attn.proj, bits, act)
+        blk.mlp.fc1 = RefLinear(blk.mlp.fc1, bits, act)
+        blk.mlp.fc2 = RefLinear(blk.mlp.fc2, bits, act)
+    return ref  # the head stays in floating point, as the reference's lm_head
+
+
+def test_dynamic_quantizer_matches_the_reference_formula():
+    x = torch.randn(3, 5, 16, generator=torch.Generator().manual_seed(0)) * torch.linspace(0.1, 4, 16)
+    for bits in (8, 4):
+        torch.testing.assert_close(DynamicActQuantizer(bits)(x), ref_fake_quant(x, bits, -1), rtol=0, atol=0)
+        torch.testing.assert_close(DynamicActQuantizer(bits, "per_tensor")(x), ref_fake_quant(x, bits, (1, 2)),
+                                   rtol=0, atol=0)
+    heads = torch.randn(2, 4, 5, 8, generator=torch.Generator().manual_seed(1))  # (B, heads, N, head_dim)
+    tokens = heads.transpose(1, 2).reshape(2, 5, 32)  # the projection output the reference quantizes
+    ours = DynamicActQuantizer(8, feature_dims=(1, 3))(heads).transpose(1, 2).reshape(2, 5, 32)
+    torch.testing.assert_close(ours, ref_fake_quant(tokens, 8, -1), rtol=0, atol=0)
+    # one image's scale does not depend on the rest of the batch
+    torch.testing.assert_close(DynamicActQuantizer(8, "per_tensor")(x)[:1], DynamicActQuantizer(8, "per_tensor")(x[:1]))
+
+
+@pytest.mark.parametrize("act", ["per_token", "per_tensor"])
+@pytest.mark.parametrize("bmm", [True, False])
+def test_reference_variant_matches_an_independent_implementation(vit, calib, images, act, bmm):
+    ours = quantize(vit, spec(8, 8, act_quant=act, quantize_bmm_input=bmm, head="fp32"), calib)
+    ref = reference_smoothquant(vit, calib, 8, act, bmm)
+    assert rel_error(logits(ours, images), logits(ref, images)) < 1e-5
+    assert rel_error(logits(ours, images), logits(reference_smoothquant(vit, calib, 8, act, not bmm), images)) > 1e-3
+    assert isinstance(ours.blocks[0].attn, QuantAttention) == bmm
+    static = quantize(vit, spec(8, 8, head="fp32"), calib)  # and the options do change the model
+    assert rel_error(logits(static, images), logits(ref, images)) > 1e-4
+
+
+def test_reference_variant_verifies_with_its_float_attention_weights(vit, calib, images):
+    q = quantize(vit, spec(4, 4, act_quant="per_token", quantize_bmm_input=True), calib)
+    report = verify_simulation(q, images)
+    assert report.ok, report.summary()
+    dynamic = [c for c in report if c.kind == "activation"]
+    assert dynamic and all(c.distinct <= 15 for c in dynamic)  # at most 2^4 - 1 values per token
+    floats = {(p.module, p.op, p.operands) for p in report.float_paths}
+    # q @ k^T is quantized; attn @ v multiplies float softmax outputs (as in the reference)
+    assert ("blocks.0.attn", "matmul", ("a",)) in floats
+    assert not any(p.op == "scaled_dot_product_attention" for p in report.float_paths)
+    plain = verify_simulation(quantize(vit, spec(4, 4, act_quant="per_token"), calib), images)
+    assert any(p.op == "scaled_dot_product_attention" for p in plain.float_paths)

@@ -1,4 +1,5 @@
-"""verify: true on every registered method at 8, 6 and 4 bits, through the engine on the shipped ViT."""
+"""verify: true on every registered method at 8, 6 and 4 bits, through the engine on the shipped ViT:
+every quantized tensor on its grid, and exactly the float paths each method is documented to leave."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ models:
 datasets:
   id: {{name: digits, source: "embedded:digits"}}
 quantizers:
-  Q: {{method: {method}, weight_bits: {bits}, act_bits: {act}, calibration: {{samples: 32}}, verify: true, options: {options}}}
+  Q: {{method: {method}, weight_bits: {bits}, act_bits: {act}, calibration: {{samples: 32}}, verify: true, allow_float_paths: {allow}, options: {options}}}
 checks: ["all top1 >= 0"]
 """
 
@@ -33,12 +34,26 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def suite_for(tmp_path, method: str, bits: int):
+def suite_for(tmp_path, method: str, bits: int, *, allow: bool = True, options: dict | None = None):
     act = "null" if method in WEIGHT_ONLY else bits
-    options = FAST_OPTIONS.get(method, {})
+    options = {**FAST_OPTIONS.get(method, {}), **(options or {})}
     path = tmp_path / f"{method}{bits}.yaml"
-    path.write_text(SUITE.format(method=method, bits=bits, act=act, options=options or "{}"))
+    path.write_text(SUITE.format(method=method, bits=bits, act=act, options=options or "{}",
+                                 allow="true" if allow else "false"))
     return load_suite(path)
+
+
+def float_ops(report) -> set[tuple[str, str]]:
+    return {(p.module.split(".")[-1] if p.module.startswith("blocks.") else p.module, p.op) for p in report.float_paths}
+
+
+# What each method leaves in floating point on a timm ViT (their docstrings and the README say so):
+# the patch embedding (a weight-only method: its weight) and, when activations are quantized, the
+# fused attention (q, k, v and the softmax output). RepQ-ViT quantizes all of them.
+PATCH = ("patch_embed.proj", "conv2d")
+ATTENTION = ("attn", "scaled_dot_product_attention")
+EXPECTED_FLOAT = {name: {PATCH, ATTENTION} for name in QUANTIZERS.names()}
+EXPECTED_FLOAT.update({"repq_vit": set(), "raana": {PATCH}})
 
 
 @pytest.mark.parametrize("bits", [8, 6, 4])
@@ -49,6 +64,27 @@ def test_every_method_computes_on_its_integer_grid(tmp_path, method, bits):
     report = engine.verified["Q"]
     assert report.ok, report.summary()
     assert any(c.kind == "weight" for c in report) and all(c.distinct <= 2 ** c.bits for c in report if c.distinct)
+    assert float_ops(report) == EXPECTED_FLOAT[method], report.summary()
+    assert report.integer_only == (method == "repq_vit")
+
+
+def test_float_paths_fail_verify_unless_allowed(tmp_path):
+    with pytest.raises(SimulationError, match="float path") as info:
+        Engine(baseline_dir=tmp_path).quantized_module(suite_for(tmp_path, "minmax", 8, allow=False), "vit", "Q")
+    msg = str(info.value)
+    assert "patch_embed.proj: conv2d" in msg and "scaled_dot_product_attention" in msg
+    assert "allow_float_paths: true" in msg
+    # all of RepQ-ViT computes on integer grids: strict verify passes
+    engine = Engine(baseline_dir=tmp_path)
+    engine.quantized_module(suite_for(tmp_path, "repq_vit", 4, allow=False), "vit", "Q")
+    assert engine.verified["Q"].integer_only
+
+
+def test_unmerged_qat_lora_reports_its_float_adapters(tmp_path):
+    engine = Engine(baseline_dir=tmp_path)
+    engine.quantized_module(suite_for(tmp_path, "qat_lora", 8, options={"lora_merge": False}), "vit", "Q")
+    linears = {p.module for p in engine.verified["Q"].float_paths if p.op == "linear"}
+    assert linears and all(name.endswith(("qkv", "proj", "fc1", "fc2", "head")) for name in linears)
 
 
 def test_a_failed_verification_is_a_clear_error(tmp_path, monkeypatch):
@@ -56,8 +92,8 @@ def test_a_failed_verification_is_a_clear_error(tmp_path, monkeypatch):
 
     real = minmax.minmax
 
-    def leaky(model, spec, calibration, *, labels=None):
-        qmodel = real(model, spec, calibration, labels=labels)
+    def leaky(model, config, calibration, *, labels=None):
+        qmodel = real(model, config, calibration, labels=labels)
         lin = next(m for m in qmodel.modules() if hasattr(m, "weight_bits"))
         with torch.no_grad():
             lin.weight.add_(torch.randn_like(lin.weight) * 1e-3)  # off the grid
@@ -70,6 +106,10 @@ def test_a_failed_verification_is_a_clear_error(tmp_path, monkeypatch):
 
 def test_verify_must_be_a_boolean(tmp_path):
     path = tmp_path / "s.yaml"
-    path.write_text(SUITE.format(method="minmax", bits=8, act=8, options="{}").replace("verify: true", "verify: yes please"))
+    text = SUITE.format(method="minmax", bits=8, act=8, options="{}", allow="false")
+    path.write_text(text.replace("verify: true", "verify: yes please"))
     with pytest.raises(SpecError, match="'verify' must be true or false"):
+        load_suite(path)
+    path.write_text(text.replace("allow_float_paths: false", "allow_float_paths: sometimes"))
+    with pytest.raises(SpecError, match="'allow_float_paths' must be true or false"):
         load_suite(path)

@@ -1,4 +1,4 @@
-"""Shared helpers of the quantizer tests: a tiny random timm ViT, a quantizer spec builder, logits
+"""Shared helpers of the quantizer tests: a tiny random timm ViT, a quantizer config builder, logits
 without autograd, the relative error, and a one-thread fixture."""
 
 from __future__ import annotations
@@ -18,14 +18,13 @@ def make_vit(seed: int = 0, *, width: int = 64, depth: int = 2, heads: int = 4, 
     ).eval()
 
 
-def quant_spec(method: str, weight_bits: int | None, act_bits: int | None, *, name: str = "W", samples: int = 32,
-               seed: int = 0, line: int = 7, options: dict | None = None):
-    """A :class:`QuantizerSpec` as the loader would build it from line ``line`` of ``suite.yaml``."""
-    from pytest_qrel.spec.schema import CalibrationSpec, Location, QuantizerSpec
+def quant_config(method: str, weight_bits: int | None, act_bits: int | None, *, seed: int = 0,
+                 options: dict | None = None):
+    """The plain :class:`~pytest_qrel.quantize.QuantConfig` of a quantizer (validated: raises
+    QuantOptionError / UnknownNameError as the suite loader would)."""
+    from pytest_qrel.quantize import validate_quantizer
 
-    return QuantizerSpec(name=name, method=method, weight_bits=weight_bits, act_bits=act_bits,
-                         calibration=CalibrationSpec(samples=samples, seed=seed), options=options or {},
-                         where=Location("suite.yaml", line))
+    return validate_quantizer(method, weight_bits, act_bits, options or {}, seed=seed)
 
 
 def logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -1,12 +1,16 @@
 """Covariate shift: ImageNet-C style corruptions of an image set, at five severities.
 
-Three entry points:
+Entry points:
 
 - :func:`corrupt` ``(image (C, H, W) in [0, 1], name, severity, seed) -> image``: one corruption
   of one image (torch tensor or numpy array in, the same kind out, float32, still in [0, 1]);
+- :func:`corrupt_released` ``(PIL image, name, severity, seed) -> PIL image``: the same as the
+  released ImageNet-C files store it (8-bit floor, JPEG quality 85), and
+  :func:`imagenet_c_geometry` (Resize 256 / CenterCrop 224);
 - :class:`ShiftedImageSet` ``(base, corruption, severity, seed)``: an
   :class:`~pytest_qrel.data.ImageSet` whose sample ``i`` is ``base[i]`` corrupted with the seed
-  ``(seed, i)`` (deterministic per sample, independent of access order);
+  ``(seed, i)`` (deterministic per sample, independent of access order), corrupted in the model's
+  geometry by the engine; :class:`ImageNetCSet`, the released-files version;
 - the dataset source ``source: "shift:<corruption>/<severity>"`` with the options
 
   ============  ==========================================================================
@@ -19,7 +23,9 @@ Three entry points:
                 top-1 / NLL / ECE under shift can be computed
   ``resize``    PIL bases only: resize the shorter side to this many pixels (bilinear) ...
   ``crop``      ... then center-crop to this square size, before corrupting. ``resize: 256,
-                crop: 224`` is the ImageNet-C protocol.
+                crop: 224`` is the ImageNet-C geometry.
+  ``protocol``  ``model`` (default) or ``imagenet_c``: where and how the corruption is applied
+                (below). ``imagenet_c`` is how a suite says a set reproduces ImageNet-C.
   ============  ==========================================================================
 
   e.g. ``{name: digits_noise3, source: "shift:gaussian_noise/3", options: {of: "embedded:digits"}}``.
@@ -50,9 +56,29 @@ streams: noise is drawn from ``numpy.random.default_rng`` seeded per sample, not
 ``np.random`` state. The blur sigma is in pixels of the image it is applied to (as in the
 reference): choose the table that matches the resolution the corruption sees.
 
-*Where in the pipeline.* ImageNet-C corrupts the 224 x 224 center crop: after resize / crop and
-before normalisation (the CLIP paper's "resize, then corrupt" order, so the model's resampling never
-blurs or averages away the corruption). The engine does exactly that for every model whose
+*Two protocols.*
+
+``protocol: imagenet_c`` -- **the released ImageNet-C files** (:class:`ImageNetCSet`). What
+Hendrycks & Dietterich's generator (``make_imagenet_c.py``) wrote to disk and what models reading
+those files see: the image is loaded as RGB, resized with torchvision's ``Resize(256)`` and
+centre-cropped with ``CenterCrop(224)`` (``resize`` / ``crop`` override 256 / 224), corrupted with
+the ``imagenet`` table, the float result (in [0, 255]) cut to 8 bits with ``np.uint8`` (a floor) and
+saved as JPEG at quality 85 (``optimize=True``); the decoded JPEG is the sample, a PIL image, and the
+model's *own full* preprocessing runs on it (its resize, crop and normalisation: for a 224 model the
+resize and crop change nothing). The floor and the JPEG step weaken the noise corruptions: on
+natural images the PSNR of gaussian / shot / speckle noise at severity 3 is ~2.6 dB higher than
+with ``protocol: model`` (measured in ``tests/test_shifts.py``), and only the released-file numbers
+are comparable with results computed on the downloaded ImageNet-C. Random corruptions draw from a
+per-sample seeded ``numpy`` generator, so they match the released files in distribution, not pixel
+for pixel; deterministic ones (blur, contrast, brightness, JPEG, pixelate) match the reference
+computation to the bit on the images we checked.
+
+``protocol: model`` (default) -- **corrupt the model's own crop, in float** (:class:`ShiftedImageSet`,
+the CLIP paper's "resize, then corrupt" order, its ``ResizeThenCorruptDataset``).
+
+*Where in the pipeline (protocol model).* The corruption runs on the model's resized and cropped
+image: after resize / crop and before normalisation (so the model's resampling never blurs or
+averages away the corruption). The engine does exactly that for every model whose
 preprocessing splits into ``(to_unit, normalize)`` (:func:`~pytest_qrel.models.base.preprocess_stages`:
 timm, OpenCLIP, the embedded models, and any torchvision ``Compose`` with a ``Normalize``): sample
 ``i`` is ``normalize(corrupt_unit(to_unit(raw(i)), i))``, in float, without an 8-bit round trip.
@@ -67,7 +93,8 @@ effective strength (downsampling averages noise away).
 
 *Fingerprint.* SHA-256 over the base set's fingerprint, the canonical corruption name, severity,
 parameter, table, seed, ``as_ood``, ``resize``, ``crop`` and :data:`SHIFT_VERSION` (bumped when an
-operation changes). It does not hash the corrupted pixels: a numpy release that changed the
+operation changes); ``protocol: imagenet_c`` adds the protocol and the JPEG quality (the
+``protocol: model`` fingerprint is unchanged, so existing baselines stay valid). It does not hash the corrupted pixels: a numpy release that changed the
 ``Generator`` normal / Poisson streams would change the images without changing the fingerprint.
 """
 
@@ -93,6 +120,7 @@ SEVERITIES = (1, 2, 3, 4, 5)
 TABLES = ("imagenet", "cifar")
 
 Op = Callable[[np.ndarray, Any, np.random.Generator], np.ndarray]
+PilOp = Callable[[Any, Any], Any]  # (PIL image, parameter) -> PIL image
 
 
 @dataclass(frozen=True)
@@ -104,6 +132,7 @@ class Corruption:
     params: Mapping[str, tuple[Any, ...]]  # table -> 5 parameters (severity 1..5)
     description: str
     random: bool
+    pil_op: PilOp | None = None  # the operation on an 8-bit PIL image, where ImageNet-C's code works on one
 
     def parameter(self, severity: int, table: str = "imagenet") -> Any:
         return self.params[table][severity - 1]
@@ -112,9 +141,10 @@ class Corruption:
 CORRUPTIONS: Registry[Corruption] = Registry("corruption")
 
 
-def _register(name: str, imagenet: Sequence[Any], cifar: Sequence[Any], description: str, random: bool, aliases: Sequence[str] = ()) -> Callable[[Op], Op]:
+def _register(name: str, imagenet: Sequence[Any], cifar: Sequence[Any], description: str, random: bool, aliases: Sequence[str] = (),
+              pil_op: PilOp | None = None) -> Callable[[Op], Op]:
     def deco(op: Op) -> Op:
-        entry = Corruption(name, op, {"imagenet": tuple(imagenet), "cifar": tuple(cifar)}, description, random)
+        entry = Corruption(name, op, {"imagenet": tuple(imagenet), "cifar": tuple(cifar)}, description, random, pil_op)
         CORRUPTIONS.add(name, entry, canonical=name)
         for alias in aliases:
             CORRUPTIONS.add(alias, entry, canonical=name)
@@ -188,7 +218,28 @@ def _from_pil(image: Any) -> np.ndarray:
     return arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
 
 
-@_register("jpeg_compression", (25, 18, 15, 10, 7), (80, 65, 58, 50, 40), "JPEG round trip (quality)", False, aliases=("jpeg",))
+def _jpeg_round_trip(image: Any, quality: int, **save: Any) -> Any:
+    """Encode an 8-bit PIL image as JPEG at ``quality`` and decode it again (same mode)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=int(quality), **save)
+    buf.seek(0)
+    with Image.open(buf) as im:
+        return im.convert(image.mode)
+
+
+def _pixelate_pil(image: Any, c: float) -> Any:
+    from PIL import Image
+
+    w, h = image.size
+    return image.resize((max(1, int(w * c)), max(1, int(h * c))), Image.BOX).resize((w, h), Image.BOX)
+
+
+@_register("jpeg_compression", (25, 18, 15, 10, 7), (80, 65, 58, 50, 40), "JPEG round trip (quality)", False, aliases=("jpeg",),
+           pil_op=_jpeg_round_trip)
 def _jpeg(x: np.ndarray, c: int, rng: np.random.Generator) -> np.ndarray:
     import io
 
@@ -201,7 +252,8 @@ def _jpeg(x: np.ndarray, c: int, rng: np.random.Generator) -> np.ndarray:
         return _from_pil(im.convert("L" if x.shape[0] == 1 else "RGB"))
 
 
-@_register("pixelate", (0.6, 0.5, 0.4, 0.3, 0.25), (0.95, 0.9, 0.85, 0.75, 0.65), "box down- and up-sampling", False)
+@_register("pixelate", (0.6, 0.5, 0.4, 0.3, 0.25), (0.95, 0.9, 0.85, 0.75, 0.65), "box down- and up-sampling", False,
+           pil_op=_pixelate_pil)
 def _pixelate(x: np.ndarray, c: float, rng: np.random.Generator) -> np.ndarray:
     from PIL import Image
 
@@ -388,9 +440,140 @@ class ShiftedImageSet:
         return corrupt(image, self.corruption, self.severity, seed, table=self.table), int(self.labels[index])
 
 
+# ------------------------------------------------------------------------ the released ImageNet-C files
+
+IMAGENET_C_RESIZE = 256
+IMAGENET_C_CROP = 224
+IMAGENET_C_JPEG_QUALITY = 85
+PROTOCOLS = ("model", "imagenet_c")
+
+
+def imagenet_c_geometry(image: Any, resize: int = IMAGENET_C_RESIZE, crop: int = IMAGENET_C_CROP) -> Any:
+    """torchvision's ``Resize(resize)`` then ``CenterCrop(crop)`` on a PIL image, as ImageNet-C's
+    generator applies them: the shorter side becomes ``resize`` and the longer ``int(resize * long /
+    short)`` (bilinear, PIL's antialiased filter), then the centre ``crop`` x ``crop``
+    (``top = round((h - crop) / 2)``). A crop larger than the image is a DataError."""
+    from PIL import Image
+
+    w, h = image.size
+    if w <= h:
+        size = (resize, int(resize * h / w))
+    else:
+        size = (int(resize * w / h), resize)
+    if size != (w, h):
+        image = image.resize(size, Image.BILINEAR)
+    w, h = image.size
+    if crop > w or crop > h:
+        raise DataError(f"ImageNet-C geometry: crop {crop} is larger than the resized image ({w}x{h})")
+    top, left = int(round((h - crop) / 2.0)), int(round((w - crop) / 2.0))
+    return image.crop((left, top, left + crop, top + crop))
+
+
+def corrupt_released(image: Any, name: str, severity: int, seed: int | Sequence[int] = 0) -> Any:
+    """One image as the released ImageNet-C files hold it: ``image`` (an RGB PIL image, already at
+    the ImageNet-C geometry) corrupted with the ``imagenet`` table, the float result scaled to
+    [0, 255] and cut to 8 bits with ``np.uint8`` (floor), then stored as JPEG at quality 85 and decoded.
+
+    JPEG compression and pixelation work on the 8-bit image itself (as the reference does); the
+    other corruptions on ``array / 255`` in float64. Returns an RGB PIL image of the same size.
+    """
+    from PIL import Image
+
+    entry = CORRUPTIONS.get(name)
+    severity = _check_severity(severity, "imagenet")
+    image = image.convert("RGB")
+    c = entry.parameter(severity, "imagenet")
+    if entry.pil_op is not None:
+        out = entry.pil_op(image, c)
+    else:
+        rng = np.random.default_rng(list(seed) if isinstance(seed, (list, tuple)) else int(seed))
+        x = np.moveaxis(np.asarray(image, dtype=np.float64) / 255.0, -1, 0)
+        y = np.clip(entry.op(x, c, rng), 0.0, 1.0) * 255.0
+        out = Image.fromarray(np.moveaxis(y, 0, -1).astype(np.uint8), mode="RGB")  # astype: floor, as np.uint8()
+    return _jpeg_round_trip(out, IMAGENET_C_JPEG_QUALITY, optimize=True)
+
+
+class ImageNetCSet:
+    """``base`` as the released ImageNet-C files: every sample resized and centre-cropped
+    (:func:`imagenet_c_geometry`), corrupted, floored to 8 bits and JPEG-compressed
+    (:func:`corrupt_released`), returned as an RGB PIL image that the model then preprocesses fully
+    (its own resize / crop / normalisation), exactly as a model reads the released files.
+
+    There is deliberately no ``corrupt_unit``: the engine gives these samples the model's whole
+    preprocessing. Tensor samples (C, H, W in [0, 1]) are first made 8-bit PIL images (rounded); grey
+    images become RGB, as ImageNet-C's loader converts every image. Labels: the base's, or all -1 with
+    ``as_ood``.
+    """
+
+    protocol = "imagenet_c"
+
+    def __init__(
+        self,
+        base: ImageSet,
+        corruption: str,
+        severity: int,
+        seed: int = 0,
+        *,
+        as_ood: bool = False,
+        resize: int = IMAGENET_C_RESIZE,
+        crop: int = IMAGENET_C_CROP,
+        name: str | None = None,
+    ) -> None:
+        entry = CORRUPTIONS.get(corruption)
+        self.base = base
+        self.corruption = entry.name
+        self.severity = _check_severity(severity, "imagenet")
+        self.seed = int(seed)
+        self.table = "imagenet"
+        self.as_ood = bool(as_ood)
+        self.resize, self.crop = int(resize), int(crop)
+        self.parameter = entry.parameter(self.severity, "imagenet")
+        self.name = name or f"{getattr(base, 'name', 'dataset')}+{self.corruption}/{self.severity}"
+        labels = np.full(len(base), OOD_LABEL, dtype=np.int64) if self.as_ood else np.array(base.labels, dtype=np.int64, copy=True)
+        labels.setflags(write=False)
+        self.labels = labels
+        self.class_names = None if self.as_ood else getattr(base, "class_names", None)
+        spec = {
+            "shift_version": SHIFT_VERSION,
+            "protocol": self.protocol,
+            "jpeg_quality": IMAGENET_C_JPEG_QUALITY,
+            "base": base.fingerprint,
+            "corruption": self.corruption,
+            "severity": self.severity,
+            "parameter": self.parameter,
+            "seed": self.seed,
+            "as_ood": self.as_ood,
+            "resize": self.resize,
+            "crop": self.crop,
+        }
+        self.fingerprint = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __repr__(self) -> str:
+        return f"ImageNetCSet({self.name!r}, {len(self)} samples)"
+
+    def clean(self, index: int) -> Any:
+        """Sample ``index`` at the ImageNet-C geometry, RGB, not corrupted."""
+        image, _ = self.base[index % len(self)]
+        if not _is_pil(image):
+            if not (hasattr(image, "detach") or isinstance(image, np.ndarray)):
+                raise DataError(f"{self.name}: cannot corrupt a sample of type {type(image).__name__}")
+            image = _to_pil(np.asarray(image.detach().cpu() if hasattr(image, "detach") else image, dtype=np.float64))
+        return imagenet_c_geometry(image.convert("RGB"), self.resize, self.crop)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        index = index % len(self)
+        out = corrupt_released(self.clean(index), self.corruption, self.severity, (self.seed, index))
+        return out, int(self.labels[index])
+
+
 # ------------------------------------------------------------------------------------- the source
 
-SHIFT_OPTIONS = ("of", "of_options", "seed", "table", "as_ood", "resize", "crop")
+SHIFT_OPTIONS = ("of", "of_options", "seed", "table", "as_ood", "resize", "crop", "protocol")
 _ARG = re.compile(r"^\s*([A-Za-z_][\w]*)\s*/\s*(\S+)\s*$")
 
 
@@ -408,7 +591,7 @@ def _parse_arg(arg: str) -> tuple[str, int]:
 
 
 def _parse_options(where: str, options: Mapping[str, Any]) -> tuple[Any, ...]:
-    """``(of, of_options, seed, table, as_ood, resize, crop)``; DataError on a bad option."""
+    """``(of, of_options, seed, table, as_ood, resize, crop, protocol)``; DataError on a bad option."""
     check_options(where, options, SHIFT_OPTIONS)
     of = options.get("of")
     if not isinstance(of, str) or ":" not in of:
@@ -416,14 +599,20 @@ def _parse_options(where: str, options: Mapping[str, Any]) -> tuple[Any, ...]:
     of_options = options.get("of_options") or {}
     if not isinstance(of_options, Mapping):
         raise DataError(f"{where}: option 'of_options' must be a mapping (the options of '{of}'), got {of_options!r}")
+    protocol = opt_choice(where, options, "protocol", PROTOCOLS, "model")
+    table = opt_choice(where, options, "table", TABLES, "imagenet")
+    if protocol == "imagenet_c" and table != "imagenet":
+        raise DataError(f"{where}: protocol 'imagenet_c' uses ImageNet-C's own parameters; remove 'table: {table}' "
+                        "(or use protocol: model)")
     return (
         of,
         dict(of_options),
         opt_int(where, options, "seed", 0),
-        opt_choice(where, options, "table", TABLES, "imagenet"),
+        table,
         opt_bool(where, options, "as_ood", False),
         opt_int(where, options, "resize", None, lo=1),
         opt_int(where, options, "crop", None, lo=1),
+        protocol,
     )
 
 
@@ -443,7 +632,7 @@ def check_shift_options(arg: str, options: Mapping[str, Any]) -> None:
 @DATASET_SOURCES.register("shift", check_arg=_parse_arg, check_options=check_shift_options)
 def shift_source(
     arg: str, *, split: str, options: Mapping[str, Any] | None = None, base_dir: Path | None = None
-) -> ShiftedImageSet:
+) -> ShiftedImageSet | ImageNetCSet:
     """``source: "shift:<corruption>/<severity>"`` with ``options: {of: "<source>"}``: a corrupted copy of a set.
 
     The requested ``split`` is passed on to the base source.
@@ -459,9 +648,12 @@ def shift_source(
     where = f"dataset 'shift:{arg}'"
     check_options(where, options, SHIFT_OPTIONS)
     name, sev = _parse_arg(arg)
-    of, of_options, seed, table, as_ood, resize, crop = _parse_options(where, options)
+    of, of_options, seed, table, as_ood, resize, crop, protocol = _parse_options(where, options)
     try:
         base = load_dataset(of, split=split, options=of_options, base_dir=base_dir)
     except QrelError as exc:
         raise exc.with_context(f"{where}: base set '{of}'") from None
+    if protocol == "imagenet_c":
+        return ImageNetCSet(base, name, sev, seed or 0, as_ood=as_ood, resize=resize or IMAGENET_C_RESIZE,
+                            crop=crop or IMAGENET_C_CROP, name=f"{of}+{name}/{sev}")
     return ShiftedImageSet(base, name, sev, seed or 0, table=table, as_ood=as_ood, resize=resize, crop=crop, name=f"{of}+{name}/{sev}")

@@ -138,6 +138,11 @@ class Engine:
     def cache_hits(self) -> dict[tuple[str, str, str, str], int]:
         return self.units.cache_hits
 
+    @property
+    def verified(self) -> dict[str, Any]:
+        """Quantizer name -> :class:`~pytest_qrel.quantize.SimulationReport` (``verify: true``)."""
+        return self.units.verified
+
     def live_units(self) -> int:
         """Units whose per-sample arrays are held right now."""
         return sum(1 for s in self._states.values() if s.live)

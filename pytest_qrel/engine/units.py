@@ -102,6 +102,7 @@ class UnitComputer:
         self.quantizations: dict[str, int] = {}  # seed name -> times quantized in this process
         self.cache_hits: dict[tuple[str, str, str, str], int] = {}
         self._labels_checked: set[tuple[str, str]] = set()
+        self.verified: dict[str, Any] = {}  # quantizer -> SimulationReport of its last verify (verify: true)
 
     # ------------------------------------------------------------------ keys
     def _output_key(self, suite: Suite, model: str, qconf: Any, dataset: str, variant: str) -> str:
@@ -137,22 +138,30 @@ class UnitComputer:
         loaded = self.loader.model(suite, model)
         if base == FP32:
             return loaded.module.to(self.device)
-        from ..quantize import QUANTIZERS, quantize
+        from ..errors import QuantOptionError
+        from ..quantize import quantize, validate_quantizer
+        from ..spec.quantizers import spec_error_for
 
         spec = self.quantizer_spec(suite, base, seed)
-        if spec.method not in QUANTIZERS:
+        try:  # the loader validated this already; a suite built in Python gets the same located error
+            config = validate_quantizer(spec.method, spec.weight_bits, spec.act_bits, spec.options, seed=spec.calibration.seed)
+        except QuantOptionError as exc:
+            raise spec_error_for(exc, spec) from None
+        except UnknownNameError as exc:
             where = spec.where
             raise SpecError(
-                str(UnknownNameError("quantization method", spec.method, QUANTIZERS.names())),
-                file=where.file if where else suite.path, line=where.line if where else None,
+                str(exc), file=where.file if where else suite.path, line=where.line if where else None,
                 field=f"quantizers.{base}.method", fix="use one of the known methods",
-            )
+            ) from None
         images, labels = self.loader.calibration_images(
             suite, model, spec.calibration.samples, spec.calibration.seed, f"quantizers.{base}.calibration.samples"
         )
         what = f"model '{model}' quantizer '{base}'"
-        with user_stage("quantization (calibration / QAT)", what):
-            module = quantize(loaded.module.to(self.device), spec, images, labels=labels).eval()
+        try:
+            with user_stage("quantization (calibration / QAT)", what):
+                module = quantize(loaded.module.to(self.device), config, images, labels=labels).eval()
+        except QuantOptionError as exc:  # found only now, on the model (e.g. no timm Attention)
+            raise spec_error_for(exc, spec) from None
         name = f"{base}@{seed}" if len(suite.quantizers[base].calibration.seeds) > 1 else base
         self.quantizations[name] = self.quantizations.get(name, 0) + 1
         trace("quantize", suite.name, model, name)
@@ -167,8 +176,12 @@ class UnitComputer:
             with user_stage("verify_simulation", what):
                 report = verify_simulation(module, images)
             info["verify"] = report.summary()
-            if not report.ok:
-                raise SimulationError(f"{spec.where or base}: quantizer '{base}' failed verify_simulation: {report.summary()}")
+            self.verified[base] = report
+            if not report.passes(allow_float_paths=spec.allow_float_paths):
+                hint = ""
+                if report.ok:  # on its grids, but some matmul / linear / conv computes in float
+                    hint = " (fix: quantize those operations, or set 'allow_float_paths: true' on the quantizer to accept them)"
+                raise SimulationError(f"{spec.where or base}: quantizer '{base}' failed verify_simulation: {report.summary()}{hint}")
         self.live_modules.add(module)
         return module
 

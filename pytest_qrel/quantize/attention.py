@@ -18,8 +18,8 @@ the matmul, as in RepQ-ViT's reference code, instead of before it as timm's unfu
 
 The uniform quantizer of ``q``, ``k``, ``v`` is built by ``act_quantizer(bits)`` (default:
 :class:`~pytest_qrel.quantize.fakequant.ActQuantizer`, min/max); the one of the softmax output by
-``softmax_quantizer``: ``"uniform"`` (the same factory), ``"log_sqrt2"`` (:class:`LogSqrt2Quantizer`)
-or any factory. ``QuantAttention.softmax_kind`` says which.
+``softmax_quantizer``: ``"uniform"`` (the same factory), ``"log_sqrt2"`` (:class:`LogSqrt2Quantizer`),
+``"none"`` (left in floating point) or any factory. ``QuantAttention.softmax_kind`` says which.
 
 **log-sqrt(2) quantizer** (RepQ-ViT, ``LogSqrt2Quantizer`` of the reference code), for ``x`` in [0, 1]
 and a scale ``s`` (a clipping value, the largest representable output)::
@@ -188,14 +188,16 @@ class QuantOperand(nn.Module):
 
 def _softmax_factory(
     kind: str | QuantizerFactory | None, act_quantizer: QuantizerFactory
-) -> tuple[str, QuantizerFactory]:
+) -> tuple[str, QuantizerFactory | None]:
     if kind is None or kind == "uniform":
         return "uniform", act_quantizer
     if kind == "log_sqrt2":
         return "log_sqrt2", LogSqrt2Quantizer
+    if kind == "none":
+        return "none", None
     if callable(kind):
         return getattr(kind, "__name__", type(kind).__name__), kind
-    raise ValueError(f"softmax_quantizer must be 'uniform', 'log_sqrt2' or a factory, got {kind!r}")
+    raise ValueError(f"softmax_quantizer must be 'uniform', 'log_sqrt2', 'none' or a factory, got {kind!r}")
 
 
 def _attn_bias(n: int, scores: Tensor, attn_mask: Tensor | None, is_causal: bool) -> Tensor | None:
@@ -218,8 +220,9 @@ class QuantAttention(nn.Module):
         act_bits: bits of the four operands, or ``None`` for none (floating point).
         act_quantizer: ``factory(bits) -> module`` for ``q``, ``k`` and ``v`` (uniform; default
             :class:`ActQuantizer`).
-        softmax_quantizer: ``"uniform"`` (default: ``act_quantizer``), ``"log_sqrt2"`` or a factory,
-            for the softmax output ``attn``.
+        softmax_quantizer: ``"uniform"`` (default: ``act_quantizer``), ``"log_sqrt2"``, ``"none"``
+            (the softmax output stays in floating point, as in SmoothQuant's reference) or a
+            factory, for the softmax output ``attn``.
 
     Attributes: ``q_operand``, ``k_operand``, ``v_operand``, ``attn_operand`` (:class:`QuantOperand`),
     ``softmax_kind``, and timm's ``num_heads``, ``head_dim``, ``attn_dim``, ``scale``.
@@ -248,8 +251,10 @@ class QuantAttention(nn.Module):
         self.proj_drop = attn.proj_drop
         self.softmax_kind, softmax_factory = _softmax_factory(softmax_quantizer, act_quantizer)
 
-        def operand(factory: QuantizerFactory) -> QuantOperand:
-            return QuantOperand(act_bits, None if act_bits is None else factory(act_bits))
+        def operand(factory: QuantizerFactory | None) -> QuantOperand:
+            if act_bits is None or factory is None:
+                return QuantOperand(None, None)
+            return QuantOperand(act_bits, factory(act_bits))
 
         self.q_operand = operand(act_quantizer)
         self.k_operand = operand(act_quantizer)

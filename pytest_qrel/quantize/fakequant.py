@@ -8,6 +8,8 @@ Every method in :mod:`pytest_qrel.quantize` is assembled from these parts:
   :func:`quantize_weight` for the other granularities (per tensor) and asymmetric weights;
 - :class:`ActQuantizer`: a per-tensor activation quantizer (asymmetric by default, or symmetric)
   with observer state;
+- :class:`DynamicActQuantizer`: SmoothQuant's reference activation quantizer, symmetric absmax
+  recomputed at every call, per token or per tensor (of one sample);
 - :class:`FakeQuantLinear`: an ``nn.Linear`` with a fake-quantized weight and an input quantizer,
   and :class:`FakeQuantConv2d`, the same for an ``nn.Conv2d`` (e.g. a ViT's patch embedding);
 - :func:`replace_linears`: swap every ``nn.Linear`` of a model for what a factory builds;
@@ -40,6 +42,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -47,7 +50,7 @@ from torch import Tensor, nn
 EPS = torch.finfo(torch.float32).eps
 """Smallest scale: guards all-zero weight rows and constant activations (as PyTorch's observers do)."""
 
-CALIBRATION_BATCH_SIZE = 64
+from .options import CALIBRATION_BATCH_SIZE  # noqa: E402  (re-exported: images per calibration pass)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -287,6 +290,67 @@ class ActQuantizer(QuantModule):
         if self.mode == "quantize":
             text += f", scale={self.scale.item():.6g}, zero_point={int(self.zero_point)}"
         return text
+
+
+DynamicGranularity = Literal["per_token", "per_tensor"]
+
+
+class DynamicActQuantizer(QuantModule):
+    """Dynamic symmetric absmax quantization, recomputed at every call (SmoothQuant's reference
+    ``quantize_activation_per_token_absmax`` / ``..._per_tensor_absmax``).
+
+    For every group of values sharing a scale::
+
+        scale = max(absmax(group), 1e-5) / (2^(b-1) - 1)
+        x_hat = round(x / scale) * scale              (round half to even; no clamp is needed)
+
+    Groups: ``per_token`` (default): every vector along ``feature_dims`` (default the last
+    dimension: one token's channels); ``per_tensor``: everything of one sample (all dimensions but
+    the first). The reference computes its per-tensor scale over the whole batch it is given; it
+    evaluates one sequence at a time, so one sample per scale is what it computes, and a sample's
+    output here does not depend on the other images of its batch. ``feature_dims=(1, 3)`` groups a
+    ``(B, heads, N, head_dim)`` attention operand by token across all heads, as the reference's
+    quantized ``q_proj`` / ``k_proj`` / ``v_proj`` outputs are.
+
+    Unlike the static quantizers it divides by the scale, as the reference does (the project's
+    static quantizers multiply by ``1 / scale``, ATen's formula; results differ only at exact
+    rounding ties). At most ``2^b - 1`` distinct values per group; :meth:`grid_rows` gives the groups
+    to :func:`~pytest_qrel.quantize.verify.verify_simulation`. Nothing to observe or freeze.
+    """
+
+    SCALE_MIN = 1e-5
+
+    def __init__(self, bits: int, granularity: DynamicGranularity = "per_token",
+                 feature_dims: tuple[int, ...] = (-1,)) -> None:
+        super().__init__()
+        if granularity not in ("per_token", "per_tensor"):
+            raise ValueError(f"granularity must be 'per_token' or 'per_tensor', got {granularity!r}")
+        self.bits = bits
+        self.granularity = granularity
+        self.feature_dims = tuple(feature_dims)
+        self.quant_min, self.quant_max = signed_range(bits)
+        self.mode = "quantize"
+
+    def _dims(self, x: Tensor) -> tuple[int, ...]:
+        if self.granularity == "per_tensor":
+            return tuple(range(1, x.dim())) if x.dim() > 1 else (0,)
+        return tuple(d % x.dim() for d in self.feature_dims)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.mode == "off":
+            return x
+        absmax = x.detach().abs().amax(dim=self._dims(x), keepdim=True)
+        scale = absmax.clamp_min(self.SCALE_MIN) / float(self.quant_max)
+        return torch.round(x / scale) * scale
+
+    def grid_rows(self, x: Tensor) -> Tensor:
+        """``x`` as rows of values that share one scale: shape (groups, values per group)."""
+        dims = self._dims(x)
+        keep = [d for d in range(x.dim()) if d not in dims]
+        return x.detach().permute(*keep, *dims).reshape(-1, int(np.prod([x.shape[d] for d in dims])))
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, dynamic {self.granularity}, symmetric"
 
 
 class _FakeQuantWeighted(QuantModule):

@@ -20,7 +20,7 @@ the class token. Later methods (RepQ-ViT, ...) quantize more.
 ``weight_bits`` and ``act_bits`` are independent (2..8); ``act_bits: null`` gives weight-only
 quantization (no calibration forward is then needed).
 
-Options (the common ones of :mod:`.options`; defaults first):
+Options (:class:`~pytest_qrel.quantize.options.LinearQuantOptions`; defaults first):
     ``weight_granularity`` (``per_channel`` | ``per_tensor``): one weight scale per output channel, or
     one per layer.
     ``weight_symmetric`` (``true`` | ``false``): restricted signed range with zero_point 0, or the
@@ -32,8 +32,8 @@ Options (the common ones of :mod:`.options`; defaults first):
     ``fp32`` leaves it an ``nn.Linear`` with its original weights and input.
     ``patch_embed`` (``fp32`` | ``quantized``): ``quantized`` replaces the patch-embedding ``Conv2d``
     by a :class:`~.fakequant.FakeQuantConv2d` (weight per output channel or per tensor as
-    ``weight_granularity`` says, input per tensor, at ``weight_bits`` / ``act_bits``); a SpecError if
-    the model has none.
+    ``weight_granularity`` says, input per tensor, at ``weight_bits`` / ``act_bits``); an error (option
+    ``patch_embed``) if the model has none.
     ``batch_size`` (positive int, default 64): images per calibration forward pass. It only trades
     memory for speed; min/max does not depend on batching.
 """
@@ -41,63 +41,76 @@ Options (the common ones of :mod:`.options`; defaults first):
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 from torch import Tensor, nn
 
-from ..spec.schema import QuantizerSpec
-from .base import QUANTIZERS, spec_error
-from .fakequant import FakeQuantConv2d, FakeQuantLinear, calibrate, replace_linears
-from .options import LinearQuantOptions, ModuleSelection, select_modules
+from ..errors import QuantOptionError
+from .base import QuantConfig, calibration_error, no_linear_error
+from .fakequant import ActQuantizer, FakeQuantConv2d, FakeQuantLinear, calibrate, replace_linears
+from .options import LinearQuantOptions
+from .selection import ModuleSelection, select_modules
 
-MINMAX_OPTIONS = LinearQuantOptions.accepted()
-"""The options ``minmax`` accepts (the common ones), with their defaults."""
+InputQuantizerFactory = Callable[[int], nn.Module]
+"""``factory(act_bits) -> module``: the quantizer of one layer's input (a fresh one per layer)."""
 
 
-@QUANTIZERS.register(
-    "minmax",
-    options=tuple(MINMAX_OPTIONS),
-    summary="static min/max PTQ of every nn.Linear: weights symmetric per channel, inputs asymmetric per tensor",
-)
-def minmax(model: nn.Module, spec: QuantizerSpec, calibration: Tensor, *, labels: Tensor | None = None) -> nn.Module:
+def minmax(model: nn.Module, config: QuantConfig, calibration: Tensor, *, labels: Tensor | None = None) -> nn.Module:
     """Return a quantized deep copy of ``model`` (eval mode); ``model`` itself is not modified."""
-    opts = LinearQuantOptions.from_spec(spec)
-    check_calibration(spec, calibration)
+    check_calibration(config, calibration)
     qmodel = copy.deepcopy(model).eval()
-    apply_minmax(qmodel, spec, calibration, opts)
+    apply_minmax(qmodel, config, calibration, config.options)
     return qmodel
 
 
-def check_calibration(spec: QuantizerSpec, calibration: Tensor) -> None:
-    """A SpecError when activations are to be observed but there are no calibration images."""
-    if spec.act_bits is not None and calibration.shape[0] == 0:
-        raise spec_error(spec, "calibration.samples", "no calibration images to observe activations on",
-                         "use calibration.samples >= 1")
+def check_calibration(config: QuantConfig, calibration: Tensor) -> None:
+    """A QuantOptionError when activations are to be observed but there are no calibration images."""
+    if config.act_bits is not None and calibration.shape[0] == 0:
+        raise calibration_error(config.method)
 
 
 def apply_minmax(
-    qmodel: nn.Module, spec: QuantizerSpec, calibration: Tensor, opts: LinearQuantOptions, *, method: str = "minmax"
+    qmodel: nn.Module,
+    config: QuantConfig,
+    calibration: Tensor,
+    opts: LinearQuantOptions,
+    *,
+    input_quantizer: InputQuantizerFactory | None = None,
+    conv_input_quantizer: InputQuantizerFactory | None = None,
 ) -> ModuleSelection:
-    """Quantize ``qmodel`` IN PLACE the minmax way (the machinery other methods reuse after their own
-    preprocessing, e.g. SmoothQuant's smoothing): replace the selected Linears (and the patch
-    embedding when asked) by fake-quant modules at ``spec``'s bits, observe ``calibration`` and freeze.
+    """Quantize ``qmodel`` IN PLACE the minmax way (the machinery ``percentile``, ``mse`` and
+    ``smoothquant`` reuse): replace the Linears (and the patch embedding) that
+    :func:`~pytest_qrel.quantize.selection.select_modules` picks for ``opts`` by fake-quant modules at
+    ``config``'s bits, observe ``calibration`` and freeze.
 
+    ``input_quantizer(act_bits)`` builds each layer's input quantizer (default: the static min/max
+    :class:`~pytest_qrel.quantize.fakequant.ActQuantizer`, symmetric when ``opts.act_symmetric``);
+    ``conv_input_quantizer`` that of the patch embedding's input (default: ``input_quantizer``).
     ``qmodel`` must already be a copy in eval mode. Returns what was selected.
 
     Raises:
-        SpecError: nothing to quantize, or ``patch_embed: quantized`` on a model without one.
+        QuantOptionError: nothing to quantize, or ``patch_embed: quantized`` on a model without one.
     """
     selection = select_modules(qmodel, opts)
     if opts.patch_embed == "quantized" and selection.patch_embed is None:
-        raise spec_error(spec, "patch_embed", "patch_embed: quantized, but the model has no patch-embedding Conv2d "
-                         "(looked for 'patch_embed.proj', open_clip's 'conv1', or a single Conv2d)",
-                         "remove the option or set it to fp32")
+        raise QuantOptionError("patch_embed", "patch_embed: quantized, but the model has no patch-embedding Conv2d "
+                               "(looked for 'patch_embed.proj', open_clip's 'conv1', or a single Conv2d)",
+                               "remove the option or set it to fp32")
     wq = opts.weight_quantizer()
+    wb, ab = config.weight_bits, config.act_bits
+
+    def make_input_quantizer(factory: InputQuantizerFactory | None = input_quantizer) -> nn.Module | None:
+        if ab is None:
+            return None
+        if factory is None:
+            return ActQuantizer(ab, symmetric=opts.act_symmetric)
+        return factory(ab)
 
     def factory(name: str, linear: nn.Linear) -> nn.Module | None:
         if selection.keeps(name):
             return None
-        return FakeQuantLinear(linear, weight_bits=spec.weight_bits, act_bits=spec.act_bits, weight_quantizer=wq,
-                               act_symmetric=opts.act_symmetric)
+        return FakeQuantLinear(linear, weight_bits=wb, act_bits=ab, weight_quantizer=wq,
+                               input_quantizer=make_input_quantizer())
 
     replaced = replace_linears(qmodel, factory)
     if selection.quantize_patch_embed:
@@ -105,10 +118,17 @@ def apply_minmax(
         parent_name, _, leaf = selection.patch_embed.rpartition(".")
         parent = qmodel.get_submodule(parent_name) if parent_name else qmodel
         conv = getattr(parent, leaf)
-        setattr(parent, leaf, FakeQuantConv2d(conv, weight_bits=spec.weight_bits, act_bits=spec.act_bits,
-                                              weight_quantizer=wq, act_symmetric=opts.act_symmetric))
+        setattr(parent, leaf, FakeQuantConv2d(conv, weight_bits=wb, act_bits=ab, weight_quantizer=wq,
+                                              input_quantizer=make_input_quantizer(conv_input_quantizer or input_quantizer)))
     elif not replaced:
-        raise spec_error(spec, "method", f"the model has no nn.Linear layer for '{method}' to quantize",
-                         "use a method that supports this architecture")
+        raise no_linear_error(config.method)
+    to_model_device(qmodel)
     calibrate(qmodel, calibration, batch_size=opts.batch_size)
     return selection
+
+
+def to_model_device(qmodel: nn.Module) -> None:
+    """Move quantizers built on the CPU to the device of ``qmodel``'s first parameter (in place)."""
+    ref = next(iter(qmodel.parameters()), None)
+    if ref is not None:
+        qmodel.to(ref.device)

@@ -33,14 +33,19 @@ are always exact. ``max_values=None`` keeps everything (RepQ-ViT calibrates on o
 exact quantiles). Quantiles are exact order statistics with linear interpolation (``torch.quantile``'s
 ``"linear"``, computed with ``topk`` so there is no 2^24-element limit).
 
-Registered methods (same coverage and weight handling as ``minmax``: every ``nn.Linear``; weights
-symmetric per output channel; inputs asymmetric per tensor, static), differing only in the range rule:
+Methods (the same modules and weight handling as ``minmax`` for the same options: every selected
+``nn.Linear``, ``head`` / ``patch_embed`` / ``weight_granularity`` / ``weight_symmetric`` /
+``batch_size`` as for ``minmax``; inputs asymmetric per tensor, static), differing only in the range
+rule:
 
 - ``percentile``: options ``percentile`` (number in (50, 100], default 99.99: the upper clip is that
   percentile of the observed inputs, the lower clip the ``100 - p``-th), ``max_values`` (default
-  2^20 = 1,048,576 values kept per quantizer), ``batch_size`` (default 64).
+  2^20 = 1,048,576 values kept per quantizer).
 - ``mse``: options ``grid`` (positive int, default 100 candidate ranges), ``max_values`` (default
-  2^18 = 262,144: the error of each candidate is measured on that sample), ``batch_size``.
+  2^18 = 262,144: the error of each candidate is measured on that sample).
+
+Until this release both ignored ``head``, ``patch_embed`` and the weight options (they quantized
+every ``nn.Linear`` per channel whatever was asked); with the defaults their models are unchanged.
 """
 
 from __future__ import annotations
@@ -49,22 +54,16 @@ import copy
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..spec.schema import QuantizerSpec
-from .base import QUANTIZERS, Option, parse_options, positive_int, spec_error
+from .base import QuantConfig
 from .fakequant import (
-    CALIBRATION_BATCH_SIZE,
     EPS,
     ActQuantizer,
-    FakeQuantLinear,
     asymmetric_qparams,
-    calibrate,
     fake_quantize_reference,
-    replace_linears,
     unsigned_range,
 )
 
@@ -526,57 +525,30 @@ def calibrate_one_shot(model: nn.Module, images: Tensor) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Registered methods: minmax with another range rule
+# Methods: minmax with another range rule
 # --------------------------------------------------------------------------------------------------
-
-
-def _percentile_value(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 50.0 < float(value) <= 100.0
-
-
-PERCENTILE_OPTIONS = {
-    "percentile": Option(99.99, _percentile_value, "a number in (50, 100] (a percentile, e.g. 99.99)"),
-    "max_values": Option(2**20, positive_int, "a positive integer"),
-    "batch_size": Option(CALIBRATION_BATCH_SIZE, positive_int, "a positive integer"),
-}
-
-MSE_OPTIONS = {
-    "grid": Option(100, positive_int, "a positive integer"),
-    "max_values": Option(2**18, positive_int, "a positive integer"),
-    "batch_size": Option(CALIBRATION_BATCH_SIZE, positive_int, "a positive integer"),
-}
 
 
 def observer_ptq(
     model: nn.Module,
-    spec: QuantizerSpec,
+    config: QuantConfig,
     calibration: Tensor,
     make_observer: Callable[[], ActObserver],
-    *,
-    batch_size: int = CALIBRATION_BATCH_SIZE,
 ) -> nn.Module:
     """``minmax``'s recipe with another activation range rule: a quantized deep copy of ``model``.
 
-    Every ``nn.Linear`` becomes a :class:`FakeQuantLinear` (weights symmetric per output channel) whose
-    input quantizer is an :class:`ObservedActQuantizer` with a fresh ``make_observer()``; calibration
-    is the usual observe / forward in batches / freeze protocol on the FP32 model.
+    The modules are those of ``minmax`` for the same options (:func:`~.minmax.apply_minmax`: every
+    selected ``nn.Linear``, the head as ``head`` says, the patch embedding as ``patch_embed`` says,
+    weights as ``weight_granularity`` / ``weight_symmetric`` say); each quantized input gets an
+    :class:`ObservedActQuantizer` with a fresh ``make_observer()``; calibration is the usual observe /
+    forward in batches / freeze protocol on the FP32 model.
     """
-    if spec.act_bits is not None and calibration.shape[0] == 0:
-        raise spec_error(spec, "calibration.samples", "no calibration images to observe activations on",
-                         "use calibration.samples >= 1")
+    from .minmax import apply_minmax, check_calibration
+
+    check_calibration(config, calibration)
     qmodel = copy.deepcopy(model).eval()
-
-    def build(name: str, linear: nn.Linear) -> nn.Module:
-        fq = FakeQuantLinear(linear, weight_bits=spec.weight_bits, act_bits=spec.act_bits)
-        if spec.act_bits is not None:
-            fq.input_quantizer = ObservedActQuantizer(spec.act_bits, make_observer())
-        return fq
-
-    if not replace_linears(qmodel, build):
-        raise spec_error(spec, "method", f"the model has no nn.Linear layer for '{spec.method}' to quantize",
-                         "use a method that supports this architecture")
-    to_model_device(qmodel)
-    calibrate(qmodel, calibration, batch_size=batch_size)
+    apply_minmax(qmodel, config, calibration, config.options,
+                 input_quantizer=lambda bits: ObservedActQuantizer(bits, make_observer()))
     return qmodel
 
 
@@ -587,29 +559,16 @@ def to_model_device(qmodel: nn.Module) -> None:
         qmodel.to(ref.device)
 
 
-@QUANTIZERS.register(
-    "percentile",
-    options=tuple(PERCENTILE_OPTIONS),
-    summary="minmax with inputs clipped at the p-th / (100-p)-th percentile of the calibration activations",
-)
-def percentile(
-    model: nn.Module, spec: QuantizerSpec, calibration: Tensor, *, labels: Tensor | None = None
-) -> nn.Module:
-    """Return a quantized deep copy of ``model`` (eval mode); ``model`` itself is not modified."""
-    opts = parse_options(spec, PERCENTILE_OPTIONS)
-    p, max_values = float(opts["percentile"]), opts["max_values"]
-    return observer_ptq(model, spec, calibration, lambda: PercentileObserver(p, max_values=max_values),
-                        batch_size=opts["batch_size"])
+def percentile(model: nn.Module, config: QuantConfig, calibration: Tensor, *, labels: Tensor | None = None) -> nn.Module:
+    """``percentile`` (:class:`~pytest_qrel.quantize.options.PercentileOptions`): a quantized deep copy
+    of ``model`` (eval mode); ``model`` itself is not modified."""
+    opts = config.options
+    return observer_ptq(model, config, calibration,
+                        lambda: PercentileObserver(opts.percentile, max_values=opts.max_values))
 
 
-@QUANTIZERS.register(
-    "mse",
-    options=tuple(MSE_OPTIONS),
-    summary="minmax with the input range shrunk to minimise the L2 quantization error on calibration data",
-)
-def mse(model: nn.Module, spec: QuantizerSpec, calibration: Tensor, *, labels: Tensor | None = None) -> nn.Module:
-    """Return a quantized deep copy of ``model`` (eval mode); ``model`` itself is not modified."""
-    opts = parse_options(spec, MSE_OPTIONS)
-    grid, max_values = opts["grid"], opts["max_values"]
-    return observer_ptq(model, spec, calibration, lambda: MSEObserver(grid, max_values=max_values),
-                        batch_size=opts["batch_size"])
+def mse(model: nn.Module, config: QuantConfig, calibration: Tensor, *, labels: Tensor | None = None) -> nn.Module:
+    """``mse`` (:class:`~pytest_qrel.quantize.options.MSEOptions`): a quantized deep copy of ``model``
+    (eval mode); ``model`` itself is not modified."""
+    opts = config.options
+    return observer_ptq(model, config, calibration, lambda: MSEObserver(opts.grid, max_values=opts.max_values))

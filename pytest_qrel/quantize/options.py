@@ -1,16 +1,13 @@
-"""Options shared by the methods that quantize a model's linear layers, and which modules they touch.
+"""The typed options of every built-in quantization method (imports no torch).
 
-Two parts that every such method (``minmax``, ``smoothquant``, ...) reuses instead of re-parsing:
+Each method's options are a frozen dataclass; ``Cls.parse(raw, method=name)`` validates a raw
+``options:`` mapping (unknown keys and bad values are a :class:`~pytest_qrel.errors.QuantOptionError`
+naming the key, with a "did you mean" for unknown ones) and returns an instance with every default
+filled in. The validity rules live in ``RULES`` tables; the defaults are the dataclass fields'.
+``Cls.accepted()`` is the ``{key: Option}`` table a method accepts, defaults included.
 
-- :class:`LinearQuantOptions`: the common ``options:`` of a quantizer, validated by
-  :func:`~pytest_qrel.quantize.base.parse_options` (an unknown key or a bad value is a
-  :class:`~pytest_qrel.errors.SpecError` naming ``quantizers.<name>.<key>`` and listing the accepted
-  keys). A method may accept only some of them (``keys=``), add its own (``extra=``) or change a
-  default (``defaults=``).
-- :func:`select_modules`: the one place that decides which ``nn.Linear`` layers and which
-  ``nn.Conv2d`` a method quantizes, and how the classifier head and the patch embedding are found.
-
-The common options, with their defaults (those of ``minmax``)::
+The options shared by the methods that quantize a model's linear layers
+(:class:`LinearQuantOptions`; ``minmax`` accepts exactly these, with these defaults)::
 
     weight_granularity: per_channel   # or per_tensor: one weight scale per layer
     weight_symmetric:   true          # false: asymmetric weights, unsigned range [0, 2^b - 1]
@@ -21,62 +18,106 @@ The common options, with their defaults (those of ``minmax``)::
                                       # at the quantizer's weight_bits / act_bits
     batch_size:         64            # images per calibration forward pass (memory only)
 
-How modules are found:
+Which modules they select is :func:`~pytest_qrel.quantize.selection.select_modules`, shared by
+``minmax``, ``percentile``, ``mse``, ``smoothquant`` and ``raana``.
 
-- **head**: the ``nn.Linear`` modules of ``model.get_classifier()`` (timm's API; a tuple such as
-  DeiT-distilled's ``(head, head_dist)`` counts as a whole), else of ``model.head``; a model with
-  neither has no head (``head: fp32`` then keeps nothing in FP32).
-- **patch embedding**: the ``nn.Conv2d`` named ``patch_embed.proj`` (timm) or ``conv1`` beside a
-  ``positional_embedding`` (open_clip's visual tower), at any depth; else the model's only
-  ``nn.Conv2d`` if it has exactly one; else none (``patch_embed: quantized`` is then a SpecError).
+Per method (besides the common keys it accepts):
+
+- ``percentile`` (:class:`PercentileOptions`): every common key but ``act_symmetric``;
+  ``percentile`` (default 99.99), ``max_values`` (2^20).
+- ``mse`` (:class:`MSEOptions`): every common key but ``act_symmetric``; ``grid`` (100),
+  ``max_values`` (2^18).
+- ``smoothquant`` (:class:`SmoothQuantOptions`): every common key; ``alpha`` (0.5), ``act_quant``
+  (``static`` | ``per_token`` | ``per_tensor``), ``quantize_bmm_input`` (false).
+- ``raana`` (:class:`RaanAOptions`): ``head``, ``batch_size``; ``bit_candidates``, ``seed``.
+- ``repq_vit`` (:class:`RepQOptions`): ``reparameterize``, ``softmax_quantizer``.
+- the QAT family (:class:`QATOptions`, :class:`LSQOptions`, :class:`DistillOptions`,
+  :class:`LoRAOptions`): see :mod:`pytest_qrel.quantize.qat`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from torch import nn
+from ..errors import QuantOptionError
+from .base import Option, is_number, nonneg_int, one_of, parse_options, positive_int
 
-from ..spec.schema import QuantizerSpec
-from .base import Option, parse_options, positive_int
-from .fakequant import CALIBRATION_BATCH_SIZE, WeightQuantizer, quantize_weight, quantize_weight_per_channel_symmetric
+if TYPE_CHECKING:  # pragma: no cover
+    from .fakequant import WeightQuantizer
+
+CALIBRATION_BATCH_SIZE = 64
+"""Images per calibration forward pass (memory only: min/max does not depend on batching)."""
 
 Granularity = Literal["per_channel", "per_tensor"]
 HeadMode = Literal["quantized", "fp32"]
 PatchEmbedMode = Literal["fp32", "quantized"]
+ActQuant = Literal["static", "per_token", "per_tensor"]
 
 
-def one_of(*choices: str) -> Option:
-    """An :class:`Option` whose value must be one of ``choices`` (the first is the default)."""
-    expect = " or ".join(f"'{c}'" for c in choices)
-    return Option(choices[0], lambda v: isinstance(v, str) and v in choices, expect)
+def rule(valid: Any, expect: str, convert: Any = None) -> Option:
+    """A validity rule; its default comes from the dataclass field of the same name."""
+    return Option(None, valid, expect, convert)
 
 
-def boolean(default: bool) -> Option:
-    return Option(default, lambda v: isinstance(v, bool), "true or false")
+def _choice(*choices: str) -> Option:
+    return dataclasses.replace(one_of(*choices), default=None)
 
 
-COMMON_OPTIONS: dict[str, Option] = {
-    "weight_granularity": one_of("per_channel", "per_tensor"),
-    "weight_symmetric": boolean(True),
-    "act_symmetric": boolean(False),
-    "head": one_of("quantized", "fp32"),
-    "patch_embed": one_of("fp32", "quantized"),
-    "batch_size": Option(CALIBRATION_BATCH_SIZE, positive_int, "a positive integer"),
-}
-"""The common options and their defaults, in the order they are documented."""
+def _positive_number(value: Any) -> bool:
+    return is_number(value) and float(value) > 0
+
+
+def _nonneg_number(value: Any) -> bool:
+    return is_number(value) and float(value) >= 0
+
+
+def _fraction(value: Any) -> bool:
+    return is_number(value) and 0.0 <= float(value) <= 1.0
+
+
+def _seed(value: Any) -> bool:
+    return value is None or nonneg_int(value)
 
 
 @dataclass(frozen=True)
-class LinearQuantOptions:
-    """The validated common options of one quantizer (see the module docstring for their meaning).
+class MethodOptions:
+    """Base of every method's typed options: ``RULES`` (merged along the class hierarchy) say what
+    is valid, the dataclass fields give the defaults, ``KEYS`` (None: every field) what is accepted."""
 
-    ``extra`` holds the method-specific options asked for with ``extra=`` in :meth:`from_spec`,
-    validated and with defaults filled in.
-    """
+    RULES: ClassVar[Mapping[str, Option]] = {}
+    KEYS: ClassVar[tuple[str, ...] | None] = None
+
+    @classmethod
+    def accepted(cls) -> dict[str, Option]:
+        """``{key: Option}`` with the defaults of this class, in field order (or ``KEYS`` order)."""
+        rules: dict[str, Option] = {}
+        for klass in reversed(cls.__mro__):
+            rules.update(vars(klass).get("RULES", {}))
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        keys = cls.KEYS if cls.KEYS is not None else tuple(defaults)
+        return {k: dataclasses.replace(rules[k], default=defaults[k]) for k in keys}
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any] | None, *, method: str) -> Any:
+        """Validate ``raw`` (see :func:`~pytest_qrel.quantize.base.parse_options`) into an instance.
+
+        Raises:
+            QuantOptionError: an unknown key or a bad value.
+        """
+        return cls(**parse_options(method, raw, cls.accepted()))
+
+
+# --------------------------------------------------------------------------------------------------
+# Methods that quantize linear layers
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LinearQuantOptions(MethodOptions):
+    """The common options of the linear-layer methods (module docstring). ``minmax`` accepts these."""
 
     weight_granularity: Granularity = "per_channel"
     weight_symmetric: bool = True
@@ -84,65 +125,21 @@ class LinearQuantOptions:
     head: HeadMode = "quantized"
     patch_embed: PatchEmbedMode = "fp32"
     batch_size: int = CALIBRATION_BATCH_SIZE
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
-    @staticmethod
-    def accepted(
-        *,
-        keys: Iterable[str] | None = None,
-        extra: Mapping[str, Option] | None = None,
-        defaults: Mapping[str, Any] | None = None,
-    ) -> dict[str, Option]:
-        """The ``{key: Option}`` table a method validates against.
-
-        ``keys``: the common keys the method accepts (default: all of :data:`COMMON_OPTIONS`);
-        ``extra``: method-specific options; ``defaults``: overrides of common defaults.
-
-        Raises:
-            ValueError: an unknown common key, or a default override for a key not accepted.
-        """
-        names = list(COMMON_OPTIONS) if keys is None else list(keys)
-        unknown = [k for k in names if k not in COMMON_OPTIONS]
-        if unknown:
-            raise ValueError(f"not common options: {unknown}; known: {list(COMMON_OPTIONS)}")
-        table = {k: COMMON_OPTIONS[k] for k in names}
-        for key, value in (defaults or {}).items():
-            if key not in table:
-                raise ValueError(f"default given for '{key}', which is not accepted")
-            if not table[key].valid(value):
-                raise ValueError(f"default {value!r} for '{key}' is not {table[key].expect}")
-            table[key] = dataclasses.replace(table[key], default=value)
-        overlap = set(table) & set(extra or {})
-        if overlap:
-            raise ValueError(f"method options shadow common ones: {sorted(overlap)}")
-        table.update(extra or {})
-        return table
-
-    @classmethod
-    def from_spec(
-        cls,
-        spec: QuantizerSpec,
-        *,
-        keys: Iterable[str] | None = None,
-        extra: Mapping[str, Option] | None = None,
-        defaults: Mapping[str, Any] | None = None,
-    ) -> LinearQuantOptions:
-        """Validate ``spec.options`` (see :meth:`accepted`) and return them.
-
-        Common keys a method does not accept keep their class defaults here (the method ignores them).
-
-        Raises:
-            SpecError: an unknown key (field ``quantizers.<name>.<key>``, listing the accepted keys with
-                a "did you mean"), or a value that is not valid for its key.
-        """
-        table = cls.accepted(keys=keys, extra=extra, defaults=defaults)
-        values = parse_options(spec, table)
-        common = {k: v for k, v in values.items() if k in COMMON_OPTIONS}
-        return cls(**common, extra={k: v for k, v in values.items() if k not in COMMON_OPTIONS})
+    RULES: ClassVar[Mapping[str, Option]] = {
+        "weight_granularity": _choice("per_channel", "per_tensor"),
+        "weight_symmetric": rule(lambda v: isinstance(v, bool), "true or false"),
+        "act_symmetric": rule(lambda v: isinstance(v, bool), "true or false"),
+        "head": _choice("quantized", "fp32"),
+        "patch_embed": _choice("fp32", "quantized"),
+        "batch_size": rule(positive_int, "a positive integer"),
+    }
 
     def weight_quantizer(self) -> WeightQuantizer:
         """``fn(weight, bits)`` for these options; the default is
         :func:`~pytest_qrel.quantize.fakequant.quantize_weight_per_channel_symmetric` itself."""
+        from .fakequant import quantize_weight, quantize_weight_per_channel_symmetric
+
         per_channel = self.weight_granularity == "per_channel"
         if per_channel and self.weight_symmetric:
             return quantize_weight_per_channel_symmetric
@@ -154,88 +151,200 @@ class LinearQuantOptions:
         return quantizer
 
 
+COMMON_OPTIONS: dict[str, Option] = LinearQuantOptions.accepted()
+"""The common options and their defaults, in the order they are documented."""
+
+_NOT_ACT_SYMMETRIC = tuple(k for k in COMMON_OPTIONS if k != "act_symmetric")
+
+
+def _percentile_value(value: Any) -> bool:
+    return is_number(value) and 50.0 < float(value) <= 100.0
+
+
+@dataclass(frozen=True)
+class PercentileOptions(LinearQuantOptions):
+    """``percentile``: the common options (but ``act_symmetric``: its ranges are asymmetric) plus
+    ``percentile`` (in (50, 100]) and ``max_values`` (values kept per quantizer)."""
+
+    percentile: float = 99.99
+    max_values: int = 2**20
+
+    KEYS: ClassVar[tuple[str, ...] | None] = (*_NOT_ACT_SYMMETRIC, "percentile", "max_values")
+    RULES: ClassVar[Mapping[str, Option]] = {
+        "percentile": rule(_percentile_value, "a number in (50, 100] (a percentile, e.g. 99.99)", float),
+        "max_values": rule(positive_int, "a positive integer"),
+    }
+
+
+@dataclass(frozen=True)
+class MSEOptions(LinearQuantOptions):
+    """``mse``: the common options (but ``act_symmetric``) plus ``grid`` (candidate ranges) and
+    ``max_values`` (values the error is measured on)."""
+
+    grid: int = 100
+    max_values: int = 2**18
+
+    KEYS: ClassVar[tuple[str, ...] | None] = (*_NOT_ACT_SYMMETRIC, "grid", "max_values")
+    RULES: ClassVar[Mapping[str, Option]] = {
+        "grid": rule(positive_int, "a positive integer"),
+        "max_values": rule(positive_int, "a positive integer"),
+    }
+
+
+@dataclass(frozen=True)
+class SmoothQuantOptions(LinearQuantOptions):
+    """``smoothquant``: the common options plus ``alpha`` (migration strength, [0, 1]),
+    ``act_quant`` (``static``: the common static per-tensor activations; ``per_token`` /
+    ``per_tensor``: the reference code's dynamic symmetric absmax quantization) and
+    ``quantize_bmm_input`` (quantize the inputs ``q``, ``k``, ``v`` of the attention matmuls with
+    the same ``act_quant``, as the reference does)."""
+
+    alpha: float = 0.5
+    act_quant: ActQuant = "static"
+    quantize_bmm_input: bool = False
+
+    RULES: ClassVar[Mapping[str, Option]] = {
+        "alpha": rule(_fraction, "a number from 0 to 1", float),
+        "act_quant": _choice("static", "per_token", "per_tensor"),
+        "quantize_bmm_input": rule(lambda v: isinstance(v, bool), "true or false"),
+    }
+
+    def check_bits(self, weight_bits: int, act_bits: int | None) -> None:
+        if act_bits is None and self.quantize_bmm_input:
+            raise QuantOptionError("quantize_bmm_input", "quantize_bmm_input: true quantizes activations, but "
+                                   "act_bits is null", "set act_bits, or remove quantize_bmm_input")
+
+
+MAX_CANDIDATE_BITS = 8
+DEFAULT_CANDIDATES = (2, 3, 4, 5, 6, 7, 8)
+
+
+def _candidates_valid(value: Any) -> bool:
+    return (
+        isinstance(value, (list, tuple)) and len(value) > 0
+        and all(isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= MAX_CANDIDATE_BITS for b in value)
+        and len(set(value)) == len(value)
+    )
+
+
+@dataclass(frozen=True)
+class RaanAOptions(LinearQuantOptions):
+    """``raana``: ``head`` and ``batch_size`` of the common options, ``bit_candidates`` (sorted
+    tuple of distinct widths from 1 to 8) and ``seed`` (None: the run's seed)."""
+
+    bit_candidates: tuple[int, ...] = DEFAULT_CANDIDATES
+    seed: int | None = None
+
+    KEYS: ClassVar[tuple[str, ...] | None] = ("head", "batch_size", "bit_candidates", "seed")
+    RULES: ClassVar[Mapping[str, Option]] = {
+        "bit_candidates": rule(_candidates_valid, "a list of distinct integers from 1 to 8, e.g. [2, 3, 4, 5, 6, 7, 8]",
+                               lambda v: tuple(sorted(v))),
+        "seed": rule(_seed, "a non-negative integer (or null: the calibration seed)"),
+    }
+
+    def check_bits(self, weight_bits: int, act_bits: int | None) -> None:
+        if act_bits is not None:
+            raise QuantOptionError("act_bits", f"RaanA is weight-only: activations stay in floating point, but "
+                                   f"act_bits is {act_bits}", f"set act_bits: null (or 16), e.g. name the quantizer "
+                                   f"W{weight_bits}A16")
+        if weight_bits < self.bit_candidates[0]:
+            raise QuantOptionError("weight_bits", f"an average of {weight_bits} bits is below the smallest of "
+                                   f"bit_candidates {list(self.bit_candidates)}",
+                                   "raise weight_bits or add smaller bit_candidates")
+
+
 # --------------------------------------------------------------------------------------------------
-# Module selection
+# RepQ-ViT
 # --------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class ModuleSelection:
-    """What a method quantizes in one model (qualified module names, in module order).
+class RepQOptions(MethodOptions):
+    """``repq_vit``: ``reparameterize`` (bool) and ``softmax_quantizer`` (``log_sqrt2`` | ``uniform``)."""
 
-    ``linears``: the ``nn.Linear`` layers to quantize; ``head``: the classifier head's Linears that
-    were found (quantized or not); ``fp32_linears``: Linears deliberately left in floating point;
-    ``patch_embed``: the patch-embedding ``nn.Conv2d`` that was found (or ``None``);
-    ``quantize_patch_embed``: whether it is to be quantized.
-    """
+    reparameterize: bool = True
+    softmax_quantizer: Literal["log_sqrt2", "uniform"] = "log_sqrt2"
 
-    linears: tuple[str, ...]
-    head: tuple[str, ...]
-    fp32_linears: tuple[str, ...]
-    patch_embed: str | None
-    quantize_patch_embed: bool
-
-    def keeps(self, name: str) -> bool:
-        """True when the Linear ``name`` stays in floating point."""
-        return name in self.fp32_linears
+    RULES: ClassVar[Mapping[str, Option]] = {
+        "reparameterize": rule(lambda v: isinstance(v, bool), "true or false"),
+        "softmax_quantizer": _choice("log_sqrt2", "uniform"),
+    }
 
 
-def _linear_names(model: nn.Module, targets: Iterable[nn.Module]) -> tuple[str, ...]:
-    ids = {id(m) for m in targets}
-    return tuple(name for name, m in model.named_modules(remove_duplicate=False) if id(m) in ids and name)
+# --------------------------------------------------------------------------------------------------
+# QAT (meaning and provenance of every default: pytest_qrel.quantize.qat)
+# --------------------------------------------------------------------------------------------------
 
 
-def find_head(model: nn.Module) -> tuple[str, ...]:
-    """Qualified names of the ``nn.Linear`` modules of the classifier head (empty if none is found).
+@dataclass(frozen=True)
+class QATOptions(MethodOptions):
+    """``qat``: ``steps``, ``batch_size``, ``lr``, ``weight_decay``, ``seed`` (None: the run's seed), ``head``."""
 
-    The head is ``model.get_classifier()`` (timm; a tuple of modules is taken whole) when the model
-    has it, else ``model.head``; its Linears are the module itself when it is one, else those inside.
-    """
-    head: Any = None
-    if callable(getattr(model, "get_classifier", None)):
-        try:
-            head = model.get_classifier()
-        except Exception:  # noqa: BLE001 - a custom get_classifier may need arguments or fail
-            head = None
-    if head is None:
-        head = getattr(model, "head", None)
-    parts = head if isinstance(head, (tuple, list)) else (head,)
-    linears = [m for part in parts if isinstance(part, nn.Module) for m in part.modules() if isinstance(m, nn.Linear)]
-    return _linear_names(model, linears)
+    steps: int = 100
+    batch_size: int = 100
+    lr: float = 1e-5
+    weight_decay: float = 0.01
+    seed: int | None = None
+    head: HeadMode = "quantized"
 
-
-def find_patch_embed(model: nn.Module) -> str | None:
-    """Qualified name of the patch-embedding ``nn.Conv2d``, or ``None`` (rules in the module docstring)."""
-    convs = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    modules = dict(model.named_modules())
-    for name, _ in convs:
-        if name == "patch_embed.proj" or name.endswith(".patch_embed.proj"):
-            return name
-    for name, _ in convs:
-        parent_name, _, leaf = name.rpartition(".")
-        if leaf == "conv1" and hasattr(modules.get(parent_name, model) if parent_name else model, "positional_embedding"):
-            return name
-    if len(convs) == 1:
-        return convs[0][0]
-    return None
+    RULES: ClassVar[Mapping[str, Option]] = {
+        "steps": rule(nonneg_int, "a non-negative integer"),
+        "batch_size": rule(positive_int, "a positive integer"),
+        "lr": rule(_positive_number, "a positive number", float),
+        "weight_decay": rule(_nonneg_number, "a non-negative number", float),
+        "seed": rule(_seed, "a non-negative integer (default: calibration.seed)"),
+        "head": _choice("quantized", "fp32"),
+    }
 
 
-def select_modules(model: nn.Module, options: LinearQuantOptions) -> ModuleSelection:
-    """Decide which Linears (and whether the patch-embedding Conv2d) ``options`` quantize in ``model``.
+@dataclass(frozen=True)
+class LSQOptions(QATOptions):
+    """``qat_lsq``, ``qat_lsq_per_channel``: QAT's plus ``step_lr``, ``step_init`` (``minmax`` | ``lsq``)
+    and ``weight_range`` (``restricted``: ``[-(2^(b-1) - 1), 2^(b-1) - 1]``; ``full``: the LSQ paper's
+    ``[-2^(b-1), 2^(b-1) - 1]``)."""
 
-    Every ``nn.Linear`` is quantized except the head's when ``options.head == 'fp32'``. Finding no
-    patch embedding is not an error here; methods that were asked to quantize it raise a SpecError.
-    """
-    head = find_head(model)
-    fp32 = head if options.head == "fp32" else ()
-    linears = tuple(
-        name for name, m in model.named_modules() if isinstance(m, nn.Linear) and name and name not in fp32
-    )
-    patch = find_patch_embed(model)
-    return ModuleSelection(
-        linears=linears,
-        head=head,
-        fp32_linears=fp32,
-        patch_embed=patch,
-        quantize_patch_embed=options.patch_embed == "quantized" and patch is not None,
-    )
+    step_lr: float = 1e-4
+    step_init: Literal["minmax", "lsq"] = "minmax"
+    weight_range: Literal["restricted", "full"] = "restricted"
+
+    RULES: ClassVar[Mapping[str, Option]] = {
+        "step_lr": rule(_positive_number, "a positive number", float),
+        "step_init": _choice("minmax", "lsq"),
+        "weight_range": _choice("restricted", "full"),
+    }
+
+
+@dataclass(frozen=True)
+class DistillOptions(LSQOptions):
+    """``qat_distill``: LSQ's plus ``per_channel``, ``temperature`` and ``distill_weight`` (None: 0.5
+    with labels, 1 without)."""
+
+    per_channel: bool = False
+    temperature: float = 1.0
+    distill_weight: float | None = None
+
+    RULES: ClassVar[Mapping[str, Option]] = {
+        "per_channel": rule(lambda v: isinstance(v, bool), "true or false"),
+        "temperature": rule(_positive_number, "a positive number", float),
+        "distill_weight": rule(lambda v: v is None or _fraction(v), "a number from 0 to 1", float),
+    }
+
+
+@dataclass(frozen=True)
+class LoRAOptions(LSQOptions):
+    """``qat_lora``: LSQ's (``lr`` defaults to 1e-4) plus ``lora_r``, ``lora_alpha``, ``train_steps``
+    and ``lora_merge`` (true: the adapter is merged into the weight, which is then quantized, before
+    evaluation; false: it stays a floating-point path beside the quantized layer)."""
+
+    lr: float = 1e-4
+    lora_r: int = 8
+    lora_alpha: float = 16.0
+    train_steps: bool = False
+    lora_merge: bool = True
+
+    RULES: ClassVar[Mapping[str, Option]] = {
+        "lora_r": rule(positive_int, "a positive integer"),
+        "lora_alpha": rule(_positive_number, "a positive number", float),
+        "train_steps": rule(lambda v: isinstance(v, bool), "true or false"),
+        "lora_merge": rule(lambda v: isinstance(v, bool), "true or false"),
+    }

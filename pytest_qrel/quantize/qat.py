@@ -17,24 +17,40 @@ CLIP quantization beyond accuracy; appendix "Quantization and Training Configura
 ``qat_lora``               LoRA adapters (rank ``lora_r``, scaling ``lora_alpha / lora_r``) beside every
                            quantized ``nn.Linear``; the base weight is frozen and fake-quantized (per-channel
                            steps from minmax, trainable only with ``train_steps: true``); the adapter reads the
-                           full-precision input. Only the adapters (and optionally the steps) train.
+                           full-precision input. Only the adapters (and optionally the steps) train. Before
+                           evaluation the adapter is merged into the weight, which is then quantized
+                           (``lora_merge: true``, the default: what a deployment does).
 =========================  ================================================================================
 
 What is quantized is what ``minmax`` quantizes: every ``nn.Linear`` (weight and input), all else in
 FP32. The returned model is built from the same parts as ``minmax``'s: each trained layer is exported
 as a :class:`~pytest_qrel.quantize.fakequant.FakeQuantLinear` whose weight holds the fake-quantized
 values (computed once) and whose :class:`~pytest_qrel.quantize.fakequant.ActQuantizer` is frozen at
-the learned step and zero point (``qat_lora`` exports :class:`LoRAFakeQuantLinear`, which adds the
-float adapter path). Its forward is the training forward, numerically identical, with no autograd
-state: eval mode, every ``requires_grad`` False, no quantizer parameter left to learn.
+the learned step and zero point. Its forward is the training forward, numerically identical, with no
+autograd state: eval mode, every ``requires_grad`` False, no quantizer parameter left to learn.
+
+``qat_lora`` is the exception, by design of QAT-LoRA: its training forward adds a floating-point
+adapter ``(alpha / r) B A x`` on the *unquantized* input beside the quantized layer. A deployed model
+has no such path, so by default (``lora_merge: true``) each layer is exported as one
+:class:`~pytest_qrel.quantize.fakequant.FakeQuantLinear` whose weight is ``Q(W + (alpha / r) B A)``:
+the adapter folded into the float weight, the sum quantized on the layer's weight grid (its steps,
+minmax-initialised, learned with ``train_steps: true``). The evaluated model then computes entirely
+on the grids it claims, at the price of the rounding of the merged weight (the adapter was trained
+against ``Q(W) Q(x)``, not ``Q(W + BA) Q(x)``). ``lora_merge: false`` evaluates the training forward
+itself (:class:`LoRAFakeQuantLinear`); :func:`~pytest_qrel.quantize.verify.verify_simulation` then
+reports every adapter as a float path, and ``verify: true`` fails unless the quantizer sets
+``allow_float_paths: true``.
 
 **Grids.** Weights: restricted signed range ``[-Qp, Qp]``, ``Qp = 2^(b-1) - 1`` (as in ``minmax``;
-``zero_point = 0``). Inputs: unsigned ``[0, 2^b - 1]`` with an integer zero point. The LSQ input
+``zero_point = 0``); with ``weight_range: full`` (LSQ methods) the LSQ paper's ``[-Qn, Qp]``,
+``Qn = 2^(b-1)`` (one more negative code: at 2 bits ``{-2, -1, 0, 1}`` instead of ``{-1, 0, 1}``;
+the forward and the step gradient then differ from the restricted range wherever a weight falls
+below ``-(Qp + 1/2) s``). Inputs: unsigned ``[0, 2^b - 1]`` with an integer zero point. The LSQ input
 quantizer keeps the zero point it was initialised with (an integer, fixed) and learns the step, so
 the represented interval ``[-zp * s, (2^b - 1 - zp) * s]`` scales with the step.
 
-**LSQ.** Forward ``x_hat = round(clamp(x * (1/s), lo, hi)) * s`` with ``[lo, hi] = [-Qp, Qp]`` for
-weights and ``[-zp, 2^b - 1 - zp]`` for inputs: the exact formula of ATen's fake-quantize kernels
+**LSQ.** Forward ``x_hat = round(clamp(x * (1/s), lo, hi)) * s`` with ``[lo, hi] = [-Qp, Qp]``
+(``[-Qn, Qp]`` with ``weight_range: full``) for weights and ``[-zp, 2^b - 1 - zp]`` for inputs: the exact formula of ATen's fake-quantize kernels
 (:func:`~pytest_qrel.quantize.fakequant.fake_quantize_reference`), so the exported model computes the
 same numbers. Backward: straight-through round (``d x_hat / dx = 1`` inside ``[lo, hi]``, 0 outside)
 and LSQ's step gradient ``round(x/s) - x/s`` inside, ``lo`` or ``hi`` outside, multiplied by the
@@ -66,30 +82,33 @@ copy of the paper lost the learning-rate values of those tables (it only says th
 ``1.0e-4``, a usual LoRA rate), ``step_lr: 1.0e-4`` and ``weight_decay: 0.01`` (PyTorch's AdamW
 default) are our choices; ``temperature: 1`` (no softening) as the paper's KL loss states none.
 
-Options (every key is validated; unknown keys are a SpecError naming ``quantizers.<name>.<key>``):
+Options (:class:`~pytest_qrel.quantize.options.QATOptions` and its subclasses; every key is
+validated, an unknown key or bad value is a :class:`~pytest_qrel.errors.QuantOptionError` naming it):
 
 - all methods: ``steps`` (int >= 0; 0 returns the initialised PTQ model), ``batch_size`` (int >= 1;
   the training batch, also used for the calibration forward passes), ``lr`` and ``weight_decay``
-  (numbers; ``1e-5`` written in YAML arrives as a string and is accepted), ``seed`` (int >= 0;
-  default ``calibration.seed``), ``head`` (``quantized`` | ``fp32``: as for ``minmax``, ``fp32``
+  (numbers; the suite loader reads ``1e-5`` as a number), ``seed`` (int >= 0; default the run's
+  seed, i.e. ``calibration.seed``), ``head`` (``quantized`` | ``fp32``: as for ``minmax``, ``fp32``
   leaves the classifier head an FP32 ``nn.Linear``; it is then fine-tuned in FP32 by the methods
   that fine-tune the model, and left as it is by ``qat_lora``);
-- LSQ methods and ``qat_lora``: ``step_lr``, ``step_init`` (``minmax`` | ``lsq``);
+- LSQ methods and ``qat_lora``: ``step_lr``, ``step_init`` (``minmax`` | ``lsq``), ``weight_range``
+  (``restricted`` (default) | ``full``: the LSQ paper's range, above);
 - ``qat_distill``: ``per_channel`` (bool, default false), ``temperature`` (> 0, default 1),
   ``distill_weight`` (in [0, 1]; default 0.5 with labels, 1 -- the KL term alone -- without);
 - ``qat_lora``: ``lora_r`` (int >= 1, default 8), ``lora_alpha`` (> 0, default 16), ``train_steps``
-  (bool, default false).
+  (bool, default false), ``lora_merge`` (bool, default true: above).
 
-Methods other than ``qat_distill`` need ``labels``; without them they raise a SpecError.
+Methods other than ``qat_distill`` need ``labels``; without them they raise a QuantOptionError.
 The returned model records ``qat_steps`` (optimizer steps taken), ``qat_losses`` (the training loss
-of every step) and ``qat_options`` (the resolved options).
+of every step) and ``qat_options`` (the resolved typed options, ``seed`` and ``distill_weight`` filled in).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, Literal
@@ -98,8 +117,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..spec.schema import QuantizerSpec
-from .base import QUANTIZERS, Option, parse_options, positive_int, spec_error
+from ..errors import QuantOptionError
+from .base import QuantConfig, calibration_error, no_linear_error
 from .fakequant import (
     EPS,
     ActQuantizer,
@@ -110,20 +129,16 @@ from .fakequant import (
     signed_range,
     symmetric_qparams,
 )
+from .options import DistillOptions, LoRAOptions, LSQOptions, QATOptions
+from .selection import find_head
 
-DEFAULT_STEPS = 100
-DEFAULT_BATCH_SIZE = 100
-DEFAULT_LR = 1e-5
-DEFAULT_LORA_LR = 1e-4
-DEFAULT_STEP_LR = 1e-4
-DEFAULT_WEIGHT_DECAY = 0.01
 DEFAULT_DISTILL_WEIGHT = 0.5
-DEFAULT_LORA_R = 8
-DEFAULT_LORA_ALPHA = 16.0
+"""``distill_weight`` when it is not given and the calibration images have labels."""
 
 WeightScheme = Literal["minmax", "lsq_tensor", "lsq_channel"]
 ActScheme = Literal["static", "lsq"]
 StepInit = Literal["minmax", "lsq"]
+WeightRange = Literal["restricted", "full"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -280,7 +295,9 @@ class QATLinear(QuantModule):
     ``"lsq_tensor"`` or ``"lsq_channel"`` (learnable ``weight_step``). ``act_scheme``: ``"static"``
     (an :class:`ActQuantizer`, range frozen at calibration) or ``"lsq"`` (:class:`LSQActQuantizer`).
     ``lora_r > 0`` adds ``lora_A`` (r, in) and ``lora_B`` (out, r, zeros), whose path
-    ``(lora_alpha / lora_r) * B A x`` reads the unquantized input ``x``.
+    ``(lora_alpha / lora_r) * B A x`` reads the unquantized input ``x``. ``weight_range``:
+    ``"restricted"`` codes ``[-Qp, Qp]`` or ``"full"`` ``[-Qp - 1, Qp]`` (the LSQ paper's ``-Qn = -2^(b-1)``),
+    ``Qp = 2^(b-1) - 1``.
 
     It takes part in the calibration protocol: until :meth:`freeze` it computes the FP32 linear (its
     input quantizer observes); :meth:`freeze` initialises the weight steps. It exposes the interface
@@ -300,8 +317,11 @@ class QATLinear(QuantModule):
         lora_r: int = 0,
         lora_alpha: float = 0.0,
         generator: torch.Generator | None = None,
+        weight_range: WeightRange = "restricted",
     ) -> None:
         super().__init__()
+        if weight_range not in ("restricted", "full"):
+            raise ValueError(f"weight_range must be 'restricted' or 'full', got {weight_range!r}")
         self.in_features = linear.in_features
         self.out_features = linear.out_features
         self.weight_bits = weight_bits
@@ -309,6 +329,8 @@ class QATLinear(QuantModule):
         self.weight_scheme = weight_scheme
         self.step_init = step_init
         self.weight_qmax = signed_range(weight_bits)[1]
+        self.weight_range = weight_range
+        self.weight_qmin = -self.weight_qmax - (1 if weight_range == "full" else 0)
         self.weight = nn.Parameter(linear.weight.detach().clone())
         if linear.bias is not None:
             self.bias = nn.Parameter(linear.bias.detach().clone())
@@ -360,18 +382,26 @@ class QATLinear(QuantModule):
         per_step = self.in_features if self.weight_scheme == "lsq_channel" else self.weight.numel()
         return lsq_grad_scale(per_step, self.weight_qmax)
 
-    def quantized_weight(self) -> Tensor:
-        """The fake-quantized weight forward uses (differentiable: STE, and LSQ's step gradient)."""
-        q = self.weight_qmax
+    def quantized_weight(self, weight: Tensor | None = None) -> Tensor:
+        """The fake-quantized weight forward uses (differentiable: STE, and LSQ's step gradient);
+        ``weight`` (default: the layer's own) is what gets quantized on the layer's grid."""
+        w = self.weight if weight is None else weight
+        q, qmin = self.weight_qmax, self.weight_qmin
         if self.weight_step is None:
-            w32 = self.weight.to(torch.float32)
+            w32 = w.to(torch.float32)
             scale, zero_point = symmetric_qparams(w32.detach().abs().amax(dim=1), self.weight_bits)
             out = torch.fake_quantize_per_channel_affine(
-                w32, scale.to(w32.device), zero_point.to(w32.device), 0, -q, q
+                w32, scale.to(w32.device), zero_point.to(w32.device), 0, qmin, q
             )
-            return out.to(self.weight.dtype)
+            return out.to(w.dtype)
         axis = 0 if self.weight_scheme == "lsq_channel" else None
-        return lsq_fake_quantize(self.weight, self.weight_step, -q, q, grad_factor=self.weight_grad_factor, axis=axis)
+        return lsq_fake_quantize(w, self.weight_step, qmin, q, grad_factor=self.weight_grad_factor, axis=axis)
+
+    def merged_weight(self) -> Tensor:
+        """The float weight with the LoRA adapter folded in: ``W + (lora_alpha / r) B A`` (``W`` without one)."""
+        if self.lora_r == 0:
+            return self.weight.detach()
+        return (self.weight + self.lora_scaling * (self.lora_B @ self.lora_A)).detach()
 
     def dequantized_weight(self) -> Tensor:
         return self.quantized_weight().detach()
@@ -398,16 +428,23 @@ class QATLinear(QuantModule):
         return y
 
     # -- export
-    def export(self) -> FakeQuantLinear:
-        """The inference module: weight fake-quantized once, input quantizer frozen at the learned grid."""
+    def export(self, *, merge_lora: bool = True) -> FakeQuantLinear:
+        """The inference module: weight fake-quantized once, input quantizer frozen at the learned grid.
+
+        With a LoRA adapter and ``merge_lora`` (default) the adapter is folded into the float weight
+        and the sum quantized on the layer's weight grid (its steps), ``Q(W + (alpha / r) B A)``: the
+        deployed layer is one quantized matmul. ``merge_lora=False`` keeps the adapter as a float
+        path beside the quantized layer (:class:`LoRAFakeQuantLinear`, QAT-LoRA's training forward).
+        """
         if not self.ready:
             raise RuntimeError("QATLinear.export(): freeze() (calibration) has not run")
         with torch.no_grad():
+            merge = self.lora_r > 0 and merge_lora
             source = SimpleNamespace(
                 in_features=self.in_features, out_features=self.out_features,
-                weight=self.quantized_weight(), bias=self.bias,
+                weight=self.quantized_weight(self.merged_weight() if merge else None), bias=self.bias,
             )
-            if self.lora_r > 0:
+            if self.lora_r > 0 and not merge:
                 out: FakeQuantLinear = LoRAFakeQuantLinear(
                     source, weight_bits=self.weight_bits, act_bits=self.act_bits,
                     lora_A=self.lora_A, lora_B=self.lora_B, lora_alpha=self.lora_alpha,
@@ -430,6 +467,8 @@ class QATLinear(QuantModule):
                 f"weight_bits={self.weight_bits}, act_bits={self.act_bits}, weight_scheme={self.weight_scheme}")
         if self.lora_r:
             text += f", lora_r={self.lora_r}, lora_alpha={self.lora_alpha:g}"
+        if self.weight_range != "restricted":
+            text += f", weight_range={self.weight_range}"
         return text
 
 
@@ -472,98 +511,6 @@ class LoRAFakeQuantLinear(FakeQuantLinear):
 
 
 # --------------------------------------------------------------------------------------------------
-# Options
-# --------------------------------------------------------------------------------------------------
-
-
-def _number(value: Any) -> float | None:
-    """A finite float from an int, a float or a numeric string (YAML reads ``1e-5`` as a string)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        out = float(value)
-    elif isinstance(value, str):
-        try:
-            out = float(value.strip())
-        except ValueError:
-            return None
-    else:
-        return None
-    return out if math.isfinite(out) else None
-
-
-def _positive_number(value: Any) -> bool:
-    x = _number(value)
-    return x is not None and x > 0
-
-
-def _nonneg_number(value: Any) -> bool:
-    x = _number(value)
-    return x is not None and x >= 0
-
-
-def _fraction_or_none(value: Any) -> bool:
-    if value is None:
-        return True
-    x = _number(value)
-    return x is not None and 0.0 <= x <= 1.0
-
-
-def _nonneg_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _seed(value: Any) -> bool:
-    return value is None or _nonneg_int(value)
-
-
-def _is_bool(value: Any) -> bool:
-    return isinstance(value, bool)
-
-
-def _step_init(value: Any) -> bool:
-    return value in ("minmax", "lsq")
-
-
-def _head_mode(value: Any) -> bool:
-    return value in ("quantized", "fp32")
-
-
-_FLOAT_KEYS = ("lr", "step_lr", "weight_decay", "temperature", "lora_alpha")
-
-_COMMON: dict[str, Option] = {
-    "steps": Option(DEFAULT_STEPS, _nonneg_int, "a non-negative integer"),
-    "batch_size": Option(DEFAULT_BATCH_SIZE, positive_int, "a positive integer"),
-    "lr": Option(DEFAULT_LR, _positive_number, "a positive number"),
-    "weight_decay": Option(DEFAULT_WEIGHT_DECAY, _nonneg_number, "a non-negative number"),
-    "seed": Option(None, _seed, "a non-negative integer (default: calibration.seed)"),
-    "head": Option("quantized", _head_mode, "'quantized' or 'fp32'"),
-}
-_LSQ: dict[str, Option] = {
-    "step_lr": Option(DEFAULT_STEP_LR, _positive_number, "a positive number"),
-    "step_init": Option("minmax", _step_init, "'minmax' or 'lsq'"),
-}
-
-QAT_OPTIONS: dict[str, Option] = dict(_COMMON)
-QAT_LSQ_OPTIONS: dict[str, Option] = {**_COMMON, **_LSQ}
-QAT_DISTILL_OPTIONS: dict[str, Option] = {
-    **_COMMON,
-    **_LSQ,
-    "per_channel": Option(False, _is_bool, "true or false"),
-    "temperature": Option(1.0, _positive_number, "a positive number"),
-    "distill_weight": Option(None, _fraction_or_none, "a number from 0 to 1"),
-}
-QAT_LORA_OPTIONS: dict[str, Option] = {
-    **_COMMON,
-    **_LSQ,
-    "lr": Option(DEFAULT_LORA_LR, _positive_number, "a positive number"),
-    "lora_r": Option(DEFAULT_LORA_R, positive_int, "a positive integer"),
-    "lora_alpha": Option(DEFAULT_LORA_ALPHA, _positive_number, "a positive number"),
-    "train_steps": Option(False, _is_bool, "true or false"),
-}
-
-
-# --------------------------------------------------------------------------------------------------
 # The recipe and the training loop
 # --------------------------------------------------------------------------------------------------
 
@@ -577,6 +524,17 @@ class Recipe:
     train_model: bool = True  # every float parameter of the model trains
     lora: bool = False
     distill: bool = False
+
+
+RECIPES: dict[str, Callable[[QATOptions], Recipe]] = {
+    "qat": lambda o: Recipe("minmax", "static"),
+    "qat_lsq": lambda o: Recipe("lsq_tensor", "lsq"),
+    "qat_lsq_per_channel": lambda o: Recipe("lsq_channel", "lsq"),
+    "qat_distill": lambda o: Recipe("lsq_channel" if getattr(o, "per_channel", False) else "lsq_tensor", "lsq",
+                                    distill=True),
+    "qat_lora": lambda o: Recipe("lsq_channel", "lsq", train_model=False, lora=True),
+}
+"""Method name -> the recipe its options select."""
 
 
 def index_stream(n: int, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
@@ -599,44 +557,42 @@ def distillation_loss(student: Tensor, teacher: Tensor, temperature: float) -> T
 
 def prepare(
     model: nn.Module,
-    spec: QuantizerSpec,
+    config: QuantConfig,
     calibration: Tensor,
     recipe: Recipe,
-    opts: Mapping[str, Any],
     *,
     seed: int,
 ) -> nn.Module:
     """A deep copy of ``model`` whose linears are :class:`QATLinear`, calibrated on ``calibration``
-    (minmax ranges, steps initialised), with ``requires_grad`` set as ``recipe`` says."""
+    (minmax ranges, steps initialised), with ``requires_grad`` set as ``recipe`` says.
+    ``config.options`` is the method's :class:`~pytest_qrel.quantize.options.QATOptions`."""
+    opts: QATOptions = config.options
     qmodel = copy.deepcopy(model).eval()
     generator = torch.Generator().manual_seed(seed)
-    lora_r = int(opts["lora_r"]) if recipe.lora else 0
-    lora_alpha = float(opts["lora_alpha"]) if recipe.lora else 0.0
-    step_init = opts.get("step_init", "minmax")
-    keep: tuple[str, ...] = ()
-    if opts.get("head", "quantized") == "fp32":
-        from .options import find_head  # the head rule shared with minmax & co.
-
-        keep = find_head(qmodel)
+    lora_r = opts.lora_r if isinstance(opts, LoRAOptions) else 0
+    lora_alpha = opts.lora_alpha if isinstance(opts, LoRAOptions) else 0.0
+    step_init = opts.step_init if isinstance(opts, LSQOptions) else "minmax"
+    weight_range = opts.weight_range if isinstance(opts, LSQOptions) else "restricted"
+    keep = find_head(qmodel) if opts.head == "fp32" else ()
 
     def factory(name: str, linear: nn.Linear) -> QATLinear | None:
         if name in keep:
             return None
         return QATLinear(
-            linear, weight_bits=spec.weight_bits, act_bits=spec.act_bits, weight_scheme=recipe.weight_scheme,
+            linear, weight_bits=config.weight_bits, act_bits=config.act_bits, weight_scheme=recipe.weight_scheme,
             act_scheme=recipe.act_scheme, step_init=step_init, lora_r=lora_r, lora_alpha=lora_alpha,
-            generator=generator,
+            generator=generator, weight_range=weight_range,
         )
 
     if not replace_linears(qmodel, factory):
-        raise spec_error(spec, "method", f"the model has no nn.Linear layer for '{spec.method}' to quantize",
-                         "use a method that supports this architecture")
-    calibrate(qmodel, calibration, batch_size=int(opts["batch_size"]))
+        raise no_linear_error(config.method)
+    calibrate(qmodel, calibration, batch_size=opts.batch_size)
 
     layers = [m for m in qmodel.modules() if isinstance(m, QATLinear)]
     for p in qmodel.parameters():
         p.requires_grad_(False)
-    steps_trainable = recipe.weight_scheme != "minmax" and (not recipe.lora or bool(opts.get("train_steps")))
+    train_steps = opts.train_steps if isinstance(opts, LoRAOptions) else False
+    steps_trainable = recipe.weight_scheme != "minmax" and (not recipe.lora or train_steps)
     quantizer_params = {id(p) for m in layers for p in (*m.steps_parameters(), *m.lora_parameters())}
     if recipe.train_model:
         for p in qmodel.parameters():
@@ -650,16 +606,17 @@ def prepare(
     return qmodel
 
 
-def param_groups(qmodel: nn.Module, opts: Mapping[str, Any]) -> list[dict[str, Any]]:
+def param_groups(qmodel: nn.Module, opts: QATOptions) -> list[dict[str, Any]]:
     """AdamW groups: trainable weights (``lr``, ``weight_decay``) and LSQ steps (``step_lr``, no decay)."""
     steps = {id(p): p for m in qmodel.modules() if isinstance(m, QATLinear) for p in m.steps_parameters()}
     step_params = [p for p in steps.values() if p.requires_grad]
     others = [p for p in qmodel.parameters() if p.requires_grad and id(p) not in steps]
     groups: list[dict[str, Any]] = []
     if others:
-        groups.append({"params": others, "lr": float(opts["lr"]), "weight_decay": float(opts["weight_decay"])})
+        groups.append({"params": others, "lr": opts.lr, "weight_decay": opts.weight_decay})
     if step_params:
-        groups.append({"params": step_params, "lr": float(opts.get("step_lr", opts["lr"])), "weight_decay": 0.0})
+        step_lr = opts.step_lr if isinstance(opts, LSQOptions) else opts.lr
+        groups.append({"params": step_params, "lr": step_lr, "weight_decay": 0.0})
     return groups
 
 
@@ -667,25 +624,24 @@ def train(
     qmodel: nn.Module,
     images: Tensor,
     loss_fn: Callable[[Tensor, Tensor], Tensor],
-    opts: Mapping[str, Any],
+    opts: QATOptions,
     *,
     seed: int,
 ) -> list[float]:
-    """``opts["steps"]`` AdamW steps on batches of ``images`` (``loss_fn(logits, indices)``); returns the
+    """``opts.steps`` AdamW steps on batches of ``images`` (``loss_fn(logits, indices)``); returns the
     loss of every step. The model stays in eval mode; LSQ steps are clamped to ``>= EPS`` after each step."""
-    steps = int(opts["steps"])
     losses: list[float] = []
     groups = param_groups(qmodel, opts)
-    if steps == 0 or not groups:
-        if steps and not groups:
+    if opts.steps == 0 or not groups:
+        if opts.steps and not groups:
             raise RuntimeError("QAT has nothing to train")
         return losses
     optimizer = torch.optim.AdamW(groups)
     step_params = [p for m in qmodel.modules() if isinstance(m, QATLinear) for p in m.steps_parameters()]
-    batches = index_stream(images.shape[0], int(opts["batch_size"]), torch.Generator().manual_seed(seed))
+    batches = index_stream(images.shape[0], opts.batch_size, torch.Generator().manual_seed(seed))
     qmodel.eval()
     with torch.enable_grad():
-        for _ in range(steps):
+        for _ in range(opts.steps):
             idx = next(batches).to(images.device)
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(qmodel(images[idx]), idx)
@@ -700,14 +656,15 @@ def train(
     return losses
 
 
-def export(qmodel: nn.Module) -> nn.Module:
-    """Replace, in place, every :class:`QATLinear` by its inference module; freeze everything."""
+def export(qmodel: nn.Module, *, merge_lora: bool = True) -> nn.Module:
+    """Replace, in place, every :class:`QATLinear` by its inference module (see :meth:`QATLinear.export`);
+    freeze everything."""
     built: dict[int, nn.Module] = {}
     for _, parent in list(qmodel.named_modules()):
         for child_name, child in list(parent._modules.items()):
             if isinstance(child, QATLinear):
                 if id(child) not in built:
-                    built[id(child)] = child.export()
+                    built[id(child)] = child.export(merge_lora=merge_lora)
                 setattr(parent, child_name, built[id(child)])
     for p in qmodel.parameters():
         p.requires_grad_(False)
@@ -716,36 +673,32 @@ def export(qmodel: nn.Module) -> nn.Module:
 
 def run_qat(
     model: nn.Module,
-    spec: QuantizerSpec,
+    config: QuantConfig,
     calibration: Tensor,
     labels: Tensor | None,
-    accepted: Mapping[str, Option],
     recipe: Recipe,
 ) -> nn.Module:
-    """Validate options, prepare, train and export one QAT method (the body shared by every entry)."""
-    opts = parse_options(spec, accepted)
-    for key in _FLOAT_KEYS:
-        if key in opts:
-            opts[key] = float(_number(opts[key]))  # type: ignore[arg-type]
-    seed = spec.calibration.seed if opts["seed"] is None else int(opts["seed"])
+    """Prepare, train and export one QAT method (the body shared by every entry)."""
+    opts: QATOptions = config.options
+    seed = config.seed if opts.seed is None else opts.seed
+    distill_weight = None
     if recipe.distill:
-        if opts["distill_weight"] is None:
-            opts["distill_weight"] = DEFAULT_DISTILL_WEIGHT if labels is not None else 1.0
-        else:
-            opts["distill_weight"] = float(_number(opts["distill_weight"]))  # type: ignore[arg-type]
-    needs_labels = not recipe.distill or opts["distill_weight"] < 1.0
+        assert isinstance(opts, DistillOptions)
+        distill_weight = opts.distill_weight
+        if distill_weight is None:
+            distill_weight = DEFAULT_DISTILL_WEIGHT if labels is not None else 1.0
+    needs_labels = not recipe.distill or (distill_weight is not None and distill_weight < 1.0)
     if labels is None and needs_labels:
         if recipe.distill:
-            raise spec_error(spec, "distill_weight",
-                             f"distill_weight {opts['distill_weight']:g} mixes in cross-entropy, but the calibration "
-                             "images have no labels", "use distill_weight: 1 (the teacher's outputs alone)")
-        raise spec_error(spec, "method",
-                         f"method '{spec.method}' trains on the class labels of the calibration images, and none "
-                         "were given", "use method 'qat_distill' (it can learn from the FP32 model's outputs alone) "
-                         "or a dataset with labels")
+            raise QuantOptionError("distill_weight",
+                                   f"distill_weight {distill_weight:g} mixes in cross-entropy, but the calibration "
+                                   "images have no labels", "use distill_weight: 1 (the teacher's outputs alone)")
+        raise QuantOptionError("method",
+                               f"method '{config.method}' trains on the class labels of the calibration images, and "
+                               "none were given", "use method 'qat_distill' (it can learn from the FP32 model's "
+                               "outputs alone) or a dataset with labels")
     if calibration.shape[0] == 0:
-        raise spec_error(spec, "calibration.samples", "no calibration images to train on",
-                         "use calibration.samples >= 1")
+        raise calibration_error(config.method, "train on")
 
     ref = next(iter(model.parameters()), None)
     device = ref.device if ref is not None else calibration.device
@@ -755,18 +708,19 @@ def run_qat(
 
     teacher = None
     if recipe.distill:
-        teacher = _teacher_logits(model, images, int(opts["batch_size"]))
+        teacher = _teacher_logits(model, images, opts.batch_size)
 
-    qmodel = prepare(model, spec, images, recipe, opts, seed=seed)
-    loss_fn = _make_loss(spec, recipe, opts, targets, teacher)
+    qmodel = prepare(model, config, images, recipe, seed=seed)
+    loss_fn = _make_loss(config, recipe, opts, distill_weight, targets, teacher)
     try:
         losses = train(qmodel, images, loss_fn, opts, seed=seed)
     except FloatingPointError as exc:
-        raise spec_error(spec, "lr", str(exc), "use a smaller lr (and step_lr)") from None
-    export(qmodel)
+        raise QuantOptionError("lr", str(exc), "use a smaller lr (and step_lr)") from None
+    export(qmodel, merge_lora=opts.lora_merge if isinstance(opts, LoRAOptions) else True)
     qmodel.qat_steps = len(losses)
     qmodel.qat_losses = tuple(losses)
-    qmodel.qat_options = {**opts, "seed": seed}
+    qmodel.qat_options = dataclasses.replace(opts, seed=seed, **(
+        {"distill_weight": distill_weight} if recipe.distill else {}))
     return qmodel
 
 
@@ -790,9 +744,10 @@ def _teacher_logits(model: nn.Module, images: Tensor, batch_size: int) -> Tensor
 
 
 def _make_loss(
-    spec: QuantizerSpec,
+    config: QuantConfig,
     recipe: Recipe,
-    opts: Mapping[str, Any],
+    opts: QATOptions,
+    distill_weight: float | None,
     targets: Tensor | None,
     teacher: Tensor | None,
 ) -> Callable[[Tensor, Tensor], Tensor]:
@@ -805,8 +760,8 @@ def _make_loss(
             checked[0] = True
             bad = (targets < 0) | (targets >= logits.shape[1])
             if bool(bad.any()):
-                raise spec_error(
-                    spec, "method",
+                raise QuantOptionError(
+                    "method",
                     f"calibration label {int(targets[bad][0])} is not a class of the model "
                     f"({logits.shape[1]} outputs)", "use an in-distribution dataset whose classes the model predicts",
                 )
@@ -814,9 +769,9 @@ def _make_loss(
 
     if not recipe.distill:
         return cross_entropy
-    assert teacher is not None
-    weight = float(opts["distill_weight"])
-    temperature = float(opts["temperature"])
+    assert teacher is not None and distill_weight is not None and isinstance(opts, DistillOptions)
+    weight = float(distill_weight)
+    temperature = opts.temperature
 
     def distill(logits: Tensor, idx: Tensor) -> Tensor:
         loss = weight * distillation_loss(logits.float(), teacher[idx], temperature)
@@ -827,30 +782,8 @@ def _make_loss(
     return distill
 
 
-# --------------------------------------------------------------------------------------------------
-# Registry entries
-# --------------------------------------------------------------------------------------------------
-
-
-def _entry(name: str, accepted: Mapping[str, Option], recipe: Callable[[dict[str, Any]], Recipe], summary: str) -> None:
-    def method(
-        model: nn.Module, spec: QuantizerSpec, calibration: Tensor, *, labels: Tensor | None = None
-    ) -> nn.Module:
-        """Return a QAT-trained quantized deep copy of ``model`` (eval mode); ``model`` is not modified."""
-        return run_qat(model, spec, calibration, labels, accepted, recipe(dict(spec.options)))
-
-    method.__name__ = method.__qualname__ = name
-    QUANTIZERS.add(name, method, options=tuple(accepted), summary=summary)
-
-
-_entry("qat", QAT_OPTIONS, lambda o: Recipe("minmax", "static"),
-       "basic light QAT: minmax fake-quant (weights per channel, inputs static per tensor) + STE, model fine-tuned")
-_entry("qat_lsq", QAT_LSQ_OPTIONS, lambda o: Recipe("lsq_tensor", "lsq"),
-       "light QAT with LSQ: learnable per-tensor steps for weights and inputs, model fine-tuned")
-_entry("qat_lsq_per_channel", QAT_LSQ_OPTIONS, lambda o: Recipe("lsq_channel", "lsq"),
-       "light QAT with LSQ, one learnable weight step per output channel")
-_entry("qat_distill", QAT_DISTILL_OPTIONS,
-       lambda o: Recipe("lsq_channel" if o.get("per_channel") is True else "lsq_tensor", "lsq", distill=True),
-       "light QAT with LSQ trained on KL divergence to the FP32 model's softened outputs (+ CE)")
-_entry("qat_lora", QAT_LORA_OPTIONS, lambda o: Recipe("lsq_channel", "lsq", train_model=False, lora=True),
-       "QAT-LoRA: frozen fake-quantized base (per-channel steps) + trainable full-precision LoRA adapters")
+def qat_method(model: nn.Module, config: QuantConfig, calibration: Tensor, *,
+               labels: Tensor | None = None) -> nn.Module:
+    """Every QAT entry (``qat``, ``qat_lsq``, ``qat_lsq_per_channel``, ``qat_distill``, ``qat_lora``):
+    a QAT-trained quantized deep copy of ``model`` (eval mode); ``model`` is not modified."""
+    return run_qat(model, config, calibration, labels, RECIPES[config.method](config.options))

@@ -84,13 +84,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..spec.schema import QuantizerSpec
-from .base import QUANTIZERS, Option, spec_error
+from .base import QuantConfig, calibration_error, no_linear_error
 from .fakequant import QuantModule
-from .options import LinearQuantOptions, select_modules
+from .options import DEFAULT_CANDIDATES, MAX_CANDIDATE_BITS, RaanAOptions
+from .selection import select_modules
 
-DEFAULT_CANDIDATES = (2, 3, 4, 5, 6, 7, 8)
-MAX_CANDIDATE_BITS = 8
 MAX_DP_UNITS = 250_000
 """Budget cells of the allocation DP; above it weight counts are measured in coarser units (rounded up)."""
 SWEEP_CHUNK = 1 << 20
@@ -101,25 +99,7 @@ longer rows use the two-level threshold search of :func:`_extended_codes_search`
 SEARCH_GRID = 128
 
 
-def _candidates_valid(value: Any) -> bool:
-    return (
-        isinstance(value, list) and len(value) > 0
-        and all(isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= MAX_CANDIDATE_BITS for b in value)
-        and len(set(value)) == len(value)
-    )
-
-
-def _seed_valid(value: Any) -> bool:
-    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0)
-
-
-RAANA_EXTRA_OPTIONS: dict[str, Option] = {
-    "bit_candidates": Option(list(DEFAULT_CANDIDATES), _candidates_valid,
-                             "a list of distinct integers from 1 to 8, e.g. [2, 3, 4, 5, 6, 7, 8]"),
-    "seed": Option(None, _seed_valid, "a non-negative integer (or null: the calibration seed)"),
-}
-RAANA_COMMON_KEYS = ("head", "batch_size")
-RAANA_OPTIONS = LinearQuantOptions.accepted(keys=RAANA_COMMON_KEYS, extra=RAANA_EXTRA_OPTIONS)
+RAANA_OPTIONS = RaanAOptions.accepted()
 """The options ``raana`` accepts, with their defaults."""
 
 
@@ -476,54 +456,44 @@ class BitPlan:
 
 def plan_bits(
     model: nn.Module,
-    spec: QuantizerSpec,
+    config: QuantConfig,
     calibration: Tensor,
     *,
     labels: Tensor | None = None,
-    options: LinearQuantOptions | None = None,
 ) -> BitPlan:
-    """Validate ``spec`` for RaanA and allocate bits to the Linears it quantizes in ``model`` (FP32,
-    not modified). Raises SpecError as :func:`raana` does."""
-    opts = options or LinearQuantOptions.from_spec(spec, keys=RAANA_COMMON_KEYS, extra=RAANA_EXTRA_OPTIONS)
-    if spec.act_bits is not None:
-        raise spec_error(spec, "act_bits", f"RaanA is weight-only: activations stay in floating point, but "
-                         f"act_bits is {spec.act_bits}", "set act_bits: null (or 16), e.g. name the quantizer "
-                         f"W{spec.weight_bits}A16")
-    cands = sorted(opts.extra["bit_candidates"])
-    if spec.weight_bits < cands[0]:
-        raise spec_error(spec, "weight_bits", f"an average of {spec.weight_bits} bits is below the smallest of "
-                         f"bit_candidates {cands}", "raise weight_bits or add smaller bit_candidates")
+    """Allocate bits to the Linears RaanA quantizes in ``model`` (FP32, not modified) for ``config``
+    (whose options are a :class:`~pytest_qrel.quantize.options.RaanAOptions`, already checked
+    against the bit widths by :func:`~pytest_qrel.quantize.base.validate_quantizer`).
+
+    Raises:
+        QuantOptionError: no Linear to quantize, or no calibration images when the budget leaves a choice.
+    """
+    opts: RaanAOptions = config.options
+    cands = sorted(opts.bit_candidates)
     selection = select_modules(model, opts)
     modules = dict(model.named_modules())
     layers = {name: modules[name] for name in selection.linears}
     if not layers:
-        raise spec_error(spec, "method", "the model has no nn.Linear layer for 'raana' to quantize",
-                         "use a method that supports this architecture")
+        raise no_linear_error("raana")
     sizes = tuple(int(m.weight.numel()) for m in layers.values())
-    if spec.weight_bits >= cands[-1] or len(cands) == 1:
-        bits = cands[-1] if spec.weight_bits >= cands[-1] else cands[0]
+    if config.weight_bits >= cands[-1] or len(cands) == 1:
+        bits = cands[-1] if config.weight_bits >= cands[-1] else cands[0]
         return BitPlan(tuple(layers), sizes, None, (bits,) * len(layers))
     if calibration.shape[0] == 0:
-        raise spec_error(spec, "calibration.samples", "raana needs calibration images for its layer sensitivities",
-                         "use calibration.samples >= 1")
+        raise calibration_error("raana", "measure its layer sensitivities on")
     coeffs = layer_coefficients(model, layers, calibration, labels=labels, batch_size=opts.batch_size)
     c = tuple(coeffs[n] for n in layers)
-    bits = allocate_bits(sizes, c, spec.weight_bits, cands)
+    bits = allocate_bits(sizes, c, config.weight_bits, cands)
     return BitPlan(tuple(layers), sizes, c, tuple(bits))
 
 
-@QUANTIZERS.register(
-    "raana",
-    options=tuple(RAANA_OPTIONS),
-    summary="RaanA: weight-only randomized-Hadamard RaBitQ codes, per-layer bits from gradient sensitivity",
-)
-def raana(model: nn.Module, spec: QuantizerSpec, calibration: Tensor, *, labels: Tensor | None = None) -> nn.Module:
+def raana(model: nn.Module, config: QuantConfig, calibration: Tensor, *, labels: Tensor | None = None) -> nn.Module:
     """Return a weight-only RaanA-quantized deep copy of ``model`` (eval mode); ``model`` is not modified."""
-    opts = LinearQuantOptions.from_spec(spec, keys=RAANA_COMMON_KEYS, extra=RAANA_EXTRA_OPTIONS)
+    opts: RaanAOptions = config.options
     with torch.inference_mode(False):  # normal (not inference) tensors, so the gradient pass can run
         qmodel = copy.deepcopy(model).eval()
-    plan = plan_bits(qmodel, spec, calibration, labels=labels, options=opts)
-    seed = opts.extra["seed"] if opts.extra["seed"] is not None else spec.calibration.seed
+    plan = plan_bits(qmodel, config, calibration, labels=labels)
+    seed = opts.seed if opts.seed is not None else config.seed
     generator = torch.Generator().manual_seed(int(seed))
     bits = plan.as_dict()
     # one rotation per layer, drawn in module order from one seeded generator

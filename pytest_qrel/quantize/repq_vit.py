@@ -79,7 +79,7 @@ Deviations from the reference code, and why:
 - Quantiles use float64 positions on all values (the reference calls ``torch.quantile``, falling back to
   ``np.percentile`` past 2^24 values; both use the same linear interpolation).
 - Scope: modules of exactly timm's ``Attention`` class are replaced (a model without one is a
-  ``SpecError``; subclasses with their own forward are left alone, their matmuls unquantized); the
+  :class:`~pytest_qrel.errors.QuantOptionError`; subclasses with their own forward are left alone, their matmuls unquantized); the
   ``norm1 -> attn.qkv`` and ``norm2 -> mlp.fc1`` pairs of timm ``Block`` s with a LayerNorm are
   reparameterized (the reference matches module names ``norm1`` / ``norm2``); a gated attention (whose
   ``norm1`` output also feeds ``gate``) or a non-``Mlp`` MLP keeps a per-tensor input there.
@@ -95,9 +95,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..spec.schema import QuantizerSpec
+from ..errors import QuantOptionError
 from .attention import QuantAttention, replace_attention
-from .base import QUANTIZERS, Option, parse_options, spec_error
+from .base import QuantConfig, calibration_error, no_linear_error
 from .fakequant import (
     FakeQuantConv2d,
     ActQuantizer,
@@ -243,39 +243,28 @@ def reparameterizable_pairs(model: nn.Module) -> list[tuple[nn.LayerNorm, nn.Mod
 # --------------------------------------------------------------------------------------------------
 
 
-REPQ_OPTIONS = {
-    "reparameterize": Option(True, lambda v: isinstance(v, bool), "true or false"),
-    "softmax_quantizer": Option("log_sqrt2", lambda v: v in ("log_sqrt2", "uniform"), "'log_sqrt2' or 'uniform'"),
-}
-
-
 def _search_quantizer(bits: int, *, per_channel: bool = False) -> ObservedActQuantizer:
     return ObservedActQuantizer(bits, PercentileSearchObserver(per_channel=per_channel))
 
 
-@QUANTIZERS.register(
-    "repq_vit",
-    options=tuple(REPQ_OPTIONS),
-    summary="RepQ-ViT: linears, attention matmuls (log-sqrt2 softmax) and patch embedding, "
-            "post-LayerNorm scale reparameterization, percentile-searched ranges",
-)
-def repq_vit(model: nn.Module, spec: QuantizerSpec, calibration: Tensor, *, labels: Tensor | None = None) -> nn.Module:
-    """Return a RepQ-ViT-quantized deep copy of ``model`` (eval mode); ``model`` itself is not modified."""
-    opts = parse_options(spec, REPQ_OPTIONS)
-    wb, ab = spec.weight_bits, spec.act_bits
+def repq_vit(model: nn.Module, config: QuantConfig, calibration: Tensor, *, labels: Tensor | None = None) -> nn.Module:
+    """Return a RepQ-ViT-quantized deep copy of ``model`` (eval mode); ``model`` itself is not modified.
+
+    ``config.options`` is a :class:`~pytest_qrel.quantize.options.RepQOptions`."""
+    opts = config.options
+    wb, ab = config.weight_bits, config.act_bits
     if ab is not None and calibration.shape[0] == 0:
-        raise spec_error(spec, "calibration.samples", "no calibration images to calibrate activations on",
-                         "use calibration.samples >= 1 (RepQ-ViT used 32)")
+        raise calibration_error("repq_vit", "calibrate activations on (RepQ-ViT used 32)")
     qmodel = copy.deepcopy(model).eval()
 
     if ab is not None:
         attns = replace_attention(qmodel, lambda name, attn: QuantAttention(
-            attn, act_bits=ab, act_quantizer=_search_quantizer, softmax_quantizer=opts["softmax_quantizer"]))
+            attn, act_bits=ab, act_quantizer=_search_quantizer, softmax_quantizer=opts.softmax_quantizer))
         if not attns:
-            raise spec_error(spec, "method", "'repq_vit' found no timm Attention module to quantize",
-                             "use it on a timm VisionTransformer (or a method that supports this architecture)")
+            raise QuantOptionError("method", "'repq_vit' found no timm Attention module to quantize",
+                                   "use it on a timm VisionTransformer (or a method that supports this architecture)")
 
-    pairs = reparameterizable_pairs(qmodel) if ab is not None and opts["reparameterize"] else []
+    pairs = reparameterizable_pairs(qmodel) if ab is not None and opts.reparameterize else []
     per_channel = {id(lin) for _, lin in pairs}
     built: dict[int, FakeQuantLinear] = {}
 
@@ -287,8 +276,7 @@ def repq_vit(model: nn.Module, spec: QuantizerSpec, calibration: Tensor, *, labe
         return fq
 
     if not replace_linears(qmodel, build_linear):
-        raise spec_error(spec, "method", "the model has no nn.Linear layer for 'repq_vit' to quantize",
-                         "use a method that supports this architecture")
+        raise no_linear_error("repq_vit")
     replace_convs(qmodel, lambda name, conv: FakeQuantConv2d(
         conv, weight_bits=wb, act_bits=None if ab is None else PATCH_EMBED_ACT_BITS,
         weight_quantizer=repq_weight_quantizer,

@@ -26,17 +26,46 @@ feed something else (so that smoothing it changes the function), that group is l
 warning says so. A model with no LayerNorm -> Linear group is quantized unsmoothed (a warning says
 the result is plain minmax).
 
-**Quantization.** Exactly :func:`~.minmax.apply_minmax` on the smoothed copy, with the same options:
-weights per channel (or per tensor) at ``weight_bits``, static per-tensor activations at
-``act_bits`` observed on the smoothed model, head and patch embedding as the options say.
+**Quantization.** :func:`~.minmax.apply_minmax` on the smoothed copy, with the same options:
+weights per channel (or per tensor) at ``weight_bits``, the head and the patch embedding as the
+options say, and activations as ``act_quant`` says:
 
-Options: the common ones of :mod:`.options` (same defaults as ``minmax``) and ``alpha`` (a number
-from 0 to 1, default 0.5). The activation statistics use ``batch_size`` images per forward pass.
+- ``static`` (default): minmax's static per-tensor activations at ``act_bits`` (asymmetric, or
+  symmetric with ``act_symmetric``), observed on the smoothed model;
+- ``per_token``: the reference code's dynamic symmetric quantization, one absmax scale per token
+  recomputed at every forward (:class:`~.fakequant.DynamicActQuantizer`; a quantized patch
+  embedding's input gets one scale per image);
+- ``per_tensor``: the same with one scale per image.
 
-Differences from the reference implementation (mit-han-lab/smoothquant), which targets LLMs:
-activation statistics come from the calibration images, not from text; activations are quantized per
-tensor and static (its W8A8 demo also offers per-token dynamic activations, not implemented here);
-smoothing covers exactly the LayerNorm -> Linear groups found by data flow.
+``quantize_bmm_input: true`` also quantizes the inputs of the attention matmuls as the reference
+does: it replaces timm's ``Attention`` by :class:`~.attention.QuantAttention` and quantizes ``q``,
+``k`` and ``v`` with the same ``act_quant`` (``per_token``: one scale per token across all heads,
+like the reference's quantized ``q_proj`` / ``k_proj`` / ``v_proj`` outputs) while the softmax
+output stays in floating point (the reference leaves it so).
+
+Options: the common ones of :class:`~pytest_qrel.quantize.options.LinearQuantOptions` (same defaults
+as ``minmax``), ``alpha`` (a number from 0 to 1, default 0.5), ``act_quant`` (``static`` |
+``per_token`` | ``per_tensor``, default ``static``) and ``quantize_bmm_input`` (default false). The
+activation statistics use ``batch_size`` images per forward pass.
+
+**The reference's variant.** mit-han-lab/smoothquant (``smoothquant/fake_quant.py``) quantizes
+every Linear's input dynamically and symmetrically (``per_token``; its OPT recipe ``per_tensor``),
+quantizes the attention matmul inputs (``quantize_bmm_input``) and leaves the language-model head in
+floating point. The same here::
+
+    options: {act_quant: per_token, quantize_bmm_input: true, head: fp32}
+
+Why the default is static per-tensor: it is the setting whose scales are fixed before deployment
+(SmoothQuant's most efficient level, O3, uses static per-tensor activations: no reduction at run
+time), it is what ``minmax`` does, so ``smoothquant`` differs from ``minmax`` by the smoothing alone,
+and suites written before these options keep their numbers. Choose the reference's variant to
+compare with numbers produced by its code.
+
+Other differences from the reference implementation, which targets LLMs: activation statistics come
+from the calibration images, not from text; smoothing covers exactly the LayerNorm -> Linear groups
+found by data flow; the reference's bit widths are fixed at 8, here they are ``weight_bits`` /
+``act_bits``; its weight scale clamps the absmax at 1e-5 before dividing by ``2^(b-1) - 1`` where
+this package clamps the scale at float32 epsilon (equal unless a weight row is ~0).
 """
 
 from __future__ import annotations
@@ -50,11 +79,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..spec.schema import QuantizerSpec
-from .base import QUANTIZERS, Option, spec_error
-from .fakequant import CALIBRATION_BATCH_SIZE
-from .minmax import apply_minmax, check_calibration
-from .options import LinearQuantOptions
+from ..errors import QuantOptionError
+from .attention import QuantAttention, replace_attention
+from .base import QuantConfig, calibration_error
+from .fakequant import CALIBRATION_BATCH_SIZE, ActQuantizer, DynamicActQuantizer
+from .minmax import InputQuantizerFactory, apply_minmax
+from .options import SmoothQuantOptions
 
 SCALE_MIN = 1e-5
 """Lower clamp of the weight maxima and of the smoothing factors (as in the reference code)."""
@@ -65,14 +95,9 @@ EQUIVALENCE_RTOL = 1e-4
 CHECK_IMAGES = 8
 
 
-def _alpha_valid(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= float(value) <= 1.0
-
-
-SMOOTHQUANT_OPTIONS = LinearQuantOptions.accepted(
-    extra={"alpha": Option(DEFAULT_ALPHA, _alpha_valid, "a number from 0 to 1")}
-)
-"""The options ``smoothquant`` accepts (the common ones and ``alpha``), with their defaults."""
+SMOOTHQUANT_OPTIONS = SmoothQuantOptions.accepted()
+"""The options ``smoothquant`` accepts (the common ones, ``alpha``, ``act_quant``,
+``quantize_bmm_input``), with their defaults."""
 
 
 @dataclass(frozen=True)
@@ -261,20 +286,37 @@ def smooth_model(
 # --------------------------------------------------------------------------------------------------
 
 
-@QUANTIZERS.register(
-    "smoothquant",
-    options=tuple(SMOOTHQUANT_OPTIONS),
-    summary="SmoothQuant: migrate activation outliers of LayerNorm -> Linear inputs into the weights, then minmax",
-)
-def smoothquant(model: nn.Module, spec: QuantizerSpec, calibration: Tensor, *,
+def activation_quantizers(opts: SmoothQuantOptions) -> tuple[InputQuantizerFactory | None, InputQuantizerFactory | None,
+                                                               InputQuantizerFactory]:
+    """``(linear inputs, patch-embedding input, attention operands q / k / v)`` quantizer factories
+    for ``opts.act_quant`` (``None``: minmax's static per-tensor default)."""
+    if opts.act_quant == "static":
+        return None, None, lambda bits: ActQuantizer(bits, symmetric=opts.act_symmetric)
+    if opts.act_quant == "per_token":
+        return (lambda bits: DynamicActQuantizer(bits, "per_token"),
+                lambda bits: DynamicActQuantizer(bits, "per_tensor"),  # a conv input has no tokens
+                lambda bits: DynamicActQuantizer(bits, "per_token", feature_dims=(1, 3)))
+    per_tensor = lambda bits: DynamicActQuantizer(bits, "per_tensor")  # noqa: E731
+    return per_tensor, per_tensor, per_tensor
+
+
+def smoothquant(model: nn.Module, config: QuantConfig, calibration: Tensor, *,
                 labels: Tensor | None = None) -> nn.Module:
-    """Return a smoothed, quantized deep copy of ``model`` (eval mode); ``model`` itself is not modified."""
-    opts = LinearQuantOptions.from_spec(spec, extra={"alpha": SMOOTHQUANT_OPTIONS["alpha"]})
+    """Return a smoothed, quantized deep copy of ``model`` (eval mode); ``model`` itself is not modified.
+
+    ``config.options`` is a :class:`~pytest_qrel.quantize.options.SmoothQuantOptions`."""
+    opts: SmoothQuantOptions = config.options
     if calibration.shape[0] == 0:
-        raise spec_error(spec, "calibration.samples", "smoothquant needs calibration images for its activation "
-                         "statistics", "use calibration.samples >= 1")
-    check_calibration(spec, calibration)
+        raise calibration_error("smoothquant", "collect its activation statistics on")
     qmodel = copy.deepcopy(model).eval()
-    smooth_model(qmodel, calibration, alpha=float(opts.extra["alpha"]), batch_size=opts.batch_size)
-    apply_minmax(qmodel, spec, calibration, opts, method="smoothquant")
+    smooth_model(qmodel, calibration, alpha=opts.alpha, batch_size=opts.batch_size)
+    linear_in, conv_in, operands = activation_quantizers(opts)
+    if opts.quantize_bmm_input and config.act_bits is not None:
+        ab = config.act_bits
+        if not replace_attention(qmodel, lambda name, attn: QuantAttention(
+                attn, act_bits=ab, act_quantizer=operands, softmax_quantizer="none")):
+            raise QuantOptionError("quantize_bmm_input", "quantize_bmm_input: true, but the model has no timm "
+                                   "Attention module whose matmul inputs could be quantized",
+                                   "remove quantize_bmm_input (or use a timm VisionTransformer)")
+    apply_minmax(qmodel, config, calibration, opts, input_quantizer=linear_in, conv_input_quantizer=conv_in)
     return qmodel

@@ -226,10 +226,13 @@ def _quantizers(ctx: _Ctx, raw: Any) -> dict[str, QuantizerSpec]:
             spec = LineDict(method=spec)
             spec.line = node.line_of(name)
         spec = ctx.mapping(spec, field, "write '{method: minmax, weight_bits: 4, act_bits: 4}'")
-        ctx.unknown_keys(spec, ("method", "weight_bits", "act_bits", "calibration", "options", "verify"), field)
+        ctx.unknown_keys(spec, ("method", "weight_bits", "act_bits", "calibration", "options", "verify", "allow_float_paths"), field)
         verify = spec.get("verify", False)
         if not isinstance(verify, bool):
             raise ctx.err(f"'verify' must be true or false, got {verify!r}", node=spec, key="verify", field=f"{field}.verify", fix="write 'verify: true'")
+        allow_float = spec.get("allow_float_paths", False)
+        if not isinstance(allow_float, bool):
+            raise ctx.err(f"'allow_float_paths' must be true or false, got {allow_float!r}", node=spec, key="allow_float_paths", field=f"{field}.allow_float_paths", fix="write 'allow_float_paths: true'")
         if "method" not in spec or not isinstance(spec["method"], str):
             raise ctx.err("missing 'method'", node=spec, field=f"{field}.method", fix="add e.g. 'method: minmax'")
         m = _BITS_IN_NAME.match(name)
@@ -264,7 +267,24 @@ def _quantizers(ctx: _Ctx, raw: Any) -> dict[str, QuantizerSpec]:
         options = spec.get("options") or {}
         if not isinstance(options, dict):
             raise ctx.err("'options' must be a mapping", node=spec, key="options", field=f"{field}.options")
-        out[name] = QuantizerSpec(name, spec["method"], wb, ab, cal, dict(options), ctx.loc(node, name), verify)
+        # The method, its options and the bits, checked by the method's own typed options (no torch).
+        from ..errors import QuantOptionError
+        from ..quantize import validate_quantizer
+        from .quantizers import SETTINGS, located_error
+
+        try:
+            validate_quantizer(spec["method"], wb, ab, options, seed=cal.seed)
+        except UnknownNameError as exc:
+            raise ctx.err(str(exc), node=spec, key="method", field=f"{field}.method", fix="use one of the known methods") from None
+        except QuantOptionError as exc:
+            if exc.option in SETTINGS:
+                line = spec.line_of(exc.option) if exc.option in spec else ctx.loc(node, name).line
+            elif exc.option == "calibration":
+                line = cal_node.line_of("samples") if isinstance(cal_node, LineDict) else spec.line_of("calibration")
+            else:
+                line = options.line_of(exc.option) if isinstance(options, LineDict) else spec.line_of("options")
+            raise located_error(exc, name, file=ctx.path, line=line) from None
+        out[name] = QuantizerSpec(name, spec["method"], wb, ab, cal, dict(options), ctx.loc(node, name), verify, allow_float)
     return out
 
 

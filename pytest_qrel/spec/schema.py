@@ -82,7 +82,8 @@ class QuantizerSpec:
     calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
     options: dict[str, Any] = field(default_factory=dict)
     where: Location | None = None
-    verify: bool = False  # run verify_simulation after quantizing (distinct values <= 2^bits)
+    verify: bool = False  # run verify_simulation after quantizing (distinct values <= 2^bits, no float path)
+    allow_float_paths: bool = False  # verify: true passes although some matmul / linear / conv computes in float
 
     def config_dict(self) -> dict[str, Any]:
         """Everything that determines the quantized model (for fingerprints)."""
