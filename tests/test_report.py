@@ -321,6 +321,15 @@ def test_figure_data_reads_the_records(demo_html: str) -> None:
     assert [m for m, _ in fig1.data["metrics"]] == ["aupr_out", "auroc"]
 
 
+def test_line_figures_label_their_axes(demo_html: str) -> None:
+    fig = demo_html[demo_html.index('data-kind="bits-ood"'):]
+    svg = fig[: fig.index("</svg>")]
+    texts = re.findall(r"<text[^>]*>([^<]*)</text>", svg)
+    numbers = [t for t in texts if re.fullmatch(r"\d+(\.\d+)?", t.strip())]
+    assert len(numbers) >= 6  # y tick labels on both panels (AUPR-out and AUROC in %)
+    assert {"FP32", "W8A8", "W4A4"} <= {t.strip() for t in texts} and "bit configuration" in texts
+
+
 def test_spectral_maps_share_one_colour_scale() -> None:
     page = build_page(rd.spectral_results())
     (spec,) = [f for f in page.suites[0].models[0].figures if f.kind == "spectral"]

@@ -140,15 +140,17 @@ UNIT_TICKS = ([0.0, 0.5, 1.0], ["0", ".5", "1"])
 
 
 def _panels(fig: Any, rows: int, cols: int, *, left: float = 0.5, right: float = 0.12, top: float = 0.3, bottom: float = 0.42,
-            wspace: float = 0.12, hspace: float = 0.35, **kw: Any) -> Any:
+            wspace: float = 0.12, hspace: float = 0.35, unit_ticks: bool = True, **kw: Any) -> Any:
     """A rows x cols grid of axes with fixed margins in inches (no layout engine: small multiples
-    on [0, 1] axes need none, and a layout engine costs more time than the drawing)."""
+    need none, and a layout engine costs more time than the drawing); ``unit_ticks``: axes on
+    [0, 1] with ticks at 0, .5 and 1."""
     w, h = fig.get_size_inches()
     axes = fig.subplots(rows, cols, squeeze=False, gridspec_kw={
         "left": left / w, "right": 1 - right / w, "top": 1 - top / h, "bottom": bottom / h, "wspace": wspace, "hspace": hspace}, **kw)
-    for ax in axes.flat:
-        ax.set_xticks(*UNIT_TICKS)
-        ax.set_yticks(*UNIT_TICKS)
+    if unit_ticks:
+        for ax in axes.flat:
+            ax.set_xticks(*UNIT_TICKS)
+            ax.set_yticks(*UNIT_TICKS)
     return axes
 
 
@@ -300,7 +302,7 @@ def bits_top1(fig: Any, data: dict[str, Any]) -> None:
 @DRAWERS.register("bits-ood", size=lambda d: (2.5 * len(d["metrics"]) + 0.3 + _legend_width([l["label"] for l in d["lines"]]), 2.7), layout=None)
 def bits_ood(fig: Any, data: dict[str, Any]) -> None:
     right = _legend_width([l["label"] for l in data["lines"]])
-    axes = _panels(fig, 1, len(data["metrics"]), left=0.55, right=right, top=0.12, bottom=0.45, wspace=0.4)[0]
+    axes = _panels(fig, 1, len(data["metrics"]), left=0.55, right=right, top=0.12, bottom=0.45, wspace=0.4, unit_ticks=False)[0]
     x = list(range(len(data["x"])))
     handles = []
     for ax, (metric, label) in zip(axes, data["metrics"]):
@@ -312,16 +314,9 @@ def bits_ood(fig: Any, data: dict[str, Any]) -> None:
                 handles.append(h)
         ax.set_xticks(x, data["x"])
         ax.set_xlim(-0.3, len(x) - 0.7)
-        ax.yaxis.set_major_locator(_auto_locator())
         ax.set_ylabel(label)
         ax.set_xlabel("bit configuration")
     axes[-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.03, 1.0), frameon=False, borderaxespad=0.0)
-
-
-def _auto_locator() -> Any:
-    from matplotlib.ticker import MaxNLocator
-
-    return MaxNLocator(5)
 
 
 def _heat_margins(d: dict[str, Any]) -> tuple[float, float]:

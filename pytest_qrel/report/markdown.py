@@ -82,7 +82,7 @@ def _key_numbers(b: _Builder, results: RunResults, limit: int) -> list[str]:
         if not id_metrics and not ood_metrics:
             continue
         heads = [b.header(m) for m in id_metrics] + [f"{b.info(m).label} mean ({display.score_label(score)}, %)" for m in ood_metrics]
-        out += ["", f"**{md_escape(suite)} / {md_escape(model)}** (change against {md_escape(ref.quantizer) if ref else 'FP32: none'})", "",
+        out += ["", f"**{md_escape(suite)} / {md_escape(model)}** (in parentheses: change against {md_escape(ref.quantizer) if ref else 'FP32 (none in this run)'}, + is worse)", "",
                 "| Quantizer | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
         ordered = ([ref] if ref else []) + [u for u in units if u is not ref]
         for u in ordered[:limit]:
