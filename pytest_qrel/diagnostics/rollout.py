@@ -133,8 +133,9 @@ def record_attention(module: Any) -> Iterator[list[Any]]:
             if isinstance(blk, QuantAttention):
                 handles.append(blk.attn_operand.register_forward_hook(keep_output))
             else:
-                fused_before.append((blk, blk.fused_attn))
-                blk.fused_attn = False  # the explicit path computes the probabilities
+                if hasattr(blk, "fused_attn"):
+                    fused_before.append((blk, blk.fused_attn))
+                    blk.fused_attn = False  # the explicit path computes the probabilities
                 handles.append(blk.attn_drop.register_forward_hook(keep_input))
         yield captured
     finally:
@@ -192,6 +193,10 @@ def attention_rollout(
             logits = module(images)
     finally:
         module.train(was_training)
+    n_blocks = len(_attention_modules(module))
+    if len(captured) != n_blocks:
+        raise ValueError(f"attention_rollout recorded {len(captured)} attention maps for {n_blocks} attention blocks "
+                         "(a block that computes attention without timm's attn_drop step?)")
     if isinstance(logits, (tuple, list)):
         logits = logits[0]
     probs = torch.softmax(logits.detach().float().cpu(), dim=-1)

@@ -184,10 +184,10 @@ def rollout_figures(b: "_Builder", suite: str, model: str, units: list[UnitMetri
 
 def suite_figures(b: "_Builder", suite: str, models: Mapping[str, Sequence[UnitMetrics]]) -> list["FigureSpec"]:
     """The ViT paper's Fig. 1: mean AUPR-out (and AUROC) over the OOD sets against the bit
-    configuration, one line per model (per model and method when a model has several methods;
-    per model and score, first score only, when one model has one method and several scores is
-    not needed: one line per model and score)."""
-    scores = b.r.scores.get(suite) or []
+    configuration (FP32 first, then the bit configurations in the order the units come).
+
+    One line per model and score when each model uses one method; per model and method (first
+    score only) when a model uses several, so the lines stay few enough to read."""
     lines = []
     xs: list[str] = []
     for model, units in models.items():
@@ -221,7 +221,6 @@ def suite_figures(b: "_Builder", suite: str, models: Mapping[str, Sequence[UnitM
             ys += [_pct(l["by_bits"][bx].mean_ood(l["score"]).get(m)) if bx in l["by_bits"] else None for bx in xs]
             values[m] = ys
         out_lines.append({"label": l["label"], "values": values})
-    del scores
     return [_spec(b, "bits-ood", "OOD detection against bit configuration",
                   "Mean over the OOD sets of AUPR-out (OOD positive) and AUROC, in %, at each bit configuration; one line per model "
                   "(and method or score).",

@@ -29,7 +29,6 @@ __all__ = [
     "fmt_delta",
     "fmt_info",
     "fmt_value",
-    "margin_class",
     "missing",
 ]
 
@@ -78,20 +77,6 @@ def delta_class(info: MetricInfo, delta: Any, fp32: Any = None) -> str:
     if level == 0:
         return "n0"
     return f"{'w' if float(delta) > 0 else 'b'}{level}"
-
-
-def margin_class(margin: Any, bound_amount: Any = None) -> str:
-    """The colour of a checked cell by its margin to the bound: ``"m-fail"`` when violated,
-    ``"m-tight"`` when less than 20 % of the bound is left (or, without a bound amount, the
-    margin is within 0.1 of it), ``"m-ok"`` otherwise, ``""`` without a margin."""
-    if missing(margin):
-        return ""
-    m = float(margin)
-    if m < 0:
-        return "m-fail"
-    scale = abs(float(bound_amount)) if not missing(bound_amount) and float(bound_amount) != 0 else None
-    tight = (m / scale < 0.2) if scale else (m < 0.1)
-    return "m-tight" if tight else "m-ok"
 
 
 def fmt_info(x: Any) -> str:

@@ -28,7 +28,7 @@ from typing import Any
 from .. import display
 from ..results import MetricInfo, RunResults, UnitMetrics, Verdict
 from ..spec.schema import MEAN_OOD
-from .format import MISSING, delta_class, fmt_delta, fmt_info, fmt_value, margin_class, missing
+from .format import MISSING, delta_class, fmt_delta, fmt_info, fmt_value, missing
 
 __all__ = [
     "FAILING",
