@@ -208,8 +208,13 @@ def roc_pr(fig: Any, data: dict[str, Any]) -> None:
     cols = min(len(sets), MAX_COLS)
     axes = _panels(fig, 2 * blocks, cols, top=0.35 + 0.16 * _legend_rows(data), bottom=0.4, left=0.55, hspace=0.55, wspace=0.2,
                    sharex=True, sharey=True)
+    from matplotlib.collections import LineCollection
+    from matplotlib.lines import Line2D
+
     colors = _colors([l["label"] for l in lines], [l["ref"] for l in lines])
-    handles = []
+    widths = [1.6 if l["ref"] else 1.0 for l in lines]
+    # reference last, so it is drawn on top; one collection per panel is much cheaper than a line per curve
+    order = sorted(range(len(lines)), key=lambda k: lines[k]["ref"])
     for j in range(blocks * cols):
         ax_roc, ax_pr = axes[2 * (j // cols), j % cols], axes[2 * (j // cols) + 1, j % cols]
         if j >= len(sets):
@@ -217,20 +222,24 @@ def roc_pr(fig: Any, data: dict[str, Any]) -> None:
             ax_pr.set_visible(False)
             continue
         d = sets[j]
-        for line, color in zip(lines, colors):
-            lw = 1.6 if line["ref"] else 1.0
-            z = 3 if line["ref"] else 2
-            if d in line["roc"]:
-                (h,) = ax_roc.plot(*simplify(line["roc"][d]["fpr"], line["roc"][d]["tpr"], DRAW_POINTS), color=color, lw=lw, zorder=z, label=line["label"])
-                if j == 0:
-                    handles.append(h)
-            if d in line["pr"]:
-                ax_pr.plot(*simplify(line["pr"][d]["recall"], line["pr"][d]["precision"], DRAW_POINTS), color=color, lw=lw, zorder=z)
-        ax_roc.plot([0, 1], [0, 1], ls=":", lw=0.7, color="#888888")
-        ax_roc.set_title(d)
-        for ax in (ax_roc, ax_pr):
+        for ax, key, xs, ys in ((ax_roc, "roc", "fpr", "tpr"), (ax_pr, "pr", "recall", "precision")):
+            segs, cs, ws = [], [], []
+            for k in order:
+                curve = lines[k][key].get(d)
+                if curve:
+                    x, y = simplify(curve[xs], curve[ys], DRAW_POINTS)
+                    segs.append(list(zip(x, y)))
+                    cs.append(colors[k])
+                    ws.append(widths[k])
+            if key == "roc":
+                segs.insert(0, [(0.0, 0.0), (1.0, 1.0)])  # chance
+                cs.insert(0, "#bbbbbb")
+                ws.insert(0, 0.6)
+            ax.add_collection(LineCollection(segs, colors=cs, linewidths=ws))
             ax.set_xlim(0, 1)
             ax.set_ylim(0, 1.02)
+        ax_roc.set_title(d)
+        ax_roc.tick_params(labelbottom=True)  # shared x with the PR row below, but a different quantity
         ax_roc.set_xlabel("OOD accepted (FPR)", labelpad=1)
         ax_pr.set_xlabel("recall (OOD)", labelpad=1)
         if j % cols == 0:
@@ -239,6 +248,7 @@ def roc_pr(fig: Any, data: dict[str, Any]) -> None:
         else:
             ax_roc.tick_params(labelleft=False)
             ax_pr.tick_params(labelleft=False)
+    handles = [Line2D([], [], color=c, lw=w, label=l["label"]) for l, c, w in zip(lines, colors, widths)]
     if handles:
         fig.legend(handles=handles, loc="upper center", ncol=_legend_cols(data), frameon=False, borderaxespad=0.2)
 
