@@ -32,6 +32,10 @@ class Verdict:
     ``value_display`` / ``fp32_display`` / ``bound_display`` are the values and the bound written in
     one unit by one display rule per metric (:mod:`pytest_qrel.display`).
     ``stage`` names where an error happened (``"model import"``, ``"calibration"``, ``"forward"``, ...).
+    ``reason`` is the check's ``reason:`` as written in the suite (shown beside expected failures);
+    ``bound_amount`` the bound's number in the bound's unit (``12`` for ``delta <= 12%``, ``0.05``
+    for ``ece <= 0.05``; ``None`` for a bound against another quantizer): the report scales the
+    colour of ``margin`` by it (``margin / |bound_amount|``).
     """
 
     suite: str
@@ -63,6 +67,8 @@ class Verdict:
     fp32_display: str = ""
     bound_display: str = ""
     stage: str = ""
+    reason: str = ""
+    bound_amount: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: _plain(v) for k, v in asdict(self).items()}
@@ -101,6 +107,9 @@ class UnitMetrics:
     ID samples accepted; PR: OOD is the positive class, as ``aupr_out``).
     ``diagnostics``: ``{name: ...}`` of opt-in diagnostics (``attention_rollout``: see
     :mod:`pytest_qrel.diagnostics`).
+    ``ood_mean``: ``{score: {metric: value}}``, each OOD metric averaged over the suite's OOD sets
+    (what a ``mean(ood)`` check reads); :meth:`mean_ood` falls back to the plain mean over the sets
+    in ``ood`` when the engine did not fill it.
     """
 
     suite: str
@@ -126,6 +135,24 @@ class UnitMetrics:
     per_seed: dict[str, list[float]] = field(default_factory=dict)
     curves: dict[str, Any] = field(default_factory=dict)
     diagnostics: dict[str, Any] = field(default_factory=dict)
+    ood_mean: dict[str, dict[str, float]] = field(default_factory=dict)
+    baseline: dict[str, Any] = field(default_factory=dict)  # FP32 records: {"file", "created", "fingerprint"}
+
+    @property
+    def is_reference(self) -> bool:
+        """True for the unquantized model without post-hoc steps (the FP32 column of every table)."""
+        return not self.method and not self.posthoc and not self.bits_label
+
+    def mean_ood(self, score: str) -> dict[str, float]:
+        """``{metric: mean over the OOD sets}`` of ``score``: ``ood_mean[score]`` when recorded,
+        else the arithmetic mean of each metric present in every set of ``ood[score]``."""
+        if score in self.ood_mean:
+            return dict(self.ood_mean[score])
+        per_set = list(self.ood.get(score, {}).values())
+        if len(per_set) < 2:
+            return {}
+        common = [m for m in per_set[0] if all(m in s and s[m] is not None for s in per_set)]
+        return {m: sum(float(s[m]) for s in per_set) / len(per_set) for m in common}
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(asdict(self))
@@ -138,7 +165,12 @@ class UnitMetrics:
 @dataclass
 class MetricInfo:
     """How a metric reads, for reports: ``label`` ("AUPR-out"), ``higher_is_better``, ``fraction``
-    (a value in [0, 1], shown as a percentage), ``unit`` of a non-fraction metric ("nats", "")."""
+    (a value in [0, 1], shown as a percentage), ``unit`` of a non-fraction metric ("nats", "").
+
+    ``fmt``: the display rule of a value in its display unit, a Python format spec (``".2f"``: two
+    decimals of the percentage for fractions; ``".4f"`` for NLL; ``".4g"``: four significant digits
+    for the spectral errors); ``""`` means the default of :mod:`pytest_qrel.display`.
+    """
 
     name: str
     label: str
@@ -146,6 +178,7 @@ class MetricInfo:
     fraction: bool
     unit: str = ""
     kind: str = "id"
+    fmt: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(asdict(self))

@@ -13,17 +13,14 @@ failure.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import platform
-import socket
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from .errors import QrelError
-from .results import MetricInfo, RunResults, UnitMetrics, Verdict
+from .results import RunResults, UnitMetrics, Verdict
 from .spec.plan import PlannedCheck, scopes
 
 RESULTS_FORMAT = "pytest-qrel-results"
@@ -80,32 +77,6 @@ def assign(planned: Sequence[PlannedCheck], k: int, n: int) -> list[bool]:
 
 
 # ------------------------------------------------------------------------------------ results
-def _sha256_file(path: Path) -> str:
-    try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    except OSError:
-        return ""
-
-
-def metric_infos() -> dict[str, MetricInfo]:
-    """Display information of every registered metric, for the report."""
-    from .metrics import METRICS
-
-    labels = {
-        "top1": "Top-1 accuracy", "nll": "NLL", "ece": "ECE", "auroc": "AUROC", "aupr_in": "AUPR-in", "aupr_out": "AUPR-out",
-        "fpr_at_95_tpr": "FPR@95", "vulnerability": "Vulnerability", "spectral_error": "Spectral error (RSE)",
-        "spectral_error_high": "Spectral error, high band",
-    }
-    out = {}
-    for name in METRICS:
-        meta = METRICS.meta(name)
-        out[name] = MetricInfo(
-            name=name, label=labels.get(name, name), higher_is_better=bool(meta["higher_is_better"]), fraction=bool(meta["fraction"]),
-            unit=str(meta.get("unit", "")), kind=str(meta["kind"]),
-        )
-    return out
-
-
 def run_results(
     verdicts: list[Verdict],
     units: list[UnitMetrics],
@@ -116,31 +87,18 @@ def run_results(
     command: str = "",
     device: str = "",
     shard: tuple[int, int] | None = None,
-    expected: list[str] | None = None,
 ) -> RunResults:
-    """Everything the report and a results file need, as plain data."""
-    from . import __version__
-    from .fingerprint import package_version
+    """Everything the report and a results file need, as plain data (run metadata from
+    :func:`pytest_qrel.runinfo.run_info`, baseline fingerprints from the FP32 records)."""
+    from .display import metric_infos
+    from .runinfo import describe_device, run_info
 
-    run: dict[str, Any] = {
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "duration_s": round(time.time() - started, 3),
-        "host": socket.gethostname(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "device": device,
-        "command": command,
-        "versions": {name: package_version(name) for name in ("torch", "timm", "open_clip_torch", "pytest")} | {"pytest-qrel": __version__},
-        "suites": {s.name: {"file": str(s.path), "sha256": _sha256_file(s.path), "conventions": s.conventions} for s in suites},
-        "shard": list(shard) if shard else None,
-    }
-    try:  # richer run metadata when the runinfo module is there
-        from .runinfo import run_info  # type: ignore[import-not-found]
-
-        run = {**run, **run_info(suites=suites, device=device, started=started, command=command)}
-    except ImportError:
-        pass
-    ordered = sorted(units, key=lambda u: (u.suite, u.model, u.quantizer.split("+")[0] != "FP32"))
+    baselines = {f"{u.suite}/{u.model}": u.baseline for u in units if u.baseline}
+    run = run_info(
+        suites, start=started, end=time.time(), device=describe_device(device) if device else None, baselines=baselines,
+        command=command, extra={"shard": list(shard) if shard else None},
+    )
+    ordered = sorted(units, key=lambda u: (u.suite, u.model, not u.is_reference, u.quantizer.split("+")[0] != "FP32"))
     return RunResults(
         verdicts=verdicts, units=ordered, metrics=metric_infos(),
         scores={s.name: list(s.scores) for s in suites}, run=run, planned=dict(planned),
@@ -187,8 +145,8 @@ def merge(paths: Sequence[Path]) -> RunResults:
     docs = [(Path(p), read_results(Path(p))) for p in paths]
     hashes: dict[str, set[str]] = {}
     for p, d in docs:
-        for name, info in (d["results"].get("run", {}).get("suites") or {}).items():
-            hashes.setdefault(name, set()).add(str(info.get("sha256")))
+        for info in d["results"].get("run", {}).get("suites") or []:
+            hashes.setdefault(str(info.get("name")), set()).add(str(info.get("sha256")))
     changed = [name for name, h in hashes.items() if len(h) > 1]
     if changed:
         raise MergeError(f"results come from different versions of suite(s) {', '.join(sorted(changed))} (suite SHA-256 differs); re-run all shards")
@@ -249,15 +207,8 @@ def write_report(results: RunResults, path: Path) -> Path:
     from .io import atomic_write_text
     from .report import render_markdown, render_report
 
-    conventions = sorted({f"{u.suite}: {u.conventions}" for u in results.units})
-    meta = {
-        "suites": sorted({v.suite for v in results.verdicts}),
-        "metric conventions": conventions or ["hendrycks"],
-        "command": results.run.get("command", ""),
-    }
-    methods = {(u.suite, u.quantizer): u.method for u in results.units if u.method}
-    render_report(results.verdicts, results.units, path, meta=meta, methods=methods)
-    atomic_write_text(path.with_suffix(".md"), render_markdown(results.verdicts, results.units, report_path=str(path)))
+    render_report(results, path)
+    atomic_write_text(path.with_suffix(".md"), render_markdown(results, report_path=str(path)))
     return path
 
 

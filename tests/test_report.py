@@ -1,38 +1,27 @@
-"""Tests of the HTML report and the Markdown summary (synthetic verdicts and unit metrics)."""
+"""The HTML report and the Markdown summary, from realistic RunResults (tests/reportdata.py)."""
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import replace
+import re
+import subprocess
+import sys
+from collections import Counter
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from markupsafe import Markup
 
-from pytest_qrel.report import build_context, render_html, render_markdown, render_report
-from pytest_qrel.report.html import (
-    environment,
-    fmt_delta,
-    fmt_metric,
-    num,
-    order_quantizers,
-    pct,
-    signed,
-    signed_delta,
-    split_quantizer_name,
-)
-from pytest_qrel.results import UnitMetrics, Verdict
-
-QUANTIZERS = ["FP32", "W8A8", "W6A6", "W4A8", "W8A4", "W4A4"]
-# Shaped like Table 1 of the ViT quantization/OOD paper (top-1 as fractions, NLL in nats).
-TOP1 = [0.82700, 0.82594, 0.81380, 0.73491, 0.76287, 0.65288]
-NLL = [0.733, 0.819, 1.002, 1.171, 1.325, 1.662]
-ECE = [0.021, 0.022, 0.030, 0.051, 0.060, 0.094]
-OOD_DATASETS = ["textures", "places365", "inaturalist"]
-
+import reportdata as rd
+from pytest_qrel.report import build_page, overall_status, render_html, render_markdown, render_report
+from pytest_qrel.report.format import delta_class, delta_level
+from pytest_qrel.report.markdown import MAX_CHARS
+from pytest_qrel.results import RunResults, UnitMetrics, Verdict
 
 # ------------------------------------------------------------------------------ a tiny DOM
+
+VOID = {"meta", "br", "link", "img", "input", "hr", "col", "source", "wbr"}
 
 
 class Node:
@@ -54,40 +43,47 @@ class Node:
                 yield c
                 yield from c.iter()
 
-    def find_all(self, tag: str | None = None, cls: str | None = None, id: str | None = None):
-        return [
-            n
-            for n in self.iter()
-            if (tag is None or n.tag == tag)
-            and (cls is None or cls in n.classes)
-            and (id is None or n.attrs.get("id") == id)
-        ]
+    def find_all(self, tag: str | None = None, cls: str | None = None, **attrs: str):
+        return [n for n in self.iter() if (tag is None or n.tag == tag) and (cls is None or cls in n.classes)
+                and all(n.attrs.get(k.replace("_", "-")) == v for k, v in attrs.items())]
 
-    def find(self, tag: str | None = None, cls: str | None = None, id: str | None = None) -> "Node":
-        found = self.find_all(tag, cls, id)
-        assert found, f"no <{tag} class={cls} id={id}>"
+    def find(self, tag: str | None = None, cls: str | None = None, **attrs: str) -> "Node":
+        found = self.find_all(tag, cls, **attrs)
+        assert found, f"no <{tag} class={cls} {attrs}>"
         return found[0]
 
 
-VOID = {"meta", "br", "link", "img", "input", "hr", "col", "source", "wbr"}
-
-
 class TreeBuilder(HTMLParser):
+    """HTML to Node; an inline <svg> is one opaque node (its inside is matplotlib's business)."""
+
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.root = Node("#root", {}, None)
         self.cur = self.root
+        self.in_svg = 0
 
     def handle_starttag(self, tag, attrs):
+        if self.in_svg:
+            self.in_svg += tag == "svg"
+            return
+        if tag == "svg":
+            self.in_svg = 1
         node = Node(tag, dict(attrs), self.cur)
         self.cur.children.append(node)
         if tag not in VOID:
             self.cur = node
 
     def handle_startendtag(self, tag, attrs):
-        self.cur.children.append(Node(tag, dict(attrs), self.cur))
+        if not self.in_svg:
+            self.cur.children.append(Node(tag, dict(attrs), self.cur))
 
     def handle_endtag(self, tag):
+        if self.in_svg:
+            self.in_svg -= tag == "svg"
+            if self.in_svg:
+                return
+        if tag in VOID:
+            return
         node = self.cur
         while node is not None and node.tag != tag:
             node = node.parent
@@ -95,7 +91,8 @@ class TreeBuilder(HTMLParser):
         self.cur = node.parent
 
     def handle_data(self, data):
-        self.cur.children.append(data)
+        if not self.in_svg:
+            self.cur.children.append(data)
 
 
 def parse(html: str) -> Node:
@@ -105,623 +102,366 @@ def parse(html: str) -> Node:
     return builder.root
 
 
-def table_headers(table: Node) -> list[str]:
-    return [th.text() for th in table.find("thead").find_all("th")]
+@pytest.fixture(scope="module")
+def demo_html() -> str:
+    return render_html(rd.demo_results())
 
 
-def table_rows(table: Node) -> dict[str, list[Node]]:
-    """Row label -> its value cells (<td>), for a table with a <th> row header."""
-    rows = {}
+def tables_html(results: RunResults) -> Node:
+    return parse(render_html(results, figures=False))
+
+
+def captioned(doc: Node, start: str) -> Node:
+    return next(t for t in doc.find_all("table") if t.find_all("caption") and t.find("caption").text().startswith(start))
+
+
+def cell_of(doc: Node, caption_start: str, row: str, column: str) -> Node:
+    """The <td> of ``row`` x ``column`` in the first table whose caption starts with ``caption_start``."""
+    table = next(t for t in doc.find_all("table") if t.find_all("caption") and t.find("caption").text().startswith(caption_start))
+    heads = [th.text() for th in table.find("thead").find_all("tr")[-1].find_all("th")]
+    j = heads.index(column) - 1 if table.find("thead").find_all("tr")[-1].find_all("th")[0].text() else heads.index(column)
     for tr in table.find("tbody").find_all("tr"):
-        rows[tr.find("th").text().split(" ")[0]] = tr.find_all("td")
-    return rows
+        th = tr.find_all("th")
+        if th and th[0].text().split(" ")[0] == row:
+            return tr.find_all("td")[j]
+    raise AssertionError(f"no row {row}")
 
 
-def cell_value(td: Node) -> str:
-    return td.find("span", cls="v").text()
+# ------------------------------------------------------------------------------ the page
 
 
-# ------------------------------------------------------------------------------ synthetic data
-
-
-def make_units(model: str = "DeiT3-S16", suite: str = "vit") -> list[UnitMetrics]:
-    units = []
-    for i, q in enumerate(QUANTIZERS):
-        ood = {}
-        for score, shift in (("msp", 0.0), ("energy", 0.01)):
-            ood[score] = {
-                ds: {
-                    "auroc": 0.90 - 0.02 * i - 0.01 * j + shift,
-                    "aupr_in": 0.95 - 0.01 * i,
-                    "aupr_out": 0.80 - 0.03 * i - 0.02 * j + shift,
-                    "fpr_at_95_tpr": 0.40 + 0.04 * i + 0.01 * j - shift,
-                }
-                for j, ds in enumerate(OOD_DATASETS)
-            }
-        info = {"temperature": 1.3 + 0.1 * i} if q in ("FP32", "W4A4") else {}
-        units.append(
-            UnitMetrics(suite, model, q, {"top1": TOP1[i], "nll": NLL[i], "ece": ECE[i]}, ood, info)
-        )
-    # scramble: the report must put FP32 first and keep the others in order of appearance
-    return [units[1], units[0]] + units[2:]
-
-
-def verdict(outcome: str = "passed", **kw) -> Verdict:
-    base = dict(
-        suite="vit",
-        model="DeiT3-S16",
-        quantizer="W8A8",
-        dataset="imagenet-val",
-        metric="top1",
-        score=None,
-        check="top1 drop <= 1pp",
-        bound="1pp",
-        fp32=TOP1[0],
-        value=TOP1[1],
-        delta=TOP1[0] - TOP1[1],
-        delta_display="+0.11pp",
-        passed=outcome in ("passed", "xpassed"),
-        expect_fail=outcome in ("xfailed", "xpassed"),
-        outcome=outcome,
-        message="",
-        nodeid="suites/vit.yaml::DeiT3-S16::W8A8::top1",
-    )
-    base.update(kw)
-    return Verdict(**base)
-
-
-def failing_w4a4() -> Verdict:
-    return verdict(
-        "failed",
-        quantizer="W4A4",
-        value=TOP1[5],
-        delta=TOP1[0] - TOP1[5],
-        delta_display="+17.41pp",
-        check="top1 drop <= 2pp",
-        bound="2pp",
-        message="top1 dropped 17.41pp (> 2pp) under W4A4",
-        nodeid="suites/vit.yaml::DeiT3-S16::W4A4::top1",
-    )
-
-
-# ------------------------------------------------------------------------------ tests
-
-
-def test_writes_self_contained_file(tmp_path: Path) -> None:
-    out = render_report([verdict(), failing_w4a4()], make_units(), tmp_path / "a" / "b" / "r.html")
-    assert out == tmp_path / "a" / "b" / "r.html" and out.is_file()
-    html = out.read_text(encoding="utf-8")
-    assert "http://" not in html and "https://" not in html
-    tree = parse(html)
-    assert not tree.find_all("script") and not tree.find_all("link") and not tree.find_all("img")
-    assert all("src" not in n.attrs for n in tree.iter())
-    assert all(n.attrs["href"].startswith("#") for n in tree.iter() if "href" in n.attrs)
-    assert "url(" not in html and "@import" not in html  # no CSS fetches either
-    assert tree.find_all("style"), "CSS must be inline"
-    assert tree.find("meta").attrs.get("charset") == "utf-8"
+def test_self_contained_and_offline(tmp_path: Path, demo_html: str) -> None:
+    path = render_report(rd.demo_results(), tmp_path / "sub" / "demo.html")
+    html = path.read_text(encoding="utf-8")
+    assert html.startswith("<!DOCTYPE html>") and len(html) < 5_000_000
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)  # nothing fetched
+    assert "<link" not in html and "@import" not in html and "<script src" not in html
+    assert set(re.findall(r"url\(([^)]*)\)", html)) <= {u for u in re.findall(r"url\(([^)]*)\)", html) if u.startswith("#")}
+    ids = re.findall(r'\sid="([^"]+)"', html)
+    assert [i for i, n in Counter(ids).items() if n > 1] == []  # several inline SVGs, no clashing ids
+    assert list(tmp_path.joinpath("sub").iterdir()) == [path]
 
 
 @pytest.mark.parametrize(
-    ("outcomes", "status"),
+    ("outcomes", "planned", "status"),
     [
-        (["passed", "xfailed", "skipped"], "INCOMPLETE"),  # a skipped check was not verified
-        (["passed", "xfailed"], "PASS"),
-        (["passed", "not run"], "FAIL"),
-        (["passed", "failed", "xfailed"], "FAIL"),
-        (["passed", "error"], "FAIL"),
-        (["passed", "xpassed"], "FAIL"),  # a strict xfail that passed is a failure
-        ([], "PASS"),
+        (["passed", "passed"], 2, "PASS"),
+        (["passed", "xfailed"], 2, "PASS"),
+        (["passed", "skipped"], 2, "INCOMPLETE"),
+        (["passed", "inconclusive"], 2, "INCOMPLETE"),
+        (["passed", "not run"], 2, "INCOMPLETE"),
+        (["passed", "passed"], 5, "INCOMPLETE"),  # three planned checks produced nothing
+        (["passed", "failed", "skipped"], 3, "FAIL"),
+        (["xpassed"], 1, "FAIL"),
+        (["error"], 1, "FAIL"),
+        (["passed", "mystery"], 2, "FAIL"),  # an outcome the report does not know fails the gate
+        ([], None, "NO CHECKS"),
+        ([], 4, "INCOMPLETE"),
     ],
 )
-def test_banner_status(outcomes: list[str], status: str) -> None:
-    tree = parse(render_html([verdict(o) for o in outcomes], make_units()))
-    banner = tree.find(id="verdict")
-    assert banner.find(cls="status").text() == status
-    assert ("fail" if status == "FAIL" else "pass") in banner.classes
-    # the verdict comes before everything else in <main>
-    main = tree.find("main")
-    assert next(main.iter()) is banner
+def test_banner_never_says_pass_over_what_was_not_verified(outcomes: list[str], planned: int | None, status: str) -> None:
+    base = rd.demo_results()
+    vs = [Verdict(**{**base.verdicts[0].to_dict(), "outcome": o}) for o in outcomes]
+    assert overall_status(vs, planned) == status
+    res = RunResults(verdicts=vs, units=base.units, metrics=base.metrics, scores=base.scores,
+                     planned={} if planned is None else {"demo": planned})
+    doc = tables_html(res)
+    assert doc.find(cls="status").text() == status
+    banner = doc.find("section", id="verdict").text()
+    if status == "INCOMPLETE" and planned:
+        n = sum(o in ("skipped", "inconclusive", "not run") for o in outcomes) + planned - len(outcomes)
+        assert f"{n} of {planned} checks did not run or could not decide" in banner and "not verified" in banner
+        assert "PASS" not in banner
 
 
-def test_banner_counts_every_outcome() -> None:
-    outcomes = ["passed", "passed", "failed", "xfailed", "skipped", "error", "xpassed"]
-    tree = parse(render_html([verdict(o) for o in outcomes], []))
-    counts = {li.text().split(" ", 1)[1]: int(li.text().split(" ")[0])
-              for li in tree.find(id="verdict").find_all("li")}
-    assert counts == {
-        "passed": 2, "failed": 1, "xfailed": 1, "xpassed": 1, "skipped": 1, "error": 1, "not run": 0, "inconclusive": 0
-    }
+def test_failing_checks_with_node_id_interval_and_bound_in_the_values_unit(demo_html: str) -> None:
+    doc = parse(demo_html)
+    rows = doc.find("table", cls="failing-table").find("tbody").find_all("tr")
+    texts = [r.text() for r in rows]
+    assert len(rows) == 2
+    nll = next(t for t in texts if "nll" in t)
+    assert "suites/demo.yaml::vit_digits[W6A6-digits]::nll delta<=40%" in nll
+    assert "+40.62%" in nll and "[95% CI" in nll and "0.1450 nats" in nll
+    auroc = next(r for r in rows if "auroc" in r.text()).find_all("td")
+    # FP32, value, bounded quantity and bound in one unit (the check was written as 'value >= 0.85')
+    assert [td.text() for td in auroc[2:5]] == ["90.22%", "84.60%", "84.60%"] and auroc[6].text() == "value >= 85.00%"
 
 
-def test_failing_section_shows_numbers_and_only_failures() -> None:
-    ok = verdict(check="nll increase <= 0.1", metric="nll", fp32=0.733, value=0.819)
-    xpass = verdict("xpassed", quantizer="W6A6", check="strict-xfail-check", metric="ece",
-                    fp32=0.021, value=0.030, delta_display="+0.90pp")
-    tree = parse(render_html([ok, failing_w4a4(), xpass], make_units()))
-    section = tree.find(id="failing")
-    text = section.text()
-    for expected in ("82.70%", "65.29%", "+17.41pp", "2pp", "top1 drop <= 2pp",
-                     "top1 dropped 17.41pp (> 2pp) under W4A4",
-                     "suites/vit.yaml::DeiT3-S16::W4A4::top1", "strict-xfail-check"):
-        assert expected in text, expected
-    assert "nll increase <= 0.1" not in text
-    rows = section.find("tbody").find_all("tr")
-    assert [r.find(cls="badge").text() for r in rows] == ["failed", "xpassed"]
-    # each failing row links to its model's section
-    anchor = tree.find("section", cls="model").attrs["id"]
-    assert rows[0].find("a", cls="loc").attrs["href"] == f"#{anchor}"
-    # all verdicts are still listed, collapsed
-    details = tree.find(id="all-verdicts").find("details")
-    assert "open" not in details.attrs
-    assert len(details.find("tbody").find_all("tr")) == 3
-    assert "nll increase <= 0.1" in details.text()
+def test_expected_failures_have_a_section_and_are_marked_in_tables(demo_html: str) -> None:
+    doc = parse(demo_html)
+    section = doc.find("section", id="expected").text()
+    assert "fpr_at_95_tpr(energy)" in section and "W4A4 minmax keeps top-1" in section and "+19.25pp" in section
+    assert "1 expected failure" in doc.find("section", id="verdict").text()
+    cell = cell_of(doc, "FPR@95 (%) \u2193 \u00b7 Energy", "mean", "W4A4")
+    assert "cell-xfail" in cell.classes and "xfailed" in cell.text()
 
 
-def test_table1_quantizer_columns_values_and_deltas() -> None:
-    tree = parse(render_html([], make_units()))
-    table = tree.find("table", cls="id-metrics")
-    assert table_headers(table) == ["Metric"] + QUANTIZERS
-    rows = table_rows(table)
-    assert list(rows) == ["Top-1", "NLL", "ECE"]
-    top1 = ["82.70", "82.59", "81.38", "73.49", "76.29", "65.29"]
-    assert [cell_value(td) for td in rows["Top-1"]] == top1
-    nll = ["0.733", "0.819", "1.002", "1.171", "1.325", "1.662"]
-    assert [cell_value(td) for td in rows["NLL"]] == nll
-    assert cell_value(rows["ECE"][5]) == "9.40"
-    # no delta beside FP32; positive = worse for accuracy (FP32 - q) and for NLL/ECE (q - FP32)
-    assert not rows["Top-1"][0].find_all(cls="delta")
-    top1_delta = rows["Top-1"][5].find(cls="delta")
-    assert top1_delta.text() == "+17.41" and "worse" in top1_delta.classes
-    assert rows["NLL"][5].find(cls="delta").text() == "+0.929"
-    assert rows["ECE"][1].find(cls="delta").text() == "+0.10"
+def test_a_failing_cell_shows_the_bounded_quantity_and_no_green_delta() -> None:
+    doc = tables_html(rd.demo_results())
+    nll = cell_of(doc, "In-distribution", "NLL", "W6A6")
+    assert "cell-fail" in nll.classes
+    assert "+40.62%" in nll.text() and "delta <= 40%" in nll.text()  # what the check bounded, in its unit
+    assert nll.find(cls="delta").classes == {"delta", "n0"}  # a failing cell is not coloured by its delta
+    # ECE in the table is in %, and so is the bound the check wrote in fractions (<= 0.05)
+    ece = cell_of(doc, "In-distribution", "ECE", "W4A4")
+    assert "3.81" in ece.text() and "value <= 5.00%" in ece.text()
 
 
-def test_improvement_shows_typographic_minus() -> None:
-    units = make_units()
-    units[0].id["top1"] = 0.83  # W8A8 better than FP32
-    tree = parse(render_html([], units))
-    top1 = table_rows(tree.find("table", cls="id-metrics"))["Top-1"]
-    delta = top1[1].find(cls="delta")
-    assert delta.text() == "\u22120.30" and "better" in delta.classes
+def test_delta_colour_grows_with_its_size() -> None:
+    top1 = rd.demo_results().metrics["top1"]
+    nll = rd.demo_results().metrics["nll"]
+    assert [delta_level(top1, d) for d in (0.0005, 0.002, 0.007, 0.015, 0.03, 0.2)] == [0, 1, 2, 3, 4, 5]
+    assert delta_class(top1, -0.03) == "b4" and delta_class(top1, 0.0) == "n0"
+    assert delta_level(nll, 0.03, 1.0) == 2 and delta_level(nll, 0.5, 1.0) == 5  # relative for non-fractions
+    doc = tables_html(rd.demo_results())
+    levels = [int(sorted(cell_of(doc, "AUPR-out (%) \u2191 \u00b7 MSP", "noise", q).find(cls="delta").classes - {"delta"})[0][1:])
+              for q in ("W8A8", "W6A6", "W4A8", "W4A4")]
+    assert levels == sorted(levels) and levels[0] < levels[-1]
 
 
-def test_ood_tables_rows_datasets_and_mean() -> None:
-    tree = parse(render_html([], make_units()))
-    section = tree.find("section", cls="model")
-    tables = section.find_all("table", cls="ood-metrics")
-    captions = [t.find("caption").text().split(" ")[0] for t in tables]
-    # per score: AUROC, AUPR-out, FPR@95 (AUPR-in goes into the collapsed "other metrics")
-    assert captions[:3] == ["AUROC", "AUPR-out", "FPR@95"] and len(tables) == 2 * 4
-    aupr_out = tables[1]
-    assert table_headers(aupr_out) == ["OOD dataset"] + QUANTIZERS
-    rows = table_rows(aupr_out)
-    assert list(rows) == OOD_DATASETS + ["mean"]
-    # FP32 AUPR-out: 0.80, 0.78, 0.76 -> mean 78.00; W4A4: 0.65, 0.63, 0.61 -> 63.00
-    assert cell_value(rows["mean"][0]) == "78.00"
-    assert cell_value(rows["mean"][5]) == "63.00"
-    assert rows["mean"][5].find(cls="delta").text() == "+15.00"
-    fpr_rows = table_rows(tables[2])
-    assert fpr_rows["textures"][5].find(cls="delta").text() == "+20.00"  # q - FP32 for FPR@95
+def test_scores_follow_the_suite_order() -> None:
+    res = rd.demo_results()
+    res.scores["demo"] = ["energy", "msp"]
+    doc = tables_html(res)
+    captions = [c.text() for c in doc.find_all("caption") if "\u00b7" in c.text()]
+    assert captions[0].endswith("Energy") and captions[-1].endswith("MSP")
 
 
-def test_autoescape_of_user_strings() -> None:
-    evil = "<script>alert(1)</script>"
-    units = make_units(model=evil)
-    v = failing_w4a4()
-    v = replace(v, model=evil, message=f"bad {evil}", check=f"top1 {evil}")
-    html = render_html([v], units, title=evil, meta={"command": evil, evil: [evil]})
-    assert "<script>" not in html
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
-    tree = parse(html)
-    assert not tree.find_all("script")
-    assert tree.find("h3", cls="model-name").text().startswith(evil)
-    md = render_markdown([v], units)
-    assert "<script>" not in md
+def test_clip_scores_side_by_side_per_ood_set() -> None:
+    doc = tables_html(rd.clip_results())
+    table = doc.find("table", cls="side-by-side")
+    groups = [th.text() for th in table.find("thead").find_all("th", cls="group")]
+    assert groups == ["MSP", "Energy", "MCM", "NegLabel", "GenNeg"]
+    set_rows = [tr.text() for tr in table.find_all("tr", cls="group-row")]
+    assert set_rows == ["digits89", "textures", "photos", "noise", "mean over the OOD sets"]
+    block = table
+    while block.tag != "details":
+        block = block.parent
+    assert "open" in block.attrs  # with three or more scores this is the table shown first
+    n_cols = len(table.find("thead").find_all("tr")[-1].find_all("th"))
+    assert n_cols == 5 * 3  # AUROC, FPR@95, AUPR-out per score
 
 
-def test_missing_data_renders_dashes() -> None:
-    units = make_units()
-    units[0].id.pop("ece")  # W8A8 without ECE
-    units[3].ood = {}  # W4A8 without any OOD metrics
-    del units[2].ood["msp"]["places365"]  # W6A6 misses one dataset
-    skipped = verdict("skipped", fp32=None, value=None, delta=None, delta_display="",
-                      bound="", message="dataset missing", check="aupr_out drop <= 5%",
-                      metric="aupr_out", score="msp", dataset="openimage-o")
-    error = verdict("error", fp32=None, value=None, delta=None, delta_display="",
-                    message="model failed to load", metric="unknown_metric")
-    tree = parse(render_html([skipped, error], units))
-    id_rows = table_rows(tree.find("table", cls="id-metrics"))
-    assert cell_value(id_rows["ECE"][1]) == "\u2014"
-    assert not id_rows["ECE"][1].find_all(cls="delta")
-    msp_aupr = table_rows(tree.find_all("table", cls="ood-metrics")[1])
-    w4a8 = QUANTIZERS.index("W4A8")
-    assert all(cell_value(cells[w4a8]) == "\u2014" for cells in msp_aupr.values())
-    # W6A6's mean covers 2 of 3 datasets: shown, marked, without a delta
-    w6a6_mean = msp_aupr["mean"][QUANTIZERS.index("W6A6")]
-    assert cell_value(w6a6_mean) != "\u2014" and w6a6_mean.find_all(cls="note")
-    assert "2 of 3" in w6a6_mean.attrs["title"] and not w6a6_mean.find_all(cls="delta")
-    error_row = tree.find(id="failing").find("tbody").find("tr")
-    cells = [td.text() for td in error_row.find_all("td")]
-    assert cells[3:6] == ["\u2014", "\u2014", "\u2014"]
+def test_wide_tables_are_transposed_not_clipped() -> None:
+    doc = tables_html(rd.methods_results())
+    id_table = captioned(doc, "In-distribution")
+    assert "transposed" in id_table.classes
+    heads = [th.text() for th in id_table.find("thead").find_all("th")]
+    assert heads[0] == "Quantizer" and heads[1].startswith("Top-1")
+    rows = [tr.find("th").text() for tr in id_table.find("tbody").find_all("tr")]
+    assert rows[0] == "FP32" and "W4A4-qat-distill+temperature" in rows and len(rows) == 16
+    demo_id = captioned(tables_html(rd.demo_results()), "In-distribution")
+    assert "transposed" not in demo_id.classes  # six quantizers fit
 
 
-def test_no_units_and_no_verdicts() -> None:
-    tree = parse(render_html([], []))
-    assert tree.find(id="verdict").find(cls="status").text() == "PASS"
-    assert "No checks ran" in tree.find(id="verdict").text()
-    assert "No unit metrics" in tree.find(id="results").text()
-    assert not tree.find_all("table", cls="id-metrics")
+def test_methods_table_reads_the_record_fields_not_the_names() -> None:
+    res = rd.methods_results()
+    odd = next(u for u in res.units if u.quantizer == "W4A4-sq")
+    odd.quantizer = "W8A8-looks-like-8-bit"  # the name lies; the record says smoothquant at W4A4
+    doc = tables_html(res)
+    table = doc.find("table", cls="methods-table")
+    groups = [th.text() for th in table.find_all("th", cls="group")]
+    assert groups == ["W8A8", "W4A4"]
+    row = next(tr for tr in table.find("tbody").find_all("tr") if tr.find("th").text() == "smoothquant")
+    assert "W8A8-looks-like-8-bit" in row.find("th").attrs["title"]
+    cells = row.find_all("td")
+    per_group = len(cells) // 2
+    assert cells[per_group].text().startswith(f"{100 * odd.id['top1']:.2f}")  # under W4A4
+    labels = [tr.find("th").text() for tr in table.find("tbody").find_all("tr")]
+    assert labels[:2] == ["FP32", "FP32 +temperature"] and "qat_lsq +temperature" in labels
+    assert any("best" in td.classes for td in table.find_all("td"))
 
 
-def test_failing_cell_is_highlighted() -> None:
-    tree = parse(render_html([failing_w4a4()], make_units()))
-    top1 = table_rows(tree.find("table", cls="id-metrics"))["Top-1"]
-    assert "cell-fail" in top1[5].classes and "top1 drop <= 2pp" in top1[5].attrs["title"]
-    assert not any("cell-fail" in td.classes for td in top1[:5])
+def test_a_model_with_one_method_has_no_methods_table() -> None:
+    assert not tables_html(rd.demo_results()).find_all("table", cls="methods-table")
 
 
-def test_info_line_and_meta_table() -> None:
-    meta = {"suites": {"vit": "suites/vit.yaml"}, "conventions": "hendrycks",
-            "versions": {"torch": "2.4.0", "timm": "1.0.9"}, "created": "2025-01-02T03:04:05Z",
-            "command": "pytest --qrel-suite suites/vit.yaml"}
-    tree = parse(render_html([], make_units(), meta=meta))
-    info = tree.find("ul", cls="info").text()
-    assert "FP32 : temperature = 1.3" in info and "W4A4 : temperature = 1.8" in info
-    assert "W8A8" not in info
-    run_info = tree.find(id="run-info").text()
-    command = "pytest --qrel-suite suites/vit.yaml"
-    for expected in ("suites/vit.yaml", "hendrycks", "2.4.0", command):
-        assert expected in run_info
-    assert "2025-01-02T03:04:05Z" in tree.find("header").text()
+def test_shifted_sets_and_spectral_tables() -> None:
+    doc = tables_html(rd.clip_results())
+    shift = captioned(doc, "Top-1")
+    assert [tr.find("th").text() for tr in shift.find("tbody").find_all("tr")] == ["noise3", "blur3", "contrast3", "jpeg3"]
+    assert "\u2713 delta <= 5.00pp" in cell_of(doc, "Top-1 (%) \u2191", "noise3", "W4A4").text()
+    spec = tables_html(rd.spectral_results())
+    cell = cell_of(spec, "Feature spectrum", "Spectral", "W4A4")
+    assert "0.015" in cell.text() and "cell-fail" in cell.classes and not cell.find_all(cls="delta")
 
 
-def test_plot_slots_accept_trusted_markup_and_escape_strings() -> None:
-    svg = Markup('<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"></svg>')
-    html = render_html(
-        [], make_units(),
-        plots={("vit", "DeiT3-S16"): [{"title": "AUPR-out per quantizer", "svg": svg},
-                                      {"title": "raw", "svg": "<svg onload=x>"}]},
-        extra_sections=[{"id": "notes", "title": "Notes", "html": Markup("<p class='n'>hi</p>")}],
+def small_methods() -> RunResults:
+    """The methods run cut to two methods (enough for every methods figure, cheaper to draw)."""
+    res = rd.methods_results()
+    res.units = [u for u in res.units if u.method in ("", "minmax", "qat_lsq")]
+    keep = {u.quantizer for u in res.units}
+    res.verdicts = [v for v in res.verdicts if v.quantizer in keep]
+    return res
+
+
+def test_every_figure_kind_is_drawn(demo_html: str) -> None:
+    kinds: Counter[str] = Counter()
+    for html in (demo_html, render_html(small_methods()), render_html(rd.spectral_results())):
+        doc = parse(html)
+        for fig in doc.find_all("figure", cls="plot"):
+            assert fig.find_all("svg"), fig.attrs["data-kind"]
+            kinds[fig.attrs["data-kind"]] += 1
+        assert not doc.find_all(cls="figure-error")
+    assert set(kinds) == {"reliability", "roc-pr", "acc-ece", "margin-heatmap", "bits-ood", "bits-top1", "spectral", "rollout"}
+    assert kinds["roc-pr"] == 2 + 2  # one per score: demo, methods
+
+
+def test_figure_data_reads_the_records(demo_html: str) -> None:
+    page = build_page(rd.demo_results())
+    (model,) = page.suites[0].models
+    figs = {f.kind: f for f in model.figures}
+    rel = figs["reliability"].data["panels"]
+    assert [p["label"] for p in rel] == ["FP32", "W8A8", "W6A6", "W4A8", "W8A4", "W4A4"] and rel[0]["ece"] == "3.50%"
+    heat = figs["margin-heatmap"].data
+    i, j = heat["rows"].index("W4A4"), heat["cols"].index("FPR@95(Energy) \u00b7 mean(ood)")
+    assert heat["text"][i][j] == "+19.25pp" and heat["xfail"][i][j] and heat["values"][i][j] == -1.0
+    (fig1,) = page.suites[0].figures
+    assert fig1.data["x"] == ["FP32", "W8A8", "W6A6", "W4A8", "W8A4", "W4A4"]
+    assert [m for m, _ in fig1.data["metrics"]] == ["aupr_out", "auroc"]
+
+
+def test_line_figures_label_their_axes(demo_html: str) -> None:
+    fig = demo_html[demo_html.index('data-kind="bits-ood"'):]
+    svg = fig[: fig.index("</svg>")]
+    texts = re.findall(r"<text[^>]*>([^<]*)</text>", svg)
+    numbers = [t for t in texts if re.fullmatch(r"\d+(\.\d+)?", t.strip())]
+    assert len(numbers) >= 6  # y tick labels on both panels (AUPR-out and AUROC in %)
+    assert {"FP32", "W8A8", "W4A4"} <= {t.strip() for t in texts} and "bit configuration" in texts
+
+
+def test_spectral_maps_share_one_colour_scale() -> None:
+    page = build_page(rd.spectral_results())
+    (spec,) = [f for f in page.suites[0].models[0].figures if f.kind == "spectral"]
+    peaks = [max(max(r) for r in m["map"]) for m in spec.data["maps"]]
+    assert spec.data["vmax"] == max(peaks) and len(spec.data["maps"]) == 3
+    html = render_html(rd.spectral_results())
+    fig = html[html.index('data-kind="spectral"'):]
+    fig = fig[: fig.index("</figure>")]
+    assert fig.count("relative spectral error") == 1  # one colour bar for all maps
+
+
+def test_a_broken_figure_is_reported_and_the_rest_still_renders(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_qrel.report import figures
+
+    def broken(fig, data):
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(figures.DRAWERS._entries, "acc-ece", broken)
+    doc = parse(render_html(rd.spectral_results()))
+    (err,) = doc.find_all(cls="figure-error")
+    assert "Accuracy change against ECE change" in err.text() and "RuntimeError: boom" in err.text()
+    assert doc.find_all("figure", data_kind="reliability")[0].find_all("svg")
+
+
+def test_user_strings_are_escaped() -> None:
+    res = rd.spectral_results()
+    for u in res.units:
+        if u.quantizer == "W8A8":
+            u.quantizer = "<b>W8A8</b>"
+    for v in res.verdicts:
+        if v.quantizer == "W8A8":
+            v.quantizer, v.message = "<b>W8A8</b>", "<script>alert(1)</script>"
+    html = render_html(res)
+    assert "<b>W8A8</b>" not in html and "&lt;b&gt;W8A8&lt;/b&gt;" in html and "<script>alert" not in html
+
+
+def test_run_info_is_shown_and_its_absence_said() -> None:
+    doc = tables_html(rd.demo_results())
+    info = doc.find("section", id="run-info").text()
+    assert "2025-01-31T12:00:00+00:00" in info and "14.2 s" in info and "weights_sha256" in info and "minmax" in info
+    assert "duration 14.2 s" in doc.find("header").text()
+    res = rd.demo_results()
+    res.run = {}
+    assert "No run information was given" in tables_html(res).find("section", id="run-info").text()
+
+
+def test_navigation_collapsible_sections_and_sortable_tables(demo_html: str) -> None:
+    doc = parse(demo_html)
+    toc = [a.attrs["href"] for a in doc.find("nav", id="toc").find_all("a")]
+    assert toc[:3] == ["#verdict", "#failing", "#expected"] and "#run-info" in toc
+    for href in toc:
+        assert doc.find_all(id=href[1:]), href  # every entry points somewhere
+    assert len(doc.find_all("details")) >= 5
+    assert doc.find_all("table", cls="sortable") and "data-qrel-ready" in demo_html
+    assert "@media print" in demo_html
+
+
+def test_rendering_reads_no_metric_registry(tmp_path: Path) -> None:
+    data = tmp_path / "run.json"
+    data.write_text(json.dumps(rd.spectral_results().to_dict()))
+    code = (
+        "import json, sys\n"
+        "from pytest_qrel.results import RunResults\n"
+        "from pytest_qrel.report import render_report\n"
+        f"render_report(RunResults.from_dict(json.load(open({str(data)!r}))), {str(tmp_path / 'r.html')!r})\n"
+        "print(sorted(m for m in ('pytest_qrel.metrics', 'pytest_qrel.quantize', 'torch', 'sklearn') if m in sys.modules))\n"
     )
-    tree = parse(html)
-    section = tree.find("section", cls="model")
-    assert len(section.find_all("svg")) == 1 and "&lt;svg onload=x&gt;" in html
-    assert tree.find(id="notes").find("p", cls="n").text() == "hi"
-    # and the template's `plots` block can be overridden by a child template
-    child = environment().from_string(
-        '{% extends "report.html.j2" %}'
-        '{% block plots %}<p class="slot">plot for {{ section.model }}</p>{% endblock %}'
-    )
-    tree = parse(child.render(build_context([], make_units() + make_units(model="ViT-S16"))))
-    assert [p.text() for p in tree.find_all("p", cls="slot")] == [
-        "plot for DeiT3-S16", "plot for ViT-S16"
-    ]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert out.stdout.strip() == "[]"
+    assert (tmp_path / "r.html").stat().st_size > 10_000
 
 
-def test_atomic_write_leaves_no_temp_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    target = tmp_path / "report.html"
-    render_report([verdict()], make_units(), target)
-    render_report([failing_w4a4()], make_units(), target)  # overwrite in place
-    assert os.listdir(tmp_path) == ["report.html"]
-    assert "FAIL" in parse(target.read_text()).find(id="verdict").text()
+def test_atomic_write_leaves_nothing_behind_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_qrel.report import render as render_mod
 
-    def boom(src, dst):
+    def fail(*_a, **_k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(os, "replace", boom)
+    monkeypatch.setattr("pytest_qrel.io.os.replace", fail)
     with pytest.raises(OSError, match="disk full"):
-        render_report([verdict()], make_units(), target)
-    assert os.listdir(tmp_path) == ["report.html"]  # temp file cleaned up, old report intact
-    assert "FAIL" in parse(target.read_text()).find(id="verdict").text()
+        render_mod.write_html(rd.spectral_results(), tmp_path / "r.html", figures=False)
+    assert list(tmp_path.iterdir()) == []
 
 
-def test_markdown_summary() -> None:
-    v = replace(failing_w4a4(), message="a | b\nc")
-    md = render_markdown([verdict(), v, verdict("xfailed")], make_units())
-    lines = md.splitlines()
-    assert lines[0].endswith("FAIL")
-    counts = ["1 passed", "1 failed", "1 xfailed", "0 xpassed", "0 skipped", "0 error", "0 not run", "0 inconclusive"]
-    assert " \u00b7 ".join(counts) in md
-    row = next(line for line in lines if "top1 drop <= 2pp" in line.replace("\\", ""))
-    for expected in ("82.70%", "65.29%", "+17.41pp", "a \\| b c"):
-        assert expected in row
-    assert row.count(" | ") == 7  # the escaped pipe does not add a column
-    assert "top1 drop <= 1pp" not in md.replace("\\", "")  # the passing check is not listed
-
-    ok = render_markdown([verdict(), verdict("xfailed")], make_units())
-    assert ok.splitlines()[0].endswith("PASS") and "Failing checks" not in ok
-    partial = render_markdown([verdict(), verdict("skipped")], make_units())
-    assert partial.splitlines()[0].endswith("INCOMPLETE") and "1 of 2 checks were skipped" in partial
+def test_the_old_call_still_works(tmp_path: Path) -> None:
+    res = rd.spectral_results()
+    verdicts = [v.to_dict() for v in res.verdicts]
+    units = [UnitMetrics(u.suite, u.model, u.quantizer, id=u.id, spectral=u.spectral, method=u.method) for u in res.units]
+    path = render_report(verdicts, units, tmp_path / "old.html", meta={"suites": ["demo_spectral"]}, methods={})
+    doc = parse(path.read_text())
+    assert doc.find(cls="status").text() == "FAIL" and "demo_spectral" in doc.find("section", id="run-info").text()
+    assert "W4A4" in render_markdown(verdicts, units)
 
 
-def test_markdown_accepts_dicts_from_xdist_workers() -> None:
-    md = render_markdown([failing_w4a4().to_dict()], [u.to_dict() for u in make_units()])
-    assert "FAIL" in md.splitlines()[0] and "6 units, 1 model" in md
+# ------------------------------------------------------------------------------ Markdown
 
 
-def test_filters_and_delta_conventions() -> None:
-    assert pct(0.827) == "82.70%" and pct(0.827, 3, False) == "82.700" and pct(None) == "\u2014"
-    assert num(0.7331) == "0.733" and num(float("nan")) == "\u2014"
-    assert signed(0.1234) == "+0.12" and signed(-0.5, 1, "pp") == "\u22120.5pp"
-    assert signed(0.0001) == "\u00b10.00"
-    assert fmt_metric(0.733, "nll") == "0.733" and fmt_metric(0.021, "ece") == "2.10%"
-    assert fmt_delta(0.1741, "top1") == "+17.41pp" and fmt_delta(0.929, "nll") == "+0.929"
-    # positive = worse: FP32 - q for accuracy/AUROC/AUPR, q - FP32 for NLL/ECE/FPR@95
-    assert signed_delta("top1", 0.8, 0.7) == pytest.approx(0.1)
-    assert signed_delta("aupr_out", 0.8, 0.7) == pytest.approx(0.1)
-    assert signed_delta("nll", 0.7, 0.9) == pytest.approx(0.2)
-    assert signed_delta("fpr_at_95_tpr", 0.4, 0.5) == pytest.approx(0.1)
-    assert signed_delta("mystery", 0.4, 0.5) is None and signed_delta("nll", None, 0.5) is None
-    assert order_quantizers(make_units()) == QUANTIZERS
+def test_markdown_summary_of_a_failing_run() -> None:
+    md = render_markdown(rd.demo_results(), report_path="reports/demo.html")
+    assert md.startswith("## \u274c pytest-qrel: FAIL \u2014 demo\n")
+    assert "**2 of 40 checks block the release.**" in md
+    assert '`pytest "suites/demo.yaml::vit_digits[W6A6-digits]::nll delta<=40%"`' in md
+    line = next(ln for ln in md.splitlines() if "W6A6-digits]::nll" in ln)
+    assert "+40.62%" in line and "\\[95% CI +29.09%, +52.16%\\]" in line and "delta &lt;= 40%" in line
+    assert "### Expected failures" in md and "W4A4 minmax keeps top-1" in md
+    assert md.rstrip().endswith("Full report: `reports/demo.html`")
 
 
-# ------------------------------------------------------------------------ methods x bit configs
-
-METHOD_QUANTIZERS = ["FP32", "W8A8", "W4A4", "W8A8-repq", "W4A4-repq", "W4A4-qat-lsq",
-                     "W4A4-qat-lsq+temperature", "FP32+temperature"]
-
-
-def make_method_units(suite: str = "demo_methods", model: str = "vit_digits") -> list[UnitMetrics]:
-    """Units shaped like suites/demo_methods.yaml: bare minmax names, '-repq', a QAT method at
-    W4A4 only (so W8A8 has a gap), its +temperature variant and FP32+temperature."""
-    units = []
-    for i, q in enumerate(METHOD_QUANTIZERS):
-        ood = {
-            # msp first: the AUROC column averages the first score; energy is different on purpose
-            "msp": {ds: {"auroc": 0.90 - 0.01 * i - 0.02 * j} for j, ds in enumerate(OOD_DATASETS)},
-            "energy": {ds: {"auroc": 0.50} for ds in OOD_DATASETS},
-        }
-        info = {"temperature": 1.2 + i / 100} if q.endswith("+temperature") else {}
-        idm = {"top1": 0.95 - 0.01 * i, "nll": 0.20 + 0.01 * i, "ece": 0.02 + 0.001 * i}
-        units.append(UnitMetrics(suite, model, q, idm, ood, info))
-    return units
+def test_markdown_summary_of_a_passing_run_has_the_key_numbers() -> None:
+    md = render_markdown(rd.clip_results(), report_path="r.html")
+    assert md.startswith("## \u2705 pytest-qrel: PASS \u2014 demo_clip\n")
+    assert "### Key numbers" in md and "| FP32 | 97.40 |" in md
+    w4 = next(ln for ln in md.splitlines() if ln.startswith("| W4A4 |"))
+    assert "(+2.60pp)" in w4 and w4.count("|") == 8  # top-1, NLL, ECE, mean AUROC / AUPR-out / FPR@95
+    assert len(md.splitlines()) > 10
 
 
-def methods_table(tree: Node) -> Node:
-    return tree.find("table", cls="methods-table")
+def test_markdown_says_what_was_not_verified() -> None:
+    res = rd.clip_results()
+    res.verdicts[0].outcome = "skipped"
+    res.planned["demo_clip"] += 3
+    md = render_markdown(res)
+    assert ": INCOMPLETE" in md and "4 of 17 checks did not run or could not decide" in md and "### Not verified" in md
 
 
-def method_rows(table: Node) -> dict[str, list[Node]]:
-    """Full row-header text ("qat-lsq +temperature") -> its <td> cells."""
-    return {tr.find("th").text(): tr.find_all("td") for tr in table.find("tbody").find_all("tr")}
-
-
-def test_methods_table_only_with_several_methods() -> None:
-    # bare bit-config names (the demo suite): one method, no table
-    assert not parse(render_html([], make_units())).find_all("table", cls="methods-table")
-    assert build_context([], make_units())["suites"][0].models[0].methods_table is None
-    # FP32 and its post-hoc variants are no method; a single suffixed method is still one method
-    units = [u for u in make_method_units() if u.quantizer in ("FP32", "FP32+temperature", "W8A8-repq", "W4A4-repq")]
-    assert not parse(render_html([], units)).find_all("table", cls="methods-table")
-    assert parse(render_html([], make_method_units())).find_all("table", cls="methods-table")
-
-
-def test_methods_table_layout_values_and_temperature() -> None:
-    units = make_method_units()
-    tree = parse(render_html([], units))
-    table = methods_table(tree)
-    head = table.find("thead").find_all("tr")
-    assert [th.text() for th in head[0].find_all("th")] == ["Method", "W8A8", "W4A4"]
-    assert [th.text().split(" ")[0] for th in head[1].find_all("th")] == ["Top-1", "NLL", "ECE", "AUROC", "T"] * 2
-    rows = method_rows(table)
-    # FP32 first, post-hoc variants right below their method, methods in order of appearance
-    assert list(rows) == ["FP32", "FP32 +temperature", "base", "repq", "qat-lsq", "qat-lsq +temperature"]
-    assert all(len(cells) == 10 for cells in rows.values())
-    q = {name: i for i, name in enumerate(METHOD_QUANTIZERS)}
-    w8, w4 = slice(0, 5), slice(5, 10)
-    # values: top1 0.95 - 0.01 i; AUROC = mean of the first score (msp) over the OOD sets: 0.88 - 0.01 i
-    assert [cell_value(td) for td in rows["repq"][w4][:4]] == [
-        pct(0.95 - 0.01 * q["W4A4-repq"], 2, False), num(0.20 + 0.01 * q["W4A4-repq"]),
-        pct(0.02 + 0.001 * q["W4A4-repq"], 2, False), pct(0.88 - 0.01 * q["W4A4-repq"], 2, False),
-    ]
-    assert cell_value(rows["base"][w8][3]) == "87.00"  # W8A8: i = 1
-    # FP32: reference values repeated under every bit config, no deltas; others: delta vs FP32
-    assert [cell_value(td) for td in rows["FP32"][w8][:4]] == [cell_value(td) for td in rows["FP32"][w4][:4]]
-    assert not rows["FP32"][0].find_all(cls="delta") and "ref" in rows["FP32"][0].classes
-    delta = rows["repq"][w4][0].find(cls="delta")  # 95.00 - 91.00
-    assert delta.text() == "+4.00" and "worse" in delta.classes
-    assert rows["repq"][w4][1].find(cls="delta").text() == "+0.040"
-    # the QAT method has no W8A8 quantizer: dashes there, values at W4A4
-    assert all(td.text() == "\u2014" for td in rows["qat-lsq"][w8][:4])
-    assert cell_value(rows["qat-lsq"][w4][0]) == pct(0.95 - 0.01 * q["W4A4-qat-lsq"], 2, False)
-    # fitted temperatures in the T column, blank where there is none
-    assert rows["qat-lsq +temperature"][9].text() == "1.260"  # 1.2 + 6/100
-    assert rows["FP32 +temperature"][4].text() == rows["FP32 +temperature"][9].text() == "1.270"
-    assert rows["repq"][9].text() == "" and rows["qat-lsq +temperature"][4].text() == ""
-    # the best quantized value per column is bold: top-1 falls with i, so minmax at both configs
-    assert "best" in rows["base"][w8][0].classes and "best" in rows["base"][w4][0].classes
-    assert not any("best" in cells[0].classes for name, cells in rows.items() if name != "base")
-    # the row header names its quantizers on hover; the legend names the AUROC score
-    header = {tr.find("th").text(): tr.find("th") for tr in table.find("tbody").find_all("tr")}
-    assert header["repq"].attrs["title"] == "W8A8-repq, W4A4-repq"
-    legend = tree.find("section", cls="model").find_all("p", cls="legend")[0].text()
-    assert "MSP score, mean over 3 OOD sets" in legend
-
-
-def test_methods_table_without_temperature_has_no_t_column() -> None:
-    units = [u for u in make_method_units() if "+temperature" not in u.quantizer]
-    table = methods_table(parse(render_html([], units)))
-    assert "T" not in [th.text() for th in table.find("thead").find_all("th")]
-    assert all(len(cells) == 8 for cells in method_rows(table).values())
-
-
-def test_methods_table_labels_from_methods_mapping_and_failing_cells() -> None:
-    failing = verdict("failed", suite="demo_methods", model="vit_digits", quantizer="W4A4-repq",
-                      metric="top1", check="W4A4-repq top1 delta <= delta(W4A4)")
-    ood_fail = verdict("failed", suite="demo_methods", model="vit_digits", quantizer="W4A4",
-                       metric="auroc", score="msp", dataset="mean(ood)", check="W4A4 auroc(msp) on mean(ood) delta <= 0")
-    methods = {"W8A8": "minmax", "W4A4": "minmax", ("demo_methods", "W8A8-repq"): "repq_vit",
-               ("demo_methods", "W4A4-repq"): "repq_vit", ("other", "W4A4-qat-lsq"): "nope"}
-    tree = parse(render_html([failing, ood_fail], make_method_units(), methods=methods))
-    rows = method_rows(methods_table(tree))
-    # a bare name takes its registered method as label; a suffix stays, the method beside it
-    assert list(rows)[2:] == ["minmax", "repq repq_vit", "qat-lsq", "qat-lsq +temperature"]
-    assert "cell-fail" in rows["repq repq_vit"][5].classes
-    assert "delta(W4A4)" in rows["repq repq_vit"][5].attrs["title"]
-    assert "cell-fail" in rows["minmax"][8].classes  # W4A4 AUROC (mean over OOD sets)
-    assert sum("cell-fail" in td.classes for cells in rows.values() for td in cells) == 2
-
-
-def test_methods_table_names_that_read_the_same_get_rows_of_their_own() -> None:
-    units = [UnitMetrics("s", "m", q, {"top1": 0.9}, {}, {}) for q in ("FP32", "W8A8-x", "x-W8A8", "W4A4_y", "W4A4")]
-    table = methods_table(parse(render_html([], units)))
-    trs = table.find("tbody").find_all("tr")
-    assert [tr.find("th").text() for tr in trs] == ["FP32", "x", "x", "y", "base"]
-    rows = method_rows(table)
-    assert [th.text() for th in table.find("thead").find_all("tr")[0].find_all("th")] == ["Method", "W8A8", "W4A4"]
-    header = [tr.find("th").attrs["title"] for tr in table.find("tbody").find_all("tr")]
-    assert header[1:3] == ["W8A8-x", "x-W8A8"]
-    # no OOD metrics: the AUROC cells are dashes
-    assert cell_value(rows["y"][4 + 3]) == "\u2014"
-
-
-@pytest.mark.parametrize(
-    ("name", "parts"),
-    [
-        ("W4A4-qat-lsq+temperature", ("W4A4", "qat-lsq", "+temperature")),
-        ("W8A8", ("W8A8", "", "")),
-        ("repq-W4A4", ("W4A4", "repq", "")),
-        ("w4a16_raana", ("W4A16", "raana", "")),
-        ("smooth-W8A8-a05", ("W8A8", "smooth-a05", "")),
-        ("int8", ("", "int8", "")),
-        ("W8A8x", ("", "W8A8x", "")),
-        ("FP32+temperature", ("", "FP32", "+temperature")),
-    ],
-)
-def test_split_quantizer_name(name: str, parts: tuple[str, str, str]) -> None:
-    assert split_quantizer_name(name) == parts
-
-
-# ------------------------------------------------------------------ covariate shift and pairs
-
-SHIFTED = ["noise3", "blur2"]
-
-
-def make_shift_units() -> list[UnitMetrics]:
-    """``make_units`` plus top-1 / NLL / ECE on two shifted sets and a CounterAnimals-like pair."""
-    units = make_units()
-    for u in units:
-        i = QUANTIZERS.index(u.quantizer)
-        u.shifted = {
-            "noise3": {"top1": 0.60 - 0.05 * i, "nll": 1.5 + 0.1 * i, "ece": 0.05 + 0.01 * i},
-            "blur2": {"top1": 0.70 - 0.02 * i, "nll": 1.2, "ece": 0.04},
-        }
-        u.pairs = {"animals": {"vulnerability": 0.12 + 0.02 * i}}
-    return units
-
-
-def shift_tables(tree: Node) -> dict[str, Node]:
-    return {t.find("caption").text().split(" ")[0]: t for t in tree.find_all("table", cls="shift-metrics")}
-
-
-def test_shift_tables_rows_sets_columns_quantizers_and_deltas() -> None:
-    units = make_shift_units()
-    del units[2].shifted["blur2"]  # W6A6 misses one set
-    tree = parse(render_html([], units))
-    tables = shift_tables(tree)
-    assert list(tables) == ["Top-1", "NLL", "ECE"]
-    assert "Covariate shift" in [h.text() for h in tree.find_all("h4")]
-    top1 = tables["Top-1"]
-    assert table_headers(top1) == ["Shifted set"] + QUANTIZERS
-    rows = table_rows(top1)
-    assert list(rows) == SHIFTED  # no mean row
-    assert [cell_value(td) for td in rows["noise3"]] == ["60.00", "55.00", "50.00", "45.00", "40.00", "35.00"]
-    assert not rows["noise3"][0].find_all(cls="delta")  # FP32 column
-    w4a4 = rows["noise3"][5].find(cls="delta")
-    assert w4a4.text() == "+25.00" and "worse" in w4a4.classes  # pp vs FP32 on the same set
-    assert cell_value(rows["blur2"][2]) == "\u2014" and not rows["blur2"][2].find_all(cls="delta")
-    nll = table_rows(tables["NLL"])
-    assert cell_value(nll["noise3"][5]) == "2.000" and nll["noise3"][5].find(cls="delta").text() == "+0.500"
-    ece = table_rows(tables["ECE"])
-    assert cell_value(ece["noise3"][1]) == "6.00" and ece["noise3"][1].find(cls="delta").text() == "+1.00"
-    assert cell_value(ece["blur2"][3]) == "4.00" and ece["blur2"][3].find(cls="delta").text() == "\u00b10.00"
-    # the ID table is unchanged by the shifted numbers
-    assert cell_value(table_rows(tree.find("table", cls="id-metrics"))["Top-1"][0]) == "82.70"
-
-
-def test_pair_table_vulnerability_per_quantizer() -> None:
-    tree = parse(render_html([], make_shift_units()))
-    assert "Spurious correlations (pairs)" in [h.text() for h in tree.find_all("h4")]
-    (table,) = tree.find_all("table", cls="pair-metrics")
-    assert table.find("caption").text().startswith("Vulnerability (%)")
-    assert table_headers(table) == ["Pair"] + QUANTIZERS
-    rows = table_rows(table)
-    assert list(rows) == ["animals"]
-    assert [cell_value(td) for td in rows["animals"]] == ["12.00", "14.00", "16.00", "18.00", "20.00", "22.00"]
-    delta = rows["animals"][5].find(cls="delta")
-    assert delta.text() == "+10.00" and "worse" in delta.classes  # lower is better: more = worse
-
-
-def test_pair_table_shows_every_stored_pair_metric() -> None:
-    units = make_shift_units()
-    for u in units:
-        u.pairs["animals"]["top1"] = 0.5  # e.g. an accuracy stored beside the vulnerability
-        u.pairs["birds"] = {"vulnerability": -0.03}
-    tables = parse(render_html([], units)).find_all("table", cls="pair-metrics")
-    assert [t.find("caption").text().split(" ")[0] for t in tables] == ["Vulnerability", "Top-1"]
-    vuln = table_rows(tables[0])
-    assert list(vuln) == ["animals", "birds"] and cell_value(vuln["birds"][0]) == "-3.00"
-    assert cell_value(table_rows(tables[1])["animals"][4]) == "50.00"
-    assert cell_value(table_rows(tables[1])["birds"][4]) == "\u2014"
-
-
-def test_shift_and_pair_sections_absent_without_data() -> None:
-    tree = parse(render_html([], make_units()))
-    assert not tree.find_all("table", cls="shift-metrics")
-    assert not tree.find_all("table", cls="pair-metrics")
-    headings = [h.text() for h in tree.find_all("h4")]
-    assert "Covariate shift" not in headings and "Spurious correlations (pairs)" not in headings
-    # one kind without the other
-    units = make_units()
-    for u in units:
-        u.pairs = {"animals": {"vulnerability": 0.1}}
-    tree = parse(render_html([], units))
-    assert not tree.find_all("table", cls="shift-metrics") and tree.find_all("table", cls="pair-metrics")
-
-
-def test_shift_and_pair_sections_per_model() -> None:
-    units = make_shift_units() + make_units(model="ViT-S16")
-    tree = parse(render_html([], units))
-    deit, vit = tree.find_all("section", cls="model")
-    assert deit.find_all("table", cls="shift-metrics") and deit.find_all("table", cls="pair-metrics")
-    assert not vit.find_all("table", cls="shift-metrics") and not vit.find_all("table", cls="pair-metrics")
-
-
-def test_shift_and_pair_names_are_escaped() -> None:
-    evil = "<b>x</b>"
-    units = make_shift_units()
-    for u in units:
-        u.shifted = {evil: u.shifted["noise3"]}
-        u.pairs = {evil: u.pairs["animals"]}
-    html = render_html([], units)
-    assert "<b>x</b>" not in html and "&lt;b&gt;x&lt;/b&gt;" in html
-    tree = parse(html)
-    assert list(table_rows(shift_tables(tree)["Top-1"])) == [evil]
-
-
-def test_failing_shift_and_pair_checks_highlight_their_own_cells() -> None:
-    shift_fail = verdict("failed", quantizer="W4A4", dataset="noise3", check="W4A4 top1 on noise3 delta <= 5pp")
-    pair_fail = verdict("failed", quantizer="W8A4", dataset="animals", metric="vulnerability",
-                        check="W8A4 vulnerability delta <= 5pp")
-    tree = parse(render_html([shift_fail, pair_fail], make_shift_units()))
-    top1 = table_rows(shift_tables(tree)["Top-1"])
-    assert "cell-fail" in top1["noise3"][5].classes
-    assert "W4A4 top1 on noise3" in top1["noise3"][5].attrs["title"]
-    assert not any("cell-fail" in td.classes for td in top1["noise3"][:5] + top1["blur2"])
-    vuln = table_rows(tree.find("table", cls="pair-metrics"))["animals"]
-    assert [("cell-fail" in td.classes) for td in vuln] == [False, False, False, False, True, False]
-    # a check on a shifted set does not mark the in-distribution cell of the same metric
-    id_top1 = table_rows(tree.find("table", cls="id-metrics"))["Top-1"]
-    assert not any("cell-fail" in td.classes for td in id_top1)
-
-
-def test_shift_and_pairs_fp32_first_and_sets_in_suite_order() -> None:
-    units = make_shift_units()
-    fp32 = next(u for u in units if u.quantizer == "FP32")
-    fp32.shifted = dict(sorted(fp32.shifted.items()))  # a stored baseline sorts its keys
-    dicts = [u.to_dict() for u in units]  # W8A8 first, as xdist workers send them
-    top1 = shift_tables(parse(render_html([], dicts)))["Top-1"]
-    assert table_headers(top1)[1:3] == ["FP32", "W8A8"]
-    rows = table_rows(top1)
-    assert list(rows) == SHIFTED  # the quantized units' (suite) order, not the baseline's
-    assert cell_value(rows["blur2"][0]) == "70.00" and cell_value(rows["blur2"][1]) == "68.00"
+def test_markdown_stays_under_the_size_limit_and_escapes() -> None:
+    res = rd.demo_results()
+    v = res.verdicts[0]
+    many = [Verdict(**{**v.to_dict(), "outcome": "failed", "check": f"check|{i}", "nodeid": f"suites/x.yaml::m[q{i}-d]::{'x' * 300}",
+                       "message": "<img src=x onerror=alert(1)> " * 5}) for i in range(5000)]
+    res.verdicts = many
+    md = render_markdown(res, report_path="r.html")
+    assert len(md) < MAX_CHARS and "more (see the full report)" in md and "Full report:" in md
+    assert "<img" not in md and "check\\|1" in md

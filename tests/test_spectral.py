@@ -15,7 +15,7 @@ from pytest_qrel import Engine, load_suite, plan, run
 from pytest_qrel.errors import BaselineMissingError, ModelError, SpecError
 from pytest_qrel.metrics import METRICS, compute_spectral_metrics
 from pytest_qrel.models.features import FEATURE_MAPS, FeatureMapSite, last_block_feature_map
-from pytest_qrel.report import build_context, render_html
+from pytest_qrel.report import build_page, render_html
 from pytest_qrel.results import UnitMetrics, Verdict
 from pytest_qrel.spectral import (
     EPS,
@@ -394,25 +394,32 @@ def test_memo_and_disk_cache_entries_without_a_spectrum_are_recomputed(tmp_path:
 # ------------------------------------------------------------------------------ report
 
 
-def test_report_spectral_table_and_heatmaps() -> None:
+def test_report_spectral_table_and_maps() -> None:
+    from pytest_qrel.display import metric_infos
+    from pytest_qrel.results import RunResults
+
     units = [
         UnitMetrics("s", "vit", "FP32", id={"top1": 0.9}, spectral={"spectral_error": 0.0, "spectral_error_high": 0.0}),
         UnitMetrics("s", "vit", "W8<A8>", id={"top1": 0.9}, spectral={"spectral_error": 0.00041206, "spectral_error_high": 0.0003},
-                    spectral_map=[[0.0, 1e-4], [2e-4, 4e-4]]),
-        UnitMetrics("s", "vit", "W4A4", id={"top1": 0.9}, spectral={"spectral_error": 0.015, "spectral_error_high": 0.0165}),
+                    spectral_map=[[0.0, 1e-4], [2e-4, 4e-4]], method="minmax", bits_label="W8A8"),
+        UnitMetrics("s", "vit", "W4A4", id={"top1": 0.9}, spectral={"spectral_error": 0.015, "spectral_error_high": 0.0165},
+                    spectral_map=[[0.0, 1e-3], [2e-3, 4e-3]], method="minmax", bits_label="W4A4"),
     ]
     verdict = Verdict("s", "vit", "W4A4", "digits", "spectral_error", None, "W4A4 spectral_error <= 0.01", "value<=0.01",
                       0.0, 0.015, None, "", False, False, "failed", "too far")
-    (section,) = build_context([verdict], units)["suites"][0].models
-    assert [r.metric for r in section.spectral_rows] == ["spectral_error", "spectral_error_high"]
-    assert [c.value for c in section.spectral_rows[0].cells] == [0.0, 0.00041206, 0.015]
-    assert section.spectral_rows[0].cells[2].failing == ["failed: W4A4 spectral_error <= 0.01"]
-    assert [m.quantizer for m in section.spectral_maps] == ["W8<A8>"] and section.spectral_maps[0].peak == 4e-4
-    html = render_html([verdict], units)
-    assert "Feature spectrum" in html and "0.0004121" in html and "0.015" in html
-    assert 'fill="rgb(255,255,255)"' in html and 'fill="rgb(0,0,0)"' in html  # 0 -> white, the peak -> black
-    assert "W8&lt;A8&gt;: RSE map" in html and "W8<A8>" not in html
-    plain = render_html([], [UnitMetrics("s", "vit", "FP32", id={"top1": 0.9})])
+    results = RunResults(verdicts=[verdict], units=units, metrics=metric_infos())
+    page = build_page(results)
+    (section,) = page.suites[0].models
+    (block,) = [b for b in section.blocks if b.title == "Feature spectrum"]
+    rows = block.tables[0].rows
+    assert [r.label for r in rows] == ["Spectral error (RSE)", "Spectral error, high band"]
+    assert [c.text for c in rows[0].cells] == ["0", "0.0004121", "0.015"]  # four significant digits
+    assert "cell-fail" in rows[0].cells[2].css and rows[0].cells[2].checks[0].outcome == "failed"
+    (maps,) = [f for f in section.figures if f.kind == "spectral"]
+    assert [m["label"] for m in maps.data["maps"]] == ["W8<A8>", "W4A4"] and maps.data["vmax"] == 4e-3  # one scale
+    html = render_html(results)
+    assert "Feature spectrum" in html and "W8&lt;A8&gt;" in html and "W8<A8>" not in html
+    plain = render_html(RunResults(units=[UnitMetrics("s", "vit", "FP32", id={"top1": 0.9})], metrics=metric_infos()), figures=False)
     assert "Feature spectrum" not in plain
 
 

@@ -320,11 +320,12 @@ class Engine:
 
     def _curves(self, arrays: dict[str, SampleArrays], suite: Suite) -> dict[str, Any]:
         """The report's small plot data from one seed's per-sample arrays (see UnitMetrics.curves)."""
-        try:
-            from ..curves import unit_curves
-        except ImportError:
+        from ..curves import unit_curves
+
+        if suite.id_dataset.name not in arrays:
             return {}
-        return unit_curves(arrays, id_dataset=suite.id_dataset.name, ood_datasets=list(suite.ood_datasets), scores=list(suite.scores))
+        ood = [d for d in suite.ood_datasets if d in arrays]
+        return unit_curves(arrays, suite.id_dataset.name, ood, list(suite.scores))
 
     def _baseline_records(self, suite: Suite, model: str, b: Baseline) -> None:
         for name in [FP32, *b.variants]:
@@ -335,6 +336,7 @@ class Engine:
                 suite=suite.name, model=model, quantizer=name, id=m.get("id", {}), ood=m.get("ood", {}), info=info,
                 conventions=suite.conventions, shifted=m.get("shifted", {}), pairs=m.get("pairs", {}), spectral=m.get("spectral", {}),
                 base=FP32, posthoc=[s for s in name.split("+")[1:]], curves=self._curves(arrays, suite),
+                baseline={"file": str(b.path), "created": b.created, "fingerprint": b.fingerprint} if name == FP32 else {},
             ))
 
     def report_units(self) -> list[UnitMetrics]:

@@ -312,13 +312,15 @@ class Runner:
                     logits_t, feats = module(x), None
                 logits = logits_t.float().cpu().numpy()
                 tally.add(logits)
+                done += len(logits)
+                if tally.bad:  # the pass fails at its end with one message for the whole set
+                    continue
                 labels = labels_all[start : start + len(logits)]
                 parts.append(self._arrays(logits, feats, labels, want))
                 for v, fn in want.variants.items():
                     vparts[v].append(self._arrays(fn(logits), feats, labels, want))
                 if want.keep_logits:
                     kept.append(logits)
-                done += len(logits)
                 if self.progress:
                     self.progress(what, done, n)
         tally.check()

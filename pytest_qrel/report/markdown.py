@@ -1,103 +1,156 @@
-"""A short Markdown summary of a run, for CI job summaries (``$GITHUB_STEP_SUMMARY`` and the like).
+"""A Markdown summary of a run for CI (``$GITHUB_STEP_SUMMARY``, a pull-request comment).
 
-The verdict line first, then the counts per outcome, then a table of the failing checks (failed,
-error, xpassed) with their numbers. User-provided text is escaped so that it can neither break the
-table nor inject HTML.
+Layout: a title with the verdict and the suite names; the banner's sentence and what was not
+verified; the counts; the failing checks (node id to re-run, the numbers in the bound's unit, the
+interval); expected failures; on every run the key numbers per model (top-1, NLL, ECE and the mean
+OOD metrics of the suite's first score, with the change against FP32); and ``Full report: <path>``.
+
+The text is always shorter than :data:`MAX_CHARS` (65,000, under GitHub's 65,536-character limit
+for comments and job summaries): long tables are cut with a line that says how many rows were left
+out, and the failing checks come before everything optional. User text is escaped so it can neither
+break a table nor inject HTML.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from ..results import UnitMetrics, Verdict
-from .html import (
-    FAILING_OUTCOMES,
-    MISSING,
-    _as_unit,
-    _as_verdict,
-    count_outcomes,
-    fmt_metric,
-    is_failing,
-    overall_status,
-    verdict_location,
-)
+from .. import display
+from ..results import RunResults, UnitMetrics
+from .format import MISSING, fmt_delta, fmt_value
+from .view import FAILING, NOT_VERIFIED, OUTCOMES, _Builder, count_outcomes, headline, overall_status
 
-__all__ = ["render_markdown"]
+__all__ = ["MAX_CHARS", "md_escape", "summary_markdown"]
 
-# Backslash-escape the ASCII punctuation that could start markup or break a table cell.
-_SPECIAL = re.compile(r"([\\`*\[\]<>|&])")
+MAX_CHARS = 65_000
+_SPECIAL = re.compile(r"([\\`*\[\]|])")
+_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+ICONS = {"FAIL": "\u274c", "PASS": "\u2705", "INCOMPLETE": "\u26a0\ufe0f", "NO CHECKS": "\u26a0\ufe0f"}
 
 
 def md_escape(text: Any) -> str:
-    """One table cell: Markdown/HTML specials backslash-escaped, newlines folded to spaces."""
+    """One table cell: ``& < >`` as HTML entities (no HTML gets through), the Markdown specials
+    ``\\ ` * [ ] |`` backslash-escaped (no emphasis, link or broken cell), newlines folded to
+    spaces. Underscores stay: GitHub does not read them as emphasis inside words."""
     if text is None or text == "":
         return MISSING
     flat = " ".join(str(text).split())
+    flat = re.sub(r"[&<>]", lambda m: _ENTITIES[m.group(0)], flat)
     return _SPECIAL.sub(r"\\\1", flat)
 
 
-def render_markdown(
-    verdicts: Sequence[Verdict | Mapping[str, Any]],
-    units: Sequence[UnitMetrics | Mapping[str, Any]],
-    *,
-    title: str = "pytest-qrel",
-    max_rows: int = 50,
-    report_path: str | None = None,
-) -> str:
-    """A Markdown summary: verdict line, counts, failing checks (at most ``max_rows`` rows)."""
-    vs = [_as_verdict(v) for v in verdicts]
-    us = [_as_unit(u) for u in units]
-    status = overall_status(vs)
+def _code(text: str) -> str:
+    """Inline code that survives backticks and pipes inside ``text``."""
+    flat = " ".join(str(text).split()).replace("|", "\\|")
+    fence = "``" if "`" in flat else "`"
+    return f"{fence} {flat} {fence}" if fence == "``" else f"`{flat}`"
+
+
+def _verdict_lines(b: _Builder, verdicts: Sequence[Any], limit: int, *, reason: bool = False) -> list[str]:
+    head = "| Outcome | Check | Where | FP32 | Value | Bounded | Interval | Bound | Re-run |"
+    if reason:
+        head = "| Check | Where | Bounded | Bound | Reason |"
+    n_cols = head.count("|") - 1
+    lines = [head, "|" + "|".join("---" for _ in range(n_cols)) + "|"]
+    for v in verdicts[:limit]:
+        row = b.verdict_row(v)
+        rerun = _code(f'pytest "{row.nodeid}"') if row.nodeid else MISSING
+        if reason:
+            cells = [md_escape(row.check), md_escape(row.where), md_escape(row.shown), md_escape(row.bound), md_escape(row.reason or row.message)]
+        else:
+            cells = [row.outcome, md_escape(row.check), md_escape(row.where), md_escape(row.fp32), md_escape(row.value),
+                     md_escape(row.shown), md_escape(row.ci), md_escape(row.bound), rerun]
+        lines.append("| " + " | ".join(cells) + " |")
+    if len(verdicts) > limit:
+        lines += ["", f"\u2026 and {len(verdicts) - limit} more (see the full report)."]
+    return lines
+
+
+def _key_numbers(b: _Builder, results: RunResults, limit: int) -> list[str]:
+    out: list[str] = []
+    grouped: dict[tuple[str, str], list[UnitMetrics]] = {}
+    for u in results.units:
+        grouped.setdefault((u.suite, u.model), []).append(u)
+    for (suite, model), units in grouped.items():
+        ref = next((u for u in units if u.is_reference), None)
+        scores = b.scores(suite, units)
+        score = scores[0] if scores else None
+        id_metrics = [m for m in ("top1", "nll", "ece") if any(m in u.id for u in units)]
+        ood_metrics = [m for m in ("auroc", "aupr_out", "fpr_at_95_tpr") if score and any(m in u.mean_ood(score) for u in units)]
+        if not id_metrics and not ood_metrics:
+            continue
+        heads = [b.header(m) for m in id_metrics] + [f"{b.info(m).label} mean ({display.score_label(score)}, %)" for m in ood_metrics]
+        out += ["", f"**{md_escape(suite)} / {md_escape(model)}** (in parentheses: change against {md_escape(ref.quantizer) if ref else 'FP32 (none in this run)'}, + is worse)", "",
+                "| Quantizer | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
+        ordered = ([ref] if ref else []) + [u for u in units if u is not ref]
+        for u in ordered[:limit]:
+            cells = []
+            for m in id_metrics:
+                cells.append(_with_delta(b, m, u.id.get(m), ref.id.get(m) if ref else None, u is ref))
+            for m in ood_metrics:
+                base = ref.mean_ood(score).get(m) if ref else None
+                cells.append(_with_delta(b, m, u.mean_ood(score).get(m), base, u is ref))
+            out.append(f"| {md_escape(u.quantizer)} | " + " | ".join(cells) + " |")
+        if len(ordered) > limit:
+            out.append(f"\n\u2026 and {len(ordered) - limit} more quantizers in the full report.")
+    return out
+
+
+def _with_delta(b: _Builder, metric: str, value: Any, base: Any, is_ref: bool) -> str:
+    info = b.info(metric)
+    text = fmt_value(info, value)
+    if is_ref or not b.known(metric):
+        return text
+    d = display.worsening(info, base, value)
+    return text if d is None else f"{text} ({fmt_delta(info, d)})"
+
+
+def summary_markdown(results: RunResults, *, report_path: str | None = None, title: str = "pytest-qrel",
+                     max_rows: int = 50, max_chars: int = MAX_CHARS) -> str:
+    """The Markdown summary of ``results`` (see the module docstring); always ``< max_chars``."""
+    rows = max_rows
+    while True:
+        text = _render(results, report_path=report_path, title=title, max_rows=rows)
+        if len(text) < max_chars or rows == 0:
+            break
+        rows //= 2
+    if len(text) >= max_chars:  # pathological (e.g. thousands of suites): keep the head and say so
+        tail = f"\n\n\u2026 summary cut at {max_chars} characters." + (f"\n\nFull report: {_code(report_path)}\n" if report_path else "\n")
+        text = text[: max_chars - len(tail) - 1] + tail
+    return text
+
+
+def _render(results: RunResults, *, report_path: str | None, title: str, max_rows: int) -> str:
+    b = _Builder(results)
+    vs = b.verdicts
+    planned = sum(results.planned.values()) if results.planned else None
+    status = overall_status(vs, planned)
     counts = count_outcomes(vs)
-    failing = [v for v in vs if is_failing(v.outcome)]
-    rank = {o: i for i, o in enumerate(FAILING_OUTCOMES)}
+    sentence, unverified = headline(status, counts, len(vs), planned)
+    suites = list(dict.fromkeys([*(u.suite for u in results.units), *(v.suite for v in vs)]))
+    lines = [f"## {ICONS[status]} {md_escape(title)}: {status} \u2014 {', '.join(md_escape(s) for s in suites) or 'no suites'}", ""]
+    lines.append(f"**{md_escape(sentence)}**")
+    if unverified:
+        lines += ["", f"\u26a0\ufe0f {md_escape(unverified)}"]
+    lines += ["", " \u00b7 ".join(f"{n} {o}" for o, n in counts.items() if n or o in ("passed", "failed"))
+              + f" \u2014 {len(results.units)} unit{'s' if len(results.units) != 1 else ''}"]
+
+    failing = [v for v in vs if v.outcome in FAILING or v.outcome not in OUTCOMES]
+    rank = {o: i for i, o in enumerate(FAILING)}
     failing.sort(key=lambda v: rank.get(v.outcome, len(rank)))
-
-    icon = {"FAIL": "\u274c", "INCOMPLETE": "\u26a0\ufe0f"}.get(status, "\u2705")
-    lines = [f"## {icon} {md_escape(title)}: {status}", ""]
-    n = len(vs)
-    if status == "FAIL":
-        lines.append(f"**{len(failing)} of {n} check{'s' if n != 1 else ''} block the release.**")
-    elif n == 0:
-        lines.append("**No checks ran.**")
-    elif status == "INCOMPLETE":
-        skipped = counts.get("skipped", 0)
-        lines.append(f"**Not verified: {skipped} of {n} checks were skipped (data missing); the rest passed.**")
-    else:
-        lines.append(f"**All {n} check{'s' if n != 1 else ''} passed, were expected to fail, "
-                     "or were skipped.**")
-    lines.append("")
-    models = {(u.suite, u.model) for u in us}
-    lines.append(
-        " \u00b7 ".join(f"{c} {o}" for o, c in counts.items())
-        + f" \u2014 {len(us)} unit{'s' if len(us) != 1 else ''}, "
-        f"{len(models)} model{'s' if len(models) != 1 else ''}"
-    )
-
     if failing:
-        lines += [
-            "",
-            "### Failing checks",
-            "",
-            "| Outcome | Where | Check | FP32 | Quantized | \u0394 | Bound | Message |",
-            "|---|---|---|---:|---:|---:|---|---|",
-        ]
-        for v in failing[:max_rows]:
-            cells = [
-                v.outcome,
-                verdict_location(v),
-                v.check,
-                fmt_metric(v.fp32, v.metric),
-                fmt_metric(v.value, v.metric),
-                v.delta_display,
-                v.bound,
-                v.message,
-            ]
-            lines.append("| " + " | ".join(md_escape(c) for c in cells) + " |")
-        if len(failing) > max_rows:
-            lines += ["", f"\u2026 and {len(failing) - max_rows} more failing checks."]
+        lines += ["", "### Failing checks", ""] + _verdict_lines(b, failing, max_rows)
+    not_verified = [v for v in vs if v.outcome in NOT_VERIFIED]
+    if not_verified:
+        lines += ["", "### Not verified", ""] + _verdict_lines(b, not_verified, max_rows)
+    expected = [v for v in vs if v.outcome == "xfailed"]
+    if expected:
+        lines += ["", "### Expected failures (known regressions)", ""] + _verdict_lines(b, expected, max_rows, reason=True)
+    numbers = _key_numbers(b, results, max(1, max_rows))
+    if numbers:
+        lines += ["", "### Key numbers"] + numbers
     if report_path:
-        lines += ["", f"Full report: {md_escape(report_path)}"]
+        lines += ["", f"Full report: {_code(report_path)}"]
     return "\n".join(lines) + "\n"

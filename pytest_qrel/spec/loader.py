@@ -31,7 +31,7 @@ from .schema import (
 )
 from .yamlsrc import LineDict, LineList, kind_of, load_yaml
 
-TOP_LEVEL_KEYS = ("version", "name", "description", "models", "datasets", "quantizers", "scores", "checks", "conventions", "batch_size")
+TOP_LEVEL_KEYS = ("version", "name", "description", "models", "datasets", "quantizers", "scores", "checks", "conventions", "batch_size", "diagnostics")
 # Names appear in pytest ids "model[quantizer-dataset]::check"; the scheduler splits on the last
 # "-", so dataset names may not contain one.
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")  # '+' is reserved for post-hoc steps (W8A8+temperature)
@@ -303,6 +303,24 @@ def _scores(ctx: _Ctx, raw: Any, node: LineDict) -> tuple[str, ...]:
     return tuple(dict.fromkeys(raw))
 
 
+def _diagnostics(ctx: _Ctx, raw: Any, node: LineDict) -> tuple[str, ...]:
+    """``diagnostics: [attention_rollout]``: a list of registered diagnostic names (each once)."""
+    from ..diagnostics import DIAGNOSTICS
+
+    if raw is None:
+        return ()
+    if isinstance(raw, str):
+        raw = [raw]
+    fix = f"write e.g. 'diagnostics: [{(DIAGNOSTICS.names() or ['attention_rollout'])[0]}]'"
+    if not isinstance(raw, list) or not all(isinstance(d, str) for d in raw):
+        raise ctx.err("'diagnostics' must be a list of diagnostic names", node=node, key="diagnostics", field="diagnostics", fix=fix)
+    for i, d in enumerate(raw):
+        if d not in DIAGNOSTICS:
+            where = {"node": raw, "key": i} if isinstance(raw, LineList) else {"node": node, "key": "diagnostics"}
+            raise ctx.err(str(UnknownNameError("diagnostic", d, DIAGNOSTICS.names())), **where, field=f"diagnostics[{i}]", fix=f"use one of {', '.join(DIAGNOSTICS.names())}")
+    return tuple(dict.fromkeys(raw))
+
+
 def _validate_check(ctx: _Ctx, check: CheckSpec, suite: Suite, field: str) -> list[CheckSpec]:
     """Check names against the suite; expand an OOD check without a score into one per suite score."""
     from ..metrics import METRICS
@@ -428,6 +446,7 @@ def load_suite(path: str | Path) -> Suite:
         checks=(),
         conventions=conventions,
         batch_size=batch_size,
+        diagnostics=_diagnostics(ctx, doc.get("diagnostics"), doc),
     )
     checks_raw = _checks_list(ctx, doc)
     checks: list[CheckSpec] = []

@@ -168,6 +168,9 @@ class Suite:
     """Labelled sets in the ID label space (covariate shift, counter backgrounds): ID metrics run on them."""
     pairs: dict[str, tuple[str, str]] = field(default_factory=dict)
     """Spurious-correlation pairs ``name -> (common, counter)`` of labelled set names (ID or shifted)."""
+    diagnostics: tuple[str, ...] = ()
+    """Opt-in diagnostics shown in the report (``("attention_rollout",)``); names of
+    :data:`pytest_qrel.diagnostics.DIAGNOSTICS`."""
 
     @property
     def all_datasets(self) -> dict[str, DatasetSpec]:

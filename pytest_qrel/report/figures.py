@@ -1,0 +1,475 @@
+"""Matplotlib figures rendered to inline SVG: one drawer per figure kind, plain data in.
+
+No pyplot and no global backend: every figure is a :class:`matplotlib.figure.Figure` on its own
+Agg canvas, saved as SVG inside :func:`matplotlib.rc_context` (text kept as ``<text>``, not glyph
+paths; a fixed hash salt so output is deterministic; no metadata). Each SVG's ids are prefixed
+with the figure's id so several figures can live in one page. Lines are vectors (the curves are
+already thinned to a few hundred points); pixel grids larger than :data:`VECTOR_CELLS` cells
+(input thumbnails, large maps) are drawn as one small embedded PNG, smaller than thousands of
+rectangles.
+
+:data:`DRAWERS` maps a :class:`~pytest_qrel.report.view.FigureSpec` kind to its drawer; a new
+figure kind is one decorated function.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from markupsafe import Markup
+
+from ..curves import simplify
+from ..registry import Registry
+
+__all__ = ["DRAWERS", "draw", "svg_of"]
+
+DRAWERS: Registry[Callable[[Any, dict[str, Any]], None]] = Registry("figure kind")
+"""``kind -> draw(fig, data)``; ``size`` metadata: a function ``data -> (width, height)`` in inches."""
+
+VECTOR_CELLS = 400
+DRAW_POINTS = 100  # points drawn per ROC / PR curve (the stored curves have at most curves.MAX_POINTS)
+MAX_COLS = 6
+REF_COLOR = "#111111"
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+           "#bcbd22", "#17becf", "#393b79", "#ad494a", "#637939", "#8c6d31", "#7b4173", "#3182bd")
+
+RC = {
+    "svg.fonttype": "none",
+    "svg.hashsalt": "pytest-qrel",
+    "font.size": 8.0,
+    "font.family": "sans-serif",
+    "font.sans-serif": ["DejaVu Sans", "Liberation Sans", "Arial", "Helvetica"],
+    "axes.titlesize": 8.5,
+    "axes.labelsize": 8.0,
+    "xtick.labelsize": 7.0,
+    "ytick.labelsize": 7.0,
+    "legend.fontsize": 7.0,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "grid.linewidth": 0.5,
+    "lines.linewidth": 1.2,
+    "path.simplify": True,
+}
+
+
+def _colors(labels: Sequence[str], ref: Sequence[bool]) -> list[str]:
+    out, k = [], 0
+    for is_ref in ref:
+        if is_ref:
+            out.append(REF_COLOR)
+        else:
+            out.append(PALETTE[k % len(PALETTE)])
+            k += 1
+    return out
+
+
+def _grid(n: int, max_cols: int = MAX_COLS) -> tuple[int, int]:
+    cols = min(n, max_cols)
+    return int(math.ceil(n / cols)), cols
+
+
+_ID = re.compile(r'\bid="([^"]+)"')
+_PATH = re.compile(r'(\sd=")([^"]*)(")')
+_LONG = re.compile(r"(-?\d+\.\d{2})\d+")
+_REF = re.compile(r'(url\(#|href="#)([^")]+)')
+
+
+def svg_of(fig: Any, prefix: str) -> Markup:
+    """The figure as an inline ``<svg>`` element (no XML header, metadata or DOCTYPE), its ids
+    prefixed with ``prefix``, scaling down to the width of its container."""
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
+    text = buf.getvalue()
+    text = text[text.index("<svg"):]
+    text = re.sub(r"<metadata>.*?</metadata>\s*", "", text, flags=re.S)
+    # path coordinates are in points: 1/100 pt is far below what a screen or printer resolves
+    text = _PATH.sub(lambda m: m.group(1) + _LONG.sub(r"\1", m.group(2)) + m.group(3), text)
+    text = _ID.sub(lambda m: f'id="{prefix}-{m.group(1)}"', text)
+    text = _REF.sub(lambda m: f"{m.group(1)}{prefix}-{m.group(2)}", text)
+    text = text.replace("<svg ", f'<svg class="mpl" role="img" aria-labelledby="{prefix}-title" ', 1)
+    return Markup(text.strip())
+
+
+def draw(kind: str, data: dict[str, Any], prefix: str, title: str = "") -> Markup:
+    """Draw one figure of ``kind`` from ``data`` and return its inline SVG."""
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    drawer = DRAWERS.get(kind)
+    meta = DRAWERS.meta(kind)
+    size = meta["size"](data)
+    with matplotlib.rc_context(RC):
+        fig = Figure(figsize=size, layout=meta.get("layout", "constrained"))
+        FigureCanvasAgg(fig)
+        drawer(fig, data)
+        svg = svg_of(fig, prefix)
+    if title:  # an accessible name for the image
+        svg = Markup(svg.replace(">", f'><title id="{prefix}-title">{Markup.escape(title)}</title>', 1))
+    return svg
+
+
+def _pixels(ax: Any, grid: Sequence[Sequence[Any]], *, cmap: str | None = None, vmin: float = 0.0, vmax: float = 1.0) -> Any:
+    """A pixel grid (h x w values, or h x w x 3 RGB in [0, 1]), row 0 at the top."""
+    import numpy as np
+
+    arr = np.asarray(grid, dtype=float)
+    h, w = arr.shape[:2]
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+    if arr.ndim == 2 and h * w <= VECTOR_CELLS:
+        mesh = ax.pcolormesh(np.arange(w + 1), np.arange(h + 1), arr, cmap=cmap, vmin=vmin, vmax=vmax, shading="flat",
+                             edgecolors="face", linewidth=0.3)  # edges in the face colour: no seams between cells
+        ax.set_xlim(0, w)
+        ax.set_ylim(h, 0)
+        ax.set_aspect("equal")
+        return mesh
+    if arr.ndim == 2:
+        return ax.imshow(arr, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    return ax.imshow(np.clip(arr, 0, 1), interpolation="nearest")
+
+
+UNIT_TICKS = ([0.0, 0.5, 1.0], ["0", ".5", "1"])
+
+
+def _panels(fig: Any, rows: int, cols: int, *, left: float = 0.5, right: float = 0.12, top: float = 0.3, bottom: float = 0.42,
+            wspace: float = 0.12, hspace: float = 0.35, unit_ticks: bool = True, **kw: Any) -> Any:
+    """A rows x cols grid of axes with fixed margins in inches (no layout engine: small multiples
+    need none, and a layout engine costs more time than the drawing); ``unit_ticks``: axes on
+    [0, 1] with ticks at 0, .5 and 1."""
+    w, h = fig.get_size_inches()
+    axes = fig.subplots(rows, cols, squeeze=False, gridspec_kw={
+        "left": left / w, "right": 1 - right / w, "top": 1 - top / h, "bottom": bottom / h, "wspace": wspace, "hspace": hspace}, **kw)
+    if unit_ticks:
+        for ax in axes.flat:
+            ax.set_xticks(*UNIT_TICKS)
+            ax.set_yticks(*UNIT_TICKS)
+    return axes
+
+
+def _size_panels(n: int, w: float = 1.75, h: float = 1.75, extra_h: float = 0.35) -> tuple[float, float]:
+    rows, cols = _grid(n)
+    return (max(3.2, cols * w), rows * h + extra_h)
+
+
+# ------------------------------------------------------------------------------------ drawers
+
+
+@DRAWERS.register("reliability", size=lambda d: _size_panels(len(d["panels"]), 1.6, 1.95, 0.55), layout=None)
+def reliability(fig: Any, data: dict[str, Any]) -> None:
+    panels = data["panels"]
+    rows, cols = _grid(len(panels))
+    axes = _panels(fig, rows, cols, top=0.42, hspace=0.6, wspace=0.15, sharex=True, sharey=True)
+    colors = _colors([p["label"] for p in panels], [p["ref"] for p in panels])
+    for k, ax in enumerate(axes.flat):
+        if k >= len(panels):
+            ax.set_visible(False)
+            continue
+        p = panels[k]
+        edges = p["edges"]
+        acc = [a if a is not None else 0.0 for a in p["accuracy"]]
+        conf = [c if c is not None else a for c, a in zip(p["confidence"], acc)]  # an empty bin has no gap
+        ax.stairs(acc, edges, fill=True, color=colors[k], alpha=0.8, linewidth=0)
+        ax.stairs(conf, edges, baseline=acc, fill=True, color="#d62728", alpha=0.3, linewidth=0)
+        ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="#555555")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{p['label']}" + (f"\nECE {p['ece']}" if p["ece"] else ""), fontsize=7.5, linespacing=1.1)
+        ax.set_aspect("equal")
+    for ax in axes[-1]:
+        ax.set_xlabel("confidence")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("accuracy")
+
+
+def _roc_width(d: dict[str, Any]) -> float:
+    return max(4.0, 1.75 * min(len(d["sets"]), MAX_COLS) + 0.6)
+
+
+def _legend_cols(d: dict[str, Any]) -> int:
+    return max(1, min(len(d["lines"]), int(_roc_width(d) / 1.05)))
+
+
+def _legend_rows(d: dict[str, Any]) -> int:
+    return math.ceil(len(d["lines"]) / _legend_cols(d))
+
+
+@DRAWERS.register("roc-pr", size=lambda d: (_roc_width(d), 2 * 1.85 * math.ceil(len(d["sets"]) / MAX_COLS) + 0.55 + 0.16 * _legend_rows(d)), layout=None)
+def roc_pr(fig: Any, data: dict[str, Any]) -> None:
+    sets, lines = data["sets"], data["lines"]
+    blocks = math.ceil(len(sets) / MAX_COLS)
+    cols = min(len(sets), MAX_COLS)
+    axes = _panels(fig, 2 * blocks, cols, top=0.35 + 0.16 * _legend_rows(data), bottom=0.4, left=0.55, hspace=0.55, wspace=0.2,
+                   sharex=True, sharey=True)
+    from matplotlib.collections import LineCollection
+    from matplotlib.lines import Line2D
+
+    colors = _colors([l["label"] for l in lines], [l["ref"] for l in lines])
+    widths = [1.6 if l["ref"] else 1.0 for l in lines]
+    # reference last, so it is drawn on top; one collection per panel is much cheaper than a line per curve
+    order = sorted(range(len(lines)), key=lambda k: lines[k]["ref"])
+    for j in range(blocks * cols):
+        ax_roc, ax_pr = axes[2 * (j // cols), j % cols], axes[2 * (j // cols) + 1, j % cols]
+        if j >= len(sets):
+            ax_roc.set_visible(False)
+            ax_pr.set_visible(False)
+            continue
+        d = sets[j]
+        for ax, key, xs, ys in ((ax_roc, "roc", "fpr", "tpr"), (ax_pr, "pr", "recall", "precision")):
+            segs, cs, ws = [], [], []
+            for k in order:
+                curve = lines[k][key].get(d)
+                if curve:
+                    x, y = simplify(curve[xs], curve[ys], DRAW_POINTS)
+                    segs.append(list(zip(x, y)))
+                    cs.append(colors[k])
+                    ws.append(widths[k])
+            if key == "roc":
+                segs.insert(0, [(0.0, 0.0), (1.0, 1.0)])  # chance
+                cs.insert(0, "#bbbbbb")
+                ws.insert(0, 0.6)
+            ax.add_collection(LineCollection(segs, colors=cs, linewidths=ws))
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1.02)
+        ax_roc.set_title(d)
+        ax_roc.tick_params(labelbottom=True)  # shared x with the PR row below, but a different quantity
+        ax_roc.set_xlabel("OOD accepted (FPR)", labelpad=1)
+        ax_pr.set_xlabel("recall (OOD)", labelpad=1)
+        if j % cols == 0:
+            ax_roc.set_ylabel("ID accepted (TPR)")
+            ax_pr.set_ylabel("precision (OOD)")
+        else:
+            ax_roc.tick_params(labelleft=False)
+            ax_pr.tick_params(labelleft=False)
+    handles = [Line2D([], [], color=c, lw=w, label=l["label"]) for l, c, w in zip(lines, colors, widths)]
+    if handles:
+        fig.legend(handles=handles, loc="upper center", ncol=_legend_cols(data), frameon=False, borderaxespad=0.2)
+
+
+def _single(fig: Any, *, left: float = 0.6, right: float = 0.15, top: float = 0.15, bottom: float = 0.5) -> Any:
+    """One axes with fixed margins in inches."""
+    w, h = fig.get_size_inches()
+    return fig.add_axes((left / w, bottom / h, 1 - (left + right) / w, 1 - (top + bottom) / h))
+
+
+def _text_width(labels: Sequence[str], size: float = 7.0) -> float:
+    """A generous estimate of the width in inches of the longest label at ``size`` points."""
+    return max((len(str(t)) for t in labels), default=0) * size * 0.62 / 72.0
+
+
+@DRAWERS.register("acc-ece", size=lambda d: (4.6, 3.4), layout=None)
+def acc_ece(fig: Any, data: dict[str, Any]) -> None:
+    ax = _single(fig, left=0.6, bottom=0.45)
+    pts = data["points"]
+    xs = [p["dx"] for p in pts] + [0.0]
+    ys = [p["dy"] for p in pts] + [0.0]
+    span_x = max(abs(min(xs)), abs(max(xs)), 0.05) * 1.25
+    span_y = max(abs(min(ys)), abs(max(ys)), 0.05) * 1.25
+    ax.axvspan(-span_x, 0, ymin=0.5, ymax=1.0, color="#2ca02c", alpha=0.08, lw=0)
+    ax.axhline(0, color="#555555", lw=0.7)
+    ax.axvline(0, color="#555555", lw=0.7)
+    colors = _colors([p["label"] for p in pts], [False] * len(pts))
+    for p, c in zip(pts, colors):
+        face = "none" if p["posthoc"] else c
+        ax.scatter([p["dx"]], [p["dy"]], s=28, facecolors=face, edgecolors=c, linewidths=1.2, zorder=3)
+        ax.annotate(p["label"], (p["dx"], p["dy"]), textcoords="offset points", xytext=(4, 3), fontsize=6.5, color="#333333")
+    ax.scatter([0], [0], s=30, color=REF_COLOR, marker="s", zorder=4)
+    ax.annotate(data["ref"], (0, 0), textcoords="offset points", xytext=(-6, 5), ha="right", fontsize=6.5)
+    ax.set_xlim(-span_x, span_x)
+    ax.set_ylim(-span_y, span_y)
+    ax.set_xlabel("ECE change (pp; left is better)")
+    ax.set_ylabel("top-1 change (pp; up is better)")
+
+
+def _legend_width(labels: Sequence[str]) -> float:
+    return _text_width(labels) + 0.45
+
+
+@DRAWERS.register("bits-top1", size=lambda d: (max(3.6, 0.8 * len(d["bits"]) + 1.4) + _legend_width([l["label"] for l in d["lines"]] + ["FP32"]), 2.7),
+                  layout=None)
+def bits_top1(fig: Any, data: dict[str, Any]) -> None:
+    ax = _single(fig, right=_legend_width([l["label"] for l in data["lines"]] + [data.get("ref_label") or "FP32"]), bottom=0.45)
+    x = list(range(len(data["bits"])))
+    for k, line in enumerate(data["lines"]):
+        pts = [(i, y) for i, y in zip(x, line["y"]) if y is not None]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3.5, color=PALETTE[k % len(PALETTE)], label=line["label"])
+    if data.get("ref") is not None:
+        ax.axhline(data["ref"], ls="--", lw=1.0, color=REF_COLOR, label=data.get("ref_label") or "FP32")
+    ax.set_xticks(x, data["bits"])
+    ax.set_xlim(-0.3, len(x) - 0.7)
+    ax.set_xlabel("bit configuration")
+    ax.set_ylabel("top-1 (%)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, borderaxespad=0.0)
+
+
+@DRAWERS.register("bits-ood", size=lambda d: (2.5 * len(d["metrics"]) + 0.3 + _legend_width([l["label"] for l in d["lines"]]), 2.7), layout=None)
+def bits_ood(fig: Any, data: dict[str, Any]) -> None:
+    right = _legend_width([l["label"] for l in data["lines"]])
+    axes = _panels(fig, 1, len(data["metrics"]), left=0.55, right=right, top=0.12, bottom=0.45, wspace=0.4, unit_ticks=False)[0]
+    x = list(range(len(data["x"])))
+    handles = []
+    for ax, (metric, label) in zip(axes, data["metrics"]):
+        for k, line in enumerate(data["lines"]):
+            ys = line["values"][metric]
+            pts = [(i, y) for i, y in zip(x, ys) if y is not None]
+            (h,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3.5, color=PALETTE[k % len(PALETTE)], label=line["label"])
+            if ax is axes[0]:
+                handles.append(h)
+        ax.set_xticks(x, data["x"])
+        ax.set_xlim(-0.3, len(x) - 0.7)
+        ax.set_ylabel(label)
+        ax.set_xlabel("bit configuration")
+    axes[-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.03, 1.0), frameon=False, borderaxespad=0.0)
+
+
+def _heat_margins(d: dict[str, Any]) -> tuple[float, float]:
+    """Left and bottom margins in inches: row labels, and column labels rotated by 40 degrees
+    (the first one reaches left of the axes by its width times cos 40)."""
+    col_w = _text_width(d["cols"], 6.5)
+    left = max(_text_width(d["rows"]) + 0.2, col_w * 0.77 - 0.2, 0.3)
+    return left, col_w * 0.66 + 0.25
+
+
+def _heat_size(d: dict[str, Any]) -> tuple[float, float]:
+    left, bottom = _heat_margins(d)
+    return (left + 0.62 * len(d["cols"]) + 1.1, bottom + 0.3 * len(d["rows"]) + 0.2)
+
+
+@DRAWERS.register("margin-heatmap", size=_heat_size, layout=None)
+def margin_heatmap(fig: Any, data: dict[str, Any]) -> None:
+    import numpy as np
+    from matplotlib.colors import Normalize
+
+    rows, cols = data["rows"], data["cols"]
+    w, h = _heat_size(data)
+    left, bottom = _heat_margins(data)
+    ax = fig.add_axes((left / w, bottom / h, 0.62 * len(cols) / w, 0.3 * len(rows) / h))
+    cax = fig.add_axes(((left + 0.62 * len(cols) + 0.15) / w, bottom / h, 0.12 / w, 0.3 * len(rows) / h))
+    arr = np.array([[np.nan if v is None else v for v in r] for r in data["values"]], dtype=float)
+    norm = Normalize(vmin=-1.0, vmax=1.0)
+    mesh = ax.pcolormesh(np.arange(len(cols) + 1), np.arange(len(rows) + 1), np.ma.masked_invalid(arr), cmap="RdBu", norm=norm,
+                         edgecolors="white", linewidth=0.5)
+    ax.set_xlim(0, len(cols))
+    ax.set_ylim(len(rows), 0)
+    ax.grid(False)
+    ax.set_xticks([j + 0.5 for j in range(len(cols))], cols, rotation=40, ha="right", rotation_mode="anchor", fontsize=6.5)
+    ax.set_yticks([i + 0.5 for i in range(len(rows))], rows)
+    ax.tick_params(length=0)
+    for side in ("left", "bottom"):
+        ax.spines[side].set_visible(False)
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            if np.isnan(arr[i, j]):
+                continue
+            text = data["text"][i][j] + (" x" if data["xfail"][i][j] else "")
+            dark = abs(arr[i, j]) > 0.6
+            ax.text(j + 0.5, i + 0.5, text, ha="center", va="center", fontsize=5.8, color="white" if dark else "#111111")
+    bar = fig.colorbar(mesh, cax=cax)
+    bar.set_label("margin / |bound|", fontsize=6.5)
+    bar.set_ticks([-1, -0.5, 0, 0.5, 1])
+
+
+def _tile(maps: Sequence[Sequence[Any]], rows: int, cols: int, gap: int = 1) -> Any:
+    """``rows * cols`` equally sized grids (row-major; ``None`` leaves a hole) in one array with
+    ``gap`` NaN cells between them."""
+    import numpy as np
+
+    first = next(np.asarray(m, dtype=float) for m in maps if m is not None)
+    h, w = first.shape[:2]
+    out = np.full((rows * (h + gap) - gap, cols * (w + gap) - gap, *first.shape[2:]), np.nan)
+    for k, m in enumerate(maps):
+        if m is None:
+            continue
+        r, c = divmod(k, cols)
+        out[r * (h + gap): r * (h + gap) + h, c * (w + gap): c * (w + gap) + w] = np.asarray(m, dtype=float)
+    return out
+
+
+def _tiles(ax: Any, arr: Any, *, cmap: str | None, vmin: float = 0.0, vmax: float = 1.0, vector: bool = True) -> Any:
+    """A tiled array: vector cells when small, else one embedded image; NaN shows the background."""
+    import numpy as np
+
+    h, w = arr.shape[:2]
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    if vector and arr.ndim == 2 and np.isfinite(arr).sum() <= VECTOR_CELLS:
+        mesh = ax.pcolormesh(np.arange(w + 1), np.arange(h + 1), np.ma.masked_invalid(arr), cmap=cmap, vmin=vmin, vmax=vmax,
+                             edgecolors="face", linewidth=0.3)
+        ax.set_xlim(0, w)
+        ax.set_ylim(h, 0)
+        ax.set_aspect("equal")
+        return mesh
+    if arr.ndim == 2:
+        return ax.imshow(np.ma.masked_invalid(arr), cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest", extent=(0, w, h, 0))
+    rgb = np.nan_to_num(np.clip(arr, 0, 1), nan=1.0)
+    return ax.imshow(rgb, interpolation="nearest", extent=(0, w, h, 0))
+
+
+def _tiled_size(n_rows: int, n_cols: int, cell: float = 0.95, extra_w: float = 0.0, extra_h: float = 0.0) -> tuple[float, float]:
+    return (n_cols * cell + 1.6 + extra_w, n_rows * (cell + 0.18) + 0.45 + extra_h)
+
+
+@DRAWERS.register("spectral", size=lambda d: (len(d["maps"]) * 1.5 + 1.2, 2.05), layout=None)
+def spectral(fig: Any, data: dict[str, Any]) -> None:
+    maps = data["maps"]
+    w, h = len(maps) * 1.5 + 1.2, 2.05
+    ax = fig.add_axes((0.2 / w, 0.2 / h, len(maps) * 1.5 / w, 1.5 / h))
+    cax = fig.add_axes(((0.35 + len(maps) * 1.5) / w, 0.2 / h, 0.12 / w, 1.5 / h))
+    grid_h, grid_w = len(maps[0]["map"]), len(maps[0]["map"][0])
+    gap = max(1, round(grid_w / 6))
+    arr = _tile([m["map"] for m in maps], 1, len(maps), gap)
+    mesh = _tiles(ax, arr, cmap="magma", vmin=0.0, vmax=float(data["vmax"]) or 1.0)
+    for k, m in enumerate(maps):
+        peak = max(float(v) for row in m["map"] for v in row)
+        ax.text(k * (grid_w + gap) + grid_w / 2, -0.15 * grid_h, f"{m['label']} (max {peak:.3g})", ha="center", va="bottom", fontsize=7.5)
+    bar = fig.colorbar(mesh, cax=cax)
+    bar.set_label("relative spectral error")
+
+
+def _rollout_size(d: dict[str, Any]) -> tuple[float, float]:
+    return _tiled_size(len(d["images"]), len(d["columns"]) + 1, extra_w=_text_width([i["label"] for i in d["images"]]) + 0.2)
+
+
+@DRAWERS.register("rollout", size=_rollout_size, layout=None)
+def rollout(fig: Any, data: dict[str, Any]) -> None:
+    images, columns = data["images"], data["columns"]
+    n, m = len(images), len(columns)
+    w, h = _rollout_size(data)
+    cell = 0.95
+    left = _text_width([i["label"] for i in images]) + 0.25
+    top = 0.3
+    body_h = n * (cell + 0.18)
+    thumb_ax = fig.add_axes((left / w, (h - top - body_h) / h, cell / w, body_h / h))
+    maps_ax = fig.add_axes(((left + cell + 0.1) / w, (h - top - body_h) / h, m * cell / w, body_h / h))
+    cax = fig.add_axes(((left + cell + 0.25 + m * cell) / w, (h - top - body_h) / h, 0.1 / w, body_h / h))
+    thumbs = [i["thumbnail"] for i in images]
+    if any(t is not None for t in thumbs):
+        th = len(next(t for t in thumbs if t is not None))
+        _tiles(thumb_ax, _tile(thumbs, n, 1, gap=max(1, round(th * 0.19))), cmap="gray", vector=False)  # photos: a small PNG
+        th_gap = max(1, round(th * 0.19))
+        for i, img in enumerate(images):
+            thumb_ax.text(-0.08 * th, i * (th + th_gap) + th / 2, img["label"], ha="right", va="center", fontsize=6.5)
+        thumb_ax.set_title("input", fontsize=7.5)
+    else:
+        thumb_ax.set_axis_off()
+    gh = len(columns[0]["maps"][0])
+    gw = len(columns[0]["maps"][0][0])
+    gap = max(1, round(gh * 0.19))
+    tiles = [columns[j]["maps"][i] if i < len(columns[j]["maps"]) else None for i in range(n) for j in range(m)]
+    mesh = _tiles(maps_ax, _tile(tiles, n, m, gap), cmap="inferno", vmin=0.0, vmax=1.0)
+    for j, col in enumerate(columns):
+        maps_ax.text(j * (gw + gap) + gw / 2, -0.08 * gh, col["label"], ha="center", va="bottom", fontsize=7.5)
+        for i, cap in enumerate(col["captions"][:n]):
+            maps_ax.text(j * (gw + gap) + gw / 2, i * (gh + gap) + gh + 0.04 * gh, cap, ha="center", va="top", fontsize=5.5)
+    bar = fig.colorbar(mesh, cax=cax)
+    bar.set_label("share of the map's maximum", fontsize=6.5)
