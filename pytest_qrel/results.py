@@ -31,6 +31,8 @@ class Verdict:
     ``margin`` how far it is from the bound in that unit (positive: room left, negative: violated).
     ``value_display`` / ``fp32_display`` / ``bound_display`` are the values and the bound written in
     one unit by one display rule per metric (:mod:`pytest_qrel.display`).
+    ``ci_note`` says why a check has no interval, or what to keep in mind about it (an FP32 value
+    of 0 under a relative bound, a tiny set); empty if nothing.
     ``stage`` names where an error happened (``"model import"``, ``"calibration"``, ``"forward"``, ...).
     """
 
@@ -63,6 +65,7 @@ class Verdict:
     fp32_display: str = ""
     bound_display: str = ""
     stage: str = ""
+    ci_note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {k: _plain(v) for k, v in asdict(self).items()}
