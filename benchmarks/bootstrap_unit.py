@@ -75,7 +75,7 @@ def stages(reqs: list[IntervalRequest], resamples: int) -> dict[str, float]:
     acc: dict[str, float] = {}
     originals = {
         (resample, "counts_chunk"): "resampling",
-        (weighted.OodCurve, "w"): "gather to sorted order",
+        (weighted.Blocked, "gather"): "gather to sorted order",
         (weighted.Blocked, "running_sums"): "running sums",
     }
     saved = {}

@@ -242,3 +242,45 @@ def test_bad_evidence_keys_name_file_line_field_and_fix(tmp_path, checks, extra,
     msg = str(info.value)
     assert msg.startswith(str(tmp_path / "suite.yaml") + ":"), msg
     assert f"field '{field}'" in msg and fragment in msg, msg
+
+
+# ------------------------------------------------------------------ from planned checks
+
+
+def test_requests_from_planned_checks(tmp_path):
+    """Datasets of each kind of check, seeds and reference arrays, and the suite's bootstrap settings."""
+    from pytest_qrel.stats import intervals_for, per_sample, request_for
+
+    path = tmp_path / "suite.yaml"
+    path.write_text(
+        SUITE.replace("    - {name: noise, source: \"embedded:noise\"}", "    - {name: noise, source: \"embedded:noise\"}\n    - {name: photos, source: \"embedded:photos\"}")
+        .replace("  W4A4: {method: minmax}", "  W4A4: {method: minmax}\n  W8A8: {method: minmax}")
+        + "bootstrap: {resamples: 50, seed: 3}\nchecks:\n"
+        + '  - "W4A4 top1 delta <= 1pp"\n  - "W4A4 auroc(msp) on mean(ood) delta <= 1pp"\n  - "W4A4 fpr_at_95_tpr(msp) on noise delta <= delta(W8A8)"\n'
+    )
+    planned = plan(load_suite(path))
+    rng = np.random.default_rng(0)
+    sizes = {"digits": 200, "noise": 80, "photos": 60}
+
+    def unit(noise):
+        out = {}
+        for d, n in sizes.items():
+            logits = rng.normal(0, 1, (n, 8))
+            out[d] = per_sample(logits, rng.integers(0, 8, n) if d == "digits" else None, {"msp": logits.max(1) + noise * rng.normal(size=n)})
+        return out
+
+    units = {"FP32": [unit(0.0)], "W4A4": [unit(0.3), unit(0.4)], "W8A8": [unit(0.1)]}
+    calls = []
+
+    def arrays_of(model, quantizer):
+        calls.append((model, quantizer))
+        return units[quantizer]
+
+    reqs = [request_for(p, arrays_of) for p in planned]
+    assert [r.datasets for r in reqs] == [("digits",), ("noise", "photos"), ("noise",)]
+    assert reqs[1].id_dataset == "digits" and reqs[0].id_dataset is None
+    assert len(reqs[1].quantized) == 2 and reqs[2].ref == tuple(units["W8A8"])
+    results = intervals_for(planned, arrays_of)
+    assert all(r is not None and r.resamples == 50 and r.seed == 3 for r in results)
+    assert results[2].kind == "ref-delta" and results[1].n == {"digits": 200, "noise": 80, "photos": 60}
+    assert ("vit", "FP32") in calls

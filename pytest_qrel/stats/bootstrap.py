@@ -39,7 +39,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..spec.schema import Bound
-from .delong import delong_interval
+from .delong import delong_from_components
 from .resample import RNG_BLOCK, TINY, counts_chunk
 from .weighted import DTYPE, WEIGHTED_ID, OodCurve, OodStatic, ood_form
 
@@ -410,11 +410,11 @@ def paired_intervals(
 
     out = []
     for req, meta, kind, rkind, unit, terms, note in prepared:
-        out.append(_summarise(req, meta, kind, rkind, unit, terms, note, plan, point, values, resamples, level, seed))
+        out.append(_summarise(req, meta, kind, rkind, unit, terms, note, plan, evaluate.statics, point, values, resamples, level, seed))
     return out
 
 
-def _summarise(req, meta, kind, rkind, unit, terms, note, plan, point, values, resamples, level, seed) -> PairedInterval:
+def _summarise(req, meta, kind, rkind, unit, terms, note, plan, statics, point, values, resamples, level, seed) -> PairedInterval:
     hib = bool(meta["higher_is_better"])
     base = PairedInterval(
         metric=req.metric, kind=rkind, unit=unit, level=level, resamples=resamples, seed=seed,
@@ -470,27 +470,42 @@ def _summarise(req, meta, kind, rkind, unit, terms, note, plan, point, values, r
     if few:
         notes.append(f"only {', '.join(f'{plan.n[d]} in {d}' for d in few)} samples: the interval is a rough guide")
     if req.metric == "auroc" and rkind != "value" and not req.ref:
-        base.delong_ci = _delong(req, plan, level, notes)
+        base.delong_ci = _delong(req, plan, statics, level, notes)
     base.note = "; ".join([n for n in [note, *notes] if n])
     return base
 
 
-def _delong(req: IntervalRequest, plan: _Plan, level: float, notes: list[str]) -> tuple[float, float] | None:
-    """DeLong interval of the AUROC delta (FP32 minus the seed mean of the quantized)."""
+def _delong(req: IntervalRequest, plan: _Plan, statics: Mapping[tuple, OodStatic], level: float, notes: list[str]) -> tuple[float, float] | None:
+    """DeLong interval of the AUROC delta (FP32 minus the seed mean of the quantized), from the
+    structural components the sorted curves already hold."""
     if req.fp32 is None:
         return None
-    fname = f"score.{req.score}"
     k = len(req.datasets)
     terms = []
     for coef, side in [(1.0 / k, req.fp32), *((-1.0 / (k * len(req.quantized)), s) for s in req.quantized)]:
         for d in req.datasets:
-            terms.append((coef, np.asarray(side[req.id_dataset][fname]), np.asarray(side[d][fname]), d))
+            st = statics[(plan.side(side), req.score, req.id_dataset, d)]
+            terms.append((coef, st, d))
     try:
-        r = delong_interval(terms, level)
+        r = delong_from_counts(terms, level)
     except ValueError as exc:
         notes.append(f"no DeLong cross-check ({exc})")
         return None
     return (r.low, r.high)
+
+
+def delong_from_counts(terms: Sequence[tuple[float, OodStatic, str]], level: float):
+    """:func:`.delong.delong_interval` from sorted curves: ``V10`` and ``V01`` are counts of
+    samples below each sample, which :class:`OodStatic` already has (no new sorts)."""
+    pieces = []
+    for coef, st, key in terms:
+        m, n = st.n["id"], st.n["ood"]
+        v10 = np.empty(m)
+        v10[st.order["id"]] = (st.counts["id"]["ood_lt"] + st.counts["id"]["ood_le"]) / (2.0 * n)
+        v01 = np.empty(n)
+        v01[st.order["ood"]] = (2.0 * m - st.counts["ood"]["id_lt"] - st.counts["ood"]["id_le"]) / (2.0 * m)
+        pieces.append((coef, v10, v01, key))
+    return delong_from_components(pieces, level)
 
 
 def paired_interval(request: IntervalRequest, **kwargs: Any) -> PairedInterval:

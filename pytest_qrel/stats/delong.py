@@ -57,15 +57,23 @@ def delong_interval(terms: Sequence[tuple[float, np.ndarray, np.ndarray, str]], 
     """
     if not terms:
         raise ValueError("no AUROC terms")
-    m = np.asarray(terms[0][1]).shape[0]
+    pieces = []
+    for coef, x, y, key in terms:
+        _, v10, v01 = structural_components(x, y)
+        pieces.append((coef, v10, v01, key))
+    return delong_from_components(pieces, level)
+
+
+def delong_from_components(pieces: Sequence[tuple[float, np.ndarray, np.ndarray, str]], level: float = 0.95) -> DeLongResult:
+    """:func:`delong_interval` from ``(coef, V10, V01, ood_set)`` per term (the AUROC is ``mean(V10)``)."""
+    m = pieces[0][1].shape[0]
     d10 = np.zeros(m)
     d01: dict[str, np.ndarray] = {}
     estimate = 0.0
-    for coef, x, y, key in terms:
-        if np.asarray(x).shape[0] != m:
+    for coef, v10, v01, key in pieces:
+        if v10.shape[0] != m:
             raise ValueError("every term must score the same ID samples")
-        auc, v10, v01 = structural_components(x, y)
-        estimate += coef * auc
+        estimate += coef * float(v10.mean())
         d10 += coef * v10
         if key in d01 and d01[key].shape != v01.shape:
             raise ValueError(f"OOD set '{key}' has different sizes across terms")
@@ -86,4 +94,4 @@ def delong_auroc_delta(
     return delong_interval([(1.0, id_a, ood_a, "ood"), (-1.0, id_b, ood_b, "ood")], level)
 
 
-__all__ = ["DeLongResult", "delong_auroc_delta", "delong_interval", "structural_components"]
+__all__ = ["DeLongResult", "delong_auroc_delta", "delong_from_components", "delong_interval", "structural_components"]

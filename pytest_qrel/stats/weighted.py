@@ -67,9 +67,8 @@ class Blocked:
 
     Position ``p`` (``0``: nothing, ``1..n``: the sorted samples, then padding up to a multiple
     of 16) is stored in row ``(p % 16) * G + p // 16`` of an ``(m, rows)`` array (``m = 16 G``),
-    so that the running sums inside each block of 16 positions are one matrix product
-    ``tri (16, 16) @ x (16, G * rows)``, and a short ``cumsum`` over the block totals adds the
-    offsets. ``row_of(p)`` maps positions to stored rows.
+    so that the running sums inside each block of 16 positions are one matrix product over
+    ``x (16, G * rows)`` (see :meth:`running_sums`). ``row_of(p)`` maps positions to stored rows.
     """
 
     def __init__(self, n: int) -> None:
@@ -91,17 +90,32 @@ class Blocked:
         index[self.row_of(np.arange(self.m))] = pos_source
         return index
 
-    def running_sums(self, x: np.ndarray) -> np.ndarray:
-        """Inclusive running sums over positions of a gathered ``(m, rows)`` float32 array."""
-        rows = x.shape[1]
-        inner = (_TRI_T @ x.reshape(_BLOCK, self.g * rows)).reshape(_BLOCK, self.g, rows)
-        if self.g > 1:
-            offsets = np.cumsum(inner[_BLOCK - 1, :-1, :], axis=0)
-            inner[:, 1:, :] += offsets[None, :, :]
-        return inner.reshape(self.m, rows)
+    def gather(self, counts: np.ndarray, index: np.ndarray) -> np.ndarray:
+        """``counts[index]`` into a new ``(m + G, rows)`` buffer: rows ``:m`` the gathered weights,
+        rows ``m:`` room for the block offsets of :meth:`running_sums`."""
+        buf = np.empty((self.m + self.g, counts.shape[1]), dtype=DTYPE)
+        np.take(counts, index, axis=0, out=buf[: self.m], mode="clip")
+        return buf
+
+    def running_sums(self, buf: np.ndarray) -> np.ndarray:
+        """Inclusive running sums over the positions of a :meth:`gather` buffer, ``(m, rows)``.
+
+        One matrix product ``[tri | 1] (16, 17) @ [x ; offsets] (17, G * rows)``: the running sums
+        inside each block plus the total of all earlier blocks (from the block totals, a
+        ``cumsum`` over G values per resample).
+        """
+        rows = buf.shape[1]
+        x = buf[: self.m].reshape(_BLOCK, self.g * rows)
+        totals = (_ONES_BLOCK @ x).reshape(self.g, rows)
+        off = buf[self.m :]
+        off[0] = 0.0
+        if self.g > 1:  # exclusive running sums of the block totals, along a contiguous axis
+            off[1:] = np.cumsum(np.ascontiguousarray(totals[:-1].T), axis=1).T
+        return (_TRI_AUG @ buf.reshape(_BLOCK + 1, self.g * rows)).reshape(self.m, rows)
 
 
-_TRI_T = np.tril(np.ones((_BLOCK, _BLOCK), dtype=DTYPE))
+_ONES_BLOCK = np.ones(_BLOCK, dtype=DTYPE)
+_TRI_AUG = np.hstack([np.tril(np.ones((_BLOCK, _BLOCK), dtype=DTYPE)), np.ones((_BLOCK, 1), dtype=DTYPE)])
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,6 +179,22 @@ WEIGHTED_ID.add(
 # OOD metrics: a sorted curve per side, running sums per chunk
 # --------------------------------------------------------------------------------------------
 
+class _Counts(dict):
+    """``counts[name]`` for ``name`` in ``id_le``, ``id_lt``, ``ood_le``, ``ood_lt``: for each sorted
+    sample of set ``where``, how many samples of set ID / OOD score ``<=`` / ``<`` than it
+    (computed on first use)."""
+
+    def __init__(self, sorted_scores: dict[str, np.ndarray], where: str) -> None:
+        super().__init__()
+        self._sorted, self._where = sorted_scores, where
+
+    def __missing__(self, name: str) -> np.ndarray:
+        other, side = name.split("_")
+        value = np.searchsorted(self._sorted[other], self._sorted[self._where], "right" if side == "le" else "left")
+        self[name] = value
+        return value
+
+
 class OodStatic:
     """What one side's scores on (ID set, OOD set) need, computed once: orders and tie positions.
 
@@ -194,18 +224,7 @@ class OodStatic:
             "id": self.layout["id"].gather_index(self.order["id"], first=self.n["id"] + 1),
             "ood": self.layout["ood"].gather_index(self.order["ood"], first=self.n["ood"]),
         }
-        ss = np.searchsorted
-        self.counts = {
-            where: {
-                "id_le": ss(self.sorted["id"], self.sorted[where], "right"),
-                "id_lt": ss(self.sorted["id"], self.sorted[where], "left"),
-                "ood_le": ss(self.sorted["ood"], self.sorted[where], "right"),
-                "ood_lt": ss(self.sorted["ood"], self.sorted[where], "left"),
-            }
-            for where in ("id", "ood")
-        }
-        c = self.counts["ood"]
-        self.cross_tied = np.flatnonzero(c["id_le"] != c["id_lt"])  # OOD samples tied with ID ones
+        self.counts = {"id": _Counts(self.sorted, "id"), "ood": _Counts(self.sorted, "ood")}
         self._read: dict[tuple[str, str, str], np.ndarray] = {}
         self._fix: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
         self._ones = {k: np.ones(self.layout[k].m, dtype=DTYPE) for k in ("id", "ood")}
@@ -228,6 +247,12 @@ class OodStatic:
             pos[self.sample_rows(where)] = self.counts[where][name]
             self._read[key] = self.rows(cum, pos)
         return self._read[key]
+
+    @cached_property
+    def cross_tied(self) -> np.ndarray:
+        """Sorted OOD samples tied with some ID sample."""
+        c = self.counts["ood"]
+        return np.flatnonzero(c["id_le"] != c["id_lt"])
 
     def own_fix(self, k: str, name: str) -> tuple[np.ndarray, np.ndarray]:
         """For a read of set ``k``'s own running sums at ``<k>_le`` / ``<k>_lt``: the stored rows
@@ -258,18 +283,21 @@ class OodCurve:
         self.static = static
         self.rows = id_counts.shape[1]
         self._counts = {"id": id_counts, "ood": ood_counts}
-        self._w: dict[str, np.ndarray] = {}
+        self._buf: dict[str, np.ndarray] = {}
         self._cum: dict[str, np.ndarray] = {}
         self._at: dict[tuple[str, str, str], np.ndarray] = {}
 
+    def _gathered(self, k: str) -> np.ndarray:
+        if k not in self._buf:
+            self._buf[k] = self.static.layout[k].gather(self._counts[k], self.static.gather[k])
+        return self._buf[k]
+
     def w(self, k: str) -> np.ndarray:
-        if k not in self._w:
-            self._w[k] = np.take(self._counts[k], self.static.gather[k], axis=0)
-        return self._w[k]
+        return self._gathered(k)[: self.static.layout[k].m]
 
     def cum(self, k: str) -> np.ndarray:
         if k not in self._cum:
-            self._cum[k] = self.static.layout[k].running_sums(self.w(k))
+            self._cum[k] = self.static.layout[k].running_sums(self._gathered(k))
         return self._cum[k]
 
     def cum_at(self, k: str, positions: np.ndarray) -> np.ndarray:
@@ -341,9 +369,15 @@ def _auroc(c: OodCurve) -> np.ndarray:
 @WEIGHTED_OOD.register("aupr_out")
 def _aupr_out(c: OodCurve) -> np.ndarray:
     """Average precision, OOD positive, decision ``-score``: ``sum_j o_j P(<= s_j) / O``."""
-    o_le = c.at("ood", "ood", "ood_le")
-    den = o_le + c.at("ood", "id", "id_le")  # > 0: the ID running sums start at TINY
+    st = c.static
+    a_le = c.at("ood", "id", "id_le")
+    o_le = c.cum("ood")  # each sample's own running sum; tied samples are patched below
+    den = o_le + a_le  # > 0: the ID running sums start at TINY
     precision = np.divide(o_le, den, out=den)
+    rows, src = st.own_fix("ood", "ood_le")
+    if rows.size:
+        tied = c.cum("ood")[src]
+        precision[rows] = tied / (tied + a_le[rows])
     return c.total(np.multiply(c.w("ood"), precision, out=precision), "ood") / c.O
 
 
