@@ -148,7 +148,11 @@ def decide(
         interval = interval.at_level(confidence)
     unit = "abs" if bound.ref is not None else bound.unit
     ci = interval.compared_ci if interval is not None else None
-    ci_display = format_interval(ci, interval.level, unit, signed=bound.kind != "value" or bound.ref is not None) if interval else ""
+    ci_display = (
+        format_interval(ci, interval.level, unit, signed=bound.kind != "value" or bound.ref is not None, of="the difference" if bound.ref else "")
+        if interval is not None
+        else ""
+    )
     evidence = judge(bound, compared, ci, confidence, n=interval.n if interval is not None else None)
 
     metric = f"{check.metric}({planned.score})" if planned.score else check.metric

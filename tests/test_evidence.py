@@ -104,6 +104,7 @@ datasets:
     - {name: noise, source: "embedded:noise"}
 quantizers:
   W4A4: {method: minmax}
+  W8A8: {method: minmax}
 scores: [msp]
 """
 
@@ -180,10 +181,10 @@ def test_interval_is_re_summarised_at_the_demanded_level(tmp_path):
 
 def test_value_bound_and_note_in_message(tmp_path):
     p = _planned(tmp_path, '"W4A4 ece <= 0.05"')
-    iv = _interval((0.031, 0.049), note="only 12 in digits samples: the interval is a rough guide")
+    iv = _interval((0.031, 0.049), note="only 12 samples in digits: the interval is a rough guide")
     v = decide(p, 0.04, 0.03, higher_is_better=False, fraction=True, interval=iv)
     assert "[95% CI 0.031, 0.049] within value<=0.05" in v.message
-    assert v.message.endswith("(only 12 in digits samples: the interval is a rough guide)") and v.ci_note
+    assert v.message.endswith("(only 12 samples in digits: the interval is a rough guide)") and v.ci_note
 
 
 # ------------------------------------------------------------------ the spec
@@ -254,7 +255,6 @@ def test_requests_from_planned_checks(tmp_path):
     path = tmp_path / "suite.yaml"
     path.write_text(
         SUITE.replace("    - {name: noise, source: \"embedded:noise\"}", "    - {name: noise, source: \"embedded:noise\"}\n    - {name: photos, source: \"embedded:photos\"}")
-        .replace("  W4A4: {method: minmax}", "  W4A4: {method: minmax}\n  W8A8: {method: minmax}")
         + "bootstrap: {resamples: 50, seed: 3}\nchecks:\n"
         + '  - "W4A4 top1 delta <= 1pp"\n  - "W4A4 auroc(msp) on mean(ood) delta <= 1pp"\n  - "W4A4 fpr_at_95_tpr(msp) on noise delta <= delta(W8A8)"\n'
     )
@@ -284,3 +284,14 @@ def test_requests_from_planned_checks(tmp_path):
     assert all(r is not None and r.resamples == 50 and r.seed == 3 for r in results)
     assert results[2].kind == "ref-delta" and results[1].n == {"digits": 200, "noise": 80, "photos": 60}
     assert ("vit", "FP32") in calls
+
+
+def test_reference_bound_shows_the_interval_of_the_difference(tmp_path):
+    p = _planned(tmp_path, '"W4A4 top1 delta <= delta(W8A8) with 95% confidence"', extra="")
+    iv = PairedInterval(
+        metric="top1", kind="ref-delta", unit="abs", level=0.95, resamples=1000, seed=0, value=0.88, fp32=0.9,
+        ref_value=0.85, delta=0.02, compared=-0.03, delta_ci=(0.01, 0.03), compared_ci=(-0.045, 0.004), n={"digits": 385},
+    )
+    v = decide(p, 0.88, 0.90, higher_is_better=True, fraction=True, ref_value=0.85, interval=iv)
+    assert "delta +0.02 vs W8A8 +0.05 [95% CI of the difference -0.045, +0.004]" in v.message
+    assert v.outcome == "inconclusive" and "straddles the bound 0 (as much as W8A8)" in v.message

@@ -254,6 +254,8 @@ def test_at_level_reuses_the_draws():
     wide = res.at_level(0.99)
     assert wide.delta_ci[0] <= res.delta_ci[0] and wide.delta_ci[1] >= res.delta_ci[1]
     np.testing.assert_allclose(wide.delta_ci, percentile_interval(res.delta_draws, 0.99))
+    half95, half99 = (res.delong_ci[1] - res.delong_ci[0]) / 2, (wide.delong_ci[1] - wide.delong_ci[0]) / 2
+    assert half99 / half95 == pytest.approx(2.5758 / 1.9600, rel=1e-3)
 
 
 def test_arrays_of_different_lengths_are_not_paired():

@@ -39,7 +39,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..spec.schema import Bound
-from .delong import delong_from_components
+from .delong import DeLongResult, delong_from_components
 from .resample import RNG_BLOCK, TINY, counts_chunk
 from .weighted import DTYPE, WEIGHTED_ID, OodCurve, OodStatic, ood_form
 
@@ -95,7 +95,8 @@ class PairedInterval:
     ``unit`` ``%``, ``pp`` or ``abs``; ``value`` -> the value; ``ref-delta`` -> ``delta -
     ref_delta``; ``ref-value`` -> ``value - ref_value``, both in the metric's unit). ``n``: the
     samples per resampled set. ``note``: why there is no interval, or what to keep in mind
-    (empty if nothing). ``delong_ci``: DeLong's analytic interval of ``delta`` (AUROC only).
+    (empty if nothing). ``delong_ci``: DeLong's analytic interval of ``delta`` (AUROC deltas
+    against FP32 only; ``delta +/- z * delong_se``), a cross-check of the bootstrap.
     ``delta_draws`` / ``compared_draws``: the resampled quantities, for :meth:`at_level`.
     """
 
@@ -115,6 +116,7 @@ class PairedInterval:
     n: dict[str, int] = field(default_factory=dict)
     note: str = ""
     delong_ci: tuple[float, float] | None = None
+    delong_se: float | None = None
     method: str = "percentile"
     delta_draws: np.ndarray | None = field(default=None, repr=False)
     compared_draws: np.ndarray | None = field(default=None, repr=False)
@@ -127,8 +129,8 @@ class PairedInterval:
             out.delta_ci = percentile_interval(self.delta_draws, level)
         if self.compared_draws is not None:
             out.compared_ci = percentile_interval(self.compared_draws, level)
-        if self.delong_ci is not None and self.delta_draws is not None:
-            out.delong_ci = None  # recomputed only by paired_intervals(level=...)
+        if self.delong_se is not None and self.delta is not None:
+            out.delong_ci = _normal_interval(self.delta, self.delong_se, level)
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -141,7 +143,15 @@ class PairedInterval:
             "compared_ci": list(self.compared_ci) if self.compared_ci else None,
             "n": dict(self.n), "note": self.note,
             "delong_ci": list(self.delong_ci) if self.delong_ci else None,
+            "delong_se": self.delong_se,
         }
+
+
+def _normal_interval(estimate: float, se: float, level: float) -> tuple[float, float]:
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(0.5 + level / 2.0)
+    return (estimate - z * se, estimate + z * se)
 
 
 def _check_level(level: float) -> None:
@@ -464,18 +474,22 @@ def _summarise(req, meta, kind, rkind, unit, terms, note, plan, statics, point, 
                 f"FP32 {req.metric} is 0 {where}, where a relative (%) delta is undefined (0 if equal, "
                 "+/-inf otherwise); bound it in pp or absolute units instead"
             )
-    if base.delta_draws is not None and base.delta_ci is not None and np.ptp(base.delta_draws) == 0:
-        notes.append("the delta is the same on every resample (e.g. constant scores on both sides), so the interval has zero width")
+    draws = base.compared_draws
+    if base.compared_ci is not None and np.isfinite(draws).all() and np.ptp(draws) == 0:
+        what = "value" if rkind == "value" else "delta"
+        notes.append(f"the {what} is the same on every resample (e.g. constant scores), so the interval has zero width")
     few = [d for d in sets if plan.n[d] < FEW_SAMPLES]
     if few:
-        notes.append(f"only {', '.join(f'{plan.n[d]} in {d}' for d in few)} samples: the interval is a rough guide")
+        notes.append(f"only {' and '.join(f'{plan.n[d]} samples in {d}' for d in few)}: the interval is a rough guide")
     if req.metric == "auroc" and rkind != "value" and not req.ref:
-        base.delong_ci = _delong(req, plan, statics, level, notes)
+        delong = _delong(req, plan, statics, level, notes)
+        if delong is not None:
+            base.delong_ci, base.delong_se = (delong.low, delong.high), delong.se
     base.note = "; ".join([n for n in [note, *notes] if n])
     return base
 
 
-def _delong(req: IntervalRequest, plan: _Plan, statics: Mapping[tuple, OodStatic], level: float, notes: list[str]) -> tuple[float, float] | None:
+def _delong(req: IntervalRequest, plan: _Plan, statics: Mapping[tuple, OodStatic], level: float, notes: list[str]) -> DeLongResult | None:
     """DeLong interval of the AUROC delta (FP32 minus the seed mean of the quantized), from the
     structural components the sorted curves already hold."""
     if req.fp32 is None:
@@ -491,10 +505,10 @@ def _delong(req: IntervalRequest, plan: _Plan, statics: Mapping[tuple, OodStatic
     except ValueError as exc:
         notes.append(f"no DeLong cross-check ({exc})")
         return None
-    return (r.low, r.high)
+    return r
 
 
-def delong_from_counts(terms: Sequence[tuple[float, OodStatic, str]], level: float):
+def delong_from_counts(terms: Sequence[tuple[float, OodStatic, str]], level: float) -> DeLongResult:
     """:func:`.delong.delong_interval` from sorted curves: ``V10`` and ``V01`` are counts of
     samples below each sample, which :class:`OodStatic` already has (no new sorts)."""
     pieces = []

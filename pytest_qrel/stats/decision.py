@@ -78,12 +78,13 @@ def format_number(x: float, unit: str, *, signed: bool) -> str:
     return f"{x:{sign}.2f}" if unit in ("%", "pp") else f"{x:{sign}.4g}"
 
 
-def format_interval(interval: tuple[float, float] | None, level: float, unit: str, *, signed: bool = True) -> str:
-    """``"[95% CI +11.40, +14.90]"`` (numbers in the bound's unit); ``""`` without an interval."""
+def format_interval(interval: tuple[float, float] | None, level: float, unit: str, *, signed: bool = True, of: str = "") -> str:
+    """``"[95% CI +11.40, +14.90]"`` (numbers in the bound's unit; ``of="the difference"`` gives
+    ``"[95% CI of the difference ...]"``); ``""`` without an interval."""
     if interval is None:
         return ""
     lo, hi = (format_number(v, unit, signed=signed) for v in interval)
-    return f"[{level_label(level)} CI {lo}, {hi}]"
+    return f"[{level_label(level)} CI{' of ' + of if of else ''} {lo}, {hi}]"
 
 
 def samples_factor(bound: Bound, compared: float, interval: tuple[float, float]) -> float | None:
@@ -152,9 +153,11 @@ def judge(
     inside, beyond = abs(thr - best), abs(worst - thr)
     suffix = {"%": "%", "pp": "pp"}.get(u, "")
     factor = samples_factor(bound, compared, interval)
+    signed = bound.kind != "value" or bound.ref is not None
+    where = f"0 (as much as {bound.ref})" if bound.ref is not None else f"{format_number(thr, u, signed=False)}{suffix}"
     explanation = (
-        f"the {shown} CI [{format_number(lo, u, signed=bound.kind != 'value')}, {format_number(hi, u, signed=bound.kind != 'value')}] "
-        f"straddles the bound {format_number(thr, u, signed=False)}{suffix}: it reaches {format_number(beyond, u, signed=False)}{suffix} "
+        f"the {shown} CI [{format_number(lo, u, signed=signed)}, {format_number(hi, u, signed=signed)}] "
+        f"straddles the bound {where}: it reaches {format_number(beyond, u, signed=False)}{suffix} "
         f"beyond it and {format_number(inside, u, signed=False)}{suffix} inside; {_samples_text(factor, n)}"
     )
     return Evidence("inconclusive", room, explanation, factor)

@@ -33,7 +33,7 @@ from functools import lru_cache
 
 import numpy as np
 
-RNG_BLOCK = 16
+RNG_BLOCK = 8
 """Resamples drawn from one generator; compute chunks are multiples of this."""
 
 SMALL_N = 256

@@ -217,7 +217,8 @@ class OodStatic:
             if not np.isfinite(s).all():
                 raise ValueError(f"{name} scores contain NaN or inf; the model output is broken")
         self.n = {"id": s_id.size, "ood": s_ood.size}
-        self.order = {"id": np.argsort(s_id, kind="stable"), "ood": np.argsort(s_ood, kind="stable")}
+        # any sort: samples with equal scores are treated alike (counts of <= and <), their order is moot
+        self.order = {"id": np.argsort(s_id), "ood": np.argsort(s_ood)}
         self.sorted = {"id": s_id[self.order["id"]], "ood": s_ood[self.order["ood"]]}
         self.layout = {k: Blocked(self.n[k]) for k in ("id", "ood")}
         self.gather = {
