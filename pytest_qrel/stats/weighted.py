@@ -1,41 +1,54 @@
 """Metrics of many resamples at once, from per-sample counts: exact, vectorised, no resampled copies.
 
-A resample is a row of counts (how often each sample was drawn; :mod:`.resample`). Every metric
-here equals the registered metric function (:mod:`pytest_qrel.metrics`, or the convention's
-override in :mod:`pytest_qrel.conventions`) applied to the resampled arrays
-``x[resample_indices(counts)]``, computed for a chunk of rows at once. Counts and their running
-sums are float32 (exact integers below 2**24 samples); weighted sums of real values are float32
-too (relative error about 1e-6).
+A resample is a column of counts (how often each sample was drawn; :mod:`.resample`), and a
+chunk of resamples is a sample-major ``(n + 2, resamples)`` float32 array (two extra rows: 0 and
+TINY). Every metric here equals the registered metric function (:mod:`pytest_qrel.metrics`, or
+the convention's override in :mod:`pytest_qrel.conventions`) applied to the resampled arrays
+``x[resample_indices(counts[:, b])]``, for all columns at once. Counts and their running sums are
+float32, exact for integers below 2**24 samples; weighted sums of real values are float32 too
+(relative error about 1e-6).
 
 **ID metrics** (``top1``, ``nll``, ``ece``) are linear in the counts up to a final reduction:
 each contributes per-sample *columns* (``correct``; ``nll``; for ECE one column per bin holding
 ``correct - confidence`` in the sample's bin, same 15 equal-width bins as :func:`metrics.ece`), all
-columns of one dataset go into one matrix ``M`` (n, k) and one matrix product ``counts @ M`` per
-chunk gives every weighted sum; ECE is then ``sum_b |S_b| / n``. New ID metrics register an
+columns of one dataset go into one matrix ``M`` (k, n) and one product ``M @ counts`` per chunk
+gives every weighted sum; ECE is then ``sum_b |S_b| / n``. New ID metrics register an
 :class:`IdForm` in :data:`WEIGHTED_ID`.
 
 **OOD metrics** read an :class:`OodCurve`: each score array (ID and OOD separately) is sorted
 once per side (:class:`OodStatic`, reused across all resamples); per chunk the counts are gathered
-into that order and their running sums taken (a blocked triangular matrix product), so every
-resample is a weighted count per tie group and AUROC, AUPR and FPR@95 follow from running sums
-at precomputed positions. Ties (within and across ID/OOD) follow scikit-learn exactly.
+into that order (one ``take`` of whole rows) and their running sums taken (one small matrix
+product, :class:`Blocked`), so every resample is a weighted count per sample in score order and
+AUROC, AUPR and FPR@95 follow from running sums read at precomputed positions. Ties (within and
+across ID and OOD) follow scikit-learn exactly; a sample with count 0 is simply absent.
 
 Adding a convention's weighted metric (one registry entry)
 -----------------------------------------------------------
 A convention in :data:`pytest_qrel.conventions.CONVENTIONS` that overrides metric ``m`` gets its
 resampled form from :data:`WEIGHTED_OOD` under ``"<convention>:<m>"``; metrics it does not
 override use the entry under the bare name ``"<m>"``. An entry is
-``fn(curve: OodCurve) -> np.ndarray`` of shape ``(rows,)``, e.g.::
+``fn(curve: OodCurve) -> np.ndarray`` of shape ``(resamples,)``. What a curve offers:
+``c.A`` / ``c.O`` (total ID / OOD weight per resample), ``c.w(k)`` and ``c.cum(k)`` (weights and
+inclusive running sums of set ``k`` in ``"id"`` / ``"ood"`` in ascending score order, in the
+:class:`Blocked` row layout), ``c.at(where, cum, name)`` (the running sum of ``cum`` at each
+sample of ``where``: ``"id_le"`` / ``"id_lt"`` / ``"ood_le"`` / ``"ood_lt"`` = ID / OOD weight
+scoring ``<=`` / ``<`` than it), ``c.static.sample_rows(k)`` (the rows that hold samples: the
+others hold no weight and must not be picked), :func:`last_position` (a per-resample search on
+a running sum) and ``c.total(x, k)`` (column sums). E.g. a TPR-closest-to-95% FPR::
 
     @WEIGHTED_OOD.register("mcm:fpr_at_95_tpr")
     def _mcm_fpr(c: OodCurve) -> np.ndarray:
-        tpr = ...  # from c.id_cum / c.ood_cum at the precomputed positions of c.static
-        return ...
+        rows = c.static.sample_rows("id")
+        tpr = (c.A - c.at("id", "id", "id_lt")[rows]) / c.A      # ID accepted at each ID score
+        fpr = (c.O - c.at("id", "ood", "ood_lt")[rows]) / c.O    # OOD accepted there
+        pick = np.abs(tpr - 0.95).argmin(axis=0)
+        return fpr[pick, np.arange(c.rows)]
 
-Without an entry the interval is still exact, through :func:`fallback` (the convention's plain
-function called on each resampled array: correct, about 1,000x slower). ``tests/test_stats.py``
-checks every (convention, metric) pair, registered or not, against the plain function on
-resampled arrays, so a new entry is tested as soon as it is registered.
+(ignoring weightless samples for brevity). Without an entry the interval is still exact, through
+:func:`fallback` (the convention's plain function called on each resampled array: correct, about
+1,000x slower). ``tests/test_stats.py`` checks every (convention, metric) pair, registered or
+not, against the plain function on resampled arrays, so a new entry is tested as soon as it
+is registered.
 """
 
 from __future__ import annotations
@@ -508,6 +521,7 @@ def ood_form(metric: str, conventions: str = "hendrycks") -> Callable[[OodCurve]
 
 __all__ = [
     "Blocked",
+    "last_position",
     "DTYPE",
     "ECE_BINS",
     "IdForm",
