@@ -63,12 +63,13 @@ def test_inconclusive_explanation_says_how_far_and_how_many_samples():
     e = judge(UPPER, 13.1, (11.4, 14.9), 0.95, n={"digits": 385, "textures": 300})
     # half-width towards the bound: 13.1 - 11.4 = 1.7; distance 1.1 -> (1.7 / 1.1)**2 = 2.39x
     assert e.factor == pytest.approx((1.7 / 1.1) ** 2)
-    assert "straddles the bound 12.00%" in e.explanation
-    assert "reaches 2.90% beyond it and 0.60% inside" in e.explanation
+    assert "the 95% interval straddles the bound 12.00%, reaching 2.90% beyond it and 0.60% inside" in e.explanation
     assert "2.4x the samples" in e.explanation and "920 digits instead of 385" in e.explanation
     assert samples_factor(UPPER, 12.0, (11.0, 13.0)) is None
     on_bound = judge(UPPER, 12.0, (11.0, 13.0), 0.95)
     assert "would not decide it" in on_bound.explanation
+    unbounded = judge(UPPER, 5.0, (1.0, float("inf")), 0.95)  # FP32 = 0 on some resamples
+    assert unbounded.outcome == "inconclusive" and "infinite end" in unbounded.explanation
 
 
 def test_samples_factor_matches_how_intervals_shrink():
@@ -145,7 +146,7 @@ def test_verdict_with_confidence_can_be_inconclusive(tmp_path):
     assert p.check.confidence == 0.95
     v = decide(p, 0.7869, 0.9, higher_is_better=True, fraction=True, interval=_interval((11.4, 14.9)))
     assert v.outcome == "inconclusive" and v.passed is False and v.confidence == 0.95
-    assert "is inconclusive for delta<=12% at 95% confidence: the 95% CI [+11.40, +14.90] straddles" in v.message
+    assert "delta +12.57% [95% CI +11.40, +14.90] is inconclusive for delta<=12% at 95% confidence: the 95% interval straddles" in v.message
     assert "instead of 300" in v.message
     passed = decide(p, 0.8, 0.9, higher_is_better=True, fraction=True, interval=_interval((9.0, 11.5)))
     assert passed.outcome == "passed" and passed.message.endswith("within delta<=12% with 95% confidence")
@@ -294,4 +295,4 @@ def test_reference_bound_shows_the_interval_of_the_difference(tmp_path):
     )
     v = decide(p, 0.88, 0.90, higher_is_better=True, fraction=True, ref_value=0.85, interval=iv)
     assert "delta +0.02 vs W8A8 +0.05 [95% CI of the difference -0.045, +0.004]" in v.message
-    assert v.outcome == "inconclusive" and "straddles the bound 0 (as much as W8A8)" in v.message
+    assert v.outcome == "inconclusive" and "straddles the bound 0 (as much as W8A8), reaching 0.004 beyond" in v.message

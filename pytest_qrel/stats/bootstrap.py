@@ -31,7 +31,6 @@ Defaults: 1,000 resamples, level 0.95, seed 0 (recorded in the result); the perc
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal

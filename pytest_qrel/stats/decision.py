@@ -153,12 +153,14 @@ def judge(
     inside, beyond = abs(thr - best), abs(worst - thr)
     suffix = {"%": "%", "pp": "pp"}.get(u, "")
     factor = samples_factor(bound, compared, interval)
-    signed = bound.kind != "value" or bound.ref is not None
+    if math.isfinite(lo) and math.isfinite(hi):
+        more = _samples_text(factor, n)
+    else:
+        more = "the interval has an infinite end (see the note), so more samples may not decide it"
     where = f"0 (as much as {bound.ref})" if bound.ref is not None else f"{format_number(thr, u, signed=False)}{suffix}"
     explanation = (
-        f"the {shown} CI [{format_number(lo, u, signed=signed)}, {format_number(hi, u, signed=signed)}] "
-        f"straddles the bound {where}: it reaches {format_number(beyond, u, signed=False)}{suffix} "
-        f"beyond it and {format_number(inside, u, signed=False)}{suffix} inside; {_samples_text(factor, n)}"
+        f"the {shown} interval straddles the bound {where}, reaching {format_number(beyond, u, signed=False)}{suffix} "
+        f"beyond it and {format_number(inside, u, signed=False)}{suffix} inside; {more}"
     )
     return Evidence("inconclusive", room, explanation, factor)
 
