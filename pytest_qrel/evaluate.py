@@ -10,6 +10,16 @@ Bounds: ``%`` is relative to the FP32 value (``delta / |FP32|``), ``pp`` is abso
 (``100 * delta``, fraction metrics only), a bare number is absolute in the metric's own unit. An
 improvement (negative delta) therefore passes every non-negative ``delta <=`` bound. If FP32 is 0, a
 relative delta is 0 when the values are equal and +/-infinity otherwise.
+
+Intervals (:mod:`pytest_qrel.stats`): :func:`decide` takes an optional
+:class:`~pytest_qrel.stats.PairedInterval` of the check's quantity. Without a demanded
+``confidence`` (the check's, or the suite's default) the point estimate decides exactly as
+without an interval and the interval is only shown: ``... delta +13.10% [95% CI +11.40, +14.90]
+violates delta<=12%``. With ``confidence`` the interval decides (non-inferiority, see
+:mod:`pytest_qrel.stats.decision`): passed when it lies wholly within the bound, failed when
+wholly beyond, otherwise ``inconclusive`` with a line saying by how much it straddles the bound
+and about how many more samples would decide it. A check that demands confidence but has no
+interval is inconclusive.
 """
 
 from __future__ import annotations
@@ -17,9 +27,14 @@ from __future__ import annotations
 import math
 import operator
 
+from typing import TYPE_CHECKING
+
 from .results import Verdict
 from .spec.plan import PlannedCheck
 from .spec.schema import Bound
+
+if TYPE_CHECKING:
+    from .stats import PairedInterval
 
 _OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt}
 
@@ -41,6 +56,30 @@ def format_value(value: float | None, *, fraction: bool) -> str:
     if value is None:
         return "n/a"
     return f"{100 * value:.2f}%" if fraction else f"{value:.4f}"
+
+
+def compared_quantity(
+    bound: Bound, fp32: float | None, value: float, *, higher_is_better: bool, ref_value: float | None = None
+) -> float:
+    """The number ``bound`` is applied to, in its unit: the delta in ``%`` / ``pp`` / the metric's
+    unit, the value (``%`` of a fraction metric or as is), or against another quantizer
+    ``delta - ref_delta`` / ``value - ref_value`` (held against 0)."""
+    if bound.ref is not None:
+        if ref_value is None or (bound.kind == "delta" and fp32 is None):
+            raise ValueError("a bound against another quantizer needs its value (and FP32 for deltas)")
+        if bound.kind == "value":
+            return value - ref_value
+        return signed_delta(fp32, value, higher_is_better=higher_is_better) - signed_delta(  # type: ignore[arg-type]
+            fp32, ref_value, higher_is_better=higher_is_better  # type: ignore[arg-type]
+        )
+    if bound.kind == "value":
+        return 100 * value if bound.unit == "%" else value
+    if fp32 is None:
+        raise ValueError("a delta bound needs an FP32 value")
+    delta = signed_delta(fp32, value, higher_is_better=higher_is_better)
+    if bound.unit == "%":
+        return 100 * relative(delta, fp32)
+    return 100 * delta if bound.unit == "pp" else delta
 
 
 def compare(
@@ -88,22 +127,60 @@ def decide(
     higher_is_better: bool,
     fraction: bool,
     ref_value: float | None = None,
+    interval: "PairedInterval | None" = None,
 ) -> Verdict:
     """The :class:`Verdict` of ``planned`` given the quantized ``value``, the ``fp32`` value and, for
-    bounds against another quantizer, that quantizer's ``ref_value``."""
+    bounds against another quantizer, that quantizer's ``ref_value``.
+
+    ``interval``: the paired bootstrap interval of the check's quantity
+    (:func:`pytest_qrel.stats.paired_intervals` of the request built for ``planned``). It is shown
+    in the message and recorded in the verdict's ``delta_ci`` / ``ci_*`` fields; it decides only
+    when the check demands ``confidence`` (then at that level, from the same resamples).
+    """
+    from .stats.decision import format_interval, judge
+
     check = planned.check
-    passed, delta, display = compare(check.bound, fp32, value, higher_is_better=higher_is_better, ref_value=ref_value)
+    bound = check.bound
+    passed, delta, display = compare(bound, fp32, value, higher_is_better=higher_is_better, ref_value=ref_value)
+    compared = compared_quantity(bound, fp32, value, higher_is_better=higher_is_better, ref_value=ref_value)
+    confidence = getattr(check, "confidence", None)
+    if interval is not None and confidence is not None and interval.level != confidence:
+        interval = interval.at_level(confidence)
+    unit = "abs" if bound.ref is not None else bound.unit
+    ci = interval.compared_ci if interval is not None else None
+    ci_display = (
+        format_interval(ci, interval.level, unit, signed=bound.kind != "value" or bound.ref is not None, of="the difference" if bound.ref else "")
+        if interval is not None
+        else ""
+    )
+    evidence = judge(bound, compared, ci, confidence, n=interval.n if interval is not None else None)
+
     metric = f"{check.metric}({planned.score})" if planned.score else check.metric
     what = f"{planned.model} {planned.quantizer} {metric} on {planned.dataset}"
     numbers = f"FP32 {format_value(fp32, fraction=fraction)}, {planned.quantizer} {format_value(value, fraction=fraction)}"
-    if check.bound.ref is not None:
-        numbers += f", {check.bound.ref} {format_value(ref_value, fraction=fraction)}, {check.bound.kind} {display}"
-    elif check.bound.kind == "delta":
+    if bound.ref is not None:
+        numbers += f", {bound.ref} {format_value(ref_value, fraction=fraction)}, {bound.kind} {display}"
+    elif bound.kind == "delta":
         numbers += f", delta {display}"
-    verb = "within" if passed else "violates"
-    message = f"{what}: {numbers} {verb} {check.bound}"
+    if ci_display:
+        numbers += f" {ci_display}"
+    if confidence is None:
+        verb = "within" if passed else "violates"
+        tail = ""
+    else:
+        decided = evidence.outcome != "inconclusive"
+        verb = {"passed": "within", "failed": "violates", "inconclusive": "is inconclusive for"}[evidence.outcome]
+        tail = f" with {_pct(confidence)} confidence" if decided else f" at {_pct(confidence)} confidence: {evidence.explanation}"
+        passed = evidence.outcome == "passed"
+    note = interval.note if interval is not None else ""
+    message = f"{what}: {numbers} {verb} {bound}{tail}" + (f" ({note})" if note else "")
     expect_fail = check.expect == "fail"
-    outcome = ("xpassed" if passed else "xfailed") if expect_fail else ("passed" if passed else "failed")
+    if confidence is not None and evidence.outcome == "inconclusive":
+        outcome = "inconclusive"
+    elif expect_fail:
+        outcome = "xpassed" if passed else "xfailed"
+    else:
+        outcome = "passed" if passed else "failed"
     return Verdict(
         suite=planned.suite.name,
         model=planned.model,
@@ -112,13 +189,32 @@ def decide(
         metric=check.metric,
         score=planned.score,
         check=check.text,
-        bound=str(check.bound),
+        bound=str(bound),
         fp32=fp32,
         value=value,
         delta=delta,
-        delta_display=display if check.bound.kind == "delta" or check.bound.ref else "",
+        delta_display=display if bound.kind == "delta" or bound.ref else "",
         passed=passed,
         expect_fail=expect_fail,
-        outcome=outcome,
+        outcome=outcome,  # type: ignore[arg-type]
         message=message,
+        delta_ci=list(interval.delta_ci) if interval is not None and interval.delta_ci is not None else None,
+        ci_level=interval.level if interval is not None else None,
+        ci_resamples=interval.resamples if interval is not None else None,
+        ci_seed=interval.seed if interval is not None else None,
+        ci_display=ci_display,
+        confidence=confidence,
+        compared=_finite_or_none(compared),
+        margin=_finite_or_none(evidence.margin),
+        ci_note=note,
     )
+
+
+def _pct(level: float) -> str:
+    from .stats.decision import level_label
+
+    return level_label(level)
+
+
+def _finite_or_none(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None

@@ -31,6 +31,8 @@ class Verdict:
     ``margin`` how far it is from the bound in that unit (positive: room left, negative: violated).
     ``value_display`` / ``fp32_display`` / ``bound_display`` are the values and the bound written in
     one unit by one display rule per metric (:mod:`pytest_qrel.display`).
+    ``ci_note`` says why a check has no interval, or what to keep in mind about it (an FP32 value
+    of 0 under a relative bound, a tiny set); empty if nothing.
     ``stage`` names where an error happened (``"model import"``, ``"calibration"``, ``"forward"``, ...).
     ``reason`` is the check's ``reason:`` as written in the suite (shown beside expected failures);
     ``bound_amount`` the bound's number in the bound's unit (``12`` for ``delta <= 12%``, ``0.05``
@@ -69,6 +71,7 @@ class Verdict:
     stage: str = ""
     reason: str = ""
     bound_amount: float | None = None
+    ci_note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {k: _plain(v) for k, v in asdict(self).items()}

@@ -2,8 +2,8 @@
 
 Shorthand grammar (whitespace-separated; ``[...]`` optional)::
 
-    <quantizers> <metric>[(<score>)] [on <datasets>] [delta|value] <op> <number>[%|pp]
-    <quantizers> <metric>[(<score>)] [on <datasets>] delta <op> delta(<quantizer>)
+    <quantizers> <metric>[(<score>)] [on <datasets>] [delta|value] <op> <number>[%|pp] [with <c>% confidence]
+    <quantizers> <metric>[(<score>)] [on <datasets>] delta <op> delta(<quantizer>) [with <c>% confidence]
 
     quantizers  all | NAME[,NAME...]            e.g. W4A4   or   W6A6,W4A8
     datasets    mean(ood) | mean(NAME,NAME...) | ood | NAME[,NAME...]
@@ -15,10 +15,16 @@ Without ``delta``/``value`` the bound is on the value itself (``all ece <= 0.05`
 ``delta <= delta(W4A4)`` bounds by another quantizer's delta on the same metric, dataset and score
 (``W4A4-repq top1 delta <= delta(W4A4)``: RepQ-ViT loses no more accuracy than minmax).
 
+``with 95% confidence`` demands statistical evidence: the check then passes only when the whole
+95% paired bootstrap interval of its quantity lies within the bound, fails when it lies wholly
+beyond, and is *inconclusive* otherwise (see :mod:`pytest_qrel.stats`). Without it the point
+estimate decides (the interval is still shown). A suite-level ``confidence:`` sets the default.
+
 Examples::
 
     W8A8 top1 delta <= 1pp
     W4A4 aupr_out(msp) on mean(ood) delta <= 12%
+    W4A4 aupr_out(msp) on mean(ood) delta <= 12% with 95% confidence
     all ece <= 0.05
 
 Structured form::
@@ -30,6 +36,7 @@ Structured form::
       delta: {max: 10%}              # or value: {min: 0.9} / {max: 0.05}
       expect: fail                   # reported as a strict xfail
       reason: "4-bit is known to hurt OOD detection"
+      confidence: 0.95               # or "95%"; null: the point estimate decides (overrides a suite default)
     - check: "W4A4 aupr_out(msp) on mean(ood) delta <= 5%"    # shorthand + extra fields
       expect: fail
 """
@@ -49,14 +56,37 @@ _SHORTHAND = re.compile(
     r"(?P<metric>[A-Za-z_][A-Za-z0-9_]*)(?:\((?P<score>[A-Za-z_][A-Za-z0-9_]*)\))?"
     r"(?:\s+on\s+(?P<on>\S+))?"
     r"\s+(?:(?P<kind>delta|value)\s*)?"
-    rf"(?P<op><=|>=|<|>)\s*(?:(?P<amount>{_NUMBER})\s*(?P<unit>%|pp)?|(?P<refkind>delta|value)\((?P<ref>[^()\s]+)\))\s*$"
+    rf"(?P<op><=|>=|<|>)\s*(?:(?P<amount>{_NUMBER})\s*(?P<unit>%|pp)?|(?P<refkind>delta|value)\((?P<ref>[^()\s]+)\))"
+    rf"(?:\s+with\s+(?P<confidence>{_NUMBER})\s*%\s*confidence)?\s*$"
 )
 _AMOUNT = re.compile(rf"^\s*(?P<amount>{_NUMBER})\s*(?P<unit>%|pp)?\s*$")
 _REF = re.compile(r"^\s*(?P<refkind>delta|value)\((?P<ref>[^()\s]+)\)\s*$")
 
-SHORTHAND_HELP = "write '<quantizers> <metric>[(<score>)] [on <datasets>] [delta|value] <op> <number>[%|pp]', e.g. 'W4A4 aupr_out(msp) on mean(ood) delta <= 12%'"
+SHORTHAND_HELP = "write '<quantizers> <metric>[(<score>)] [on <datasets>] [delta|value] <op> <number>[%|pp] [with <c>% confidence]', e.g. 'W4A4 aupr_out(msp) on mean(ood) delta <= 12%'"
 
-_STRUCTURED_KEYS = {"check", "metric", "score", "quantizers", "on", "datasets", "delta", "value", "expect", "reason"}
+_STRUCTURED_KEYS = {"check", "metric", "score", "quantizers", "on", "datasets", "delta", "value", "expect", "reason", "confidence"}
+_PERCENT = re.compile(rf"^\s*(?P<amount>{_NUMBER})\s*%\s*$")
+CONFIDENCE_HELP = "write a fraction such as 0.95 or a percentage such as '95%'"
+
+
+def parse_confidence(raw: object, where: Location | None, field: str) -> float | None:
+    """A demanded confidence: a fraction in (0, 1) (``0.95``), a percentage string (``"95%"``),
+    or ``null`` / ``false`` / ``"none"`` / ``"off"`` for none. Raises :class:`SpecError` otherwise."""
+    err = dict(file=where.file if where else None, line=where.line if where else None, field=field)
+    if raw is None or raw is False or (isinstance(raw, str) and raw.strip().lower() in ("none", "off")):
+        return None
+    if isinstance(raw, bool):
+        raise SpecError(f"confidence must be a level, got {raw!r}", fix=CONFIDENCE_HELP, **err)
+    value: float | None = None
+    if isinstance(raw, (int, float)):
+        if 50 <= raw < 100:  # a percentage written without %
+            raise SpecError(f"confidence {raw!r} is not a fraction", fix=f"write {raw / 100:g} or '{raw:g}%'", **err)
+        value = float(raw)
+    elif isinstance(raw, str) and (m := _PERCENT.match(raw)):
+        value = float(m["amount"]) / 100.0
+    if value is None or not 0.0 < value < 1.0:
+        raise SpecError(f"confidence must be between 0 and 1 (exclusive), got {raw!r}", fix=CONFIDENCE_HELP, **err)
+    return value
 
 
 def _split_names(text: str) -> tuple[str, ...]:
@@ -114,6 +144,7 @@ def parse_shorthand(text: str, where: Location | None = None, field: str = "chec
         unit=m["unit"] or "abs",  # type: ignore[arg-type]
         ref=m["ref"],
     )
+    confidence = None if m["confidence"] is None else parse_confidence(f"{m['confidence']}%", where, field)
     return CheckSpec(
         metric=m["metric"],
         score=m["score"],
@@ -122,6 +153,7 @@ def parse_shorthand(text: str, where: Location | None = None, field: str = "chec
         bound=bound,
         text=" ".join(text.split()),
         where=where,
+        confidence=confidence,
     )
 
 
@@ -152,10 +184,17 @@ def _names(raw: Any, where: Location, field: str) -> tuple[str, ...]:
     raise SpecError(f"expected a name or a list of names, got {raw!r}", file=where.file, line=where.line, field=field, fix="write e.g. [W6A6, W4A8]")
 
 
-def parse_check(raw: Any, where: Location, field: str) -> CheckSpec:
-    """Parse one entry of ``checks:`` (a shorthand string or a mapping)."""
+def parse_check(raw: Any, where: Location, field: str, default_confidence: float | None = None) -> CheckSpec:
+    """Parse one entry of ``checks:`` (a shorthand string or a mapping).
+
+    ``default_confidence``: the suite's ``confidence:``, applied when the check sets none
+    (neither ``with <c>% confidence`` nor a ``confidence:`` key; ``confidence: null`` opts out).
+    """
+    from dataclasses import replace
+
     if isinstance(raw, str):
-        return parse_shorthand(raw, where, field)
+        check = parse_shorthand(raw, where, field)
+        return check if check.confidence is not None else replace(check, confidence=default_confidence)
     if not isinstance(raw, dict):
         raise SpecError(f"a check must be a string or a mapping, got {kind_of(raw)}", file=where.file, line=where.line, field=field, fix=SHORTHAND_HELP)
     unknown = sorted(set(map(str, raw)) - _STRUCTURED_KEYS)
@@ -203,9 +242,19 @@ def parse_check(raw: Any, where: Location, field: str) -> CheckSpec:
     reason = raw.get("reason")
     if reason is not None and not isinstance(reason, str):
         raise SpecError("'reason' must be a string", file=where.file, line=where.line, field=f"{field}.reason")
-    from dataclasses import replace
+    confidence = base.confidence
+    if "confidence" in raw:
+        if base.confidence is not None:
+            raise SpecError(
+                "confidence is given twice (in the shorthand and as a key)", file=where.file, line=where.line,
+                field=f"{field}.confidence", fix="keep one of them",
+            )
+        confidence = parse_confidence(raw["confidence"], where, f"{field}.confidence")
+        if confidence is not None and "check" not in raw:
+            base = replace(base, text=f"{base.text} with {100 * confidence:g}% confidence")
+    elif confidence is None:
+        confidence = default_confidence
+    return replace(base, expect=expect, reason=reason, confidence=confidence)
 
-    return replace(base, expect=expect, reason=reason)
 
-
-__all__ = ["parse_check", "parse_shorthand", "MEAN_OOD", "SHORTHAND_HELP"]
+__all__ = ["CONFIDENCE_HELP", "MEAN_OOD", "SHORTHAND_HELP", "parse_check", "parse_confidence", "parse_shorthand"]

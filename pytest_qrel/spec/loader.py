@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SpecError, UnknownNameError
-from .checks import parse_check
+from .checks import parse_check, parse_confidence
 from .schema import (
     FP32,
     HELDOUT,
+    INCONCLUSIVE_POLICIES,
     MEAN_OOD,
     SCHEMA_VERSION,
+    BootstrapSpec,
     CalibrationSpec,
     CheckSpec,
     DatasetSpec,
@@ -31,7 +33,10 @@ from .schema import (
 )
 from .yamlsrc import LineDict, LineList, kind_of, load_yaml
 
-TOP_LEVEL_KEYS = ("version", "name", "description", "models", "datasets", "quantizers", "scores", "checks", "conventions", "batch_size", "diagnostics")
+TOP_LEVEL_KEYS = (
+    "version", "name", "description", "models", "datasets", "quantizers", "scores", "checks", "conventions", "batch_size",
+    "diagnostics", "confidence", "inconclusive", "bootstrap",
+)
 # Names appear in pytest ids "model[quantizer-dataset]::check"; the scheduler splits on the last
 # "-", so dataset names may not contain one.
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")  # '+' is reserved for post-hoc steps (W8A8+temperature)
@@ -409,6 +414,26 @@ def _validate_check(ctx: _Ctx, check: CheckSpec, suite: Suite, field: str) -> li
     return [check]
 
 
+def _evidence(ctx: _Ctx, doc: LineDict) -> tuple[float | None, str, BootstrapSpec]:
+    """Top-level ``confidence`` (default for every check), ``inconclusive`` and ``bootstrap``."""
+    confidence = parse_confidence(doc.get("confidence"), ctx.loc(doc, "confidence"), "confidence") if "confidence" in doc else None
+    policy = doc.get("inconclusive", "fail")
+    if policy not in INCONCLUSIVE_POLICIES:
+        raise ctx.err(
+            f"'inconclusive' must be one of {', '.join(INCONCLUSIVE_POLICIES)}, got {policy!r}", node=doc, key="inconclusive",
+            field="inconclusive", fix="write 'inconclusive: fail' (default), 'warn' or 'pass'",
+        )
+    raw = doc.get("bootstrap") or {}
+    node = ctx.mapping(raw, "bootstrap", "write e.g. 'bootstrap: {resamples: 1000, seed: 0}'")
+    if node:
+        ctx.unknown_keys(node, ("resamples", "seed"), "bootstrap")
+    boot = BootstrapSpec(
+        resamples=_int(ctx, node.get("resamples", 1000), node, "resamples", "bootstrap.resamples", 10, 1_000_000),
+        seed=_int(ctx, node.get("seed", 0), node, "seed", "bootstrap.seed", 0),
+    )
+    return confidence, policy, boot
+
+
 def load_suite(path: str | Path) -> Suite:
     """Read, validate and return the suite at ``path``. Raises :class:`SpecError` on any problem."""
     path = Path(path)
@@ -432,6 +457,7 @@ def load_suite(path: str | Path) -> Suite:
         if required not in doc:
             raise ctx.err(f"missing '{required}'", node=doc, field=required, fix="see the README for a complete example")
     batch_size = _int(ctx, doc.get("batch_size", 128), doc, "batch_size", "batch_size", 1)
+    confidence, inconclusive, boot = _evidence(ctx, doc)
     id_ds, ood, shifted, pairs = _datasets(ctx, doc["datasets"])
     suite = Suite(
         name=name,
@@ -447,13 +473,16 @@ def load_suite(path: str | Path) -> Suite:
         conventions=conventions,
         batch_size=batch_size,
         diagnostics=_diagnostics(ctx, doc.get("diagnostics"), doc),
+        confidence=confidence,
+        inconclusive=inconclusive,
+        bootstrap=boot,
     )
     checks_raw = _checks_list(ctx, doc)
     checks: list[CheckSpec] = []
     fields: list[str] = []
     for i, raw in enumerate(checks_raw):
         field = f"checks[{i}]"
-        check = parse_check(raw, ctx.loc(checks_raw, i), field)
+        check = parse_check(raw, ctx.loc(checks_raw, i), field, default_confidence=confidence)
         expanded = _validate_check(ctx, check, suite, field)
         checks.extend(expanded)
         fields.extend([field] * len(expanded))

@@ -143,12 +143,28 @@ class CheckSpec:
     reason: str | None = None
     text: str = ""  # the shorthand as written, or a generated equivalent
     where: Location | None = None
+    confidence: float | None = None
+    """Demanded confidence (a fraction, 0.95), the check's own or the suite's default: the check
+    then passes only when its whole interval lies within the bound (see :mod:`pytest_qrel.stats`).
+    ``None``: the point estimate decides and the interval is only shown."""
 
     @property
     def label(self) -> str:
         """The item name: ``aupr_out(msp) delta<=12%``."""
         metric = f"{self.metric}({self.score})" if self.score else self.metric
         return f"{metric} {self.bound}"
+
+
+INCONCLUSIVE_POLICIES = ("fail", "warn", "pass")
+"""What an inconclusive check does to the run: fail it (default), warn, or pass."""
+
+
+@dataclass(frozen=True)
+class BootstrapSpec:
+    """``bootstrap: {resamples: 1000, seed: 0}``: the paired resamples behind every interval."""
+
+    resamples: int = 1000
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -171,6 +187,12 @@ class Suite:
     diagnostics: tuple[str, ...] = ()
     """Opt-in diagnostics shown in the report (``("attention_rollout",)``); names of
     :data:`pytest_qrel.diagnostics.DIAGNOSTICS`."""
+    confidence: float | None = None
+    """The suite's default demanded confidence (top-level ``confidence:``); already applied to
+    every check that does not set its own."""
+    inconclusive: Literal["fail", "warn", "pass"] = "fail"
+    """What an inconclusive verdict does to the run (top-level ``inconclusive:``)."""
+    bootstrap: BootstrapSpec = field(default_factory=BootstrapSpec)
 
     @property
     def all_datasets(self) -> dict[str, DatasetSpec]:

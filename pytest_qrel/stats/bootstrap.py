@@ -1,0 +1,542 @@
+"""Paired, stratified bootstrap intervals of the delta of a check.
+
+What the interval is: the check's quantity (the delta in the bound's unit, or the value for a
+value bound) recomputed on ``resamples`` bootstrap resamples of the test data; its ``level``
+percentile interval (``[q(a/2), q(1 - a/2)]`` of the resampled quantities, ``a = 1 - level``).
+It measures how much the quantity would move if the test images were drawn again from the same
+distribution; it says nothing about calibration seeds or other models.
+
+Pairing: quantized, FP32 and, for ``delta(ref)`` bounds, the reference quantizer are evaluated on
+the *same* resample (one set of counts per dataset shared by every side), so the noise they share
+cancels in the delta; for the FP32 baseline this needs its stored per-sample arrays in the same
+sample order as the quantized ones. Stratification: each dataset (the ID test set, each OOD set,
+each shifted set) is resampled on its own, so an OOD metric always sees every set at its size.
+
+How values combine (as the point values of the engine do): ``on mean(...)``: each set is
+resampled, the metric computed per set and averaged; multi-seed quantizers: the mean over seeds
+on the same resample; ``vulnerability``: ``top1(common) - top1(counter)`` on the same resample
+of each. Post-hoc steps (``+temperature``) are **not** refitted per resample: the arrays passed
+in are already calibrated with the temperature fitted once on the held-out split, so the
+interval leaves out the uncertainty of the fitted temperature (small next to the test-set noise
+for a one-parameter fit on a few hundred held-out images).
+
+Input layout (``SampleArrays``): ``{dataset: {field: array (N,)}}`` with fields ``correct``
+(bool), ``confidence`` (max softmax probability), ``nll`` (nats), and for each OOD score ``s``
+``score.<s>`` (higher = more in-distribution); ``label`` / ``pred`` are not read. Arrays of one
+dataset must have the same length and sample order on every side.
+
+Defaults: 1,000 resamples, level 0.95, seed 0 (recorded in the result); the percentile method
+(BCa's jackknife costs minutes at N = 100,000).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import numpy as np
+
+from ..spec.schema import Bound
+from .delong import DeLongResult, delong_from_components
+from .resample import RNG_BLOCK, TINY, counts_chunk
+from .weighted import DTYPE, WEIGHTED_ID, OodCurve, OodStatic, ood_form
+
+SampleArrays = Mapping[str, Mapping[str, np.ndarray]]
+"""``{dataset: {field: array}}``; see the module docstring."""
+
+DEFAULT_RESAMPLES = 1000
+DEFAULT_LEVEL = 0.95
+DEFAULT_SEED = 0
+MIN_SAMPLES = 2
+"""A set with fewer samples gets no interval (every resample would be the same images)."""
+FEW_SAMPLES = 30
+"""A set with fewer samples gets an interval with a note that it is a rough guide."""
+CHUNK_ELEMENTS = 1 << 19
+"""Counts per dataset held at once (rows x samples); bounds the memory of a chunk of resamples."""
+
+Kind = Literal["delta", "value", "ref-delta", "ref-value"]
+
+
+@dataclass(frozen=True, eq=False)
+class IntervalRequest:
+    """One check's quantity, as the engine knows it.
+
+    ``metric``: a registered metric name. ``datasets``: for ID metrics the labelled set(s) (values
+    averaged if several); for OOD metrics the OOD set(s) averaged (``mean(...)``: several); for
+    pair metrics ``(common, counter)``. ``id_dataset``: the ID test set of an OOD metric.
+    ``quantized``: the arrays of the quantizer under test, one mapping per calibration seed
+    (values averaged over seeds); ``fp32``: the stored FP32 baseline's arrays (``None`` only for
+    value bounds); ``ref``: the reference quantizer of a ``delta(ref)`` / ``value(ref)`` bound,
+    one mapping per seed. ``bound`` decides the quantity and unit of ``compared``; ``None``: the
+    delta in the metric's unit.
+    """
+
+    metric: str
+    datasets: tuple[str, ...]
+    quantized: tuple[SampleArrays, ...]
+    fp32: SampleArrays | None
+    ref: tuple[SampleArrays, ...] = ()
+    score: str | None = None
+    id_dataset: str | None = None
+    conventions: str = "hendrycks"
+    bound: Bound | None = None
+
+
+@dataclass
+class PairedInterval:
+    """The interval of one request (all numbers plain floats).
+
+    ``value`` / ``fp32`` / ``ref_value`` and ``delta`` are point estimates on the full data
+    (metric unit; ``delta`` positive = worse). ``delta_ci``: the interval of ``delta`` in the
+    metric's unit (``None`` without FP32 or without an interval). ``compared`` / ``compared_ci``:
+    the quantity the bound applies to, in the bound's unit (``kind``: ``delta`` -> the delta in
+    ``unit`` ``%``, ``pp`` or ``abs``; ``value`` -> the value; ``ref-delta`` -> ``delta -
+    ref_delta``; ``ref-value`` -> ``value - ref_value``, both in the metric's unit). ``n``: the
+    samples per resampled set. ``note``: why there is no interval, or what to keep in mind
+    (empty if nothing). ``delong_ci``: DeLong's analytic interval of ``delta`` (AUROC deltas
+    against FP32 only; ``delta +/- z * delong_se``), a cross-check of the bootstrap.
+    ``delta_draws`` / ``compared_draws``: the resampled quantities, for :meth:`at_level`.
+    """
+
+    metric: str
+    kind: Kind
+    unit: str
+    level: float
+    resamples: int
+    seed: int
+    value: float | None
+    fp32: float | None
+    ref_value: float | None
+    delta: float | None
+    compared: float | None
+    delta_ci: tuple[float, float] | None = None
+    compared_ci: tuple[float, float] | None = None
+    n: dict[str, int] = field(default_factory=dict)
+    note: str = ""
+    delong_ci: tuple[float, float] | None = None
+    delong_se: float | None = None
+    method: str = "percentile"
+    delta_draws: np.ndarray | None = field(default=None, repr=False)
+    compared_draws: np.ndarray | None = field(default=None, repr=False)
+
+    def at_level(self, level: float) -> "PairedInterval":
+        """The same resamples summarised at another ``level`` (e.g. a check's ``confidence``)."""
+        _check_level(level)
+        out = replace(self, level=level)
+        if self.delta_draws is not None:
+            out.delta_ci = percentile_interval(self.delta_draws, level)
+        if self.compared_draws is not None:
+            out.compared_ci = percentile_interval(self.compared_draws, level)
+        if self.delong_se is not None and self.delta is not None:
+            out.delong_ci = _normal_interval(self.delta, self.delong_se, level)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain fields for records (no draws)."""
+        return {
+            "metric": self.metric, "kind": self.kind, "unit": self.unit, "level": self.level,
+            "resamples": self.resamples, "seed": self.seed, "method": self.method, "value": self.value,
+            "fp32": self.fp32, "ref_value": self.ref_value, "delta": self.delta, "compared": self.compared,
+            "delta_ci": list(self.delta_ci) if self.delta_ci else None,
+            "compared_ci": list(self.compared_ci) if self.compared_ci else None,
+            "n": dict(self.n), "note": self.note,
+            "delong_ci": list(self.delong_ci) if self.delong_ci else None,
+            "delong_se": self.delong_se,
+        }
+
+
+def _normal_interval(estimate: float, se: float, level: float) -> tuple[float, float]:
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(0.5 + level / 2.0)
+    return (estimate - z * se, estimate + z * se)
+
+
+def _check_level(level: float) -> None:
+    if not (isinstance(level, (int, float)) and 0.0 < float(level) < 1.0):
+        raise ValueError(f"level must be a fraction in (0, 1), e.g. 0.95; got {level!r}")
+
+
+def percentile_interval(draws: np.ndarray, level: float) -> tuple[float, float] | None:
+    """``(q(a/2), q(1 - a/2))`` of ``draws`` for ``a = 1 - level``; ``None`` if any draw is NaN.
+
+    With infinite draws (a relative delta over an FP32 value of 0) the order statistics are used
+    instead of interpolation, so an end is +/-inf rather than NaN.
+    """
+    d = np.asarray(draws, dtype=np.float64)
+    if d.size == 0 or np.isnan(d).any():
+        return None
+    a = (1.0 - level) / 2.0
+    if np.isfinite(d).all():
+        lo, hi = np.quantile(d, [a, 1.0 - a])
+    else:
+        lo, hi = np.quantile(d, a, method="lower"), np.quantile(d, 1.0 - a, method="higher")
+    return float(lo), float(hi)
+
+
+def relative(delta: np.ndarray, fp32: np.ndarray) -> np.ndarray:
+    """``delta / |fp32|`` elementwise, with :func:`pytest_qrel.evaluate.relative`'s rule at 0."""
+    delta = np.asarray(delta, dtype=np.float64)
+    fp32 = np.broadcast_to(np.asarray(fp32, dtype=np.float64), delta.shape)
+    out = np.zeros_like(delta)
+    np.divide(delta, np.abs(fp32), out=out, where=fp32 != 0)
+    zero = fp32 == 0
+    out[zero] = np.where(delta[zero] == 0, 0.0, np.copysign(np.inf, delta[zero]))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Planning: which per-side metric values ("terms") the requests need
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Plan:
+    sides: list[SampleArrays] = field(default_factory=list)
+    side_ids: dict[int, int] = field(default_factory=dict)
+    n: dict[str, int] = field(default_factory=dict)
+    id_terms: dict[str, dict[tuple, tuple[int, str]]] = field(default_factory=dict)  # dataset -> term -> (side, metric)
+    ood_terms: dict[tuple, dict[tuple, Any]] = field(default_factory=dict)  # (side, score, id, ood) -> term -> fn
+
+    def side(self, arrays: SampleArrays) -> int:
+        key = id(arrays)
+        if key not in self.side_ids:
+            self.side_ids[key] = len(self.sides)
+            self.sides.append(arrays)
+        return self.side_ids[key]
+
+    def field_of(self, side: int, dataset: str, name: str) -> np.ndarray:
+        arrays = self.sides[side]
+        if dataset not in arrays:
+            raise ValueError(f"per-sample arrays have no dataset '{dataset}' (have: {', '.join(sorted(arrays)) or 'none'})")
+        fields = arrays[dataset]
+        if name not in fields:
+            raise ValueError(f"per-sample arrays of '{dataset}' have no '{name}' (have: {', '.join(sorted(fields))})")
+        arr = np.asarray(fields[name])
+        if arr.ndim != 1:
+            raise ValueError(f"'{name}' of '{dataset}' must be 1-D (N,), got shape {arr.shape}")
+        if dataset in self.n and arr.shape[0] != self.n[dataset]:
+            raise ValueError(
+                f"'{dataset}' has {arr.shape[0]} samples in one side's '{name}' but {self.n[dataset]} in another: "
+                "paired arrays must hold the same samples in the same order"
+            )
+        self.n[dataset] = arr.shape[0]
+        return arr
+
+    def id_term(self, side: int, dataset: str, metric: str) -> tuple:
+        form = WEIGHTED_ID.get(metric)
+        for name in form.needs:
+            self.field_of(side, dataset, name)
+        term = ("id", side, dataset, metric)
+        self.id_terms.setdefault(dataset, {})[term] = (side, metric)
+        return term
+
+    def ood_term(self, side: int, score: str, id_ds: str, ood_ds: str, metric: str, conventions: str) -> tuple:
+        fname = f"score.{score}"
+        self.field_of(side, id_ds, fname)
+        self.field_of(side, ood_ds, fname)
+        key = (side, score, id_ds, ood_ds)
+        term = ("ood", side, score, id_ds, ood_ds, metric, conventions)
+        self.ood_terms.setdefault(key, {})[term] = ood_form(metric, conventions)
+        return term
+
+
+def _side_terms(plan: _Plan, req: IntervalRequest, side: int, kind: str) -> list[tuple]:
+    """The terms whose values make one side's value: one per dataset, averaged (for pair metrics
+    ``[top1 on common, top1 on counter]``, subtracted)."""
+    if kind == "id":
+        return [plan.id_term(side, d, req.metric) for d in req.datasets]
+    if kind == "pair":
+        common, counter = req.datasets
+        return [plan.id_term(side, common, "top1"), plan.id_term(side, counter, "top1")]
+    if req.score is None or req.id_dataset is None:
+        raise ValueError(f"OOD metric '{req.metric}' needs a score and the ID dataset")
+    return [plan.ood_term(side, req.score, req.id_dataset, d, req.metric, req.conventions) for d in req.datasets]
+
+
+def _term_sets(term: tuple) -> tuple[str, ...]:
+    """The datasets a term reads."""
+    return (term[2],) if term[0] == "id" else (term[3], term[4])
+
+
+def _combine(values: Mapping[tuple, np.ndarray], terms: list[tuple], kind: str) -> np.ndarray:
+    per_set = [values[t] for t in terms]
+    if kind == "pair":
+        return per_set[0] - per_set[1]
+    return per_set[0] if len(per_set) == 1 else np.mean(per_set, axis=0)
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation of every term on a chunk of resamples
+# --------------------------------------------------------------------------------------------
+
+
+class _Evaluator:
+    def __init__(self, plan: _Plan) -> None:
+        self.plan = plan
+        self.tables: dict[str, tuple[np.ndarray, dict[tuple, tuple[slice, Any]]]] = {}
+        for dataset, terms in plan.id_terms.items():
+            blocks, slots, at = [], {}, 0
+            for term, (side, metric) in terms.items():
+                form = WEIGHTED_ID.get(metric)
+                cols = np.asarray(form.columns(plan.sides[side][dataset]), dtype=np.float64)
+                blocks.append(cols)
+                slots[term] = (slice(at, at + cols.shape[1]), form)
+                at += cols.shape[1]
+            matrix = np.zeros((at, plan.n[dataset] + 2), dtype=DTYPE)  # the two extra rows of counts_chunk read 0
+            matrix[:, :-2] = np.concatenate(blocks, axis=1).T
+            self.tables[dataset] = (matrix, slots)
+        self.statics = {
+            key: OodStatic(
+                plan.field_of(key[0], key[2], f"score.{key[1]}"), plan.field_of(key[0], key[3], f"score.{key[1]}")
+            )
+            for key in plan.ood_terms
+        }
+
+    def __call__(self, counts: Mapping[str, np.ndarray]) -> dict[tuple, np.ndarray]:
+        """Every term whose datasets are all in ``counts`` (:func:`.resample.counts_chunk` layout)."""
+        out: dict[tuple, np.ndarray] = {}
+        for dataset, (matrix, slots) in self.tables.items():
+            if dataset not in counts:
+                continue
+            sums = (matrix @ counts[dataset]).T.astype(np.float64)
+            n = self.plan.n[dataset]
+            for term, (sl, form) in slots.items():
+                out[term] = np.asarray(form.reduce(sums[:, sl], n), dtype=np.float64)
+        for key, terms in self.plan.ood_terms.items():
+            _, _, id_ds, ood_ds = key
+            if id_ds not in counts or ood_ds not in counts:
+                continue
+            curve = OodCurve(self.statics[key], counts[id_ds], counts[ood_ds])
+            for term, fn in terms.items():
+                out[term] = np.asarray(fn(curve), dtype=np.float64)
+        return out
+
+
+def _chunk_rows(max_n: int) -> int:
+    return RNG_BLOCK * max(1, CHUNK_ELEMENTS // (RNG_BLOCK * max(max_n, 1)))
+
+
+# --------------------------------------------------------------------------------------------
+# The public entry points
+# --------------------------------------------------------------------------------------------
+
+
+def _kind_unit(bound: Bound | None) -> tuple[Kind, str]:
+    if bound is None:
+        return "delta", "abs"
+    if bound.ref is not None:
+        return ("ref-delta" if bound.kind == "delta" else "ref-value"), "abs"
+    return bound.kind, bound.unit  # type: ignore[return-value]
+
+
+def _signed(fp32: np.ndarray, value: np.ndarray, higher_is_better: bool) -> np.ndarray:
+    return fp32 - value if higher_is_better else value - fp32
+
+
+def _compared(kind: Kind, unit: str, value: np.ndarray, fp32: np.ndarray | None, ref: np.ndarray | None, hib: bool) -> np.ndarray:
+    if kind == "value":
+        return 100.0 * value if unit == "%" else value
+    if kind == "ref-value":
+        return value - ref  # type: ignore[operator]
+    delta = _signed(fp32, value, hib)  # type: ignore[arg-type]
+    if kind == "ref-delta":
+        return delta - _signed(fp32, ref, hib)  # type: ignore[arg-type]
+    if unit == "%":
+        return 100.0 * relative(delta, fp32)  # type: ignore[arg-type]
+    return 100.0 * delta if unit == "pp" else delta
+
+
+def paired_intervals(
+    requests: Sequence[IntervalRequest],
+    *,
+    resamples: int = DEFAULT_RESAMPLES,
+    level: float = DEFAULT_LEVEL,
+    seed: int = DEFAULT_SEED,
+) -> list[PairedInterval]:
+    """Bootstrap intervals of every request, sharing resamples (one set of counts per dataset name).
+
+    Pass all checks of a unit (or of a run) in one call: each dataset is resampled once per chunk
+    and each side's scores are sorted once, whatever number of checks read them. A request whose
+    interval cannot be computed (a set of one sample, a metric without per-sample form) gets a
+    result with ``note`` saying why and ``delta_ci = compared_ci = None``.
+
+    Raises:
+        ValueError: bad ``resamples`` / ``level``, arrays missing or of different lengths across
+            sides, unknown metric names.
+    """
+    from ..metrics import METRICS
+
+    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 10:
+        raise ValueError(f"resamples must be an integer >= 10, got {resamples!r}")
+    _check_level(level)
+    plan = _Plan()
+    prepared = []
+    for req in requests:
+        meta = METRICS.meta(req.metric)
+        kind = meta["kind"]
+        rkind, unit = _kind_unit(req.bound)
+        if not req.quantized:
+            raise ValueError("a request needs the quantized arrays (one mapping per seed)")
+        if req.fp32 is None and rkind != "value":
+            raise ValueError(f"a {rkind} interval needs the FP32 arrays")
+        if rkind.startswith("ref") and not req.ref:
+            raise ValueError("a bound against another quantizer needs its arrays (ref=...)")
+        note, terms = "", None
+        if kind == "spectral" or (kind == "id" and req.metric not in WEIGHTED_ID):
+            note = f"{req.metric} has no per-sample form, so no interval"
+        elif kind == "pair" and len(req.datasets) != 2:
+            raise ValueError("a pair metric reads (common, counter)")
+        else:
+            terms = {
+                "q": [_side_terms(plan, req, plan.side(s), kind) for s in req.quantized],
+                "fp32": [_side_terms(plan, req, plan.side(req.fp32), kind)] if req.fp32 is not None else [],
+                "ref": [_side_terms(plan, req, plan.side(s), kind) for s in req.ref],
+            }
+        prepared.append((req, meta, kind, rkind, unit, terms, note))
+
+    evaluate = _Evaluator(plan)
+    datasets = sorted(plan.n)
+    ones = {d: np.concatenate([np.ones((plan.n[d], 1), DTYPE), [[0.0], [TINY]]]).astype(DTYPE) for d in datasets}
+    point = evaluate(ones)
+
+    def used(terms: Mapping[str, list]) -> set[str]:
+        return {d for sides in terms.values() for side in sides for t in side for d in _term_sets(t)}
+
+    resampled: set[str] = set()
+    for req, meta, kind, rkind, unit, terms, note in prepared:
+        if terms is not None and all(plan.n[d] >= MIN_SAMPLES for d in used(terms)):
+            resampled |= used(terms)
+    values: dict[tuple, np.ndarray] = {}
+    if resampled:
+        rows = _chunk_rows(max(plan.n[d] for d in resampled))
+        for start in range(0, resamples, rows):
+            stop = min(resamples, start + rows)
+            counts = {d: counts_chunk(seed, d, plan.n[d], start, stop) for d in sorted(resampled)}
+            for term, vals in evaluate(counts).items():
+                values.setdefault(term, np.empty(resamples))[start:stop] = vals
+
+    out = []
+    for req, meta, kind, rkind, unit, terms, note in prepared:
+        out.append(_summarise(req, meta, kind, rkind, unit, terms, note, plan, evaluate.statics, point, values, resamples, level, seed))
+    return out
+
+
+def _summarise(req, meta, kind, rkind, unit, terms, note, plan, statics, point, values, resamples, level, seed) -> PairedInterval:
+    hib = bool(meta["higher_is_better"])
+    base = PairedInterval(
+        metric=req.metric, kind=rkind, unit=unit, level=level, resamples=resamples, seed=seed,
+        value=None, fp32=None, ref_value=None, delta=None, compared=None, note=note,
+    )
+    if terms is None:
+        return base
+    sets = sorted({d for sides in terms.values() for side in sides for t in side for d in _term_sets(t)})
+    base.n = {d: plan.n[d] for d in sets}
+
+    def side_values(source: Mapping[tuple, np.ndarray], which: str) -> np.ndarray | None:
+        sides = terms[which]
+        if not sides:
+            return None
+        return np.mean([_combine(source, s, kind) for s in sides], axis=0)
+
+    pv, pf, pr = (side_values(point, w) for w in ("q", "fp32", "ref"))
+    base.value = float(pv[0])
+    base.fp32 = None if pf is None else float(pf[0])
+    base.ref_value = None if pr is None else float(pr[0])
+    if pf is not None:
+        base.delta = float(_signed(pf, pv, hib)[0])
+    base.compared = float(_compared(rkind, unit, pv, pf, pr, hib)[0])
+
+    small = [d for d in sets if plan.n[d] < MIN_SAMPLES]
+    if small:
+        base.note = "; ".join(
+            f"'{d}' has {plan.n[d]} sample{'s' if plan.n[d] != 1 else ''}: no interval "
+            f"(a bootstrap needs at least {MIN_SAMPLES} samples per set)"
+            for d in small
+        )
+        return base
+    rv, rf, rr = (side_values(values, w) for w in ("q", "fp32", "ref"))
+    notes = []
+    if rf is not None:
+        base.delta_draws = _signed(rf, rv, hib)
+        base.delta_ci = percentile_interval(base.delta_draws, level)
+    base.compared_draws = _compared(rkind, unit, rv, rf, rr, hib)
+    base.compared_ci = percentile_interval(base.compared_draws, level)
+    if base.compared_ci is None:
+        notes.append(f"{req.metric} is undefined on some resamples, so no interval")
+    if rkind == "delta" and unit == "%" and rf is not None:
+        zero = int((rf == 0).sum())
+        if zero or base.fp32 == 0:
+            where = f"on {zero} of {resamples} resamples" + (" and on the full data" if base.fp32 == 0 else "")
+            notes.append(
+                f"FP32 {req.metric} is 0 {where}, where a relative (%) delta is undefined (0 if equal, "
+                "+/-inf otherwise); bound it in pp or absolute units instead"
+            )
+    draws = base.compared_draws
+    if base.compared_ci is not None and np.isfinite(draws).all() and np.ptp(draws) == 0:
+        what = "value" if rkind == "value" else "delta"
+        notes.append(f"the {what} is the same on every resample (e.g. constant scores), so the interval has zero width")
+    few = [d for d in sets if plan.n[d] < FEW_SAMPLES]
+    if few:
+        notes.append(f"only {' and '.join(f'{plan.n[d]} samples in {d}' for d in few)}: the interval is a rough guide")
+    if req.metric == "auroc" and rkind != "value" and not req.ref:
+        delong = _delong(req, plan, statics, level, notes)
+        if delong is not None:
+            base.delong_ci, base.delong_se = (delong.low, delong.high), delong.se
+    base.note = "; ".join([n for n in [note, *notes] if n])
+    return base
+
+
+def _delong(req: IntervalRequest, plan: _Plan, statics: Mapping[tuple, OodStatic], level: float, notes: list[str]) -> DeLongResult | None:
+    """DeLong interval of the AUROC delta (FP32 minus the seed mean of the quantized), from the
+    structural components the sorted curves already hold."""
+    if req.fp32 is None:
+        return None
+    k = len(req.datasets)
+    terms = []
+    for coef, side in [(1.0 / k, req.fp32), *((-1.0 / (k * len(req.quantized)), s) for s in req.quantized)]:
+        for d in req.datasets:
+            st = statics[(plan.side(side), req.score, req.id_dataset, d)]
+            terms.append((coef, st, d))
+    try:
+        r = delong_from_counts(terms, level)
+    except ValueError as exc:
+        notes.append(f"no DeLong cross-check ({exc})")
+        return None
+    return r
+
+
+def delong_from_counts(terms: Sequence[tuple[float, OodStatic, str]], level: float) -> DeLongResult:
+    """:func:`.delong.delong_interval` from sorted curves: ``V10`` and ``V01`` are counts of
+    samples below each sample, which :class:`OodStatic` already has (no new sorts)."""
+    pieces = []
+    for coef, st, key in terms:
+        m, n = st.n["id"], st.n["ood"]
+        v10 = np.empty(m)
+        v10[st.order["id"]] = (st.counts["id"]["ood_lt"] + st.counts["id"]["ood_le"]) / (2.0 * n)
+        v01 = np.empty(n)
+        v01[st.order["ood"]] = (2.0 * m - st.counts["ood"]["id_lt"] - st.counts["ood"]["id_le"]) / (2.0 * m)
+        pieces.append((coef, v10, v01, key))
+    return delong_from_components(pieces, level)
+
+
+def paired_interval(request: IntervalRequest, **kwargs: Any) -> PairedInterval:
+    """:func:`paired_intervals` of one request."""
+    return paired_intervals([request], **kwargs)[0]
+
+
+__all__ = [
+    "DEFAULT_LEVEL",
+    "DEFAULT_RESAMPLES",
+    "DEFAULT_SEED",
+    "FEW_SAMPLES",
+    "MIN_SAMPLES",
+    "IntervalRequest",
+    "PairedInterval",
+    "SampleArrays",
+    "paired_interval",
+    "paired_intervals",
+    "percentile_interval",
+    "relative",
+]

@@ -1,0 +1,109 @@
+"""From planned checks and per-sample arrays to interval requests: the glue the engine calls.
+
+``arrays_of(model, quantizer)`` is the engine's accessor: it returns the per-sample arrays
+(:data:`~pytest_qrel.stats.bootstrap.SampleArrays`) of that unit, one mapping per calibration
+seed (a list of one for single-seed quantizers), with post-hoc steps already applied
+(``W8A8+temperature``: the temperature fitted once on the held-out split); for ``"FP32"`` the
+stored baseline's arrays (``FP32+temperature`` likewise from the baseline's variant). Every
+mapping must hold the datasets the check reads, with the samples in the same order as the
+baseline's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..spec.plan import PlannedCheck
+from ..spec.schema import FP32, mean_members
+from .bootstrap import IntervalRequest, PairedInterval, SampleArrays, paired_intervals
+
+ArraysOf = Callable[[str, str], Sequence[SampleArrays]]
+"""``arrays_of(model, quantizer) -> [SampleArrays per seed]``."""
+
+
+def per_sample(logits: Any, labels: Any | None = None, scores: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+    """The per-sample fields of one dataset from a model's logits (N, C), its labels (N,; ``None``
+    or -1 for OOD sets) and its OOD scores ``{name: (N,)}``: ``pred``, ``confidence`` (max softmax
+    probability), and for labelled sets ``label``, ``correct`` and ``nll`` (nats)."""
+    from ..metrics import logsumexp, softmax
+
+    x = np.asarray(logits, dtype=np.float64)
+    probs = softmax(x)
+    out: dict[str, np.ndarray] = {"pred": probs.argmax(1).astype(np.int64), "confidence": probs.max(1).astype(np.float32)}
+    if labels is not None:
+        y = np.asarray(labels, dtype=np.int64)
+        out["label"] = y
+        if (y >= 0).all():
+            out["correct"] = out["pred"] == y
+            out["nll"] = (logsumexp(x) - x[np.arange(len(y)), y]).astype(np.float32)
+    for name, s in (scores or {}).items():
+        out[f"score.{name}"] = np.asarray(s, dtype=np.float32)
+    return out
+
+
+def from_flat(flat: Mapping[str, np.ndarray], id_dataset: str) -> dict[str, dict[str, np.ndarray]]:
+    """SampleArrays from the flat baseline npz layout (``id.correct``, ``id.nll``,
+    ``id.confidence``, ``score.<score>.<dataset>``) of baseline format 1."""
+    out: dict[str, dict[str, np.ndarray]] = {id_dataset: {}}
+    for key, arr in flat.items():
+        parts = key.split(".")
+        if parts[0] == "id" and len(parts) == 2:
+            out[id_dataset][parts[1]] = arr
+        elif parts[0] == "score" and len(parts) == 3:
+            out.setdefault(parts[2], {})[f"score.{parts[1]}"] = arr
+    return out
+
+
+def request_for(planned: PlannedCheck, arrays_of: ArraysOf) -> IntervalRequest | None:
+    """The :class:`IntervalRequest` of one planned check (``None`` for metrics without per-sample
+    form, such as the spectral ones)."""
+    from ..metrics import METRICS
+
+    kind = METRICS.meta(planned.check.metric)["kind"]
+    if kind == "spectral":
+        return None
+    suite, bound = planned.suite, planned.check.bound
+    if kind == "pair":
+        datasets = tuple(suite.pairs[planned.dataset])
+    elif kind == "ood":
+        datasets = tuple(mean_members(planned.dataset, list(suite.ood_datasets)) or [planned.dataset])
+    else:
+        datasets = (planned.dataset,)
+    fp32 = list(arrays_of(planned.model, FP32))[0]
+    return IntervalRequest(
+        metric=planned.check.metric,
+        datasets=datasets,
+        quantized=tuple(arrays_of(planned.model, planned.quantizer)),
+        fp32=fp32,
+        ref=tuple(arrays_of(planned.model, bound.ref)) if bound.ref is not None else (),
+        score=planned.score,
+        id_dataset=suite.id_dataset.name if kind == "ood" else None,
+        conventions=suite.conventions,
+        bound=bound,
+    )
+
+
+def intervals_for(planned: Sequence[PlannedCheck], arrays_of: ArraysOf) -> list[PairedInterval | None]:
+    """Intervals of many planned checks (e.g. every check of a unit, or of a run), one
+    :func:`paired_intervals` call per suite so that each dataset is resampled once, with the
+    suite's ``bootstrap: {resamples, seed}``; ``None`` where a check has no per-sample form."""
+    out: list[PairedInterval | None] = [None] * len(planned)
+    by_suite: dict[int, list[int]] = {}
+    requests: dict[int, IntervalRequest] = {}
+    for i, p in enumerate(planned):
+        req = request_for(p, arrays_of)
+        if req is not None:
+            requests[i] = req
+            by_suite.setdefault(id(p.suite), []).append(i)
+    for members in by_suite.values():
+        boot = planned[members[0]].suite.bootstrap
+        results = paired_intervals([requests[i] for i in members], resamples=boot.resamples, seed=boot.seed)
+        for i, r in zip(members, results):
+            out[i] = r
+    return out
+
+
+__all__ = ["ArraysOf", "from_flat", "intervals_for", "per_sample", "request_for"]
