@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import check_scores
+from .metrics import check_not_degenerate, check_scores
 from .registry import Registry
 
 CONVENTIONS: Registry[dict[str, Callable[[Any, Any], float]]] = Registry("metric convention")
@@ -50,6 +50,7 @@ RECALL_LEVEL = 0.95
 
 def _stack(id_scores: Any, ood_scores: Any) -> tuple[np.ndarray, np.ndarray]:
     s_id, s_ood = check_scores(id_scores, "id_scores"), check_scores(ood_scores, "ood_scores")
+    check_not_degenerate(s_id, s_ood)  # every convention refuses all-equal scores, as the defaults do
     scores = np.concatenate([s_id, s_ood])
     is_ood = np.concatenate([np.zeros(len(s_id), np.int64), np.ones(len(s_ood), np.int64)])
     return scores, is_ood

@@ -325,6 +325,18 @@ def format_margin(info: MetricInfo, bound: BoundLike, margin: Any, *, missing: s
     return _with_unit(_signed(format(abs(shown), spec), shown < 0, typographic=typographic), suffix)
 
 
+def format_ci(info: MetricInfo, bound: BoundLike, ci: Any, level: float, *, typographic: bool = False) -> str:
+    """A confidence interval of the compared quantity (in the bound's written unit, like
+    :attr:`Verdict.compared`) in the bound's display unit: ``"[95% CI +11.40%, +14.90%]"``;
+    against another quantizer ``"[95% CI of the difference ...]"``; ``""`` without one."""
+    if ci is None:
+        return ""
+    lo, hi = (format_compared(info, bound, x, typographic=typographic) for x in ci)
+    label = f"{100 * level:.1f}".rstrip("0").rstrip(".") + "%"
+    of = " of the difference" if bound.ref is not None else ""
+    return f"[{label} CI{of} {lo}, {hi}]"
+
+
 def infos_from(data: Mapping[str, Any]) -> dict[str, MetricInfo]:
     """``{name: MetricInfo}`` from plain dicts (``MetricInfo.to_dict`` output) or ``MetricInfo``s."""
     return {k: v if isinstance(v, MetricInfo) else MetricInfo(**v) for k, v in data.items()}

@@ -51,13 +51,6 @@ def relative(delta: float, fp32: float) -> float:
     return delta / abs(fp32)
 
 
-def format_value(value: float | None, *, fraction: bool) -> str:
-    """Display form: fractions as percentages, other metrics with 4 significant decimals."""
-    if value is None:
-        return "n/a"
-    return f"{100 * value:.2f}%" if fraction else f"{value:.4f}"
-
-
 def compared_quantity(
     bound: Bound, fp32: float | None, value: float, *, higher_is_better: bool, ref_value: float | None = None
 ) -> float:
@@ -84,39 +77,14 @@ def compared_quantity(
 
 def compare(
     bound: Bound, fp32: float | None, value: float, *, higher_is_better: bool, ref_value: float | None = None
-) -> tuple[bool, float | None, str]:
-    """Apply ``bound``; returns (passed, delta in metric units or None, the compared quantity for display).
-
-    With ``bound.ref``, ``ref_value`` is the other quantizer's value and the comparison is of the two
-    deltas (or values) in the metric's own unit.
-    """
-    op = _OPS[bound.op]
-    if bound.ref is not None:
-        if ref_value is None or (bound.kind == "delta" and fp32 is None):
-            raise ValueError("a bound against another quantizer needs its value (and FP32 for deltas)")
-        if bound.kind == "value":
-            return bool(op(value, ref_value)), None, f"{value:.4g} vs {bound.ref} {ref_value:.4g}"
-        delta = signed_delta(fp32, value, higher_is_better=higher_is_better)  # type: ignore[arg-type]
-        ref_delta = signed_delta(fp32, ref_value, higher_is_better=higher_is_better)  # type: ignore[arg-type]
-        return bool(op(delta, ref_delta)), delta, f"{delta:+.4g} vs {bound.ref} {ref_delta:+.4g}"
-    if bound.kind == "value":
-        shown = 100 * value if bound.unit == "%" else value
-        display = f"{shown:.2f}%" if bound.unit == "%" else f"{shown:.4g}"
-        delta = None if fp32 is None else signed_delta(fp32, value, higher_is_better=higher_is_better)
-        return bool(op(shown, bound.amount)), delta, display
-    if fp32 is None:
-        raise ValueError("a delta bound needs an FP32 value")
-    delta = signed_delta(fp32, value, higher_is_better=higher_is_better)
-    if bound.unit == "%":
-        shown = 100 * relative(delta, fp32)
-        display = f"{shown:+.2f}%"
-    elif bound.unit == "pp":
-        shown = 100 * delta
-        display = f"{shown:+.2f}pp"
-    else:
-        shown = delta
-        display = f"{shown:+.4g}"
-    return bool(op(shown, bound.amount)), delta, display
+) -> tuple[bool, float | None]:
+    """Apply ``bound``: ``(passed, delta in the metric's unit or None)``. The bound is applied to
+    :func:`compared_quantity`; against another quantizer (``bound.ref``) that is the difference of
+    the two deltas (or values), held against 0."""
+    compared = compared_quantity(bound, fp32, value, higher_is_better=higher_is_better, ref_value=ref_value)
+    delta = None if fp32 is None else signed_delta(fp32, value, higher_is_better=higher_is_better)
+    limit = 0.0 if bound.ref is not None else bound.amount
+    return bool(_OPS[bound.op](compared, limit)), delta
 
 
 def decide(
@@ -137,33 +105,38 @@ def decide(
     in the message and recorded in the verdict's ``delta_ci`` / ``ci_*`` fields; it decides only
     when the check demands ``confidence`` (then at that level, from the same resamples).
     """
-    from .stats.decision import format_interval, judge
+    from .stats.decision import judge
+
+    from .display import format_bound, format_ci, format_compared, format_delta, format_value, metric_info
 
     check = planned.check
     bound = check.bound
-    passed, delta, display = compare(bound, fp32, value, higher_is_better=higher_is_better, ref_value=ref_value)
+    passed, delta = compare(bound, fp32, value, higher_is_better=higher_is_better, ref_value=ref_value)
     compared = compared_quantity(bound, fp32, value, higher_is_better=higher_is_better, ref_value=ref_value)
     confidence = getattr(check, "confidence", None)
     if interval is not None and confidence is not None and interval.level != confidence:
         interval = interval.at_level(confidence)
-    unit = "abs" if bound.ref is not None else bound.unit
     ci = interval.compared_ci if interval is not None else None
-    ci_display = (
-        format_interval(ci, interval.level, unit, signed=bound.kind != "value" or bound.ref is not None, of="the difference" if bound.ref else "")
-        if interval is not None
-        else ""
-    )
+    info = metric_info(check.metric)
+    ci_display = format_ci(info, bound, ci, interval.level) if interval is not None else ""
     evidence = judge(bound, compared, ci, confidence, n=interval.n if interval is not None else None)
 
+    # One display rule per metric (pytest_qrel.display): values, deltas and the bound in one unit.
+    fp32_display, value_display = format_value(info, fp32, missing="n/a"), format_value(info, value)
+    compared_display = format_compared(info, bound, compared)
     metric = f"{check.metric}({planned.score})" if planned.score else check.metric
     what = f"{planned.model} {planned.quantizer} {metric} on {planned.dataset}"
-    numbers = f"FP32 {format_value(fp32, fraction=fraction)}, {planned.quantizer} {format_value(value, fraction=fraction)}"
+    numbers = f"FP32 {fp32_display}" if planned.quantizer == "FP32" else f"FP32 {fp32_display}, {planned.quantizer} {value_display}"
     if bound.ref is not None:
-        numbers += f", {bound.ref} {format_value(ref_value, fraction=fraction)}, {bound.kind} {display}"
+        numbers += f", {bound.ref} {format_value(info, ref_value, missing='n/a')}"
+        if bound.kind == "delta" and fp32 is not None and ref_value is not None:
+            ref_delta = signed_delta(fp32, ref_value, higher_is_better=higher_is_better)
+            numbers += f", delta {format_delta(info, delta)} vs {bound.ref} {format_delta(info, ref_delta)}"
     elif bound.kind == "delta":
-        numbers += f", delta {display}"
+        numbers += f", delta {compared_display}"
     if ci_display:
         numbers += f" {ci_display}"
+    bound_display = format_bound(info, bound)
     if confidence is None:
         verb = "within" if passed else "violates"
         tail = ""
@@ -173,7 +146,7 @@ def decide(
         tail = f" with {_pct(confidence)} confidence" if decided else f" at {_pct(confidence)} confidence: {evidence.explanation}"
         passed = evidence.outcome == "passed"
     note = interval.note if interval is not None else ""
-    message = f"{what}: {numbers} {verb} {bound}{tail}" + (f" ({note})" if note else "")
+    message = f"{what}: {numbers} {verb} {bound_display}{tail}" + (f" ({note})" if note else "")
     expect_fail = check.expect == "fail"
     if confidence is not None and evidence.outcome == "inconclusive":
         outcome = "inconclusive"
@@ -193,7 +166,7 @@ def decide(
         fp32=fp32,
         value=value,
         delta=delta,
-        delta_display=display if bound.kind == "delta" or bound.ref else "",
+        delta_display=compared_display if bound.kind == "delta" or bound.ref else "",
         passed=passed,
         expect_fail=expect_fail,
         outcome=outcome,  # type: ignore[arg-type]
@@ -207,6 +180,11 @@ def decide(
         compared=_finite_or_none(compared),
         margin=_finite_or_none(evidence.margin),
         ci_note=note,
+        value_display=value_display,
+        fp32_display=fp32_display if fp32 is not None else "",
+        bound_display=bound_display,
+        bound_amount=None if bound.ref is not None else float(bound.amount),
+        reason=check.reason or "",
     )
 
 

@@ -41,6 +41,10 @@ class CheckFailed(AssertionError):
     """A check's bound was violated; the message is the one-line verdict with its numbers."""
 
 
+class QrelInconclusiveWarning(UserWarning):
+    """A check passed only because the suite lets inconclusive checks pass with a warning."""
+
+
 @dataclass
 class _State:
     suites: list[Path] = field(default_factory=list)
@@ -104,6 +108,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="treat missing datasets as errors instead of skipping their checks.")
     group.addoption("--qrel-allow-skip-all", action="store_true", default=False,
                     help="let a run in which every check was skipped (data missing) pass; by default it fails.")
+    group.addoption("--qrel-inconclusive", default=None, choices=("fail", "warn", "pass"),
+                    help="what a check demanding confidence whose interval straddles its bound does (default: the suite's "
+                         "'inconclusive:', fail): fail the run, pass with a warning, or pass.")
     group.addoption("--qrel-device", default="auto", metavar="DEVICE", type=_device,
                     help="torch device: auto (cuda, else mps, else cpu), cpu, cuda, cuda:K or mps; under -n, worker K uses GPU K mod count.")
     group.addoption("--qrel-workers", default="auto", metavar="N", type=_workers,
@@ -397,6 +404,14 @@ class CheckItem(pytest.Item):
                 # Report the suite's location, not this line (the reason names the missing path).
                 raise pytest.skip.Exception(str(exc), _use_item_location=True) from None
             raise
+        if verdict.outcome == "inconclusive":
+            # The interval straddles the bound: the suite's policy (or --qrel-inconclusive) decides.
+            policy = self.config.getoption("qrel_inconclusive") or p.suite.inconclusive
+            verdict.passed = policy != "fail"
+            if policy == "warn":
+                import warnings
+
+                warnings.warn(QrelInconclusiveWarning(verdict.message), stacklevel=1)
         self._record(verdict)
         if not verdict.passed:
             raise CheckFailed(verdict.message)

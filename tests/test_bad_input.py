@@ -36,7 +36,7 @@ checks:
 """
 
 CHECK_HELP = (
-    "write '<quantizers> <metric>[(<score>)] [on <datasets>] [delta|value] <op> <number>[%|pp]', "
+    "write '<quantizers> <metric>[(<score>)] [on <datasets>] [delta|value] <op> <number>[%|pp] [with <c>% confidence]', "
     "e.g. 'W4A4 aupr_out(msp) on mean(ood) delta <= 12%'"
 )
 NO_TAG = "(fix: remove the tag: a suite holds only plain mappings, lists, strings and numbers)"
@@ -90,13 +90,13 @@ SPEC_CASES: list[tuple[str, tuple[str, str] | str, str]] = [
     # ---- top-level fields
     ("misspelled top-level key", edit("name: mini", "nmae: mini"), "{p}:2: field 'nmae': unknown key 'nmae' (fix: did you mean 'name'?)"),
     ("unknown top-level key", edit("name: mini", "name: mini\nowner: me"),
-     "{p}:3: field 'owner': unknown key 'owner' (fix: allowed: batch_size, checks, conventions, datasets, description, models, name, quantizers, scores, version)"),
+     "{p}:3: field 'owner': unknown key 'owner' (fix: allowed: batch_size, bootstrap, checks, confidence, conventions, datasets, description, diagnostics, inconclusive, models, name, quantizers, scores, version)"),
     ("schema version 2", edit("version: 1", "version: 2"), "{p}:1: field 'version': unsupported schema version 2 (fix: this pytest-qrel reads version 1)"),
     ("name with a space", edit("name: mini", "name: my suite"), "{p}:2: field 'name': invalid name 'my suite' (fix: use only letters, digits, _ . and -)"),
     ("name '..'", edit("name: mini", "name: .."), "{p}:2: field 'name': invalid name '..' (fix: start it with a letter, a digit or _)"),
     ("name a number", edit("name: mini", "name: 7"), "{p}:2: field 'name': invalid name 7 (fix: use only letters, digits, _ . and -)"),
     ("misspelled convention", edit("name: mini", "name: mini\nconventions: openod"),
-     "{p}:3: field 'conventions': unknown metric convention 'openod'; did you mean 'openood'? (known: hendrycks, openood) (fix: use one of hendrycks, openood)"),
+     "{p}:3: field 'conventions': unknown metric convention 'openod'; did you mean 'openood'? (known: hendrycks, mcm_code, openood) (fix: use one of hendrycks, mcm_code, openood)"),
     ("batch size 0", edit("name: mini", "name: mini\nbatch_size: 0"), "{p}:3: field 'batch_size': expected an integer >= 1, got 0 (fix: use an integer >= 1)"),
     ("batch size a string", edit("name: mini", "name: mini\nbatch_size: many"), "{p}:3: field 'batch_size': expected an integer >= 1, got 'many' (fix: use an integer >= 1)"),
     # ---- models
@@ -252,7 +252,7 @@ SPEC_CASES: list[tuple[str, tuple[str, str] | str, str]] = [
     ("structured bound not a number", check("{metric: nll, delta: {max: lots}}"),
      "{p}:15: field 'checks[0].delta': bound 'lots' is not a number with an optional % or pp (fix: write e.g. 10%, 1pp or 0.05)"),
     ("structured key misspelled", check("{metric: nll, delta: {max: 3}, reasn: known}"),
-     "{p}:15: field 'checks[0]': unknown key(s) reasn (fix: use only check, datasets, delta, expect, metric, on, quantizers, reason, score, value)"),
+     "{p}:15: field 'checks[0]': unknown key(s) reasn (fix: use only check, confidence, datasets, delta, expect, metric, on, quantizers, reason, score, value)"),
     ("expect maybe", check("{metric: nll, quantizers: W8A8, delta: {max: 3}, expect: maybe}"),
      "{p}:15: field 'checks[0].expect': 'expect' must be 'pass' or 'fail', got 'maybe' (fix: write 'expect: fail' for a check known to fail)"),
     ("shorthand plus structured", check('{check: "W8A8 nll delta <= 3", metric: nll}'),

@@ -18,23 +18,29 @@ def test_delta_is_positive_when_worse_for_both_directions():
 
 
 @pytest.mark.parametrize(
-    ("bound", "fp32", "value", "hib", "passed", "display"),
+    ("bound", "fp32", "value", "metric", "passed", "display"),
     [
-        (Bound("delta", "<=", 12, "%"), 0.50, 0.45, True, True, "+10.00%"),
-        (Bound("delta", "<=", 12, "%"), 0.50, 0.43, True, False, "+14.00%"),
-        (Bound("delta", "<=", 1, "pp"), 0.97, 0.965, True, True, "+0.50pp"),
-        (Bound("delta", "<=", 1, "pp"), 0.97, 0.955, True, False, "+1.50pp"),
-        (Bound("delta", "<=", 0.05, "abs"), 0.20, 0.26, False, False, "+0.06"),
-        (Bound("delta", "<=", 0, "abs"), 0.05, 0.04, False, True, "-0.01"),  # ECE improved: passes
-        (Bound("delta", "<=", 0, "%"), 0.05, 0.05, False, True, "+0.00%"),
-        (Bound("value", "<=", 0.05, "abs"), None, 0.04, False, True, "0.04"),
-        (Bound("value", ">=", 90, "%"), 0.97, 0.89, True, False, "89.00%"),
+        (Bound("delta", "<=", 12, "%"), 0.50, 0.45, "top1", True, "+10.00%"),
+        (Bound("delta", "<=", 12, "%"), 0.50, 0.43, "top1", False, "+14.00%"),
+        (Bound("delta", "<=", 1, "pp"), 0.97, 0.965, "top1", True, "+0.50pp"),
+        (Bound("delta", "<=", 1, "pp"), 0.97, 0.955, "top1", False, "+1.50pp"),
+        (Bound("delta", "<=", 0.05, "abs"), 0.20, 0.26, "ece", False, "+6.00pp"),  # a fraction: shown in pp
+        (Bound("delta", "<=", 0, "abs"), 0.05, 0.04, "ece", True, "-1.00pp"),  # ECE improved: passes
+        (Bound("delta", "<=", 0, "%"), 0.05, 0.05, "ece", True, "+0.00%"),
+        (Bound("value", "<=", 0.05, "abs"), None, 0.04, "ece", True, "4.00%"),  # the value in its own unit
+        (Bound("value", ">=", 90, "%"), 0.97, 0.89, "top1", False, "89.00%"),
+        (Bound("delta", "<=", 0.05, "abs"), 0.30, 0.40, "nll", False, "+0.1000 nats"),
     ],
 )
-def test_compare(bound, fp32, value, hib, passed, display):
-    ok, delta, shown = compare(bound, fp32, value, higher_is_better=hib)
+def test_compare(bound, fp32, value, metric, passed, display):
+    from pytest_qrel.display import format_compared, metric_info
+    from pytest_qrel.evaluate import compared_quantity
+
+    info = metric_info(metric)
+    ok, delta = compare(bound, fp32, value, higher_is_better=info.higher_is_better)
     assert ok is passed
-    assert shown == display
+    compared = compared_quantity(bound, fp32, value, higher_is_better=info.higher_is_better)
+    assert format_compared(info, bound, compared) == display
 
 
 def test_improvement_always_passes_nonnegative_delta_bounds():
@@ -58,8 +64,8 @@ def test_delta_bound_needs_fp32():
 def test_compare_against_another_quantizers_delta():
     bound = Bound("delta", "<=", 0, "abs", ref="W4A4")
     # accuracy: FP32 0.90, candidate 0.88 (delta +0.02), reference 0.85 (delta +0.05): candidate loses less
-    ok, delta, shown = compare(bound, 0.90, 0.88, higher_is_better=True, ref_value=0.85)
-    assert ok and delta == pytest.approx(0.02) and shown == "+0.02 vs W4A4 +0.05"
+    ok, delta = compare(bound, 0.90, 0.88, higher_is_better=True, ref_value=0.85)
+    assert ok and delta == pytest.approx(0.02)
     assert not compare(bound, 0.90, 0.84, higher_is_better=True, ref_value=0.85)[0]
     # NLL (lower is better): candidate 0.5 vs reference 0.4 from FP32 0.3 -> candidate is worse
     assert not compare(bound, 0.3, 0.5, higher_is_better=False, ref_value=0.4)[0]

@@ -128,7 +128,7 @@ def test_verdict_without_interval_is_unchanged(tmp_path):
     p = _planned(tmp_path, '"W4A4 aupr_out(msp) delta <= 12%"')
     v = decide(p, 0.7869, 0.9, higher_is_better=True, fraction=True)
     assert v.outcome == "failed" and v.ci_display == "" and v.delta_ci is None
-    assert v.message == "vit W4A4 aupr_out(msp) on noise: FP32 90.00%, W4A4 78.69%, delta +12.57% violates delta<=12%"
+    assert v.message == "vit W4A4 aupr_out(msp) on noise: FP32 90.00%, W4A4 78.69%, delta +12.57% violates delta <= 12%"
     assert v.compared == pytest.approx(100 * (0.9 - 0.7869) / 0.9) and v.margin == pytest.approx(12 - v.compared)
 
 
@@ -136,8 +136,8 @@ def test_verdict_shows_the_interval_and_the_point_decides(tmp_path):
     p = _planned(tmp_path, '"W4A4 aupr_out(msp) delta <= 12%"')
     v = decide(p, 0.7869, 0.9, higher_is_better=True, fraction=True, interval=_interval((11.4, 14.9)))
     assert v.outcome == "failed"  # the point estimate (+12.57%) decides: no confidence demanded
-    assert "delta +12.57% [95% CI +11.40, +14.90] violates delta<=12%" in v.message
-    assert v.ci_display == "[95% CI +11.40, +14.90]" and v.ci_level == 0.95 and v.ci_resamples == 1000 and v.ci_seed == 0
+    assert "delta +12.57% [95% CI +11.40%, +14.90%] violates delta <= 12%" in v.message
+    assert v.ci_display == "[95% CI +11.40%, +14.90%]" and v.ci_level == 0.95 and v.ci_resamples == 1000 and v.ci_seed == 0
     assert v.delta_ci == [0.01, 0.02] and v.confidence is None
 
 
@@ -146,10 +146,10 @@ def test_verdict_with_confidence_can_be_inconclusive(tmp_path):
     assert p.check.confidence == 0.95
     v = decide(p, 0.7869, 0.9, higher_is_better=True, fraction=True, interval=_interval((11.4, 14.9)))
     assert v.outcome == "inconclusive" and v.passed is False and v.confidence == 0.95
-    assert "delta +12.57% [95% CI +11.40, +14.90] is inconclusive for delta<=12% at 95% confidence: the 95% interval straddles" in v.message
+    assert "delta +12.57% [95% CI +11.40%, +14.90%] is inconclusive for delta <= 12% at 95% confidence: the 95% interval straddles" in v.message
     assert "instead of 300" in v.message
     passed = decide(p, 0.8, 0.9, higher_is_better=True, fraction=True, interval=_interval((9.0, 11.5)))
-    assert passed.outcome == "passed" and passed.message.endswith("within delta<=12% with 95% confidence")
+    assert passed.outcome == "passed" and passed.message.endswith("within delta <= 12% with 95% confidence")
     failed = decide(p, 0.7, 0.9, higher_is_better=True, fraction=True, interval=_interval((12.5, 30.0)))
     assert failed.outcome == "failed"
 
@@ -177,14 +177,14 @@ def test_interval_is_re_summarised_at_the_demanded_level(tmp_path):
     v = decide(p, res.value, res.fp32, higher_is_better=True, fraction=True, interval=res)
     assert v.ci_level == 0.99 and v.ci_display.startswith("[99% CI")
     lo, hi = np.quantile(res.compared_draws, [0.005, 0.995])
-    assert v.ci_display == format_interval((lo, hi), 0.99, "pp")
+    assert v.ci_display == f"[99% CI {lo:+.2f}pp, {hi:+.2f}pp]"
 
 
 def test_value_bound_and_note_in_message(tmp_path):
     p = _planned(tmp_path, '"W4A4 ece <= 0.05"')
     iv = _interval((0.031, 0.049), note="only 12 samples in digits: the interval is a rough guide")
     v = decide(p, 0.04, 0.03, higher_is_better=False, fraction=True, interval=iv)
-    assert "[95% CI 0.031, 0.049] within value<=0.05" in v.message
+    assert "[95% CI 3.10%, 4.90%] within value <= 5.00%" in v.message  # the value's unit throughout
     assert v.message.endswith("(only 12 samples in digits: the interval is a rough guide)") and v.ci_note
 
 
@@ -294,5 +294,5 @@ def test_reference_bound_shows_the_interval_of_the_difference(tmp_path):
         ref_value=0.85, delta=0.02, compared=-0.03, delta_ci=(0.01, 0.03), compared_ci=(-0.045, 0.004), n={"digits": 385},
     )
     v = decide(p, 0.88, 0.90, higher_is_better=True, fraction=True, ref_value=0.85, interval=iv)
-    assert "delta +0.02 vs W8A8 +0.05 [95% CI of the difference -0.045, +0.004]" in v.message
+    assert "delta +2.00pp vs W8A8 +5.00pp [95% CI of the difference -4.50pp, +0.40pp]" in v.message
     assert v.outcome == "inconclusive" and "straddles the bound 0 (as much as W8A8), reaching 0.004 beyond" in v.message

@@ -18,16 +18,19 @@ DEIT_VARS = ["QREL_IMAGENET_VAL", "QREL_IMAGENET_TRAIN", "QREL_IMAGENET_O", "QRE
 
 
 @pytest.mark.parametrize("suite", ["deit.yaml", "clip.yaml"])
-def test_paper_suite_without_data_skips_every_item_and_exits_0(pytester, monkeypatch, suite):
+def test_paper_suite_without_data_skips_every_item_and_fails_naming_the_variables(pytester, monkeypatch, suite):
     for var in [*DEIT_VARS, "QREL_IMAGENET_HELDOUT"]:
         monkeypatch.delenv(var, raising=False)
     (pytester.path / "suites").mkdir()
     shutil.copy(ROOT / "suites" / suite, pytester.path / "suites" / suite)
     result = pytester.runpytest("--qrel-suite", f"suites/{suite}", "-rs")
-    assert result.ret == 0
+    assert result.ret == pytest.ExitCode.TESTS_FAILED  # a run that verifies nothing is not green
     outcomes = result.parseoutcomes()
     assert outcomes.get("skipped", 0) == len(plan(load_suite(ROOT / "suites" / suite))) and "failed" not in outcomes
     result.stdout.fnmatch_lines([f"SKIPPED*suites/{suite}:*QREL_IMAGENET_VAL, which is not set*"])
+    result.stdout.fnmatch_lines(["NOT VERIFIED: * check(s) skipped: *QREL_IMAGENET_VAL, which is not set*"])
+    result.stdout.fnmatch_lines(["ERROR: no check produced a verdict: all * were skipped because data is missing*"])
+    assert pytester.runpytest("--qrel-suite", f"suites/{suite}", "--qrel-allow-skip-all").ret == 0
 
 
 def _images(folder: Path, n: int, seed: int) -> None:
@@ -45,7 +48,7 @@ def test_deit_suite_runs_on_stand_in_folders(tmp_path, monkeypatch):
     monkeypatch.setenv("QREL_IMAGENET_VAL", str(tmp_path / "val"))
     monkeypatch.setenv("QREL_IMAGENET_TRAIN", str(tmp_path / "train"))
     for i, var in enumerate(DEIT_VARS[2:]):
-        _images(tmp_path / var.lower(), 3, seed=100 + i)
+        _images(tmp_path / var.lower(), 10, seed=100 + i)  # OOD metrics need at least 10 images
         monkeypatch.setenv(var, str(tmp_path / var.lower()))
     # The real weights are not here: keep the suite's data, quantizers and checks, but swap the five
     # models for one tiny random timm DeiT (pretrained: false) and calibrate on 4 images, 2 seeds.
@@ -100,7 +103,7 @@ def test_clip_suite_runs_on_stand_in_folders(tmp_path, monkeypatch):
             _images(tmp_path / split / syn, 3, seed=10 * k + len(split))
         monkeypatch.setenv(var, str(tmp_path / split))
     for i, var in enumerate(CLIP_VARS[3:]):
-        _images(tmp_path / var.lower(), 3, seed=200 + i)
+        _images(tmp_path / var.lower(), 10, seed=200 + i)  # OOD metrics need at least 10 images
         monkeypatch.setenv(var, str(tmp_path / var.lower()))
 
     doc = yaml.safe_load((ROOT / "suites/clip.yaml").read_text())
@@ -131,6 +134,6 @@ def test_clip_suite_runs_on_stand_in_folders(tmp_path, monkeypatch):
     assert scored >= {"msp", "energy", "mcm", "neglabel", "genneg"}
     shifted = {v.dataset for v in verdicts if v.quantizer == "W8A8-qat-lsq+temperature" and v.metric == "ece"}
     assert shifted >= {"in_c_noise3", "in_c_blur3", "in_c_contrast3", "in_c_jpeg3"}
-    noisy = engine.outputs(suite, "tiny_clip", "W8A8", "in_c_noise3")
-    clean = engine.outputs(suite, "tiny_clip", "W8A8", "imagenet")
-    assert noisy.logits.shape == clean.logits.shape and not np.allclose(noisy.logits, clean.logits)
+    noisy = engine.samples(suite, "tiny_clip", "W8A8", "in_c_noise3")
+    clean = engine.samples(suite, "tiny_clip", "W8A8", "imagenet")
+    assert noisy["label"].shape == clean["label"].shape and not np.allclose(noisy["confidence"], clean["confidence"])

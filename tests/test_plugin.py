@@ -145,8 +145,9 @@ def test_failing_check_prints_one_line_with_numbers(pytester, write_suite):
     result = pytester.runpytest(*SUITE)
     result.assert_outcomes(failed=2)
     out = result.stdout.str()
-    result.stdout.re_match_lines([r"vit W4A4 top1 on digits: FP32 \d+\.\d\d%, W4A4 \d+\.\d\d% violates value>=1\.5"])
-    result.stdout.re_match_lines([r"vit W4A4 nll on digits: FP32 0\.\d{4}, W4A4 0\.\d{4}, delta [+-]\d+\.\d\d% violates delta<=0\.0001%"])
+    # one display rule per metric: top1 in %, the bound 1.5 written as 150.00%; NLL in nats
+    result.stdout.re_match_lines([r"vit W4A4 top1 on digits: FP32 \d+\.\d\d%, W4A4 \d+\.\d\d% \[95% CI \d+\.\d\d%, \d+\.\d\d%\] violates value >= 150\.00%"])
+    result.stdout.re_match_lines([r"vit W4A4 nll on digits: FP32 0\.\d{4} nats, W4A4 0\.\d{4} nats, delta [+-]\d+\.\d\d% \[95% CI [+-]\d+\.\d\d%, [+-]\d+\.\d\d%\] violates delta <= 0\.0001%"])
     assert "Traceback" not in out and "def runtest" not in out
 
 
@@ -497,5 +498,5 @@ def test_nan_logits_fail_naming_model_quantizer_dataset_and_count(pytester, monk
     result = pytester.runpytest_subprocess("--qrel-suite", "suites/py.yaml", "--qrel-report", "r/py.html", "-p", "no:cacheprovider")
     out = result.stdout.str()
     assert result.ret == pytest.ExitCode.TESTS_FAILED and "INTERNALERROR" not in out and "Traceback" not in out
-    result.stdout.re_match_lines([r".*model 'm' W8A8 on digits: the model returned NaN or infinite logits for \d+ of \d+ samples.*"])
+    result.stdout.re_match_lines([r".*model 'm' W8A8 on 'digits': \d+ of 385 samples have non-finite logits \(\d+ with NaN, 0 with inf; first at sample 0\).*"])
     assert (pytester.path / "r/py.html").is_file()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import textwrap
@@ -16,6 +17,7 @@ from pytest_qrel.errors import BaselineMissingError, ModelError, SpecError
 from pytest_qrel.metrics import METRICS, compute_spectral_metrics
 from pytest_qrel.models.features import FEATURE_MAPS, FeatureMapSite, last_block_feature_map
 from pytest_qrel.report import build_page, render_html
+from pytest_qrel.baselines import _canonical
 from pytest_qrel.results import UnitMetrics, Verdict
 from pytest_qrel.spectral import (
     EPS,
@@ -250,10 +252,10 @@ def write(tmp_path: Path, checks: str, name: str = "spec") -> Path:
 def test_spec_value_bounds_expand_to_the_id_test_split(tmp_path: Path) -> None:
     suite = load_suite(write(tmp_path, '- "all spectral_error <= 0.25"\n- "W8A8 spectral_error_high on digits <= value(W4A4)"\n'))
     assert [(p.quantizer, p.dataset, p.name) for p in plan(suite)] == [
-        ("FP32", "digits", "spectral_error value<=0.25"),
-        ("W8A8", "digits", "spectral_error value<=0.25"),
-        ("W4A4", "digits", "spectral_error value<=0.25"),
-        ("W8A8", "digits", "spectral_error_high value<=value(W4A4)"),
+        ("FP32", "digits", "spectral_error on digits value<=0.25"),
+        ("W8A8", "digits", "spectral_error on digits value<=0.25"),
+        ("W4A4", "digits", "spectral_error on digits value<=0.25"),
+        ("W8A8", "digits", "spectral_error_high on digits value<=value(W4A4)"),
     ]
 
 
@@ -304,16 +306,17 @@ def test_update_writes_the_fp32_spectrum_and_checks_pass(written) -> None:
     assert 0 < w8 < w4 < 0.1  # error grows as bits shrink
     assert w4 > 5 * w8
     ref = by[("W8A8", "spectral_error", "W8A8 spectral_error <= value(W4A4)")]
-    assert ref.message.startswith(f"vit W8A8 spectral_error on digits: FP32 0.0000, W8A8 {w8:.4f}, W4A4 {w4:.4f}")
+    assert ref.message.startswith(f"vit W8A8 spectral_error on digits: FP32 0, W8A8 {w8:.4g}, W4A4 {w4:.4g}")
 
     record = json.loads((root / "baselines/spec/vit.json").read_text())
     assert record["metrics"]["spectral"] == {"spectral_error": 0.0, "spectral_error_high": 0.0}
     assert record["variants"]["FP32+temperature"]["metrics"]["spectral"] == {"spectral_error": 0.0, "spectral_error_high": 0.0}
-    with np.load(root / "baselines/spec/vit.npz") as z:
-        assert "spectrum.digits" in z.files and not any(k.startswith("spectrum.") and k != "spectrum.digits" for k in z.files)
-        stored = z["spectrum.digits"]
+    with np.load(root / "baselines/spec" / record["npz"]) as z:
+        spectra = [k for k in z.files if k.endswith("|spectrum")]
+        assert spectra == ["FP32|digits|spectrum"]  # the ID test split only
+        stored = z["FP32|digits|spectrum"]
     assert stored.shape == (4, 4) and stored.dtype == np.float64
-    np.testing.assert_array_equal(stored, engine.spectrum(suite, "vit", "FP32"))
+    np.testing.assert_array_equal(stored, engine.baseline(suite, "vit").spectrum("digits"))
     assert stored[2, 2] == stored.max()  # the ViT's features are smooth over the grid: DC dominates
 
     # one pass per (quantizer, dataset): the spectrum came from the pass that computed the logits
@@ -321,7 +324,6 @@ def test_update_writes_the_fp32_spectrum_and_checks_pass(written) -> None:
         ("spec", "vit", "FP32", "digits"): 1, ("spec", "vit", "FP32", "noise"): 1, ("spec", "vit", "FP32", "heldout"): 1,
         ("spec", "vit", "W8A8", "digits"): 1, ("spec", "vit", "W4A4", "digits"): 1,
     }
-    assert engine.outputs(suite, "vit", "FP32", "noise").spectrum is None  # ID test split only
 
 
 def test_a_second_run_reads_fp32_from_the_baseline(written) -> None:
@@ -331,9 +333,9 @@ def test_a_second_run_reads_fp32_from_the_baseline(written) -> None:
     assert [v.outcome for v in verdicts] == ["passed"] * 6
     assert dict(engine.forward_passes) == {("spec", "vit", "W8A8", "digits"): 1, ("spec", "vit", "W4A4", "digits"): 1}
     assert engine.spectral_metrics(suite, "vit", "W4A4") == first.spectral_metrics(suite, "vit", "W4A4")
-    rse = engine.spectral_error_map(suite, "vit", "W4A4")
-    assert rse.shape == (4, 4) and rse.mean() == pytest.approx(engine.spectral_metrics(suite, "vit", "W4A4")["spectral_error"])
     units = {u.quantizer: u for u in engine.report_units()}
+    rse = np.asarray(units["W4A4"].spectral_map)
+    assert rse.shape == (4, 4) and rse.mean() == pytest.approx(engine.spectral_metrics(suite, "vit", "W4A4")["spectral_error"])
     assert units["FP32"].spectral == {"spectral_error": 0.0, "spectral_error_high": 0.0} and units["FP32"].spectral_map == []
     assert units["W4A4"].spectral["spectral_error"] > units["W8A8"].spectral["spectral_error"] > 0
     assert np.asarray(units["W4A4"].spectral_map).shape == (4, 4)
@@ -343,9 +345,10 @@ def test_baseline_without_a_spectrum_says_how_to_recreate_it(tmp_path: Path) -> 
     plain = load_suite(write(tmp_path, '- "W8A8 top1 delta <= 2pp"\n'))
     writer = Engine(baseline_dir=tmp_path / "baselines", update_baselines=True)
     run(plain, engine=writer)
-    with np.load(tmp_path / "baselines/spec/vit.npz") as z:
-        assert not any(k.startswith("spectrum.") for k in z.files)  # non-spectral suites store none
-    assert "spectral" not in json.loads((tmp_path / "baselines/spec/vit.json").read_text())["metrics"]
+    record = json.loads((tmp_path / "baselines/spec/vit.json").read_text())
+    with np.load(tmp_path / "baselines/spec" / record["npz"]) as z:
+        assert not any(k.endswith("|spectrum") for k in z.files)  # non-spectral suites store none
+    assert "spectral" not in record["metrics"]
 
     spectral = load_suite(write(tmp_path, '- "W8A8 spectral_error <= 0.1"\n'))
     engine = Engine(baseline_dir=tmp_path / "baselines", update_command="pytest --qrel-suite {suite} --qrel-update-baselines")
@@ -354,13 +357,9 @@ def test_baseline_without_a_spectrum_says_how_to_recreate_it(tmp_path: Path) -> 
     assert "has no spectral_error" in v.message
     assert v.message.endswith(f"re-create it with: pytest --qrel-suite {spectral.path} --qrel-update-baselines")
     with pytest.raises(BaselineMissingError, match=r"has no feature spectrum \(spectrum\.digits\) for spectral metrics; re-create it with"):
-        engine.baseline_spectrum(spectral, "vit")
-    # the report keeps the unit, without spectral numbers
-    (unit,) = [u for u in engine.report_units() if u.quantizer == "W8A8"]
-    assert unit.id and unit.spectral == {} and unit.spectral_map == []
-    # the outputs of a suite without spectral checks never carry a spectrum, and share its cache key
-    assert writer.outputs(plain, "vit", "W8A8", "digits").spectrum is None
-    assert writer._outputs_key(plain, "vit", "W8A8", "digits") == engine._outputs_key(spectral, "vit", "W8A8", "digits")
+        engine.spectral_metrics(spectral, "vit", "W8A8")
+    # the baseline cannot answer, so the check fails before its unit is computed: no wasted pass
+    assert sum(engine.forward_passes.values()) == 0
 
 
 def test_missing_and_stale_baselines(tmp_path: Path) -> None:
@@ -371,6 +370,7 @@ def test_missing_and_stale_baselines(tmp_path: Path) -> None:
     path = tmp_path / "baselines/spec/vit.json"
     record = json.loads(path.read_text())
     record["fingerprint"]["model"]["weights_sha256"] = "0" * 64
+    record["content_sha256"] = hashlib.sha256(_canonical(record)).hexdigest()  # as an older writer made it
     path.write_text(json.dumps(record))
     (v,) = run(suite, engine=Engine(baseline_dir=tmp_path / "baselines"))
     assert v.outcome == "error" and "is stale: model.weights_sha256: 000000000000 ->" in v.message
@@ -380,14 +380,14 @@ def test_memo_and_disk_cache_entries_without_a_spectrum_are_recomputed(tmp_path:
     plain = load_suite(write(tmp_path, '- "W8A8 top1 delta <= 2pp"\n', name="spec"))
     spectral = load_suite(write(tmp_path, '- "W8A8 spectral_error <= 0.1"\n', name="spec2"))
     engine = Engine(baseline_dir=tmp_path / "baselines", cache_dir=tmp_path / "cache")
-    assert engine.outputs(plain, "vit", "W8A8", "digits").spectrum is None
-    s = engine.spectrum(spectral, "vit", "W8A8")  # same key, but the memo lacks the spectrum
+    assert "nll" in engine.samples(plain, "vit", "W8A8", "digits")
+    s = engine.spectrum(spectral, "vit", "W8A8")  # the cached entry has no spectrum: computed again
     assert s.shape == (4, 4)
     assert engine.forward_passes[("spec2", "vit", "W8A8", "digits")] == 1
     fresh = Engine(baseline_dir=tmp_path / "baselines", cache_dir=tmp_path / "cache")
     np.testing.assert_array_equal(fresh.spectrum(spectral, "vit", "W8A8"), s)  # from the disk cache
     assert sum(fresh.forward_passes.values()) == 0 and fresh.cache_hits[("spec2", "vit", "W8A8", "digits")] == 1
-    assert fresh.outputs(plain, "vit", "W8A8", "digits").logits.shape == (385, 8)  # a superset serves both
+    assert len(fresh.samples(plain, "vit", "W8A8", "digits")["label"]) == 385  # a superset serves both
     assert sum(fresh.forward_passes.values()) == 0
 
 
@@ -436,12 +436,13 @@ def test_plugin_runs_a_spectral_suite_with_one_pass_per_unit(pytester, write_sui
     engine = reprec.getcalls("pytest_sessionfinish")[0].session.config.stash[STATE].engine
     fp32 = {("mini", "vit", "FP32", d): 1 for d in ("digits", "digits89", "noise", "heldout")}
     assert dict(engine.forward_passes) == {**fp32, ("mini", "vit", "W8A8", "digits"): 1, ("mini", "vit", "W4A4", "digits"): 1}
-    with np.load(pytester.path / "baselines/mini/vit.npz") as z:
-        assert z["spectrum.digits"].shape == (4, 4)
+    record = json.loads((pytester.path / "baselines/mini/vit.json").read_text())
+    with np.load(pytester.path / "baselines/mini" / record["npz"]) as z:
+        assert z["FP32|digits|spectrum"].shape == (4, 4)
 
     result = pytester.runpytest(*args, "--qrel-report", "reports/mini.html", "-rA")
     result.assert_outcomes(passed=6)
-    result.stdout.fnmatch_lines(["*mini.yaml::vit[[]W4A4-digits[]]::spectral_error_high value<=0.2*"])
+    result.stdout.fnmatch_lines(["*mini.yaml::vit::W4A4::spectral_error_high on digits value<=0.2*"])
     assert "Feature spectrum" in (pytester.path / "reports/mini.html").read_text()
 
     pytester.path.joinpath("suites/mini.yaml").write_text(
@@ -449,4 +450,4 @@ def test_plugin_runs_a_spectral_suite_with_one_pass_per_unit(pytester, write_sui
     )
     result = pytester.runpytest(*args)
     result.assert_outcomes(passed=5, failed=1)
-    result.stdout.re_match_lines([r".*vit W4A4 spectral_error_high on digits: FP32 0\.0000, W4A4 0\.0\d{3} violates value<=0\.0001"])
+    result.stdout.re_match_lines([r".*vit W4A4 spectral_error_high on digits: FP32 0, W4A4 0\.0\d{3,} violates value <= 0\.0001"])

@@ -126,6 +126,8 @@ class Engine:
         self._written: set[tuple[str, str]] = set()
         self._records: dict[tuple[str, str, str], UnitMetrics] = {}
         self._new_records: list[UnitMetrics] = []
+        self._announced: dict[UnitKey, list[PlannedCheck]] = {}
+        self._intervals: dict[tuple[str, str, str, str], Any] = {}
 
     # ------------------------------------------------------------------ counters tests read
     @property
@@ -184,6 +186,7 @@ class Engine:
                 key = (str(p.suite.path), model, base)
                 self._pending[key] += 1
                 self._needs.setdefault(key, Needs()).merge(_check_needs(p, base))
+                self._announced.setdefault(key, []).append(p)
 
     def done(self, p: PlannedCheck) -> None:
         """``p`` has its verdict: release every unit (and model) no announced check still reads."""
@@ -532,7 +535,71 @@ class Engine:
         ref = p.check.bound.ref
         ref_value = self.value(p, ref, b) if ref is not None else None
         meta = METRICS.meta(p.check.metric)
-        return decide(p, value, fp32, higher_is_better=meta["higher_is_better"], fraction=meta["fraction"], ref_value=ref_value)
+        interval = self.interval(p)
+        return decide(
+            p, value, fp32, higher_is_better=meta["higher_is_better"], fraction=meta["fraction"], ref_value=ref_value,
+            interval=interval,
+        )
+
+    # ------------------------------------------------------------------ intervals
+    @staticmethod
+    def _check_key(p: PlannedCheck) -> tuple[str, str, str, str]:
+        return (str(p.suite.path), p.model, p.quantizer, p.name)
+
+    def _arrays_of(self, suite: Suite, model: str, quantizer: str) -> list[dict[str, SampleArrays]]:
+        """Per-seed ``{dataset: SampleArrays}`` of ``quantizer`` (FP32 from the baseline)."""
+        base, _, variant = self._parse(quantizer)
+        if base == FP32:
+            return [self.baseline(suite, model).samples(FP32 + variant)]
+        state = self._states[(str(suite.path), model, base)]
+        if not state.live:
+            state = self.unit(suite, model, base, arrays=True)
+        assert state.seeds is not None
+        return [s.arrays[variant] for s in state.seeds]
+
+    def interval(self, p: PlannedCheck) -> Any:
+        """The paired bootstrap interval of ``p``'s quantity (:mod:`pytest_qrel.stats`), or None for
+        metrics without a per-sample form. Computed for every announced check of ``p``'s units at
+        once (each dataset is resampled once for all of them) while their arrays are held."""
+        from ..stats import intervals_for
+
+        key = self._check_key(p)
+        if key not in self._intervals:
+            batch = [p]
+            for model, base in p.units:
+                for q in self._announced.get((str(p.suite.path), model, base), []):
+                    k = self._check_key(q)
+                    if k not in self._intervals and k != key and all(
+                        self._states.get((str(q.suite.path), m, b)) is not None and self._states[(str(q.suite.path), m, b)].live
+                        for m, b in q.units
+                    ) and self._datasets_here(q):
+                        batch.append(q)
+            results = intervals_for(batch, lambda model, quantizer: self._arrays_of(p.suite, model, quantizer))
+            for q, r in zip(batch, results):
+                self._intervals[self._check_key(q)] = r
+        return self._intervals.pop(key)
+
+    def _datasets_here(self, p: PlannedCheck) -> bool:
+        """Every dataset ``p`` reads is in its units' arrays and the baseline (not skipped, not degenerate)."""
+        from ..errors import DataMissingError
+
+        try:
+            for d in p.datasets:
+                self.loader.dataset(p.suite, d)
+        except DataMissingError:
+            return False
+        b = self._baselines.get((p.suite.name, p.model))
+        if b is None:
+            return False
+        needed = [d for d in p.datasets if d != HELDOUT]
+        fp32 = b.samples(FP32)
+        if not all(d in fp32 for d in needed):
+            return False
+        for model, base in p.units:
+            state = self._states[(str(p.suite.path), model, base)]
+            if any((p.score, d) in state.errors for d in needed) or not all(d in state.needs.datasets for d in needed):
+                return False
+        return True
 
     # ------------------------------------------------------------------ conveniences (Python API, tests)
     @staticmethod
@@ -600,6 +667,22 @@ class Engine:
         if "spectral" not in state.metrics.get("", {}):
             self._spectral(state, b)
         return state.metrics[""]["spectral"]
+
+    def spectrum(self, suite: Suite, model: str, quantizer: str) -> np.ndarray:
+        """The last-block feature spectrum (h, w) of ``quantizer`` on the ID test split (first seed;
+        FP32 from the baseline), for suites with spectral checks."""
+        base, seed, _ = self._parse(quantizer)
+        if base == FP32:
+            found = self.baseline(suite, model).spectrum(suite.id_dataset.name)
+            if found is None:
+                raise BaselineMissingError(f"FP32 baseline of {model} has no feature spectrum; re-create it with: {self.update_command(suite)}")
+            return found
+        state = self.unit(suite, model, base, Needs({suite.id_dataset.name}, set(), True), arrays=True)
+        assert state.seeds is not None
+        picked = [s for s in state.seeds if seed is None or s.seed == seed]
+        if picked[0].spectrum is None:
+            raise ValueError(f"suite {suite.name} has no spectral check, so no spectrum is recorded")
+        return picked[0].spectrum
 
     def unit_info(self, suite: Suite, model: str, quantizer: str) -> list[dict[str, Any]]:
         """Per seed: what quantizing recorded (``qat_steps``, ``qat_losses``, ``qat_options``, ``verify``)."""

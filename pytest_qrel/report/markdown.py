@@ -20,7 +20,7 @@ from typing import Any
 from .. import display
 from ..results import RunResults, UnitMetrics
 from .format import MISSING, fmt_delta, fmt_value
-from .view import FAILING, NOT_VERIFIED, OUTCOMES, _Builder, count_outcomes, headline, overall_status
+from .view import FAILING, _Builder, count_outcomes, headline, is_failing, is_unverified, overall_status
 
 __all__ = ["MAX_CHARS", "md_escape", "summary_markdown"]
 
@@ -128,7 +128,7 @@ def _render(results: RunResults, *, report_path: str | None, title: str, max_row
     planned = sum(results.planned.values()) if results.planned else None
     status = overall_status(vs, planned)
     counts = count_outcomes(vs)
-    sentence, unverified = headline(status, counts, len(vs), planned)
+    sentence, unverified = headline(status, vs, planned)
     suites = list(dict.fromkeys([*(u.suite for u in results.units), *(v.suite for v in vs)]))
     lines = [f"## {ICONS[status]} {md_escape(title)}: {status} \u2014 {', '.join(md_escape(s) for s in suites) or 'no suites'}", ""]
     lines.append(f"**{md_escape(sentence)}**")
@@ -137,12 +137,12 @@ def _render(results: RunResults, *, report_path: str | None, title: str, max_row
     lines += ["", " \u00b7 ".join(f"{n} {o}" for o, n in counts.items() if n or o in ("passed", "failed"))
               + f" \u2014 {len(results.units)} unit{'s' if len(results.units) != 1 else ''}"]
 
-    failing = [v for v in vs if v.outcome in FAILING or v.outcome not in OUTCOMES]
+    failing = [v for v in vs if is_failing(v)]
     rank = {o: i for i, o in enumerate(FAILING)}
     failing.sort(key=lambda v: rank.get(v.outcome, len(rank)))
     if failing:
         lines += ["", "### Failing checks", ""] + _verdict_lines(b, failing, max_rows)
-    not_verified = [v for v in vs if v.outcome in NOT_VERIFIED]
+    not_verified = [v for v in vs if is_unverified(v)]
     if not_verified:
         lines += ["", "### Not verified", ""] + _verdict_lines(b, not_verified, max_rows)
     expected = [v for v in vs if v.outcome == "xfailed"]

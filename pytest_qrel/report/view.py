@@ -33,6 +33,8 @@ from .format import MISSING, delta_class, fmt_delta, fmt_info, fmt_value, missin
 __all__ = [
     "FAILING",
     "NOT_VERIFIED",
+    "is_failing",
+    "is_unverified",
     "OUTCOMES",
     "Page",
     "build_page",
@@ -41,10 +43,26 @@ __all__ = [
 
 #: Every outcome, in the order the report counts them.
 OUTCOMES: tuple[str, ...] = ("passed", "failed", "xfailed", "xpassed", "skipped", "error", "inconclusive", "not run")
-#: Outcomes that fail the gate.
-FAILING: tuple[str, ...] = ("failed", "error", "xpassed")
+#: Outcomes that fail the gate (a check that never ran counts as failed: a green run means
+#: every check ran and held). ``inconclusive`` fails too unless the suite's policy let it pass
+#: (``inconclusive: warn|pass``; the verdict then has ``passed`` true): see :func:`is_failing`.
+FAILING: tuple[str, ...] = ("failed", "error", "xpassed", "not run", "inconclusive")
 #: Outcomes that neither pass nor fail: the check did not verify anything.
-NOT_VERIFIED: tuple[str, ...] = ("skipped", "inconclusive", "not run")
+NOT_VERIFIED: tuple[str, ...] = ("skipped", "inconclusive")
+
+
+def is_failing(v: Verdict) -> bool:
+    """The verdict blocks the release (an unknown outcome does too)."""
+    if v.outcome == "inconclusive":
+        return not v.passed
+    return v.outcome in FAILING or v.outcome not in OUTCOMES
+
+
+def is_unverified(v: Verdict) -> bool:
+    """The check ran but verified nothing, without failing the gate (skipped; inconclusive let pass)."""
+    return v.outcome == "skipped" or (v.outcome == "inconclusive" and v.passed)
+
+
 VERIFIED_OK: tuple[str, ...] = ("passed", "xfailed")
 
 #: Display order of metrics; metrics not listed follow in the order the records give them.
@@ -235,11 +253,11 @@ class Page:
 def overall_status(verdicts: Iterable[Verdict], planned: int | None = None) -> str:
     """``FAIL`` / ``INCOMPLETE`` / ``PASS`` / ``NO CHECKS`` (see the module docstring)."""
     vs = list(verdicts)
-    if any(v.outcome in FAILING or v.outcome not in OUTCOMES for v in vs):
+    if any(is_failing(v) for v in vs):
         return "FAIL"
     if not vs and not planned:
         return "NO CHECKS"
-    if any(v.outcome in NOT_VERIFIED for v in vs) or (planned is not None and planned > len(vs)) or not vs:
+    if any(is_unverified(v) for v in vs) or (planned is not None and planned > len(vs)) or not vs:
         return "INCOMPLETE"
     return "PASS"
 
@@ -255,15 +273,21 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def headline(status: str, counts: Mapping[str, int], total: int, planned: int | None) -> tuple[str, str]:
+def headline(status: str, verdicts: Sequence[Verdict], planned: int | None) -> tuple[str, str]:
     """The banner's sentence and the "not verified" sentence ("" when everything was verified)."""
-    n_fail = sum(counts.get(o, 0) for o in FAILING) + sum(n for o, n in counts.items() if o not in OUTCOMES)
+    counts = count_outcomes(verdicts)
+    total = len(verdicts)
+    n_fail = sum(1 for v in verdicts if is_failing(v))
     missing_n = max(0, (planned or 0) - total)
     of = planned if planned is not None and planned >= total else total
-    parts = [f"{counts.get(o, 0)} {o}" for o in NOT_VERIFIED if counts.get(o, 0)]
+    unverified_counts: dict[str, int] = {}
+    for v in verdicts:
+        if is_unverified(v):
+            unverified_counts[v.outcome] = unverified_counts.get(v.outcome, 0) + 1
+    parts = [f"{n} {o}" for o, n in unverified_counts.items()]
     if missing_n:
         parts.append(f"{missing_n} planned without a result")
-    n_unverified = sum(counts.get(o, 0) for o in NOT_VERIFIED) + missing_n
+    n_unverified = sum(unverified_counts.values()) + missing_n
     unverified = ""
     if n_unverified:
         unverified = f"{n_unverified} of {of} checks did not run or could not decide ({', '.join(parts)}): not verified."
@@ -344,7 +368,7 @@ class _Builder:
             bound=v.bound_display or v.bound,
             ci=v.ci_display,
             nodeid=v.nodeid,
-            failing=v.outcome in FAILING or v.outcome not in OUTCOMES,
+            failing=is_failing(v),
         )
 
     def cell(self, metric: str, value: Any, ref_value: Any, *, is_ref: bool, key: tuple | None, per_seed: Sequence[float] = ()) -> Cell:
@@ -377,8 +401,8 @@ class _Builder:
             anchor=anchor,
             units=[u.quantizer for u in ordered],
             counts=counts,
-            n_failing=sum(1 for v in mine if v.outcome in FAILING or v.outcome not in OUTCOMES),
-            n_unverified=sum(1 for v in mine if v.outcome in NOT_VERIFIED),
+            n_failing=sum(1 for v in mine if is_failing(v)),
+            n_unverified=sum(1 for v in mine if is_unverified(v)),
         )
         columns = [Column(u.quantizer, ref=u is ref, title=self.unit_title(u)) for u in ordered]
         scores = self.scores(suite, ordered)
@@ -723,9 +747,9 @@ def build_page(results: RunResults, *, title: str = "pytest-qrel reliability aud
     planned_total = sum(results.planned.values()) if results.planned else None
     status = overall_status(vs, planned_total)
     counts = count_outcomes(vs)
-    text, unverified = headline(status, counts, len(vs), planned_total)
+    text, unverified = headline(status, vs, planned_total)
     rank = {o: i for i, o in enumerate(FAILING)}
-    failing = sorted((v for v in vs if v.outcome in FAILING or v.outcome not in OUTCOMES), key=lambda v: rank.get(v.outcome, len(rank)))
+    failing = sorted((v for v in vs if is_failing(v)), key=lambda v: rank.get(v.outcome, len(rank)))
     run = dict(results.run)
     page = Page(
         title=title,
@@ -739,7 +763,7 @@ def build_page(results: RunResults, *, title: str = "pytest-qrel reliability aud
         suites=suites,
         failing=[b.verdict_row(v) for v in failing],
         expected=[b.verdict_row(v) for v in vs if v.outcome == "xfailed"],
-        unverified=[b.verdict_row(v) for v in vs if v.outcome in NOT_VERIFIED],
+        unverified=[b.verdict_row(v) for v in vs if is_unverified(v)],
         verdicts=[b.verdict_row(v) for v in vs],
         run=run,
         run_summary=_run_summary(run),
