@@ -85,11 +85,11 @@ def test_shipped_suite_passes_against_committed_baselines(name: str, engine: Eng
     for model in suite.models:
         for q in qat:
             spec = suite.quantizers[q]
-            module = engine.quantized_module(suite, model, q)  # already built by the run above
+            (info,) = engine.unit_info(suite, model, q)  # recorded when the run above quantized it
             steps = int(spec.options.get("steps", QAT_DEFAULT_STEPS))
-            assert module.qat_steps == steps == len(module.qat_losses), q
-            assert module.qat_options.batch_size == int(spec.options.get("batch_size", 100)), q
-            steps_taken[(model, q)] = module.qat_steps
+            assert info["qat_steps"] == steps == info["qat_losses"], q
+            assert info["qat_options"].batch_size == int(spec.options.get("batch_size", 100)), q
+            steps_taken[(model, q)] = info["qat_steps"]
     if name == "demo_methods":
         # the paper's light-QAT defaults: 100 steps of batch 100 on 100 calibration images
         assert sorted(qat) == ["W4A4-qat-distill", "W4A4-qat-lsq", "W8A8-qat-distill", "W8A8-qat-lsq"]
