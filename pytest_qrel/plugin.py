@@ -475,10 +475,10 @@ class _Recorder:
         from .shards import assign
 
         checks = [i for i in items if isinstance(i, CheckItem)]
-        mine = assign([i.planned for i in checks], *shard)
+        mine = {id(i) for i, keep in zip(checks, assign([i.planned for i in checks], *shard)) if keep}
         keep, drop = [], []
         for i in items:
-            (keep if not isinstance(i, CheckItem) or mine[i.planned] else drop).append(i)
+            (keep if not isinstance(i, CheckItem) or id(i) in mine else drop).append(i)
         if drop:
             config.hook.pytest_deselected(items=drop)
             items[:] = keep
@@ -558,7 +558,8 @@ class _Recorder:
         results = run_results(
             verdicts, list(state.units.values()), suites=[s for s, _ in suites.values()],
             planned=state.planned or {name: len(ids) for name, ids in plan_ids.items()}, started=state.started,
-            command=" ".join(map(str, self.config.invocation_params.args)), device=str(self.config.getoption("qrel_device")),
+            command=" ".join(map(str, self.config.invocation_params.args)),
+            device=state.engine.device if state.engine is not None else _resolve_device(self.config),
             shard=self.config.getoption("qrel_shard"),
         )
         if results_path:

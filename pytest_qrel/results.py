@@ -13,6 +13,27 @@ Outcome = Literal["passed", "failed", "xfailed", "xpassed", "skipped", "error", 
 """``inconclusive``: a check with ``confidence:`` whose interval straddles its bound; ``not run``: a
 planned check that produced no verdict (a crashed worker, ``-x``, an interrupted run)."""
 
+#: Every outcome, in the order the report counts them.
+OUTCOMES: tuple[str, ...] = ("passed", "failed", "xfailed", "xpassed", "skipped", "error", "inconclusive", "not run")
+#: Outcomes that fail the gate (a check that never ran counts as failed: a green run means
+#: every check ran and held). ``inconclusive`` fails too unless the suite's policy let it pass
+#: (``inconclusive: warn|pass``; the verdict then has ``passed`` true): see :func:`is_failing`.
+FAILING: tuple[str, ...] = ("failed", "error", "xpassed", "not run", "inconclusive")
+#: Outcomes that neither pass nor fail: the check did not verify anything.
+NOT_VERIFIED: tuple[str, ...] = ("skipped", "inconclusive")
+
+
+def is_failing(v: "Verdict") -> bool:
+    """The verdict blocks the release (an unknown outcome does too)."""
+    if v.outcome == "inconclusive":
+        return not v.passed
+    return v.outcome in FAILING or v.outcome not in OUTCOMES
+
+
+def is_unverified(v: "Verdict") -> bool:
+    """The check ran but verified nothing, without failing the gate (skipped; inconclusive let pass)."""
+    return v.outcome == "skipped" or (v.outcome == "inconclusive" and v.passed)
+
 
 @dataclass
 class Verdict:

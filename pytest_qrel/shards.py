@@ -20,12 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import QrelError
-from .results import RunResults, UnitMetrics, Verdict
+from .results import RunResults, UnitMetrics, Verdict, is_failing
 from .spec.plan import PlannedCheck, scopes
 
 RESULTS_FORMAT = "pytest-qrel-results"
 RESULTS_VERSION = 1
-FAILING = frozenset({"failed", "error", "xpassed", "inconclusive", "not run"})
 
 
 class MergeError(QrelError):
@@ -198,7 +197,8 @@ def merge(paths: Sequence[Path]) -> RunResults:
 
 
 def failing(results: RunResults) -> list[Verdict]:
-    return [v for v in results.verdicts if v.outcome in FAILING]
+    """The verdicts that block the release (:func:`pytest_qrel.results.is_failing`)."""
+    return [v for v in results.verdicts if is_failing(v)]
 
 
 # ------------------------------------------------------------------------------------ outputs

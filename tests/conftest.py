@@ -2,27 +2,31 @@
 
 from __future__ import annotations
 
+import importlib
 import textwrap
 
-# pytester's in-process runs restore sys.modules afterwards; extension modules (numpy, torch)
-# cannot be imported twice in one process, so import everything the plugin loads up front.
-import numpy  # noqa: F401
 import pytest
-import safetensors.torch  # noqa: F401
-import scipy.special  # noqa: F401
-import skimage.data  # noqa: F401
-import sklearn.datasets  # noqa: F401
-import sklearn.metrics  # noqa: F401
-import timm  # noqa: F401
-import torch  # noqa: F401
 
-import pytest_qrel.api  # noqa: F401
-import pytest_qrel.data._builtin  # noqa: F401
-import pytest_qrel.models._builtin  # noqa: F401
-import pytest_qrel.plugin  # noqa: F401
-import pytest_qrel.quantize  # noqa: F401
-import pytest_qrel.report  # noqa: F401
-import pytest_qrel.scores  # noqa: F401  (also registers the CLIP scores)
+# This conftest is also loaded when a user runs `pytest --qrel-suite ...` from the repository root
+# (testpaths = ["tests"]), so it imports nothing heavy at module level: a suite run must not pay
+# for the project's own tests.
+PRELOAD = (
+    # pytester's in-process runs restore sys.modules afterwards; extension modules (numpy, torch)
+    # cannot be imported twice in one process, so everything the plugin loads is imported up front.
+    "numpy", "safetensors.torch", "scipy.special", "skimage.data", "sklearn.datasets", "sklearn.metrics",
+    "timm", "torch", "pytest_qrel.api", "pytest_qrel.data._builtin", "pytest_qrel.models._builtin",
+    "pytest_qrel.plugin", "pytest_qrel.quantize", "pytest_qrel.report", "pytest_qrel.scores",
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("qrel_suite", None):
+        return  # a suite run: neither pytester nor the preloads
+    if not config.pluginmanager.has_plugin("pytester"):
+        config.pluginmanager.import_plugin("pytester")
+    for name in PRELOAD:
+        importlib.import_module(name)
+
 
 MINI_SUITE = """\
 version: 1

@@ -500,3 +500,53 @@ def test_nan_logits_fail_naming_model_quantizer_dataset_and_count(pytester, monk
     assert result.ret == pytest.ExitCode.TESTS_FAILED and "INTERNALERROR" not in out and "Traceback" not in out
     result.stdout.re_match_lines([r".*model 'm' W8A8 on 'digits': \d+ of 385 samples have non-finite logits \(\d+ with NaN, 0 with inf; first at sample 0\).*"])
     assert (pytester.path / "r/py.html").is_file()
+
+
+def test_progress_lines_unless_quiet_and_worker_status_files(pytester, write_suite):
+    write_suite('- "W8A8 top1 delta <= 2pp"\n- "W4A4 ece <= 0.5"\n')
+    pytester.runpytest(*SUITE, "--qrel-update-baselines", "-p", "no:cacheprovider")
+    result = pytester.runpytest(*SUITE, "-p", "no:cacheprovider")  # not a terminal: one line per unit
+    result.stdout.re_match_lines([r"qrel: vit W8A8: 1 passes, 385 images in \d+\.\d s", r"qrel: vit W4A4: 1 passes, 385 images in \d+\.\d s"])
+    quiet = pytester.runpytest(*SUITE, "-q", "-p", "no:cacheprovider")
+    assert "qrel: vit" not in quiet.stdout.str()
+    pytest.importorskip("xdist")
+    parallel = pytester.runpytest(*SUITE, "-n", "2")  # workers report what they are on through status files
+    parallel.assert_outcomes(passed=2)
+    status = list((pytester.path / ".pytest_cache/d/qrel-status").rglob("gw*.json"))
+    lines = [json.loads(p.read_text())["line"] for p in status]
+    assert lines and all(line.startswith("qrel: vit W") for line in lines)
+
+
+INCONCLUSIVE = """\
+- {check: "W4A4 fpr_at_95_tpr(energy) on mean(ood) delta <= {bound}pp", confidence: 0.95}
+- "W8A8 top1 delta <= 2pp"
+"""
+
+
+@pytest.mark.slow
+def test_an_inconclusive_check_fails_by_default_and_the_policy_can_pass_it(pytester, write_suite):
+    # The demo's W4A4 energy FPR@95 worsens by about +3pp with a 95% interval of several pp around
+    # it: a bound inside the interval can be neither shown to hold nor shown to be violated.
+    path = write_suite(INCONCLUSIVE.replace("{bound}", "50"))
+    pytester.runpytest(*SUITE, "--qrel-update-baselines")
+    ids = collected_ids(pytester)
+    probe = pytester.runpytest(*SUITE, "--junitxml", "j.xml")
+    case = next(c for c in ET.parse(pytester.path / "j.xml").iter("testcase") if "fpr_at_95_tpr" in c.get("name"))
+    props = {p.get("name"): p.get("value") for p in case.iter("property")}
+    low, high = (float(x) for x in props["qrel.delta_ci"].strip("[]").split(","))
+    assert probe.ret == 0 and 100 * low < 100 * high < 50  # far inside the bound: passed with evidence
+    bound = round(50 * (low + high), 2)  # the interval's midpoint, in pp: it straddles the bound
+    path.write_text(path.read_text().replace("delta <= 50pp", f"delta <= {bound}pp"))
+    result = pytester.runpytest(*SUITE, "--qrel-report", "r/x.html")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines([f"*is inconclusive for delta <= {bound:.2f}pp at 95% confidence: the 95% interval straddles*samples*"])
+    result.stdout.fnmatch_lines(["mini: 2 checks: 1 inconclusive, 1 passed"])
+    summary = (pytester.path / "r/x.md").read_text()
+    assert summary.splitlines()[0].endswith("FAIL \u2014 mini") or "FAIL" in summary.splitlines()[0]
+    assert "inconclusive" in summary and ids[0].split("::")[-1].split(" ")[0] in summary
+    warned = pytester.runpytest(*SUITE, "--qrel-inconclusive", "warn", "--qrel-report", "r/w.html")
+    assert warned.ret == 0
+    warned.stdout.fnmatch_lines(["*QrelInconclusiveWarning*"])
+    assert "INCOMPLETE" in (pytester.path / "r/w.md").read_text().splitlines()[0]  # not verified, not a failure
+    path.write_text(path.read_text().replace("checks:", "inconclusive: pass\nchecks:"))
+    assert pytester.runpytest(*SUITE).ret == 0

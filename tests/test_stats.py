@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import zlib
+
 import numpy as np
 import pytest
 
@@ -78,7 +80,7 @@ def _scores(rng: np.random.Generator, n_id: int, n_ood: int, ties: str) -> tuple
 def test_resampled_ood_metric_equals_registered_function(conventions, metric, ties):
     """Every (convention, metric) pair, registered weighted form or fallback, equals the function
     the convention names, applied to the resampled arrays ``x[resample_indices(counts)]``."""
-    rng = np.random.default_rng(hash((conventions, metric, ties)) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(f"{conventions}:{metric}:{ties}".encode()))  # stable across processes
     plain = CONVENTIONS.get(conventions).get(metric, metrics.METRICS.get(metric))
     form = ood_form(metric, conventions)
     if ties == "equal":  # refused before any interval is drawn: the engine never resamples such a set
@@ -90,9 +92,15 @@ def test_resampled_ood_metric_equals_registered_function(conventions, metric, ti
         n_id, n_ood = int(rng.integers(2, 70)), int(rng.integers(1, 50))
         s_id, s_ood = _scores(rng, n_id, n_ood, ties)
         c_id, c_ood = counts_chunk(trial, "id", n_id, 0, 16), counts_chunk(trial, "ood", n_ood, 0, 16)
-        got = form(OodCurve(OodStatic(s_id, s_ood), c_id, c_ood))
-        want = [plain(s_id[resample_indices(c_id[:n_id, b])], s_ood[resample_indices(c_ood[:n_ood, b])]) for b in range(16)]
-        np.testing.assert_allclose(got, want, rtol=0, atol=2e-6, err_msg=f"{conventions}:{metric} trial {trial}")
+        got = np.asarray(form(OodCurve(OodStatic(s_id, s_ood), c_id, c_ood)), dtype=float)
+        want = np.full(16, np.nan)
+        for b in range(16):
+            try:
+                want[b] = plain(s_id[resample_indices(c_id[:n_id, b])], s_ood[resample_indices(c_ood[:n_ood, b])])
+            except NumericsError:  # a resample of a tiny tied set can be all-equal: the plain metric refuses it
+                pass
+        keep = ~np.isnan(want)
+        np.testing.assert_allclose(got[keep], want[keep], rtol=0, atol=2e-6, err_msg=f"{conventions}:{metric} trial {trial}")
 
 
 def test_fallback_is_exact_and_used_without_an_entry():

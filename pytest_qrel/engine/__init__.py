@@ -319,6 +319,7 @@ class Engine:
             weight_bits=spec.weight_bits, act_bits=spec.act_bits, bits_label=f"W{spec.weight_bits}A{spec.act_bits or 16}",
             seeds=list(spec.calibration.seeds or (spec.calibration.seed,)), calibration_samples=spec.calibration.samples,
             options=dict(spec.options), per_seed=per_seed, curves=self._curves(state.seeds[0].arrays.get(variant, {}) if state.seeds else {}, suite),
+            diagnostics=dict(state.seeds[0].diagnostics) if state.seeds and not variant else {},
         )
 
     def _curves(self, arrays: dict[str, SampleArrays], suite: Suite) -> dict[str, Any]:
@@ -331,6 +332,9 @@ class Engine:
         return unit_curves(arrays, suite.id_dataset.name, ood, list(suite.scores))
 
     def _baseline_records(self, suite: Suite, model: str, b: Baseline) -> None:
+        diagnostics: dict[str, Any] = {}
+        if suite.diagnostics:  # the FP32 side of the diagnostics: the loaded model on the same few images
+            diagnostics = self.units.diagnostics(suite, model, self.loader.model(suite, model).module.to(self.device))
         for name in [FP32, *b.variants]:
             m = b.metrics if name == FP32 else b.variants[name].get("metrics", {})
             arrays = b.samples(name)
@@ -340,6 +344,7 @@ class Engine:
                 conventions=suite.conventions, shifted=m.get("shifted", {}), pairs=m.get("pairs", {}), spectral=m.get("spectral", {}),
                 base=FP32, posthoc=[s for s in name.split("+")[1:]], curves=self._curves(arrays, suite),
                 baseline={"file": str(b.path), "created": b.created, "fingerprint": b.fingerprint} if name == FP32 else {},
+                diagnostics=diagnostics if name == FP32 else {},
             ))
 
     def report_units(self) -> list[UnitMetrics]:

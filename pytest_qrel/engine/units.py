@@ -11,6 +11,7 @@ memory a run holds does not grow with the number of units.
 
 from __future__ import annotations
 
+import json
 import os
 import weakref
 from collections.abc import Callable
@@ -65,6 +66,7 @@ class SeedOutputs:
     spectrum: np.ndarray | None = None
     params: dict[str, dict[str, float]] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    diagnostics: dict[str, Any] = field(default_factory=dict)  # name -> plain result (suite's ``diagnostics:``)
 
 
 def seed_names(base: str, spec: QuantizerSpec | None) -> list[tuple[str, int | None]]:
@@ -102,6 +104,7 @@ class UnitComputer:
         self.quantizations: dict[str, int] = {}  # seed name -> times quantized in this process
         self.cache_hits: dict[tuple[str, str, str, str], int] = {}
         self._labels_checked: set[tuple[str, str]] = set()
+        self._diag_images: dict[tuple[str, str], tuple[Any, list[dict[str, Any]]]] = {}
         self.verified: dict[str, Any] = {}  # quantizer -> SimulationReport of its last verify (verify: true)
 
     # ------------------------------------------------------------------ keys
@@ -218,10 +221,19 @@ class UnitComputer:
             if params is not None:
                 out.params[variant_name(steps)] = {k: float(v) for k, v in params.items()}
         missing_params = [s for s in variants if variant_name(s) not in out.params]
-        if not todo and not missing_params:
+        first_seed = seed_names(base, suite.quantizers.get(base))[0][0] == name
+        want_diagnostics = bool(suite.diagnostics) and first_seed
+        if want_diagnostics:
+            cached = self._get(suite, model, qconf, suite.id_dataset.name, "#diagnostics")
+            if cached is not None and "json" in cached:
+                out.diagnostics = json.loads(str(cached["json"]))
+        if not todo and not missing_params and (out.diagnostics or not want_diagnostics):
             return out
         module = self.build_module(suite, model, base, seed, out.info)
         try:
+            if want_diagnostics and not out.diagnostics:
+                out.diagnostics = self.diagnostics(suite, model, module)
+                self._put(suite, model, qconf, suite.id_dataset.name, "#diagnostics", {"json": np.array(json.dumps(out.diagnostics))})
             self._fit_posthoc(suite, model, qconf, module, name, missing_params, out)
             loaded = self.loader.model(suite, model)
             clip = loaded.info.get("clip")
@@ -253,6 +265,50 @@ class UnitComputer:
                     self._put(suite, model, qconf, d, v, arrays)
         finally:
             del module
+        return out
+
+    def diagnostic_images(self, suite: Suite, model: str) -> tuple[Any, list[dict[str, Any]]]:
+        """The few images every unit's diagnostics look at (the same for all units of a model):
+        the first ID test images and the first image of each OOD set, preprocessed."""
+        import torch
+
+        from ..diagnostics import DEFAULT_IMAGES
+        from ..errors import DataMissingError
+
+        key = (str(suite.path), model)
+        if key not in self._diag_images:
+            preprocess = self.loader.model(suite, model).preprocess
+            picks = [(suite.id_dataset.name, i, "id") for i in range(DEFAULT_IMAGES["id"])]
+            for d in suite.ood_datasets:
+                picks += [(d, i, "ood") for i in range(DEFAULT_IMAGES["ood_per_set"])]
+            images, info = [], []
+            for d, i, kind in picks:
+                try:
+                    ds = self.loader.dataset(suite, d)
+                except DataMissingError:
+                    continue
+                if i < len(ds):
+                    with user_stage("preprocessing diagnostic images", f"model '{model}'"):
+                        images.append(preprocess(ds[i][0]))
+                    info.append({"dataset": d, "index": i, "kind": kind})
+            self._diag_images[key] = (torch.stack(images).to(self.device), info)
+        return self._diag_images[key]
+
+    def diagnostics(self, suite: Suite, model: str, module: Any) -> dict[str, Any]:
+        """Every diagnostic the suite asks for, on ``module``; one that cannot handle this model
+        records why instead of failing the unit (e.g. attention rollout on a non-ViT)."""
+        import torch
+
+        from ..diagnostics import run_diagnostic
+
+        images, info = self.diagnostic_images(suite, model)
+        out: dict[str, Any] = {}
+        for name in suite.diagnostics:
+            try:
+                with torch.inference_mode(), user_stage(f"the '{name}' diagnostic", f"model '{model}'"):
+                    out[name] = run_diagnostic(name, module, images, image_info=info)
+            except ValueError as exc:
+                out[name] = {"error": str(exc)}
         return out
 
     def check_labels(self, suite: Suite, model: str, dataset: str) -> None:

@@ -1,0 +1,64 @@
+"""The ``qrel`` console script: ``qrel merge results/*.json --report R.html [--junitxml J.xml]``.
+
+Merges the results files of sharded runs (``pytest --qrel-suite S --qrel-shard K/N
+--qrel-results shard-K.json``) into one report: every planned check must be present exactly once
+and no shard may be missing or given twice (:func:`pytest_qrel.shards.merge`; a problem is one
+line naming the file or the check, exit code 2). Exit code 1 when any check failed, errored,
+did not run or was inconclusive, else 0. No pytest and no torch are imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+
+from .errors import QrelError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qrel", description="pytest-qrel command-line tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+    merge = sub.add_parser("merge", help="merge the results files of sharded runs into one report")
+    merge.add_argument("results", nargs="+", type=Path, help="results files written with --qrel-results")
+    merge.add_argument("--report", type=Path, default=None, help="write the HTML report here (and a Markdown summary beside it)")
+    merge.add_argument("--junitxml", type=Path, default=None, help="write a junit XML file of every check here")
+    merge.add_argument("--results", dest="merged", type=Path, default=None, help="write the merged results file here")
+    return parser
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from .shards import failing, merge, write_junit, write_report, write_results
+
+    results = merge(args.results)
+    counts = Counter(v.outcome for v in results.verdicts)
+    parts = ", ".join(f"{n} {o}" for o, n in sorted(counts.items()))
+    print(f"qrel merge: {len(args.results)} results file(s), {len(results.verdicts)} checks: {parts}")
+    if args.report:
+        print(f"report: {write_report(results, args.report)}")
+    if args.junitxml:
+        print(f"junit: {write_junit(results, args.junitxml)}")
+    if args.merged:
+        plan_ids: dict[str, list[str]] = {}
+        for v in results.verdicts:
+            plan_ids.setdefault(v.suite, []).append(v.nodeid)
+        print(f"results: {write_results(results, args.merged, plan_ids=plan_ids)}")
+    bad = failing(results)
+    if bad:
+        print(f"FAIL: {len(bad)} check(s) block the release, e.g. {bad[0].nodeid}: {bad[0].message}")
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _merge(args)
+    except QrelError as exc:
+        print(f"qrel {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
