@@ -115,6 +115,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="torch device: auto (cuda, else mps, else cpu), cpu, cuda, cuda:K or mps; under -n, worker K uses GPU K mod count.")
     group.addoption("--qrel-workers", default="auto", metavar="N", type=_workers,
                     help="DataLoader worker processes that decode image files (default auto: from the cores per pytest worker).")
+    group.addoption("--qrel-compile", action="store_true", default=False,
+                    help="run forward passes through torch.compile (same logits; pays off on large datasets).")
     group.addoption("--qrel-no-cache", action="store_true", default=False,
                     help="do not read or write the outputs cache and decoded-image store (.pytest_cache/d/qrel).")
     parser.addini("qrel_suite_glob", "suite files collected by path (relative to rootdir)", default="suites/*.yaml")
@@ -195,6 +197,7 @@ def _engine(config: pytest.Config) -> Any:
             workers=workers,
             progress=progress,
             warn=lambda message: _warn_line(config, message),
+            compile=config.getoption("qrel_compile"),
         )
         # Every selected check is announced, so each unit computes what all its checks read, once,
         # and is released after its last check.

@@ -84,7 +84,7 @@ class Engine:
     ``workers``: DataLoader worker processes for image files. ``progress`` (optional) has
     ``update(what, done, total)``, called as passes advance, and ``unit(what, seconds, passes,
     images)``, called when a unit is computed; ``warn(message)`` receives one-line warnings (a
-    corrupt cache entry).
+    corrupt cache entry). ``compile``: forward passes through :func:`torch.compile` (same logits).
     """
 
     def __init__(
@@ -99,6 +99,7 @@ class Engine:
         workers: int = 0,
         progress: Any = None,
         warn: Callable[[str], None] | None = None,
+        compile: bool = False,
     ) -> None:
         from ..cache import OutputsCache
         from .imagestore import ImageStore
@@ -115,7 +116,9 @@ class Engine:
         self._update_command = update_command
         self.loader = Loader(device)
         self.progress = progress
-        self.runner = Runner(device=device, workers=workers, store=self.images, progress=progress.update if progress else None)
+        self.runner = Runner(
+            device=device, workers=workers, store=self.images, progress=progress.update if progress else None, compile=compile,
+        )
         self.units = UnitComputer(self.loader, self.runner, cache=self.cache, device=device)
         self._states: dict[UnitKey, UnitState] = {}
         self._pending: Counter[UnitKey] = Counter()

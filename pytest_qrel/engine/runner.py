@@ -111,6 +111,26 @@ class _ModelInput:
         return self.preprocess(self.ds[i][0])
 
 
+def compile_quantizers(module: Any) -> int:
+    """Run every activation quantizer of ``module`` (the fake-quant round / clamp of a
+    :class:`~pytest_qrel.quantize.QuantModule` without weights) through :func:`torch.compile`, so
+    its elementwise ops become one fused kernel; returns how many. Only these elementwise ops are
+    compiled: compiling the whole model would also fuse LayerNorm and softmax reductions, whose
+    float rounding then differs from eager and moves values across quantization levels. The
+    outputs are the eager ones bit for bit (tests/test_compile.py)."""
+    import torch
+
+    from ..quantize.fakequant import QuantModule
+
+    n = 0
+    for sub in module.modules():
+        if isinstance(sub, QuantModule) and not hasattr(sub, "weight") and not getattr(sub, "_qrel_compiled", False):
+            sub.forward = torch.compile(sub.forward)
+            sub._qrel_compiled = True
+            n += 1
+    return n
+
+
 def _clean_source(ds: Any) -> tuple[str, Any, Callable[[int], Any]]:
     """``(fingerprint, geometry, raw)`` of the uncorrupted images behind ``ds``: a shifted set that
     corrupts in the model's geometry reads its base set (plus its own resize / crop)."""
@@ -138,8 +158,8 @@ class Runner:
 
     ``workers``: DataLoader worker processes for sets of image files (0: decode in this process);
     in-memory sets are always read in-process. ``store``: the decode-once image store, or None.
-    ``progress``: called after every batch. ``forward_passes`` counts passes by ``what`` and
-    ``decoded`` the images decoded from files (stores count theirs too).
+    ``progress``: called after every batch. ``compile``: :func:`compile_quantizers` first. ``forward_passes`` counts passes by
+    ``what`` and ``decoded`` the images decoded from files (stores count theirs too).
     """
 
     def __init__(
@@ -149,11 +169,13 @@ class Runner:
         workers: int = 0,
         store: ImageStore | None = None,
         progress: Progress | None = None,
+        compile: bool = False,
     ) -> None:
         self.device = device
         self.workers = max(0, int(workers))
         self.store = store
         self.progress = progress
+        self.compile = compile
         self.forward_passes: Counter[Any] = Counter()
         self.decoded = 0
 
@@ -297,6 +319,9 @@ class Runner:
             from ..spectral import record_spectrum
 
             recording = record_spectrum(last_block_feature_map(module, what))
+        forward = module.forward_with_features if with_features else module
+        if self.compile:
+            compile_quantizers(module)
         done = 0
         model, quantizer, dataset = key[1:4] if isinstance(key, tuple) and len(key) == 4 else (what, "", "")
         tally = LogitsTally(model=str(model), quantizer=str(quantizer), dataset=str(dataset))
@@ -306,10 +331,10 @@ class Runner:
             for start, batch in self.batches(ds, preprocess, batch_size, preprocessing):
                 x = batch.to(self.device, non_blocking=True)
                 if with_features:
-                    logits_t, feats_t = module.forward_with_features(x)
+                    logits_t, feats_t = forward(x)
                     feats = feats_t.float().cpu().numpy()
                 else:
-                    logits_t, feats = module(x), None
+                    logits_t, feats = forward(x), None
                 logits = logits_t.float().cpu().numpy()
                 tally.add(logits)
                 done += len(logits)
