@@ -238,8 +238,8 @@ class _Progress:
         else:
             fn()
 
-    def update(self, what: str, done: int, total: int) -> None:
-        """A pass advanced (``done`` of ``total`` images)."""
+    def update(self, what: str, done: int, total: int, unit: str = "images") -> None:
+        """A pass advanced (``done`` of ``total`` images), or a calibration / QAT (``unit`` steps)."""
         now = time.monotonic()
         if done == 0:
             self.start[what] = now
@@ -250,7 +250,8 @@ class _Progress:
             return
         self.last = now
         eta = f", ETA {int((total - done) / rate)} s" if rate and not finished else ""
-        line = f"qrel: {what}: {done}/{total} images, {rate:.0f} img/s{eta}"
+        per = "img/s" if unit == "images" else f"{unit}/s"
+        line = f"qrel: {what}: {done}/{total} {unit}, {rate:.0f} {per}{eta}"
         if self.worker is not None:
             self._status(line, finished)
             return

@@ -119,7 +119,7 @@ class Engine:
         self.runner = Runner(
             device=device, workers=workers, store=self.images, progress=progress.update if progress else None, compile=compile,
         )
-        self.units = UnitComputer(self.loader, self.runner, cache=self.cache, device=device)
+        self.units = UnitComputer(self.loader, self.runner, cache=self.cache, device=device, progress=progress.update if progress else None)
         self._states: dict[UnitKey, UnitState] = {}
         self._pending: Counter[UnitKey] = Counter()
         self._model_pending: Counter[tuple[str, str]] = Counter()

@@ -30,8 +30,8 @@ from .imagestore import ImageStore, StoreCorrupt, store_key
 from .trace import trace
 from .samples import SampleArrays, batch_arrays, concat
 
-Progress = Callable[[str, int, int], None]
-"""``progress(what, done, total)``: ``what`` is a short label ("vit W8A8 on digits")."""
+Progress = Callable[..., None]
+"""``progress(what, done, total, unit="images")``: ``what`` is a short label ("vit W8A8 on digits")."""
 
 
 @dataclass

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .. import fingerprint as fp
+from .. import progress
 from ..errors import SimulationError, SpecError, UnknownNameError
 from ..spec.schema import FP32, HELDOUT, QuantizerSpec, Suite
 from .loading import Loader, user_stage
@@ -98,8 +99,9 @@ class UnitComputer:
     them: after a unit, none may remain).
     """
 
-    def __init__(self, loader: Loader, runner: Runner, *, cache: Any = None, device: str = "cpu") -> None:
+    def __init__(self, loader: Loader, runner: Runner, *, cache: Any = None, device: str = "cpu", progress: Any = None) -> None:
         self.loader, self.runner, self.cache, self.device = loader, runner, cache, device
+        self.progress = progress  # listener(what, done, total, unit) of calibration / QAT steps
         self.live_modules: "weakref.WeakSet[Any]" = weakref.WeakSet()
         self.quantizations: dict[str, int] = {}  # seed name -> times quantized in this process
         self.cache_hits: dict[tuple[str, str, str, str], int] = {}
@@ -160,12 +162,14 @@ class UnitComputer:
             suite, model, spec.calibration.samples, spec.calibration.seed, f"quantizers.{base}.calibration.samples"
         )
         what = f"model '{model}' quantizer '{base}'"
+        name = f"{base}@{seed}" if len(suite.quantizers[base].calibration.seeds) > 1 else base
         try:
-            with user_stage("quantization (calibration / QAT)", what):
+            with user_stage("quantization (calibration / QAT)", what), progress.reporting(self.progress, f"{model} {name}"):
+                progress.step("calibrating", 0, 1)
                 module = quantize(loaded.module.to(self.device), config, images, labels=labels).eval()
+                progress.step("calibrating", 1, 1)
         except QuantOptionError as exc:  # found only now, on the model (e.g. no timm Attention)
             raise spec_error_for(exc, spec) from None
-        name = f"{base}@{seed}" if len(suite.quantizers[base].calibration.seeds) > 1 else base
         self.quantizations[name] = self.quantizations.get(name, 0) + 1
         trace("quantize", suite.name, model, name)
         for attr in ("qat_steps", "qat_options"):

@@ -131,6 +131,7 @@ from .fakequant import (
 )
 from .options import DistillOptions, LoRAOptions, LSQOptions, QATOptions
 from .selection import find_head
+from .. import progress
 
 DEFAULT_DISTILL_WEIGHT = 0.5
 """``distill_weight`` when it is not given and the calibration images have labels."""
@@ -653,6 +654,7 @@ def train(
                 for p in step_params:
                     p.clamp_(min=EPS)
             losses.append(float(loss.detach()))
+            progress.step("QAT", len(losses), opts.steps)
     return losses
 
 
