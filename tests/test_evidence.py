@@ -251,7 +251,8 @@ def test_bad_evidence_keys_name_file_line_field_and_fix(tmp_path, checks, extra,
 
 def test_requests_from_planned_checks(tmp_path):
     """Datasets of each kind of check, seeds and reference arrays, and the suite's bootstrap settings."""
-    from pytest_qrel.stats import intervals_for, per_sample, request_for
+    from pytest_qrel.engine.samples import batch_arrays
+    from pytest_qrel.stats import intervals_for, request_for
 
     path = tmp_path / "suite.yaml"
     path.write_text(
@@ -267,7 +268,9 @@ def test_requests_from_planned_checks(tmp_path):
         out = {}
         for d, n in sizes.items():
             logits = rng.normal(0, 1, (n, 8))
-            out[d] = per_sample(logits, rng.integers(0, 8, n) if d == "digits" else None, {"msp": logits.max(1) + noise * rng.normal(size=n)})
+            labelled = d == "digits"
+            out[d] = batch_arrays(logits, rng.integers(0, 8, n) if labelled else np.full(n, -1), labelled=labelled)
+            out[d]["score.msp"] = logits.max(1) + noise * rng.normal(size=n)
         return out
 
     units = {"FP32": [unit(0.0)], "W4A4": [unit(0.3), unit(0.4)], "W8A8": [unit(0.1)]}

@@ -32,7 +32,7 @@ from .bootstrap import (
 )
 from .decision import Evidence, format_interval, judge, samples_factor
 from .delong import DeLongResult, delong_auroc_delta, delong_interval
-from .requests import ArraysOf, from_flat, intervals_for, per_sample, request_for
+from .requests import ArraysOf, intervals_for, request_for
 from .resample import resample_counts, resample_indices
 
 __all__ = [
@@ -48,12 +48,10 @@ __all__ = [
     "delong_auroc_delta",
     "delong_interval",
     "format_interval",
-    "from_flat",
     "intervals_for",
     "judge",
     "paired_interval",
     "paired_intervals",
-    "per_sample",
     "percentile_interval",
     "request_for",
     "resample_counts",

@@ -11,10 +11,7 @@ baseline's.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
-
-import numpy as np
+from collections.abc import Callable, Sequence
 
 from ..spec.plan import PlannedCheck
 from ..spec.schema import FP32, mean_members
@@ -22,39 +19,6 @@ from .bootstrap import IntervalRequest, PairedInterval, SampleArrays, paired_int
 
 ArraysOf = Callable[[str, str], Sequence[SampleArrays]]
 """``arrays_of(model, quantizer) -> [SampleArrays per seed]``."""
-
-
-def per_sample(logits: Any, labels: Any | None = None, scores: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
-    """The per-sample fields of one dataset from a model's logits (N, C), its labels (N,; ``None``
-    or -1 for OOD sets) and its OOD scores ``{name: (N,)}``: ``pred``, ``confidence`` (max softmax
-    probability), and for labelled sets ``label``, ``correct`` and ``nll`` (nats)."""
-    from ..metrics import logsumexp, softmax
-
-    x = np.asarray(logits, dtype=np.float64)
-    probs = softmax(x)
-    out: dict[str, np.ndarray] = {"pred": probs.argmax(1).astype(np.int64), "confidence": probs.max(1).astype(np.float32)}
-    if labels is not None:
-        y = np.asarray(labels, dtype=np.int64)
-        out["label"] = y
-        if (y >= 0).all():
-            out["correct"] = out["pred"] == y
-            out["nll"] = (logsumexp(x) - x[np.arange(len(y)), y]).astype(np.float32)
-    for name, s in (scores or {}).items():
-        out[f"score.{name}"] = np.asarray(s, dtype=np.float32)
-    return out
-
-
-def from_flat(flat: Mapping[str, np.ndarray], id_dataset: str) -> dict[str, dict[str, np.ndarray]]:
-    """SampleArrays from the flat baseline npz layout (``id.correct``, ``id.nll``,
-    ``id.confidence``, ``score.<score>.<dataset>``) of baseline format 1."""
-    out: dict[str, dict[str, np.ndarray]] = {id_dataset: {}}
-    for key, arr in flat.items():
-        parts = key.split(".")
-        if parts[0] == "id" and len(parts) == 2:
-            out[id_dataset][parts[1]] = arr
-        elif parts[0] == "score" and len(parts) == 3:
-            out.setdefault(parts[2], {})[f"score.{parts[1]}"] = arr
-    return out
 
 
 def request_for(planned: PlannedCheck, arrays_of: ArraysOf) -> IntervalRequest | None:
@@ -106,4 +70,4 @@ def intervals_for(planned: Sequence[PlannedCheck], arrays_of: ArraysOf) -> list[
     return out
 
 
-__all__ = ["ArraysOf", "from_flat", "intervals_for", "per_sample", "request_for"]
+__all__ = ["ArraysOf", "intervals_for", "request_for"]
