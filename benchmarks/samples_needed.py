@@ -1,6 +1,6 @@
 """How many test samples a margin needs: paired bootstrap half-widths on the demo, scaled by 1/sqrt(N).
 
-Data: the committed FP32 per-sample arrays of the demo baseline (``baselines/demo/vit_digits.npz``:
+Data: the committed FP32 per-sample arrays of the demo baseline (``baselines/demo/vit_digits.<sha>.npz``:
 the tiny timm ViT on digits 0-7, 385 ID test images; OOD sets digits89 354, textures 300, photos
 300, noise 300) and the demo's quantized models run here on CPU (minmax PTQ, a few seconds).
 For each quantity the script computes the paired 95% interval with :mod:`pytest_qrel.stats`
@@ -21,7 +21,7 @@ from pathlib import Path
 from pytest_qrel.engine import Engine
 from pytest_qrel.spec import load_suite
 from pytest_qrel.spec.schema import Bound
-from pytest_qrel.stats import IntervalRequest, from_flat, paired_intervals, per_sample
+from pytest_qrel.stats import IntervalRequest, paired_intervals
 
 ROOT = Path(__file__).resolve().parents[1]
 MARGINS = (0.5, 1.0, 2.0, 5.0)
@@ -29,12 +29,7 @@ MARGINS = (0.5, 1.0, 2.0, 5.0)
 
 def unit_arrays(engine: Engine, suite, model: str, quantizer: str) -> dict:
     """Per-sample arrays of one unit on the ID set and every OOD set."""
-    out = {}
-    for d in [suite.id_dataset.name, *suite.ood_datasets]:
-        o = engine.outputs(suite, model, quantizer, d)
-        scores = {s: engine.scores(suite, model, quantizer, d, s) for s in suite.scores}
-        out[d] = per_sample(o.logits, o.labels if d == suite.id_dataset.name else None, scores)
-    return out
+    return {d: engine.samples(suite, model, quantizer, d) for d in [suite.id_dataset.name, *suite.ood_datasets]}
 
 
 def main() -> None:
@@ -46,7 +41,7 @@ def main() -> None:
     suite = load_suite(ROOT / "suites" / "demo.yaml")
     model = next(iter(suite.models))
     engine = Engine(baseline_dir=ROOT / "baselines", cache_dir=None)
-    fp32 = from_flat(engine.baseline(suite, model).arrays(), suite.id_dataset.name)
+    fp32 = engine.baseline(suite, model).samples("FP32")
     q = unit_arrays(engine, suite, model, args.quantizer)
     ood = tuple(suite.ood_datasets)
     rows = [
