@@ -1,9 +1,10 @@
 """Screenshots of the demo reports for the docs (``docs/report-*.png``), taken in headless Chromium.
 
     python benchmarks/report_screenshots.py                     # synthetic demo-shaped RunResults
-    python benchmarks/report_screenshots.py --results demo=reports/demo.results.json ...
+    python benchmarks/report_screenshots.py --results demo=reports/demo.json ...
 
-``--results NAME=PATH`` uses a RunResults JSON dump of a real run (``RunResults.to_dict()``)
+``--results NAME=PATH`` uses the results file of a real run (``pytest --qrel-suite ...
+--qrel-results PATH``, or a bare ``RunResults.to_dict()`` dump)
 instead of the synthetic data of ``tests/reportdata.py``; the reports themselves are written to
 ``--reports`` (default: a temporary folder). Needs ``chromium`` (``apt-get install chromium``).
 Each shot is 1400 px wide (the width the report is laid out for) and stored as a 256-colour PNG.
@@ -52,7 +53,8 @@ def main() -> None:
     pages: dict[str, Path] = {}
     for name in dict.fromkeys(s[0] for s in SHOTS):
         if name in given:
-            results = RunResults.from_dict(json.loads(Path(given[name]).read_text()))
+            doc = json.loads(Path(given[name]).read_text())
+            results = RunResults.from_dict(doc.get("results", doc))  # a --qrel-results file, or a bare dump
         else:
             import reportdata as rd
 

@@ -61,7 +61,7 @@ def test_every_embedded_suite_is_covered() -> None:
 
 
 @pytest.mark.parametrize("name", SUITES)
-def test_shipped_suite_passes_against_committed_baselines(name: str, engine: Engine) -> None:
+def test_shipped_suite_passes_against_committed_baselines(name: str, engine: Engine, tmp_path: Path) -> None:
     suite = load_suite(ROOT / "suites" / f"{name}.yaml")
     planned = plan(suite)
     verdicts = run(suite, engine=engine)
@@ -90,11 +90,45 @@ def test_shipped_suite_passes_against_committed_baselines(name: str, engine: Eng
             assert info["qat_steps"] == steps == info["qat_losses"], q
             assert info["qat_options"].batch_size == int(spec.options.get("batch_size", 100)), q
             steps_taken[(model, q)] = info["qat_steps"]
+    check_report_in_a_browser(name, suite, verdicts, engine, tmp_path)
     if name == "demo_methods":
         # the paper's light-QAT defaults: 100 steps of batch 100 on 100 calibration images
         assert sorted(qat) == ["W4A4-qat-distill", "W4A4-qat-lsq", "W8A8-qat-distill", "W8A8-qat-lsq"]
         assert all(suite.quantizers[q].calibration.samples == 100 for q in qat)
         assert sum(steps_taken.values()) == 4 * QAT_DEFAULT_STEPS
+
+
+# The figures each real demo report must hold (data-kind of its <figure>s).
+FIGURES = {
+    "demo": {"reliability", "roc-pr", "acc-ece", "margin-heatmap", "bits-ood", "rollout"},
+    "demo_methods": {"reliability", "roc-pr", "acc-ece", "margin-heatmap", "bits-ood", "bits-top1"},
+    "demo_clip": {"reliability", "roc-pr", "acc-ece", "margin-heatmap", "bits-ood"},
+    "demo_spectral": {"reliability", "acc-ece", "margin-heatmap", "spectral"},
+}
+
+
+def check_report_in_a_browser(name: str, suite: Suite, verdicts: list, engine: Engine, tmp_path: Path) -> None:
+    """The report of this very run (not synthetic data): under 5 MB, and in headless Chromium it
+    loads without a console message, says PASS, and holds its tables and every kind of figure."""
+    import os
+    import time
+
+    from browser import console_messages, find_chromium, run_chromium
+    from pytest_qrel.report import render_report
+    from pytest_qrel.shards import run_results
+
+    mine = [u for u in engine.report_units() if u.suite == suite.name]
+    results = run_results(verdicts, mine, suites=[suite], planned={suite.name: len(verdicts)}, started=time.time(), device=engine.device)
+    page = render_report(results, tmp_path / f"{name}.html")
+    assert page.stat().st_size < 5_000_000
+    if find_chromium() is None and not os.environ.get("QREL_REQUIRE_BROWSER"):
+        return  # CI installs chromium and requires this part (.ci/run)
+    dom, err = run_chromium(page, "--dump-dom")
+    assert console_messages(err) == []
+    assert 'data-status="PASS"' in dom and '<table class="metrics' in dom
+    for kind in FIGURES[name]:
+        start = dom.index(f'data-kind="{kind}"')
+        assert "<svg" in dom[start : dom.index("</figure>", start)], kind
 
 
 def test_spectral_error_grows_as_bits_shrink(engine: Engine) -> None:
