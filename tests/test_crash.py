@@ -72,7 +72,7 @@ def build():
 
 SUITE = """\
 version: 1
-name: crash
+name: gate
 models:
   m: {{source: "python:model.py:build"}}
 datasets:
@@ -86,7 +86,7 @@ checks:
 """
 
 OLD_FAR, NEW_FAR = "embedded:noise", "embedded:textures"  # the "new" baseline differs in its fingerprint
-ARGS = ("--qrel-suite", "suites/crash.yaml", "-p", "no:hypothesispytest")
+ARGS = ("--qrel-suite", "suites/gate.yaml", "-p", "no:hypothesispytest")
 
 CRASHPOINTS = '''
 """Pauses the baseline writer at a chosen moment (QREL_CRASH_AT), touching QREL_CRASH_MARK first.
@@ -110,8 +110,14 @@ MARK = Path(os.environ.get("QREL_CRASH_MARK", "crash.mark"))
 _write = baselines.atomic_write_bytes
 
 
+def _touch(what):
+    tmp = MARK.with_name(MARK.name + ".part")
+    tmp.write_text(what)
+    os.replace(tmp, MARK)  # the test never reads an empty marker
+
+
 def _stop(what):
-    MARK.write_text(what)
+    _touch(what)
     time.sleep(600)
 
 
@@ -132,7 +138,7 @@ def paused_write(target, data):
     if AT == "before_json" and kind == "json":
         _stop(AT)
     if AT.startswith("random:") and kind == "npz":
-        MARK.write_text("writing")
+        _touch("writing")
     SLOW = AT.startswith("random:")  # only the baseline's writes are slowed, not the cache's
     out = _write(target, data)
     if AT == "after_json" and kind == "json":
@@ -156,24 +162,25 @@ baselines.atomic_write_bytes = paused_write
 def write_suite(root: Path, far: str, checks: str = '- "W8A8 auroc(msp) on far delta <= 100pp"\n') -> None:
     (root / "suites").mkdir(exist_ok=True)
     (root / "suites/model.py").write_text(MODEL)
-    (root / "suites/crash.yaml").write_text(SUITE.format(far=far, checks=textwrap.indent(checks, "  ")))
+    (root / "suites/gate.yaml").write_text(SUITE.format(far=far, checks=textwrap.indent(checks, "  ")))
 
 
 # ---------------------------------------------------------------------------- baselines under kill -9
-BASE_DIR = Path("baselines/crash")
+BASE_DIR = Path("baselines/gate")
 
 
 def state_of(root: Path, old_digest: str, new_far: str = NEW_FAR) -> str:
     """What the next run reads: ``old`` (the JSON from before, verified), ``new`` (a verified pair
-    whose fingerprint names ``new_far``), or ``torn: <the one-line error>``."""
+    whose fingerprint names ``new_far``), ``torn: <the one-line error>``, or ``wrong: ...`` (a pair
+    that verifies but is neither: what must never happen)."""
     try:
         b = read_baseline(root / BASE_DIR / "m.json", update_command="update")
     except QrelError as exc:
         return f"torn: {exc}"
     if json.loads((root / BASE_DIR / "m.json").read_text())["content_sha256"] == old_digest:
         return "old"
-    assert b.fingerprint["datasets"]["far"]["source"] == new_far, "a verified baseline that is neither the old nor the new one"
-    return "new"
+    source = b.fingerprint["datasets"]["far"]["source"]
+    return "new" if source == new_far else f"wrong: a verified baseline of {source}"
 
 
 def kind(name: str) -> str:
@@ -251,7 +258,7 @@ def old_baseline(pytester: pytest.Pytester) -> str:
     from pytest_qrel import Engine, load_suite
 
     write_suite(pytester.path, OLD_FAR)
-    Engine(baseline_dir=pytester.path / "baselines", update_baselines=True).baseline(load_suite(pytester.path / "suites/crash.yaml"), "m")
+    Engine(baseline_dir=pytester.path / "baselines", update_baselines=True).baseline(load_suite(pytester.path / "suites/gate.yaml"), "m")
     write_suite(pytester.path, NEW_FAR)
     (pytester.path / "crashpoints.py").write_text(CRASHPOINTS)
     return json.loads((pytester.path / BASE_DIR / "m.json").read_text())["content_sha256"]
@@ -271,7 +278,7 @@ def test_kill_during_baseline_update_leaves_old_or_new_and_next_write_cleans_up(
     from pytest_qrel import Engine, load_suite
     from pytest_qrel.errors import BaselineStaleError
 
-    suite = load_suite(pytester.path / "suites/crash.yaml")
+    suite = load_suite(pytester.path / "suites/gate.yaml")
     with pytest.raises(BaselineStaleError, match=r"datasets.far.source: embedded:noise -> embedded:textures"):
         Engine(baseline_dir=pytester.path / "baselines").checked_baseline(suite, "m", ["digits", "far"])
 
@@ -300,21 +307,126 @@ def test_kill_at_random_moments_leaves_old_or_new(pytester, old_baseline):
     slow = 0.15  # seconds added to each fsync: npz, directory, JSON, directory (~0.6 s of writing)
     counts: dict[str, int] = {}
     phases: dict[str, int] = {}  # what each kill left beside the pair: shows where in the write it landed
+    problems: list[str] = []
     committed, far = old_baseline, OLD_FAR
     for _ in range(trials):
         other = NEW_FAR if far == OLD_FAR else OLD_FAR  # each write differs from what is stored
         write_suite(pytester.path, other)
         killed_update(pytester, f"random:{slow}", delay=rng.uniform(0.0, 5 * slow))
         state = state_of(pytester.path, committed, other)
-        outcome = "torn" if state.startswith("torn") else state
+        outcome = state.split(":", 1)[0]
         counts[outcome] = counts.get(outcome, 0) + 1
-        assert outcome in ("old", "new"), state
+        if outcome not in ("old", "new"):
+            problems.append(state)
+            continue
         left = "+".join(sorted(kind(n) for n in strays(pytester.path))) or "nothing"
         phases[f"{outcome}, left {left}"] = phases.get(f"{outcome}, left {left}", 0) + 1
         if outcome == "new":  # the new pair is the old one of the next trial
             committed, far = json.loads((pytester.path / BASE_DIR / "m.json").read_text())["content_sha256"], other
     print(f"\nkill -9 trials: {trials}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     print("\n".join(f"  {n} x {k}" for k, n in sorted(phases.items())))
+    assert not problems, problems
     result = pytester.runpytest_subprocess(*ARGS, "--qrel-update-baselines")  # the next write cleans up
     assert result.ret == 0, result.stdout.str()
     assert strays(pytester.path) == []
+
+
+# ---------------------------------------------------------------------------- a crashed xdist worker
+XDIST_CHECKS = """\
+- "W8A8 top1 >= 0"
+- "W8A8 ece <= 1"
+- "W4A4 top1 >= 0"
+- "W4A4 ece <= 1"
+"""
+W8A8_TOP1 = "suites/gate.yaml::m::W8A8::top1 on digits value>=0"
+W4A4_TOP1 = "suites/gate.yaml::m::W4A4::top1 on digits value>=0"
+W4A4_ECE = "suites/gate.yaml::m::W4A4::ece on digits value<=1"
+
+# Kills the worker after an item's verdict was sent, before the item finished (as the OOM killer
+# may): xdist then reports the item crashed, and re-runs it on the replacement worker. With
+# QREL_SLOW_COLLECT, the first worker started after the forward-pass crash (QREL_DIE_MARK) takes
+# 3 s to collect, and the teardown kill waits until that worker is collecting: two replacement
+# workers are then starting at once (what made xdist's scheduler raise an INTERNALERROR).
+TEARDOWN_KILL = """
+import os, signal, time
+
+def pytest_collection(session):
+    slow = os.environ.get("QREL_SLOW_COLLECT")
+    if slow and os.path.exists(os.environ["QREL_DIE_MARK"]) and not os.path.exists(slow):
+        open(slow, "w").close()
+        time.sleep(3)
+
+def pytest_runtest_teardown(item):
+    mark = os.environ.get("QREL_DIE_TEARDOWN")
+    if mark and item.nodeid == os.environ["QREL_DIE_ITEM"] and not os.path.exists(mark):
+        slow = os.environ.get("QREL_SLOW_COLLECT")
+        for _ in range(600):
+            if not slow or os.path.exists(slow):
+                break
+            time.sleep(0.1)
+        time.sleep(0.5)
+        open(mark, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def crashed_run(pytester: pytest.Pytester, *extra: str) -> tuple[pytest.RunResult, str, str]:
+    """``-n 2`` over baselines written here (no crash), with whatever kills the environment asks
+    for; returns the result, the Markdown summary and the HTML report."""
+    pytest.importorskip("xdist")
+    from pytest_qrel import Engine, load_suite
+
+    write_suite(pytester.path, OLD_FAR, XDIST_CHECKS)
+    (pytester.path / "conftest.py").write_text(TEARDOWN_KILL)
+    Engine(baseline_dir=pytester.path / "baselines", update_baselines=True).baseline(load_suite(pytester.path / "suites/gate.yaml"), "m")
+    result = pytester.runpytest_subprocess(*ARGS, "-n", "2", "--qrel-no-cache", "--qrel-report", "r/gate.html", *extra)
+    return result, (pytester.path / "r/gate.md").read_text(), (pytester.path / "r/gate.html").read_text()
+
+
+def assert_red(result: pytest.RunResult, md: str, html: str, lost: list[str]) -> None:
+    out = result.stdout.str()
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, out
+    assert "Traceback" not in out and "INTERNALERROR" not in out
+    assert md.splitlines()[0].startswith("## \u274c pytest-qrel: FAIL"), md
+    assert 'data-status="FAIL"' in html and 'data-status="PASS"' not in html
+    for nodeid in lost:
+        assert f'`pytest "{nodeid}"`' in md  # the Markdown's failing checks name every lost item
+        assert html.count(nodeid.replace(">", "&gt;").replace("<", "&lt;")) >= 1
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_run_or_after_a_verdict_makes_everything_red(pytester, monkeypatch):
+    # The W4A4 forward kills its worker once (mid-unit); then the W8A8 top1 check's worker is
+    # killed in teardown, after that check's (passing) verdict was sent. Both items are re-run on
+    # replacement workers and pass there: a crash stays a failure all the same. Two replacement
+    # workers collecting at once used to end the run in an INTERNALERROR (xdist's scheduler).
+    monkeypatch.setenv("QREL_DIE_MARK", str(pytester.path / "died.forward"))
+    monkeypatch.setenv("QREL_DIE_TEARDOWN", str(pytester.path / "died.teardown"))
+    monkeypatch.setenv("QREL_DIE_ITEM", W8A8_TOP1)
+    monkeypatch.setenv("QREL_SLOW_COLLECT", str(pytester.path / "collecting"))
+    result, md, html = crashed_run(pytester)
+    for mark in ("died.forward", "collecting", "died.teardown"):
+        assert (pytester.path / mark).exists(), mark
+    assert_red(result, md, html, [W8A8_TOP1, W4A4_TOP1])
+    result.stdout.fnmatch_lines([
+        "gate: 4 checks: 2 error, 2 passed",
+        "ERROR: 2 check(s) were lost to a crashed worker, e.g. suites/gate.yaml::m::W*A*::top1 on digits value>=0",
+    ])
+    result.stdout.fnmatch_lines(["*replacing crashed worker*"])
+    assert md.count("| error |") == 2 and "2 of 4 checks block the release" in md
+    assert html.count("crashed while running") >= 2
+
+
+@pytest.mark.slow
+def test_a_worker_that_crashes_every_time_is_red_with_the_checks_that_did_not_run(pytester, monkeypatch):
+    monkeypatch.setenv("QREL_DIE_MARK", str(pytester.path / "died.forward"))
+    monkeypatch.setenv("QREL_DIE_ALWAYS", "1")
+    result, md, html = crashed_run(pytester, "--max-worker-restart", "1")
+    assert_red(result, md, html, [W4A4_TOP1, W4A4_ECE])
+    result.stdout.fnmatch_lines([
+        "*maximum crashed workers reached: 1*",
+        "gate: 4 checks: 1 error, 1 not run, 2 passed",
+        f"ERROR: 1 check(s) did not run, e.g. {W4A4_ECE}; the run is marked failed",
+        f"ERROR: 1 check(s) were lost to a crashed worker, e.g. {W4A4_TOP1}",
+    ])
+    assert "| not run |" in md and "did not run" in html
