@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BaselineError, BaselineMissingError
-from .io import atomic_write_bytes
+from .io import atomic_write_bytes, remove_stray_temps
 
 FORMAT_VERSION = 2
 _SELF = "content_sha256"
@@ -109,7 +109,11 @@ def write_baseline(
     created: str,
     variants: dict[str, Any] | None = None,
 ) -> None:
-    """Write the npz under a new name, commit by replacing the JSON, then drop unreferenced npz files."""
+    """Write the npz under a new name, commit by replacing the JSON, then drop unreferenced npz files.
+
+    Temp files of killed writes are removed first: the JSON's by the atomic writer, the npz's here
+    (a killed write of other content left a temp under another npz name, which no later write of
+    the writer would look for)."""
     buf = io.BytesIO()
     np.savez_compressed(buf, **{k: np.asarray(v) for k, v in arrays.items()})
     npz_bytes = buf.getvalue()
@@ -129,6 +133,7 @@ def write_baseline(
     }
     record[_SELF] = hashlib.sha256(_canonical(record)).hexdigest()
     text = json.dumps(record, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    _remove_stray_npz_temps(path.parent, model)
     atomic_write_bytes(npz, npz_bytes)
     atomic_write_bytes(path, text.encode())
     mine = re.compile(rf"^{re.escape(model)}(\.[0-9a-f]{{12}})?\.npz$")
@@ -136,6 +141,16 @@ def write_baseline(
         if other.name != npz.name and mine.match(other.name):
             with contextlib.suppress(OSError):
                 other.unlink()
+
+
+def _remove_stray_npz_temps(directory: Path, model: str) -> None:
+    """Temp files of ``<model>.<sha12>.npz`` for any digest, left by killed writers (only those of
+    dead processes: :func:`pytest_qrel.io.remove_stray_temps` decides)."""
+    temp = re.compile(rf"^\.({re.escape(model)}\.[0-9a-f]{{12}}\.npz)\..+\.tmp$")
+    if not directory.is_dir():
+        return
+    for name in {m.group(1) for m in map(temp.match, (p.name for p in directory.iterdir())) if m}:
+        remove_stray_temps(directory / name)
 
 
 def _fail(path: Path, problem: str, update_command: str) -> BaselineError:

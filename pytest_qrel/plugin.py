@@ -499,10 +499,13 @@ class _Recorder:
             state.units[(u.suite, u.model, u.quantizer)] = u
         props = {k[len(PROP_PREFIX):]: v for k, v in report.user_properties if isinstance(k, str) and k.startswith(PROP_PREFIX)}
         if not props:
-            if report.failed and report.nodeid in state.expected and report.nodeid not in state.verdicts:
-                # No verdict came with it: a crashed worker ("???") or an error outside runtest.
+            crashed = report.when == "???"  # xdist: the worker died before this item finished
+            if report.failed and report.nodeid in state.expected and (crashed or report.nodeid not in state.verdicts):
+                # No verdict came with it: a crashed worker or an error outside runtest. A crash
+                # replaces a verdict that arrived before it (a worker killed in teardown): pytest
+                # counts the item failed, so the summary and the report must not say it passed.
                 state.verdicts[report.nodeid] = _verdict_from_nodeid(report.nodeid, state, "error", _first_line(report))
-                if report.when == "???":
+                if crashed:
                     state.crashed.add(report.nodeid)
             return
         if report.nodeid in state.crashed:
@@ -727,6 +730,14 @@ def _make_unit_scheduler(config: pytest.Config, log: Any) -> Any:
     class UnitScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             return unit_scope(nodeid, config)
+
+        def _reschedule(self, node: Any) -> None:
+            # xdist 3.8 reschedules every node when a worker goes down or finishes collecting,
+            # including a replacement worker that is still collecting: _assign_work_unit then
+            # raises KeyError (an INTERNALERROR that ends the run) when two workers crash close
+            # together. Such a node gets its work once its collection arrives (schedule()).
+            if node in self.registered_collections:
+                super()._reschedule(node)
 
     return UnitScheduling(config, log)
 
