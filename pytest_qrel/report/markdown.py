@@ -48,8 +48,16 @@ def _code(text: str) -> str:
     return f"{fence} {flat} {fence}" if fence == "``" else f"`{flat}`"
 
 
+WHY_CHARS = 200
+
+
+def _clip(text: str, n: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[: n - 1] + "\u2026"
+
+
 def _verdict_lines(b: _Builder, verdicts: Sequence[Any], limit: int, *, reason: bool = False) -> list[str]:
-    head = "| Outcome | Check | Where | FP32 | Value | Bounded | Interval | Bound | Re-run |"
+    head = "| Outcome | Check | Where | FP32 | Value | Bounded | Interval | Bound | Re-run | Why |"
     if reason:
         head = "| Check | Where | Bounded | Bound | Reason |"
     n_cols = head.count("|") - 1
@@ -60,8 +68,10 @@ def _verdict_lines(b: _Builder, verdicts: Sequence[Any], limit: int, *, reason: 
         if reason:
             cells = [md_escape(row.check), md_escape(row.where), md_escape(row.shown), md_escape(row.bound), md_escape(row.reason or row.message)]
         else:
+            # An error, a crash or a check that never ran has no numbers: its message is the reason.
+            why = MISSING if v.outcome == "failed" else md_escape(_clip(row.message, WHY_CHARS))
             cells = [row.outcome, md_escape(row.check), md_escape(row.where), md_escape(row.fp32), md_escape(row.value),
-                     md_escape(row.shown), md_escape(row.ci), md_escape(row.bound), rerun]
+                     md_escape(row.shown), md_escape(row.ci), md_escape(row.bound), rerun, why]
         lines.append("| " + " | ".join(cells) + " |")
     if len(verdicts) > limit:
         lines += ["", f"\u2026 and {len(verdicts) - limit} more (see the full report)."]
