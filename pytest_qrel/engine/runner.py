@@ -116,13 +116,19 @@ def _clean_source(ds: Any) -> tuple[str, Any, Callable[[int], Any]]:
     corrupts in the model's geometry reads its base set (plus its own resize / crop)."""
     if hasattr(ds, "corrupt_unit") and hasattr(ds, "raw"):
         base = getattr(ds, "base", ds)
-        return str(getattr(base, "fingerprint", ds.fingerprint)), [getattr(ds, "resize", None), getattr(ds, "crop", None)], ds.raw
+        geometry = [getattr(ds, "resize", None), getattr(ds, "crop", None)]
+        # No geometry of its own: the very images of its base set (the same store entry).
+        return str(getattr(base, "fingerprint", ds.fingerprint)), geometry if any(g is not None for g in geometry) else None, ds.raw
     return str(ds.fingerprint), None, (lambda i: ds[i][0])
 
 
 def _decodes(ds: Any) -> bool:
-    """True for sets whose samples are decoded from files (worth storing decoded)."""
-    return bool(getattr(getattr(ds, "base", ds), "decodes", False) or getattr(ds, "decodes", False))
+    """True for sets whose samples are decoded from files (worth storing decoded, and worth worker
+    processes): the ``imagefolder`` / ``filelist`` sets (:class:`~pytest_qrel.data.folders.FileImageSet`),
+    sets that say so with a true ``decodes`` attribute, and shifted sets over either."""
+    from ..data.folders import FileImageSet
+
+    return any(isinstance(s, FileImageSet) or bool(getattr(s, "decodes", False)) for s in (ds, getattr(ds, "base", ds)))
 
 
 def _check_unit_tensor(x: Any, name: str) -> None:
