@@ -201,3 +201,18 @@ def test_units_and_modules_are_released_after_their_last_announced_check(suite_d
         peak = max(peak, engine.live_units())
     assert engine.live_units() == 0 and engine.live_modules() == 0 and engine.loader.live_models() == 0
     assert peak >= 1  # the arrays were held while checks read them
+
+
+def test_batch_normalisation_gives_the_bits_of_normalising_image_by_image():
+    from torchvision.transforms import Compose, Normalize
+
+    from pytest_qrel.engine.runner import _batched
+
+    units = torch.rand(5, 3, 7, 9, generator=torch.Generator().manual_seed(0))
+    original = units.clone()
+    for normalize in (Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+                      Compose([Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]), Normalize([0.1, 0.2, 0.3], [2.0, 3.0, 4.0])]),
+                      Compose([lambda x: x * 2.0 - 1.0])):  # not a Normalize: image by image
+        expected = torch.stack([normalize(u.clone()) for u in units])
+        assert torch.equal(_batched(normalize)(units), expected)
+        assert torch.equal(units, original)  # the batch it was given is left as it was
