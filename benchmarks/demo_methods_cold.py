@@ -34,19 +34,36 @@ for m in suite.models: engine.model(suite, m)
 for d in suite.all_datasets: engine.dataset(suite, d)
 engine.dataset(suite, suite.id_dataset.name, "train")
 out["load model + datasets"] = time.perf_counter() - t
-for m in suite.models:
-    for q, spec in suite.quantizers.items():
-        t = time.perf_counter(); module = engine.quantized_module(suite, m, q); tq = time.perf_counter() - t
-        t = time.perf_counter()
-        for d in suite.all_datasets: engine.outputs(suite, m, q, d)
-        tf = time.perf_counter() - t
-        out["quantizers"].append({"model": m, "quantizer": q, "method": spec.method,
-                                  "bits": f"W{spec.weight_bits}A{spec.act_bits}",
-                                  "samples": spec.calibration.samples, "quantize_s": tq, "forward_s": tf,
-                                  "qat_steps": getattr(module, "qat_steps", None),
-                                  "batch": getattr(getattr(module, "qat_options", None), "batch_size", None)})
+# The engine quantizes and streams inside evaluate(): time its collaborators per quantizer there.
+rows, forward = {}, {}
+build, run = engine.units.build_module, engine.runner.run
+def timed_build(suite_, model, base, seed, info):
+    t = time.perf_counter(); module = build(suite_, model, base, seed, info); spent = time.perf_counter() - t
+    spec = suite.quantizers.get(base)
+    if spec is not None:
+        row = rows.setdefault((model, base), {"model": model, "quantizer": base, "method": spec.method,
+            "bits": f"W{spec.weight_bits}A{spec.act_bits}", "samples": spec.calibration.samples, "quantize_s": 0.0,
+            "qat_steps": None, "batch": None})
+        row["quantize_s"] += spent
+        row["qat_steps"] = getattr(module, "qat_steps", None)
+        row["batch"] = getattr(getattr(module, "qat_options", None), "batch_size", None)
+    return module
+def timed_run(*a, key=None, **k):
+    t = time.perf_counter()
+    try:
+        return run(*a, key=key, **k)
+    finally:
+        if isinstance(key, tuple):
+            q = key[2].split("@")[0]
+            forward[(key[1], q)] = forward.get((key[1], q), 0.0) + time.perf_counter() - t
+engine.units.build_module, engine.runner.run = timed_build, timed_run
+engine.expect(items)
 t = time.perf_counter(); verdicts = [engine.evaluate(p) for p in items]
-out["checks (post-hoc fits, FP32 forward on held-out, metrics)"] = time.perf_counter() - t
+spent = time.perf_counter() - t
+for key, row in rows.items():
+    row["forward_s"] = forward.get(key, 0.0)
+    out["quantizers"].append(row)
+out["checks (post-hoc fits, FP32 forward on held-out, metrics)"] = spent - sum(r["quantize_s"] + r["forward_s"] for r in rows.values())
 out["outcomes"] = {o: sum(v.outcome == o for v in verdicts) for o in sorted({v.outcome for v in verdicts})}
 out["total"] = time.perf_counter() - t0
 print(json.dumps(out))

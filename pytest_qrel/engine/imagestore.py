@@ -56,14 +56,25 @@ class ImageStore:
         """The stored images of ``key``, or None when absent or unreadable."""
         data, header = self._paths(key)
         try:
-            meta = json.loads(header.read_text(encoding="utf-8"))
-            if meta.get("format") != STORE_FORMAT:
-                return None
-            shape = tuple(int(s) for s in meta["shape"])
-            array = np.memmap(data, dtype=np.dtype(meta["dtype"]), mode="r", shape=shape)
-        except (OSError, ValueError, KeyError, TypeError):
+            text = header.read_text(encoding="utf-8")
+        except OSError:  # no header: never committed (a plain miss)
             return None
-        return StoredImages(self, key, array, list(meta["digests"]))
+        try:
+            meta = json.loads(text)
+            if meta.get("format") != STORE_FORMAT:
+                return None  # another version's entry: a miss, not damage
+            shape = tuple(int(s) for s in meta["shape"])
+            dtype = np.dtype(meta["dtype"])
+            expected = int(np.prod(shape)) * dtype.itemsize
+            size = data.stat().st_size
+            if size != expected:  # truncated or overwritten: a header is written only after its data
+                raise ValueError(f"{size} bytes where the header says {expected}")
+            array = np.memmap(data, dtype=dtype, mode="r", shape=shape)
+            digests = [str(d) for d in meta["digests"]]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            self.discard(key, f"unreadable ({exc})")
+            return None
+        return StoredImages(self, key, array, digests)
 
     def discard(self, key: str, why: str) -> None:
         for path in self._paths(key)[::-1]:

@@ -136,13 +136,44 @@ def _clean_source(ds: Any) -> tuple[str, Any, Callable[[int], Any]]:
     corrupts in the model's geometry reads its base set (plus its own resize / crop)."""
     if hasattr(ds, "corrupt_unit") and hasattr(ds, "raw"):
         base = getattr(ds, "base", ds)
-        return str(getattr(base, "fingerprint", ds.fingerprint)), [getattr(ds, "resize", None), getattr(ds, "crop", None)], ds.raw
+        geometry = [getattr(ds, "resize", None), getattr(ds, "crop", None)]
+        # No geometry of its own: the very images of its base set (the same store entry).
+        return str(getattr(base, "fingerprint", ds.fingerprint)), geometry if any(g is not None for g in geometry) else None, ds.raw
     return str(ds.fingerprint), None, (lambda i: ds[i][0])
 
 
 def _decodes(ds: Any) -> bool:
-    """True for sets whose samples are decoded from files (worth storing decoded)."""
-    return bool(getattr(getattr(ds, "base", ds), "decodes", False) or getattr(ds, "decodes", False))
+    """True for sets whose samples are decoded from files (worth storing decoded, and worth worker
+    processes): the ``imagefolder`` / ``filelist`` sets (:class:`~pytest_qrel.data.folders.FileImageSet`),
+    sets that say so with a true ``decodes`` attribute, and shifted sets over either."""
+    from ..data.folders import FileImageSet
+
+    return any(isinstance(s, FileImageSet) or bool(getattr(s, "decodes", False)) for s in (ds, getattr(ds, "base", ds)))
+
+
+def _batched(normalize: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``normalize`` (one image) made to map a batch (B, C, H, W). A torchvision ``Normalize`` (alone
+    or in a ``Compose`` of them, as the timm and ``Compose`` stages give) takes the whole batch in one
+    call: the same per-element subtraction and division, so the same bits, without one copy of
+    every image. Any other ``normalize`` runs image by image."""
+    from torchvision.transforms import Compose, Normalize
+    from torchvision.transforms.functional import normalize as tv_normalize
+
+    steps = normalize.transforms if isinstance(normalize, Compose) else [normalize]
+    if steps and all(type(t) is Normalize for t in steps):
+        def batch(units: Any) -> Any:
+            for i, t in enumerate(steps):
+                units = tv_normalize(units, t.mean, t.std, inplace=i > 0)  # the first step copies the batch
+            return units
+
+        return batch
+
+    def each(units: Any) -> Any:
+        import torch
+
+        return torch.stack([normalize(u) for u in units])
+
+    return each
 
 
 def _check_unit_tensor(x: Any, name: str) -> None:
@@ -223,6 +254,7 @@ class Runner:
                 start += len(batch)
             return
         to_unit, normalize = stages
+        batch_normalize = _batched(normalize)
         fingerprint, geometry, raw = _clean_source(ds)
         name = getattr(ds, "name", "dataset")
 
@@ -231,7 +263,7 @@ class Runner:
 
             if shifted:
                 units = torch.stack([ds.corrupt_unit(units[j], start + j) for j in range(len(units))])
-            return torch.stack([normalize(u) for u in units])
+            return batch_normalize(units)
 
         store = self.store if (decodes and self.store is not None) else None
         if store is None:
