@@ -99,7 +99,8 @@ suite_path, baselines, cache = sys.argv[1:4]
 suite = load_suite(suite_path)
 class Recorder:
     def __init__(self): self.start, self.spans = {}, []
-    def update(self, what, done, total):
+    def update(self, what, done, total, unit="images"):
+        if unit != "images": return  # calibration / QAT steps: not a pass over a dataset
         now = time.perf_counter()
         if done == 0: self.start[what] = now
         if done >= total: self.spans.append([what, total, now - self.start.pop(what)])
