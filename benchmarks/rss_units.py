@@ -13,7 +13,8 @@ architecture at 16 x 16 input (``timm:deit_tiny_patch16_224``, ``pretrained: fal
 16``): 5.7 M parameters, 1000 classes, so one leaked model copy per unit (23 MB) or one unit's full
 logits (N x 1000 x 4 bytes: 200 MB at 50k) would show. Quantizers are minmax at the paper's five bit
 configurations in turn, each with its own calibration seed. Every check of the suite is announced
-(the plugin does the same), so the engine releases each unit after its last check.
+(the plugin does the same), so the engine releases each unit after its last check; they run in the plugin's order
+(``in_scope_order``: a unit's checks together).
 """
 
 from __future__ import annotations
@@ -91,9 +92,10 @@ sys.path.insert(0, sys.argv[4])
 from rss_units import register_source
 register_source()
 from pytest_qrel import Engine, load_suite, plan
+from pytest_qrel.spec.plan import in_scope_order
 suite = load_suite(sys.argv[1])
 engine = Engine(baseline_dir=sys.argv[2], cache_dir=None, update_baselines=True, workers=0)
-planned = plan(suite)
+planned = in_scope_order(plan(suite))  # the order the plugin runs them in
 engine.expect(planned)
 def rss_mb():
     with open("/proc/self/status") as fh:

@@ -339,14 +339,12 @@ class SuiteFile(pytest.File):
         state = self.config.stash[STATE]
         state.planned[suite.name] = state.planned.get(suite.name, 0) + len(planned)
         state.suites_loaded[suite.name] = suite
-        from .spec.plan import scopes
+        from .spec.plan import in_scope_order
 
-        scope = scopes(planned)
-        first = {s: i for i, s in reversed(list(enumerate(scope[(p.model, p.quantizer)] for p in planned)))}
-        # Items of one scope are adjacent (in plan order otherwise), so a unit's arrays are
-        # released soon after its first check runs.
+        # Items of one scope are adjacent, so a unit's module and arrays are released soon after
+        # its scope's last check runs.
         models: dict[str, dict[str, list[PlannedCheck]]] = {}
-        for p in sorted(planned, key=lambda p: (list(suite.models).index(p.model), first[scope[(p.model, p.quantizer)]])):
+        for p in in_scope_order(planned):
             models.setdefault(p.model, {}).setdefault(p.quantizer, []).append(p)
         for model, quantizers in models.items():
             yield ModelNode.from_parent(self, name=model, quantizers=quantizers)

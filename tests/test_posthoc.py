@@ -25,6 +25,18 @@ def test_fit_temperature_recovers_the_scale_of_overconfident_logits():
     assert nll(overconfident / t, labels) < nll(overconfident, labels)
 
 
+def test_fit_temperature_in_chunks_matches_the_fit_in_one_piece():
+    # Chunking bounds memory at ImageNet scale; it must not change the fitted temperature beyond
+    # summation-order rounding (LBFGS tolerance is far coarser).
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 10, 997)
+    logits = (rng.normal(size=(997, 10)) + 4 * np.eye(10)[labels]) * 3
+    whole = fit_temperature(logits, labels)["temperature"]
+    chunked = fit_temperature(logits, labels, chunk_elements=10 * 64)["temperature"]
+    assert whole != 1.0
+    assert chunked == pytest.approx(whole, rel=1e-6)
+
+
 def test_split_name():
     assert split_name("W8A8-qat-lsq+temperature") == ("W8A8-qat-lsq", ("temperature",))
     assert split_name("FP32") == ("FP32", ())

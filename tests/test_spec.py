@@ -131,6 +131,26 @@ def test_scopes_join_units_that_one_check_compares(tmp_path):
     assert len(set(s.values())) == 2
 
 
+def test_in_scope_order_puts_the_checks_of_one_scope_together(tmp_path):
+    from pytest_qrel.spec.plan import in_scope_order, scopes
+
+    suite = load_suite(write(tmp_path, """\
+        - "all top1 delta <= 1pp"
+        - "W8A8+temperature ece delta <= 1pp"
+        - "all nll delta <= 10%"
+        """))
+    planned = plan(suite)
+    ordered = in_scope_order(planned)
+    assert sorted(map(id, ordered)) == sorted(map(id, planned))  # a permutation
+    s = scopes(planned)
+    runs = [s[(p.model, p.quantizer)] for p in ordered]
+    changes = [a for a, b in zip(runs, runs[1:]) if a != b]
+    assert len(changes) == len(set(runs)) - 1  # each scope is one contiguous run
+    assert runs[0] == s[(planned[0].model, planned[0].quantizer)]  # scopes in order of their first check
+    within = [p for p in ordered if s[(p.model, p.quantizer)] == runs[0]]
+    assert within == [p for p in planned if s[(p.model, p.quantizer)] == runs[0]]  # plan order inside
+
+
 @pytest.mark.parametrize(
     ("checks", "field", "fragment"),
     [

@@ -150,3 +150,19 @@ def scopes(planned: Iterable[PlannedCheck]) -> dict[tuple[str, str], str]:
         root = find(units[0])
         out[key] = f"{root[0]}::{root[1]}"
     return out
+
+
+def in_scope_order(planned: Iterable[PlannedCheck]) -> list[PlannedCheck]:
+    """``planned`` reordered so that the checks of one scope are adjacent (models in suite order,
+    scopes by their first check, plan order otherwise): run in this order, every unit's module and
+    arrays can be released right after its scope's last check. The plugin collects in this order."""
+    planned = list(planned)
+    scope = scopes(planned)
+    first: dict[str, int] = {}
+    for i, p in enumerate(planned):
+        first.setdefault(scope[(p.model, p.quantizer)], i)
+    models: dict[str, int] = {}
+    for p in planned:
+        models.setdefault(p.model, list(p.suite.models).index(p.model))
+    return sorted(planned, key=lambda p: (models[p.model], first[scope[(p.model, p.quantizer)]]))
+
