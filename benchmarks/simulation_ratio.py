@@ -7,8 +7,10 @@ change on the machine hits all of them alike.
     python benchmarks/simulation_ratio.py [--model deit_small_patch16_224] [--batch 16] [--threads 2]
         [--reps 5] [--configs minmax:8:8,minmax:4:4,repq_vit:8:8,repq_vit:4:4] [--compile]
 
-``--compile`` also times ``torch.compile(module)`` of every configuration (the compile itself is
-not timed; it needs a C++ compiler and takes minutes on a small CPU).
+``--compile`` also times what ``--qrel-compile`` runs (each activation quantizer compiled,
+bit-identical to eager: checked here on the batch) and, as a bound, ``torch.compile`` of the
+whole module (not bit-identical: LayerNorm / softmax fuse differently). The compiles themselves are
+not timed; they need a C++ compiler and take minutes on a small CPU.
 """
 
 from __future__ import annotations
@@ -52,13 +54,26 @@ def main() -> None:
         modules[f"{method} W{w}A{a}"] = quantize(fp32, config, calib).eval()
         print(f"  quantized {method} W{w}A{a} in {time.perf_counter() - t:.1f} s", flush=True)
     if args.compile:
+        import copy
+
+        from pytest_qrel.engine.runner import compile_quantizers
+
         for name in list(modules):
-            compiled = torch.compile(modules[name])
+            if name != "FP32":  # what --qrel-compile does: the activation quantizers only, bit-identical
+                qc = copy.deepcopy(modules[name])
+                n = compile_quantizers(qc)
+                t = time.perf_counter()
+                with torch.inference_mode():
+                    same = torch.equal(qc(x), modules[name](x))
+                print(f"  --qrel-compile {name}: {n} quantizers compiled in {time.perf_counter() - t:.1f} s, "
+                      f"outputs {'bit-identical' if same else 'DIFFER'}", flush=True)
+                modules[f"{name} --qrel-compile"] = qc
+            compiled = torch.compile(modules[name])  # the whole model: not bit-identical, a bound
             t = time.perf_counter()
             with torch.inference_mode():
                 compiled(x)
             print(f"  compiled {name} in {time.perf_counter() - t:.1f} s", flush=True)
-            modules[f"{name} (compiled)"] = compiled
+            modules[f"{name} (whole, compiled)"] = compiled
 
     times: dict[str, list[float]] = {name: [] for name in modules}
     with torch.inference_mode():
