@@ -19,7 +19,8 @@ import torch
 from PIL import Image
 
 from pytest_qrel import Engine, load_suite, plan
-from pytest_qrel.engine.imagestore import store_key  # noqa: F401  (the store's public key helper)
+from pytest_qrel.engine.imagestore import store_key
+from pytest_qrel.engine.runner import _clean_source
 
 SUITE = """\
 version: 1
@@ -216,3 +217,47 @@ def test_batch_normalisation_gives_the_bits_of_normalising_image_by_image():
         expected = torch.stack([normalize(u.clone()) for u in units])
         assert torch.equal(_batched(normalize)(units), expected)
         assert torch.equal(units, original)  # the batch it was given is left as it was
+
+
+HOLD_LOCK = """
+import sys, time
+from filelock import FileLock
+lock = FileLock(sys.argv[1], timeout=0)
+lock.acquire()
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_a_store_another_process_is_building_is_not_waited_for(suite_dir, tmp_path):
+    # Two xdist workers reaching a set's first pass together: the one that does not build the
+    # store decodes for itself at once (and writes nothing) instead of waiting for the other's pass.
+    import subprocess
+    import sys
+
+    suite = _suite(suite_dir, ("W8A8",))
+    cache = tmp_path / "cache"
+    Engine(baseline_dir=tmp_path / "b", cache_dir=cache, update_baselines=True, workers=0).baseline(suite, "tiny")
+    shutil.rmtree(cache)
+    engine = Engine(baseline_dir=tmp_path / "b", cache_dir=cache, workers=0)
+    ds = engine.loader.dataset(suite, "pics")
+    loaded = engine.loader.model(suite, "tiny")
+    _, geometry, _ = _clean_source(ds)
+    key = store_key(str(ds.fingerprint), loaded.preprocessing, geometry)
+    (cache / "images").mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(cache / "images" / f"{key}.u8.lock"), "120"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        got = [b for _, b in engine.runner.batches(ds, loaded.preprocess, 4, loaded.preprocessing)]
+        assert holder.poll() is None  # the holder still holds the lock: we did not wait for it
+        assert sum(len(b) for b in got) == ID_IMAGES
+        assert engine.runner.decoded == ID_IMAGES and engine.images.decodes == 0  # decoded here, nothing stored
+        assert not list((cache / "images").glob("*.u8"))
+    finally:
+        holder.kill()
+        holder.wait()
+    again = [b for _, b in engine.runner.batches(ds, loaded.preprocess, 4, loaded.preprocessing)]
+    assert engine.images.decodes == ID_IMAGES  # the lock is free: this pass builds the store
+    for a, b in zip(got, again):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

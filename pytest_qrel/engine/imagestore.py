@@ -12,7 +12,8 @@ so a change of either is a new file. The header ``<key>.json`` (written after th
 point) records the shape, dtype and a BLAKE2 digest per chunk of samples; a chunk that does not
 match its digest on read (a truncated or flipped file) makes the store a miss: it is deleted,
 one warning is given and the set is decoded again. Writes go through temp files and
-``os.replace`` (NFS-safe, no reliance on file locks; a lock only avoids decoding twice at once).
+``os.replace`` (NFS-safe, no reliance on file locks; a lock only says who builds: a process that
+finds it taken decodes for itself and writes nothing).
 """
 
 from __future__ import annotations
@@ -83,19 +84,25 @@ class ImageStore:
         self.warn(f"pytest-qrel: decoded-image store {self._paths(key)[0]} was {why}; it is rebuilt")
 
     @contextlib.contextmanager
-    def building(self, key: str) -> Iterator[None]:
-        """Held while building ``key``: another process building it waits instead of decoding too."""
+    def building(self, key: str) -> Iterator[bool]:
+        """Yields True while this process holds the right to build ``key``; False when another
+        process is building it right now. The caller then decodes for itself without writing:
+        waiting would serialise the first passes of two xdist workers over the whole pass (the
+        builder streams its forward pass while it decodes), which cost more than decoding twice."""
         self.root.mkdir(parents=True, exist_ok=True)
         try:
             from filelock import FileLock, Timeout
 
-            lock = FileLock(str(self._paths(key)[0]) + ".lock", timeout=3600)
+            lock = FileLock(str(self._paths(key)[0]) + ".lock", timeout=0)
             lock.acquire()
-        except (OSError, ImportError, Timeout):  # no usable lock (some NFS mounts): decode anyway
-            yield
+        except Timeout:
+            yield False
+            return
+        except (OSError, ImportError):  # no usable lock (some NFS mounts): build anyway (os.replace keeps it safe)
+            yield True
             return
         try:
-            yield
+            yield True
         finally:
             lock.release()
 

@@ -265,22 +265,25 @@ class Runner:
                 units = torch.stack([ds.corrupt_unit(units[j], start + j) for j in range(len(units))])
             return batch_normalize(units)
 
-        store = self.store if (decodes and self.store is not None) else None
-        if store is None:
+        def decode_here() -> Iterator[tuple[int, Any]]:  # decode without the store
             if decodes:
                 self.decoded += n
             start = 0
             for units in self._loader(_UnitImage(raw, to_unit, name), n, batch_size, workers):
                 yield start, finish(start, units.clamp(0.0, 1.0))
                 start += len(units)
+
+        store = self.store if (decodes and self.store is not None) else None
+        if store is None:
+            yield from decode_here()
             return
         key = store_key(fingerprint, preprocessing, geometry)
         stored = store.open(key)
         if stored is None or len(stored) != n:
-            with store.building(key):
-                stored = store.open(key)  # another process may have built it while we waited
+            with store.building(key) as mine:
+                stored = store.open(key)  # another process may have just committed it
                 if stored is None or len(stored) != n:
-                    yield from self._decode(raw, to_unit, n, batch_size, workers, finish, name, key)
+                    yield from (self._decode(raw, to_unit, n, batch_size, workers, finish, name, key) if mine else decode_here())
                     return
         yield from self._from_store(stored, batch_size, finish)
 
