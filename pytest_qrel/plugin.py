@@ -116,7 +116,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--qrel-workers", default="auto", metavar="N", type=_workers,
                     help="DataLoader worker processes that decode image files (default auto: from the cores per pytest worker).")
     group.addoption("--qrel-compile", action="store_true", default=False,
-                    help="run forward passes through torch.compile (same logits; pays off on large datasets).")
+                    help="run the activation fake-quantizers through torch.compile (bit-identical logits; pays off on large datasets).")
     group.addoption("--qrel-no-cache", action="store_true", default=False,
                     help="do not read or write the outputs cache and decoded-image store (.pytest_cache/d/qrel).")
     parser.addini("qrel_suite_glob", "suite files collected by path (relative to rootdir)", default="suites/*.yaml")

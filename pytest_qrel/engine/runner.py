@@ -120,10 +120,14 @@ def compile_quantizers(module: Any) -> int:
     outputs are the eager ones bit for bit (tests/test_compile.py)."""
     import torch
 
-    from ..quantize.fakequant import QuantModule
+    from ..quantize.fakequant import ActQuantizer, QuantModule
 
     n = 0
     for sub in module.modules():
+        if isinstance(sub, ActQuantizer):  # the common case: one shared compiled kernel (no recompiles per instance)
+            n += not sub.compiled
+            sub.compiled = True
+            continue
         if isinstance(sub, QuantModule) and not hasattr(sub, "weight") and not getattr(sub, "_qrel_compiled", False):
             sub.forward = torch.compile(sub.forward)
             sub._qrel_compiled = True
