@@ -734,8 +734,19 @@ def _make_unit_scheduler(config: pytest.Config, log: Any) -> Any:
             # including a replacement worker that is still collecting: _assign_work_unit then
             # raises KeyError (an INTERNALERROR that ends the run) when two workers crash close
             # together. Such a node gets its work once its collection arrives (schedule()).
-            if node in self.registered_collections:
-                super()._reschedule(node)
+            if node not in self.registered_collections or node.shutting_down:
+                return
+            if not self.workqueue:
+                node.shutdown()
+                return
+            # A node gets its next unit when at most one of its items is pending (xdist's own
+            # threshold is two). A unit's first check does all of its work and the others finish
+            # at once, so with two a worker finishing a unit took the next two units in one burst
+            # and left the other worker idle (4 units on 2 workers ran 3 + 1). One, not zero: a
+            # worker does not run its last queued item before it knows the next one.
+            if self._pending_of(self.assigned_work[node]) > 1:
+                return
+            self._assign_work_unit(node)
 
     return UnitScheduling(config, log)
 

@@ -550,3 +550,43 @@ def test_an_inconclusive_check_fails_by_default_and_the_policy_can_pass_it(pytes
     assert "INCOMPLETE" in (pytester.path / "r/w.md").read_text().splitlines()[0]  # not verified, not a failure
     path.write_text(path.read_text().replace("checks:", "inconclusive: pass\nchecks:"))
     assert pytester.runpytest(*SUITE).ret == 0
+
+
+def test_a_worker_that_finishes_a_unit_takes_one_more_unit_not_two(pytester):
+    # A unit's first check does all its work and the rest finish at once; the scheduler must not
+    # let that burst of completions hand one worker every remaining unit (4 units on 2 workers
+    # ran 3 + 1 with xdist's threshold of two pending items).
+    import types
+
+    from pytest_qrel.plugin import _make_unit_scheduler
+
+    class Node:
+        def __init__(self, name: str) -> None:
+            self.gateway, self.shutting_down, self.sent = types.SimpleNamespace(id=name), False, []
+
+        def send_runtest_some(self, indexes: list[int]) -> None:
+            self.sent.extend(indexes)
+
+        def shutdown(self) -> None:
+            self.shutting_down = True
+
+    sizes = {"A": 4, "B": 3, "C": 2, "D": 2}  # xdist queues the larger scopes first
+    collection = [f"none.yaml::m::{u}::check{k}" for u, n in sizes.items() for k in range(n)]
+    sched = _make_unit_scheduler(pytester.parseconfig("-p", "xdist", "--tx", "2*popen"), None)
+    gw0, gw1 = Node("gw0"), Node("gw1")
+    for node in (gw0, gw1):
+        sched.add_node(node)
+        sched.add_node_collection(node, collection)
+    sched.schedule()
+
+    def units(node: Node) -> set[str]:
+        return {collection[i].split("::")[2] for i in node.sent}
+
+    assert units(gw0) == {"A"} and units(gw1) == {"B"}
+    for index in [i for i in gw1.sent]:  # gw1 finishes B: all three checks in a burst
+        sched.mark_test_complete(gw1, index)
+    assert units(gw1) == {"B", "C"}  # one more unit, D stays queued
+    for index in gw0.sent[:3]:
+        sched.mark_test_complete(gw0, index)
+    assert units(gw0) == {"A", "D"}
+    assert not sched.workqueue
