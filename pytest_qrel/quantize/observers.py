@@ -62,6 +62,7 @@ from .base import QuantConfig
 from .fakequant import (
     EPS,
     ActQuantizer,
+    compiled_fake_quantize,
     asymmetric_qparams,
     fake_quantize_reference,
     unsigned_range,
@@ -474,6 +475,8 @@ class ObservedActQuantizer(ActQuantizer):
             self._observe(x)
             self.freeze()
         if self.mode == "quantize":
+            if self.compiled:  # per tensor or per channel (last dim): the same formula, broadcast
+                return compiled_fake_quantize()(x, self.scale, self.zero_point, self.quant_min, self.quant_max)
             if not self.per_channel and self.quant_min <= int(self.zero_point) <= self.quant_max:
                 return torch.fake_quantize_per_tensor_affine(
                     x, self.scale, self.zero_point, self.quant_min, self.quant_max
