@@ -124,7 +124,7 @@ def compile_quantizers(module: Any) -> int:
 
     n = 0
     for sub in module.modules():
-        if isinstance(sub, ActQuantizer):  # the common case: one shared compiled kernel (no recompiles per instance)
+        if isinstance(sub, ActQuantizer) and sub.uses_compiled_kernel:  # one shared compiled kernel (no recompiles per instance)
             n += not sub.compiled
             sub.compiled = True
             continue

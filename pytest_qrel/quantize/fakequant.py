@@ -259,6 +259,10 @@ class ActQuantizer(QuantModule):
     ``zero_point`` (int32), all 0-dim.
     """
 
+    uses_compiled_kernel = True
+    """Its ``forward`` calls :func:`compiled_fake_quantize` when ``compiled`` is set (a subclass
+    with a forward of its own that does not sets this to False)."""
+
     def __init__(self, bits: int, *, symmetric: bool = False) -> None:
         super().__init__()
         self.symmetric = symmetric

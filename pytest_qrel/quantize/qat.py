@@ -243,6 +243,8 @@ class LSQActQuantizer(ActQuantizer):
     :func:`lsq_fake_quantize` with the gradient scale ``1 / sqrt(numel_per_sample * (2^b - 1))``.
     """
 
+    uses_compiled_kernel = False  # its own forward (learned step, LSQ gradients)
+
     def __init__(self, bits: int, *, step_init: StepInit = "minmax") -> None:
         super().__init__(bits)
         self.step_init = step_init
