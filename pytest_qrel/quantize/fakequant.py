@@ -142,27 +142,20 @@ def fake_quantize_reference(
     return ((q - zp_t) * scale_t).to(x.dtype)
 
 
-def _fake_quantize_plain(x: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int, quant_max: int) -> Tensor:
-    """ATen's per-tensor formula in plain ops (see :func:`fake_quantize_reference`), for tracing."""
-    inv_scale = 1.0 / scale
-    zp = zero_point.to(torch.float32)
-    q = torch.clamp(torch.round(x * inv_scale) + zp, quant_min, quant_max)
-    return (q - zp) * scale
-
-
 _COMPILED: list[Callable[..., Tensor]] = []
 
 
 def compiled_fake_quantize() -> Callable[..., Tensor]:
-    """One ``torch.compile`` of the plain per-tensor formula, shared by every
-    :class:`ActQuantizer` (scale and zero point are arguments, not module state, so one graph
-    serves all of them and shapes are dynamic). Inductor fuses the multiply / round / add /
+    """One ``torch.compile`` of :func:`fake_quantize_reference` (per tensor, or per channel along
+    the last dimension by broadcasting), shared by every :class:`ActQuantizer` (scale and zero
+    point are arguments, not module state, so one graph serves all of them and shapes are
+    dynamic). Inductor fuses the multiply / round / add /
     clamp / subtract / multiply chain into one loop; ATen's ``fake_quantize_per_tensor_affine``
     (with tensor qparams it also writes a backward mask) cannot be fused. The elementwise ops and
     their order are unchanged, so the outputs are the eager ones bit for bit
     (``tests/test_compile.py``)."""
     if not _COMPILED:
-        _COMPILED.append(torch.compile(_fake_quantize_plain, dynamic=True))
+        _COMPILED.append(torch.compile(fake_quantize_reference, dynamic=True))
     return _COMPILED[0]
 
 
