@@ -18,7 +18,7 @@ function                   what it reproduces
 :func:`clipped_zoom`       ImageNet-C's centre zoom (scipy ``zoom``, order 1)
 :func:`plasma_fractal`     ImageNet-C's diamond-square height map (fog)
 :func:`canny`              ``cv2.Canny`` (3 x 3 Sobel, L1 gradient, hysteresis)
-:func:`chamfer_distance`   ``cv2.distanceTransform(..., DIST_L2, 5)`` (5 x 5 chamfer)
+:func:`chamfer_distance`   ``cv2.distanceTransform(..., DIST_L2, 5)`` (5 x 5 chamfer, float32)
 :func:`box_blur`           ``cv2.blur`` with a 3 x 3 box
 :func:`equalize_hist`      ``cv2.equalizeHist``
 :func:`filter2d_u8`        ``cv2.filter2D(u8, CV_8U, integer kernel)``
@@ -224,45 +224,41 @@ def canny(img: np.ndarray, low: float, high: float) -> np.ndarray:
     return np.where(linked[labels], 255, 0).astype(np.uint8)
 
 
-_DIST_SHIFT = 16
-_HV, _DIAG, _LONG = (int(np.rint(v * (1 << _DIST_SHIFT))) for v in (1.0, 1.4, 2.1969))
-_FAR = np.int64(2**31 - 1)
+_CHAMFER = tuple(float(np.float32(v)) for v in (1.0, 1.4, 2.1969))  # horizontal / vertical, diagonal, knight's move
+_UPPER = ((-2, -1, 2), (-2, 1, 2), (-1, -2, 2), (-1, -1, 1), (-1, 0, 0), (-1, 1, 1), (-1, 2, 2))  # (dy, dx, step)
 
 
 def chamfer_distance(img: np.ndarray) -> np.ndarray:
     """``cv2.distanceTransform(img, DIST_L2, 5)``: for every pixel the 5 x 5 chamfer distance (steps
-    1, 1.4 and 2.1969, in 16-bit fixed point) to the nearest zero pixel of ``img``; float32.
+    1, 1.4 and 2.1969) to the nearest zero pixel of ``img``; float32.
 
-    Two raster passes as OpenCV makes them; within a row the left (right) neighbour's running
-    minimum ``d[j] = min(d[j], d[j-1] + 1)`` is a cumulative minimum, so each row is vectorised."""
+    Two raster passes in float32 arithmetic, as the OpenCV wheels compute it (their IPP path;
+    OpenCV built without IPP sums the same steps in 16-bit fixed point, within 2e-5 of this). The
+    rows above (below) are vectorised; the left (right) neighbour is sequential, through a
+    float32 ``array`` so that every sum is rounded as OpenCV's is."""
+    from array import array
+
     h, w = img.shape
-    d = np.full((h + 4, w + 4), _FAR, dtype=np.int64)
+    far = np.float32(3.0e38)
+    d = np.full((h + 4, w + 4), far, dtype=np.float32)
     zero = img == 0
-    cols = np.arange(w, dtype=np.int64) * _HV
-    for i in range(h):
-        r = i + 2
-        c = slice(2, w + 2)
-        t = np.minimum.reduce([
-            d[r - 2, 1 : w + 1] + _LONG, d[r - 2, 3 : w + 3] + _LONG,
-            d[r - 1, 0:w] + _LONG, d[r - 1, 1 : w + 1] + _DIAG, d[r - 1, c] + _HV,
-            d[r - 1, 3 : w + 3] + _DIAG, d[r - 1, 4 : w + 4] + _LONG,
-        ])
-        t = np.where(zero[i], 0, t)
-        t = np.minimum.accumulate(t - cols) + cols  # left neighbour, sequentially
-        d[r, c] = np.where(zero[i], 0, t)
-    for i in range(h - 1, -1, -1):
-        r = i + 2
-        c = slice(2, w + 2)
-        t = np.minimum.reduce([
-            d[r, c],
-            d[r + 2, 1 : w + 1] + _LONG, d[r + 2, 3 : w + 3] + _LONG,
-            d[r + 1, 0:w] + _LONG, d[r + 1, 1 : w + 1] + _DIAG, d[r + 1, c] + _HV,
-            d[r + 1, 3 : w + 3] + _DIAG, d[r + 1, 4 : w + 4] + _LONG,
-        ])
-        rev = t[::-1]
-        rev = np.minimum.accumulate(rev - cols) + cols  # right neighbour, sequentially
-        d[r, c] = rev[::-1]
-    return (d[2 : h + 2, 2 : w + 2] * np.float32(1.0 / (1 << _DIST_SHIFT))).astype(np.float32)
+    steps = [np.float32(v) for v in _CHAMFER]
+    hv = _CHAMFER[0]
+    for sign, rows in ((1, range(h)), (-1, range(h - 1, -1, -1))):
+        for i in rows:
+            r = i + 2
+            cands = [d[r, 2 : w + 2]] if sign < 0 else []
+            cands += [d[r + sign * dy, 2 + sign * dx : w + 2 + sign * dx] + steps[k] for dy, dx, k in _UPPER]
+            t = np.minimum.reduce(cands)
+            t[zero[i]] = 0
+            row = array("f", t.tobytes())
+            order = range(1, w) if sign > 0 else range(w - 2, -1, -1)
+            for j in order:
+                v = row[j - sign] + hv
+                if v < row[j]:
+                    row[j] = v
+            d[r, 2 : w + 2] = np.frombuffer(row, dtype=np.float32)
+    return d[2 : h + 2, 2 : w + 2].copy()
 
 
 def box_blur(img: np.ndarray) -> np.ndarray:
