@@ -13,7 +13,12 @@ from PIL import Image
 import pytest_qrel
 from pytest_qrel.data import load_dataset
 from pytest_qrel.data.classnames import CLASS_LISTS
-from pytest_qrel.data.logit_masks import LOGIT_MASKS, resolve_logit_mask, restrict_clip, restrict_logits
+from pytest_qrel.data.logit_masks import (
+    LOGIT_MASKS,
+    resolve_logit_mask,
+    restrict_clip,
+    restrict_logits,
+)
 from pytest_qrel.data.shifts import ShiftedImageSet
 from pytest_qrel.errors import DataError, SpecError, UnknownNameError
 

@@ -93,7 +93,7 @@ def test_changes_the_image_and_stays_in_range(name, channels, photo, grey, frost
             out = corrupt(x, name, severity, seed=0, table=table, **kw(name, frost_dir))
             assert isinstance(out, torch.Tensor) and out.dtype == torch.float32 and out.shape == x.shape
             assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
-            a, b = CORRUPTIONS.get(name).parameter(severity, table) if name == "saturate" else (None, None)
+            _, b = CORRUPTIONS.get(name).parameter(severity, table) if name == "saturate" else (None, None)
             if channels == 1 and name == "saturate" and b == 0:  # a grey pixel has no saturation to scale
                 assert torch.equal(out, x)
             else:
@@ -253,7 +253,10 @@ def _preprocessors():
 
     from pytest_qrel.models import load_model
     from pytest_qrel.models.embedded import GreyNormalize
-    from pytest_qrel.models.open_clip_source import GreyToRGBNormalize, OpenClipTransform
+    from pytest_qrel.models.open_clip_source import (
+        GreyToRGBNormalize,
+        OpenClipTransform,
+    )
 
     timm_model = load_model(
         "timm:vit_tiny_patch16_224",
@@ -386,9 +389,9 @@ def test_suite_with_folder_and_shifted_ood_sets_runs_through_the_engine(tmp_path
 # np.array(img) / 255 and returns np.clip(x, 0, 1) * 255 (JPEG / pixelate work on the PIL image),
 # the result is stored with Image.fromarray(np.uint8(img)).save(path, quality=85, optimize=True).
 
-import io  # noqa: E402
+import io
 
-from pytest_qrel.data.shifts import ImageNetCSet, corrupt_released, imagenet_c_geometry  # noqa: E402
+from pytest_qrel.data.shifts import ImageNetCSet, corrupt_released, imagenet_c_geometry
 
 SEVERITY = 3
 
@@ -554,11 +557,11 @@ def test_shift_source_protocol_option(tmp_path):
 # pixels, colorsys, np.interp), or against a property the reference's formula implies; the
 # OpenCV / ImageMagick primitives against the libraries themselves where those are installed.
 
-import colorsys  # noqa: E402
-import math  # noqa: E402
+import colorsys
+import math
 
-from pytest_qrel.data import imaging  # noqa: E402
-from pytest_qrel.data.shifts import frost_files  # noqa: E402
+from pytest_qrel.data import imaging
+from pytest_qrel.data.shifts import frost_files
 
 
 def small_rgb(h=14, w=12, seed=0) -> np.ndarray:
@@ -624,7 +627,7 @@ def test_zoom_blur_by_linear_interpolation():
         m = int(np.ceil(n / z))
         top = (n - m) // 2
         crop = img[:, top : top + m, top : top + m]
-        big = int(round(m * z))
+        big = round(m * z)
         pos = np.arange(big) * (m - 1) / (big - 1)
         def along(a, axis):
             return np.apply_along_axis(lambda v: np.interp(pos, np.arange(m), v), axis, a)

@@ -194,7 +194,7 @@ def canny(img: np.ndarray, low: float, high: float) -> np.ndarray:
 
     dx, dy = _sobel(img)
     mag = np.abs(dx) + np.abs(dy)
-    lo, hi = int(math.floor(low)), int(math.floor(high))
+    lo, hi = math.floor(low), math.floor(high)
     h, w = mag.shape
     m = np.pad(mag, 1)  # zeros around
 
@@ -255,8 +255,7 @@ def chamfer_distance(img: np.ndarray) -> np.ndarray:
             order = range(1, w) if sign > 0 else range(w - 2, -1, -1)
             for j in order:
                 v = row[j - sign] + hv
-                if v < row[j]:
-                    row[j] = v
+                row[j] = min(row[j], v)
             d[r, 2 : w + 2] = np.frombuffer(row, dtype=np.float32)
     return d[2 : h + 2, 2 : w + 2].copy()
 
@@ -371,7 +370,7 @@ def resize_linear(img: np.ndarray, factor: float) -> np.ndarray:
     (H, W, C) image: output side ``round(side * factor)``, source coordinate ``(i + 0.5) / factor
     - 0.5`` clamped to the image, rounded to uint8."""
     h, w = img.shape[:2]
-    oh, ow = max(1, int(round(h * factor))), max(1, int(round(w * factor)))
+    oh, ow = max(1, round(h * factor)), max(1, round(w * factor))
 
     def axis(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         s = (np.arange(n_out) + 0.5) / factor - 0.5

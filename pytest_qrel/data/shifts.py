@@ -114,14 +114,28 @@ from ..errors import DataError, QrelError
 from ..registry import Registry
 from .base import DATASET_SOURCES, OOD_LABEL, ImageSet
 from .folders import check_options, opt_bool, opt_choice, opt_int
-from .imaging import (affine_from_points, box_blur, canny, chamfer_distance, clipped_zoom, disk_kernel, equalize_hist,
-                      filter2d_u8, magick_to_8bit, motion_blur, plasma_fractal, resize_linear, rgb_to_grey, warp_affine)
+from .imaging import (
+    affine_from_points,
+    box_blur,
+    canny,
+    chamfer_distance,
+    clipped_zoom,
+    disk_kernel,
+    equalize_hist,
+    filter2d_u8,
+    magick_to_8bit,
+    motion_blur,
+    plasma_fractal,
+    resize_linear,
+    rgb_to_grey,
+    warp_affine,
+)
 
 SHIFT_VERSION = 2  # 2: corruption between the model's crop and its normalisation
 SEVERITIES = (1, 2, 3, 4, 5)
 TABLES = ("imagenet", "cifar")
 
-Op = Callable[[np.ndarray, Any, np.random.Generator], np.ndarray]
+Op = Callable[..., np.ndarray]  # (image (C, H, W) float64, parameter, generator, **needs) -> image
 PilOp = Callable[[Any, Any], Any]  # (PIL image, parameter) -> PIL image
 
 
@@ -518,10 +532,10 @@ def _elastic_transform(x: np.ndarray, c: tuple[float, float, float], rng: np.ran
     alpha, sigma, shift = c
     img = _hwc(x).astype(np.float32)
     shape = img.shape
-    centre = np.float32(shape[:2]) // 2
+    centre = np.array(shape[:2], dtype=np.float32) // 2
     square = min(shape[:2]) // 3
     # the reference builds the points from (rows, cols) and hands them to OpenCV as (x, y): kept
-    pts1 = np.float32([centre + square, [centre[0] + square, centre[1] - square], centre - square])
+    pts1 = np.array([centre + square, [centre[0] + square, centre[1] - square], centre - square], dtype=np.float32)
     pts2 = pts1 + rng.uniform(-shift, shift, size=pts1.shape).astype(np.float32)
     img = warp_affine(img, affine_from_points(pts1, pts2))
     dx = (gaussian_filter(rng.uniform(-1, 1, size=shape[:2]), sigma, mode="reflect", truncate=3) * alpha).astype(np.float32)
@@ -937,8 +951,9 @@ def check_shift_options(arg: str, options: Mapping[str, Any]) -> None:
 
     where = f"dataset 'shift:{arg}'"
     of, of_options, *_ = _parse_options(where, options)
-    if _ARG.match(arg):
-        _check_frost_dir(where, _ARG.match(arg).group(1), options)
+    m = _ARG.match(arg)
+    if m:
+        _check_frost_dir(where, m.group(1), options)
     try:
         validate_dataset_source(of)
         validate_dataset_source(of, of_options)

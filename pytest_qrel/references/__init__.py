@@ -126,9 +126,9 @@ def lookup(refs: References, model: str, quantizer: str, metric: str, dataset: s
     want = (_fold(refs.canonical("model", model)), _fold(refs.canonical("quantizer", quantizer)), metric,
             _fold(refs.canonical("dataset", dataset)))
     for v in refs.values:
-        if v.kind == kind and (_fold(v.model), _fold(v.quantizer), v.metric, _fold(v.dataset)) == want:
-            if score is None or v.score is None or v.score == score:
-                return v
+        same = v.kind == kind and (_fold(v.model), _fold(v.quantizer), v.metric, _fold(v.dataset)) == want
+        if same and (score is None or v.score is None or v.score == score):
+            return v
     return None
 
 
@@ -209,15 +209,19 @@ class _Entry:
     def add(self, raw: Mapping[str, Any], where: str, line: int | None = None) -> None:
         from ..metrics import METRICS
 
-        def text(name: str, required: bool = True) -> str | None:
+        def optional(name: str) -> str | None:
             value = raw.get(name)
             if value is None or (isinstance(value, str) and not value.strip()):
-                if required:
-                    raise self.error(where, name, f"'{name}' is missing", f"give the {name} of every value", line)
                 return None
             if not isinstance(value, (str, int, float)) or isinstance(value, bool):
                 raise self.error(where, name, f"'{name}' must be a name, got {value!r}", None, line)
             return str(value).strip()
+
+        def text(name: str) -> str:
+            value = optional(name)
+            if value is None:
+                raise self.error(where, name, f"'{name}' is missing", f"give the {name} of every value", line)
+            return value
 
         model, quantizer, dataset = (text(k) for k in ("model", "quantizer", "dataset"))
         metric = text("metric")
@@ -233,7 +237,7 @@ class _Entry:
             raise self.error(where, "unit", f"{metric} is published in nats, not '{unit}'", "write unit: nats", line)
         if meta.get("fraction") and unit == "nats":
             raise self.error(where, "unit", f"{metric} is a fraction, not nats", "write unit: percent or fraction", line)
-        kind = text("kind", required=False) or "value"
+        kind = optional("kind") or "value"
         if kind not in KINDS:
             raise self.error(where, "kind", f"unknown kind '{kind}'", f"one of {', '.join(KINDS)}", line)
         number = raw.get("value")
@@ -267,8 +271,8 @@ class _Entry:
         source = text("source")
         entry = ReferenceValue(
             model=model, quantizer=quantizer, metric=metric, dataset=dataset, value=value, published=published, unit=unit,
-            source=source, kind=kind, relative=relative, score=text("score", required=False),
-            statistic=text("statistic", required=False), seeds=seeds, std=std, note=text("note", required=False),
+            source=source, kind=kind, relative=relative, score=optional("score"),
+            statistic=optional("statistic"), seeds=seeds, std=std, note=optional("note"),
         )
         ident = _identity(entry)
         if ident in self.seen:
@@ -285,17 +289,17 @@ def _from_csv(path: Path) -> References:
     rows = list(csv.reader(line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")))
     if not rows:
         raise SpecError("the references file is empty", file=path, fix="write a header line: model,quantizer,metric,dataset,value,unit,source")
+    lines = [i + 1 for i, line in enumerate(text.splitlines()) if line.strip() and not line.lstrip().startswith("#")]
     header = [h.strip() for h in rows[0]]
     missing = [k for k in (*KEYS, "value", "unit", "source") if k not in header]
     if missing:
-        raise SpecError(f"the header lacks column(s) {', '.join(missing)}", file=path, line=1,
+        raise SpecError(f"the header lacks column(s) {', '.join(missing)}", file=path, line=lines[0],
                         fix="the header needs model,quantizer,metric,dataset,value,unit,source")
     known = {*KEYS, "value", "unit", "source", "kind", "relative", "score", "statistic", "std", "note", "published"}
     unknown = [h for h in header if h not in known]
     if unknown:
-        raise SpecError(f"unknown column(s) {', '.join(unknown)}", file=path, line=1, fix=f"columns: {', '.join(sorted(known))}")
+        raise SpecError(f"unknown column(s) {', '.join(unknown)}", file=path, line=lines[0], fix=f"columns: {', '.join(sorted(known))}")
     entries = _Entry(path)
-    lines = [i + 1 for i, line in enumerate(text.splitlines()) if line.strip() and not line.lstrip().startswith("#")]
     for lineno, row in zip(lines[1:], rows[1:]):
         if len(row) != len(header):
             raise SpecError(f"{len(row)} fields where the header has {len(header)}", file=path, line=lineno, fix="one field per column")
@@ -312,7 +316,7 @@ def _from_csv(path: Path) -> References:
 
 
 def _from_yaml(path: Path) -> References:
-    import yaml
+    import yaml  # type: ignore[import-untyped]
 
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
