@@ -314,10 +314,17 @@ def _blur_chw(x: np.ndarray, sigma: float) -> np.ndarray:
 @_register("defocus_blur", ((3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5)),
            ((0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)), "anti-aliased disk blur (radius, alias sigma)", False)
 def _defocus_blur(x: np.ndarray, c: tuple[float, float], rng: np.random.Generator) -> np.ndarray:
-    from scipy.ndimage import correlate
+    from scipy.signal import fftconvolve
 
     kernel = disk_kernel(c[0], c[1]).astype(np.float64)
-    return np.stack([correlate(x[ch], kernel, mode="mirror") for ch in range(x.shape[0])])
+    r = kernel.shape[0] // 2
+    if r >= min(x.shape[1:]):  # numpy's one-fold reflection needs an image larger than the kernel
+        from scipy.ndimage import correlate
+
+        return np.stack([correlate(x[ch], kernel, mode="mirror") for ch in range(x.shape[0])])
+    # OpenCV's filter2D (correlation, reflect-101 border), through the FFT as OpenCV does for large kernels
+    padded = np.pad(x, ((0, 0), (r, r), (r, r)), mode="reflect")
+    return fftconvolve(padded, kernel[None, ::-1, ::-1], mode="valid", axes=(1, 2))
 
 
 @_register("glass_blur", ((0.7, 1, 2), (0.9, 2, 1), (1, 2, 3), (1.1, 3, 2), (1.5, 4, 2)),
