@@ -426,6 +426,10 @@ def ref_corruption(name: str, img: Image.Image, rng: np.random.Generator):
         return Image.open(buf)
     if name == "pixelate":
         return img.resize((int(224 * 0.4), int(224 * 0.4)), Image.BOX).resize((224, 224), Image.BOX)
+    if name == "saturate":  # severity 3: s -> 2 s
+        hsv = skimage.color.rgb2hsv(x)
+        hsv[:, :, 1] = np.clip(hsv[:, :, 1] * 2, 0, 1)
+        return np.clip(skimage.color.hsv2rgb(hsv), 0, 1) * 255
     raise KeyError(name)
 
 
@@ -460,7 +464,7 @@ def test_imagenet_c_geometry_is_torchvisions_resize_and_center_crop(natural_imag
         assert np.array_equal(np.asarray(ours), np.asarray(T.Compose([T.Resize(256), T.CenterCrop(224)])(img)))
 
 
-DETERMINISTIC = ("gaussian_blur", "contrast", "brightness", "jpeg_compression", "pixelate")
+DETERMINISTIC = ("gaussian_blur", "contrast", "brightness", "jpeg_compression", "pixelate", "saturate")
 RANDOM = ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise")
 
 

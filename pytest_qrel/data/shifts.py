@@ -26,6 +26,9 @@ Entry points:
                 crop: 224`` is the ImageNet-C geometry.
   ``protocol``  ``model`` (default) or ``imagenet_c``: where and how the corruption is applied
                 (below). ``imagenet_c`` is how a suite says a set reproduces ImageNet-C.
+  ``frost_dir`` ``frost`` only (required there): the folder of ImageNet-C's frost photographs
+                ``frost1.png`` ... ``frost5.jpg``, which pytest-qrel does not ship; their SHA-256
+                are part of the fingerprint
   ============  ==========================================================================
 
   e.g. ``{name: digits_noise3, source: "shift:gaussian_noise/3", options: {of: "embedded:digits"}}``.
@@ -45,6 +48,12 @@ brightness         HSV value + c (grey images: x + c)                      .1 .2
 jpeg_compression   JPEG round trip at quality c (alias ``jpeg``)           25 18 15 10 7              80 65 58 50 40
 pixelate           box-downsample to c x size, box-upsample back           .60 .50 .40 .30 .25        .95 .90 .85 .75 .65
 =================  =====================================================  =========================  ==========================
+
+The other ten -- ``defocus_blur``, ``glass_blur``, ``motion_blur``, ``zoom_blur``, ``snow``,
+``frost``, ``fog``, ``spatter``, ``saturate`` and ``elastic_transform`` (alias ``elastic``) -- take a
+tuple per severity (``docs/shifts.md`` lists them); their OpenCV and ImageMagick steps are
+re-implemented in :mod:`.imaging` and equal the reference code's 8-bit output on every pixel
+checked (``docs/shifts.md``: three photos, all severities; one pixel of defocus blur off by 1).
 
 The constants are the per-severity tables of Hendrycks & Dietterich, "Benchmarking Neural Network
 Robustness to Common Corruptions and Perturbations" (ICLR 2019): ``imagenet`` from the
