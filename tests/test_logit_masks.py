@@ -150,3 +150,50 @@ def test_unknown_mask_name_fails_when_the_suite_loads(tmp_path):
     path.write_text(textwrap.dedent(SUITE % "imagenet_aa"))
     with pytest.raises((SpecError, UnknownNameError), match=r"did you mean 'imagenet_a'"):
         pytest_qrel.load_suite(path)
+
+
+CLIP_SUITE = """\
+version: 1
+name: masked_clip
+models:
+  clip: {source: "open_clip:digits_clip"}
+datasets:
+  id: {name: digits, source: "embedded:digits"}
+  shifted:
+    - name: masked
+      source: "imagefolder:digit_folder"
+      options: {classes: ["0", "1", "2", "3", "4", "5", "6", "7"], logit_mask: ["1", "3", "5", "6"]}
+scores: [msp, mcm]
+batch_size: 1024
+checks:
+  - "all top1 on masked >= 0"
+"""
+
+
+@pytest.mark.slow
+def test_clip_scores_see_only_the_masked_classes_prompts(tmp_path):
+    """MCM is computed from the image features and the class prompts' embeddings: with a mask, only
+    the masked classes' prompts (the softmax over 4 cosines, not 8)."""
+    from pytest_qrel import clip_scores
+    from pytest_qrel.models.open_clip_source import open_clip_model_source
+
+    digit_folder(tmp_path / "digit_folder", per_class=3)
+    path = tmp_path / "suite.yaml"
+    path.write_text(CLIP_SUITE)
+    suite = pytest_qrel.load_suite(path)
+    engine = pytest_qrel.Engine(baseline_dir=tmp_path / "b", update_baselines=True)
+    verdicts = pytest_qrel.run(suite, engine=engine)
+    assert all(v.outcome == "passed" for v in verdicts), [v.message for v in verdicts]
+    got = engine.samples(suite, "clip", "FP32", "masked")
+
+    loaded = open_clip_model_source("digits_clip", options={"class_names": [str(d) for d in range(8)]})  # the ID set's names
+    ds = load_dataset(f"imagefolder:{tmp_path / 'digit_folder'}", split="test")
+    x = torch.stack([loaded.preprocess(ds[i][0]) for i in range(len(ds))])
+    with torch.no_grad():
+        logits, feats = loaded.module.forward_with_features(x)
+    clip = loaded.info["clip"]
+    keep = [1, 3, 5, 6]
+    masked_clip = {**clip, "class_text_features": np.asarray(clip["class_text_features"])[keep]}
+    np.testing.assert_allclose(got["score.mcm"], clip_scores.mcm(None, feats.numpy(), masked_clip), rtol=1e-5)
+    assert not np.allclose(got["score.mcm"], clip_scores.mcm(None, feats.numpy(), clip), rtol=1e-3)
+    np.testing.assert_array_equal(got["pred"], logits.numpy()[:, keep].argmax(1))
