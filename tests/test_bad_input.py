@@ -156,7 +156,7 @@ SPEC_CASES: list[tuple[str, tuple[str, str] | str, str]] = [
      "{p}:7: field 'datasets.ood': 'ood' must be a list or a mapping, got a string"),
     ("imagefolder option misspelled", edit('{name: noise, source: "embedded:noise"}', '{name: noise, source: "imagefolder:data/noise", options: {limt: 10}}'),
      "{p}:9: field 'datasets.ood[1].options': dataset 'imagefolder:data/noise': unknown option(s) 'limt' (did you mean 'limit'?) "
-     "(accepted: class_index, class_names, classes, content_hash, extensions, labels, limit, mode, seed, split_dirs, test, train, unknown_classes, val)"),
+     "(accepted: class_index, class_names, classes, content_hash, extensions, labels, limit, logit_mask, mode, seed, split_dirs, test, train, unknown_classes, val)"),
     ("imagefolder bad labels", edit('{name: noise, source: "embedded:noise"}', '{name: noise, source: "imagefolder:data/noise", options: {labels: maybe}}'),
      "{p}:9: field 'datasets.ood[1].options': dataset 'imagefolder:data/noise': option 'labels' must be one of auto, folders, none; got 'maybe'"),
     ("imagefolder limit 0", edit('{name: noise, source: "embedded:noise"}', '{name: noise, source: "imagefolder:data/noise", options: {limit: 0}}'),

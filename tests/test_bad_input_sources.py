@@ -19,7 +19,7 @@ from pytest_qrel.errors import DataError, DataMissingError, ModelError, UnknownN
 from pytest_qrel.models import load_model
 
 IMAGEFOLDER_OPTIONS = (
-    "class_index, class_names, classes, content_hash, extensions, labels, limit, mode, seed, split_dirs, test, train, unknown_classes, val"
+    "class_index, class_names, classes, content_hash, extensions, labels, limit, logit_mask, mode, seed, split_dirs, test, train, unknown_classes, val"
 )
 
 
@@ -90,7 +90,7 @@ DATA_CASES: list[Case] = [
      "'unknown_classes: ignore' to skip them or 'unknown_classes: ood' to label them -1)"),
     ("imagefolder misspelled built-in class list", classes_tree, ds("imagefolder:data", classes="imagenet1kk"), DataError,
      "dataset 'imagefolder:data': option 'classes': 'imagenet1kk' is neither a built-in class list nor a file; did you mean 'imagenet1k'? "
-     "(built-in lists: imagenet1k, imagenet1k_names)"),
+     "(built-in lists: imagenet1k, imagenet1k_names, imagenet_a, imagenet_r)"),
     ("imagefolder class list file missing", classes_tree, ds("imagefolder:data", classes="lists/classes.txt"), DataMissingError,
      "class list {t}/lists/classes.txt does not exist (from 'lists/classes.txt')"),
     ("imagefolder class listed twice", classes_tree, ds("imagefolder:data", classes=["cat", "dog", "cat"]), DataError,

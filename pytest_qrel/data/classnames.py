@@ -9,7 +9,8 @@ A suite can give a class list in three forms (the ``classes:`` option of ``image
 - the name of a built-in list in :data:`CLASS_LISTS`. A file whose name equals a built-in name is
   written ``./imagenet1k`` to be read as a file.
 
-Built-in lists (nothing is shipped: they are read from packages that install with pytest-qrel):
+Built-in lists (ImageNet-1k's are read from packages that install with pytest-qrel; the two
+200-class subsets are shipped as text files):
 
 ==================  ========================================================================
 name                content
@@ -20,7 +21,13 @@ imagenet1k          the 1000 ImageNet-1k WordNet ids (``n01440764`` ...) in the 
 imagenet1k_names    human-readable names in the same order, for display and CLIP prompts:
                     open_clip's ``IMAGENET_CLASSNAMES`` (the curated names of the CLIP paper)
                     when open_clip is installed, else the first WordNet lemma from timm
+imagenet_r          the 200 WordNet ids of ImageNet-R, in ImageNet-1k index order (shipped:
+                    ``data/lists/imagenet_r.txt``, from the dataset authors' ``eval.py``)
+imagenet_a          the 200 WordNet ids of ImageNet-A, likewise (``data/lists/imagenet_a.txt``)
 ==================  ========================================================================
+
+The two 200-class lists are also the built-in logit masks of those sets
+(:mod:`~pytest_qrel.data.logit_masks`).
 
 :func:`imagenet_templates` returns open_clip's 80 OpenAI prompt templates as format strings
 (``"a bad photo of a {}."``) for zero-shot CLIP heads.
@@ -71,6 +78,20 @@ def imagenet_synsets() -> list[str]:
 def imagenet_classnames() -> list[str]:
     """Readable ImageNet-1k names in index order: open_clip's CLIP names, else timm's first lemma."""
     return list(_imagenet_classnames())
+
+
+def _shipped_list(name: str) -> list[str]:
+    return read_class_file(Path(__file__).with_name("lists") / f"{name}.txt")
+
+
+@CLASS_LISTS.register("imagenet_r", description="ImageNet-R's 200 WordNet ids, ImageNet-1k index order (shipped)")
+def imagenet_r_synsets() -> list[str]:
+    return _shipped_list("imagenet_r")
+
+
+@CLASS_LISTS.register("imagenet_a", description="ImageNet-A's 200 WordNet ids, ImageNet-1k index order (shipped)")
+def imagenet_a_synsets() -> list[str]:
+    return _shipped_list("imagenet_a")
 
 
 def imagenet_templates(simple: bool = False) -> list[str]:

@@ -263,6 +263,8 @@ class FileImageSet:
     """Where :attr:`class_order` came from: :data:`ORDER_FROM_FOLDERS` (inferred: nothing checked
     it against a model, see :func:`pytest_qrel.validation.check_class_folders`), ``"option 'classes'"``
     or ``"option 'class_index'"``; None for an unlabelled set."""
+    logit_mask: Any = None
+    """The model outputs the set is scored on (``logit_mask`` option, :mod:`.logit_masks`), or None."""
 
     def __len__(self) -> int:
         return len(self.relpaths)
@@ -326,7 +328,7 @@ ORDER_FROM_FOLDERS = "sorted folder names"
 SPLITS = ("train", "val", "test")
 """The splits a source can be asked for (see :mod:`pytest_qrel.data.base`); ``test`` is the default one."""
 
-IMAGEFOLDER_OPTIONS = (*COMMON_OPTIONS, "class_index", "unknown_classes", "split_dirs", *SPLITS)
+IMAGEFOLDER_OPTIONS = (*COMMON_OPTIONS, "class_index", "unknown_classes", "split_dirs", "logit_mask", *SPLITS)
 
 
 def _split_root(where: str, root_raw: str, split: str, options: Mapping[str, Any], base_dir: Path, *, must_exist: bool) -> Path | None:
@@ -403,6 +405,12 @@ def _imagefolder_options(where: str, options: Mapping[str, Any]) -> tuple[Any, .
     """``(extensions, mode, labels, unknown_classes, limit, seed, content_hash)``; DataError on a bad option."""
     check_options(where, options, IMAGEFOLDER_OPTIONS)
     _class_options_exclusive(where, options)
+    if "logit_mask" in options:
+        from .logit_masks import check_logit_mask_option
+
+        if "class_index" in options:
+            raise DataError(f"{where}: give 'logit_mask' with 'classes' (the model's label space), not 'class_index'")
+        check_logit_mask_option(where, options["logit_mask"])
     return (
         _extensions(where, options),
         _mode(where, options),
@@ -451,6 +459,12 @@ def imagefolder_source(
     check_split(where, split)
     exts, mode, labels_mode, unknown_mode, limit, seed, content_hash = _imagefolder_options(where, options)
 
+    logit_mask = mask_names = None
+    if "logit_mask" in options:  # the label space becomes the mask's classes (ImageNet-R / -A)
+        from .logit_masks import resolve_logit_mask
+
+        logit_mask, mask_names = resolve_logit_mask(options["logit_mask"], classes=options.get("classes"),
+                                                    class_names=options.get("class_names"), base_dir=base_dir, where=where)
     folder = _split_root(where, arg, split, options, base_dir, must_exist=True)
     if folder is None:
         raise DataError(
@@ -489,9 +503,13 @@ def imagefolder_source(
                         other_root = None
                     if other_root is not None and other_root.is_dir():
                         inferred |= set(_scan(other_root, exts)[1])
-            index, class_names, header_classes = _class_space(where, options, base_dir, sorted(inferred))
+            if logit_mask is not None:
+                index, class_names = {c: i for i, c in enumerate(logit_mask.class_ids)}, mask_names
+                header_classes = {"classes": list(logit_mask.class_ids)}
+            else:
+                index, class_names, header_classes = _class_space(where, options, base_dir, sorted(inferred))
             class_order = names_in_index_order(index)
-            order_from = next((f"option '{k}'" for k in ("classes", "class_index") if k in options), ORDER_FROM_FOLDERS)
+            order_from = next((f"option '{k}'" for k in ("logit_mask", "classes", "class_index") if k in options), ORDER_FROM_FOLDERS)
             unknown = [d for d in subdirs if d not in index]
             if unknown and unknown_mode == "error":
                 shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
@@ -523,6 +541,7 @@ def imagefolder_source(
         "split": split,
         "layout": layout,
         **header_classes,
+        **(logit_mask.fingerprint_part() if logit_mask is not None else {}),
         "class_names": class_names,
         "options": {
             "labels": labels_mode, "mode": mode,
@@ -541,6 +560,7 @@ def imagefolder_source(
         info={"layout": layout, "split": split},
         class_order=class_order,
         class_order_from=order_from,
+        logit_mask=logit_mask,
     )
 
 

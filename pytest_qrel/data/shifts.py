@@ -26,6 +26,9 @@ Entry points:
                 crop: 224`` is the ImageNet-C geometry.
   ``protocol``  ``model`` (default) or ``imagenet_c``: where and how the corruption is applied
                 (below). ``imagenet_c`` is how a suite says a set reproduces ImageNet-C.
+  ``frost_dir`` ``frost`` only (required there): the folder of ImageNet-C's frost photographs
+                ``frost1.png`` ... ``frost5.jpg``, which pytest-qrel does not ship; their SHA-256
+                are part of the fingerprint
   ============  ==========================================================================
 
   e.g. ``{name: digits_noise3, source: "shift:gaussian_noise/3", options: {of: "embedded:digits"}}``.
@@ -45,6 +48,12 @@ brightness         HSV value + c (grey images: x + c)                      .1 .2
 jpeg_compression   JPEG round trip at quality c (alias ``jpeg``)           25 18 15 10 7              80 65 58 50 40
 pixelate           box-downsample to c x size, box-upsample back           .60 .50 .40 .30 .25        .95 .90 .85 .75 .65
 =================  =====================================================  =========================  ==========================
+
+The other ten -- ``defocus_blur``, ``glass_blur``, ``motion_blur``, ``zoom_blur``, ``snow``,
+``frost``, ``fog``, ``spatter``, ``saturate`` and ``elastic_transform`` (alias ``elastic``) -- take a
+tuple per severity (``docs/shifts.md`` lists them); their OpenCV and ImageMagick steps are
+re-implemented in :mod:`.imaging` and equal the reference code's 8-bit output on every pixel
+checked (``docs/shifts.md``: three photos, all severities; one pixel of defocus blur off by 1).
 
 The constants are the per-severity tables of Hendrycks & Dietterich, "Benchmarking Neural Network
 Robustness to Common Corruptions and Perturbations" (ICLR 2019): ``imagenet`` from the
@@ -114,12 +123,28 @@ from ..errors import DataError, QrelError
 from ..registry import Registry
 from .base import DATASET_SOURCES, OOD_LABEL, ImageSet
 from .folders import check_options, opt_bool, opt_choice, opt_int
+from .imaging import (
+    affine_from_points,
+    box_blur,
+    canny,
+    chamfer_distance,
+    clipped_zoom,
+    disk_kernel,
+    equalize_hist,
+    filter2d_u8,
+    magick_to_8bit,
+    motion_blur,
+    plasma_fractal,
+    resize_linear,
+    rgb_to_grey,
+    warp_affine,
+)
 
 SHIFT_VERSION = 2  # 2: corruption between the model's crop and its normalisation
 SEVERITIES = (1, 2, 3, 4, 5)
 TABLES = ("imagenet", "cifar")
 
-Op = Callable[[np.ndarray, Any, np.random.Generator], np.ndarray]
+Op = Callable[..., np.ndarray]  # (image (C, H, W) float64, parameter, generator, **needs) -> image
 PilOp = Callable[[Any, Any], Any]  # (PIL image, parameter) -> PIL image
 
 
@@ -133,6 +158,8 @@ class Corruption:
     description: str
     random: bool
     pil_op: PilOp | None = None  # the operation on an 8-bit PIL image, where ImageNet-C's code works on one
+    released_op: Op | None = None  # protocol imagenet_c: the operation where the reference's differs (8-bit output)
+    needs: tuple[str, ...] = ()  # extra keyword inputs of ``op`` (``frost_dir``)
 
     def parameter(self, severity: int, table: str = "imagenet") -> Any:
         return self.params[table][severity - 1]
@@ -142,9 +169,10 @@ CORRUPTIONS: Registry[Corruption] = Registry("corruption")
 
 
 def _register(name: str, imagenet: Sequence[Any], cifar: Sequence[Any], description: str, random: bool, aliases: Sequence[str] = (),
-              pil_op: PilOp | None = None) -> Callable[[Op], Op]:
+              pil_op: PilOp | None = None, released_op: Op | None = None, needs: Sequence[str] = ()) -> Callable[[Op], Op]:
     def deco(op: Op) -> Op:
-        entry = Corruption(name, op, {"imagenet": tuple(imagenet), "cifar": tuple(cifar)}, description, random, pil_op)
+        entry = Corruption(name, op, {"imagenet": tuple(imagenet), "cifar": tuple(cifar)}, description, random, pil_op,
+                           released_op, tuple(needs))
         CORRUPTIONS.add(name, entry, canonical=name)
         for alias in aliases:
             CORRUPTIONS.add(alias, entry, canonical=name)
@@ -266,6 +294,273 @@ def _pixelate(x: np.ndarray, c: float, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
+# ------------------------------------------------------- blur, weather and digital: ImageNet-C's others
+# Each follows the reference function of the same name in make_imagenet_c.py / make_cifar_c.py on an
+# (H, W, C) float image in [0, 1]; OpenCV and ImageMagick calls are the re-implementations of
+# :mod:`.imaging`. Random draws happen in the reference's order (from the per-sample generator).
+# Where the reference assumes a 224 x 224 (or 32 x 32) image, the image's own H and W are used.
+
+
+def _hwc(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.moveaxis(x, 0, -1))
+
+
+def _chw(x: np.ndarray) -> np.ndarray:
+    return np.moveaxis(np.asarray(x, dtype=np.float64), -1, 0)
+
+
+def _grey_of(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R 601-2 luma of (..., 3), as PIL's ``convert("L")`` weighs it, keeping a channel axis."""
+    return (rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114)[..., None]
+
+
+def _blur_chw(x: np.ndarray, sigma: float) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter
+
+    return gaussian_filter(x, sigma=(0.0, float(sigma), float(sigma)), mode="nearest", truncate=4.0)
+
+
+@_register("defocus_blur", ((3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5)),
+           ((0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)), "anti-aliased disk blur (radius, alias sigma)", False)
+def _defocus_blur(x: np.ndarray, c: tuple[float, float], rng: np.random.Generator) -> np.ndarray:
+    from scipy.signal import fftconvolve
+
+    kernel = disk_kernel(c[0], c[1]).astype(np.float64)
+    r = kernel.shape[0] // 2
+    if r >= min(x.shape[1:]):  # numpy's one-fold reflection needs an image larger than the kernel
+        from scipy.ndimage import correlate
+
+        return np.stack([correlate(x[ch], kernel, mode="mirror") for ch in range(x.shape[0])])
+    # OpenCV's filter2D (correlation, reflect-101 border), through the FFT as OpenCV does for large kernels
+    padded = np.pad(x, ((0, 0), (r, r), (r, r)), mode="reflect")
+    return fftconvolve(padded, kernel[None, ::-1, ::-1], mode="valid", axes=(1, 2))
+
+
+@_register("glass_blur", ((0.7, 1, 2), (0.9, 2, 1), (1, 2, 3), (1.1, 3, 2), (1.5, 4, 2)),
+           ((0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)),
+           "blur, local pixel shuffle, blur (sigma, max shift, passes)", True)
+def _glass_blur(x: np.ndarray, c: tuple[float, int, int], rng: np.random.Generator) -> np.ndarray:
+    sigma, delta, passes = c
+    channels, h, w = x.shape
+    pixels = (_blur_chw(x, sigma) * 255).astype(np.uint8).reshape(channels, h * w)
+    rows = np.arange(h - delta, delta, -1)
+    cols = np.arange(w - delta, delta, -1)
+    source = list(range(h * w))
+    if len(rows) and len(cols):
+        here = (rows[:, None] * w + cols[None, :]).ravel()
+        for _ in range(passes):
+            shift = rng.integers(-delta, delta, size=(len(here), 2))  # (dx, dy) per pixel, in scan order
+            there = here + shift[:, 1] * w + shift[:, 0]
+            # The reference's `x[h, w], x[h', w'] = x[h', w'], x[h, w]` on numpy row views copies
+            # (h', w') onto (h, w) and leaves (h', w') as it was; sequentially, so track sources.
+            for a, b in zip(here.tolist(), there.tolist()):
+                source[a] = source[b]
+    shuffled = pixels[:, np.asarray(source)].reshape(channels, h, w) / 255.0
+    return _blur_chw(shuffled, sigma)
+
+
+def _motion_blur(x: np.ndarray, c: tuple[float, float], rng: np.random.Generator) -> np.ndarray:
+    angle = rng.uniform(-45, 45)
+    return _chw(motion_blur(_hwc(x), c[0], c[1], angle))
+
+
+def _motion_blur_released(x: np.ndarray, c: tuple[float, float], rng: np.random.Generator) -> np.ndarray:
+    """What the reference stores: ImageMagick blurs the 8-bit image and writes 8 bits (rounded)."""
+    return magick_to_8bit(_motion_blur(np.round(x * 255.0), c, rng)) / 255.0
+
+
+_register("motion_blur", ((10, 3), (15, 5), (15, 8), (15, 12), (20, 15)), ((6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5)),
+          "ImageMagick motion blur at a random angle in [-45, 45] degrees (radius, sigma)", True,
+          released_op=_motion_blur_released)(_motion_blur)
+
+
+@_register("zoom_blur", ((1, 1.11, 0.01), (1, 1.16, 0.01), (1, 1.21, 0.02), (1, 1.26, 0.02), (1, 1.31, 0.03)),
+           ((1, 1.06, 0.01), (1, 1.11, 0.01), (1, 1.16, 0.01), (1, 1.21, 0.01), (1, 1.26, 0.01)),
+           "mean of centre zooms by numpy.arange(start, stop, step)", False)
+def _zoom_blur(x: np.ndarray, c: tuple[float, float, float], rng: np.random.Generator) -> np.ndarray:
+    img = _hwc(x).astype(np.float32)
+    factors = np.arange(*c)
+    out = np.zeros_like(img)
+    for factor in factors:
+        out += clipped_zoom(img, factor)
+    return _chw((img + out) / (len(factors) + 1))
+
+
+@_register("snow", ((0.1, 0.3, 3, 0.5, 10, 4, 0.8), (0.2, 0.3, 2, 0.5, 12, 4, 0.7), (0.55, 0.3, 4, 0.9, 12, 8, 0.7),
+                    (0.55, 0.3, 4.5, 0.85, 12, 8, 0.65), (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55)),
+           ((0.1, 0.2, 1, 0.6, 8, 3, 0.95), (0.1, 0.2, 1, 0.5, 10, 4, 0.9), (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9),
+            (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85), (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8)),
+           "motion-blurred flakes over a whitened image (mean, std, zoom, threshold, radius, sigma, mix)", True)
+def _snow(x: np.ndarray, c: tuple[float, ...], rng: np.random.Generator) -> np.ndarray:
+    loc, scale, zoom, threshold, radius, sigma, mix = c
+    img = _hwc(x).astype(np.float32)
+    h, w = img.shape[:2]
+    flakes = rng.normal(size=(h, w), loc=loc, scale=scale)
+    flakes = clipped_zoom(flakes[..., None], zoom)
+    flakes[flakes < threshold] = 0
+    flakes8 = (np.clip(flakes[..., 0], 0, 1) * 255).astype(np.uint8)  # stored as an 8-bit PNG ...
+    angle = rng.uniform(-135, -45)
+    layer = (magick_to_8bit(motion_blur(flakes8, radius, sigma, angle)) / 255.0)[..., None]  # ... blurred by ImageMagick
+    grey = rgb_to_grey(img)[..., None] if img.shape[-1] == 3 else img
+    img = mix * img + (1 - mix) * np.maximum(img, grey * 1.5 + 0.5)
+    return _chw(img + layer + np.rot90(layer, k=2))
+
+
+FROST_FILES = ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg", "frost6.jpg")
+"""ImageNet-C's frost photographs, in the reference's order. It draws ``randint(5)``, so only the
+first five are ever used; ``frost6.jpg`` is listed for completeness and not required."""
+FROST_USED = FROST_FILES[:5]
+
+
+def frost_files(frost_dir: Path | str) -> dict[str, Path]:
+    """The frost images of ``frost_dir`` the corruption reads, checked to exist.
+
+    Raises:
+        DataMissingError: the folder or one of :data:`FROST_USED` is missing (names them).
+    """
+    from ..errors import DataMissingError
+
+    folder = Path(frost_dir)
+    missing = [name for name in FROST_USED if not (folder / name).is_file()]
+    if missing:
+        raise DataMissingError(
+            f"frost_dir {folder}: missing {', '.join(missing)} (corruption 'frost' blends ImageNet-C's frost photographs "
+            "frost1.png ... frost5.jpg, from ImageNet-C/imagenet_c/imagenet_c/frost/ of github.com/hendrycks/robustness)"
+        )
+    return {name: folder / name for name in FROST_USED}
+
+
+_FROST_CACHE: dict[tuple[Any, ...], tuple[np.ndarray, ...]] = {}
+
+
+def _frost_images(frost_dir: Path | str) -> tuple[np.ndarray, ...]:
+    """The five frost images as uint8 RGB (H, W, 3), decoded once per process and file state."""
+    files = frost_files(frost_dir)
+    key = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files.values())
+    if key not in _FROST_CACHE:
+        from .folders import load_image
+
+        _FROST_CACHE.clear()
+        _FROST_CACHE[key] = tuple(np.asarray(load_image(p, "RGB"), dtype=np.uint8) for p in files.values())
+    return _FROST_CACHE[key]
+
+
+def _frost_crop(x: np.ndarray, c: tuple[float, float, float], rng: np.random.Generator, frost_dir: Path | str) -> np.ndarray:
+    """The frost crop (C, H, W), 0..255, drawn as the reference draws it: image index, then top, then left."""
+    channels, h, w = x.shape
+    images = _frost_images(frost_dir)
+    frost = images[int(rng.integers(5))]
+    if c[2] != 1.0:
+        frost = resize_linear(frost, c[2])
+    fh, fw = frost.shape[:2]
+    if fh < h or fw < w:
+        raise DataError(f"corruption 'frost': a frost image ({fw}x{fh} after scaling by {c[2]}) is smaller than the "
+                        f"image ({w}x{h}); frost covers images up to 315 pixels a side (corrupt a smaller crop)")
+    top = int(rng.integers(0, fh - h)) if fh > h else 0
+    left = int(rng.integers(0, fw - w)) if fw > w else 0
+    crop = frost[top : top + h, left : left + w].astype(np.float64)
+    return _chw(_grey_of(crop) if channels == 1 else crop)
+
+
+def _frost_released(x: np.ndarray, c: tuple[float, float, float], rng: np.random.Generator, *, frost_dir: Path | str) -> np.ndarray:
+    """The reference blends in 0..255 (``c0 * image + c1 * frost``) before its 8-bit floor; floored
+    here in the same units, so values that land on an integer are not a float step below it."""
+    return np.floor(np.clip(c[0] * np.round(x * 255.0) + c[1] * _frost_crop(x, c, rng, frost_dir), 0, 255)) / 255.0
+
+
+@_register("frost", ((1, 0.4, 1.0), (0.8, 0.6, 1.0), (0.7, 0.7, 1.0), (0.65, 0.7, 1.0), (0.6, 0.75, 1.0)),
+           ((1, 0.2, 0.2), (1, 0.3, 0.2), (0.9, 0.4, 0.2), (0.85, 0.4, 0.2), (0.75, 0.45, 0.2)),
+           "blend with a random crop of a frost photograph (image weight, frost weight, frost scale)", True,
+           released_op=_frost_released, needs=("frost_dir",))
+def _frost(x: np.ndarray, c: tuple[float, float, float], rng: np.random.Generator, *, frost_dir: Path | str) -> np.ndarray:
+    return c[0] * x + c[1] * _frost_crop(x, c, rng, frost_dir) / 255.0
+
+
+@_register("fog", ((1.5, 2), (2.0, 2), (2.5, 1.7), (2.5, 1.5), (3.0, 1.4)), ((0.2, 3), (0.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75)),
+           "plasma-fractal haze (strength, roughness decay)", True)
+def _fog(x: np.ndarray, c: tuple[float, float], rng: np.random.Generator) -> np.ndarray:
+    _, h, w = x.shape
+    mapsize = 1 << max(1, (max(h, w) - 1).bit_length())  # 256 for 224 (the reference), 32 for 32 (CIFAR)
+    max_val = x.max()
+    out = x + c[0] * plasma_fractal(mapsize, c[1], rng)[None, :h, :w]
+    return out * max_val / (max_val + c[0])
+
+
+@_register("spatter", ((0.65, 0.3, 4, 0.69, 0.6, 0), (0.65, 0.3, 3, 0.68, 0.6, 0), (0.65, 0.3, 2, 0.68, 0.5, 0),
+                       (0.65, 0.3, 1, 0.65, 1.5, 1), (0.67, 0.4, 1, 0.65, 1.5, 1)),
+           ((0.62, 0.1, 0.7, 0.7, 0.5, 0), (0.65, 0.1, 0.8, 0.7, 0.5, 0), (0.65, 0.3, 1, 0.69, 0.5, 0),
+            (0.65, 0.1, 0.7, 0.69, 0.6, 1), (0.65, 0.1, 0.5, 0.68, 0.6, 1)),
+           "water (severity 1-3) or mud (4-5) splashes (mean, std, sigma, threshold, strength, mud)", True)
+def _spatter(x: np.ndarray, c: tuple[float, ...], rng: np.random.Generator) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter
+
+    loc, scale, sigma, threshold, strength, mud = c
+    img = _hwc(x).astype(np.float32)
+    liquid = rng.normal(size=img.shape[:2], loc=loc, scale=scale)
+    liquid = gaussian_filter(liquid, sigma, mode="nearest", truncate=4.0)
+    liquid[liquid < threshold] = 0
+    if mud == 0:  # water: pale turquoise drops, shaded by the distance to their edges
+        liquid8 = (liquid * 255).astype(np.uint8)
+        dist = chamfer_distance(255 - canny(liquid8, 50, 150))
+        dist = np.minimum(dist, np.float32(20))
+        dist = equalize_hist(box_blur(dist).astype(np.uint8))
+        dist = filter2d_u8(dist, np.array([[-2, -1, 0], [-1, 1, 1], [0, 1, 2]]))
+        m = liquid8 * box_blur(dist).astype(np.float32)
+        peak = m.max()
+        m = (m / peak if peak > 0 else m) * np.float32(strength)
+        colour = np.array([175, 238, 238], dtype=np.float32) / np.float32(255.0)
+        if img.shape[-1] == 1:
+            colour = _grey_of(colour[None, :])[0].astype(np.float32)
+        return _chw(np.clip(img + m[..., None] * colour, 0, 1))
+    mask = np.where(liquid > threshold, 1, 0).astype(np.float32)  # mud: opaque brown blots
+    mask = gaussian_filter(mask, strength, mode="nearest", truncate=4.0)
+    mask[mask < 0.8] = 0
+    colour = np.array([63, 42, 20], dtype=np.float32) / np.float32(255.0)
+    if img.shape[-1] == 1:
+        colour = _grey_of(colour[None, :])[0].astype(np.float32)
+    return _chw(img * (1 - mask[..., None]) + colour * mask[..., None])
+
+
+@_register("saturate", ((0.3, 0), (0.1, 0), (2, 0), (5, 0.1), (20, 0.2)), ((0.3, 0), (0.1, 0), (1.5, 0), (2, 0.1), (2.5, 0.2)),
+           "HSV saturation s -> s a + b (a, b)", False)
+def _saturate(x: np.ndarray, c: tuple[float, float], rng: np.random.Generator) -> np.ndarray:
+    from skimage.color import hsv2rgb, rgb2hsv
+
+    rgb = _hwc(x)
+    if rgb.shape[-1] == 1:  # a grey image as the reference sees it (RGB), read back as grey
+        rgb = np.repeat(rgb, 3, axis=-1)
+    hsv = rgb2hsv(rgb)
+    hsv[..., 1] = np.clip(hsv[..., 1] * c[0] + c[1], 0, 1)
+    out = hsv2rgb(hsv)
+    return _chw(_grey_of(out) if x.shape[0] == 1 else out)
+
+
+@_register("elastic_transform", ((244 * 2, 244 * 0.7, 244 * 0.1), (244 * 2, 244 * 0.08, 244 * 0.2),
+                                 (244 * 0.05, 244 * 0.01, 244 * 0.02), (244 * 0.07, 244 * 0.01, 244 * 0.02),
+                                 (244 * 0.12, 244 * 0.01, 244 * 0.02)),
+           ((32 * 0, 32 * 0, 32 * 0.08), (32 * 0.05, 32 * 0.2, 32 * 0.07), (32 * 0.08, 32 * 0.06, 32 * 0.06),
+            (32 * 0.1, 32 * 0.04, 32 * 0.05), (32 * 0.1, 32 * 0.03, 32 * 0.03)),
+           "random affine, then a smoothed random displacement field (alpha, sigma, affine shift; pixels)", True,
+           aliases=("elastic",))
+def _elastic_transform(x: np.ndarray, c: tuple[float, float, float], rng: np.random.Generator) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter, map_coordinates
+
+    alpha, sigma, shift = c
+    img = _hwc(x).astype(np.float32)
+    shape = img.shape
+    centre = np.array(shape[:2], dtype=np.float32) // 2
+    square = min(shape[:2]) // 3
+    # the reference builds the points from (rows, cols) and hands them to OpenCV as (x, y): kept
+    pts1 = np.array([centre + square, [centre[0] + square, centre[1] - square], centre - square], dtype=np.float32)
+    pts2 = pts1 + rng.uniform(-shift, shift, size=pts1.shape).astype(np.float32)
+    img = warp_affine(img, affine_from_points(pts1, pts2))
+    dx = (gaussian_filter(rng.uniform(-1, 1, size=shape[:2]), sigma, mode="reflect", truncate=3) * alpha).astype(np.float32)
+    dy = (gaussian_filter(rng.uniform(-1, 1, size=shape[:2]), sigma, mode="reflect", truncate=3) * alpha).astype(np.float32)
+    xx, yy, zz = np.meshgrid(np.arange(shape[1]), np.arange(shape[0]), np.arange(shape[2]))
+    coords = (yy + dy[..., None]).reshape(-1), (xx + dx[..., None]).reshape(-1), zz.reshape(-1)
+    return _chw(map_coordinates(img, coords, order=1, mode="reflect").reshape(shape))
+
+
 # ------------------------------------------------------------------------------------- corrupt()
 
 
@@ -277,7 +572,20 @@ def _check_severity(severity: Any, table: str) -> int:
     return int(severity)
 
 
-def corrupt(image: Any, name: str, severity: int, seed: int | Sequence[int] = 0, *, table: str = "imagenet") -> Any:
+def _extras(entry: Corruption, frost_dir: Path | str | None) -> dict[str, Any]:
+    """The extra inputs ``entry.op`` needs (:attr:`Corruption.needs`); DataError when one is not given."""
+    if "frost_dir" in entry.needs and frost_dir is None:
+        raise DataError(FROST_NEEDS_DIR)
+    return {"frost_dir": frost_dir} if "frost_dir" in entry.needs else {}
+
+
+FROST_NEEDS_DIR = ("corruption 'frost' blends ImageNet-C's frost photographs, which pytest-qrel does not ship: give the folder "
+                   "holding frost1.png ... frost5.jpg as 'frost_dir' (they are in ImageNet-C/imagenet_c/imagenet_c/frost/ "
+                   "of github.com/hendrycks/robustness)")
+
+
+def corrupt(image: Any, name: str, severity: int, seed: int | Sequence[int] = 0, *, table: str = "imagenet",
+            frost_dir: Path | str | None = None) -> Any:
     """Corrupt one image ``(C, H, W)`` with values in [0, 1]; ``C`` is 1 (grey) or 3 (RGB).
 
     ``seed`` (an int or a sequence of ints, e.g. ``(base_seed, index)``) seeds
@@ -287,9 +595,11 @@ def corrupt(image: Any, name: str, severity: int, seed: int | Sequence[int] = 0,
 
     Raises:
         UnknownNameError: ``name`` is not in :data:`CORRUPTIONS` (the message lists the known names).
-        DataError: severity not in 1..5, unknown table, or not a (1|3, H, W) image in [0, 1].
+        DataError: severity not in 1..5, unknown table, or not a (1|3, H, W) image in [0, 1];
+            ``frost`` without ``frost_dir`` (the folder of ImageNet-C's frost images).
     """
     entry = CORRUPTIONS.get(name)
+    extras = _extras(entry, frost_dir)
     severity = _check_severity(severity, table)
     is_tensor = hasattr(image, "detach") and hasattr(image, "is_floating_point")
     arr = image.detach().cpu().double().numpy() if is_tensor else np.asarray(image, dtype=np.float64)
@@ -300,7 +610,7 @@ def corrupt(image: Any, name: str, severity: int, seed: int | Sequence[int] = 0,
     if arr.size and (arr.min() < -1e-6 or arr.max() > 1 + 1e-6 or not np.isfinite(arr).all()):
         raise DataError(f"corruption '{name}' needs values in [0, 1]; got [{arr.min():.3g}, {arr.max():.3g}]")
     rng = np.random.default_rng(list(seed) if isinstance(seed, (list, tuple)) else int(seed))
-    out = np.clip(entry.op(np.clip(arr, 0.0, 1.0), entry.parameter(severity, table), rng), 0.0, 1.0).astype(np.float32)
+    out = np.clip(entry.op(np.clip(arr, 0.0, 1.0), entry.parameter(severity, table), rng, **extras), 0.0, 1.0).astype(np.float32)
     if is_tensor:
         import torch
 
@@ -309,6 +619,19 @@ def corrupt(image: Any, name: str, severity: int, seed: int | Sequence[int] = 0,
 
 
 # ------------------------------------------------------------------------------- ShiftedImageSet
+
+
+def _frost_state(entry: Corruption, frost_dir: Path | str | None) -> tuple[Path | None, dict[str, str]]:
+    """``(frost_dir, {file: sha256})`` of a set of ``entry``: the frost images are read from disk,
+    so they are part of the set's fingerprint. Other corruptions: ``(None, {})``."""
+    if "frost_dir" not in entry.needs:
+        return None, {}
+    if frost_dir is None:
+        raise DataError(FROST_NEEDS_DIR)
+    from .folders import _sha256_file
+
+    files = frost_files(frost_dir)
+    return Path(frost_dir), {name: _sha256_file(path) for name, path in files.items()}
 
 
 def _is_pil(image: Any) -> bool:
@@ -334,10 +657,13 @@ class ShiftedImageSet:
         resize: int | None = None,
         crop: int | None = None,
         name: str | None = None,
+        frost_dir: Path | str | None = None,
     ) -> None:
         entry = CORRUPTIONS.get(corruption)
         self.base = base
         self.corruption = entry.name  # canonical (``jpeg`` -> ``jpeg_compression``)
+        self.frost_dir, frost_hashes = _frost_state(entry, frost_dir)
+        self.logit_mask = getattr(base, "logit_mask", None)  # ImageNet-R/A: the base's class subset
         self.severity = _check_severity(severity, table)
         self.seed = int(seed)
         self.table = table
@@ -361,6 +687,7 @@ class ShiftedImageSet:
             "as_ood": self.as_ood,
             "resize": resize,
             "crop": crop,
+            **({"frost_files": frost_hashes} if frost_hashes else {}),
         }
         self.fingerprint = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
@@ -419,7 +746,7 @@ class ShiftedImageSet:
         import torch
 
         x = x.clamp(0.0, 1.0) if isinstance(x, torch.Tensor) else np.clip(x, 0.0, 1.0)
-        return corrupt(x, self.corruption, self.severity, (self.seed, index % len(self)), table=self.table)
+        return corrupt(x, self.corruption, self.severity, (self.seed, index % len(self)), table=self.table, frost_dir=self.frost_dir)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         if not -len(self) <= index < len(self):
@@ -431,13 +758,13 @@ class ShiftedImageSet:
             image = self._geometry_pil(image)
             if image.mode not in ("L", "RGB"):
                 image = image.convert("RGB")
-            out = corrupt(_from_pil(image), self.corruption, self.severity, seed, table=self.table)
+            out = corrupt(_from_pil(image), self.corruption, self.severity, seed, table=self.table, frost_dir=self.frost_dir)
             return _to_pil(out), int(self.labels[index])
         if not (hasattr(image, "detach") or isinstance(image, np.ndarray)):
             raise DataError(f"{self.name}: cannot corrupt a sample of type {type(image).__name__}")
         if hasattr(image, "detach") and (self.resize or self.crop):
             image = self._geometry_tensor(image)
-        return corrupt(image, self.corruption, self.severity, seed, table=self.table), int(self.labels[index])
+        return corrupt(image, self.corruption, self.severity, seed, table=self.table, frost_dir=self.frost_dir), int(self.labels[index])
 
 
 # ------------------------------------------------------------------------ the released ImageNet-C files
@@ -469,17 +796,19 @@ def imagenet_c_geometry(image: Any, resize: int = IMAGENET_C_RESIZE, crop: int =
     return image.crop((left, top, left + crop, top + crop))
 
 
-def corrupt_released(image: Any, name: str, severity: int, seed: int | Sequence[int] = 0) -> Any:
+def corrupt_released(image: Any, name: str, severity: int, seed: int | Sequence[int] = 0, *, frost_dir: Path | str | None = None) -> Any:
     """One image as the released ImageNet-C files hold it: ``image`` (an RGB PIL image, already at
     the ImageNet-C geometry) corrupted with the ``imagenet`` table, the float result scaled to
     [0, 255] and cut to 8 bits with ``np.uint8`` (floor), then stored as JPEG at quality 85 and decoded.
 
-    JPEG compression and pixelation work on the 8-bit image itself (as the reference does); the
-    other corruptions on ``array / 255`` in float64. Returns an RGB PIL image of the same size.
+    JPEG compression and pixelation work on the 8-bit image itself (as the reference does); motion
+    blur returns ImageMagick's 8-bit result; the other corruptions work on ``array / 255`` in
+    float64. Returns an RGB PIL image of the same size.
     """
     from PIL import Image
 
     entry = CORRUPTIONS.get(name)
+    extras = _extras(entry, frost_dir)
     severity = _check_severity(severity, "imagenet")
     image = image.convert("RGB")
     c = entry.parameter(severity, "imagenet")
@@ -488,7 +817,7 @@ def corrupt_released(image: Any, name: str, severity: int, seed: int | Sequence[
     else:
         rng = np.random.default_rng(list(seed) if isinstance(seed, (list, tuple)) else int(seed))
         x = np.moveaxis(np.asarray(image, dtype=np.float64) / 255.0, -1, 0)
-        y = np.clip(entry.op(x, c, rng), 0.0, 1.0) * 255.0
+        y = np.clip((entry.released_op or entry.op)(x, c, rng, **extras), 0.0, 1.0) * 255.0
         out = Image.fromarray(np.moveaxis(y, 0, -1).astype(np.uint8), mode="RGB")  # astype: floor, as np.uint8()
     return _jpeg_round_trip(out, IMAGENET_C_JPEG_QUALITY, optimize=True)
 
@@ -518,10 +847,13 @@ class ImageNetCSet:
         resize: int = IMAGENET_C_RESIZE,
         crop: int = IMAGENET_C_CROP,
         name: str | None = None,
+        frost_dir: Path | str | None = None,
     ) -> None:
         entry = CORRUPTIONS.get(corruption)
         self.base = base
         self.corruption = entry.name
+        self.frost_dir, frost_hashes = _frost_state(entry, frost_dir)
+        self.logit_mask = getattr(base, "logit_mask", None)
         self.severity = _check_severity(severity, "imagenet")
         self.seed = int(seed)
         self.table = "imagenet"
@@ -545,6 +877,7 @@ class ImageNetCSet:
             "as_ood": self.as_ood,
             "resize": self.resize,
             "crop": self.crop,
+            **({"frost_files": frost_hashes} if frost_hashes else {}),
         }
         self.fingerprint = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
@@ -567,13 +900,13 @@ class ImageNetCSet:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
         index = index % len(self)
-        out = corrupt_released(self.clean(index), self.corruption, self.severity, (self.seed, index))
+        out = corrupt_released(self.clean(index), self.corruption, self.severity, (self.seed, index), frost_dir=self.frost_dir)
         return out, int(self.labels[index])
 
 
 # ------------------------------------------------------------------------------------- the source
 
-SHIFT_OPTIONS = ("of", "of_options", "seed", "table", "as_ood", "resize", "crop", "protocol")
+SHIFT_OPTIONS = ("of", "of_options", "seed", "table", "as_ood", "resize", "crop", "protocol", "frost_dir")
 _ARG = re.compile(r"^\s*([A-Za-z_][\w]*)\s*/\s*(\S+)\s*$")
 
 
@@ -588,6 +921,18 @@ def _parse_arg(arg: str) -> tuple[str, int]:
     if not sev.isdigit() or int(sev) not in SEVERITIES:
         raise DataError(f"{where}: severity must be an integer from 1 to 5, got '{sev}'")
     return name, int(sev)
+
+
+def _check_frost_dir(where: str, corruption: str, options: Mapping[str, Any]) -> None:
+    """``frost_dir`` is required by ``frost`` and read by nothing else (a path string; checked on load)."""
+    needs = "frost_dir" in CORRUPTIONS.get(corruption).needs
+    value = options.get("frost_dir")
+    if needs and value is None:
+        raise DataError(f"{where}: {FROST_NEEDS_DIR}, e.g. options: {{frost_dir: ${{IMAGENET_C_FROST}}}}")
+    if not needs and value is not None:
+        raise DataError(f"{where}: option 'frost_dir' is only read by corruption 'frost'; remove it")
+    if needs and not (isinstance(value, str) and value.strip()):
+        raise DataError(f"{where}: option 'frost_dir' must be a folder path, got {value!r}")
 
 
 def _parse_options(where: str, options: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -622,6 +967,9 @@ def check_shift_options(arg: str, options: Mapping[str, Any]) -> None:
 
     where = f"dataset 'shift:{arg}'"
     of, of_options, *_ = _parse_options(where, options)
+    m = _ARG.match(arg)
+    if m:
+        _check_frost_dir(where, m.group(1), options)
     try:
         validate_dataset_source(of)
         validate_dataset_source(of, of_options)
@@ -649,11 +997,18 @@ def shift_source(
     check_options(where, options, SHIFT_OPTIONS)
     name, sev = _parse_arg(arg)
     of, of_options, seed, table, as_ood, resize, crop, protocol = _parse_options(where, options)
+    _check_frost_dir(where, name, options)
+    frost_dir = None
+    if options.get("frost_dir") is not None:
+        from .folders import resolve_path
+
+        frost_dir = resolve_path(options["frost_dir"], base_dir=base_dir, what=f"{where}: frost_dir")
     try:
         base = load_dataset(of, split=split, options=of_options, base_dir=base_dir)
     except QrelError as exc:
         raise exc.with_context(f"{where}: base set '{of}'") from None
     if protocol == "imagenet_c":
         return ImageNetCSet(base, name, sev, seed or 0, as_ood=as_ood, resize=resize or IMAGENET_C_RESIZE,
-                            crop=crop or IMAGENET_C_CROP, name=f"{of}+{name}/{sev}")
-    return ShiftedImageSet(base, name, sev, seed or 0, table=table, as_ood=as_ood, resize=resize, crop=crop, name=f"{of}+{name}/{sev}")
+                            crop=crop or IMAGENET_C_CROP, name=f"{of}+{name}/{sev}", frost_dir=frost_dir)
+    return ShiftedImageSet(base, name, sev, seed or 0, table=table, as_ood=as_ood, resize=resize, crop=crop, name=f"{of}+{name}/{sev}",
+                           frost_dir=frost_dir)

@@ -17,6 +17,7 @@ post-hoc steps are fitted on).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ..data.logit_masks import restrict_clip, restrict_logits
 from ..errors import DataError, ModelError
 from ..validation import LogitsTally
 from .imagestore import ImageStore, StoreCorrupt, store_key
@@ -348,6 +350,9 @@ class Runner:
 
         n = len(ds)
         labels_all = np.asarray(ds.labels, dtype=np.int64)
+        mask = getattr(ds, "logit_mask", None)  # ImageNet-R / -A: score only the set's classes (data/logit_masks.py)
+        if mask is not None:
+            want = dataclasses.replace(want, clip=restrict_clip(want.clip, mask, what))
         with_features = any(needs == "clip" for _, needs in want.scores.values()) and hasattr(module, "forward_with_features")
         parts: list[SampleArrays] = []
         vparts: dict[str, list[SampleArrays]] = {v: [] for v in want.variants}
@@ -374,7 +379,7 @@ class Runner:
                     feats = feats_t.float().cpu().numpy()
                 else:
                     logits_t, feats = forward(x), None
-                logits = logits_t.float().cpu().numpy()
+                logits = restrict_logits(logits_t.float().cpu().numpy(), mask, what)
                 tally.add(logits)
                 done += len(logits)
                 if tally.bad:  # the pass fails at its end with one message for the whole set
