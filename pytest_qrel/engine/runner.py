@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError, ModelError
+from ..errors import DataError, ModelError, StorageError
 from ..validation import LogitsTally
 from .imagestore import ImageStore, StoreCorrupt, store_key
 from .trace import trace
@@ -317,12 +317,20 @@ class Runner:
                     if writer is None:
                         arr = units.numpy()
                         exact = bool(np.abs(arr * 255.0 - np.rint(arr * 255.0)).max(initial=0.0) <= 1e-3)
-                        writer = self.store.writer(key, n, tuple(units.shape[1:]), exact)
-                    usable = writer.put(start, units.numpy())
+                        try:
+                            writer = self.store.writer(key, n, tuple(units.shape[1:]), exact)
+                        except StorageError as exc:  # read-only or full: this pass goes on without the store
+                            self.store.write_failed(exc)
+                            usable = False
+                    if writer is not None:
+                        usable = writer.put(start, units.numpy())
                 yield start, finish(start, units)
                 start += len(units)
             if writer is not None and usable and start == n:
-                writer.commit()
+                try:
+                    writer.commit()
+                except StorageError as exc:
+                    self.store.write_failed(exc)
                 writer = None
         finally:
             if writer is not None:
