@@ -21,6 +21,7 @@ anything else escaping the library is a bug in pytest-qrel.
     ├── NumericsError          outputs cannot be scored: NaN / Inf logits, labels out of range,
     │                          too few OOD samples, all-equal scores, chance-level FP32 accuracy
     │                          (also a ValueError, so the metric functions can raise it)
+    ├── DeviceError            the device asked for (--qrel-device cuda) is not available here
     ├── StorageError           a file cannot be written: read-only folder, full disk, name too long
     │                          (raised by the one atomic writer, pytest_qrel.io; also an OSError,
     │                          so code that tolerates a failed write still does)
@@ -173,6 +174,11 @@ class BaselineMissingError(BaselineError):
 
 class BaselineStaleError(BaselineError):
     """The stored FP32 baseline was produced from different weights, data or preprocessing."""
+
+
+class DeviceError(QrelError):
+    """The device asked for (``--qrel-device cuda``, ``cuda:K``, ``mps``) is not available on this
+    machine; checked once, before any model is loaded (:func:`pytest_qrel.engine.loading.device_problem`)."""
 
 
 class StorageError(QrelError, OSError):

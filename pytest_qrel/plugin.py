@@ -90,6 +90,11 @@ def _device(value: str) -> str:
 
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
         raise pytest.UsageError(f"--qrel-device {value}: expected auto, cpu, cuda, cuda:K or mps")
+    if value not in ("auto", "cpu"):  # checked once, here: not blamed on the first stage that moves a tensor
+        from .engine.loading import device_problem
+
+        if (problem := device_problem(value)) is not None:
+            raise pytest.UsageError(problem)
     return value
 
 
