@@ -100,7 +100,8 @@ class SpecError(QrelError):
         msg = f"{head}: {problem}" if head else problem
         if fix:
             msg += f" (fix: {fix})"
-        super().__init__(msg)
+        # One line whatever the user wrote: a name or key with a newline ("vit\n") is shown escaped.
+        super().__init__(msg.replace("\r", "\\r").replace("\n", "\\n"))
 
 
 class QuantOptionError(QrelError):

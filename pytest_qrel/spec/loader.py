@@ -93,7 +93,7 @@ def _check_name(ctx: _Ctx, name: Any, node: Any, key: Any, field: str, pattern: 
         short = f"{name[:20]}...{name[-8:]}"
         raise ctx.err(
             f"name '{short}' has {len(name)} characters, more than {MAX_NAME_LENGTH}", node=node, key=key, field=field.replace(name, short),
-            fix=f"shorten it to at most {MAX_NAME_LENGTH} characters (names become file names under baselines/)",
+            fix=f"shorten it to at most {MAX_NAME_LENGTH} characters: names become file names under baselines/",
         )
     if not isinstance(name, str) or not pattern.fullmatch(name):
         allowed = "letters, digits, _ and ." if pattern is _DATASET_NAME else "letters, digits, _ . and -"
