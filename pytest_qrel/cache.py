@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -112,6 +113,11 @@ def cache_folder(make: Callable[[], Path], warn: Callable[[str], None]) -> Path 
     try:
         return make()
     except OSError as exc:
-        target = Path(exc.filename) if isinstance(exc.filename, str) else Path(".pytest_cache")
+        # pytest builds .pytest_cache in a temp folder beside it and renames it into place: name
+        # the folder the user knows (the rename's destination), not the temp one.
+        named = exc.filename2 or exc.filename
+        target = Path(named) if isinstance(named, (str, os.PathLike)) else Path(".pytest_cache")
+        if target.name.startswith("pytest-cache-files-"):
+            target = target.with_name(".pytest_cache")
         warn(not_cached_warning("create the outputs cache folder", storage_error(target, exc, "create")))
         return None

@@ -83,7 +83,8 @@ def storage_error(target: str | os.PathLike[str], exc: OSError, what: str = "wri
     elif code == errno.ENAMETOOLONG:
         fix = "use a shorter name: a file name may have at most 255 bytes"
     elif code in (errno.EISDIR, errno.ENOTDIR, errno.EEXIST):
-        blocker = next((q for q in reversed(target.parents) if q.exists() and not q.is_dir()), None)
+        above = [*reversed(target.parents), *([target] if what == "create" else [])]  # a folder to create may itself be a file
+        blocker = next((q for q in above if q.exists() and not q.is_dir()), None)
         if blocker is not None:
             reason, fix = f"{blocker} is a file, not a folder", f"give another path, or move {blocker} away"
         elif target.is_dir():

@@ -169,7 +169,7 @@ def _sample_name(ds: Any, i: int) -> str:
 
 def _failure(failed: _Failed, ds: Any, what: str) -> BaseException:
     """The one-line error of a failed batch (see :class:`_Failed`), naming ``what`` and the sample."""
-    fix_size = "make the model's preprocessing resize and crop every image to the model's input size (e.g. Resize + CenterCrop)"
+    fix_size = "make the model's preprocessing resize and crop every image to the model's input size, e.g. Resize then CenterCrop"
     if failed.stage == "sizes":
         (a, b), first, other = failed.shapes, _sample_name(ds, failed.index), _sample_name(ds, failed.other)
         return ModelError(
