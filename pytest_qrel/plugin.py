@@ -187,8 +187,9 @@ def _engine(config: pytest.Config) -> Any:
             torch.set_num_threads(state.threads)
         cache_dir = None
         if not config.getoption("qrel_no_cache") and getattr(config, "cache", None) is not None:
-            from .cache import cache_folder  # a read-only or full .pytest_cache: one warning, no cache
+            from .cache import cache_folder
 
+            # a read-only or full .pytest_cache: one warning, then no cache
             cache_dir = cache_folder(lambda: config.cache.mkdir("qrel"), lambda message: _warn_line(config, message))
         workerinput = getattr(config, "workerinput", None)
         invocation = config.invocation_params.dir

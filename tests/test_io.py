@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import pickle
 import stat
 import subprocess
 import sys
 
-from pytest_qrel.io import _HOST, atomic_write_bytes, atomic_write_text, remove_stray_temps
+import pytest
+
+from pytest_qrel.errors import QrelError, StorageError
+from pytest_qrel.io import (
+    _HOST,
+    _host_tag,
+    atomic_write_bytes,
+    atomic_write_text,
+    remove_stray_temps,
+    temp_path,
+)
 
 
 def test_permissions_follow_the_umask(tmp_path):
@@ -53,14 +65,6 @@ def test_remove_stray_temps_of_a_missing_directory_is_a_no_op(tmp_path):
 
 
 # ------------------------------------------------------------------ writes that fail: one line each
-
-import errno  # noqa: E402
-import pickle  # noqa: E402
-
-import pytest  # noqa: E402
-
-from pytest_qrel.errors import QrelError, StorageError  # noqa: E402
-from pytest_qrel.io import _host_tag, temp_path  # noqa: E402
 
 
 def _write_fails(target, exc_type=StorageError):

@@ -251,7 +251,7 @@ def load_image(path: Path, mode: str) -> Any:
             f"cannot read image {path}: {err} (fix: downscale the image or remove it from the set; "
             f"images over {Image.MAX_IMAGE_PIXELS:,} pixels are refused)"
         ) from None
-    except Exception as err:  # any decoder failure (OSError, SyntaxError, struct.error, MemoryError, ...)
+    except Exception as err:  # noqa: BLE001  (any decoder failure: OSError, SyntaxError, struct.error, MemoryError, ...)
         raise DataError(f"cannot read image {path}: {err or type(err).__name__}") from None
 
 

@@ -27,8 +27,8 @@ import numpy as np
 from ..errors import DataError, ModelError, QrelError, StorageError, UserCodeError
 from ..validation import LogitsTally
 from .imagestore import ImageStore, StoreCorrupt, store_key
-from .trace import trace
 from .samples import SampleArrays, batch_arrays, check_batch_logits, concat
+from .trace import trace
 
 Progress = Callable[..., None]
 """``progress(what, done, total, unit="images")``: ``what`` is a short label ("vit W8A8 on digits")."""
@@ -80,7 +80,7 @@ class _Failed:
         state = dict(self.__dict__)
         try:
             pickle.dumps(self.exc)
-        except Exception:
+        except Exception:  # noqa: BLE001  (whatever makes it unpicklable: it travels as text)
             state["exc"] = None
         return state
 

@@ -10,7 +10,6 @@ import yaml
 
 from ..errors import SpecError
 
-
 MAX_DEPTH = 64
 """How deeply mappings and lists may nest. A real suite nests about 6 levels; the bound is checked
 while the file is composed, so a file nested thousands of levels deep is one error line, not a
