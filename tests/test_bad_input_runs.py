@@ -100,6 +100,30 @@ def test_a_forward_of_the_wrong_shape_is_one_line(tmp_path, mode, message):
     assert str(info.value) == message
 
 
+def test_a_forward_of_the_wrong_shape_through_the_engine(tmp_path):
+    # The case found by the corpus: post-hoc fitting (+temperature) read the (1, C) logits of the
+    # held-out pass and crashed with a traceback; the first batch now stops the pass.
+    from pytest_qrel import Engine, load_suite
+
+    (tmp_path / "build.py").write_text(
+        "import torch\nfrom torch import nn\n\n"
+        "class Net(nn.Module):\n    def __init__(self):\n        super().__init__()\n        self.fc = nn.Linear(256, 8)\n"
+        "    def forward(self, x):\n        return self.fc(x[:, :1, :16, :16].flatten(1)).mean(0, keepdim=True)\n\n"
+        "def build():\n    return Net(), (lambda image: image if torch.is_tensor(image) else torch.full((1, 16, 16), 0.5))\n"
+    )
+    (tmp_path / "s.yaml").write_text(
+        'name: s\nbatch_size: 32\nmodels:\n  net: {source: "python:build.py:build", options: {}}\n'
+        'datasets:\n  id: {name: digits, source: "embedded:digits"}\nchecks: ["FP32+temperature ece <= 1"]\n'
+    )
+    suite = load_suite(tmp_path / "s.yaml")
+    with pytest.raises(ModelError) as info:
+        Engine(baseline_dir=tmp_path / "baselines").write_baseline(suite, "net")
+    assert str(info.value) == (
+        "model 'net' FP32 on the held-out split: the forward pass returned logits of shape (1, 8) for a batch of 32 images; "
+        "expected (32, 8), one row of class scores per image (fix: make the model's forward return (batch, classes) logits)"
+    )
+
+
 def test_a_forward_of_the_right_shape_passes(tmp_path):
     result = run(flat_set(tmp_path, [(16, 16)] * 6))
     assert result.arrays["pred"].shape == (6,)
