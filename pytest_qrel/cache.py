@@ -8,19 +8,25 @@ device) and carry a digest of their own content: a truncated, byte-flipped or ed
 miss (recomputed and overwritten, with one warning line), never trusted. Writes go through the
 one atomic writer (:mod:`pytest_qrel.io`: process-unique temp names and ``os.replace``), so a
 directory shared over NFS is safe without file locks.
+
+The cache is optional: when an entry cannot be written (a read-only ``.pytest_cache``, a full disk)
+the run goes on without it, with one warning line naming the path, the reason and the fix, given
+once per cache however many writes fail.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import os
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
 
-from .io import atomic_write_bytes
+from .errors import StorageError
+from .io import atomic_write_bytes, storage_error
 
 CACHE_FORMAT = 2
 _DIGEST = "__digest__"
@@ -48,6 +54,7 @@ class OutputsCache:
         self.warn = warn or (lambda message: None)
         self.hits = 0
         self.misses = 0
+        self.write_failures = 0  # entries that could not be written (warned about once)
 
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.npz"
@@ -85,4 +92,32 @@ class OutputsCache:
         buf = io.BytesIO()
         plain = {k: np.asarray(v) for k, v in arrays.items()}
         np.savez(buf, **{_FORMAT: np.array(CACHE_FORMAT), _DIGEST: np.array(arrays_digest(plain))}, **plain)
-        atomic_write_bytes(self.path(key), buf.getvalue())
+        try:
+            atomic_write_bytes(self.path(key), buf.getvalue())
+        except StorageError as exc:
+            self.write_failures += 1
+            if self.write_failures == 1:
+                self.warn(not_cached_warning("write the outputs cache entry", exc))
+
+
+def not_cached_warning(what: str, exc: StorageError) -> str:
+    """The one warning line of a cache that cannot be written (``what``: "write the outputs cache
+    entry"): the path, the reason, that the run goes on uncached, and the fix."""
+    fix = f"{exc.fix}, or pass --qrel-no-cache" if exc.fix else "pass --qrel-no-cache"
+    return f"pytest-qrel: cannot {what} {exc.path}: {exc.reason}; the run goes on without caching (fix: {fix})"
+
+
+def cache_folder(make: Callable[[], Path], warn: Callable[[str], None]) -> Path | None:
+    """``make()`` (e.g. ``config.cache.mkdir("qrel")``), or None with one warning line when the
+    folder cannot be created (a read-only or full ``.pytest_cache``): the run goes on uncached."""
+    try:
+        return make()
+    except OSError as exc:
+        # pytest builds .pytest_cache in a temp folder beside it and renames it into place: name
+        # the folder the user knows (the rename's destination), not the temp one.
+        named = exc.filename2 or exc.filename
+        target = Path(named) if isinstance(named, (str, os.PathLike)) else Path(".pytest_cache")
+        if target.name.startswith("pytest-cache-files-"):
+            target = target.with_name(".pytest_cache")
+        warn(not_cached_warning("create the outputs cache folder", storage_error(target, exc, "create")))
+        return None

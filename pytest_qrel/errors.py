@@ -21,6 +21,10 @@ anything else escaping the library is a bug in pytest-qrel.
     ├── NumericsError          outputs cannot be scored: NaN / Inf logits, labels out of range,
     │                          too few OOD samples, all-equal scores, chance-level FP32 accuracy
     │                          (also a ValueError, so the metric functions can raise it)
+    ├── DeviceError            the device asked for (--qrel-device cuda) is not available here
+    ├── StorageError           a file cannot be written: read-only folder, full disk, name too long
+    │                          (raised by the one atomic writer, pytest_qrel.io; also an OSError,
+    │                          so code that tolerates a failed write still does)
     └── BaselineError          a stored FP32 baseline cannot be used
         ├── BaselineMissingError
         └── BaselineStaleError (the fingerprint changed; names each field old -> new)
@@ -96,7 +100,8 @@ class SpecError(QrelError):
         msg = f"{head}: {problem}" if head else problem
         if fix:
             msg += f" (fix: {fix})"
-        super().__init__(msg)
+        # One line whatever the user wrote: a name or key with a newline ("vit\n") is shown escaped.
+        super().__init__(msg.replace("\r", "\\r").replace("\n", "\\n"))
 
 
 class QuantOptionError(QrelError):
@@ -170,3 +175,40 @@ class BaselineMissingError(BaselineError):
 
 class BaselineStaleError(BaselineError):
     """The stored FP32 baseline was produced from different weights, data or preprocessing."""
+
+
+class DeviceError(QrelError):
+    """The device asked for (``--qrel-device cuda``, ``cuda:K``, ``mps``) is not available on this
+    machine; checked once, before any model is loaded (:func:`pytest_qrel.engine.loading.device_problem`)."""
+
+
+class StorageError(QrelError, OSError):
+    """A file cannot be written (or its folder created): a read-only folder or file system, a full
+    disk, a file name too long. ``path`` is the file that was being written, ``code`` the errno;
+    the message names the path, the reason and the fix. Raised by :mod:`pytest_qrel.io`; callers
+    for whom the file is optional (the outputs cache, the decoded-image store) warn once and go on.
+
+    It is also an :class:`OSError` (``errno`` is set), so ``except OSError`` still catches it."""
+
+    def __init__(self, message: str, *, path: str | Path, code: int | None = None, reason: str = "", fix: str | None = None) -> None:
+        super().__init__(message)
+        self.path = str(path)
+        self.code = code
+        self.errno = code
+        self.reason = reason
+        self.fix = fix
+
+    def with_context(self, prefix: str) -> StorageError:
+        new = super().with_context(prefix)
+        new.errno = self.code  # an OSError slot, not in __dict__
+        return new
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_storage, (type(self), self.args, dict(self.__dict__)))
+
+
+def _rebuild_storage(cls: type[StorageError], args: tuple[Any, ...], state: dict[str, Any]) -> StorageError:
+    err = _rebuild(cls, args, state)
+    assert isinstance(err, StorageError)
+    err.errno = err.code
+    return err

@@ -18,6 +18,7 @@ check was skipped (data missing) fails with one line naming what is missing, unl
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import os
@@ -89,6 +90,11 @@ def _device(value: str) -> str:
 
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
         raise pytest.UsageError(f"--qrel-device {value}: expected auto, cpu, cuda, cuda:K or mps")
+    if value not in ("auto", "cpu"):  # checked once, here: not blamed on the first stage that moves a tensor
+        from .engine.loading import device_problem
+
+        if (problem := device_problem(value)) is not None:
+            raise pytest.UsageError(problem)
     return value
 
 
@@ -181,7 +187,10 @@ def _engine(config: pytest.Config) -> Any:
             torch.set_num_threads(state.threads)
         cache_dir = None
         if not config.getoption("qrel_no_cache") and getattr(config, "cache", None) is not None:
-            cache_dir = config.cache.mkdir("qrel")
+            from .cache import cache_folder
+
+            # a read-only or full .pytest_cache: one warning, then no cache
+            cache_dir = cache_folder(lambda: config.cache.mkdir("qrel"), lambda message: _warn_line(config, message))
         workerinput = getattr(config, "workerinput", None)
         invocation = config.invocation_params.dir
         workers = config.getoption("qrel_workers")
@@ -208,7 +217,9 @@ def _engine(config: pytest.Config) -> Any:
 def _warn_line(config: pytest.Config, message: str) -> None:
     tr = config.pluginmanager.get_plugin("terminalreporter")
     if tr is not None and not hasattr(config, "workerinput"):
-        tr.write_line(message, yellow=True)
+        capture = config.pluginmanager.get_plugin("capturemanager")  # warnings come mid-test: not into its capture
+        with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+            tr.write_line(message, yellow=True)
     else:
         sys.stderr.write(message + "\n")
 
@@ -296,7 +307,10 @@ def _status_dir(config: pytest.Config) -> Path | None:
         return None
     workerinput = getattr(config, "workerinput", None)
     run = workerinput.get("testrunuid") if workerinput else config.stash.get(_RUN_ID, "")
-    return cache.mkdir("qrel-status") / str(run or "run")
+    try:
+        return cache.mkdir("qrel-status") / str(run or "run")
+    except OSError:  # a read-only or full .pytest_cache: no worker status lines (the engine warns once)
+        return None
 
 
 _RUN_ID = pytest.StashKey[str]()

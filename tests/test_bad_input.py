@@ -47,6 +47,13 @@ ONE_CHECK = """(fix: add at least one check, e.g. '- "W8A8 top1 delta <= 1pp"')"
 NOT_OVERLAP = "(fix: remove one of them, or narrow 'all' / 'on' so that they do not overlap)"
 
 
+ALIAS_BOMB = "description:\n" + "\n".join(  # 9 levels of 9 aliases: 9^9 values once expanded, a few hundred bytes written
+    ["  a: &a [" + ", ".join(['"lol"'] * 9) + "]"] + [f"  {c}: &{c} [" + ", ".join([f"*{p}"] * 9) + "]" for p, c in zip("abcdefgh", "bcdefghi")]
+)
+TOO_DEEP = "(fix: a suite nests a few levels: flatten the value)"
+SHORTEN = "(fix: shorten it to at most 100 characters: names become file names under baselines/)"
+
+
 def edit(old: str, new: str) -> tuple[str, str]:
     assert old in BASE, old
     return (old, new)
@@ -257,6 +264,53 @@ SPEC_CASES: list[tuple[str, tuple[str, str] | str, str]] = [
      "{p}:15: field 'checks[0].expect': 'expect' must be 'pass' or 'fail', got 'maybe' (fix: write 'expect: fail' for a check known to fail)"),
     ("shorthand plus structured", check('{check: "W8A8 nll delta <= 3", metric: nll}'),
      "{p}:15: field 'checks[0]': 'check' shorthand cannot be combined with metric (fix: put everything in the shorthand or use the structured keys only)"),
+    # ---- inputs that crash or exhaust: bounded before anything is expanded, one line each
+    ("an alias bomb", edit("name: mini", "name: mini\n" + ALIAS_BOMB),
+     "{p}:9: this value expands to 597,871 values through the file's 72 aliases (*name), more than the 100,000 a suite may hold "
+     "(fix: write the values out instead of nesting aliases)"),
+    ("a recursive alias", edit("name: mini", "name: mini\ndescription: &d [1, *d]"),
+     "{p}:3: an alias (*name) refers to the value it is part of, which would never end (fix: point the alias at a value outside its own anchor)"),
+    ("a description nested 5,000 deep", edit("name: mini", "name: mini\ndescription: " + "[" * 5000 + "]" * 5000),
+     f"{{p}}:3: the YAML nests mappings or lists more than 64 levels deep {TOO_DEEP}"),
+    ("mappings nested 70 deep", edit("name: mini", "name: mini\ndescription:\n" + "".join("  " * (i + 1) + "a:\n" for i in range(70))),
+     f"{{p}}:66: the YAML nests mappings or lists more than 64 levels deep {TOO_DEEP}"),
+    # ---- names become file names: the whole name is matched (no trailing newline), and it is short
+    ("suite name ending in a newline", edit("name: mini", 'name: "mini\\n"'),
+     "{p}:2: field 'name': invalid name 'mini\\n' (fix: use only letters, digits, _ . and -)"),
+    ("model name ending in a newline", edit('  vit: {source: "embedded:digits_vit"}', '  "vit\\n": {source: "embedded:digits_vit"}'),
+     "{p}:4: field 'models.vit\\n': invalid name 'vit\\n' (fix: use only letters, digits, _ . and -)"),
+    ("dataset name ending in a newline", edit("name: noise", 'name: "noise\\n"'),
+     "{p}:9: field 'datasets.ood[1].name': invalid name 'noise\\n' (fix: use only letters, digits, _ and .)"),
+    ("quantizer name ending in a newline", edit("  W4A4: {method: minmax}", '  "W4A4\\n": {method: minmax}'),
+     "{p}:12: field 'quantizers.W4A4\\n': invalid name 'W4A4\\n' (fix: use only letters, digits, _ . and -)"),
+    ("model name of 300 characters", edit('  vit: {source: "embedded:digits_vit"}', "  " + "v" * 300 + ': {source: "embedded:digits_vit"}'),
+     f"{{p}}:4: field 'models.vvvvvvvvvvvvvvvvvvvv...vvvvvvvv': name 'vvvvvvvvvvvvvvvvvvvv...vvvvvvvv' has 300 characters, more than 100 {SHORTEN}"),
+    ("suite name of 101 characters", edit("name: mini", "name: " + "m" * 101),
+     f"{{p}}:2: field 'name': name 'mmmmmmmmmmmmmmmmmmmm...mmmmmmmm' has 101 characters, more than 100 {SHORTEN}"),
+    # ---- a boolean is never a number (True == 1 in Python)
+    ("version true", edit("version: 1", "version: true"), "{p}:1: field 'version': 'version' must be a number, got True (fix: write 'version: 1')"),
+    ("batch size true", edit("name: mini", "name: mini\nbatch_size: true"),
+     "{p}:3: field 'batch_size': expected an integer >= 1, got True (fix: use an integer >= 1)"),
+    ("confidence true", edit("name: mini", "name: mini\nconfidence: true"),
+     "{p}:3: field 'confidence': confidence must be a level, got True (fix: write a fraction such as 0.95 or a percentage such as '95%')"),
+    ("bootstrap resamples true", edit("name: mini", "name: mini\nbootstrap: {resamples: true}"),
+     "{p}:3: field 'bootstrap.resamples': expected an integer from 10 to 1000000, got True (fix: use an integer from 10 to 1000000)"),
+    ("calibration samples true", edit("  W4A4: {method: minmax}", "  W4A4: {method: minmax, calibration: {samples: true}}"),
+     "{p}:12: field 'quantizers.W4A4.calibration.samples': expected an integer >= 1, got True (fix: use an integer >= 1)"),
+    ("a seed true", edit("  W4A4: {method: minmax}", "  W4A4: {method: minmax, calibration: {seeds: [0, true]}}"),
+     "{p}:12: field 'quantizers.W4A4.calibration.seeds[1]': expected an integer >= 0, got True (fix: use an integer >= 0)"),
+    ("act bits true", edit("  W4A4: {method: minmax}", "  W4A4: {method: minmax, act_bits: true}"),
+     "{p}:12: field 'quantizers.W4A4.act_bits': expected an integer from 2 to 8, got True (fix: use an integer from 2 to 8)"),
+    ("quantizer option true", edit("  W4A4: {method: minmax}", "  W4A4: {method: smoothquant, options: {alpha: true}}"),
+     "{p}:12: field 'quantizers.W4A4.options.alpha': alpha must be a number from 0 to 1, got True (fix: use a number from 0 to 1)"),
+    ("a bound true", check("{metric: top1, quantizers: W8A8, delta: {max: true}}"),
+     "{p}:15: field 'checks[0].delta': bound 'True' is not a number with an optional % or pp (fix: write e.g. 10%, 1pp or 0.05)"),
+    ("dataset option limit true", edit('{name: noise, source: "embedded:noise"}', '{name: noise, source: "imagefolder:x", options: {limit: true}}'),
+     "{p}:9: field 'datasets.ood[1].options': dataset 'imagefolder:x': option 'limit' must be an integer >= 1, got True"),
+    ("timm num_classes true", edit('  vit: {source: "embedded:digits_vit"}', '  vit: {source: "timm:deit_tiny_patch16_224", options: {num_classes: true}}'),
+     "{p}:4: field 'models.vit.options': timm model 'deit_tiny_patch16_224': option 'num_classes' must be an integer >= 1, got True"),
+    ("timm data_config crop_pct true", edit('  vit: {source: "embedded:digits_vit"}', '  vit: {source: "timm:deit_tiny_patch16_224", options: {data_config: {crop_pct: true}}}'),
+     "{p}:4: field 'models.vit.options': timm model 'deit_tiny_patch16_224': 'data_config.crop_pct' must be a number or a list of numbers, got True"),
 ]
 
 
@@ -360,6 +414,8 @@ E2E = [
      "field 'checks': 'checks' is empty: the suite would verify nothing"),
     ("a check written twice", (CHECK_LINE, CHECK_LINE * 2), "field 'checks[1]': repeats checks[0] (line 15)"),
     ("a python tag", (CHECK_LINE, '  - !!python/object/apply:os.system ["echo hi"]\n'), "YAML tag '!!python/object/apply:os.system' is not allowed"),
+    ("an alias bomb", ("name: mini", "name: mini\n" + ALIAS_BOMB), "this value expands to 597,871 values through the file's 72 aliases"),
+    ("a description nested 5,000 deep", ("name: mini", "name: mini\ndescription: " + "[" * 5000 + "]" * 5000), "the YAML nests mappings or lists more than 64"),
 ]
 
 

@@ -273,3 +273,43 @@ def test_a_folder_set_records_the_class_order_it_used(tmp_path) -> None:
     assert by_index.class_order == ["zero", "one", "two", "three", "four"] and by_index.class_order_from == "option 'class_index'"
     ood = load_dataset("imagefolder:flat", split="test", base_dir=flat(tmp_path).parent)
     assert ood.class_order is None and ood.class_order_from is None
+
+
+# ------------------------------------------------------------------------------- decode errors name the file
+
+def _grey_png(path, side: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.zeros((side, side), dtype=np.uint8), mode="L").save(path)
+
+
+@pytest.mark.parametrize(("side", "pil_says"), [
+    (40, "Image size (1600 pixels) exceeds limit of 1000 pixels, could be decompression bomb DOS attack."),  # PIL warns
+    (50, "Image size (2500 pixels) exceeds limit of 2000 pixels, could be decompression bomb DOS attack."),  # PIL refuses
+], ids=["over the limit", "over twice the limit"])
+def test_a_decompression_bomb_names_the_file(tmp_path, monkeypatch, side, pil_says) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # the guard, scaled down: a real bomb is 90 million pixels
+    _grey_png(tmp_path / "data" / "a" / "ok.png", 20)
+    _grey_png(tmp_path / "data" / "a" / "bomb.png", side)
+    ds_ = load_dataset("imagefolder:data", split="test", base_dir=tmp_path)
+    assert np.asarray(ds_[ds_.relpaths.index("a/ok.png")][0]).shape == (20, 20, 3)
+    with pytest.raises(DataError) as info:
+        ds_[ds_.relpaths.index("a/bomb.png")]
+    assert str(info.value) == (
+        f"cannot read image {tmp_path}/data/a/bomb.png: {pil_says} (fix: downscale the image or remove it from the set; "
+        "images over 1,000 pixels are refused)"
+    )
+
+
+def test_any_decoder_failure_names_the_file(tmp_path, monkeypatch) -> None:
+    import struct
+
+    classes_tree(tmp_path)
+    ds_ = load_dataset("imagefolder:data", split="test", base_dir=tmp_path)
+
+    def broken_decoder(*args, **kwargs):
+        raise struct.error("unpack requires a buffer of 4 bytes")  # what some PIL plugins raise on a truncated header
+
+    monkeypatch.setattr(Image, "open", broken_decoder)
+    with pytest.raises(DataError) as info:
+        ds_[0]
+    assert str(info.value) == f"cannot read image {tmp_path}/data/cat/0.png: unpack requires a buffer of 4 bytes"

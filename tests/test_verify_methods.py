@@ -113,3 +113,38 @@ def test_verify_must_be_a_boolean(tmp_path):
     path.write_text(text.replace("allow_float_paths: false", "allow_float_paths: sometimes"))
     with pytest.raises(SpecError, match="'allow_float_paths' must be true or false"):
         load_suite(path)
+
+
+SMOOTHQUANT_REFERENCE = {"act_quant": "per_token", "quantize_bmm_input": True, "head": "fp32"}  # the README's recipe
+
+
+def test_a_float_head_is_named_as_a_float_path_never_as_none(tmp_path):
+    # head: fp32 leaves the classifier an nn.Linear: a float path (the linear computes in float),
+    # not a tensor check with "None distinct values, limit None (None bits)".
+    with pytest.raises(SimulationError) as info:
+        Engine(baseline_dir=tmp_path).quantized_module(
+            suite_for(tmp_path, "smoothquant", 8, allow=False, options=SMOOTHQUANT_REFERENCE), "vit", "Q")
+    msg = str(info.value)
+    assert "None" not in msg
+    assert "quantized tensors on their grid;" in msg and "FAIL" not in msg  # every quantized tensor is fine
+    assert "\n  head: linear with input, weight in floating point" in msg
+    assert msg.endswith("(fix: quantize those operations, or set 'allow_float_paths: true' on the quantizer to accept them)")
+    engine = Engine(baseline_dir=tmp_path)  # accepted float paths: the recipe verifies
+    engine.quantized_module(suite_for(tmp_path, "smoothquant", 8, allow=True, options=SMOOTHQUANT_REFERENCE), "vit", "Q")
+    report = engine.verified["Q"]
+    assert report.ok and ("head", "linear") in {(p.module, p.op) for p in report.float_paths}
+    assert "None" not in report.summary()
+
+
+def test_an_unwrapped_linear_is_listed_even_without_a_probe():
+    from torch import nn
+
+    from pytest_qrel.quantize.verify import FloatPath, TensorCheck, verify_simulation
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    report = verify_simulation(model, torch.zeros(2, 4), probe_images=0)
+    assert report.float_paths == [FloatPath("1", "linear", ("weight",), 0)]
+    assert str(report.float_paths[0]) == "1: linear with weight in floating point (an nn.Linear left unwrapped, not run by the probe)"
+    assert verify_simulation(model, torch.zeros(2, 4), probe_images=0, allow_float_linears=True).float_paths == []
+    never = TensorCheck("blocks.0.fc1", "activation", 4, None, 16, False, "input quantizer never ran: the forward bypasses it")
+    assert str(never) == "FAIL blocks.0.fc1 activation (4 bits): input quantizer never ran: the forward bypasses it"

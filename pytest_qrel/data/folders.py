@@ -229,14 +229,30 @@ def convert_image(image: Any, mode: str, what: str = "image") -> Any:
 
 def load_image(path: Path, mode: str) -> Any:
     """Open ``path`` with PIL, decode it fully and convert it to ``mode`` (file closed on return;
-    16-bit images are scaled to 8 bits, see :func:`convert_image`)."""
-    from PIL import Image, UnidentifiedImageError
+    16-bit images are scaled to 8 bits, see :func:`convert_image`).
+
+    Every failure is a :class:`DataError` naming the file, whatever the decoder raised. An image
+    over PIL's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``, 89 million pixels) is refused
+    even where PIL would only warn: no evaluation image is that large, and decoding one costs
+    gigabytes in every DataLoader worker."""
+    import warnings
+
+    from PIL import Image
 
     try:
-        with Image.open(path) as im:
-            return convert_image(im, mode, what=f"image {path}")
-    except (OSError, UnidentifiedImageError, ValueError) as err:
-        raise DataError(f"cannot read image {path}: {err}") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return convert_image(im, mode, what=f"image {path}")
+    except DataError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise DataError(
+            f"cannot read image {path}: {err} (fix: downscale the image or remove it from the set; "
+            f"images over {Image.MAX_IMAGE_PIXELS:,} pixels are refused)"
+        ) from None
+    except Exception as err:  # noqa: BLE001  (any decoder failure: OSError, SyntaxError, struct.error, MemoryError, ...)
+        raise DataError(f"cannot read image {path}: {err or type(err).__name__}") from None
 
 
 # ------------------------------------------------------------------------------------ the image set

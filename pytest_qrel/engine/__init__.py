@@ -387,13 +387,13 @@ class Engine:
         self._refuse_chance_level(suite, model, seed.arrays[BASE][suite.id_dataset.name], loaded.num_classes, path)
         arrays: dict[str, np.ndarray] = {}
         variants: dict[str, Any] = {}
-        metrics = metrics_of(suite, seed.arrays[BASE], conventions=suite.conventions)
+        metrics = metrics_of(suite, seed.arrays[BASE], conventions=suite.conventions, model=model, quantizer=FP32)
         for v, per in seed.arrays.items():
             for d, fields in per.items():
                 for name, a in fields.items():
                     arrays[f"{FP32}{v}|{d}|{name}"] = a
             if v != BASE:
-                variants[f"{FP32}{v}"] = {"metrics": metrics_of(suite, per, conventions=suite.conventions), "params": seed.params.get(v, {})}
+                variants[f"{FP32}{v}"] = {"metrics": metrics_of(suite, per, conventions=suite.conventions, model=model, quantizer=FP32 + v), "params": seed.params.get(v, {})}
         if seed.spectrum is not None:
             arrays[f"{FP32}|{suite.id_dataset.name}|spectrum"] = seed.spectrum
             zero = compute_spectral_metrics(seed.spectrum, seed.spectrum)

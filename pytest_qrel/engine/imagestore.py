@@ -14,11 +14,17 @@ match its digest on read (a truncated or flipped file) makes the store a miss: i
 one warning is given and the set is decoded again. Writes go through temp files and
 ``os.replace`` (NFS-safe, no reliance on file locks; a lock only says who builds: a process that
 finds it taken decodes for itself and writes nothing).
+
+The store is optional: when it cannot be written (a read-only ``.pytest_cache``, a full disk) the
+pass decodes as if there were no store, with one warning line (path, reason, fix) per store. The
+data file's blocks are allocated up front, so a disk that fills up is an error at that point, not
+a ``SIGBUS`` when a page of the memory map is written.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -28,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from ..io import temp_path, atomic_write_text, remove_stray_temps
+from ..errors import StorageError
+from ..io import atomic_write_text, remove_stray_temps, storage_error, temp_path
 
 STORE_FORMAT = 1
 CHUNK = 64  # samples per digest
@@ -49,6 +56,15 @@ class ImageStore:
         self.root = Path(root)
         self.warn = warn or (lambda msg: None)
         self.decodes = 0  # samples decoded into stores by this process (tests count them)
+        self.write_failures = 0  # stores that could not be written (warned about once)
+
+    def write_failed(self, exc: StorageError) -> None:
+        """A store could not be written: warn once (later failures are counted only)."""
+        from ..cache import not_cached_warning
+
+        self.write_failures += 1
+        if self.write_failures == 1:
+            self.warn(not_cached_warning("write the decoded-image store", exc))
 
     def _paths(self, key: str) -> tuple[Path, Path]:
         return self.root / f"{key}.u8", self.root / f"{key}.json"
@@ -88,8 +104,14 @@ class ImageStore:
         """Yields True while this process holds the right to build ``key``; False when another
         process is building it right now. The caller then decodes for itself without writing:
         waiting would serialise the first passes of two xdist workers over the whole pass (the
-        builder streams its forward pass while it decodes), which cost more than decoding twice."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        builder streams its forward pass while it decodes), which cost more than decoding twice.
+        Also False (with one warning) when the store's folder cannot be created."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            self.write_failed(storage_error(self.root, exc, "create"))
+            yield False
+            return
         try:
             from filelock import FileLock, Timeout
 
@@ -143,7 +165,18 @@ class StoreWriter:
         remove_stray_temps(self.data_path)
         self.tmp = temp_path(self.data_path)
         self.shape = (n, *sample_shape)
-        self.array = np.memmap(self.tmp, dtype=dtype, mode="w+", shape=self.shape)
+        size = int(np.prod(self.shape)) * dtype.itemsize
+        try:
+            fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+            try:
+                _allocate(fd, size)
+            finally:
+                os.close(fd)
+            self.array = np.memmap(self.tmp, dtype=dtype, mode="r+", shape=self.shape)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(self.tmp)
+            raise storage_error(self.data_path, exc) from exc
         self.filled = 0
 
     def put(self, start: int, images: np.ndarray) -> bool:
@@ -161,20 +194,46 @@ class StoreWriter:
         return True
 
     def commit(self) -> None:
-        self.array.flush()
-        digests = [_digest(self.array[c : c + CHUNK]) for c in range(0, self.shape[0], CHUNK)]
-        del self.array
-        with open(self.tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(self.tmp, self.data_path)
+        """Make the store visible (data, then its header); raises StorageError when it cannot."""
+        try:
+            self.array.flush()
+            digests = [_digest(self.array[c : c + CHUNK]) for c in range(0, self.shape[0], CHUNK)]
+            del self.array
+            with open(self.tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(self.tmp, self.data_path)
+        except OSError as exc:
+            self.abort()
+            raise storage_error(self.data_path, exc) from exc
         header = {"format": STORE_FORMAT, "shape": list(self.shape), "dtype": self.dtype.str, "digests": digests, "chunk": CHUNK}
-        atomic_write_text(self.header_path, json.dumps(header))
+        try:
+            atomic_write_text(self.header_path, json.dumps(header))
+        except StorageError:
+            with contextlib.suppress(OSError):  # data without a header is never read: do not leave it behind
+                os.unlink(self.data_path)
+            raise
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):
             del self.array
         with contextlib.suppress(OSError):
             os.unlink(self.tmp)
+
+
+def _allocate(fd: int, size: int) -> None:
+    """Reserve ``size`` bytes of disk for ``fd`` (ENOSPC now rather than SIGBUS later); a file
+    system without ``posix_fallocate`` gets a sparse file, as ``np.memmap`` would make."""
+    if size == 0:
+        return
+    try:
+        os.posix_fallocate(fd, 0, size)
+        return
+    except AttributeError:  # not on this platform
+        pass
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+    os.ftruncate(fd, size)
 
 
 def store_key(dataset_fingerprint: str, preprocessing: str, geometry: Any = None) -> str:

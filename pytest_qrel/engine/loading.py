@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataMissingError, QrelError, SpecError, UserCodeError
+from ..errors import DataMissingError, DeviceError, QrelError, SpecError, UserCodeError
 from ..spec.schema import HELDOUT, Suite
 
 HELDOUT_SPLIT = "val"
@@ -37,6 +37,33 @@ def user_stage(stage: str, what: str) -> Iterator[None]:
         raise UserCodeError(f"{what}: {stage} raised {text}", stage=stage) from exc
 
 
+def device_problem(device: str, option: str = "--qrel-device") -> str | None:
+    """Why ``device`` ("cpu", "cuda", "cuda:K", "mps") cannot be used here, as one line naming
+    ``option`` and torch's build; None when it can. Checked once up front, so that a machine without
+    a GPU is not blamed on the first stage that moves a tensor (calibration images, a forward)."""
+    if device in ("cpu", "auto"):
+        return None
+    import torch
+
+    build = f"torch {torch.__version__}, " + (f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU build")
+    fix = f"(fix: pass {option} auto or cpu" if option.startswith("--") else "(fix: use 'auto' or 'cpu'"
+    if device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            hint = ", or install a CUDA build of torch)" if not torch.version.cuda else ", or check the NVIDIA driver and CUDA_VISIBLE_DEVICES)"
+            return f"{option} {device}: no CUDA device is available ({build}) {fix}{hint}"
+        index = int(device.split(":", 1)[1]) if ":" in device else 0
+        if index >= count:
+            return f"{option} {device}: this machine has {count} CUDA device{'s' if count > 1 else ''} (cuda:0..cuda:{count - 1}) {fix}, or cuda:0)"
+        return None
+    if device == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            return f"{option} {device}: no Apple MPS device is available ({build}) {fix})"
+        return None
+    return f"{option} {device}: unknown device (expected auto, cpu, cuda, cuda:K or mps)"
+
+
 def _json_key(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=str)
 
@@ -45,6 +72,9 @@ class Loader:
     """Models and datasets by content (source and options), loaded once; models can be released."""
 
     def __init__(self, device: str = "cpu") -> None:
+        problem = device_problem(device, "device")  # the plugin checks --qrel-device when it parses it
+        if problem is not None:
+            raise DeviceError(problem)
         self.device = device
         self._models: dict[str, Any] = {}
         self._identities: dict[str, dict[str, Any]] = {}

@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 
 from ..data.logit_masks import restrict_clip, restrict_logits
-from ..errors import DataError, ModelError
+from ..errors import DataError, ModelError, QrelError, StorageError, UserCodeError
 from ..validation import LogitsTally
 from .imagestore import ImageStore, StoreCorrupt, store_key
+from .samples import SampleArrays, batch_arrays, check_batch_logits, concat
 from .trace import trace
-from .samples import SampleArrays, batch_arrays, concat
 
 Progress = Callable[..., None]
 """``progress(what, done, total, unit="images")``: ``what`` is a short label ("vit W8A8 on digits")."""
@@ -64,14 +64,39 @@ class PassResult:
 
 class _Failed:
     """What a sample that raised becomes inside the DataLoader, so the exception reaches the main
-    process as itself (DataLoader would re-raise it with a worker traceback glued to its message)."""
+    process as itself (DataLoader would re-raise it with a worker traceback glued to its message).
 
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
+    ``stage``: ``"preprocessing"`` (the model's preprocessing raised ``exc``), ``"sizes"`` (it gave
+    samples ``index`` and ``other`` the different ``shapes``), ``"type"`` (it gave sample ``index``
+    something that is not a tensor, ``detail`` names the type), or ``""`` (anything else, e.g. a
+    DataError decoding a file). An ``exc`` that does not pickle crosses from a worker as ``text``."""
+
+    def __init__(self, exc: BaseException | None, *, stage: str = "", index: int = -1, other: int = -1,
+                 shapes: tuple[Any, ...] = (), detail: str = "") -> None:
+        self.exc, self.stage, self.index, self.other, self.shapes, self.detail = exc, stage, index, other, shapes, detail
+        self.text = (f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) if exc is not None else ""
+
+    def __getstate__(self) -> dict[str, Any]:
+        import pickle
+
+        state = dict(self.__dict__)
+        try:
+            pickle.dumps(self.exc)
+        except Exception:  # noqa: BLE001  (whatever makes it unpicklable: it travels as text)
+            state["exc"] = None
+        return state
+
+
+class _InPreprocessing(Exception):
+    """Carries what the model's preprocessing raised out of a sample function (tells it from a decode error)."""
+
+    def __init__(self, original: Exception) -> None:
+        super().__init__(str(original))
+        self.original = original
 
 
 class _Samples:
-    """``i -> fn(i)`` as a map-style dataset (a module-level class, so DataLoader workers can pickle it)."""
+    """``i -> (i, fn(i))`` as a map-style dataset (a module-level class, so DataLoader workers can pickle it)."""
 
     def __init__(self, fn: Callable[[int], Any], n: int) -> None:
         self.fn, self.n = fn, n
@@ -81,18 +106,41 @@ class _Samples:
 
     def __getitem__(self, i: int) -> Any:
         try:
-            return self.fn(i)
+            return i, self.fn(i)
+        except _InPreprocessing as exc:
+            return _Failed(exc.original, stage="preprocessing", index=i)
         except Exception as exc:  # re-raised in the main process by _collate / batches()
-            return _Failed(exc)
+            return _Failed(exc, index=i)
 
 
 def _collate(batch: list[Any]) -> Any:
+    """The batch tensor of ``(index, image)`` samples; a :class:`_Failed` instead when a sample failed,
+    is not a tensor, or differs in size from the first (a preprocessing that does not resize)."""
+    import torch
     from torch.utils.data import default_collate
 
     for item in batch:
         if isinstance(item, _Failed):
             return item
-    return default_collate(batch)
+    index = [i for i, _ in batch]
+    values = [v for _, v in batch]
+    for i, v in zip(index, values):
+        if not isinstance(v, torch.Tensor):
+            return _Failed(None, stage="type", index=i, detail=type(v).__name__)
+    shapes = [tuple(v.shape) for v in values]
+    for i, shape in zip(index, shapes):
+        if shape != shapes[0]:
+            return _Failed(None, stage="sizes", index=index[0], other=i, shapes=(shapes[0], shape))
+    return default_collate(values)
+
+
+def _preprocess(fn: Callable[[Any], Any], image: Any) -> Any:
+    try:
+        return fn(image)
+    except QrelError:
+        raise
+    except Exception as exc:
+        raise _InPreprocessing(exc) from exc
 
 
 class _UnitImage:
@@ -100,7 +148,7 @@ class _UnitImage:
         self.raw, self.to_unit, self.name = raw, to_unit, name
 
     def __call__(self, i: int) -> Any:
-        x = self.to_unit(self.raw(i))
+        x = _preprocess(self.to_unit, self.raw(i))
         _check_unit_tensor(x, self.name)
         return x
 
@@ -110,7 +158,39 @@ class _ModelInput:
         self.ds, self.preprocess = ds, preprocess
 
     def __call__(self, i: int) -> Any:
-        return self.preprocess(self.ds[i][0])
+        return _preprocess(self.preprocess, self.ds[i][0])
+
+
+def _sample_name(ds: Any, i: int) -> str:
+    """How a message names sample ``i`` of ``ds``: its file when it has one."""
+    source = getattr(ds, "base", ds) if hasattr(ds, "corrupt_unit") else ds
+    if hasattr(source, "path") and hasattr(source, "relpaths") and 0 <= i < len(source.relpaths):
+        return f"image {source.path(i)}"
+    return f"sample {i} of '{getattr(ds, 'name', 'the dataset')}'"
+
+
+def _failure(failed: _Failed, ds: Any, what: str) -> BaseException:
+    """The one-line error of a failed batch (see :class:`_Failed`), naming ``what`` and the sample."""
+    fix_size = "make the model's preprocessing resize and crop every image to the model's input size, e.g. Resize then CenterCrop"
+    if failed.stage == "sizes":
+        (a, b), first, other = failed.shapes, _sample_name(ds, failed.index), _sample_name(ds, failed.other)
+        return ModelError(
+            f"{what}: the model's preprocessing gives images of different sizes: {a} for {first} but {b} for {other} (fix: {fix_size})"
+        )
+    if failed.stage == "type":
+        return ModelError(
+            f"{what}: the model's preprocessing returned {failed.detail} for {_sample_name(ds, failed.index)}, not a tensor (C, H, W) "
+            "(fix: end the model's preprocessing with ToTensor, or return a torch tensor)"
+        )
+    if failed.stage == "preprocessing":
+        err = UserCodeError(
+            f"{what}: the model's preprocessing raised {failed.text} on {_sample_name(ds, failed.index)}", stage="preprocessing"
+        )
+        err.__cause__ = failed.exc
+        return err
+    if failed.exc is not None:
+        return failed.exc
+    return DataError(f"{what}: reading {_sample_name(ds, failed.index)} raised {failed.text}")
 
 
 def compile_quantizers(module: Any) -> int:
@@ -217,7 +297,7 @@ class Runner:
         self.decoded = 0
 
     # ------------------------------------------------------------------ input batches
-    def _loader(self, fn: Callable[[int], Any], n: int, batch_size: int, workers: int) -> Any:
+    def _loader(self, fn: Callable[[int], Any], n: int, batch_size: int, workers: int, ds: Any = None, what: str = "") -> Any:
         import torch
 
         loader = torch.utils.data.DataLoader(
@@ -231,13 +311,15 @@ class Runner:
         )
         for batch in loader:
             if isinstance(batch, _Failed):
-                raise batch.exc
+                raise _failure(batch, ds, what or f"dataset '{getattr(ds, 'name', '')}'")
             yield batch
 
-    def batches(self, ds: Any, preprocess: Any, batch_size: int, preprocessing: str) -> Iterator[tuple[int, Any]]:
+    def batches(self, ds: Any, preprocess: Any, batch_size: int, preprocessing: str, what: str = "") -> Iterator[tuple[int, Any]]:
         """``(start, model input batch)`` over ``ds`` in order; ``preprocessing`` describes
-        ``preprocess`` (part of the image store's key). Raises StoreCorrupt (after discarding the
-        store) when a stored chunk fails its digest; the caller starts the pass again."""
+        ``preprocess`` (part of the image store's key), ``what`` names the pass in errors. Raises
+        StoreCorrupt (after discarding the store) when a stored chunk fails its digest; the caller
+        starts the pass again. What the model's preprocessing raises, or images of different sizes
+        from it, are one-line errors blaming the preprocessing and naming the image."""
         from ..models.base import preprocess_stages
 
         n = len(ds)
@@ -255,7 +337,7 @@ class Runner:
             if decodes:
                 self.decoded += n
             start = 0
-            for batch in self._loader(_ModelInput(ds, preprocess), n, batch_size, workers):
+            for batch in self._loader(_ModelInput(ds, preprocess), n, batch_size, workers, ds, what):
                 yield start, batch
                 start += len(batch)
             return
@@ -275,7 +357,7 @@ class Runner:
             if decodes:
                 self.decoded += n
             start = 0
-            for units in self._loader(_UnitImage(raw, to_unit, name), n, batch_size, workers):
+            for units in self._loader(_UnitImage(raw, to_unit, name), n, batch_size, workers, ds, what):
                 yield start, finish(start, units.clamp(0.0, 1.0))
                 start += len(units)
 
@@ -289,7 +371,7 @@ class Runner:
             with store.building(key) as mine:
                 stored = store.open(key)  # another process may have just committed it
                 if stored is None or len(stored) != n:
-                    yield from (self._decode(raw, to_unit, n, batch_size, workers, finish, name, key) if mine else decode_here())
+                    yield from (self._decode(raw, to_unit, n, batch_size, workers, finish, name, key, ds, what) if mine else decode_here())
                     return
         yield from self._from_store(stored, batch_size, finish)
 
@@ -305,13 +387,15 @@ class Runner:
                 raise
             yield start, finish(start, units)
 
-    def _decode(self, raw: Any, to_unit: Any, n: int, batch_size: int, workers: int, finish: Any, name: str, key: str) -> Iterator[tuple[int, Any]]:
+    def _decode(
+        self, raw: Any, to_unit: Any, n: int, batch_size: int, workers: int, finish: Any, name: str, key: str, ds: Any = None, what: str = "",
+    ) -> Iterator[tuple[int, Any]]:
         assert self.store is not None
         writer = None
         usable = True
         start = 0
         try:
-            for units in self._loader(_UnitImage(raw, to_unit, name), n, batch_size, workers):
+            for units in self._loader(_UnitImage(raw, to_unit, name), n, batch_size, workers, ds, what):
                 units = units.clamp(0.0, 1.0)
                 self.decoded += len(units)
                 self.store.decodes += len(units)
@@ -319,12 +403,20 @@ class Runner:
                     if writer is None:
                         arr = units.numpy()
                         exact = bool(np.abs(arr * 255.0 - np.rint(arr * 255.0)).max(initial=0.0) <= 1e-3)
-                        writer = self.store.writer(key, n, tuple(units.shape[1:]), exact)
-                    usable = writer.put(start, units.numpy())
+                        try:
+                            writer = self.store.writer(key, n, tuple(units.shape[1:]), exact)
+                        except StorageError as exc:  # read-only or full: this pass goes on without the store
+                            self.store.write_failed(exc)
+                            usable = False
+                    if writer is not None:
+                        usable = writer.put(start, units.numpy())
                 yield start, finish(start, units)
                 start += len(units)
             if writer is not None and usable and start == n:
-                writer.commit()
+                try:
+                    writer.commit()
+                except StorageError as exc:
+                    self.store.write_failed(exc)
                 writer = None
         finally:
             if writer is not None:
@@ -367,18 +459,20 @@ class Runner:
         if self.compile:
             compile_quantizers(module)
         done = 0
+        classes: int | None = None
         model, quantizer, dataset = key[1:4] if isinstance(key, tuple) and len(key) == 4 else (what, "", "")
         tally = LogitsTally(model=str(model), quantizer=str(quantizer), dataset=str(dataset))
         if self.progress:
             self.progress(what, 0, n)
         with torch.inference_mode(), recording as acc:
-            for start, batch in self.batches(ds, preprocess, batch_size, preprocessing):
+            for start, batch in self.batches(ds, preprocess, batch_size, preprocessing, what):
                 x = batch.to(self.device, non_blocking=True)
                 if with_features:
                     logits_t, feats_t = forward(x)
                     feats = feats_t.float().cpu().numpy()
                 else:
                     logits_t, feats = forward(x), None
+                classes = check_batch_logits(logits_t, len(x), what, classes)
                 logits = restrict_logits(logits_t.float().cpu().numpy(), mask, what)
                 tally.add(logits)
                 done += len(logits)

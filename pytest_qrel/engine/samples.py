@@ -23,10 +23,36 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ModelError
+
 
 SampleArrays = dict[str, np.ndarray]
 LABELLED_FIELDS = ("label", "pred", "confidence", "correct", "nll")
 OOD_FIELDS = ("label", "pred", "confidence")
+
+
+def check_batch_logits(logits: Any, images: int, what: str, classes: int | None = None) -> int:
+    """The forward pass of a batch of ``images`` gave one row of class scores per image: logits
+    ``(images, C)``, with ``C == classes`` when given (the first batch's width, so every batch of a
+    pass has the same). Returns C. ``what`` names the pass ("model 'vit' W8A8 on digits").
+
+    Raises:
+        ModelError: one line naming the pass, the shape returned and the shape expected, e.g. a
+            forward that averages over the batch and returns ``(1, C)`` for a batch of 64.
+    """
+    shape = tuple(getattr(logits, "shape", ()))
+    if not hasattr(logits, "shape"):
+        raise ModelError(
+            f"{what}: the forward pass returned {type(logits).__name__}, not a logits tensor of shape ({images}, C) "
+            "(fix: make the model's forward return one row of class scores per image)"
+        )
+    if len(shape) != 2 or shape[0] != images or (classes is not None and shape[1] != classes):
+        width = classes if classes is not None else (shape[1] if len(shape) == 2 else "C")
+        raise ModelError(
+            f"{what}: the forward pass returned logits of shape {shape} for a batch of {images} images; expected "
+            f"({images}, {width}), one row of class scores per image (fix: make the model's forward return (batch, classes) logits)"
+        )
+    return int(shape[1])
 
 
 def batch_arrays(logits: Any, labels: np.ndarray, *, labelled: bool) -> SampleArrays:

@@ -404,7 +404,7 @@ def mean_metrics(dicts: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def metrics_of(
-    suite: Suite, arrays: dict[str, SampleArrays], *, conventions: str, model: str = "", quantizer: str = "",
+    suite: Suite, arrays: dict[str, SampleArrays], *, conventions: str, model: str, quantizer: str,
     errors: dict[tuple[str, str], str] | None = None,
 ) -> dict[str, Any]:
     """``{"id", "ood", "shifted", "pairs"}`` metrics of one seed's arrays over the datasets present.

@@ -173,7 +173,7 @@ _WNID = re.compile(r"^n\d{8}$")
 
 def _readable(names: list[str]) -> list[str]:
     """Replace ImageNet WordNet ids by readable names (open_clip's ImageNet-1k names, else timm's lemma)."""
-    if not names or not all(_WNID.match(n) for n in names):
+    if not names or not all(_WNID.fullmatch(n) for n in names):
         return names
     from ..data.classnames import imagenet_classnames, imagenet_synsets
 

@@ -142,6 +142,8 @@ def _parse_options(options: Mapping[str, Any], label: str) -> dict[str, Any]:
                 f"{label}: unknown key 'data_config.{key}'{_did_you_mean(str(key), DATA_CONFIG_KEYS)} "
                 f"(known: {', '.join(DATA_CONFIG_KEYS)})"
             )
+        if key in ("input_size", "mean", "std", "crop_pct") and any(isinstance(v, bool) for v in (dc[key] if isinstance(dc[key], list) else [dc[key]])):
+            raise ModelError(f"{label}: 'data_config.{key}' must be a number or a list of numbers, got {dc[key]!r}")  # true is not 1
     out["data_config"] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in dc.items()}
     return out
 

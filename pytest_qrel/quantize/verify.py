@@ -10,7 +10,9 @@ them on the tensors the model really multiplies by:
   ``images`` run through the model, distinct values counted over the union of every call (a static
   per-tensor quantizer has one grid). A quantizer that never runs (a forward that bypasses it)
   fails with ``distinct=None``;
-- **module**: an ``nn.Linear`` left unwrapped fails (unless ``allow_float_linears``);
+- **float linears**: an ``nn.Linear`` left unwrapped (a classifier head kept in float, e.g.
+  ``head: fp32``) is a float path (below), listed even when the probe does not run it (unless
+  ``allow_float_linears``); it is never a tensor check, since it claims no bits;
 - **float paths** (:class:`FloatPath`, ``report.float_paths``): every matmul, linear and convolution
   the forward computes (``F.linear``, ``F.conv*``, ``@`` / ``torch.matmul`` / ``mm`` / ``bmm`` /
   ``addmm`` / ``baddbmm`` / ``einsum``, the fused ``F.scaled_dot_product_attention`` and
@@ -43,7 +45,7 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode, resolve_name
 
-Kind = Literal["weight", "activation", "module"]
+Kind = Literal["weight", "activation"]
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,11 @@ class TensorCheck:
 
     def __str__(self) -> str:
         status = "ok" if self.ok else "FAIL"
-        text = f"{status} {self.module} {self.kind}: {self.distinct} distinct values, limit {self.limit} ({self.bits} bits)"
+        bits = f" ({self.bits} bits)" if self.bits is not None else ""
+        if self.distinct is None or self.limit is None:  # never seen: say why, print no None
+            text = f"{status} {self.module} {self.kind}{bits}"
+        else:
+            text = f"{status} {self.module} {self.kind}: {self.distinct} distinct values, limit {self.limit}{bits}"
         return text + (f": {self.note}" if self.note else "")
 
 
@@ -81,7 +87,8 @@ class FloatPath:
     calls: int = 1
 
     def __str__(self) -> str:
-        return f"{self.module or '<model>'}: {self.op} with {', '.join(self.operands)} in floating point"
+        text = f"{self.module or '<model>'}: {self.op} with {', '.join(self.operands)} in floating point"
+        return text + (" (an nn.Linear left unwrapped, not run by the probe)" if self.calls == 0 else "")
 
 
 class SimulationReport(list[TensorCheck]):
@@ -206,13 +213,13 @@ def verify_simulation(
                 what = "in a group sharing one scale " if per_group else ""
                 report.append(TensorCheck(name, "activation", m.act_bits, n, limit, n <= limit,
                                           "" if n <= limit else f"more distinct values {what}than the bits allow"))
-    if not allow_float_linears:
-        for name, m in qmodel.named_modules():
-            if isinstance(m, nn.Linear):
-                report.append(TensorCheck(name, "module", None, None, None, False,
-                                          "nn.Linear left in floating point"))
     if probe_images > 0 and images.shape[0] > 0:
         report.float_paths, report.ops = find_float_paths(qmodel, images[:probe_images], weight_only=weight_only)
+    if not allow_float_linears:  # a float head (head: fp32) is a float path, with or without a probe
+        probed = {(p.module, p.op) for p in report.float_paths}
+        for name, m in qmodel.named_modules():
+            if isinstance(m, nn.Linear) and (name, "linear") not in probed:
+                report.float_paths.append(FloatPath(name, "linear", ("weight",), 0))
     return report
 
 

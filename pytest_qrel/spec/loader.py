@@ -39,9 +39,14 @@ TOP_LEVEL_KEYS = (
 )
 # Names appear in pytest ids "model[quantizer-dataset]::check"; the scheduler splits on the last
 # "-", so dataset names may not contain one.
-_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")  # '+' is reserved for post-hoc steps (W8A8+temperature)
-_DATASET_NAME = re.compile(r"^[A-Za-z0-9_.]+$")
+# Matched with ``fullmatch``: ``re.match`` with ``$`` also accepts a trailing newline ("vit\n"),
+# which would reach file names (baselines/<suite>/<model>.json).
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # '+' is reserved for post-hoc steps (W8A8+temperature)
+_DATASET_NAME = re.compile(r"[A-Za-z0-9_.]+")
 _BITS_IN_NAME = re.compile(r"^W(\d+)A(\d+|16|32)?")
+MAX_NAME_LENGTH = 100
+"""Names become file names (``baselines/<suite>/<model>.json``, ``<model>.<digest>.npz`` and their
+temp files, which add up to about 75 characters) and a file name may have 255 bytes."""
 
 
 class _Ctx:
@@ -84,7 +89,13 @@ def _typename(x: Any) -> str:
 
 
 def _check_name(ctx: _Ctx, name: Any, node: Any, key: Any, field: str, pattern: re.Pattern[str] = _NAME) -> str:
-    if not isinstance(name, str) or not pattern.match(name):
+    if isinstance(name, str) and len(name) > MAX_NAME_LENGTH:
+        short = f"{name[:20]}...{name[-8:]}"
+        raise ctx.err(
+            f"name '{short}' has {len(name)} characters, more than {MAX_NAME_LENGTH}", node=node, key=key, field=field.replace(name, short),
+            fix=f"shorten it to at most {MAX_NAME_LENGTH} characters: names become file names under baselines/",
+        )
+    if not isinstance(name, str) or not pattern.fullmatch(name):
         allowed = "letters, digits, _ and ." if pattern is _DATASET_NAME else "letters, digits, _ . and -"
         raise ctx.err(f"invalid name {name!r}", node=node, key=key, field=field, fix=f"use only {allowed}")
     if name.startswith("."):  # names become file names (baselines/<suite>/<model>.json): no '..', no hidden files
@@ -444,6 +455,8 @@ def load_suite(path: str | Path) -> Suite:
     doc = ctx.mapping(doc, "", "a suite is a mapping with models, datasets, quantizers, scores and checks")
     ctx.unknown_keys(doc, TOP_LEVEL_KEYS, "")
     version = doc.get("version", SCHEMA_VERSION)
+    if isinstance(version, bool):  # True == 1 in Python: a boolean is never a number here
+        raise ctx.err(f"'version' must be a number, got {version!r}", node=doc, key="version", field="version", fix=f"write 'version: {SCHEMA_VERSION}'")
     if version != SCHEMA_VERSION:
         raise ctx.err(f"unsupported schema version {version!r}", node=doc, key="version", field="version", fix=f"this pytest-qrel reads version {SCHEMA_VERSION}")
     name = doc.get("name", path.stem)

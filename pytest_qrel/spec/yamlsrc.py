@@ -10,9 +10,41 @@ import yaml
 
 from ..errors import SpecError
 
+MAX_DEPTH = 64
+"""How deeply mappings and lists may nest. A real suite nests about 6 levels; the bound is checked
+while the file is composed, so a file nested thousands of levels deep is one error line, not a
+``RecursionError`` (the composer and the conversion below recurse once per level)."""
+
+MAX_VALUES = 100_000
+"""How many values (mappings, lists and scalars) a suite may hold once its aliases are expanded.
+Composing keeps an alias as a reference to its anchor's node, so a 9-level alias bomb is a few
+hundred bytes of nodes; it is sized before any expansion and refused when it would exceed this
+(a real suite holds a few hundred values; an ImageNet class list inline, a few thousand)."""
+
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads YAML 1.2 floats such as ``1e-5`` (PyYAML's 1.1 rules need a dot)."""
+    """SafeLoader that also reads YAML 1.2 floats such as ``1e-5`` (PyYAML's 1.1 rules need a dot)
+    and refuses nesting deeper than :data:`MAX_DEPTH` while it composes."""
+
+    name: str
+    _depth = 0
+    aliases = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise SpecError(
+                    f"the YAML nests mappings or lists more than {MAX_DEPTH} levels deep",
+                    file=self.name,
+                    line=self.peek_event().start_mark.line + 1,
+                    fix="a suite nests a few levels: flatten the value",
+                )
+            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+        finally:
+            self._depth -= 1
 
 
 _Loader.add_implicit_resolver(
@@ -102,6 +134,51 @@ def _convert(node: yaml.Node, loader: yaml.SafeLoader) -> Any:
     return loader.construct_object(node, deep=True)
 
 
+def _check_expanded_size(root: yaml.Node, loader: _Loader) -> None:
+    """Refuse a document that would hold more than :data:`MAX_VALUES` values once its aliases are
+    expanded, before expanding anything: sizes are summed over the node graph, each node once
+    (an alias shares its anchor's node). The error names the innermost value that is too big,
+    where the aliases multiply."""
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        if id(node) in open_:  # an alias inside its own anchor's value: infinite once expanded
+            raise SpecError(
+                "an alias (*name) refers to the value it is part of, which would never end",
+                file=loader.name,
+                line=node.start_mark.line + 1,
+                fix="point the alias at a value outside its own anchor",
+            )
+        if id(node) not in sizes:
+            children: list[yaml.Node] = []
+            if isinstance(node, yaml.MappingNode):
+                children = [n for pair in node.value for n in pair]
+            elif isinstance(node, yaml.SequenceNode):
+                children = list(node.value)
+            open_.add(id(node))
+            sizes[id(node)] = 1 + sum(size(c) for c in children)  # depth <= MAX_DEPTH: recursion is safe
+            open_.discard(id(node))
+        return sizes[id(node)]
+
+    if size(root) <= MAX_VALUES:
+        return
+    node = root
+    while True:
+        children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else list(node.value)
+        bigger = [c for c in children if isinstance(c, yaml.CollectionNode) and sizes[id(c)] > MAX_VALUES]
+        if not bigger:
+            break
+        node = bigger[0]
+    through = f" through the file's {loader.aliases} aliases (*name)" if loader.aliases else ""
+    raise SpecError(
+        f"this value expands to {size(node):,} values{through}, more than the {MAX_VALUES:,} a suite may hold",
+        file=loader.name,
+        line=node.start_mark.line + 1,
+        fix="write the values out instead of nesting aliases" if loader.aliases else "split the data out of the suite file",
+    )
+
+
 def kind_of(x: Any) -> str:
     """How an error names a YAML value's type: ``a list`` (also for LineList), ``a mapping``, ``a number``..."""
     kinds = ((bool, "a boolean"), (dict, "a mapping"), (list, "a list"), (str, "a string"), ((int, float), "a number"), (type(None), "nothing"))
@@ -127,6 +204,7 @@ def load_yaml(path: str | Path) -> Any:
         node = loader.get_single_node()
         if node is None:
             return None
+        _check_expanded_size(node, loader)
         return _convert(node, loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
