@@ -29,14 +29,16 @@ and a scale ``s`` (a clipping value, the largest representable output)::
           = s * 2^(-c' / 2)
     x_hat = 0 where c >= Z   (and where x <= 0)
 
-The reference uses ``Z = 2^b``: codes 0 .. 2^b - 1 are levels *and* underflow gives 0, i.e. up to
-2^b + 1 distinct outputs, which no b-bit code can hold. Here ``strict=True`` (the default) uses
-``Z = 2^b - 1``: the top code means zero, leaving 2^b - 1 levels ``s * 2^(-c/2)`` plus zero = 2^b
-values; the only outputs that differ from the reference are inputs whose code is exactly 2^b - 1
-(``x ~ s * 2^(-(2^b - 1)/2)``, e.g. ``2^-7.5 s`` at 4 bits), which become 0 instead of that level.
-``strict=False`` mirrors the reference exactly. The scale is calibrated as in the reference: among
-``s = Q(p)`` for ``p`` in {0.999, 0.9999, 0.99999} of the observed values, the one with the smallest
-mean squared error.
+``strict=False`` (the default) is the reference: ``Z = 2^b``, codes 0 .. 2^b - 1 are levels *and*
+underflow gives 0, i.e. up to 2^b + 1 distinct outputs (17 at 4 bits), which no b-bit code can
+hold (``verify: true`` reports it). ``strict=True`` uses ``Z = 2^b - 1``: the top code means zero,
+leaving 2^b - 1 levels ``s * 2^(-c/2)`` plus zero = 2^b values; the only outputs that differ from
+the reference are inputs whose code is exactly 2^b - 1 (``x ~ s * 2^(-(2^b - 1)/2)``, e.g.
+``2^-7.5 s`` at 4 bits), which become 0 instead of that level (about 2 % of a ViT's softmax values
+at 4 bits). The scale is calibrated as in the reference: among ``s = Q(p)`` for ``p`` in
+{0.999, 0.9999, 0.99999} of the observed values, the one with the smallest mean squared error
+(quantiles as the reference computes them by default, ``arithmetic="reference"``; see
+:data:`~pytest_qrel.quantize.observers.Arithmetic`).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from .fakequant import ActQuantizer, QuantModule, replace_modules, unsigned_range
-from .observers import REPQ_PERCENTILES, ValueSample, quantiles
+from .observers import REPQ_PERCENTILES, Arithmetic, ValueSample, quantiles_by
 
 QuantizerFactory = Callable[[int], nn.Module]
 SQRT2 = math.sqrt(2.0)
@@ -60,12 +62,14 @@ SQRT2 = math.sqrt(2.0)
 # --------------------------------------------------------------------------------------------------
 
 
-def log_sqrt2_quantize(x: Tensor, scale: Tensor | float, bits: int, *, strict: bool = True) -> Tensor:
+def log_sqrt2_quantize(x: Tensor, scale: Tensor | float, bits: int, *, strict: bool = False) -> Tensor:
     """Fake-quantize non-negative ``x`` on the log-sqrt(2) grid ``scale * 2^(-c/2)`` (see the module docstring).
 
-    ``strict=True``: codes ``0 .. 2^b - 2`` are levels and code ``2^b - 1`` (and anything smaller) is
-    zero, so at most ``2^b`` distinct outputs; ``strict=False``: RepQ-ViT's reference (codes
-    ``0 .. 2^b - 1`` are levels, codes ``>= 2^b`` are zero). Inputs ``<= 0`` give 0.
+    ``strict=False`` (default): RepQ-ViT's reference (codes ``0 .. 2^b - 1`` are levels, codes
+    ``>= 2^b`` are zero: up to ``2^b + 1`` outputs); ``strict=True``: codes ``0 .. 2^b - 2`` are
+    levels and code ``2^b - 1`` (and anything smaller) is zero, so at most ``2^b`` distinct outputs.
+    Inputs ``<= 0`` give 0. The arithmetic (``x / scale``, ``log2``, a power of two times
+    ``1 + odd (sqrt(2) - 1)`` times the scale) is the reference's, operation for operation.
     """
     _, qmax = unsigned_range(bits)
     scale_t = torch.as_tensor(scale, dtype=x.dtype, device=x.device)
@@ -87,6 +91,9 @@ class LogSqrt2Quantizer(QuantModule):
     ``percentiles``, of the observed values with the smallest mean squared error of
     :func:`log_sqrt2_quantize` (first smallest wins). Values beyond ``max_values`` are subsampled
     (:class:`~pytest_qrel.quantize.observers.ValueSample`); ``None`` (default) keeps them all.
+    ``strict``: see :func:`log_sqrt2_quantize` (default ``False``: the reference's 2^b levels plus
+    zero); ``arithmetic``: how the quantiles are computed
+    (:data:`~pytest_qrel.quantize.observers.Arithmetic`, default the reference's ``torch.quantile``).
     Buffer ``scale`` (float32, 0-dim).
     """
 
@@ -94,18 +101,26 @@ class LogSqrt2Quantizer(QuantModule):
         self,
         bits: int,
         *,
-        strict: bool = True,
+        strict: bool = False,
         percentiles: Sequence[float] = REPQ_PERCENTILES,
         max_values: int | None = None,
+        arithmetic: Arithmetic = "reference",
     ) -> None:
         super().__init__()
         self.quant_min, self.quant_max = unsigned_range(bits)
         self.bits = bits
         self.strict = strict
         self.percentiles = tuple(float(p) for p in percentiles)
+        self.quantiles = quantiles_by(arithmetic)
+        self.arithmetic = arithmetic
         self.mode = "observe"
         self.sample = ValueSample(max_values)
         self.register_buffer("scale", torch.tensor(1.0))
+
+    @property
+    def levels(self) -> int:
+        """Distinct output values it can produce: ``2^b`` strict, ``2^b + 1`` as the reference."""
+        return 2**self.bits + (0 if self.strict else 1)
 
     def reset(self) -> None:
         self.sample.reset()
@@ -131,7 +146,7 @@ class LogSqrt2Quantizer(QuantModule):
     def search_scale(self, x: Tensor) -> Tensor:
         """The candidate scale ``Q(p)`` of ``x`` with the smallest mean squared quantization error."""
         best, best_err = x.max(), None
-        for cand in quantiles(x, self.percentiles):
+        for cand in self.quantiles(x, self.percentiles):
             err = (log_sqrt2_quantize(x, cand, self.bits, strict=self.strict) - x).square().mean()
             if best_err is None or err < best_err:
                 best, best_err = cand, err
@@ -148,7 +163,7 @@ class LogSqrt2Quantizer(QuantModule):
         return x
 
     def extra_repr(self) -> str:
-        text = f"bits={self.bits}, mode={self.mode}, strict={self.strict}"
+        text = f"bits={self.bits}, mode={self.mode}, strict={self.strict}, arithmetic={self.arithmetic}"
         if self.mode == "quantize":
             text += f", scale={self.scale.item():.6g}"
         return text

@@ -30,7 +30,8 @@ Per method (besides the common keys it accepts):
 - ``smoothquant`` (:class:`SmoothQuantOptions`): every common key; ``alpha`` (0.5), ``act_quant``
   (``static`` | ``per_token`` | ``per_tensor``), ``quantize_bmm_input`` (false).
 - ``raana`` (:class:`RaanAOptions`): ``head``, ``batch_size``; ``bit_candidates``, ``seed``.
-- ``repq_vit`` (:class:`RepQOptions`): ``reparameterize``, ``softmax_quantizer``.
+- ``repq_vit`` (:class:`RepQOptions`): ``reparameterize``, ``softmax_quantizer``, ``log2_levels``,
+  ``zero_point``, ``arithmetic`` (defaults: the reference code's behaviour).
 - the QAT family (:class:`QATOptions`, :class:`LSQOptions`, :class:`DistillOptions`,
   :class:`LoRAOptions`): see :mod:`pytest_qrel.quantize.qat`.
 """
@@ -260,14 +261,32 @@ class RaanAOptions(LinearQuantOptions):
 
 @dataclass(frozen=True)
 class RepQOptions(MethodOptions):
-    """``repq_vit``: ``reparameterize`` (bool) and ``softmax_quantizer`` (``log_sqrt2`` | ``uniform``)."""
+    """``repq_vit``. The defaults reproduce the reference code (github.com/zkkli/RepQ-ViT) the ViT
+    study ran; the other values are stricter choices:
+
+    - ``reparameterize`` (bool, true): the post-LayerNorm scale reparameterization;
+    - ``softmax_quantizer`` (``log_sqrt2`` | ``uniform``): the softmax output's quantizer;
+    - ``log2_levels`` (``reference`` | ``strict``): ``reference``: 2^b log-sqrt(2) levels plus zero
+      (17 values at 4 bits, as the reference); ``strict``: 2^b - 1 levels plus zero (a b-bit code);
+    - ``zero_point`` (``mean`` | ``rounded``): the per-tensor zero point after reparameterization is
+      the unrounded mean of the per-channel ones (the reference: up to 2^b + 1 values) or rounded
+      (then the per-tensor quantization equals the per-channel one exactly);
+    - ``arithmetic`` (``reference`` | ``aten``): quantiles by ``torch.quantile`` and ``x / scale``
+      (the reference's calls) or exact float64-position quantiles and ATen's ``x * (1 / scale)``.
+    """
 
     reparameterize: bool = True
     softmax_quantizer: Literal["log_sqrt2", "uniform"] = "log_sqrt2"
+    log2_levels: Literal["reference", "strict"] = "reference"
+    zero_point: Literal["mean", "rounded"] = "mean"
+    arithmetic: Literal["reference", "aten"] = "reference"
 
     RULES: ClassVar[Mapping[str, Option]] = {
         "reparameterize": rule(lambda v: isinstance(v, bool), "true or false"),
         "softmax_quantizer": _choice("log_sqrt2", "uniform"),
+        "log2_levels": _choice("reference", "strict"),
+        "zero_point": _choice("mean", "rounded"),
+        "arithmetic": _choice("reference", "aten"),
     }
 
 
