@@ -12,6 +12,9 @@ from pytest_qrel.quantize import QUANTIZERS
 
 # Keep training-based methods short here; their own tests cover the defaults.
 FAST_OPTIONS = {name: {"steps": 2, "batch_size": 16} for name in QUANTIZERS.names() if name.startswith("qat")}
+# RepQ-ViT's defaults are the reference code, whose softmax / post-LayerNorm grids hold 2^b + 1 values;
+# these options put every tensor on a true b-bit grid.
+FAST_OPTIONS["repq_vit"] = {"log2_levels": "strict", "zero_point": "rounded"}
 WEIGHT_ONLY = {"raana"}
 
 SUITE = """\
