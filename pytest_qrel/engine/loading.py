@@ -93,6 +93,8 @@ class Loader:
         }
         if "clip_text_sha256" in loaded.info:  # negative labels / generic prompts of CLIP scores
             identity["clip_text_sha256"] = loaded.info["clip_text_sha256"]
+        if "checkpoint_sha256" in loaded.info:  # the checkpoint file itself, besides the weights it loaded
+            identity["checkpoint_sha256"] = loaded.info["checkpoint_sha256"]
         return identity
 
     def identity(self, suite: Suite, name: str) -> dict[str, Any]:
