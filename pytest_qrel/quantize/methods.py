@@ -45,7 +45,8 @@ _add("repq_vit", "repq_vit:repq_vit", RepQOptions,
      "RepQ-ViT: linears, attention matmuls (log-sqrt2 softmax) and patch embedding, "
      "post-LayerNorm scale reparameterization, percentile-searched ranges")
 _add("raana", "raana:raana", RaanAOptions,
-     "RaanA: weight-only randomized-Hadamard RaBitQ codes, per-layer bits from gradient sensitivity")
+     "RaanA: randomized-Hadamard RaBitQ weight codes, per-layer bits from gradient sensitivity; "
+     "weight-only, or with static per-tensor inputs (act_bits)")
 _add("qat", "qat:qat_method", QATOptions,
      "basic light QAT: minmax fake-quant (weights per channel, inputs static per tensor) + STE, model fine-tuned")
 _add("qat_lsq", "qat:qat_method", LSQOptions,

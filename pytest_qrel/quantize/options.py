@@ -29,7 +29,7 @@ Per method (besides the common keys it accepts):
   ``max_values`` (2^18).
 - ``smoothquant`` (:class:`SmoothQuantOptions`): every common key; ``alpha`` (0.5), ``act_quant``
   (``static`` | ``per_token`` | ``per_tensor``), ``quantize_bmm_input`` (false).
-- ``raana`` (:class:`RaanAOptions`): ``head``, ``batch_size``; ``bit_candidates``, ``seed``.
+- ``raana`` (:class:`RaanAOptions`): ``head``, ``act_symmetric``, ``batch_size``; ``bit_candidates``, ``seed``.
 - ``repq_vit`` (:class:`RepQOptions`): ``reparameterize``, ``softmax_quantizer``, ``log2_levels``,
   ``zero_point``, ``arithmetic`` (defaults: the reference code's behaviour).
 - the QAT family (:class:`QATOptions`, :class:`LSQOptions`, :class:`DistillOptions`,
@@ -230,13 +230,15 @@ def _candidates_valid(value: Any) -> bool:
 
 @dataclass(frozen=True)
 class RaanAOptions(LinearQuantOptions):
-    """``raana``: ``head`` and ``batch_size`` of the common options, ``bit_candidates`` (sorted
-    tuple of distinct widths from 1 to 8) and ``seed`` (None: the run's seed)."""
+    """``raana``: ``head``, ``act_symmetric`` and ``batch_size`` of the common options,
+    ``bit_candidates`` (sorted tuple of distinct widths from 1 to 8) and ``seed`` (None: the run's
+    seed). ``act_bits`` may be null (weight-only, the RaanA paper) or a width: each quantized layer's
+    rotated input is then quantized static per tensor, as ``minmax`` quantizes a layer's input."""
 
     bit_candidates: tuple[int, ...] = DEFAULT_CANDIDATES
     seed: int | None = None
 
-    KEYS: ClassVar[tuple[str, ...] | None] = ("head", "batch_size", "bit_candidates", "seed")
+    KEYS: ClassVar[tuple[str, ...] | None] = ("head", "act_symmetric", "batch_size", "bit_candidates", "seed")
     RULES: ClassVar[Mapping[str, Option]] = {
         "bit_candidates": rule(_candidates_valid, "a list of distinct integers from 1 to 8, e.g. [2, 3, 4, 5, 6, 7, 8]",
                                lambda v: tuple(sorted(v))),
@@ -244,10 +246,6 @@ class RaanAOptions(LinearQuantOptions):
     }
 
     def check_bits(self, weight_bits: int, act_bits: int | None) -> None:
-        if act_bits is not None:
-            raise QuantOptionError("act_bits", f"RaanA is weight-only: activations stay in floating point, but "
-                                   f"act_bits is {act_bits}", f"set act_bits: null (or 16), e.g. name the quantizer "
-                                   f"W{weight_bits}A16")
         if weight_bits < self.bit_candidates[0]:
             raise QuantOptionError("weight_bits", f"an average of {weight_bits} bits is below the smallest of "
                                    f"bit_candidates {list(self.bit_candidates)}",
