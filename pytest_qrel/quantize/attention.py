@@ -1,10 +1,15 @@
-"""Quantized self-attention for timm Vision Transformers, and the log-sqrt(2) softmax quantizer.
+"""Quantized self-attention for timm and OpenCLIP Vision Transformers, and the log-sqrt(2) softmax quantizer.
 
 timm's ``Attention`` computes ``softmax(q k^T * scale) v`` with ``F.scaled_dot_product_attention``
 when it can, so its two matmuls are out of reach of module-level quantization. :class:`QuantAttention`
 is a drop-in replacement (built from an existing ``Attention``, sharing its ``qkv``, ``q_norm``,
 ``k_norm``, ``attn_drop``, ``norm``, ``gate``, ``proj``, ``proj_drop``) that computes attention with
-explicit matmuls, and passes the four matmul operands through quantizers::
+explicit matmuls, and passes the four matmul operands through quantizers. OpenCLIP's visual tower,
+as the ``open_clip`` model source builds it, has :class:`~pytest_qrel.models.clip_zoo.LinearSelfAttention`
+modules (its ``nn.MultiheadAttention`` turned into ``qkv`` / ``proj`` Linears, called with
+``nn.MultiheadAttention``'s convention); :class:`QuantSelfAttention` is the same computation behind
+that convention. :func:`quant_attention` builds the right one for a module, and
+:func:`replace_attention` finds the attention modules of the kinds asked for (:data:`ATTENTION_KINDS`)::
 
     attn = (Q(q) @ Q(k)^T) * scale   (+ mask) -> softmax -> attn_drop
     out  = Q_softmax(attn) @ Q(v)
@@ -299,6 +304,50 @@ class QuantAttention(nn.Module):
         return f"num_heads={self.num_heads}, head_dim={self.head_dim}, softmax={self.softmax_kind}"
 
 
+class QuantSelfAttention(QuantAttention):
+    """:class:`QuantAttention` for a :class:`~pytest_qrel.models.clip_zoo.LinearSelfAttention` (OpenCLIP's
+    visual attention as the ``open_clip`` source builds it): the same quantized computation, called
+    as ``nn.MultiheadAttention`` is (``attn(x, x, x, need_weights=False, attn_mask=mask)``, self-attention
+    only, ``batch_first`` as the module had it) and returning ``(out, None)``. The scale is
+    ``head_dim^-0.5`` (``F.scaled_dot_product_attention``'s, which the float module uses); there is no
+    dropout, q/k norm or gate.
+    """
+
+    def __init__(self, attn: nn.Module, **kwargs: Any) -> None:
+        head_dim = attn.qkv.in_features // attn.num_heads
+        adapter = _AttentionParts(num_heads=attn.num_heads, head_dim=head_dim, scale=head_dim**-0.5,
+                                  qkv=attn.qkv, proj=attn.proj, training=attn.training)
+        super().__init__(adapter, **kwargs)
+        self.batch_first = bool(getattr(attn, "batch_first", True))
+
+    def forward(  # type: ignore[override]
+        self,
+        query: Tensor,
+        key: Tensor | None = None,
+        value: Tensor | None = None,
+        need_weights: bool = False,
+        attn_mask: Tensor | None = None,
+    ) -> tuple[Tensor, None]:
+        if (key is not None and key is not query) or (value is not None and value is not query):
+            raise ValueError("QuantSelfAttention supports self-attention only (key and value must be the query)")
+        if need_weights:
+            raise ValueError("QuantSelfAttention does not return attention weights")
+        x = query if self.batch_first else query.transpose(0, 1)
+        out = super().forward(x, attn_mask=attn_mask)
+        return (out if self.batch_first else out.transpose(0, 1)), None
+
+
+class _AttentionParts:
+    """The attributes :class:`QuantAttention` reads from the module it replaces (for modules that are
+    not timm's ``Attention``)."""
+
+    def __init__(self, *, num_heads: int, head_dim: int, scale: float, qkv: nn.Module, proj: nn.Module,
+                 training: bool) -> None:
+        self.num_heads, self.head_dim, self.scale = num_heads, head_dim, scale
+        self.qkv, self.proj, self.training = qkv, proj, training
+        self.attn_drop, self.proj_drop = nn.Identity(), nn.Identity()
+
+
 def timm_attention_class() -> type[nn.Module] | None:
     """timm's ``Attention`` class, or ``None`` when timm is not installed."""
     try:
@@ -308,14 +357,43 @@ def timm_attention_class() -> type[nn.Module] | None:
     return Attention
 
 
-def replace_attention(model: nn.Module, factory: Callable[[str, nn.Module], nn.Module | None]) -> list[str]:
-    """Replace, in place, every module of exactly timm's ``Attention`` class inside ``model``.
+def _linear_self_attention_class() -> type[nn.Module] | None:
+    from ..models.clip_zoo import LinearSelfAttention
 
-    ``factory(qualified_name, attention)`` returns the replacement (e.g. a :class:`QuantAttention`) or
-    ``None`` to keep it. Subclasses of ``Attention`` are left alone (their forward may differ).
-    Returns the qualified names replaced, in module order.
+    return LinearSelfAttention
+
+
+ATTENTION_KINDS: dict[str, tuple[Callable[[], type[nn.Module] | None], type[QuantAttention]]] = {
+    "timm": (timm_attention_class, QuantAttention),
+    "open_clip": (_linear_self_attention_class, QuantSelfAttention),
+}
+"""Attention modules that can be quantized: ``kind -> (the float class, exactly; its quantized replacement)``.
+``timm``: timm's ``Attention``; ``open_clip``: OpenCLIP's attention as the ``open_clip`` source builds it."""
+
+
+def quant_attention(attn: nn.Module, **kwargs: Any) -> QuantAttention:
+    """The quantized replacement of ``attn`` (a module of one of :data:`ATTENTION_KINDS`), built with
+    :class:`QuantAttention`'s keyword arguments."""
+    for get_class, quant_class in ATTENTION_KINDS.values():
+        if type(attn) is get_class():
+            return quant_class(attn, **kwargs)
+    raise TypeError(f"quant_attention(): {type(attn).__name__} is none of {sorted(ATTENTION_KINDS)}")
+
+
+def replace_attention(
+    model: nn.Module,
+    factory: Callable[[str, nn.Module], nn.Module | None],
+    *,
+    kinds: Sequence[str] = ("timm",),
+) -> list[str]:
+    """Replace, in place, every module of exactly one of the classes of ``kinds`` (:data:`ATTENTION_KINDS`;
+    default timm's ``Attention``) inside ``model``.
+
+    ``factory(qualified_name, attention)`` returns the replacement (e.g. :func:`quant_attention`) or
+    ``None`` to keep it. Subclasses are left alone (their forward may differ). Returns the qualified
+    names replaced, in module order.
     """
-    cls = timm_attention_class()
-    if cls is None:
+    classes = tuple(c for c in (ATTENTION_KINDS[k][0]() for k in kinds) if c is not None)
+    if not classes:
         return []
-    return replace_modules(model, lambda m: type(m) is cls, factory)
+    return replace_modules(model, lambda m: type(m) in classes, factory)
