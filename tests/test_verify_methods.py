@@ -57,6 +57,8 @@ PATCH = ("patch_embed.proj", "conv2d")
 ATTENTION = ("attn", "scaled_dot_product_attention")
 EXPECTED_FLOAT = {name: {PATCH, ATTENTION} for name in QUANTIZERS.names()}
 EXPECTED_FLOAT.update({"repq_vit": set(), "raana": {PATCH}})
+# qat_lora evaluates its LoRA adapters unmerged (the CLIP paper's forward): a float linear beside each layer
+EXPECTED_FLOAT["qat_lora"] = {PATCH, ATTENTION, *((layer, "linear") for layer in ("qkv", "proj", "fc1", "fc2", "head"))}
 
 
 @pytest.mark.parametrize("bits", [8, 6, 4])

@@ -349,19 +349,26 @@ class DistillOptions(LSQOptions):
 
 @dataclass(frozen=True)
 class LoRAOptions(LSQOptions):
-    """``qat_lora``: LSQ's (``lr`` defaults to 1e-4) plus ``lora_r``, ``lora_alpha``, ``train_steps``
-    and ``lora_merge`` (true: the adapter is merged into the weight, which is then quantized, before
-    evaluation; false: it stays a floating-point path beside the quantized layer)."""
+    """``qat_lora``: LSQ's (``lr`` defaults to 1e-4) plus ``lora_r``, ``lora_alpha``, ``train_steps``,
+    ``lora_merge`` (false, the default: the adapter stays a floating-point path on the unquantized
+    input beside the quantized layer, the CLIP paper's forward; true: it is merged into the weight,
+    which is then quantized, before evaluation), ``distill`` (``none`` | ``feature_mse``: the CLIP
+    paper's LoRA-Distill loss, the MSE between the L2-normalised features of the FP32 and the
+    quantized model) and ``distill_weight`` (its weight, 0.5 as in the paper)."""
 
     lr: float = 1e-4
     lora_r: int = 8
     lora_alpha: float = 16.0
     train_steps: bool = False
-    lora_merge: bool = True
+    lora_merge: bool = False
+    distill: Literal["none", "feature_mse"] = "none"
+    distill_weight: float = 0.5
 
     RULES: ClassVar[Mapping[str, Option]] = {
         "lora_r": rule(positive_int, "a positive integer"),
         "lora_alpha": rule(_positive_number, "a positive number", float),
         "train_steps": rule(lambda v: isinstance(v, bool), "true or false"),
         "lora_merge": rule(lambda v: isinstance(v, bool), "true or false"),
+        "distill": _choice("none", "feature_mse"),
+        "distill_weight": rule(_fraction, "a number from 0 to 1", float),
     }
