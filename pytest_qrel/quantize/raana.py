@@ -37,10 +37,10 @@ classes (argmax of its logits) - RaanA's sensitivities only need *a* task loss a
 When the budget leaves no choice (``weight_bits`` >= the largest candidate or <= the smallest) the
 gradient pass is skipped and every layer gets that width.
 
-**4. Activations** (``act_bits`` set). The CLIP study's RaanA rows track its PTQ rows (top-1 within a
-point or two of PTQ at W8A8, where a weight-only method would sit at the FP32 accuracy) and its
-appendix groups RaanA with the PTQ methods that "use a small calibration set to determine fixed
-quantization parameters", which suggests its activations were quantized like its PTQ ones. RaanA
+**4. Activations** (``act_bits`` set). The CLIP study's RaanA rows track its PTQ rows, far from FP32
+(its appendix's first OOD table: MSP AUROC 94.78 FP32, 78.15 PTQ, 79.12 RaanA), and its appendix
+groups RaanA with the PTQ methods that "use a small calibration set to determine fixed quantization
+parameters", which suggests its activations were quantized like its PTQ ones. RaanA
 itself (the paper, the authors' code) is weight-only, so this part is the project's, built as
 ``minmax`` quantizes a layer's input: one static, per-tensor, asymmetric (``act_symmetric: true``:
 symmetric) min/max quantizer at ``act_bits`` per quantized layer, calibrated on the FP32 model over
