@@ -121,7 +121,6 @@ from .fakequant import (
     FakeQuantLinear,
     QuantModule,
     WeightQuantizer,
-    fake_quantize_reference,
     quantize_weight_per_channel_symmetric,
     replace_linears,
     unsigned_range,
