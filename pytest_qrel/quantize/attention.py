@@ -313,10 +313,10 @@ class QuantSelfAttention(QuantAttention):
     dropout, q/k norm or gate.
     """
 
-    def __init__(self, attn: nn.Module, **kwargs: Any) -> None:
-        head_dim = attn.qkv.in_features // attn.num_heads
-        adapter = _AttentionParts(num_heads=attn.num_heads, head_dim=head_dim, scale=head_dim**-0.5,
-                                  qkv=attn.qkv, proj=attn.proj, training=attn.training)
+    def __init__(self, attn: Any, **kwargs: Any) -> None:
+        head_dim = int(attn.qkv.in_features) // int(attn.num_heads)
+        adapter: Any = _AttentionParts(num_heads=int(attn.num_heads), head_dim=head_dim, scale=head_dim**-0.5,
+                                       qkv=attn.qkv, proj=attn.proj, training=bool(attn.training))
         super().__init__(adapter, **kwargs)
         self.batch_first = bool(getattr(attn, "batch_first", True))
 
