@@ -283,6 +283,148 @@ def test_missing_or_mismatched_checkpoint(tmp_path):
         load_model("timm:vit_tiny_patch16_224", options={"checkpoint": "meta.pth", "model_kwargs": TINY}, base_dir=tmp_path)
 
 
+# ------------------------------------------------------------------------------------ timm, JAX .npz
+def save_jax_npz(path: Path, module, layout: str = "vit_jax", **drop_or_replace) -> None:
+    """Write a timm ViT's weights as a JAX ``.npz`` in the naming timm's ``_load_weights`` reads:
+    ``vit_jax`` (Google's AugReg / vit_jax releases, the ViT study's files: ``Transformer/
+    encoderblock_<i>/MultiHeadDotProductAttention_1/...``, ``MlpBlock_3``, ``LayerNorm_0`` / ``_2``,
+    ``Transformer/posembed_input/pos_embedding``) or ``big_vision`` (``params/`` prefix,
+    ``MultiHeadDotProductAttention_0``, ``MlpBlock_0``, ``LayerNorm_0`` / ``_1``, ``pos_embedding``).
+    Flax layouts: Dense kernels (in, out), conv kernels HWIO, attention kernels (D, heads, head_dim),
+    the output projection (heads, head_dim, D). ``drop_or_replace``: arrays to drop (None) or replace."""
+    sd = {k: v.detach().numpy() for k, v in module.state_dict().items()}
+    heads = module.blocks[0].attn.num_heads
+    big = layout == "big_vision"
+    pre = "params/" if big else ""
+    mha, mlp, ln2 = ("MultiHeadDotProductAttention_0", "MlpBlock_0", "LayerNorm_1") if big else \
+        ("MultiHeadDotProductAttention_1", "MlpBlock_3", "LayerNorm_2")
+    out = {
+        f"{pre}embedding/kernel": sd["patch_embed.proj.weight"].transpose(2, 3, 1, 0),
+        f"{pre}embedding/bias": sd["patch_embed.proj.bias"],
+        f"{pre}cls": sd["cls_token"],
+        (f"{pre}pos_embedding" if big else "Transformer/posembed_input/pos_embedding"): sd["pos_embed"],
+        f"{pre}Transformer/encoder_norm/scale": sd["norm.weight"],
+        f"{pre}Transformer/encoder_norm/bias": sd["norm.bias"],
+        f"{pre}head/kernel": sd["head.weight"].T,
+        f"{pre}head/bias": sd["head.bias"],
+    }
+    for i in range(len(module.blocks)):
+        b, bp = f"blocks.{i}.", f"{pre}Transformer/encoderblock_{i}/"
+        dim = sd[b + "norm1.weight"].shape[0]
+        out[bp + "LayerNorm_0/scale"], out[bp + "LayerNorm_0/bias"] = sd[b + "norm1.weight"], sd[b + "norm1.bias"]
+        out[bp + f"{ln2}/scale"], out[bp + f"{ln2}/bias"] = sd[b + "norm2.weight"], sd[b + "norm2.bias"]
+        qkv_w, qkv_b = np.split(sd[b + "attn.qkv.weight"], 3), np.split(sd[b + "attn.qkv.bias"], 3)
+        for n, w_n, b_n in zip(("query", "key", "value"), qkv_w, qkv_b):
+            out[bp + f"{mha}/{n}/kernel"] = w_n.T.reshape(dim, heads, -1)
+            out[bp + f"{mha}/{n}/bias"] = b_n.reshape(heads, -1)
+        out[bp + f"{mha}/out/kernel"] = sd[b + "attn.proj.weight"].reshape(dim, heads, -1).transpose(1, 2, 0)
+        out[bp + f"{mha}/out/bias"] = sd[b + "attn.proj.bias"]
+        for r in range(2):
+            out[bp + f"{mlp}/Dense_{r}/kernel"] = sd[b + f"mlp.fc{r + 1}.weight"].T
+            out[bp + f"{mlp}/Dense_{r}/bias"] = sd[b + f"mlp.fc{r + 1}.bias"]
+    for key, value in drop_or_replace.items():
+        key = key.replace("__", "/")
+        if value is None:
+            out.pop(key)
+        else:
+            out[key] = value
+    np.savez(path, **{k: np.ascontiguousarray(v) for k, v in out.items()})
+
+
+@pytest.mark.parametrize("layout", ["vit_jax", "big_vision"])
+def test_jax_npz_checkpoint_gives_the_same_logits(tmp_path, layout):
+    import hashlib
+
+    source = tiny(pretrained=False, seed=7).module
+    save_jax_npz(tmp_path / "S_16-tiny.npz", source, layout)
+    m = load_model("timm:vit_tiny_patch16_224", options={"checkpoint": "S_16-tiny.npz", "model_kwargs": TINY}, base_dir=tmp_path)
+    x = torch.stack([m.preprocess(torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(i))) for i in range(3)])
+    with torch.no_grad():
+        torch.testing.assert_close(m.module(x), source.eval()(x), rtol=1e-5, atol=1e-5)
+    assert m.weights_sha256 == state_dict_sha256(source)  # every tensor equal, bit for bit
+    assert m.info["checkpoint_sha256"] == hashlib.sha256((tmp_path / "S_16-tiny.npz").read_bytes()).hexdigest()
+
+
+def test_jax_npz_is_read_without_pickles(tmp_path, monkeypatch):
+    source = tiny(pretrained=False).module
+    save_jax_npz(tmp_path / "w.npz", source)
+    calls = []
+    real_load = np.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(np, "load", spy)
+    load_model("timm:vit_tiny_patch16_224", options={"checkpoint": str(tmp_path / "w.npz"), "model_kwargs": TINY})
+    assert calls and all(c.get("allow_pickle") is False for c in calls)
+    # an object array (which needs a pickle) is refused, naming the file
+    np.savez(tmp_path / "obj.npz", **{"embedding/kernel": np.array([{"a": 1}], dtype=object)})
+    with pytest.raises(ModelError, match=r"holds object arrays, which only a pickle could load") as info:
+        load_model("timm:vit_tiny_patch16_224", options={"checkpoint": str(tmp_path / "obj.npz"), "model_kwargs": TINY})
+    assert str(tmp_path / "obj.npz") in str(info.value)
+
+
+def _npz_error(tmp_path, name: str, model_kwargs=None) -> str:
+    with pytest.raises(ModelError) as info:
+        load_model("timm:vit_tiny_patch16_224", options={"checkpoint": name, "model_kwargs": model_kwargs or TINY},
+                   base_dir=tmp_path)
+    msg = str(info.value)
+    assert "\n" not in msg and str((tmp_path / name).resolve()) in msg, msg
+    return msg
+
+
+def test_wrong_jax_npz_is_one_line_naming_the_file_and_the_fix(tmp_path):
+    source = tiny(pretrained=False).module
+    # not an archive
+    (tmp_path / "junk.npz").write_bytes(b"not a zip" * 20)
+    assert "corrupt or not a numpy .npz" in _npz_error(tmp_path, "junk.npz")
+    # missing file
+    assert "does not exist" in _npz_error(tmp_path, "absent.npz")
+    # another width: shapes do not fit
+    wide = tiny(pretrained=False, model_kwargs={**TINY, "embed_dim": 64, "num_heads": 2}).module
+    save_jax_npz(tmp_path / "wide.npz", wide)
+    msg = _npz_error(tmp_path, "wide.npz")
+    assert "does not fit the architecture" in msg and "vit_small_patch16_224" in msg
+    # more blocks than the model: timm would load the first ones silently
+    deep = tiny(pretrained=False, model_kwargs={**TINY, "depth": 2}).module
+    save_jax_npz(tmp_path / "deep.npz", deep)
+    assert "holds 2 encoder blocks but the model has 1" in _npz_error(tmp_path, "deep.npz")
+    # a classifier of another size: timm skips it silently, leaving a random head
+    other = tiny(pretrained=False, model_kwargs={**TINY, "num_classes": 7}).module
+    save_jax_npz(tmp_path / "head7.npz", other)
+    msg = _npz_error(tmp_path, "head7.npz")
+    assert "does not set head.weight, head.bias" in msg and "num_classes" in msg
+    # an array the loader needs is missing
+    save_jax_npz(tmp_path / "nonorm.npz", source, Transformer__encoder_norm__scale=None)
+    assert "lacks the array 'Transformer/encoder_norm/scale'" in _npz_error(tmp_path, "nonorm.npz")
+    # a PyTorch state dict renamed .npz
+    save_checkpoint(tmp_path / "torch.npz", source, "pth")
+    assert "without a JAX ViT layout" in _npz_error(tmp_path, "torch.npz")
+
+
+def test_checkpoint_file_hash_is_in_the_fingerprint(tmp_path):
+    """Two checkpoint files with the same weights but different bytes: the loaded weights' digest is
+    equal, the model identity (what every fingerprint hashes) is not."""
+    from pytest_qrel import Engine
+
+    source = tiny(pretrained=False, seed=2).module
+    save_jax_npz(tmp_path / "w.npz", source)
+    suite_text = (
+        "name: npz\nmodels:\n  vit: {source: 'timm:vit_tiny_patch16_224', options: {checkpoint: w.npz, "
+        "model_kwargs: {img_size: 32, patch_size: 8, depth: 1, embed_dim: 32, num_heads: 2, num_classes: 10}}}\n"
+        "datasets:\n  id: {name: digits, source: 'embedded:digits'}\nquantizers:\n  W8A8: {method: minmax}\n"
+        "checks: ['W8A8 top1 delta <= 5pp']\n"
+    )
+    (tmp_path / "s.yaml").write_text(suite_text)
+    suite = load_suite(tmp_path / "s.yaml")
+    first = Engine(baseline_dir=tmp_path).loader.identity(suite, "vit")
+    save_jax_npz(tmp_path / "w.npz", source, extra__unused=np.zeros(3, np.float32))  # same weights, other bytes
+    second = Engine(baseline_dir=tmp_path).loader.identity(suite, "vit")
+    assert first["weights_sha256"] == second["weights_sha256"]
+    assert first["checkpoint_sha256"] != second["checkpoint_sha256"]
+
+
 # ------------------------------------------------------------------------------------ timm, HF cache
 @pytest.mark.parametrize("env", ["HF_HUB_CACHE", "HF_HOME"])
 def test_missing_pretrained_weights_never_download(tmp_path, monkeypatch, no_network, env):

@@ -384,7 +384,8 @@ def test_returned_model_is_a_frozen_inference_model(vit, task, method):
     assert len(linears) == N_LINEARS and all(m.weight_frozen for m in linears)
     acts = [m for m in qmodel.modules() if isinstance(m, ActQuantizer)]
     assert len(acts) == N_LINEARS and all(m.mode == "quantize" for m in acts)
-    assert not any(isinstance(m, LoRAFakeQuantLinear) for m in linears)  # qat_lora merges its adapters
+    # qat_lora keeps its adapters beside the quantized layers (the paper's unmerged forward)
+    assert any(isinstance(m, LoRAFakeQuantLinear) for m in linears) == (method == "qat_lora")
     assert not qmodel(images[:2]).requires_grad
 
 
@@ -528,7 +529,7 @@ def test_labels_are_required_for_cross_entropy(vit, task, method):
 
 def test_distill_with_cross_entropy_needs_labels(vit, task):
     images, _ = task
-    with pytest.raises(QuantOptionError, match="no labels") as err:
+    with pytest.raises(QuantOptionError, match="have neither") as err:
         quantize(vit, spec("qat_distill", 8, 8, **FAST, distill_weight=0.5), images)
     assert err.value.option == "distill_weight"
 
@@ -619,7 +620,7 @@ def test_lora_adapter_is_merged_into_the_quantized_weight(vit, task):
     w, a, b = layer.weight.detach().clone(), layer.lora_A.detach().clone(), layer.lora_B.detach().clone()
     steps = layer.weight_step.detach().clone()
     assert float(b.abs().sum()) > 0  # the adapter did train
-    qat_mod.export(model)  # merge_lora=True, the default
+    qat_mod.export(model)  # merge_lora=True, export()'s own default (the method's is lora_merge: false)
     merged = model.blocks[0].mlp.fc1
     assert type(merged) is FakeQuantLinear
     q = 2 ** 3 - 1
@@ -631,10 +632,117 @@ def test_lora_adapter_is_merged_into_the_quantized_weight(vit, task):
 
 def test_merged_lora_has_no_float_adapter_path(vit, task):
     images, labels = task
-    merged = quantize(vit, spec("qat_lora", 4, 4, **FAST, lr=1e-2), images, labels=labels)
-    apart = quantize(vit, spec("qat_lora", 4, 4, **FAST, lr=1e-2, lora_merge=False), images, labels=labels)
+    merged = quantize(vit, spec("qat_lora", 4, 4, **FAST, lr=1e-2, lora_merge=True), images, labels=labels)
+    apart = quantize(vit, spec("qat_lora", 4, 4, **FAST, lr=1e-2), images, labels=labels)  # the default
     assert not any(isinstance(m, LoRAFakeQuantLinear) for m in merged.modules())
     on_linears = lambda report: {p.module for p in report.float_paths if p.op == "linear"}  # noqa: E731
     assert on_linears(verify_simulation(merged, images)) == set()
     assert on_linears(verify_simulation(apart, images)) == {"blocks.0.attn.qkv", "blocks.0.attn.proj",
                                                            "blocks.0.mlp.fc1", "blocks.0.mlp.fc2", "head"}
+
+
+# ------------------------------------------------------------------------------------------------
+# the CLIP paper's losses: feature MSE for LoRA-Distill, contrastive on captions (image-text data)
+# ------------------------------------------------------------------------------------------------
+
+
+def test_lora_is_unmerged_by_default_and_registered_with_the_paper_losses():
+    opts = spec("qat_lora").options
+    assert opts.lora_merge is False and opts.distill == "none" and opts.distill_weight == 0.5
+    assert {"distill", "distill_weight", "lora_merge"} <= set(QUANTIZERS.meta("qat_lora")["options"])
+    with pytest.raises(QuantOptionError, match="'none' or 'feature_mse'"):
+        spec("qat_lora", distill="kl")
+    assert all(QUANTIZERS.meta(m).get("accepts_targets") for m in METHODS)
+
+
+def test_feature_and_contrastive_losses_against_their_formulas():
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g)
+    sn, tn = s / s.norm(dim=1, keepdim=True), t / t.norm(dim=1, keepdim=True)
+    assert qat_mod.feature_distillation_loss(s, t).item() == pytest.approx(((sn - tn) ** 2).mean().item(), rel=1e-6)
+    scale = 7.0
+    sim = scale * sn @ tn.T
+    expected = 0.5 * (-(sim.log_softmax(1).diag()).mean() - (sim.T.log_softmax(1).diag()).mean())
+    assert qat_mod.contrastive_loss(s, t, scale).item() == pytest.approx(expected.item(), rel=1e-5)
+    # a batch that repeats a pair: the repeats are positives of each other, with equal weight
+    ids = torch.tensor([0, 1, 0, 2, 3, 4])
+    same = (ids[:, None] == ids[None, :]).float()
+    target = same / same.sum(1, keepdim=True)
+    soft = 0.5 * (-(target * sim.log_softmax(1)).sum(1).mean() - (target * sim.T.log_softmax(1)).sum(1).mean())
+    assert qat_mod.contrastive_loss(s, t, scale, pair_ids=ids).item() == pytest.approx(soft.item(), rel=1e-5)
+
+
+def _feature_mse(model, teacher, images) -> float:
+    _, fs = qat_mod.logits_and_features(model, images)
+    _, ft = qat_mod.logits_and_features(teacher, images)
+    return float(qat_mod.feature_distillation_loss(fs, ft))
+
+
+def test_lora_feature_distillation(vit, task):
+    """distill: feature_mse trains the adapters towards the FP32 model's normalised features: with
+    weight 1 it needs no labels and lowers the feature MSE; its loss is the formula's."""
+    images, labels = task
+    with torch.no_grad():
+        logits_, feats = qat_mod.logits_and_features(vit, images[:4])
+        assert torch.equal(logits_, vit(images[:4]))  # timm: the head of the same features
+        assert feats.shape == (4, vit.embed_dim)
+    initial = quantize(vit, spec("qat_lora", 4, 4, steps=0, distill="feature_mse"), images, labels=labels)
+    only = quantize(vit, spec("qat_lora", 4, 4, steps=8, batch_size=32, lr=1e-3, distill="feature_mse",
+                              distill_weight=1.0), images)
+    assert only.qat_task == "none" and only.qat_options.distill_weight == 1.0
+    with torch.no_grad():
+        assert _feature_mse(only, vit, images) < 0.7 * _feature_mse(initial, vit, images)
+    with pytest.raises(QuantOptionError, match="have neither") as err:  # 0.5 mixes in cross-entropy
+        quantize(vit, spec("qat_lora", 4, 4, **FAST, distill="feature_mse"), images)
+    assert err.value.option == "distill_weight"
+    # the first step's loss is 0.5 * feature MSE + 0.5 * CE of the initial (adapter B = 0) model
+    one = quantize(vit, spec("qat_lora", 4, 4, steps=1, batch_size=32, distill="feature_mse"), images, labels=labels)
+    with torch.no_grad():
+        expected = 0.5 * _feature_mse(initial, vit, images) + 0.5 * ce(initial, images, labels)
+    assert one.qat_losses[0] == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.fixture(scope="module")
+def clip():
+    from pytest_qrel.models import load_model
+
+    return load_model("open_clip:digits_clip")
+
+
+def test_qat_on_captions_trains_contrastively(clip):
+    """Image-text calibration data: the QAT methods take caption embeddings (TextTargets) and train on
+    CLIP's contrastive loss with the model's logit scale; no class labels needed."""
+    from pytest_qrel.data import load_dataset
+
+    train = load_dataset("embedded:digits", split="train")
+    index = torch.arange(24)
+    images = torch.stack([clip.preprocess(train[int(i)][0]) for i in index])
+    # a caption per image: here its class prompt's text embedding plus a little noise (the dataset
+    # side encodes real captions with the model's text tower)
+    text = clip.module.class_text_features[torch.as_tensor(train.labels[:24].copy())]
+    text = text + 0.05 * torch.randn(text.shape, generator=torch.Generator().manual_seed(0))
+    targets = qat_mod.TextTargets(text)
+    q0 = quantize(clip.module, spec("qat_lsq", 4, 4, steps=0), images, targets=targets)
+    q = quantize(clip.module, spec("qat_lsq", 4, 4, steps=6, batch_size=24, lr=1e-3), images, targets=targets)
+    assert q.qat_task == "contrastive" and len(q.qat_losses) == 6
+
+    def contrastive(model):
+        with torch.no_grad():
+            return float(qat_mod.contrastive_loss(model.image_features(images), text, clip.module.logit_scale))
+
+    assert q.qat_losses[0] == pytest.approx(contrastive(q0), rel=1e-4)  # the first loss is the formula's
+    assert contrastive(q) < contrastive(q0)
+    # LoRA with feature distillation on captions, the paper's QAT-LoRA-Distill on CC3M
+    lora = quantize(clip.module, spec("qat_lora", 4, 4, steps=2, batch_size=12, distill="feature_mse"), images,
+                    targets=targets)
+    assert lora.qat_task == "contrastive" and any(isinstance(m, LoRAFakeQuantLinear) for m in lora.modules())
+    with pytest.raises(QuantOptionError, match="does not train"):
+        quantize(clip.module, spec("minmax", 8, 8), images, targets=targets)
+    with pytest.raises(ValueError, match=r"shape \(24, D\)"):
+        quantize(clip.module, spec("qat", 8, 8, steps=1), images, targets=qat_mod.TextTargets(text[:5]))
+
+
+def test_captions_need_a_clip_model(vit, task):
+    images, _ = task
+    with pytest.raises(QuantOptionError, match="needs a CLIP model"):
+        quantize(vit, spec("qat", 8, 8, **FAST), images, targets=qat_mod.TextTargets(torch.randn(32, 16)))

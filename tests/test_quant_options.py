@@ -323,7 +323,7 @@ def test_accepted_tables_follow_the_typed_options():
 
     assert list(PercentileOptions.accepted()) == [k for k in COMMON_OPTIONS if k != "act_symmetric"] + [
         "percentile", "max_values"]
-    assert list(RaanAOptions.accepted()) == ["head", "batch_size", "bit_candidates", "seed"]
+    assert list(RaanAOptions.accepted()) == ["head", "act_symmetric", "batch_size", "bit_candidates", "seed"]
     assert set(SmoothQuantOptions.accepted()) == {*COMMON_OPTIONS, "alpha", "act_quant", "quantize_bmm_input"}
     for cls in (PercentileOptions, MSEOptions, RaanAOptions, SmoothQuantOptions):  # parse({}) == the defaults
         assert cls.parse({}, method="m") == cls()

@@ -1,5 +1,6 @@
-"""Tests of the ``raana`` method: the randomized Hadamard rotation, RaBitQ codes, AllocateBits and
-the weight-only simulated model (checked with independent constructions and brute force)."""
+"""Tests of the ``raana`` method: the randomized Hadamard rotation, RaBitQ codes, AllocateBits, the
+weight-only simulated model (checked with independent constructions and brute force) and its
+static activation quantization (``act_bits``)."""
 
 from __future__ import annotations
 
@@ -280,7 +281,7 @@ def test_coefficient_formula_on_one_layer():
 
 def test_is_registered():
     assert "raana" in QUANTIZERS
-    assert set(QUANTIZERS.meta("raana")["options"]) == {"head", "batch_size", "bit_candidates", "seed"}
+    assert set(QUANTIZERS.meta("raana")["options"]) == {"head", "act_symmetric", "batch_size", "bit_candidates", "seed"}
 
 
 def test_weight_only_and_every_linear_replaced(vit, qmodels):
@@ -374,13 +375,62 @@ def test_budget_at_the_largest_candidate_skips_the_gradient_pass(vit, monkeypatc
 # ------------------------------------------------------------------------------------------------
 
 
+def _fp32_layer_inputs(model, names, images):
+    """The input of every named Linear of the FP32 ``model`` on ``images`` (one batch)."""
+    seen = {}
+    handles = [model.get_submodule(n).register_forward_pre_hook(lambda m, a, n=n: seen.__setitem__(n, a[0].detach()))
+               for n in names]
+    logits(model, images)
+    for h in handles:
+        h.remove()
+    return seen
+
+
 @pytest.mark.parametrize("act_bits", [8, 4])
-def test_act_bits_set_is_an_error(act_bits):
+def test_activations_are_the_rotated_inputs_static_per_tensor(vit, calib, labels, qmodels, images, act_bits):
+    """act_bits: the same weights as weight-only RaanA, and each layer's rotated input R(x) quantized
+    with minmax's static per-tensor asymmetric min/max parameters measured on the FP32 model."""
+    from pytest_qrel.quantize.fakequant import asymmetric_qparams
+
+    q = quantize(vit, spec(4, act_bits), calib, labels=labels)
+    weight_only = rabitq_layers(qmodels(4))
+    layers = rabitq_layers(q)
+    assert set(layers) == set(weight_only)
+    inputs = _fp32_layer_inputs(vit, layers, calib)
+    for name, layer in layers.items():
+        assert torch.equal(layer.weight, weight_only[name].weight) and layer.weight_bits == weight_only[name].weight_bits
+        quantizer = layer.input_quantizer
+        assert isinstance(quantizer, ActQuantizer) and quantizer.mode == "quantize" and layer.act_bits == act_bits
+        rotated = layer.rotation(inputs[name])
+        scale, zero_point = asymmetric_qparams(rotated.min(), rotated.max(), act_bits)
+        torch.testing.assert_close(quantizer.scale, scale, rtol=1e-6, atol=0)
+        assert int(quantizer.zero_point) == int(zero_point)
+        x = torch.randn(3, 5, layer.in_features)
+        expected = torch.nn.functional.linear(
+            torch.fake_quantize_per_tensor_affine(layer.rotation(x), scale, zero_point, 0, 2**act_bits - 1),
+            layer.weight, layer.bias)
+        torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+    report = verify_simulation(q, images)
+    assert report.ok, report.summary()
+    acts = [c for c in report if c.kind == "activation"]
+    assert len(acts) == N_LINEARS and all(1 < c.distinct <= 2**act_bits for c in acts)
+    # every Linear multiplies two quantized operands; only the patch embedding and the fused attention stay float
+    assert {p.op for p in report.float_paths} == {"conv2d", "scaled_dot_product_attention"}, report.summary()
+
+
+def test_activation_bits_cost_accuracy(vit, calib, labels, qmodels, images, fp32_logits):
+    e_w = rel_error(logits(qmodels(8), images), fp32_logits)
+    e_a8 = rel_error(logits(quantize(vit, spec(8, 8), calib, labels=labels), images), fp32_logits)
+    e_a4 = rel_error(logits(quantize(vit, spec(8, 4), calib, labels=labels), images), fp32_logits)
+    assert e_w < e_a8 < 0.1 < e_a4, (e_w, e_a8, e_a4)
+
+
+def test_symmetric_activations_and_no_calibration(vit, calib, labels):
+    q = quantize(vit, spec(6, 6, act_symmetric=True), calib, labels=labels)
+    assert all(int(m.input_quantizer.zero_point) == 0 and m.input_quantizer.symmetric for m in rabitq_layers(q).values())
     with pytest.raises(QuantOptionError) as info:
-        spec(4, act_bits)
-    err = info.value
-    assert err.option == "act_bits"
-    assert "weight-only" in str(err) and "W4A16" in str(err)
+        quantize(vit, spec(8, 8), calib[:0])
+    assert info.value.option == "calibration"
 
 
 def test_budget_below_the_candidates_is_an_error():

@@ -181,51 +181,58 @@ def test_log_sqrt2_hand_computed_values():
     # codes round(-2 log2 x): -2->0, 0, 0.83->1, 2, 3.47->3, 4.64->5, 6, 6.64->7, 8.64->9, inf
     strict = [1.0, 1.0, S2 / 2, 0.5, S2 / 4, S2 / 8, 0.125, 0.0, 0.0, 0.0]  # 3 bits: code 7 means zero
     reference = [1.0, 1.0, S2 / 2, 0.5, S2 / 4, S2 / 8, 0.125, S2 / 16, 0.0, 0.0]  # reference: codes >= 8 are 0
-    torch.testing.assert_close(log_sqrt2_quantize(x, 1.0, 3), torch.tensor(strict), rtol=1e-6, atol=0)
-    torch.testing.assert_close(log_sqrt2_quantize(x, 1.0, 3, strict=False), torch.tensor(reference), rtol=1e-6, atol=0)
+    torch.testing.assert_close(log_sqrt2_quantize(x, 1.0, 3, strict=True), torch.tensor(strict), rtol=1e-6, atol=0)
+    torch.testing.assert_close(log_sqrt2_quantize(x, 1.0, 3), torch.tensor(reference), rtol=1e-6, atol=0)  # default
     # the scale is the top level: x / s is what is coded
-    torch.testing.assert_close(log_sqrt2_quantize(x * 0.5, 0.5, 3), torch.tensor(strict) * 0.5, rtol=1e-6, atol=0)
+    torch.testing.assert_close(log_sqrt2_quantize(x * 0.5, 0.5, 3, strict=True), torch.tensor(strict) * 0.5,
+                               rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 6, 8])
 def test_log_sqrt2_levels_and_monotone(bits):
     x = torch.cat([torch.zeros(1, dtype=torch.float64),
                    torch.logspace(-140, 0.3, 40000, base=2.0, dtype=torch.float64)])  # sorted, reaches every code
-    out = log_sqrt2_quantize(x, 1.0, bits)
+    out = log_sqrt2_quantize(x, 1.0, bits, strict=True)
     assert out.unique().numel() == 2**bits  # 2^b - 1 levels and zero: exactly a b-bit code
     assert bool((out[1:] >= out[:-1]).all())  # monotone non-decreasing
     levels = out.unique()
     nonzero = levels[levels > 0].sort(descending=True).values
     ratio = torch.full((nonzero.numel() - 1,), 2**-0.5, dtype=torch.float64)
     torch.testing.assert_close(nonzero[1:] / nonzero[:-1], ratio, rtol=1e-6, atol=0)  # a sqrt(2) grid
-    ref = log_sqrt2_quantize(x, 1.0, bits, strict=False)
-    assert ref.unique().numel() == 2**bits + 1  # the reference's form: one value too many
+    ref = log_sqrt2_quantize(x, 1.0, bits)  # the default: the reference's form, one value too many
+    assert ref.unique().numel() == 2**bits + 1
     differ = out != ref
     expected_code = 2**bits - 1
     top_level = torch.tensor(2.0 ** (-expected_code / 2), dtype=torch.float64)
     assert torch.allclose(ref[differ], top_level)  # only the top code differs
 
 
-def test_log_sqrt2_quantizer_scale_search():
+@pytest.mark.parametrize("strict", [False, True])
+def test_log_sqrt2_quantizer_scale_search(strict):
     torch.manual_seed(0)
     x = torch.randn(4, 4, 17, 17).mul(3).softmax(-1)
-    q = LogSqrt2Quantizer(4)
+    q = LogSqrt2Quantizer(4, strict=strict)
     q.calibrate_once()
     y = q(x)
     assert q.mode == "quantize"
-    candidates = quantiles(x.reshape(-1), [0.999, 0.9999, 0.99999])
-    assert any(torch.isclose(q.scale, c) for c in candidates)
+    candidates = torch.quantile(x.reshape(-1), torch.tensor([0.999, 0.9999, 0.99999]))  # the reference's calls
+    assert any(torch.equal(q.scale, c) for c in candidates)
     err = float((y - x).square().mean())
     for c in candidates:
-        assert err <= float((log_sqrt2_quantize(x, c, 4) - x).square().mean()) + 1e-12
-    assert y.unique().numel() <= 16
+        assert err <= float((log_sqrt2_quantize(x, c, 4, strict=strict) - x).square().mean()) + 1e-12
+    assert y.unique().numel() <= 2**4 + (0 if strict else 1) == q.levels
     # the observe / freeze protocol gives the same scale
-    p = LogSqrt2Quantizer(4)
+    p = LogSqrt2Quantizer(4, strict=strict)
     p.observe()
     for part in x.split(2):
         assert p(part) is part
     p.freeze()
     assert torch.equal(p.scale, q.scale)
+    # arithmetic="aten": the exact float64-position quantiles of pytest_qrel.quantize.observers.quantiles
+    a = LogSqrt2Quantizer(4, strict=strict, arithmetic="aten")
+    a.calibrate_once()
+    a(x)
+    assert any(torch.equal(a.scale, c) for c in quantiles(x.reshape(-1), [0.999, 0.9999, 0.99999]))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -295,7 +302,8 @@ def test_reparameterization_keeps_fp32_function_and_gives_one_scale(outlier_vit,
         target_scale, target_zp = scale_reparameterize(norm, linear, s, z)
         assert target_scale.dim() == 0 and target_zp.dim() == 0
         assert float(target_scale) == pytest.approx(float(s.mean()), rel=1e-6)
-        assert int(target_zp) == round(float(z.float().mean()))
+        assert target_zp.is_floating_point() and float(target_zp) == pytest.approx(float(z.float().mean()), rel=1e-6)
+        assert float(target_zp) != round(float(target_zp))  # the reference's mean is not rounded
         calibrated[i] = (s, z, target_scale, target_zp)
     # 1. the FP32 function is unchanged
     torch.testing.assert_close(logits(model, images), logits(outlier_vit, images), rtol=1e-4, atol=1e-4)
@@ -324,10 +332,22 @@ def test_reparameterized_per_tensor_quantization_is_the_per_channel_one():
         codes_channel = torch.clamp(torch.round(y / s) + z, 0, 15)
         ref = linear((codes_channel - z) * s)
         norm2, linear2 = copy.deepcopy(norm), copy.deepcopy(linear)
-        ts, tz = scale_reparameterize(norm2, linear2, s, z)
+        ts, tz = scale_reparameterize(norm2, linear2, s, z, zero_point="rounded")
+        assert tz.dtype == torch.int32
         y2 = norm2(x)
         codes_tensor = torch.clamp(torch.round(y2 / ts) + tz, 0, 15)
         assert (codes_tensor == codes_channel).float().mean().item() > 0.999  # equal up to float ties
+        # the reference's unrounded mean zero point: the per-tensor grid is shifted by frac(z~) and a
+        # share of the values no longer gets the per-channel code
+        norm3, linear3 = copy.deepcopy(norm), copy.deepcopy(linear)
+        ms, mz = scale_reparameterize(norm3, linear3, s, z)
+        assert mz.is_floating_point() and 0.05 < float(mz - torch.floor(mz)) < 0.95
+        y3 = norm3(x)
+        dequant_mean = (torch.clamp(torch.round(y3 / ms) + mz, 0, 15) - mz) * ms
+        dequant_channel = (codes_channel - z) * s
+        # the per-channel result in x' units: x' = x / r - b, so x_hat' = (x_hat - x) / r + x'
+        same = torch.isclose(dequant_mean, (dequant_channel - norm(x)) / (s / ms) + y3, atol=1e-4)
+        assert 1.0 - same.float().mean().item() > 0.5  # the grids are offset by frac(z~) s~
         out = linear2((codes_tensor - tz) * ts)
         assert torch.isclose(out, ref, rtol=1e-4, atol=1e-4).float().mean().item() > 0.99
         # without reparameterization one per-tensor grid loses the narrow channels
@@ -357,7 +377,8 @@ def test_reparameterize_creates_missing_bias():
 
 def test_registered_with_options():
     assert "repq_vit" in QUANTIZERS
-    assert set(QUANTIZERS.meta("repq_vit")["options"]) == {"reparameterize", "softmax_quantizer"}
+    assert set(QUANTIZERS.meta("repq_vit")["options"]) == {
+        "reparameterize", "softmax_quantizer", "log2_levels", "zero_point", "arithmetic"}
 
 
 def test_what_is_quantized(vit, qmodels):
@@ -429,9 +450,13 @@ def test_outlier_channels_repq_beats_minmax(outlier_vit, vit, qmodels, images):
     assert err_repq < 1.5 * err_clean, (err_repq, err_clean)  # outliers barely matter to RepQ-ViT
 
 
+STRICT = {"log2_levels": "strict", "zero_point": "rounded"}
+"""The options under which every RepQ-ViT tensor is on a true b-bit grid (verify: true passes)."""
+
+
 @pytest.mark.parametrize("bits", [8, 6, 4])
 def test_verify_simulation(qmodels, images, bits):
-    q = qmodels(bits, bits)
+    q = qmodels(bits, bits, **STRICT)
     report = verify_simulation(q, images)
     assert report.ok, report.summary()
     assert len(report) == 2 * N_LINEARS + 2 + 8  # linears, the conv (weight + input), 8 matmul operands
@@ -448,10 +473,24 @@ def test_verify_simulation(qmodels, images, bits):
 
 
 def test_verify_catches_an_unquantized_operand(qmodels, images):
-    q = copy.deepcopy(qmodels(4, 4))
+    q = copy.deepcopy(qmodels(4, 4, **STRICT))
     q.blocks[1].attn.v_operand.input_quantizer.mode = "off"
     report = verify_simulation(q, images)
     assert {(c.module, c.kind) for c in report.failures} == {("blocks.1.attn.v_operand", "activation")}
+
+
+def test_reference_defaults_are_not_a_b_bit_grid(qmodels, images):
+    """What the reference computes: the qkv / fc1 inputs, quantized per tensor with a fractional mean
+    zero point, take one value more than 4 bits allow; every other tensor is on its grid."""
+    q = qmodels(4, 4)
+    for b in range(2):
+        for lin in (q.blocks[b].attn.qkv, q.blocks[b].mlp.fc1):
+            zp = lin.input_quantizer.zero_point
+            assert zp.is_floating_point() and float(zp) != round(float(zp))
+    report = verify_simulation(q, images)
+    failed = {(c.module, c.kind) for c in report.failures}
+    assert failed and failed <= {(f"blocks.{b}.{m}", "activation") for b in range(2) for m in ("attn.qkv", "mlp.fc1")}
+    assert all(c.distinct == 2**4 + 1 for c in report.failures)
 
 
 def test_close_to_fp32_at_8_bits_and_worse_at_4(qmodels, vit, images):
@@ -461,7 +500,7 @@ def test_close_to_fp32_at_8_bits_and_worse_at_4(qmodels, vit, images):
 
 
 def test_uniform_softmax_option(qmodels, images):
-    q = qmodels(6, 6, softmax_quantizer="uniform")
+    q = qmodels(6, 6, softmax_quantizer="uniform", **STRICT)
     attn = q.blocks[0].attn
     assert attn.softmax_kind == "uniform" and isinstance(attn.attn_operand.input_quantizer, ObservedActQuantizer)
     assert verify_simulation(q, images).ok
@@ -513,3 +552,105 @@ def test_model_without_timm_attention_is_an_error(calib):
     with pytest.raises(QuantOptionError, match="calibration") as info:
         quantize(make_vit(), spec(4, 4), calib[:0])
     assert info.value.option == "calibration"
+
+
+# ------------------------------------------------------------------------------------------------
+# the defaults are the reference code (tests/reference_repq.py restates it independently)
+# ------------------------------------------------------------------------------------------------
+
+
+def _attention_like(seed: int, tokens: int = 197) -> torch.Tensor:
+    """Softmax rows of a ViT-sized attention map: a few dominant tokens, a long tail near zero."""
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randn(4, 3, tokens, tokens, generator=g) * 2.5
+    scores[..., 0] += 4.0  # a strong class-token column, as trained ViTs have
+    return scores.softmax(-1)
+
+
+@pytest.mark.parametrize("bits", [4, 6, 8])
+def test_quantizers_equal_the_reference_on_the_same_tensors(bits):
+    from reference_repq import LazyLogSqrt2, LazyUniform
+
+    g = torch.Generator().manual_seed(bits)
+    act = torch.randn(8, 50, 48, generator=g) * torch.linspace(0.2, 6.0, 48) + torch.randn(48, generator=g)
+    act[0, 0, 5] = 80.0  # an outlier the clipping search must cut
+    # per tensor
+    ours = ObservedActQuantizer(bits, PercentileSearchObserver(), arithmetic="reference")
+    ours.calibrate_once()
+    theirs = LazyUniform(bits)
+    assert torch.equal(ours(act), theirs(act))
+    assert torch.equal(ours.scale, theirs.delta) and float(ours.zero_point) == float(theirs.zp)
+    # per channel (the post-LayerNorm inputs before reparameterization)
+    ours_c = ObservedActQuantizer(bits, PercentileSearchObserver(per_channel=True), arithmetic="reference")
+    ours_c.calibrate_once()
+    theirs_c = LazyUniform(bits, per_channel=True)
+    assert torch.equal(ours_c(act), theirs_c(act))
+    # weights, per output row of a Linear and per output filter of a Conv2d
+    for w in (torch.randn(40, 64, generator=g) * torch.rand(40, 1, generator=g), torch.randn(16, 3, 4, 4, generator=g)):
+        assert torch.equal(repq_weight_quantizer(w, bits), LazyUniform(bits, per_channel=True)(w))
+    # the softmax output
+    attn = _attention_like(bits)
+    log_q = LogSqrt2Quantizer(bits)
+    log_q.calibrate_once()
+    ref_log = LazyLogSqrt2(bits)
+    out = log_q(attn)
+    assert torch.equal(out, ref_log(attn)) and torch.equal(log_q.scale, ref_log.delta)
+    if bits == 4:  # (deeper codes than softmax values reach at 6 and 8 bits)
+        assert out.unique().numel() == 2**bits + 1  # all 2^b codes are levels, and underflow is zero
+        strict = log_sqrt2_quantize(attn, log_q.scale, bits, strict=True)
+        changed = (strict != out).float().mean().item()
+        assert strict.unique().numel() == 2**bits  # the strict grid moves the top code to zero
+        assert 0.005 < changed < 0.1, changed
+
+
+@pytest.mark.parametrize("wb,ab", [(4, 4), (8, 8),
+                                   pytest.param(6, 6, marks=pytest.mark.slow),
+                                   pytest.param(4, 8, marks=pytest.mark.slow),
+                                   pytest.param(8, 4, marks=pytest.mark.slow)])
+def test_defaults_equal_the_reference_end_to_end(vit, calib, images, wb, ab):
+    """Every quantizer parameter and every logit of repq_vit with default options equal the
+    reference pipeline restated in tests/reference_repq.py (calibration pass, reparameterization
+    with the unrounded mean zero point, second pass)."""
+    from reference_repq import reference_repq_vit
+
+    ref = reference_repq_vit(vit, calib, wb, ab)
+    ours = quantize(vit, spec(wb, ab), calib)
+    for b in range(2):
+        r, o = ref.blocks[b], ours.blocks[b]
+        for norm in ("norm1", "norm2"):
+            assert torch.equal(getattr(r, norm).weight, getattr(o, norm).weight)
+            assert torch.equal(getattr(r, norm).bias, getattr(o, norm).bias)
+        for rl, ol in ((r.attn.qkv, o.attn.qkv), (r.attn.proj, o.attn.proj), (r.mlp.fc1, o.mlp.fc1), (r.mlp.fc2, o.mlp.fc2)):
+            assert torch.equal(rl.wq(rl.weight), ol.weight)
+            assert torch.equal(rl.xq.delta.reshape(()), ol.input_quantizer.scale)
+            assert torch.equal(rl.xq.zp.reshape(()).float(), ol.input_quantizer.zero_point.float())
+        assert torch.equal(r.attn.p_in.delta, o.attn.attn_operand.input_quantizer.scale)
+        for name in ("q", "k", "v"):
+            ref_q = getattr(r.attn, {"q": "q_in", "k": "k_in", "v": "v_in"}[name])
+            assert torch.equal(ref_q.delta, getattr(o.attn, f"{name}_operand").input_quantizer.scale)
+    expected = logits(ref, images)
+    assert torch.equal(expected, logits(ours, images))
+    if (wb, ab) == (4, 4):  # the comparison can fail: each of the project's stricter choices changes the model
+        for options in ({"zero_point": "rounded"}, {"arithmetic": "aten"}):
+            assert not torch.equal(logits(quantize(vit, spec(4, 4, options=options), calib), images), expected)
+
+
+def test_reference_quantiles_fall_back_to_numpy_where_torch_refuses(monkeypatch):
+    """Older torch releases refuse torch.quantile past 2^24 values; the reference then calls
+    np.percentile(x, 100 q), and so does reference_quantiles (simulated here with a small limit)."""
+    from pytest_qrel.quantize.observers import reference_quantiles
+
+    x = torch.randn(5000, 3, generator=torch.Generator().manual_seed(0))
+    real = torch.quantile
+
+    def limited(t, q, *args, **kwargs):
+        if t.numel() > 1000:
+            raise RuntimeError("quantile() input tensor is too large")
+        return real(t, q, *args, **kwargs)
+
+    qs = [1.0 - 0.9999, 0.9999]
+    assert torch.equal(reference_quantiles(x, qs), torch.quantile(x, torch.tensor(qs), dim=0))
+    monkeypatch.setattr(torch, "quantile", limited)
+    expected = torch.tensor(np.percentile(x.numpy(), [q * 100 for q in qs], axis=0), dtype=torch.float32)
+    assert torch.equal(reference_quantiles(x, qs), expected)
+    assert not torch.equal(expected, real(x, torch.tensor(qs), dim=0))  # the two libraries really differ here

@@ -370,3 +370,96 @@ def test_reference_variant_verifies_with_its_float_attention_weights(vit, calib,
     assert not any(p.op == "scaled_dot_product_attention" for p in report.float_paths)
     plain = verify_simulation(quantize(vit, spec(4, 4, act_quant="per_token"), calib), images)
     assert any(p.op == "scaled_dot_product_attention" for p in plain.float_paths)
+
+
+# ------------------------------------------------------------------------------------------------
+# the reference's variant on OpenCLIP's visual tower (open_clip:digits_clip)
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def clip():
+    from pytest_qrel.models import load_model
+
+    return load_model("open_clip:digits_clip")
+
+
+@pytest.fixture(scope="module")
+def clip_images(clip):
+    g = torch.Generator().manual_seed(3)
+    return torch.stack([clip.preprocess(torch.rand(1, 16, 16, generator=g)) for _ in range(40)])
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_quant_self_attention_without_quantizers_is_open_clips_attention(clip, batch_first):
+    from pytest_qrel.models.clip_zoo import LinearSelfAttention
+    from pytest_qrel.quantize.attention import QuantSelfAttention, quant_attention
+
+    attn = copy.deepcopy(clip.module.visual.transformer.resblocks[0].attn)
+    assert type(attn) is LinearSelfAttention
+    attn.batch_first = batch_first
+    quant = quant_attention(attn, act_bits=None)
+    assert type(quant) is QuantSelfAttention and quant.qkv is attn.qkv
+    x = torch.randn(3, 17, 64, generator=torch.Generator().manual_seed(0))
+    x = x if batch_first else x.transpose(0, 1)
+    mask = torch.zeros(17, 17).masked_fill_(torch.ones(17, 17, dtype=torch.bool).triu_(1), float("-inf"))
+    with torch.no_grad():
+        for m in (None, mask):
+            out, none = quant(x, x, x, need_weights=False, attn_mask=m)
+            torch.testing.assert_close(out, attn(x, x, x, need_weights=False, attn_mask=m)[0], rtol=1e-5, atol=1e-5)
+            assert none is None
+    with pytest.raises(ValueError, match="self-attention only"):
+        quant(x, x.clone(), x)
+
+
+def reference_smoothquant_clip(model, calib, bits, act):
+    """The reference variant (per-token activations, q/k/v quantized, softmax in float) written on
+    OpenCLIP's blocks with the independent RefLinear above."""
+    ref = copy.deepcopy(model).eval()
+    smooth_model(ref, calib, alpha=0.5)
+    for blk in ref.visual.transformer.resblocks:
+        blk.attn.qkv = RefLinear(blk.attn.qkv, bits, act, split_output=3)
+        blk.attn.proj = RefLinear(blk.attn.proj, bits, act)
+        blk.mlp.c_fc = RefLinear(blk.mlp.c_fc, bits, act)
+        blk.mlp.c_proj = RefLinear(blk.mlp.c_proj, bits, act)
+    ref.proj = RefLinear(ref.proj, bits, act)  # CLIP's classifier is the fixed text embedding: no Linear head to keep
+    return ref
+
+
+def test_reference_variant_on_open_clip(clip, clip_images):
+    """The options the README gives for mit-han-lab/smoothquant's variant work on OpenCLIP: every
+    attention's q, k, v quantized per token, the ln_1 / ln_2 groups smoothed, and the logits those of
+    an independent implementation of the reference."""
+    from pytest_qrel.quantize.attention import QuantSelfAttention
+
+    calib, test = clip_images[:24], clip_images[24:]
+    groups, _ = layernorm_statistics(clip.module, calib)
+    assert {(g.norm.split(".")[-1], g.linears[0].split(".")[-1]) for g in groups} == {("ln_1", "qkv"), ("ln_2", "c_fc")}
+    assert len(groups) == 2 * len(clip.module.visual.transformer.resblocks)
+    ours = quantize(clip.module, spec(8, 8, act_quant="per_token", quantize_bmm_input=True, head="fp32"), calib)
+    blocks = ours.visual.transformer.resblocks
+    assert all(type(b.attn) is QuantSelfAttention for b in blocks)
+    assert all(isinstance(getattr(b.attn, f"{o}_operand").input_quantizer, DynamicActQuantizer)
+               for b in blocks for o in "qkv") and all(b.attn.attn_operand.input_quantizer is None for b in blocks)
+    expected = logits(reference_smoothquant_clip(clip.module, calib, 8, "per_token"), test)
+    assert rel_error(logits(ours, test), expected) < 1e-5
+    no_bmm = quantize(clip.module, spec(8, 8, act_quant="per_token", head="fp32"), calib)
+    assert rel_error(logits(no_bmm, test), expected) > 1e-4  # the q/k/v quantization is really there
+    assert rel_error(logits(ours, test), logits(clip.module, test)) < 0.05  # and W8A8 stays close to FP32
+    report = verify_simulation(ours, test)
+    assert report.ok, report.summary()
+    assert {p.op for p in report.float_paths} <= {"matmul", "conv2d"}  # attn @ v (float softmax), the patch conv
+
+
+def test_reference_variant_through_the_engine_on_open_clip(tmp_path):
+    from pytest_qrel import Engine, load_suite
+
+    (tmp_path / "s.yaml").write_text(
+        "name: sqclip\nmodels:\n  clip: {source: 'open_clip:digits_clip'}\n"
+        "datasets:\n  id: {name: digits, source: 'embedded:digits'}\n"
+        "quantizers:\n  W8A8-sq: {method: smoothquant, weight_bits: 8, act_bits: 8, calibration: {samples: 32}, "
+        "verify: true, allow_float_paths: true, options: {act_quant: per_token, quantize_bmm_input: true, head: fp32}}\n"
+        "scores: [msp, mcm]\nchecks: ['W8A8-sq top1 delta <= 1pp']\n")
+    engine = Engine(baseline_dir=tmp_path)
+    engine.quantized_module(load_suite(tmp_path / "s.yaml"), "clip", "W8A8-sq")
+    assert engine.verified["W8A8-sq"].ok

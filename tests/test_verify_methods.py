@@ -12,6 +12,9 @@ from pytest_qrel.quantize import QUANTIZERS
 
 # Keep training-based methods short here; their own tests cover the defaults.
 FAST_OPTIONS = {name: {"steps": 2, "batch_size": 16} for name in QUANTIZERS.names() if name.startswith("qat")}
+# RepQ-ViT's defaults are the reference code, whose softmax / post-LayerNorm grids hold 2^b + 1 values;
+# these options put every tensor on a true b-bit grid.
+FAST_OPTIONS["repq_vit"] = {"log2_levels": "strict", "zero_point": "rounded"}
 WEIGHT_ONLY = {"raana"}
 
 SUITE = """\
@@ -54,6 +57,8 @@ PATCH = ("patch_embed.proj", "conv2d")
 ATTENTION = ("attn", "scaled_dot_product_attention")
 EXPECTED_FLOAT = {name: {PATCH, ATTENTION} for name in QUANTIZERS.names()}
 EXPECTED_FLOAT.update({"repq_vit": set(), "raana": {PATCH}})
+# qat_lora evaluates its LoRA adapters unmerged (the CLIP paper's forward): a float linear beside each layer
+EXPECTED_FLOAT["qat_lora"] = {PATCH, ATTENTION, *((layer, "linear") for layer in ("qkv", "proj", "fc1", "fc2", "head"))}
 
 
 @pytest.mark.parametrize("bits", [8, 6, 4])

@@ -123,6 +123,8 @@ class Loader:
         }
         if "clip_text_sha256" in loaded.info:  # negative labels / generic prompts of CLIP scores
             identity["clip_text_sha256"] = loaded.info["clip_text_sha256"]
+        if "checkpoint_sha256" in loaded.info:  # the checkpoint file itself, besides the weights it loaded
+            identity["checkpoint_sha256"] = loaded.info["checkpoint_sha256"]
         return identity
 
     def identity(self, suite: Suite, name: str) -> dict[str, Any]:
@@ -187,9 +189,10 @@ class Loader:
             return False
         return True
 
-    def calibration_images(self, suite: Suite, model: str, samples: int, seed: int, field: str) -> tuple[Any, Any]:
-        """``samples`` preprocessed images (N, C, H, W) of the ID *train* split drawn with ``seed``,
-        and their labels (N,), on the device."""
+    def calibration_images(self, suite: Suite, model: str, samples: int, seed: int, field: str,
+                           draw: str = "numpy") -> tuple[Any, Any]:
+        """``samples`` preprocessed images (N, C, H, W) of the ID *train* split drawn with ``seed`` by
+        ``draw`` (:mod:`pytest_qrel.calibration_draw`), and their labels (N,), on the device."""
         import torch
 
         train = self.dataset(suite, suite.id_dataset.name, "train")
@@ -198,7 +201,9 @@ class Loader:
                 f"asks for {samples} calibration images but the train split of '{suite.id_dataset.name}' has {len(train)}",
                 file=suite.path, field=field, fix=f"use at most {len(train)}",
             )
-        index = np.random.default_rng(seed).permutation(len(train))[:samples]
+        from ..calibration_draw import draw_calibration
+
+        index = draw_calibration(train, samples, seed, draw)
         preprocess = self.model(suite, model).preprocess
         with user_stage("preprocessing calibration images", f"model '{model}'"):
             images = torch.stack([preprocess(train[int(i)][0]) for i in index]).to(self.device)

@@ -159,7 +159,8 @@ class UnitComputer:
                 field=f"quantizers.{base}.method", fix="use one of the known methods",
             ) from None
         images, labels = self.loader.calibration_images(
-            suite, model, spec.calibration.samples, spec.calibration.seed, f"quantizers.{base}.calibration.samples"
+            suite, model, spec.calibration.samples, spec.calibration.seed, f"quantizers.{base}.calibration.samples",
+            draw=spec.calibration.draw,
         )
         what = f"model '{model}' quantizer '{base}'"
         name = f"{base}@{seed}" if len(suite.quantizers[base].calibration.seeds) > 1 else base

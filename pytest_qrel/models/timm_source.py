@@ -4,10 +4,11 @@
 (``deit_small_patch16_224``, ``vit_small_patch16_224.augreg_in1k``). Options (all optional):
 
 =================  ===========================================================================
-``checkpoint``     path of a state dict to load (``.safetensors`` via safetensors, anything else
-                   via ``torch.load(..., weights_only=True, map_location="cpu")``); ``${VAR}`` and
-                   ``~`` are expanded, a relative path is relative to the suite file's directory.
-                   Loaded *strictly* into the architecture built from ``model_kwargs``.
+``checkpoint``     path of a state dict to load (``.safetensors`` via safetensors, ``.npz`` via
+                   timm's JAX / big_vision loader, anything else via ``torch.load(...,
+                   weights_only=True, map_location="cpu")``); ``${VAR}`` and ``~`` are expanded, a
+                   relative path is relative to the suite file's directory. Loaded *strictly* into
+                   the architecture built from ``model_kwargs``.
 ``pretrained``     ``true`` (default): weights are required, from ``checkpoint`` or else from the
                    local Hugging Face cache; ``false``: random initialisation (tests, dry runs).
 ``model_kwargs``   mapping passed to ``timm.create_model`` (``img_size``, ``depth``, ...).
@@ -31,6 +32,22 @@ channels, classifier size) applies but timm never resolves a remote location. A 
 :class:`~pytest_qrel.errors.ModelError` naming the model, the cache path searched and the command
 that fetches it on a machine with internet access.
 
+**JAX / big_vision ``.npz`` checkpoints** (Google's ``vit_jax`` / ``big_vision`` releases, e.g. the
+AugReg files ``S_16-i21k-300ep-lr_0.001-aug_medium2-wd_0.1-do_0.0-sd_0.0--imagenet2012-steps_20k-
+lr_0.03-res_224.npz`` of the ViT robustness study, which are not the weights timm publishes under
+``vit_small_patch16_224.augreg_in21k_ft_in1k``) are read by the model's own ``load_pretrained``
+(``timm.models.vision_transformer._load_weights``: ``numpy.load(allow_pickle=False)``, so no pickled
+object is ever built; it maps the ``vit_jax`` layout ``Transformer/encoderblock_<i>/...`` and the
+``big_vision`` layouts ``params/...``, resamples the position embedding to the model's grid). It is
+checked to be complete: every parameter of the model must be written by it (timm skips a classifier
+of another size and any block the model lacks without a word) and the file may not hold more
+encoder blocks than the model has; otherwise a :class:`~pytest_qrel.errors.ModelError` names the
+file and the fix. Use the timm name of the matching architecture (``vit_small_patch16_224`` for
+``S_16`` files) without a pretrained tag.
+
+**Fingerprint.** A checkpoint's SHA-256 (of the file's bytes) is recorded in ``info
+["checkpoint_sha256"]`` and in the model's identity, beside the digest of the loaded weights.
+
 **Preprocessing** is timm's eval transform for the model's own pretrained config
 (``timm.data.resolve_model_data_config`` + ``timm.data.create_transform(is_training=False)``), with
 the input size and channels following ``model_kwargs`` (``img_size``, ``in_chans``); for a
@@ -47,6 +64,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -240,6 +258,100 @@ def read_state_dict(path: Path, *, fix: str) -> dict[str, Any]:
                 f"(save `model.state_dict()` or convert it to .safetensors; {fix})"
             ) from None
     return _unwrap_state_dict(obj, path, fix)
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes (read in 1 MiB chunks)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+_NPZ_BLOCK_KEY = re.compile(r"(?:^|/)Transformer/encoderblock_(\d+)/")
+
+
+def _npz_block_count(names: list[str], arrays: Any) -> int | None:
+    """Encoder blocks in a JAX checkpoint: ``encoderblock_<i>`` keys, or the leading dimension of
+    the stacked ``encoderblock/LayerNorm_0/scale`` (big_vision's scanned layout); None if neither."""
+    numbered = {int(m.group(1)) for n in names if (m := _NPZ_BLOCK_KEY.search(n))}
+    if numbered:
+        return max(numbered) + 1
+    stacked = [n for n in names if n.endswith("Transformer/encoderblock/LayerNorm_0/scale")]
+    return int(arrays[stacked[0]].shape[0]) if stacked else None
+
+
+def load_npz_checkpoint(module: Any, path: Path, *, label: str, fix: str) -> None:
+    """Load a JAX / big_vision ``.npz`` checkpoint into ``module`` with timm's own loader
+    (``module.load_pretrained``; numpy without pickles) and check that it set every parameter.
+
+    Raises:
+        ModelError: the file is missing or not a readable ``.npz``, the model has no JAX loader,
+            the checkpoint's layout or shapes do not fit, it holds more blocks than the model, or
+            some parameter of the model is not in it. One line, naming the file and the fix.
+    """
+    import numpy as np
+    import torch
+
+    if not path.is_file():
+        raise ModelError(f"checkpoint {path} does not exist ({fix})")
+    loader = getattr(module, "load_pretrained", None)
+    if not callable(loader):
+        raise ModelError(
+            f"{label}: checkpoint {path} is a JAX .npz file, which timm reads only into models with a "
+            f"'load_pretrained' method ({type(module).__name__} has none); use the timm architecture it was "
+            "trained as (e.g. vit_small_patch16_224) or convert it to a PyTorch state dict / .safetensors"
+        )
+    arch_fix = ("fix: use the timm architecture the file was trained as, e.g. 'timm:vit_small_patch16_224' for "
+                "S_16 files, with options.model_kwargs / num_classes matching it")
+    try:
+        with np.load(str(path), allow_pickle=False) as arrays:
+            names = list(arrays.files)
+            blocks = _npz_block_count(names, arrays)
+    except Exception as err:  # zipfile.BadZipFile, ValueError (pickled object arrays), OSError, EOFError
+        raise ModelError(f"checkpoint {path} is corrupt or not a numpy .npz archive of arrays: {_first_line(err)} ({fix})") from None
+    if not any(n.endswith("embedding/kernel") for n in names):  # timm's layout anchors all end so
+        raise ModelError(
+            f"{label}: checkpoint {path} is a .npz archive without a JAX ViT layout (no 'embedding/kernel' array among "
+            f"{len(names)}: {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}); a PyTorch checkpoint must keep "
+            f"its own suffix (.pth / .safetensors) ({fix})"
+        )
+    depth = len(getattr(module, "blocks", ()))
+    if blocks is not None and depth and blocks > depth:
+        raise ModelError(
+            f"{label}: checkpoint {path} holds {blocks} encoder blocks but the model has {depth}; "
+            f"timm would silently load only the first {depth} ({arch_fix})"
+        )
+    with torch.no_grad():
+        for param in module.parameters():
+            param.fill_(float("nan"))  # whatever the loader does not write stays NaN
+        try:
+            loader(str(path))
+        except KeyError as err:  # numpy: "<name> is not a file in the archive"
+            missing = str(err.args[0] if err.args else err).removesuffix(" is not a file in the archive")
+            raise ModelError(
+                f"{label}: checkpoint {path} lacks the array {missing!r} timm's JAX loader needs "
+                f"(a checkpoint of another architecture or layout; {arch_fix})"
+            ) from None
+        except ValueError as err:
+            if "allow_pickle" in str(err):
+                raise ModelError(
+                    f"{label}: checkpoint {path} holds object arrays, which only a pickle could load and which are "
+                    f"never read ({fix}; save the weights as plain numeric arrays)"
+                ) from None
+            raise ModelError(f"{label}: checkpoint {path} does not fit the architecture: {_first_line(err)} ({arch_fix})") from None
+        except Exception as err:  # RuntimeError (shapes)
+            raise ModelError(f"{label}: checkpoint {path} does not fit the architecture: {_first_line(err)} ({arch_fix})") from None
+    unset = [name for name, param in module.named_parameters() if torch.isnan(param).any()]
+    if unset:
+        shown = ", ".join(unset[:4]) + (f", ... ({len(unset)} in all)" if len(unset) > 4 else "")
+        raise ModelError(
+            f"{label}: checkpoint {path} does not set {shown} (timm's JAX loader skips a classifier of another "
+            f"size and parts the file lacks; {arch_fix})"
+        )
 
 
 def _is_tensor_dict(obj: Any) -> bool:
@@ -546,17 +658,22 @@ def timm_model_source(arg: str, *, options: Mapping[str, Any] | None = None, bas
     if opts["checkpoint"] is not None:
         path = _expand_path(opts["checkpoint"], "checkpoint", base_dir, label).resolve()
         fix = f"check options.checkpoint of {label}, given as {str(opts['checkpoint'])!r}"
-        state = read_state_dict(path, fix=fix)
-        module = _create(arg, kwargs, seed, label)
-        problem = _state_dict_mismatch(module, state)
-        if problem:
-            raise ModelError(
-                f"{label}: checkpoint {path} does not fit the architecture built with model_kwargs {dict(kwargs)}: "
-                f"{problem} (fix: set options.model_kwargs / num_classes to the architecture it was saved from)"
-            )
-        module.load_state_dict(state, strict=True)
+        if path.suffix.lower() == ".npz":  # a JAX / big_vision checkpoint: timm's own loader
+            module = _create(arg, kwargs, seed, label)
+            load_npz_checkpoint(module, path, label=label, fix=fix)
+        else:
+            state = read_state_dict(path, fix=fix)
+            module = _create(arg, kwargs, seed, label)
+            problem = _state_dict_mismatch(module, state)
+            if problem:
+                raise ModelError(
+                    f"{label}: checkpoint {path} does not fit the architecture built with model_kwargs {dict(kwargs)}: "
+                    f"{problem} (fix: set options.model_kwargs / num_classes to the architecture it was saved from)"
+                )
+            module.load_state_dict(state, strict=True)
         weights = f"checkpoint {path.name}"
         info["weights"] = str(path)
+        info["checkpoint_sha256"] = file_sha256(path)
     elif opts["pretrained"]:
         hub_id = getattr(pcfg, "hf_hub_id", None) if pcfg is not None else None
         if not hub_id:

@@ -1,10 +1,15 @@
-"""Quantized self-attention for timm Vision Transformers, and the log-sqrt(2) softmax quantizer.
+"""Quantized self-attention for timm and OpenCLIP Vision Transformers, and the log-sqrt(2) softmax quantizer.
 
 timm's ``Attention`` computes ``softmax(q k^T * scale) v`` with ``F.scaled_dot_product_attention``
 when it can, so its two matmuls are out of reach of module-level quantization. :class:`QuantAttention`
 is a drop-in replacement (built from an existing ``Attention``, sharing its ``qkv``, ``q_norm``,
 ``k_norm``, ``attn_drop``, ``norm``, ``gate``, ``proj``, ``proj_drop``) that computes attention with
-explicit matmuls, and passes the four matmul operands through quantizers::
+explicit matmuls, and passes the four matmul operands through quantizers. OpenCLIP's visual tower,
+as the ``open_clip`` model source builds it, has :class:`~pytest_qrel.models.clip_zoo.LinearSelfAttention`
+modules (its ``nn.MultiheadAttention`` turned into ``qkv`` / ``proj`` Linears, called with
+``nn.MultiheadAttention``'s convention); :class:`QuantSelfAttention` is the same computation behind
+that convention. :func:`quant_attention` builds the right one for a module, and
+:func:`replace_attention` finds the attention modules of the kinds asked for (:data:`ATTENTION_KINDS`)::
 
     attn = (Q(q) @ Q(k)^T) * scale   (+ mask) -> softmax -> attn_drop
     out  = Q_softmax(attn) @ Q(v)
@@ -29,14 +34,16 @@ and a scale ``s`` (a clipping value, the largest representable output)::
           = s * 2^(-c' / 2)
     x_hat = 0 where c >= Z   (and where x <= 0)
 
-The reference uses ``Z = 2^b``: codes 0 .. 2^b - 1 are levels *and* underflow gives 0, i.e. up to
-2^b + 1 distinct outputs, which no b-bit code can hold. Here ``strict=True`` (the default) uses
-``Z = 2^b - 1``: the top code means zero, leaving 2^b - 1 levels ``s * 2^(-c/2)`` plus zero = 2^b
-values; the only outputs that differ from the reference are inputs whose code is exactly 2^b - 1
-(``x ~ s * 2^(-(2^b - 1)/2)``, e.g. ``2^-7.5 s`` at 4 bits), which become 0 instead of that level.
-``strict=False`` mirrors the reference exactly. The scale is calibrated as in the reference: among
-``s = Q(p)`` for ``p`` in {0.999, 0.9999, 0.99999} of the observed values, the one with the smallest
-mean squared error.
+``strict=False`` (the default) is the reference: ``Z = 2^b``, codes 0 .. 2^b - 1 are levels *and*
+underflow gives 0, i.e. up to 2^b + 1 distinct outputs (17 at 4 bits), which no b-bit code can
+hold (``verify: true`` reports it). ``strict=True`` uses ``Z = 2^b - 1``: the top code means zero,
+leaving 2^b - 1 levels ``s * 2^(-c/2)`` plus zero = 2^b values; the only outputs that differ from
+the reference are inputs whose code is exactly 2^b - 1 (``x ~ s * 2^(-(2^b - 1)/2)``, e.g.
+``2^-7.5 s`` at 4 bits), which become 0 instead of that level (about 2 % of a ViT's softmax values
+at 4 bits). The scale is calibrated as in the reference: among ``s = Q(p)`` for ``p`` in
+{0.999, 0.9999, 0.99999} of the observed values, the one with the smallest mean squared error
+(quantiles as the reference computes them by default, ``arithmetic="reference"``; see
+:data:`~pytest_qrel.quantize.observers.Arithmetic`).
 """
 
 from __future__ import annotations
@@ -49,7 +56,7 @@ import torch
 from torch import Tensor, nn
 
 from .fakequant import ActQuantizer, QuantModule, replace_modules, unsigned_range
-from .observers import REPQ_PERCENTILES, ValueSample, quantiles
+from .observers import REPQ_PERCENTILES, Arithmetic, ValueSample, quantiles_by
 
 QuantizerFactory = Callable[[int], nn.Module]
 SQRT2 = math.sqrt(2.0)
@@ -60,12 +67,14 @@ SQRT2 = math.sqrt(2.0)
 # --------------------------------------------------------------------------------------------------
 
 
-def log_sqrt2_quantize(x: Tensor, scale: Tensor | float, bits: int, *, strict: bool = True) -> Tensor:
+def log_sqrt2_quantize(x: Tensor, scale: Tensor | float, bits: int, *, strict: bool = False) -> Tensor:
     """Fake-quantize non-negative ``x`` on the log-sqrt(2) grid ``scale * 2^(-c/2)`` (see the module docstring).
 
-    ``strict=True``: codes ``0 .. 2^b - 2`` are levels and code ``2^b - 1`` (and anything smaller) is
-    zero, so at most ``2^b`` distinct outputs; ``strict=False``: RepQ-ViT's reference (codes
-    ``0 .. 2^b - 1`` are levels, codes ``>= 2^b`` are zero). Inputs ``<= 0`` give 0.
+    ``strict=False`` (default): RepQ-ViT's reference (codes ``0 .. 2^b - 1`` are levels, codes
+    ``>= 2^b`` are zero: up to ``2^b + 1`` outputs); ``strict=True``: codes ``0 .. 2^b - 2`` are
+    levels and code ``2^b - 1`` (and anything smaller) is zero, so at most ``2^b`` distinct outputs.
+    Inputs ``<= 0`` give 0. The arithmetic (``x / scale``, ``log2``, a power of two times
+    ``1 + odd (sqrt(2) - 1)`` times the scale) is the reference's, operation for operation.
     """
     _, qmax = unsigned_range(bits)
     scale_t = torch.as_tensor(scale, dtype=x.dtype, device=x.device)
@@ -87,6 +96,9 @@ class LogSqrt2Quantizer(QuantModule):
     ``percentiles``, of the observed values with the smallest mean squared error of
     :func:`log_sqrt2_quantize` (first smallest wins). Values beyond ``max_values`` are subsampled
     (:class:`~pytest_qrel.quantize.observers.ValueSample`); ``None`` (default) keeps them all.
+    ``strict``: see :func:`log_sqrt2_quantize` (default ``False``: the reference's 2^b levels plus
+    zero); ``arithmetic``: how the quantiles are computed
+    (:data:`~pytest_qrel.quantize.observers.Arithmetic`, default the reference's ``torch.quantile``).
     Buffer ``scale`` (float32, 0-dim).
     """
 
@@ -94,18 +106,26 @@ class LogSqrt2Quantizer(QuantModule):
         self,
         bits: int,
         *,
-        strict: bool = True,
+        strict: bool = False,
         percentiles: Sequence[float] = REPQ_PERCENTILES,
         max_values: int | None = None,
+        arithmetic: Arithmetic = "reference",
     ) -> None:
         super().__init__()
         self.quant_min, self.quant_max = unsigned_range(bits)
         self.bits = bits
         self.strict = strict
         self.percentiles = tuple(float(p) for p in percentiles)
+        self.quantiles = quantiles_by(arithmetic)
+        self.arithmetic = arithmetic
         self.mode = "observe"
         self.sample = ValueSample(max_values)
         self.register_buffer("scale", torch.tensor(1.0))
+
+    @property
+    def levels(self) -> int:
+        """Distinct output values it can produce: ``2^b`` strict, ``2^b + 1`` as the reference."""
+        return 2**self.bits + (0 if self.strict else 1)
 
     def reset(self) -> None:
         self.sample.reset()
@@ -131,7 +151,7 @@ class LogSqrt2Quantizer(QuantModule):
     def search_scale(self, x: Tensor) -> Tensor:
         """The candidate scale ``Q(p)`` of ``x`` with the smallest mean squared quantization error."""
         best, best_err = x.max(), None
-        for cand in quantiles(x, self.percentiles):
+        for cand in self.quantiles(x, self.percentiles):
             err = (log_sqrt2_quantize(x, cand, self.bits, strict=self.strict) - x).square().mean()
             if best_err is None or err < best_err:
                 best, best_err = cand, err
@@ -148,7 +168,7 @@ class LogSqrt2Quantizer(QuantModule):
         return x
 
     def extra_repr(self) -> str:
-        text = f"bits={self.bits}, mode={self.mode}, strict={self.strict}"
+        text = f"bits={self.bits}, mode={self.mode}, strict={self.strict}, arithmetic={self.arithmetic}"
         if self.mode == "quantize":
             text += f", scale={self.scale.item():.6g}"
         return text
@@ -284,6 +304,50 @@ class QuantAttention(nn.Module):
         return f"num_heads={self.num_heads}, head_dim={self.head_dim}, softmax={self.softmax_kind}"
 
 
+class QuantSelfAttention(QuantAttention):
+    """:class:`QuantAttention` for a :class:`~pytest_qrel.models.clip_zoo.LinearSelfAttention` (OpenCLIP's
+    visual attention as the ``open_clip`` source builds it): the same quantized computation, called
+    as ``nn.MultiheadAttention`` is (``attn(x, x, x, need_weights=False, attn_mask=mask)``, self-attention
+    only, ``batch_first`` as the module had it) and returning ``(out, None)``. The scale is
+    ``head_dim^-0.5`` (``F.scaled_dot_product_attention``'s, which the float module uses); there is no
+    dropout, q/k norm or gate.
+    """
+
+    def __init__(self, attn: Any, **kwargs: Any) -> None:
+        head_dim = int(attn.qkv.in_features) // int(attn.num_heads)
+        adapter: Any = _AttentionParts(num_heads=int(attn.num_heads), head_dim=head_dim, scale=head_dim**-0.5,
+                                       qkv=attn.qkv, proj=attn.proj, training=bool(attn.training))
+        super().__init__(adapter, **kwargs)
+        self.batch_first = bool(getattr(attn, "batch_first", True))
+
+    def forward(  # type: ignore[override]
+        self,
+        query: Tensor,
+        key: Tensor | None = None,
+        value: Tensor | None = None,
+        need_weights: bool = False,
+        attn_mask: Tensor | None = None,
+    ) -> tuple[Tensor, None]:
+        if (key is not None and key is not query) or (value is not None and value is not query):
+            raise ValueError("QuantSelfAttention supports self-attention only (key and value must be the query)")
+        if need_weights:
+            raise ValueError("QuantSelfAttention does not return attention weights")
+        x = query if self.batch_first else query.transpose(0, 1)
+        out = super().forward(x, attn_mask=attn_mask)
+        return (out if self.batch_first else out.transpose(0, 1)), None
+
+
+class _AttentionParts:
+    """The attributes :class:`QuantAttention` reads from the module it replaces (for modules that are
+    not timm's ``Attention``)."""
+
+    def __init__(self, *, num_heads: int, head_dim: int, scale: float, qkv: nn.Module, proj: nn.Module,
+                 training: bool) -> None:
+        self.num_heads, self.head_dim, self.scale = num_heads, head_dim, scale
+        self.qkv, self.proj, self.training = qkv, proj, training
+        self.attn_drop, self.proj_drop = nn.Identity(), nn.Identity()
+
+
 def timm_attention_class() -> type[nn.Module] | None:
     """timm's ``Attention`` class, or ``None`` when timm is not installed."""
     try:
@@ -293,14 +357,43 @@ def timm_attention_class() -> type[nn.Module] | None:
     return Attention
 
 
-def replace_attention(model: nn.Module, factory: Callable[[str, nn.Module], nn.Module | None]) -> list[str]:
-    """Replace, in place, every module of exactly timm's ``Attention`` class inside ``model``.
+def _linear_self_attention_class() -> type[nn.Module] | None:
+    from ..models.clip_zoo import LinearSelfAttention
 
-    ``factory(qualified_name, attention)`` returns the replacement (e.g. a :class:`QuantAttention`) or
-    ``None`` to keep it. Subclasses of ``Attention`` are left alone (their forward may differ).
-    Returns the qualified names replaced, in module order.
+    return LinearSelfAttention
+
+
+ATTENTION_KINDS: dict[str, tuple[Callable[[], type[nn.Module] | None], type[QuantAttention]]] = {
+    "timm": (timm_attention_class, QuantAttention),
+    "open_clip": (_linear_self_attention_class, QuantSelfAttention),
+}
+"""Attention modules that can be quantized: ``kind -> (the float class, exactly; its quantized replacement)``.
+``timm``: timm's ``Attention``; ``open_clip``: OpenCLIP's attention as the ``open_clip`` source builds it."""
+
+
+def quant_attention(attn: nn.Module, **kwargs: Any) -> QuantAttention:
+    """The quantized replacement of ``attn`` (a module of one of :data:`ATTENTION_KINDS`), built with
+    :class:`QuantAttention`'s keyword arguments."""
+    for get_class, quant_class in ATTENTION_KINDS.values():
+        if type(attn) is get_class():
+            return quant_class(attn, **kwargs)
+    raise TypeError(f"quant_attention(): {type(attn).__name__} is none of {sorted(ATTENTION_KINDS)}")
+
+
+def replace_attention(
+    model: nn.Module,
+    factory: Callable[[str, nn.Module], nn.Module | None],
+    *,
+    kinds: Sequence[str] = ("timm",),
+) -> list[str]:
+    """Replace, in place, every module of exactly one of the classes of ``kinds`` (:data:`ATTENTION_KINDS`;
+    default timm's ``Attention``) inside ``model``.
+
+    ``factory(qualified_name, attention)`` returns the replacement (e.g. :func:`quant_attention`) or
+    ``None`` to keep it. Subclasses are left alone (their forward may differ). Returns the qualified
+    names replaced, in module order.
     """
-    cls = timm_attention_class()
-    if cls is None:
+    classes = tuple(c for c in (ATTENTION_KINDS[k][0]() for k in kinds) if c is not None)
+    if not classes:
         return []
-    return replace_modules(model, lambda m: type(m) is cls, factory)
+    return replace_modules(model, lambda m: type(m) in classes, factory)

@@ -222,23 +222,32 @@ def validate_quantizer(
 
 
 def quantize(
-    model: nn.Module, config: QuantConfig, calibration: torch.Tensor, *, labels: torch.Tensor | None = None
+    model: nn.Module, config: QuantConfig, calibration: torch.Tensor, *, labels: torch.Tensor | None = None,
+    targets: Any = None,
 ) -> nn.Module:
     """Quantize a copy of ``model`` as ``config`` says (see :func:`validate_quantizer`), calibrating on
     ``calibration`` (N, C, H, W) with class indices ``labels`` (N,) when known (training-based
-    methods need them).
+    methods need them). ``targets``: other per-image training targets, for the methods registered
+    with ``accepts_targets`` (the QAT family: :class:`~pytest_qrel.quantize.qat.TextTargets`, caption
+    embeddings of image-text calibration data).
 
     Raises:
         UnknownNameError: ``config.method`` is not a registered method.
         QuantOptionError: what only the model or the data can reveal (e.g. ``patch_embed: quantized``
-            on a model without a patch embedding, no labels for a method that trains on them).
+            on a model without a patch embedding, no labels for a method that trains on them,
+            ``targets`` for a method that does not train on them).
     """
     if not isinstance(config, QuantConfig):
         raise TypeError(
             f"quantize() takes a QuantConfig (from validate_quantizer), got {type(config).__name__}"
         )
     fn = QUANTIZERS.get(config.method)
-    return fn(model, config, calibration, labels=labels)
+    if targets is None:
+        return fn(model, config, calibration, labels=labels)
+    if not QUANTIZERS.meta(config.method).get("accepts_targets"):
+        raise QuantOptionError("method", f"'{config.method}' does not train, so it has no use for image-text targets",
+                               "use a QAT method (qat, qat_lsq, qat_lsq_per_channel, qat_distill, qat_lora)")
+    return fn(model, config, calibration, labels=labels, targets=targets)
 
 
 def lazy_method(target: str) -> QuantizeFn:
@@ -246,8 +255,8 @@ def lazy_method(target: str) -> QuantizeFn:
     module_name, _, attr = target.partition(":")
 
     def run(model: nn.Module, config: QuantConfig, calibration: torch.Tensor, *,
-            labels: torch.Tensor | None = None) -> nn.Module:
-        return getattr(importlib.import_module(module_name), attr)(model, config, calibration, labels=labels)
+            labels: torch.Tensor | None = None, **kwargs: Any) -> nn.Module:
+        return getattr(importlib.import_module(module_name), attr)(model, config, calibration, labels=labels, **kwargs)
 
     run.__name__ = run.__qualname__ = attr
     run.__doc__ = f"Lazy entry: calls {target}."

@@ -25,12 +25,12 @@ from .options import (
 )
 
 
-def _add(name: str, target: str, options: type[MethodOptions], summary: str) -> None:
+def _add(name: str, target: str, options: type[MethodOptions], summary: str, *, accepts_targets: bool = False) -> None:
     def parse(raw: Any, *, method: str) -> Any:
         return options.parse(raw, method=method)
 
     QUANTIZERS.add(name, lazy_method(f"pytest_qrel.quantize.{target}"), options=tuple(options.accepted()),
-                   parse=parse, options_type=options, summary=summary)
+                   parse=parse, options_type=options, summary=summary, accepts_targets=accepts_targets)
 
 
 _add("minmax", "minmax:minmax", LinearQuantOptions,
@@ -45,14 +45,17 @@ _add("repq_vit", "repq_vit:repq_vit", RepQOptions,
      "RepQ-ViT: linears, attention matmuls (log-sqrt2 softmax) and patch embedding, "
      "post-LayerNorm scale reparameterization, percentile-searched ranges")
 _add("raana", "raana:raana", RaanAOptions,
-     "RaanA: weight-only randomized-Hadamard RaBitQ codes, per-layer bits from gradient sensitivity")
+     "RaanA: randomized-Hadamard RaBitQ weight codes, per-layer bits from gradient sensitivity; "
+     "weight-only, or with static per-tensor inputs (act_bits)")
 _add("qat", "qat:qat_method", QATOptions,
-     "basic light QAT: minmax fake-quant (weights per channel, inputs static per tensor) + STE, model fine-tuned")
+     "basic light QAT: minmax fake-quant (weights per channel, inputs static per tensor) + STE, model fine-tuned",
+     accepts_targets=True)
 _add("qat_lsq", "qat:qat_method", LSQOptions,
-     "light QAT with LSQ: learnable per-tensor steps for weights and inputs, model fine-tuned")
+     "light QAT with LSQ: learnable per-tensor steps for weights and inputs, model fine-tuned", accepts_targets=True)
 _add("qat_lsq_per_channel", "qat:qat_method", LSQOptions,
-     "light QAT with LSQ, one learnable weight step per output channel")
+     "light QAT with LSQ, one learnable weight step per output channel", accepts_targets=True)
 _add("qat_distill", "qat:qat_method", DistillOptions,
-     "light QAT with LSQ trained on KL divergence to the FP32 model's softened outputs (+ CE)")
+     "light QAT with LSQ trained on KL divergence to the FP32 model's softened outputs (+ CE)", accepts_targets=True)
 _add("qat_lora", "qat:qat_method", LoRAOptions,
-     "QAT-LoRA: fake-quantized base (per-channel steps) + LoRA adapters, merged into the weight for evaluation")
+     "QAT-LoRA: fake-quantized base (per-channel steps) + LoRA adapters on the unquantized input, unmerged "
+     "(lora_merge: true folds them into the weight); optional feature-MSE distillation", accepts_targets=True)

@@ -18,7 +18,10 @@ Strategies:
 - :class:`PercentileSearchObserver`: RepQ-ViT's rule: among the percentile pairs
   ``(1 - p, p)`` for ``p`` in ``{0.999, 0.9999, 0.99999}``, the range with the smallest mean squared
   quantization error; its range is *not* widened to contain zero (the zero point may lie outside
-  ``[0, 2^b - 1]``), optionally one range per channel (last dimension).
+  ``[0, 2^b - 1]``), optionally one range per channel (last dimension). Its ``arithmetic`` is
+  ``"reference"`` (default: the reference code's library calls, see :func:`reference_quantiles` and
+  :func:`fake_quantize_divide`) or ``"aten"`` (exact float64-position quantiles, ATen's multiply by
+  ``1 / scale``).
 
 The first three give the project's usual asymmetric parameters (:func:`asymmetric_qparams`: range
 widened to contain 0, zero point in ``[0, 2^b - 1]``).
@@ -54,7 +57,9 @@ import copy
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -70,6 +75,19 @@ from .fakequant import (
 
 REPQ_PERCENTILES = (0.999, 0.9999, 0.99999)
 """The candidate clipping percentiles (as fractions) of RepQ-ViT's reference code."""
+
+Arithmetic = Literal["reference", "aten"]
+"""How RepQ-ViT's quantizers compute (see :func:`reference_quantiles`, :func:`fake_quantize_divide`):
+
+- ``"reference"``: the library calls of RepQ-ViT's reference code: quantiles by ``torch.quantile``
+  (``np.percentile`` where the installed torch refuses the tensor), fake quantization dividing by
+  the scale;
+- ``"aten"``: exact quantiles with float64 positions (:func:`quantiles`), fake quantization
+  multiplying by ``1 / scale`` (ATen's kernels and the integer runtimes' formula).
+
+They differ in the last bits of a quantile (torch's rank arithmetic in the input's dtype) and at exact
+rounding ties; the clipping candidate chosen can differ where two candidates' errors nearly tie."""
+ARITHMETICS: tuple[str, ...] = ("reference", "aten")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -115,6 +133,80 @@ def quantiles(values: Tensor, qs: Sequence[float], dim: int = 0) -> Tensor:
     out = [torch.lerp(at(lo, q), at(hi, q), torch.tensor(w, dtype=x.dtype, device=x.device))
            for (lo, hi, w), q in zip(plan, qs)]
     return torch.stack(out)
+
+
+def reference_quantiles(values: Tensor, qs: Sequence[float], dim: int = 0) -> Tensor:
+    """Quantiles of ``values`` along ``dim`` as RepQ-ViT's reference code computes them, one row per ``q``.
+
+    The reference calls ``torch.quantile(x, q)`` (``q`` becomes a tensor of ``x``'s dtype; the rank
+    arithmetic is that of the installed torch: older releases multiply in float32, newer ones in
+    float64) and, where ``torch.quantile`` refuses the tensor (torch releases that limit it to 2^24
+    elements), ``np.percentile(x, q * 100)`` converted to float32. This function makes the same
+    calls, so it returns what the reference computes with the installed torch and numpy. Shape
+    ``(len(qs),) + values.shape without dim``.
+    """
+    if not qs:
+        raise ValueError("reference_quantiles(): no q given")
+    x = values.movedim(dim, 0)
+    if x.shape[0] == 0:
+        raise ValueError("reference_quantiles(): no values")
+    q = torch.tensor([float(v) for v in qs], dtype=x.dtype, device=x.device)
+    try:
+        return torch.quantile(x, q, dim=0)
+    except RuntimeError:  # torch's size limit: the reference falls back to numpy
+        pct = [float(v) * 100 for v in qs]
+        out = np.percentile(x.detach().cpu().numpy(), pct, axis=0)
+        return torch.tensor(out, dtype=torch.float32, device=x.device)
+
+
+def quantiles_by(arithmetic: Arithmetic) -> Callable[..., Tensor]:
+    """:func:`reference_quantiles` (``"reference"``) or :func:`quantiles` (``"aten"``)."""
+    if arithmetic not in ARITHMETICS:
+        raise ValueError(f"arithmetic must be one of {ARITHMETICS}, got {arithmetic!r}")
+    return reference_quantiles if arithmetic == "reference" else quantiles
+
+
+def fake_quantize_divide(
+    x: Tensor, scale: Tensor | float, zero_point: Tensor | float, quant_min: int, quant_max: int, axis: int | None = None
+) -> Tensor:
+    """Uniform fake quantization as RepQ-ViT's reference code writes it (float32)::
+
+        q = clamp(round(x / scale) + zero_point, quant_min, quant_max);   x_hat = (q - zero_point) * scale
+
+    Unlike :func:`~pytest_qrel.quantize.fakequant.fake_quantize_reference` (ATen: ``x * (1 / scale)``)
+    it divides; the two differ only where the quotient lies within an ulp of a rounding tie. The
+    zero point may be fractional (the reference's mean zero point after scale reparameterization):
+    the codes are then ``k + frac(zero_point)`` clamped to ``[quant_min, quant_max]``, up to
+    ``quant_max - quant_min + 2`` values. ``axis``: per-channel parameters along that dimension
+    (``None``: per tensor, or broadcast along the last dimension).
+    """
+    scale_t = torch.as_tensor(scale, dtype=torch.float32, device=x.device)
+    zp_t = torch.as_tensor(zero_point, device=x.device).to(torch.float32)
+    if axis is not None:
+        shape = [1] * x.dim()
+        shape[axis] = -1
+        scale_t, zp_t = scale_t.reshape(shape), zp_t.reshape(shape)
+    q = torch.clamp(torch.round(x.float() / scale_t) + zp_t, quant_min, quant_max)
+    return ((q - zp_t) * scale_t).to(x.dtype)
+
+
+_COMPILED_DIVIDE: list[Callable[..., Tensor]] = []
+
+
+def compiled_fake_quantize_divide() -> Callable[..., Tensor]:
+    """One shared ``torch.compile`` of :func:`fake_quantize_divide` (the ``--qrel-compile`` kernel of
+    quantizers with the reference arithmetic; same elementwise ops in the same order, so the same
+    outputs as eager)."""
+    if not _COMPILED_DIVIDE:
+        _COMPILED_DIVIDE.append(torch.compile(fake_quantize_divide, dynamic=True))
+    return _COMPILED_DIVIDE[0]
+
+
+def fake_quantizer_by(arithmetic: Arithmetic) -> Callable[..., Tensor]:
+    """:func:`fake_quantize_divide` (``"reference"``) or ATen's formula :func:`fake_quantize_reference` (``"aten"``)."""
+    if arithmetic not in ARITHMETICS:
+        raise ValueError(f"arithmetic must be one of {ARITHMETICS}, got {arithmetic!r}")
+    return fake_quantize_divide if arithmetic == "reference" else fake_quantize_reference
 
 
 def _smallest(keys: Tensor, k: int) -> Tensor:
@@ -339,6 +431,9 @@ class PercentileSearchObserver(ActObserver):
     contain zero, so ``zero_point`` may lie outside ``[0, 2^b - 1]`` (a channel whose values are all
     positive): the fused PyTorch fake-quant ops refuse that, :class:`ObservedActQuantizer` then uses
     :func:`fake_quantize_reference`. ``max_values=None`` (default) keeps every value (exact).
+    ``arithmetic`` (:data:`Arithmetic`): ``"reference"`` (default) computes the quantiles and the
+    candidates' errors with the reference code's calls (:func:`reference_quantiles`,
+    :func:`fake_quantize_divide`), ``"aten"`` with :func:`quantiles` and ATen's formula.
     """
 
     def __init__(
@@ -348,13 +443,16 @@ class PercentileSearchObserver(ActObserver):
         per_channel: bool = False,
         max_values: int | None = None,
         seed: int = 0,
+        arithmetic: Arithmetic = "reference",
     ) -> None:
         if not percentiles or any(not 0.5 < float(p) <= 1.0 for p in percentiles):
             raise ValueError(f"percentiles must be fractions in (0.5, 1], got {list(percentiles)!r}")
+        quantiles_by(arithmetic)  # ValueError for an unknown one
         self.percentiles = tuple(float(p) for p in percentiles)
         self.per_channel = per_channel
         self.max_values = max_values
         self.seed = seed
+        self.arithmetic = arithmetic
         self.sample: ValueSample | None = None
 
     def reset(self) -> None:
@@ -376,28 +474,37 @@ class PercentileSearchObserver(ActObserver):
         self._require()
         assert self.sample is not None
         values = self.sample.values()  # (n, C)
-        scale, zp = search_percentile_qparams(values, bits, self.percentiles)
+        scale, zp = search_percentile_qparams(values, bits, self.percentiles, arithmetic=self.arithmetic)
         return (scale, zp) if self.per_channel else (scale.reshape(()), zp.reshape(()))
 
 
 def search_percentile_qparams(
-    values: Tensor, bits: int, percentiles: Sequence[float] = REPQ_PERCENTILES
+    values: Tensor, bits: int, percentiles: Sequence[float] = REPQ_PERCENTILES, *, arithmetic: Arithmetic = "reference"
 ) -> tuple[Tensor, Tensor]:
     """RepQ-ViT's clipping search on every column of ``values`` (n, C): ``(scale (C,), zero_point (C,))``.
 
     See :class:`PercentileSearchObserver` for the rule. Used for activations (columns = channels)
-    and, on the transposed weight rows, for weights (:func:`repq_weight_quantizer`).
+    and, on the transposed weight rows, for weights (:func:`repq_weight_quantizer`). With
+    ``arithmetic="reference"`` the quantiles are :func:`reference_quantiles` and a candidate's error
+    is the mean over the column of ``(x - fake_quantize_divide(x))^2``, each column reduced on its
+    own contiguous copy (as the reference reduces one channel at a time); with ``"aten"``,
+    :func:`quantiles` and ATen's formula.
     """
     qmin, qmax = unsigned_range(bits)
     values = values.to(torch.float32)
     qs = [q for p in percentiles for q in (1.0 - p, p)]
-    qv = quantiles(values, qs, dim=0)  # (2P, C)
+    qv = quantiles_by(arithmetic)(values, qs, dim=0)  # (2P, C)
+    reference = arithmetic == "reference"
+    columns = values.t().contiguous() if reference else values  # (C, n) for the reference's per-channel reductions
     best_scale = best_zp = best_err = None
     for i in range(len(percentiles)):
         lo, hi = qv[2 * i], qv[2 * i + 1]
         scale = torch.clamp_min((hi - lo) / float(qmax - qmin), EPS)
         zp = torch.round(-lo / scale)
-        err = (fake_quantize_reference(values, scale, zp, qmin, qmax, axis=1) - values).square().mean(dim=0)
+        if reference:
+            err = (columns - fake_quantize_divide(columns, scale, zp, qmin, qmax, axis=0)).abs().pow(2).mean(dim=1)
+        else:
+            err = (fake_quantize_reference(values, scale, zp, qmin, qmax, axis=1) - values).square().mean(dim=0)
         if best_err is None:
             best_scale, best_zp, best_err = scale, zp, err
         else:
@@ -421,19 +528,29 @@ class ObservedActQuantizer(ActQuantizer):
     :class:`ActQuantizer`, plus ``"calibrate"``: the next call feeds the observer, freezes and returns
     the quantized input (one-shot calibration in which later quantizers see already-quantized
     inputs; see :func:`calibrate_one_shot`). ``scale`` / ``zero_point`` are 0-dim (per tensor) or
-    ``(C,)`` (per channel, last dimension) as the observer returns them. Quantization uses the fused
-    ``torch.fake_quantize_per_tensor_affine`` when it can (per tensor, zero point in range) and
-    :func:`fake_quantize_reference` (the same formula) otherwise. ``min_val`` / ``max_val`` keep the
-    raw observed extremes. The stored values are released at :meth:`freeze`.
+    ``(C,)`` (per channel, last dimension) as the observer returns them. ``min_val`` / ``max_val``
+    keep the raw observed extremes. The stored values are released at :meth:`freeze`.
+
+    ``arithmetic`` says how it quantizes: ``"aten"`` (default): ATen's formula, through the fused
+    ``torch.fake_quantize_per_tensor_affine`` when it can (per tensor, integer zero point in range)
+    and :func:`fake_quantize_reference` (the same formula) otherwise; ``"reference"``: RepQ-ViT's
+    reference code, :func:`fake_quantize_divide`. The zero point is an integer (int32) unless
+    :meth:`set_qparams` is told to keep a fractional one (RepQ-ViT's mean zero point; float32 then).
     """
 
-    def __init__(self, bits: int, observer: ActObserver) -> None:
+    def __init__(self, bits: int, observer: ActObserver, *, arithmetic: Arithmetic = "aten") -> None:
         super().__init__(bits)
+        fake_quantizer_by(arithmetic)  # ValueError for an unknown one
         self.observer = observer
+        self.arithmetic = arithmetic
 
     @property
     def per_channel(self) -> bool:
         return self.scale.dim() > 0
+
+    @property
+    def integer_zero_point(self) -> bool:
+        return not self.zero_point.is_floating_point()
 
     def reset(self) -> None:
         super().reset()
@@ -456,11 +573,16 @@ class ObservedActQuantizer(ActQuantizer):
         self.set_qparams(scale, zero_point)
         self.observer.reset()
 
-    def set_qparams(self, scale: Tensor, zero_point: Tensor) -> None:
-        """Fix ``scale`` (float32) and ``zero_point`` (rounded to int32), 0-dim or per channel; mode -> quantize."""
+    def set_qparams(self, scale: Tensor, zero_point: Tensor, *, round_zero_point: bool = True) -> None:
+        """Fix ``scale`` (float32) and ``zero_point``, 0-dim or per channel; mode -> quantize.
+
+        ``round_zero_point=True``: the zero point is rounded to int32 (half to even); ``False``: it is
+        kept as given (float32, possibly fractional, as RepQ-ViT's reference keeps its mean zero point).
+        """
         device = self.scale.device
         self.scale = torch.as_tensor(scale, dtype=torch.float32).detach().clone().to(device)
-        self.zero_point = torch.round(torch.as_tensor(zero_point).float()).to(torch.int32).to(device)
+        zp = torch.as_tensor(zero_point).detach().float()
+        self.zero_point = (torch.round(zp).to(torch.int32) if round_zero_point else zp.clone()).to(device)
         self.mode = "quantize"
 
     def _observe(self, x: Tensor) -> None:
@@ -475,9 +597,14 @@ class ObservedActQuantizer(ActQuantizer):
             self._observe(x)
             self.freeze()
         if self.mode == "quantize":
-            if self.compiled:  # per tensor or per channel (last dim): the same formula, broadcast
+            # per tensor, or per channel along the last dim by broadcasting: the same formula
+            if self.arithmetic == "reference":
+                fn = compiled_fake_quantize_divide() if self.compiled else fake_quantize_divide
+                return fn(x, self.scale, self.zero_point, self.quant_min, self.quant_max)
+            if self.compiled:
                 return compiled_fake_quantize()(x, self.scale, self.zero_point, self.quant_min, self.quant_max)
-            if not self.per_channel and self.quant_min <= int(self.zero_point) <= self.quant_max:
+            if (not self.per_channel and self.integer_zero_point
+                    and self.quant_min <= int(self.zero_point) <= self.quant_max):
                 return torch.fake_quantize_per_tensor_affine(
                     x, self.scale, self.zero_point, self.quant_min, self.quant_max
                 )
@@ -489,11 +616,14 @@ class ObservedActQuantizer(ActQuantizer):
 
     def extra_repr(self) -> str:
         text = f"bits={self.bits}, mode={self.mode}, observer={type(self.observer).__name__}"
+        if self.arithmetic != "aten":
+            text += f", arithmetic={self.arithmetic}"
         if self.mode == "quantize":
             if self.per_channel:
                 text += f", per_channel={self.scale.numel()}"
             else:
-                text += f", scale={self.scale.item():.6g}, zero_point={int(self.zero_point)}"
+                zp = int(self.zero_point) if self.integer_zero_point else f"{float(self.zero_point):.6g}"
+                text += f", scale={self.scale.item():.6g}, zero_point={zp}"
         return text
 
 

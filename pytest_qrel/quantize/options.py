@@ -29,8 +29,9 @@ Per method (besides the common keys it accepts):
   ``max_values`` (2^18).
 - ``smoothquant`` (:class:`SmoothQuantOptions`): every common key; ``alpha`` (0.5), ``act_quant``
   (``static`` | ``per_token`` | ``per_tensor``), ``quantize_bmm_input`` (false).
-- ``raana`` (:class:`RaanAOptions`): ``head``, ``batch_size``; ``bit_candidates``, ``seed``.
-- ``repq_vit`` (:class:`RepQOptions`): ``reparameterize``, ``softmax_quantizer``.
+- ``raana`` (:class:`RaanAOptions`): ``head``, ``act_symmetric``, ``batch_size``; ``bit_candidates``, ``seed``.
+- ``repq_vit`` (:class:`RepQOptions`): ``reparameterize``, ``softmax_quantizer``, ``log2_levels``,
+  ``zero_point``, ``arithmetic`` (defaults: the reference code's behaviour).
 - the QAT family (:class:`QATOptions`, :class:`LSQOptions`, :class:`DistillOptions`,
   :class:`LoRAOptions`): see :mod:`pytest_qrel.quantize.qat`.
 """
@@ -229,13 +230,15 @@ def _candidates_valid(value: Any) -> bool:
 
 @dataclass(frozen=True)
 class RaanAOptions(LinearQuantOptions):
-    """``raana``: ``head`` and ``batch_size`` of the common options, ``bit_candidates`` (sorted
-    tuple of distinct widths from 1 to 8) and ``seed`` (None: the run's seed)."""
+    """``raana``: ``head``, ``act_symmetric`` and ``batch_size`` of the common options,
+    ``bit_candidates`` (sorted tuple of distinct widths from 1 to 8) and ``seed`` (None: the run's
+    seed). ``act_bits`` may be null (weight-only, the RaanA paper) or a width: each quantized layer's
+    rotated input is then quantized static per tensor, as ``minmax`` quantizes a layer's input."""
 
     bit_candidates: tuple[int, ...] = DEFAULT_CANDIDATES
     seed: int | None = None
 
-    KEYS: ClassVar[tuple[str, ...] | None] = ("head", "batch_size", "bit_candidates", "seed")
+    KEYS: ClassVar[tuple[str, ...] | None] = ("head", "act_symmetric", "batch_size", "bit_candidates", "seed")
     RULES: ClassVar[Mapping[str, Option]] = {
         "bit_candidates": rule(_candidates_valid, "a list of distinct integers from 1 to 8, e.g. [2, 3, 4, 5, 6, 7, 8]",
                                lambda v: tuple(sorted(v))),
@@ -243,10 +246,6 @@ class RaanAOptions(LinearQuantOptions):
     }
 
     def check_bits(self, weight_bits: int, act_bits: int | None) -> None:
-        if act_bits is not None:
-            raise QuantOptionError("act_bits", f"RaanA is weight-only: activations stay in floating point, but "
-                                   f"act_bits is {act_bits}", f"set act_bits: null (or 16), e.g. name the quantizer "
-                                   f"W{weight_bits}A16")
         if weight_bits < self.bit_candidates[0]:
             raise QuantOptionError("weight_bits", f"an average of {weight_bits} bits is below the smallest of "
                                    f"bit_candidates {list(self.bit_candidates)}",
@@ -260,14 +259,32 @@ class RaanAOptions(LinearQuantOptions):
 
 @dataclass(frozen=True)
 class RepQOptions(MethodOptions):
-    """``repq_vit``: ``reparameterize`` (bool) and ``softmax_quantizer`` (``log_sqrt2`` | ``uniform``)."""
+    """``repq_vit``. The defaults reproduce the reference code (github.com/zkkli/RepQ-ViT) the ViT
+    study ran; the other values are stricter choices:
+
+    - ``reparameterize`` (bool, true): the post-LayerNorm scale reparameterization;
+    - ``softmax_quantizer`` (``log_sqrt2`` | ``uniform``): the softmax output's quantizer;
+    - ``log2_levels`` (``reference`` | ``strict``): ``reference``: 2^b log-sqrt(2) levels plus zero
+      (17 values at 4 bits, as the reference); ``strict``: 2^b - 1 levels plus zero (a b-bit code);
+    - ``zero_point`` (``mean`` | ``rounded``): the per-tensor zero point after reparameterization is
+      the unrounded mean of the per-channel ones (the reference: up to 2^b + 1 values) or rounded
+      (then the per-tensor quantization equals the per-channel one exactly);
+    - ``arithmetic`` (``reference`` | ``aten``): quantiles by ``torch.quantile`` and ``x / scale``
+      (the reference's calls) or exact float64-position quantiles and ATen's ``x * (1 / scale)``.
+    """
 
     reparameterize: bool = True
     softmax_quantizer: Literal["log_sqrt2", "uniform"] = "log_sqrt2"
+    log2_levels: Literal["reference", "strict"] = "reference"
+    zero_point: Literal["mean", "rounded"] = "mean"
+    arithmetic: Literal["reference", "aten"] = "reference"
 
     RULES: ClassVar[Mapping[str, Option]] = {
         "reparameterize": rule(lambda v: isinstance(v, bool), "true or false"),
         "softmax_quantizer": _choice("log_sqrt2", "uniform"),
+        "log2_levels": _choice("reference", "strict"),
+        "zero_point": _choice("mean", "rounded"),
+        "arithmetic": _choice("reference", "aten"),
     }
 
 
@@ -332,19 +349,26 @@ class DistillOptions(LSQOptions):
 
 @dataclass(frozen=True)
 class LoRAOptions(LSQOptions):
-    """``qat_lora``: LSQ's (``lr`` defaults to 1e-4) plus ``lora_r``, ``lora_alpha``, ``train_steps``
-    and ``lora_merge`` (true: the adapter is merged into the weight, which is then quantized, before
-    evaluation; false: it stays a floating-point path beside the quantized layer)."""
+    """``qat_lora``: LSQ's (``lr`` defaults to 1e-4) plus ``lora_r``, ``lora_alpha``, ``train_steps``,
+    ``lora_merge`` (false, the default: the adapter stays a floating-point path on the unquantized
+    input beside the quantized layer, the CLIP paper's forward; true: it is merged into the weight,
+    which is then quantized, before evaluation), ``distill`` (``none`` | ``feature_mse``: the CLIP
+    paper's LoRA-Distill loss, the MSE between the L2-normalised features of the FP32 and the
+    quantized model) and ``distill_weight`` (its weight, 0.5 as in the paper)."""
 
     lr: float = 1e-4
     lora_r: int = 8
     lora_alpha: float = 16.0
     train_steps: bool = False
-    lora_merge: bool = True
+    lora_merge: bool = False
+    distill: Literal["none", "feature_mse"] = "none"
+    distill_weight: float = 0.5
 
     RULES: ClassVar[Mapping[str, Option]] = {
         "lora_r": rule(positive_int, "a positive integer"),
         "lora_alpha": rule(_positive_number, "a positive number", float),
         "train_steps": rule(lambda v: isinstance(v, bool), "true or false"),
         "lora_merge": rule(lambda v: isinstance(v, bool), "true or false"),
+        "distill": _choice("none", "feature_mse"),
+        "distill_weight": rule(_fraction, "a number from 0 to 1", float),
     }

@@ -17,9 +17,11 @@ CLIP quantization beyond accuracy; appendix "Quantization and Training Configura
 ``qat_lora``               LoRA adapters (rank ``lora_r``, scaling ``lora_alpha / lora_r``) beside every
                            quantized ``nn.Linear``; the base weight is frozen and fake-quantized (per-channel
                            steps from minmax, trainable only with ``train_steps: true``); the adapter reads the
-                           full-precision input. Only the adapters (and optionally the steps) train. Before
-                           evaluation the adapter is merged into the weight, which is then quantized
-                           (``lora_merge: true``, the default: what a deployment does).
+                           full-precision input. Only the adapters (and optionally the steps) train. It is
+                           evaluated with the adapter as a float path beside the quantized layer (the
+                           paper's unmerged forward; ``lora_merge: true`` folds it into the weight, which is
+                           then quantized, as a deployment would). ``distill: feature_mse`` adds the paper's
+                           LoRA-Distill loss (MSE on normalised features, weight ``distill_weight`` 0.5).
 =========================  ================================================================================
 
 What is quantized is what ``minmax`` quantizes: every ``nn.Linear`` (weight and input), all else in
@@ -30,16 +32,18 @@ the learned step and zero point. Its forward is the training forward, numericall
 autograd state: eval mode, every ``requires_grad`` False, no quantizer parameter left to learn.
 
 ``qat_lora`` is the exception, by design of QAT-LoRA: its training forward adds a floating-point
-adapter ``(alpha / r) B A x`` on the *unquantized* input beside the quantized layer. A deployed model
-has no such path, so by default (``lora_merge: true``) each layer is exported as one
-:class:`~pytest_qrel.quantize.fakequant.FakeQuantLinear` whose weight is ``Q(W + (alpha / r) B A)``:
-the adapter folded into the float weight, the sum quantized on the layer's weight grid (its steps,
-minmax-initialised, learned with ``train_steps: true``). The evaluated model then computes entirely
-on the grids it claims, at the price of the rounding of the merged weight (the adapter was trained
-against ``Q(W) Q(x)``, not ``Q(W + BA) Q(x)``). ``lora_merge: false`` evaluates the training forward
-itself (:class:`LoRAFakeQuantLinear`); :func:`~pytest_qrel.quantize.verify.verify_simulation` then
-reports every adapter as a float path, and ``verify: true`` fails unless the quantizer sets
-``allow_float_paths: true``.
+adapter ``(alpha / r) B A x`` on the *unquantized* input beside the quantized layer. The CLIP paper
+evaluates that forward (its appendix: the base path fake-quantized, the parallel LoRA path on the
+full-precision input; it points to LR-QAT for re-fusing the adapters), so by default
+(``lora_merge: false``) each layer is exported as a :class:`LoRAFakeQuantLinear`, the training
+forward itself; :func:`~pytest_qrel.quantize.verify.verify_simulation` then reports every adapter as
+a float path, and ``verify: true`` fails unless the quantizer sets ``allow_float_paths: true``. A
+deployed model has no such path: ``lora_merge: true`` exports one
+:class:`~pytest_qrel.quantize.fakequant.FakeQuantLinear` whose weight is ``Q(W + (alpha / r) B A)``,
+the adapter folded into the float weight and the sum quantized on the layer's weight grid (its
+steps, minmax-initialised, learned with ``train_steps: true``). That model computes entirely on the
+grids it claims, at the price of the rounding of the merged weight (the adapter was trained against
+``Q(W) Q(x)``, not ``Q(W + BA) Q(x)``).
 
 **Grids.** Weights: restricted signed range ``[-Qp, Qp]``, ``Qp = 2^(b-1) - 1`` (as in ``minmax``;
 ``zero_point = 0``); with ``weight_range: full`` (LSQ methods) the LSQ paper's ``[-Qn, Qp]``,
@@ -64,14 +68,29 @@ point), so a run with ``steps: 0`` is a PTQ model; ``step_init: lsq`` uses LSQ's
 calibration images, the zero point then ``clamp(round(-min / s), 0, 2^b - 1)``). After every optimizer
 step the steps are clamped to at least ``EPS``; they get no weight decay.
 
-**Training.** AdamW on the ``calibration`` images and their ``labels`` only (never test or OOD data),
-``steps`` optimizer steps of ``batch_size`` images: the N images are shuffled with a seeded
-generator and looped (a batch larger than N repeats images), every step draws the next
+**Training.** AdamW on the ``calibration`` images and their ``labels`` (or captions) only (never
+test or OOD data), ``steps`` optimizer steps of ``batch_size`` images: the N images are shuffled
+with a seeded generator and looped (a batch larger than N repeats images), every step draws the next
 ``batch_size`` indices of that stream. The model stays in eval mode while it trains (no dropout or
 drop-path, normalisation statistics untouched): light QAT adapts to the grid, and it stays
-deterministic. Loss: cross-entropy on ``labels``; ``qat_distill``:
-``w * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - w) * CE`` with the teacher's
-logits computed once, in eval mode, from the input model.
+deterministic.
+
+**Losses** (the CLIP paper's, as options). The *task* loss is cross-entropy on ``labels`` or, when
+the calibration data are image-text pairs (the paper adapts on CC3M; the method then gets
+``targets=``:class:`TextTargets`, one caption embedding per image, through
+:func:`~pytest_qrel.quantize.base.quantize`), CLIP's symmetric contrastive loss
+(:func:`contrastive_loss`) between the quantized model's image features and the captions, with the
+model's own logit scale; with captions, labels are not used. The paper does not name light QAT's
+task loss on CC3M; contrastive is CLIP's own objective on image-text pairs, and cross-entropy on
+zero-shot class logits would need class labels that CC3M does not have. Distillation, with weight
+``w``: ``qat_distill`` (the paper's light-QAT "Distill"): ``w * T^2 * KL(softmax(teacher / T) ||
+softmax(student / T)) + (1 - w) * task`` on the zero-shot / classifier logits; ``qat_lora`` with
+``distill: feature_mse`` (the paper's LoRA "Distill"): ``w * mean((normalize(f_student) -
+normalize(f_teacher))^2) + (1 - w) * task`` (:func:`feature_distillation_loss`) on the image features
+(:func:`logits_and_features`: a CLIP model's image embedding, a timm model's pre-logits features).
+The teacher's outputs are computed once, in eval mode, from the input model. The paper's
+"Distillation 0.5" is read as the weight ``w`` of a convex mix (the other reading, ``task + 0.5 KD``,
+is a rescaled learning rate of the task term); with ``w = 1`` no labels or captions are needed.
 
 Defaults and where they come from (paper, appendix tables "Full QAT" and "Light QAT"):
 ``steps: 100`` (light QAT trains for 100 batches), ``batch_size: 100``, the optimizer AdamW,
@@ -96,11 +115,16 @@ validated, an unknown key or bad value is a :class:`~pytest_qrel.errors.QuantOpt
 - ``qat_distill``: ``per_channel`` (bool, default false), ``temperature`` (> 0, default 1),
   ``distill_weight`` (in [0, 1]; default 0.5 with labels, 1 -- the KL term alone -- without);
 - ``qat_lora``: ``lora_r`` (int >= 1, default 8), ``lora_alpha`` (> 0, default 16), ``train_steps``
-  (bool, default false), ``lora_merge`` (bool, default true: above).
+  (bool, default false), ``lora_merge`` (bool, default false: above), ``distill`` (``none`` |
+  ``feature_mse``, default none), ``distill_weight`` (in [0, 1], default 0.5).
 
-Methods other than ``qat_distill`` need ``labels``; without them they raise a QuantOptionError.
-The returned model records ``qat_steps`` (optimizer steps taken), ``qat_losses`` (the training loss
-of every step) and ``qat_options`` (the resolved typed options, ``seed`` and ``distill_weight`` filled in).
+The paper's schedules are suite values: light QAT ``steps: 100, batch_size: 100`` (the defaults), QAT-
+LoRA 100 to 8,100 ``steps`` of ``batch_size: 100``.
+
+Methods need ``labels`` (or caption ``targets``) unless they distill with weight 1; without them
+they raise a QuantOptionError. The returned model records ``qat_steps`` (optimizer steps taken),
+``qat_losses`` (the training loss of every step), ``qat_task`` (``cross_entropy``, ``contrastive`` or
+``none``) and ``qat_options`` (the resolved typed options, ``seed`` and ``distill_weight`` filled in).
 """
 
 from __future__ import annotations
@@ -526,7 +550,8 @@ class Recipe:
     act_scheme: ActScheme
     train_model: bool = True  # every float parameter of the model trains
     lora: bool = False
-    distill: bool = False
+    distill: bool = False  # KL divergence to the FP32 model's softened logits (qat_distill)
+    feature_distill: bool = False  # MSE between the L2-normalised features of the FP32 and QAT models
 
 
 RECIPES: dict[str, Callable[[QATOptions], Recipe]] = {
@@ -535,7 +560,8 @@ RECIPES: dict[str, Callable[[QATOptions], Recipe]] = {
     "qat_lsq_per_channel": lambda o: Recipe("lsq_channel", "lsq"),
     "qat_distill": lambda o: Recipe("lsq_channel" if getattr(o, "per_channel", False) else "lsq_tensor", "lsq",
                                     distill=True),
-    "qat_lora": lambda o: Recipe("lsq_channel", "lsq", train_model=False, lora=True),
+    "qat_lora": lambda o: Recipe("lsq_channel", "lsq", train_model=False, lora=True,
+                                 feature_distill=getattr(o, "distill", "none") == "feature_mse"),
 }
 """Method name -> the recipe its options select."""
 
@@ -556,6 +582,69 @@ def distillation_loss(student: Tensor, teacher: Tensor, temperature: float) -> T
     return F.kl_div(
         F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1), log_target=True, reduction="batchmean"
     ) * (t * t)
+
+
+def feature_distillation_loss(student: Tensor, teacher: Tensor) -> Tensor:
+    """``mean((normalize(student) - normalize(teacher))^2)`` over every element (``F.mse_loss`` of the
+    L2-normalised feature rows): the CLIP paper's "MSE on normalized features"."""
+    return F.mse_loss(F.normalize(student.float(), dim=-1), F.normalize(teacher.float(), dim=-1))
+
+
+def contrastive_loss(image_features: Tensor, text_features: Tensor, logit_scale: Tensor | float,
+                     pair_ids: Tensor | None = None) -> Tensor:
+    """CLIP's symmetric contrastive loss of a batch of image-text pairs.
+
+    ``logits = logit_scale * normalize(image) @ normalize(text).T`` (B, B); the loss is the mean of the
+    cross-entropies image -> text and text -> image. Row ``i``'s positives are the pairs with the same
+    ``pair_ids`` entry (the default ``arange(B)``: the diagonal), with equal probability: a batch drawn
+    by looping over fewer pairs than its size holds repeats, which are positives of each other, not
+    negatives.
+    """
+    img = F.normalize(image_features.float(), dim=-1)
+    txt = F.normalize(text_features.float(), dim=-1)
+    logits = torch.as_tensor(logit_scale, dtype=img.dtype, device=img.device) * img @ txt.T
+    ids = torch.arange(img.shape[0], device=img.device) if pair_ids is None else pair_ids.to(img.device)
+    same = (ids.view(-1, 1) == ids.view(1, -1)).to(img.dtype)
+    target = same / same.sum(dim=1, keepdim=True)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+@dataclass(frozen=True)
+class TextTargets:
+    """What image-text calibration data (a CC3M-style folder of images with captions) gives a QAT
+    method instead of class labels: one caption embedding per calibration image, ``features`` (N, D)
+    float, encoded by the model's own text tower (normalised here). With them the task loss is CLIP's
+    :func:`contrastive_loss` between the quantized model's image features and the captions, with the
+    model's ``logit_scale``; the distillation losses are unchanged (they need no labels)."""
+
+    features: Tensor
+
+    def checked(self, n: int, device: torch.device) -> Tensor:
+        f = self.features
+        if not isinstance(f, Tensor) or f.dim() != 2 or f.shape[0] != n or not f.is_floating_point():
+            shape = tuple(f.shape) if isinstance(f, Tensor) else type(f).__name__
+            raise ValueError(f"TextTargets.features must be a float tensor of shape ({n}, D), got {shape}")
+        return F.normalize(f.detach().to(device=device, dtype=torch.float32), dim=-1).clone()
+
+
+def logits_and_features(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """``(logits, image features)`` of one forward pass: a CLIP model's ``forward_with_features``
+    (:class:`~pytest_qrel.models.clip_zoo.ZeroShotCLIP`: the unit-norm image embedding), or a timm
+    model's pre-logits features (``forward_head(forward_features(x), pre_logits=True)``) and logits
+    (the same ``forward_features`` through the whole head: ``model(x)``'s values).
+
+    Raises:
+        QuantOptionError: the model exposes neither.
+    """
+    with_features = getattr(model, "forward_with_features", None)
+    if callable(with_features):
+        return with_features(x)
+    if callable(getattr(model, "forward_features", None)) and callable(getattr(model, "forward_head", None)):
+        tokens = model.forward_features(x)
+        return model.forward_head(tokens), model.forward_head(tokens, pre_logits=True)
+    raise QuantOptionError("distill", f"{type(model).__name__} exposes no image features (forward_with_features, "
+                           "or timm's forward_features / forward_head) for a feature loss",
+                           "use a CLIP or timm model, or distill: none")
 
 
 def prepare(
@@ -626,13 +715,16 @@ def param_groups(qmodel: nn.Module, opts: QATOptions) -> list[dict[str, Any]]:
 def train(
     qmodel: nn.Module,
     images: Tensor,
-    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    loss_fn: Callable[[Any, Tensor], Tensor],
     opts: QATOptions,
     *,
     seed: int,
+    forward: Callable[[nn.Module, Tensor], Any] | None = None,
 ) -> list[float]:
-    """``opts.steps`` AdamW steps on batches of ``images`` (``loss_fn(logits, indices)``); returns the
-    loss of every step. The model stays in eval mode; LSQ steps are clamped to ``>= EPS`` after each step."""
+    """``opts.steps`` AdamW steps on batches of ``images``: ``loss_fn(forward(qmodel, batch), indices)``
+    (``forward`` default: the logits ``qmodel(batch)``; :func:`logits_and_features` for the feature
+    losses); returns the loss of every step. The model stays in eval mode; LSQ steps are clamped to
+    ``>= EPS`` after each step."""
     losses: list[float] = []
     groups = param_groups(qmodel, opts)
     if opts.steps == 0 or not groups:
@@ -647,7 +739,8 @@ def train(
         for _ in range(opts.steps):
             idx = next(batches).to(images.device)
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(qmodel(images[idx]), idx)
+            batch = images[idx]
+            loss = loss_fn(qmodel(batch) if forward is None else forward(qmodel, batch), idx)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"the QAT training loss became {loss.item()} at step {len(losses) + 1}")
             loss.backward()
@@ -681,6 +774,7 @@ def run_qat(
     calibration: Tensor,
     labels: Tensor | None,
     recipe: Recipe,
+    targets: TextTargets | None = None,
 ) -> nn.Module:
     """Prepare, train and export one QAT method (the body shared by every entry)."""
     opts: QATOptions = config.options
@@ -690,17 +784,22 @@ def run_qat(
         assert isinstance(opts, DistillOptions)
         distill_weight = opts.distill_weight
         if distill_weight is None:
-            distill_weight = DEFAULT_DISTILL_WEIGHT if labels is not None else 1.0
-    needs_labels = not recipe.distill or (distill_weight is not None and distill_weight < 1.0)
-    if labels is None and needs_labels:
-        if recipe.distill:
+            distill_weight = DEFAULT_DISTILL_WEIGHT if labels is not None or targets is not None else 1.0
+    elif recipe.feature_distill:
+        assert isinstance(opts, LoRAOptions)
+        distill_weight = opts.distill_weight
+    has_task = labels is not None or targets is not None
+    needs_task = distill_weight is None or distill_weight < 1.0
+    if not has_task and needs_task:
+        if distill_weight is not None:
             raise QuantOptionError("distill_weight",
-                                   f"distill_weight {distill_weight:g} mixes in cross-entropy, but the calibration "
-                                   "images have no labels", "use distill_weight: 1 (the teacher's outputs alone)")
+                                   f"distill_weight {distill_weight:g} mixes in the task loss (cross-entropy on labels, "
+                                   "or contrastive on captions), but the calibration images have neither",
+                                   "use distill_weight: 1 (the FP32 model's outputs alone)")
         raise QuantOptionError("method",
-                               f"method '{config.method}' trains on the class labels of the calibration images, and "
-                               "none were given", "use method 'qat_distill' (it can learn from the FP32 model's "
-                               "outputs alone) or a dataset with labels")
+                               f"method '{config.method}' trains on the class labels (or captions) of the calibration "
+                               "images, and none were given", "use method 'qat_distill' (it can learn from the FP32 "
+                               "model's outputs alone) or a dataset with labels")
     if calibration.shape[0] == 0:
         raise calibration_error(config.method, "train on")
 
@@ -708,24 +807,41 @@ def run_qat(
     device = ref.device if ref is not None else calibration.device
     dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float32
     images = calibration.detach().to(device=device, dtype=dtype).clone()  # clone: may come from inference_mode
-    targets = _check_labels(labels, images.shape[0], device) if labels is not None else None
+    task: Tensor | None = None
+    if targets is not None:  # captions: the contrastive task loss (class labels, if any, are not used)
+        task = targets.checked(images.shape[0], device)
+    elif labels is not None:
+        task = _check_labels(labels, images.shape[0], device)
 
-    teacher = None
-    if recipe.distill:
-        teacher = _teacher_logits(model, images, opts.batch_size)
+    uses_features = recipe.feature_distill or targets is not None
+    teacher = teacher_features = None
+    if recipe.distill or recipe.feature_distill:
+        teacher, teacher_features = _teacher_outputs(model, images, opts.batch_size, features=recipe.feature_distill)
 
     qmodel = prepare(model, config, images, recipe, seed=seed)
-    loss_fn = _make_loss(config, recipe, opts, distill_weight, targets, teacher)
+    scale = _logit_scale(qmodel) if targets is not None else None
+    loss_fn = _make_loss(recipe, opts, distill_weight, task, teacher, teacher_features, scale,
+                         uses_features=uses_features)
     try:
-        losses = train(qmodel, images, loss_fn, opts, seed=seed)
+        losses = train(qmodel, images, loss_fn, opts, seed=seed,
+                       forward=logits_and_features if uses_features else None)
     except FloatingPointError as exc:
         raise QuantOptionError("lr", str(exc), "use a smaller lr (and step_lr)") from None
     export(qmodel, merge_lora=opts.lora_merge if isinstance(opts, LoRAOptions) else True)
     qmodel.qat_steps = len(losses)
     qmodel.qat_losses = tuple(losses)
     qmodel.qat_options = dataclasses.replace(opts, seed=seed, **(
-        {"distill_weight": distill_weight} if recipe.distill else {}))
+        {"distill_weight": distill_weight} if distill_weight is not None else {}))
+    qmodel.qat_task = "contrastive" if targets is not None else "cross_entropy" if labels is not None else "none"
     return qmodel
+
+
+def _logit_scale(model: nn.Module) -> Tensor:
+    scale = getattr(model, "logit_scale", None)
+    if not isinstance(scale, Tensor) or not callable(getattr(model, "forward_with_features", None)):
+        raise QuantOptionError("method", f"training on captions needs a CLIP model (image features and a logit "
+                               f"scale); {type(model).__name__} has none", "use class labels, or a CLIP model")
+    return scale.detach().float()
 
 
 def _check_labels(labels: Tensor, n: int, device: torch.device) -> Tensor:
@@ -736,58 +852,85 @@ def _check_labels(labels: Tensor, n: int, device: torch.device) -> Tensor:
     return labels.detach().to(device=device, dtype=torch.int64).clone()
 
 
-def _teacher_logits(model: nn.Module, images: Tensor, batch_size: int) -> Tensor:
-    """The input model's logits on every calibration image, in eval mode (its mode is restored)."""
+def _teacher_outputs(model: nn.Module, images: Tensor, batch_size: int, *,
+                     features: bool = False) -> tuple[Tensor, Tensor | None]:
+    """The input model's logits (and, with ``features``, image features: :func:`logits_and_features`)
+    on every calibration image, in eval mode (its mode is restored)."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            return torch.cat([model(batch).detach().float() for batch in images.split(batch_size)]).clone()
+            if not features:
+                return torch.cat([model(batch).detach().float() for batch in images.split(batch_size)]).clone(), None
+            parts = [logits_and_features(model, batch) for batch in images.split(batch_size)]
+            return (torch.cat([p[0].detach().float() for p in parts]).clone(),
+                    torch.cat([p[1].detach().float() for p in parts]).clone())
     finally:
         model.train(was_training)
 
 
 def _make_loss(
-    config: QuantConfig,
     recipe: Recipe,
     opts: QATOptions,
     distill_weight: float | None,
-    targets: Tensor | None,
+    task: Tensor | None,
     teacher: Tensor | None,
-) -> Callable[[Tensor, Tensor], Tensor]:
+    teacher_features: Tensor | None,
+    logit_scale: Tensor | None,
+    *,
+    uses_features: bool,
+) -> Callable[[Any, Tensor], Tensor]:
+    """The training loss ``loss(outputs, indices)``; ``outputs`` are the logits, or ``(logits,
+    features)`` when ``uses_features``. ``task``: class indices (cross-entropy) or caption embeddings
+    (contrastive, with ``logit_scale``); distillation mixes in ``distill_weight`` of its loss."""
     checked = [False]
 
-    def cross_entropy(logits: Tensor, idx: Tensor) -> Tensor:
-        assert targets is not None
-        y = targets[idx]
+    def task_loss(logits: Tensor, features: Tensor | None, idx: Tensor) -> Tensor:
+        assert task is not None
+        if task.is_floating_point():  # caption embeddings
+            assert features is not None and logit_scale is not None
+            return contrastive_loss(features, task[idx], logit_scale, pair_ids=idx)
+        y = task[idx]
         if not checked[0]:
             checked[0] = True
-            bad = (targets < 0) | (targets >= logits.shape[1])
+            bad = (task < 0) | (task >= logits.shape[1])
             if bool(bad.any()):
                 raise QuantOptionError(
                     "method",
-                    f"calibration label {int(targets[bad][0])} is not a class of the model "
+                    f"calibration label {int(task[bad][0])} is not a class of the model "
                     f"({logits.shape[1]} outputs)", "use an in-distribution dataset whose classes the model predicts",
                 )
         return F.cross_entropy(logits.float(), y)
 
-    if not recipe.distill:
-        return cross_entropy
-    assert teacher is not None and distill_weight is not None and isinstance(opts, DistillOptions)
-    weight = float(distill_weight)
-    temperature = opts.temperature
+    def distill_term(logits: Tensor, features: Tensor | None, idx: Tensor) -> Tensor:
+        if recipe.feature_distill:
+            assert teacher_features is not None and features is not None
+            return feature_distillation_loss(features, teacher_features[idx])
+        assert teacher is not None and isinstance(opts, DistillOptions)
+        return distillation_loss(logits.float(), teacher[idx], opts.temperature)
 
-    def distill(logits: Tensor, idx: Tensor) -> Tensor:
-        loss = weight * distillation_loss(logits.float(), teacher[idx], temperature)
+    weight = 0.0 if distill_weight is None else float(distill_weight)
+
+    def loss(outputs: Any, idx: Tensor) -> Tensor:
+        logits, features = outputs if uses_features else (outputs, None)
+        if distill_weight is None:
+            return task_loss(logits, features, idx)
+        total = weight * distill_term(logits, features, idx)
         if weight < 1.0:
-            loss = loss + (1.0 - weight) * cross_entropy(logits, idx)
-        return loss
+            total = total + (1.0 - weight) * task_loss(logits, features, idx)
+        return total
 
-    return distill
+    return loss
 
 
 def qat_method(model: nn.Module, config: QuantConfig, calibration: Tensor, *,
-               labels: Tensor | None = None) -> nn.Module:
+               labels: Tensor | None = None, targets: TextTargets | None = None) -> nn.Module:
     """Every QAT entry (``qat``, ``qat_lsq``, ``qat_lsq_per_channel``, ``qat_distill``, ``qat_lora``):
-    a QAT-trained quantized deep copy of ``model`` (eval mode); ``model`` is not modified."""
-    return run_qat(model, config, calibration, labels, RECIPES[config.method](config.options))
+    a QAT-trained quantized deep copy of ``model`` (eval mode); ``model`` is not modified.
+
+    The task loss is cross-entropy on ``labels`` (class indices (N,)) or, with ``targets`` (a
+    :class:`TextTargets` of caption embeddings, for image-text calibration data), CLIP's contrastive
+    loss; ``targets`` take precedence over ``labels``."""
+    if targets is not None and not isinstance(targets, TextTargets):
+        raise TypeError(f"targets must be a TextTargets, got {type(targets).__name__}")
+    return run_qat(model, config, calibration, labels, RECIPES[config.method](config.options), targets)

@@ -1,9 +1,11 @@
-"""``raana``: weight-only RaanA (Yang, Gao & Hu, arXiv 2504.03717): RaBitQ-H codes + AllocateBits.
+"""``raana``: RaanA (Yang, Gao & Hu, arXiv 2504.03717): RaBitQ-H codes + AllocateBits, optionally
+with static activation quantization.
 
-RaanA quantizes the weights of every selected ``nn.Linear``; activations stay in floating point
-(the quantizer must have ``act_bits: null``, e.g. a quantizer named ``W4A16``). ``weight_bits`` is
+RaanA quantizes the weights of every selected ``nn.Linear``. With ``act_bits: null`` (e.g. a
+quantizer named ``W4A16``) activations stay in floating point, as in the RaanA paper (weight-only);
+with ``act_bits: b`` every quantized layer's input is also quantized (part 4). ``weight_bits`` is
 the **average** number of bits per weight; each layer gets its own bit width from a sensitivity
-model. Three parts:
+model. Four parts:
 
 **1. Randomized Hadamard rotation** (:class:`RandomizedHadamard`). Per layer, two random sign
 vectors ``D1``, ``D2`` (from ``seed``) and the orthonormal Walsh-Hadamard transform ``H`` (Sylvester
@@ -35,18 +37,35 @@ classes (argmax of its logits) - RaanA's sensitivities only need *a* task loss a
 When the budget leaves no choice (``weight_bits`` >= the largest candidate or <= the smallest) the
 gradient pass is skipped and every layer gets that width.
 
+**4. Activations** (``act_bits`` set). The CLIP study's RaanA rows track its PTQ rows, far from FP32
+(its appendix's first OOD table: MSP AUROC 94.78 FP32, 78.15 PTQ, 79.12 RaanA), and its appendix
+groups RaanA with the PTQ methods that "use a small calibration set to determine fixed quantization
+parameters", which suggests its activations were quantized like its PTQ ones. RaanA
+itself (the paper, the authors' code) is weight-only, so this part is the project's, built as
+``minmax`` quantizes a layer's input: one static, per-tensor, asymmetric (``act_symmetric: true``:
+symmetric) min/max quantizer at ``act_bits`` per quantized layer, calibrated on the FP32 model over
+the calibration images in batches of ``batch_size``. It quantizes the layer's input **after the
+rotation**, ``R(x)``, the tensor the layer multiplies by the codes: the layer is then an integer
+matmul of two quantized operands (what :func:`~pytest_qrel.quantize.verify.verify_simulation`
+checks), and the rotation spreads outlier channels over all coordinates before the range is taken
+(the reason rotations are used for activation quantization, cf. QuaRot). Quantizing ``x`` before
+the rotation would leave the matmul's operand ``R(Q(x))`` off any grid.
+
 **Simulation and counting.** Each quantized layer becomes a :class:`RaBitQLinear` whose forward is
-``F.linear(R(x), v_hat, bias)``: the tensor it multiplies by is the dequantized weight **in the
-rotated basis**, which :meth:`RaBitQLinear.dequantized_weight` returns. It carries ``weight_bits``
-(its allocated width), ``act_bits = None`` and ``input_quantizer = None``, so
+``F.linear(Q(R(x)), v_hat, bias)`` (``Q`` the identity when ``act_bits`` is null): the tensor it
+multiplies by is the dequantized weight **in the rotated basis**, which
+:meth:`RaBitQLinear.dequantized_weight` returns. It carries ``weight_bits`` (its allocated width),
+``act_bits`` and ``input_quantizer`` (``None`` without activations), so
 :func:`~pytest_qrel.quantize.verify.verify_simulation` counts at most ``2^b_l`` distinct values per
-row of every layer at its own width, and checks no activation. :meth:`RaBitQLinear.effective_weight`
-gives the same weight rotated back (original basis) for analysis.
+row of every layer at its own width and, with activations, at most ``2^act_bits`` values of every
+quantized input. :meth:`RaBitQLinear.effective_weight` gives the same weight rotated back (original
+basis) for analysis.
 
 Options: ``head`` (``quantized`` | ``fp32``, default ``quantized``, as the CLIP study quantizes every
-linear layer), ``batch_size`` (images per gradient pass, default 64), ``bit_candidates`` (distinct
-integers from 1 to 8, default ``[2, 3, 4, 5, 6, 7, 8]``), ``seed`` (non-negative integer for the random
-signs; default: the quantizer's ``calibration.seed``). The patch embedding stays in FP32.
+linear layer), ``act_symmetric`` (default false), ``batch_size`` (images per gradient / calibration
+pass, default 64), ``bit_candidates`` (distinct integers from 1 to 8, default ``[2, 3, 4, 5, 6, 7, 8]``),
+``seed`` (non-negative integer for the random signs; default: the quantizer's ``calibration.seed``).
+The patch embedding stays in FP32.
 
 What is simplified or left out, and why:
 
@@ -85,7 +104,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import QuantConfig, calibration_error, no_linear_error
-from .fakequant import QuantModule
+from .fakequant import ActQuantizer, QuantModule
 from .options import DEFAULT_CANDIDATES, MAX_CANDIDATE_BITS, RaanAOptions
 from .selection import select_modules
 
@@ -260,24 +279,26 @@ def rabitq_dequantize(codes: Tensor, rescale: Tensor, bits: int) -> Tensor:
 
 
 class RaBitQLinear(QuantModule):
-    """A weight-only RaBitQ-H ``nn.Linear``: ``forward(x) = F.linear(R(x), dequantized weight, bias)``.
+    """A RaBitQ-H ``nn.Linear``: ``forward(x) = F.linear(Q(R(x)), dequantized weight, bias)``.
 
     Built (and quantized, once) from a float ``nn.Linear``: the weight rows are rotated by
     ``rotation`` (a :class:`RandomizedHadamard` over ``in_features``) and coded with
     :func:`rabitq_quantize` at ``bits``. Buffers ``codes`` (uint8) and ``rescale`` (float32) hold the
-    code; ``weight`` (frozen parameter) is its dequantized value in the rotated basis. The interface
-    of :mod:`~pytest_qrel.quantize.verify`: ``weight_bits`` (this layer's width), ``act_bits = None``,
-    ``input_quantizer = None``, :meth:`dequantized_weight`.
+    code; ``weight`` (frozen parameter) is its dequantized value in the rotated basis.
+    ``input_quantizer`` (``Q``; ``None``: weight-only) quantizes the rotated input; its bits are
+    ``act_bits``. The interface of :mod:`~pytest_qrel.quantize.verify`: ``weight_bits`` (this
+    layer's width), ``act_bits``, ``input_quantizer``, :meth:`dequantized_weight`.
     """
 
-    def __init__(self, linear: nn.Linear, *, bits: int, rotation: RandomizedHadamard) -> None:
+    def __init__(self, linear: nn.Linear, *, bits: int, rotation: RandomizedHadamard,
+                 input_quantizer: nn.Module | None = None) -> None:
         super().__init__()
         if rotation.dim != linear.in_features:
             raise ValueError(f"rotation dim {rotation.dim} != in_features {linear.in_features}")
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight_bits = bits
-        self.act_bits = None
-        self.input_quantizer = None
+        self.input_quantizer = input_quantizer
+        self.act_bits: int | None = getattr(input_quantizer, "bits", None) if input_quantizer is not None else None
         self.weight_frozen = True
         self.rotation = rotation.to(linear.weight.device)
         with torch.no_grad():
@@ -300,11 +321,53 @@ class RaBitQLinear(QuantModule):
         return self.rotation.inverse(self.weight)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(self.rotation(x), self.weight, self.bias)
+        x = self.rotation(x)
+        if self.input_quantizer is not None:
+            x = self.input_quantizer(x)
+        return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"weight_bits={self.weight_bits}, act_bits=None")
+                f"weight_bits={self.weight_bits}, act_bits={self.act_bits}")
+
+
+def calibrate_rotated_inputs(
+    model: nn.Module,
+    rotations: Mapping[str, RandomizedHadamard],
+    images: Tensor,
+    bits: int,
+    *,
+    symmetric: bool = False,
+    batch_size: int = 64,
+) -> dict[str, ActQuantizer]:
+    """One frozen static per-tensor :class:`~pytest_qrel.quantize.fakequant.ActQuantizer` per layer
+    named in ``rotations``, calibrated (min/max, as ``minmax``) on the rotated inputs ``R(x)`` those
+    layers receive when the FP32 ``model`` (not modified) runs ``images`` in batches of ``batch_size``."""
+    quantizers = {name: ActQuantizer(bits, symmetric=symmetric) for name in rotations}
+    ref = next(iter(model.parameters()), None)
+    handles = []
+    for name, rotation in rotations.items():
+        layer = model.get_submodule(name)
+        rot = rotation.to(layer.weight.device)
+        q = quantizers[name].to(layer.weight.device)
+        q.observe()
+
+        def observe(module: nn.Module, args: Any, rot: RandomizedHadamard = rot, q: ActQuantizer = q) -> None:
+            q(rot(args[0]))  # observe mode: tracks the min / max of R(x), changes nothing
+
+        handles.append(layer.register_forward_pre_hook(observe))
+    try:
+        with torch.no_grad():
+            for batch in images.split(batch_size):
+                if ref is not None:
+                    batch = batch.to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
+                model(batch)
+    finally:
+        for h in handles:
+            h.remove()
+    for q in quantizers.values():
+        q.freeze()
+    return quantizers
 
 
 # --------------------------------------------------------------------------------------------------
@@ -488,8 +551,11 @@ def plan_bits(
 
 
 def raana(model: nn.Module, config: QuantConfig, calibration: Tensor, *, labels: Tensor | None = None) -> nn.Module:
-    """Return a weight-only RaanA-quantized deep copy of ``model`` (eval mode); ``model`` is not modified."""
+    """Return a RaanA-quantized deep copy of ``model`` (eval mode; weight-only unless ``config.act_bits``);
+    ``model`` is not modified."""
     opts: RaanAOptions = config.options
+    if config.act_bits is not None and calibration.shape[0] == 0:
+        raise calibration_error("raana", "observe activations on")
     with torch.inference_mode(False):  # normal (not inference) tensors, so the gradient pass can run
         qmodel = copy.deepcopy(model).eval()
     plan = plan_bits(qmodel, config, calibration, labels=labels)
@@ -498,8 +564,13 @@ def raana(model: nn.Module, config: QuantConfig, calibration: Tensor, *, labels:
     bits = plan.as_dict()
     # one rotation per layer, drawn in module order from one seeded generator
     rotations = {name: RandomizedHadamard(qmodel.get_submodule(name).in_features, generator) for name in plan.layers}
+    inputs: Mapping[str, nn.Module | None] = {}
+    if config.act_bits is not None:  # on the FP32 model, before any layer is replaced (as minmax observes)
+        inputs = calibrate_rotated_inputs(qmodel, rotations, calibration, config.act_bits,
+                                          symmetric=opts.act_symmetric, batch_size=opts.batch_size)
     for name in plan.layers:
         parent_name, _, leaf = name.rpartition(".")
         parent = qmodel.get_submodule(parent_name) if parent_name else qmodel
-        setattr(parent, leaf, RaBitQLinear(getattr(parent, leaf), bits=bits[name], rotation=rotations[name]))
+        setattr(parent, leaf, RaBitQLinear(getattr(parent, leaf), bits=bits[name], rotation=rotations[name],
+                                           input_quantizer=inputs.get(name)))
     return qmodel

@@ -38,10 +38,13 @@ options say, and activations as ``act_quant`` says:
 - ``per_tensor``: the same with one scale per image.
 
 ``quantize_bmm_input: true`` also quantizes the inputs of the attention matmuls as the reference
-does: it replaces timm's ``Attention`` by :class:`~.attention.QuantAttention` and quantizes ``q``,
-``k`` and ``v`` with the same ``act_quant`` (``per_token``: one scale per token across all heads,
-like the reference's quantized ``q_proj`` / ``k_proj`` / ``v_proj`` outputs) while the softmax
-output stays in floating point (the reference leaves it so).
+does: it replaces timm's ``Attention`` by :class:`~.attention.QuantAttention` (OpenCLIP's visual
+attention, as the ``open_clip`` model source builds it, by :class:`~.attention.QuantSelfAttention`)
+and quantizes ``q``, ``k`` and ``v`` with the same ``act_quant`` (``per_token``: one scale per token
+across all heads, like the reference's quantized ``q_proj`` / ``k_proj`` / ``v_proj`` outputs) while
+the softmax output stays in floating point (the reference leaves it so). On CLIP the LayerNorm ->
+Linear groups are OpenCLIP's ``ln_1 -> attn.qkv`` and ``ln_2 -> mlp.c_fc`` (found by data flow
+like timm's); the head the ``head`` option names is the visual output projection ``proj``.
 
 Options: the common ones of :class:`~pytest_qrel.quantize.options.LinearQuantOptions` (same defaults
 as ``minmax``), ``alpha`` (a number from 0 to 1, default 0.5), ``act_quant`` (``static`` |
@@ -80,11 +83,15 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import QuantOptionError
-from .attention import QuantAttention, replace_attention
+from .attention import quant_attention, replace_attention
 from .base import QuantConfig, calibration_error
 from .fakequant import CALIBRATION_BATCH_SIZE, ActQuantizer, DynamicActQuantizer
 from .minmax import InputQuantizerFactory, apply_minmax
 from .options import SmoothQuantOptions
+
+BMM_ATTENTION_KINDS = ("timm", "open_clip")
+"""Attention modules whose matmul inputs ``quantize_bmm_input`` quantizes (see
+:data:`~pytest_qrel.quantize.attention.ATTENTION_KINDS`)."""
 
 SCALE_MIN = 1e-5
 """Lower clamp of the weight maxima and of the smoothing factors (as in the reference code)."""
@@ -313,10 +320,11 @@ def smoothquant(model: nn.Module, config: QuantConfig, calibration: Tensor, *,
     linear_in, conv_in, operands = activation_quantizers(opts)
     if opts.quantize_bmm_input and config.act_bits is not None:
         ab = config.act_bits
-        if not replace_attention(qmodel, lambda name, attn: QuantAttention(
-                attn, act_bits=ab, act_quantizer=operands, softmax_quantizer="none")):
-            raise QuantOptionError("quantize_bmm_input", "quantize_bmm_input: true, but the model has no timm "
-                                   "Attention module whose matmul inputs could be quantized",
-                                   "remove quantize_bmm_input (or use a timm VisionTransformer)")
+        if not replace_attention(qmodel, lambda name, attn: quant_attention(
+                attn, act_bits=ab, act_quantizer=operands, softmax_quantizer="none"), kinds=BMM_ATTENTION_KINDS):
+            raise QuantOptionError("quantize_bmm_input", "quantize_bmm_input: true, but the model has no attention "
+                                   "module whose matmul inputs could be quantized (timm's Attention, or OpenCLIP's "
+                                   "as the open_clip source builds it)",
+                                   "remove quantize_bmm_input (or use a timm or OpenCLIP VisionTransformer)")
     apply_minmax(qmodel, config, calibration, opts, input_quantizer=linear_in, conv_input_quantizer=conv_in)
     return qmodel

@@ -264,7 +264,7 @@ def _quantizers(ctx: _Ctx, raw: Any) -> dict[str, QuantizerSpec]:
             ab = None  # floating-point activations
         cal_raw = spec.get("calibration") or {}
         cal_node = ctx.mapping(cal_raw, f"{field}.calibration", "write '{samples: 256, seed: 0}'")
-        ctx.unknown_keys(cal_node, ("samples", "seed", "seeds"), f"{field}.calibration")
+        ctx.unknown_keys(cal_node, ("samples", "seed", "seeds", "draw"), f"{field}.calibration")
         if "seed" in cal_node and "seeds" in cal_node:
             raise ctx.err("give either 'seed' or 'seeds'", node=cal_node, key="seeds", field=f"{field}.calibration", fix="e.g. 'seeds: [0, 13, 37]'")
         seeds: tuple[int, ...] = ()
@@ -275,10 +275,17 @@ def _quantizers(ctx: _Ctx, raw: Any) -> dict[str, QuantizerSpec]:
             seeds = tuple(_int(ctx, x, raw_seeds, i, f"{field}.calibration.seeds[{i}]", 0) for i, x in enumerate(raw_seeds))
             if len(set(seeds)) != len(seeds):
                 raise ctx.err("'seeds' repeats a seed", node=cal_node, key="seeds", field=f"{field}.calibration.seeds", fix="list each seed once")
+        from ..calibration_draw import CALIBRATION_DRAWS, DEFAULT_DRAW
+
+        draw = cal_node.get("draw", DEFAULT_DRAW)
+        if not isinstance(draw, str) or draw not in CALIBRATION_DRAWS:
+            raise ctx.err(str(UnknownNameError("calibration draw", str(draw), CALIBRATION_DRAWS.names())), node=cal_node,
+                          key="draw", field=f"{field}.calibration.draw", fix=f"use one of: {', '.join(CALIBRATION_DRAWS.names())}")
         cal = CalibrationSpec(
             samples=_int(ctx, cal_node.get("samples", 256), cal_node, "samples", f"{field}.calibration.samples", 1),
             seed=seeds[0] if seeds else _int(ctx, cal_node.get("seed", 0), cal_node, "seed", f"{field}.calibration.seed", 0),
             seeds=seeds if len(seeds) > 1 else (),
+            draw=draw,
         )
         options = spec.get("options") or {}
         if not isinstance(options, dict):

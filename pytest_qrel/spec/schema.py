@@ -61,11 +61,13 @@ class DatasetSpec:
 class CalibrationSpec:
     """``samples`` ID train images drawn with ``seed``. ``seeds`` (two or more) repeats the whole
     quantization once per seed and reports metrics averaged over the seeds, as the ViT paper does
-    with seeds 0, 13 and 37."""
+    with seeds 0, 13 and 37. ``draw`` names how the images are drawn
+    (:data:`pytest_qrel.calibration_draw.CALIBRATION_DRAWS`: ``numpy`` or ``repq_vit``)."""
 
     samples: int = 256
     seed: int = 0
     seeds: tuple[int, ...] = ()
+    draw: str = "numpy"
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,9 @@ class QuantizerSpec:
             "method": self.method,
             "weight_bits": self.weight_bits,
             "act_bits": self.act_bits,
-            "calibration": {"samples": self.calibration.samples, "seed": self.calibration.seed, "seeds": list(self.calibration.seeds)},
+            "calibration": {"samples": self.calibration.samples, "seed": self.calibration.seed, "seeds": list(self.calibration.seeds),
+                            # only when not the default, so that existing fingerprints stay valid
+                            **({"draw": self.calibration.draw} if self.calibration.draw != "numpy" else {})},
             "options": self.options,
         }
 

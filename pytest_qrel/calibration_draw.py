@@ -1,0 +1,122 @@
+"""Which training images a quantizer calibrates on: the registry of calibration draws.
+
+A suite's quantizer says ``calibration: {samples: N, seed: S, draw: D}``; the engine asks
+:func:`draw_calibration` for the indices of the ``N`` images of the ID set's *train* split, in the
+order they are given to the method. A draw is one entry of :data:`CALIBRATION_DRAWS`:
+``fn(n, samples, seed) -> int64 array`` of ``samples`` distinct positions in ``range(n)`` of the
+draw's own enumeration of the split (``meta["order"]``: ``"dataset"``, the split's own order, or
+``"imagefolder"``, torchvision ``ImageFolder``'s order, see :func:`imagefolder_order`).
+
+``numpy`` (the default)
+    ``numpy.random.default_rng(seed).permutation(n)[:samples]`` over the split in its own order.
+
+``repq_vit``
+    The images RepQ-ViT's reference code (github.com/zkkli/RepQ-ViT, ``classification/``)
+    calibrates on for ``--seed S``: it seeds torch's global generator with ``S``, builds
+    ``ImageFolder(<imagenet>/train)`` and a ``DataLoader(..., shuffle=True)`` without a generator of
+    its own, and takes the first batch (32 images). Iterating such a loader draws one int64 from the
+    global generator (the workers' base seed), then the ``RandomSampler`` draws a second one, seeds a
+    private ``torch.Generator`` with it and yields ``torch.randperm(n, generator=...)``. This draw
+    replays that sequence on a private generator (the global one is not touched) and returns the first
+    ``samples`` positions of the permutation: with ``samples: 32`` the reference's calibration batch,
+    with more the first batches concatenated. The positions are taken in ``ImageFolder``'s order and
+    mapped to the split's own order.
+
+    It gives the reference's images exactly when, and only when:
+
+    - the train split lists the same files as the folder the reference read (``imagefolder`` source
+      without ``limit``, ``classes`` / ``class_index`` remappings that skip folders, or
+      ``unknown_classes: ignore``); ``n`` is the number of images, and any file more or less changes
+      the whole permutation;
+    - no hidden image files are present: torchvision lists names starting with ``.`` (e.g. macOS
+      ``._x.JPEG`` copies) when their extension is an image one, this package skips them;
+    - the installed torch draws as the one the reference ran with: ``randperm`` on a CPU generator and
+      the ``DataLoader`` / ``RandomSampler`` seeding above are those of current torch releases (the
+      test compares the draw with the installed torch's own ``DataLoader``); releases whose
+      ``RandomSampler`` permuted with the global generator directly give another permutation;
+    - the preprocessing is the reference's (``Resize(int(224 / crop_pct), bicubic)``,
+      ``CenterCrop(224)``, the model's mean and std), which for timm's DeiT and ViT-augreg weights is
+      the model's own pretrained configuration, as this package uses.
+
+    On other sources (embedded sets, file lists) it draws the same positions over the split's own
+    order: deterministic, but no longer the reference's images.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from .registry import Registry
+
+DrawFn = Callable[[int, int, int], np.ndarray]
+
+CALIBRATION_DRAWS: Registry[DrawFn] = Registry("calibration draw")
+"""YAML name -> ``fn(n, samples, seed) -> positions``; ``meta["order"]`` is ``"dataset"`` or ``"imagefolder"``."""
+
+DEFAULT_DRAW = "numpy"
+
+
+@CALIBRATION_DRAWS.register("numpy", order="dataset",
+                            summary="numpy.random.default_rng(seed).permutation(n)[:samples] over the split's order")
+def numpy_draw(n: int, samples: int, seed: int) -> np.ndarray:
+    """The first ``samples`` of a permutation of ``range(n)`` by ``numpy.random.default_rng(seed)``."""
+    return np.random.default_rng(seed).permutation(n)[:samples].astype(np.int64)
+
+
+@CALIBRATION_DRAWS.register("repq_vit", order="imagefolder",
+                            summary="the first batch(es) of RepQ-ViT's reference loader: a shuffled torch DataLoader "
+                                    "after torch.manual_seed(seed), over ImageFolder's order")
+def repq_vit_draw(n: int, samples: int, seed: int) -> np.ndarray:
+    """The first ``samples`` indices a ``DataLoader(dataset of n, shuffle=True)`` yields right after
+    ``torch.manual_seed(seed)`` (module docstring), computed on a private generator."""
+    import torch
+
+    global_like = torch.Generator().manual_seed(int(seed))  # what torch.manual_seed(seed) sets up
+    torch.empty((), dtype=torch.int64).random_(generator=global_like)  # the loader iterator's base seed
+    sampler_seed = int(torch.empty((), dtype=torch.int64).random_(generator=global_like).item())
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(sampler_seed))
+    return order[:samples].numpy().astype(np.int64)
+
+
+def imagefolder_order(relpaths: Sequence[str]) -> list[int]:
+    """Positions of ``relpaths`` (``<class>/<...>/<file>``, posix) in torchvision ``ImageFolder``'s order.
+
+    ``ImageFolder`` sorts the class folders by name, walks each one with ``sorted(os.walk(...))``
+    (sub-folders ordered by their path string, a folder's own files before its sub-folders' when its
+    path is a prefix) and sorts the file names of each folder. Returns ``order`` with
+    ``relpaths[order[k]]`` the ``k``-th sample of ``ImageFolder``. For a flat ``<class>/<file>``
+    layout this is plain sorted order.
+    """
+    def key(i: int) -> tuple[str, str, str]:
+        rel = relpaths[i]
+        head, _, _ = rel.partition("/")
+        return head, posixpath.dirname(rel), posixpath.basename(rel)
+
+    return sorted(range(len(relpaths)), key=key)
+
+
+def draw_calibration(train: Any, samples: int, seed: int, draw: str = DEFAULT_DRAW) -> np.ndarray:
+    """Indices into ``train`` (a dataset of ``len(train)`` samples) of the ``samples`` calibration
+    images drawn by ``draw`` with ``seed``, in the order the method gets them.
+
+    A draw in ``ImageFolder``'s order is mapped through :func:`imagefolder_order` when ``train`` has
+    ``relpaths`` (an ``imagefolder`` / ``filelist`` set), and used on the split's own order otherwise.
+
+    Raises:
+        UnknownNameError: ``draw`` is not registered.
+        ValueError: ``samples`` exceeds the split (the engine checks this first, with the suite's location).
+    """
+    fn = CALIBRATION_DRAWS.get(draw)
+    n = len(train)
+    if not 0 < samples <= n:
+        raise ValueError(f"draw_calibration(): {samples} samples from a split of {n}")
+    positions = np.asarray(fn(n, samples, seed), dtype=np.int64)
+    relpaths = getattr(train, "relpaths", None)
+    if CALIBRATION_DRAWS.meta(draw).get("order") == "imagefolder" and relpaths is not None:
+        order = np.asarray(imagefolder_order(list(relpaths)), dtype=np.int64)
+        positions = order[positions]
+    return positions
