@@ -758,15 +758,20 @@ class _SessionGuard:
     def _main_thread(self) -> bool:
         return threading.current_thread() is threading.main_thread()
 
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_sessionstart(self, session: pytest.Session) -> None:
-        if self.config.stash[_NESTED] or not self._main_thread():
+    def arm(self) -> None:
+        """Install the SIGTERM handler, once the session has checks to protect (a run of the
+        project's own tests keeps pytest's default behaviour)."""
+        if self.state.signals is not None or self.config.stash[_NESTED] or not self._main_thread():
             return
         from .supervisor import InterruptHandlers
 
         handlers = InterruptHandlers()
         if handlers.install():
             self.state.signals = handlers
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        if any(isinstance(i, CheckItem) for i in session.items):
+            self.arm()
 
     def _supervise(self, session: pytest.Session) -> bool:
         from .supervisor import supported
@@ -905,6 +910,7 @@ class _XdistController:
         self.config = config
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._watchdog: Any = None
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
@@ -912,6 +918,15 @@ class _XdistController:
         for nodeid in ids:
             if nodeid.count("::") == 3 and nodeid.split("::", 1)[0].endswith((".yaml", ".yml")):
                 state.expected.setdefault(nodeid, _suite_name_of(self.config, nodeid))
+        if state.expected:
+            guard = self.config.pluginmanager.get_plugin("qrel-session-guard")
+            if guard is not None:
+                guard.arm()
+            if self._watchdog is None:
+                from .xdist_watchdog import WorkerWatchdog
+
+                self._watchdog = WorkerWatchdog(self.config, warn=lambda line: _warn_line(self.config, line))
+                self._watchdog.start()
         if self._thread is None and not _quiet(self.config):
             self._thread = threading.Thread(target=self._show_status, daemon=True)
             self._thread.start()
@@ -943,6 +958,8 @@ class _XdistController:
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         self._stop.set()
+        if self._watchdog is not None:
+            self._watchdog.stop()
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
