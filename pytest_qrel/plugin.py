@@ -566,7 +566,7 @@ class _Recorder:
         if config.option.collectonly:
             return
         if not state.expected:
-            if state.shard_empty and exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+            if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and self._shard_is_empty():
                 self._finish_empty_shard(session)
             return
         interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
@@ -603,6 +603,29 @@ class _Recorder:
             if found is not None and found[0].name not in out:
                 out[found[0].name] = (found[0], file)
         return out
+
+    def _shard_is_empty(self) -> bool:
+        """``--qrel-shard K/N`` gave this shard no check of the suites. Serial runs know it from
+        their collection; the xdist controller collects nothing, so it plans ``--qrel-suite``'s
+        suites itself (no torch)."""
+        state, shard = self.state, self.config.getoption("qrel_shard")
+        if shard is None:
+            return False
+        if state.shard_empty:
+            return True
+        if state.suites_loaded or not state.suites:
+            return False
+        from .shards import assign
+
+        try:
+            for path in state.suites:
+                suite = load_suite(_relative(path, self.config.invocation_params.dir))
+                state.suites_loaded[suite.name] = suite
+                state.files.setdefault(suite.name, _relative(path, self.config.rootpath).as_posix())
+        except QrelError:
+            return False
+        planned = [p for suite in state.suites_loaded.values() for p in plan(suite)]
+        return bool(planned) and not any(assign(planned, *shard))
 
     def _finish_empty_shard(self, session: pytest.Session) -> None:
         """A shard the partition gave no unit: exit 0 with one line and a results file that says
@@ -655,7 +678,7 @@ class _Recorder:
             verdicts, list(state.units.values()), suites=[s for s, _ in suites.values()],
             planned=state.planned or {name: len(ids) for name, ids in plan_ids.items()}, started=state.started,
             command=" ".join(map(str, self.config.invocation_params.args)),
-            device=state.engine.device if state.engine is not None else _resolve_device(self.config),
+            device=state.engine.device if state.engine is not None else (_resolve_device(self.config) if verdicts else ""),
             shard=self.config.getoption("qrel_shard"),
         )
         if results_path:

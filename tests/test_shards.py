@@ -420,3 +420,16 @@ def test_shard_option_is_validated(pytester):
     result = pytester.runpytest("--qrel-shard", "3/2")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--qrel-shard 3/2: K must be between 1 and N*"])
+
+
+@pytest.mark.slow
+def test_an_empty_shard_under_xdist_writes_results_too(pytester, write_suite):
+    """Under -n the controller collects nothing: it plans the suite itself to know the shard is empty."""
+    pytest.importorskip("xdist")
+    write_suite('- "W8A8 top1 delta <= 2pp"\n')
+    result = pytester.runpytest_subprocess("--qrel-suite", "suites/mini.yaml", "--qrel-shard", "2/2", "--qrel-results", "s2.json",
+                                           "-n", "2", "-p", "no:cacheprovider")
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(["qrel: shard 2/2 has no units of mini (1 unit group(s) for 2 shards): nothing to run; *", "results: s2.json"])
+    doc = json.loads((pytester.path / "s2.json").read_text())
+    assert doc["shard"] == [2, 2] and doc["plan"] == {"mini": ["suites/mini.yaml::vit::W8A8::top1 on digits delta<=2pp"]}
