@@ -10,7 +10,8 @@ the first check runs (torch is not imported yet), and:
   file, junit XML, pytest's cache) exactly as an unsupervised run would, and appends every test
   event (start, report, finish) to a journal file; its last act is a ``done`` line with the
   session's exit status;
-- the **parent** only waits (forwarding SIGTERM, SIGINT, SIGHUP to the child) and then exits
+- the **parent** only waits (forwarding SIGTERM, SIGINT, SIGHUP to the child; on Linux the child
+  is killed with it if the parent is SIGKILLed) and then exits
   with the child's status -- or, when the child ended without its ``done`` line, replays the
   journal into its own pytest session, so the verdicts that arrived are kept, the check that was
   running is an error, the rest are ``not run``, and the summary, report and results file are
@@ -129,8 +130,10 @@ def fork_session(on_child: Callable[[Journal], None]) -> ChildEnd | None:
             stream.flush()  # or both processes would write what is still buffered
         except (OSError, ValueError):
             pass
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:
+        _die_with(parent)
         on_child(Journal(path))
         return None
     previous = {}
@@ -168,6 +171,20 @@ def fork_session(on_child: Callable[[Journal], None]) -> ChildEnd | None:
         status=128 - code if code < 0 else code, signal=-code if code < 0 else None, events=events,
         done_status=int(done["status"]) if done is not None else None,
     )
+
+
+def _die_with(parent: int) -> None:
+    """In the child: be killed when the parent is (Linux ``PR_SET_PDEATHSIG``), so ``kill -9`` of
+    the pytest process CI started still ends the whole run at once, as it did unsupervised."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before that took effect
+        os._exit(128 + int(signal.SIGKILL))
 
 
 # ---------------------------------------------------------------------------- signals in the session

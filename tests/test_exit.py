@@ -383,3 +383,46 @@ def test_watchdog_stops_a_worker_that_does_not_shut_down_with_nothing_left():
     dog.check(60.0)
     assert idle.gateway._io.popen.killed == 1 and busy.gateway._io.popen.killed == 0
     assert lines == ["qrel: worker gw0 was told to shut down 60 s ago with no checks left and is still running; stopping it"]
+
+
+def test_the_child_dies_with_a_killed_parent(tmp_path):
+    """kill -9 of the pytest process CI started ends the checks too (PR_SET_PDEATHSIG): no orphan
+    keeps writing baselines or cache after the run was killed."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("PR_SET_PDEATHSIG is Linux-only")
+    pid_file = tmp_path / "child.pid"
+    code = textwrap.dedent(f"""
+        import os, time
+        from pytest_qrel.supervisor import fork_session
+
+        def child(journal):
+            open({str(pid_file)!r}, "w").write(str(os.getpid()))
+            time.sleep(60)
+            os._exit(0)
+
+        fork_session(child)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 60
+        while not (pid_file.exists() and pid_file.read_text()):
+            assert time.monotonic() < deadline and parent.poll() is None
+            time.sleep(0.05)
+        child = int(pid_file.read_text())
+        parent.kill()
+        parent.wait()
+        for _ in range(200):  # the kernel delivers the SIGKILL at once; reaping takes a moment
+            try:
+                os.kill(child, 0)
+            except ProcessLookupError:
+                break
+            if Path(f"/proc/{child}/stat").exists() and Path(f"/proc/{child}/stat").read_text().split()[2] == "Z":
+                break  # dead, waiting to be reaped by init
+            time.sleep(0.05)
+        else:
+            os.kill(child, signal.SIGKILL)
+            pytest.fail("the child outlived its killed parent")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
