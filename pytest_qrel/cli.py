@@ -37,7 +37,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    from .shards import MergeError, failing, merge, report_path_problem, results_path_problem, write_junit, write_report, write_results
+    from .shards import (
+        MergeError,
+        failing,
+        merge,
+        report_path_problem,
+        results_path_problem,
+        write_junit,
+        write_report,
+        write_results,
+    )
 
     # Output paths first: a typo must not cost a merge, nor overwrite a file that is not ours.
     if args.report is not None and (problem := report_path_problem(args.report)):

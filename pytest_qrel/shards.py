@@ -424,7 +424,7 @@ def merge(
     root = Path(root) if root is not None else Path.cwd()
     docs = [(Path(p), read_results(Path(p))) for p in paths]
     on_disk = _suites_on_disk(docs, root, suites)
-    shards = [(p, d.get("shard")) for p, d in docs]
+    shards: list[tuple[Path, list[int]]] = [(p, d.get("shard") or []) for p, d in docs]
     n_shards: int | None = None
     if any(s for _, s in shards):
         ns = {s[1] for _, s in shards if s}
@@ -463,14 +463,14 @@ def merge(
     shard_of: dict[str, int] = {}
     if n_shards is not None:
         ids, checks = list(planned), list(planned.values())
-        for k in range(1, n_shards + 1):
-            shard_of.update({i: k for i, keep in zip(ids, assign(checks, k, n_shards)) if keep})
+        for number in range(1, n_shards + 1):
+            shard_of.update({i: number for i, keep in zip(ids, assign(checks, number, n_shards)) if keep})
 
     verdicts: dict[str, Verdict] = {}
     where: dict[str, Path] = {}
     changed: dict[Path, list[str]] = {}
     for p, d in docs:
-        k = d.get("shard")[0] if d.get("shard") else None
+        k: int | None = (d.get("shard") or [None])[0]
         for raw in d["results"].get("verdicts", []):
             v = Verdict.from_dict(raw)
             if v.nodeid not in planned:
@@ -571,8 +571,9 @@ def write_junit(results: RunResults, path: Path) -> Path:
             ET.SubElement(case, "error", message=v.message).text = v.message
         elif k == "skipped":
             ET.SubElement(case, "skipped", message=v.message)
-    doc = ET.ElementTree(ET.Element("testsuites"))
-    doc.getroot().append(suite_el)
+    top = ET.Element("testsuites")
+    top.append(suite_el)
+    doc = ET.ElementTree(top)
     import io as _io
 
     buf = _io.BytesIO()

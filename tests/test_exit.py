@@ -26,7 +26,13 @@ from pathlib import Path
 import pytest
 
 from pytest_qrel import supervisor
-from pytest_qrel.supervisor import ChildEnd, InterruptHandlers, Terminated, fork_session, read_journal
+from pytest_qrel.supervisor import (
+    ChildEnd,
+    InterruptHandlers,
+    Terminated,
+    fork_session,
+    read_journal,
+)
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork") or sys.platform == "darwin", reason="needs os.fork (Linux)")
 
@@ -236,7 +242,7 @@ def test_a_killed_worker_whose_channel_stays_open_ends_the_run_red(gate, pyteste
         "gate: 4 checks: 1 error, 3 passed",
         f"ERROR: 1 check(s) were lost to a crashed worker, e.g. {W4A4_TOP1}",
     ])
-    md, html, outcomes = outputs(gate)
+    md, html, _ = outputs(gate)
     assert_red(md, html)
 
 

@@ -88,8 +88,10 @@ def test_two_shards_merged_equal_the_serial_run(pytester, tmp_path):
     code = qrel_main(["merge", str(pytester.path / "shard-1.json"), str(pytester.path / "shard-2.json"),
                       "--report", str(merged_dir / "r.html"), "--junitxml", str(merged_dir / "j.xml")])
     assert code == serial.ret  # both pass, or both fail for the same checks
-    merged = merge([pytester.path / "shard-1.json", pytester.path / "shard-2.json"])
-    one = merge([pytester.path / "serial.json"])
+    notes: list[str] = []
+    merged = merge([pytester.path / "shard-1.json", pytester.path / "shard-2.json"], notes=notes)
+    one = merge([pytester.path / "serial.json"], notes=notes)
+    assert notes == []  # recomputing every verdict from its numbers gives what the engine decided
     assert [v.nodeid for v in merged.verdicts] == [v.nodeid for v in one.verdicts]
     assert [(v.outcome, v.value, v.delta_ci) for v in merged.verdicts] == [(v.outcome, v.value, v.delta_ci) for v in one.verdicts]
     assert {(u.model, u.quantizer) for u in merged.units} == {(u.model, u.quantizer) for u in one.units}
@@ -363,7 +365,7 @@ def test_junit_follows_the_inconclusive_policy(tmp_path):
         res = fake_results(tmp_path, "all.json", None)
         top1 = ids_of(tmp_path)[0]
 
-        def straddle(doc):  # every interval within its bound, but top1's straddles its 3pp
+        def straddle(doc, top1=top1, policy=policy):  # every interval within its bound, but top1's straddles its 3pp
             for v in doc["results"]["verdicts"]:
                 v.update(compared_ci=[v["compared"] - 1e-6, v["compared"]], outcome="passed", passed=True)
                 if v["nodeid"] == top1:
