@@ -797,11 +797,12 @@ class _SessionGuard:
             self.arm()
 
     def _supervise(self, session: pytest.Session) -> bool:
-        from .supervisor import supported
+        from .supervisor import pytest_is_the_program, supported
 
         config = self.config
         return (
-            supported() and not config.stash[_NESTED] and self._main_thread() and not config.option.collectonly
+            supported() and pytest_is_the_program() and not config.stash[_NESTED] and self._main_thread()
+            and not config.option.collectonly
             and config.pluginmanager.getplugin("dsession") is None
             and not (session.testsfailed and not config.option.continue_on_collection_errors)
             and any(isinstance(i, CheckItem) for i in session.items)

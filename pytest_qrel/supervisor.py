@@ -20,10 +20,11 @@ the first check runs (torch is not imported yet), and:
 The journal is a plain file of JSON lines written with one ``write`` each (``O_APPEND``): it
 survives the child's death, and a torn last line (the child killed mid-write) is ignored.
 
-Not supervised (the plugin decides, see ``plugin._supervise``): xdist workers (the controller
+Not supervised (the plugin decides, see ``plugin._SessionGuard``): xdist workers (the controller
 already sees their death), pytest sessions nested in another one in the same process (pytester's
-in-process runs), ``--collect-only``, platforms without ``os.fork`` and macOS (where forking a
-process that may have touched system frameworks is unsafe), and ``QREL_SUPERVISOR=0``.
+in-process runs), ``pytest.main()`` called by a program that goes on afterwards, ``--collect-only``,
+platforms without ``os.fork`` and macOS (where forking a process that may have touched system
+frameworks is unsafe), and ``QREL_SUPERVISOR=0``.
 """
 
 from __future__ import annotations
@@ -49,6 +50,17 @@ ENV_SWITCH = "QREL_SUPERVISOR"
 def supported() -> bool:
     """Whether this platform and environment allow the supervisor (``QREL_SUPERVISOR=0`` turns it off)."""
     return hasattr(os, "fork") and sys.platform != "darwin" and os.environ.get(ENV_SWITCH, "1") != "0"
+
+
+def pytest_is_the_program() -> bool:
+    """Whether this process is ``pytest ...`` / ``python -m pytest ...`` (under ``coverage run``
+    too). The parent exits the process when the child has finished, which a program that calls
+    ``pytest.main()`` and then goes on would not expect: such runs are not supervised."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name in ("pytest", "pytest.__main__", "py.test"):
+        return True
+    argv0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
+    return argv0.name in ("pytest", "py.test", "pytest.exe", "py.test.exe") or argv0.parts[-2:] == ("pytest", "__main__.py")
 
 
 class Journal:
