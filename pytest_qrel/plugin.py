@@ -880,9 +880,10 @@ class _SessionGuard:
             hook.pytest_runtest_logfinish(nodeid=nodeid, location=location)
         total = len(state.expected)
         missing = sum(1 for n in state.expected if n not in state.verdicts or n in state.crashed)
-        parts = last.split("::")
+        current = next(iter(running), "")
+        parts = (current or last).split("::")
         unit = "::".join(parts[1:3]) if len(parts) >= 3 else "none started"
-        during = f" during {last}" if last else " before any check started"
+        during = f" during {current}" if current else (f" after {last}" if last else " before any check started")
         state.ended = f"the run ended without finishing ({what})"
         state.ended_line = (
             f"ERROR: the run ended without finishing: {missing} of {total} checks produced no verdict; "

@@ -154,6 +154,8 @@ def test_os_exit_0_in_forward_ends_a_serial_run_red(gate, pytester, monkeypatch)
     assert_red(md, html)
     assert outcomes == {W8A8_TOP1: "passed", "suites/gate.yaml::m::W8A8::ece on digits value<=1": "passed",
                         W4A4_TOP1: "error", W4A4_ECE: "not run"}
+    units = json.loads((gate / "r/gate.json").read_text())["results"]["units"]
+    assert ("m", "W8A8") in {(u["model"], u["quantizer"]) for u in units}  # what arrived before the death is kept
     junit = (gate / "r/junit.xml").read_text()
     assert 'failures="1"' in junit or 'errors="1"' in junit  # the lost check is not green in junit either
 
