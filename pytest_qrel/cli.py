@@ -1,10 +1,12 @@
 """The ``qrel`` console script: ``qrel merge results/*.json --report R.html [--junitxml J.xml]``.
 
 Merges the results files of sharded runs (``pytest --qrel-suite S --qrel-shard K/N
---qrel-results shard-K.json``) into one report: every planned check must be present exactly once
-and no shard may be missing or given twice (:func:`pytest_qrel.shards.merge`; a problem is one
-line naming the file or the check, exit code 2). Exit code 1 when any check failed, errored,
-did not run or was inconclusive, else 0. No pytest and no torch are imported.
+--qrel-results shard-K.json``) into one report. It trusts no stored outcome: the suites are read
+where the merge runs and must be the files the shards ran (SHA-256), the plan comes from them,
+and every verdict is recomputed from its numbers (:func:`pytest_qrel.shards.merge`). A problem
+with the inputs or an output path is one line naming the file, exit code 2. Exit code 1 when any
+check failed, errored, did not run or was inconclusive (under the suite's policy), else 0. No
+pytest and no torch are imported.
 """
 
 from __future__ import annotations
@@ -25,13 +27,38 @@ def _parser() -> argparse.ArgumentParser:
     merge.add_argument("--report", type=Path, default=None, help="write the HTML report here (and a Markdown summary beside it)")
     merge.add_argument("--junitxml", type=Path, default=None, help="write a junit XML file of every check here")
     merge.add_argument("--results", dest="merged", type=Path, default=None, help="write the merged results file here")
+    merge.add_argument("--root", type=Path, default=None,
+                       help="the folder the suite paths in the results files are relative to (default: the current one)")
+    merge.add_argument("--suite", dest="suites", action="append", type=Path, default=[],
+                       help="a suite file the merge must cover (repeatable; default: the suites the files name)")
+    merge.add_argument("--inconclusive", choices=("fail", "warn", "pass"), default=None,
+                       help="what an inconclusive check does (default: the suite's 'inconclusive:')")
     return parser
 
 
 def _merge(args: argparse.Namespace) -> int:
-    from .shards import failing, merge, write_junit, write_report, write_results
+    from .shards import (
+        MergeError,
+        failing,
+        merge,
+        report_path_problem,
+        results_path_problem,
+        write_junit,
+        write_report,
+        write_results,
+    )
 
-    results = merge(args.results)
+    # Output paths first: a typo must not cost a merge, nor overwrite a file that is not ours.
+    if args.report is not None and (problem := report_path_problem(args.report)):
+        raise MergeError(f"--report {args.report}: {problem}")
+    if args.merged is not None and (problem := results_path_problem(args.merged)):
+        raise MergeError(f"--results {args.merged}: {problem}")
+    if args.junitxml is not None and args.junitxml.is_dir():
+        raise MergeError(f"--junitxml {args.junitxml}: is a folder; give the path of an .xml file")
+    notes: list[str] = []
+    results = merge(args.results, root=args.root, suites=args.suites, inconclusive=args.inconclusive, notes=notes)
+    for line in notes:
+        print(f"qrel merge: WARNING: {line}", file=sys.stderr)
     counts = Counter(v.outcome for v in results.verdicts)
     parts = ", ".join(f"{n} {o}" for o, n in sorted(counts.items()))
     print(f"qrel merge: {len(args.results)} results file(s), {len(results.verdicts)} checks: {parts}")
@@ -57,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         return _merge(args)
     except QrelError as exc:
         print(f"qrel {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # writing an output: a read-only folder, a full disk
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"qrel {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
 
 

@@ -29,7 +29,7 @@ import operator
 
 from typing import TYPE_CHECKING
 
-from .results import Verdict
+from .results import Verdict, outcome_of
 from .spec.plan import PlannedCheck
 from .spec.schema import Bound
 
@@ -148,12 +148,8 @@ def decide(
     note = interval.note if interval is not None else ""
     message = f"{what}: {numbers} {verb} {bound_display}{tail}" + (f" ({note})" if note else "")
     expect_fail = check.expect == "fail"
-    if confidence is not None and evidence.outcome == "inconclusive":
-        outcome = "inconclusive"
-    elif expect_fail:
-        outcome = "xpassed" if passed else "xfailed"
-    else:
-        outcome = "passed" if passed else "failed"
+    # The one policy (the plugin applies the suite's inconclusive policy to ``passed`` later).
+    outcome, _ = outcome_of(evidence.outcome, confidence=confidence, expect_fail=expect_fail)
     return Verdict(
         suite=planned.suite.name,
         model=planned.model,
@@ -185,6 +181,8 @@ def decide(
         bound_display=bound_display,
         bound_amount=None if bound.ref is not None else float(bound.amount),
         reason=check.reason or "",
+        ref_value=ref_value,
+        compared_ci=list(ci) if ci is not None else None,
     )
 
 

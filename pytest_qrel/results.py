@@ -30,6 +30,33 @@ def is_failing(v: "Verdict") -> bool:
     return v.outcome in FAILING or v.outcome not in OUTCOMES
 
 
+def outcome_of(
+    evidence: str, *, confidence: float | None, expect_fail: bool, inconclusive: str = "fail"
+) -> tuple[Outcome, bool]:
+    """The one pass/fail policy: ``(outcome, passed)`` of a check whose numbers gave ``evidence``
+    (``"passed"`` / ``"failed"`` / ``"inconclusive"``, :func:`pytest_qrel.stats.decision.judge`).
+
+    ``inconclusive`` only arises for a check that demands ``confidence``; the suite's (or
+    ``--qrel-inconclusive``'s) policy ``inconclusive`` (``fail`` / ``warn`` / ``pass``) then decides
+    ``passed``. ``expect: fail`` folds a decided outcome into ``xfailed`` (it failed, as expected)
+    or ``xpassed`` (it held: a failure of the gate). :func:`pytest_qrel.evaluate.decide`, the
+    plugin and ``qrel merge`` all decide through this function.
+
+    >>> outcome_of("failed", confidence=None, expect_fail=False)
+    ('failed', False)
+    >>> outcome_of("inconclusive", confidence=0.95, expect_fail=False, inconclusive="warn")
+    ('inconclusive', True)
+    >>> outcome_of("failed", confidence=None, expect_fail=True)
+    ('xfailed', False)
+    """
+    passed = evidence == "passed"
+    if confidence is not None and evidence == "inconclusive":
+        return "inconclusive", inconclusive != "fail"
+    if expect_fail:
+        return ("xpassed" if passed else "xfailed"), passed
+    return ("passed" if passed else "failed"), passed
+
+
 def is_unverified(v: "Verdict") -> bool:
     """The check ran but verified nothing, without failing the gate (skipped; inconclusive let pass)."""
     return v.outcome == "skipped" or (v.outcome == "inconclusive" and v.passed)
@@ -54,6 +81,10 @@ class Verdict:
     one unit by one display rule per metric (:mod:`pytest_qrel.display`).
     ``ci_note`` says why a check has no interval, or what to keep in mind about it (an FP32 value
     of 0 under a relative bound, a tiny set); empty if nothing.
+    ``ref_value``: for a bound against another quantizer (``delta <= delta(W8A8)``), that
+    quantizer's value in the metric's unit. ``compared_ci``: the interval of ``compared`` (bound's
+    unit) that decided a check demanding ``confidence``. With ``fp32``, ``value`` and the suite's
+    bound they are what ``qrel merge`` recomputes a verdict from.
     ``stage`` names where an error happened (``"model import"``, ``"calibration"``, ``"forward"``, ...).
     ``reason`` is the check's ``reason:`` as written in the suite (shown beside expected failures);
     ``bound_amount`` the bound's number in the bound's unit (``12`` for ``delta <= 12%``, ``0.05``
@@ -93,6 +124,8 @@ class Verdict:
     reason: str = ""
     bound_amount: float | None = None
     ci_note: str = ""
+    ref_value: float | None = None
+    compared_ci: list[float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: _plain(v) for k, v in asdict(self).items()}

@@ -5,26 +5,46 @@ scopes of the plan (:func:`pytest_qrel.spec.plan.scopes`: units that must run to
 their checks) are spread over N shards by a deterministic longest-processing-time rule on an
 estimated cost, so every machine computes the same partition from the suite alone. Each shard
 writes a results file: its verdicts, the report's unit records, run metadata, and the suite's
-SHA-256 and full list of planned node ids. ``qrel merge shard-*.json --report R.html`` checks
-that the files come from one suite, that no shard is missing or duplicated and that every planned
-check is present exactly once, then writes one report (and junit XML) and exits non-zero on any
-failure.
+SHA-256 and full list of planned node ids. A shard that gets no units (a suite with fewer units
+than shards) writes one too, with no verdicts, so the merge knows it ran.
+
+``qrel merge shard-*.json --report R.html`` trusts no outcome stored in the files:
+
+- the suites are read from disk where the merge runs (the paths in the files, relative to
+  ``root``) and must have the SHA-256 the shards recorded; the plan comes from them, and each
+  file's stored plan must equal it;
+- no shard is missing or given twice, each verdict is in the shard the partition gives it, and
+  every planned check is present exactly once;
+- every verdict is recomputed from its numbers (``fp32``, ``value``, ``ref_value``,
+  ``compared_ci``) and the suite's bound, confidence, ``expect:`` and ``inconclusive:`` policy
+  through the one policy (:func:`pytest_qrel.results.outcome_of`). A stored outcome the numbers
+  do not give is replaced (by the recomputed failure, or by an error when the numbers pass but
+  the file said otherwise) and named in a note;
+
+then it writes one report (and junit XML) and exits non-zero on any failure. Every problem with
+the inputs is one :class:`MergeError` line naming the file.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
 from .errors import QrelError
-from .results import RunResults, UnitMetrics, Verdict, is_failing
+from .results import OUTCOMES, RunResults, UnitMetrics, Verdict, is_failing, outcome_of
 from .spec.plan import PlannedCheck, scopes
 
 RESULTS_FORMAT = "pytest-qrel-results"
-RESULTS_VERSION = 1
+#: 2: verdicts carry ``ref_value`` and ``compared_ci`` (what the merge recomputes them from).
+RESULTS_VERSION = 2
+#: What marks a file as a pytest-qrel HTML report (the template's ``<meta name="generator">``).
+REPORT_MARKER = '<meta name="generator" content="pytest-qrel">'
+_RESULTS_MARKER = f'"format": "{RESULTS_FORMAT}"'
 
 
 class MergeError(QrelError):
@@ -111,8 +131,60 @@ def planned_ids(suite: Any, file: str) -> list[str]:
     return [f"{file}::{p.model}::{p.quantizer}::{p.name}" for p in plan(suite)]
 
 
-def write_results(results: RunResults, path: Path, *, plan_ids: dict[str, list[str]] | None = None) -> Path:
-    """Write ``results`` as a results file (see the module docstring)."""
+# ------------------------------------------------------------------------------------ output paths
+def _head(path: Path, n: int = 8192) -> str:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(n).decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def report_path_problem(path: Path) -> str | None:
+    """Why the HTML report cannot be written to ``path`` (``None``: it can).
+
+    The report must be an ``.html`` file; neither it nor the Markdown summary beside it
+    (``.md``) may be a folder or an existing file that pytest-qrel did not write (a report is
+    recognised by :data:`REPORT_MARKER`, a summary by its ``pytest-qrel`` title), so a typo such
+    as ``--qrel-report suites/case.yaml`` can never overwrite a suite."""
+    path = Path(path)
+    if path.suffix.lower() != ".html":
+        return (f"the report must be an .html file (its Markdown summary is written beside it, as .md); "
+                f"give e.g. {path.with_suffix('.html')}")
+    md = path.with_suffix(".md")
+    for target, marker, what in ((path, REPORT_MARKER, "report"), (md, "pytest-qrel", "summary")):
+        if target.is_dir():
+            return f"{target} is a folder; give the path of an .html file"
+        if target.exists() and marker not in _head(target):
+            kind = "the report" if target == path else "its Markdown summary"
+            return (f"{kind} would overwrite {target}, an existing file that is not a pytest-qrel {what}; "
+                    "give another path, or move that file away")
+    return None
+
+
+def results_path_problem(path: Path) -> str | None:
+    """Why a results file cannot be written to ``path``: a folder, or an existing file that is
+    not a pytest-qrel results file (never overwritten); ``None``: it can."""
+    path = Path(path)
+    if path.is_dir():
+        return f"{path} is a folder; give the path of a .json file"
+    if path.exists() and _RESULTS_MARKER not in _head(path, 4096):
+        return f"{path} exists and is not a pytest-qrel results file; give another path, or move that file away"
+    return None
+
+
+def default_results_path(shard: tuple[int, int]) -> Path:
+    """Where a shard run without ``--qrel-results`` writes its results (relative to the rootdir)."""
+    k, n = shard
+    return Path("reports") / f"qrel-shard-{k}-of-{n}.json"
+
+
+# ------------------------------------------------------------------------------------ results files
+def write_results(
+    results: RunResults, path: Path, *, plan_ids: dict[str, list[str]] | None = None, note: str = ""
+) -> Path:
+    """Write ``results`` as a results file (see the module docstring); ``note`` says something
+    about the run a reader should know (a shard that had no units)."""
     from .io import atomic_write_text
 
     doc = {
@@ -122,59 +194,299 @@ def write_results(results: RunResults, path: Path, *, plan_ids: dict[str, list[s
         "plan": plan_ids or {},
         "results": results.to_dict(),
     }
+    if note:
+        doc["note"] = note
     return atomic_write_text(path, json.dumps(doc, indent=1, sort_keys=True, allow_nan=True) + "\n")
 
 
+_REQUIRED = {f.name for f in fields(Verdict) if f.default is MISSING and f.default_factory is MISSING}
+_NUMBER_FIELDS = ("fp32", "value", "delta", "compared", "margin", "ref_value", "ci_level", "confidence", "bound_amount")
+_STRING_FIELDS = ("suite", "model", "quantizer", "dataset", "metric", "check", "bound", "message", "outcome")
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _verdict_problem(raw: Any) -> str | None:
+    """What is wrong with one stored verdict (``None``: it is well formed)."""
+    if not isinstance(raw, dict):
+        return f"is a {type(raw).__name__}, not a mapping"
+    missing = sorted(n for n in _REQUIRED | {"nodeid"} if n not in raw)
+    if missing:
+        return f"lacks field(s) {', '.join(missing)}"
+    if not isinstance(raw["nodeid"], str) or raw["nodeid"].count("::") < 3:
+        return f"has no node id (nodeid {raw['nodeid']!r})"
+    for name in _STRING_FIELDS:
+        if not isinstance(raw.get(name), str):
+            return f"field {name!r} is {raw.get(name)!r}, not text"
+    if raw["outcome"] not in OUTCOMES:
+        return f"outcome {raw['outcome']!r} is not one of {', '.join(OUTCOMES)}"
+    for name in _NUMBER_FIELDS:
+        if raw.get(name) is not None and not _is_number(raw[name]):
+            return f"field {name!r} is {raw[name]!r}, not a number"
+    if not isinstance(raw.get("passed"), bool):
+        return f"field 'passed' is {raw.get('passed')!r}, not true or false"
+    ci = raw.get("compared_ci")
+    if ci is not None and not (isinstance(ci, list) and len(ci) == 2 and all(_is_number(x) for x in ci)):
+        return f"field 'compared_ci' is {ci!r}, not [low, high]"
+    return None
+
+
 def read_results(path: Path) -> dict[str, Any]:
+    """A results file, checked for everything the merge reads; :class:`MergeError` names the
+    file and what is wrong in one line."""
+    path = Path(path)
+    if path.is_dir():
+        raise MergeError(f"{path}: is a folder, not a results file")
     try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise MergeError(f"{path}: cannot read results file ({exc})") from None
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise MergeError(f"{path}: not a pytest-qrel results file (not UTF-8 text)") from None
+    except OSError as exc:
+        raise MergeError(f"{path}: cannot read results file ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise MergeError(f"{path}: not valid JSON ({exc}); a truncated file? re-run the shard") from None
     if not isinstance(doc, dict) or doc.get("format") != RESULTS_FORMAT:
         raise MergeError(f"{path}: not a pytest-qrel results file (write one with --qrel-results)")
     if doc.get("version") != RESULTS_VERSION:
-        raise MergeError(f"{path}: results format version {doc.get('version')!r}; this pytest-qrel reads {RESULTS_VERSION}")
+        raise MergeError(f"{path}: results format version {doc.get('version')!r}; this pytest-qrel reads {RESULTS_VERSION}: "
+                         "re-run the shard with this version")
+    edited = "(a truncated or edited results file; re-run the shard)"
+    results = doc.get("results")
+    if not isinstance(results, dict):
+        raise MergeError(f"{path}: no 'results' section {edited}")
+    for key, kind in (("verdicts", list), ("units", list), ("run", dict)):
+        if not isinstance(results.get(key, kind()), kind):
+            raise MergeError(f"{path}: 'results.{key}' is not a {kind.__name__} {edited}")
+    for i, raw in enumerate(results.get("verdicts", [])):
+        problem = _verdict_problem(raw)
+        if problem:
+            raise MergeError(f"{path}: results.verdicts[{i}] {problem} {edited}")
+    for i, raw in enumerate(results.get("units", [])):
+        if not isinstance(raw, dict) or not all(isinstance(raw.get(k), str) for k in ("suite", "model", "quantizer")):
+            raise MergeError(f"{path}: results.units[{i}] is not a unit record {edited}")
+    suites = results.get("run", {}).get("suites") or []
+    if not isinstance(suites, list) or not all(
+        isinstance(x, dict) and all(isinstance(x.get(k), str) for k in ("name", "path", "sha256")) for x in suites
+    ):
+        raise MergeError(f"{path}: 'results.run.suites' does not list the suites' name, path and SHA-256 {edited}")
+    plan = doc.get("plan")
+    if not isinstance(plan, dict) or not all(isinstance(v, list) and all(isinstance(i, str) for i in v) for v in plan.values()):
+        raise MergeError(f"{path}: 'plan' is not a mapping of suite names to node ids {edited}")
+    shard = doc.get("shard")
+    if shard is not None and not (
+        isinstance(shard, list) and len(shard) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in shard)
+        and 1 <= shard[0] <= shard[1]
+    ):
+        raise MergeError(f"{path}: 'shard' is {shard!r}, not [K, N] with 1 <= K <= N {edited}")
     return doc
 
 
-def merge(paths: Sequence[Path]) -> RunResults:
-    """One complete run from shard results files; MergeError names what is wrong."""
-    if not paths:
-        raise MergeError("no results files given")
-    docs = [(Path(p), read_results(Path(p))) for p in paths]
+# ------------------------------------------------------------------------------------ merge
+def _suites_on_disk(docs: list[tuple[Path, dict[str, Any]]], root: Path, given: Sequence[Path]) -> dict[str, Any]:
+    """``{suite name: Suite}`` of every suite the files name, loaded from disk and checked
+    against the SHA-256 the shards recorded (``given``: the suites the merge must cover)."""
+    from .runinfo import file_sha256
+    from .spec import load_suite
+
+    recorded: dict[str, tuple[str, str, Path]] = {}  # name -> (path, sha256, the file that said so)
     hashes: dict[str, set[str]] = {}
     for p, d in docs:
         for info in d["results"].get("run", {}).get("suites") or []:
-            hashes.setdefault(str(info.get("name")), set()).add(str(info.get("sha256")))
+            hashes.setdefault(info["name"], set()).add(info["sha256"])
+            recorded.setdefault(info["name"], (info["path"], info["sha256"], p))
     changed = [name for name, h in hashes.items() if len(h) > 1]
     if changed:
         raise MergeError(f"results come from different versions of suite(s) {', '.join(sorted(changed))} (suite SHA-256 differs); re-run all shards")
-    shards = [(p, d.get("shard")) for p, d in docs]
+    if not recorded:
+        raise MergeError("the results files name no suite (run.suites is empty: an edited file?); re-run the shards")
+    suites: dict[str, Any] = {}
+    for name, (where, sha, p) in sorted(recorded.items()):
+        file = Path(where) if Path(where).is_absolute() else root / where
+        if not file.is_file():
+            raise MergeError(
+                f"suite '{name}': {file} (named by {p}) does not exist here; run qrel merge in the folder the shards ran in, "
+                "or give it with --root"
+            )
+        here = file_sha256(file)
+        if here != sha:
+            raise MergeError(
+                f"suite '{name}': {file} is not the file the shards ran (SHA-256 {str(here)[:12]}... here, {sha[:12]}... in {p}); "
+                "re-run the shards with this suite, or merge where that version is"
+            )
+        suite = load_suite(file)
+        if suite.name != name:
+            raise MergeError(f"suite '{name}': {file} now defines suite '{suite.name}' (named by {p})")
+        suites[name] = suite
+    if given:
+        wanted = {load_suite(g).name: g for g in given}
+        extra = sorted(set(suites) - set(wanted))
+        lacking = sorted(set(wanted) - set(suites))
+        if lacking:
+            raise MergeError(f"no results file has suite '{lacking[0]}' ({wanted[lacking[0]]}); give every shard's results file")
+        if extra:
+            raise MergeError(f"the results files have suite '{extra[0]}', which --suite does not name")
+    return suites
+
+
+def _file_part(name: str, suite: Any, docs: list[tuple[Path, dict[str, Any]]], root: Path) -> str:
+    """How node ids of suite ``name`` write its file (``suites/x.yaml``): as the files' own ids
+    do, else the suite's path relative to ``root``."""
+    seen: set[str] = set()
+    for _, d in docs:
+        seen.update(i.split("::", 1)[0] for i in (d.get("plan") or {}).get(name, []))
+        seen.update(v["nodeid"].split("::", 1)[0] for v in d["results"].get("verdicts", []) if v["suite"] == name)
+    if len(seen) > 1:
+        raise MergeError(f"suite '{name}' appears under several file names in the node ids ({', '.join(sorted(seen))})")
+    if seen:
+        return seen.pop()
+    path = Path(suite.path)
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def recompute(v: Verdict, p: PlannedCheck, *, inconclusive: str, source: str = "the results file") -> tuple[Verdict, str]:
+    """``v`` decided again from its numbers and ``p``'s bound through the one policy
+    (:func:`pytest_qrel.results.outcome_of`), and a note (``""``: nothing changed).
+
+    A verdict without a value keeps ``skipped`` / ``error`` / ``not run`` (nothing to decide
+    from); any other outcome without a value becomes an error. An ``error`` or ``not run`` is
+    never turned into a pass. When the stored outcome differs from the recomputed one, the
+    recomputed failure replaces it; if the numbers pass but the file said otherwise, the check
+    is an error (the numbers or the outcome were edited)."""
+    from dataclasses import replace
+
+    from .display import metric_info
+    from .evaluate import compared_quantity
+    from .stats.decision import judge
+
+    check, bound = p.check, p.check.bound
+    stored, out = v.outcome, replace(v)
+    out.expect_fail = check.expect == "fail"
+    if v.value is None or stored in ("error", "not run"):
+        if stored in ("skipped", "error", "not run"):
+            out.passed = False
+            return out, ""
+        out.outcome, out.passed = "error", False
+        out.message = f"{source} says {stored} but gives no value for this check (an edited file?); re-run it"
+        return out, f"{v.nodeid}: said {stored} without a value"
+    needs_fp32 = bound.kind == "delta"
+    if (needs_fp32 and v.fp32 is None) or (bound.ref is not None and v.ref_value is None):
+        out.outcome, out.passed = "error", False
+        what = "the FP32 value" if needs_fp32 and v.fp32 is None else f"the value of {bound.ref}"
+        out.message = f"{source} lacks {what} this check's bound needs (an edited file?); re-run it"
+        return out, f"{v.nodeid}: lacks {what}"
+    info = metric_info(check.metric)
+    compared = compared_quantity(bound, v.fp32, float(v.value), higher_is_better=info.higher_is_better, ref_value=v.ref_value)
+    confidence = getattr(check, "confidence", None)
+    ci = tuple(v.compared_ci) if v.compared_ci else None
+    evidence = judge(bound, compared, ci, confidence)  # type: ignore[arg-type]
+    outcome, passed = outcome_of(evidence.outcome, confidence=confidence, expect_fail=out.expect_fail, inconclusive=inconclusive)
+    edited_numbers = v.compared is not None and math.isfinite(compared) and not math.isclose(
+        v.compared, compared, rel_tol=1e-9, abs_tol=1e-12
+    )
+    out.outcome, out.passed = outcome, passed
+    out.compared = compared if math.isfinite(compared) else None
+    out.margin = evidence.margin if math.isfinite(evidence.margin) else None
+    if outcome == stored and not edited_numbers:
+        return out, ""  # the same decision (a pure inconclusive-policy difference included)
+    said = f"said {stored}" + (f" with {v.compared:.6g} against its bound" if edited_numbers else "")
+    if is_failing(out):
+        out.message = (f"{v.message} [qrel merge: the numbers in {source} give {outcome} ({compared:.6g} against "
+                       f"{bound}); the file {said}]")
+    else:
+        out.outcome, out.passed = "error", False
+        out.message = (f"{source} {said}, but its numbers give {outcome} ({compared:.6g} against {bound}): "
+                       "the file was edited or written by another pytest-qrel; re-run it")
+    return out, f"{v.nodeid}: {said}, its numbers give {outcome}"
+
+
+def merge(
+    paths: Sequence[Path],
+    *,
+    root: Path | None = None,
+    suites: Sequence[Path] = (),
+    inconclusive: str | None = None,
+    notes: list[str] | None = None,
+) -> RunResults:
+    """One complete run from results files; :class:`MergeError` names what is wrong.
+
+    ``root``: the folder the suite paths in the files are relative to (default: the current
+    one). ``suites``: suite files the merge must cover, no more and no less (default: those the
+    files name). ``inconclusive``: the policy for inconclusive checks (default: each suite's
+    ``inconclusive:``). ``notes`` receives one line per file whose stored verdicts the
+    recomputation changed."""
+    if not paths:
+        raise MergeError("no results files given")
+    root = Path(root) if root is not None else Path.cwd()
+    docs = [(Path(p), read_results(Path(p))) for p in paths]
+    on_disk = _suites_on_disk(docs, root, suites)
+    shards: list[tuple[Path, list[int]]] = [(p, d.get("shard") or []) for p, d in docs]
+    n_shards: int | None = None
     if any(s for _, s in shards):
         ns = {s[1] for _, s in shards if s}
         if len(ns) != 1 or any(not s for _, s in shards):
             raise MergeError("results files mix different --qrel-shard N (or unsharded runs): " + ", ".join(f"{p} ({s})" for p, s in shards))
-        n = ns.pop()
+        n_shards = ns.pop()
         seen: dict[int, Path] = {}
         for p, s in shards:
             if s[0] in seen:
-                raise MergeError(f"shard {s[0]}/{n} appears twice: {seen[s[0]]} and {p}")
+                raise MergeError(f"shard {s[0]}/{n_shards} appears twice: {seen[s[0]]} and {p}")
             seen[s[0]] = p
-        missing = [k for k in range(1, n + 1) if k not in seen]
+        missing = [k for k in range(1, n_shards + 1) if k not in seen]
         if missing:
-            raise MergeError(f"shard(s) {', '.join(f'{k}/{n}' for k in missing)} missing: give every shard's results file")
+            raise MergeError(f"shard(s) {', '.join(f'{k}/{n_shards}' for k in missing)} missing: give every shard's results file")
+
+    # The plan, from the suites on disk; each file's stored plan must be it.
+    from .spec.plan import plan
+
+    planned: dict[str, PlannedCheck] = {}
     plan_ids: dict[str, list[str]] = {}
-    for _, d in docs:
-        for name, ids in (d.get("plan") or {}).items():
-            plan_ids.setdefault(name, list(ids))
+    for name, suite in on_disk.items():
+        file = _file_part(name, suite, docs, root)
+        checks = plan(suite)
+        plan_ids[name] = [f"{file}::{c.model}::{c.quantizer}::{c.name}" for c in checks]
+        planned.update(zip(plan_ids[name], checks))
+    for p, d in docs:
+        stored = d.get("plan") or {}
+        for info in d["results"].get("run", {}).get("suites") or []:
+            name = info["name"]
+            if set(stored.get(name, [])) != set(plan_ids[name]):
+                have = len(stored.get(name, []))
+                raise MergeError(
+                    f"{p}: its plan of suite '{name}' ({have} checks) is not the suite's ({len(plan_ids[name])} checks in "
+                    f"{on_disk[name].path}): an edited file, or another version of the suite; re-run the shard"
+                )
+    shard_of: dict[str, int] = {}
+    if n_shards is not None:
+        ids, checks = list(planned), list(planned.values())
+        for number in range(1, n_shards + 1):
+            shard_of.update({i: number for i, keep in zip(ids, assign(checks, number, n_shards)) if keep})
+
     verdicts: dict[str, Verdict] = {}
     where: dict[str, Path] = {}
+    changed: dict[Path, list[str]] = {}
     for p, d in docs:
+        k: int | None = (d.get("shard") or [None])[0]
         for raw in d["results"].get("verdicts", []):
             v = Verdict.from_dict(raw)
+            if v.nodeid not in planned:
+                raise MergeError(f"{p}: has a verdict for {v.nodeid}, which the suite does not plan (an edited file?)")
             if v.nodeid in verdicts:
                 raise MergeError(f"check {v.nodeid} is in two results files: {where[v.nodeid]} and {p}")
+            if k is not None and shard_of.get(v.nodeid) != k:
+                raise MergeError(f"{p}: shard {k}/{n_shards} has a verdict for {v.nodeid}, which is in shard {shard_of.get(v.nodeid)}/{n_shards}")
+            pc = planned[v.nodeid]
+            v, note = recompute(v, pc, inconclusive=inconclusive or pc.suite.inconclusive, source=p.name)
+            if note:
+                changed.setdefault(p, []).append(note)
             verdicts[v.nodeid], where[v.nodeid] = v, p
+    if notes is not None:
+        for p, lines in changed.items():
+            notes.append(f"{p}: {len(lines)} stored verdict(s) do not follow from their numbers and were recomputed, e.g. {lines[0]}")
     planned_all = [i for ids in plan_ids.values() for i in ids]
     absent = [i for i in planned_all if i not in verdicts]
     if absent:
@@ -182,17 +494,22 @@ def merge(paths: Sequence[Path]) -> RunResults:
     units: dict[tuple[str, str, str], UnitMetrics] = {}
     for _, d in docs:
         for raw in d["results"].get("units", []):
-            u = UnitMetrics.from_dict(raw)
+            try:
+                u = UnitMetrics.from_dict(raw)
+            except TypeError as exc:
+                raise MergeError(f"a unit record of {raw.get('suite')}/{raw.get('model')} cannot be read ({exc})") from None
             units.setdefault((u.suite, u.model, u.quantizer), u)
-    first = RunResults.from_dict(docs[0][1]["results"])
+    try:
+        first = RunResults.from_dict(docs[0][1]["results"])
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise MergeError(f"{docs[0][0]}: its run records cannot be read ({exc}); re-run the shard") from None
     run = dict(first.run)
     run["shards"] = [d["results"].get("run", {}) for _, d in docs]
     run["shard"] = None
-    planned = {name: len(ids) for name, ids in plan_ids.items()} or first.planned
-    ordered_ids = planned_all or list(verdicts)
     return RunResults(
-        verdicts=[verdicts[i] for i in ordered_ids], units=sorted(units.values(), key=lambda u: (u.suite, u.model, u.quantizer.split("+")[0] != "FP32")),
-        metrics=first.metrics, scores=first.scores, run=run, planned=planned,
+        verdicts=[verdicts[i] for i in planned_all],
+        units=sorted(units.values(), key=lambda u: (u.suite, u.model, u.quantizer.split("+")[0] != "FP32")),
+        metrics=first.metrics, scores=first.scores, run=run, planned={name: len(ids) for name, ids in plan_ids.items()},
     )
 
 
@@ -203,43 +520,60 @@ def failing(results: RunResults) -> list[Verdict]:
 
 # ------------------------------------------------------------------------------------ outputs
 def write_report(results: RunResults, path: Path) -> Path:
-    """The HTML report and its Markdown summary (``.md`` beside it)."""
+    """The HTML report and its Markdown summary (``.md`` beside it); refuses a path that
+    :func:`report_path_problem` rejects."""
     from .io import atomic_write_text
     from .report import render_markdown, render_report
 
+    problem = report_path_problem(Path(path))
+    if problem:
+        raise MergeError(f"{path}: {problem}")
     render_report(results, path)
-    atomic_write_text(path.with_suffix(".md"), render_markdown(results, report_path=str(path)))
-    return path
+    atomic_write_text(Path(path).with_suffix(".md"), render_markdown(results, report_path=str(path)))
+    return Path(path)
+
+
+_ERRORED = ("error", "not run")
 
 
 def write_junit(results: RunResults, path: Path) -> Path:
-    """A junit XML file of the verdicts (one testcase per check, the verdict as properties)."""
+    """A junit XML file of the verdicts (one testcase per check, the verdict as properties).
+
+    Failed or errored exactly where the gate fails (:func:`pytest_qrel.results.is_failing`):
+    an inconclusive check the suite's policy let pass is a passing testcase, as in pytest's own
+    junit XML; ``error`` / ``not run`` are errors; skipped and expected failures are skipped."""
     import xml.etree.ElementTree as ET
 
     from .io import atomic_write_bytes
 
     cases = results.verdicts
+
+    def kind(v: Verdict) -> str | None:
+        if is_failing(v):
+            return "error" if v.outcome in _ERRORED else "failure"
+        return "skipped" if v.outcome in ("skipped", "xfailed") else None
+
+    kinds = [kind(v) for v in cases]
     suite_el = ET.Element(
-        "testsuite", name="pytest-qrel", tests=str(len(cases)),
-        failures=str(sum(v.outcome in ("failed", "xpassed", "inconclusive") for v in cases)),
-        errors=str(sum(v.outcome in ("error", "not run") for v in cases)),
-        skipped=str(sum(v.outcome in ("skipped", "xfailed") for v in cases)),
+        "testsuite", name="pytest-qrel", tests=str(len(cases)), failures=str(kinds.count("failure")),
+        errors=str(kinds.count("error")), skipped=str(kinds.count("skipped")),
     )
-    for v in cases:
+    for v, k in zip(cases, kinds):
         classname, _, name = v.nodeid.rpartition("::")
         case = ET.SubElement(suite_el, "testcase", classname=classname.replace("/", ".").replace("::", "."), name=name or v.check)
         props = ET.SubElement(case, "properties")
         for key, value in v.to_dict().items():
             if value not in (None, "", []):
                 ET.SubElement(props, "property", name=f"qrel.{key}", value=str(value))
-        if v.outcome in ("failed", "xpassed", "inconclusive"):
+        if k == "failure":
             ET.SubElement(case, "failure", message=v.message).text = v.message
-        elif v.outcome in ("error", "not run"):
+        elif k == "error":
             ET.SubElement(case, "error", message=v.message).text = v.message
-        elif v.outcome in ("skipped", "xfailed"):
+        elif k == "skipped":
             ET.SubElement(case, "skipped", message=v.message)
-    doc = ET.ElementTree(ET.Element("testsuites"))
-    doc.getroot().append(suite_el)
+    top = ET.Element("testsuites")
+    top.append(suite_el)
+    doc = ET.ElementTree(top)
     import io as _io
 
     buf = _io.BytesIO()

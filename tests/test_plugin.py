@@ -250,6 +250,54 @@ def test_missing_suite_file_is_a_usage_error(pytester):
     result.stderr.fnmatch_lines(["*--qrel-suite suites/nope.yaml: no such file*"])
 
 
+@pytest.mark.parametrize(
+    ("option", "existing", "message"),
+    [
+        (("--qrel-report", "suites/mini.yaml"), None,
+         "--qrel-report suites/mini.yaml: the report must be an .html file (its Markdown summary is written beside it, as .md); "
+         "give e.g. suites/mini.html"),
+        (("--qrel-report", "r.md"), None,
+         "--qrel-report r.md: the report must be an .html file (its Markdown summary is written beside it, as .md); give e.g. r.html"),
+        (("--qrel-report", "index.html"), ("index.html", "<html><body>the team's page</body></html>"),
+         "--qrel-report index.html: the report would overwrite index.html, an existing file that is not a pytest-qrel report; "
+         "give another path, or move that file away"),
+        (("--qrel-report", "notes.html"), ("notes.md", "# our notes\n"),
+         "--qrel-report notes.html: its Markdown summary would overwrite notes.md, an existing file that is not a pytest-qrel "
+         "summary; give another path, or move that file away"),
+        (("--qrel-report", "out.html"), ("out.html/", ""), "--qrel-report out.html: out.html is a folder; give the path of an .html file"),
+        (("--qrel-results", "suites/mini.yaml"), None,
+         "--qrel-results suites/mini.yaml: suites/mini.yaml exists and is not a pytest-qrel results file; give another path, "
+         "or move that file away"),
+    ],
+)
+def test_report_and_results_never_overwrite_what_is_not_ours(pytester, write_suite, option, existing, message):
+    suite = write_suite('- "W8A8 top1 delta <= 2pp"\n')
+    before = suite.read_bytes()
+    if existing:
+        name, text = existing
+        if name.endswith("/"):
+            (pytester.path / name).mkdir()
+        else:
+            (pytester.path / name).write_text(text)
+    result = pytester.runpytest(*SUITE, *option)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert [line for line in result.stderr.lines if line.strip()] == [f"ERROR: {message}"]
+    assert suite.read_bytes() == before
+    if existing and not existing[0].endswith("/"):
+        assert (pytester.path / existing[0]).read_text() == existing[1]
+
+
+def test_a_report_of_ours_may_be_overwritten(pytester, write_suite):
+    from pytest_qrel.results import RunResults
+    from pytest_qrel.shards import write_report
+
+    write_suite('- "W8A8 top1 delta <= 50pp"\n')
+    write_report(RunResults(), pytester.path / "r/mini.html")  # a report and summary as a run writes them
+    assert '<meta name="generator" content="pytest-qrel">' in (pytester.path / "r/mini.html").read_text()
+    result = pytester.runpytest(*SUITE, "--qrel-report", "r/mini.html", "--co", "-q")
+    assert result.ret == 0, result.stderr.str()
+
+
 def test_qrel_suite_collects_only_suites_and_glob_collects_by_path(pytester, write_suite):
     write_suite('- "W8A8 top1 delta <= 2pp"\n')
     pytester.makepyfile(test_other="def test_other():\n    assert True\n")

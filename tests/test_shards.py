@@ -88,8 +88,10 @@ def test_two_shards_merged_equal_the_serial_run(pytester, tmp_path):
     code = qrel_main(["merge", str(pytester.path / "shard-1.json"), str(pytester.path / "shard-2.json"),
                       "--report", str(merged_dir / "r.html"), "--junitxml", str(merged_dir / "j.xml")])
     assert code == serial.ret  # both pass, or both fail for the same checks
-    merged = merge([pytester.path / "shard-1.json", pytester.path / "shard-2.json"])
-    one = merge([pytester.path / "serial.json"])
+    notes: list[str] = []
+    merged = merge([pytester.path / "shard-1.json", pytester.path / "shard-2.json"], notes=notes)
+    one = merge([pytester.path / "serial.json"], notes=notes)
+    assert notes == []  # recomputing every verdict from its numbers gives what the engine decided
     assert [v.nodeid for v in merged.verdicts] == [v.nodeid for v in one.verdicts]
     assert [(v.outcome, v.value, v.delta_ci) for v in merged.verdicts] == [(v.outcome, v.value, v.delta_ci) for v in one.verdicts]
     assert {(u.model, u.quantizer) for u in merged.units} == {(u.model, u.quantizer) for u in one.units}
@@ -98,45 +100,321 @@ def test_two_shards_merged_equal_the_serial_run(pytester, tmp_path):
     assert junit == set(serial_junit)
 
 
-def _shard_file(tmp: Path, name: str, shard, verdict_ids: list[str], plan_ids: list[str], sha: str = "abc") -> Path:
-    from pytest_qrel.results import RunResults, Verdict
-    from pytest_qrel.shards import write_results
+SUITE_FILE = "suites/sharded.yaml"
 
-    vs = [Verdict("s", "m", "W8A8", "d", "top1", None, "c", "delta<=1pp", 0.9, 0.9, 0.0, "", True, False, "passed", "ok", nodeid=i)
-          for i in verdict_ids]
-    res = RunResults(verdicts=vs, run={"suites": [{"name": "s", "sha256": sha}], "shard": list(shard) if shard else None})
-    return write_results(res, tmp / name, plan_ids={"s": plan_ids})
+
+def fake_results(root: Path, name: str, shard: tuple[int, int] | None, *, values: dict[str, float] | None = None,
+                 suite_file: str = SUITE_FILE) -> Path:
+    """A results file for ``shard`` of the suite at ``root/suite_file`` without running a model:
+    each check of the shard decided by the engine's own :func:`pytest_qrel.evaluate.decide` on
+    made-up numbers (FP32 = value = reference = 0.05 passes every check of SUITE; ``values``
+    gives a check, by node id, another value)."""
+    from pytest_qrel.display import metric_info
+    from pytest_qrel.evaluate import decide
+    from pytest_qrel.results import RunResults
+    from pytest_qrel.runinfo import file_sha256
+    from pytest_qrel.shards import planned_ids, write_results
+
+    suite = load_suite(root / suite_file)
+    planned = plan(suite)
+    mine = assign(planned, *shard) if shard else [True] * len(planned)
+    verdicts = []
+    for pc, keep in zip(planned, mine):
+        if not keep:
+            continue
+        nodeid = f"{suite_file}::{pc.model}::{pc.quantizer}::{pc.name}"
+        info = metric_info(pc.check.metric)
+        v = decide(pc, (values or {}).get(nodeid, 0.05), 0.05, higher_is_better=info.higher_is_better, fraction=info.fraction,
+                   ref_value=0.05 if pc.check.bound.ref else None)
+        v.nodeid = nodeid
+        verdicts.append(v)
+    run = {"suites": [{"name": suite.name, "path": suite_file, "sha256": file_sha256(root / suite_file)}],
+           "shard": list(shard) if shard else None}
+    return write_results(RunResults(verdicts=verdicts, run=run), root / name, plan_ids={suite.name: planned_ids(suite, suite_file)})
+
+
+def edit(path: Path, change) -> Path:
+    doc = json.loads(path.read_text())
+    change(doc)
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def ids_of(root: Path) -> list[str]:
+    from pytest_qrel.shards import planned_ids
+
+    return planned_ids(load_suite(root / SUITE_FILE), SUITE_FILE)
+
+
+def shard_ids(root: Path, k: int, n: int) -> list[str]:
+    planned = plan(load_suite(root / SUITE_FILE))
+    return [i for i, keep in zip(ids_of(root), assign(planned, k, n)) if keep]
+
+
+def test_merge_of_consistent_shards_recomputes_the_same_verdicts(tmp_path):
+    write(tmp_path)
+    paths = [fake_results(tmp_path, f"s{k}.json", (k, 3)) for k in (1, 2, 3)]
+    notes: list[str] = []
+    merged = merge(paths, root=tmp_path, notes=notes)
+    assert notes == []
+    assert [v.nodeid for v in merged.verdicts] == ids_of(tmp_path)  # plan order, from the suite on disk
+    assert {v.outcome for v in merged.verdicts} == {"passed"}
+    assert merged.planned == {"sharded": len(ids_of(tmp_path))}
+
+
+def _move_first_verdict(doc):  # a verdict of shard 2 pasted into shard 1's file
+    doc["results"]["verdicts"].append(doc["results"]["verdicts"][0] | {"nodeid": "MOVED"})
 
 
 @pytest.mark.parametrize(
     ("files", "message"),
     [
-        ([("a.json", (1, 2), ["x"]), ("b.json", (1, 2), ["y"])], "shard 1/2 appears twice: {tmp}/a.json and {tmp}/b.json"),
-        ([("a.json", (1, 3), ["x"]), ("b.json", (2, 3), ["y"])], "shard(s) 3/3 missing: give every shard's results file"),
-        ([("a.json", (1, 2), ["x"]), ("b.json", (2, 2), ["x", "y"])], "check x is in two results files: {tmp}/a.json and {tmp}/b.json"),
-        ([("a.json", (1, 2), ["x"]), ("b.json", (2, 2), [])], "1 planned check(s) have no result in any file, e.g. y"),
-        ([("a.json", (1, 2), ["x"]), ("b.json", None, ["y"])], "results files mix different --qrel-shard N (or unsharded runs)"),
+        ([("a.json", (1, 2)), ("b.json", (1, 2))], "shard 1/2 appears twice: {tmp}/a.json and {tmp}/b.json"),
+        ([("a.json", (1, 3)), ("b.json", (2, 3))], "shard(s) 3/3 missing: give every shard's results file"),
+        ([("a.json", (1, 2)), ("b.json", None)], "results files mix different --qrel-shard N (or unsharded runs): "),
     ],
 )
 def test_merge_refuses_incomplete_or_duplicated_shards(tmp_path, files, message):
-    paths = [_shard_file(tmp_path, name, shard, ids, ["x", "y"]) for name, shard, ids in files]
-    with pytest.raises(MergeError, match=message.format(tmp=tmp_path).replace("(", r"\(").replace(")", r"\)").replace("/", "/")):
-        merge(paths)
+    write(tmp_path)
+    paths = [fake_results(tmp_path, name, shard) for name, shard in files]
+    with pytest.raises(MergeError) as err:
+        merge(paths, root=tmp_path)
+    assert str(err.value).startswith(message.format(tmp=tmp_path))
+
+
+def test_merge_refuses_a_check_twice_missing_or_in_the_wrong_shard(tmp_path):
+    write(tmp_path)
+    one, two = fake_results(tmp_path, "a.json", (1, 2)), fake_results(tmp_path, "b.json", (2, 2))
+    first_of_two = shard_ids(tmp_path, 2, 2)[0]
+    both = json.loads(two.read_text())["results"]["verdicts"][0]
+    twice = edit(one, lambda d: d["results"]["verdicts"].append(both))  # shard 2's verdict pasted into shard 1's file
+    with pytest.raises(MergeError) as err:
+        merge([twice, two], root=tmp_path)
+    assert str(err.value) == f"{twice}: shard 1/2 has a verdict for {first_of_two}, which is in shard 2/2"
+    fake_results(tmp_path, "a.json", (1, 2))
+    dropped = edit(two, lambda d: d["results"]["verdicts"].pop(0))
+    with pytest.raises(MergeError) as err:
+        merge([one, dropped], root=tmp_path)
+    assert str(err.value) == f"1 planned check(s) have no result in any file, e.g. {first_of_two}"
+    unsharded = fake_results(tmp_path, "all.json", None)
+    again = fake_results(tmp_path, "again.json", None)
+    with pytest.raises(MergeError) as err:
+        merge([unsharded, again], root=tmp_path)
+    assert str(err.value) == f"check {ids_of(tmp_path)[0]} is in two results files: {unsharded} and {again}"
 
 
 def test_merge_refuses_shards_of_different_suite_versions(tmp_path):
-    a = _shard_file(tmp_path, "a.json", (1, 2), ["x"], ["x", "y"], sha="one")
-    b = _shard_file(tmp_path, "b.json", (2, 2), ["y"], ["x", "y"], sha="two")
-    with pytest.raises(MergeError, match=r"different versions of suite\(s\) s \(suite SHA-256 differs\)"):
-        merge([a, b])
+    write(tmp_path)
+    a = fake_results(tmp_path, "a.json", (1, 2))
+    (tmp_path / SUITE_FILE).write_text(SUITE.replace("ece <= 0.2", "ece <= 0.25"))
+    b = fake_results(tmp_path, "b.json", (2, 2))
+    with pytest.raises(MergeError, match=r"different versions of suite\(s\) sharded \(suite SHA-256 differs\)"):
+        merge([a, b], root=tmp_path)
 
 
-def test_qrel_merge_prints_one_line_and_exits_2_on_a_bad_file(tmp_path, capsys):
-    bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"format": "something else"}))
-    assert qrel_main(["merge", str(bad)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"qrel merge: error: {bad}: not a pytest-qrel results file (write one with --qrel-results)"]
+def test_merge_reads_the_suites_where_it_runs_and_checks_their_hash(tmp_path):
+    write(tmp_path)
+    paths = [fake_results(tmp_path, f"s{k}.json", (k, 2)) for k in (1, 2)]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with pytest.raises(MergeError) as err:
+        merge(paths, root=elsewhere)
+    assert str(err.value) == (
+        f"suite 'sharded': {elsewhere}/{SUITE_FILE} (named by {paths[0]}) does not exist here; "
+        "run qrel merge in the folder the shards ran in, or give it with --root"
+    )
+    (tmp_path / SUITE_FILE).write_text(SUITE + "  - \"all top1 delta <= 4pp\"\n")  # a check added after the shards ran
+    with pytest.raises(MergeError) as err:
+        merge(paths, root=tmp_path)
+    assert str(err.value).startswith(f"suite 'sharded': {tmp_path}/{SUITE_FILE} is not the file the shards ran (SHA-256 ")
+    assert str(err.value).endswith(f"in {paths[0]}); re-run the shards with this suite, or merge where that version is")
+
+
+def test_an_edited_verdict_is_recomputed_from_its_numbers(tmp_path, capsys, monkeypatch):
+    """A shard whose failing verdict was edited to passed: 'qrel merge' says failed, exit 1."""
+    write(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    top1 = next(i for i in shard_ids(tmp_path, 1, 2) if "::top1 " in i)
+    one = fake_results(tmp_path, "s1.json", (1, 2), values={top1: 0.01})  # top1 0.05 -> 0.01: delta 4pp > 3pp
+    two = fake_results(tmp_path, "s2.json", (2, 2))
+    assert qrel_main(["merge", str(one), str(two)]) == 1
+    capsys.readouterr()
+
+    def forge(doc):
+        for v in doc["results"]["verdicts"]:
+            if v["nodeid"] == top1:
+                v.update(outcome="passed", passed=True, message="forged: within delta<=3pp")
+
+    edit(one, forge)
+    assert qrel_main(["merge", str(one), str(two), "--junitxml", "j.xml"]) == 1
+    out, err = capsys.readouterr()
+    n = len(ids_of(tmp_path))
+    assert err.splitlines() == [
+        f"qrel merge: WARNING: {one}: 1 stored verdict(s) do not follow from their numbers and were recomputed, "
+        f"e.g. {top1}: said passed, its numbers give failed"
+    ]
+    assert out.splitlines()[0] == f"qrel merge: 2 results file(s), {n} checks: 1 failed, {n - 1} passed"
+    assert out.splitlines()[-1].startswith(f"FAIL: 1 check(s) block the release, e.g. {top1}: forged: within delta<=3pp "
+                                           "[qrel merge: the numbers in s1.json give failed (4 against delta<=3pp)")
+    failures = [c.get("name") for c in ET.parse(tmp_path / "j.xml").iter("testcase") if c.find("failure") is not None]
+    assert failures == [top1.rsplit("::", 1)[1]]
+
+
+def test_numbers_edited_to_pass_make_an_error(tmp_path):
+    write(tmp_path)
+    top1 = next(i for i in shard_ids(tmp_path, 1, 2) if "::top1 " in i)
+    one = fake_results(tmp_path, "s1.json", (1, 2), values={top1: 0.01})
+
+    def forge(doc):  # the failing verdict's value edited to a passing one, its outcome left failed
+        for v in doc["results"]["verdicts"]:
+            if v["nodeid"] == top1:
+                v.update(value=0.05, compared=0.0)
+
+    edit(one, forge)
+    merged = merge([one, fake_results(tmp_path, "s2.json", (2, 2))], root=tmp_path)
+    v = next(v for v in merged.verdicts if v.nodeid == top1)
+    assert (v.outcome, v.passed) == ("error", False)
+    assert v.message == ("s1.json said failed, but its numbers give passed (0 against delta<=3pp): "
+                         "the file was edited or written by another pytest-qrel; re-run it")
+
+
+def test_an_emptied_plan_with_its_failing_verdict_deleted_is_refused(tmp_path):
+    write(tmp_path)
+    top1 = ids_of(tmp_path)[0]
+    res = fake_results(tmp_path, "all.json", None, values={top1: 0.01})
+
+    def forge(doc):
+        doc["plan"] = {}
+        doc["results"]["verdicts"] = [v for v in doc["results"]["verdicts"] if v["nodeid"] != top1]
+
+    edit(res, forge)
+    with pytest.raises(MergeError) as err:
+        merge([res], root=tmp_path)
+    n = len(ids_of(tmp_path))
+    assert str(err.value) == (
+        f"{res}: its plan of suite 'sharded' (0 checks) is not the suite's ({n} checks in {tmp_path}/{SUITE_FILE}): "
+        "an edited file, or another version of the suite; re-run the shard"
+    )
+    edit(res, lambda d: d.update(plan={"sharded": ids_of(tmp_path)}))  # the plan restored: the deleted verdict is missing
+    with pytest.raises(MergeError, match=r"^1 planned check\(s\) have no result in any file, e.g. "):
+        merge([res], root=tmp_path)
+    edit(res, lambda d: d["results"]["run"].update(suites=[]))  # the suite removed as well
+    with pytest.raises(MergeError, match=r"^the results files name no suite"):
+        merge([res], root=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d.update(format="something else"), "{p}: not a pytest-qrel results file (write one with --qrel-results)"),
+        (lambda d: d.pop("results"), "{p}: no 'results' section (a truncated or edited results file; re-run the shard)"),
+        (lambda d: d["results"]["verdicts"][0].pop("outcome"),
+         "{p}: results.verdicts[0] lacks field(s) outcome (a truncated or edited results file; re-run the shard)"),
+        (lambda d: d["results"]["verdicts"].__setitem__(0, {"nodeid": "x"}),
+         "{p}: results.verdicts[0] lacks field(s) bound, check, dataset, delta, delta_display, expect_fail, fp32, message, metric, "
+         "model, outcome, passed, quantizer, score, suite, value (a truncated or edited results file; re-run the shard)"),
+        (lambda d: d["results"]["verdicts"][0].update(value="0.9"),
+         "{p}: results.verdicts[0] field 'value' is '0.9', not a number (a truncated or edited results file; re-run the shard)"),
+        (lambda d: d["results"]["verdicts"][0].update(outcome="green"),
+         "{p}: results.verdicts[0] outcome 'green' is not one of passed, failed, xfailed, xpassed, skipped, error, inconclusive, "
+         "not run (a truncated or edited results file; re-run the shard)"),
+        (lambda d: d.update(shard=[3, 2]), "{p}: 'shard' is [3, 2], not [K, N] with 1 <= K <= N (a truncated or edited results file; re-run the shard)"),
+        (lambda d: d.update(version=1), "{p}: results format version 1; this pytest-qrel reads 2: re-run the shard with this version"),
+    ],
+)
+def test_qrel_merge_input_errors_are_one_line(tmp_path, capsys, change, message):
+    write(tmp_path)
+    p = edit(fake_results(tmp_path, "a.json", None), change)
+    assert qrel_main(["merge", str(p), "--root", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"qrel merge: error: {message.format(p=p)}"]
+
+
+def test_qrel_merge_truncated_file_and_bad_output_paths_are_one_line(tmp_path, capsys):
+    write(tmp_path)
+    good = fake_results(tmp_path, "a.json", None)
+    cut = tmp_path / "cut.json"
+    cut.write_text(good.read_text()[:500])
+    assert qrel_main(["merge", str(cut), "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"qrel merge: error: {cut}: not valid JSON (") and err[0].endswith(
+        "); a truncated file? re-run the shard")
+    (tmp_path / "out").mkdir()
+    cases = {
+        str(tmp_path / "out"): f"--report {tmp_path}/out: the report must be an .html file (its Markdown summary is written "
+                               f"beside it, as .md); give e.g. {tmp_path}/out.html",
+        str(tmp_path / "r.md"): f"--report {tmp_path}/r.md: the report must be an .html file (its Markdown summary is written "
+                                f"beside it, as .md); give e.g. {tmp_path}/r.html",
+        str(tmp_path / SUITE_FILE): f"--report {tmp_path}/{SUITE_FILE}: the report must be an .html file (its Markdown summary is "
+                                    f"written beside it, as .md); give e.g. {tmp_path}/suites/sharded.html",
+    }
+    (tmp_path / "dir.html").mkdir()
+    cases[str(tmp_path / "dir.html")] = f"--report {tmp_path}/dir.html: {tmp_path}/dir.html is a folder; give the path of an .html file"
+    for report, message in cases.items():
+        assert qrel_main(["merge", str(good), "--root", str(tmp_path), "--report", report]) == 2
+        assert capsys.readouterr().err.splitlines() == [f"qrel merge: error: {message}"]
+    assert load_suite(tmp_path / SUITE_FILE).name == "sharded"  # untouched
+
+
+def test_junit_follows_the_inconclusive_policy(tmp_path):
+    """An inconclusive check the suite lets pass is a passing testcase; under 'fail' a failure."""
+    from pytest_qrel.shards import write_junit
+
+    write(tmp_path)
+    for policy, expected in (("warn", None), ("fail", "failure")):
+        (tmp_path / SUITE_FILE).write_text(SUITE.replace("scores: [msp]", f"scores: [msp]\nconfidence: 0.95\ninconclusive: {policy}"))
+        res = fake_results(tmp_path, "all.json", None)
+        top1 = ids_of(tmp_path)[0]
+
+        def straddle(doc, top1=top1, policy=policy):  # every interval within its bound, but top1's straddles its 3pp
+            for v in doc["results"]["verdicts"]:
+                v.update(compared_ci=[v["compared"] - 1e-6, v["compared"]], outcome="passed", passed=True)
+                if v["nodeid"] == top1:
+                    v.update(compared_ci=[1.0, 5.0], outcome="inconclusive", passed=policy != "fail")
+
+        edit(res, straddle)
+        merged = merge([res], root=tmp_path)
+        v = next(v for v in merged.verdicts if v.nodeid == top1)
+        assert (v.outcome, v.passed) == ("inconclusive", policy != "fail")
+        write_junit(merged, tmp_path / "j.xml")
+        case = next(c for c in ET.parse(tmp_path / "j.xml").iter("testcase") if c.get("name") == top1.rsplit("::", 1)[1])
+        assert [child.tag for child in case if child.tag != "properties"] == ([expected] if expected else [])
+        suite_el = ET.parse(tmp_path / "j.xml").find("testsuite")
+        assert suite_el.get("failures") == ("1" if expected else "0")
+
+
+def test_an_empty_shard_writes_results_that_merge_accepts(pytester, write_suite, monkeypatch):
+    """A suite with one unit group over 2 shards: shard 2 has nothing to run. It exits 0 with
+    one line and writes a results file (by default under reports/ when --qrel-results is not
+    given), and qrel merge accepts it with shard 1's."""
+    write_suite('- "W8A8 top1 delta <= 2pp"\n- "W8A8 ece <= 0.5"\n')
+    result = pytester.runpytest("--qrel-suite", "suites/mini.yaml", "--qrel-shard", "2/2", "-p", "no:cacheprovider")
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines([
+        "qrel: shard 2/2 has no units of mini (1 unit group(s) for 2 shards): nothing to run; its results file says so, for qrel merge",
+        "results: reports/qrel-shard-2-of-2.json (no --qrel-results given: the default for a shard)",
+    ])
+    doc = json.loads((pytester.path / "reports/qrel-shard-2-of-2.json").read_text())
+    assert doc["shard"] == [2, 2] and doc["results"]["verdicts"] == [] and doc["note"].startswith("shard 2/2 has no units")
+    assert doc["plan"] == {"mini": [
+        "suites/mini.yaml::vit::W8A8::top1 on digits delta<=2pp", "suites/mini.yaml::vit::W8A8::ece on digits value<=0.5"]}
+    # shard 1 (made up here, without running the model) and the empty shard 2 merge into one passing run
+    from pytest_qrel.display import metric_info
+    from pytest_qrel.evaluate import decide
+    from pytest_qrel.results import RunResults
+    from pytest_qrel.runinfo import file_sha256
+    from pytest_qrel.shards import write_results
+
+    suite = load_suite(pytester.path / "suites/mini.yaml")
+    verdicts = []
+    for pc, nodeid in zip(plan(suite), doc["plan"]["mini"]):
+        info = metric_info(pc.check.metric)
+        verdicts.append(decide(pc, 0.1, 0.1, higher_is_better=info.higher_is_better, fraction=info.fraction))
+        verdicts[-1].nodeid = nodeid
+    run = {"suites": [{"name": "mini", "path": "suites/mini.yaml", "sha256": file_sha256(pytester.path / "suites/mini.yaml")}],
+           "shard": [1, 2]}
+    write_results(RunResults(verdicts=verdicts, run=run), pytester.path / "s1.json", plan_ids=doc["plan"])
+    monkeypatch.chdir(pytester.path)
+    assert qrel_main(["merge", "s1.json", "reports/qrel-shard-2-of-2.json"]) == 0
 
 
 def test_shard_option_is_validated(pytester):
@@ -144,3 +422,16 @@ def test_shard_option_is_validated(pytester):
     result = pytester.runpytest("--qrel-shard", "3/2")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--qrel-shard 3/2: K must be between 1 and N*"])
+
+
+@pytest.mark.slow
+def test_an_empty_shard_under_xdist_writes_results_too(pytester, write_suite):
+    """Under -n the controller collects nothing: it plans the suite itself to know the shard is empty."""
+    pytest.importorskip("xdist")
+    write_suite('- "W8A8 top1 delta <= 2pp"\n')
+    result = pytester.runpytest_subprocess("--qrel-suite", "suites/mini.yaml", "--qrel-shard", "2/2", "--qrel-results", "s2.json",
+                                           "-n", "2", "-p", "no:cacheprovider")
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(["qrel: shard 2/2 has no units of mini (1 unit group(s) for 2 shards): nothing to run; *", "results: s2.json"])
+    doc = json.loads((pytester.path / "s2.json").read_text())
+    assert doc["shard"] == [2, 2] and doc["plan"] == {"mini": ["suites/mini.yaml::vit::W8A8::top1 on digits delta<=2pp"]}
