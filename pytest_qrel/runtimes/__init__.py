@@ -10,7 +10,7 @@ its identity (:mod:`.identity`) and census (:mod:`.census`). The engine audits s
 (:mod:`.parity`), latency / memory / size against FP32 (:mod:`.latency`). Checks on those numbers
 are :mod:`.checks`; the report's section is :mod:`pytest_qrel.report.runtime_view`.
 
-Importing this package imports no runtime and no torch: the options (:mod:`.options`) are
+Importing this package imports no runtime and no torch: the options (:mod:`pytest_qrel.quantize.runtime_options`) are
 validated at collection, where a runtime whose package is missing is one line naming the extra
 to install.
 """

@@ -57,7 +57,7 @@ def _check_unchanged(spec: Any, identity: dict[str, Any], key_identity: dict[str
 
 def _simulation(computer: Any, suite: Any, model: str, base: str, ref: str) -> Any:
     from ..quantize import QUANTIZERS, quantize, validate_quantizer
-    from .options import RuntimeOptions
+    from ..quantize.runtime_options import RuntimeOptions
 
     spec = suite.quantizers[base]
     where = dict(file=spec.where.file if spec.where else suite.path, line=spec.where.line if spec.where else None)

@@ -41,6 +41,7 @@ class Kernel:
     macs: float = 0.0
     integer: bool = False
     weight_bits: int | None = None
+    counted: bool = True  # False: contributes multiply-accumulates only (its kernel is counted by another row)
 
 
 def census_of(runtime: str, kernels: Iterable[Kernel], *, images: int = 1, notes: str = "") -> dict[str, Any]:
@@ -55,7 +56,8 @@ def census_of(runtime: str, kernels: Iterable[Kernel], *, images: int = 1, notes
     macs = dict.fromkeys(MATRIX_KINDS, 0.0)
     weight_bits: set[int] = set()
     for k in kernels:
-        ops["integer" if k.integer else "float"][k.op] += 1
+        if k.counted:
+            ops["integer" if k.integer else "float"][k.op] += 1
         if k.compute in macs:
             macs[k.compute] += k.macs / max(images, 1)
         if k.weight_bits is not None and k.compute in ("int8", "weight_only"):

@@ -52,7 +52,7 @@ for _name, _meta in RUNTIME_METRICS.items():
 def is_runtime_method(method: str) -> bool:
     """Whether ``method`` builds or loads a deployed artifact (its options are runtime options)."""
     from ..quantize import QUANTIZERS
-    from .options import RuntimeOptions
+    from ..quantize.runtime_options import RuntimeOptions
 
     if method not in QUANTIZERS:
         return False

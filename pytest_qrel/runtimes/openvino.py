@@ -44,36 +44,73 @@ def _info(op: Any, key: str) -> str:
     return info[key].astype(str) if key in info else ""
 
 
+def _precision(compiled: Any) -> str:
+    """The compiled model's inference precision as OpenVINO names it (``f32``, ``bf16``)."""
+    value = compiled.get_property("INFERENCE_PRECISION_HINT")
+    return str(value.get_type_name()) if hasattr(value, "get_type_name") else str(value)
+
+
 def _static(shape: Any) -> list[int] | None:
     return [d.get_length() for d in shape] if shape.is_static else None
 
 
+def matrix_macs(model: Any) -> list[tuple[str, str, float, float]]:
+    """``(friendly name, type, MACs at the layer's precision, MACs in float)`` of every matrix op of
+    a static-shape OpenVINO model. A ``ScaledDotProductAttention`` op counts q k^T at its layer's
+    precision and softmax(.) v in float: NNCF quantizes only the first attention matmul."""
+    out = []
+    for op in model.get_ordered_ops():
+        kind = op.get_type_name()
+        shapes = [_static(op.input(i).get_partial_shape()) for i in range(op.get_input_size())]
+        result = _static(op.get_output_partial_shape(0)) if op.get_output_size() else None
+        if kind not in MATRIX_LAYERS or not result or not shapes[0]:
+            continue
+        if kind == "ScaledDotProductAttention" and len(shapes) >= 3 and shapes[1] and shapes[2]:
+            q, k, v = shapes[0], shapes[1], shapes[2]
+            rows = float(np.prod(q[:-1]))
+            out.append((op.get_friendly_name(), kind, rows * k[-2] * q[-1], rows * k[-2] * v[-1]))
+            continue
+        if "Convolution" in kind and len(shapes) > 1 and shapes[1]:
+            inner = int(np.prod(shapes[1][1:]))
+        else:
+            transposed = bool(op.get_attributes().get("transpose_a", False)) if kind == "MatMul" else False
+            inner = shapes[0][-2] if transposed else shapes[0][-1]
+        out.append((op.get_friendly_name(), kind, matmul_macs(result, inner), 0.0))
+    return out
+
+
 def runtime_census(model: Any, options: Any, example: np.ndarray) -> dict[str, Any]:
-    """The census of ``model`` compiled with the unit's settings at batch 1 (module docstring)."""
+    """The census of ``model`` compiled with the unit's settings at batch 1 (module docstring):
+    every layer of the runtime model, and the multiply-accumulates of the original model's
+    matrix ops at the precision of the runtime layer each was fused into."""
     import openvino as ov
 
     clone = model.clone()
     clone.reshape({clone.inputs[0]: list(example[:1].shape)})
     compiled = ov.Core().compile_model(clone, "CPU", compile_options(options))
     kernels = []
+    precision_of: dict[str, tuple[str, str]] = {}
     for op in compiled.get_runtime_model().get_ordered_ops():
         layer = _info(op, "layerType") or op.get_type_name()
         if layer in NOT_KERNELS:
             continue
         precision = _info(op, "runtimePrecision")
+        for name in _info(op, "originalLayersNames").split(","):
+            precision_of[name] = (layer, precision)
+        integer = precision in INTEGER_PRECISIONS or layer == "FakeQuantize"
+        kernels.append(Kernel(layer, "other", integer=integer))
+    unmapped = 0
+    for name, kind, macs, float_macs in matrix_macs(clone):
+        found = precision_of.get(name) or next((v for k, v in precision_of.items() if k.startswith(name + "/")), None)
+        unmapped += found is None  # the plugin renamed it: a fused dequantization keeps the name as a prefix
+        layer, precision = found or (kind, "")
         integer = precision in INTEGER_PRECISIONS
-        if layer not in MATRIX_LAYERS:
-            kernels.append(Kernel(layer, "other", integer=integer or layer == "FakeQuantize"))
-            continue
-        inputs = [_static(op.input(i).get_partial_shape()) for i in range(op.get_input_size())]
-        out = _static(op.get_output_partial_shape(0)) or []
-        if "Convolution" in layer and len(inputs) > 1 and inputs[1]:
-            k = int(np.prod(inputs[1][1:]))
-        else:
-            k = inputs[0][-1] if inputs and inputs[0] else 0
-        compute = "int8" if integer else "float"
-        kernels.append(Kernel(layer, compute, matmul_macs(out, k), integer=integer, weight_bits=8 if integer else None))
-    notes = f"compiled for CPU, inference precision {compiled.get_property('INFERENCE_PRECISION_HINT')}"
+        kernels.append(Kernel(layer, "int8" if integer else "float", macs, integer=integer, weight_bits=8 if integer else None, counted=False))
+        if float_macs:
+            kernels.append(Kernel(layer, "float", float_macs, counted=False))
+    notes = f"compiled for CPU, inference precision {_precision(compiled)}"
+    if unmapped:
+        notes += f"; {unmapped} matrix ops not found in the runtime model (counted as float)"
     return census_of("openvino", kernels, images=1, notes=notes)
 
 
@@ -85,7 +122,7 @@ def ov_module(model: Any, options: Any, example: np.ndarray, identity: dict[str,
     output = compiled.output(0)
     census = runtime_census(model, options, example)
     identity = {**identity, "provider": "CPU", "threads": resolved_threads(options.threads),
-                "precision": str(compiled.get_property("INFERENCE_PRECISION_HINT"))}
+                "precision": _precision(compiled)}
 
     def run(batch: np.ndarray) -> np.ndarray:
         return np.array(compiled(batch)[output], copy=True)

@@ -18,7 +18,7 @@ from typing import Any
 
 from .identity import resolved_threads, versions
 from .module import attach
-from .options import TORCHAO_CONFIGS
+from ..quantize.runtime_options import TORCHAO_CONFIGS
 from .torch_census import torch_census
 
 

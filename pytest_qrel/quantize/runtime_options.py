@@ -1,4 +1,4 @@
-"""The typed options of the runtime methods (imports no runtime, no torch).
+"""The typed options of the runtime methods (:mod:`pytest_qrel.runtimes`; imports no runtime, no torch).
 
 Every runtime method accepts the :class:`RuntimeOptions` keys::
 
@@ -39,8 +39,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from ..errors import QuantOptionError
-from ..quantize.base import Option, positive_int
-from ..quantize.options import MethodOptions, _choice, rule
+from .base import Option, positive_int
+from .options import MethodOptions, _choice, rule
 
 EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
     "onnxruntime": ("onnx", ("onnxruntime", "onnx")),
