@@ -154,3 +154,9 @@ def identity_line(identity: dict[str, Any]) -> str:
     if files:
         text += "; " + ", ".join(f"{name} {sha[:12]}" for name, sha in files.items())
     return text
+
+
+def run_info_identities(units: Any) -> dict[str, Any]:
+    """``{"<suite>/<model>/<quantizer>": identity}`` of every runtime unit record
+    (:class:`~pytest_qrel.results.UnitMetrics`), for the run info."""
+    return {f"{u.suite}/{u.model}/{u.quantizer}": dict(u.runtime["identity"]) for u in units if u.runtime and u.runtime.get("identity")}
