@@ -5,7 +5,8 @@ other on the same images:
 
 - ``latency``: the median wall time of a forward pass at batch 1 (``b1_ms``, after
   ``WARMUP_B1`` passes, over ``REPEATS_B1``) and at the suite's batch size (``batch_ms``, after
-  ``WARMUP_BATCH``, over ``REPEATS_BATCH``), in milliseconds;
+  ``WARMUP_BATCH``, over ``REPEATS_BATCH``), in milliseconds, FP32 and the runtime taking turns
+  call by call;
 - ``peak_mb``: working memory, the growth of the process's resident set (its high-water mark,
   reset through ``/proc/self/clear_refs`` after returning freed heap to the system with
   ``malloc_trim``) during one pass at the suite's batch size; ``None`` where the OS offers no way
@@ -31,16 +32,20 @@ CLEAR_REFS = "/proc/self/clear_refs"
 STATUS = "/proc/self/status"
 
 
-def median_ms(fn: Callable[[Any], Any], x: Any, *, warmup: int, repeats: int) -> float:
-    """Median wall time of ``fn(x)`` in milliseconds over ``repeats`` calls after ``warmup`` calls."""
+def median_ms(fns: dict[str, Callable[[Any], Any]], x: Any, *, warmup: int, repeats: int) -> dict[str, float]:
+    """Median wall time in milliseconds of each ``fns[name](x)`` over ``repeats`` calls after
+    ``warmup`` calls. The functions take turns call by call, so a machine that slows down or
+    speeds up during the measurement does so for all of them alike."""
     for _ in range(warmup):
-        fn(x)
-    times = []
+        for fn in fns.values():
+            fn(x)
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn(x)
-        times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn(x)
+            times[name].append(time.perf_counter() - start)
+    return {name: 1000.0 * statistics.median(t) for name, t in times.items()}
 
 
 def _status_kb(key: str) -> int | None:
@@ -85,13 +90,12 @@ def measure(fp32: Callable[[Any], Any], runtime: Callable[[Any], Any], x1: Any, 
     """Latency and working memory of ``runtime`` and ``fp32`` (callables of an image batch) on the
     batch-1 images ``x1`` and the batch ``batch``; ratios runtime / FP32."""
     memory = {"runtime": peak_mb(runtime, batch), "fp32": peak_mb(fp32, batch)}  # the runtime's first pass first
+    fns = {"fp32": fp32, "runtime": runtime}
+    b1 = median_ms(fns, x1, warmup=WARMUP_B1, repeats=REPEATS_B1)
+    at_batch = median_ms(fns, batch, warmup=WARMUP_BATCH, repeats=REPEATS_BATCH)
     out: dict[str, Any] = {"batch": int(len(batch))}
-    for name, fn in (("fp32", fp32), ("runtime", runtime)):
-        out[name] = {
-            "b1_ms": median_ms(fn, x1, warmup=WARMUP_B1, repeats=REPEATS_B1),
-            "batch_ms": median_ms(fn, batch, warmup=WARMUP_BATCH, repeats=REPEATS_BATCH),
-            "peak_mb": memory[name],
-        }
+    for name in fns:
+        out[name] = {"b1_ms": b1[name], "batch_ms": at_batch[name], "peak_mb": memory[name]}
     out["ratio"] = {
         "latency_b1": _ratio(out["runtime"]["b1_ms"], out["fp32"]["b1_ms"]),
         "latency": _ratio(out["runtime"]["batch_ms"], out["fp32"]["batch_ms"]),
