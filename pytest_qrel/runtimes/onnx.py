@@ -82,7 +82,7 @@ def export_onnx(model: Any, example: Any, path: Path, *, exporter: str, opset: i
         if exporter == "dynamo":
             opset = max(opset, 18)
             batch = torch.export.Dim("batch", min=1)
-            torch.onnx.export(model, (example,), str(path), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
+            torch.onnx.export(model, (example,), str(path), dynamo=True, opset_version=opset, input_names=[INPUT_NAME], verbose=False,
                               output_names=["logits"], dynamic_shapes=({0: batch},), external_data=False)
         else:
             torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
