@@ -91,7 +91,6 @@ def run_results(
     :func:`pytest_qrel.runinfo.run_info`, baseline fingerprints from the FP32 records)."""
     from .display import metric_infos
     from .runinfo import describe_device, run_info
-
     from .runtimes.identity import run_info_identities
 
     baselines = {f"{u.suite}/{u.model}": u.baseline for u in units if u.baseline}

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from runtime_support import needs, outcomes, record, run_suite, write_suite
 
 pytestmark = needs("onnx")
@@ -179,7 +178,7 @@ def test_user_int8_onnx_file_is_gated_and_a_swapped_file_is_recomputed(tmp_path:
 def test_float_onnx_declared_w8a8_fails_with_its_census(tmp_path: Path) -> None:
     suite = write_suite(tmp_path, "rt_float", ARTIFACT, ARTIFACT_CHECKS)
     _int8_onnx(tmp_path / "files" / "vit.int8.onnx", quantized=False)  # a float model under an int8 name
-    engine, verdicts = run_suite(suite, baselines=tmp_path / "baselines", update=True)
+    _, verdicts = run_suite(suite, baselines=tmp_path / "baselines", update=True)
     assert [v.outcome for v in verdicts] == ["error", "error"]
     for v in verdicts:
         assert "quantizer 'ART' (method artifact) is not what it declares" in v.message
@@ -190,7 +189,7 @@ def test_float_onnx_declared_w8a8_fails_with_its_census(tmp_path: Path) -> None:
 
 def test_missing_or_unreadable_artifact_is_one_line(tmp_path: Path) -> None:
     suite = write_suite(tmp_path, "rt_missing", ARTIFACT, '  - "ART top1 delta <= 2pp"\n')
-    engine, verdicts = run_suite(suite, baselines=tmp_path / "baselines", update=True)
+    _, verdicts = run_suite(suite, baselines=tmp_path / "baselines", update=True)
     (v,) = verdicts
     assert v.outcome == "error" and "\n" not in v.message
     assert "field 'quantizers.ART.options.path'" in v.message
@@ -198,7 +197,7 @@ def test_missing_or_unreadable_artifact_is_one_line(tmp_path: Path) -> None:
 
     (tmp_path / "files").mkdir()
     (tmp_path / "files" / "vit.int8.onnx").write_text("not an onnx model")
-    engine, verdicts = run_suite(suite, baselines=tmp_path / "baselines")
+    _, verdicts = run_suite(suite, baselines=tmp_path / "baselines")
     (v,) = verdicts
     assert v.outcome == "error" and "\n" not in v.message
     assert "quantizers.ART.options.path" in v.message and "ONNX Runtime cannot load the model" in v.message

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from runtime_support import needs, outcomes, record, run_suite, write_suite
 
 pytestmark = [needs("openvino"), pytest.mark.slow]  # converting and NNCF take ~20 s

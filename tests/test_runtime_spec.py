@@ -288,7 +288,7 @@ def test_swapped_file_of_a_parameterless_python_model_makes_the_baseline_stale(t
     path.write_text(HEAD.replace('{source: "embedded:digits_vit"}', '{source: "python:wrap.py:build", options: {weights: w.npy}}')
                     + 'checks:\n  - "FP32 ece <= 1"\n')
     s = load_suite(path)
-    kw = dict(baseline_dir=tmp_path / "baselines", cache_dir=tmp_path / "cache")
+    kw = {"baseline_dir": tmp_path / "baselines", "cache_dir": tmp_path / "cache"}
     for engine in (Engine(update_baselines=True, **kw), Engine(**kw)):
         verdicts = run(s, engine=engine)
         assert {v.outcome for v in verdicts} == {"passed"}, [v.message for v in verdicts]

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from runtime_support import needs, outcomes, record, run_suite, write_suite
 
 pytestmark = [needs("torchao"), pytest.mark.slow]  # importing torchao alone takes ~10 s

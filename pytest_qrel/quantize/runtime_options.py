@@ -33,9 +33,9 @@ the ``pip install "pytest-qrel[<extra>]"`` line.
 from __future__ import annotations
 
 import importlib.util
-from pathlib import PurePath
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any, ClassVar, Literal
 
 from ..errors import QuantOptionError

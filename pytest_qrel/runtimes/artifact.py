@@ -44,16 +44,16 @@ def _torch_module(path: Path, model: Any) -> Any:
     import torch
 
     if importlib.util.find_spec("torchao") is not None:
-        import torchao.quantization  # noqa: F401  (registers its tensor classes as safe to load)
+        import torchao.quantization  # type: ignore[import-untyped]  # noqa: F401  (registers its tensor classes as safe to load)
     if path.suffix.lower() == ".pt2":
         try:
             return torch.export.load(str(path)).module()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file: one line for all
             raise QuantOptionError("path", f"{path} is not a torch.export program torch can load: {_first(exc)}",
                                    "save it with torch.export.save(torch.export.export(model, (example,)), path)") from None
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - unpickling errors of any type: one line for all
         raise QuantOptionError("path", f"{path} cannot be loaded safely with torch.load(weights_only=True): {_first(exc)}",
                                "save a state dict of the suite's model (torch.save(model.state_dict(), path)) or a "
                                ".pt2 from torch.export.save") from None
@@ -74,7 +74,7 @@ def _torch_module(path: Path, model: Any) -> Any:
                                "save the state dict of the model the suite names, or use a .pt2 / .onnx file")
     try:
         module.load_state_dict(state, strict=True, assign=True)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - a shape mismatch of any kind: one line
         raise QuantOptionError("path", f"state dict {path} does not fit the suite's model: {_first(exc)}",
                                "save the state dict of the model the suite names") from None
     return module.eval()
@@ -105,7 +105,7 @@ def artifact_method(model: Any, config: Any, calibration: Any, *, labels: Any = 
     module = _torch_module(paths[0], model)
     try:
         census = torch_census(module, example, runtime="torch")
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the user's model failing on the images: one line
         raise QuantOptionError("path", f"{paths[0]} does not run on the suite's images: {_first(exc)}",
                                "give a model that maps the suite's preprocessed images to logits") from None
     return attach(module, {"identity": identity, "census": census, "artifact_bytes": sum(p.stat().st_size for p in paths)})

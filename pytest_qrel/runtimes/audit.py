@@ -60,7 +60,7 @@ def _simulation(computer: Any, suite: Any, model: str, base: str, ref: str) -> A
     from ..quantize.runtime_options import RuntimeOptions
 
     spec = suite.quantizers[base]
-    where = dict(file=spec.where.file if spec.where else suite.path, line=spec.where.line if spec.where else None)
+    where = {"file": spec.where.file if spec.where else suite.path, "line": spec.where.line if spec.where else None}
     if ref not in suite.quantizers:
         raise SpecError(f"simulation '{ref}' is not a quantizer of the suite", field=f"quantizers.{base}.options.simulation",
                         fix=f"name one of {', '.join(q for q in suite.quantizers if q != base)}", **where)

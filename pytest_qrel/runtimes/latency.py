@@ -93,7 +93,7 @@ def measure(fp32: Callable[[Any], Any], runtime: Callable[[Any], Any], x1: Any, 
     fns = {"fp32": fp32, "runtime": runtime}
     b1 = median_ms(fns, x1, warmup=WARMUP_B1, repeats=REPEATS_B1)
     at_batch = median_ms(fns, batch, warmup=WARMUP_BATCH, repeats=REPEATS_BATCH)
-    out: dict[str, Any] = {"batch": int(len(batch))}
+    out: dict[str, Any] = {"batch": len(batch)}
     for name in fns:
         out[name] = {"b1_ms": b1[name], "batch_ms": at_batch[name], "peak_mb": memory[name]}
     out["ratio"] = {

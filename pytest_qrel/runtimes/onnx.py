@@ -60,7 +60,7 @@ CALIBRATION_CHUNK = 64
 
 def _quiet() -> None:
     """ORT's sessions warn on stderr about graphs they could optimise further: errors only."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # type: ignore[import-untyped]
 
     ort.set_default_logger_severity(3)
 
@@ -115,7 +115,13 @@ class _Reader:
 
 def quantize_onnx(fp32: Path, out: Path, options: Any, calibration: np.ndarray) -> None:
     """Quantize the exported ``fp32`` model into ``out`` with ONNX Runtime's own tool (module docstring)."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import (  # type: ignore[import-untyped]
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
 
     previous = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)  # the tool logs "consider pre-processing" on every call
@@ -159,7 +165,7 @@ def providers(choice: str, device: str) -> list[str]:
     Raises:
         QuantOptionError: ``provider: cuda`` without the CUDA provider.
     """
-    import onnxruntime as ort
+    import onnxruntime as ort  # type: ignore[import-untyped]
 
     available = ort.get_available_providers()
     cuda = "CUDAExecutionProvider" in available
@@ -172,7 +178,7 @@ def providers(choice: str, device: str) -> list[str]:
 
 
 def session_options(options: Any, *, profile_dir: str | None = None) -> Any:
-    import onnxruntime as ort
+    import onnxruntime as ort  # type: ignore[import-untyped]
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = resolved_threads(options.threads)
@@ -191,14 +197,14 @@ def load_session(model: bytes | str, options: Any, device: str, *, profile_dir: 
     Raises:
         QuantOptionError: on ``path``: ONNX Runtime cannot read the model.
     """
-    import onnxruntime as ort
+    import onnxruntime as ort  # type: ignore[import-untyped]
 
     _quiet()
     try:
         return ort.InferenceSession(model, session_options(options, profile_dir=profile_dir), providers=providers(options.provider, device))
     except QuantOptionError:
         raise
-    except Exception as exc:  # ORT raises its own Fail / InvalidGraph / InvalidProtobuf types
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail / InvalidGraph / InvalidProtobuf types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise QuantOptionError("path", f"ONNX Runtime cannot load the model: {first[:300]}",
                                "give an ONNX model file (e.g. from torch.onnx.export, then onnxruntime.quantization)") from None
@@ -235,7 +241,7 @@ def profile_census(model: bytes | str, options: Any, device: str, example: np.nd
         sess = load_session(model, options, device, profile_dir=tmp)
         try:
             sess.run(None, {sess.get_inputs()[0].name: example[:1]})
-        except Exception as exc:  # wrong input shape / dtype for the suite's images
+        except Exception as exc:  # noqa: BLE001 - wrong input shape / dtype for the suite's images
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise QuantOptionError("path", f"the ONNX model does not run on the suite's preprocessed images "
                                    f"{tuple(example[:1].shape)}: {first[:300]}",

@@ -83,7 +83,7 @@ def runtime_census(model: Any, options: Any, example: np.ndarray) -> dict[str, A
     """The census of ``model`` compiled with the unit's settings at batch 1 (module docstring):
     every layer of the runtime model, and the multiply-accumulates of the original model's
     matrix ops at the precision of the runtime layer each was fused into."""
-    import openvino as ov
+    import openvino as ov  # type: ignore[import-untyped]
 
     clone = model.clone()
     clone.reshape({clone.inputs[0]: list(example[:1].shape)})
@@ -116,7 +116,7 @@ def runtime_census(model: Any, options: Any, example: np.ndarray) -> dict[str, A
 
 def ov_module(model: Any, options: Any, example: np.ndarray, identity: dict[str, Any], size: int) -> RuntimeModule:
     """The :class:`RuntimeModule` of an OpenVINO model compiled with the unit's settings."""
-    import openvino as ov
+    import openvino as ov  # type: ignore[import-untyped]
 
     compiled = ov.Core().compile_model(model, "CPU", compile_options(options))
     output = compiled.output(0)
@@ -131,7 +131,7 @@ def ov_module(model: Any, options: Any, example: np.ndarray, identity: dict[str,
 
 
 def _save(model: Any, folder: Path) -> tuple[dict[str, str], int]:
-    import openvino as ov
+    import openvino as ov  # type: ignore[import-untyped]
 
     xml = folder / "model.int8.xml"
     ov.save_model(model, str(xml), compress_to_fp16=False)
@@ -143,8 +143,8 @@ def openvino_method(model: Any, config: Any, calibration: Any, *, labels: Any = 
     """``method: openvino`` (module docstring)."""
     import warnings
 
-    import nncf
-    import openvino as ov
+    import nncf  # type: ignore[import-untyped]
+    import openvino as ov  # type: ignore[import-untyped]
     import torch
 
     options = config.options
@@ -176,11 +176,11 @@ def openvino_artifact(paths: list[Path], options: Any, example: np.ndarray, iden
     Raises:
         QuantOptionError: on ``path``: OpenVINO cannot read the IR.
     """
-    import openvino as ov
+    import openvino as ov  # type: ignore[import-untyped]
 
     try:
         model = ov.Core().read_model(str(paths[0]))
-    except Exception as exc:  # OpenVINO raises RuntimeError with a multi-line report
+    except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError with a multi-line report
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise QuantOptionError("path", f"OpenVINO cannot read {paths[0]}: {first[:300]}",
                                "give the .xml of an IR saved by openvino.save_model, with its .bin beside it") from None

@@ -67,5 +67,5 @@ def compare(runtime: np.ndarray, sim: np.ndarray, sim_noisy: np.ndarray, fp32: n
         "parity": ratio,
         "sim_error": float(np.mean(np.abs(sim - fp32))),
         "runtime_error": float(np.mean(np.abs(runtime - fp32))),
-        "images": int(len(sim)),
+        "images": len(sim),
     }

@@ -51,8 +51,9 @@ def _matrix_kernel(name: str, args: tuple[Any, ...], out: Any) -> Kernel | None:
     elif name in ("convolution", "_convolution", "mkldnn_convolution") and len(tensors) >= 2:
         a, b = tensors[0], tensors[1]
         macs = matmul_macs(out.shape, int(np.prod(b.shape[1:])))
-        compute = "int8" if _dtype(a) in INT8 and _dtype(b) in INT8 else "float"
-        return Kernel(name, compute, macs, integer=compute == "int8", weight_bits=8 if compute == "int8" else None)
+        if _dtype(a) in INT8 and _dtype(b) in INT8:
+            return Kernel(name, "int8", macs, integer=True, weight_bits=8)
+        return Kernel(name, "float", macs)
     elif name.startswith(SDPA_PREFIX) and len(tensors) >= 3:
         q, k, v = tensors[:3]
         macs = matmul_macs(q.shape[:-1], k.shape[-2] * (q.shape[-1] + v.shape[-1]))  # q k^T, then (.) v
@@ -94,11 +95,18 @@ def record_kernels(module: Any, example: Any, quantized: set[str] | frozenset[st
                     kernels.append(Kernel(name, "other", integer=integer))
             return out
 
+    def enter(name: str) -> Any:
+        def hook(module: Any, args: Any) -> None:
+            inside.append(name)
+        return hook
+
+    def leave(module: Any, args: Any, output: Any) -> None:
+        inside.pop()
+
     handles = []
     for name, sub in module.named_modules():
         if name in quantized:
-            handles.append(sub.register_forward_pre_hook(lambda m, a, n=name: (inside.append(n), None)[1]))
-            handles.append(sub.register_forward_hook(lambda m, a, o: (inside.pop(), None)[1]))
+            handles += [sub.register_forward_pre_hook(enter(name)), sub.register_forward_hook(leave)]
     try:
         with torch.no_grad(), Recorder():
             module(example[:1])

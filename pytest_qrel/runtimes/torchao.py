@@ -16,9 +16,9 @@ import copy
 import io
 from typing import Any
 
+from ..quantize.runtime_options import TORCHAO_CONFIGS
 from .identity import resolved_threads, versions
 from .module import attach
-from ..quantize.runtime_options import TORCHAO_CONFIGS
 from .torch_census import torch_census
 
 
@@ -34,7 +34,7 @@ def state_dict_bytes(module: Any) -> int:
 def torchao_method(model: Any, config: Any, calibration: Any, *, labels: Any = None) -> Any:
     """``method: torchao`` (module docstring); torchao needs no calibration images."""
     import torch
-    import torchao.quantization as tq
+    import torchao.quantization as tq  # type: ignore[import-untyped]
 
     options = config.options
     quantized = copy.deepcopy(model).eval()
