@@ -80,6 +80,10 @@ def _torch_module(path: Path, model: Any) -> Any:
     return module.eval()
 
 
+def path_is_state_dict(path: Path) -> bool:
+    return path.suffix.lower() != ".pt2"
+
+
 def _first(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:300]
@@ -103,6 +107,8 @@ def artifact_method(model: Any, config: Any, calibration: Any, *, labels: Any = 
     from .torch_census import torch_census
 
     module = _torch_module(paths[0], model)
+    if path_is_state_dict(paths[0]):  # loaded into the suite's model: it runs where the suite runs
+        module, example = module.to(calibration.device), calibration[:1].detach().float()
     try:
         census = torch_census(module, example, runtime="torch")
     except Exception as exc:  # noqa: BLE001 - the user's model failing on the images: one line

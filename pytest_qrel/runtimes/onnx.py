@@ -25,6 +25,7 @@ the same settings; every executed node (after ORT's fusions) is a :class:`~.cens
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -75,7 +76,7 @@ def export_onnx(model: Any, example: Any, path: Path, *, exporter: str, opset: i
 
     import torch
 
-    model = model.eval().cpu()
+    model = copy.deepcopy(model).eval().cpu()  # a copy: the suite's FP32 module stays where it is
     example = example[:1].detach().cpu().float()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")

@@ -17,6 +17,7 @@ with the precision each runs in (``runtimePrecision``: ``i8`` / ``u8`` for integ
 
 from __future__ import annotations
 
+import copy
 import logging
 import tempfile
 from pathlib import Path
@@ -154,7 +155,7 @@ def openvino_method(model: Any, config: Any, calibration: Any, *, labels: Any = 
     nncf.set_log_level(logging.ERROR)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        fp32 = ov.convert_model(model.eval().cpu(), example_input=calibration[:1].detach().cpu().float())
+        fp32 = ov.convert_model(copy.deepcopy(model).eval().cpu(), example_input=calibration[:1].detach().cpu().float())
     step = options.calibration_batch
     batches = [images[i : i + step] for i in range(0, len(images), step)]
     kwargs: dict[str, Any] = {"subset_size": len(batches), "fast_bias_correction": options.fast_bias_correction}
