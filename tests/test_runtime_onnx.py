@@ -166,10 +166,12 @@ def test_user_int8_onnx_file_is_gated_and_a_swapped_file_is_recomputed(tmp_path:
     engine, verdicts = run_suite(suite, baselines=tmp_path / "baselines", cache=cache)  # unchanged: from the cache
     assert set(outcomes(verdicts).values()) == {"passed"}
     assert engine.forward_passes[key] == 0 and engine.cache_hits[key] >= 1
+    assert engine.units.quantizations.get("ART", 0) == 0  # nor rebuilt: its audit is cached with its arrays
+    assert record(engine, "ART").runtime["census"]["ops"]["integer"]["MatMulIntegerToFloat"] == 16
 
     _int8_onnx(artifact, broken=True)  # overwritten at the same path
     engine, verdicts = run_suite(suite, baselines=tmp_path / "baselines", cache=cache)
-    assert engine.forward_passes[key] == 1  # recomputed, not served from the cache
+    assert engine.forward_passes[key] == 1 and engine.units.quantizations["ART"] == 1  # recomputed, not served from the cache
     top1 = next(v for v in verdicts if v.metric == "top1")
     assert top1.outcome == "failed" and top1.value < 0.5, top1.message
     assert next(v for v in verdicts if v.metric == "parity").outcome == "failed"
