@@ -296,3 +296,13 @@ def test_swapped_file_of_a_parameterless_python_model_makes_the_baseline_stale(t
     verdicts = run(s, engine=Engine(**kw))
     assert {v.outcome for v in verdicts} == {"error"}
     assert all("is stale" in v.message and "model.weights_sha256" in v.message for v in verdicts)
+
+
+def test_verify_is_for_simulations(tmp_path: Path) -> None:
+    from pytest_qrel import Engine
+
+    if importlib.util.find_spec("onnxruntime") is None:
+        pytest.skip("onnxruntime is not installed")
+    s = load_suite(suite(tmp_path, "  ORT: {method: onnxruntime, weight_bits: 8, act_bits: 8, verify: true}\n"))
+    with pytest.raises(SpecError, match=r"field 'quantizers.ORT.verify': verify: true checks a fake-quant simulation"):
+        Engine(baseline_dir=tmp_path).quantized_module(s, "vit", "ORT")

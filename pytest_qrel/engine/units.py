@@ -164,6 +164,13 @@ class UnitComputer:
 
         bind = QUANTIZERS.meta(spec.method).get("bind")  # paths relative to the suite file (method: artifact)
         config = bind(config, suite.path.parent) if bind is not None else config
+        from ..runtimes.checks import is_runtime_method
+
+        if spec.verify and is_runtime_method(spec.method):
+            where = spec.where
+            raise SpecError(f"verify: true checks a fake-quant simulation; '{spec.method}' runs a deployed artifact, which its census "
+                            "checks against the declared bits instead", file=where.file if where else suite.path,
+                            line=where.line if where else None, field=f"quantizers.{base}.verify", fix="remove 'verify: true'")
         images, labels = self.loader.calibration_images(
             suite, model, spec.calibration.samples, spec.calibration.seed, f"quantizers.{base}.calibration.samples"
         )
