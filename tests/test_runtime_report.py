@@ -55,7 +55,7 @@ def test_runtime_block_shows_census_parity_latency_and_identity() -> None:
     assert "0.033" in block and "0.0006" in block  # parity in floors and the floor
     assert "0.40" in block and "0.45" in block  # latency and size ratios
     assert f"model.int8.onnx {SHA[:12]}" in block
-    parity_row = re.search(r"<tr[^>]*>\s*<th[^>]*>ORT.*?vs W8A8.*?</tr>", block, re.S)
+    parity_row = re.search(r"<tr[^>]*>\s*<th[^>]*>ORT.*?vs W8A8.*?</tr>", block, re.DOTALL)
     assert parity_row is not None and "cell-pass" in parity_row.group(0)  # the parity check marks its cell
     assert "s/vit/ORT" in page[page.index('id="run-info"'):]  # identity in the run info
 
