@@ -105,13 +105,14 @@ class _Reader:
     """ORT's CalibrationDataReader protocol over the calibration images, in chunks."""
 
     def __init__(self, images: np.ndarray, name: str) -> None:
-        self.batches = iter([{name: images[i : i + CALIBRATION_CHUNK]} for i in range(0, len(images), CALIBRATION_CHUNK)])
+        self.all = [{name: images[i : i + CALIBRATION_CHUNK]} for i in range(0, len(images), CALIBRATION_CHUNK)]
+        self.batches = iter(self.all)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self.batches, None)
 
-    def rewind(self) -> None:  # pragma: no cover - not used by the MinMax path
-        raise NotImplementedError
+    def rewind(self) -> None:
+        self.batches = iter(self.all)
 
 
 def quantize_onnx(fp32: Path, out: Path, options: Any, calibration: np.ndarray) -> None:
