@@ -105,12 +105,12 @@ def metric_info(name: str) -> MetricInfo:
     fraction = bool(meta["fraction"])
     return MetricInfo(
         name=name,
-        label=METRIC_LABELS.get(name, name),
+        label=METRIC_LABELS.get(name, meta.get("label", name)),
         higher_is_better=bool(meta["higher_is_better"]),
         fraction=fraction,
-        unit="" if fraction else METRIC_UNITS.get(name, ""),
+        unit="" if fraction else METRIC_UNITS.get(name, meta.get("unit", "")),
         kind=str(meta.get("kind", "id")),
-        fmt=METRIC_FORMATS.get(name, ""),
+        fmt=METRIC_FORMATS.get(name, meta.get("fmt", "")),
     )
 
 

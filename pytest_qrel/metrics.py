@@ -25,11 +25,12 @@ Registry metadata of every metric:
 
 ``higher_is_better`` (bool)
     True when a larger value is better.
-``kind`` (``"id"`` | ``"ood"`` | ``"pair"`` | ``"spectral"``)
+``kind`` (``"id"`` | ``"ood"`` | ``"pair"`` | ``"spectral"`` | ``"runtime"``)
     ``"id"`` metrics read ``(outputs, labels)`` of one in-distribution set; ``"ood"`` metrics
     read ``(id_scores, ood_scores)``; ``"pair"`` metrics the outputs and labels of two labelled
     sets; ``"spectral"`` metrics ``(quantized_spectrum, fp32_spectrum)``, the last-block feature
-    spectra of :mod:`pytest_qrel.spectral` on the ID test split.
+    spectra of :mod:`pytest_qrel.spectral` on the ID test split; ``"runtime"`` metrics a runtime
+    unit's audit record (parity to the simulation, int8 share, latency: :mod:`pytest_qrel.runtimes.checks`).
 ``fraction`` (bool)
     True when values are fractions in [0, 1], so percentage points ("pp") make sense.
 ``input`` (``"logits"`` | ``"probs"`` | ``"scores"`` | ``"pair"`` | ``"spectra"``)
@@ -555,3 +556,8 @@ def compute_spectral_metrics(quantized_spectrum: Any, fp32_spectrum: Any) -> dic
         for name in METRICS
         if METRICS.meta(name)["kind"] == "spectral"
     }
+
+
+# Runtime metrics (parity to the simulation, int8 share, latency / memory / size ratios to FP32):
+# kind "runtime", read from a runtime unit's audit record (see pytest_qrel.runtimes.checks).
+from .runtimes import checks as _runtime_checks  # noqa: E402,F401  (registers them)

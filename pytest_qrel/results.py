@@ -164,6 +164,9 @@ class UnitMetrics:
     ID samples accepted; PR: OOD is the positive class, as ``aupr_out``).
     ``diagnostics``: ``{name: ...}`` of opt-in diagnostics (``attention_rollout``: see
     :mod:`pytest_qrel.diagnostics`).
+    ``runtime``: the audit of a runtime unit (an int8 artifact run by ONNX Runtime, OpenVINO,
+    torchao, or a user's file): ``{"identity", "census", "parity", "latency", "size"}`` as
+    :func:`pytest_qrel.runtimes.audit.audit_runtime` records it; ``{}`` for simulated units.
     ``ood_mean``: ``{score: {metric: value}}``, each OOD metric averaged over the suite's OOD sets
     (what a ``mean(ood)`` check reads); :meth:`mean_ood` falls back to the plain mean over the sets
     in ``ood`` when the engine did not fill it.
@@ -194,6 +197,7 @@ class UnitMetrics:
     diagnostics: dict[str, Any] = field(default_factory=dict)
     ood_mean: dict[str, dict[str, float]] = field(default_factory=dict)
     baseline: dict[str, Any] = field(default_factory=dict)  # FP32 records: {"file", "created", "fingerprint"}
+    runtime: dict[str, Any] = field(default_factory=dict)  # runtime units: {"identity", "census", "parity", "latency", "size"}
 
     @property
     def is_reference(self) -> bool:

@@ -31,6 +31,10 @@ string, start and end times) and returns JSON-ready data; it imports no torch, t
     or ``"method default"``; ``seeds`` lists every calibration seed).
 ``diagnostics``
     ``{suite: [diagnostic names]}`` for suites that enable any.
+``runtimes``
+    ``{"<suite>/<model>/<quantizer>": identity}`` of runtime units (passed in ``extra`` by
+    :func:`pytest_qrel.shards.run_results`): the runtime and its versions, provider, threads,
+    graph optimisation, precision and the SHA-256 of every artifact file.
 """
 
 from __future__ import annotations

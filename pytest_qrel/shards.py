@@ -111,11 +111,13 @@ def run_results(
     :func:`pytest_qrel.runinfo.run_info`, baseline fingerprints from the FP32 records)."""
     from .display import metric_infos
     from .runinfo import describe_device, run_info
+    from .runtimes.identity import run_info_identities
 
     baselines = {f"{u.suite}/{u.model}": u.baseline for u in units if u.baseline}
+    runtimes = run_info_identities(units)  # runtime units: artifact hashes, runtime versions, provider, threads
     run = run_info(
         suites, start=started, end=time.time(), device=describe_device(device) if device else None, baselines=baselines,
-        command=command, extra={"shard": list(shard) if shard else None},
+        command=command, extra={"shard": list(shard) if shard else None, **({"runtimes": runtimes} if runtimes else {})},
     )
     ordered = sorted(units, key=lambda u: (u.suite, u.model, not u.is_reference, u.quantizer.split("+")[0] != "FP32"))
     return RunResults(

@@ -259,6 +259,11 @@ class Engine:
             state.metrics[v] = mean_metrics(per)
             state.params[v] = [s.params[v] for s in state.seeds if v in s.params]
         state.info = [dict(s.info) for s in state.seeds]
+        if "runtime" in state.info[0]:  # what runtime checks read (parity, int8 share, latency ratios)
+            from ..runtimes.audit import runtime_metrics
+
+            for v in variants:
+                state.metrics[v]["runtime"] = runtime_metrics(state.info[0]["runtime"])
         state.spectra = [s.spectrum for s in state.seeds if s.spectrum is not None]
         b = self._baselines.get((suite.name, state.model))
         if state.spectra and b is not None:
@@ -323,6 +328,7 @@ class Engine:
             seeds=list(spec.calibration.seeds or (spec.calibration.seed,)), calibration_samples=spec.calibration.samples,
             options=dict(spec.options), per_seed=per_seed, curves=self._curves(state.seeds[0].arrays.get(variant, {}) if state.seeds else {}, suite),
             diagnostics=dict(state.seeds[0].diagnostics) if state.seeds and not variant else {},
+            runtime=dict(state.info[0].get("runtime", {})) if state.info and not variant else {},
         )
 
     def _curves(self, arrays: dict[str, SampleArrays], suite: Suite) -> dict[str, Any]:
@@ -496,6 +502,10 @@ class Engine:
                 return float(metrics["pairs"][p.dataset][p.check.metric])
             if kind == "spectral":
                 return float(metrics["spectral"][p.check.metric])
+            if kind == "runtime":
+                from ..runtimes.checks import runtime_value
+
+                return runtime_value(metrics, p.check.metric, p.score, f"{p.model} {p.quantizer}")
             if kind != "ood":
                 section = metrics["id"] if p.dataset == suite.id_dataset.name else metrics["shifted"][p.dataset]
                 return float(section[p.check.metric])
@@ -538,11 +548,11 @@ class Engine:
         for d in p.datasets:  # missing data skips the check before anything else can fail
             self.loader.dataset(suite, d)
         b = self.checked_baseline(suite, p.model, list(p.datasets))
-        fp32 = self.value(p, FP32, b)
+        meta = METRICS.meta(p.check.metric)
+        fp32 = self.value(p, FP32, b) if meta["kind"] != "runtime" else None  # runtime checks compare with the simulation or are ratios to FP32
         value = self.value(p, p.quantizer, b)
         ref = p.check.bound.ref
         ref_value = self.value(p, ref, b) if ref is not None else None
-        meta = METRICS.meta(p.check.metric)
         interval = self.interval(p)
         return decide(
             p, value, fp32, higher_is_better=meta["higher_is_better"], fraction=meta["fraction"], ref_value=ref_value,

@@ -138,8 +138,10 @@ class UnitComputer:
             spec = replace(spec, calibration=replace(spec.calibration, seed=seed, seeds=()))
         return spec
 
-    def build_module(self, suite: Suite, model: str, base: str, seed: int | None, info: dict[str, Any]) -> Any:
-        """The module computing ``base`` at ``seed`` (FP32: the loaded module itself)."""
+    def build_module(self, suite: Suite, model: str, base: str, seed: int | None, info: dict[str, Any],
+                     key_identity: dict[str, Any] | None = None) -> Any:
+        """The module computing ``base`` at ``seed`` (FP32: the loaded module itself). A runtime
+        method's module is audited (:mod:`pytest_qrel.runtimes.audit`) into ``info["runtime"]``."""
         loaded = self.loader.model(suite, model)
         if base == FP32:
             return loaded.module.to(self.device)
@@ -158,6 +160,17 @@ class UnitComputer:
                 str(exc), file=where.file if where else suite.path, line=where.line if where else None,
                 field=f"quantizers.{base}.method", fix="use one of the known methods",
             ) from None
+        from ..quantize import QUANTIZERS
+
+        bind = QUANTIZERS.meta(spec.method).get("bind")  # paths relative to the suite file (method: artifact)
+        config = bind(config, suite.path.parent) if bind is not None else config
+        from ..runtimes.checks import is_runtime_method
+
+        if spec.verify and is_runtime_method(spec.method):
+            where = spec.where
+            raise SpecError(f"verify: true checks a fake-quant simulation; '{spec.method}' runs a deployed artifact, which its census "
+                            "checks against the declared bits instead", file=where.file if where else suite.path,
+                            line=where.line if where else None, field=f"quantizers.{base}.verify", fix="remove 'verify: true'")
         images, labels = self.loader.calibration_images(
             suite, model, spec.calibration.samples, spec.calibration.seed, f"quantizers.{base}.calibration.samples",
             draw=spec.calibration.draw,
@@ -173,6 +186,13 @@ class UnitComputer:
             raise spec_error_for(exc, spec) from None
         self.quantizations[name] = self.quantizations.get(name, 0) + 1
         trace("quantize", suite.name, model, name)
+        from ..runtimes.module import runtime_info
+
+        if runtime_info(module) is not None:
+            from ..runtimes.audit import audit_runtime
+
+            with user_stage("the runtime audit (census, parity, latency)", what):
+                info["runtime"] = audit_runtime(self, suite, model, base, spec, module, key_identity)
         for attr in ("qat_steps", "qat_options"):
             if hasattr(module, attr):
                 info[attr] = getattr(module, attr)
@@ -199,6 +219,7 @@ class UnitComputer:
         quantizing once and streaming each missing dataset through the module."""
         out = SeedOutputs(name=name, seed=seed)
         qconf: Any = "FP32" if base == FP32 else self.quantizer_spec(suite, base, seed).config_dict()
+        runtime = base != FP32 and self._runtime_key(suite, base, seed, qconf)
         loaded_scores = score_functions(suite)
         required = {f"score.{s}" for s in suite.scores}
         todo: list[str] = []
@@ -232,10 +253,14 @@ class UnitComputer:
             cached = self._get(suite, model, qconf, suite.id_dataset.name, "#diagnostics")
             if cached is not None and "json" in cached:
                 out.diagnostics = json.loads(str(cached["json"]))
-        if not todo and not missing_params and (out.diagnostics or not want_diagnostics):
+        if runtime:  # a runtime unit's audit (census, parity, latency) is cached with its arrays
+            self._cached_runtime(suite, model, base, seed, qconf, out)
+        if not todo and not missing_params and (out.diagnostics or not want_diagnostics) and (not runtime or "runtime" in out.info):
             return out
-        module = self.build_module(suite, model, base, seed, out.info)
+        module = self.build_module(suite, model, base, seed, out.info, key_identity=qconf.get("identity") if runtime else None)
         try:
+            if runtime:
+                self._put(suite, model, qconf, suite.id_dataset.name, "#runtime", {"json": np.array(json.dumps(out.info["runtime"]))})
             if want_diagnostics and not out.diagnostics:
                 out.diagnostics = self.diagnostics(suite, model, module)
                 self._put(suite, model, qconf, suite.id_dataset.name, "#diagnostics", {"json": np.array(json.dumps(out.diagnostics))})
@@ -375,6 +400,30 @@ class UnitComputer:
                     out.params[v] = POSTHOC.get(step).fit(logits, labels)
                     self._put(suite, model, qconf, HELDOUT, v + "#params", {k: np.array(x) for k, x in out.params[v].items()})
                 logits = POSTHOC.get(step).apply(logits, out.params[v])
+
+    # ------------------------------------------------------------------ runtime units
+    def _runtime_key(self, suite: Suite, base: str, seed: int | None, qconf: dict[str, Any]) -> bool:
+        """Put the identity hook's answer (artifact hashes, runtime version, threads, ...) into
+        ``qconf``, the cache key's quantizer part; True for a runtime unit."""
+        from ..runtimes.checks import is_runtime_method
+        from ..runtimes.identity import unit_identity
+
+        spec = self.quantizer_spec(suite, base, seed)
+        identity = unit_identity(spec, suite.path.parent)
+        if identity is not None:
+            qconf["identity"] = identity
+        return is_runtime_method(spec.method)
+
+    def _cached_runtime(self, suite: Suite, model: str, base: str, seed: int | None, qconf: Any, out: SeedOutputs) -> None:
+        from ..runtimes.audit import census_failure
+
+        cached = self._get(suite, model, qconf, suite.id_dataset.name, "#runtime")
+        if cached is not None and "json" in cached:
+            record = json.loads(str(cached["json"]))
+            failure = census_failure(self.quantizer_spec(suite, base, seed), record.get("census", {}))
+            if failure is not None:
+                raise failure
+            out.info["runtime"] = record
 
     # ------------------------------------------------------------------ cache
     def _get(self, suite: Suite, model: str, qconf: Any, dataset: str, variant: str) -> dict[str, np.ndarray] | None:

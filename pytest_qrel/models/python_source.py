@@ -21,6 +21,15 @@ logits of one dummy forward pass: ``preprocess`` applied to a mid-grey 224x224 R
 if the preprocess refuses it, to float tensors (3, 224, 224) and (1, 224, 224) of 0.5), batched as
 (1, C, H, W), under ``torch.no_grad`` in eval mode.
 
+The weights fingerprint (``weights_sha256``, part of every baseline and cache key) is the SHA-256
+of the module's state dict. A module with no parameters and no buffers (e.g. one wrapping an ONNX
+Runtime session) has nothing to hash there, so its fingerprint is taken from, in order:
+``module.qrel_fingerprint`` (a string the factory sets: a digest of what the module computes
+with), else the bytes of the factory's file and of every file its ``options`` name (string values,
+or lists of them, that are paths of existing files relative to the suite file); a parameterless
+module whose options name no file is refused (:func:`weights_fingerprint`): it would fingerprint as
+the SHA-256 of nothing, and a swapped artifact would pass from every cache.
+
 Every failure (import, missing factory, an exception in the factory, a wrong return value) is a
 :class:`~pytest_qrel.errors.ModelError` naming the module, the factory and the fix.
 Importing this module does not import torch.
@@ -181,6 +190,56 @@ def _infer_num_classes(module: Any, preprocess: Callable[[Any], Any], label: str
     )
 
 
+def _option_files(options: Mapping[str, Any], base_dir: Path) -> list[Path]:
+    """Existing files named by string values (or lists of strings) of ``options``, relative to ``base_dir``."""
+    found: list[Path] = []
+    for value in options.values():
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(item, str) and item.strip():
+                path = Path(item).expanduser()
+                path = path if path.is_absolute() else base_dir / path
+                try:
+                    if path.is_file():
+                        found.append(path.resolve())
+                except OSError:
+                    continue
+    return sorted(set(found))
+
+
+def weights_fingerprint(module: Any, factory: Any, options: Mapping[str, Any], base_dir: Path, label: str) -> str:
+    """The model's ``weights_sha256`` (module docstring): its state dict's hash, refined by
+    ``module.qrel_fingerprint``; for a module without parameters and buffers, the factory's file
+    and the files its options name.
+
+    Raises:
+        ModelError: a parameterless module without ``qrel_fingerprint`` whose options name no file.
+    """
+    given = getattr(module, "qrel_fingerprint", None)
+    if given is not None and (not isinstance(given, str) or not given.strip()):
+        raise ModelError(f"{label}: module.qrel_fingerprint must be a non-empty string (a digest of what the module "
+                         f"computes with), got {given!r}")
+    has_tensors = any(True for _ in module.parameters()) or any(True for _ in module.buffers())
+    if given:
+        base = state_dict_sha256(module) if has_tensors else ""
+        return hashlib.sha256(f"{base}|qrel_fingerprint:{given}".encode()).hexdigest()
+    if has_tensors:
+        return state_dict_sha256(module)
+    files = _option_files(options, base_dir)
+    if not files:
+        raise ModelError(
+            f"{label}: the module has no parameters or buffers, so its weights cannot be fingerprinted, and its options "
+            "name no file it reads (a changed model would pass from every cache); fix: name the files it reads in "
+            "'options:' (e.g. path: model.onnx), set module.qrel_fingerprint to a digest of what it computes with, or "
+            "audit the file with 'method: artifact' (docs/runtimes.md)"
+        )
+    h = hashlib.sha256(b"parameterless python model;")
+    source = inspect.getsourcefile(factory) if callable(factory) else None
+    for path in ([Path(source)] if source and Path(source).is_file() else []) + files:
+        h.update(f"{path.name}:{path.stat().st_size};".encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
 @MODEL_SOURCES.register("python", check_arg=_split_arg)
 def python_model_source(arg: str, *, options: Mapping[str, Any] | None = None, base_dir: Path | None = None) -> LoadedModel:
     """``source: "python:<module>:<factory>"``: call ``<factory>(**options)`` and wrap what it returns.
@@ -227,7 +286,7 @@ def python_model_source(arg: str, *, options: Mapping[str, Any] | None = None, b
         if not result.name:
             result.name = arg
         if not result.weights_sha256:
-            result.weights_sha256 = state_dict_sha256(result.module)
+            result.weights_sha256 = weights_fingerprint(result.module, factory, dict(options or {}), base_dir, label)
         result.info.setdefault("source", f"python:{arg}")
         return result
 
@@ -253,7 +312,7 @@ def python_model_source(arg: str, *, options: Mapping[str, Any] | None = None, b
         module=module,
         preprocess=preprocess,
         preprocessing=description,
-        weights_sha256=state_dict_sha256(module),
+        weights_sha256=weights_fingerprint(module, factory, dict(options or {}), base_dir, label),
         num_classes=num_classes,
         class_names=None,
         info={"source": f"python:{arg}", "module": module_name, "factory": factory_name, "options": dict(options or {})},

@@ -59,3 +59,41 @@ _add("qat_distill", "qat:qat_method", DistillOptions,
 _add("qat_lora", "qat:qat_method", LoRAOptions,
      "QAT-LoRA: fake-quantized base (per-channel steps) + LoRA adapters on the unquantized input, unmerged "
      "(lora_merge: true folds them into the weight); optional feature-MSE distillation", accepts_targets=True)
+
+
+# Runtimes (pytest_qrel.runtimes): the deployed side. Each builds or loads an int8 artifact and
+# returns a module carrying its identity and census; ``identity`` goes into the outputs cache key
+# without building anything, ``bind`` resolves paths against the suite file.
+from ..runtimes.identity import artifact_identity, runtime_identity
+from .runtime_options import (
+    ArtifactOptions,
+    OnnxRuntimeOptions,
+    OpenVinoOptions,
+    RuntimeOptions,
+    TorchAoOptions,
+)
+
+
+def _add_runtime(name: str, target: str, options: type[RuntimeOptions], summary: str, **meta: Any) -> None:
+    def parse(raw: Any, *, method: str) -> Any:
+        return options.parse(raw, method=method)
+
+    QUANTIZERS.add(name, lazy_method(f"pytest_qrel.runtimes.{target}"), options=tuple(options.accepted()), parse=parse,
+                   options_type=options, summary=summary, identity=meta.pop("identity", runtime_identity), **meta)
+
+
+def _bind_artifact(config: Any, base_dir: Any) -> Any:
+    from ..runtimes.artifact import bind
+
+    return bind(config, base_dir)
+
+
+_add_runtime("onnxruntime", "onnx:onnxruntime_method", OnnxRuntimeOptions,
+             "ONNX Runtime: export to ONNX, quantize with onnxruntime.quantization (static QDQ or dynamic), run a session")
+_add_runtime("openvino", "openvino:openvino_method", OpenVinoOptions,
+             "OpenVINO: NNCF post-training quantization, compiled for the CPU at a stated inference precision")
+_add_runtime("torchao", "torchao:torchao_method", TorchAoOptions,
+             "torchao: quantize_ the nn.Linear layers (int8 dynamic activations + int8 weights, or int8 weight-only)")
+_add_runtime("artifact", "artifact:artifact_method", ArtifactOptions,
+             "your own file: an .onnx, an OpenVINO .xml + .bin, a torch.export .pt2 or a state dict for the suite's model",
+             identity=artifact_identity, bind=_bind_artifact)

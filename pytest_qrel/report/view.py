@@ -396,6 +396,9 @@ class _Builder:
         spectral = self.spectral_block(suite, model, ordered, ref, columns)
         if spectral:
             view.blocks.append(spectral)
+        from .runtime_view import runtime_blocks
+
+        view.blocks += runtime_blocks(self, suite, model, ordered)
         view.blocks = [b for b in view.blocks if b.tables]
         view.info = [(u.quantizer, "; ".join(f"{k} = {fmt_info(v)}" for k, v in u.info.items())) for u in ordered if u.info]
 

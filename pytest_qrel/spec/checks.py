@@ -4,12 +4,14 @@ Shorthand grammar (whitespace-separated; ``[...]`` optional)::
 
     <quantizers> <metric>[(<score>)] [on <datasets>] [delta|value] <op> <number>[%|pp] [with <c>% confidence]
     <quantizers> <metric>[(<score>)] [on <datasets>] delta <op> delta(<quantizer>) [with <c>% confidence]
+    <runtime> parity(<simulated quantizer>) <op> <number> [floor]      (runtime checks: pytest_qrel.runtimes.checks)
 
     quantizers  all | NAME[,NAME...]            e.g. W4A4   or   W6A6,W4A8
     datasets    mean(ood) | mean(NAME,NAME...) | ood | NAME[,NAME...]
     op          <= | < | >= | >
     unit        %  (delta: relative to FP32; value: percent of a fraction metric)
                 pp (percentage points, fraction metrics only); none: the metric's own unit
+                floor (parity only: the simulation's noise floor, the unit parity is measured in)
 
 Without ``delta``/``value`` the bound is on the value itself (``all ece <= 0.05``).
 ``delta <= delta(W4A4)`` bounds by another quantizer's delta on the same metric, dataset and score
@@ -56,10 +58,22 @@ _SHORTHAND = re.compile(
     r"(?P<metric>[A-Za-z_][A-Za-z0-9_]*)(?:\((?P<score>[A-Za-z_][A-Za-z0-9_]*)\))?"
     r"(?:\s+on\s+(?P<on>\S+))?"
     r"\s+(?:(?P<kind>delta|value)\s*)?"
-    rf"(?P<op><=|>=|<|>)\s*(?:(?P<amount>{_NUMBER})\s*(?P<unit>%|pp)?|(?P<refkind>delta|value)\((?P<ref>[^()\s]+)\))"
+    rf"(?P<op><=|>=|<|>)\s*(?:(?P<amount>{_NUMBER})\s*(?P<unit>%|pp|floors?)?|(?P<refkind>delta|value)\((?P<ref>[^()\s]+)\))"
     rf"(?:\s+with\s+(?P<confidence>{_NUMBER})\s*%\s*confidence)?\s*$"
 )
-_AMOUNT = re.compile(rf"^\s*(?P<amount>{_NUMBER})\s*(?P<unit>%|pp)?\s*$")
+_AMOUNT = re.compile(rf"^\s*(?P<amount>{_NUMBER})\s*(?P<unit>%|pp|floors?)?\s*$")
+FLOOR_METRICS = ("parity",)
+"""Metrics measured in noise floors, which may spell their unit: ``parity(W8A8) <= 3 floor``."""
+
+
+def _unit(unit: str | None, metric: str, text: str, where: Location | None, field: str) -> str:
+    """The bound's unit; ``floor`` / ``floors`` is the unit ``parity`` is measured in (so: absolute)."""
+    if unit in ("floor", "floors"):
+        if metric not in FLOOR_METRICS:
+            raise SpecError(f"'{text}': 'floor' is the unit of {', '.join(FLOOR_METRICS)} only", file=where.file if where else None,
+                            line=where.line if where else None, field=field, fix="drop 'floor', or bound e.g. 'parity(W8A8) <= 3 floor'")
+        return "abs"
+    return unit or "abs"
 _REF = re.compile(r"^\s*(?P<refkind>delta|value)\((?P<ref>[^()\s]+)\)\s*$")
 
 SHORTHAND_HELP = "write '<quantizers> <metric>[(<score>)] [on <datasets>] [delta|value] <op> <number>[%|pp] [with <c>% confidence]', e.g. 'W4A4 aupr_out(msp) on mean(ood) delta <= 12%'"
@@ -141,7 +155,7 @@ def parse_shorthand(text: str, where: Location | None = None, field: str = "chec
         kind=kind,  # type: ignore[arg-type]
         op=m["op"],  # type: ignore[arg-type]
         amount=float(m["amount"]) if m["amount"] is not None else 0.0,
-        unit=m["unit"] or "abs",  # type: ignore[arg-type]
+        unit=_unit(m["unit"], m["metric"], text, where, field),  # type: ignore[arg-type]
         ref=m["ref"],
     )
     confidence = None if m["confidence"] is None else parse_confidence(f"{m['confidence']}%", where, field)
@@ -157,7 +171,7 @@ def parse_shorthand(text: str, where: Location | None = None, field: str = "chec
     )
 
 
-def _bound_from_mapping(kind: str, raw: Any, where: Location, field: str) -> Bound:
+def _bound_from_mapping(kind: str, raw: Any, where: Location, field: str, metric: str = "") -> Bound:
     err = dict(file=where.file, line=where.line, field=field)
     if not isinstance(raw, dict) or len(raw) != 1 or next(iter(raw)) not in ("max", "min", "lt", "gt"):
         raise SpecError(
@@ -173,7 +187,7 @@ def _bound_from_mapping(kind: str, raw: Any, where: Location, field: str) -> Bou
     m = _AMOUNT.match(str(amount_raw))
     if not m or isinstance(amount_raw, bool):
         raise SpecError(f"bound '{amount_raw}' is not a number with an optional % or pp", fix="write e.g. 10%, 1pp or 0.05", **err)
-    return Bound(kind=kind, op=op, amount=float(m["amount"]), unit=m["unit"] or "abs")  # type: ignore[arg-type]
+    return Bound(kind=kind, op=op, amount=float(m["amount"]), unit=_unit(m["unit"], metric, str(amount_raw), where, field))  # type: ignore[arg-type]
 
 
 def _names(raw: Any, where: Location, field: str) -> tuple[str, ...]:
@@ -219,7 +233,7 @@ def parse_check(raw: Any, where: Location, field: str, default_confidence: float
         kinds = [k for k in ("delta", "value") if k in raw]
         if len(kinds) != 1:
             raise SpecError("a structured check needs exactly one of 'delta' or 'value'", file=where.file, line=where.line, field=field, fix="add e.g. 'delta: {max: 10%}'")
-        bound = _bound_from_mapping(kinds[0], raw[kinds[0]], where, f"{field}.{kinds[0]}")
+        bound = _bound_from_mapping(kinds[0], raw[kinds[0]], where, f"{field}.{kinds[0]}", str(raw["metric"]))
         if "on" in raw and "datasets" in raw:
             raise SpecError("give either 'on' or 'datasets', not both", file=where.file, line=where.line, field=field)
         on = raw.get("on", raw.get("datasets"))

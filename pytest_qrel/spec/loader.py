@@ -393,6 +393,10 @@ def _validate_check(ctx: _Ctx, check: CheckSpec, suite: Suite, field: str) -> li
         raise fail("'pp' applies to deltas; a value bound takes a plain number or %", fix="write e.g. 'value >= 90%'")
     if check.bound.kind == "value" and check.bound.unit == "%" and not meta["fraction"]:
         raise fail(f"'%' on a value bound means percent of a fraction metric; {check.metric} is not one", fix="write an absolute number")
+    if meta["kind"] == "runtime":  # parity / int8 share / latency of runtime units
+        from ..runtimes.checks import validate_runtime_check
+
+        return validate_runtime_check(check, suite, fail)
     if is_ood:
         if check.score is not None and check.score not in suite.scores:
             raise fail(str(UnknownNameError("score", check.score, list(suite.scores))), fix="add it to 'scores:' or pick a listed one")

@@ -23,11 +23,11 @@ ArraysOf = Callable[[str, str], Sequence[SampleArrays]]
 
 def request_for(planned: PlannedCheck, arrays_of: ArraysOf) -> IntervalRequest | None:
     """The :class:`IntervalRequest` of one planned check (``None`` for metrics without per-sample
-    form, such as the spectral ones)."""
+    form, such as the spectral and runtime ones)."""
     from ..metrics import METRICS
 
     kind = METRICS.meta(planned.check.metric)["kind"]
-    if kind == "spectral":
+    if kind in ("spectral", "runtime"):
         return None
     suite, bound = planned.suite, planned.check.bound
     if kind == "pair":
