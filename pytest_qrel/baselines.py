@@ -175,6 +175,26 @@ def _write_error(path: Path, exc: OSError) -> BaselineError:
     )
 
 
+def check_writable(path: Path) -> None:
+    """Fail now, before an FP32 pass of many minutes, if the baseline ``path`` cannot be written:
+    creates its folder and a probe file (named like the atomic writer's temp files, so a killed
+    probe is cleaned up as one of them), then removes the probe.
+
+    Raises:
+        BaselineError: one line naming the path (read-only folder, a file in the way, full disk,
+            a name too long).
+    """
+    from .io import temp_path
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = temp_path(path)
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        os.unlink(probe)
+    except OSError as exc:
+        raise _write_error(path, exc) from None
+
+
 def write_baseline(
     path: Path,
     *,

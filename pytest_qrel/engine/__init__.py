@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from .. import fingerprint as fp
-from ..baselines import Baseline, baseline_path, read_baseline, write_baseline
+from ..baselines import Baseline, baseline_path, check_writable, read_baseline, write_baseline
 from ..errors import BaselineError, BaselineMissingError, BaselineStaleError, QrelError
 from ..evaluate import decide
 from ..results import UnitMetrics, Verdict
@@ -394,6 +394,7 @@ class Engine:
         from ..posthoc import POSTHOC
 
         path = baseline_path(self.baseline_dir, suite.name, model)
+        check_writable(path)  # before the FP32 pass, not after it
         heldout = self.loader.heldout_available(suite)
         datasets = self.loader.available(suite, [suite.id_dataset.name, *suite.ood_datasets, *suite.shifted_datasets])
         if suite.id_dataset.name not in datasets:
