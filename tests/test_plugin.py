@@ -53,7 +53,7 @@ def test_update_then_pass_and_ids(pytester, write_suite):
     write_suite()
     update(pytester)
     stored = json.loads((pytester.path / "baselines/mini/vit.json").read_text())
-    assert stored["format_version"] == 2 and set(stored["fingerprint"]) == {"model", "datasets", "versions", "conventions"}
+    assert stored["format_version"] == 3 and set(stored["fingerprint"]) == {"model", "datasets", "versions", "conventions"}
     assert (pytester.path / "baselines/mini" / stored["npz"]).is_file()
     assert collected_ids(pytester) == [  # grouped by unit, in the order the checks first name them
         "suites/mini.yaml::vit::W8A8::top1 on digits delta<=2pp",
