@@ -103,13 +103,14 @@ def reproduction_differences(stored: dict[str, np.ndarray], rerun: dict[str, np.
 
 class FirstImages:
     """The first ``n`` samples of an image set, as an image set of their own (for the reproduction
-    pass). Not a file set to the runner (so it is decoded here, and never written to or read from
-    the decode-once image store under its set's key); a shifted set keeps its corruption."""
+    pass); a shifted set keeps its corruption. ``decodes``: whether its samples are decoded from
+    files (then the runner uses its DataLoader workers, as for the whole set); the reproduction
+    runner has no decode-once image store, so the set's store entry is never read or replaced."""
 
-    def __init__(self, ds: Any, n: int) -> None:
+    def __init__(self, ds: Any, n: int, *, decodes: bool = False) -> None:
         import hashlib
 
-        self.ds, self.n = ds, int(n)
+        self.ds, self.n, self.decodes = ds, int(n), decodes
         self.name = f"{getattr(ds, 'name', 'dataset')} (first {self.n})"
         self.labels = np.asarray(ds.labels)[: self.n]
         self.class_names = getattr(ds, "class_names", None)

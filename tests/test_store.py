@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import inspect
 import json
 import os
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -27,14 +27,14 @@ from pytest_qrel.baselines import (
 from pytest_qrel.errors import BaselineError, SpecError
 from pytest_qrel.metrics import id_metrics_from_samples
 
-# A small, self-consistent baseline from a seed: per-sample arrays of one labelled set and the
-# metrics they give (reading a baseline recomputes them). Shared by this process and the writers.
-CONTENT = '''
-import numpy as np
-from pytest_qrel.metrics import id_metrics_from_samples
 
+def content(seed: int, n: int = 60) -> tuple[dict[str, np.ndarray], dict]:
+    """A small, self-consistent baseline from a seed: per-sample arrays of one labelled set and the
+    metrics they give (reading a baseline recomputes them). The writers run this very source."""
+    import numpy as np
 
-def content(seed, n=60):
+    from pytest_qrel.metrics import id_metrics_from_samples
+
     rng = np.random.default_rng(seed)
     logits = rng.normal(0.0, 2.0, (n, 4))
     label = rng.integers(0, 4, n)
@@ -46,7 +46,7 @@ def content(seed, n=60):
         "correct": pred == label, "nll": (-np.log(p[np.arange(n), label])).astype(np.float32),
     }
     return {f"FP32|d|{k}": v for k, v in arrays.items()}, {"id": id_metrics_from_samples(arrays)}
-'''
+
 
 WRITER = '''
 import os, random, sys, time
@@ -73,14 +73,8 @@ for line in sys.stdin:
 '''
 
 
-def _content(seed: int) -> tuple[dict[str, np.ndarray], dict]:
-    namespace: dict = {}
-    exec(CONTENT, namespace)
-    return namespace["content"](seed)
-
-
 def _write(path: Path, seed: int, **kwargs) -> None:
-    arrays, metrics = _content(seed)
+    arrays, metrics = content(seed)
     write_baseline(
         path, suite="s", model="m", fingerprint={"seed": seed}, metrics=metrics, arrays=arrays, run_id=str(seed), created="now",
         id_dataset="d", **kwargs,
@@ -106,7 +100,7 @@ def test_two_unlocked_concurrent_writers_leave_a_valid_pair_every_time(tmp_path)
     over an existing pair; after each, the JSON verifies against its npz and holds one of the two
     new contents. Half the trials start after a quiet period (every file aged past the grace
     period), so both writers' cleanups run while the other writes: each must leave the other's npz."""
-    (tmp_path / "content.py").write_text(CONTENT)
+    (tmp_path / "content.py").write_text("from __future__ import annotations\nimport numpy as np\n\n" + inspect.getsource(content))
     (tmp_path / "writer.py").write_text(WRITER)
     folder = tmp_path / "b"
     path = folder / "m.json"
@@ -200,7 +194,7 @@ def test_cleanup_does_nothing_when_the_json_cannot_be_read(tmp_path):
 def test_a_writer_whose_npz_was_removed_before_its_commit_writes_it_again(tmp_path, monkeypatch):
     """A writer stalled past the grace period may find its npz removed by another's cleanup; it
     checks after its commit and writes the (content-addressed) npz again."""
-    import pytest_qrel.baselines as baselines
+    from pytest_qrel import baselines
 
     path = tmp_path / "b" / "m.json"
     _write(path, 1)
@@ -281,7 +275,7 @@ def test_another_models_npz_with_the_digests_recomputed_is_refused(tmp_path):
 
 def test_a_stored_metric_the_arrays_cannot_give_is_refused(tmp_path):
     path = tmp_path / "b" / "m.json"
-    arrays, metrics = _content(1)
+    arrays, metrics = content(1)
     metrics["shifted"] = {"fog": dict(metrics["id"])}  # no arrays of 'fog' are stored
     write_baseline(path, suite="s", model="m", fingerprint={}, metrics=metrics, arrays=arrays, run_id="r", created="now", id_dataset="d")
     with pytest.raises(BaselineError, match=r"metrics\.shifted\.fog\.\w+ is [\d.]+ in the JSON, nothing \(no arrays for it\)"):
@@ -292,7 +286,7 @@ def test_metrics_recomputed_within_tolerance_are_accepted(tmp_path):
     from pytest_qrel.baselines import METRIC_TOLERANCE
 
     path = tmp_path / "b" / "m.json"
-    arrays, metrics = _content(1)
+    arrays, metrics = content(1)
     exact = id_metrics_from_samples({k.split("|")[2]: v for k, v in arrays.items()})
     assert metrics["id"] == exact
     metrics["id"]["top1"] += METRIC_TOLERANCE / 2  # rounding of another numpy: accepted
@@ -317,7 +311,7 @@ def test_a_baseline_folder_under_a_file_is_one_line_naming_the_path(tmp_path):
 
 def test_a_name_too_long_for_the_file_system_is_one_line(tmp_path):
     path = tmp_path / "b" / ("m" * 300 + ".json")
-    arrays, metrics = _content(1)
+    arrays, metrics = content(1)
     with pytest.raises(BaselineError) as info:
         write_baseline(path, suite="s", model="m" * 300, fingerprint={}, metrics=metrics, arrays=arrays, run_id="r", created="now", id_dataset="d")
     assert str(info.value).startswith(f"cannot write the FP32 baseline {path}: File name too long")

@@ -452,7 +452,7 @@ class _Walk:
         if os.path.islink(first) and not self._inside(real):
             raise self._escape(first, real)
         self._enter(first, real, (self.real_root,) if real != self.real_root else ())
-        stack = [(first, real, "", (self.real_root, real))]
+        stack: list[tuple[str, str, str, tuple[str, ...]]] = [(first, real, "", (self.real_root, real))]
         while stack:
             path, real, rel, chain = stack.pop()
             try:

@@ -34,7 +34,7 @@ import numpy as np
 
 from .. import fingerprint as fp
 from ..baselines import Baseline, baseline_path, check_writable, read_baseline, write_baseline
-from ..errors import BaselineError, BaselineMissingError, BaselineStaleError, QrelError
+from ..errors import BaselineError, BaselineMissingError, BaselineStaleError, NumericsError, QrelError
 from ..evaluate import decide
 from ..results import UnitMetrics, Verdict
 from ..spec.plan import PlannedCheck, base_quantizer
@@ -139,7 +139,7 @@ class Engine:
         self._intervals: dict[tuple[str, str, str, str], Any] = {}
         # The FP32 reproduction check: its own runner (no image store, no outputs cache), so its one
         # small pass per model is counted apart from the units' passes.
-        self.reproduction_runner = Runner(device=device, workers=0, store=None)
+        self.reproduction_runner = Runner(device=device, workers=workers, store=None, trace_event="reproduce")
         self._probes: dict[tuple[str, str], PassResult] = {}
         self._reproduced: dict[tuple[str, str], QrelError | None] = {}
 
@@ -525,6 +525,7 @@ class Engine:
     def _probe(self, suite: Suite, model: str) -> PassResult:
         """FP32 on the first few ID test images, logits kept; once per (suite, model) and engine."""
         from ..reproduction import REPRODUCE_IMAGES, FirstImages
+        from .runner import _decodes
 
         key = (suite.name, model)
         if key not in self._probes:
@@ -537,12 +538,15 @@ class Engine:
             with_clip = clip is not None and hasattr(module, "forward_with_features")
             scores = {s: f for s, f in score_functions(suite).items() if f[1] != "clip" or with_clip}
             what = f"model '{model}' FP32 on the first {n} '{id_name}' test images (reproduction check)"
-            with user_stage("the forward pass", what):
-                self._probes[key] = self.reproduction_runner.run(
-                    module, FirstImages(ds, n), loaded.preprocess, batch_size=suite.batch_size,
-                    want=Want(labelled=True, scores=scores, clip=clip, keep_logits=True), what=what,
-                    preprocessing=loaded.preprocessing, key=(suite.name, model, FP32, id_name),
-                )
+            try:
+                with user_stage("the forward pass", what):
+                    self._probes[key] = self.reproduction_runner.run(
+                        module, FirstImages(ds, n, decodes=_decodes(ds)), loaded.preprocess, batch_size=suite.batch_size,
+                        want=Want(labelled=True, scores=scores, clip=clip, keep_logits=True), what=what,
+                        preprocessing=loaded.preprocessing, key=(suite.name, model, FP32, id_name),
+                    )
+            except NumericsError as exc:  # NaN / inf logits: say which pass found them
+                raise exc.with_context(f"the FP32 reproduction check on the first {n} '{id_name}' test images") from None
         return self._probes[key]
 
     def _reproduction_problem(self, suite: Suite, model: str, stored: SampleArrays, stored_device: str) -> tuple[int, list[str], Any]:
@@ -584,8 +588,9 @@ class Engine:
             except QrelError as exc:
                 error = exc
             self._reproduced[key] = error
-        if self._reproduced[key] is not None:
-            raise self._reproduced[key]
+        found = self._reproduced[key]
+        if found is not None:
+            raise found
 
     # ------------------------------------------------------------------ checks
     def _value_from(self, metrics: dict[str, Any], p: PlannedCheck, where: str, errors: dict[tuple[str, str], str] | None = None) -> float:
