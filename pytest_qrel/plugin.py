@@ -75,6 +75,7 @@ class _State:
 
 STATE = pytest.StashKey[_State]()
 PLANNED = pytest.StashKey[PlannedCheck]()
+BASELINE_FOLDERS = pytest.StashKey[dict[str, Path]]()  # suite name (case-folded) -> the suite file whose baselines it names
 
 
 # ---------------------------------------------------------------------------- options
@@ -389,6 +390,9 @@ class SuiteFile(pytest.File):
 
     def collect(self) -> Any:
         suite = load_suite(_relative(self.path, self.config.invocation_params.dir))
+        from .baselines import claim_baseline_folder  # two suites with one name would share one baseline folder
+
+        claim_baseline_folder(self.config.stash.setdefault(BASELINE_FOLDERS, {}), suite.name, suite.path)
         planned = plan(suite)
         state = self.config.stash[STATE]
         state.planned[suite.name] = state.planned.get(suite.name, 0) + len(planned)

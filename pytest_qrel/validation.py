@@ -14,6 +14,7 @@ function                        when
 :func:`check_ood_set_size`      once per OOD set, when it is loaded
 :func:`check_ood_scores`        before the OOD metrics of one (model, quantizer, score, OOD set)
 :func:`refuse_chance_level`     before an FP32 baseline is written (``--qrel-update-baselines``)
+:func:`refuse_input_independent` before an FP32 baseline is written, on the reproduction pass's logits
 ==============================  =========================================================================
 
 Decisions (also in the README's Troubleshooting section):
@@ -28,6 +29,12 @@ Decisions (also in the README's Troubleshooting section):
   ``1 / n_classes`` (the accuracy of guessing) means the labels do not match what the model predicts
   (class folders in another order, the wrong split) far more often than a model this bad; its
   baseline is refused.
+- Input independence: a model whose logits do not depend on its input (a forward that ignores
+  ``x``, a head fed a constant) scores at chance and gives AUROC 0.5, yet nothing else would stop
+  its baseline. Its outputs are refused when the logits of the reproduction images
+  (:data:`pytest_qrel.reproduction.REPRODUCE_IMAGES` different images) agree to within
+  :data:`INPUT_INDEPENDENT_RTOL` of their scale *and* the confidence and every score of every set
+  do too: float noise (a one-ulp wobble between batches) is not dependence on the input.
 """
 
 from __future__ import annotations
@@ -45,6 +52,10 @@ MIN_OOD_SAMPLES = 10
 
 CHANCE_SIGMAS = 3.0
 """FP32 top-1 within this many binomial standard errors of chance is refused as a baseline."""
+
+INPUT_INDEPENDENT_RTOL = 1e-5
+"""Outputs that vary by at most this times max(1, their magnitude) across images are float noise,
+not a dependence on the input (a float32 step is 1.2e-7 relative: this allows about 100 of them)."""
 
 
 def _unit(model: str, quantizer: str | None, dataset: str) -> str:
@@ -259,7 +270,54 @@ def refuse_chance_level(
     )
 
 
+def _spread(values: np.ndarray) -> tuple[float, float]:
+    """``(max - min, max(1, max |x|))`` of a float array (0, 1 when empty)."""
+    if values.size == 0:
+        return 0.0, 1.0
+    return float(values.max() - values.min()), max(1.0, float(np.abs(values).max()))
+
+
+def refuse_input_independent(
+    probe_logits: Any, arrays: Any, *, model: str, dataset: str, rtol: float = INPUT_INDEPENDENT_RTOL
+) -> None:
+    """Refuse an FP32 baseline from a model whose outputs do not depend on its input.
+
+    ``probe_logits`` (n, C): the FP32 logits of the first ``n`` images of the ID set ``dataset``;
+    ``arrays``: ``{dataset: SampleArrays}`` of the whole pass (ID and OOD sets). Refused when the
+    logits rows agree to within ``rtol`` x max(1, max |logit|) and so do ``confidence`` and every
+    ``score.<s>`` over all samples of all sets (predictions may still differ: equal logits broken by
+    one float step pick different classes).
+
+    Raises:
+        NumericsError: ``"refusing to store the FP32 baseline of model 'm': its outputs do not
+            depend on its input ..."``.
+    """
+    x = np.asarray(probe_logits, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 2:
+        return
+    wobble = float(np.abs(x - x[:1]).max())
+    if wobble > rtol * max(1.0, float(np.abs(x).max())):
+        return
+    fields: dict[str, list[np.ndarray]] = {}
+    for per in arrays.values():
+        for name, a in per.items():
+            if name == "confidence" or name.startswith("score."):
+                fields.setdefault(name, []).append(np.asarray(a, dtype=np.float64).ravel())
+    for name, parts in fields.items():
+        spread, scale = _spread(np.concatenate(parts))
+        if spread > rtol * scale:
+            return
+    n = sum(len(per.get("confidence", ())) for per in arrays.values())
+    conf = np.concatenate(fields["confidence"]) if "confidence" in fields else np.zeros(0)
+    shown = f"; all {n} images of {', '.join(repr(d) for d in arrays)} get confidence {float(conf[0]):.4g}" if conf.size else ""
+    raise NumericsError(
+        f"refusing to store the FP32 baseline of model '{model}': its outputs do not depend on its input "
+        f"(the logits of {x.shape[0]} different '{dataset}' images agree to within {wobble:.2g}, float noise{shown}) "
+        "(fix: check that the model's forward computes from its input; a model that ignores it scores at chance on every check)"
+    )
+
+
 __all__ = [
-    "CHANCE_SIGMAS", "MIN_OOD_SAMPLES", "LogitsTally", "check_class_folders", "check_labels_in_range", "check_logits_finite",
-    "check_ood_scores", "check_ood_set_size", "refuse_chance_level",
+    "CHANCE_SIGMAS", "INPUT_INDEPENDENT_RTOL", "MIN_OOD_SAMPLES", "LogitsTally", "check_class_folders", "check_labels_in_range", "check_logits_finite",
+    "check_ood_scores", "check_ood_set_size", "refuse_chance_level", "refuse_input_independent",
 ]

@@ -71,7 +71,7 @@ DATA_CASES: list[Case] = [
      "must come from an in-distribution set such as 'embedded:digits'"),
     ("embedded set with options", nothing, ds("embedded:noise", limit=3), DataError,
      "dataset 'embedded:noise': unknown option(s) 'limit'; embedded datasets take no options (remove them from the suite)"),
-    ("imagefolder root missing", nothing, ds("imagefolder:nowhere"), DataMissingError, "dataset root {t}/nowhere does not exist (from 'nowhere')"),
+    ("imagefolder root missing", nothing, ds("imagefolder:nowhere"), DataError, "dataset root {t}/nowhere does not exist (from 'nowhere')"),
     ("imagefolder unset variable", nothing, ds("imagefolder:${{QREL_CORPUS_UNSET}}/val"), DataMissingError,
      "dataset root '${QREL_CORPUS_UNSET}/val' uses the environment variable QREL_CORPUS_UNSET, which is not set "
      "(set it to the data's location, e.g. `export QREL_CORPUS_UNSET=/path/to/data`)"),
@@ -91,7 +91,7 @@ DATA_CASES: list[Case] = [
     ("imagefolder misspelled built-in class list", classes_tree, ds("imagefolder:data", classes="imagenet1kk"), DataError,
      "dataset 'imagefolder:data': option 'classes': 'imagenet1kk' is neither a built-in class list nor a file; did you mean 'imagenet1k'? "
      "(built-in lists: imagenet1k, imagenet1k_names, imagenet_a, imagenet_r)"),
-    ("imagefolder class list file missing", classes_tree, ds("imagefolder:data", classes="lists/classes.txt"), DataMissingError,
+    ("imagefolder class list file missing", classes_tree, ds("imagefolder:data", classes="lists/classes.txt"), DataError,
      "class list {t}/lists/classes.txt does not exist (from 'lists/classes.txt')"),
     ("imagefolder class listed twice", classes_tree, ds("imagefolder:data", classes=["cat", "dog", "cat"]), DataError,
      "dataset 'imagefolder:data': option 'classes': class 'cat' is listed twice (each class needs one index)"),
@@ -126,7 +126,7 @@ DATA_CASES: list[Case] = [
      "unknown corruption 'gausian_noise'; did you mean 'gaussian_noise'? (known: {corruptions})"),
     ("shift without a severity", nothing, ds("shift:gaussian_noise", of="embedded:digits"), DataError,
      "dataset 'shift:gaussian_noise': write 'shift:<corruption>/<severity>', e.g. 'shift:gaussian_noise/3' (corruptions: {corruptions})"),
-    ("shift of a missing folder", nothing, ds("shift:gaussian_noise/3", of="imagefolder:nowhere"), DataMissingError,
+    ("shift of a missing folder", nothing, ds("shift:gaussian_noise/3", of="imagefolder:nowhere"), DataError,
      "dataset 'shift:gaussian_noise/3': base set 'imagefolder:nowhere': dataset root {t}/nowhere does not exist (from 'nowhere')"),
     ("shift of a misspelled set", nothing, ds("shift:gaussian_noise/3", of="embedded:digts"), UnknownNameError,
      "dataset 'shift:gaussian_noise/3': base set 'embedded:digts': unknown embedded dataset 'digts'; did you mean 'digits'? "

@@ -4,8 +4,9 @@ A release gate must never end green, or read a wrong baseline, because a process
 
 - a baseline write killed at any moment leaves the old pair (JSON + npz) or the new pair, which
   the next run reads as what it is (the old one is *stale* against the changed suite, the new one
-  passes); never a torn pair, never a silently wrong one; temp files and orphaned npz files of the
-  killed write are removed by the next write;
+  passes); never a torn pair, never a silently wrong one; temp files of the killed write are
+  removed by the next write, and its orphaned npz files by the next write after the grace period
+  (:data:`pytest_qrel.baselines.GRACE_SECONDS`: the tests age the files instead of waiting);
 - a worker killed under ``-n 2`` makes the exit code, the terminal summary, the Markdown summary
   and the HTML banner red, and they name the check that was lost.
 
@@ -198,6 +199,15 @@ def strays(root: Path) -> list[str]:
     return sorted(p.name for p in (root / BASE_DIR).iterdir() if p.name not in ("m.json", named))
 
 
+def age_baselines(root: Path) -> None:
+    """Move the baseline files' mtimes past the grace period (as if the next write came later)."""
+    from pytest_qrel.baselines import GRACE_SECONDS
+
+    for p in (root / BASE_DIR).iterdir():
+        st = p.stat()
+        os.utime(p, (st.st_atime - 2 * GRACE_SECONDS, st.st_mtime - 2 * GRACE_SECONDS))
+
+
 def killed_update(pytester: pytest.Pytester, at: str, delay: float | None = None, timeout: float = 120.0) -> str:
     """Start ``--qrel-update-baselines`` with the crash point ``at``; SIGKILL it once the marker
     appears (plus ``delay`` seconds). Returns what the marker said, or "finished" if the run
@@ -248,10 +258,10 @@ def test_write_removes_npz_temps_of_killed_writes_of_other_content(tmp_path):
     other = tmp_path / "b" / f".mm.0123456789ab.npz.{_HOST}.{int(dead.stdout)}.deadbeef.tmp"
     for p in (stray, live, other):
         p.write_bytes(b"PK half")
-    write_baseline(tmp_path / "b" / "m.json", suite="s", model="m", fingerprint={}, metrics={"id": {"top1": 0.5}},
-                   arrays={"FP32|d|correct": np.ones(3, bool)}, run_id="r", created="now")
+    write_baseline(tmp_path / "b" / "m.json", suite="s", model="m", fingerprint={"n": 3}, metrics={},
+                   arrays={"FP32|d|correct": np.ones(3, bool)}, run_id="r", created="now", id_dataset="d")
     assert not stray.exists() and live.exists() and other.exists()
-    assert read_baseline(tmp_path / "b" / "m.json", update_command="u").metrics == {"id": {"top1": 0.5}}
+    assert read_baseline(tmp_path / "b" / "m.json", update_command="u").fingerprint == {"n": 3}
 
 
 @pytest.fixture
@@ -293,10 +303,11 @@ def test_kill_during_baseline_update_leaves_old_or_new_and_next_write_cleans_up(
         "npz_partial": ["npz temp"],  # half an npz under its temp name
         "before_json": ["npz"],  # that temp removed by this write; its new npz, which no JSON names
         "json_partial": ["json temp", "npz"],
-        "after_json": ["npz"],  # the JSON temp removed by this write; the old npz, not yet deleted
+        "after_json": ["npz"],  # the JSON temp removed by this write; the old npz, young: kept for the grace period
     }
 
-    # the next write (a whole update run) removes every stray file of the killed ones
+    # the next write after the grace period (a whole update run) removes every stray file of the killed ones
+    age_baselines(pytester.path)
     result = pytester.runpytest_subprocess(*ARGS, "--qrel-update-baselines")
     assert result.ret == 0, result.stdout.str()
     assert strays(pytester.path) == []
@@ -329,9 +340,13 @@ def test_kill_at_random_moments_leaves_old_or_new(pytester, old_baseline):
     print(f"\nkill -9 trials: {trials}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     print("\n".join(f"  {n} x {k}" for k, n in sorted(phases.items())))
     assert not problems, problems
-    result = pytester.runpytest_subprocess(*ARGS, "--qrel-update-baselines")  # the next write cleans up
+    age_baselines(pytester.path)
+    superseded = json.loads((pytester.path / BASE_DIR / "m.json").read_text())["npz"]
+    result = pytester.runpytest_subprocess(*ARGS, "--qrel-update-baselines")  # the next write after the grace period cleans up
     assert result.ret == 0, result.stdout.str()
-    assert strays(pytester.path) == []
+    # everything the killed writes left is gone; only the npz this write superseded (when its content
+    # differs) stays, young, for the grace period
+    assert set(strays(pytester.path)) <= {superseded}
 
 
 # ---------------------------------------------------------------------------- a crashed xdist worker

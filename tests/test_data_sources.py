@@ -276,12 +276,15 @@ def test_train_split_must_be_configured(tree):
         imagefolder(tree, split="train", split_dirs={"test": "."})
 
 
-def test_missing_root_is_data_missing_with_the_path(tmp_path):
-    with pytest.raises(DataMissingError, match=str(tmp_path / "nope")):
+def test_missing_literal_root_is_an_error_with_the_path(tmp_path):
+    """A literal path that does not exist is a typo to fix, not data to skip (issue 18)."""
+    with pytest.raises(DataError, match=str(tmp_path / "nope")) as info:
         imagefolder("nope", base_dir=tmp_path)
+    assert not isinstance(info.value, DataMissingError)
     (tmp_path / "ds").mkdir()
-    with pytest.raises(DataMissingError, match=str(tmp_path / "ds" / "train")):
+    with pytest.raises(DataError, match=str(tmp_path / "ds" / "train")) as info:
         imagefolder(tmp_path / "ds", split="train", split_dirs={"train": "train", "test": "."})
+    assert not isinstance(info.value, DataMissingError)
 
 
 def test_env_vars_unset_and_set(tree, monkeypatch):
@@ -385,8 +388,9 @@ def test_filelist_label_out_of_range_and_bad_labels(listed):
 
 
 def test_filelist_missing_list_and_unknown_option(listed, tmp_path):
-    with pytest.raises(DataMissingError, match=str(tmp_path / "nope.txt")):
+    with pytest.raises(DataError, match=str(tmp_path / "nope.txt")) as info:
         filelist("nope.txt", base_dir=tmp_path)
+    assert not isinstance(info.value, DataMissingError)
     with pytest.raises(DataError, match=r"unknown option\(s\) 'extensions'.*accepted"):
         filelist(listed / "test.txt", extensions=[".png"])
 
@@ -417,14 +421,16 @@ def write_fake_mnist(root: Path, n_test: int = 5, n_train: int = 7) -> Path:
 
 
 def test_torchvision_missing_root_names_it(tmp_path):
-    with pytest.raises(DataMissingError, match=str(tmp_path / "cifar")):
+    with pytest.raises(DataError, match=str(tmp_path / "cifar")) as info:
         tv("CIFAR10", root="cifar", base_dir=tmp_path)
+    assert not isinstance(info.value, DataMissingError)
 
 
 def test_torchvision_dataset_not_found_under_root(tmp_path):
     (tmp_path / "cifar").mkdir()
-    with pytest.raises(DataMissingError, match=r"not found under .*cifar.*torchvision: Dataset not found"):
+    with pytest.raises(DataError, match=r"not found under .*cifar.*torchvision: Dataset not found") as info:
         tv("CIFAR10", root=str(tmp_path / "cifar"))
+    assert not isinstance(info.value, DataMissingError)
 
 
 def test_torchvision_unset_env_var(monkeypatch):

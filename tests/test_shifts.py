@@ -240,9 +240,12 @@ def test_shift_source_errors(tmp_path):
         load_dataset("shift:contrast/1", split="test")
     with pytest.raises(DataError, match=r"'sed' \(did you mean 'seed'\?\)"):
         load_dataset("shift:contrast/1", split="test", options={**of, "sed": 1})
-    # a missing base stays a DataMissingError (dependent checks are skipped), naming the path
-    with pytest.raises(DataMissingError, match=str(tmp_path / "gone")):
+    # a missing literal base is an error naming the path; only an unset variable skips (stays a DataMissingError)
+    with pytest.raises(DataError, match=str(tmp_path / "gone")) as info:
         load_dataset("shift:contrast/1", split="test", options={"of": "imagefolder:gone"}, base_dir=tmp_path)
+    assert not isinstance(info.value, DataMissingError)
+    with pytest.raises(DataMissingError, match="QREL_SHIFT_UNSET"):
+        load_dataset("shift:contrast/1", split="test", options={"of": "imagefolder:${QREL_SHIFT_UNSET}/gone"}, base_dir=tmp_path)
 
 
 # ------------------------------------------------------------- where the corruption runs: stages

@@ -152,7 +152,7 @@ def resolve_class_list(value: Any, *, base_dir: Path, where: str) -> list[str]:
 
     Raises:
         DataError: wrong type, unreadable or empty file, duplicate names.
-        DataMissingError: the file (or an environment variable in its path) is missing.
+        DataMissingError: an environment variable in its path is unset (a missing file is a DataError).
     """
     from .folders import resolve_path  # shared path rules: ${VARS}, ~, base_dir
 

@@ -47,8 +47,18 @@ options are a :class:`~pytest_qrel.errors.DataError` naming the option and the a
 
 *Paths.* Roots, lists and option paths may use ``${VARS}`` and ``~``; an unset variable is a
 :class:`~pytest_qrel.errors.DataMissingError` naming it (so dependent checks are skipped, not
-failed, unless ``--qrel-strict``), as is a root or list that does not exist (naming the resolved
-path). Relative paths resolve against ``base_dir`` (the suite file's folder).
+failed, unless ``--qrel-strict``: a CI machine without the data sets the variable nowhere). A
+path that does not exist is a :class:`~pytest_qrel.errors.DataError` naming the resolved path,
+whether written literally or built from variables that are set: a typo must fail, never skip.
+Relative paths resolve against ``base_dir`` (the suite file's folder).
+
+*Symbolic links.* The walk of a folder follows a link to a file or a folder only when its target
+lies inside that folder (the split's root, resolved), and reads each real folder and file once.
+A link whose target is outside (``val/cat -> ../train/cat`` would put training images in the test
+split), a link back to a folder that contains it (a loop), a second link to a folder or file the
+walk already reads, and a broken link with an image name are each a
+:class:`~pytest_qrel.errors.DataError` naming the link. Images kept elsewhere can be named in a
+``filelist:`` source, which reads the files it lists wherever they are.
 
 *Order.* Samples are sorted by relative path, compared component by component (so all files of
 one class folder are together and the order is the same on every file system).
@@ -97,9 +107,10 @@ def resolve_path(raw: Any, *, base_dir: Path | None, what: str, must_exist: bool
     """Expand ``${VARS}`` and ``~`` in ``raw``, resolve it against ``base_dir``, check it exists.
 
     Raises:
-        DataError: ``raw`` is not a non-empty string.
-        DataMissingError: an environment variable in ``raw`` is unset, or (``must_exist``) the path
-            does not exist; the message names the variable or the resolved path.
+        DataError: ``raw`` is not a non-empty string, or (``must_exist``) the path does not exist:
+            a literal path, or one built from variables that are all set, names data that should be
+            there, so its absence is an error (naming the resolved path), never a skip.
+        DataMissingError: an environment variable in ``raw`` is unset (the only case that skips).
     """
     if isinstance(raw, os.PathLike):
         raw = os.fspath(raw)
@@ -119,7 +130,7 @@ def resolve_path(raw: Any, *, base_dir: Path | None, what: str, must_exist: bool
     path = Path(os.path.normpath(path))
     if must_exist and not path.exists():
         shown = f" (from '{raw}')" if raw != str(path) else ""
-        raise DataMissingError(f"{what} {path} does not exist{shown}")
+        raise DataError(f"{what} {path} does not exist{shown}")
     return path
 
 
@@ -387,16 +398,116 @@ def _scan(folder: Path, exts: tuple[str, ...]) -> tuple[list[str], list[str]]:
     return sorted(loose), sorted(subdirs)
 
 
-def _walk_images(folder: Path, exts: tuple[str, ...]) -> list[str]:
-    """Image files below ``folder`` (recursive, following links, hidden entries skipped), as posix relpaths."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        rel_dir = Path(dirpath).relative_to(folder)
-        for name in filenames:
-            if not name.startswith(".") and name.lower().endswith(exts):
-                out.append((rel_dir / name).as_posix())
-    return out
+class _Walk:
+    """Image files under one root (a split's folder), following symbolic links only inside it and
+    reading each real folder and file once (see *Symbolic links* in the module docstring).
+
+    ``images(start)`` lists the images below ``start`` (recursive, hidden entries skipped) as posix
+    paths relative to ``start``; several calls share what was read, so a folder reached again
+    through a link from another class folder is caught. ``check_file(path)`` checks one loose
+    image; ``done()`` checks, after every walk, that no link names a file the walk read itself.
+    Only links cost a ``realpath``; plain entries are classified from ``scandir`` alone.
+    """
+
+    def __init__(self, where: str, root: Path, exts: tuple[str, ...]) -> None:
+        self.where, self.root, self.exts = where, root, exts
+        self.real_root = os.path.realpath(root)
+        self.dirs: dict[str, str] = {}  # real folder -> the path it was first read through
+        self.linked: dict[str, str] = {}  # real target of a file link -> the link
+
+    def _inside(self, real: str) -> bool:
+        return real == self.real_root or real.startswith(self.real_root.rstrip(os.sep) + os.sep)
+
+    def _is_image(self, name: str) -> bool:
+        return not name.startswith(".") and name.lower().endswith(self.exts)
+
+    def _escape(self, link: str, target: str) -> DataError:
+        return DataError(
+            f"{self.where}: {link} is a symbolic link to {target}, outside the dataset folder {self.root}; links out of the "
+            f"folder are not followed (fix: move or copy the images into {self.root}, or list them in a 'filelist:' source, "
+            "which reads files wherever they are)"
+        )
+
+    def _enter(self, path: str, real: str, chain: tuple[str, ...]) -> None:
+        if real in chain:
+            raise DataError(
+                f"{self.where}: {path} is a symbolic link to {real}, a folder that contains it (a loop) (fix: remove the link)"
+            )
+        first = self.dirs.setdefault(real, path)
+        if first != path:
+            raise DataError(
+                f"{self.where}: {path} leads to the folder {real}, which is also read as {first}; its images would count "
+                "twice (fix: remove the link)"
+            )
+
+    def _link_to_file(self, link: str, target: str) -> None:
+        first = self.linked.setdefault(target, link)
+        if first != link:
+            raise DataError(f"{self.where}: {link} and {first} are both links to {target}; the image would count twice (fix: remove one)")
+
+    def _follow(self, link: str) -> str | None:
+        """The checked real target of ``link``, or None for a broken link that is not an image name."""
+        target = os.path.realpath(link)
+        if not os.path.exists(target):
+            if self._is_image(os.path.basename(link)):
+                raise DataError(f"{self.where}: {link} is a broken symbolic link (to {os.readlink(link)}) (fix: remove it or restore its target)")
+            return None
+        if not self._inside(target):
+            raise self._escape(link, target)
+        return target
+
+    def check_file(self, path: Path) -> None:
+        """A loose image directly in the root: a link must stay inside it."""
+        if os.path.islink(path):
+            target = self._follow(str(path))
+            if target is not None:
+                self._link_to_file(str(path), target)
+
+    def images(self, start: Path) -> list[str]:
+        out: list[str] = []
+        first = str(start)
+        real = os.path.realpath(first)
+        if os.path.islink(first) and not self._inside(real):
+            raise self._escape(first, real)
+        self._enter(first, real, (self.real_root,) if real != self.real_root else ())
+        stack: list[tuple[str, str, str, tuple[str, ...]]] = [(first, real, "", (self.real_root, real))]
+        while stack:
+            path, real, rel, chain = stack.pop()
+            try:
+                entries = sorted(os.scandir(path), key=lambda e: e.name, reverse=True)
+            except OSError as err:
+                raise DataError(f"{self.where}: cannot list {path}: {err.strerror or err}") from None
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                child = f"{rel}/{entry.name}" if rel else entry.name
+                if entry.is_symlink():
+                    target = self._follow(entry.path)
+                    if target is None:
+                        continue
+                    if os.path.isdir(target):
+                        self._enter(entry.path, target, chain)
+                        stack.append((entry.path, target, child, (*chain, target)))
+                    elif self._is_image(entry.name):
+                        self._link_to_file(entry.path, target)
+                        out.append(child)
+                elif entry.is_dir(follow_symlinks=False):
+                    sub = os.path.join(real, entry.name)
+                    self._enter(entry.path, sub, chain)
+                    stack.append((entry.path, sub, child, (*chain, sub)))
+                elif self._is_image(entry.name):
+                    out.append(child)
+        return out
+
+    def done(self) -> None:
+        """No link names an image the walk reads through its own folder as well."""
+        for target, link in self.linked.items():
+            folder, name = os.path.split(target)
+            if folder in self.dirs and self._is_image(name):
+                raise DataError(
+                    f"{self.where}: {link} is a symbolic link to {target}, which is also read as an image of "
+                    f"{self.dirs[folder]}; it would count twice (fix: remove the link)"
+                )
 
 
 def _class_space(
@@ -488,18 +599,21 @@ def imagefolder_source(
             f"'{split}: <folder>' or 'split_dirs: {{{split}: <subdir>, test: <subdir>}}' to the dataset"
         )
     loose, subdirs = _scan(folder, exts)
+    walk = _Walk(where, folder, exts)
 
     if labels_mode == "none":
-        relpaths = sorted(_walk_images(folder, exts), key=_sort_key)
+        relpaths = sorted(walk.images(folder), key=_sort_key)
         labels = np.full(len(relpaths), OOD_LABEL, dtype=np.int64)
         class_names, header_classes, layout = None, {}, "unlabelled"
         class_order, order_from = None, None
     else:
-        files_by_dir = {d: _walk_images(folder / d, exts) for d in subdirs}
+        files_by_dir = {d: walk.images(folder / d) for d in subdirs}
         class_dirs = [d for d in subdirs if files_by_dir[d]]
         if not class_dirs:
             if labels_mode == "folders":
                 raise DataError(f"{where}: {folder} has no class subfolders with images (labels: folders); for an OOD folder use 'labels: none'")
+            for name in loose:
+                walk.check_file(folder / name)
             relpaths = loose
             labels = np.full(len(relpaths), OOD_LABEL, dtype=np.int64)
             class_names, header_classes, layout = None, {}, "flat"
@@ -544,6 +658,7 @@ def imagefolder_source(
             relpaths = [relpaths[i] for i in order]
             labels = np.asarray([label_list[i] for i in order], dtype=np.int64)
             layout = "classes"
+    walk.done()
     if not relpaths:
         raise DataError(f"{where}: no images found under {folder} (extensions: {', '.join(exts)})")
 

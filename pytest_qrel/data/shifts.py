@@ -988,7 +988,7 @@ def shift_source(
     Raises:
         UnknownNameError: unknown corruption (lists the known ones).
         DataError: malformed ``<corruption>/<severity>``, missing ``of``, bad option; errors of the
-            base source pass through (a missing base root stays a DataMissingError).
+            base source pass through (a base root from an unset ${VAR} stays a DataMissingError).
     """
     from .base import load_dataset
 

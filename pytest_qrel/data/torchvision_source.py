@@ -9,9 +9,10 @@ Options:
 
 ==================  ===========================================================================
 ``root``            the dataset's ``root`` (``${VARS}``, ``~``, relative to the suite's folder);
-                    required when the class takes a ``root``. A missing root, or data that
-                    torchvision reports as not found, is a :class:`~pytest_qrel.errors.DataMissingError`
-                    naming the root (dependent checks are skipped unless ``--qrel-strict``).
+                    required when the class takes a ``root``. A root from an unset ``${VAR}`` is a
+                    :class:`~pytest_qrel.errors.DataMissingError` (dependent checks are skipped
+                    unless ``--qrel-strict``); a root that does not exist, or data that torchvision
+                    reports as not found under it, is a :class:`~pytest_qrel.errors.DataError` naming it.
 ``kwargs``          extra constructor arguments, e.g. ``{split: balanced}`` for EMNIST.
 ``split_names``     ``{train: <name>, val: <name>, test: <name>}``: the values of a ``split=``
                     argument. Defaults: the split's own name, except those in
@@ -63,7 +64,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError, DataMissingError, UnknownNameError
+from ..errors import DataError, UnknownNameError
 from .base import DATASET_SOURCES, OOD_LABEL
 from .folders import (
     FINGERPRINT_VERSION,
@@ -278,9 +279,9 @@ def torchvision_source(
 
     Raises:
         UnknownNameError: ``<Name>`` is not a class of torchvision.datasets.
-        DataMissingError: the root does not exist (or uses an unset ``${VAR}``), or torchvision
-            reports the data as not found.
-        DataError: unknown or invalid option, no train split, targets that are not class indices.
+        DataMissingError: the root uses an unset ``${VAR}``.
+        DataError: the root does not exist, torchvision reports the data as not found under it, an
+            unknown or invalid option, no train split, targets that are not class indices.
     """
     options = dict(options or {})
     base_dir = Path(base_dir or Path.cwd())
@@ -313,7 +314,7 @@ def torchvision_source(
         msg = str(err).strip() or type(err).__name__
         if isinstance(err, FileNotFoundError) or any(h in msg.lower() for h in _MISSING_HINTS):
             at = args.get("root", "?")
-            raise DataMissingError(
+            raise DataError(  # the root exists (resolve_path checked it): the data should be there
                 f"{where}: data not found under {at} (torchvision: {msg.splitlines()[0]}); "
                 f"put the dataset there first (e.g. run torchvision.datasets.{arg} with its download flag on, on a machine with network access, then copy the folder)"
             ) from None

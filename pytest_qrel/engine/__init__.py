@@ -13,7 +13,11 @@ Collaborators, one job each:
   (:class:`~pytest_qrel.results.UnitMetrics`). Checks only read metrics; the report only reads records.
 
 FP32 values are read from the stored baseline, which ``update_baselines=True`` (re)writes from a
-fresh FP32 run; quantized results are never stored as baselines.
+fresh FP32 run; quantized results are never stored as baselines. Before a model's first check, the
+FP32 model re-runs the first :data:`~pytest_qrel.reproduction.REPRODUCE_IMAGES` ID test images
+once (a separate small pass, counted in :attr:`Engine.reproduction_passes`) and must reproduce the
+stored per-sample outputs (:mod:`pytest_qrel.reproduction`); the same pass refuses, when a
+baseline is written, a model whose outputs do not depend on its input.
 """
 
 from __future__ import annotations
@@ -29,16 +33,18 @@ from typing import Any
 import numpy as np
 
 from .. import fingerprint as fp
-from ..baselines import Baseline, baseline_path, read_baseline, write_baseline
-from ..errors import BaselineMissingError, BaselineStaleError, QrelError
+from ..baselines import Baseline, baseline_path, check_writable, read_baseline, write_baseline
+from ..errors import BaselineError, BaselineMissingError, BaselineStaleError, NumericsError, QrelError
 from ..evaluate import decide
 from ..results import UnitMetrics, Verdict
 from ..spec.plan import PlannedCheck, base_quantizer
 from ..spec.schema import FP32, HELDOUT, Suite, mean_members
-from .loading import HELDOUT_SPLIT, Loader
-from .runner import Runner
+from .loading import HELDOUT_SPLIT, Loader, user_stage
+from .runner import PassResult, Runner, Want
 from .samples import SampleArrays
-from .units import BASE, Needs, SeedOutputs, UnitComputer, mean_metrics, metrics_of, seed_names, variant_name, wants_spectrum
+from .units import (
+    BASE, Needs, SeedOutputs, UnitComputer, mean_metrics, metrics_of, score_functions, seed_names, variant_name, wants_spectrum,
+)
 
 __all__ = ["HELDOUT_SPLIT", "Engine", "UnitState"]
 
@@ -131,6 +137,11 @@ class Engine:
         self._new_records: list[UnitMetrics] = []
         self._announced: dict[UnitKey, list[PlannedCheck]] = {}
         self._intervals: dict[tuple[str, str, str, str], Any] = {}
+        # The FP32 reproduction check: its own runner (no image store, no outputs cache), so its one
+        # small pass per model is counted apart from the units' passes.
+        self.reproduction_runner = Runner(device=device, workers=workers, store=None, trace_event="reproduce")
+        self._probes: dict[tuple[str, str], PassResult] = {}
+        self._reproduced: dict[tuple[str, str], QrelError | None] = {}
 
     # ------------------------------------------------------------------ counters tests read
     @property
@@ -138,6 +149,12 @@ class Engine:
         """Passes computed in this process by (suite, model, quantizer or seed name, dataset);
         ``heldout`` is the split post-hoc steps are fitted on."""
         return self.runner.forward_passes
+
+    @property
+    def reproduction_passes(self) -> Counter[tuple[str, str, str, str]]:
+        """Passes of the FP32 reproduction check by (suite, model, ``FP32``, ID set): at most one
+        per model per engine, over :data:`~pytest_qrel.reproduction.REPRODUCE_IMAGES` images."""
+        return self.reproduction_runner.forward_passes
 
     @property
     def cache_hits(self) -> dict[tuple[str, str, str, str], int]:
@@ -383,6 +400,7 @@ class Engine:
         from ..posthoc import POSTHOC
 
         path = baseline_path(self.baseline_dir, suite.name, model)
+        check_writable(path)  # before the FP32 pass, not after it
         heldout = self.loader.heldout_available(suite)
         datasets = self.loader.available(suite, [suite.id_dataset.name, *suite.ood_datasets, *suite.shifted_datasets])
         if suite.id_dataset.name not in datasets:
@@ -391,6 +409,7 @@ class Engine:
         seed = self.units.compute_seed(suite, model, FP32, FP32, None, needs)
         loaded = self.loader.model(suite, model)
         self._refuse_chance_level(suite, model, seed.arrays[BASE][suite.id_dataset.name], loaded.num_classes, path)
+        self._refuse_unreproducible(suite, model, seed)
         arrays: dict[str, np.ndarray] = {}
         variants: dict[str, Any] = {}
         metrics = metrics_of(suite, seed.arrays[BASE], conventions=suite.conventions, model=model, quantizer=FP32)
@@ -409,8 +428,27 @@ class Engine:
             path, suite=suite.name, model=model,
             fingerprint=self.current_fingerprint(suite, model, [*datasets, *([HELDOUT] if heldout else [])]),
             metrics=metrics, variants=variants, arrays=arrays, run_id=self.run_id, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            id_dataset=suite.id_dataset.name, pairs=dict(suite.pairs), device=self.device,
         )
+        self._reproduced[(suite.name, model)] = None  # the probe just reproduced what is stored
         return path
+
+    def _refuse_unreproducible(self, suite: Suite, model: str, seed: SeedOutputs) -> None:
+        """Before a baseline is stored: the FP32 outputs must depend on the input, and a second pass
+        over the first ID images must give what the full pass gave (else the baseline would record
+        one draw of a random model)."""
+        from ..validation import refuse_input_independent
+
+        id_name = suite.id_dataset.name
+        probe = self._probe(suite, model)
+        refuse_input_independent(probe.logits, seed.arrays[BASE], model=model, dataset=id_name)
+        n, differences, tol = self._reproduction_problem(suite, model, seed.arrays[BASE][id_name], self.device)
+        if differences:
+            raise BaselineError(
+                f"refusing to store the FP32 baseline of model '{model}': the FP32 model does not reproduce its own outputs: on the "
+                f"first {n} '{id_name}' test images a second pass gives {', '.join(differences)} (tolerance: {tol.describe()}) "
+                "(fix: make the forward deterministic: no unseeded randomness, no dropout in train mode)"
+            )
 
     def _refuse_chance_level(self, suite: Suite, model: str, arrays: SampleArrays, n_classes: int, path: Path) -> None:
         """Refuse a baseline whose FP32 top-1 is at chance level when the set's label order was only
@@ -486,7 +524,79 @@ class Engine:
             raise BaselineStaleError(
                 f"FP32 baseline {b.path} is stale: {'; '.join(changes)}; if the change is intended, re-create it with: {self.update_command(suite)}"
             )
+        self._check_reproduction(suite, model, b)
         return b
+
+    # ------------------------------------------------------------------ the FP32 reproduction check
+    def _probe(self, suite: Suite, model: str) -> PassResult:
+        """FP32 on the first few ID test images, logits kept; once per (suite, model) and engine."""
+        from ..reproduction import REPRODUCE_IMAGES, FirstImages
+        from .runner import _decodes
+
+        key = (suite.name, model)
+        if key not in self._probes:
+            id_name = suite.id_dataset.name
+            ds = self.loader.dataset(suite, id_name)
+            n = min(REPRODUCE_IMAGES, len(ds))
+            loaded = self.loader.model(suite, model)
+            module = self.units.build_module(suite, model, FP32, None, {})
+            clip = loaded.info.get("clip")
+            with_clip = clip is not None and hasattr(module, "forward_with_features")
+            scores = {s: f for s, f in score_functions(suite).items() if f[1] != "clip" or with_clip}
+            what = f"model '{model}' FP32 on the first {n} '{id_name}' test images (reproduction check)"
+            try:
+                with user_stage("the forward pass", what):
+                    self._probes[key] = self.reproduction_runner.run(
+                        module, FirstImages(ds, n, decodes=_decodes(ds)), loaded.preprocess, batch_size=suite.batch_size,
+                        want=Want(labelled=True, scores=scores, clip=clip, keep_logits=True), what=what,
+                        preprocessing=loaded.preprocessing, key=(suite.name, model, FP32, id_name),
+                    )
+            except NumericsError as exc:  # NaN / inf logits: say which pass found them
+                raise exc.with_context(f"the FP32 reproduction check on the first {n} '{id_name}' test images") from None
+        return self._probes[key]
+
+    def _reproduction_problem(self, suite: Suite, model: str, stored: SampleArrays, stored_device: str) -> tuple[int, list[str], Any]:
+        """``(images, differences, tolerance)`` of the probe against ``stored`` (the ID set's arrays)."""
+        from ..reproduction import reproduction_differences, tolerance_for
+
+        probe = self._probe(suite, model)
+        tol = tolerance_for(stored_device, self.device)
+        return len(probe.arrays["pred"]), reproduction_differences(stored, probe.arrays, probe.logits, tol), tol
+
+    def _check_reproduction(self, suite: Suite, model: str, b: Baseline) -> None:
+        """Fail (every check of the model, with one and the same line) when the FP32 model no longer
+        gives the stored outputs of the first ID images; computed once per model. Skipped where the
+        comparison cannot mean anything and the checks say so themselves: the ID set missing here,
+        or its fingerprint not the stored one (stale)."""
+        from ..errors import DataMissingError
+        from ..reproduction import device_type
+
+        key = (suite.name, model)
+        if key not in self._reproduced:
+            error: QrelError | None = None
+            id_name = suite.id_dataset.name
+            stored = b.samples(FP32).get(id_name)
+            try:
+                ds = self.loader.dataset(suite, id_name)
+                same_data = ((b.fingerprint.get("datasets") or {}).get(id_name) or {}).get("fingerprint") == ds.fingerprint
+                if stored is not None and same_data and b.id_dataset == id_name and len(ds):
+                    n, differences, tol = self._reproduction_problem(suite, model, stored, b.device)
+                    if differences:
+                        error = BaselineError(
+                            f"model '{model}': the FP32 model no longer reproduces its baseline {b.path}: on the first {n} '{id_name}' "
+                            f"test images {', '.join(differences)} (tolerance: {tol.describe()}; baseline computed on {b.device}, "
+                            f"this run on {device_type(self.device)}): a nondeterministic forward (unseeded randomness, dropout in "
+                            "train mode) or a changed model, code or environment (fix: make the forward deterministic; if the change "
+                            f"is intended, re-create the baseline with: {self.update_command(suite)})"
+                        )
+            except DataMissingError:
+                pass
+            except QrelError as exc:
+                error = exc
+            self._reproduced[key] = error
+        found = self._reproduced[key]
+        if found is not None:
+            raise found
 
     # ------------------------------------------------------------------ checks
     def _value_from(self, metrics: dict[str, Any], p: PlannedCheck, where: str, errors: dict[tuple[str, str], str] | None = None) -> float:

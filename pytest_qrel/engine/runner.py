@@ -287,7 +287,9 @@ class Runner:
         store: ImageStore | None = None,
         progress: Progress | None = None,
         compile: bool = False,
+        trace_event: str = "forward",
     ) -> None:
+        self.trace_event = trace_event  # what its passes are called in PYTEST_QREL_TRACE
         self.device = device
         self.workers = max(0, int(workers))
         self.store = store
@@ -431,7 +433,7 @@ class Runner:
         messages and progress, ``key`` in :attr:`forward_passes` (default ``what``). Raises
         ModelError for NaN / Inf logits, DataError for labels the model has no class for."""
         self.forward_passes[key if key is not None else what] += 1
-        trace("forward", *(key if isinstance(key, tuple) else (what,)))
+        trace(self.trace_event, *(key if isinstance(key, tuple) else (what,)))
         try:
             return self._run(module, ds, preprocess, batch_size, want, what, preprocessing, key)
         except StoreCorrupt:  # the store was discarded: decode the set again
