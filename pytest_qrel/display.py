@@ -88,11 +88,20 @@ SCORE_LABELS: dict[str, str] = {
 class BoundLike(Protocol):
     """What :func:`format_bound` reads of a bound (:class:`pytest_qrel.spec.schema.Bound`)."""
 
-    kind: str  # "delta" | "value"
-    op: str  # "<=", "<", ">=", ">"
-    amount: float
-    unit: str  # "%", "pp", "abs"
-    ref: str | None
+    @property
+    def kind(self) -> str: ...  # "delta" | "value"
+
+    @property
+    def op(self) -> str: ...  # "<=", "<", ">=", ">"
+
+    @property
+    def amount(self) -> float: ...
+
+    @property
+    def unit(self) -> str: ...  # "%", "pp", "abs"
+
+    @property
+    def ref(self) -> str | None: ...
 
 
 # ------------------------------------------------------------------------------------- metadata

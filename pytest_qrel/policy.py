@@ -38,7 +38,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 __all__ = [
     "FAILING",
@@ -80,8 +80,14 @@ Status = Literal["PASS", "FAIL", "INCOMPLETE", "NO CHECKS"]
 class VerdictLike(Protocol):
     """What the policy reads of a :class:`pytest_qrel.results.Verdict`."""
 
-    outcome: str
-    passed: bool
+    @property
+    def outcome(self) -> str: ...
+
+    @property
+    def passed(self) -> bool: ...
+
+
+V = TypeVar("V", bound=VerdictLike)
 
 
 class Standing(enum.Enum):
@@ -154,7 +160,7 @@ def junit_result(v: VerdictLike) -> Literal["failure", "error", "skipped"] | Non
     return "skipped" if v.outcome in ("skipped", "xfailed") else None
 
 
-def sort_failing(verdicts: Iterable[VerdictLike]) -> list[VerdictLike]:
+def sort_failing(verdicts: Iterable[V]) -> list[V]:
     """The blocking verdicts of ``verdicts``, in the order of :data:`FAILING` (stable)."""
     rank = {o: i for i, o in enumerate(FAILING)}
     return sorted((v for v in verdicts if is_failing(v)), key=lambda v: rank.get(v.outcome, len(rank)))

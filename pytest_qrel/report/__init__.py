@@ -41,7 +41,7 @@ def render_report(results: RunResults, path: str | os.PathLike[str], *, title: s
         raise TypeError(f"render_report takes a RunResults (pytest_qrel.shards.run_results builds one), not {type(results).__name__}")
     problem = report_path_problem(Path(path))
     if problem:
-        raise StorageError(f"{path}: {problem}", path=path, reason=problem)
+        raise StorageError(f"{path}: {problem}", path=Path(path), reason=problem)
     html = write_html(results, path, title=title, figures=figures)
     atomic_write_text(summary_path(html), render_markdown(results, report_path=html))
     return html

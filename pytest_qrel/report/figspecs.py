@@ -16,21 +16,18 @@ the spectral colour scale); values in [0, 1] are drawn in percent.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .. import display
-from ..results import UnitMetrics
+from ..results import UnitMetrics, Verdict
 from ..summary import ModelSummary
 from .format import missing
-from .objects import FigureSpec
-
-if TYPE_CHECKING:
-    from .view import _Builder
+from .objects import FigureSpec, TableBuilder
 
 __all__ = ["model_figures", "rollout_figures", "suite_figures"]
 
 
-def _spec(b: "_Builder", kind: str, title: str, caption: str, data: dict[str, Any]) -> FigureSpec:
+def _spec(b: TableBuilder, kind: str, title: str, caption: str, data: dict[str, Any]) -> FigureSpec:
     return FigureSpec(kind=kind, id=b.new_id("f"), title=title, caption=caption, data=data)
 
 
@@ -39,7 +36,7 @@ def _pct(x: Any) -> float | None:
     return None if missing(x) else 100.0 * float(x)
 
 
-def _reliability(b: "_Builder", ms: ModelSummary) -> FigureSpec | None:
+def _reliability(b: TableBuilder, ms: ModelSummary) -> FigureSpec | None:
     ece = b.info("ece")
     panels = []
     for u in ms.units:
@@ -59,7 +56,7 @@ def _reliability(b: "_Builder", ms: ModelSummary) -> FigureSpec | None:
                  "calibration, red the gap to it. Title: each unit's ECE.", {"panels": panels})
 
 
-def _roc_pr(b: "_Builder", ms: ModelSummary, score: str) -> FigureSpec | None:
+def _roc_pr(b: TableBuilder, ms: ModelSummary, score: str) -> FigureSpec | None:
     lines = []
     sets: list[str] = []
     for u in (u for u in ms.units if not u.posthoc):
@@ -78,7 +75,7 @@ def _roc_pr(b: "_Builder", ms: ModelSummary, score: str) -> FigureSpec | None:
                  {"score": label, "sets": sets, "lines": lines})
 
 
-def _acc_ece(b: "_Builder", ms: ModelSummary) -> FigureSpec | None:
+def _acc_ece(b: TableBuilder, ms: ModelSummary) -> FigureSpec | None:
     ref = ms.reference
     if ref is None or "top1" not in ref.id or "ece" not in ref.id:
         return None
@@ -98,7 +95,7 @@ def _acc_ece(b: "_Builder", ms: ModelSummary) -> FigureSpec | None:
                  {"points": points, "ref": ref.quantizer})
 
 
-def _bits_top1(b: "_Builder", ms: ModelSummary) -> FigureSpec | None:
+def _bits_top1(b: TableBuilder, ms: ModelSummary) -> FigureSpec | None:
     quantized = [u for u in ms.units if u.method and u.bits_label and not u.posthoc]
     methods = list(dict.fromkeys(u.method for u in quantized))
     if len(methods) < 2 or not any("top1" in u.id for u in quantized):
@@ -113,14 +110,22 @@ def _bits_top1(b: "_Builder", ms: ModelSummary) -> FigureSpec | None:
                  {"bits": bits, "lines": lines, "ref": _pct(ref.id.get("top1")) if ref else None, "ref_label": ref.quantizer if ref else ""})
 
 
-def _margin_heatmap(b: "_Builder", ms: ModelSummary) -> FigureSpec | None:
+def _heat_axes(b: TableBuilder, ms: ModelSummary, checked: list[tuple[Verdict, float]]) -> tuple[list[str], list[tuple[str, str | None, str]], list[str]]:
+    """Rows (quantizers, in the model's unit order), columns ((metric, score, dataset) of the
+    checks) and column labels of the margin heatmap."""
+    quantizers = list(dict.fromkeys(v.quantizer for v, _ in checked))
+    rows = [u.quantizer for u in ms.units if u.quantizer in quantizers]
+    rows += [q for q in quantizers if q not in rows]
+    cols: list[tuple[str, str | None, str]] = list(dict.fromkeys((v.metric, v.score or None, v.dataset) for v, _ in checked))
+    labels = [f"{b.info(metric).label}{f'({display.score_label(score)})' if score else ''} \u00b7 {dataset}" for metric, score, dataset in cols]
+    return rows, cols, labels
+
+
+def _margin_heatmap(b: TableBuilder, ms: ModelSummary) -> FigureSpec | None:
     checked = [(v, share) for v, share in zip(ms.verdicts, ms.margin_shares) if share is not None]
     if not checked:
         return None
-    rows = [u.quantizer for u in ms.units if any(v.quantizer == u.quantizer for v, _ in checked)]
-    rows += [q for q in dict.fromkeys(v.quantizer for v, _ in checked) if q not in rows]
-    cols: list[tuple[str, str | None, str]] = list(dict.fromkeys((v.metric, v.score or None, v.dataset) for v, _ in checked))
-    labels = [f"{b.info(metric).label}{f'({display.score_label(score)})' if score else ''} \u00b7 {dataset}" for metric, score, dataset in cols]
+    rows, cols, labels = _heat_axes(b, ms, checked)
     values: list[list[float | None]] = [[None] * len(cols) for _ in rows]
     text: list[list[str]] = [[""] * len(cols) for _ in rows]
     xfail: list[list[bool]] = [[False] * len(cols) for _ in rows]
@@ -136,7 +141,7 @@ def _margin_heatmap(b: "_Builder", ms: ModelSummary) -> FigureSpec | None:
                  "x: expected failure.", {"rows": rows, "cols": labels, "values": values, "text": text, "xfail": xfail})
 
 
-def _spectral_maps(b: "_Builder", ms: ModelSummary) -> FigureSpec | None:
+def _spectral_maps(b: TableBuilder, ms: ModelSummary) -> FigureSpec | None:
     maps = [{"label": u.quantizer, "map": u.spectral_map} for u in ms.units if u.spectral_map and u.spectral_map[0]]
     if not maps:
         return None
@@ -145,14 +150,14 @@ def _spectral_maps(b: "_Builder", ms: ModelSummary) -> FigureSpec | None:
                  "One colour scale for all quantizers of this model.", {"maps": maps, "vmax": ms.spectral_vmax})
 
 
-def model_figures(b: "_Builder", ms: ModelSummary) -> list[FigureSpec]:
+def model_figures(b: TableBuilder, ms: ModelSummary) -> list[FigureSpec]:
     """The figures of one model's section, in the order of the module docstring."""
     figs = [_reliability(b, ms), *(_roc_pr(b, ms, score) for score in ms.scores), _acc_ece(b, ms), _bits_top1(b, ms),
             _margin_heatmap(b, ms), _spectral_maps(b, ms)]
     return [f for f in figs if f is not None]
 
 
-def rollout_figures(b: "_Builder", ms: ModelSummary) -> list[FigureSpec]:
+def rollout_figures(b: TableBuilder, ms: ModelSummary) -> list[FigureSpec]:
     withmaps = [u for u in ms.units if (u.diagnostics.get("attention_rollout") or {}).get("maps") and not u.posthoc]
     if not withmaps:
         return []
@@ -176,7 +181,7 @@ def rollout_figures(b: "_Builder", ms: ModelSummary) -> list[FigureSpec]:
                   {"images": images, "columns": columns})]
 
 
-def _suite_lines(b: "_Builder", models: Sequence[ModelSummary]) -> tuple[list[dict[str, Any]], list[str]]:
+def _suite_lines(b: TableBuilder, models: Sequence[ModelSummary]) -> tuple[list[dict[str, Any]], list[str]]:
     """The lines of the suite figure (model, method, score and units by bit configuration) and the
     bit configurations in the order the units come."""
     lines: list[dict[str, Any]] = []
@@ -204,7 +209,7 @@ def _line_values(line: dict[str, Any], metric: str, xs: list[str]) -> list[float
     return ys + [_pct(line["by_bits"][bx].mean_ood(line["score"]).get(metric)) if bx in line["by_bits"] else None for bx in xs]
 
 
-def suite_figures(b: "_Builder", suite: str, models: Sequence[ModelSummary]) -> list[FigureSpec]:
+def suite_figures(b: TableBuilder, suite: str, models: Sequence[ModelSummary]) -> list[FigureSpec]:
     """The ViT paper's Fig. 1: mean AUPR-out (and AUROC) over the OOD sets against the bit
     configuration (FP32 first, then the bit configurations in the order the units come).
 

@@ -37,7 +37,7 @@ REF_COLOR = "#111111"
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22", "#17becf", "#393b79", "#ad494a", "#637939", "#8c6d31", "#7b4173", "#3182bd")
 
-RC = {
+RC: dict[str, Any] = {
     "svg.fonttype": "none",
     "svg.hashsalt": "pytest-qrel",
     "font.size": 8.0,
@@ -105,7 +105,7 @@ def draw(kind: str, data: dict[str, Any], prefix: str, title: str = "") -> Marku
     drawer = DRAWERS.get(kind)
     meta = DRAWERS.meta(kind)
     size = meta["size"](data)
-    with matplotlib.rc_context(RC):
+    with matplotlib.rc_context(RC):  # type: ignore[arg-type]  # matplotlib types its keys as a Literal of every rc name
         fig = Figure(figsize=size, layout=meta.get("layout", "constrained"))
         FigureCanvasAgg(fig)
         drawer(fig, data)
@@ -376,7 +376,7 @@ def margin_heatmap(fig: Any, data: dict[str, Any]) -> None:
     bar.set_ticks([-1, -0.5, 0, 0.5, 1])
 
 
-def _tile(maps: Sequence[Sequence[Any]], rows: int, cols: int, gap: int = 1) -> Any:
+def _tile(maps: Sequence[Sequence[Any] | None], rows: int, cols: int, gap: int = 1) -> Any:
     """``rows * cols`` equally sized grids (row-major; ``None`` leaves a hole) in one array with
     ``gap`` NaN cells between them."""
     import numpy as np

@@ -7,17 +7,13 @@ parameters of post-hoc steps). The best quantized value of each column is bold
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from .. import display
 from ..results import UnitMetrics
 from ..spec.schema import MEAN_OOD
 from ..summary import METHOD_METRICS, ModelSummary, union
 from .format import fmt_info
-from .objects import Block, Cell, Column, Row, Table
-
-if TYPE_CHECKING:
-    from .view import _Builder
+from .objects import Block, Cell, Column, Row, Table, TableBuilder
 
 __all__ = ["methods_block"]
 
@@ -43,7 +39,7 @@ def _layout(ms: ModelSummary) -> _Layout:
                    fitted=any(u.posthoc and u.info for u in units))
 
 
-def _columns(b: "_Builder", layout: _Layout, bits: list[str]) -> list[Column]:
+def _columns(b: TableBuilder, layout: _Layout, bits: list[str]) -> list[Column]:
     columns: list[Column] = []
     for _ in bits:
         columns += [Column(f"{b.info(m).label} {b.arrow(m)}", group_start=i == 0) for i, m in enumerate(layout.metrics)]
@@ -55,7 +51,7 @@ def _columns(b: "_Builder", layout: _Layout, bits: list[str]) -> list[Column]:
     return columns
 
 
-def _group_cells(b: "_Builder", ms: ModelSummary, layout: _Layout, u: UnitMetrics | None, *, is_ref: bool = False) -> list[Cell]:
+def _group_cells(b: TableBuilder, ms: ModelSummary, layout: _Layout, u: UnitMetrics | None, *, is_ref: bool = False) -> list[Cell]:
     """The cells of ``u`` under one bit configuration (empty cells where it has no unit)."""
     if u is None:
         return [Cell(empty=True) for _ in range(layout.width)]
@@ -67,7 +63,7 @@ def _group_cells(b: "_Builder", ms: ModelSummary, layout: _Layout, u: UnitMetric
     return cells
 
 
-def _reference_rows(b: "_Builder", ms: ModelSummary, layout: _Layout, bits: list[str]) -> list[Row]:
+def _reference_rows(b: TableBuilder, ms: ModelSummary, layout: _Layout, bits: list[str]) -> list[Row]:
     """FP32 (the same values under every bit configuration) and FP32 with post-hoc steps."""
     ref = ms.reference
     if ref is None:
@@ -79,7 +75,7 @@ def _reference_rows(b: "_Builder", ms: ModelSummary, layout: _Layout, bits: list
     return rows
 
 
-def _method_rows(b: "_Builder", ms: ModelSummary, layout: _Layout, bits: list[str], quantized: list[UnitMetrics]) -> list[Row]:
+def _method_rows(b: TableBuilder, ms: ModelSummary, layout: _Layout, bits: list[str], quantized: list[UnitMetrics]) -> list[Row]:
     """A row per (method, post-hoc steps); two units of one (method, bits, post-hoc) -- different
     options -- get rows of their own."""
     rows: list[Row] = []
@@ -101,7 +97,7 @@ def _method_rows(b: "_Builder", ms: ModelSummary, layout: _Layout, bits: list[st
     return rows
 
 
-def methods_block(b: "_Builder", ms: ModelSummary) -> Block | None:
+def methods_block(b: TableBuilder, ms: ModelSummary) -> Block | None:
     """The methods table's block, or ``None`` for a model whose quantized units use one method."""
     quantized = [u for u in ms.units if u.method and u.bits_label]
     if len({u.method for u in quantized}) < 2:

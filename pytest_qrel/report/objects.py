@@ -7,14 +7,16 @@ A table with more quantizer columns than :data:`MAX_COLUMNS` is transposed (:fun
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ..policy import NOT_VERIFIED
+from ..results import MetricInfo, UnitMetrics
+from ..summary import ID, ModelSummary
 from .format import MISSING
 
 __all__ = [
     "MAX_COLUMNS", "Block", "Cell", "CheckMark", "Column", "FigureSpec", "ModelView", "Page", "Row", "SuiteView", "Table",
-    "VerdictRow", "fit",
+    "TableBuilder", "VerdictRow", "fit",
 ]
 
 
@@ -204,3 +206,19 @@ def fit(table: Table, rowhead: str = "Quantizer") -> Table:
     for j, col in enumerate(table.columns):
         rows.append(Row(col.label, [r.cells[j] for r in table.rows], kind="ref" if col.ref else "data", title=col.title))
     return Table(table.id, table.caption, columns, rows, rowhead=rowhead, css=table.css + " transposed", sortable=True)
+
+
+class TableBuilder(Protocol):
+    """What the table and figure builders of :mod:`.methods_view`, :mod:`.runtime_view` and
+    :mod:`.figspecs` use of the page builder (:class:`pytest_qrel.report.view._Builder`)."""
+
+    def new_id(self, prefix: str) -> str: ...
+
+    def info(self, metric: str) -> MetricInfo: ...
+
+    def arrow(self, metric: str) -> str: ...
+
+    def delta_legend(self, ref: UnitMetrics | None, metrics: list[str]) -> str: ...
+
+    def cell(self, ms: ModelSummary, u: UnitMetrics, kind: str, metric: str, score: str | None = None, dataset: str = ID,
+             *, is_ref: bool | None = None, best: bool = False) -> Cell: ...

@@ -161,7 +161,8 @@ class _Builder:
         sets = union(u.ood.get(s, {}) for s in scores for u in sorted(units, key=lambda u: u.is_reference))
         metrics = _ordered(OOD_ORDER, union([[m for u in units for s in scores for per in u.ood.get(s, {}).values() for m in per]]))
         main = [m for m in metrics if m in OOD_ORDER] or metrics
-        tables, extra_tables = [], []
+        tables: list[Table] = []
+        extra_tables: list[Table] = []
         for score in scores:
             for metric in metrics:
                 rows = [Row(d, [self.cell(ms, u, "ood", metric, score, d) for u in units]) for d in sets]
@@ -269,7 +270,7 @@ def build_page(results: RunResults, *, title: str = "pytest-qrel reliability aud
     page = Page(
         title=title, status=verdict.status, headline=verdict.headline, unverified_line=verdict.unverified_line,
         counts=verdict.counts, total=verdict.total, planned=verdict.planned, missing_checks=verdict.missing, suites=suites,
-        failing=[b.verdict_row(v) for v in sort_failing(vs)],  # type: ignore[arg-type]
+        failing=[b.verdict_row(v) for v in sort_failing(vs)],
         expected=[b.verdict_row(v) for v in vs if v.outcome == "xfailed"],
         unverified=[b.verdict_row(v) for v in vs if is_unverified(v)],
         verdicts=[b.verdict_row(v) for v in vs],
