@@ -20,6 +20,7 @@ from typing import Any
 
 from .. import display
 from ..results import UnitMetrics, Verdict
+from ..spec.schema import MEAN_OOD
 from ..summary import ModelSummary
 from .format import missing
 from .objects import FigureSpec, TableBuilder
@@ -198,15 +199,16 @@ def _suite_lines(b: TableBuilder, models: Sequence[ModelSummary]) -> tuple[list[
                 label = ms.model + (f" \u00b7 {method}" if len(methods) > 1 else "")
                 if len(use_scores) > 1 or len(models) == 1:
                     label += f" \u00b7 {display.score_label(score)}"
-                lines.append({"label": label, "ref": ms.reference, "by_bits": {u.bits_label: u for u in quantized if u.method == method},
-                              "score": score})
+                lines.append({"label": label, "ms": ms, "ref": ms.reference,
+                              "by_bits": {u.bits_label: u for u in quantized if u.method == method}, "score": score})
     return lines, xs
 
 
 def _line_values(line: dict[str, Any], metric: str, xs: list[str]) -> list[float | None]:
-    ref: UnitMetrics | None = line["ref"]
-    ys = [_pct(ref.mean_ood(line["score"]).get(metric)) if ref is not None else None]
-    return ys + [_pct(line["by_bits"][bx].mean_ood(line["score"]).get(metric)) if bx in line["by_bits"] else None for bx in xs]
+    """The line's mean ``metric`` over the OOD sets in percent: FP32, then each bit configuration."""
+    ms: ModelSummary = line["ms"]
+    units: list[UnitMetrics | None] = [line["ref"], *(line["by_bits"].get(bx) for bx in xs)]
+    return [None if u is None else _pct(ms.number(u.quantizer, "ood", metric, line["score"], MEAN_OOD).value) for u in units]
 
 
 def suite_figures(b: TableBuilder, suite: str, models: Sequence[ModelSummary]) -> list[FigureSpec]:
