@@ -606,7 +606,7 @@ def test_a_worker_that_finishes_a_unit_takes_one_more_unit_not_two(pytester):
     # ran 3 + 1 with xdist's threshold of two pending items).
     import types
 
-    from pytest_qrel.plugin import _make_unit_scheduler
+    from pytest_qrel.plugin.xdist_sched import UnitScheduling
 
     class Node:
         def __init__(self, name: str) -> None:
@@ -620,7 +620,7 @@ def test_a_worker_that_finishes_a_unit_takes_one_more_unit_not_two(pytester):
 
     sizes = {"A": 4, "B": 3, "C": 2, "D": 2}  # xdist queues the larger scopes first
     collection = [f"none.yaml::m::{u}::check{k}" for u, n in sizes.items() for k in range(n)]
-    sched = _make_unit_scheduler(pytester.parseconfig("-p", "xdist", "--tx", "2*popen"), None)
+    sched = UnitScheduling(pytester.parseconfig("-p", "xdist", "--tx", "2*popen"))
     gw0, gw1 = Node("gw0"), Node("gw1")
     for node in (gw0, gw1):
         sched.add_node(node)
