@@ -33,6 +33,7 @@ ERRORS: dict[int, QrelError] = {
     11: errors.SimulationError("W4A4: blocks.0.attn.qkv has 40 distinct values, more than 2^4"),
     12: errors.DeviceError("--qrel-device cuda: no CUDA device here"),
     13: errors.StorageError("cannot write baselines/mini: read-only file system", path="baselines/mini"),
+    14: errors.BaselineError("baselines/mini/vit.json: its checksum does not match (edited by hand?)"),
 }
 INCONCLUSIVE = 20  # the bound of the check for which the engine returns an inconclusive verdict
 

@@ -383,6 +383,15 @@ def test_watchdog_reports_a_dead_worker_once_after_its_grace():
     assert dead._down and alive.events == [] and dog.reported == ["gw0"]
 
 
+def test_watchdog_leaves_a_worker_xdist_took_down():
+    dead = _Node("gw0", code=-9)
+    dog, _ = _watched(dead)
+    dog.forget(dead)  # pytest_testnodedown: xdist already handles it
+    dog.check(100.0)
+    dog.check(110.0)
+    assert dead.events == [] and dog.reported == []
+
+
 def test_watchdog_stops_a_worker_that_does_not_shut_down_with_nothing_left():
     idle, busy = _Node("gw0", shutting_down=True), _Node("gw1", shutting_down=True)
     dog, lines = _watched(idle, busy, pending={"gw1": True})
