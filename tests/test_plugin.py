@@ -559,7 +559,7 @@ def test_user_code_that_exits_or_raises_is_an_error_naming_model_and_stage(pytes
     out = result.stdout.str()
     assert result.ret == pytest.ExitCode.TESTS_FAILED, out
     assert "Traceback" not in out and "INTERNALERROR" not in out
-    assert f"model 'm'" in out and f"{stage} raised {what}" in out
+    assert "model 'm'" in out and f"{stage} raised {what}" in out
     summary = (pytester.path / "r/py.md").read_text()
     assert "FAIL" in summary.splitlines()[0]
 

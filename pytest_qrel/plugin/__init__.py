@@ -61,17 +61,11 @@ def pytest_configure(config: pytest.Config) -> None:
     controller = not is_worker(config)
     if controller:
         outputs.check_output_paths(config)
-    state = RunState()
-    for raw in config.getoption("qrel_suite") or []:
-        path = Path(raw)
-        if not path.is_file():
-            raise pytest.UsageError(f"--qrel-suite {raw}: no such file (give the path of a suite YAML file)")
-        state.suites.append(path.resolve())
+    state = config.stash[STATE] = RunState(suites=options.suite_paths(config))
     if state.suites and config.args_source != pytest.Config.ArgsSource.ARGS:
         # Only the suites' items run: the project's own tests (testpaths) are not collected
         # alongside. Node ids given on the command line (a pasted id, --lf's) are kept as given.
         config.args[:] = [str(p) for p in state.suites]
-    config.stash[STATE] = state
     engine_setup.choose_threads(config)
     config.pluginmanager.register(Recorder(config), "qrel-recorder")
     if controller:

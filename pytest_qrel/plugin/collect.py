@@ -169,7 +169,8 @@ def skip_at_check(item: CheckItem, report: pytest.TestReport) -> None:
     longrepr = report.longrepr
     if report.skipped and not hasattr(report, "wasxfail") and isinstance(longrepr, tuple) and len(longrepr) == 3:
         path, line, _ = item.reportinfo()
-        report.longrepr = (str(path), line + 1 if line is not None else None, longrepr[2])
+        if line is not None:
+            report.longrepr = (str(path), line + 1, longrepr[2])
 
 
 # ---------------------------------------------------------------------------- node ids -> suites, units

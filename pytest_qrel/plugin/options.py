@@ -8,6 +8,7 @@ pytest then prints it as a usage error before any collection.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -73,3 +74,14 @@ def add_options(parser: pytest.Parser) -> None:
                     help="do not read or write the outputs cache and decoded-image store (.pytest_cache/d/qrel).")
     parser.addini("qrel_suite_glob", "suite files collected by path (relative to rootdir)", default="suites/*.yaml")
     parser.addini("qrel_baseline_dir", "directory of stored FP32 baselines (relative to rootdir)", default="baselines")
+
+
+def suite_paths(config: pytest.Config) -> list[Path]:
+    """The ``--qrel-suite`` files, resolved; one that does not exist is a usage error."""
+    paths = []
+    for raw in config.getoption("qrel_suite") or []:
+        path = Path(raw)
+        if not path.is_file():
+            raise pytest.UsageError(f"--qrel-suite {raw}: no such file (give the path of a suite YAML file)")
+        paths.append(path.resolve())
+    return paths

@@ -113,7 +113,7 @@ class Progress:
 
     def _replace(self, text: str) -> None:
         pad = max(0, self.shown - len(text))
-        if not (self.shown or text):
+        if self.tr is None or not (self.shown or text):
             return
         with _uncaptured(self.config):
             self.tr.write_raw("\b" * self.shown + text + " " * pad + "\b" * pad, flush=True)

@@ -26,7 +26,8 @@ def select_shard(config: pytest.Config, items: list[pytest.Item]) -> None:
     checks = [i for i in items if isinstance(i, CheckItem)]
     mine = {id(i) for i, keep in zip(checks, assign([i.planned for i in checks], *shard)) if keep}
     config.stash[STATE].shard_empty = bool(checks) and not mine
-    keep, drop = [], []
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
     for i in items:
         (keep if not isinstance(i, CheckItem) or id(i) in mine else drop).append(i)
     if drop:
