@@ -585,8 +585,11 @@ def test_progress_lines_unless_quiet_and_worker_status_files(pytester, write_sui
     quiet = pytester.runpytest(*SUITE, "-q", "-p", "no:cacheprovider")
     assert "qrel: vit" not in quiet.stdout.str()
     pytest.importorskip("xdist")
-    parallel = pytester.runpytest(*SUITE, "-n", "2")  # workers report what they are on through status files
-    parallel.assert_outcomes(passed=2)
+    parallel = pytester.inline_run(*SUITE, "-n", "2")  # workers report what they are on through status files
+    parallel.assertoutcome(passed=2)
+    # each worker's workeroutput names the device it ran on (read in pytest_testnodedown)
+    devices = parallel.getcalls("pytest_sessionfinish")[0].session.config.stash[STATE].worker_devices
+    assert sorted(devices) == ["gw0", "gw1"] and len(set(devices.values())) == 1
     status = list((pytester.path / ".pytest_cache/d/qrel-status").rglob("gw*.json"))
     lines = [json.loads(p.read_text())["line"] for p in status]
     assert lines and all(line.startswith("qrel: vit W") for line in lines)
