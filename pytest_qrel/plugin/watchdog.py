@@ -122,7 +122,7 @@ class WorkerWatchdog:
             nodes = list(self._nodes.values())
         for node in nodes:
             popen = _popen(node)
-            if popen is None or getattr(node, "_down", False):
+            if popen is None or getattr(node, "_down", False):  # execnet already reported it down
                 continue
             key = id(node)
             code = popen.poll()
