@@ -5,19 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from .engine import Engine
-from .errors import DataMissingError, QrelError, UserCodeError
-from .results import Outcome, Verdict
-from .spec import PlannedCheck, Suite, plan
+from .errors import QrelError
+from .results import Verdict
+from .spec import Suite, plan
+from .verdicts import settle_inconclusive, verdict_for_error, verdict_without_result
 
-
-def verdict_without_result(p: PlannedCheck, outcome: Outcome, message: str, *, stage: str = "") -> Verdict:
-    """The verdict of a planned check that produced no value: ``skipped`` (data missing),
-    ``error`` (the one-line message of what went wrong) or ``not run``."""
-    return Verdict(
-        suite=p.suite.name, model=p.model, quantizer=p.quantizer, dataset=p.dataset, metric=p.check.metric,
-        score=p.score, check=p.check.text, bound=str(p.check.bound), fp32=None, value=None, delta=None,
-        delta_display="", passed=False, expect_fail=p.check.expect == "fail", outcome=outcome, message=message, stage=stage,
-    )
+__all__ = ["run", "verdict_without_result"]
 
 
 def run(
@@ -27,11 +20,16 @@ def run(
     cache_dir: str | Path | None = None,
     update_baselines: bool = False,
     engine: Engine | None = None,
+    strict: bool = False,
+    inconclusive: str | None = None,
 ) -> list[Verdict]:
     """Evaluate every planned check of ``suite``; problems become verdicts, never exceptions.
 
-    A missing dataset gives outcome ``skipped``; any other user-caused problem (missing or stale
-    baseline, bad data, a model file that raises or exits) gives ``error`` with the one-line message.
+    A missing dataset gives outcome ``skipped`` (``error`` with ``strict``); any other
+    user-caused problem (missing or stale baseline, bad data, a model file that raises or exits)
+    gives ``error`` with the one-line message: :func:`pytest_qrel.verdicts.verdict_for_error`,
+    the policy the pytest plugin's items use too. An ``inconclusive`` verdict passes or not by
+    ``inconclusive`` (``fail`` / ``warn`` / ``pass``), by default the suite's ``inconclusive:``.
     """
     engine = engine or Engine(baseline_dir=baseline_dir, cache_dir=cache_dir, update_baselines=update_baselines)
     planned = plan(suite)
@@ -39,9 +37,8 @@ def run(
     verdicts = []
     for p in planned:
         try:
-            verdicts.append(engine.evaluate(p))
+            verdict = engine.evaluate(p)
         except QrelError as exc:
-            outcome: Outcome = "skipped" if isinstance(exc, DataMissingError) else "error"
-            stage = exc.stage if isinstance(exc, UserCodeError) else ""
-            verdicts.append(verdict_without_result(p, outcome, str(exc), stage=stage))
+            verdict = verdict_for_error(p, exc, strict=strict)
+        verdicts.append(settle_inconclusive(p, verdict, inconclusive))
     return verdicts

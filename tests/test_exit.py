@@ -1,11 +1,11 @@
 """The exit code is the verdict: a run is green only if every planned check sent a verdict.
 
 - a model whose forward calls ``os._exit(0)`` ends a serial run red (the supervised child's
-  death; :mod:`pytest_qrel.supervisor`) and an ``-n 2`` run red (xdist sees the worker die), with
+  death; :mod:`pytest_qrel.plugin.supervisor`) and an ``-n 2`` run red (xdist sees the worker die), with
   the report and the results file red too;
 - SIGTERM mid-run writes red outputs before the process exits;
 - a worker killed while a process it started keeps its channel open does not hang the run
-  (:mod:`pytest_qrel.xdist_watchdog`): the run ends red while that process is still alive;
+  (:mod:`pytest_qrel.plugin.watchdog`): the run ends red while that process is still alive;
 - the supervisor never forks a session nested in another one (pytester's in-process runs).
 
 The end-to-end runs use a tiny linear model (no timm import) whose forward misbehaves on the
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_qrel import supervisor
-from pytest_qrel.supervisor import (
+from pytest_qrel.plugin import supervisor
+from pytest_qrel.plugin.supervisor import (
     ChildEnd,
     InterruptHandlers,
     Terminated,
@@ -360,13 +360,14 @@ class _Node:
 
 
 def _watched(*nodes, pending=None):
-    from pytest_qrel.xdist_watchdog import WorkerWatchdog
+    from pytest_qrel.plugin.watchdog import WorkerWatchdog, pending_items
 
     sched = type("S", (), {"assigned_work": {n: {"scope": {"a": not (pending or {}).get(n.gateway.id)}} for n in nodes}})()
-    dsession = type("D", (), {"_active_nodes": set(nodes), "sched": sched})()
-    config = type("C", (), {"pluginmanager": type("PM", (), {"getplugin": staticmethod(lambda name: dsession)})()})()
     lines = []
-    return WorkerWatchdog(config, warn=lines.append, dead_grace=4.0, shutdown_grace=60.0), lines
+    dog = WorkerWatchdog(pending=lambda node: pending_items(sched, node), warn=lines.append, dead_grace=4.0, shutdown_grace=60.0)
+    for node in nodes:
+        dog.watch(node)
+    return dog, lines
 
 
 def test_watchdog_reports_a_dead_worker_once_after_its_grace():
@@ -380,6 +381,15 @@ def test_watchdog_reports_a_dead_worker_once_after_its_grace():
     assert dead.events == [("errordown", "worker process killed by signal 9, but its channel stayed open "
                                          "(a process it started still holds it)")]
     assert dead._down and alive.events == [] and dog.reported == ["gw0"]
+
+
+def test_watchdog_leaves_a_worker_xdist_took_down():
+    dead = _Node("gw0", code=-9)
+    dog, _ = _watched(dead)
+    dog.forget(dead)  # pytest_testnodedown: xdist already handles it
+    dog.check(100.0)
+    dog.check(110.0)
+    assert dead.events == [] and dog.reported == []
 
 
 def test_watchdog_stops_a_worker_that_does_not_shut_down_with_nothing_left():
@@ -401,7 +411,7 @@ def test_the_child_dies_with_a_killed_parent(tmp_path):
     pid_file = tmp_path / "child.pid"
     code = textwrap.dedent(f"""
         import os, time
-        from pytest_qrel.supervisor import fork_session
+        from pytest_qrel.plugin.supervisor import fork_session
 
         def child(journal):
             open({str(pid_file)!r}, "w").write(str(os.getpid()))

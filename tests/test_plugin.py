@@ -75,6 +75,33 @@ def test_collect_only_exits_0_and_lists_the_ids(pytester, write_suite):
     result.stdout.fnmatch_lines(["5 tests collected*"])
 
 
+HEAVY = ("torch", "timm", "pytest_qrel.engine", "pytest_qrel.report", "pytest_qrel.plugin.xdist_sched", "xdist.scheduler")
+PROBE = f"""
+import json, sys
+
+def pytest_unconfigure(config):
+    with open("loaded.json", "w") as f:
+        json.dump([m for m in {HEAVY!r} if m in sys.modules], f)
+"""
+
+
+def test_collection_and_other_tests_import_no_torch_nor_engine(pytester, write_suite):
+    """The plugin loads in every pytest run of a project that installs it: collecting a suite
+    imports no torch, and a run of plain tests imports neither torch nor the engine (nor xdist's
+    scheduler code without -n). Checked in a fresh process, after the session."""
+    write_suite()
+    pytester.makeconftest(PROBE)
+    loaded = pytester.path / "loaded.json"
+    result = pytester.runpytest_subprocess(*SUITE, "--co", "-q", "-p", "no:randomly")
+    assert result.ret == 0 and json.loads(loaded.read_text()) == []
+    pytester.makepyfile(test_plain="def test_ok():\n    assert True\n")
+    result = pytester.runpytest_subprocess("test_plain.py", "-p", "no:randomly")
+    assert result.ret == 0 and json.loads(loaded.read_text()) == []
+    pytest.importorskip("xdist")
+    result = pytester.runpytest_subprocess(*SUITE, "--co", "-q", "-n", "1", "-p", "no:randomly")
+    assert result.ret == 0 and "pytest_qrel.plugin.xdist_sched" in json.loads(loaded.read_text())  # the probe sees it
+
+
 def test_every_id_selects_exactly_that_check_when_pasted_back(pytester, write_suite):
     write_suite(
         """\
@@ -534,7 +561,7 @@ def test_user_code_that_exits_or_raises_is_an_error_naming_model_and_stage(pytes
     out = result.stdout.str()
     assert result.ret == pytest.ExitCode.TESTS_FAILED, out
     assert "Traceback" not in out and "INTERNALERROR" not in out
-    assert f"model 'm'" in out and f"{stage} raised {what}" in out
+    assert "model 'm'" in out and f"{stage} raised {what}" in out
     summary = (pytester.path / "r/py.md").read_text()
     assert "FAIL" in summary.splitlines()[0]
 
@@ -564,8 +591,11 @@ def test_progress_lines_unless_quiet_and_worker_status_files(pytester, write_sui
     quiet = pytester.runpytest(*SUITE, "-q", "-p", "no:cacheprovider")
     assert "qrel: vit" not in quiet.stdout.str()
     pytest.importorskip("xdist")
-    parallel = pytester.runpytest(*SUITE, "-n", "2")  # workers report what they are on through status files
-    parallel.assert_outcomes(passed=2)
+    parallel = pytester.inline_run(*SUITE, "-n", "2")  # workers report what they are on through status files
+    parallel.assertoutcome(passed=2)
+    # each worker's workeroutput names the device it ran on (read in pytest_testnodedown)
+    devices = parallel.getcalls("pytest_sessionfinish")[0].session.config.stash[STATE].worker_devices
+    assert sorted(devices) == ["gw0", "gw1"] and len(set(devices.values())) == 1
     status = list((pytester.path / ".pytest_cache/d/qrel-status").rglob("gw*.json"))
     lines = [json.loads(p.read_text())["line"] for p in status]
     assert lines and all(line.startswith("qrel: vit W") for line in lines)
@@ -612,7 +642,7 @@ def test_a_worker_that_finishes_a_unit_takes_one_more_unit_not_two(pytester):
     # ran 3 + 1 with xdist's threshold of two pending items).
     import types
 
-    from pytest_qrel.plugin import _make_unit_scheduler
+    from pytest_qrel.plugin.xdist_sched import UnitScheduling
 
     class Node:
         def __init__(self, name: str) -> None:
@@ -626,7 +656,7 @@ def test_a_worker_that_finishes_a_unit_takes_one_more_unit_not_two(pytester):
 
     sizes = {"A": 4, "B": 3, "C": 2, "D": 2}  # xdist queues the larger scopes first
     collection = [f"none.yaml::m::{u}::check{k}" for u, n in sizes.items() for k in range(n)]
-    sched = _make_unit_scheduler(pytester.parseconfig("-p", "xdist", "--tx", "2*popen"), None)
+    sched = UnitScheduling(pytester.parseconfig("-p", "xdist", "--tx", "2*popen"))
     gw0, gw1 = Node("gw0"), Node("gw1")
     for node in (gw0, gw1):
         sched.add_node(node)
@@ -644,3 +674,55 @@ def test_a_worker_that_finishes_a_unit_takes_one_more_unit_not_two(pytester):
         sched.mark_test_complete(gw0, index)
     assert units(gw0) == {"A", "D"}
     assert not sched.workqueue
+
+
+def test_a_crashed_workers_unit_goes_to_a_worker_that_has_collected(pytester):
+    # The check a dying worker was running is named; its unit's unfinished checks are queued
+    # again; a replacement still collecting gets nothing before its collection arrives (xdist
+    # re-schedules every node when one goes down: that raised KeyError on a collecting one).
+    import types
+
+    from pytest_qrel.plugin.xdist_sched import UnitScheduling
+
+    class Node:
+        def __init__(self, name: str) -> None:
+            self.gateway, self.shutting_down, self.sent = types.SimpleNamespace(id=name), False, []
+
+        def send_runtest_some(self, indexes: list[int]) -> None:
+            self.sent.extend(indexes)
+
+        def shutdown(self) -> None:
+            self.shutting_down = True
+
+    collection = [f"none.yaml::m::{u}::check{k}" for u in "ABC" for k in range(2)]
+    sched = UnitScheduling(pytester.parseconfig("-p", "xdist", "--tx", "2*popen"))
+    gw0, gw1 = Node("gw0"), Node("gw1")
+    for node in (gw0, gw1):
+        sched.add_node(node)
+        sched.add_node_collection(node, collection)
+    sched.schedule()
+    assert [collection[i] for i in gw0.sent] == ["none.yaml::m::A::check0", "none.yaml::m::A::check1"]
+    sched.mark_test_complete(gw0, gw0.sent[0])
+    replacement = Node("gw2")
+    sched.add_node(replacement)
+    assert sched.remove_node(gw0) == "none.yaml::m::A::check1"  # the check it was running
+    assert replacement.sent == [] and sched.has_pending and not sched.tests_finished
+    sched.add_node_collection(replacement, collection)
+    sched.schedule()
+    assert {collection[i].split("::")[2] for i in replacement.sent} == {"A"}
+    assert [collection[i] for i in replacement.sent] == ["none.yaml::m::A::check1"]  # not the finished one
+
+
+def test_the_controller_reads_worker_status_under_xdists_run_id(pytester):
+    # Workers name their status folder after xdist's testrunuid; the controller learns it from
+    # pytest_configure_node (the run's own id would be another folder, and no line would show).
+    import types
+
+    pytest.importorskip("xdist")
+    from pytest_qrel.plugin.progress import status_dir
+    from pytest_qrel.plugin.xdist_sched import XdistController
+
+    config = pytester.parseconfigure("-p", "xdist", "-n", "2")
+    worker = types.SimpleNamespace(cache=config.cache, workerinput={"workerid": "gw0", "testrunuid": "abc123"}, stash=pytest.Stash())
+    XdistController(config).pytest_configure_node(node=types.SimpleNamespace(workerinput=worker.workerinput))
+    assert status_dir(config) == status_dir(worker) and status_dir(config).name == "abc123"

@@ -51,3 +51,91 @@ def test_steps_without_a_listener_are_ignored():
         step("phase", 1, 2)
     step("after", 1, 2)
     assert seen == [("x: phase", 1, 2, "steps")]
+
+
+# ---------------------------------------------------------------------------- the plugin's progress text
+class Screen:
+    """One terminal line, as the plugin's progress text sees it through pytest's public API: the
+    terminal reporter's ``write_raw`` / ``write_line`` / ``isatty`` and the terminal writer's
+    ``fullwidth`` / ``width_of_current_line``. Backspaces move the cursor left; pytest counts
+    only its own writes (``pytest_write``) in the line's width, as its terminal writer does."""
+
+    isatty = True
+
+    def __init__(self, width: int = 80) -> None:
+        self.fullwidth, self.cells, self.cursor, self.counted = width, [], 0, ""
+        self.lines: list[str] = []
+
+    @property
+    def width_of_current_line(self) -> int:
+        return len(self.counted)
+
+    def pytest_write(self, text: str) -> None:
+        self.counted += text
+        self.write_raw(text)
+
+    def write_raw(self, text: str, *, flush: bool = False) -> None:
+        for ch in text:
+            if ch == "\b":
+                self.cursor = max(0, self.cursor - 1)
+                continue
+            if self.cursor < len(self.cells):
+                self.cells[self.cursor] = ch
+            else:
+                self.cells.append(ch)
+            self.cursor += 1
+            assert len(self.cells) < self.fullwidth, "the line wrapped: backspaces cannot come back"
+
+    def write_line(self, line: str, **markup: bool) -> None:
+        self.lines.append(self.visible)
+        self.cells, self.cursor, self.counted = [], 0, ""
+        self.lines.append(line)
+
+    @property
+    def visible(self) -> str:
+        return "".join(self.cells).rstrip()
+
+
+def _config(screen: Screen):
+    import types
+
+    import pytest
+
+    plugins = {"terminalreporter": screen}
+    return types.SimpleNamespace(
+        pluginmanager=types.SimpleNamespace(get_plugin=plugins.get), get_terminal_writer=lambda: screen, stash=pytest.Stash(),
+    )
+
+
+def test_the_progress_text_follows_pytests_line_and_is_erased_back_to_it():
+    from pytest_qrel.plugin.progress import PROGRESS, Progress, warn_line
+
+    screen = Screen(width=80)
+    config = _config(screen)
+    progress = config.stash[PROGRESS] = Progress(config)
+    screen.pytest_write("suites/mini.yaml ..")
+    progress.update("model 'vit' W8A8 on digits", 0, 385)
+    assert screen.visible == "suites/mini.yaml .. qrel: model 'vit' W8A8 on digits: 0/385 images, 0 img/s"
+    progress.last = 0.0  # past the half-second between updates
+    progress.update("model 'vit' W8A8 on digits", 120, 385)
+    assert screen.visible.startswith("suites/mini.yaml .. qrel: model 'vit' W8A8 on digits: 120/385 images, ")
+    assert len(screen.visible) <= 79  # cut at the terminal's width, never wrapped
+    progress.update("model 'vit' W8A8 on digits", 385, 385)
+    assert screen.visible == "suites/mini.yaml .." and screen.cursor == len("suites/mini.yaml ..")
+    screen.pytest_write(".")  # pytest goes on where it left off
+    assert screen.visible == "suites/mini.yaml ..."
+    progress.last = 0.0
+    progress.update("model 'vit' W4A4 on digits", 10, 385)
+    warn_line(config, "qrel: the outputs cache is read-only; going on without it")  # a warning mid-pass
+    assert screen.lines == ["suites/mini.yaml ...", "qrel: the outputs cache is read-only; going on without it"]
+
+
+def test_a_narrow_terminal_gets_no_progress_text_rather_than_a_wrapped_line():
+    from pytest_qrel.plugin.progress import Progress
+
+    screen = Screen(width=30)
+    config = _config(screen)
+    progress = Progress(config)
+    screen.pytest_write("suites/mini.yaml::vit::W8A8 ")
+    progress.update("model 'vit' W8A8 on digits", 0, 385)
+    assert screen.visible == "suites/mini.yaml::vit::W8A8"

@@ -15,12 +15,12 @@ the first check runs (torch is not imported yet), and:
   with the child's status -- or, when the child ended without its ``done`` line, replays the
   journal into its own pytest session, so the verdicts that arrived are kept, the check that was
   running is an error, the rest are ``not run``, and the summary, report and results file are
-  written red by the parent (:mod:`pytest_qrel.plugin`).
+  written red by the parent (:mod:`pytest_qrel.plugin.guard`).
 
 The journal is a plain file of JSON lines written with one ``write`` each (``O_APPEND``): it
 survives the child's death, and a torn last line (the child killed mid-write) is ignored.
 
-Not supervised (the plugin decides, see ``plugin._SessionGuard``): xdist workers (the controller
+Not supervised (the plugin decides, see :class:`pytest_qrel.plugin.guard.SessionGuard`): xdist workers (the controller
 already sees their death), pytest sessions nested in another one in the same process (pytester's
 in-process runs), ``pytest.main()`` called by a program that goes on afterwards, ``--collect-only``,
 platforms without ``os.fork`` and macOS (where forking a process that may have touched system

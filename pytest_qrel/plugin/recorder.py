@@ -1,0 +1,205 @@
+"""The verdict recorder: every expected check ends the session with exactly one verdict.
+
+Registered in every process of the run. Under xdist it works in the controller, from the reports
+the workers send (a verdict travels in a report's ``user_properties``, the unit records in its
+``qrel_units`` attribute); in a worker it only collects. At the session's end it names the checks
+that produced no verdict (``not run``: ``-x``, an interrupted run, a crashed worker) and makes the
+run red for them, fails a run in which every check was skipped (unless ``--qrel-allow-skip-all``),
+has the report and results file written (:mod:`.outputs`) and prints the summary lines.
+
+A crash is recognised by xdist's crash report (``when == "???"``: the report xdist makes for the
+item a worker was running when it died; the session guard makes the same for a supervised child's
+death). It replaces any verdict of that check and stays, even if the re-scheduled check passes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from ..results import UnitMetrics, Verdict
+from . import sharding
+from .collect import checks_of
+from .outputs import Written, write_outputs
+from .state import PROP_PREFIX, STATE, RunState, is_worker
+
+CRASH_WHEN = "???"  # the `when` of xdist's report for the item a dying worker was running
+
+
+class Recorder:
+    """See the module docstring."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.state: RunState = config.stash[STATE]
+        self.not_run: list[str] = []
+        self.written = Written()
+        self.all_skipped = False
+        self.problems: list[str] = []
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        checks = list(checks_of(session.items))
+        self.state.expected.update({i.nodeid: i.planned.suite.name for i in checks})
+        self.state.selected = [i.planned for i in checks]
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        state = self.state
+        for raw in getattr(report, "qrel_units", None) or []:
+            u = UnitMetrics.from_dict(raw)
+            state.units[(u.suite, u.model, u.quantizer)] = u
+        props = {k[len(PROP_PREFIX):]: v for k, v in report.user_properties if isinstance(k, str) and k.startswith(PROP_PREFIX)}
+        if not props:
+            self._without_verdict(report)
+            return
+        if report.nodeid in state.crashed:
+            return  # a crash is a failure for good, even if the re-scheduled item then passed
+        verdict = Verdict.from_dict(props)
+        verdict.nodeid = report.nodeid
+        if hasattr(report, "wasxfail"):
+            verdict.outcome = "xfailed" if report.skipped else "xpassed"
+        state.verdicts[report.nodeid] = verdict
+
+    def _without_verdict(self, report: pytest.TestReport) -> None:
+        """A failed report with no verdict: a crashed worker or an error outside runtest. A crash
+        replaces a verdict that arrived before it (a worker killed in teardown): pytest counts
+        the item failed, so the summary and the report must not say it passed."""
+        state = self.state
+        crashed = report.when == CRASH_WHEN
+        if report.failed and report.nodeid in state.expected and (crashed or report.nodeid not in state.verdicts):
+            state.verdicts[report.nodeid] = verdict_from_nodeid(report.nodeid, state, "error", _first_line(report))
+            if crashed:
+                state.crashed.add(report.nodeid)
+
+    def _why_not_run(self, session: pytest.Session, exitstatus: int) -> str:
+        state = self.state
+        if state.signals is not None and state.signals.terminated:
+            return "the run was terminated (SIGTERM)"
+        if state.ended:
+            return state.ended
+        if exitstatus == pytest.ExitCode.INTERRUPTED:
+            return "the run was interrupted"
+        return "the run stopped early (-x / --maxfail)" if session.shouldstop or session.shouldfail else "no result arrived for it"
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        config, state = self.config, self.state
+        if is_worker(config):
+            return
+        if state.signals is not None:
+            state.signals.finishing = True  # a SIGTERM from now on must not tear the outputs
+        if config.getoption("collectonly"):
+            return
+        if not state.expected:
+            if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and sharding.shard_is_empty(config):
+                self._finish_empty_shard(session)
+            return
+        reason = self._why_not_run(session, exitstatus)
+        self.not_run = [n for n in state.expected if n not in state.verdicts]
+        for nodeid in self.not_run:
+            state.verdicts[nodeid] = verdict_from_nodeid(nodeid, state, "not run", f"did not run: {reason}")
+        verdicts = list(state.verdicts.values())
+        if (self.not_run and exitstatus != pytest.ExitCode.INTERRUPTED) or state.ended:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if verdicts and all(v.outcome == "skipped" for v in verdicts) and not config.getoption("qrel_allow_skip_all"):
+            self.all_skipped = True
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        try:
+            self.written = write_outputs(config, verdicts)
+        except Exception as exc:  # a broken report must not hide the verdicts behind an INTERNALERROR
+            self.problems.append(f"ERROR: could not write the report: {type(exc).__name__}: {exc}")
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def _finish_empty_shard(self, session: pytest.Session) -> None:
+        try:
+            line, self.written = sharding.finish_empty_shard(self.config)
+        except Exception as exc:  # a broken output must not hide behind an INTERNALERROR
+            self.problems.append(f"ERROR: could not write the results: {type(exc).__name__}: {exc}")
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+            return
+        self.problems.append(line)
+        session.exitstatus = pytest.ExitCode.OK
+
+    def pytest_terminal_summary(self, terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+        if is_worker(config) or config.getoption("collectonly"):
+            return
+        if self.state.verdicts or self.state.expected:
+            terminalreporter.section("pytest-qrel")
+            for line, red, yellow in self.summary_lines():
+                terminalreporter.write_line(line, red=red, yellow=yellow)
+        elif self.problems or self.written.results:
+            terminalreporter.section("pytest-qrel")
+            for line in self.problems:
+                terminalreporter.write_line(line, red=line.startswith("ERROR"))
+            if self.written.results:
+                terminalreporter.write_line(self._results_line())
+
+    def summary_lines(self) -> list[tuple[str, bool, bool]]:
+        """``(line, red, yellow)``: counts per suite, what was not verified, what went wrong, files."""
+        state = self.state
+        lines: list[tuple[str, bool, bool]] = [(line, False, False) for line in _counts(state)]
+        from ..policy import run_verdict  # the one policy: the same status as the report, junit and qrel merge
+
+        verdict = run_verdict(state.verdicts.values(), sum(state.planned.values()) if state.planned else None)
+        lines += [(line, verdict.status == "FAIL", verdict.status not in ("FAIL", "PASS")) for line in verdict.lines()]
+        skipped = [v for v in state.verdicts.values() if v.outcome == "skipped"]
+        reasons: dict[str, int] = {}
+        for v in skipped:
+            reasons[v.message] = reasons.get(v.message, 0) + 1
+        for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1]):
+            lines.append((f"NOT VERIFIED: {n} check(s) skipped: {reason}", False, True))
+        errors = []
+        if self.all_skipped:
+            errors.append(
+                f"ERROR: no check produced a verdict: all {len(skipped)} were skipped because data is missing (see above); "
+                "point the suite at the data, or pass --qrel-allow-skip-all to accept a run that verifies nothing"
+            )
+        if state.ended_line:
+            errors.append(state.ended_line)
+        elif self.not_run:
+            errors.append(f"ERROR: {len(self.not_run)} check(s) did not run, e.g. {self.not_run[0]}; the run is marked failed")
+        crashed = sorted(state.crashed)
+        if crashed and not state.ended:
+            errors.append(f"ERROR: {len(crashed)} check(s) were lost to a crashed worker, e.g. {crashed[0]}")
+        lines += [(line, True, False) for line in errors + self.problems]
+        if self.written.report:
+            lines.append((f"report: {self.written.report} (summary: {self.written.report.with_suffix('.md')})", False, False))
+        if self.written.results:
+            lines.append((self._results_line(), False, False))
+        return lines
+
+    def _results_line(self) -> str:
+        default = "" if self.config.getoption("qrel_results") else " (no --qrel-results given: the default for a shard)"
+        return f"results: {self.written.results}{default}"
+
+
+def _counts(state: RunState) -> list[str]:
+    """``mini: 3 checks (of 5 planned): 1 failed, 2 passed``, one line per suite."""
+    by_suite: dict[str, dict[str, int]] = {}
+    for v in state.verdicts.values():
+        counts = by_suite.setdefault(v.suite, {})
+        counts[v.outcome] = counts.get(v.outcome, 0) + 1
+    lines = []
+    for suite, counts in sorted(by_suite.items()):
+        parts = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+        total = sum(counts.values())
+        planned = state.planned.get(suite, total)
+        selected = "" if planned == total else f" (of {planned} planned)"
+        lines.append(f"{suite}: {total} checks{selected}: {parts}")
+    return lines
+
+
+def _first_line(report: pytest.TestReport) -> str:
+    text = str(report.longrepr or "").strip().splitlines()
+    return text[-1] if text else "failed without a message"
+
+
+def verdict_from_nodeid(nodeid: str, state: RunState, outcome: Any, message: str) -> Verdict:
+    """A verdict for a check known only by its node id (a crash, a check that never ran)."""
+    parts = nodeid.split("::")
+    model, quantizer, name = (parts + ["", "", ""])[1:4]
+    return Verdict(
+        suite=state.expected.get(nodeid, ""), model=model, quantizer=quantizer, dataset="", metric=name.split(" ", 1)[0],
+        score=None, check=name, bound="", fp32=None, value=None, delta=None, delta_display="", passed=False,
+        expect_fail=False, outcome=outcome, message=message, nodeid=nodeid,
+    )
