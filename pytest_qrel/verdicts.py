@@ -24,7 +24,8 @@ Plain Python: no pytest, no torch.
 from __future__ import annotations
 
 from .errors import DataMissingError, QrelError, UserCodeError
-from .results import Outcome, Verdict, outcome_of
+from .policy import outcome_of
+from .results import Outcome, Verdict
 from .spec import PlannedCheck
 
 
@@ -52,7 +53,7 @@ def verdict_for_error(p: PlannedCheck, exc: QrelError, *, strict: bool = False) 
 def settle_inconclusive(p: PlannedCheck, verdict: Verdict, policy: str | None = None) -> Verdict:
     """Apply the inconclusive policy to the verdict of ``p``: ``policy`` (``fail`` / ``warn`` /
     ``pass``; ``--qrel-inconclusive``) or else the suite's ``inconclusive:`` decides whether an
-    ``inconclusive`` verdict ``passed``, through :func:`pytest_qrel.results.outcome_of`. Other
+    ``inconclusive`` verdict ``passed``, through :func:`pytest_qrel.policy.outcome_of`. Other
     verdicts are returned unchanged."""
     if verdict.outcome == "inconclusive":
         # Only a check demanding confidence is inconclusive (evaluate.decide); were one not to,
