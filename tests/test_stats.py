@@ -138,6 +138,43 @@ def test_openood_fpr_follows_dropped_roc_points():
     assert found >= 3
 
 
+@pytest.mark.parametrize("conventions", CONVENTIONS.names())
+def test_every_convention_has_a_fast_fpr_form(conventions):
+    """No convention's FPR@95 falls back to the per-resample plain call (about 1,000x slower)."""
+    form = ood_form("fpr_at_95_tpr", conventions)
+    assert not form.__name__.startswith("fallback"), f"{conventions}: register a weighted form in WEIGHTED_OOD"
+
+
+@pytest.mark.parametrize("conventions", CONVENTIONS.names())
+@pytest.mark.parametrize("ties", ["none", "coarse", "integers", "saturated"])
+def test_fast_fpr_forms_equal_the_plain_function_on_larger_sets(conventions, ties):
+    """Every convention's FPR@95 on sets of a few hundred, on resamples and on the full data (all
+    counts 1: the long straight runs of OpenOOD's dropped ROC points, the nearest-recall ties of
+    MCM's code), against the convention's own function on the resampled arrays."""
+    rng = np.random.default_rng(zlib.crc32(f"fpr:{conventions}:{ties}".encode()))
+    plain = CONVENTIONS.get(conventions).get("fpr_at_95_tpr", metrics.fpr_at_95_tpr)
+    form = ood_form("fpr_at_95_tpr", conventions)
+    for trial in range(3):
+        n_id, n_ood = int(rng.integers(150, 600)), int(rng.integers(100, 600))
+        separation = 4.0 if trial == 0 else rng.uniform(0, 2.5)  # 4: runs of dozens of OOD-only points
+        s_id, s_ood = rng.normal(separation, 1, n_id), rng.normal(0, rng.uniform(0.5, 1.5), n_ood)
+        if ties == "coarse":
+            s_id, s_ood = np.round(s_id * 4) / 4, np.round(s_ood * 4) / 4
+        elif ties == "integers":  # a handful of distinct scores: equal TPR levels, equal steps
+            s_id, s_ood = np.round(s_id), np.round(s_ood)
+        elif ties == "saturated":
+            s_id[: n_id // 2], s_ood[: n_ood // 6] = 3.0, 3.0
+        if ties == "integers" and trial == 0:  # one ID and one OOD sample at each of 40 scores: on the full
+            # data a straight ROC run from OpenOOD's 95% point (at score 17) to the end, all dropped but the last
+            s_id, s_ood = np.arange(40.0), np.r_[np.full(400, -1.0), np.arange(40.0)]
+            n_id, n_ood = s_id.size, s_ood.size
+        c_id, c_ood = counts_chunk(trial, "id", n_id, 0, 24), counts_chunk(trial, "ood", n_ood, 0, 24)
+        c_id[:n_id, 0], c_ood[:n_ood, 0] = 1.0, 1.0  # the full data
+        got = form(OodCurve(OodStatic(s_id, s_ood), c_id, c_ood))
+        want = [plain(s_id[resample_indices(c_id[:n_id, b])], s_ood[resample_indices(c_ood[:n_ood, b])]) for b in range(24)]
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-12, err_msg=f"{conventions} trial {trial}")
+
+
 def _id_arrays(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     logits = rng.normal(0, 2, (n, 5))
     logits[: n // 4] = np.round(logits[: n // 4])  # ties in the arg-max and round confidences

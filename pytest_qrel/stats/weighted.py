@@ -268,6 +268,11 @@ class OodStatic:
         c = self.counts["ood"]
         return np.flatnonzero(c["id_le"] != c["id_lt"])
 
+    @cached_property
+    def groups(self) -> "ScoreGroups":
+        """The distinct scores over ID and OOD together (see :class:`ScoreGroups`), built on first use."""
+        return ScoreGroups(self)
+
     def own_fix(self, k: str, name: str) -> tuple[np.ndarray, np.ndarray]:
         """For a read of set ``k``'s own running sums at ``<k>_le`` / ``<k>_lt``: the stored rows
         where ties move the read away from the sample's own position, and the rows to read there."""
@@ -281,6 +286,30 @@ class OodStatic:
     def total(self, x: np.ndarray, where: str) -> np.ndarray:
         """Column sums of an ``(m, rows)`` array in ``where``'s layout, as float64 (rows,)."""
         return (self._ones[where] @ x).astype(np.float64)
+
+
+class ScoreGroups:
+    """The distinct score values of ID and OOD together, ascending (``G`` of them): the points of a
+    ROC curve before resampling (a resample keeps the groups that carry weight).
+
+    For group ``g``, the sorted ID samples ``id_lo[g] .. id_hi[g] - 1`` and the sorted OOD samples
+    ``ood_lo[g] .. ood_hi[g] - 1`` hold its score, so a running sum read at position ``id_hi[g]``
+    is the ID weight scoring ``<=`` it and at ``id_lo[g]`` the weight scoring ``<`` it; the
+    ``*_rows`` arrays are those positions' stored rows. ``of_ood[j]`` / ``of_id[i]``: the group
+    of sorted OOD sample ``j`` / ID sample ``i``.
+    """
+
+    def __init__(self, st: OodStatic) -> None:
+        values = np.unique(np.concatenate([st.sorted["id"], st.sorted["ood"]]))
+        self.size = values.size
+        self.id_lo = np.searchsorted(st.sorted["id"], values, "left")
+        self.id_hi = np.searchsorted(st.sorted["id"], values, "right")
+        self.ood_lo = np.searchsorted(st.sorted["ood"], values, "left")
+        self.ood_hi = np.searchsorted(st.sorted["ood"], values, "right")
+        self.of_id = np.searchsorted(values, st.sorted["id"])
+        self.of_ood = np.searchsorted(values, st.sorted["ood"])
+        self.id_lo_rows, self.id_hi_rows = st.rows("id", self.id_lo), st.rows("id", self.id_hi)
+        self.ood_lo_rows, self.ood_hi_rows = st.rows("ood", self.ood_lo), st.rows("ood", self.ood_hi)
 
 
 class OodCurve:
@@ -425,21 +454,54 @@ def _fpr_at_95_tpr(c: OodCurve) -> np.ndarray:
     carries weight (a weightless one would pass together with the next, or, with nothing above
     it, fail), so it is a point of the ROC curve.
     """
-    st = c.static
+    t = _hendrycks_threshold(c)
+    return (c.O - c.cum_at("ood", c.static.counts["id"]["ood_lt"][t])) / c.O
+
+
+def _hendrycks_threshold(c: OodCurve) -> np.ndarray:
+    """Per resample, the sorted ID sample whose score is the threshold of :func:`_fpr_at_95_tpr`."""
     A = c.A
     K = last_position(c, "id", lambda cum: (A - cum) / A >= 0.95)
-    t = np.searchsorted(st.counts["id"]["id_lt"], K, side="right") - 1
-    return (c.O - c.cum_at("ood", st.counts["id"]["ood_lt"][t])) / c.O
+    return np.searchsorted(c.static.counts["id"]["id_lt"], K, side="right") - 1
 
 
-def _groups(c: OodCurve) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per distinct score (ascending, over ID and OOD together), (G, rows) each: ID and OOD weight
-    up to and including it, and its own ID and OOD weight."""
-    st = c.static
-    values = np.unique(np.concatenate([st.sorted["id"], st.sorted["ood"]]))
-    a_le = c.cum("id")[st.layout["id"].row_of(np.searchsorted(st.sorted["id"], values, "right"))].astype(np.float64)
-    o_le = c.cum("ood")[st.layout["ood"].row_of(np.searchsorted(st.sorted["ood"], values, "right"))].astype(np.float64)
-    return a_le, o_le, np.diff(a_le, axis=0, prepend=0.0), np.diff(o_le, axis=0, prepend=0.0)
+def _weight(c: OodCurve, k: str, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``cum(k)`` at stored ``rows`` of columns ``cols`` (broadcast), as exact integers in float64
+    (the TINY of the ID layout's position 0 rounds away)."""
+    return np.rint(c.cum(k)[rows, cols].astype(np.float64))
+
+
+@WEIGHTED_OOD.register("mcm_code:fpr_at_95_tpr")
+def _mcm_fpr(c: OodCurve) -> np.ndarray:
+    """:func:`pytest_qrel.conventions.nearest_recall_fpr_at_95_tpr`: ID positive, the ROC point
+    whose TPR is nearest 0.95 (ties: the higher TPR; among points of that TPR the highest FPR; at
+    TPR 1 only the first point reaching it).
+
+    TPR is monotone along the curve, so the nearest TPR is one of two levels around 0.95: ``hi``,
+    the TPR at :func:`_fpr_at_95_tpr`'s threshold ``s_t`` (the first point with TPR >= 0.95), and
+    ``lo``, the ID share scoring strictly above ``s_t`` (the point(s) just before, if any weight
+    scores above ``s_t``). The points of one TPR level run from one weighted ID score down to the
+    next; the lowest of them has the highest FPR: for ``lo`` the OOD share scoring ``> s_t``, for
+    ``hi`` the OOD share scoring above the next weighted ID sample below ``s_t`` (or, at TPR 1,
+    the point at ``s_t`` itself). Distances are compared in float64 as ``numpy`` does.
+    """
+    st, A, O, cols = c.static, c.A, c.O, np.arange(c.rows)
+    t = _hendrycks_threshold(c)
+    below = np.rint(c.cum_at("id", st.counts["id"]["id_lt"][t]))  # ID weight scoring < s_t
+    above = A - np.rint(c.cum_at("id", st.counts["id"]["id_le"][t]))  # ID weight scoring > s_t
+    ood_above = O - np.rint(c.cum_at("ood", st.counts["id"]["ood_le"][t]))  # OOD weight scoring > s_t
+    tpr_hi, tpr_lo = (A - below) / A, above / A
+    use_lo = ((above > 0) | (ood_above > 0)) & (np.abs(tpr_lo - 0.95) < np.abs(tpr_hi - 0.95))
+    # hi: the highest weighted ID sample below s_t (where the running sum first reaches `below`)
+    j = last_position(c, "id", lambda cum: cum < np.maximum(below, 0.5)) + 1  # 1-based position
+    j_ood_le = st.counts["id"]["ood_le"][np.clip(j - 1, 0, st.n["id"] - 1)]
+    fpr_hi = np.where(below > 0.5, (O - np.rint(c.cum_at("ood", j_ood_le))) / O,
+                      (O - np.rint(c.cum_at("ood", st.counts["id"]["ood_lt"][t]))) / O)
+    return np.where(use_lo, ood_above / O, fpr_hi)
+
+
+WINDOW = 16
+"""Score groups read at once per resample by :func:`_openood_fpr`'s walk along a straight run."""
 
 
 @WEIGHTED_OOD.register("openood:fpr_at_95_tpr")
@@ -447,23 +509,48 @@ def _openood_fpr(c: OodCurve) -> np.ndarray:
     """OOD positive, decision ``-score`` (thresholds ascending in score), scikit-learn ``roc_curve``
     with ``drop_intermediate=True``: FPR (ID share flagged) at the first *kept* point with TPR >= 0.95.
 
-    A point is dropped when the step into it equals the step out of it (a straight run); points
-    exist only at scores that carry weight in the resample. A loop over resamples: slower than
-    the other forms, still far from the per-resample scikit-learn call.
+    The points are the score groups (:class:`ScoreGroups`) that carry weight in the resample;
+    ``p``, the first with OOD share ``<= s`` at least 0.95, is the group of the first sorted OOD
+    sample whose running sum reaches it. scikit-learn drops a point whose step in (its own ID and
+    OOD weight) equals its step out (the next point's): a straight run. So unless ``p`` is the
+    first point (always kept), the answer is the last point of the run of consecutive points
+    carrying exactly ``p``'s weights, found by reading :data:`WINDOW` groups at a time for the
+    resamples still in a run. Along a run of OOD-only points the FPR is constant, so only a run of
+    tied ID-and-OOD points with equal weights (rare: e.g. integer scores) is walked.
     """
-    a_le, o_le, a, o = _groups(c)
-    out = np.empty(c.rows)
-    for r in range(c.rows):
-        present = np.flatnonzero((a[:, r] + o[:, r]) > 0)
-        tps, fps = o_le[present, r], a_le[present, r]
-        da, do = a[present, r], o[present, r]
-        m = present.size
-        p = int(np.argmax(tps / tps[-1] >= 0.95))
-        if m > 2:
-            while 0 < p < m - 1 and da[p] == da[p + 1] and do[p] == do[p + 1]:
-                p += 1
-        out[r] = fps[p] / fps[-1]
-    return out
+    st, A, O, cols = c.static, c.A, c.O, np.arange(c.rows)
+    gr = st.groups
+    K = last_position(c, "ood", lambda cum: cum / O < 0.95) + 1  # first OOD position reaching 95%
+    p = gr.of_ood[np.minimum(K, st.n["ood"]) - 1]
+    ap = _weight(c, "id", gr.id_hi_rows[p], cols) - _weight(c, "id", gr.id_lo_rows[p], cols)
+    op = _weight(c, "ood", gr.ood_hi_rows[p], cols) - _weight(c, "ood", gr.ood_lo_rows[p], cols)
+    first = (_weight(c, "id", gr.id_lo_rows[p], cols) + _weight(c, "ood", gr.ood_lo_rows[p], cols)) == 0
+    q = p.copy()  # the last point of the run so far
+    # Along a run of OOD-only points the FPR does not move: only a run of tied ID-and-OOD points
+    # with equal weights (p's ID weight > 0) needs the walk.
+    walk = np.flatnonzero(~first & (ap > 0))
+    at = p[walk]  # the group the window starts after
+    step = np.arange(1, WINDOW + 1)[:, None]
+    while walk.size:
+        g = at[None, :] + step  # (WINDOW, walking)
+        inside = g < gr.size
+        g = np.minimum(g, gr.size - 1)
+        wc = cols[walk][None, :]
+        a = _weight(c, "id", gr.id_hi_rows[g], wc) - _weight(c, "id", gr.id_lo_rows[g], wc)
+        o = _weight(c, "ood", gr.ood_hi_rows[g], wc) - _weight(c, "ood", gr.ood_lo_rows[g], wc)
+        present = inside & ((a + o) > 0)
+        same = present & (a == ap[walk]) & (o == op[walk])
+        differ = present & ~same
+        ends = differ.any(axis=0) | ~inside[-1]  # the run ends inside this window
+        cut = np.where(differ.any(axis=0), differ.argmax(axis=0), WINDOW)  # first differing point
+        before = same & (np.arange(WINDOW)[:, None] < cut[None, :])
+        has = before.any(axis=0)
+        last_same = WINDOW - 1 - before[::-1].argmax(axis=0)
+        run_end = np.where(has, g[last_same, np.arange(walk.size)], q[walk])
+        q[walk] = run_end
+        at = np.where(has, run_end, at + WINDOW)
+        walk, at = walk[~ends], at[~ends]
+    return np.rint(c.cum_at("id", gr.id_hi[q])) / A
 
 
 def _trapezoid_ap(c: OodCurve, where: str, pos_incl, neg_incl, pos_excl, neg_excl, total) -> np.ndarray:
