@@ -18,7 +18,7 @@ from pytest_qrel.conventions import CONVENTIONS
 from pytest_qrel.spec.schema import Bound
 from pytest_qrel.stats import IntervalRequest, paired_interval, paired_intervals, percentile_interval
 from pytest_qrel.stats.delong import delong_auroc_delta, delong_interval, structural_components
-from pytest_qrel.stats.resample import RNG_BLOCK, SMALL_N, counts_chunk, resample_counts, resample_indices
+from pytest_qrel.stats.resample import RNG_BLOCK, SMALL_N, counts_chunk, resample_counts, resample_indices, split_halves
 from pytest_qrel.stats.weighted import WEIGHTED_ID, WEIGHTED_OOD, OodCurve, OodStatic, fallback, ood_form
 
 OOD_METRICS = [m for m in metrics.METRICS if metrics.METRICS.meta(m)["kind"] == "ood"]
@@ -281,7 +281,10 @@ def test_interval_equals_a_from_scratch_percentile_bootstrap():
         q = np.array([np.mean([value(s, req, b) for s in req.quantized]) for b in range(B)])
         f = np.array([value(fp32, req, b) for b in range(B)])
         delta = f - q if hib else q - f
-        np.testing.assert_allclose(res.delta_ci, np.quantile(delta, [0.025, 0.975]), atol=2e-6, err_msg=req.metric)
+        # ECE's interval is built otherwise (test_ece_interval_from_scratch); its plain draws are these
+        delta_ci = percentile_interval(res.delta_draws, 0.95) if req.metric == "ece" else res.delta_ci
+        compared_ci = percentile_interval(res.compared_draws, 0.95) if req.metric == "ece" else res.compared_ci
+        np.testing.assert_allclose(delta_ci, np.quantile(delta, [0.025, 0.975]), atol=2e-6, err_msg=req.metric)
         b = req.bound
         if b is None:
             compared = delta
@@ -294,8 +297,76 @@ def test_interval_equals_a_from_scratch_percentile_bootstrap():
             compared = 100 * delta / np.abs(f)
         else:
             compared = 100 * delta
-        np.testing.assert_allclose(res.compared_ci, np.quantile(compared, [0.025, 0.975]), atol=2e-4, err_msg=req.metric)
+        np.testing.assert_allclose(compared_ci, np.quantile(compared, [0.025, 0.975]), atol=2e-4, err_msg=req.metric)
         assert res.resamples == B and res.seed == 4 and res.level == 0.95
+
+
+def _ece_parts(fields, idx, first_half):
+    """(over, under, bin sums / n) of one resample, written out: 15 bins, two fixed halves."""
+    conf = np.asarray(fields["confidence"], np.float64)[idx]
+    gap = fields["correct"][idx] - conf
+    bins = np.clip(np.digitize(conf, np.linspace(0, 1, 16)) - 1, 0, 14)
+    s0 = np.bincount(bins, weights=np.where(first_half[idx], gap, 0.0), minlength=15)
+    s1 = np.bincount(bins, weights=np.where(first_half[idx], 0.0, gap), minlength=15)
+    n = idx.size
+    under = max(0.0, float((np.sign(s0) * s1 + np.sign(s1) * s0).sum()) / n)
+    return float(np.abs(s0 + s1).sum()) / n, under, (s0 + s1) / n
+
+
+def test_ece_interval_from_scratch():
+    """ECE's interval (:mod:`pytest_qrel.stats.ece`) recomputed here from resampled arrays: the
+    plain ECE ("over"), the split-sign estimator ("under", halves from ``split_halves``) and the
+    paired bin distance, for every kind of bound, two seeds and two ID sets; each end the tighter
+    of the two constructions at level 1 - a/4 (1 - a/2 for a value bound, which has one)."""
+    rng = np.random.default_rng(12)
+    fp32 = _side(rng, 150, {})
+    seeds = (_side(rng, 150, {}, fp32, 0.1), _side(rng, 150, {}, fp32, 0.15))
+    ref = (_side(rng, 150, {}, fp32, 0.3),)
+    for side in (fp32, *seeds, *ref):
+        side["second"] = {k: side["digits"][k][:90] for k in ("correct", "confidence", "nll")}
+    sets = ("digits", "second")
+    bounds = [Bound("delta", "<=", 10, "%"), Bound("delta", "<=", 1, "pp"), None, Bound("value", "<=", 0.2),
+              Bound("delta", "<=", 0, "abs", ref="W4A4")]
+    B, seed = 60, 3
+    reqs = [IntervalRequest("ece", sets, seeds, fp32, ref=ref if b is not None and b.ref else (), bound=b) for b in bounds]
+    results = paired_intervals(reqs, resamples=B, seed=seed)
+    idx = {d: [resample_indices(resample_counts(seed, d, n, 0, B)[:, b]) for b in range(B)] for d, n in (("digits", 150), ("second", 90))}
+    halves = {d: split_halves(seed, d, n) for d, n in (("digits", 150), ("second", 90))}
+
+    def parts(sides):  # per seed, per set: (over, under, sums) arrays over resamples
+        return [[[_ece_parts(side[d], idx[d][b], halves[d]) for b in range(B)] for d in sets] for side in sides]
+
+    def mean_of(p, i):  # mean over seeds and sets of part i, per resample
+        return np.mean([[[r[i] for r in per_set] for per_set in per_seed] for per_seed in p], axis=(0, 1))
+
+    def dist(pa, pb):
+        return np.mean([[[np.abs(ra[2] - rb[2]).sum() for ra, rb in zip(sa_d, sb_d)] for sa_d, sb_d in zip(sa, sb)]
+                        for sa in pa for sb in pb], axis=(0, 1))
+
+    pq, pf, pr = parts(seeds), parts([fp32]), parts(ref)
+    over = {k: mean_of(p, 0) for k, p in (("q", pq), ("f", pf), ("r", pr))}
+    under = {k: mean_of(p, 1) for k, p in (("q", pq), ("f", pf), ("r", pr))}
+    t_f, t_r = dist(pq, pf), dist(pq, pr)
+
+    def ends(constructions, level=0.95):
+        a = (1 - level) / 2 / len(constructions)
+        return (max(np.quantile(lo, a) for lo, _ in constructions), min(np.quantile(hi, 1 - a) for _, hi in constructions))
+
+    with np.errstate(divide="ignore"):
+        want = [
+            [(100 * (under["q"] - over["f"]) / over["f"], 100 * (over["q"] - under["f"]) / under["f"]), (-100 * t_f / under["f"], 100 * t_f / under["f"])],
+            [(100 * (under["q"] - over["f"]), 100 * (over["q"] - under["f"])), (-100 * t_f, 100 * t_f)],
+            [(under["q"] - over["f"], over["q"] - under["f"]), (-t_f, t_f)],
+            [(under["q"], over["q"])],
+            [(under["q"] - over["r"], over["q"] - under["r"]), (-t_r, t_r)],
+        ]
+    delta = [(under["q"] - over["f"], over["q"] - under["f"]), (-t_f, t_f)]
+    for b, res, constructions in zip(bounds, results, want):
+        assert res.method == "ece-bounds"
+        np.testing.assert_allclose(res.compared_ci, ends(constructions), rtol=1e-5, atol=1e-7, err_msg=str(b))
+        np.testing.assert_allclose(res.delta_ci, ends(delta), rtol=1e-5, atol=1e-7, err_msg=str(b))
+        np.testing.assert_allclose(res.at_level(0.8).compared_ci, ends(constructions, 0.8), rtol=1e-5, atol=1e-7)
+        assert res.compared_ci[0] <= res.compared_ci[1]
 
 
 def test_at_level_reuses_the_draws():

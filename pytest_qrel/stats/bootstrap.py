@@ -39,7 +39,8 @@ import numpy as np
 
 from ..spec.schema import Bound
 from .delong import DeLongResult, delong_from_components
-from .resample import RNG_BLOCK, TINY, counts_chunk
+from . import ece
+from .resample import RNG_BLOCK, TINY, counts_chunk, split_halves
 from .weighted import DTYPE, WEIGHTED_ID, OodCurve, OodStatic, ood_form
 
 SampleArrays = Mapping[str, Mapping[str, np.ndarray]]
@@ -83,6 +84,34 @@ class IntervalRequest:
     bound: Bound | None = None
 
 
+@dataclass(frozen=True, eq=False)
+class Bounds:
+    """An interval from one or more *constructions* of one quantity on the same resamples, each a
+    pair ``(lower-end draws, upper-end draws)``.
+
+    At level ``c`` (``a = (1 - c) / 2``, ``k`` constructions) the interval is
+    ``[max_i q(a / k; lower_i), min_i q(1 - a / k; upper_i)]``: every end is a one-sided bound at
+    level ``1 - a / k``, so taking the tightest of ``k`` keeps ``1 - a`` (Bonferroni). One
+    construction whose two arrays are the same draws is the percentile interval. Used where the
+    plain percentile interval does not hold its level (ECE: :mod:`.ece`).
+    """
+
+    constructions: tuple[tuple[np.ndarray, np.ndarray], ...]
+
+    def interval(self, level: float) -> tuple[float, float] | None:
+        """The interval at ``level``; ``None`` if a draw is NaN (as :func:`percentile_interval`)."""
+        k = len(self.constructions)
+        each = 1.0 - (1.0 - level) / k
+        lows, highs = [], []
+        for lower, upper in self.constructions:
+            lo, hi = percentile_interval(lower, each), percentile_interval(upper, each)
+            if lo is None or hi is None:
+                return None
+            lows.append(lo[0])
+            highs.append(hi[1])
+        return max(lows), min(highs)
+
+
 @dataclass
 class PairedInterval:
     """The interval of one request (all numbers plain floats).
@@ -96,7 +125,10 @@ class PairedInterval:
     samples per resampled set. ``note``: why there is no interval, or what to keep in mind
     (empty if nothing). ``delong_ci``: DeLong's analytic interval of ``delta`` (AUROC deltas
     against FP32 only; ``delta +/- z * delong_se``), a cross-check of the bootstrap.
-    ``delta_draws`` / ``compared_draws``: the resampled quantities, for :meth:`at_level`.
+    ``delta_draws`` / ``compared_draws``: the resampled quantities (plain estimator).
+    ``method``: ``"percentile"`` (the percentile interval of those draws) or, for ECE,
+    ``"ece-bounds"`` (``delta_bounds`` / ``compared_bounds``, :class:`Bounds` from estimators that
+    err in known directions: :mod:`.ece`); :meth:`at_level` re-summarises either.
     """
 
     metric: str
@@ -119,14 +151,20 @@ class PairedInterval:
     method: str = "percentile"
     delta_draws: np.ndarray | None = field(default=None, repr=False)
     compared_draws: np.ndarray | None = field(default=None, repr=False)
+    delta_bounds: Bounds | None = field(default=None, repr=False)
+    compared_bounds: Bounds | None = field(default=None, repr=False)
 
     def at_level(self, level: float) -> "PairedInterval":
         """The same resamples summarised at another ``level`` (e.g. a check's ``confidence``)."""
         _check_level(level)
         out = replace(self, level=level)
-        if self.delta_draws is not None:
+        if self.delta_bounds is not None:
+            out.delta_ci = self.delta_bounds.interval(level)
+        elif self.delta_draws is not None:
             out.delta_ci = percentile_interval(self.delta_draws, level)
-        if self.compared_draws is not None:
+        if self.compared_bounds is not None:
+            out.compared_ci = self.compared_bounds.interval(level)
+        elif self.compared_draws is not None:
             out.compared_ci = percentile_interval(self.compared_draws, level)
         if self.delong_se is not None and self.delta is not None:
             out.delong_ci = _normal_interval(self.delta, self.delong_se, level)
@@ -273,17 +311,28 @@ def _combine(values: Mapping[tuple, np.ndarray], terms: list[tuple], kind: str) 
 
 
 class _Evaluator:
-    def __init__(self, plan: _Plan) -> None:
+    """Every planned term on a chunk of resamples. An ECE term also yields ``("ece-under", term)``
+    and ``("ece-sums", term)`` (:mod:`.ece`), from the bin sums of a fixed half of the samples
+    (seeded by ``seed``), so each ECE interval can be built from estimators that err in a known
+    direction."""
+
+    def __init__(self, plan: _Plan, seed: int = DEFAULT_SEED) -> None:
         self.plan = plan
-        self.tables: dict[str, tuple[np.ndarray, dict[tuple, tuple[slice, Any]]]] = {}
+        self.tables: dict[str, tuple[np.ndarray, dict[tuple, tuple[slice, Any, slice | None]]]] = {}
         for dataset, terms in plan.id_terms.items():
             blocks, slots, at = [], {}, 0
+            first_half = split_halves(seed, dataset, plan.n[dataset]) if any(m == "ece" for _, m in terms.values()) else None
             for term, (side, metric) in terms.items():
                 form = WEIGHTED_ID.get(metric)
-                cols = np.asarray(form.columns(plan.sides[side][dataset]), dtype=np.float64)
+                fields = plan.sides[side][dataset]
+                cols = np.asarray(form.columns(fields), dtype=np.float64)
                 blocks.append(cols)
-                slots[term] = (slice(at, at + cols.shape[1]), form)
-                at += cols.shape[1]
+                half = None
+                if metric == "ece":
+                    blocks.append(ece.half_columns(fields, first_half))
+                    half = slice(at + cols.shape[1], at + 2 * cols.shape[1])
+                slots[term] = (slice(at, at + cols.shape[1]), form, half)
+                at += cols.shape[1] * (2 if half is not None else 1)
             matrix = np.zeros((at, plan.n[dataset] + 2), dtype=DTYPE)  # the two extra rows of counts_chunk read 0
             matrix[:, :-2] = np.concatenate(blocks, axis=1).T
             self.tables[dataset] = (matrix, slots)
@@ -302,8 +351,10 @@ class _Evaluator:
                 continue
             sums = (matrix @ counts[dataset]).T.astype(np.float64)
             n = self.plan.n[dataset]
-            for term, (sl, form) in slots.items():
+            for term, (sl, form, half) in slots.items():
                 out[term] = np.asarray(form.reduce(sums[:, sl], n), dtype=np.float64)
+                if half is not None:
+                    out[("ece-under", term)], out[("ece-sums", term)] = ece.reductions(sums[:, sl], sums[:, half], n)
         for key, terms in self.plan.ood_terms.items():
             _, _, id_ds, ood_ds = key
             if id_ds not in counts or ood_ds not in counts:
@@ -396,7 +447,7 @@ def paired_intervals(
             }
         prepared.append((req, meta, kind, rkind, unit, terms, note))
 
-    evaluate = _Evaluator(plan)
+    evaluate = _Evaluator(plan, seed)
     datasets = sorted(plan.n)
     ones = {d: np.concatenate([np.ones((plan.n[d], 1), DTYPE), [[0.0], [TINY]]]).astype(DTYPE) for d in datasets}
     point = evaluate(ones)
@@ -415,7 +466,7 @@ def paired_intervals(
             stop = min(resamples, start + rows)
             counts = {d: counts_chunk(seed, d, plan.n[d], start, stop) for d in sorted(resampled)}
             for term, vals in evaluate(counts).items():
-                values.setdefault(term, np.empty(resamples))[start:stop] = vals
+                values.setdefault(term, np.empty((resamples, *vals.shape[1:])))[start:stop] = vals
 
     out = []
     for req, meta, kind, rkind, unit, terms, note in prepared:
@@ -463,6 +514,12 @@ def _summarise(req, meta, kind, rkind, unit, terms, note, plan, statics, point, 
         base.delta_ci = percentile_interval(base.delta_draws, level)
     base.compared_draws = _compared(rkind, unit, rv, rf, rr, hib)
     base.compared_ci = percentile_interval(base.compared_draws, level)
+    if req.metric == "ece" and kind == "id":
+        base.method = ece.ECE_METHOD
+        base.delta_bounds, base.compared_bounds = _ece_bounds(terms, values, rkind, unit)
+        if base.delta_bounds is not None:
+            base.delta_ci = base.delta_bounds.interval(level)
+        base.compared_ci = base.compared_bounds.interval(level)
     if base.compared_ci is None:
         notes.append(f"{req.metric} is undefined on some resamples, so no interval")
     if rkind == "delta" and unit == "%" and rf is not None:
@@ -486,6 +543,47 @@ def _summarise(req, meta, kind, rkind, unit, terms, note, plan, statics, point, 
             base.delong_ci, base.delong_se = (delong.low, delong.high), delong.se
     base.note = "; ".join([n for n in [note, *notes] if n])
     return base
+
+
+def _ece_bounds(terms: Mapping[str, list], values: Mapping[Any, np.ndarray], rkind: Kind, unit: str) -> tuple[Bounds | None, Bounds]:
+    """The :class:`Bounds` of an ECE request's delta (metric unit) and compared quantity, from the
+    over- (plain) and under-estimators of every side and the paired bin distances (:mod:`.ece`)."""
+
+    def side(which: str, key: str | None) -> np.ndarray | None:
+        sides = terms[which]
+        if not sides:
+            return None
+        return np.mean([_combine({t: values[t if key is None else (key, t)] for t in s}, s, "id") for s in sides], axis=0)
+
+    def distance(a: str, b: str) -> np.ndarray:
+        """Mean over seed pairs and datasets of ``sum_b |S_a - S_b|``: bounds ``|ECE_a - ECE_b|``."""
+        return np.mean([
+            ece.paired_distance(values[("ece-sums", ta)], values[("ece-sums", tb)])
+            for sa in terms[a] for sb in terms[b] for ta, tb in zip(sa, sb)
+        ], axis=0)
+
+    over = {w: side(w, None) for w in ("q", "fp32", "ref")}
+    under = {w: side(w, "ece-under") for w in ("q", "fp32", "ref")}
+    # ECE: lower is better, so the quantity grows with the quantized side and falls with the others
+    ordered = (
+        _compared(rkind, unit, under["q"], over["fp32"], over["ref"], False),
+        _compared(rkind, unit, over["q"], under["fp32"], under["ref"], False),
+    )
+    constructions = [ordered]
+    partner = "ref" if rkind.startswith("ref") else ("fp32" if rkind == "delta" else None)
+    if partner is not None:
+        t = distance("q", partner)
+        if rkind == "delta" and unit == "%":
+            constructions.append((100.0 * relative(-t, under["fp32"]), 100.0 * relative(t, under["fp32"])))
+        else:
+            scale = 100.0 if (rkind == "delta" and unit == "pp") else 1.0
+            constructions.append((-scale * t, scale * t))
+    compared = Bounds(tuple(constructions))
+    if over["fp32"] is None:
+        return None, compared
+    t = distance("q", "fp32")
+    delta = Bounds(((under["q"] - over["fp32"], over["q"] - under["fp32"]), (-t, t)))
+    return delta, compared
 
 
 def _delong(req: IntervalRequest, plan: _Plan, statics: Mapping[tuple, OodStatic], level: float, notes: list[str]) -> DeLongResult | None:
@@ -527,6 +625,7 @@ def paired_interval(request: IntervalRequest, **kwargs: Any) -> PairedInterval:
 
 
 __all__ = [
+    "Bounds",
     "DEFAULT_LEVEL",
     "DEFAULT_RESAMPLES",
     "DEFAULT_SEED",

@@ -269,7 +269,7 @@ class OodStatic:
         return np.flatnonzero(c["id_le"] != c["id_lt"])
 
     @cached_property
-    def groups(self) -> "ScoreGroups":
+    def groups(self) -> ScoreGroups:
         """The distinct scores over ID and OOD together (see :class:`ScoreGroups`), built on first use."""
         return ScoreGroups(self)
 
@@ -485,7 +485,7 @@ def _mcm_fpr(c: OodCurve) -> np.ndarray:
     ``hi`` the OOD share scoring above the next weighted ID sample below ``s_t`` (or, at TPR 1,
     the point at ``s_t`` itself). Distances are compared in float64 as ``numpy`` does.
     """
-    st, A, O, cols = c.static, c.A, c.O, np.arange(c.rows)
+    st, A, O = c.static, c.A, c.O
     t = _hendrycks_threshold(c)
     below = np.rint(c.cum_at("id", st.counts["id"]["id_lt"][t]))  # ID weight scoring < s_t
     above = A - np.rint(c.cum_at("id", st.counts["id"]["id_le"][t]))  # ID weight scoring > s_t
