@@ -262,6 +262,17 @@ class OodStatic:
             self._read[key] = self.rows(cum, pos)
         return self._read[key]
 
+    def cross_fix(self, where: str, cum: str, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """For a read of the other set's running sums at ``name`` (``<cum>_le`` / ``<cum>_lt``): the
+        stored rows of ``where`` where it differs from the read at the other of the two (samples
+        tied with some sample of ``cum``), and the rows of ``cum`` to read there."""
+        key = (where, name)
+        if key not in self._fix:
+            c = self.counts[where]
+            tied = np.flatnonzero(c[f"{cum}_le"] != c[f"{cum}_lt"])
+            self._fix[key] = (self.sample_rows(where, tied), self.rows(cum, c[name][tied]))
+        return self._fix[key]
+
     @cached_property
     def cross_tied(self) -> np.ndarray:
         """Sorted OOD samples tied with some ID sample."""
@@ -369,7 +380,15 @@ class OodCurve:
                     base[rows] = self.cum(where)[src]
                 self._at[key] = base
             else:
-                self._at[key] = np.take(self.cum(cum), st.read(where, cum, name), axis=0)
+                other = (where, cum, f"{cum}_le" if name.endswith("_lt") else f"{cum}_lt")
+                rows, src = st.cross_fix(where, cum, name)
+                if other in self._at and rows.size < st.n[where] // 8:
+                    # "<=" and "<" reads differ only at samples tied across the sets: patch those
+                    base = self._at[other].copy() if rows.size else self._at[other]
+                    base[rows] = self.cum(cum)[src]
+                    self._at[key] = base
+                else:
+                    self._at[key] = np.take(self.cum(cum), st.read(where, cum, name), axis=0)
         return self._at[key]
 
     def total(self, x: np.ndarray, where: str) -> np.ndarray:
@@ -556,13 +575,16 @@ def _openood_fpr(c: OodCurve) -> np.ndarray:
 def _trapezoid_ap(c: OodCurve, where: str, pos_incl, neg_incl, pos_excl, neg_excl, total) -> np.ndarray:
     """Trapezoidal area under the precision-recall curve (scikit-learn ``precision_recall_curve`` +
     ``auc``): each positive weight times the mean of the precision at its threshold and at the
-    one before (1 before the first threshold, where nothing has weight yet)."""
+    one before (1 before the first threshold, where nothing has weight yet). Written with few
+    temporaries: it runs on every chunk of resamples."""
     before = pos_excl + neg_excl
     first = before < 0.5  # integer weights: below 1 means none (TINY at most)
-    excl = np.divide(pos_excl, np.maximum(before, TINY))
+    np.maximum(before, TINY, out=before)
+    excl = np.divide(pos_excl, before, out=before)
     excl[first] = 1.0
-    mean_precision = _precision(pos_incl, neg_incl) + excl
-    return c.total(c.w(where) * mean_precision, where) / (2.0 * total)
+    excl += _precision(pos_incl, neg_incl)
+    excl *= c.w(where)
+    return c.total(excl, where) / (2.0 * total)
 
 
 @WEIGHTED_OOD.register("openood:aupr_out")
