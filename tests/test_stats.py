@@ -19,6 +19,7 @@ from pytest_qrel.spec.schema import Bound
 from pytest_qrel.stats import IntervalRequest, paired_interval, paired_intervals, percentile_interval
 from pytest_qrel.stats.delong import delong_auroc_delta, delong_interval, structural_components
 from pytest_qrel.stats.resample import RNG_BLOCK, SMALL_N, counts_chunk, resample_counts, resample_indices, split_halves
+from pytest_qrel.stats.influence import INFLUENCE
 from pytest_qrel.stats.weighted import WEIGHTED_ID, WEIGHTED_OOD, OodCurve, OodStatic, fallback, ood_form
 
 OOD_METRICS = [m for m in metrics.METRICS if metrics.METRICS.meta(m)["kind"] == "ood"]
@@ -281,9 +282,12 @@ def test_interval_equals_a_from_scratch_percentile_bootstrap():
         q = np.array([np.mean([value(s, req, b) for s in req.quantized]) for b in range(B)])
         f = np.array([value(fp32, req, b) for b in range(B)])
         delta = f - q if hib else q - f
-        # ECE's interval is built otherwise (test_ece_interval_from_scratch); its plain draws are these
-        delta_ci = percentile_interval(res.delta_draws, 0.95) if req.metric == "ece" else res.delta_ci
-        compared_ci = percentile_interval(res.compared_draws, 0.95) if req.metric == "ece" else res.compared_ci
+        # ECE's and AUPR's intervals are built otherwise (test_ece_interval_from_scratch,
+        # test_aupr_interval_is_the_studentized_one_from_scratch) from these plain draws
+        other = res.method != "percentile"
+        assert other == (req.metric in ("ece", "aupr_out")), (req.metric, res.method)
+        delta_ci = percentile_interval(res.delta_draws, 0.95) if other else res.delta_ci
+        compared_ci = percentile_interval(res.compared_draws, 0.95) if other else res.compared_ci
         np.testing.assert_allclose(delta_ci, np.quantile(delta, [0.025, 0.975]), atol=2e-6, err_msg=req.metric)
         b = req.bound
         if b is None:
@@ -484,3 +488,70 @@ def test_delong_agrees_with_the_bootstrap():
 def structural_se(pair):
     _, v10, v01 = structural_components(*pair)
     return math.sqrt(np.var(v10, ddof=1) / v10.size + np.var(v01, ddof=1) / v01.size)
+
+
+# ------------------------------------------------------------------ studentized AUPR
+
+
+@pytest.mark.parametrize("key", sorted(INFLUENCE))
+def test_influence_values_are_derivatives_of_the_registered_aupr(key):
+    """Each sample's influence on AUPR (step-wise and OpenOOD's trapezoid, ID and OOD positive) is the
+    derivative of scikit-learn's weighted metric with respect to that sample's weight (finite
+    differences), on tied scores and integer weights (a resample)."""
+    from sklearn.metrics import auc, average_precision_score, precision_recall_curve
+
+    rng = np.random.default_rng(zlib.crc32(key.encode()))
+    s_id, s_ood = np.round(rng.normal(1, 1, 50), 1), np.round(rng.normal(0, 1, 35), 1)
+    w_id, w_ood = rng.integers(1, 4, 50).astype(float), rng.integers(1, 4, 35).astype(float)
+    ood_positive, trapezoid = key.endswith("aupr_out"), key.startswith("openood:")
+
+    def value(wi, wo):
+        y = np.r_[np.zeros(50), np.ones(35)] if ood_positive else np.r_[np.ones(50), np.zeros(35)]
+        d, w = np.r_[s_id, s_ood] * (-1 if ood_positive else 1), np.r_[wi, wo]
+        if not trapezoid:
+            return average_precision_score(y, d, sample_weight=w)
+        precision, recall, _ = precision_recall_curve(y, d, sample_weight=w)
+        return auc(recall, precision)
+
+    d_id, d_ood = INFLUENCE[key](s_id, s_ood, w_id=w_id, w_ood=w_ood)
+    base, eps = value(w_id, w_ood), 1e-6
+    fd_id = [(value(w_id + eps * (np.arange(50) == k), w_ood) - base) / eps for k in range(50)]
+    fd_ood = [(value(w_id, w_ood + eps * (np.arange(35) == k)) - base) / eps for k in range(35)]
+    np.testing.assert_allclose(d_id, fd_id, atol=1e-7)
+    np.testing.assert_allclose(d_ood, fd_ood, atol=1e-7)
+
+
+def test_aupr_interval_is_the_studentized_one_from_scratch():
+    """AUPR-out's interval, recomputed here: t_b = (delta_b - delta) / se_b with se_b from the
+    full data's influence values of FP32 minus the quantized model (paired, sample by sample)
+    weighted by resample b's counts, the interval delta - [q(0.975; t), q(0.025; t)] * se; the
+    compared quantity (a relative delta) through its derivative in FP32 and quantized AUPR."""
+    rng = np.random.default_rng(13)
+    fp32 = _side(rng, 200, {"noise": 150})
+    q = _side(rng, 200, {"noise": 150}, fp32, 0.15)
+    B, seed = 80, 2
+    res = paired_interval(IntervalRequest("aupr_out", ("noise",), (q,), fp32, score="msp", id_dataset="digits",
+                                          bound=Bound("delta", "<=", 10, "%")), resamples=B, seed=seed)
+    assert res.method == "studentized"
+    f_id, f_ood = INFLUENCE["aupr_out"](fp32["digits"]["score.msp"], fp32["noise"]["score.msp"])
+    q_id, q_ood = INFLUENCE["aupr_out"](q["digits"]["score.msp"], q["noise"]["score.msp"])
+    counts = {"digits": resample_counts(seed, "digits", 200, 0, B), "noise": resample_counts(seed, "noise", 150, 0, B)}
+    F, Q = res.fp32, res.value
+
+    def se(d_id, d_ood, c_id=None, c_ood=None):
+        out = 0.0
+        for d, c in ((d_id, c_id), (d_ood, c_ood)):
+            c = np.ones((d.size, 1)) if c is None else c.astype(float)
+            out = out + (c * d[:, None] ** 2).sum(0) - (c * d[:, None]).sum(0) ** 2 / d.size
+        return np.sqrt(out)
+
+    for point, draws, got, (g_id, g_ood) in (
+        (res.delta, res.delta_draws, res.delta_ci, (f_id - q_id, f_ood - q_ood)),
+        # d/dF and d/dQ of 100 (F - Q) / F: 100 Q / F^2 and -100 / F
+        (res.compared, res.compared_draws, res.compared_ci, (100 * Q / F**2 * f_id - 100 / F * q_id, 100 * Q / F**2 * f_ood - 100 / F * q_ood)),
+    ):
+        t = (draws - point) / se(g_id, g_ood, counts["digits"], counts["noise"])
+        want = point - np.quantile(t, [0.975, 0.025]) * se(g_id, g_ood)[0]
+        np.testing.assert_allclose(got, want, rtol=1e-4)
+    plain = percentile_interval(res.delta_draws, 0.95)
+    assert res.delta_ci != pytest.approx(plain)  # a different interval from the percentile one

@@ -40,7 +40,9 @@ import numpy as np
 from ..spec.schema import Bound
 from .delong import DeLongResult, delong_from_components
 from . import ece
+from .influence import influence_for
 from .resample import RNG_BLOCK, TINY, counts_chunk, split_halves
+from .studentized import Spread, pseudo_draws
 from .weighted import DTYPE, WEIGHTED_ID, OodCurve, OodStatic, ood_form
 
 SampleArrays = Mapping[str, Mapping[str, np.ndarray]]
@@ -448,12 +450,19 @@ def paired_intervals(
         prepared.append((req, meta, kind, rkind, unit, terms, note))
 
     evaluate = _Evaluator(plan, seed)
-    datasets = sorted(plan.n)
-    ones = {d: np.concatenate([np.ones((plan.n[d], 1), DTYPE), [[0.0], [TINY]]]).astype(DTYPE) for d in datasets}
-    point = evaluate(ones)
 
     def used(terms: Mapping[str, list]) -> set[str]:
         return {d for sides in terms.values() for side in sides for t in side for d in _term_sets(t)}
+
+    datasets = sorted(plan.n)
+    ones = {d: np.concatenate([np.ones((plan.n[d], 1), DTYPE), [[0.0], [TINY]]]).astype(DTYPE) for d in datasets}
+    point = evaluate(ones)
+    student = {}
+    for i, (req, meta, kind, rkind, unit, terms, note) in enumerate(prepared):
+        if terms is not None and kind == "ood" and all(plan.n[d] >= MIN_SAMPLES for d in used(terms)):
+            vectors = _influence_vectors(plan, req, terms, point, rkind, unit, bool(meta["higher_is_better"]))
+            student.update({(i, which): v for which, v in vectors.items()})
+    spread = Spread(student, plan.n, resamples) if student else None
 
     resampled: set[str] = set()
     for req, meta, kind, rkind, unit, terms, note in prepared:
@@ -467,11 +476,101 @@ def paired_intervals(
             counts = {d: counts_chunk(seed, d, plan.n[d], start, stop) for d in sorted(resampled)}
             for term, vals in evaluate(counts).items():
                 values.setdefault(term, np.empty((resamples, *vals.shape[1:])))[start:stop] = vals
+            if spread is not None:
+                spread.add(counts, start, stop)
 
     out = []
-    for req, meta, kind, rkind, unit, terms, note in prepared:
-        out.append(_summarise(req, meta, kind, rkind, unit, terms, note, plan, evaluate.statics, point, values, resamples, level, seed))
+    for i, (req, meta, kind, rkind, unit, terms, note) in enumerate(prepared):
+        res = _summarise(req, meta, kind, rkind, unit, terms, note, plan, evaluate.statics, point, values, resamples, level, seed)
+        if spread is not None and (i, "compared") in student and res.compared_draws is not None:
+            _studentize(res, spread, i)
+        out.append(res)
     return out
+
+
+def _influence_vectors(plan: _Plan, req: IntervalRequest, terms: Mapping[str, list], point: Mapping[tuple, np.ndarray],
+                       rkind: Kind, unit: str, hib: bool) -> dict[str, dict[str, np.ndarray]]:
+    """Influence values (:mod:`.influence`) of the request's delta and compared quantity, per
+    dataset, at the full data; ``{}`` for metrics without influence values (percentile interval).
+
+    Each side's value is a mean over seeds and OOD sets of terms, so its influence is the same
+    mean of the terms' influence values; the compared quantity is a function of the sides' values
+    (:func:`_compared`), differentiated numerically at the point (a ratio for ``%`` units)."""
+    fn = influence_for(req.metric, req.conventions)
+    if fn is None:
+        return {}
+
+    def side(which: str) -> tuple[float, dict[str, np.ndarray]] | None:
+        sides = terms[which]
+        if not sides:
+            return None
+        acc: dict[str, np.ndarray] = {}
+        for seed_terms in sides:
+            for t in seed_terms:
+                _, s, score, id_ds, ood_ds = t[:5]
+                name = f"score.{score}"
+                d_id, d_ood = fn(plan.field_of(s, id_ds, name), plan.field_of(s, ood_ds, name))
+                weight = 1.0 / (len(sides) * len(seed_terms))
+                acc[id_ds] = acc.get(id_ds, 0.0) + weight * d_id
+                acc[ood_ds] = acc.get(ood_ds, 0.0) + weight * d_ood
+        return float(np.mean([_combine(point, st, "ood") for st in sides])), acc
+
+    parts = {w: side(w) for w in ("q", "fp32", "ref")}
+    x = {w: (p[0] if p is not None else None) for w, p in parts.items()}
+
+    def combine(fn_of) -> dict[str, np.ndarray] | None:
+        """Influence of ``fn_of(value, fp32, ref)``: the sides' influence values times its partial
+        derivatives at the point (central differences)."""
+        out: dict[str, np.ndarray] = {}
+        for w, p in parts.items():
+            if p is None:
+                continue
+            h = 1e-6 * max(1.0, abs(p[0]))
+            up, down = dict(x), dict(x)
+            up[w], down[w] = p[0] + h, p[0] - h
+            slope = (fn_of(up) - fn_of(down)) / (2 * h)
+            if not np.isfinite(slope):
+                return None
+            for d, v in p[1].items():
+                out[d] = out.get(d, 0.0) + slope * v
+        return out
+
+    def at(kind: Kind, u: str):
+        def f(v: Mapping[str, float | None]) -> float:
+            arr = {k: (None if a is None else np.array([a])) for k, a in v.items()}
+            return float(_compared(kind, u, arr["q"], arr["fp32"], arr["ref"], hib)[0])
+        return f
+
+    out = {}
+    compared = combine(at(rkind, unit))
+    if compared is not None:
+        out["compared"] = compared
+    if parts["fp32"] is not None:
+        delta = combine(at("delta", "abs"))
+        if delta is not None:
+            out["delta"] = delta
+    return out
+
+
+def _studentize(res: PairedInterval, spread: Spread, i: int) -> None:
+    """Replace the percentile intervals of ``res`` by bootstrap-t ones (:mod:`.studentized`) where
+    the pivot exists; the method says which."""
+    done = False
+    for which, point, draws in (("compared", res.compared, res.compared_draws), ("delta", res.delta, res.delta_draws)):
+        key = (i, which)
+        if key not in spread.var or point is None or draws is None:
+            continue
+        pseudo = pseudo_draws(point, draws, spread.se(key), spread.se_full(key))
+        if pseudo is None:
+            continue
+        bounds = Bounds(((pseudo, pseudo),))
+        if which == "compared":
+            res.compared_bounds, res.compared_ci = bounds, bounds.interval(res.level)
+            done = True
+        else:
+            res.delta_bounds, res.delta_ci = bounds, bounds.interval(res.level)
+    if done:
+        res.method = "studentized"
 
 
 def _summarise(req, meta, kind, rkind, unit, terms, note, plan, statics, point, values, resamples, level, seed) -> PairedInterval:
