@@ -522,36 +522,63 @@ def test_influence_values_are_derivatives_of_the_registered_aupr(key):
 
 
 def test_aupr_interval_is_the_studentized_one_from_scratch():
-    """AUPR-out's interval, recomputed here: t_b = (delta_b - delta) / se_b with se_b from the
-    full data's influence values of FP32 minus the quantized model (paired, sample by sample)
-    weighted by resample b's counts, the interval delta - [q(0.975; t), q(0.025; t)] * se; the
-    compared quantity (a relative delta) through its derivative in FP32 and quantized AUPR."""
+    """AUPR-out's interval, recomputed here: on each resample b, influence values of both sides
+    recomputed with the resample's counts as weights (the plain functions of
+    ``pytest_qrel.stats.influence``), paired sample by sample through the quantity's derivatives
+    on that resample (for a relative delta ``100 (F - Q) / F``: ``100 Q / F^2`` and ``-100 / F``),
+    se_b from their count-weighted variance per set; t_b = (theta_b - theta) / se_b, and the
+    interval theta - [q(0.975; t), q(0.025; t)] * se."""
     rng = np.random.default_rng(13)
     fp32 = _side(rng, 200, {"noise": 150})
     q = _side(rng, 200, {"noise": 150}, fp32, 0.15)
-    B, seed = 80, 2
+    B, seed = 60, 2
     res = paired_interval(IntervalRequest("aupr_out", ("noise",), (q,), fp32, score="msp", id_dataset="digits",
                                           bound=Bound("delta", "<=", 10, "%")), resamples=B, seed=seed)
     assert res.method == "studentized"
-    f_id, f_ood = INFLUENCE["aupr_out"](fp32["digits"]["score.msp"], fp32["noise"]["score.msp"])
-    q_id, q_ood = INFLUENCE["aupr_out"](q["digits"]["score.msp"], q["noise"]["score.msp"])
-    counts = {"digits": resample_counts(seed, "digits", 200, 0, B), "noise": resample_counts(seed, "noise", 150, 0, B)}
-    F, Q = res.fp32, res.value
+    scores = {k: (side["digits"]["score.msp"], side["noise"]["score.msp"]) for k, side in (("f", fp32), ("q", q))}
+    counts = [np.ones((200, 1)), np.ones((150, 1))], [resample_counts(seed, "digits", 200, 0, B), resample_counts(seed, "noise", 150, 0, B)]
 
-    def se(d_id, d_ood, c_id=None, c_ood=None):
-        out = 0.0
-        for d, c in ((d_id, c_id), (d_ood, c_ood)):
-            c = np.ones((d.size, 1)) if c is None else c.astype(float)
-            out = out + (c * d[:, None] ** 2).sum(0) - (c * d[:, None]).sum(0) ** 2 / d.size
-        return np.sqrt(out)
+    def se_and_values(c_id, c_ood):
+        """Per column of counts: (F, Q, se of F - Q, se of 100 (F - Q) / F)."""
+        out = []
+        for b in range(c_id.shape[1]):
+            w_id, w_ood = c_id[:, b].astype(float), c_ood[:, b].astype(float)
+            infl = {k: INFLUENCE["aupr_out"](*scores[k], w_id=w_id, w_ood=w_ood) for k in scores}
+            vals = {k: metrics.aupr_out(scores[k][0][resample_indices(w_id)], scores[k][1][resample_indices(w_ood)]) for k in scores}
+            F, Q = vals["f"], vals["q"]
+            row = [F, Q]
+            for df, dq in ((1.0, -1.0), (100 * Q / F**2, -100 / F)):
+                var = 0.0
+                for j, w in ((0, w_id), (1, w_ood)):
+                    d = df * infl["f"][j] + dq * infl["q"][j]
+                    var += (w * d**2).sum() - (w * d).sum() ** 2 / w.size
+                row.append(np.sqrt(var))
+            out.append(row)
+        return np.array(out)
 
-    for point, draws, got, (g_id, g_ood) in (
-        (res.delta, res.delta_draws, res.delta_ci, (f_id - q_id, f_ood - q_ood)),
-        # d/dF and d/dQ of 100 (F - Q) / F: 100 Q / F^2 and -100 / F
-        (res.compared, res.compared_draws, res.compared_ci, (100 * Q / F**2 * f_id - 100 / F * q_id, 100 * Q / F**2 * f_ood - 100 / F * q_ood)),
-    ):
-        t = (draws - point) / se(g_id, g_ood, counts["digits"], counts["noise"])
-        want = point - np.quantile(t, [0.975, 0.025]) * se(g_id, g_ood)[0]
-        np.testing.assert_allclose(got, want, rtol=1e-4)
-    plain = percentile_interval(res.delta_draws, 0.95)
-    assert res.delta_ci != pytest.approx(plain)  # a different interval from the percentile one
+    full, per = se_and_values(*counts[0]), se_and_values(*counts[1])
+    for point, draws, got, col in ((res.delta, res.delta_draws, res.delta_ci, 2), (res.compared, res.compared_draws, res.compared_ci, 3)):
+        t = (draws - point) / per[:, col]
+        want = point - np.quantile(t, [0.975, 0.025]) * full[0, col]
+        np.testing.assert_allclose(got, want, rtol=2e-4)
+    assert res.delta_ci != pytest.approx(percentile_interval(res.delta_draws, 0.95))  # not the percentile interval
+
+
+def test_weighted_influence_equals_the_plain_one_on_resamples():
+    """The influence values computed on a chunk of resamples (running sums, as the metrics) equal
+    the plain functions with the counts as weights, for every AUPR variant, tied and untied."""
+    from pytest_qrel.stats.influence import WEIGHTED_INFLUENCE
+
+    rng = np.random.default_rng(14)
+    for ties in (False, True):
+        s_id, s_ood = rng.normal(1, 1, 70), rng.normal(0, 1, 50)
+        if ties:
+            s_id, s_ood = np.round(s_id, 1), np.round(s_ood, 1)
+        c_id, c_ood = counts_chunk(0, "id", 70, 0, 8), counts_chunk(0, "ood", 50, 0, 8)
+        for key, fn in WEIGHTED_INFLUENCE.items():
+            _, d_id, d_ood = fn(OodCurve(OodStatic(s_id, s_ood), c_id, c_ood))
+            for b in range(8):
+                p_id, p_ood = INFLUENCE[key](s_id, s_ood, w_id=c_id[:70, b], w_ood=c_ood[:50, b])
+                drawn_id, drawn_ood = c_id[:70, b] > 0, c_ood[:50, b] > 0  # undrawn samples carry no weight
+                np.testing.assert_allclose(d_id[drawn_id, b], p_id[drawn_id], atol=1e-7, err_msg=key)
+                np.testing.assert_allclose(d_ood[drawn_ood, b], p_ood[drawn_ood], atol=1e-7, err_msg=key)

@@ -40,9 +40,9 @@ import numpy as np
 from ..spec.schema import Bound
 from .delong import DeLongResult, delong_from_components
 from . import ece
-from .influence import influence_for
+from .influence import WEIGHTED_INFLUENCE, influence_key
 from .resample import RNG_BLOCK, TINY, counts_chunk, split_halves
-from .studentized import Spread, pseudo_draws
+from .studentized import partials, pseudo_draws, variance
 from .weighted import DTYPE, WEIGHTED_ID, OodCurve, OodStatic, ood_form
 
 SampleArrays = Mapping[str, Mapping[str, np.ndarray]]
@@ -320,6 +320,7 @@ class _Evaluator:
 
     def __init__(self, plan: _Plan, seed: int = DEFAULT_SEED) -> None:
         self.plan = plan
+        self.influence = True  # also the influence values of AUPR terms (studentized intervals)
         self.tables: dict[str, tuple[np.ndarray, dict[tuple, tuple[slice, Any, slice | None]]]] = {}
         for dataset, terms in plan.id_terms.items():
             blocks, slots, at = [], {}, 0
@@ -364,6 +365,9 @@ class _Evaluator:
             curve = OodCurve(self.statics[key], counts[id_ds], counts[ood_ds])
             for term, fn in terms.items():
                 out[term] = np.asarray(fn(curve), dtype=np.float64)
+                key = influence_key(term[5], term[6])
+                if key in WEIGHTED_INFLUENCE and self.influence:
+                    out[("influence", term)] = WEIGHTED_INFLUENCE[key](curve)[1:]
         return out
 
 
@@ -457,12 +461,13 @@ def paired_intervals(
     datasets = sorted(plan.n)
     ones = {d: np.concatenate([np.ones((plan.n[d], 1), DTYPE), [[0.0], [TINY]]]).astype(DTYPE) for d in datasets}
     point = evaluate(ones)
-    student = {}
-    for i, (req, meta, kind, rkind, unit, terms, note) in enumerate(prepared):
-        if terms is not None and kind == "ood" and all(plan.n[d] >= MIN_SAMPLES for d in used(terms)):
-            vectors = _influence_vectors(plan, req, terms, point, rkind, unit, bool(meta["higher_is_better"]))
-            student.update({(i, which): v for which, v in vectors.items()})
-    spread = Spread(student, plan.n, resamples) if student else None
+    student = {  # requests with a studentized interval: their variances, on the full data and per resample
+        i: (_student_variance(terms, point, ones, rkind, unit, bool(meta["higher_is_better"])), {})
+        for i, (req, meta, kind, rkind, unit, terms, note) in enumerate(prepared)
+        if terms is not None and kind == "ood" and influence_key(req.metric, req.conventions) in WEIGHTED_INFLUENCE
+        and all(plan.n[d] >= MIN_SAMPLES for d in used(terms))
+    }
+    evaluate.influence = bool(student)  # the resamples need influence values only where a request studentizes
 
     resampled: set[str] = set()
     for req, meta, kind, rkind, unit, terms, note in prepared:
@@ -474,93 +479,71 @@ def paired_intervals(
         for start in range(0, resamples, rows):
             stop = min(resamples, start + rows)
             counts = {d: counts_chunk(seed, d, plan.n[d], start, stop) for d in sorted(resampled)}
-            for term, vals in evaluate(counts).items():
-                values.setdefault(term, np.empty((resamples, *vals.shape[1:])))[start:stop] = vals
-            if spread is not None:
-                spread.add(counts, start, stop)
+            chunk = evaluate(counts)
+            for term, vals in chunk.items():
+                if term[0] != "influence":
+                    values.setdefault(term, np.empty((resamples, *vals.shape[1:])))[start:stop] = vals
+            if student:
+                for i, (_, per_resample) in student.items():
+                    req, meta, kind, rkind, unit, terms, note = prepared[i]
+                    for which, v in _student_variance(terms, chunk, counts, rkind, unit, bool(meta["higher_is_better"])).items():
+                        per_resample.setdefault(which, np.empty(resamples))[start:stop] = v
 
     out = []
     for i, (req, meta, kind, rkind, unit, terms, note) in enumerate(prepared):
         res = _summarise(req, meta, kind, rkind, unit, terms, note, plan, evaluate.statics, point, values, resamples, level, seed)
-        if spread is not None and (i, "compared") in student and res.compared_draws is not None:
-            _studentize(res, spread, i)
+        if i in student and res.compared_draws is not None:
+            _studentize(res, student[i][1], student[i][0])
         out.append(res)
     return out
 
 
-def _influence_vectors(plan: _Plan, req: IntervalRequest, terms: Mapping[str, list], point: Mapping[tuple, np.ndarray],
-                       rkind: Kind, unit: str, hib: bool) -> dict[str, dict[str, np.ndarray]]:
-    """Influence values (:mod:`.influence`) of the request's delta and compared quantity, per
-    dataset, at the full data; ``{}`` for metrics without influence values (percentile interval).
-
-    Each side's value is a mean over seeds and OOD sets of terms, so its influence is the same
-    mean of the terms' influence values; the compared quantity is a function of the sides' values
-    (:func:`_compared`), differentiated numerically at the point (a ratio for ``%`` units)."""
-    fn = influence_for(req.metric, req.conventions)
-    if fn is None:
-        return {}
-
-    def side(which: str) -> tuple[float, dict[str, np.ndarray]] | None:
-        sides = terms[which]
+def _student_variance(terms: Mapping[str, list], vals: Mapping[Any, np.ndarray], counts: Mapping[str, np.ndarray],
+                      rkind: Kind, unit: str, hib: bool) -> dict[str, np.ndarray]:
+    """Per resample (one chunk, or the full data), the variance of the request's compared quantity
+    and delta from the influence values of its terms (:mod:`.studentized`)."""
+    x: dict[str, np.ndarray | None] = {}
+    infl: dict[str, dict[str, np.ndarray]] = {}
+    for w in ("q", "fp32", "ref"):
+        sides = terms[w]
         if not sides:
-            return None
+            x[w] = None
+            continue
+        x[w] = np.mean([_combine(vals, st, "ood") for st in sides], axis=0)
         acc: dict[str, np.ndarray] = {}
+        weight = 1.0 / (len(sides) * len(sides[0]))
         for seed_terms in sides:
             for t in seed_terms:
-                _, s, score, id_ds, ood_ds = t[:5]
-                name = f"score.{score}"
-                d_id, d_ood = fn(plan.field_of(s, id_ds, name), plan.field_of(s, ood_ds, name))
-                weight = 1.0 / (len(sides) * len(seed_terms))
-                acc[id_ds] = acc.get(id_ds, 0.0) + weight * d_id
-                acc[ood_ds] = acc.get(ood_ds, 0.0) + weight * d_ood
-        return float(np.mean([_combine(point, st, "ood") for st in sides])), acc
+                d_id, d_ood = vals[("influence", t)]
+                for d, D in ((t[3], d_id), (t[4], d_ood)):
+                    acc[d] = acc[d] + weight * D if d in acc else weight * D
+        infl[w] = acc
 
-    parts = {w: side(w) for w in ("q", "fp32", "ref")}
-    x = {w: (p[0] if p is not None else None) for w, p in parts.items()}
-
-    def combine(fn_of) -> dict[str, np.ndarray] | None:
-        """Influence of ``fn_of(value, fp32, ref)``: the sides' influence values times its partial
-        derivatives at the point (central differences)."""
-        out: dict[str, np.ndarray] = {}
-        for w, p in parts.items():
-            if p is None:
-                continue
-            h = 1e-6 * max(1.0, abs(p[0]))
-            up, down = dict(x), dict(x)
-            up[w], down[w] = p[0] + h, p[0] - h
-            slope = (fn_of(up) - fn_of(down)) / (2 * h)
-            if not np.isfinite(slope):
-                return None
-            for d, v in p[1].items():
-                out[d] = out.get(d, 0.0) + slope * v
-        return out
-
-    def at(kind: Kind, u: str):
-        def f(v: Mapping[str, float | None]) -> float:
-            arr = {k: (None if a is None else np.array([a])) for k, a in v.items()}
-            return float(_compared(kind, u, arr["q"], arr["fp32"], arr["ref"], hib)[0])
-        return f
+    def quantity(kind: Kind, u: str):
+        return lambda v: _compared(kind, u, v["q"], v["fp32"], v["ref"], hib)
 
     out = {}
-    compared = combine(at(rkind, unit))
-    if compared is not None:
-        out["compared"] = compared
-    if parts["fp32"] is not None:
-        delta = combine(at("delta", "abs"))
-        if delta is not None:
-            out["delta"] = delta
+    for which, f in (("compared", quantity(rkind, unit)), ("delta", quantity("delta", "abs"))):
+        if which == "delta" and x["fp32"] is None:
+            continue
+        slopes = partials(f, x)
+        combined: dict[str, np.ndarray] = {}
+        for w, slope in slopes.items():
+            for d, D in infl[w].items():
+                part = D * slope.astype(D.dtype)
+                combined[d] = combined[d] + part if d in combined else part
+        out[which] = variance(combined, counts)
     return out
 
 
-def _studentize(res: PairedInterval, spread: Spread, i: int) -> None:
+def _studentize(res: PairedInterval, se_draws: Mapping[str, np.ndarray], se_full: Mapping[str, float]) -> None:
     """Replace the percentile intervals of ``res`` by bootstrap-t ones (:mod:`.studentized`) where
     the pivot exists; the method says which."""
     done = False
     for which, point, draws in (("compared", res.compared, res.compared_draws), ("delta", res.delta, res.delta_draws)):
-        key = (i, which)
-        if key not in spread.var or point is None or draws is None:
+        if which not in se_draws or point is None or draws is None:
             continue
-        pseudo = pseudo_draws(point, draws, spread.se(key), spread.se_full(key))
+        pseudo = pseudo_draws(point, draws, np.sqrt(se_draws[which]), float(np.sqrt(se_full[which][0])))
         if pseudo is None:
             continue
         bounds = Bounds(((pseudo, pseudo),))

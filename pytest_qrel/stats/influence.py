@@ -26,8 +26,12 @@ threshold only). Tested against finite differences of the registered functions
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .weighted import OodCurve
 
 Influence = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 """``fn(id_scores, ood_scores) -> (D_id, D_ood)``: influence of each ID and each OOD sample (full data)."""
@@ -98,6 +102,68 @@ def aupr_in_influence(id_scores: np.ndarray, ood_scores: np.ndarray, *, trapezoi
     return d_id, d_ood
 
 
+def weighted_influence(c: "OodCurve", positive: str, trapezoid: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The formulas above on every resample of a chunk at once (:class:`.weighted.OodCurve`):
+    ``(value (rows,), D_id (n_id, rows), D_ood (n_ood, rows))``, influence values in sample order.
+
+    ``positive``: ``"ood"`` (AUPR-out, decision ``-score``) or ``"id"`` (AUPR-in, decision
+    ``score``). The sums over positives with decision ``<=`` (``<``) a sample's are running sums of
+    the per-positive terms read at that sample's position, as the metrics read counts."""
+    from .weighted import DTYPE
+
+    st = c.static
+    negative = "id" if positive == "ood" else "ood"
+    W = c.O if positive == "ood" else c.A
+    if positive == "ood":
+        counts = [((c.at("ood", "ood", "ood_le"), c.at("ood", "id", "id_le")), False)]
+        if trapezoid:
+            counts.append(((c.at("ood", "ood", "ood_lt"), c.at("ood", "id", "id_lt")), True))
+    else:
+        A, O = c.A.astype(DTYPE), c.O.astype(DTYPE)
+        counts = [((A - c.at("id", "id", "id_lt"), O - c.at("id", "ood", "ood_lt")), False)]
+        if trapezoid:
+            counts.append(((A - c.at("id", "id", "id_le"), O - c.at("id", "ood", "ood_le")), True))
+    w = c.w(positive)
+    lay = st.layout[positive]
+    value = np.zeros(c.rows)
+    d_pos = np.zeros((lay.m, c.rows), dtype=DTYPE)
+    d_neg = np.zeros((st.layout[negative].m, c.rows), dtype=DTYPE)
+    for (pos, neg), strict in counts:
+        den = pos + neg
+        none = den < 0.5  # nothing at or above (strict: above): precision 1, no derivative
+        safe = np.where(none, 1.0, den).astype(DTYPE)
+        precision = np.where(none, 1.0, pos / safe).astype(DTYPE)
+        g_pos = np.where(none, 0.0, w * neg / (safe * safe)).astype(DTYPE)
+        g_neg = np.where(none, 0.0, w * pos / (safe * safe)).astype(DTYPE)
+        g_pos[0] = g_neg[0] = 0.0  # stored row 0 is the "no sample" position
+        run_pos, run_neg = c.running(positive, g_pos), c.running(positive, g_neg)
+        if positive == "ood":  # decision <= d_x: score >= s_x, all positives minus those below
+            name = "ood_le" if strict else "ood_lt"
+            last = lay.row_of(st.n["ood"])
+            d_pos += precision + (run_pos[last] - c.read_running(run_pos, "ood", "ood", name, own=g_pos))
+            d_neg -= run_neg[last] - c.read_running(run_neg, "id", "ood", name)
+        else:  # decision <= d_x: score <= s_x
+            name = "id_lt" if strict else "id_le"
+            d_pos += precision + c.read_running(run_pos, "id", "id", name, own=g_pos)
+            d_neg -= c.read_running(run_neg, "ood", "id", name)
+        value += c.total(w * precision, positive)
+    scale = len(counts) * W
+    value /= scale
+    d_pos = d_pos / scale.astype(DTYPE) - (value / W).astype(DTYPE)
+    d_neg = d_neg / scale.astype(DTYPE)
+    d = {positive: d_pos, negative: d_neg}
+    return value, d["id"][st.orig_rows["id"]], d["ood"][st.orig_rows["ood"]]
+
+
+WEIGHTED_INFLUENCE = {
+    "aupr_out": lambda c: weighted_influence(c, "ood", False),
+    "aupr_in": lambda c: weighted_influence(c, "id", False),
+    "openood:aupr_out": lambda c: weighted_influence(c, "ood", True),
+    "openood:aupr_in": lambda c: weighted_influence(c, "id", True),
+}
+"""The same keys as :data:`INFLUENCE`, on a chunk of resamples."""
+
+
 INFLUENCE: dict[str, Influence] = {
     "aupr_out": aupr_out_influence,
     "aupr_in": aupr_in_influence,
@@ -108,12 +174,12 @@ INFLUENCE: dict[str, Influence] = {
 function; a request whose metric has an entry gets a studentized interval."""
 
 
-def influence_for(metric: str, conventions: str) -> Influence | None:
-    """The influence function of ``metric`` under ``conventions``, or ``None`` (percentile interval)."""
+def influence_key(metric: str, conventions: str) -> str:
+    """The key of ``metric`` under ``conventions`` in :data:`INFLUENCE` / :data:`WEIGHTED_INFLUENCE`
+    (as :func:`.weighted.ood_form` keys its forms); a request whose key is there is studentized."""
     from ..conventions import CONVENTIONS
 
-    key = f"{conventions}:{metric}" if metric in CONVENTIONS.get(conventions) else metric
-    return INFLUENCE.get(key)
+    return f"{conventions}:{metric}" if metric in CONVENTIONS.get(conventions) else metric
 
 
-__all__ = ["INFLUENCE", "Influence", "aupr_in_influence", "aupr_out_influence", "influence_for"]
+__all__ = ["INFLUENCE", "WEIGHTED_INFLUENCE", "Influence", "aupr_in_influence", "aupr_out_influence", "influence_key", "weighted_influence"]

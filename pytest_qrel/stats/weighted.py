@@ -280,6 +280,17 @@ class OodStatic:
         return np.flatnonzero(c["id_le"] != c["id_lt"])
 
     @cached_property
+    def orig_rows(self) -> dict[str, np.ndarray]:
+        """``orig_rows[k][i]``: the stored row of set ``k``'s sample ``i`` (original order), to take a
+        per-row array back to sample order."""
+        out = {}
+        for k in ("id", "ood"):
+            rank = np.empty(self.n[k], dtype=np.intp)
+            rank[self.order[k]] = np.arange(self.n[k])
+            out[k] = self.sample_rows(k, rank)
+        return out
+
+    @cached_property
     def groups(self) -> ScoreGroups:
         """The distinct scores over ID and OOD together (see :class:`ScoreGroups`), built on first use."""
         return ScoreGroups(self)
@@ -393,6 +404,27 @@ class OodCurve:
 
     def total(self, x: np.ndarray, where: str) -> np.ndarray:
         return self.static.total(x, where)
+
+    def running(self, k: str, x: np.ndarray) -> np.ndarray:
+        """Inclusive running sums, over set ``k``'s positions, of any ``(m, rows)`` array in its layout."""
+        lay = self.static.layout[k]
+        buf = np.empty((lay.m + lay.g, self.rows), dtype=DTYPE)
+        buf[: lay.m] = x
+        return lay.running_sums(buf)
+
+    def read_running(self, run: np.ndarray, where: str, k: str, name: str, own: np.ndarray | None = None) -> np.ndarray:
+        """``run`` (running sums over set ``k``, e.g. from :meth:`running`) read as :meth:`at` reads
+        ``cum(k)``: at ``counts[where][name]`` for each stored row of ``where``. For ``where == k`` and
+        a ``_lt`` name, ``own`` is the array ``run`` sums (subtracted at each sample's own row)."""
+        st = self.static
+        if where != k:
+            return np.take(run, st.read(where, k, name), axis=0)
+        base = run if name.endswith("_le") else run - own
+        rows, src = st.own_fix(where, name)
+        if rows.size:
+            base = base.copy() if base is run else base
+            base[rows] = run[src]
+        return base
 
     def sorted_weights(self, k: str, col: int) -> np.ndarray:
         """Weights of the sorted samples of set ``k`` in resample ``col``, as int64 (n,)."""
