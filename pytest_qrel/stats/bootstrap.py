@@ -38,8 +38,8 @@ from typing import Any, Literal
 import numpy as np
 
 from ..spec.schema import Bound
-from .delong import DeLongResult, delong_from_components
 from . import ece
+from .delong import DeLongResult, delong_from_components
 from .influence import WEIGHTED_INFLUENCE, influence_key
 from .resample import RNG_BLOCK, TINY, counts_chunk, split_halves
 from .studentized import partials, pseudo_draws, variance
@@ -156,7 +156,7 @@ class PairedInterval:
     delta_bounds: Bounds | None = field(default=None, repr=False)
     compared_bounds: Bounds | None = field(default=None, repr=False)
 
-    def at_level(self, level: float) -> "PairedInterval":
+    def at_level(self, level: float) -> PairedInterval:
         """The same resamples summarised at another ``level`` (e.g. a check's ``confidence``)."""
         _check_level(level)
         out = replace(self, level=level)
@@ -707,12 +707,12 @@ def paired_interval(request: IntervalRequest, **kwargs: Any) -> PairedInterval:
 
 
 __all__ = [
-    "Bounds",
     "DEFAULT_LEVEL",
     "DEFAULT_RESAMPLES",
     "DEFAULT_SEED",
     "FEW_SAMPLES",
     "MIN_SAMPLES",
+    "Bounds",
     "IntervalRequest",
     "PairedInterval",
     "SampleArrays",

@@ -102,7 +102,7 @@ def aupr_in_influence(id_scores: np.ndarray, ood_scores: np.ndarray, *, trapezoi
     return d_id, d_ood
 
 
-def weighted_influence(c: "OodCurve", positive: str, trapezoid: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def weighted_influence(c: OodCurve, positive: str, trapezoid: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The formulas above on every resample of a chunk at once (:class:`.weighted.OodCurve`):
     ``(value (rows,), D_id (n_id, rows), D_ood (n_ood, rows))``, influence values in sample order.
 

@@ -661,16 +661,16 @@ def ood_form(metric: str, conventions: str = "hendrycks") -> Callable[[OodCurve]
 
 
 __all__ = [
-    "Blocked",
-    "last_position",
     "DTYPE",
     "ECE_BINS",
+    "WEIGHTED_ID",
+    "WEIGHTED_OOD",
+    "Blocked",
     "IdForm",
     "OodCurve",
     "OodStatic",
-    "WEIGHTED_ID",
-    "WEIGHTED_OOD",
     "ece_bins",
     "fallback",
+    "last_position",
     "ood_form",
 ]
