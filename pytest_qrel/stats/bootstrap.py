@@ -25,8 +25,13 @@ Input layout (``SampleArrays``): ``{dataset: {field: array (N,)}}`` with fields 
 ``score.<s>`` (higher = more in-distribution); ``label`` / ``pred`` are not read. Arrays of one
 dataset must have the same length and sample order on every side.
 
-Defaults: 1,000 resamples, level 0.95, seed 0 (recorded in the result); the percentile method
-(BCa's jackknife costs minutes at N = 100,000).
+Defaults: 1,000 resamples, level 0.95, seed 0 (recorded in the result). The interval
+(``PairedInterval.method``): the percentile interval of the resampled quantity, except for ECE
+(``"ece-bounds"``: bounds from an over- and an under-estimator, :mod:`.ece`, because the binned ECE
+is biased) and for AUPR on sets below :data:`STUDENTIZE_BELOW` samples (``"studentized"``: the
+bootstrap-t, :mod:`.studentized`, because its spread moves with the delta). Each keeps a
+``confidence: c`` check at the true delta passing at most ``(1 - c) / 2`` of the time
+(tests/test_stats_coverage.py, docs/statistics.md).
 """
 
 from __future__ import annotations
