@@ -14,8 +14,9 @@ difference of the sides' influence values of each sample, and for a quantity of 
 derivatives on that resample). The interval is ``[theta - q(1 - a/2; t) se, theta - q(a/2; t)
 se]`` with ``se`` the full data's: the percentile interval of the pseudo-draws ``theta - t_b se``
 (:func:`pseudo_draws`), so :class:`.bootstrap.Bounds` and ``at_level`` work unchanged. Influence
-values held fixed at the full data's (cheaper) did not help: they miss how the spread changes
-with the data (docs/statistics.md).
+values held fixed at the full data's (cheaper) helped less: they miss how the spread changes with
+the data. Measured: on tied scores at n = 300 false passes 2.76% against the percentile's 3.16%;
+without ties about 3.5% either way (docs/statistics.md).
 """
 
 from __future__ import annotations
