@@ -225,7 +225,7 @@ def percentile_interval(draws: np.ndarray, level: float) -> tuple[float, float] 
     return float(lo), float(hi)
 
 
-def relative(delta: np.ndarray, fp32: np.ndarray) -> np.ndarray:
+def relative(delta: np.ndarray, fp32: Any) -> np.ndarray:
     """``delta / |fp32|`` elementwise, with :func:`pytest_qrel.evaluate.relative`'s rule at 0."""
     delta = np.asarray(delta, dtype=np.float64)
     fp32 = np.broadcast_to(np.asarray(fp32, dtype=np.float64), delta.shape)
@@ -342,6 +342,7 @@ class _Evaluator:
                 blocks.append(cols)
                 half = None
                 if metric == "ece":
+                    assert first_half is not None
                     blocks.append(ece.half_columns(fields, first_half))
                     half = slice(at + cols.shape[1], at + 2 * cols.shape[1])
                 slots[term] = (slice(at, at + cols.shape[1]), form, half)
@@ -356,9 +357,9 @@ class _Evaluator:
             for key in plan.ood_terms
         }
 
-    def __call__(self, counts: Mapping[str, np.ndarray]) -> dict[tuple, np.ndarray]:
+    def __call__(self, counts: Mapping[str, np.ndarray]) -> dict[tuple, Any]:
         """Every term whose datasets are all in ``counts`` (:func:`.resample.counts_chunk` layout)."""
-        out: dict[tuple, np.ndarray] = {}
+        out: dict[tuple, Any] = {}
         for dataset, (matrix, slots) in self.tables.items():
             if dataset not in counts:
                 continue
@@ -375,9 +376,9 @@ class _Evaluator:
             curve = OodCurve(self.statics[key], counts[id_ds], counts[ood_ds])
             for term, fn in terms.items():
                 out[term] = np.asarray(fn(curve), dtype=np.float64)
-                key = influence_key(term[5], term[6])
-                if key in WEIGHTED_INFLUENCE and self.influence:
-                    out[("influence", term)] = WEIGHTED_INFLUENCE[key](curve)[1:]
+                metric_key = influence_key(term[5], term[6])
+                if metric_key in WEIGHTED_INFLUENCE and self.influence:
+                    out[("influence", term)] = WEIGHTED_INFLUENCE[metric_key](curve)[1:]
         return out
 
 
@@ -471,7 +472,7 @@ def paired_intervals(
     datasets = sorted(plan.n)
     ones = {d: np.concatenate([np.ones((plan.n[d], 1), DTYPE), [[0.0], [TINY]]]).astype(DTYPE) for d in datasets}
     point = evaluate(ones)
-    student = {  # requests with a studentized interval: their variances, on the full data and per resample
+    student: dict[int, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = {  # requests with a studentized interval: their variances, on the full data and per resample
         i: (_student_variance(terms, point, ones, rkind, unit, bool(meta["higher_is_better"])), {})
         for i, (req, meta, kind, rkind, unit, terms, note) in enumerate(prepared)
         if terms is not None and kind == "ood" and influence_key(req.metric, req.conventions) in WEIGHTED_INFLUENCE
@@ -503,12 +504,12 @@ def paired_intervals(
     for i, (req, meta, kind, rkind, unit, terms, note) in enumerate(prepared):
         res = _summarise(req, meta, kind, rkind, unit, terms, note, plan, evaluate.statics, point, values, resamples, level, seed)
         if i in student and res.compared_draws is not None:
-            _studentize(res, student[i][1], student[i][0])
+            _studentize(res, student[i][1], student[i][0])  # variances: (full data, per resample)
         out.append(res)
     return out
 
 
-def _student_variance(terms: Mapping[str, list], vals: Mapping[Any, np.ndarray], counts: Mapping[str, np.ndarray],
+def _student_variance(terms: Any, vals: Mapping[Any, np.ndarray], counts: Mapping[str, np.ndarray],
                       rkind: Kind, unit: str, hib: bool) -> dict[str, np.ndarray]:
     """Per resample (one chunk, or the full data), the variance of the request's compared quantity
     and delta from the influence values of its terms (:mod:`.studentized`)."""
@@ -546,7 +547,7 @@ def _student_variance(terms: Mapping[str, list], vals: Mapping[Any, np.ndarray],
     return out
 
 
-def _studentize(res: PairedInterval, se_draws: Mapping[str, np.ndarray], se_full: Mapping[str, float]) -> None:
+def _studentize(res: PairedInterval, se_draws: Mapping[str, np.ndarray], se_full: Mapping[str, np.ndarray]) -> None:
     """Replace the percentile intervals of ``res`` by bootstrap-t ones (:mod:`.studentized`) where
     the pivot exists; the method says which."""
     done = False
@@ -656,10 +657,12 @@ def _ece_bounds(terms: Mapping[str, list], values: Mapping[Any, np.ndarray], rki
 
     over = {w: side(w, None) for w in ("q", "fp32", "ref")}
     under = {w: side(w, "ece-under") for w in ("q", "fp32", "ref")}
+    q_over, q_under = over["q"], under["q"]
+    assert q_over is not None and q_under is not None  # every request has the quantized side
     # ECE: lower is better, so the quantity grows with the quantized side and falls with the others
     ordered = (
-        _compared(rkind, unit, under["q"], over["fp32"], over["ref"], False),
-        _compared(rkind, unit, over["q"], under["fp32"], under["ref"], False),
+        _compared(rkind, unit, q_under, over["fp32"], over["ref"], False),
+        _compared(rkind, unit, q_over, under["fp32"], under["ref"], False),
     )
     constructions = [ordered]
     partner = "ref" if rkind.startswith("ref") else ("fp32" if rkind == "delta" else None)
@@ -671,10 +674,11 @@ def _ece_bounds(terms: Mapping[str, list], values: Mapping[Any, np.ndarray], rki
             scale = 100.0 if (rkind == "delta" and unit == "pp") else 1.0
             constructions.append((-scale * t, scale * t))
     compared = Bounds(tuple(constructions))
-    if over["fp32"] is None:
+    f_over, f_under = over["fp32"], under["fp32"]
+    if f_over is None or f_under is None:
         return None, compared
     t = distance("q", "fp32")
-    delta = Bounds(((under["q"] - over["fp32"], over["q"] - under["fp32"]), (-t, t)))
+    delta = Bounds(((q_under - f_over, q_over - f_under), (-t, t)))
     return delta, compared
 
 

@@ -149,9 +149,7 @@ def weighted_influence(c: OodCurve, positive: str, trapezoid: bool) -> tuple[np.
         value += c.total(w * precision, positive)
     scale = len(counts) * W
     value /= scale
-    d_pos = d_pos / scale.astype(DTYPE) - (value / W).astype(DTYPE)
-    d_neg = d_neg / scale.astype(DTYPE)
-    d = {positive: d_pos, negative: d_neg}
+    d = {positive: d_pos / scale.astype(DTYPE) - (value / W).astype(DTYPE), negative: d_neg / scale.astype(DTYPE)}
     return value, d["id"][st.orig_rows["id"]], d["ood"][st.orig_rows["ood"]]
 
 
