@@ -94,7 +94,25 @@ def per_convention(quantized: dict, fp32: dict, names: list[str], resamples: int
         row = [cpu_best(lambda: paired_intervals(reqs, resamples=resamples), repeats)]
         for r in reqs[3:]:
             row.append(cpu_best(lambda r=r: paired_intervals([r], resamples=resamples), repeats))
-        print(f"  {name:12s} " + " ".join(f"{b:7.3f} / {m:5.3f}" for b, m in row), flush=True)
+        print(f"  {name:12s} " + " ".join(f"{b:7.3f} / {m:5.3f}" for b, m in row)
+              + f"   (FPR@95 by calling the plain function per resample: ~{fallback_seconds(quantized, fp32, name, resamples):.1f} s)",
+              flush=True)
+
+
+def fallback_seconds(quantized: dict, fp32: dict, name: str, resamples: int, calls: int = 6) -> float:
+    """CPU seconds the FPR@95 interval would take without a weighted form: the convention's plain
+    function on ``resamples`` resampled arrays of both sides, extrapolated from ``calls`` calls."""
+    from pytest_qrel.conventions import CONVENTIONS
+    from pytest_qrel.metrics import fpr_at_95_tpr
+
+    plain = CONVENTIONS.get(name).get("fpr_at_95_tpr", fpr_at_95_tpr)
+    rng = np.random.default_rng(0)
+    plain(quantized["id"]["score.msp"], quantized["ood"]["score.msp"])  # imports, warm caches
+    t = time.process_time()
+    for _ in range(calls):
+        i, j = rng.integers(0, len(fp32["id"]["score.msp"]), (2, len(fp32["id"]["score.msp"])))
+        plain(quantized["id"]["score.msp"][i], quantized["ood"]["score.msp"][j])
+    return (time.process_time() - t) / calls * 2 * resamples
 
 
 def stages(reqs: list[IntervalRequest], resamples: int) -> dict[str, float]:
