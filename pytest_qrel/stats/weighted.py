@@ -604,38 +604,63 @@ def _openood_fpr(c: OodCurve) -> np.ndarray:
     return np.rint(c.cum_at("id", gr.id_hi[q])) / A
 
 
-def _trapezoid_ap(c: OodCurve, where: str, pos_incl, neg_incl, pos_excl, neg_excl, total) -> np.ndarray:
-    """Trapezoidal area under the precision-recall curve (scikit-learn ``precision_recall_curve`` +
-    ``auc``): each positive weight times the mean of the precision at its threshold and at the
-    one before (1 before the first threshold, where nothing has weight yet). Written with few
-    temporaries: it runs on every chunk of resamples."""
-    before = pos_excl + neg_excl
-    first = before < 0.5  # integer weights: below 1 means none (TINY at most)
-    np.maximum(before, TINY, out=before)
-    excl = np.divide(pos_excl, before, out=before)
-    excl[first] = 1.0
-    excl += _precision(pos_incl, neg_incl)
-    excl *= c.w(where)
-    return c.total(excl, where) / (2.0 * total)
-
-
 @WEIGHTED_OOD.register("openood:aupr_out")
 def _openood_aupr_out(c: OodCurve) -> np.ndarray:
-    """Trapezoidal AUPR, OOD positive, decision ``-score``."""
-    return _trapezoid_ap(
-        c, "ood", c.at("ood", "ood", "ood_le"), c.at("ood", "id", "id_le"),
-        c.at("ood", "ood", "ood_lt"), c.at("ood", "id", "id_lt"), c.O,
-    )
+    """Trapezoidal AUPR, OOD positive, decision ``-score``: the precision at each OOD sample
+    (``O_le / (O_le + A_le)``) and just above it (``O_lt / (O_lt + A_lt)``), both from the OOD
+    running sums and one read of the ID ones; only tied samples are read apart."""
+    st = c.static
+    cum, w = c.cum("ood"), c.w("ood")
+    a_le = c.at("ood", "id", "id_le")
+    incl = _precision(cum, a_le)
+    rows, src = st.own_fix("ood", "ood_le")
+    if rows.size:
+        tied = cum[src]
+        incl[rows] = tied / np.maximum(tied + a_le[rows], TINY)
+    o_lt = cum - w
+    rows, src = st.own_fix("ood", "ood_lt")
+    if rows.size:
+        o_lt[rows] = cum[src]
+    before = o_lt + a_le
+    rows, src = st.cross_fix("ood", "id", "id_lt")
+    if rows.size:
+        before[rows] = o_lt[rows] + c.cum("id")[src]
+    return _trapezoid_sum(c, "ood", incl, o_lt, before, c.O)
 
 
 @WEIGHTED_OOD.register("openood:aupr_in")
 def _openood_aupr_in(c: OodCurve) -> np.ndarray:
-    """Trapezoidal AUPR, ID positive, decision ``score``."""
+    """Trapezoidal AUPR, ID positive, decision ``score``, read as :func:`_openood_aupr_out`."""
+    st = c.static
     A, O = c.A.astype(DTYPE), c.O.astype(DTYPE)
-    return _trapezoid_ap(
-        c, "id", A - c.at("id", "id", "id_lt"), O - c.at("id", "ood", "ood_lt"),
-        A - c.at("id", "id", "id_le"), O - c.at("id", "ood", "ood_le"), c.A,
-    )
+    cum, w = c.cum("id"), c.w("id")
+    o_ge = O - c.at("id", "ood", "ood_lt")
+    a_ge = A - (cum - w)
+    rows, src = st.own_fix("id", "id_lt")
+    if rows.size:
+        a_ge[rows] = A - cum[src]
+    incl = _precision(a_ge, o_ge)
+    a_gt = A - cum
+    rows, src = st.own_fix("id", "id_le")
+    if rows.size:
+        a_gt[rows] = A - cum[src]
+    before = a_gt + o_ge
+    rows, src = st.cross_fix("id", "ood", "ood_le")
+    if rows.size:
+        before[rows] = a_gt[rows] + (O - c.cum("ood")[src])
+    return _trapezoid_sum(c, "id", incl, a_gt, before, c.A)
+
+
+def _trapezoid_sum(c: OodCurve, where: str, incl: np.ndarray, pos_excl: np.ndarray, before: np.ndarray, total) -> np.ndarray:
+    """``sum_j w_j (precision at s_j + precision just above s_j) / (2 total)``, the second
+    ``pos_excl / before`` (1 where nothing is above: integer weights, so below 1 means none)."""
+    first = before < 0.5
+    np.maximum(before, TINY, out=before)
+    excl = np.divide(pos_excl, before, out=before)
+    excl[first] = 1.0
+    excl += incl
+    excl *= c.w(where)
+    return c.total(excl, where) / (2.0 * total)
 
 
 def fallback(plain: Callable[[Any, Any], float]) -> Callable[[OodCurve], np.ndarray]:
