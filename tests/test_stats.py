@@ -582,3 +582,18 @@ def test_weighted_influence_equals_the_plain_one_on_resamples():
                 drawn_id, drawn_ood = c_id[:70, b] > 0, c_ood[:50, b] > 0  # undrawn samples carry no weight
                 np.testing.assert_allclose(d_id[drawn_id, b], p_id[drawn_id], atol=1e-7, err_msg=key)
                 np.testing.assert_allclose(d_ood[drawn_ood, b], p_ood[drawn_ood], atol=1e-7, err_msg=key)
+
+
+def test_relative_ece_delta_of_a_calibrated_fp32_model_has_no_upper_bound_and_says_so():
+    """FP32 calibrated (correct with probability = confidence): its ECE cannot be told from 0 at
+    200 samples, so ``ece delta <= 10%`` has no finite upper end, and the note says to use pp."""
+    rng = np.random.default_rng(15)
+    conf = rng.uniform(0.5, 1.0, 200)
+    u = rng.random(200)
+    fp32 = {"digits": {"correct": u < conf, "confidence": conf}}
+    q = {"digits": {"correct": u < conf - 0.05, "confidence": conf}}
+    res = paired_interval(IntervalRequest("ece", ("digits",), (q,), fp32, bound=Bound("delta", "<=", 10, "%")), resamples=200)
+    assert res.compared_ci[1] == math.inf
+    assert "bound it in pp instead" in res.note
+    pp = paired_interval(IntervalRequest("ece", ("digits",), (q,), fp32, bound=Bound("delta", "<=", 1, "pp")), resamples=200)
+    assert all(math.isfinite(x) for x in pp.compared_ci) and "bound it in pp" not in pp.note

@@ -613,6 +613,11 @@ def _summarise(req, meta, kind, rkind, unit, terms, note, plan, statics, point, 
         if base.delta_bounds is not None:
             base.delta_ci = base.delta_bounds.interval(level)
         base.compared_ci = base.compared_bounds.interval(level)
+        if rkind == "delta" and unit == "%" and base.compared_ci is not None and not np.isfinite(base.compared_ci[1]):
+            notes.append(
+                "FP32's ECE cannot be told from 0 on some resamples (its under-estimate is 0 there), so a relative "
+                "ECE delta has no upper bound at this sample size; bound it in pp instead"
+            )
     if base.compared_ci is None:
         notes.append(f"{req.metric} is undefined on some resamples, so no interval")
     if rkind == "delta" and unit == "%" and rf is not None:
