@@ -338,12 +338,12 @@ class _Evaluator:
             for term, (side, metric) in terms.items():
                 form = WEIGHTED_ID.get(metric)
                 fields = plan.sides[side][dataset]
-                cols = np.asarray(form.columns(fields), dtype=np.float64)
+                cols = np.asarray(form.columns(fields), dtype=DTYPE)  # the matrix is float32: convert early, hold less
                 blocks.append(cols)
                 half = None
                 if metric == "ece":
                     assert first_half is not None
-                    blocks.append(ece.half_columns(fields, first_half))
+                    blocks.append(ece.half_columns(fields, first_half).astype(DTYPE))
                     half = slice(at + cols.shape[1], at + 2 * cols.shape[1])
                 slots[term] = (slice(at, at + cols.shape[1]), form, half)
                 at += cols.shape[1] * (2 if half is not None else 1)
