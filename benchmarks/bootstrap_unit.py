@@ -9,9 +9,12 @@ FP32 side plus noise, so the pairing matters.
 Reports the CPU time of the call (best and median of ``--repeats`` runs: this machine is
 shared, and the best run is the least disturbed), a breakdown of the best run by stage, and
 the peak memory the call allocates (``tracemalloc``, in a separate run: tracing slows numpy).
+Then, per metric convention (``--convention NAME``, default ``all`` registered ones), the CPU
+time of the same unit's call under that convention and of each OOD metric's interval alone
+(the convention changes FPR@95 and AUPR, the slow parts when a convention lacks a weighted form).
 Threads are pinned to one (``OMP_NUM_THREADS=1`` and friends, set before numpy loads).
 
-    python benchmarks/bootstrap_unit.py [--n 50000] [--resamples 1000] [--repeats 5]
+    python benchmarks/bootstrap_unit.py [--n 50000] [--resamples 1000] [--repeats 5] [--convention all]
 """
 
 from __future__ import annotations
@@ -59,13 +62,57 @@ def unit(n: int, seed: int = 0) -> tuple[dict, dict]:
     return quantized, fp32
 
 
-def requests(quantized: dict, fp32: dict) -> list[IntervalRequest]:
+OOD_METRICS = ("auroc", "aupr_out", "fpr_at_95_tpr")
+
+
+def requests(quantized: dict, fp32: dict, conventions: str = "hendrycks") -> list[IntervalRequest]:
     out = [IntervalRequest(m, ("id",), (quantized,), fp32, bound=Bound("delta", "<=", 1, "pp")) for m in ("top1", "nll", "ece")]
     out += [
-        IntervalRequest(m, ("ood",), (quantized,), fp32, score="msp", id_dataset="id", bound=Bound("delta", "<=", 12, "%"))
-        for m in ("auroc", "aupr_out", "fpr_at_95_tpr")
+        IntervalRequest(m, ("ood",), (quantized,), fp32, score="msp", id_dataset="id", conventions=conventions,
+                        bound=Bound("delta", "<=", 12, "%"))
+        for m in OOD_METRICS
     ]
     return out
+
+
+def cpu_best(fn, repeats: int) -> tuple[float, float]:
+    """(best, median) CPU seconds of ``fn()`` over ``repeats`` runs."""
+    times = []
+    for _ in range(repeats):
+        t = time.process_time()
+        fn()
+        times.append(time.process_time() - t)
+    return min(times), statistics.median(times)
+
+
+def per_convention(quantized: dict, fp32: dict, names: list[str], resamples: int, repeats: int) -> None:
+    """CPU time of the unit's call and of each OOD metric's interval alone, per convention."""
+    print(f"per convention (CPU s, best / median of {repeats}; 'unit' = all 6 metrics in one call):")
+    print(f"  {'convention':12s} {'unit':>15s} " + " ".join(f"{m:>15s}" for m in OOD_METRICS))
+    for name in names:
+        reqs = requests(quantized, fp32, name)
+        row = [cpu_best(lambda: paired_intervals(reqs, resamples=resamples), repeats)]
+        for r in reqs[3:]:
+            row.append(cpu_best(lambda r=r: paired_intervals([r], resamples=resamples), repeats))
+        print(f"  {name:12s} " + " ".join(f"{b:7.3f} / {m:5.3f}" for b, m in row)
+              + f"   (FPR@95 by calling the plain function per resample: ~{fallback_seconds(quantized, fp32, name, resamples):.1f} s)",
+              flush=True)
+
+
+def fallback_seconds(quantized: dict, fp32: dict, name: str, resamples: int, calls: int = 6) -> float:
+    """CPU seconds the FPR@95 interval would take without a weighted form: the convention's plain
+    function on ``resamples`` resampled arrays of both sides, extrapolated from ``calls`` calls."""
+    from pytest_qrel.conventions import CONVENTIONS
+    from pytest_qrel.metrics import fpr_at_95_tpr
+
+    plain = CONVENTIONS.get(name).get("fpr_at_95_tpr", fpr_at_95_tpr)
+    rng = np.random.default_rng(0)
+    plain(quantized["id"]["score.msp"], quantized["ood"]["score.msp"])  # imports, warm caches
+    t = time.process_time()
+    for _ in range(calls):
+        i, j = rng.integers(0, len(fp32["id"]["score.msp"]), (2, len(fp32["id"]["score.msp"])))
+        plain(quantized["id"]["score.msp"][i], quantized["ood"]["score.msp"][j])
+    return (time.process_time() - t) / calls * 2 * resamples
 
 
 def stages(reqs: list[IntervalRequest], resamples: int) -> dict[str, float]:
@@ -109,7 +156,13 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=50_000, help="samples per set (ID and OOD)")
     ap.add_argument("--resamples", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--convention", default="all", help="a registered metric convention, or 'all' (default)")
     args = ap.parse_args()
+    from pytest_qrel.conventions import CONVENTIONS
+
+    names = list(CONVENTIONS.names()) if args.convention == "all" else [args.convention]
+    for name in names:
+        CONVENTIONS.get(name)  # an unknown name fails here, with the registry's "did you mean"
 
     quantized, fp32 = unit(args.n)
     reqs = requests(quantized, fp32)
@@ -136,6 +189,7 @@ def main() -> None:
     for r in results:
         print(f"  {r.metric:14s} delta {r.delta:+.5f}  95% CI [{r.delta_ci[0]:+.5f}, {r.delta_ci[1]:+.5f}]"
               + (f"  DeLong [{r.delong_ci[0]:+.5f}, {r.delong_ci[1]:+.5f}]" if r.delong_ci else ""))
+    per_convention(quantized, fp32, names, args.resamples, max(1, min(args.repeats, 3)))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ from pytest_qrel.conventions import CONVENTIONS
 from pytest_qrel.spec.schema import Bound
 from pytest_qrel.stats import IntervalRequest, paired_interval, paired_intervals, percentile_interval
 from pytest_qrel.stats.delong import delong_auroc_delta, delong_interval, structural_components
-from pytest_qrel.stats.resample import RNG_BLOCK, SMALL_N, counts_chunk, resample_counts, resample_indices
+from pytest_qrel.stats.resample import RNG_BLOCK, SMALL_N, counts_chunk, resample_counts, resample_indices, split_halves
+from pytest_qrel.stats.influence import INFLUENCE
 from pytest_qrel.stats.weighted import WEIGHTED_ID, WEIGHTED_OOD, OodCurve, OodStatic, fallback, ood_form
 
 OOD_METRICS = [m for m in metrics.METRICS if metrics.METRICS.meta(m)["kind"] == "ood"]
@@ -138,6 +139,43 @@ def test_openood_fpr_follows_dropped_roc_points():
     assert found >= 3
 
 
+@pytest.mark.parametrize("conventions", CONVENTIONS.names())
+def test_every_convention_has_a_fast_fpr_form(conventions):
+    """No convention's FPR@95 falls back to the per-resample plain call (about 1,000x slower)."""
+    form = ood_form("fpr_at_95_tpr", conventions)
+    assert not form.__name__.startswith("fallback"), f"{conventions}: register a weighted form in WEIGHTED_OOD"
+
+
+@pytest.mark.parametrize("conventions", CONVENTIONS.names())
+@pytest.mark.parametrize("ties", ["none", "coarse", "integers", "saturated"])
+def test_fast_fpr_forms_equal_the_plain_function_on_larger_sets(conventions, ties):
+    """Every convention's FPR@95 on sets of a few hundred, on resamples and on the full data (all
+    counts 1: the long straight runs of OpenOOD's dropped ROC points, the nearest-recall ties of
+    MCM's code), against the convention's own function on the resampled arrays."""
+    rng = np.random.default_rng(zlib.crc32(f"fpr:{conventions}:{ties}".encode()))
+    plain = CONVENTIONS.get(conventions).get("fpr_at_95_tpr", metrics.fpr_at_95_tpr)
+    form = ood_form("fpr_at_95_tpr", conventions)
+    for trial in range(3):
+        n_id, n_ood = int(rng.integers(150, 600)), int(rng.integers(100, 600))
+        separation = 4.0 if trial == 0 else rng.uniform(0, 2.5)  # 4: runs of dozens of OOD-only points
+        s_id, s_ood = rng.normal(separation, 1, n_id), rng.normal(0, rng.uniform(0.5, 1.5), n_ood)
+        if ties == "coarse":
+            s_id, s_ood = np.round(s_id * 4) / 4, np.round(s_ood * 4) / 4
+        elif ties == "integers":  # a handful of distinct scores: equal TPR levels, equal steps
+            s_id, s_ood = np.round(s_id), np.round(s_ood)
+        elif ties == "saturated":
+            s_id[: n_id // 2], s_ood[: n_ood // 6] = 3.0, 3.0
+        if ties == "integers" and trial == 0:  # one ID and one OOD sample at each of 40 scores: on the full
+            # data a straight ROC run from OpenOOD's 95% point (at score 17) to the end, all dropped but the last
+            s_id, s_ood = np.arange(40.0), np.r_[np.full(400, -1.0), np.arange(40.0)]
+            n_id, n_ood = s_id.size, s_ood.size
+        c_id, c_ood = counts_chunk(trial, "id", n_id, 0, 24), counts_chunk(trial, "ood", n_ood, 0, 24)
+        c_id[:n_id, 0], c_ood[:n_ood, 0] = 1.0, 1.0  # the full data
+        got = form(OodCurve(OodStatic(s_id, s_ood), c_id, c_ood))
+        want = [plain(s_id[resample_indices(c_id[:n_id, b])], s_ood[resample_indices(c_ood[:n_ood, b])]) for b in range(24)]
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-12, err_msg=f"{conventions} trial {trial}")
+
+
 def _id_arrays(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     logits = rng.normal(0, 2, (n, 5))
     logits[: n // 4] = np.round(logits[: n // 4])  # ties in the arg-max and round confidences
@@ -244,7 +282,13 @@ def test_interval_equals_a_from_scratch_percentile_bootstrap():
         q = np.array([np.mean([value(s, req, b) for s in req.quantized]) for b in range(B)])
         f = np.array([value(fp32, req, b) for b in range(B)])
         delta = f - q if hib else q - f
-        np.testing.assert_allclose(res.delta_ci, np.quantile(delta, [0.025, 0.975]), atol=2e-6, err_msg=req.metric)
+        # ECE's and AUPR's intervals are built otherwise (test_ece_interval_from_scratch,
+        # test_aupr_interval_is_the_studentized_one_from_scratch) from these plain draws
+        other = res.method != "percentile"
+        assert other == (req.metric in ("ece", "aupr_out")), (req.metric, res.method)
+        delta_ci = percentile_interval(res.delta_draws, 0.95) if other else res.delta_ci
+        compared_ci = percentile_interval(res.compared_draws, 0.95) if other else res.compared_ci
+        np.testing.assert_allclose(delta_ci, np.quantile(delta, [0.025, 0.975]), atol=2e-6, err_msg=req.metric)
         b = req.bound
         if b is None:
             compared = delta
@@ -257,8 +301,76 @@ def test_interval_equals_a_from_scratch_percentile_bootstrap():
             compared = 100 * delta / np.abs(f)
         else:
             compared = 100 * delta
-        np.testing.assert_allclose(res.compared_ci, np.quantile(compared, [0.025, 0.975]), atol=2e-4, err_msg=req.metric)
+        np.testing.assert_allclose(compared_ci, np.quantile(compared, [0.025, 0.975]), atol=2e-4, err_msg=req.metric)
         assert res.resamples == B and res.seed == 4 and res.level == 0.95
+
+
+def _ece_parts(fields, idx, first_half):
+    """(over, under, bin sums / n) of one resample, written out: 15 bins, two fixed halves."""
+    conf = np.asarray(fields["confidence"], np.float64)[idx]
+    gap = fields["correct"][idx] - conf
+    bins = np.clip(np.digitize(conf, np.linspace(0, 1, 16)) - 1, 0, 14)
+    s0 = np.bincount(bins, weights=np.where(first_half[idx], gap, 0.0), minlength=15)
+    s1 = np.bincount(bins, weights=np.where(first_half[idx], 0.0, gap), minlength=15)
+    n = idx.size
+    under = max(0.0, float((np.sign(s0) * s1 + np.sign(s1) * s0).sum()) / n)
+    return float(np.abs(s0 + s1).sum()) / n, under, (s0 + s1) / n
+
+
+def test_ece_interval_from_scratch():
+    """ECE's interval (:mod:`pytest_qrel.stats.ece`) recomputed here from resampled arrays: the
+    plain ECE ("over"), the split-sign estimator ("under", halves from ``split_halves``) and the
+    paired bin distance, for every kind of bound, two seeds and two ID sets; each end the tighter
+    of the two constructions at level 1 - a/4 (1 - a/2 for a value bound, which has one)."""
+    rng = np.random.default_rng(12)
+    fp32 = _side(rng, 150, {})
+    seeds = (_side(rng, 150, {}, fp32, 0.1), _side(rng, 150, {}, fp32, 0.15))
+    ref = (_side(rng, 150, {}, fp32, 0.3),)
+    for side in (fp32, *seeds, *ref):
+        side["second"] = {k: side["digits"][k][:90] for k in ("correct", "confidence", "nll")}
+    sets = ("digits", "second")
+    bounds = [Bound("delta", "<=", 10, "%"), Bound("delta", "<=", 1, "pp"), None, Bound("value", "<=", 0.2),
+              Bound("delta", "<=", 0, "abs", ref="W4A4")]
+    B, seed = 60, 3
+    reqs = [IntervalRequest("ece", sets, seeds, fp32, ref=ref if b is not None and b.ref else (), bound=b) for b in bounds]
+    results = paired_intervals(reqs, resamples=B, seed=seed)
+    idx = {d: [resample_indices(resample_counts(seed, d, n, 0, B)[:, b]) for b in range(B)] for d, n in (("digits", 150), ("second", 90))}
+    halves = {d: split_halves(seed, d, n) for d, n in (("digits", 150), ("second", 90))}
+
+    def parts(sides):  # per seed, per set: (over, under, sums) arrays over resamples
+        return [[[_ece_parts(side[d], idx[d][b], halves[d]) for b in range(B)] for d in sets] for side in sides]
+
+    def mean_of(p, i):  # mean over seeds and sets of part i, per resample
+        return np.mean([[[r[i] for r in per_set] for per_set in per_seed] for per_seed in p], axis=(0, 1))
+
+    def dist(pa, pb):
+        return np.mean([[[np.abs(ra[2] - rb[2]).sum() for ra, rb in zip(sa_d, sb_d)] for sa_d, sb_d in zip(sa, sb)]
+                        for sa in pa for sb in pb], axis=(0, 1))
+
+    pq, pf, pr = parts(seeds), parts([fp32]), parts(ref)
+    over = {k: mean_of(p, 0) for k, p in (("q", pq), ("f", pf), ("r", pr))}
+    under = {k: mean_of(p, 1) for k, p in (("q", pq), ("f", pf), ("r", pr))}
+    t_f, t_r = dist(pq, pf), dist(pq, pr)
+
+    def ends(constructions, level=0.95):
+        a = (1 - level) / 2 / len(constructions)
+        return (max(np.quantile(lo, a) for lo, _ in constructions), min(np.quantile(hi, 1 - a) for _, hi in constructions))
+
+    with np.errstate(divide="ignore"):
+        want = [
+            [(100 * (under["q"] - over["f"]) / over["f"], 100 * (over["q"] - under["f"]) / under["f"]), (-100 * t_f / under["f"], 100 * t_f / under["f"])],
+            [(100 * (under["q"] - over["f"]), 100 * (over["q"] - under["f"])), (-100 * t_f, 100 * t_f)],
+            [(under["q"] - over["f"], over["q"] - under["f"]), (-t_f, t_f)],
+            [(under["q"], over["q"])],
+            [(under["q"] - over["r"], over["q"] - under["r"]), (-t_r, t_r)],
+        ]
+    delta = [(under["q"] - over["f"], over["q"] - under["f"]), (-t_f, t_f)]
+    for b, res, constructions in zip(bounds, results, want):
+        assert res.method == "ece-bounds"
+        np.testing.assert_allclose(res.compared_ci, ends(constructions), rtol=1e-5, atol=1e-7, err_msg=str(b))
+        np.testing.assert_allclose(res.delta_ci, ends(delta), rtol=1e-5, atol=1e-7, err_msg=str(b))
+        np.testing.assert_allclose(res.at_level(0.8).compared_ci, ends(constructions, 0.8), rtol=1e-5, atol=1e-7)
+        assert res.compared_ci[0] <= res.compared_ci[1]
 
 
 def test_at_level_reuses_the_draws():
@@ -376,3 +488,112 @@ def test_delong_agrees_with_the_bootstrap():
 def structural_se(pair):
     _, v10, v01 = structural_components(*pair)
     return math.sqrt(np.var(v10, ddof=1) / v10.size + np.var(v01, ddof=1) / v01.size)
+
+
+# ------------------------------------------------------------------ studentized AUPR
+
+
+@pytest.mark.parametrize("key", sorted(INFLUENCE))
+def test_influence_values_are_derivatives_of_the_registered_aupr(key):
+    """Each sample's influence on AUPR (step-wise and OpenOOD's trapezoid, ID and OOD positive) is the
+    derivative of scikit-learn's weighted metric with respect to that sample's weight (finite
+    differences), on tied scores and integer weights (a resample)."""
+    from sklearn.metrics import auc, average_precision_score, precision_recall_curve
+
+    rng = np.random.default_rng(zlib.crc32(key.encode()))
+    s_id, s_ood = np.round(rng.normal(1, 1, 50), 1), np.round(rng.normal(0, 1, 35), 1)
+    w_id, w_ood = rng.integers(1, 4, 50).astype(float), rng.integers(1, 4, 35).astype(float)
+    ood_positive, trapezoid = key.endswith("aupr_out"), key.startswith("openood:")
+
+    def value(wi, wo):
+        y = np.r_[np.zeros(50), np.ones(35)] if ood_positive else np.r_[np.ones(50), np.zeros(35)]
+        d, w = np.r_[s_id, s_ood] * (-1 if ood_positive else 1), np.r_[wi, wo]
+        if not trapezoid:
+            return average_precision_score(y, d, sample_weight=w)
+        precision, recall, _ = precision_recall_curve(y, d, sample_weight=w)
+        return auc(recall, precision)
+
+    d_id, d_ood = INFLUENCE[key](s_id, s_ood, w_id=w_id, w_ood=w_ood)
+    base, eps = value(w_id, w_ood), 1e-6
+    fd_id = [(value(w_id + eps * (np.arange(50) == k), w_ood) - base) / eps for k in range(50)]
+    fd_ood = [(value(w_id, w_ood + eps * (np.arange(35) == k)) - base) / eps for k in range(35)]
+    np.testing.assert_allclose(d_id, fd_id, atol=1e-7)
+    np.testing.assert_allclose(d_ood, fd_ood, atol=1e-7)
+
+
+def test_aupr_interval_is_the_studentized_one_from_scratch():
+    """AUPR-out's interval, recomputed here: on each resample b, influence values of both sides
+    recomputed with the resample's counts as weights (the plain functions of
+    ``pytest_qrel.stats.influence``), paired sample by sample through the quantity's derivatives
+    on that resample (for a relative delta ``100 (F - Q) / F``: ``100 Q / F^2`` and ``-100 / F``),
+    se_b from their count-weighted variance per set; t_b = (theta_b - theta) / se_b, and the
+    interval theta - [q(0.975; t), q(0.025; t)] * se."""
+    rng = np.random.default_rng(13)
+    fp32 = _side(rng, 200, {"noise": 150})
+    q = _side(rng, 200, {"noise": 150}, fp32, 0.15)
+    B, seed = 60, 2
+    res = paired_interval(IntervalRequest("aupr_out", ("noise",), (q,), fp32, score="msp", id_dataset="digits",
+                                          bound=Bound("delta", "<=", 10, "%")), resamples=B, seed=seed)
+    assert res.method == "studentized"
+    scores = {k: (side["digits"]["score.msp"], side["noise"]["score.msp"]) for k, side in (("f", fp32), ("q", q))}
+    counts = [np.ones((200, 1)), np.ones((150, 1))], [resample_counts(seed, "digits", 200, 0, B), resample_counts(seed, "noise", 150, 0, B)]
+
+    def se_and_values(c_id, c_ood):
+        """Per column of counts: (F, Q, se of F - Q, se of 100 (F - Q) / F)."""
+        out = []
+        for b in range(c_id.shape[1]):
+            w_id, w_ood = c_id[:, b].astype(float), c_ood[:, b].astype(float)
+            infl = {k: INFLUENCE["aupr_out"](*scores[k], w_id=w_id, w_ood=w_ood) for k in scores}
+            vals = {k: metrics.aupr_out(scores[k][0][resample_indices(w_id)], scores[k][1][resample_indices(w_ood)]) for k in scores}
+            F, Q = vals["f"], vals["q"]
+            row = [F, Q]
+            for df, dq in ((1.0, -1.0), (100 * Q / F**2, -100 / F)):
+                var = 0.0
+                for j, w in ((0, w_id), (1, w_ood)):
+                    d = df * infl["f"][j] + dq * infl["q"][j]
+                    var += (w * d**2).sum() - (w * d).sum() ** 2 / w.size
+                row.append(np.sqrt(var))
+            out.append(row)
+        return np.array(out)
+
+    full, per = se_and_values(*counts[0]), se_and_values(*counts[1])
+    for point, draws, got, col in ((res.delta, res.delta_draws, res.delta_ci, 2), (res.compared, res.compared_draws, res.compared_ci, 3)):
+        t = (draws - point) / per[:, col]
+        want = point - np.quantile(t, [0.975, 0.025]) * full[0, col]
+        np.testing.assert_allclose(got, want, rtol=2e-4)
+    assert res.delta_ci != pytest.approx(percentile_interval(res.delta_draws, 0.95))  # not the percentile interval
+
+
+def test_weighted_influence_equals_the_plain_one_on_resamples():
+    """The influence values computed on a chunk of resamples (running sums, as the metrics) equal
+    the plain functions with the counts as weights, for every AUPR variant, tied and untied."""
+    from pytest_qrel.stats.influence import WEIGHTED_INFLUENCE
+
+    rng = np.random.default_rng(14)
+    for ties in (False, True):
+        s_id, s_ood = rng.normal(1, 1, 70), rng.normal(0, 1, 50)
+        if ties:
+            s_id, s_ood = np.round(s_id, 1), np.round(s_ood, 1)
+        c_id, c_ood = counts_chunk(0, "id", 70, 0, 8), counts_chunk(0, "ood", 50, 0, 8)
+        for key, fn in WEIGHTED_INFLUENCE.items():
+            _, d_id, d_ood = fn(OodCurve(OodStatic(s_id, s_ood), c_id, c_ood))
+            for b in range(8):
+                p_id, p_ood = INFLUENCE[key](s_id, s_ood, w_id=c_id[:70, b], w_ood=c_ood[:50, b])
+                drawn_id, drawn_ood = c_id[:70, b] > 0, c_ood[:50, b] > 0  # undrawn samples carry no weight
+                np.testing.assert_allclose(d_id[drawn_id, b], p_id[drawn_id], atol=1e-7, err_msg=key)
+                np.testing.assert_allclose(d_ood[drawn_ood, b], p_ood[drawn_ood], atol=1e-7, err_msg=key)
+
+
+def test_relative_ece_delta_of_a_calibrated_fp32_model_has_no_upper_bound_and_says_so():
+    """FP32 calibrated (correct with probability = confidence): its ECE cannot be told from 0 at
+    200 samples, so ``ece delta <= 10%`` has no finite upper end, and the note says to use pp."""
+    rng = np.random.default_rng(15)
+    conf = rng.uniform(0.5, 1.0, 200)
+    u = rng.random(200)
+    fp32 = {"digits": {"correct": u < conf, "confidence": conf}}
+    q = {"digits": {"correct": u < conf - 0.05, "confidence": conf}}
+    res = paired_interval(IntervalRequest("ece", ("digits",), (q,), fp32, bound=Bound("delta", "<=", 10, "%")), resamples=200)
+    assert res.compared_ci[1] == math.inf
+    assert "bound it in pp instead" in res.note
+    pp = paired_interval(IntervalRequest("ece", ("digits",), (q,), fp32, bound=Bound("delta", "<=", 1, "pp")), resamples=200)
+    assert all(math.isfinite(x) for x in pp.compared_ci) and "bound it in pp" not in pp.note

@@ -14,7 +14,9 @@ seed=0)`` and ``judge(bound, r.compared, r.compared_ci, confidence, n=r.n)``.
 Modules (one job each): :mod:`.resample` draws reproducible paired resamples as counts per
 sample; :mod:`.weighted` computes every metric on many resamples at once from those counts;
 :mod:`.bootstrap` plans the per-side values a set of checks needs and summarises them into
-intervals; :mod:`.delong` is the analytic AUROC cross-check; :mod:`.decision` turns an interval
+intervals; :mod:`.ece` builds ECE's intervals from estimators biased in known directions;
+:mod:`.influence` and :mod:`.studentized` give AUPR its bootstrap-t interval; :mod:`.delong` is the
+analytic AUROC cross-check; :mod:`.decision` turns an interval
 and a bound into passed / failed / inconclusive with a one-line explanation; :mod:`.requests`
 builds requests from planned checks and per-sample arrays.
 """

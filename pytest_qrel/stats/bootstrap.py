@@ -25,8 +25,13 @@ Input layout (``SampleArrays``): ``{dataset: {field: array (N,)}}`` with fields 
 ``score.<s>`` (higher = more in-distribution); ``label`` / ``pred`` are not read. Arrays of one
 dataset must have the same length and sample order on every side.
 
-Defaults: 1,000 resamples, level 0.95, seed 0 (recorded in the result); the percentile method
-(BCa's jackknife costs minutes at N = 100,000).
+Defaults: 1,000 resamples, level 0.95, seed 0 (recorded in the result). The interval
+(``PairedInterval.method``): the percentile interval of the resampled quantity, except for ECE
+(``"ece-bounds"``: bounds from an over- and an under-estimator, :mod:`.ece`, because the binned ECE
+is biased) and for AUPR on sets below :data:`STUDENTIZE_BELOW` samples (``"studentized"``: the
+bootstrap-t, :mod:`.studentized`, because its spread moves with the delta). Each keeps a
+``confidence: c`` check at the true delta passing at most ``(1 - c) / 2`` of the time
+(tests/test_stats_coverage.py, docs/statistics.md).
 """
 
 from __future__ import annotations
@@ -38,8 +43,11 @@ from typing import Any, Literal
 import numpy as np
 
 from ..spec.schema import Bound
+from . import ece
 from .delong import DeLongResult, delong_from_components
-from .resample import RNG_BLOCK, TINY, counts_chunk
+from .influence import WEIGHTED_INFLUENCE, influence_key
+from .resample import RNG_BLOCK, TINY, counts_chunk, split_halves
+from .studentized import partials, pseudo_draws, variance
 from .weighted import DTYPE, WEIGHTED_ID, OodCurve, OodStatic, ood_form
 
 SampleArrays = Mapping[str, Mapping[str, np.ndarray]]
@@ -52,6 +60,11 @@ MIN_SAMPLES = 2
 """A set with fewer samples gets no interval (every resample would be the same images)."""
 FEW_SAMPLES = 30
 """A set with fewer samples gets an interval with a note that it is a rough guide."""
+STUDENTIZE_BELOW = 5000
+"""AUPR intervals are studentized (:mod:`.studentized`) when every set they read has fewer samples;
+above, the percentile interval: its one-sided error shrinks like ``1 / sqrt(n)`` (about +1 point at
+n = 300, so about +0.25 at 5,000), and the per-resample influence values cost about 4x the metric
+(at 50,000 + 50,000 the two intervals agree to 2% of their width)."""
 CHUNK_ELEMENTS = 1 << 19
 """Counts per dataset held at once (rows x samples); bounds the memory of a chunk of resamples."""
 
@@ -83,6 +96,34 @@ class IntervalRequest:
     bound: Bound | None = None
 
 
+@dataclass(frozen=True, eq=False)
+class Bounds:
+    """An interval from one or more *constructions* of one quantity on the same resamples, each a
+    pair ``(lower-end draws, upper-end draws)``.
+
+    At level ``c`` (``a = (1 - c) / 2``, ``k`` constructions) the interval is
+    ``[max_i q(a / k; lower_i), min_i q(1 - a / k; upper_i)]``: every end is a one-sided bound at
+    level ``1 - a / k``, so taking the tightest of ``k`` keeps ``1 - a`` (Bonferroni). One
+    construction whose two arrays are the same draws is the percentile interval. Used where the
+    plain percentile interval does not hold its level (ECE: :mod:`.ece`).
+    """
+
+    constructions: tuple[tuple[np.ndarray, np.ndarray], ...]
+
+    def interval(self, level: float) -> tuple[float, float] | None:
+        """The interval at ``level``; ``None`` if a draw is NaN (as :func:`percentile_interval`)."""
+        k = len(self.constructions)
+        each = 1.0 - (1.0 - level) / k
+        lows, highs = [], []
+        for lower, upper in self.constructions:
+            lo, hi = percentile_interval(lower, each), percentile_interval(upper, each)
+            if lo is None or hi is None:
+                return None
+            lows.append(lo[0])
+            highs.append(hi[1])
+        return max(lows), min(highs)
+
+
 @dataclass
 class PairedInterval:
     """The interval of one request (all numbers plain floats).
@@ -96,7 +137,10 @@ class PairedInterval:
     samples per resampled set. ``note``: why there is no interval, or what to keep in mind
     (empty if nothing). ``delong_ci``: DeLong's analytic interval of ``delta`` (AUROC deltas
     against FP32 only; ``delta +/- z * delong_se``), a cross-check of the bootstrap.
-    ``delta_draws`` / ``compared_draws``: the resampled quantities, for :meth:`at_level`.
+    ``delta_draws`` / ``compared_draws``: the resampled quantities (plain estimator).
+    ``method``: ``"percentile"`` (the percentile interval of those draws) or, for ECE,
+    ``"ece-bounds"`` (``delta_bounds`` / ``compared_bounds``, :class:`Bounds` from estimators that
+    err in known directions: :mod:`.ece`); :meth:`at_level` re-summarises either.
     """
 
     metric: str
@@ -119,14 +163,20 @@ class PairedInterval:
     method: str = "percentile"
     delta_draws: np.ndarray | None = field(default=None, repr=False)
     compared_draws: np.ndarray | None = field(default=None, repr=False)
+    delta_bounds: Bounds | None = field(default=None, repr=False)
+    compared_bounds: Bounds | None = field(default=None, repr=False)
 
-    def at_level(self, level: float) -> "PairedInterval":
+    def at_level(self, level: float) -> PairedInterval:
         """The same resamples summarised at another ``level`` (e.g. a check's ``confidence``)."""
         _check_level(level)
         out = replace(self, level=level)
-        if self.delta_draws is not None:
+        if self.delta_bounds is not None:
+            out.delta_ci = self.delta_bounds.interval(level)
+        elif self.delta_draws is not None:
             out.delta_ci = percentile_interval(self.delta_draws, level)
-        if self.compared_draws is not None:
+        if self.compared_bounds is not None:
+            out.compared_ci = self.compared_bounds.interval(level)
+        elif self.compared_draws is not None:
             out.compared_ci = percentile_interval(self.compared_draws, level)
         if self.delong_se is not None and self.delta is not None:
             out.delong_ci = _normal_interval(self.delta, self.delong_se, level)
@@ -175,7 +225,7 @@ def percentile_interval(draws: np.ndarray, level: float) -> tuple[float, float] 
     return float(lo), float(hi)
 
 
-def relative(delta: np.ndarray, fp32: np.ndarray) -> np.ndarray:
+def relative(delta: np.ndarray, fp32: Any) -> np.ndarray:
     """``delta / |fp32|`` elementwise, with :func:`pytest_qrel.evaluate.relative`'s rule at 0."""
     delta = np.asarray(delta, dtype=np.float64)
     fp32 = np.broadcast_to(np.asarray(fp32, dtype=np.float64), delta.shape)
@@ -273,17 +323,30 @@ def _combine(values: Mapping[tuple, np.ndarray], terms: list[tuple], kind: str) 
 
 
 class _Evaluator:
-    def __init__(self, plan: _Plan) -> None:
+    """Every planned term on a chunk of resamples. An ECE term also yields ``("ece-under", term)``
+    and ``("ece-sums", term)`` (:mod:`.ece`), from the bin sums of a fixed half of the samples
+    (seeded by ``seed``), so each ECE interval can be built from estimators that err in a known
+    direction."""
+
+    def __init__(self, plan: _Plan, seed: int = DEFAULT_SEED) -> None:
         self.plan = plan
-        self.tables: dict[str, tuple[np.ndarray, dict[tuple, tuple[slice, Any]]]] = {}
+        self.influence = True  # also the influence values of AUPR terms (studentized intervals)
+        self.tables: dict[str, tuple[np.ndarray, dict[tuple, tuple[slice, Any, slice | None]]]] = {}
         for dataset, terms in plan.id_terms.items():
             blocks, slots, at = [], {}, 0
+            first_half = split_halves(seed, dataset, plan.n[dataset]) if any(m == "ece" for _, m in terms.values()) else None
             for term, (side, metric) in terms.items():
                 form = WEIGHTED_ID.get(metric)
-                cols = np.asarray(form.columns(plan.sides[side][dataset]), dtype=np.float64)
+                fields = plan.sides[side][dataset]
+                cols = np.asarray(form.columns(fields), dtype=DTYPE)  # the matrix is float32: convert early, hold less
                 blocks.append(cols)
-                slots[term] = (slice(at, at + cols.shape[1]), form)
-                at += cols.shape[1]
+                half = None
+                if metric == "ece":
+                    assert first_half is not None
+                    blocks.append(ece.half_columns(fields, first_half).astype(DTYPE))
+                    half = slice(at + cols.shape[1], at + 2 * cols.shape[1])
+                slots[term] = (slice(at, at + cols.shape[1]), form, half)
+                at += cols.shape[1] * (2 if half is not None else 1)
             matrix = np.zeros((at, plan.n[dataset] + 2), dtype=DTYPE)  # the two extra rows of counts_chunk read 0
             matrix[:, :-2] = np.concatenate(blocks, axis=1).T
             self.tables[dataset] = (matrix, slots)
@@ -294,16 +357,18 @@ class _Evaluator:
             for key in plan.ood_terms
         }
 
-    def __call__(self, counts: Mapping[str, np.ndarray]) -> dict[tuple, np.ndarray]:
+    def __call__(self, counts: Mapping[str, np.ndarray]) -> dict[tuple, Any]:
         """Every term whose datasets are all in ``counts`` (:func:`.resample.counts_chunk` layout)."""
-        out: dict[tuple, np.ndarray] = {}
+        out: dict[tuple, Any] = {}
         for dataset, (matrix, slots) in self.tables.items():
             if dataset not in counts:
                 continue
             sums = (matrix @ counts[dataset]).T.astype(np.float64)
             n = self.plan.n[dataset]
-            for term, (sl, form) in slots.items():
+            for term, (sl, form, half) in slots.items():
                 out[term] = np.asarray(form.reduce(sums[:, sl], n), dtype=np.float64)
+                if half is not None:
+                    out[("ece-under", term)], out[("ece-sums", term)] = ece.reductions(sums[:, sl], sums[:, half], n)
         for key, terms in self.plan.ood_terms.items():
             _, _, id_ds, ood_ds = key
             if id_ds not in counts or ood_ds not in counts:
@@ -311,6 +376,9 @@ class _Evaluator:
             curve = OodCurve(self.statics[key], counts[id_ds], counts[ood_ds])
             for term, fn in terms.items():
                 out[term] = np.asarray(fn(curve), dtype=np.float64)
+                metric_key = influence_key(term[5], term[6])
+                if metric_key in WEIGHTED_INFLUENCE and self.influence:
+                    out[("influence", term)] = WEIGHTED_INFLUENCE[metric_key](curve)[1:]
         return out
 
 
@@ -396,13 +464,21 @@ def paired_intervals(
             }
         prepared.append((req, meta, kind, rkind, unit, terms, note))
 
-    evaluate = _Evaluator(plan)
-    datasets = sorted(plan.n)
-    ones = {d: np.concatenate([np.ones((plan.n[d], 1), DTYPE), [[0.0], [TINY]]]).astype(DTYPE) for d in datasets}
-    point = evaluate(ones)
+    evaluate = _Evaluator(plan, seed)
 
     def used(terms: Mapping[str, list]) -> set[str]:
         return {d for sides in terms.values() for side in sides for t in side for d in _term_sets(t)}
+
+    datasets = sorted(plan.n)
+    ones = {d: np.concatenate([np.ones((plan.n[d], 1), DTYPE), [[0.0], [TINY]]]).astype(DTYPE) for d in datasets}
+    point = evaluate(ones)
+    student: dict[int, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = {  # requests with a studentized interval: their variances, on the full data and per resample
+        i: (_student_variance(terms, point, ones, rkind, unit, bool(meta["higher_is_better"])), {})
+        for i, (req, meta, kind, rkind, unit, terms, note) in enumerate(prepared)
+        if terms is not None and kind == "ood" and influence_key(req.metric, req.conventions) in WEIGHTED_INFLUENCE
+        and all(MIN_SAMPLES <= plan.n[d] < STUDENTIZE_BELOW for d in used(terms))
+    }
+    evaluate.influence = bool(student)  # the resamples need influence values only where a request studentizes
 
     resampled: set[str] = set()
     for req, meta, kind, rkind, unit, terms, note in prepared:
@@ -414,13 +490,81 @@ def paired_intervals(
         for start in range(0, resamples, rows):
             stop = min(resamples, start + rows)
             counts = {d: counts_chunk(seed, d, plan.n[d], start, stop) for d in sorted(resampled)}
-            for term, vals in evaluate(counts).items():
-                values.setdefault(term, np.empty(resamples))[start:stop] = vals
+            chunk = evaluate(counts)
+            for term, vals in chunk.items():
+                if term[0] != "influence":
+                    values.setdefault(term, np.empty((resamples, *vals.shape[1:])))[start:stop] = vals
+            if student:
+                for i, (_, per_resample) in student.items():
+                    req, meta, kind, rkind, unit, terms, note = prepared[i]
+                    for which, v in _student_variance(terms, chunk, counts, rkind, unit, bool(meta["higher_is_better"])).items():
+                        per_resample.setdefault(which, np.empty(resamples))[start:stop] = v
 
     out = []
-    for req, meta, kind, rkind, unit, terms, note in prepared:
-        out.append(_summarise(req, meta, kind, rkind, unit, terms, note, plan, evaluate.statics, point, values, resamples, level, seed))
+    for i, (req, meta, kind, rkind, unit, terms, note) in enumerate(prepared):
+        res = _summarise(req, meta, kind, rkind, unit, terms, note, plan, evaluate.statics, point, values, resamples, level, seed)
+        if i in student and res.compared_draws is not None:
+            _studentize(res, student[i][1], student[i][0])  # variances: (full data, per resample)
+        out.append(res)
     return out
+
+
+def _student_variance(terms: Any, vals: Mapping[Any, np.ndarray], counts: Mapping[str, np.ndarray],
+                      rkind: Kind, unit: str, hib: bool) -> dict[str, np.ndarray]:
+    """Per resample (one chunk, or the full data), the variance of the request's compared quantity
+    and delta from the influence values of its terms (:mod:`.studentized`)."""
+    x: dict[str, np.ndarray | None] = {}
+    infl: dict[str, dict[str, np.ndarray]] = {}
+    for w in ("q", "fp32", "ref"):
+        sides = terms[w]
+        if not sides:
+            x[w] = None
+            continue
+        x[w] = np.mean([_combine(vals, st, "ood") for st in sides], axis=0)
+        acc: dict[str, np.ndarray] = {}
+        weight = 1.0 / (len(sides) * len(sides[0]))
+        for seed_terms in sides:
+            for t in seed_terms:
+                d_id, d_ood = vals[("influence", t)]
+                for d, D in ((t[3], d_id), (t[4], d_ood)):
+                    acc[d] = acc[d] + weight * D if d in acc else weight * D
+        infl[w] = acc
+
+    def quantity(kind: Kind, u: str):
+        return lambda v: _compared(kind, u, v["q"], v["fp32"], v["ref"], hib)
+
+    out = {}
+    for which, f in (("compared", quantity(rkind, unit)), ("delta", quantity("delta", "abs"))):
+        if which == "delta" and x["fp32"] is None:
+            continue
+        slopes = partials(f, x)
+        combined: dict[str, np.ndarray] = {}
+        for w, slope in slopes.items():
+            for d, D in infl[w].items():
+                part = D * slope.astype(D.dtype)
+                combined[d] = combined[d] + part if d in combined else part
+        out[which] = variance(combined, counts)
+    return out
+
+
+def _studentize(res: PairedInterval, se_draws: Mapping[str, np.ndarray], se_full: Mapping[str, np.ndarray]) -> None:
+    """Replace the percentile intervals of ``res`` by bootstrap-t ones (:mod:`.studentized`) where
+    the pivot exists; the method says which."""
+    done = False
+    for which, point, draws in (("compared", res.compared, res.compared_draws), ("delta", res.delta, res.delta_draws)):
+        if which not in se_draws or point is None or draws is None:
+            continue
+        pseudo = pseudo_draws(point, draws, np.sqrt(se_draws[which]), float(np.sqrt(se_full[which][0])))
+        if pseudo is None:
+            continue
+        bounds = Bounds(((pseudo, pseudo),))
+        if which == "compared":
+            res.compared_bounds, res.compared_ci = bounds, bounds.interval(res.level)
+            done = True
+        else:
+            res.delta_bounds, res.delta_ci = bounds, bounds.interval(res.level)
+    if done:
+        res.method = "studentized"
 
 
 def _summarise(req, meta, kind, rkind, unit, terms, note, plan, statics, point, values, resamples, level, seed) -> PairedInterval:
@@ -463,6 +607,17 @@ def _summarise(req, meta, kind, rkind, unit, terms, note, plan, statics, point, 
         base.delta_ci = percentile_interval(base.delta_draws, level)
     base.compared_draws = _compared(rkind, unit, rv, rf, rr, hib)
     base.compared_ci = percentile_interval(base.compared_draws, level)
+    if req.metric == "ece" and kind == "id":
+        base.method = ece.ECE_METHOD
+        base.delta_bounds, base.compared_bounds = _ece_bounds(terms, values, rkind, unit)
+        if base.delta_bounds is not None:
+            base.delta_ci = base.delta_bounds.interval(level)
+        base.compared_ci = base.compared_bounds.interval(level)
+        if rkind == "delta" and unit == "%" and base.compared_ci is not None and not np.isfinite(base.compared_ci[1]):
+            notes.append(
+                "FP32's ECE cannot be told from 0 on some resamples (its under-estimate is 0 there), so a relative "
+                "ECE delta has no upper bound at this sample size; bound it in pp instead"
+            )
     if base.compared_ci is None:
         notes.append(f"{req.metric} is undefined on some resamples, so no interval")
     if rkind == "delta" and unit == "%" and rf is not None:
@@ -486,6 +641,50 @@ def _summarise(req, meta, kind, rkind, unit, terms, note, plan, statics, point, 
             base.delong_ci, base.delong_se = (delong.low, delong.high), delong.se
     base.note = "; ".join([n for n in [note, *notes] if n])
     return base
+
+
+def _ece_bounds(terms: Mapping[str, list], values: Mapping[Any, np.ndarray], rkind: Kind, unit: str) -> tuple[Bounds | None, Bounds]:
+    """The :class:`Bounds` of an ECE request's delta (metric unit) and compared quantity, from the
+    over- (plain) and under-estimators of every side and the paired bin distances (:mod:`.ece`)."""
+
+    def side(which: str, key: str | None) -> np.ndarray | None:
+        sides = terms[which]
+        if not sides:
+            return None
+        return np.mean([_combine({t: values[t if key is None else (key, t)] for t in s}, s, "id") for s in sides], axis=0)
+
+    def distance(a: str, b: str) -> np.ndarray:
+        """Mean over seed pairs and datasets of ``sum_b |S_a - S_b|``: bounds ``|ECE_a - ECE_b|``."""
+        return np.mean([
+            ece.paired_distance(values[("ece-sums", ta)], values[("ece-sums", tb)])
+            for sa in terms[a] for sb in terms[b] for ta, tb in zip(sa, sb)
+        ], axis=0)
+
+    over = {w: side(w, None) for w in ("q", "fp32", "ref")}
+    under = {w: side(w, "ece-under") for w in ("q", "fp32", "ref")}
+    q_over, q_under = over["q"], under["q"]
+    assert q_over is not None and q_under is not None  # every request has the quantized side
+    # ECE: lower is better, so the quantity grows with the quantized side and falls with the others
+    ordered = (
+        _compared(rkind, unit, q_under, over["fp32"], over["ref"], False),
+        _compared(rkind, unit, q_over, under["fp32"], under["ref"], False),
+    )
+    constructions = [ordered]
+    partner = "ref" if rkind.startswith("ref") else ("fp32" if rkind == "delta" else None)
+    if partner is not None:
+        t = distance("q", partner)
+        if rkind == "delta" and unit == "%":
+            constructions.append((100.0 * relative(-t, under["fp32"]), 100.0 * relative(t, under["fp32"])))
+        else:
+            scale = 100.0 if (rkind == "delta" and unit == "pp") else 1.0
+            constructions.append((-scale * t, scale * t))
+    compared = Bounds(tuple(constructions))
+    f_over, f_under = over["fp32"], under["fp32"]
+    if f_over is None or f_under is None:
+        return None, compared
+    t = distance("q", "fp32")
+    delta = Bounds(((q_under - f_over, q_over - f_under), (-t, t)))
+    return delta, compared
 
 
 def _delong(req: IntervalRequest, plan: _Plan, statics: Mapping[tuple, OodStatic], level: float, notes: list[str]) -> DeLongResult | None:
@@ -532,6 +731,7 @@ __all__ = [
     "DEFAULT_SEED",
     "FEW_SAMPLES",
     "MIN_SAMPLES",
+    "Bounds",
     "IntervalRequest",
     "PairedInterval",
     "SampleArrays",

@@ -167,4 +167,16 @@ def resample_indices(counts: np.ndarray) -> np.ndarray:
     return np.repeat(np.arange(col.shape[0]), col.astype(np.int64))
 
 
-__all__ = ["RNG_BLOCK", "SMALL_N", "TINY", "counts_chunk", "resample_counts", "resample_indices"]
+
+
+def split_halves(seed: int, key: str, n: int) -> np.ndarray:
+    """A fixed random split of dataset ``key``'s ``n`` samples into two halves: ``True`` marks the
+    first half (``n // 2`` samples). Depends only on ``(seed, key, n)``, like the resamples, and
+    is the same for every side of a comparison (the split pairs, as the counts do)."""
+    ss = np.random.SeedSequence(int(seed), spawn_key=(zlib.crc32(key.encode("utf-8")), int(n), 1 << 31))
+    mask = np.zeros(n, dtype=bool)
+    mask[np.random.Generator(np.random.PCG64(ss)).permutation(n)[: n // 2]] = True
+    return mask
+
+
+__all__ = ["RNG_BLOCK", "SMALL_N", "TINY", "counts_chunk", "resample_counts", "resample_indices", "split_halves"]

@@ -262,11 +262,38 @@ class OodStatic:
             self._read[key] = self.rows(cum, pos)
         return self._read[key]
 
+    def cross_fix(self, where: str, cum: str, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """For a read of the other set's running sums at ``name`` (``<cum>_le`` / ``<cum>_lt``): the
+        stored rows of ``where`` where it differs from the read at the other of the two (samples
+        tied with some sample of ``cum``), and the rows of ``cum`` to read there."""
+        key = (where, name)
+        if key not in self._fix:
+            c = self.counts[where]
+            tied = np.flatnonzero(c[f"{cum}_le"] != c[f"{cum}_lt"])
+            self._fix[key] = (self.sample_rows(where, tied), self.rows(cum, c[name][tied]))
+        return self._fix[key]
+
     @cached_property
     def cross_tied(self) -> np.ndarray:
         """Sorted OOD samples tied with some ID sample."""
         c = self.counts["ood"]
         return np.flatnonzero(c["id_le"] != c["id_lt"])
+
+    @cached_property
+    def orig_rows(self) -> dict[str, np.ndarray]:
+        """``orig_rows[k][i]``: the stored row of set ``k``'s sample ``i`` (original order), to take a
+        per-row array back to sample order."""
+        out = {}
+        for k in ("id", "ood"):
+            rank = np.empty(self.n[k], dtype=np.intp)
+            rank[self.order[k]] = np.arange(self.n[k])
+            out[k] = self.sample_rows(k, rank)
+        return out
+
+    @cached_property
+    def groups(self) -> ScoreGroups:
+        """The distinct scores over ID and OOD together (see :class:`ScoreGroups`), built on first use."""
+        return ScoreGroups(self)
 
     def own_fix(self, k: str, name: str) -> tuple[np.ndarray, np.ndarray]:
         """For a read of set ``k``'s own running sums at ``<k>_le`` / ``<k>_lt``: the stored rows
@@ -281,6 +308,30 @@ class OodStatic:
     def total(self, x: np.ndarray, where: str) -> np.ndarray:
         """Column sums of an ``(m, rows)`` array in ``where``'s layout, as float64 (rows,)."""
         return (self._ones[where] @ x).astype(np.float64)
+
+
+class ScoreGroups:
+    """The distinct score values of ID and OOD together, ascending (``G`` of them): the points of a
+    ROC curve before resampling (a resample keeps the groups that carry weight).
+
+    For group ``g``, the sorted ID samples ``id_lo[g] .. id_hi[g] - 1`` and the sorted OOD samples
+    ``ood_lo[g] .. ood_hi[g] - 1`` hold its score, so a running sum read at position ``id_hi[g]``
+    is the ID weight scoring ``<=`` it and at ``id_lo[g]`` the weight scoring ``<`` it; the
+    ``*_rows`` arrays are those positions' stored rows. ``of_ood[j]`` / ``of_id[i]``: the group
+    of sorted OOD sample ``j`` / ID sample ``i``.
+    """
+
+    def __init__(self, st: OodStatic) -> None:
+        values = np.unique(np.concatenate([st.sorted["id"], st.sorted["ood"]]))
+        self.size = values.size
+        self.id_lo = np.searchsorted(st.sorted["id"], values, "left")
+        self.id_hi = np.searchsorted(st.sorted["id"], values, "right")
+        self.ood_lo = np.searchsorted(st.sorted["ood"], values, "left")
+        self.ood_hi = np.searchsorted(st.sorted["ood"], values, "right")
+        self.of_id = np.searchsorted(values, st.sorted["id"])
+        self.of_ood = np.searchsorted(values, st.sorted["ood"])
+        self.id_lo_rows, self.id_hi_rows = st.rows("id", self.id_lo), st.rows("id", self.id_hi)
+        self.ood_lo_rows, self.ood_hi_rows = st.rows("ood", self.ood_lo), st.rows("ood", self.ood_hi)
 
 
 class OodCurve:
@@ -340,11 +391,40 @@ class OodCurve:
                     base[rows] = self.cum(where)[src]
                 self._at[key] = base
             else:
-                self._at[key] = np.take(self.cum(cum), st.read(where, cum, name), axis=0)
+                other = (where, cum, f"{cum}_le" if name.endswith("_lt") else f"{cum}_lt")
+                rows, src = st.cross_fix(where, cum, name)
+                if other in self._at and rows.size < st.n[where] // 8:
+                    # "<=" and "<" reads differ only at samples tied across the sets: patch those
+                    base = self._at[other].copy() if rows.size else self._at[other]
+                    base[rows] = self.cum(cum)[src]
+                    self._at[key] = base
+                else:
+                    self._at[key] = np.take(self.cum(cum), st.read(where, cum, name), axis=0)
         return self._at[key]
 
     def total(self, x: np.ndarray, where: str) -> np.ndarray:
         return self.static.total(x, where)
+
+    def running(self, k: str, x: np.ndarray) -> np.ndarray:
+        """Inclusive running sums, over set ``k``'s positions, of any ``(m, rows)`` array in its layout."""
+        lay = self.static.layout[k]
+        buf = np.empty((lay.m + lay.g, self.rows), dtype=DTYPE)
+        buf[: lay.m] = x
+        return lay.running_sums(buf)
+
+    def read_running(self, run: np.ndarray, where: str, k: str, name: str, own: np.ndarray | None = None) -> np.ndarray:
+        """``run`` (running sums over set ``k``, e.g. from :meth:`running`) read as :meth:`at` reads
+        ``cum(k)``: at ``counts[where][name]`` for each stored row of ``where``. For ``where == k`` and
+        a ``_lt`` name, ``own`` is the array ``run`` sums (subtracted at each sample's own row)."""
+        st = self.static
+        if where != k:
+            return np.take(run, st.read(where, k, name), axis=0)
+        base = run if name.endswith("_le") else run - own
+        rows, src = st.own_fix(where, name)
+        if rows.size:
+            base = base.copy() if base is run else base
+            base[rows] = run[src]
+        return base
 
     def sorted_weights(self, k: str, col: int) -> np.ndarray:
         """Weights of the sorted samples of set ``k`` in resample ``col``, as int64 (n,)."""
@@ -425,21 +505,54 @@ def _fpr_at_95_tpr(c: OodCurve) -> np.ndarray:
     carries weight (a weightless one would pass together with the next, or, with nothing above
     it, fail), so it is a point of the ROC curve.
     """
-    st = c.static
+    t = _hendrycks_threshold(c)
+    return (c.O - c.cum_at("ood", c.static.counts["id"]["ood_lt"][t])) / c.O
+
+
+def _hendrycks_threshold(c: OodCurve) -> np.ndarray:
+    """Per resample, the sorted ID sample whose score is the threshold of :func:`_fpr_at_95_tpr`."""
     A = c.A
     K = last_position(c, "id", lambda cum: (A - cum) / A >= 0.95)
-    t = np.searchsorted(st.counts["id"]["id_lt"], K, side="right") - 1
-    return (c.O - c.cum_at("ood", st.counts["id"]["ood_lt"][t])) / c.O
+    return np.searchsorted(c.static.counts["id"]["id_lt"], K, side="right") - 1
 
 
-def _groups(c: OodCurve) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per distinct score (ascending, over ID and OOD together), (G, rows) each: ID and OOD weight
-    up to and including it, and its own ID and OOD weight."""
-    st = c.static
-    values = np.unique(np.concatenate([st.sorted["id"], st.sorted["ood"]]))
-    a_le = c.cum("id")[st.layout["id"].row_of(np.searchsorted(st.sorted["id"], values, "right"))].astype(np.float64)
-    o_le = c.cum("ood")[st.layout["ood"].row_of(np.searchsorted(st.sorted["ood"], values, "right"))].astype(np.float64)
-    return a_le, o_le, np.diff(a_le, axis=0, prepend=0.0), np.diff(o_le, axis=0, prepend=0.0)
+def _weight(c: OodCurve, k: str, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``cum(k)`` at stored ``rows`` of columns ``cols`` (broadcast), as exact integers in float64
+    (the TINY of the ID layout's position 0 rounds away)."""
+    return np.rint(c.cum(k)[rows, cols].astype(np.float64))
+
+
+@WEIGHTED_OOD.register("mcm_code:fpr_at_95_tpr")
+def _mcm_fpr(c: OodCurve) -> np.ndarray:
+    """:func:`pytest_qrel.conventions.nearest_recall_fpr_at_95_tpr`: ID positive, the ROC point
+    whose TPR is nearest 0.95 (ties: the higher TPR; among points of that TPR the highest FPR; at
+    TPR 1 only the first point reaching it).
+
+    TPR is monotone along the curve, so the nearest TPR is one of two levels around 0.95: ``hi``,
+    the TPR at :func:`_fpr_at_95_tpr`'s threshold ``s_t`` (the first point with TPR >= 0.95), and
+    ``lo``, the ID share scoring strictly above ``s_t`` (the point(s) just before, if any weight
+    scores above ``s_t``). The points of one TPR level run from one weighted ID score down to the
+    next; the lowest of them has the highest FPR: for ``lo`` the OOD share scoring ``> s_t``, for
+    ``hi`` the OOD share scoring above the next weighted ID sample below ``s_t`` (or, at TPR 1,
+    the point at ``s_t`` itself). Distances are compared in float64 as ``numpy`` does.
+    """
+    st, A, O = c.static, c.A, c.O
+    t = _hendrycks_threshold(c)
+    below = np.rint(c.cum_at("id", st.counts["id"]["id_lt"][t]))  # ID weight scoring < s_t
+    above = A - np.rint(c.cum_at("id", st.counts["id"]["id_le"][t]))  # ID weight scoring > s_t
+    ood_above = O - np.rint(c.cum_at("ood", st.counts["id"]["ood_le"][t]))  # OOD weight scoring > s_t
+    tpr_hi, tpr_lo = (A - below) / A, above / A
+    use_lo = ((above > 0) | (ood_above > 0)) & (np.abs(tpr_lo - 0.95) < np.abs(tpr_hi - 0.95))
+    # hi: the highest weighted ID sample below s_t (where the running sum first reaches `below`)
+    j = last_position(c, "id", lambda cum: cum < np.maximum(below, 0.5)) + 1  # 1-based position
+    j_ood_le = st.counts["id"]["ood_le"][np.clip(j - 1, 0, st.n["id"] - 1)]
+    fpr_hi = np.where(below > 0.5, (O - np.rint(c.cum_at("ood", j_ood_le))) / O,
+                      (O - np.rint(c.cum_at("ood", st.counts["id"]["ood_lt"][t]))) / O)
+    return np.where(use_lo, ood_above / O, fpr_hi)
+
+
+WINDOW = 16
+"""Score groups read at once per resample by :func:`_openood_fpr`'s walk along a straight run."""
 
 
 @WEIGHTED_OOD.register("openood:fpr_at_95_tpr")
@@ -447,54 +560,107 @@ def _openood_fpr(c: OodCurve) -> np.ndarray:
     """OOD positive, decision ``-score`` (thresholds ascending in score), scikit-learn ``roc_curve``
     with ``drop_intermediate=True``: FPR (ID share flagged) at the first *kept* point with TPR >= 0.95.
 
-    A point is dropped when the step into it equals the step out of it (a straight run); points
-    exist only at scores that carry weight in the resample. A loop over resamples: slower than
-    the other forms, still far from the per-resample scikit-learn call.
+    The points are the score groups (:class:`ScoreGroups`) that carry weight in the resample;
+    ``p``, the first with OOD share ``<= s`` at least 0.95, is the group of the first sorted OOD
+    sample whose running sum reaches it. scikit-learn drops a point whose step in (its own ID and
+    OOD weight) equals its step out (the next point's): a straight run. So unless ``p`` is the
+    first point (always kept), the answer is the last point of the run of consecutive points
+    carrying exactly ``p``'s weights, found by reading :data:`WINDOW` groups at a time for the
+    resamples still in a run. Along a run of OOD-only points the FPR is constant, so only a run of
+    tied ID-and-OOD points with equal weights (rare: e.g. integer scores) is walked.
     """
-    a_le, o_le, a, o = _groups(c)
-    out = np.empty(c.rows)
-    for r in range(c.rows):
-        present = np.flatnonzero((a[:, r] + o[:, r]) > 0)
-        tps, fps = o_le[present, r], a_le[present, r]
-        da, do = a[present, r], o[present, r]
-        m = present.size
-        p = int(np.argmax(tps / tps[-1] >= 0.95))
-        if m > 2:
-            while 0 < p < m - 1 and da[p] == da[p + 1] and do[p] == do[p + 1]:
-                p += 1
-        out[r] = fps[p] / fps[-1]
-    return out
-
-
-def _trapezoid_ap(c: OodCurve, where: str, pos_incl, neg_incl, pos_excl, neg_excl, total) -> np.ndarray:
-    """Trapezoidal area under the precision-recall curve (scikit-learn ``precision_recall_curve`` +
-    ``auc``): each positive weight times the mean of the precision at its threshold and at the
-    one before (1 before the first threshold, where nothing has weight yet)."""
-    before = pos_excl + neg_excl
-    first = before < 0.5  # integer weights: below 1 means none (TINY at most)
-    excl = np.divide(pos_excl, np.maximum(before, TINY))
-    excl[first] = 1.0
-    mean_precision = _precision(pos_incl, neg_incl) + excl
-    return c.total(c.w(where) * mean_precision, where) / (2.0 * total)
+    st, A, O, cols = c.static, c.A, c.O, np.arange(c.rows)
+    gr = st.groups
+    K = last_position(c, "ood", lambda cum: cum / O < 0.95) + 1  # first OOD position reaching 95%
+    p = gr.of_ood[np.minimum(K, st.n["ood"]) - 1]
+    ap = _weight(c, "id", gr.id_hi_rows[p], cols) - _weight(c, "id", gr.id_lo_rows[p], cols)
+    op = _weight(c, "ood", gr.ood_hi_rows[p], cols) - _weight(c, "ood", gr.ood_lo_rows[p], cols)
+    first = (_weight(c, "id", gr.id_lo_rows[p], cols) + _weight(c, "ood", gr.ood_lo_rows[p], cols)) == 0
+    q = p.copy()  # the last point of the run so far
+    # Along a run of OOD-only points the FPR does not move: only a run of tied ID-and-OOD points
+    # with equal weights (p's ID weight > 0) needs the walk.
+    walk = np.flatnonzero(~first & (ap > 0))
+    at = p[walk]  # the group the window starts after
+    step = np.arange(1, WINDOW + 1)[:, None]
+    while walk.size:
+        g = at[None, :] + step  # (WINDOW, walking)
+        inside = g < gr.size
+        g = np.minimum(g, gr.size - 1)
+        wc = cols[walk][None, :]
+        a = _weight(c, "id", gr.id_hi_rows[g], wc) - _weight(c, "id", gr.id_lo_rows[g], wc)
+        o = _weight(c, "ood", gr.ood_hi_rows[g], wc) - _weight(c, "ood", gr.ood_lo_rows[g], wc)
+        present = inside & ((a + o) > 0)
+        same = present & (a == ap[walk]) & (o == op[walk])
+        differ = present & ~same
+        ends = differ.any(axis=0) | ~inside[-1]  # the run ends inside this window
+        cut = np.where(differ.any(axis=0), differ.argmax(axis=0), WINDOW)  # first differing point
+        before = same & (np.arange(WINDOW)[:, None] < cut[None, :])
+        has = before.any(axis=0)
+        last_same = WINDOW - 1 - before[::-1].argmax(axis=0)
+        run_end = np.where(has, g[last_same, np.arange(walk.size)], q[walk])
+        q[walk] = run_end
+        at = np.where(has, run_end, at + WINDOW)
+        walk, at = walk[~ends], at[~ends]
+    return np.rint(c.cum_at("id", gr.id_hi[q])) / A
 
 
 @WEIGHTED_OOD.register("openood:aupr_out")
 def _openood_aupr_out(c: OodCurve) -> np.ndarray:
-    """Trapezoidal AUPR, OOD positive, decision ``-score``."""
-    return _trapezoid_ap(
-        c, "ood", c.at("ood", "ood", "ood_le"), c.at("ood", "id", "id_le"),
-        c.at("ood", "ood", "ood_lt"), c.at("ood", "id", "id_lt"), c.O,
-    )
+    """Trapezoidal AUPR, OOD positive, decision ``-score``: the precision at each OOD sample
+    (``O_le / (O_le + A_le)``) and just above it (``O_lt / (O_lt + A_lt)``), both from the OOD
+    running sums and one read of the ID ones; only tied samples are read apart."""
+    st = c.static
+    cum, w = c.cum("ood"), c.w("ood")
+    a_le = c.at("ood", "id", "id_le")
+    incl = _precision(cum, a_le)
+    rows, src = st.own_fix("ood", "ood_le")
+    if rows.size:
+        tied = cum[src]
+        incl[rows] = tied / np.maximum(tied + a_le[rows], TINY)
+    o_lt = cum - w
+    rows, src = st.own_fix("ood", "ood_lt")
+    if rows.size:
+        o_lt[rows] = cum[src]
+    before = o_lt + a_le
+    rows, src = st.cross_fix("ood", "id", "id_lt")
+    if rows.size:
+        before[rows] = o_lt[rows] + c.cum("id")[src]
+    return _trapezoid_sum(c, "ood", incl, o_lt, before, c.O)
 
 
 @WEIGHTED_OOD.register("openood:aupr_in")
 def _openood_aupr_in(c: OodCurve) -> np.ndarray:
-    """Trapezoidal AUPR, ID positive, decision ``score``."""
+    """Trapezoidal AUPR, ID positive, decision ``score``, read as :func:`_openood_aupr_out`."""
+    st = c.static
     A, O = c.A.astype(DTYPE), c.O.astype(DTYPE)
-    return _trapezoid_ap(
-        c, "id", A - c.at("id", "id", "id_lt"), O - c.at("id", "ood", "ood_lt"),
-        A - c.at("id", "id", "id_le"), O - c.at("id", "ood", "ood_le"), c.A,
-    )
+    cum, w = c.cum("id"), c.w("id")
+    o_ge = O - c.at("id", "ood", "ood_lt")
+    a_ge = A - (cum - w)
+    rows, src = st.own_fix("id", "id_lt")
+    if rows.size:
+        a_ge[rows] = A - cum[src]
+    incl = _precision(a_ge, o_ge)
+    a_gt = A - cum
+    rows, src = st.own_fix("id", "id_le")
+    if rows.size:
+        a_gt[rows] = A - cum[src]
+    before = a_gt + o_ge
+    rows, src = st.cross_fix("id", "ood", "ood_le")
+    if rows.size:
+        before[rows] = a_gt[rows] + (O - c.cum("ood")[src])
+    return _trapezoid_sum(c, "id", incl, a_gt, before, c.A)
+
+
+def _trapezoid_sum(c: OodCurve, where: str, incl: np.ndarray, pos_excl: np.ndarray, before: np.ndarray, total) -> np.ndarray:
+    """``sum_j w_j (precision at s_j + precision just above s_j) / (2 total)``, the second
+    ``pos_excl / before`` (1 where nothing is above: integer weights, so below 1 means none)."""
+    first = before < 0.5
+    np.maximum(before, TINY, out=before)
+    excl = np.divide(pos_excl, before, out=before)
+    excl[first] = 1.0
+    excl += incl
+    excl *= c.w(where)
+    return c.total(excl, where) / (2.0 * total)
 
 
 def fallback(plain: Callable[[Any, Any], float]) -> Callable[[OodCurve], np.ndarray]:
@@ -520,16 +686,16 @@ def ood_form(metric: str, conventions: str = "hendrycks") -> Callable[[OodCurve]
 
 
 __all__ = [
-    "Blocked",
-    "last_position",
     "DTYPE",
     "ECE_BINS",
+    "WEIGHTED_ID",
+    "WEIGHTED_OOD",
+    "Blocked",
     "IdForm",
     "OodCurve",
     "OodStatic",
-    "WEIGHTED_ID",
-    "WEIGHTED_OOD",
     "ece_bins",
     "fallback",
+    "last_position",
     "ood_form",
 ]
