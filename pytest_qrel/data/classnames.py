@@ -135,7 +135,7 @@ def _not_a_misspelled_list(value: str, base_dir: Path, where: str) -> None:
     (which would skip the checks): ``classes: imagenet1kk`` is a DataError with "did you mean"."""
     import difflib
 
-    from .folders import resolve_path
+    from .paths import resolve_path
 
     if any(c in value for c in "/\\.$~"):
         return
@@ -154,7 +154,7 @@ def resolve_class_list(value: Any, *, base_dir: Path, where: str) -> list[str]:
         DataError: wrong type, unreadable or empty file, duplicate names.
         DataMissingError: an environment variable in its path is unset (a missing file is a DataError).
     """
-    from .folders import resolve_path  # shared path rules: ${VARS}, ~, base_dir
+    from .paths import resolve_path  # shared path rules: ${VARS}, ~, base_dir
 
     if isinstance(value, (list, tuple)):
         if not value or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value):
@@ -177,7 +177,7 @@ def resolve_class_index(value: Any, *, base_dir: Path, where: str) -> dict[str, 
     file with lines ``<name> <index>`` (whitespace or comma separated, ``#`` comments skipped).
     Several names may share an index (merging classes); indices must be >= 0.
     """
-    from .folders import resolve_path
+    from .paths import resolve_path
 
     if isinstance(value, Mapping):
         pairs = list(value.items())

@@ -90,6 +90,7 @@ import numpy as np
 
 from ..errors import DataError, DataMissingError
 from .base import DATASET_SOURCES, OOD_LABEL
+from .paths import resolve_path
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 """torchvision's ``IMG_EXTENSIONS`` (copied so that listing files does not import torchvision)."""
@@ -97,41 +98,8 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tif
 FINGERPRINT_VERSION = 1
 """Bumped whenever the fingerprint recipe changes (it is part of the hashed header)."""
 
-_VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
-
 
 # ------------------------------------------------------------------------------- shared helpers
-
-
-def resolve_path(raw: Any, *, base_dir: Path | None, what: str, must_exist: bool = True) -> Path:
-    """Expand ``${VARS}`` and ``~`` in ``raw``, resolve it against ``base_dir``, check it exists.
-
-    Raises:
-        DataError: ``raw`` is not a non-empty string, or (``must_exist``) the path does not exist:
-            a literal path, or one built from variables that are all set, names data that should be
-            there, so its absence is an error (naming the resolved path), never a skip.
-        DataMissingError: an environment variable in ``raw`` is unset (the only case that skips).
-    """
-    if isinstance(raw, os.PathLike):
-        raw = os.fspath(raw)
-    if not isinstance(raw, str) or not raw.strip():
-        raise DataError(f"{what} must be a path (a non-empty string), got {raw!r}")
-    expanded = os.path.expanduser(os.path.expandvars(raw))
-    unset = [m.group(1) or m.group(2) for m in _VAR.finditer(expanded) if (m.group(1) or m.group(2)) not in os.environ]
-    if unset:
-        names = ", ".join(dict.fromkeys(unset))
-        raise DataMissingError(
-            f"{what} '{raw}' uses the environment variable {names}, which is not set "
-            f"(set it to the data's location, e.g. `export {unset[0]}=/path/to/data`)"
-        )
-    path = Path(expanded)
-    if not path.is_absolute():
-        path = Path(base_dir or Path.cwd()) / path
-    path = Path(os.path.normpath(path))
-    if must_exist and not path.exists():
-        shown = f" (from '{raw}')" if raw != str(path) else ""
-        raise DataError(f"{what} {path} does not exist{shown}")
-    return path
 
 
 def check_options(where: str, options: Mapping[str, Any], accepted: Iterable[str]) -> None:

@@ -118,7 +118,7 @@ def resolve_logit_mask(value: Any, *, classes: Any = None, class_names: Any = No
         DataMissingError: a mask file that does not exist.
     """
     from .classnames import CLASS_LISTS, read_class_file, resolve_class_list
-    from .folders import resolve_path
+    from .paths import resolve_path
 
     check_logit_mask_option(where, value)
     space = resolve_class_list(classes if classes is not None else DEFAULT_SPACE, base_dir=base_dir, where=f"{where}: option 'classes'")

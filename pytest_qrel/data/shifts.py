@@ -1000,7 +1000,7 @@ def shift_source(
     _check_frost_dir(where, name, options)
     frost_dir = None
     if options.get("frost_dir") is not None:
-        from .folders import resolve_path
+        from .paths import resolve_path
 
         frost_dir = resolve_path(options["frost_dir"], base_dir=base_dir, what=f"{where}: frost_dir")
     try:

@@ -47,6 +47,11 @@ EMBEDDED_MODELS.add(
     ),
 )
 
+EMBEDDED_CLIPS: dict[str, str] = {"digits_clip": "python -m pytest_qrel.zoo.train_digits_clip"}
+"""Shipped tiny CLIPs (loaded by the ``open_clip`` source as ``open_clip:<name>``) and the command
+that re-creates each. Kept here, with the other shipped models, so that this module needs nothing
+from :mod:`.open_clip_source` (which imports from this one)."""
+
 
 @dataclass(frozen=True)
 class GreyNormalize:
@@ -143,8 +148,6 @@ def paths(name: str) -> tuple[Path, Path]:
 def check_name(arg: str) -> None:
     """``arg`` names a shipped model (UnknownNameError with "did you mean" otherwise; a shipped
     CLIP, which has its own scheme, gets a ModelError saying how to write it)."""
-    from .open_clip_source import EMBEDDED_CLIPS
-
     if arg in EMBEDDED_CLIPS and arg not in EMBEDDED_MODELS:
         raise ModelError(f"'{arg}' is the shipped CLIP model, which the open_clip source loads: write 'open_clip:{arg}'")
     EMBEDDED_MODELS.get(arg)

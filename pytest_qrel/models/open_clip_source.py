@@ -89,6 +89,7 @@ from typing import Any
 from ..errors import ModelError, QrelError
 from ..zoo import ZOO_DIR
 from .base import MODEL_SOURCES, LoadedModel, state_dict_sha256
+from .embedded import EMBEDDED_CLIPS, GreyNormalize
 
 TEXT_CACHE_FORMAT = 1
 DEFAULT_NEG_TEMPLATE = "a photo of a {}."
@@ -97,8 +98,6 @@ DEFAULT_NEG_PERCENTILE = 0.95
 DEFAULT_NEGLABEL_GROUPS = 100
 MCM_TAU = 1.0
 
-EMBEDDED_CLIPS: dict[str, str] = {"digits_clip": "python -m pytest_qrel.zoo.train_digits_clip"}
-"""Shipped tiny CLIPs (``open_clip:<name>``) and the command that re-creates each."""
 
 OPTIONS = (
     "cache_dir", "checkpoint", "class_names", "generic_prompts", "linear_attention", "n_neg", "neg_labels",
@@ -419,14 +418,10 @@ class GreyToRGBNormalize:
     size: int = 16
 
     def __call__(self, image: Any) -> Any:
-        from .embedded import GreyNormalize
-
         return GreyNormalize(self.mean, self.std, self.size)(image).repeat_interleave(3, dim=-3)
 
     def stages(self) -> Any:
         """``(to_unit, normalize)``: grey (1, size, size) in [0, 1], then normalised and repeated to RGB."""
-        from .embedded import GreyNormalize
-
         to_unit, normalize = GreyNormalize(self.mean, self.std, self.size).stages()
         return to_unit, lambda x: normalize(x).repeat_interleave(3, dim=-3)
 

@@ -41,13 +41,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from ..errors import QuantOptionError
 from .base import Option, is_number, nonneg_int, one_of, parse_options, positive_int
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .fakequant import WeightQuantizer
 
 CALIBRATION_BATCH_SIZE = 64
 """Images per calibration forward pass (memory only: min/max does not depend on batching)."""
@@ -135,21 +132,6 @@ class LinearQuantOptions(MethodOptions):
         "patch_embed": _choice("fp32", "quantized"),
         "batch_size": rule(positive_int, "a positive integer"),
     }
-
-    def weight_quantizer(self) -> WeightQuantizer:
-        """``fn(weight, bits)`` for these options; the default is
-        :func:`~pytest_qrel.quantize.fakequant.quantize_weight_per_channel_symmetric` itself."""
-        from .fakequant import quantize_weight, quantize_weight_per_channel_symmetric
-
-        per_channel = self.weight_granularity == "per_channel"
-        if per_channel and self.weight_symmetric:
-            return quantize_weight_per_channel_symmetric
-        symmetric = self.weight_symmetric
-
-        def quantizer(w: Any, bits: int) -> Any:
-            return quantize_weight(w, bits, per_channel=per_channel, symmetric=symmetric)
-
-        return quantizer
 
 
 COMMON_OPTIONS: dict[str, Option] = LinearQuantOptions.accepted()

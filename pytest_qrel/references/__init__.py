@@ -159,7 +159,7 @@ def load_references(spec: str | Path | Sequence[str | Path], *, base_dir: Path |
         if only is not None:
             refs.values = [v for v in refs.values if v.source == only]
         return refs
-    from ..data.folders import resolve_path
+    from ..data.paths import resolve_path
     from ..errors import DataMissingError
 
     try:
