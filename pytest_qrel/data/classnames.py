@@ -41,7 +41,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError
+from ..errors import DataError, UnknownNameError, did_you_mean
 from ..registry import Registry
 
 CLASS_LISTS: Registry[Callable[[], list[str]]] = Registry("built-in class list")
@@ -133,18 +133,12 @@ def _unique(names: list[str], where: str) -> list[str]:
 def _not_a_misspelled_list(value: str, base_dir: Path, where: str) -> None:
     """A bare word close to a built-in list name that is not a file is a typo, not missing data
     (which would skip the checks): ``classes: imagenet1kk`` is a DataError with "did you mean"."""
-    import difflib
-
     from .paths import resolve_path
 
     if any(c in value for c in "/\\.$~"):
         return
-    close = difflib.get_close_matches(value, CLASS_LISTS.names(), n=1)
-    if close and not resolve_path(value, base_dir=base_dir, what="class list", must_exist=False).exists():
-        raise DataError(
-            f"{where}: '{value}' is neither a built-in class list nor a file; did you mean '{close[0]}'? "
-            f"(built-in lists: {', '.join(CLASS_LISTS.names())})"
-        )
+    if did_you_mean(value, CLASS_LISTS.names()) and not resolve_path(value, base_dir=base_dir, what="class list", must_exist=False).exists():
+        raise DataError(f"{where}: no file '{value}', and {UnknownNameError('built-in class list', value, CLASS_LISTS.names())}")
 
 
 def resolve_class_list(value: Any, *, base_dir: Path, where: str) -> list[str]:

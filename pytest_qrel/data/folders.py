@@ -76,12 +76,11 @@ every file's bytes are hashed too (reads the whole set: minutes for ImageNet-val
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -89,6 +88,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError, DataMissingError
+from ..options import Option, anything, boolean, choice, choices_text, integer, parse_options, prefixed
 from .base import DATASET_SOURCES, OOD_LABEL
 from .paths import resolve_path
 
@@ -100,44 +100,6 @@ FINGERPRINT_VERSION = 1
 
 
 # ------------------------------------------------------------------------------- shared helpers
-
-
-def check_options(where: str, options: Mapping[str, Any], accepted: Iterable[str]) -> None:
-    """Raise a :class:`DataError` naming every unknown option key and listing the accepted ones."""
-    accepted = sorted(accepted)
-    unknown = sorted(str(k) for k in options if k not in accepted)
-    if unknown:
-        hints = []
-        for key in unknown:
-            close = difflib.get_close_matches(key, accepted, n=1)
-            hints.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
-        raise DataError(f"{where}: unknown option(s) {', '.join(hints)} (accepted: {', '.join(accepted) or 'none'})")
-
-
-def opt_int(where: str, options: Mapping[str, Any], key: str, default: int | None, lo: int | None = None) -> int | None:
-    value = options.get(key, default)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or (lo is not None and value < lo):
-        rng = f" >= {lo}" if lo is not None else ""
-        raise DataError(f"{where}: option '{key}' must be an integer{rng}, got {value!r}")
-    return value
-
-
-def opt_bool(where: str, options: Mapping[str, Any], key: str, default: bool) -> bool:
-    value = options.get(key, default)
-    if not isinstance(value, bool):
-        raise DataError(f"{where}: option '{key}' must be true or false, got {value!r}")
-    return value
-
-
-def opt_choice(where: str, options: Mapping[str, Any], key: str, choices: Sequence[str], default: str) -> str:
-    value = options.get(key, default)
-    if value is None and "none" in choices:  # YAML `labels: none` is the string, `labels: null` is None
-        value = "none"
-    if not isinstance(value, str) or value not in choices:
-        raise DataError(f"{where}: option '{key}' must be one of {', '.join(choices)}; got {value!r}")
-    return value
 
 
 def check_split(where: str, split: str) -> None:
@@ -275,23 +237,50 @@ class FileImageSet:
 
 # ----------------------------------------------------------------------------------- common options
 
-COMMON_OPTIONS = ("limit", "seed", "mode", "extensions", "content_hash", "labels", "classes", "class_names")
 LABEL_MODES = ("auto", "folders", "none")
 UNKNOWN_CLASS_MODES = ("error", "ignore", "ood")
 PIL_MODES = ("RGB", "L", "RGBA", "I", "F", "CMYK", "YCbCr", "LAB", "HSV", "1", "P")
 
 
-def _extensions(where: str, options: Mapping[str, Any]) -> tuple[str, ...]:
-    value = options.get("extensions", IMG_EXTENSIONS)
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) and v for v in value):
-        raise DataError(f"{where}: option 'extensions' must be a list like ['.jpg', '.png'], got {value!r}")
-    return tuple(sorted({(v if v.startswith(".") else "." + v).lower() for v in value}))
+def _extensions_valid(value: Any) -> bool:
+    values = [value] if isinstance(value, str) else value
+    return isinstance(values, (list, tuple)) and bool(values) and all(isinstance(v, str) and v for v in values)
 
 
-def _mode(where: str, options: Mapping[str, Any]) -> str:
-    return opt_choice(where, options, "mode", PIL_MODES, "RGB")
+def _normal_extensions(value: Any) -> tuple[str, ...]:
+    """``['jpg', '.PNG']`` -> ``('.jpg', '.png')``: dotted, lower case, sorted, each once."""
+    values = [value] if isinstance(value, str) else value
+    return tuple(sorted({(v if v.startswith(".") else "." + v).lower() for v in values}))
+
+
+def labels_option(*modes: str) -> Option:
+    """``labels``: one of ``modes``; YAML ``labels: null`` reads as ``none`` (``labels: none`` is the
+    string, ``labels: null`` is None)."""
+    return Option(modes[0], lambda v: (v is None and "none" in modes) or (isinstance(v, str) and v in modes),
+                  choices_text(modes), lambda v: "none" if v is None else v, convert_none=True)
+
+
+SAMPLE_OPTIONS: dict[str, Option] = {
+    "limit": integer(None, lo=1, allow_none=True),
+    "seed": integer(0, lo=0, allow_none=True),
+    "mode": choice(*PIL_MODES),
+    "content_hash": boolean(False),
+}
+"""Options every file-backed source takes: how many samples (``limit``, drawn with ``seed``), the
+PIL mode images are converted to, and whether file contents are hashed into the fingerprint."""
+
+CLASS_OPTIONS: dict[str, Option] = {
+    "classes": anything(expect="a built-in class list, a file of class names or a list of them"),
+    "class_names": anything(expect="a built-in class list, a file of class names or a list of them"),
+}
+"""The label space and its display names (checked when the set is read: :mod:`.classnames`)."""
+
+COMMON_OPTIONS: dict[str, Option] = {
+    **SAMPLE_OPTIONS,
+    "extensions": Option(_normal_extensions(IMG_EXTENSIONS), _extensions_valid, "a list like ['.jpg', '.png']", _normal_extensions),
+    "labels": labels_option(*LABEL_MODES),
+    **CLASS_OPTIONS,
+}
 
 
 def _class_names(where: str, options: Mapping[str, Any], base_dir: Path, default: list[str] | None) -> list[str] | None:
@@ -323,7 +312,15 @@ ORDER_FROM_FOLDERS = "sorted folder names"
 SPLITS = ("train", "val", "test")
 """The splits a source can be asked for (see :mod:`pytest_qrel.data.base`); ``test`` is the default one."""
 
-IMAGEFOLDER_OPTIONS = (*COMMON_OPTIONS, "class_index", "unknown_classes", "split_dirs", "logit_mask", *SPLITS)
+IMAGEFOLDER_OPTIONS: dict[str, Option] = {
+    **COMMON_OPTIONS,
+    "class_index": anything(),
+    "unknown_classes": choice(*UNKNOWN_CLASS_MODES),
+    "split_dirs": anything(),  # checked with the split it names (_split_root)
+    "logit_mask": anything(),  # checked by logit_masks.check_logit_mask_option
+    **{split: anything() for split in SPLITS},
+}
+"""The options of an ``imagefolder`` set (module docstring)."""
 
 
 def _split_root(where: str, root_raw: str, split: str, options: Mapping[str, Any], base_dir: Path, *, must_exist: bool) -> Path | None:
@@ -496,9 +493,9 @@ def _class_space(
     return {c: i for i, c in enumerate(inferred)}, _class_names(where, options, base_dir, list(inferred)), {"classes": inferred}
 
 
-def _imagefolder_options(where: str, options: Mapping[str, Any]) -> tuple[Any, ...]:
-    """``(extensions, mode, labels, unknown_classes, limit, seed, content_hash)``; DataError on a bad option."""
-    check_options(where, options, IMAGEFOLDER_OPTIONS)
+def _imagefolder_options(where: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The parsed options (:data:`IMAGEFOLDER_OPTIONS`); DataError on a bad option."""
+    values = parse_options(options, IMAGEFOLDER_OPTIONS, fail=prefixed(DataError, where))
     _class_options_exclusive(where, options)
     if "logit_mask" in options:
         from .logit_masks import check_logit_mask_option
@@ -506,15 +503,7 @@ def _imagefolder_options(where: str, options: Mapping[str, Any]) -> tuple[Any, .
         if "class_index" in options:
             raise DataError(f"{where}: give 'logit_mask' with 'classes' (the model's label space), not 'class_index'")
         check_logit_mask_option(where, options["logit_mask"])
-    return (
-        _extensions(where, options),
-        _mode(where, options),
-        opt_choice(where, options, "labels", LABEL_MODES, "auto"),
-        opt_choice(where, options, "unknown_classes", UNKNOWN_CLASS_MODES, "error"),
-        opt_int(where, options, "limit", None, lo=1),
-        opt_int(where, options, "seed", 0),
-        opt_bool(where, options, "content_hash", False),
-    )
+    return values
 
 
 def _class_options_exclusive(where: str, options: Mapping[str, Any]) -> None:
@@ -552,7 +541,9 @@ def imagefolder_source(
     base_dir = Path(base_dir or Path.cwd())
     where = f"dataset 'imagefolder:{arg}'"
     check_split(where, split)
-    exts, mode, labels_mode, unknown_mode, limit, seed, content_hash = _imagefolder_options(where, options)
+    values = _imagefolder_options(where, options)
+    exts, mode, unknown_mode = values["extensions"], values["mode"], values["unknown_classes"]
+    labels_mode, limit, seed, content_hash = values["labels"], values["limit"], values["seed"], values["content_hash"]
 
     logit_mask = mask_names = None
     if "logit_mask" in options:  # the label space becomes the mask's classes (ImageNet-R / -A)
@@ -665,8 +656,16 @@ def imagefolder_source(
 
 # ---------------------------------------------------------------------------------------- filelist
 
-FILELIST_OPTIONS = ("limit", "seed", "mode", "content_hash", "labels", "classes", "class_names", "root", *SPLITS)
-_LABELS_MODES_FILELIST = ("auto", "none")
+FILELIST_OPTIONS: dict[str, Option] = {
+    **SAMPLE_OPTIONS,
+    "labels": labels_option("auto", "none"),
+    **CLASS_OPTIONS,
+    "root": anything(),
+    **{split: anything() for split in SPLITS},
+}
+"""The options of a ``filelist`` set: the common ones but ``extensions`` (the list names its files),
+``labels`` ``auto`` or ``none``, ``root`` (the folder the listed paths are relative to) and a list
+per other split."""
 
 
 def _parse_list(where: str, path: Path) -> list[tuple[int, str, int | None]]:
@@ -695,16 +694,9 @@ def _parse_list(where: str, path: Path) -> list[tuple[int, str, int | None]]:
     return out
 
 
-def _filelist_options(where: str, options: Mapping[str, Any]) -> tuple[Any, ...]:
-    """``(mode, labels, limit, seed, content_hash)``; DataError on a bad option."""
-    check_options(where, options, FILELIST_OPTIONS)
-    return (
-        _mode(where, options),
-        opt_choice(where, options, "labels", _LABELS_MODES_FILELIST, "auto"),
-        opt_int(where, options, "limit", None, lo=1),
-        opt_int(where, options, "seed", 0),
-        opt_bool(where, options, "content_hash", False),
-    )
+def _filelist_options(where: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The parsed options (:data:`FILELIST_OPTIONS`); DataError on a bad option."""
+    return parse_options(options, FILELIST_OPTIONS, fail=prefixed(DataError, where))
 
 
 def check_filelist_options(arg: str, options: Mapping[str, Any]) -> None:
@@ -727,7 +719,9 @@ def filelist_source(
     base_dir = Path(base_dir or Path.cwd())
     where = f"dataset 'filelist:{arg}'"
     check_split(where, split)
-    mode, labels_mode, limit, seed, content_hash = _filelist_options(where, options)
+    values = _filelist_options(where, options)
+    mode, labels_mode, limit, seed = values["mode"], values["labels"], values["limit"], values["seed"]
+    content_hash = values["content_hash"]
 
     if split in options:
         list_path = resolve_path(options[split], base_dir=base_dir, what=f"{split} file list")

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelError
+from ..options import parse_options, prefixed
 from ..registry import Registry
 from ..zoo import ZOO_DIR
 from .base import MODEL_SOURCES, LoadedModel, state_dict_sha256
@@ -154,9 +155,8 @@ def check_name(arg: str) -> None:
 
 
 def check_no_options(arg: str, options: Mapping[str, Any]) -> None:
-    if options:
-        keys = ", ".join(f"'{k}'" for k in sorted(map(str, options)))
-        raise ModelError(f"model 'embedded:{arg}': unknown option(s) {keys}; embedded models take no options")
+    """Embedded models take no options: any key is an unknown option ``(known: none)``."""
+    parse_options(options, {}, fail=prefixed(ModelError, f"model 'embedded:{arg}'"))
 
 
 @MODEL_SOURCES.register("embedded", check_arg=check_name, check_options=check_no_options)

@@ -7,13 +7,13 @@ pytest collection stays fast.
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ..errors import SpecError, UnknownNameError
+from ..options import reject_unknown
 from .checks import parse_check, parse_confidence
 from .schema import (
     FP32,
@@ -77,11 +77,9 @@ class _Ctx:
         return node  # type: ignore[return-value]
 
     def unknown_keys(self, node: LineDict, allowed: tuple[str, ...] | set[str], field: str) -> None:
-        for key in node:
-            if key not in allowed:
-                close = difflib.get_close_matches(str(key), list(allowed), n=1)
-                hint = f"did you mean '{close[0]}'?" if close else f"allowed: {', '.join(sorted(allowed))}"
-                raise self.err(f"unknown key '{key}'", node=node, key=key, field=f"{field}.{key}" if field else str(key), fix=hint)
+        """A key of ``node`` not in ``allowed``: the one unknown-name message, at the key's line."""
+        reject_unknown(node, allowed, kind="key", fail=lambda key, problem, fix: self.err(
+            problem, node=node, key=key, field=f"{field}.{key}" if field else str(key), fix=fix))
 
 
 def _typename(x: Any) -> str:
