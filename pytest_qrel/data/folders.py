@@ -83,7 +83,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -506,6 +506,63 @@ def _imagefolder_options(where: str, options: Mapping[str, Any]) -> dict[str, An
     return values
 
 
+class _Layout(NamedTuple):
+    """What a split folder holds: its images (sorted), their labels and the label space."""
+
+    relpaths: list[str]
+    labels: np.ndarray
+    class_names: list[str] | None
+    header_classes: dict[str, Any]
+    layout: str  # "unlabelled" (labels: none), "flat" (loose images only) or "classes"
+    class_order: list[str] | None
+    order_from: str | None
+
+
+def _unlabelled(relpaths: list[str], layout: str) -> _Layout:
+    return _Layout(relpaths, np.full(len(relpaths), OOD_LABEL, dtype=np.int64), None, {}, layout, None, None)
+
+
+def _other_split_classes(where: str, arg: str, split: str, options: Mapping[str, Any], base_dir: Path, exts: tuple[str, ...]) -> set[str]:
+    """Class folders of the other configured splits: one label space for all splits."""
+    names: set[str] = set()
+    for other in SPLITS:
+        if other == split:
+            continue
+        try:
+            other_root = _split_root(where, arg, other, options, base_dir, must_exist=False)
+        except DataMissingError:
+            other_root = None
+        if other_root is not None and other_root.is_dir():
+            names |= set(_scan(other_root, exts)[1])
+    return names
+
+
+def _class_folders(
+    where: str, folder: Path, files_by_dir: dict[str, list[str]], space: tuple[dict[str, int], list[str] | None, dict[str, Any]],
+    options: Mapping[str, Any], unknown_mode: str,
+) -> _Layout:
+    """The images of class subfolders, labelled by ``space`` = ``(folder -> index, class names,
+    fingerprint header part)``; folders outside it as ``unknown_mode`` says."""
+    index, class_names, header_classes = space
+    order_from = next((f"option '{k}'" for k in ("logit_mask", "classes", "class_index") if k in options), ORDER_FROM_FOLDERS)
+    unknown = [d for d in files_by_dir if d not in index]
+    if unknown and unknown_mode == "error":
+        shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        raise DataError(
+            f"{where}: {len(unknown)} folder(s) of {folder} are not in the class list: {shown} "
+            "(fix the class list, or set 'unknown_classes: ignore' to skip them or 'unknown_classes: ood' to label them -1)"
+        )
+    relpaths, label_list = [], []
+    for d, files in files_by_dir.items():
+        if d not in index and unknown_mode == "ignore":
+            continue
+        relpaths.extend(f"{d}/{f}" for f in files)
+        label_list.extend([index.get(d, OOD_LABEL)] * len(files))
+    order = sorted(range(len(relpaths)), key=lambda i: _sort_key(relpaths[i]))
+    labels = np.asarray([label_list[i] for i in order], dtype=np.int64)
+    return _Layout([relpaths[i] for i in order], labels, class_names, header_classes, "classes", names_in_index_order(index), order_from)
+
+
 def _class_options_exclusive(where: str, options: Mapping[str, Any]) -> None:
     if "classes" in options and "class_index" in options:
         raise DataError(f"{where}: give either 'classes' (names in index order) or 'class_index' (name -> index), not both")
@@ -559,65 +616,30 @@ def imagefolder_source(
         )
     loose, subdirs = _scan(folder, exts)
     walk = _Walk(where, folder, exts)
-
     if labels_mode == "none":
-        relpaths = sorted(walk.images(folder), key=_sort_key)
-        labels = np.full(len(relpaths), OOD_LABEL, dtype=np.int64)
-        class_names, header_classes, layout = None, {}, "unlabelled"
-        class_order, order_from = None, None
+        found = _unlabelled(sorted(walk.images(folder), key=_sort_key), "unlabelled")
     else:
         files_by_dir = {d: walk.images(folder / d) for d in subdirs}
-        class_dirs = [d for d in subdirs if files_by_dir[d]]
-        if not class_dirs:
+        if not any(files_by_dir.values()):
             if labels_mode == "folders":
                 raise DataError(f"{where}: {folder} has no class subfolders with images (labels: folders); for an OOD folder use 'labels: none'")
             for name in loose:
                 walk.check_file(folder / name)
-            relpaths = loose
-            labels = np.full(len(relpaths), OOD_LABEL, dtype=np.int64)
-            class_names, header_classes, layout = None, {}, "flat"
-            class_order, order_from = None, None
+            found = _unlabelled(loose, "flat")
         else:
             if loose:
                 raise DataError(
                     f"{where}: {folder} holds both class subfolders and loose images ({loose[0]}, ...); "
                     "move the loose images into a class folder, or use 'labels: none' to label everything -1 (OOD)"
                 )
-            inferred = set(subdirs)
-            for other in SPLITS:  # one label space for all splits
-                if other != split:
-                    try:
-                        other_root = _split_root(where, arg, other, options, base_dir, must_exist=False)
-                    except DataMissingError:
-                        other_root = None
-                    if other_root is not None and other_root.is_dir():
-                        inferred |= set(_scan(other_root, exts)[1])
+            inferred = set(subdirs) | _other_split_classes(where, arg, split, options, base_dir, exts)
             if logit_mask is not None:
-                index, class_names = {c: i for i, c in enumerate(logit_mask.class_ids)}, mask_names
-                header_classes = {"classes": list(logit_mask.class_ids)}
+                space = ({c: i for i, c in enumerate(logit_mask.class_ids)}, mask_names, {"classes": list(logit_mask.class_ids)})
             else:
-                index, class_names, header_classes = _class_space(where, options, base_dir, sorted(inferred))
-            class_order = names_in_index_order(index)
-            order_from = next((f"option '{k}'" for k in ("logit_mask", "classes", "class_index") if k in options), ORDER_FROM_FOLDERS)
-            unknown = [d for d in subdirs if d not in index]
-            if unknown and unknown_mode == "error":
-                shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
-                raise DataError(
-                    f"{where}: {len(unknown)} folder(s) of {folder} are not in the class list: {shown} "
-                    "(fix the class list, or set 'unknown_classes: ignore' to skip them or 'unknown_classes: ood' to label them -1)"
-                )
-            relpaths, label_list = [], []
-            for d in subdirs:
-                if d not in index and unknown_mode == "ignore":
-                    continue
-                label = index.get(d, OOD_LABEL)
-                relpaths.extend(f"{d}/{f}" for f in files_by_dir[d])
-                label_list.extend([label] * len(files_by_dir[d]))
-            order = sorted(range(len(relpaths)), key=lambda i: _sort_key(relpaths[i]))
-            relpaths = [relpaths[i] for i in order]
-            labels = np.asarray([label_list[i] for i in order], dtype=np.int64)
-            layout = "classes"
+                space = _class_space(where, options, base_dir, sorted(inferred))
+            found = _class_folders(where, folder, files_by_dir, space, options, unknown_mode)
     walk.done()
+    relpaths, labels, class_names, header_classes, layout, class_order, order_from = found
     if not relpaths:
         raise DataError(f"{where}: no images found under {folder} (extensions: {', '.join(exts)})")
 

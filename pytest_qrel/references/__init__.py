@@ -31,14 +31,13 @@ Errors in a user's file are one :class:`~pytest_qrel.errors.SpecError` naming th
 from __future__ import annotations
 
 import csv
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import SpecError, UnknownNameError
-from ..options import reject_unknown
+from ..options import is_int, is_number, reject_unknown
 from ..registry import Registry
 
 FORMAT = "pytest-qrel-references"
@@ -206,6 +205,43 @@ class _Entry:
     def error(self, where: str, fld: str | None, problem: str, fix: str | None = None, line: int | None = None) -> SpecError:
         return SpecError(f"{where}: {problem}" if where else problem, file=self.path, line=line, field=fld, fix=fix)
 
+    def _value(self, raw: Mapping[str, Any], where: str, line: int | None, *, metric: str, unit: str, kind: str,
+               fraction: bool) -> tuple[float, str]:
+        """``(value in the library's units, the number as published)``."""
+        number = raw.get("value")
+        published = str(raw.get("published", number)).strip()
+        if isinstance(number, str):
+            try:
+                number = float(number)
+            except ValueError:
+                raise self.error(where, "value", f"'{number}' is not a number", None, line) from None
+        if not is_number(number):
+            raise self.error(where, "value", f"value must be a finite number, got {number!r}", None, line)
+        value = float(number) * UNITS[unit]
+        if kind == "value" and fraction and not 0.0 <= value <= 1.0:
+            raise self.error(where, "value", f"{metric} {published} {unit} is outside [0, 1] as a fraction",
+                             "check the number and its unit (percent or fraction)", line)
+        if kind == "value" and metric == "nll" and value < 0:
+            raise self.error(where, "value", f"an NLL cannot be negative, got {published}", None, line)
+        return value, published
+
+    def _details(self, raw: Mapping[str, Any], where: str, line: int | None, unit: str) -> tuple[float | None, bool | None, tuple[int, ...] | None]:
+        """``(std in the library's units, relative, seeds)``, each None when absent."""
+        std = raw.get("std")
+        if std is not None:
+            if not is_number(std) or std < 0:
+                raise self.error(where, "std", f"std must be a number >= 0, got {std!r}", None, line)
+            std = float(std) * UNITS[unit]
+        relative = raw.get("relative")
+        if relative is not None and not isinstance(relative, bool):
+            raise self.error(where, "relative", f"relative must be true, false or absent, got {relative!r}", None, line)
+        seeds = raw.get("seeds")
+        if seeds is not None:
+            if not isinstance(seeds, (list, tuple)) or not all(is_int(s) for s in seeds):
+                raise self.error(where, "seeds", f"seeds must be a list of integers, got {seeds!r}", None, line)
+            seeds = tuple(seeds)
+        return std, relative, seeds
+
     def add(self, raw: Mapping[str, Any], where: str, line: int | None = None) -> None:
         from ..metrics import METRICS
 
@@ -238,34 +274,8 @@ class _Entry:
         kind = optional("kind") or "value"
         if kind not in KINDS:
             raise self.error(where, "kind", str(UnknownNameError("kind", kind, list(KINDS))), None, line)
-        number = raw.get("value")
-        published = str(raw.get("published", number)).strip()
-        if isinstance(number, str):
-            try:
-                number = float(number)
-            except ValueError:
-                raise self.error(where, "value", f"'{number}' is not a number", None, line) from None
-        if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
-            raise self.error(where, "value", f"value must be a finite number, got {number!r}", None, line)
-        value = float(number) * UNITS[unit]
-        if kind == "value" and meta.get("fraction") and not 0.0 <= value <= 1.0:
-            raise self.error(where, "value", f"{metric} {published} {unit} is outside [0, 1] as a fraction",
-                             "check the number and its unit (percent or fraction)", line)
-        if kind == "value" and metric == "nll" and value < 0:
-            raise self.error(where, "value", f"an NLL cannot be negative, got {published}", None, line)
-        std = raw.get("std")
-        if std is not None:
-            if isinstance(std, bool) or not isinstance(std, (int, float)) or not math.isfinite(std) or std < 0:
-                raise self.error(where, "std", f"std must be a number >= 0, got {std!r}", None, line)
-            std = float(std) * UNITS[unit]
-        relative = raw.get("relative")
-        if relative is not None and not isinstance(relative, bool):
-            raise self.error(where, "relative", f"relative must be true, false or absent, got {relative!r}", None, line)
-        seeds = raw.get("seeds")
-        if seeds is not None:
-            if not isinstance(seeds, (list, tuple)) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-                raise self.error(where, "seeds", f"seeds must be a list of integers, got {seeds!r}", None, line)
-            seeds = tuple(seeds)
+        value, published = self._value(raw, where, line, metric=metric, unit=unit, kind=kind, fraction=bool(meta.get("fraction")))
+        std, relative, seeds = self._details(raw, where, line, unit)
         source = text("source")
         entry = ReferenceValue(
             model=model, quantizer=quantizer, metric=metric, dataset=dataset, value=value, published=published, unit=unit,
