@@ -40,7 +40,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeGuard, TypeVar
 
 from .errors import UnknownNameError
 
@@ -67,11 +67,11 @@ class Option:
 # ------------------------------------------------------------------------------------ validity tests
 
 
-def is_bool(value: Any) -> bool:
+def is_bool(value: Any) -> TypeGuard[bool]:
     return isinstance(value, bool)
 
 
-def is_int(value: Any) -> bool:
+def is_int(value: Any) -> TypeGuard[int]:
     """An int that is not a bool."""
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -84,7 +84,7 @@ def nonneg_int(value: Any) -> bool:
     return is_int(value) and value >= 0
 
 
-def is_number(value: Any) -> bool:
+def is_number(value: Any) -> TypeGuard[int | float]:
     """A finite int or float (not a bool, not a string: the suite loader reads ``1e-5`` as a float)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
 

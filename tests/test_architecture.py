@@ -202,7 +202,8 @@ def test_allowed_imports_each_close_a_cycle() -> None:
     graph = import_graph(PACKAGE)
     for a, b in ALLOWED:
         assert b in graph[a]
-        reach, todo = set(), [b]
+        reach: set[str] = set()
+        todo = [b]
         while todo:
             node = todo.pop()
             for child in graph[node] - reach:

@@ -484,8 +484,7 @@ def _class_space(
     _class_options_exclusive(where, options)
     if "class_index" in options:
         index = resolve_class_index(options["class_index"], base_dir=base_dir, where=f"{where}: option 'class_index'")
-        names = names_from_index(index)
-        return index, _class_names(where, options, base_dir, names), {"class_index": index}
+        return index, _class_names(where, options, base_dir, names_from_index(index)), {"class_index": index}
     if "classes" in options:
         classes = resolve_class_list(options["classes"], base_dir=base_dir, where=f"{where}: option 'classes'")
         names = _class_names(where, options, base_dir, _default_names(options, classes))
@@ -552,7 +551,8 @@ def _class_folders(
             f"{where}: {len(unknown)} folder(s) of {folder} are not in the class list: {shown} "
             "(fix the class list, or set 'unknown_classes: ignore' to skip them or 'unknown_classes: ood' to label them -1)"
         )
-    relpaths, label_list = [], []
+    relpaths: list[str] = []
+    label_list: list[int] = []
     for d, files in files_by_dir.items():
         if d not in index and unknown_mode == "ignore":
             continue
