@@ -1,7 +1,7 @@
 """pytest-qrel: gate quantized vision models on reliability (calibration, OOD detection).
 
 Public API (the pytest plugin is a thin layer over it): ``load_suite(path) -> Suite``,
-``run(suite, baseline_dir=...) -> list[Verdict]``, ``render_report(verdicts, units, path)`` and the
+``run(suite, baseline_dir=...) -> list[Verdict]``, ``render_report(results, path)`` and the
 :class:`Engine` behind them; the README's "Python API" section has a complete example.
 
 Importing this package is cheap: torch, timm and scikit-learn load only when a model runs.

@@ -5,8 +5,9 @@ Merges the results files of sharded runs (``pytest --qrel-suite S --qrel-shard K
 where the merge runs and must be the files the shards ran (SHA-256), the plan comes from them,
 and every verdict is recomputed from its numbers (:func:`pytest_qrel.shards.merge`). A problem
 with the inputs or an output path is one line naming the file, exit code 2. Exit code 1 when any
-check failed, errored, did not run or was inconclusive (under the suite's policy), else 0. No
-pytest and no torch are imported.
+check failed, errored, did not run or was inconclusive (under the suite's policy), else 0: the
+run's status under :mod:`pytest_qrel.policy`, as the report shows it. No pytest and no torch are
+imported.
 """
 
 from __future__ import annotations
@@ -71,11 +72,13 @@ def _merge(args: argparse.Namespace) -> int:
         for v in results.verdicts:
             plan_ids.setdefault(v.suite, []).append(v.nodeid)
         print(f"results: {write_results(results, args.merged, plan_ids=plan_ids)}")
+    verdict = results.verdict()  # the one policy (pytest_qrel.policy): the report's status and this exit code
+    for line in verdict.lines():
+        print(line)
     bad = failing(results)
     if bad:
         print(f"FAIL: {len(bad)} check(s) block the release, e.g. {bad[0].nodeid}: {bad[0].message}")
-        return 1
-    return 0
+    return verdict.exit_code
 
 
 def main(argv: list[str] | None = None) -> int:

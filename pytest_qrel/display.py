@@ -15,7 +15,8 @@ delta of a fraction metric is shown in percentage points too (0.013 = ``"+1.30pp
 delta of any other metric in its own unit (``"+0.0123 nats"``). Without a bound (report tables) a
 delta is in percentage points for fractions and in the metric's unit otherwise.
 
-Deltas are signed so that positive means *worse* than FP32 (see :mod:`pytest_qrel.evaluate`).
+Deltas are signed so that positive means *worse* than FP32 (:mod:`pytest_qrel.deltas`); this module
+only writes them.
 
 The functions take a :class:`~pytest_qrel.results.MetricInfo` (what the report holds) and plain
 numbers; :func:`metric_info` builds a ``MetricInfo`` from the metric registry for the engine.
@@ -29,6 +30,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
+from .deltas import relative
 from .results import MetricInfo
 
 __all__ = [
@@ -48,7 +50,6 @@ __all__ = [
     "metric_infos",
     "score_label",
     "value_unit",
-    "worsening",
 ]
 
 MISSING = "n/a"
@@ -87,11 +88,20 @@ SCORE_LABELS: dict[str, str] = {
 class BoundLike(Protocol):
     """What :func:`format_bound` reads of a bound (:class:`pytest_qrel.spec.schema.Bound`)."""
 
-    kind: str  # "delta" | "value"
-    op: str  # "<=", "<", ">=", ">"
-    amount: float
-    unit: str  # "%", "pp", "abs"
-    ref: str | None
+    @property
+    def kind(self) -> str: ...  # "delta" | "value"
+
+    @property
+    def op(self) -> str: ...  # "<=", "<", ">=", ">"
+
+    @property
+    def amount(self) -> float: ...
+
+    @property
+    def unit(self) -> str: ...  # "%", "pp", "abs"
+
+    @property
+    def ref(self) -> str | None: ...
 
 
 # ------------------------------------------------------------------------------------- metadata
@@ -189,22 +199,6 @@ def format_value(info: MetricInfo, x: Any, *, unit: bool = True, missing: str = 
     return _with_unit(text, value_unit(info))
 
 
-def worsening(info: MetricInfo, fp32: Any, value: Any) -> float | None:
-    """The signed delta of ``value`` against ``fp32`` (positive = worse), in the metric's unit;
-    ``None`` when either is missing. The rule is :func:`pytest_qrel.evaluate.signed_delta`."""
-    if _missing(fp32) or _missing(value):
-        return None
-    from .evaluate import signed_delta
-
-    return signed_delta(float(fp32), float(value), higher_is_better=info.higher_is_better)
-
-
-def _relative_percent(delta: float, fp32: float) -> float:
-    if fp32 == 0:
-        return 0.0 if delta == 0 else math.copysign(math.inf, delta)
-    return 100.0 * delta / abs(fp32)
-
-
 def format_delta(
     info: MetricInfo,
     delta: Any,
@@ -227,7 +221,7 @@ def format_delta(
     if unit == "%":
         if _missing(fp32):
             return missing
-        shown, spec, suffix = _relative_percent(d, float(fp32)), ".2f", "%"
+        shown, spec, suffix = 100.0 * relative(d, float(fp32)), ".2f", "%"
     elif unit == "pp" or (unit in (None, "abs") and info.fraction):
         shown, spec, suffix = 100.0 * d, ".2f", "pp"
     else:
@@ -340,28 +334,3 @@ def format_ci(info: MetricInfo, bound: BoundLike, ci: Any, level: float, *, typo
 def infos_from(data: Mapping[str, Any]) -> dict[str, MetricInfo]:
     """``{name: MetricInfo}`` from plain dicts (``MetricInfo.to_dict`` output) or ``MetricInfo``s."""
     return {k: v if isinstance(v, MetricInfo) else MetricInfo(**v) for k, v in data.items()}
-
-
-def legacy_run_results(verdicts: Iterable[Any], units: Iterable[Any], *, meta: Mapping[str, Any] | None = None) -> Any:
-    """A :class:`~pytest_qrel.results.RunResults` from the report's old inputs (lists of
-    verdicts and unit records, as dicts or objects, and a ``meta`` dict): metric infos from the
-    registry, ``base`` / ``posthoc`` from :func:`pytest_qrel.posthoc.split_name` where the records
-    lack them. A bridge for callers of ``render_report(verdicts, units, path)``; new code builds
-    ``RunResults`` directly."""
-    from .posthoc import split_name
-    from .results import RunResults, UnitMetrics, Verdict
-
-    vs = [v if isinstance(v, Verdict) else Verdict.from_dict(dict(v)) for v in verdicts]
-    us = [u if isinstance(u, UnitMetrics) else UnitMetrics.from_dict(dict(u)) for u in units]
-    for u in us:
-        base, steps = split_name(u.quantizer)
-        if not u.base:
-            u.base = base
-        if steps and not u.posthoc:
-            u.posthoc = list(steps)
-    scores: dict[str, list[str]] = {}
-    for u in sorted(us, key=lambda u: u.is_reference):
-        for s in u.ood:
-            if s not in scores.setdefault(u.suite, []):
-                scores[u.suite].append(s)
-    return RunResults(verdicts=vs, units=us, metrics=metric_infos(), scores=scores, run=dict(meta or {}))

@@ -1,7 +1,7 @@
 """Check x quantized value x FP32 value -> Verdict. Pure arithmetic; never runs a model.
 
-Delta convention (the one rule everything else follows): ``delta`` is how much *worse* the
-quantized model is than FP32, so positive means worse for every metric:
+Delta convention (:mod:`pytest_qrel.deltas`, the one rule everything else follows): ``delta`` is
+how much *worse* the quantized model is than FP32, so positive means worse for every metric:
 
 - higher-is-better metrics (top1, auroc, aupr_in, aupr_out): ``delta = FP32 - quantized``
 - lower-is-better metrics (nll, ece, fpr_at_95_tpr): ``delta = quantized - FP32``
@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import math
 import operator
+from typing import TYPE_CHECKING, Any
 
-from typing import TYPE_CHECKING
-
-from .results import Verdict, outcome_of
+from .deltas import relative, signed_delta
+from .display import format_bound, format_ci, format_compared, format_delta, format_value, metric_info
+from .policy import outcome_of
+from .results import MetricInfo, Verdict
 from .spec.plan import PlannedCheck
 from .spec.schema import Bound
 
@@ -38,17 +40,7 @@ if TYPE_CHECKING:
 
 _OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt}
 
-
-def signed_delta(fp32: float, value: float, *, higher_is_better: bool) -> float:
-    """Worsening of ``value`` relative to ``fp32`` in the metric's unit; positive = worse."""
-    return fp32 - value if higher_is_better else value - fp32
-
-
-def relative(delta: float, fp32: float) -> float:
-    """``delta / |fp32|`` as a fraction (0.12 = 12%), with the FP32 = 0 convention of the module doc."""
-    if fp32 == 0:
-        return 0.0 if delta == 0 else math.copysign(math.inf, delta)
-    return delta / abs(fp32)
+__all__ = ["compare", "compared_quantity", "decide", "relative", "signed_delta"]
 
 
 def compared_quantity(
@@ -107,8 +99,6 @@ def decide(
     """
     from .stats.decision import judge
 
-    from .display import format_bound, format_ci, format_compared, format_delta, format_value, metric_info
-
     check = planned.check
     bound = check.bound
     passed, delta = compare(bound, fp32, value, higher_is_better=higher_is_better, ref_value=ref_value)
@@ -118,35 +108,14 @@ def decide(
         interval = interval.at_level(confidence)
     ci = interval.compared_ci if interval is not None else None
     info = metric_info(check.metric)
-    ci_display = format_ci(info, bound, ci, interval.level) if interval is not None else ""
     evidence = judge(bound, compared, ci, confidence, n=interval.n if interval is not None else None)
-
-    # One display rule per metric (pytest_qrel.display): values, deltas and the bound in one unit.
-    fp32_display, value_display = format_value(info, fp32, missing="n/a"), format_value(info, value)
-    compared_display = format_compared(info, bound, compared)
-    metric = f"{check.metric}({planned.score})" if planned.score else check.metric
-    what = f"{planned.model} {planned.quantizer} {metric} on {planned.dataset}"
-    numbers = f"FP32 {fp32_display}" if planned.quantizer == "FP32" else f"FP32 {fp32_display}, {planned.quantizer} {value_display}"
-    if bound.ref is not None:
-        numbers += f", {bound.ref} {format_value(info, ref_value, missing='n/a')}"
-        if bound.kind == "delta" and fp32 is not None and ref_value is not None:
-            ref_delta = signed_delta(fp32, ref_value, higher_is_better=higher_is_better)
-            numbers += f", delta {format_delta(info, delta)} vs {bound.ref} {format_delta(info, ref_delta)}"
-    elif bound.kind == "delta":
-        numbers += f", delta {compared_display}"
-    if ci_display:
-        numbers += f" {ci_display}"
-    bound_display = format_bound(info, bound)
-    if confidence is None:
-        verb = "within" if passed else "violates"
-        tail = ""
-    else:
-        decided = evidence.outcome != "inconclusive"
-        verb = {"passed": "within", "failed": "violates", "inconclusive": "is inconclusive for"}[evidence.outcome]
-        tail = f" with {_pct(confidence)} confidence" if decided else f" at {_pct(confidence)} confidence: {evidence.explanation}"
+    if confidence is not None:
         passed = evidence.outcome == "passed"
-    note = interval.note if interval is not None else ""
-    message = f"{what}: {numbers} {verb} {bound_display}{tail}" + (f" ({note})" if note else "")
+    ci_display = format_ci(info, bound, ci, interval.level) if interval is not None else ""
+    compared_display = format_compared(info, bound, compared)
+    # One display rule per metric (pytest_qrel.display): values, deltas and the bound in one unit.
+    numbers = _numbers(planned, info, fp32, value, ref_value, delta, compared_display, higher_is_better)
+    message = _message(planned, info, numbers + (f" {ci_display}" if ci_display else ""), passed, confidence, evidence, interval)
     expect_fail = check.expect == "fail"
     # The one policy (the plugin applies the suite's inconclusive policy to ``passed`` later).
     outcome, _ = outcome_of(evidence.outcome, confidence=confidence, expect_fail=expect_fail)
@@ -165,25 +134,70 @@ def decide(
         delta_display=compared_display if bound.kind == "delta" or bound.ref else "",
         passed=passed,
         expect_fail=expect_fail,
-        outcome=outcome,  # type: ignore[arg-type]
+        outcome=outcome,
         message=message,
-        delta_ci=list(interval.delta_ci) if interval is not None and interval.delta_ci is not None else None,
-        ci_level=interval.level if interval is not None else None,
-        ci_resamples=interval.resamples if interval is not None else None,
-        ci_seed=interval.seed if interval is not None else None,
         ci_display=ci_display,
         confidence=confidence,
         compared=_finite_or_none(compared),
         margin=_finite_or_none(evidence.margin),
-        ci_note=note,
-        value_display=value_display,
-        fp32_display=fp32_display if fp32 is not None else "",
-        bound_display=bound_display,
+        value_display=format_value(info, value),
+        fp32_display=format_value(info, fp32) if fp32 is not None else "",
+        bound_display=format_bound(info, bound),
         bound_amount=None if bound.ref is not None else float(bound.amount),
         reason=check.reason or "",
         ref_value=ref_value,
         compared_ci=list(ci) if ci is not None else None,
+        **_interval_fields(interval),
     )
+
+
+def _numbers(
+    planned: PlannedCheck, info: MetricInfo, fp32: float | None, value: float, ref_value: float | None,
+    delta: float | None, compared_display: str, higher_is_better: bool,
+) -> str:
+    """The numbers part of a verdict's message: ``"FP32 97.92%, W4A4 96.10%, delta +1.82pp"``."""
+    bound = planned.check.bound
+    fp32_display = format_value(info, fp32, missing="n/a")
+    numbers = f"FP32 {fp32_display}" if planned.quantizer == "FP32" else f"FP32 {fp32_display}, {planned.quantizer} {format_value(info, value)}"
+    if bound.ref is not None:
+        numbers += f", {bound.ref} {format_value(info, ref_value, missing='n/a')}"
+        if bound.kind == "delta" and fp32 is not None and ref_value is not None:
+            ref_delta = signed_delta(fp32, ref_value, higher_is_better=higher_is_better)
+            numbers += f", delta {format_delta(info, delta)} vs {bound.ref} {format_delta(info, ref_delta)}"
+    elif bound.kind == "delta":
+        numbers += f", delta {compared_display}"
+    return numbers
+
+
+def _message(
+    planned: PlannedCheck, info: MetricInfo, numbers: str, passed: bool, confidence: float | None, evidence: Any,
+    interval: "PairedInterval | None",
+) -> str:
+    """The verdict's one line: what, the numbers, whether they are within the bound, and any note."""
+    check = planned.check
+    metric = f"{check.metric}({planned.score})" if planned.score else check.metric
+    what = f"{planned.model} {planned.quantizer} {metric} on {planned.dataset}"
+    if confidence is None:
+        verb, tail = ("within" if passed else "violates"), ""
+    else:
+        decided = evidence.outcome != "inconclusive"
+        verb = {"passed": "within", "failed": "violates", "inconclusive": "is inconclusive for"}[evidence.outcome]
+        tail = f" with {_pct(confidence)} confidence" if decided else f" at {_pct(confidence)} confidence: {evidence.explanation}"
+    note = interval.note if interval is not None else ""
+    return f"{what}: {numbers} {verb} {format_bound(info, check.bound)}{tail}" + (f" ({note})" if note else "")
+
+
+def _interval_fields(interval: "PairedInterval | None") -> dict[str, Any]:
+    """The verdict's interval fields (``delta_ci``, ``ci_level``, ``ci_resamples``, ``ci_seed``, ``ci_note``)."""
+    if interval is None:
+        return {}
+    return {
+        "delta_ci": list(interval.delta_ci) if interval.delta_ci is not None else None,
+        "ci_level": interval.level,
+        "ci_resamples": interval.resamples,
+        "ci_seed": interval.seed,
+        "ci_note": interval.note,
+    }
 
 
 def _pct(level: float) -> str:

@@ -728,6 +728,11 @@ class _Recorder:
             planned = state.planned.get(suite, total)
             selected = "" if planned == total else f" (of {planned} planned)"
             tr.write_line(f"{suite}: {total} checks{selected}: {parts}")
+        from .policy import run_verdict  # the one policy: the same status as the report, junit and qrel merge
+
+        verdict = run_verdict(state.verdicts.values(), sum(state.planned.values()) if state.planned else None)
+        for line in verdict.lines():
+            tr.write_line(line, **{{"FAIL": "red", "PASS": "green"}.get(verdict.status, "yellow"): True})
         skipped = [v for v in state.verdicts.values() if v.outcome == "skipped"]
         if skipped:
             reasons: dict[str, int] = {}

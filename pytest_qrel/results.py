@@ -1,65 +1,16 @@
 """Plain result records: what checks decide and what the report shows.
 
 Everything here converts to plain Python types (``to_dict``), because results cross process
-boundaries under pytest-xdist, where numpy scalars make xdist drop reports silently.
+boundaries under pytest-xdist, where numpy scalars make xdist drop reports silently. What an
+outcome means for the gate is :mod:`pytest_qrel.policy`.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-Outcome = Literal["passed", "failed", "xfailed", "xpassed", "skipped", "error", "inconclusive", "not run"]
-"""``inconclusive``: a check with ``confidence:`` whose interval straddles its bound; ``not run``: a
-planned check that produced no verdict (a crashed worker, ``-x``, an interrupted run)."""
-
-#: Every outcome, in the order the report counts them.
-OUTCOMES: tuple[str, ...] = ("passed", "failed", "xfailed", "xpassed", "skipped", "error", "inconclusive", "not run")
-#: Outcomes that fail the gate (a check that never ran counts as failed: a green run means
-#: every check ran and held). ``inconclusive`` fails too unless the suite's policy let it pass
-#: (``inconclusive: warn|pass``; the verdict then has ``passed`` true): see :func:`is_failing`.
-FAILING: tuple[str, ...] = ("failed", "error", "xpassed", "not run", "inconclusive")
-#: Outcomes that neither pass nor fail: the check did not verify anything.
-NOT_VERIFIED: tuple[str, ...] = ("skipped", "inconclusive")
-
-
-def is_failing(v: "Verdict") -> bool:
-    """The verdict blocks the release (an unknown outcome does too)."""
-    if v.outcome == "inconclusive":
-        return not v.passed
-    return v.outcome in FAILING or v.outcome not in OUTCOMES
-
-
-def outcome_of(
-    evidence: str, *, confidence: float | None, expect_fail: bool, inconclusive: str = "fail"
-) -> tuple[Outcome, bool]:
-    """The one pass/fail policy: ``(outcome, passed)`` of a check whose numbers gave ``evidence``
-    (``"passed"`` / ``"failed"`` / ``"inconclusive"``, :func:`pytest_qrel.stats.decision.judge`).
-
-    ``inconclusive`` only arises for a check that demands ``confidence``; the suite's (or
-    ``--qrel-inconclusive``'s) policy ``inconclusive`` (``fail`` / ``warn`` / ``pass``) then decides
-    ``passed``. ``expect: fail`` folds a decided outcome into ``xfailed`` (it failed, as expected)
-    or ``xpassed`` (it held: a failure of the gate). :func:`pytest_qrel.evaluate.decide`, the
-    plugin and ``qrel merge`` all decide through this function.
-
-    >>> outcome_of("failed", confidence=None, expect_fail=False)
-    ('failed', False)
-    >>> outcome_of("inconclusive", confidence=0.95, expect_fail=False, inconclusive="warn")
-    ('inconclusive', True)
-    >>> outcome_of("failed", confidence=None, expect_fail=True)
-    ('xfailed', False)
-    """
-    passed = evidence == "passed"
-    if confidence is not None and evidence == "inconclusive":
-        return "inconclusive", inconclusive != "fail"
-    if expect_fail:
-        return ("xpassed" if passed else "xfailed"), passed
-    return ("passed" if passed else "failed"), passed
-
-
-def is_unverified(v: "Verdict") -> bool:
-    """The check ran but verified nothing, without failing the gate (skipped; inconclusive let pass)."""
-    return v.outcome == "skipped" or (v.outcome == "inconclusive" and v.passed)
+from .policy import Outcome, RunVerdict, run_verdict
 
 
 @dataclass
@@ -263,6 +214,16 @@ class RunResults:
     scores: dict[str, list[str]] = field(default_factory=dict)
     run: dict[str, Any] = field(default_factory=dict)
     planned: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def planned_total(self) -> int | None:
+        """Checks planned over all suites (``None``: not recorded)."""
+        return sum(self.planned.values()) if self.planned else None
+
+    def verdict(self) -> RunVerdict:
+        """What the verdicts add up to under the one policy (:func:`pytest_qrel.policy.run_verdict`):
+        the status every output shows and ``qrel merge``'s exit code."""
+        return run_verdict(self.verdicts, self.planned_total)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -17,7 +17,7 @@ than shards) writes one too, with no verdicts, so the merge knows it ran.
   every planned check is present exactly once;
 - every verdict is recomputed from its numbers (``fp32``, ``value``, ``ref_value``,
   ``compared_ci``) and the suite's bound, confidence, ``expect:`` and ``inconclusive:`` policy
-  through the one policy (:func:`pytest_qrel.results.outcome_of`). A stored outcome the numbers
+  through the one policy (:func:`pytest_qrel.policy.outcome_of`). A stored outcome the numbers
   do not give is replaced (by the recomputed failure, or by an error when the numbers pass but
   the file said otherwise) and named in a note;
 
@@ -36,14 +36,14 @@ from pathlib import Path
 from typing import Any
 
 from .errors import QrelError
-from .results import OUTCOMES, RunResults, UnitMetrics, Verdict, is_failing, outcome_of
+from .policy import OUTCOMES, is_failing, junit_result, outcome_of
+from .report.paths import read_head, report_path_problem
+from .results import RunResults, UnitMetrics, Verdict
 from .spec.plan import PlannedCheck, scopes
 
 RESULTS_FORMAT = "pytest-qrel-results"
 #: 2: verdicts carry ``ref_value`` and ``compared_ci`` (what the merge recomputes them from).
 RESULTS_VERSION = 2
-#: What marks a file as a pytest-qrel HTML report (the template's ``<meta name="generator">``).
-REPORT_MARKER = '<meta name="generator" content="pytest-qrel">'
 _RESULTS_MARKER = f'"format": "{RESULTS_FORMAT}"'
 
 
@@ -134,43 +134,13 @@ def planned_ids(suite: Any, file: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------ output paths
-def _head(path: Path, n: int = 8192) -> str:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(n).decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-
-
-def report_path_problem(path: Path) -> str | None:
-    """Why the HTML report cannot be written to ``path`` (``None``: it can).
-
-    The report must be an ``.html`` file; neither it nor the Markdown summary beside it
-    (``.md``) may be a folder or an existing file that pytest-qrel did not write (a report is
-    recognised by :data:`REPORT_MARKER`, a summary by its ``pytest-qrel`` title), so a typo such
-    as ``--qrel-report suites/case.yaml`` can never overwrite a suite."""
-    path = Path(path)
-    if path.suffix.lower() != ".html":
-        return (f"the report must be an .html file (its Markdown summary is written beside it, as .md); "
-                f"give e.g. {path.with_suffix('.html')}")
-    md = path.with_suffix(".md")
-    for target, marker, what in ((path, REPORT_MARKER, "report"), (md, "pytest-qrel", "summary")):
-        if target.is_dir():
-            return f"{target} is a folder; give the path of an .html file"
-        if target.exists() and marker not in _head(target):
-            kind = "the report" if target == path else "its Markdown summary"
-            return (f"{kind} would overwrite {target}, an existing file that is not a pytest-qrel {what}; "
-                    "give another path, or move that file away")
-    return None
-
-
 def results_path_problem(path: Path) -> str | None:
     """Why a results file cannot be written to ``path``: a folder, or an existing file that is
     not a pytest-qrel results file (never overwritten); ``None``: it can."""
     path = Path(path)
     if path.is_dir():
         return f"{path} is a folder; give the path of a .json file"
-    if path.exists() and _RESULTS_MARKER not in _head(path, 4096):
+    if path.exists() and _RESULTS_MARKER not in read_head(path, 4096):
         return f"{path} exists and is not a pytest-qrel results file; give another path, or move that file away"
     return None
 
@@ -235,53 +205,72 @@ def _verdict_problem(raw: Any) -> str | None:
     return None
 
 
-def read_results(path: Path) -> dict[str, Any]:
-    """A results file, checked for everything the merge reads; :class:`MergeError` names the
-    file and what is wrong in one line."""
-    path = Path(path)
+def _load(path: Path) -> Any:
+    """The JSON document at ``path`` (:class:`MergeError` naming the file when it cannot be read)."""
     if path.is_dir():
         raise MergeError(f"{path}: is a folder, not a results file")
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise MergeError(f"{path}: not a pytest-qrel results file (not UTF-8 text)") from None
     except OSError as exc:
         raise MergeError(f"{path}: cannot read results file ({exc.strerror or exc})") from None
     except ValueError as exc:
         raise MergeError(f"{path}: not valid JSON ({exc}); a truncated file? re-run the shard") from None
-    if not isinstance(doc, dict) or doc.get("format") != RESULTS_FORMAT:
-        raise MergeError(f"{path}: not a pytest-qrel results file (write one with --qrel-results)")
-    if doc.get("version") != RESULTS_VERSION:
-        raise MergeError(f"{path}: results format version {doc.get('version')!r}; this pytest-qrel reads {RESULTS_VERSION}: "
-                         "re-run the shard with this version")
-    edited = "(a truncated or edited results file; re-run the shard)"
-    results = doc.get("results")
+
+
+_EDITED = "(a truncated or edited results file; re-run the shard)"
+
+
+def _results_problem(results: Any) -> str | None:
+    """What is wrong with a results file's ``results`` section (``None``: what the merge reads is well formed)."""
     if not isinstance(results, dict):
-        raise MergeError(f"{path}: no 'results' section {edited}")
+        return "no 'results' section"
     for key, kind in (("verdicts", list), ("units", list), ("run", dict)):
         if not isinstance(results.get(key, kind()), kind):
-            raise MergeError(f"{path}: 'results.{key}' is not a {kind.__name__} {edited}")
+            return f"'results.{key}' is not a {kind.__name__}"
     for i, raw in enumerate(results.get("verdicts", [])):
         problem = _verdict_problem(raw)
         if problem:
-            raise MergeError(f"{path}: results.verdicts[{i}] {problem} {edited}")
+            return f"results.verdicts[{i}] {problem}"
     for i, raw in enumerate(results.get("units", [])):
         if not isinstance(raw, dict) or not all(isinstance(raw.get(k), str) for k in ("suite", "model", "quantizer")):
-            raise MergeError(f"{path}: results.units[{i}] is not a unit record {edited}")
+            return f"results.units[{i}] is not a unit record"
     suites = results.get("run", {}).get("suites") or []
     if not isinstance(suites, list) or not all(
         isinstance(x, dict) and all(isinstance(x.get(k), str) for k in ("name", "path", "sha256")) for x in suites
     ):
-        raise MergeError(f"{path}: 'results.run.suites' does not list the suites' name, path and SHA-256 {edited}")
+        return "'results.run.suites' does not list the suites' name, path and SHA-256"
+    return None
+
+
+def _plan_and_shard_problem(doc: dict[str, Any]) -> str | None:
+    """What is wrong with a results file's ``plan`` and ``shard`` (``None``: nothing)."""
     plan = doc.get("plan")
     if not isinstance(plan, dict) or not all(isinstance(v, list) and all(isinstance(i, str) for i in v) for v in plan.values()):
-        raise MergeError(f"{path}: 'plan' is not a mapping of suite names to node ids {edited}")
+        return "'plan' is not a mapping of suite names to node ids"
     shard = doc.get("shard")
     if shard is not None and not (
         isinstance(shard, list) and len(shard) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in shard)
         and 1 <= shard[0] <= shard[1]
     ):
-        raise MergeError(f"{path}: 'shard' is {shard!r}, not [K, N] with 1 <= K <= N {edited}")
+        return f"'shard' is {shard!r}, not [K, N] with 1 <= K <= N"
+    return None
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    """A results file, checked for everything the merge reads; :class:`MergeError` names the
+    file and what is wrong in one line."""
+    path = Path(path)
+    doc = _load(path)
+    if not isinstance(doc, dict) or doc.get("format") != RESULTS_FORMAT:
+        raise MergeError(f"{path}: not a pytest-qrel results file (write one with --qrel-results)")
+    if doc.get("version") != RESULTS_VERSION:
+        raise MergeError(f"{path}: results format version {doc.get('version')!r}; this pytest-qrel reads {RESULTS_VERSION}: "
+                         "re-run the shard with this version")
+    problem = _results_problem(doc.get("results")) or _plan_and_shard_problem(doc)
+    if problem:
+        raise MergeError(f"{path}: {problem} {_EDITED}")
     return doc
 
 
@@ -352,7 +341,7 @@ def _file_part(name: str, suite: Any, docs: list[tuple[Path, dict[str, Any]]], r
 
 def recompute(v: Verdict, p: PlannedCheck, *, inconclusive: str, source: str = "the results file") -> tuple[Verdict, str]:
     """``v`` decided again from its numbers and ``p``'s bound through the one policy
-    (:func:`pytest_qrel.results.outcome_of`), and a note (``""``: nothing changed).
+    (:func:`pytest_qrel.policy.outcome_of`), and a note (``""``: nothing changed).
 
     A verdict without a value keeps ``skipped`` / ``error`` / ``not run`` (nothing to decide
     from); any other outcome without a value becomes an error. An ``error`` or ``not run`` is
@@ -406,6 +395,104 @@ def recompute(v: Verdict, p: PlannedCheck, *, inconclusive: str, source: str = "
     return out, f"{v.nodeid}: {said}, its numbers give {outcome}"
 
 
+def _shard_count(docs: list[tuple[Path, dict[str, Any]]]) -> int | None:
+    """N of ``--qrel-shard K/N`` when the files are shards (``None``: unsharded runs), after
+    checking that each of the N shards is given exactly once."""
+    shards: list[tuple[Path, list[int]]] = [(p, d.get("shard") or []) for p, d in docs]
+    if not any(s for _, s in shards):
+        return None
+    ns = {s[1] for _, s in shards if s}
+    if len(ns) != 1 or any(not s for _, s in shards):
+        raise MergeError("results files mix different --qrel-shard N (or unsharded runs): " + ", ".join(f"{p} ({s})" for p, s in shards))
+    n_shards = ns.pop()
+    seen: dict[int, Path] = {}
+    for p, s in shards:
+        if s[0] in seen:
+            raise MergeError(f"shard {s[0]}/{n_shards} appears twice: {seen[s[0]]} and {p}")
+        seen[s[0]] = p
+    missing = [k for k in range(1, n_shards + 1) if k not in seen]
+    if missing:
+        raise MergeError(f"shard(s) {', '.join(f'{k}/{n_shards}' for k in missing)} missing: give every shard's results file")
+    return n_shards
+
+
+def _plan(
+    on_disk: dict[str, Any], docs: list[tuple[Path, dict[str, Any]]], root: Path
+) -> tuple[dict[str, PlannedCheck], dict[str, list[str]]]:
+    """The plan from the suites on disk (``{node id: check}`` and ``{suite: node ids}``), after
+    checking that each file's stored plan is it."""
+    from .spec.plan import plan
+
+    planned: dict[str, PlannedCheck] = {}
+    plan_ids: dict[str, list[str]] = {}
+    for name, suite in on_disk.items():
+        file = _file_part(name, suite, docs, root)
+        checks = plan(suite)
+        plan_ids[name] = [f"{file}::{c.model}::{c.quantizer}::{c.name}" for c in checks]
+        planned.update(zip(plan_ids[name], checks))
+    for p, d in docs:
+        stored = d.get("plan") or {}
+        for info in d["results"].get("run", {}).get("suites") or []:
+            name = info["name"]
+            if set(stored.get(name, [])) != set(plan_ids[name]):
+                have = len(stored.get(name, []))
+                raise MergeError(
+                    f"{p}: its plan of suite '{name}' ({have} checks) is not the suite's ({len(plan_ids[name])} checks in "
+                    f"{on_disk[name].path}): an edited file, or another version of the suite; re-run the shard"
+                )
+    return planned, plan_ids
+
+
+def _shard_of(planned: dict[str, PlannedCheck], n_shards: int | None) -> dict[str, int]:
+    """``{node id: the shard the partition gives it}`` (empty for unsharded runs)."""
+    shard_of: dict[str, int] = {}
+    if n_shards is not None:
+        ids, checks = list(planned), list(planned.values())
+        for number in range(1, n_shards + 1):
+            shard_of.update({i: number for i, keep in zip(ids, assign(checks, number, n_shards)) if keep})
+    return shard_of
+
+
+def _recomputed_verdicts(
+    docs: list[tuple[Path, dict[str, Any]]], planned: dict[str, PlannedCheck], shard_of: dict[str, int],
+    n_shards: int | None, inconclusive: str | None,
+) -> tuple[dict[str, Verdict], dict[Path, list[str]]]:
+    """Every stored verdict, each in its place (planned, once, in its shard) and recomputed
+    (:func:`recompute`); and per file the notes of verdicts the recomputation changed."""
+    verdicts: dict[str, Verdict] = {}
+    where: dict[str, Path] = {}
+    changed: dict[Path, list[str]] = {}
+    for p, d in docs:
+        k: int | None = (d.get("shard") or [None])[0]
+        for raw in d["results"].get("verdicts", []):
+            v = Verdict.from_dict(raw)
+            if v.nodeid not in planned:
+                raise MergeError(f"{p}: has a verdict for {v.nodeid}, which the suite does not plan (an edited file?)")
+            if v.nodeid in verdicts:
+                raise MergeError(f"check {v.nodeid} is in two results files: {where[v.nodeid]} and {p}")
+            if k is not None and shard_of.get(v.nodeid) != k:
+                raise MergeError(f"{p}: shard {k}/{n_shards} has a verdict for {v.nodeid}, which is in shard {shard_of.get(v.nodeid)}/{n_shards}")
+            pc = planned[v.nodeid]
+            v, note = recompute(v, pc, inconclusive=inconclusive or pc.suite.inconclusive, source=p.name)
+            if note:
+                changed.setdefault(p, []).append(note)
+            verdicts[v.nodeid], where[v.nodeid] = v, p
+    return verdicts, changed
+
+
+def _units(docs: list[tuple[Path, dict[str, Any]]]) -> list[UnitMetrics]:
+    """The unit records of all files (the first of each (suite, model, quantizer)), FP32 first per model."""
+    units: dict[tuple[str, str, str], UnitMetrics] = {}
+    for _, d in docs:
+        for raw in d["results"].get("units", []):
+            try:
+                u = UnitMetrics.from_dict(raw)
+            except TypeError as exc:
+                raise MergeError(f"a unit record of {raw.get('suite')}/{raw.get('model')} cannot be read ({exc})") from None
+            units.setdefault((u.suite, u.model, u.quantizer), u)
+    return sorted(units.values(), key=lambda u: (u.suite, u.model, u.quantizer.split("+")[0] != "FP32"))
+
+
 def merge(
     paths: Sequence[Path],
     *,
@@ -426,66 +513,9 @@ def merge(
     root = Path(root) if root is not None else Path.cwd()
     docs = [(Path(p), read_results(Path(p))) for p in paths]
     on_disk = _suites_on_disk(docs, root, suites)
-    shards: list[tuple[Path, list[int]]] = [(p, d.get("shard") or []) for p, d in docs]
-    n_shards: int | None = None
-    if any(s for _, s in shards):
-        ns = {s[1] for _, s in shards if s}
-        if len(ns) != 1 or any(not s for _, s in shards):
-            raise MergeError("results files mix different --qrel-shard N (or unsharded runs): " + ", ".join(f"{p} ({s})" for p, s in shards))
-        n_shards = ns.pop()
-        seen: dict[int, Path] = {}
-        for p, s in shards:
-            if s[0] in seen:
-                raise MergeError(f"shard {s[0]}/{n_shards} appears twice: {seen[s[0]]} and {p}")
-            seen[s[0]] = p
-        missing = [k for k in range(1, n_shards + 1) if k not in seen]
-        if missing:
-            raise MergeError(f"shard(s) {', '.join(f'{k}/{n_shards}' for k in missing)} missing: give every shard's results file")
-
-    # The plan, from the suites on disk; each file's stored plan must be it.
-    from .spec.plan import plan
-
-    planned: dict[str, PlannedCheck] = {}
-    plan_ids: dict[str, list[str]] = {}
-    for name, suite in on_disk.items():
-        file = _file_part(name, suite, docs, root)
-        checks = plan(suite)
-        plan_ids[name] = [f"{file}::{c.model}::{c.quantizer}::{c.name}" for c in checks]
-        planned.update(zip(plan_ids[name], checks))
-    for p, d in docs:
-        stored = d.get("plan") or {}
-        for info in d["results"].get("run", {}).get("suites") or []:
-            name = info["name"]
-            if set(stored.get(name, [])) != set(plan_ids[name]):
-                have = len(stored.get(name, []))
-                raise MergeError(
-                    f"{p}: its plan of suite '{name}' ({have} checks) is not the suite's ({len(plan_ids[name])} checks in "
-                    f"{on_disk[name].path}): an edited file, or another version of the suite; re-run the shard"
-                )
-    shard_of: dict[str, int] = {}
-    if n_shards is not None:
-        ids, checks = list(planned), list(planned.values())
-        for number in range(1, n_shards + 1):
-            shard_of.update({i: number for i, keep in zip(ids, assign(checks, number, n_shards)) if keep})
-
-    verdicts: dict[str, Verdict] = {}
-    where: dict[str, Path] = {}
-    changed: dict[Path, list[str]] = {}
-    for p, d in docs:
-        k: int | None = (d.get("shard") or [None])[0]
-        for raw in d["results"].get("verdicts", []):
-            v = Verdict.from_dict(raw)
-            if v.nodeid not in planned:
-                raise MergeError(f"{p}: has a verdict for {v.nodeid}, which the suite does not plan (an edited file?)")
-            if v.nodeid in verdicts:
-                raise MergeError(f"check {v.nodeid} is in two results files: {where[v.nodeid]} and {p}")
-            if k is not None and shard_of.get(v.nodeid) != k:
-                raise MergeError(f"{p}: shard {k}/{n_shards} has a verdict for {v.nodeid}, which is in shard {shard_of.get(v.nodeid)}/{n_shards}")
-            pc = planned[v.nodeid]
-            v, note = recompute(v, pc, inconclusive=inconclusive or pc.suite.inconclusive, source=p.name)
-            if note:
-                changed.setdefault(p, []).append(note)
-            verdicts[v.nodeid], where[v.nodeid] = v, p
+    n_shards = _shard_count(docs)
+    planned, plan_ids = _plan(on_disk, docs, root)
+    verdicts, changed = _recomputed_verdicts(docs, planned, _shard_of(planned, n_shards), n_shards, inconclusive)
     if notes is not None:
         for p, lines in changed.items():
             notes.append(f"{p}: {len(lines)} stored verdict(s) do not follow from their numbers and were recomputed, e.g. {lines[0]}")
@@ -493,14 +523,7 @@ def merge(
     absent = [i for i in planned_all if i not in verdicts]
     if absent:
         raise MergeError(f"{len(absent)} planned check(s) have no result in any file, e.g. {absent[0]}")
-    units: dict[tuple[str, str, str], UnitMetrics] = {}
-    for _, d in docs:
-        for raw in d["results"].get("units", []):
-            try:
-                u = UnitMetrics.from_dict(raw)
-            except TypeError as exc:
-                raise MergeError(f"a unit record of {raw.get('suite')}/{raw.get('model')} cannot be read ({exc})") from None
-            units.setdefault((u.suite, u.model, u.quantizer), u)
+    units = _units(docs)
     try:
         first = RunResults.from_dict(docs[0][1]["results"])
     except (TypeError, ValueError, AttributeError) as exc:
@@ -509,53 +532,42 @@ def merge(
     run["shards"] = [d["results"].get("run", {}) for _, d in docs]
     run["shard"] = None
     return RunResults(
-        verdicts=[verdicts[i] for i in planned_all],
-        units=sorted(units.values(), key=lambda u: (u.suite, u.model, u.quantizer.split("+")[0] != "FP32")),
+        verdicts=[verdicts[i] for i in planned_all], units=units,
         metrics=first.metrics, scores=first.scores, run=run, planned={name: len(ids) for name, ids in plan_ids.items()},
     )
 
 
 def failing(results: RunResults) -> list[Verdict]:
-    """The verdicts that block the release (:func:`pytest_qrel.results.is_failing`)."""
+    """The verdicts that block the release (:func:`pytest_qrel.policy.is_failing`); ``qrel merge``
+    exits with :attr:`RunResults.verdict`'s ``exit_code`` (1 exactly when there is one)."""
     return [v for v in results.verdicts if is_failing(v)]
 
 
 # ------------------------------------------------------------------------------------ outputs
 def write_report(results: RunResults, path: Path) -> Path:
-    """The HTML report and its Markdown summary (``.md`` beside it); refuses a path that
-    :func:`report_path_problem` rejects."""
-    from .io import atomic_write_text
-    from .report import render_markdown, render_report
+    """The HTML report and its Markdown summary (``.md`` beside it, :func:`pytest_qrel.report.render_report`);
+    a path that :func:`report_path_problem` rejects is a :class:`MergeError`."""
+    from .report import render_report
 
     problem = report_path_problem(Path(path))
     if problem:
         raise MergeError(f"{path}: {problem}")
-    render_report(results, path)
-    atomic_write_text(Path(path).with_suffix(".md"), render_markdown(results, report_path=str(path)))
-    return Path(path)
-
-
-_ERRORED = ("error", "not run")
+    return render_report(results, path)
 
 
 def write_junit(results: RunResults, path: Path) -> Path:
     """A junit XML file of the verdicts (one testcase per check, the verdict as properties).
 
-    Failed or errored exactly where the gate fails (:func:`pytest_qrel.results.is_failing`):
-    an inconclusive check the suite's policy let pass is a passing testcase, as in pytest's own
-    junit XML; ``error`` / ``not run`` are errors; skipped and expected failures are skipped."""
+    Each testcase is what :func:`pytest_qrel.policy.junit_result` says: failed or errored exactly
+    where the gate fails (an inconclusive check the suite's policy let pass is a passing testcase,
+    as in pytest's own junit XML; ``error`` / ``not run`` are errors); skipped and expected
+    failures are skipped."""
     import xml.etree.ElementTree as ET
 
     from .io import atomic_write_bytes
 
     cases = results.verdicts
-
-    def kind(v: Verdict) -> str | None:
-        if is_failing(v):
-            return "error" if v.outcome in _ERRORED else "failure"
-        return "skipped" if v.outcome in ("skipped", "xfailed") else None
-
-    kinds = [kind(v) for v in cases]
+    kinds = [junit_result(v) for v in cases]
     suite_el = ET.Element(
         "testsuite", name="pytest-qrel", tests=str(len(cases)), failures=str(kinds.count("failure")),
         errors=str(kinds.count("error")), skipped=str(kinds.count("skipped")),

@@ -103,13 +103,6 @@ def test_margins() -> None:
     assert display.format_margin(NLL, Bound("value", "<=", 0.2), 0.01) == "+0.0100 nats"
 
 
-def test_worsening_follows_the_delta_convention() -> None:
-    assert display.worsening(TOP1, 0.98, 0.97) == pytest.approx(0.01)  # lower accuracy: worse
-    assert display.worsening(ECE, 0.02, 0.03) == pytest.approx(0.01)  # higher ECE: worse
-    assert display.worsening(ECE, 0.03, 0.02) == pytest.approx(-0.01)
-    assert display.worsening(TOP1, None, 0.5) is None
-
-
 def test_score_labels() -> None:
     assert display.score_label("neglabel") == "NegLabel" and display.score_label("custom") == "custom"
     assert display.score_label(None) == ""

@@ -17,6 +17,23 @@ def test_delta_is_positive_when_worse_for_both_directions():
     assert signed_delta(0.30, 0.20, higher_is_better=False) < 0
 
 
+def test_report_numbers_follow_the_same_delta_rule():
+    """The report's numbers (pytest_qrel.summary) use the checks' rule: + is worse, in the
+    metric's unit, with the relative size in percent of |FP32|; none without FP32 or a direction."""
+    from pytest_qrel.display import metric_info
+    from pytest_qrel.summary import number
+
+    top1, ece = metric_info("top1"), metric_info("ece")
+    assert number(top1, 0.97, 0.98).delta == pytest.approx(0.01)  # lower accuracy: worse
+    assert number(ece, 0.03, 0.02).delta == pytest.approx(0.01)  # higher ECE: worse
+    n = number(ece, 0.02, 0.04)
+    assert n.delta == pytest.approx(-0.02) and n.delta_percent == pytest.approx(-50.0)
+    assert number(top1, 0.5, None).delta is None and number(None, 0.5, 0.6).delta is None
+    assert number(ece, 0.5, 0.0).delta_percent is None  # no relative size against an FP32 of 0
+    spread = number(top1, 0.5, 0.6, per_seed=[0.48, 0.50, 0.52])
+    assert spread.spread == pytest.approx(0.02) and spread.seeds == 3 and number(top1, 0.5, per_seed=[0.5]).spread is None
+
+
 @pytest.mark.parametrize(
     ("bound", "fp32", "value", "metric", "passed", "display"),
     [

@@ -11,13 +11,17 @@ from collections import Counter
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import reportdata as rd
-from pytest_qrel.report import build_page, overall_status, render_html, render_markdown, render_report
+from pytest_qrel.errors import StorageError
+from pytest_qrel.policy import run_verdict
+from pytest_qrel.report import build_page, render_html, render_markdown, render_report
 from pytest_qrel.report.format import delta_class, delta_level
 from pytest_qrel.report.markdown import MAX_CHARS
-from pytest_qrel.results import RunResults, UnitMetrics, Verdict
+from pytest_qrel.results import RunResults, Verdict
+from pytest_qrel.summary import Number, summarize
 
 # ------------------------------------------------------------------------------ a tiny DOM
 
@@ -139,7 +143,9 @@ def test_self_contained_and_offline(tmp_path: Path, demo_html: str) -> None:
     assert set(re.findall(r"url\(([^)]*)\)", html)) <= {u for u in re.findall(r"url\(([^)]*)\)", html) if u.startswith("#")}
     ids = re.findall(r'\sid="([^"]+)"', html)
     assert [i for i, n in Counter(ids).items() if n > 1] == []  # several inline SVGs, no clashing ids
-    assert list(tmp_path.joinpath("sub").iterdir()) == [path]
+    # The Markdown summary is written beside it (as the plugin and qrel merge do), and nothing else.
+    assert sorted(tmp_path.joinpath("sub").iterdir()) == [path, path.with_suffix(".md")]
+    assert path.with_suffix(".md").read_text(encoding="utf-8") == render_markdown(rd.demo_results(), report_path=path)
 
 
 @pytest.mark.parametrize(
@@ -162,7 +168,7 @@ def test_self_contained_and_offline(tmp_path: Path, demo_html: str) -> None:
 def test_banner_never_says_pass_over_what_was_not_verified(outcomes: list[str], planned: int | None, status: str) -> None:
     base = rd.demo_results()
     vs = [Verdict(**{**base.verdicts[0].to_dict(), "outcome": o}) for o in outcomes]
-    assert overall_status(vs, planned) == status
+    assert run_verdict(vs, planned).status == status
     res = RunResults(verdicts=vs, units=base.units, metrics=base.metrics, scores=base.scores,
                      planned={} if planned is None else {"demo": planned})
     doc = tables_html(res)
@@ -210,13 +216,50 @@ def test_a_failing_cell_shows_the_bounded_quantity_and_no_green_delta() -> None:
 def test_delta_colour_grows_with_its_size() -> None:
     top1 = rd.demo_results().metrics["top1"]
     nll = rd.demo_results().metrics["nll"]
-    assert [delta_level(top1, d) for d in (0.0005, 0.002, 0.007, 0.015, 0.03, 0.2)] == [0, 1, 2, 3, 4, 5]
-    assert delta_class(top1, -0.03) == "b4" and delta_class(top1, 0.0) == "n0"
-    assert delta_level(nll, 0.03, 1.0) == 2 and delta_level(nll, 0.5, 1.0) == 5  # relative for non-fractions
+    assert [delta_level(top1, Number(0.9, delta=d)) for d in (0.0005, 0.002, 0.007, 0.015, 0.03, 0.2)] == [0, 1, 2, 3, 4, 5]
+    assert delta_class(top1, Number(0.9, delta=-0.03)) == "b4" and delta_class(top1, Number(0.9, delta=0.0)) == "n0"
+    # relative to FP32 for non-fractions (3% and 50%), and level 3 against an FP32 of 0
+    assert delta_level(nll, Number(1.03, delta=0.03, delta_percent=3.0)) == 2
+    assert delta_level(nll, Number(1.5, delta=0.5, delta_percent=50.0)) == 5
+    assert delta_class(nll, Number(0.5, delta=0.5, delta_percent=None)) == "w3"
     doc = tables_html(rd.demo_results())
     levels = [int(sorted(cell_of(doc, "AUPR-out (%) \u2191 \u00b7 MSP", "noise", q).find(cls="delta").classes - {"delta"})[0][1:])
               for q in ("W8A8", "W6A6", "W4A8", "W4A4")]
     assert levels == sorted(levels) and levels[0] < levels[-1]
+
+
+def _signed(x: float, spec: str) -> str:
+    """``x`` with its sign as the report writes it (a true minus sign)."""
+    return ("+" if x >= 0 else "\u2212") + format(abs(x), spec)
+
+
+def test_table_numbers_are_the_seed_mean_and_spread_and_the_signed_delta() -> None:
+    """Numbers computed here, independently of the library: mean and sample standard deviation
+    over the calibration seeds, and deltas against FP32 signed so that + is worse."""
+    res = rd.methods_results()
+    fp32, w8 = (next(u for u in res.units if u.quantizer == q) for q in ("FP32", "W8A8"))
+    doc = tables_html(res)
+    for metric, header, scale, spec, unit in (("top1", "Top-1 (%) \u2191", 100, ".2f", "pp"),
+                                               ("nll", "NLL (nats) \u2193", 1, ".4f", " nats")):
+        seeds = np.array(w8.per_seed[metric])
+        assert len(seeds) == 3
+        cell = cell_of(doc, "In-distribution", "W8A8", header)
+        assert cell.find(cls="v").text() == format(scale * seeds.mean(), spec)
+        assert cell.find(cls="spread").text() == "\u00b1" + format(scale * seeds.std(ddof=1), spec)
+        worse = fp32.id[metric] - w8.id[metric] if metric == "top1" else w8.id[metric] - fp32.id[metric]
+        assert cell.find(cls="delta").text() == _signed(scale * worse, spec) + unit
+    # An improvement reads negative: temperature scaling lowers FP32's NLL.
+    fitted = next(u for u in res.units if u.quantizer == "FP32+temperature")
+    assert fitted.id["nll"] < fp32.id["nll"]
+    cell = cell_of(doc, "In-distribution", "FP32+temperature", "NLL (nats) \u2193")
+    assert cell.find(cls="delta").text() == _signed(fitted.id["nll"] - fp32.id["nll"], ".4f") + " nats"
+    assert cell.find(cls="delta").text().startswith("\u2212")
+    # The same numbers in the view model (unrounded) and in the Markdown key numbers.
+    n = summarize(res).model("demo_methods", "vit_digits").number("W8A8", "id", "top1")
+    assert n.delta == pytest.approx(fp32.id["top1"] - w8.id["top1"]) and n.spread == pytest.approx(np.std(w8.per_seed["top1"], ddof=1))
+    w4 = next(u for u in res.units if u.quantizer == "W4A4")
+    line = next(ln for ln in render_markdown(res).splitlines() if ln.startswith("| W4A4 |"))
+    assert f"{100 * w4.id['top1']:.2f} ({_signed(100 * (fp32.id['top1'] - w4.id['top1']), '.2f')}pp)" in line
 
 
 def test_scores_follow_the_suite_order() -> None:
@@ -415,14 +458,20 @@ def test_atomic_write_leaves_nothing_behind_on_failure(tmp_path: Path, monkeypat
     assert list(tmp_path.iterdir()) == []
 
 
-def test_the_old_call_still_works(tmp_path: Path) -> None:
+def test_render_report_writes_the_summary_beside_and_refuses_what_it_would_overwrite(tmp_path: Path) -> None:
     res = rd.spectral_results()
-    verdicts = [v.to_dict() for v in res.verdicts]
-    units = [UnitMetrics(u.suite, u.model, u.quantizer, id=u.id, spectral=u.spectral, method=u.method) for u in res.units]
-    path = render_report(verdicts, units, tmp_path / "old.html", meta={"suites": ["demo_spectral"]}, methods={})
-    doc = parse(path.read_text())
-    assert doc.find(cls="status").text() == "FAIL" and "demo_spectral" in doc.find("section", id="run-info").text()
-    assert "W4A4" in render_markdown(verdicts, units)
+    path = render_report(res, tmp_path / "r.html", figures=False)
+    md = tmp_path / "r.md"
+    assert md.read_text(encoding="utf-8").startswith("## \u274c pytest-qrel: FAIL \u2014 demo_spectral")
+    assert render_report(res, path, figures=False) == path  # an earlier report (and its summary) is replaced
+    (tmp_path / "notes.md").write_text("my notes\n")
+    for bad, why in ((tmp_path / "r.md", "the report must be an .html file"),
+                     (tmp_path / "notes.html", "its Markdown summary would overwrite")):
+        with pytest.raises(StorageError, match=why):
+            render_report(res, bad, figures=False)
+    assert (tmp_path / "notes.md").read_text() == "my notes\n" and not (tmp_path / "notes.html").exists()
+    with pytest.raises(TypeError, match="RunResults"):  # the old render_report(verdicts, units, path) is gone
+        render_report(res.verdicts, tmp_path / "old.html")  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------ Markdown

@@ -88,6 +88,9 @@ def test_two_shards_merged_equal_the_serial_run(pytester, tmp_path):
     code = qrel_main(["merge", str(pytester.path / "shard-1.json"), str(pytester.path / "shard-2.json"),
                       "--report", str(merged_dir / "r.html"), "--junitxml", str(merged_dir / "j.xml")])
     assert code == serial.ret  # both pass, or both fail for the same checks
+    # The plugin's terminal summary says what qrel merge, its report and its junit say (one policy).
+    status_line = merge([pytester.path / "serial.json"]).verdict().lines()[0]
+    assert status_line in serial.stdout.lines and status_line.startswith("qrel: ")
     notes: list[str] = []
     merged = merge([pytester.path / "shard-1.json", pytester.path / "shard-2.json"], notes=notes)
     one = merge([pytester.path / "serial.json"], notes=notes)

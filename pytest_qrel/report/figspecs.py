@@ -8,167 +8,167 @@ method (the CLIP paper's Fig. 3; only with more than one method), a heatmap of t
 margins to their bounds, and the spectral error maps on one colour scale. Per suite: mean
 AUPR-out and AUROC over the OOD sets against the bit configuration, one line per model (the ViT
 paper's Fig. 1). Diagnostics: attention rollout maps (the ViT paper's Fig. 2).
+
+The numbers come computed (:class:`pytest_qrel.summary.ModelSummary`: deltas, margin shares,
+the spectral colour scale); values in [0, 1] are drawn in percent.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any
 
 from .. import display
 from ..results import UnitMetrics, Verdict
+from ..spec.schema import MEAN_OOD
+from ..summary import ModelSummary
 from .format import missing
-
-if TYPE_CHECKING:
-    from .view import FigureSpec, _Builder
+from .objects import FigureSpec, TableBuilder
 
 __all__ = ["model_figures", "rollout_figures", "suite_figures"]
 
 
-def _spec(b: "_Builder", kind: str, title: str, caption: str, data: dict[str, Any]) -> "FigureSpec":
-    from .view import FigureSpec
-
+def _spec(b: TableBuilder, kind: str, title: str, caption: str, data: dict[str, Any]) -> FigureSpec:
     return FigureSpec(kind=kind, id=b.new_id("f"), title=title, caption=caption, data=data)
 
 
 def _pct(x: Any) -> float | None:
+    """A fraction in percent (``None``: missing)."""
     return None if missing(x) else 100.0 * float(x)
 
 
-def model_figures(
-    b: "_Builder", suite: str, model: str, units: list[UnitMetrics], ref: UnitMetrics | None, scores: list[str], verdicts: list[Verdict]
-) -> list["FigureSpec"]:
-    figs = []
+def _reliability(b: TableBuilder, ms: ModelSummary) -> FigureSpec | None:
     ece = b.info("ece")
     panels = []
-    for u in units:
+    for u in ms.units:
         rel = u.curves.get("reliability")
         if not rel:
             continue
         panels.append({
-            "label": u.quantizer,
-            "ref": u is ref,
+            "label": u.quantizer, "ref": u is ms.reference,
             "ece": display.format_value(ece, u.id.get("ece")) if "ece" in u.id else "",
-            "edges": rel["edges"],
-            "accuracy": rel["accuracy"],
-            "confidence": rel["confidence"],
-            "count": rel["count"],
+            "edges": rel["edges"], "accuracy": rel["accuracy"], "confidence": rel["confidence"], "count": rel["count"],
         })
-    if panels:
-        dataset = next((u.curves["reliability"].get("dataset") for u in units if u.curves.get("reliability")), "") or "ID test split"
-        figs.append(_spec(b, "reliability", "Reliability diagrams",
-                          f"Accuracy per confidence bin (15 equal-width bins, as ECE) on {dataset}; the dashed diagonal is perfect "
-                          "calibration, red the gap to it. Title: each unit's ECE.", {"panels": panels}))
+    if not panels:
+        return None
+    dataset = next((u.curves["reliability"].get("dataset") for u in ms.units if u.curves.get("reliability")), "") or "ID test split"
+    return _spec(b, "reliability", "Reliability diagrams",
+                 f"Accuracy per confidence bin (15 equal-width bins, as ECE) on {dataset}; the dashed diagonal is perfect "
+                 "calibration, red the gap to it. Title: each unit's ECE.", {"panels": panels})
 
-    plain = [u for u in units if not u.posthoc]
-    for score in scores:
-        lines = []
-        sets: list[str] = []
-        for u in plain:
-            roc = u.curves.get("roc", {}).get(score, {})
-            pr = u.curves.get("pr", {}).get(score, {})
-            if not roc and not pr:
-                continue
-            for d in list(roc) + list(pr):
-                if d not in sets:
-                    sets.append(d)
-            lines.append({"label": u.quantizer, "ref": u is ref, "roc": roc, "pr": pr})
-        if lines:
-            label = display.score_label(score)
-            figs.append(_spec(b, "roc-pr", f"ROC and precision-recall curves, {label} score",
-                              "Top: ROC with ID as the positive class (share of ID images accepted against share of OOD images accepted). "
-                              "Bottom: precision-recall with OOD as the positive class (AUPR-out). One panel per OOD set; black: FP32.",
-                              {"score": label, "sets": sets, "lines": lines}))
 
-    if ref is not None and "top1" in ref.id and "ece" in ref.id:
-        points = []
-        for u in units:
-            if u is ref or "top1" not in u.id or "ece" not in u.id:
-                continue
-            points.append({
-                "label": u.quantizer,
-                "dx": 100.0 * (float(u.id["ece"]) - float(ref.id["ece"])),
-                "dy": 100.0 * (float(u.id["top1"]) - float(ref.id["top1"])),
-                "posthoc": bool(u.posthoc),
-            })
-        if points:
-            figs.append(_spec(b, "acc-ece", "Accuracy change against ECE change",
-                              f"One point per quantizer against {ref.quantizer}, in percentage points: right = ECE rises (worse), "
-                              "up = top-1 rises (better); the green quadrant is better on both. Hollow: with post-hoc steps.",
-                              {"points": points, "ref": ref.quantizer}))
+def _roc_pr(b: TableBuilder, ms: ModelSummary, score: str) -> FigureSpec | None:
+    lines = []
+    sets: list[str] = []
+    for u in (u for u in ms.units if not u.posthoc):
+        roc = u.curves.get("roc", {}).get(score, {})
+        pr = u.curves.get("pr", {}).get(score, {})
+        if not roc and not pr:
+            continue
+        sets += [d for d in dict.fromkeys([*roc, *pr]) if d not in sets]
+        lines.append({"label": u.quantizer, "ref": u is ms.reference, "roc": roc, "pr": pr})
+    if not lines:
+        return None
+    label = display.score_label(score)
+    return _spec(b, "roc-pr", f"ROC and precision-recall curves, {label} score",
+                 "Top: ROC with ID as the positive class (share of ID images accepted against share of OOD images accepted). "
+                 "Bottom: precision-recall with OOD as the positive class (AUPR-out). One panel per OOD set; black: FP32.",
+                 {"score": label, "sets": sets, "lines": lines})
 
-    quantized = [u for u in units if u.method and u.bits_label and not u.posthoc]
+
+def _acc_ece(b: TableBuilder, ms: ModelSummary) -> FigureSpec | None:
+    ref = ms.reference
+    if ref is None or "top1" not in ref.id or "ece" not in ref.id:
+        return None
+    points = []
+    for u in ms.units:
+        ece, top1 = ms.number(u.quantizer, "id", "ece").delta, ms.number(u.quantizer, "id", "top1").delta
+        if u is ref or ece is None or top1 is None:
+            continue
+        # In percentage points; x: the ECE delta (+ = worse), y: the top-1 change (+ = better: the delta's
+        # opposite, written 0 - delta so that no change is +0, not -0).
+        points.append({"label": u.quantizer, "dx": 100.0 * ece, "dy": 100.0 * (0.0 - top1), "posthoc": bool(u.posthoc)})
+    if not points:
+        return None
+    return _spec(b, "acc-ece", "Accuracy change against ECE change",
+                 f"One point per quantizer against {ref.quantizer}, in percentage points: right = ECE rises (worse), "
+                 "up = top-1 rises (better); the green quadrant is better on both. Hollow: with post-hoc steps.",
+                 {"points": points, "ref": ref.quantizer})
+
+
+def _bits_top1(b: TableBuilder, ms: ModelSummary) -> FigureSpec | None:
+    quantized = [u for u in ms.units if u.method and u.bits_label and not u.posthoc]
     methods = list(dict.fromkeys(u.method for u in quantized))
-    if len(methods) >= 2 and any("top1" in u.id for u in quantized):
-        bits = list(dict.fromkeys(u.bits_label for u in quantized))
-        lines = []
-        for m in methods:
-            by_bits = {u.bits_label: u for u in quantized if u.method == m}
-            lines.append({"label": m, "y": [_pct(by_bits[x].id.get("top1")) if x in by_bits else None for x in bits]})
-        figs.append(_spec(b, "bits-top1", "Top-1 against bit configuration per method",
-                          "One line per quantization method; dashed: FP32.",
-                          {"bits": bits, "lines": lines, "ref": _pct(ref.id.get("top1")) if ref else None,
-                           "ref_label": ref.quantizer if ref else ""}))
-
-    heat = _margin_heatmap(b, units, verdicts)
-    if heat:
-        figs.append(_spec(b, "margin-heatmap", "Checks: deltas coloured by margin to the bound",
-                          "Rows: quantizers; columns: metric (score) and dataset of each check. Text: the quantity the check bounded "
-                          "(in the bound's unit); colour: margin to the bound as a share of the bound (red: violated, blue: room left; "
-                          "checks against another quantizer or a zero bound are scaled by the largest margin of their column). "
-                          "x: expected failure.", heat))
-
-    maps = [{"label": u.quantizer, "map": u.spectral_map} for u in units if u.spectral_map and u.spectral_map[0]]
-    if maps:
-        vmax = max(float(v) for m in maps for row in m["map"] for v in row)
-        figs.append(_spec(b, "spectral", "Relative spectral error maps",
-                          "|S_q \u2212 S_FP32| / |S_FP32| per frequency of the last block's feature map; zero frequency at the centre. "
-                          "One colour scale for all quantizers of this model.", {"maps": maps, "vmax": vmax}))
-    return figs
+    if len(methods) < 2 or not any("top1" in u.id for u in quantized):
+        return None
+    bits = list(dict.fromkeys(u.bits_label for u in quantized))
+    lines = []
+    for m in methods:
+        by_bits = {u.bits_label: u for u in quantized if u.method == m}
+        lines.append({"label": m, "y": [_pct(by_bits[x].id.get("top1")) if x in by_bits else None for x in bits]})
+    ref = ms.reference
+    return _spec(b, "bits-top1", "Top-1 against bit configuration per method", "One line per quantization method; dashed: FP32.",
+                 {"bits": bits, "lines": lines, "ref": _pct(ref.id.get("top1")) if ref else None, "ref_label": ref.quantizer if ref else ""})
 
 
-def _margin_heatmap(b: "_Builder", units: list[UnitMetrics], verdicts: list[Verdict]) -> dict[str, Any] | None:
-    order = [u.quantizer for u in units]
-    checked = [v for v in verdicts if v.margin is not None and not missing(v.margin)]
+def _heat_axes(b: TableBuilder, ms: ModelSummary, checked: list[tuple[Verdict, float]]) -> tuple[list[str], list[tuple[str, str | None, str]], list[str]]:
+    """Rows (quantizers, in the model's unit order), columns ((metric, score, dataset) of the
+    checks) and column labels of the margin heatmap."""
+    quantizers = list(dict.fromkeys(v.quantizer for v, _ in checked))
+    rows = [u.quantizer for u in ms.units if u.quantizer in quantizers]
+    rows += [q for q in quantizers if q not in rows]
+    cols: list[tuple[str, str | None, str]] = list(dict.fromkeys((v.metric, v.score or None, v.dataset) for v, _ in checked))
+    labels = [f"{b.info(metric).label}{f'({display.score_label(score)})' if score else ''} \u00b7 {dataset}" for metric, score, dataset in cols]
+    return rows, cols, labels
+
+
+def _margin_heatmap(b: TableBuilder, ms: ModelSummary) -> FigureSpec | None:
+    checked = [(v, share) for v, share in zip(ms.verdicts, ms.margin_shares) if share is not None]
     if not checked:
         return None
-    rows = [q for q in order if any(v.quantizer == q for v in checked)]
-    rows += [q for q in dict.fromkeys(v.quantizer for v in checked) if q not in rows]
-    cols: list[tuple[str, str | None, str]] = list(dict.fromkeys((v.metric, v.score or None, v.dataset) for v in checked))
-    labels = []
-    for metric, score, dataset in cols:
-        name = b.info(metric).label + (f"({display.score_label(score)})" if score else "")
-        labels.append(f"{name} \u00b7 {dataset}")
-    col_max: dict[int, float] = {}
-    for v in checked:
-        j = cols.index((v.metric, v.score or None, v.dataset))
-        col_max[j] = max(col_max.get(j, 0.0), abs(float(v.margin)))
+    rows, cols, labels = _heat_axes(b, ms, checked)
     values: list[list[float | None]] = [[None] * len(cols) for _ in rows]
     text: list[list[str]] = [[""] * len(cols) for _ in rows]
     xfail: list[list[bool]] = [[False] * len(cols) for _ in rows]
-    for v in checked:
+    for v, share in checked:
         i, j = rows.index(v.quantizer), cols.index((v.metric, v.score or None, v.dataset))
-        amount = v.bound_amount
-        scale = abs(float(amount)) if amount is not None and not missing(amount) and float(amount) != 0 else (col_max[j] or 1.0)
-        scaled = max(-1.0, min(1.0, float(v.margin) / scale))
-        if values[i][j] is None or scaled < values[i][j]:  # several checks on one cell: the tightest
-            values[i][j] = scaled
-            text[i][j] = v.delta_display or v.value_display or ""
-            xfail[i][j] = v.expect_fail
-    return {"rows": rows, "cols": labels, "values": values, "text": text, "xfail": xfail}
+        current = values[i][j]
+        if current is None or share < current:  # several checks on one cell: the tightest
+            values[i][j], text[i][j], xfail[i][j] = share, v.delta_display or v.value_display or "", v.expect_fail
+    return _spec(b, "margin-heatmap", "Checks: deltas coloured by margin to the bound",
+                 "Rows: quantizers; columns: metric (score) and dataset of each check. Text: the quantity the check bounded "
+                 "(in the bound's unit); colour: margin to the bound as a share of the bound (red: violated, blue: room left; "
+                 "checks against another quantizer or a zero bound are scaled by the largest margin of their column). "
+                 "x: expected failure.", {"rows": rows, "cols": labels, "values": values, "text": text, "xfail": xfail})
 
 
-def rollout_figures(b: "_Builder", suite: str, model: str, units: list[UnitMetrics]) -> list["FigureSpec"]:
-    withmaps = [u for u in units if (u.diagnostics.get("attention_rollout") or {}).get("maps") and not u.posthoc]
+def _spectral_maps(b: TableBuilder, ms: ModelSummary) -> FigureSpec | None:
+    maps = [{"label": u.quantizer, "map": u.spectral_map} for u in ms.units if u.spectral_map and u.spectral_map[0]]
+    if not maps:
+        return None
+    return _spec(b, "spectral", "Relative spectral error maps",
+                 "|S_q \u2212 S_FP32| / |S_FP32| per frequency of the last block's feature map; zero frequency at the centre. "
+                 "One colour scale for all quantizers of this model.", {"maps": maps, "vmax": ms.spectral_vmax})
+
+
+def model_figures(b: TableBuilder, ms: ModelSummary) -> list[FigureSpec]:
+    """The figures of one model's section, in the order of the module docstring."""
+    figs = [_reliability(b, ms), *(_roc_pr(b, ms, score) for score in ms.scores), _acc_ece(b, ms), _bits_top1(b, ms),
+            _margin_heatmap(b, ms), _spectral_maps(b, ms)]
+    return [f for f in figs if f is not None]
+
+
+def rollout_figures(b: TableBuilder, ms: ModelSummary) -> list[FigureSpec]:
+    withmaps = [u for u in ms.units if (u.diagnostics.get("attention_rollout") or {}).get("maps") and not u.posthoc]
     if not withmaps:
         return []
     first = withmaps[0].diagnostics["attention_rollout"]
+    thumbs = first.get("thumbnails") or []
     images = []
     for k, info in enumerate(first.get("images") or [{} for _ in first["maps"]]):
         kind = info.get("kind", "")
-        label = " ".join(p for p in (str(info.get("dataset", "")), f"#{info['index']}" if "index" in info else "", f"({kind.upper()})" if kind else "") if p)
-        thumbs = first.get("thumbnails") or []
-        images.append({"label": label or f"image {k}", "thumbnail": thumbs[k] if k < len(thumbs) else None})
+        parts = (str(info.get("dataset", "")), f"#{info['index']}" if "index" in info else "", f"({kind.upper()})" if kind else "")
+        images.append({"label": " ".join(p for p in parts if p) or f"image {k}", "thumbnail": thumbs[k] if k < len(thumbs) else None})
     columns = []
     for u in withmaps:
         d = u.diagnostics["attention_rollout"]
@@ -182,46 +182,48 @@ def rollout_figures(b: "_Builder", suite: str, model: str, units: list[UnitMetri
                   {"images": images, "columns": columns})]
 
 
-def suite_figures(b: "_Builder", suite: str, models: Mapping[str, Sequence[UnitMetrics]]) -> list["FigureSpec"]:
+def _suite_lines(b: TableBuilder, models: Sequence[ModelSummary]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The lines of the suite figure (model, method, score and units by bit configuration) and the
+    bit configurations in the order the units come."""
+    lines: list[dict[str, Any]] = []
+    xs: list[str] = []
+    for ms in models:
+        quantized = [u for u in ms.units if u.method and u.bits_label and not u.posthoc]
+        if not quantized:
+            continue
+        methods = list(dict.fromkeys(u.method for u in quantized))
+        use_scores = ms.scores if len(methods) == 1 else ms.scores[:1]
+        xs += [bl for bl in dict.fromkeys(u.bits_label for u in quantized) if bl not in xs]
+        for method in methods:
+            for score in use_scores:
+                label = ms.model + (f" \u00b7 {method}" if len(methods) > 1 else "")
+                if len(use_scores) > 1 or len(models) == 1:
+                    label += f" \u00b7 {display.score_label(score)}"
+                lines.append({"label": label, "ms": ms, "ref": ms.reference,
+                              "by_bits": {u.bits_label: u for u in quantized if u.method == method}, "score": score})
+    return lines, xs
+
+
+def _line_values(line: dict[str, Any], metric: str, xs: list[str]) -> list[float | None]:
+    """The line's mean ``metric`` over the OOD sets in percent: FP32, then each bit configuration."""
+    ms: ModelSummary = line["ms"]
+    units: list[UnitMetrics | None] = [line["ref"], *(line["by_bits"].get(bx) for bx in xs)]
+    return [None if u is None else _pct(ms.number(u.quantizer, "ood", metric, line["score"], MEAN_OOD).value) for u in units]
+
+
+def suite_figures(b: TableBuilder, suite: str, models: Sequence[ModelSummary]) -> list[FigureSpec]:
     """The ViT paper's Fig. 1: mean AUPR-out (and AUROC) over the OOD sets against the bit
     configuration (FP32 first, then the bit configurations in the order the units come).
 
     One line per model and score when each model uses one method; per model and method (first
     score only) when a model uses several, so the lines stay few enough to read."""
-    lines = []
-    xs: list[str] = []
-    for model, units in models.items():
-        ref = next((u for u in units if u.is_reference), None)
-        quantized = [u for u in units if u.method and u.bits_label and not u.posthoc]
-        if not quantized:
-            continue
-        found = b.scores(suite, units)
-        use_scores = found if len({u.method for u in quantized}) == 1 else found[:1]
-        for u in quantized:
-            if u.bits_label not in xs:
-                xs.append(u.bits_label)
-        for method in dict.fromkeys(u.method for u in quantized):
-            for score in use_scores:
-                label = model
-                if len({u.method for u in quantized}) > 1:
-                    label += f" \u00b7 {method}"
-                if len(use_scores) > 1 or len(models) == 1:
-                    label += f" \u00b7 {display.score_label(score)}"
-                lines.append({"label": label, "ref": ref, "by_bits": {u.bits_label: u for u in quantized if u.method == method}, "score": score})
-    metrics = [m for m in ("aupr_out", "auroc") if any(m in l["by_bits"][x].mean_ood(l["score"]) for l in lines for x in l["by_bits"])]
-    if not lines or not metrics or len(xs) < 1:
+    lines, xs = _suite_lines(b, models)
+    metrics = [m for m in ("aupr_out", "auroc") if any(m in ln["by_bits"][x].mean_ood(ln["score"]) for ln in lines for x in ln["by_bits"])]
+    if not lines or not metrics:
         return []
-    ref_label = next((l["ref"].quantizer for l in lines if l["ref"] is not None), "FP32")
-    x = [ref_label, *xs]
-    out_lines = []
-    for l in lines:
-        values = {}
-        for m in metrics:
-            ys = [_pct(l["ref"].mean_ood(l["score"]).get(m)) if l["ref"] is not None else None]
-            ys += [_pct(l["by_bits"][bx].mean_ood(l["score"]).get(m)) if bx in l["by_bits"] else None for bx in xs]
-            values[m] = ys
-        out_lines.append({"label": l["label"], "values": values})
+    ref_label = next((ln["ref"].quantizer for ln in lines if ln["ref"] is not None), "FP32")
+    out_lines = [{"label": ln["label"], "values": {m: _line_values(ln, m, xs) for m in metrics}} for ln in lines]
     return [_spec(b, "bits-ood", "OOD detection against bit configuration",
                   "Mean over the OOD sets of AUPR-out (OOD positive) and AUROC, in %, at each bit configuration; one line per model "
                   "(and method or score).",
-                  {"x": x, "metrics": [[m, f"{b.info(m).label} (%)"] for m in metrics], "lines": out_lines})]
+                  {"x": [ref_label, *xs], "metrics": [[m, f"{b.info(m).label} (%)"] for m in metrics], "lines": out_lines})]

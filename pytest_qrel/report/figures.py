@@ -37,7 +37,7 @@ REF_COLOR = "#111111"
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22", "#17becf", "#393b79", "#ad494a", "#637939", "#8c6d31", "#7b4173", "#3182bd")
 
-RC = {
+RC: dict[str, Any] = {
     "svg.fonttype": "none",
     "svg.hashsalt": "pytest-qrel",
     "font.size": 8.0,
@@ -105,7 +105,7 @@ def draw(kind: str, data: dict[str, Any], prefix: str, title: str = "") -> Marku
     drawer = DRAWERS.get(kind)
     meta = DRAWERS.meta(kind)
     size = meta["size"](data)
-    with matplotlib.rc_context(RC):
+    with matplotlib.rc_context(RC):  # type: ignore[arg-type]  # matplotlib types its keys as a Literal of every rc name
         fig = Figure(figsize=size, layout=meta.get("layout", "constrained"))
         FigureCanvasAgg(fig)
         drawer(fig, data)
@@ -211,8 +211,8 @@ def roc_pr(fig: Any, data: dict[str, Any]) -> None:
     from matplotlib.collections import LineCollection
     from matplotlib.lines import Line2D
 
-    colors = _colors([l["label"] for l in lines], [l["ref"] for l in lines])
-    widths = [1.6 if l["ref"] else 1.0 for l in lines]
+    colors = _colors([ln["label"] for ln in lines], [ln["ref"] for ln in lines])
+    widths = [1.6 if ln["ref"] else 1.0 for ln in lines]
     # reference last, so it is drawn on top; one collection per panel is much cheaper than a line per curve
     order = sorted(range(len(lines)), key=lambda k: lines[k]["ref"])
     for j in range(blocks * cols):
@@ -248,7 +248,7 @@ def roc_pr(fig: Any, data: dict[str, Any]) -> None:
         else:
             ax_roc.tick_params(labelleft=False)
             ax_pr.tick_params(labelleft=False)
-    handles = [Line2D([], [], color=c, lw=w, label=l["label"]) for l, c, w in zip(lines, colors, widths)]
+    handles = [Line2D([], [], color=c, lw=w, label=ln["label"]) for ln, c, w in zip(lines, colors, widths)]
     if handles:
         fig.legend(handles=handles, loc="upper center", ncol=_legend_cols(data), frameon=False, borderaxespad=0.2)
 
@@ -292,10 +292,10 @@ def _legend_width(labels: Sequence[str]) -> float:
     return _text_width(labels) + 0.45
 
 
-@DRAWERS.register("bits-top1", size=lambda d: (max(3.6, 0.8 * len(d["bits"]) + 1.4) + _legend_width([l["label"] for l in d["lines"]] + ["FP32"]), 2.7),
+@DRAWERS.register("bits-top1", size=lambda d: (max(3.6, 0.8 * len(d["bits"]) + 1.4) + _legend_width([ln["label"] for ln in d["lines"]] + ["FP32"]), 2.7),
                   layout=None)
 def bits_top1(fig: Any, data: dict[str, Any]) -> None:
-    ax = _single(fig, right=_legend_width([l["label"] for l in data["lines"]] + [data.get("ref_label") or "FP32"]), bottom=0.45)
+    ax = _single(fig, right=_legend_width([ln["label"] for ln in data["lines"]] + [data.get("ref_label") or "FP32"]), bottom=0.45)
     x = list(range(len(data["bits"])))
     for k, line in enumerate(data["lines"]):
         pts = [(i, y) for i, y in zip(x, line["y"]) if y is not None]
@@ -309,9 +309,9 @@ def bits_top1(fig: Any, data: dict[str, Any]) -> None:
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, borderaxespad=0.0)
 
 
-@DRAWERS.register("bits-ood", size=lambda d: (2.5 * len(d["metrics"]) + 0.3 + _legend_width([l["label"] for l in d["lines"]]), 2.7), layout=None)
+@DRAWERS.register("bits-ood", size=lambda d: (2.5 * len(d["metrics"]) + 0.3 + _legend_width([ln["label"] for ln in d["lines"]]), 2.7), layout=None)
 def bits_ood(fig: Any, data: dict[str, Any]) -> None:
-    right = _legend_width([l["label"] for l in data["lines"]])
+    right = _legend_width([ln["label"] for ln in data["lines"]])
     axes = _panels(fig, 1, len(data["metrics"]), left=0.55, right=right, top=0.12, bottom=0.45, wspace=0.4, unit_ticks=False)[0]
     x = list(range(len(data["x"])))
     handles = []
@@ -376,7 +376,7 @@ def margin_heatmap(fig: Any, data: dict[str, Any]) -> None:
     bar.set_ticks([-1, -0.5, 0, 0.5, 1])
 
 
-def _tile(maps: Sequence[Sequence[Any]], rows: int, cols: int, gap: int = 1) -> Any:
+def _tile(maps: Sequence[Sequence[Any] | None], rows: int, cols: int, gap: int = 1) -> Any:
     """``rows * cols`` equally sized grids (row-major; ``None`` leaves a hole) in one array with
     ``gap`` NaN cells between them."""
     import numpy as np

@@ -2,7 +2,8 @@
 
 Values go through :mod:`pytest_qrel.display` (one rule per metric) with a typographic minus; this
 module adds what only the page needs: the em dash for a missing value, the colour level of a delta
-(scaled by its size, not only its sign) and of a margin, and flattening of metadata values.
+(scaled by its size, not only its sign) and flattening of metadata values. The deltas come
+computed (:class:`pytest_qrel.summary.Number`).
 
 Colour levels of a delta (signed, positive = worse), by its size in the table's unit:
 
@@ -21,6 +22,7 @@ from typing import Any
 
 from .. import display
 from ..results import MetricInfo
+from ..summary import Number
 
 __all__ = [
     "MISSING",
@@ -57,26 +59,25 @@ def fmt_delta(info: MetricInfo, delta: Any, *, unit: bool = True) -> str:
     return display.format_delta(info, delta, symbol=unit, missing=MISSING, typographic=True)
 
 
-def delta_level(info: MetricInfo, delta: Any, fp32: Any = None) -> int:
-    """0 (negligible) .. 5 (large): the size of ``delta`` on the scale of the module docstring."""
-    if missing(delta):
+def delta_level(info: MetricInfo, n: Number) -> int:
+    """0 (negligible) .. 5 (large): the size of ``n.delta`` on the scale of the module docstring."""
+    if n.delta is None:
         return 0
-    d = abs(float(delta))
     if info.fraction:
-        size, levels = 100.0 * d, PP_LEVELS
+        size, levels = 100.0 * abs(n.delta), PP_LEVELS  # the delta in percentage points
+    elif n.delta_percent is None:  # a reference of 0: no relative size
+        return 0 if n.delta == 0 else 3
     else:
-        if missing(fp32) or float(fp32) == 0:
-            return 0 if d == 0 else 3
-        size, levels = 100.0 * d / abs(float(fp32)), REL_LEVELS
+        size, levels = abs(n.delta_percent), REL_LEVELS
     return sum(size >= t for t in levels)
 
 
-def delta_class(info: MetricInfo, delta: Any, fp32: Any = None) -> str:
+def delta_class(info: MetricInfo, n: Number) -> str:
     """``"w3"`` (worse, level 3), ``"b1"`` (better, level 1) or ``"n0"`` (negligible / missing)."""
-    level = delta_level(info, delta, fp32)
-    if level == 0:
+    level = delta_level(info, n)
+    if level == 0 or n.delta is None:
         return "n0"
-    return f"{'w' if float(delta) > 0 else 'b'}{level}"
+    return f"{'w' if n.delta > 0 else 'b'}{level}"
 
 
 def fmt_info(x: Any) -> str:

@@ -18,9 +18,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from .. import display
-from ..results import RunResults, UnitMetrics
+from ..policy import is_unverified, sort_failing
+from ..results import RunResults
+from ..spec.schema import MEAN_OOD
+from ..summary import ID, ModelSummary, summarize
 from .format import MISSING, fmt_delta, fmt_value
-from .view import FAILING, _Builder, count_outcomes, headline, is_failing, is_unverified, overall_status
+from .view import _Builder
 
 __all__ = ["MAX_CHARS", "md_escape", "summary_markdown"]
 
@@ -78,43 +81,42 @@ def _verdict_lines(b: _Builder, verdicts: Sequence[Any], limit: int, *, reason: 
     return lines
 
 
-def _key_numbers(b: _Builder, results: RunResults, limit: int) -> list[str]:
+def _key_numbers(b: _Builder, limit: int) -> list[str]:
     out: list[str] = []
-    grouped: dict[tuple[str, str], list[UnitMetrics]] = {}
-    for u in results.units:
-        grouped.setdefault((u.suite, u.model), []).append(u)
-    for (suite, model), units in grouped.items():
-        ref = next((u for u in units if u.is_reference), None)
-        scores = b.scores(suite, units)
-        score = scores[0] if scores else None
-        id_metrics = [m for m in ("top1", "nll", "ece") if any(m in u.id for u in units)]
-        ood_metrics = [m for m in ("auroc", "aupr_out", "fpr_at_95_tpr") if score and any(m in u.mean_ood(score) for u in units)]
-        if not id_metrics and not ood_metrics:
+    for ms in b.summary.models:
+        if not ms.units:
             continue
-        heads = [b.header(m) for m in id_metrics] + [f"{b.info(m).label} mean ({display.score_label(score)}, %)" for m in ood_metrics]
-        out += ["", f"**{md_escape(suite)} / {md_escape(model)}** (in parentheses: change against {md_escape(ref.quantizer) if ref else 'FP32 (none in this run)'}, + is worse)", "",
-                "| Quantizer | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
-        ordered = ([ref] if ref else []) + [u for u in units if u is not ref]
-        for u in ordered[:limit]:
-            cells = []
-            for m in id_metrics:
-                cells.append(_with_delta(b, m, u.id.get(m), ref.id.get(m) if ref else None, u is ref))
-            for m in ood_metrics:
-                base = ref.mean_ood(score).get(m) if ref else None
-                cells.append(_with_delta(b, m, u.mean_ood(score).get(m), base, u is ref))
-            out.append(f"| {md_escape(u.quantizer)} | " + " | ".join(cells) + " |")
-        if len(ordered) > limit:
-            out.append(f"\n\u2026 and {len(ordered) - limit} more quantizers in the full report.")
+        out += _model_key_numbers(b, ms, limit)
     return out
 
 
-def _with_delta(b: _Builder, metric: str, value: Any, base: Any, is_ref: bool) -> str:
+def _model_key_numbers(b: _Builder, ms: ModelSummary, limit: int) -> list[str]:
+    """One model's table: top-1, NLL, ECE and the mean OOD metrics of its first score, each with
+    its change against FP32."""
+    units, ref = ms.units, ms.reference
+    score = ms.scores[0] if ms.scores else None
+    id_metrics = [m for m in ("top1", "nll", "ece") if any(m in u.id for u in units)]
+    ood_metrics = [m for m in ("auroc", "aupr_out", "fpr_at_95_tpr") if score and any(m in u.mean_ood(score) for u in units)]
+    if not id_metrics and not ood_metrics:
+        return []
+    heads = [b.header(m) for m in id_metrics] + [f"{b.info(m).label} mean ({display.score_label(score)}, %)" for m in ood_metrics]
+    against = md_escape(ref.quantizer) if ref else "FP32 (none in this run)"
+    out = ["", f"**{md_escape(ms.suite)} / {md_escape(ms.model)}** (in parentheses: change against {against}, + is worse)", "",
+           "| Quantizer | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
+    for u in units[:limit]:
+        cells = [_with_delta(b, ms, u.quantizer, "id", m) for m in id_metrics]
+        cells += [_with_delta(b, ms, u.quantizer, "ood", m, score, MEAN_OOD) for m in ood_metrics]
+        out.append(f"| {md_escape(u.quantizer)} | " + " | ".join(cells) + " |")
+    if len(units) > limit:
+        out.append(f"\n\u2026 and {len(units) - limit} more quantizers in the full report.")
+    return out
+
+
+def _with_delta(b: _Builder, ms: ModelSummary, quantizer: str, kind: str, metric: str, score: str | None = None, dataset: str = ID) -> str:
     info = b.info(metric)
-    text = fmt_value(info, value)
-    if is_ref or not b.known(metric):
-        return text
-    d = display.worsening(info, base, value)
-    return text if d is None else f"{text} ({fmt_delta(info, d)})"
+    n = ms.number(quantizer, kind, metric, score, dataset)
+    text = fmt_value(info, n.value)
+    return text if n.delta is None else f"{text} ({fmt_delta(info, n.delta)})"
 
 
 def summary_markdown(results: RunResults, *, report_path: str | None = None, title: str = "pytest-qrel",
@@ -133,32 +135,21 @@ def summary_markdown(results: RunResults, *, report_path: str | None = None, tit
 
 
 def _render(results: RunResults, *, report_path: str | None, title: str, max_rows: int) -> str:
-    b = _Builder(results)
-    vs = b.verdicts
-    planned = sum(results.planned.values()) if results.planned else None
-    status = overall_status(vs, planned)
-    counts = count_outcomes(vs)
-    sentence, unverified = headline(status, vs, planned)
+    b = _Builder(summarize(results))
+    vs, verdict = b.verdicts, b.summary.verdict
     suites = list(dict.fromkeys([*(u.suite for u in results.units), *(v.suite for v in vs)]))
-    lines = [f"## {ICONS[status]} {md_escape(title)}: {status} \u2014 {', '.join(md_escape(s) for s in suites) or 'no suites'}", ""]
-    lines.append(f"**{md_escape(sentence)}**")
-    if unverified:
-        lines += ["", f"\u26a0\ufe0f {md_escape(unverified)}"]
-    lines += ["", " \u00b7 ".join(f"{n} {o}" for o, n in counts.items() if n or o in ("passed", "failed"))
+    lines = [f"## {ICONS[verdict.status]} {md_escape(title)}: {verdict.status} \u2014 {', '.join(md_escape(s) for s in suites) or 'no suites'}", ""]
+    lines.append(f"**{md_escape(verdict.headline)}**")
+    if verdict.unverified_line:
+        lines += ["", f"\u26a0\ufe0f {md_escape(verdict.unverified_line)}"]
+    lines += ["", " \u00b7 ".join(f"{n} {o}" for o, n in verdict.counts.items() if n or o in ("passed", "failed"))
               + f" \u2014 {len(results.units)} unit{'s' if len(results.units) != 1 else ''}"]
-
-    failing = [v for v in vs if is_failing(v)]
-    rank = {o: i for i, o in enumerate(FAILING)}
-    failing.sort(key=lambda v: rank.get(v.outcome, len(rank)))
-    if failing:
-        lines += ["", "### Failing checks", ""] + _verdict_lines(b, failing, max_rows)
-    not_verified = [v for v in vs if is_unverified(v)]
-    if not_verified:
-        lines += ["", "### Not verified", ""] + _verdict_lines(b, not_verified, max_rows)
-    expected = [v for v in vs if v.outcome == "xfailed"]
-    if expected:
-        lines += ["", "### Expected failures (known regressions)", ""] + _verdict_lines(b, expected, max_rows, reason=True)
-    numbers = _key_numbers(b, results, max(1, max_rows))
+    sections = (("### Failing checks", sort_failing(vs), False), ("### Not verified", [v for v in vs if is_unverified(v)], False),
+                ("### Expected failures (known regressions)", [v for v in vs if v.outcome == "xfailed"], True))
+    for heading, shown, reason in sections:
+        if shown:
+            lines += ["", heading, ""] + _verdict_lines(b, shown, max_rows, reason=reason)
+    numbers = _key_numbers(b, max(1, max_rows))
     if numbers:
         lines += ["", "### Key numbers"] + numbers
     if report_path:

@@ -1,7 +1,7 @@
 """Render the view model to one self-contained HTML file (Jinja2, autoescaped, works offline).
 
 :func:`render_html` builds the page (:func:`.view.build_page`), draws its figures
-(:mod:`.figures`, inline SVG) and renders ``templates/report.html.j2``; :func:`render_report`
+(:mod:`.figures`, inline SVG) and renders ``templates/report.html.j2``; :func:`write_html`
 writes the result atomically (:func:`pytest_qrel.io.atomic_write_text`).
 
 The page has no external assets: inline CSS, inline SVG, and one small inline script that makes
@@ -21,7 +21,8 @@ from markupsafe import Markup
 
 from ..results import RunResults
 from .format import dash, fmt_duration, fmt_info
-from .view import FigureSpec, Page, build_page
+from .objects import FigureSpec, Page
+from .view import build_page
 
 __all__ = ["DEFAULT_TITLE", "draw_figures", "environment", "render_html", "write_html"]
 

@@ -1,7 +1,8 @@
 """The report's section on deployed runtimes: census, parity to the simulation, latency and identity.
 
 Built from :attr:`UnitMetrics.runtime` of the runtime units (records that already hold every number
-shown, see :func:`pytest_qrel.runtimes.audit.audit_runtime`); renders nothing for a model without
+shown, see :func:`pytest_qrel.runtimes.audit.audit_runtime`; the census shares in percent come from
+:attr:`pytest_qrel.summary.ModelSummary.census_percent`); renders nothing for a model without
 runtime units. Four tables in one block of the model's section:
 
 - **Census**: the share of Linear / MatMul / Conv multiply-accumulates in int8 kernels, with
@@ -23,7 +24,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..results import UnitMetrics
-from .view import Block, Cell, Column, Row, Table, fit
+from ..summary import ModelSummary
+from .objects import Block, Cell, Column, Row, Table, fit
 
 MB = 1024.0 * 1024.0
 
@@ -56,17 +58,18 @@ def _kernels(ops: dict[str, int], n: int = 6) -> str:
     return (text + (", \u2026" if len(items) > n else "")) or "none"
 
 
-def census_table(b: Any, suite: str, model: str, units: Sequence[UnitMetrics]) -> Table:
+def census_table(b: Any, ms: ModelSummary, units: Sequence[UnitMetrics]) -> Table:
+    suite, model = ms.suite, ms.model
     columns = [Column(c) for c in ("Runtime", "Int8 MACs", "Weight-only", "Float MACs", "Integer kernels", "Float kernels", "Notes")]
     rows = []
     for u in units:
         c = u.runtime["census"]
-        total = sum(c["macs"].values()) or 1.0
+        share = ms.census_percent.get(u.quantizer, {})
         rows.append(Row(u.quantizer, [
             _text(c["runtime"]),
-            _marked(b, _num(100 * c["macs"]["int8"] / total, ".1f", "%"), suite, model, u.quantizer, "int8_share"),
-            _num(100 * c["macs"]["weight_only"] / total, ".1f", "%"),
-            _num(100 * c["macs"]["float"] / total, ".1f", "%"),
+            _marked(b, _num(share.get("int8"), ".1f", "%"), suite, model, u.quantizer, "int8_share"),
+            _num(share.get("weight_only"), ".1f", "%"),
+            _num(share.get("float"), ".1f", "%"),
             _text(_kernels(c["ops"].get("integer", {}))),
             _text(_kernels(c["ops"].get("float", {}))),
             _text(c.get("notes", "")),
@@ -146,13 +149,13 @@ def identity_table(b: Any, units: Sequence[UnitMetrics]) -> Table:
                      rowhead="Unit", css="runtime-identity"))
 
 
-def runtime_blocks(b: Any, suite: str, model: str, units: Sequence[UnitMetrics]) -> list[Block]:
+def runtime_blocks(b: Any, ms: ModelSummary) -> list[Block]:
     """The "Deployed runtimes" block of a model's section (empty when it has no runtime unit)."""
-    runtimes = [u for u in units if u.runtime and u.runtime.get("census")]
+    runtimes = [u for u in ms.units if u.runtime and u.runtime.get("census")]
     if not runtimes:
         return []
-    tables = [census_table(b, suite, model, runtimes)]
-    tables += [t for t in (parity_table(b, suite, model, runtimes), latency_table(b, suite, model, runtimes)) if t is not None]
+    tables = [census_table(b, ms, runtimes)]
+    tables += [t for t in (parity_table(b, ms.suite, ms.model, runtimes), latency_table(b, ms.suite, ms.model, runtimes)) if t is not None]
     tables.append(identity_table(b, runtimes))
     legend = ("Runtime units run the artifact a team deploys (ONNX Runtime, OpenVINO, torchao, or a file of its own); their "
               "metrics are the columns of the tables above, beside the simulated quantizers. Ratios below 1 are faster / smaller "
