@@ -1,6 +1,6 @@
 """CLIP OOD scores from image and text embeddings: ``mcm``, ``neglabel``, ``genneg``. Higher = more ID.
 
-Importing this module registers them in :data:`pytest_qrel.scores.SCORES` with metadata
+Importing this module registers them in :data:`pytest_qrel.scores.SCORES` (defined in :mod:`.score_registry`) with metadata
 ``needs="clip"``. Each has the signature::
 
     fn(logits: (N, C) array, features: (N, D) array, clip: dict) -> (N,) float64 array
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .scores import SCORES
+from .score_registry import SCORES
 
 __all__ = ["compute_clip_scores", "genneg", "mcm", "neglabel"]
 

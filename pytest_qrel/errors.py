@@ -11,7 +11,8 @@ anything else escaping the library is a bug in pytest-qrel.
     ├── QuantOptionError       a quantizer's method, bits or options are wrong (option, problem, fix);
     │                          raised by pytest_qrel.quantize, which knows no YAML: callers turn it
     │                          into a located SpecError (pytest_qrel.spec.quantizers.located_error)
-    ├── UnknownNameError       a registry lookup failed (lists known names, "did you mean")
+    ├── UnknownNameError       a registry lookup failed (lists known names, "did you mean"; the one
+    │                          "did you mean" of the package is :func:`did_you_mean`, used by it)
     ├── DataError              a dataset is missing or unreadable
     │   └── DataMissingError   a dataset root does not exist (items are skipped, not failed)
     ├── ModelError             a model or checkpoint cannot be loaded
@@ -38,6 +39,7 @@ attribute kept. Never re-raise with ``type(exc)(message)``: subclasses such as
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -121,16 +123,31 @@ class QuantOptionError(QrelError):
         super().__init__(f"{option}: {problem} (fix: {fix})")
 
 
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the known name closest to ``name`` (:func:`difflib.get_close_matches`,
+    its default cutoff 0.6), or ``""`` when none is close. The one "did you mean" of pytest-qrel:
+    every message that suggests a name gets it from here, mostly through :class:`UnknownNameError`."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
 class UnknownNameError(QrelError, LookupError):
-    """A name was looked up in a registry that does not know it."""
+    """A name was looked up in a registry (or a table of options, a module's functions, ...) that
+    does not know it. The one message shape of an unknown name::
 
-    def __init__(self, kind: str, name: str, known: list[str]) -> None:
-        import difflib
+        unknown <kind> '<name>'; did you mean '<closest>'? (known: <a>, <b>, ...)
 
+    without the "did you mean" when nothing is close, ``(known: none)`` when nothing is known, and
+    ``listing`` in the parentheses instead of the names when they are too many to print (timm's
+    1,200 models: ``(list them with: ...)``)."""
+
+    def __init__(self, kind: str, name: str, known: Iterable[str], *, listing: str | None = None) -> None:
+        known = list(known)
         self.kind, self.name, self.known = kind, name, known
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        super().__init__(f"unknown {kind} '{name}'{hint} (known: {', '.join(known) or 'none'})")
+        shown = listing if listing is not None else f"known: {', '.join(map(str, known)) or 'none'}"
+        super().__init__(f"unknown {kind} '{name}'{did_you_mean(name, known)} ({shown})")
 
 
 class DataError(QrelError):

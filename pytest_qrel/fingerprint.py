@@ -23,7 +23,7 @@ def package_version(name: str) -> str:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         if name == "pytest-qrel":
-            from . import __version__
+            from ._version import __version__
 
             return __version__
         return "absent"

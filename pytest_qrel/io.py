@@ -33,7 +33,7 @@ from pathlib import Path
 
 from .errors import StorageError
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "remove_stray_temps", "storage_error", "temp_path"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "publish", "remove_stray_temps", "storage_error", "temp_path"]
 
 _STALE_SECONDS = 24 * 3600
 
@@ -146,8 +146,25 @@ def _write(target: Path, data: bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return publish(tmp, target)
+
+
+def publish(tmp: Path, target: Path) -> Path:
+    """Steps 2 and 3 of the module docstring for a temp file written in place (named by
+    :func:`temp_path`): ``fsync`` it, ``os.replace`` it onto ``target``, ``fsync`` the directory.
+    :func:`atomic_write_bytes` ends here; so does a file too large to hold in memory as bytes (the
+    decoded-image store fills a preallocated memory map, then publishes it). The temp file is
+    removed when this raises (an ``OSError``; callers turn it into :func:`storage_error`)."""
+    try:
+        fd = os.open(tmp, os.O_RDWR)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -11,18 +11,18 @@ like :mod:`pytest_qrel.metrics` does (``ValueError`` on empty, non-2-D or non-fi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
 from .metrics import check_logits, logsumexp, softmax
-from .registry import Registry
+from .score_registry import SCORES
 
 __all__ = ["SCORES", "compute_scores", "energy", "maxlogit", "msp"]
 
-#: Every OOD score under its YAML name; metadata ``needs`` says what it is computed from.
-SCORES: Registry[Callable[..., np.ndarray]] = Registry("score")
+# SCORES (every OOD score under its YAML name) lives in the leaf .score_registry, so that
+# clip_scores can register into it without importing this module back.
 
 
 @SCORES.register("msp", needs="logits")

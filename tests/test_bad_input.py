@@ -43,6 +43,8 @@ NO_TAG = "(fix: remove the tag: a suite holds only plain mappings, lists, string
 MODEL_SOURCES = "(known: embedded, open_clip, python, timm)"
 DATASET_SOURCES = "(known: embedded, filelist, imagefolder, shift, torchvision)"
 EMBEDDED_SETS = "(known: digits, digits89, noise, photos, textures)"
+TOP_LEVEL = "batch_size, bootstrap, checks, confidence, conventions, datasets, description, diagnostics, inconclusive, models, name, quantizers, scores, version"
+KEY_FIX = " (fix: remove it or use a known key)"
 ONE_CHECK = """(fix: add at least one check, e.g. '- "W8A8 top1 delta <= 1pp"')"""
 NOT_OVERLAP = "(fix: remove one of them, or narrow 'all' / 'on' so that they do not overlap)"
 
@@ -95,17 +97,17 @@ SPEC_CASES: list[tuple[str, tuple[str, str] | str, str]] = [
      "{p}:12: YAML merge keys ('<<') are not supported (fix: write the keys out in each mapping)"),
     ("list as a key", edit("scores: [msp, energy]", "? [msp, energy]\n: 1"), "{p}:13: mapping keys must be plain scalars"),
     # ---- top-level fields
-    ("misspelled top-level key", edit("name: mini", "nmae: mini"), "{p}:2: field 'nmae': unknown key 'nmae' (fix: did you mean 'name'?)"),
+    ("misspelled top-level key", edit("name: mini", "nmae: mini"), f"{{p}}:2: field 'nmae': unknown key 'nmae'; did you mean 'name'? (known: {TOP_LEVEL}){KEY_FIX}"),
     ("unknown top-level key", edit("name: mini", "name: mini\nowner: me"),
-     "{p}:3: field 'owner': unknown key 'owner' (fix: allowed: batch_size, bootstrap, checks, confidence, conventions, datasets, description, diagnostics, inconclusive, models, name, quantizers, scores, version)"),
+     f"{{p}}:3: field 'owner': unknown key 'owner' (known: {TOP_LEVEL}){KEY_FIX}"),
     ("schema version 2", edit("version: 1", "version: 2"), "{p}:1: field 'version': unsupported schema version 2 (fix: this pytest-qrel reads version 1)"),
     ("name with a space", edit("name: mini", "name: my suite"), "{p}:2: field 'name': invalid name 'my suite' (fix: use only letters, digits, _ . and -)"),
     ("name '..'", edit("name: mini", "name: .."), "{p}:2: field 'name': invalid name '..' (fix: start it with a letter, a digit or _)"),
     ("name a number", edit("name: mini", "name: 7"), "{p}:2: field 'name': invalid name 7 (fix: use only letters, digits, _ . and -)"),
     ("misspelled convention", edit("name: mini", "name: mini\nconventions: openod"),
      "{p}:3: field 'conventions': unknown metric convention 'openod'; did you mean 'openood'? (known: hendrycks, mcm_code, openood) (fix: use one of hendrycks, mcm_code, openood)"),
-    ("batch size 0", edit("name: mini", "name: mini\nbatch_size: 0"), "{p}:3: field 'batch_size': expected an integer >= 1, got 0 (fix: use an integer >= 1)"),
-    ("batch size a string", edit("name: mini", "name: mini\nbatch_size: many"), "{p}:3: field 'batch_size': expected an integer >= 1, got 'many' (fix: use an integer >= 1)"),
+    ("batch size 0", edit("name: mini", "name: mini\nbatch_size: 0"), "{p}:3: field 'batch_size': key 'batch_size' must be an integer >= 1, got 0 (fix: use an integer >= 1)"),
+    ("batch size a string", edit("name: mini", "name: mini\nbatch_size: many"), "{p}:3: field 'batch_size': key 'batch_size' must be an integer >= 1, got 'many' (fix: use an integer >= 1)"),
     # ---- models
     ("no models", edit('models:\n  vit: {source: "embedded:digits_vit"}\n', ""), "{p}:1: field 'models': missing 'models' (fix: see the README for a complete example)"),
     ("models a list", edit('  vit: {source: "embedded:digits_vit"}', '  - {source: "embedded:digits_vit"}'),
@@ -115,7 +117,7 @@ SPEC_CASES: list[tuple[str, tuple[str, str] | str, str]] = [
     ("model without source", edit('  vit: {source: "embedded:digits_vit"}', "  vit: {options: {}}"),
      "{p}:4: field 'models.vit.source': missing 'source' (fix: add e.g. 'source: embedded:digits_vit')"),
     ("model key misspelled", edit('  vit: {source: "embedded:digits_vit"}', '  vit: {sourc: "embedded:digits_vit"}'),
-     "{p}:4: field 'models.vit.sourc': unknown key 'sourc' (fix: did you mean 'source'?)"),
+     f"{{p}}:4: field 'models.vit.sourc': unknown key 'sourc'; did you mean 'source'? (known: options, source){KEY_FIX}"),
     ("model source without scheme", edit('"embedded:digits_vit"', '"digits_vit"'),
      "{p}:4: field 'models.vit.source': source must be '<scheme>:<arg>', got 'digits_vit' (fix: write e.g. 'embedded:digits' or 'timm:deit_small_patch16_224')"),
     ("model scheme timmm", edit('"embedded:digits_vit"', '"timmm:deit_small_patch16_224"'),
@@ -127,7 +129,7 @@ SPEC_CASES: list[tuple[str, tuple[str, str] | str, str]] = [
     ("shipped CLIP under embedded", edit('"embedded:digits_vit"', '"embedded:digits_clip"'),
      "{p}:4: field 'models.vit.source': 'digits_clip' is the shipped CLIP model, which the open_clip source loads: write 'open_clip:digits_clip'"),
     ("embedded model with options", edit('  vit: {source: "embedded:digits_vit"}', '  vit: {source: "embedded:digits_vit", options: {seed: 1}}'),
-     "{p}:4: field 'models.vit.options': model 'embedded:digits_vit': unknown option(s) 'seed'; embedded models take no options"),
+     "{p}:4: field 'models.vit.options': model 'embedded:digits_vit': unknown option 'seed' (known: none)"),
     ("model options a list", edit('  vit: {source: "embedded:digits_vit"}', '  vit: {source: "embedded:digits_vit", options: [seed]}'),
      "{p}:4: field 'models.vit.options': 'options' must be a mapping"),
     ("python source without factory", edit('"embedded:digits_vit"', '"python:models/build.py"'),
@@ -135,7 +137,7 @@ SPEC_CASES: list[tuple[str, tuple[str, str] | str, str]] = [
      "(e.g. 'python:mypkg.models:build' or 'python:models/build.py:make_model')"),
     ("timm option misspelled", edit('  vit: {source: "embedded:digits_vit"}', '  vit: {source: "timm:deit_tiny_patch16_224", options: {pretrainde: false}}'),
      "{p}:4: field 'models.vit.options': timm model 'deit_tiny_patch16_224': unknown option 'pretrainde'; did you mean 'pretrained'? "
-     "(known options: checkpoint, pretrained, model_kwargs, num_classes, seed, cache_dir, data_config)"),
+     "(known: cache_dir, checkpoint, data_config, model_kwargs, num_classes, pretrained, seed)"),
     ("timm options contradict", edit('  vit: {source: "embedded:digits_vit"}', '  vit: {source: "timm:deit_tiny_patch16_224", options: {pretrained: false, checkpoint: w.safetensors}}'),
      "{p}:4: field 'models.vit.options': timm model 'deit_tiny_patch16_224': options 'pretrained: false' and 'checkpoint' contradict each other "
      "(drop 'pretrained: false' to load the checkpoint, or drop 'checkpoint' for random weights)"),
@@ -144,7 +146,7 @@ SPEC_CASES: list[tuple[str, tuple[str, str] | str, str]] = [
      "{p}:1: field 'datasets': missing 'datasets' (fix: see the README for a complete example)"),
     ("no id set", edit('  id: {name: digits, source: "embedded:digits"}\n', ""),
      "{p}:6: field 'datasets.id': missing the in-distribution set 'id' (fix: add 'id: {name: ..., source: ...}')"),
-    ("datasets key misspelled", edit("  ood:", "  oods:"), "{p}:7: field 'datasets.oods': unknown key 'oods' (fix: did you mean 'ood'?)"),
+    ("datasets key misspelled", edit("  ood:", "  oods:"), f"{{p}}:7: field 'datasets.oods': unknown key 'oods'; did you mean 'ood'? (known: id, ood, pairs, shifted){KEY_FIX}"),
     ("id set misspelled", edit('"embedded:digits"', '"embedded:digts"'),
      f"{{p}}:6: field 'datasets.id.source': unknown embedded dataset 'digts'; did you mean 'digits'? {EMBEDDED_SETS}"),
     ("dataset scheme misspelled", edit('"embedded:noise"', '"embeded:noise"'),
@@ -152,7 +154,7 @@ SPEC_CASES: list[tuple[str, tuple[str, str] | str, str]] = [
     ("dataset scheme unknown", edit('"embedded:noise"', '"hf:imagenet-o"'),
      f"{{p}}:9: field 'datasets.ood[1].source': unknown dataset source 'hf' {DATASET_SOURCES}"),
     ("embedded set with options", edit('{name: noise, source: "embedded:noise"}', '{name: noise, source: "embedded:noise", options: {limit: 10}}'),
-     "{p}:9: field 'datasets.ood[1].options': dataset 'embedded:noise': unknown option(s) 'limit'; embedded datasets take no options (remove them from the suite)"),
+     "{p}:9: field 'datasets.ood[1].options': dataset 'embedded:noise': unknown option 'limit' (known: none)"),
     ("dataset without name", edit("{name: noise, ", "{"), "{p}:9: field 'datasets.ood[1].name': missing 'name' (fix: add e.g. 'name: textures')"),
     ("dataset name with '-'", edit("name: noise", "name: no-ise"), "{p}:9: field 'datasets.ood[1].name': invalid name 'no-ise' (fix: use only letters, digits, _ and .)"),
     ("dataset name reserved", edit("name: noise", "name: mean"),
@@ -162,17 +164,17 @@ SPEC_CASES: list[tuple[str, tuple[str, str] | str, str]] = [
     ("ood a string", edit('  ood:\n    - {name: digits89, source: "embedded:digits89"}\n    - {name: noise, source: "embedded:noise"}', '  ood: "embedded:noise"'),
      "{p}:7: field 'datasets.ood': 'ood' must be a list or a mapping, got a string"),
     ("imagefolder option misspelled", edit('{name: noise, source: "embedded:noise"}', '{name: noise, source: "imagefolder:data/noise", options: {limt: 10}}'),
-     "{p}:9: field 'datasets.ood[1].options': dataset 'imagefolder:data/noise': unknown option(s) 'limt' (did you mean 'limit'?) "
-     "(accepted: class_index, class_names, classes, content_hash, extensions, labels, limit, logit_mask, mode, seed, split_dirs, test, train, unknown_classes, val)"),
+     "{p}:9: field 'datasets.ood[1].options': dataset 'imagefolder:data/noise': unknown option 'limt'; did you mean 'limit'? "
+     "(known: class_index, class_names, classes, content_hash, extensions, labels, limit, logit_mask, mode, seed, split_dirs, test, train, unknown_classes, val)"),
     ("imagefolder bad labels", edit('{name: noise, source: "embedded:noise"}', '{name: noise, source: "imagefolder:data/noise", options: {labels: maybe}}'),
-     "{p}:9: field 'datasets.ood[1].options': dataset 'imagefolder:data/noise': option 'labels' must be one of auto, folders, none; got 'maybe'"),
+     "{p}:9: field 'datasets.ood[1].options': dataset 'imagefolder:data/noise': option 'labels' must be one of 'auto', 'folders', 'none', got 'maybe'"),
     ("imagefolder limit 0", edit('{name: noise, source: "embedded:noise"}', '{name: noise, source: "imagefolder:data/noise", options: {limit: 0}}'),
      "{p}:9: field 'datasets.ood[1].options': dataset 'imagefolder:data/noise': option 'limit' must be an integer >= 1, got 0"),
     ("imagefolder classes and class_index", edit('{name: noise, source: "embedded:noise"}', '{name: noise, source: "imagefolder:d", options: {classes: [a], class_index: {a: 0}}}'),
      "{p}:9: field 'datasets.ood[1].options': dataset 'imagefolder:d': give either 'classes' (names in index order) or 'class_index' (name -> index), not both"),
     ("filelist option unknown", edit('{name: noise, source: "embedded:noise"}', '{name: noise, source: "filelist:ood.txt", options: {extensions: [.png]}}'),
-     "{p}:9: field 'datasets.ood[1].options': dataset 'filelist:ood.txt': unknown option(s) 'extensions' "
-     "(accepted: class_names, classes, content_hash, labels, limit, mode, root, seed, test, train, val)"),
+     "{p}:9: field 'datasets.ood[1].options': dataset 'filelist:ood.txt': unknown option 'extensions' "
+     "(known: class_names, classes, content_hash, labels, limit, mode, root, seed, test, train, val)"),
     ("shift corruption misspelled", edit('{name: noise, source: "embedded:noise"}', '{name: noise, source: "shift:gausian_noise/3", options: {of: "embedded:digits"}}'),
      "{p}:9: field 'datasets.ood[1].source': unknown corruption 'gausian_noise'; did you mean 'gaussian_noise'? (known: {corruptions})"),
     ("shift severity 6", edit('{name: noise, source: "embedded:noise"}', '{name: noise, source: "shift:gaussian_noise/6", options: {of: "embedded:digits"}}'),
@@ -182,14 +184,14 @@ SPEC_CASES: list[tuple[str, tuple[str, str] | str, str]] = [
     ("shift of a misspelled set", edit('{name: noise, source: "embedded:noise"}', '{name: noise, source: "shift:gaussian_noise/3", options: {of: "embedded:digts", as_ood: true}}'),
      f"{{p}}:9: field 'datasets.ood[1].options': dataset 'shift:gaussian_noise/3': base set 'embedded:digts': unknown embedded dataset 'digts'; did you mean 'digits'? {EMBEDDED_SETS}"),
     ("shift of_options bad", edit('{name: noise, source: "embedded:noise"}', '{name: noise, source: "shift:gaussian_noise/3", options: {of: "imagefolder:x", of_options: {labels: maybe}}}'),
-     "{p}:9: field 'datasets.ood[1].options': dataset 'shift:gaussian_noise/3': base set 'imagefolder:x': dataset 'imagefolder:x': option 'labels' must be one of auto, folders, none; got 'maybe'"),
+     "{p}:9: field 'datasets.ood[1].options': dataset 'shift:gaussian_noise/3': base set 'imagefolder:x': dataset 'imagefolder:x': option 'labels' must be one of 'auto', 'folders', 'none', got 'maybe'"),
     ("pair of an OOD set", edit("  ood:", "  pairs: {bg: {common: digits, counter: noise}}\n  ood:"),
      "{p}:7: field 'datasets.pairs.bg.counter': 'counter' must name the ID set or a shifted set, got 'noise' (fix: use one of digits)"),
     # ---- quantizers (method and option names are validated by the quantizer registry's own checks)
     ("quantizer named FP32", edit("  W4A4: {method: minmax}", "  FP32: {method: minmax}"),
      "{p}:12: field 'quantizers.FP32': 'FP32' is reserved for the unquantized reference (fix: remove it: FP32 is always part of a suite)"),
     ("weight bits 9", edit("  W4A4: {method: minmax}", "  W4A4: {method: minmax, weight_bits: 9}"),
-     "{p}:12: field 'quantizers.W4A4.weight_bits': expected an integer from 2 to 8, got 9 (fix: use an integer from 2 to 8)"),
+     "{p}:12: field 'quantizers.W4A4.weight_bits': key 'weight_bits' must be an integer from 2 to 8, got 9 (fix: use an integer from 2 to 8)"),
     # ---- scores
     ("score misspelled", edit("scores: [msp, energy]", "scores: [msp, enrgy]"),
      "{p}:13: field 'scores[1]': unknown score 'enrgy'; did you mean 'energy'? (known: {scores}) (fix: use one of the known scores)"),
@@ -259,7 +261,7 @@ SPEC_CASES: list[tuple[str, tuple[str, str] | str, str]] = [
     ("structured bound not a number", check("{metric: nll, delta: {max: lots}}"),
      "{p}:15: field 'checks[0].delta': bound 'lots' is not a number with an optional % or pp (fix: write e.g. 10%, 1pp or 0.05)"),
     ("structured key misspelled", check("{metric: nll, delta: {max: 3}, reasn: known}"),
-     "{p}:15: field 'checks[0]': unknown key(s) reasn (fix: use only check, confidence, datasets, delta, expect, metric, on, quantizers, reason, score, value)"),
+     f"{{p}}:15: field 'checks[0]': unknown key 'reasn'; did you mean 'reason'? (known: check, confidence, datasets, delta, expect, metric, on, quantizers, reason, score, value){KEY_FIX}"),
     ("expect maybe", check("{metric: nll, quantizers: W8A8, delta: {max: 3}, expect: maybe}"),
      "{p}:15: field 'checks[0].expect': 'expect' must be 'pass' or 'fail', got 'maybe' (fix: write 'expect: fail' for a check known to fail)"),
     ("shorthand plus structured", check('{check: "W8A8 nll delta <= 3", metric: nll}'),
@@ -290,19 +292,19 @@ SPEC_CASES: list[tuple[str, tuple[str, str] | str, str]] = [
     # ---- a boolean is never a number (True == 1 in Python)
     ("version true", edit("version: 1", "version: true"), "{p}:1: field 'version': 'version' must be a number, got True (fix: write 'version: 1')"),
     ("batch size true", edit("name: mini", "name: mini\nbatch_size: true"),
-     "{p}:3: field 'batch_size': expected an integer >= 1, got True (fix: use an integer >= 1)"),
+     "{p}:3: field 'batch_size': key 'batch_size' must be an integer >= 1, got True (fix: use an integer >= 1)"),
     ("confidence true", edit("name: mini", "name: mini\nconfidence: true"),
      "{p}:3: field 'confidence': confidence must be a level, got True (fix: write a fraction such as 0.95 or a percentage such as '95%')"),
     ("bootstrap resamples true", edit("name: mini", "name: mini\nbootstrap: {resamples: true}"),
-     "{p}:3: field 'bootstrap.resamples': expected an integer from 10 to 1000000, got True (fix: use an integer from 10 to 1000000)"),
+     "{p}:3: field 'bootstrap.resamples': key 'resamples' must be an integer from 10 to 1000000, got True (fix: use an integer from 10 to 1000000)"),
     ("calibration samples true", edit("  W4A4: {method: minmax}", "  W4A4: {method: minmax, calibration: {samples: true}}"),
-     "{p}:12: field 'quantizers.W4A4.calibration.samples': expected an integer >= 1, got True (fix: use an integer >= 1)"),
+     "{p}:12: field 'quantizers.W4A4.calibration.samples': key 'samples' must be an integer >= 1, got True (fix: use an integer >= 1)"),
     ("a seed true", edit("  W4A4: {method: minmax}", "  W4A4: {method: minmax, calibration: {seeds: [0, true]}}"),
-     "{p}:12: field 'quantizers.W4A4.calibration.seeds[1]': expected an integer >= 0, got True (fix: use an integer >= 0)"),
+     "{p}:12: field 'quantizers.W4A4.calibration.seeds[1]': key 'seeds[1]' must be an integer >= 0, got True (fix: use an integer >= 0)"),
     ("act bits true", edit("  W4A4: {method: minmax}", "  W4A4: {method: minmax, act_bits: true}"),
-     "{p}:12: field 'quantizers.W4A4.act_bits': expected an integer from 2 to 8, got True (fix: use an integer from 2 to 8)"),
+     "{p}:12: field 'quantizers.W4A4.act_bits': key 'act_bits' must be an integer from 2 to 8, got True (fix: use an integer from 2 to 8)"),
     ("quantizer option true", edit("  W4A4: {method: minmax}", "  W4A4: {method: smoothquant, options: {alpha: true}}"),
-     "{p}:12: field 'quantizers.W4A4.options.alpha': alpha must be a number from 0 to 1, got True (fix: use a number from 0 to 1)"),
+     "{p}:12: field 'quantizers.W4A4.options.alpha': smoothquant option 'alpha' must be a number from 0 to 1, got True (fix: use a number from 0 to 1)"),
     ("a bound true", check("{metric: top1, quantizers: W8A8, delta: {max: true}}"),
      "{p}:15: field 'checks[0].delta': bound 'True' is not a number with an optional % or pp (fix: write e.g. 10%, 1pp or 0.05)"),
     ("dataset option limit true", edit('{name: noise, source: "embedded:noise"}', '{name: noise, source: "imagefolder:x", options: {limit: true}}'),
@@ -310,7 +312,7 @@ SPEC_CASES: list[tuple[str, tuple[str, str] | str, str]] = [
     ("timm num_classes true", edit('  vit: {source: "embedded:digits_vit"}', '  vit: {source: "timm:deit_tiny_patch16_224", options: {num_classes: true}}'),
      "{p}:4: field 'models.vit.options': timm model 'deit_tiny_patch16_224': option 'num_classes' must be an integer >= 1, got True"),
     ("timm data_config crop_pct true", edit('  vit: {source: "embedded:digits_vit"}', '  vit: {source: "timm:deit_tiny_patch16_224", options: {data_config: {crop_pct: true}}}'),
-     "{p}:4: field 'models.vit.options': timm model 'deit_tiny_patch16_224': 'data_config.crop_pct' must be a number or a list of numbers, got True"),
+     "{p}:4: field 'models.vit.options': timm model 'deit_tiny_patch16_224': data_config key 'crop_pct' must be a number or a list of numbers, got True"),
 ]
 
 

@@ -70,7 +70,7 @@ DATA_CASES: list[Case] = [
      "dataset 'embedded:noise' is out-of-distribution and has only the split 'test', not 'train'; calibration and training data "
      "must come from an in-distribution set such as 'embedded:digits'"),
     ("embedded set with options", nothing, ds("embedded:noise", limit=3), DataError,
-     "dataset 'embedded:noise': unknown option(s) 'limit'; embedded datasets take no options (remove them from the suite)"),
+     "dataset 'embedded:noise': unknown option 'limit' (known: none)"),
     ("imagefolder root missing", nothing, ds("imagefolder:nowhere"), DataError, "dataset root {t}/nowhere does not exist (from 'nowhere')"),
     ("imagefolder unset variable", nothing, ds("imagefolder:${{QREL_CORPUS_UNSET}}/val"), DataMissingError,
      "dataset root '${QREL_CORPUS_UNSET}/val' uses the environment variable QREL_CORPUS_UNSET, which is not set "
@@ -89,16 +89,16 @@ DATA_CASES: list[Case] = [
      "dataset 'imagefolder:data': 2 folder(s) of {t}/data are not in the class list: one, zero (fix the class list, or set "
      "'unknown_classes: ignore' to skip them or 'unknown_classes: ood' to label them -1)"),
     ("imagefolder misspelled built-in class list", classes_tree, ds("imagefolder:data", classes="imagenet1kk"), DataError,
-     "dataset 'imagefolder:data': option 'classes': 'imagenet1kk' is neither a built-in class list nor a file; did you mean 'imagenet1k'? "
-     "(built-in lists: imagenet1k, imagenet1k_names, imagenet_a, imagenet_r)"),
+     "dataset 'imagefolder:data': option 'classes': no file 'imagenet1kk', and unknown built-in class list 'imagenet1kk'; "
+     "did you mean 'imagenet1k'? (known: imagenet1k, imagenet1k_names, imagenet_a, imagenet_r)"),
     ("imagefolder class list file missing", classes_tree, ds("imagefolder:data", classes="lists/classes.txt"), DataError,
      "class list {t}/lists/classes.txt does not exist (from 'lists/classes.txt')"),
     ("imagefolder class listed twice", classes_tree, ds("imagefolder:data", classes=["cat", "dog", "cat"]), DataError,
      "dataset 'imagefolder:data': option 'classes': class 'cat' is listed twice (each class needs one index)"),
     ("imagefolder option misspelled", classes_tree, ds("imagefolder:data", limt=1), DataError,
-     f"dataset 'imagefolder:data': unknown option(s) 'limt' (did you mean 'limit'?) (accepted: {IMAGEFOLDER_OPTIONS})"),
+     f"dataset 'imagefolder:data': unknown option 'limt'; did you mean 'limit'? (known: {IMAGEFOLDER_OPTIONS})"),
     ("imagefolder bad mode", classes_tree, ds("imagefolder:data", mode="BGR"), DataError,
-     "dataset 'imagefolder:data': option 'mode' must be one of RGB, L, RGBA, I, F, CMYK, YCbCr, LAB, HSV, 1, P; got 'BGR'"),
+     "dataset 'imagefolder:data': option 'mode' must be one of 'RGB', 'L', 'RGBA', 'I', 'F', 'CMYK', 'YCbCr', 'LAB', 'HSV', '1', 'P', got 'BGR'"),
     ("imagefolder train split not configured", classes_tree, ds("imagefolder:data", split="train"), DataError,
      "dataset 'imagefolder:data' has no 'train' split configured (the root is the test split); add the option 'train: <folder>' "
      "or 'split_dirs: {train: <subdir>, test: <subdir>}' to the dataset"),
@@ -153,14 +153,14 @@ MODEL_CASES: list[Case] = [
     ("the shipped CLIP under embedded", nothing, md("embedded:digits_clip"), ModelError,
      "'digits_clip' is the shipped CLIP model, which the open_clip source loads: write 'open_clip:digits_clip'"),
     ("embedded model with options", nothing, md("embedded:digits_vit", pretrained=False), ModelError,
-     "model 'embedded:digits_vit': unknown option(s) 'pretrained'; embedded models take no options"),
+     "model 'embedded:digits_vit': unknown option 'pretrained' (known: none)"),
     ("python source without factory", nothing, md("python:models/build.py"), ModelError,
      "model 'python:models/build.py': expected 'python:<module>:<factory>' (e.g. 'python:mypkg.models:build' or 'python:models/build.py:make_model')"),
     ("python file missing", nothing, md("python:models/nope.py:build"), ModelError,
      "model 'python:models/nope.py:build': module file {t}/models/nope.py does not exist (the path is relative to the suite file's directory {t})"),
     ("python factory misspelled", lambda t: factory_file(t, "def build():\n    return None\n"), md("python:models/build.py:biuld"), ModelError,
-     f"model 'python:models/build.py:biuld': module 'models/build.py' has no factory 'biuld'; did you mean 'build'? "
-     f"(its functions: build; define `def biuld(**options)` returning {PY_RETURNS})"),
+     f"model 'python:models/build.py:biuld': module 'models/build.py': unknown factory 'biuld'; did you mean 'build'? "
+     f"(known: build); define `def biuld(**options)` returning {PY_RETURNS}"),
     ("python factory returns a module only", lambda t: factory_file(t, "def build():\n    return torch.nn.Linear(2, 2)\n"), md("python:models/build.py:build"), ModelError,
      f"model 'python:models/build.py:build': build in module 'models/build.py' returned Linear; it must return {PY_RETURNS}"),
     ("python factory returns a bad pair", lambda t: factory_file(t, "def build():\n    return torch.nn.Linear(2, 2), 'resize'\n"), md("python:models/build.py:build"), ModelError,
@@ -172,13 +172,13 @@ MODEL_CASES: list[Case] = [
      "model 'python:models/build.py:build': importing {t}/models/build.py failed: ModuleNotFoundError: No module named 'not_a_module_qrel' at {t}/models/build.py:1"),
     ("timm option misspelled", nothing, md("timm:deit_tiny_patch16_224", pretrainde=False), ModelError,
      "timm model 'deit_tiny_patch16_224': unknown option 'pretrainde'; did you mean 'pretrained'? "
-     "(known options: checkpoint, pretrained, model_kwargs, num_classes, seed, cache_dir, data_config)"),
+     "(known: cache_dir, checkpoint, data_config, model_kwargs, num_classes, pretrained, seed)"),
     ("timm num_classes 0", nothing, md("timm:deit_tiny_patch16_224", num_classes=0), ModelError,
      "timm model 'deit_tiny_patch16_224': option 'num_classes' must be an integer >= 1, got 0"),
     ("timm reserved model_kwargs", nothing, md("timm:deit_tiny_patch16_224", model_kwargs={"pretrained": True}), ModelError,
      "timm model 'deit_tiny_patch16_224': option 'model_kwargs' may not set 'pretrained'; use options.pretrained"),
     ("open_clip option misspelled", nothing, md("open_clip:digits_clip", templtes=["a {}"]), ModelError,
-     "model 'open_clip:digits_clip': unknown option 'templtes' (did you mean 'templates'? accepted: {open_clip_options})"),
+     "model 'open_clip:digits_clip': unknown option 'templtes'; did you mean 'templates'? (known: {open_clip_options})"),
 ]
 
 
@@ -187,7 +187,7 @@ def _fill(template: str, t: Path) -> str:
     from pytest_qrel.models.open_clip_source import OPTIONS
 
     return (template.replace("{t}", str(t)).replace("{corruptions}", ", ".join(CORRUPTIONS.names()))
-            .replace("{open_clip_options}", ", ".join(OPTIONS)))
+            .replace("{open_clip_options}", ", ".join(sorted(OPTIONS))))
 
 
 @pytest.mark.parametrize(("case", "setup", "call", "error", "message"), DATA_CASES + MODEL_CASES,

@@ -182,7 +182,7 @@ def test_unknown_model_lists_known_models():
 
 
 def test_unknown_option_is_a_model_error():
-    with pytest.raises(ModelError, match=r"unknown option\(s\) 'pretrained'"):
+    with pytest.raises(ModelError, match=r"unknown option 'pretrained' \(known: none\)"):
         load_model("embedded:digits_vit", options={"pretrained": True})
 
 

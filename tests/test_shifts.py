@@ -238,7 +238,7 @@ def test_shift_source_errors(tmp_path):
         load_dataset("shift:contrast/9", split="test", options=of)
     with pytest.raises(DataError, match="option 'of' is required"):
         load_dataset("shift:contrast/1", split="test")
-    with pytest.raises(DataError, match=r"'sed' \(did you mean 'seed'\?\)"):
+    with pytest.raises(DataError, match=r"unknown option 'sed'; did you mean 'seed'\?"):
         load_dataset("shift:contrast/1", split="test", options={**of, "sed": 1})
     # a missing literal base is an error naming the path; only an unset variable skips (stays a DataMissingError)
     with pytest.raises(DataError, match=str(tmp_path / "gone")) as info:

@@ -180,7 +180,7 @@ def test_bad_checks_name_file_line_field_and_fix(tmp_path, checks, field, fragme
 @pytest.mark.parametrize(
     ("edit", "fragment", "field"),
     [
-        (("W4A4: {method: minmax}", "W4A4: {method: minmax, weight_bits: 9}"), "expected an integer from 2 to 8", "quantizers.W4A4.weight_bits"),
+        (("W4A4: {method: minmax}", "W4A4: {method: minmax, weight_bits: 9}"), "key 'weight_bits' must be an integer from 2 to 8", "quantizers.W4A4.weight_bits"),
         (("W4A4: {method: minmax}", "W4A4: {methd: minmax}"), "unknown key 'methd'", "quantizers.W4A4.methd"),
         (("W4A4: {method: minmax}", "FP32: {method: minmax}"), "'FP32' is reserved", "quantizers.FP32"),
         (("name: noise", "name: no-ise"), "invalid name 'no-ise'", "datasets.ood[1].name"),

@@ -103,8 +103,6 @@ def validate_source(registry: Registry[Any], source: str, options: Mapping[str, 
 
 def validate_dataset_source(source: str, options: Mapping[str, Any] | None = None) -> None:
     """:func:`validate_source` against :data:`DATASET_SOURCES` (built-in sources registered first)."""
-    from . import _builtin  # noqa: F401
-
     validate_source(DATASET_SOURCES, source, options)
 
 
@@ -112,8 +110,6 @@ def load_dataset(
     source: str, *, split: str, options: Mapping[str, Any] | None = None, base_dir: Path | None = None
 ) -> ImageSet:
     """Look up the scheme of ``source`` in :data:`DATASET_SOURCES` and call it."""
-    from . import _builtin  # noqa: F401  (registers the built-in sources)
-
     scheme, arg = parse_source(source)
     fn = DATASET_SOURCES.get(scheme)
     return fn(arg, split=split, options=dict(options or {}), base_dir=base_dir or Path.cwd())

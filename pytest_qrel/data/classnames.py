@@ -41,7 +41,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError
+from ..errors import DataError, UnknownNameError, did_you_mean
 from ..registry import Registry
 
 CLASS_LISTS: Registry[Callable[[], list[str]]] = Registry("built-in class list")
@@ -133,18 +133,12 @@ def _unique(names: list[str], where: str) -> list[str]:
 def _not_a_misspelled_list(value: str, base_dir: Path, where: str) -> None:
     """A bare word close to a built-in list name that is not a file is a typo, not missing data
     (which would skip the checks): ``classes: imagenet1kk`` is a DataError with "did you mean"."""
-    import difflib
-
-    from .folders import resolve_path
+    from .paths import resolve_path
 
     if any(c in value for c in "/\\.$~"):
         return
-    close = difflib.get_close_matches(value, CLASS_LISTS.names(), n=1)
-    if close and not resolve_path(value, base_dir=base_dir, what="class list", must_exist=False).exists():
-        raise DataError(
-            f"{where}: '{value}' is neither a built-in class list nor a file; did you mean '{close[0]}'? "
-            f"(built-in lists: {', '.join(CLASS_LISTS.names())})"
-        )
+    if did_you_mean(value, CLASS_LISTS.names()) and not resolve_path(value, base_dir=base_dir, what="class list", must_exist=False).exists():
+        raise DataError(f"{where}: no file '{value}', and {UnknownNameError('built-in class list', value, CLASS_LISTS.names())}")
 
 
 def resolve_class_list(value: Any, *, base_dir: Path, where: str) -> list[str]:
@@ -154,7 +148,7 @@ def resolve_class_list(value: Any, *, base_dir: Path, where: str) -> list[str]:
         DataError: wrong type, unreadable or empty file, duplicate names.
         DataMissingError: an environment variable in its path is unset (a missing file is a DataError).
     """
-    from .folders import resolve_path  # shared path rules: ${VARS}, ~, base_dir
+    from .paths import resolve_path  # shared path rules: ${VARS}, ~, base_dir
 
     if isinstance(value, (list, tuple)):
         if not value or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value):
@@ -177,7 +171,7 @@ def resolve_class_index(value: Any, *, base_dir: Path, where: str) -> dict[str, 
     file with lines ``<name> <index>`` (whitespace or comma separated, ``#`` comments skipped).
     Several names may share an index (merging classes); indices must be >= 0.
     """
-    from .folders import resolve_path
+    from .paths import resolve_path
 
     if isinstance(value, Mapping):
         pairs = list(value.items())

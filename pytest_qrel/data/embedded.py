@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
+from ..options import parse_options, prefixed
 from ..registry import Registry
 from .base import DATASET_SOURCES, OOD_LABEL, TensorImageSet
 
@@ -240,12 +241,8 @@ def check_name(arg: str) -> None:
 
 
 def check_no_options(arg: str, options: Mapping[str, Any]) -> None:
-    if options:
-        keys = ", ".join(f"'{k}'" for k in sorted(map(str, options)))
-        raise DataError(
-            f"dataset 'embedded:{arg}': unknown option(s) {keys}; embedded datasets take no options "
-            "(remove them from the suite)"
-        )
+    """Embedded datasets take no options: any key is an unknown option ``(known: none)``."""
+    parse_options(options, {}, fail=prefixed(DataError, f"dataset 'embedded:{arg}'"))
 
 
 @DATASET_SOURCES.register("embedded", check_arg=check_name, check_options=check_no_options)

@@ -76,20 +76,21 @@ every file's bytes are hashed too (reads the whole set: minutes for ImageNet-val
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from ..errors import DataError, DataMissingError
+from ..options import Option, anything, boolean, choice, choices_text, integer, parse_options, prefixed
 from .base import DATASET_SOURCES, OOD_LABEL
+from .paths import resolve_path
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 """torchvision's ``IMG_EXTENSIONS`` (copied so that listing files does not import torchvision)."""
@@ -97,79 +98,8 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tif
 FINGERPRINT_VERSION = 1
 """Bumped whenever the fingerprint recipe changes (it is part of the hashed header)."""
 
-_VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
-
 
 # ------------------------------------------------------------------------------- shared helpers
-
-
-def resolve_path(raw: Any, *, base_dir: Path | None, what: str, must_exist: bool = True) -> Path:
-    """Expand ``${VARS}`` and ``~`` in ``raw``, resolve it against ``base_dir``, check it exists.
-
-    Raises:
-        DataError: ``raw`` is not a non-empty string, or (``must_exist``) the path does not exist:
-            a literal path, or one built from variables that are all set, names data that should be
-            there, so its absence is an error (naming the resolved path), never a skip.
-        DataMissingError: an environment variable in ``raw`` is unset (the only case that skips).
-    """
-    if isinstance(raw, os.PathLike):
-        raw = os.fspath(raw)
-    if not isinstance(raw, str) or not raw.strip():
-        raise DataError(f"{what} must be a path (a non-empty string), got {raw!r}")
-    expanded = os.path.expanduser(os.path.expandvars(raw))
-    unset = [m.group(1) or m.group(2) for m in _VAR.finditer(expanded) if (m.group(1) or m.group(2)) not in os.environ]
-    if unset:
-        names = ", ".join(dict.fromkeys(unset))
-        raise DataMissingError(
-            f"{what} '{raw}' uses the environment variable {names}, which is not set "
-            f"(set it to the data's location, e.g. `export {unset[0]}=/path/to/data`)"
-        )
-    path = Path(expanded)
-    if not path.is_absolute():
-        path = Path(base_dir or Path.cwd()) / path
-    path = Path(os.path.normpath(path))
-    if must_exist and not path.exists():
-        shown = f" (from '{raw}')" if raw != str(path) else ""
-        raise DataError(f"{what} {path} does not exist{shown}")
-    return path
-
-
-def check_options(where: str, options: Mapping[str, Any], accepted: Iterable[str]) -> None:
-    """Raise a :class:`DataError` naming every unknown option key and listing the accepted ones."""
-    accepted = sorted(accepted)
-    unknown = sorted(str(k) for k in options if k not in accepted)
-    if unknown:
-        hints = []
-        for key in unknown:
-            close = difflib.get_close_matches(key, accepted, n=1)
-            hints.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
-        raise DataError(f"{where}: unknown option(s) {', '.join(hints)} (accepted: {', '.join(accepted) or 'none'})")
-
-
-def opt_int(where: str, options: Mapping[str, Any], key: str, default: int | None, lo: int | None = None) -> int | None:
-    value = options.get(key, default)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or (lo is not None and value < lo):
-        rng = f" >= {lo}" if lo is not None else ""
-        raise DataError(f"{where}: option '{key}' must be an integer{rng}, got {value!r}")
-    return value
-
-
-def opt_bool(where: str, options: Mapping[str, Any], key: str, default: bool) -> bool:
-    value = options.get(key, default)
-    if not isinstance(value, bool):
-        raise DataError(f"{where}: option '{key}' must be true or false, got {value!r}")
-    return value
-
-
-def opt_choice(where: str, options: Mapping[str, Any], key: str, choices: Sequence[str], default: str) -> str:
-    value = options.get(key, default)
-    if value is None and "none" in choices:  # YAML `labels: none` is the string, `labels: null` is None
-        value = "none"
-    if not isinstance(value, str) or value not in choices:
-        raise DataError(f"{where}: option '{key}' must be one of {', '.join(choices)}; got {value!r}")
-    return value
 
 
 def check_split(where: str, split: str) -> None:
@@ -307,23 +237,50 @@ class FileImageSet:
 
 # ----------------------------------------------------------------------------------- common options
 
-COMMON_OPTIONS = ("limit", "seed", "mode", "extensions", "content_hash", "labels", "classes", "class_names")
 LABEL_MODES = ("auto", "folders", "none")
 UNKNOWN_CLASS_MODES = ("error", "ignore", "ood")
 PIL_MODES = ("RGB", "L", "RGBA", "I", "F", "CMYK", "YCbCr", "LAB", "HSV", "1", "P")
 
 
-def _extensions(where: str, options: Mapping[str, Any]) -> tuple[str, ...]:
-    value = options.get("extensions", IMG_EXTENSIONS)
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) and v for v in value):
-        raise DataError(f"{where}: option 'extensions' must be a list like ['.jpg', '.png'], got {value!r}")
-    return tuple(sorted({(v if v.startswith(".") else "." + v).lower() for v in value}))
+def _extensions_valid(value: Any) -> bool:
+    values = [value] if isinstance(value, str) else value
+    return isinstance(values, (list, tuple)) and bool(values) and all(isinstance(v, str) and v for v in values)
 
 
-def _mode(where: str, options: Mapping[str, Any]) -> str:
-    return opt_choice(where, options, "mode", PIL_MODES, "RGB")
+def _normal_extensions(value: Any) -> tuple[str, ...]:
+    """``['jpg', '.PNG']`` -> ``('.jpg', '.png')``: dotted, lower case, sorted, each once."""
+    values = [value] if isinstance(value, str) else value
+    return tuple(sorted({(v if v.startswith(".") else "." + v).lower() for v in values}))
+
+
+def labels_option(*modes: str) -> Option:
+    """``labels``: one of ``modes``; YAML ``labels: null`` reads as ``none`` (``labels: none`` is the
+    string, ``labels: null`` is None)."""
+    return Option(modes[0], lambda v: (v is None and "none" in modes) or (isinstance(v, str) and v in modes),
+                  choices_text(modes), lambda v: "none" if v is None else v, convert_none=True)
+
+
+SAMPLE_OPTIONS: dict[str, Option] = {
+    "limit": integer(None, lo=1, allow_none=True),
+    "seed": integer(0, lo=0, allow_none=True),
+    "mode": choice(*PIL_MODES),
+    "content_hash": boolean(False),
+}
+"""Options every file-backed source takes: how many samples (``limit``, drawn with ``seed``), the
+PIL mode images are converted to, and whether file contents are hashed into the fingerprint."""
+
+CLASS_OPTIONS: dict[str, Option] = {
+    "classes": anything(expect="a built-in class list, a file of class names or a list of them"),
+    "class_names": anything(expect="a built-in class list, a file of class names or a list of them"),
+}
+"""The label space and its display names (checked when the set is read: :mod:`.classnames`)."""
+
+COMMON_OPTIONS: dict[str, Option] = {
+    **SAMPLE_OPTIONS,
+    "extensions": Option(_normal_extensions(IMG_EXTENSIONS), _extensions_valid, "a list like ['.jpg', '.png']", _normal_extensions),
+    "labels": labels_option(*LABEL_MODES),
+    **CLASS_OPTIONS,
+}
 
 
 def _class_names(where: str, options: Mapping[str, Any], base_dir: Path, default: list[str] | None) -> list[str] | None:
@@ -355,7 +312,15 @@ ORDER_FROM_FOLDERS = "sorted folder names"
 SPLITS = ("train", "val", "test")
 """The splits a source can be asked for (see :mod:`pytest_qrel.data.base`); ``test`` is the default one."""
 
-IMAGEFOLDER_OPTIONS = (*COMMON_OPTIONS, "class_index", "unknown_classes", "split_dirs", "logit_mask", *SPLITS)
+IMAGEFOLDER_OPTIONS: dict[str, Option] = {
+    **COMMON_OPTIONS,
+    "class_index": anything(),
+    "unknown_classes": choice(*UNKNOWN_CLASS_MODES),
+    "split_dirs": anything(),  # checked with the split it names (_split_root)
+    "logit_mask": anything(),  # checked by logit_masks.check_logit_mask_option
+    **{split: anything() for split in SPLITS},
+}
+"""The options of an ``imagefolder`` set (module docstring)."""
 
 
 def _split_root(where: str, root_raw: str, split: str, options: Mapping[str, Any], base_dir: Path, *, must_exist: bool) -> Path | None:
@@ -519,8 +484,7 @@ def _class_space(
     _class_options_exclusive(where, options)
     if "class_index" in options:
         index = resolve_class_index(options["class_index"], base_dir=base_dir, where=f"{where}: option 'class_index'")
-        names = names_from_index(index)
-        return index, _class_names(where, options, base_dir, names), {"class_index": index}
+        return index, _class_names(where, options, base_dir, names_from_index(index)), {"class_index": index}
     if "classes" in options:
         classes = resolve_class_list(options["classes"], base_dir=base_dir, where=f"{where}: option 'classes'")
         names = _class_names(where, options, base_dir, _default_names(options, classes))
@@ -528,9 +492,9 @@ def _class_space(
     return {c: i for i, c in enumerate(inferred)}, _class_names(where, options, base_dir, list(inferred)), {"classes": inferred}
 
 
-def _imagefolder_options(where: str, options: Mapping[str, Any]) -> tuple[Any, ...]:
-    """``(extensions, mode, labels, unknown_classes, limit, seed, content_hash)``; DataError on a bad option."""
-    check_options(where, options, IMAGEFOLDER_OPTIONS)
+def _imagefolder_options(where: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The parsed options (:data:`IMAGEFOLDER_OPTIONS`); DataError on a bad option."""
+    values = parse_options(options, IMAGEFOLDER_OPTIONS, fail=prefixed(DataError, where))
     _class_options_exclusive(where, options)
     if "logit_mask" in options:
         from .logit_masks import check_logit_mask_option
@@ -538,15 +502,65 @@ def _imagefolder_options(where: str, options: Mapping[str, Any]) -> tuple[Any, .
         if "class_index" in options:
             raise DataError(f"{where}: give 'logit_mask' with 'classes' (the model's label space), not 'class_index'")
         check_logit_mask_option(where, options["logit_mask"])
-    return (
-        _extensions(where, options),
-        _mode(where, options),
-        opt_choice(where, options, "labels", LABEL_MODES, "auto"),
-        opt_choice(where, options, "unknown_classes", UNKNOWN_CLASS_MODES, "error"),
-        opt_int(where, options, "limit", None, lo=1),
-        opt_int(where, options, "seed", 0),
-        opt_bool(where, options, "content_hash", False),
-    )
+    return values
+
+
+class _Layout(NamedTuple):
+    """What a split folder holds: its images (sorted), their labels and the label space."""
+
+    relpaths: list[str]
+    labels: np.ndarray
+    class_names: list[str] | None
+    header_classes: dict[str, Any]
+    layout: str  # "unlabelled" (labels: none), "flat" (loose images only) or "classes"
+    class_order: list[str] | None
+    order_from: str | None
+
+
+def _unlabelled(relpaths: list[str], layout: str) -> _Layout:
+    return _Layout(relpaths, np.full(len(relpaths), OOD_LABEL, dtype=np.int64), None, {}, layout, None, None)
+
+
+def _other_split_classes(where: str, arg: str, split: str, options: Mapping[str, Any], base_dir: Path, exts: tuple[str, ...]) -> set[str]:
+    """Class folders of the other configured splits: one label space for all splits."""
+    names: set[str] = set()
+    for other in SPLITS:
+        if other == split:
+            continue
+        try:
+            other_root = _split_root(where, arg, other, options, base_dir, must_exist=False)
+        except DataMissingError:
+            other_root = None
+        if other_root is not None and other_root.is_dir():
+            names |= set(_scan(other_root, exts)[1])
+    return names
+
+
+def _class_folders(
+    where: str, folder: Path, files_by_dir: dict[str, list[str]], space: tuple[dict[str, int], list[str] | None, dict[str, Any]],
+    options: Mapping[str, Any], unknown_mode: str,
+) -> _Layout:
+    """The images of class subfolders, labelled by ``space`` = ``(folder -> index, class names,
+    fingerprint header part)``; folders outside it as ``unknown_mode`` says."""
+    index, class_names, header_classes = space
+    order_from = next((f"option '{k}'" for k in ("logit_mask", "classes", "class_index") if k in options), ORDER_FROM_FOLDERS)
+    unknown = [d for d in files_by_dir if d not in index]
+    if unknown and unknown_mode == "error":
+        shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        raise DataError(
+            f"{where}: {len(unknown)} folder(s) of {folder} are not in the class list: {shown} "
+            "(fix the class list, or set 'unknown_classes: ignore' to skip them or 'unknown_classes: ood' to label them -1)"
+        )
+    relpaths: list[str] = []
+    label_list: list[int] = []
+    for d, files in files_by_dir.items():
+        if d not in index and unknown_mode == "ignore":
+            continue
+        relpaths.extend(f"{d}/{f}" for f in files)
+        label_list.extend([index.get(d, OOD_LABEL)] * len(files))
+    order = sorted(range(len(relpaths)), key=lambda i: _sort_key(relpaths[i]))
+    labels = np.asarray([label_list[i] for i in order], dtype=np.int64)
+    return _Layout([relpaths[i] for i in order], labels, class_names, header_classes, "classes", names_in_index_order(index), order_from)
 
 
 def _class_options_exclusive(where: str, options: Mapping[str, Any]) -> None:
@@ -584,7 +598,9 @@ def imagefolder_source(
     base_dir = Path(base_dir or Path.cwd())
     where = f"dataset 'imagefolder:{arg}'"
     check_split(where, split)
-    exts, mode, labels_mode, unknown_mode, limit, seed, content_hash = _imagefolder_options(where, options)
+    values = _imagefolder_options(where, options)
+    exts, mode, unknown_mode = values["extensions"], values["mode"], values["unknown_classes"]
+    labels_mode, limit, seed, content_hash = values["labels"], values["limit"], values["seed"], values["content_hash"]
 
     logit_mask = mask_names = None
     if "logit_mask" in options:  # the label space becomes the mask's classes (ImageNet-R / -A)
@@ -600,65 +616,30 @@ def imagefolder_source(
         )
     loose, subdirs = _scan(folder, exts)
     walk = _Walk(where, folder, exts)
-
     if labels_mode == "none":
-        relpaths = sorted(walk.images(folder), key=_sort_key)
-        labels = np.full(len(relpaths), OOD_LABEL, dtype=np.int64)
-        class_names, header_classes, layout = None, {}, "unlabelled"
-        class_order, order_from = None, None
+        found = _unlabelled(sorted(walk.images(folder), key=_sort_key), "unlabelled")
     else:
         files_by_dir = {d: walk.images(folder / d) for d in subdirs}
-        class_dirs = [d for d in subdirs if files_by_dir[d]]
-        if not class_dirs:
+        if not any(files_by_dir.values()):
             if labels_mode == "folders":
                 raise DataError(f"{where}: {folder} has no class subfolders with images (labels: folders); for an OOD folder use 'labels: none'")
             for name in loose:
                 walk.check_file(folder / name)
-            relpaths = loose
-            labels = np.full(len(relpaths), OOD_LABEL, dtype=np.int64)
-            class_names, header_classes, layout = None, {}, "flat"
-            class_order, order_from = None, None
+            found = _unlabelled(loose, "flat")
         else:
             if loose:
                 raise DataError(
                     f"{where}: {folder} holds both class subfolders and loose images ({loose[0]}, ...); "
                     "move the loose images into a class folder, or use 'labels: none' to label everything -1 (OOD)"
                 )
-            inferred = set(subdirs)
-            for other in SPLITS:  # one label space for all splits
-                if other != split:
-                    try:
-                        other_root = _split_root(where, arg, other, options, base_dir, must_exist=False)
-                    except DataMissingError:
-                        other_root = None
-                    if other_root is not None and other_root.is_dir():
-                        inferred |= set(_scan(other_root, exts)[1])
+            inferred = set(subdirs) | _other_split_classes(where, arg, split, options, base_dir, exts)
             if logit_mask is not None:
-                index, class_names = {c: i for i, c in enumerate(logit_mask.class_ids)}, mask_names
-                header_classes = {"classes": list(logit_mask.class_ids)}
+                space = ({c: i for i, c in enumerate(logit_mask.class_ids)}, mask_names, {"classes": list(logit_mask.class_ids)})
             else:
-                index, class_names, header_classes = _class_space(where, options, base_dir, sorted(inferred))
-            class_order = names_in_index_order(index)
-            order_from = next((f"option '{k}'" for k in ("logit_mask", "classes", "class_index") if k in options), ORDER_FROM_FOLDERS)
-            unknown = [d for d in subdirs if d not in index]
-            if unknown and unknown_mode == "error":
-                shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
-                raise DataError(
-                    f"{where}: {len(unknown)} folder(s) of {folder} are not in the class list: {shown} "
-                    "(fix the class list, or set 'unknown_classes: ignore' to skip them or 'unknown_classes: ood' to label them -1)"
-                )
-            relpaths, label_list = [], []
-            for d in subdirs:
-                if d not in index and unknown_mode == "ignore":
-                    continue
-                label = index.get(d, OOD_LABEL)
-                relpaths.extend(f"{d}/{f}" for f in files_by_dir[d])
-                label_list.extend([label] * len(files_by_dir[d]))
-            order = sorted(range(len(relpaths)), key=lambda i: _sort_key(relpaths[i]))
-            relpaths = [relpaths[i] for i in order]
-            labels = np.asarray([label_list[i] for i in order], dtype=np.int64)
-            layout = "classes"
+                space = _class_space(where, options, base_dir, sorted(inferred))
+            found = _class_folders(where, folder, files_by_dir, space, options, unknown_mode)
     walk.done()
+    relpaths, labels, class_names, header_classes, layout, class_order, order_from = found
     if not relpaths:
         raise DataError(f"{where}: no images found under {folder} (extensions: {', '.join(exts)})")
 
@@ -697,8 +678,16 @@ def imagefolder_source(
 
 # ---------------------------------------------------------------------------------------- filelist
 
-FILELIST_OPTIONS = ("limit", "seed", "mode", "content_hash", "labels", "classes", "class_names", "root", *SPLITS)
-_LABELS_MODES_FILELIST = ("auto", "none")
+FILELIST_OPTIONS: dict[str, Option] = {
+    **SAMPLE_OPTIONS,
+    "labels": labels_option("auto", "none"),
+    **CLASS_OPTIONS,
+    "root": anything(),
+    **{split: anything() for split in SPLITS},
+}
+"""The options of a ``filelist`` set: the common ones but ``extensions`` (the list names its files),
+``labels`` ``auto`` or ``none``, ``root`` (the folder the listed paths are relative to) and a list
+per other split."""
 
 
 def _parse_list(where: str, path: Path) -> list[tuple[int, str, int | None]]:
@@ -727,16 +716,9 @@ def _parse_list(where: str, path: Path) -> list[tuple[int, str, int | None]]:
     return out
 
 
-def _filelist_options(where: str, options: Mapping[str, Any]) -> tuple[Any, ...]:
-    """``(mode, labels, limit, seed, content_hash)``; DataError on a bad option."""
-    check_options(where, options, FILELIST_OPTIONS)
-    return (
-        _mode(where, options),
-        opt_choice(where, options, "labels", _LABELS_MODES_FILELIST, "auto"),
-        opt_int(where, options, "limit", None, lo=1),
-        opt_int(where, options, "seed", 0),
-        opt_bool(where, options, "content_hash", False),
-    )
+def _filelist_options(where: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The parsed options (:data:`FILELIST_OPTIONS`); DataError on a bad option."""
+    return parse_options(options, FILELIST_OPTIONS, fail=prefixed(DataError, where))
 
 
 def check_filelist_options(arg: str, options: Mapping[str, Any]) -> None:
@@ -759,7 +741,9 @@ def filelist_source(
     base_dir = Path(base_dir or Path.cwd())
     where = f"dataset 'filelist:{arg}'"
     check_split(where, split)
-    mode, labels_mode, limit, seed, content_hash = _filelist_options(where, options)
+    values = _filelist_options(where, options)
+    mode, labels_mode, limit, seed = values["mode"], values["labels"], values["limit"], values["seed"]
+    content_hash = values["content_hash"]
 
     if split in options:
         list_path = resolve_path(options[split], base_dir=base_dir, what=f"{split} file list")

@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError, QrelError
+from ..options import value_problem
 from ..registry import Registry
 
 LOGIT_MASKS: Registry[str] = Registry("logit mask")
@@ -101,8 +102,8 @@ def check_logit_mask_option(where: str, value: Any) -> None:
         return
     if isinstance(value, (list, tuple)) and value and all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value):
         return
-    raise DataError(f"{where}: option 'logit_mask' must be {' or '.join(LOGIT_MASKS.names())}, a file of class names or a "
-                    f"list of class names; got {value!r}")
+    expect = f"{' or '.join(LOGIT_MASKS.names())}, a file of class names or a list of class names"
+    raise DataError(f"{where}: {value_problem('logit_mask', value, expect)}")
 
 
 def resolve_logit_mask(value: Any, *, classes: Any = None, class_names: Any = None, base_dir: Path, where: str) -> tuple[LogitMask, list[str]]:
@@ -118,7 +119,7 @@ def resolve_logit_mask(value: Any, *, classes: Any = None, class_names: Any = No
         DataMissingError: a mask file that does not exist.
     """
     from .classnames import CLASS_LISTS, read_class_file, resolve_class_list
-    from .folders import resolve_path
+    from .paths import resolve_path
 
     check_logit_mask_option(where, value)
     space = resolve_class_list(classes if classes is not None else DEFAULT_SPACE, base_dir=base_dir, where=f"{where}: option 'classes'")

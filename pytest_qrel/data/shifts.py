@@ -122,7 +122,7 @@ import numpy as np
 from ..errors import DataError, QrelError
 from ..registry import Registry
 from .base import DATASET_SOURCES, OOD_LABEL, ImageSet
-from .folders import check_options, opt_bool, opt_choice, opt_int
+from ..options import Option, anything, boolean, choice, integer, mapping, parse_options, prefixed
 from .imaging import (
     affine_from_points,
     box_blur,
@@ -906,7 +906,18 @@ class ImageNetCSet:
 
 # ------------------------------------------------------------------------------------- the source
 
-SHIFT_OPTIONS = ("of", "of_options", "seed", "table", "as_ood", "resize", "crop", "protocol", "frost_dir")
+SHIFT_OPTIONS: dict[str, Option] = {
+    "of": anything(),  # required: checked (and its source validated) by _parse_options
+    "of_options": mapping("a mapping (the options of the 'of' source)"),
+    "seed": integer(0, lo=0, allow_none=True),
+    "table": choice(*TABLES),
+    "as_ood": boolean(False),
+    "resize": integer(None, lo=1, allow_none=True),
+    "crop": integer(None, lo=1, allow_none=True),
+    "protocol": choice(*PROTOCOLS),
+    "frost_dir": anything(),  # only for frost: _check_frost_dir
+}
+"""The options of a ``shift:`` set (module docstring)."""
 _ARG = re.compile(r"^\s*([A-Za-z_][\w]*)\s*/\s*(\S+)\s*$")
 
 
@@ -937,28 +948,15 @@ def _check_frost_dir(where: str, corruption: str, options: Mapping[str, Any]) ->
 
 def _parse_options(where: str, options: Mapping[str, Any]) -> tuple[Any, ...]:
     """``(of, of_options, seed, table, as_ood, resize, crop, protocol)``; DataError on a bad option."""
-    check_options(where, options, SHIFT_OPTIONS)
-    of = options.get("of")
+    values = parse_options(options, SHIFT_OPTIONS, fail=prefixed(DataError, where))
+    of = values["of"]
     if not isinstance(of, str) or ":" not in of:
         raise DataError(f"{where}: option 'of' is required: the source of the clean set, e.g. {{of: \"embedded:digits\"}}")
-    of_options = options.get("of_options") or {}
-    if not isinstance(of_options, Mapping):
-        raise DataError(f"{where}: option 'of_options' must be a mapping (the options of '{of}'), got {of_options!r}")
-    protocol = opt_choice(where, options, "protocol", PROTOCOLS, "model")
-    table = opt_choice(where, options, "table", TABLES, "imagenet")
+    protocol, table = values["protocol"], values["table"]
     if protocol == "imagenet_c" and table != "imagenet":
         raise DataError(f"{where}: protocol 'imagenet_c' uses ImageNet-C's own parameters; remove 'table: {table}' "
                         "(or use protocol: model)")
-    return (
-        of,
-        dict(of_options),
-        opt_int(where, options, "seed", 0),
-        table,
-        opt_bool(where, options, "as_ood", False),
-        opt_int(where, options, "resize", None, lo=1),
-        opt_int(where, options, "crop", None, lo=1),
-        protocol,
-    )
+    return (of, dict(values["of_options"]), *(values[k] for k in ("seed", "table", "as_ood", "resize", "crop", "protocol")))
 
 
 def check_shift_options(arg: str, options: Mapping[str, Any]) -> None:
@@ -994,13 +992,12 @@ def shift_source(
 
     options = dict(options or {})
     where = f"dataset 'shift:{arg}'"
-    check_options(where, options, SHIFT_OPTIONS)
     name, sev = _parse_arg(arg)
     of, of_options, seed, table, as_ood, resize, crop, protocol = _parse_options(where, options)
     _check_frost_dir(where, name, options)
     frost_dir = None
     if options.get("frost_dir") is not None:
-        from .folders import resolve_path
+        from .paths import resolve_path
 
         frost_dir = resolve_path(options["frost_dir"], base_dir=base_dir, what=f"{where}: frost_dir")
     try:

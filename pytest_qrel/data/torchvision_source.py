@@ -66,21 +66,29 @@ import numpy as np
 
 from ..errors import DataError, UnknownNameError
 from .base import DATASET_SOURCES, OOD_LABEL
+from ..options import Option, anything, mapping, parse_options, prefixed
 from .folders import (
+    CLASS_OPTIONS,
     FINGERPRINT_VERSION,
-    PIL_MODES,
+    SAMPLE_OPTIONS,
     SPLITS,
-    check_options,
     check_split,
     convert_image,
-    opt_bool,
-    opt_choice,
-    opt_int,
+    labels_option,
     resolve_path,
     subset_indices,
 )
 
-OPTIONS = ("root", "kwargs", "split_names", "split_kwargs", "labels", "class_names", "limit", "seed", "mode", "content_hash")
+OPTIONS: dict[str, Option] = {
+    "root": anything(),
+    "kwargs": mapping("a mapping of constructor arguments"),
+    "split_names": mapping("a mapping {<split>: <the class's name for it>}"),
+    "split_kwargs": mapping("a mapping {<split>: {<constructor arguments>}}"),
+    "labels": labels_option("auto", "none"),
+    "class_names": CLASS_OPTIONS["class_names"],
+    **SAMPLE_OPTIONS,
+}
+"""The options of a ``torchvision`` set."""
 
 DEFAULT_SPLIT_NAMES: dict[str, dict[str, str | None]] = {
     "ImageNet": {"test": "val", "val": None},
@@ -110,20 +118,12 @@ def _params(cls: type) -> Mapping[str, inspect.Parameter]:
         return {}
 
 
-def _mapping(where: str, options: Mapping[str, Any], key: str) -> dict[str, Any]:
-    value = options.get(key) or {}
-    if not isinstance(value, Mapping):
-        raise DataError(f"{where}: option '{key}' must be a mapping, got {value!r}")
-    return dict(value)
-
-
 def _constructor_args(
-    where: str, name: str, cls: type, split: str, options: Mapping[str, Any], root: Path | None, base_dir: Path
+    where: str, name: str, cls: type, split: str, values: Mapping[str, Any], root: Path | None, base_dir: Path
 ) -> dict[str, Any]:
+    """``values``: the parsed options (:data:`OPTIONS`)."""
     params = _params(cls)
-    kwargs = _mapping(where, options, "kwargs")
-    split_kwargs = _mapping(where, options, "split_kwargs")
-    split_names = _mapping(where, options, "split_names")
+    kwargs, split_kwargs, split_names = values["kwargs"], values["split_kwargs"], values["split_names"]
     for key, block in (("split_kwargs", split_kwargs), ("split_names", split_names)):
         extra = sorted(set(block) - set(SPLITS))
         if extra:
@@ -262,13 +262,7 @@ class TorchvisionImageSet:
 
 def check_tv_options(arg: str, options: Mapping[str, Any]) -> None:
     """The suite-load check of a torchvision dataset's options (torchvision is not imported)."""
-    where = f"dataset 'torchvision:{arg}'"
-    check_options(where, options, OPTIONS)
-    opt_choice(where, options, "labels", ("auto", "none"), "auto")
-    opt_choice(where, options, "mode", PIL_MODES, "RGB")
-    opt_int(where, options, "limit", None, lo=1)
-    opt_int(where, options, "seed", 0)
-    opt_bool(where, options, "content_hash", False)
+    parse_options(options, OPTIONS, fail=prefixed(DataError, f"dataset 'torchvision:{arg}'"))
 
 
 @DATASET_SOURCES.register("torchvision", check_options=check_tv_options)
@@ -286,28 +280,24 @@ def torchvision_source(
     options = dict(options or {})
     base_dir = Path(base_dir or Path.cwd())
     where = f"dataset 'torchvision:{arg}'"
-    check_options(where, options, OPTIONS)
+    values = parse_options(options, OPTIONS, fail=prefixed(DataError, where))
     check_split(where, split)
     try:
         cls = _dataset_class(arg)
     except ImportError:
         raise DataError(f"{where}: torchvision is not installed (`pip install torchvision`)") from None
     params = _params(cls)
-    labels_mode = opt_choice(where, options, "labels", ("auto", "none"), "auto")
-    mode = opt_choice(where, options, "mode", PIL_MODES, "RGB")
-    limit = opt_int(where, options, "limit", None, lo=1)
-    seed = opt_int(where, options, "seed", 0)
-    content_hash = opt_bool(where, options, "content_hash", False)
+    labels_mode, mode, limit, seed, content_hash = (values[k] for k in ("labels", "mode", "limit", "seed", "content_hash"))
 
     root: Path | None = None
     if "root" in params:
-        if "root" not in options and "root" not in (_mapping(where, options, "split_kwargs").get(split) or {}):
+        if "root" not in options and "root" not in (values["split_kwargs"].get(split) or {}):
             raise DataError(f"{where}: option 'root' is required (the folder that holds the {arg} files)")
         if "root" in options:
             root = resolve_path(options["root"], base_dir=base_dir, what=f"root of torchvision.datasets.{arg}")
     elif "root" in options:
         raise DataError(f"{where}: torchvision.datasets.{arg} takes no 'root'; remove the option")
-    args = _constructor_args(where, arg, cls, split, options, root, base_dir)
+    args = _constructor_args(where, arg, cls, split, values, root, base_dir)
     try:
         ds = cls(**args)
     except (RuntimeError, FileNotFoundError) as err:

@@ -13,7 +13,11 @@ point) records the shape, dtype and a BLAKE2 digest per chunk of samples; a chun
 match its digest on read (a truncated or flipped file) makes the store a miss: it is deleted,
 one warning is given and the set is decoded again. Writes go through temp files and
 ``os.replace`` (NFS-safe, no reliance on file locks; a lock only says who builds: a process that
-finds it taken decodes for itself and writes nothing).
+finds it taken decodes for itself and writes nothing). The data file is filled in place through a
+memory map (it can be far larger than memory), so it is not handed to
+:func:`~pytest_qrel.io.atomic_write_bytes`; it is committed by the same
+:func:`~pytest_qrel.io.publish` that ends every atomic write (the header goes through
+:func:`~pytest_qrel.io.atomic_write_text`).
 
 The store is optional: when it cannot be written (a read-only ``.pytest_cache``, a full disk) the
 pass decodes as if there were no store, with one warning line (path, reason, fix) per store. The
@@ -35,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import StorageError
-from ..io import atomic_write_text, remove_stray_temps, storage_error, temp_path
+from ..io import atomic_write_text, publish, remove_stray_temps, storage_error, temp_path
 
 STORE_FORMAT = 1
 CHUNK = 64  # samples per digest
@@ -199,9 +203,7 @@ class StoreWriter:
             self.array.flush()
             digests = [_digest(self.array[c : c + CHUNK]) for c in range(0, self.shape[0], CHUNK)]
             del self.array
-            with open(self.tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.replace(self.tmp, self.data_path)
+            publish(self.tmp, self.data_path)  # io's one commit: fsync, os.replace, fsync the folder
         except OSError as exc:
             self.abort()
             raise storage_error(self.data_path, exc) from exc

@@ -44,7 +44,6 @@ MODEL_SOURCES: Registry[ModelSource] = Registry("model source")
 
 def load_model(source: str, *, options: Mapping[str, Any] | None = None, base_dir: Path | None = None) -> LoadedModel:
     """Look up the scheme of ``source`` in :data:`MODEL_SOURCES` and call it."""
-    from . import _builtin  # noqa: F401  (registers the built-in sources)
     from ..data.base import parse_source
     from ..errors import ModelError
 
@@ -56,7 +55,6 @@ def load_model(source: str, *, options: Mapping[str, Any] | None = None, base_di
 def validate_model_source(source: str, options: Mapping[str, Any] | None = None) -> None:
     """Check a model ``source`` (and, when given, its options) without loading it or importing torch;
     see :func:`pytest_qrel.data.base.validate_source`."""
-    from . import _builtin  # noqa: F401
     from ..data.base import validate_source
 
     validate_source(MODEL_SOURCES, source, options)
@@ -65,9 +63,8 @@ def validate_model_source(source: str, options: Mapping[str, Any] | None = None)
 def model_source_meta(source: str) -> dict[str, Any]:
     """The registry metadata of ``source``'s scheme (e.g. ``{"zero_shot": True}``); ``{}`` for an unknown scheme.
 
-    Registers the built-in sources first: the answer must not depend on what was imported before.
+    The built-in sources are registered by this package's ``__init__``, which runs before this module.
     """
-    from . import _builtin  # noqa: F401
     from ..data.base import parse_source
 
     scheme = parse_source(source)[0]

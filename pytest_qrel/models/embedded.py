@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelError
+from ..options import parse_options, prefixed
 from ..registry import Registry
 from ..zoo import ZOO_DIR
 from .base import MODEL_SOURCES, LoadedModel, state_dict_sha256
@@ -46,6 +47,11 @@ EMBEDDED_MODELS.add(
         description="timm ViT (16x16 grey, 4x4 patches, depth 4, width 64) trained on digits 0-7",
     ),
 )
+
+EMBEDDED_CLIPS: dict[str, str] = {"digits_clip": "python -m pytest_qrel.zoo.train_digits_clip"}
+"""Shipped tiny CLIPs (loaded by the ``open_clip`` source as ``open_clip:<name>``) and the command
+that re-creates each. Kept here, with the other shipped models, so that this module needs nothing
+from :mod:`.open_clip_source` (which imports from this one)."""
 
 
 @dataclass(frozen=True)
@@ -143,17 +149,14 @@ def paths(name: str) -> tuple[Path, Path]:
 def check_name(arg: str) -> None:
     """``arg`` names a shipped model (UnknownNameError with "did you mean" otherwise; a shipped
     CLIP, which has its own scheme, gets a ModelError saying how to write it)."""
-    from .open_clip_source import EMBEDDED_CLIPS
-
     if arg in EMBEDDED_CLIPS and arg not in EMBEDDED_MODELS:
         raise ModelError(f"'{arg}' is the shipped CLIP model, which the open_clip source loads: write 'open_clip:{arg}'")
     EMBEDDED_MODELS.get(arg)
 
 
 def check_no_options(arg: str, options: Mapping[str, Any]) -> None:
-    if options:
-        keys = ", ".join(f"'{k}'" for k in sorted(map(str, options)))
-        raise ModelError(f"model 'embedded:{arg}': unknown option(s) {keys}; embedded models take no options")
+    """Embedded models take no options: any key is an unknown option ``(known: none)``."""
+    parse_options(options, {}, fail=prefixed(ModelError, f"model 'embedded:{arg}'"))
 
 
 @MODEL_SOURCES.register("embedded", check_arg=check_name, check_options=check_no_options)

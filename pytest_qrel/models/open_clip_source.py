@@ -75,20 +75,21 @@ it is cheap) and the generic prompts. A changed checkpoint or prompt list never 
 
 from __future__ import annotations
 
-import difflib
 import functools
 import hashlib
 import json
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelError, QrelError
+from ..errors import ModelError, QrelError, UnknownNameError
+from ..options import Option, anything, boolean, is_number, parse_options, positive_int, prefixed
 from ..zoo import ZOO_DIR
 from .base import MODEL_SOURCES, LoadedModel, state_dict_sha256
+from .embedded import EMBEDDED_CLIPS, GreyNormalize
 
 TEXT_CACHE_FORMAT = 1
 DEFAULT_NEG_TEMPLATE = "a photo of a {}."
@@ -97,13 +98,28 @@ DEFAULT_NEG_PERCENTILE = 0.95
 DEFAULT_NEGLABEL_GROUPS = 100
 MCM_TAU = 1.0
 
-EMBEDDED_CLIPS: dict[str, str] = {"digits_clip": "python -m pytest_qrel.zoo.train_digits_clip"}
-"""Shipped tiny CLIPs (``open_clip:<name>``) and the command that re-creates each."""
 
-OPTIONS = (
-    "cache_dir", "checkpoint", "class_names", "generic_prompts", "linear_attention", "n_neg", "neg_labels",
-    "neg_percentile", "neg_template", "neglabel_groups", "quick_gelu", "templates", "text_device", "weights_cache_dir",
-)  # fmt: skip
+def _one_placeholder(value: Any) -> bool:
+    return isinstance(value, str) and value.count("{}") == 1
+
+
+def _fraction_above_zero(value: Any) -> bool:
+    return is_number(value) and 0 < value <= 1
+
+
+OPTIONS: dict[str, Option] = {
+    # read when the model is loaded (paths, lists or files, a device): the defaults depend on the model
+    **{key: anything() for key in ("cache_dir", "checkpoint", "class_names", "generic_prompts", "neg_labels",
+                                   "templates", "text_device", "weights_cache_dir")},
+    "linear_attention": boolean(True),
+    "n_neg": Option(None, positive_int, "a positive integer"),
+    "neg_percentile": Option(DEFAULT_NEG_PERCENTILE, _fraction_above_zero, "a number in (0, 1]", float),
+    "neg_template": Option(None, _one_placeholder, "a string with one '{}'"),
+    "neglabel_groups": Option(None, positive_int, "a positive integer"),
+    "quick_gelu": boolean(None),
+}  # fmt: skip
+"""The options of an ``open_clip:`` model (module docstring); the scalars are checked when the suite
+loads, the rest when the model is."""
 
 _TEXT_CACHE: dict[str, Any] = {}
 
@@ -139,11 +155,8 @@ def _path(raw: Any, base_dir: Path, what: str, source: str) -> Path:
 
 
 def _check_options(options: Mapping[str, Any], source: str) -> None:
-    for key in options:
-        if key not in OPTIONS:
-            close = difflib.get_close_matches(str(key), OPTIONS, n=1)
-            hint = f"did you mean '{close[0]}'? " if close else ""
-            raise ModelError(f"{_where(source)}: unknown option '{key}' ({hint}accepted: {', '.join(OPTIONS)})")
+    """Unknown keys and bad scalar values (:data:`OPTIONS`); ModelError naming the model."""
+    parse_options(options, OPTIONS, fail=prefixed(ModelError, _where(source)))
 
 
 def _read_lines(path: Path, what: str, source: str) -> list[str]:
@@ -204,12 +217,6 @@ def _templates(value: Any, source: str) -> list[str]:
     if bad:
         raise ModelError(f"{_where(source)}: template {bad[0]!r} must contain '{{}}' exactly once")
     return templates
-
-
-def _positive_int(value: Any, what: str, source: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ModelError(f"{_where(source)}: option '{what}' must be a positive integer, got {value!r}")
-    return value
 
 
 @functools.lru_cache(maxsize=1)
@@ -419,14 +426,10 @@ class GreyToRGBNormalize:
     size: int = 16
 
     def __call__(self, image: Any) -> Any:
-        from .embedded import GreyNormalize
-
         return GreyNormalize(self.mean, self.std, self.size)(image).repeat_interleave(3, dim=-3)
 
     def stages(self) -> Any:
         """``(to_unit, normalize)``: grey (1, size, size) in [0, 1], then normalised and repeated to RGB."""
-        from .embedded import GreyNormalize
-
         to_unit, normalize = GreyNormalize(self.mean, self.std, self.size).stages()
         return to_unit, lambda x: normalize(x).repeat_interleave(3, dim=-3)
 
@@ -501,15 +504,14 @@ def _build_pretrained(arg: str, options: Mapping[str, Any], base_dir: Path) -> t
     arch, _, tag = arg.partition("/")
     known = open_clip.list_models()
     if arch not in known:
-        close = difflib.get_close_matches(arch, known, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ModelError(f"{_where(arg)}: unknown open_clip architecture '{arch}'{hint} (see open_clip.list_models())")
+        unknown = UnknownNameError("open_clip architecture", arch, known, listing="see open_clip.list_models()")
+        raise ModelError(f"{_where(arg)}: {unknown}")
     cfg: dict[str, Any] = {}
     if tag:
         cfg = dict(open_clip.get_pretrained_cfg(arch, tag) or {})
         if not cfg:
-            tags = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
-            raise ModelError(f"{_where(arg)}: '{tag}' is not a pretrained tag of {arch} (known: {tags})")
+            tags = open_clip.list_pretrained_tags_by_model(arch)
+            raise ModelError(f"{_where(arg)}: {UnknownNameError('pretrained tag', tag, tags)}")
     weights_cache_dir = None
     if options.get("weights_cache_dir"):
         weights_cache_dir = _path(options["weights_cache_dir"], base_dir, "weights_cache_dir", arg)
@@ -531,9 +533,7 @@ def _build_pretrained(arg: str, options: Mapping[str, Any], base_dir: Path) -> t
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
         raise ModelError(f"{_where(arg)}: give a pretrained tag ('open_clip:{arch}/<tag>', known: {tags}) or option 'checkpoint'")
 
-    quick_gelu = options.get("quick_gelu", cfg.get("quick_gelu", False))
-    if not isinstance(quick_gelu, bool):
-        raise ModelError(f"{_where(arg)}: option 'quick_gelu' must be true or false, got {quick_gelu!r}")
+    quick_gelu = options.get("quick_gelu", cfg.get("quick_gelu", False))  # checked by _check_options
     kwargs: dict[str, Any] = {"force_quick_gelu": quick_gelu}
     for ours, theirs in (("mean", "image_mean"), ("std", "image_std"), ("interpolation", "image_interpolation"),
                          ("resize_mode", "image_resize_mode")):  # fmt: skip
@@ -679,18 +679,11 @@ def open_clip_model_source(arg: str, *, options: Mapping[str, Any] | None = None
         candidates = default_negative_vocabulary()
     else:
         candidates = _string_list(opt["neg_labels"], "neg_labels", arg, base_dir)
-    n_neg = _positive_int(opt["n_neg"], "n_neg", arg)
-    groups = _positive_int(opt["neglabel_groups"], "neglabel_groups", arg)
-    neg_template = opt["neg_template"]
-    if not isinstance(neg_template, str) or neg_template.count("{}") != 1:
-        raise ModelError(f"{_where(arg)}: option 'neg_template' must be a string with one '{{}}', got {neg_template!r}")
+    # scalars: checked by _check_options (given) or the model's own config (defaults)
+    n_neg, groups, neg_template = opt["n_neg"], opt["neglabel_groups"], opt["neg_template"]
     percentile = opt.get("neg_percentile", DEFAULT_NEG_PERCENTILE)
-    if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 0 < percentile <= 1:
-        raise ModelError(f"{_where(arg)}: option 'neg_percentile' must be a number in (0, 1], got {percentile!r}")
     generic = _string_list(opt["generic_prompts"], "generic_prompts", arg, base_dir, allow_file=False)
     linear_attention = opt.get("linear_attention", True)
-    if not isinstance(linear_attention, bool):
-        raise ModelError(f"{_where(arg)}: option 'linear_attention' must be true or false, got {linear_attention!r}")
     cache_dir = opt["cache_dir"]
     if cache_dir is False or cache_dir is None:
         cache_dir = None

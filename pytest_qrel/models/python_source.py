@@ -37,7 +37,6 @@ Importing this module does not import torch.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import importlib
 import importlib.util
@@ -49,7 +48,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelError
+from ..errors import ModelError, UnknownNameError
 from .base import MODEL_SOURCES, LoadedModel, state_dict_sha256
 
 _RETURNS = (
@@ -262,11 +261,9 @@ def python_model_source(arg: str, *, options: Mapping[str, Any] | None = None, b
     factory = getattr(mod, factory_name, None)
     if factory is None:
         known = sorted(n for n, v in vars(mod).items() if callable(v) and not n.startswith("_") and getattr(v, "__module__", None) == mod.__name__)
-        close = difflib.get_close_matches(factory_name, known, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
         raise ModelError(
-            f"{label}: module '{module_name}' has no factory '{factory_name}'{hint} "
-            f"(its functions: {', '.join(known) or 'none'}; define `def {factory_name}(**options)` returning {_RETURNS})"
+            f"{label}: module '{module_name}': {UnknownNameError('factory', factory_name, known)}; "
+            f"define `def {factory_name}(**options)` returning {_RETURNS}"
         )
     if not callable(factory):
         raise ModelError(f"{label}: '{factory_name}' in module '{module_name}' is a {type(factory).__name__}, not a callable factory")

@@ -62,20 +62,46 @@ Importing this module does not import torch, timm or huggingface_hub.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelError
+from ..errors import ModelError, UnknownNameError
+from ..options import Option, anything, boolean, integer, mapping, parse_options, prefixed
 from .base import MODEL_SOURCES, LoadedModel, state_dict_sha256
 
-OPTIONS = ("checkpoint", "pretrained", "model_kwargs", "num_classes", "seed", "cache_dir", "data_config")
+def _numbers(value: Any) -> bool:
+    """Not a bool, nor a list holding one (``true`` is not 1); timm checks the rest when it builds."""
+    return not any(isinstance(v, bool) for v in (value if isinstance(value, (list, tuple)) else [value]))
+
+
+def _tuple_if_list(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+OPTIONS: dict[str, Option] = {
+    "checkpoint": anything(),  # a path, expanded when the model is loaded
+    "pretrained": boolean(True),
+    "model_kwargs": mapping("a mapping of timm.create_model arguments"),
+    "num_classes": integer(None, lo=1, allow_none=True),
+    "seed": integer(0, lo=0, allow_none=True),
+    "cache_dir": anything(),  # a path, expanded when the model is loaded
+    "data_config": mapping("a mapping of timm data-config keys"),
+}
 """The options of a ``timm:`` model."""
 
-DATA_CONFIG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+_NUMBERS = Option(None, _numbers, "a number or a list of numbers", _tuple_if_list)
+DATA_CONFIG: dict[str, Option] = {
+    "input_size": _NUMBERS,
+    "interpolation": anything(),
+    "mean": _NUMBERS,
+    "std": _NUMBERS,
+    "crop_pct": _NUMBERS,
+    "crop_mode": anything(),
+}
+"""The keys of ``options.data_config``: overrides of timm's pretrained data config."""
 
 _RESERVED_MODEL_KWARGS = {
     "pretrained": "options.pretrained",
@@ -90,11 +116,6 @@ _LUMA = (0.299, 0.587, 0.114)  # PIL's "L" conversion (ITU-R 601-2)
 
 
 # ---------------------------------------------------------------------------------------- options
-def _did_you_mean(name: str, known: list[str] | tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f"; did you mean '{close[0]}'?" if close else ""
-
-
 def _expand_path(raw: Any, what: str, base_dir: Path, label: str) -> Path:
     """``raw`` with ``${VAR}`` and ``~`` expanded, relative to ``base_dir``."""
     if not isinstance(raw, (str, os.PathLike)) or not str(raw):
@@ -110,59 +131,29 @@ def _expand_path(raw: Any, what: str, base_dir: Path, label: str) -> Path:
 
 
 def _parse_options(options: Mapping[str, Any], label: str) -> dict[str, Any]:
-    unknown = [str(k) for k in options if k not in OPTIONS]
-    if unknown:
-        first = unknown[0]
-        raise ModelError(
-            f"{label}: unknown option '{first}'{_did_you_mean(first, OPTIONS)} "
-            f"(known options: {', '.join(OPTIONS)})"
-        )
-    out: dict[str, Any] = {
-        "checkpoint": options.get("checkpoint"),
-        "pretrained": options.get("pretrained", True),
-        "model_kwargs": options.get("model_kwargs") or {},
-        "num_classes": options.get("num_classes"),
-        "seed": options.get("seed", 0),
-        "cache_dir": options.get("cache_dir"),
-        "data_config": options.get("data_config") or {},
-    }
-    if not isinstance(out["pretrained"], bool):
-        raise ModelError(f"{label}: option 'pretrained' must be true or false, got {out['pretrained']!r}")
+    """The parsed options (:data:`OPTIONS`), ``model_kwargs`` with ``num_classes`` merged in and
+    ``data_config`` holding only the keys given (lists as tuples); ModelError naming ``label``."""
+    fail = prefixed(ModelError, label)
+    out = parse_options(options, OPTIONS, fail=fail)
     if out["pretrained"] is False and out["checkpoint"] is not None:
         raise ModelError(
             f"{label}: options 'pretrained: false' and 'checkpoint' contradict each other "
             "(drop 'pretrained: false' to load the checkpoint, or drop 'checkpoint' for random weights)"
         )
-    if not isinstance(out["model_kwargs"], Mapping):
-        raise ModelError(f"{label}: option 'model_kwargs' must be a mapping of timm.create_model arguments, got {out['model_kwargs']!r}")
-    out["model_kwargs"] = dict(out["model_kwargs"])
+    kwargs = dict(out["model_kwargs"])
     for key, instead in _RESERVED_MODEL_KWARGS.items():
-        if key in out["model_kwargs"]:
+        if key in kwargs:
             raise ModelError(f"{label}: option 'model_kwargs' may not set '{key}'; use {instead}")
-    for key in ("num_classes", "seed"):
-        value = out[key]
-        lo = 1 if key == "num_classes" else 0
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < lo):
-            raise ModelError(f"{label}: option '{key}' must be an integer >= {lo}, got {value!r}")
     if out["num_classes"] is not None:
-        given = out["model_kwargs"].get("num_classes")
+        given = kwargs.get("num_classes")
         if given is not None and given != out["num_classes"]:
             raise ModelError(
                 f"{label}: option 'num_classes' ({out['num_classes']}) contradicts 'model_kwargs.num_classes' ({given}); give it once"
             )
-        out["model_kwargs"]["num_classes"] = out["num_classes"]
-    dc = out["data_config"]
-    if not isinstance(dc, Mapping):
-        raise ModelError(f"{label}: option 'data_config' must be a mapping, got {dc!r}")
-    for key in dc:
-        if key not in DATA_CONFIG_KEYS:
-            raise ModelError(
-                f"{label}: unknown key 'data_config.{key}'{_did_you_mean(str(key), DATA_CONFIG_KEYS)} "
-                f"(known: {', '.join(DATA_CONFIG_KEYS)})"
-            )
-        if key in ("input_size", "mean", "std", "crop_pct") and any(isinstance(v, bool) for v in (dc[key] if isinstance(dc[key], list) else [dc[key]])):
-            raise ModelError(f"{label}: 'data_config.{key}' must be a number or a list of numbers, got {dc[key]!r}")  # true is not 1
-    out["data_config"] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in dc.items()}
+        kwargs["num_classes"] = out["num_classes"]
+    out["model_kwargs"] = kwargs
+    data_config = parse_options(out["data_config"], DATA_CONFIG, fail=fail, kind="data_config key")
+    out["data_config"] = {k: data_config[k] for k in out["data_config"]}
     return out
 
 
@@ -618,19 +609,13 @@ def _resolve_name(arg: str, label: str) -> tuple[str, Any]:
         )
     arch, tag = split_model_name_tag(arg)
     if not timm.is_model(arch):
-        hint = _did_you_mean(arch, timm.list_models())
-        raise ModelError(
-            f"{label}: unknown timm model '{arch}'{hint} "
-            f"(list them with: python -c \"import timm; print(timm.list_models('*vit*'))\")"
-        )
+        listing = "list them with: python -c \"import timm; print(timm.list_models('*vit*'))\""
+        raise ModelError(f"{label}: {UnknownNameError('timm model', arch, timm.list_models(), listing=listing)}")
     try:
         cfg = get_pretrained_cfg(arg)
     except RuntimeError:
         tags = [n.split(".", 1)[1] for n in timm.list_pretrained(f"{arch}.*") if "." in n]
-        raise ModelError(
-            f"{label}: timm model '{arch}' has no pretrained tag '{tag}'{_did_you_mean(tag, tags)} "
-            f"(known tags: {', '.join(tags) or 'none'})"
-        ) from None
+        raise ModelError(f"{label}: {UnknownNameError('pretrained tag', tag, tags)}") from None
     return arch, cfg
 
 

@@ -49,7 +49,9 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from ..errors import QuantOptionError, UnknownNameError
+from ..errors import QuantOptionError
+from ..options import Option, anything, boolean, choice, is_number, nonneg_int, positive_int  # noqa: F401  (re-exported)
+from ..options import parse_options as _parse_options
 from ..registry import Registry
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -87,68 +89,25 @@ class QuantConfig:
 # --------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Option:
-    """One method option: its default, a validity test, what a valid value looks like and a
-    conversion applied to valid values (e.g. ``float`` so an integer ``lr: 1`` becomes 1.0)."""
-
-    default: Any
-    valid: Callable[[Any], bool]
-    expect: str  # e.g. "a positive integer"; used in the error message and the fix
-    convert: Callable[[Any], Any] | None = None
-
-
-def positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-def nonneg_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def is_number(value: Any) -> bool:
-    """An int or a float (not a bool, not a string: the suite loader reads ``1e-5`` as a float)."""
-    import math
-
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
+# The one option facility is pytest_qrel.options (every source, method, runtime and suite section);
+# these names are re-exported for methods registered with ``options=`` a mapping of Option.
 
 
 def one_of(*choices: str) -> Option:
     """An :class:`Option` whose value must be one of ``choices`` (the first is the default)."""
-    expect = " or ".join(f"'{c}'" for c in choices)
-    return Option(choices[0], lambda v: isinstance(v, str) and v in choices, expect)
-
-
-def boolean(default: bool) -> Option:
-    return Option(default, lambda v: isinstance(v, bool), "true or false")
+    return choice(*choices)
 
 
 def parse_options(method: str, raw: Mapping[str, Any] | None, accepted: Mapping[str, Option]) -> dict[str, Any]:
-    """Validate ``raw`` against ``accepted`` and return every accepted key, defaults filled in and
-    valid values passed through ``Option.convert``.
+    """Validate ``raw`` against ``accepted`` (:func:`pytest_qrel.options.parse_options`) and return
+    every accepted key, defaults filled in and valid values passed through ``Option.convert``.
 
     Raises:
         QuantOptionError: an unknown key (the problem is :class:`~pytest_qrel.errors.UnknownNameError`'s
-            message, with its "did you mean"), or a value that ``Option.valid`` rejects.
+            message, ``unknown <method> option 'x'; did you mean ...``), or a value ``Option.valid``
+            rejects (``<method> option 'x' must be ..., got ...``).
     """
-    raw = dict(raw or {})
-    known = sorted(accepted)
-    for key in raw:
-        if key not in accepted:
-            if not known:
-                raise QuantOptionError(str(key), f"'{method}' accepts no options, got '{key}'", "remove it")
-            raise QuantOptionError(str(key), str(UnknownNameError(f"{method} option", str(key), known)),
-                                   "remove it or use a known option")
-    out: dict[str, Any] = {}
-    for key, opt in accepted.items():
-        if key in raw:
-            value = raw[key]
-            if not opt.valid(value):
-                raise QuantOptionError(key, f"{key} must be {opt.expect}, got {value!r}", f"use {opt.expect}")
-            out[key] = opt.convert(value) if opt.convert is not None and value is not None else value
-        else:
-            out[key] = opt.default
-    return out
+    return _parse_options(raw, accepted, fail=QuantOptionError, kind=f"{method} option")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -185,7 +144,7 @@ def _default_parse(accepted: Any) -> Callable[..., Any]:
     if isinstance(accepted, Mapping):
         table = dict(accepted)
     else:
-        table = {k: Option(None, lambda v: True, "any value") for k in accepted or ()}
+        table = {k: anything() for k in accepted or ()}
     keys_only = not isinstance(accepted, Mapping)
 
     def parse(raw: Mapping[str, Any], *, method: str) -> Any:

@@ -50,7 +50,7 @@ from torch import Tensor, nn
 EPS = torch.finfo(torch.float32).eps
 """Smallest scale: guards all-zero weight rows and constant activations (as PyTorch's observers do)."""
 
-from .options import CALIBRATION_BATCH_SIZE  # noqa: E402  (re-exported: images per calibration pass)
+from .options import CALIBRATION_BATCH_SIZE, LinearQuantOptions  # noqa: E402  (CALIBRATION_BATCH_SIZE re-exported: images per calibration pass)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -212,6 +212,21 @@ def quantize_weight(w: Tensor, bits: int, *, per_channel: bool = True, symmetric
 
 
 WeightQuantizer = Callable[[Tensor, int], Tensor]
+
+
+def weight_quantizer_for(options: LinearQuantOptions) -> WeightQuantizer:
+    """``fn(weight, bits)`` for the weight options of ``options`` (``weight_granularity``,
+    ``weight_symmetric``); the default is :func:`quantize_weight_per_channel_symmetric` itself.
+    (Here, not a method of the options: :mod:`.options` imports no torch and nothing from this module.)"""
+    per_channel = options.weight_granularity == "per_channel"
+    if per_channel and options.weight_symmetric:
+        return quantize_weight_per_channel_symmetric
+    symmetric = options.weight_symmetric
+
+    def quantizer(w: Tensor, bits: int) -> Tensor:
+        return quantize_weight(w, bits, per_channel=per_channel, symmetric=symmetric)
+
+    return quantizer
 """``fn(weight, bits) -> fake-quantized weight`` (same shape); e.g. :func:`quantize_weight_per_channel_symmetric`."""
 
 

@@ -47,7 +47,7 @@ from torch import Tensor, nn
 
 from ..errors import QuantOptionError
 from .base import QuantConfig, calibration_error, no_linear_error
-from .fakequant import ActQuantizer, FakeQuantConv2d, FakeQuantLinear, calibrate, replace_linears
+from .fakequant import ActQuantizer, FakeQuantConv2d, FakeQuantLinear, calibrate, replace_linears, weight_quantizer_for
 from .options import LinearQuantOptions
 from .selection import ModuleSelection, select_modules
 
@@ -96,7 +96,7 @@ def apply_minmax(
         raise QuantOptionError("patch_embed", "patch_embed: quantized, but the model has no patch-embedding Conv2d "
                                "(looked for 'patch_embed.proj', open_clip's 'conv1', or a single Conv2d)",
                                "remove the option or set it to fp32")
-    wq = opts.weight_quantizer()
+    wq = weight_quantizer_for(opts)
     wb, ab = config.weight_bits, config.act_bits
 
     def make_input_quantizer(factory: InputQuantizerFactory | None = input_quantizer) -> nn.Module | None:

@@ -41,13 +41,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from ..errors import QuantOptionError
-from .base import Option, is_number, nonneg_int, one_of, parse_options, positive_int
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .fakequant import WeightQuantizer
+from ..options import Option, OptionSet, choice, is_bool, is_number, nonneg_int, positive_int, rule
 
 CALIBRATION_BATCH_SIZE = 64
 """Images per calibration forward pass (memory only: min/max does not depend on batching)."""
@@ -58,13 +55,9 @@ PatchEmbedMode = Literal["fp32", "quantized"]
 ActQuant = Literal["static", "per_token", "per_tensor"]
 
 
-def rule(valid: Any, expect: str, convert: Any = None) -> Option:
-    """A validity rule; its default comes from the dataclass field of the same name."""
-    return Option(None, valid, expect, convert)
-
-
 def _choice(*choices: str) -> Option:
-    return dataclasses.replace(one_of(*choices), default=None)
+    """A choice rule; its default comes from the dataclass field of the same name."""
+    return dataclasses.replace(choice(*choices), default=None)
 
 
 def _positive_number(value: Any) -> bool:
@@ -84,31 +77,19 @@ def _seed(value: Any) -> bool:
 
 
 @dataclass(frozen=True)
-class MethodOptions:
-    """Base of every method's typed options: ``RULES`` (merged along the class hierarchy) say what
-    is valid, the dataclass fields give the defaults, ``KEYS`` (None: every field) what is accepted."""
-
-    RULES: ClassVar[Mapping[str, Option]] = {}
-    KEYS: ClassVar[tuple[str, ...] | None] = None
-
-    @classmethod
-    def accepted(cls) -> dict[str, Option]:
-        """``{key: Option}`` with the defaults of this class, in field order (or ``KEYS`` order)."""
-        rules: dict[str, Option] = {}
-        for klass in reversed(cls.__mro__):
-            rules.update(vars(klass).get("RULES", {}))
-        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
-        keys = cls.KEYS if cls.KEYS is not None else tuple(defaults)
-        return {k: dataclasses.replace(rules[k], default=defaults[k]) for k in keys}
+class MethodOptions(OptionSet):
+    """Base of every method's typed options (:class:`pytest_qrel.options.OptionSet`): ``RULES``
+    (merged along the class hierarchy) say what is valid, the dataclass fields give the defaults,
+    ``KEYS`` (None: every field) what is accepted, ``check`` the rules between options."""
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any] | None, *, method: str) -> Any:
-        """Validate ``raw`` (see :func:`~pytest_qrel.quantize.base.parse_options`) into an instance.
+        """Validate ``raw`` into an instance (messages: :func:`~pytest_qrel.quantize.base.parse_options`).
 
         Raises:
-            QuantOptionError: an unknown key or a bad value.
+            QuantOptionError: an unknown key, a bad value, or options that contradict each other.
         """
-        return cls(**parse_options(method, raw, cls.accepted()))
+        return cls.from_raw(raw, fail=QuantOptionError, kind=f"{method} option")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -129,27 +110,12 @@ class LinearQuantOptions(MethodOptions):
 
     RULES: ClassVar[Mapping[str, Option]] = {
         "weight_granularity": _choice("per_channel", "per_tensor"),
-        "weight_symmetric": rule(lambda v: isinstance(v, bool), "true or false"),
-        "act_symmetric": rule(lambda v: isinstance(v, bool), "true or false"),
+        "weight_symmetric": rule(is_bool, "true or false"),
+        "act_symmetric": rule(is_bool, "true or false"),
         "head": _choice("quantized", "fp32"),
         "patch_embed": _choice("fp32", "quantized"),
         "batch_size": rule(positive_int, "a positive integer"),
     }
-
-    def weight_quantizer(self) -> WeightQuantizer:
-        """``fn(weight, bits)`` for these options; the default is
-        :func:`~pytest_qrel.quantize.fakequant.quantize_weight_per_channel_symmetric` itself."""
-        from .fakequant import quantize_weight, quantize_weight_per_channel_symmetric
-
-        per_channel = self.weight_granularity == "per_channel"
-        if per_channel and self.weight_symmetric:
-            return quantize_weight_per_channel_symmetric
-        symmetric = self.weight_symmetric
-
-        def quantizer(w: Any, bits: int) -> Any:
-            return quantize_weight(w, bits, per_channel=per_channel, symmetric=symmetric)
-
-        return quantizer
 
 
 COMMON_OPTIONS: dict[str, Option] = LinearQuantOptions.accepted()
@@ -207,7 +173,7 @@ class SmoothQuantOptions(LinearQuantOptions):
     RULES: ClassVar[Mapping[str, Option]] = {
         "alpha": rule(_fraction, "a number from 0 to 1", float),
         "act_quant": _choice("static", "per_token", "per_tensor"),
-        "quantize_bmm_input": rule(lambda v: isinstance(v, bool), "true or false"),
+        "quantize_bmm_input": rule(is_bool, "true or false"),
     }
 
     def check_bits(self, weight_bits: int, act_bits: int | None) -> None:
@@ -280,7 +246,7 @@ class RepQOptions(MethodOptions):
     arithmetic: Literal["reference", "aten"] = "reference"
 
     RULES: ClassVar[Mapping[str, Option]] = {
-        "reparameterize": rule(lambda v: isinstance(v, bool), "true or false"),
+        "reparameterize": rule(is_bool, "true or false"),
         "softmax_quantizer": _choice("log_sqrt2", "uniform"),
         "log2_levels": _choice("reference", "strict"),
         "zero_point": _choice("mean", "rounded"),
@@ -341,7 +307,7 @@ class DistillOptions(LSQOptions):
     distill_weight: float | None = None
 
     RULES: ClassVar[Mapping[str, Option]] = {
-        "per_channel": rule(lambda v: isinstance(v, bool), "true or false"),
+        "per_channel": rule(is_bool, "true or false"),
         "temperature": rule(_positive_number, "a positive number", float),
         "distill_weight": rule(lambda v: v is None or _fraction(v), "a number from 0 to 1", float),
     }
@@ -367,8 +333,8 @@ class LoRAOptions(LSQOptions):
     RULES: ClassVar[Mapping[str, Option]] = {
         "lora_r": rule(positive_int, "a positive integer"),
         "lora_alpha": rule(_positive_number, "a positive number", float),
-        "train_steps": rule(lambda v: isinstance(v, bool), "true or false"),
-        "lora_merge": rule(lambda v: isinstance(v, bool), "true or false"),
+        "train_steps": rule(is_bool, "true or false"),
+        "lora_merge": rule(is_bool, "true or false"),
         "distill": _choice("none", "feature_mse"),
         "distill_weight": rule(_fraction, "a number from 0 to 1", float),
     }

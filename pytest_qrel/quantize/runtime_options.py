@@ -39,8 +39,8 @@ from pathlib import PurePath
 from typing import Any, ClassVar, Literal
 
 from ..errors import QuantOptionError
-from .base import Option, positive_int
-from .options import MethodOptions, _choice, rule
+from ..options import Fail, Option, is_bool, positive_int, rule
+from .options import MethodOptions, _choice
 
 EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
     "onnxruntime": ("onnx", ("onnxruntime", "onnx")),
@@ -83,7 +83,7 @@ def _threads(value: Any) -> bool:
 
 
 def _bool() -> Option:
-    return rule(lambda v: isinstance(v, bool), "true or false")
+    return rule(is_bool, "true or false")
 
 
 def _suite_name(value: Any) -> bool:
@@ -187,9 +187,9 @@ class OpenVinoOptions(RuntimeOptions):
         "calibration_batch": rule(positive_int, "a positive integer"),
     }
 
-    def __post_init__(self) -> None:
+    def check(self, fail: Fail) -> None:
         if self.inference_precision is None:
-            raise QuantOptionError("inference_precision", "OpenVINO's inference precision must be stated: by default "
+            raise fail("inference_precision", "OpenVINO's inference precision must be stated: by default "
                                    "its CPU plugin computes in bf16 on CPUs with AMX, silently",
                                    "add 'inference_precision: f32' (or bf16 / f16) to the options")
 
@@ -246,14 +246,14 @@ class ArtifactOptions(RuntimeOptions):
         **_ORT_KNOBS,
     }
 
-    def __post_init__(self) -> None:
+    def check(self, fail: Fail) -> None:
         if self.path is None:
-            raise QuantOptionError("path", "method 'artifact' needs the file to audit", "add 'path: <file>' (relative to the suite file)")
+            raise fail("path", "method 'artifact' needs the file to audit", "add 'path: <file>' (relative to the suite file)")
         if self.runtime is None and PurePath(self.path).suffix.lower() not in SUFFIX_RUNTIME:
-            raise QuantOptionError("runtime", f"cannot tell which runtime reads '{self.path}' from its suffix",
+            raise fail("runtime", f"cannot tell which runtime reads '{self.path}' from its suffix",
                                    "add 'runtime: onnxruntime', 'openvino' or 'torch', or use a .onnx / .xml / .pt2 / .pt file")
         if self.backend == "openvino" and self.inference_precision is None:
-            raise QuantOptionError("inference_precision", "an OpenVINO artifact's inference precision must be stated: by "
+            raise fail("inference_precision", "an OpenVINO artifact's inference precision must be stated: by "
                                    "default its CPU plugin computes in bf16 on CPUs with AMX, silently",
                                    "add 'inference_precision: f32' (or bf16 / f16) to the options")
 

@@ -31,14 +31,13 @@ Errors in a user's file are one :class:`~pytest_qrel.errors.SpecError` naming th
 from __future__ import annotations
 
 import csv
-import difflib
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import SpecError
+from ..errors import SpecError, UnknownNameError
+from ..options import is_int, is_number, reject_unknown
 from ..registry import Registry
 
 FORMAT = "pytest-qrel-references"
@@ -159,12 +158,12 @@ def load_references(spec: str | Path | Sequence[str | Path], *, base_dir: Path |
         if only is not None:
             refs.values = [v for v in refs.values if v.source == only]
         return refs
-    from ..data.folders import resolve_path
-    from ..errors import DataMissingError
+    from ..data.paths import resolve_path
+    from ..errors import DataError
 
-    try:
+    try:  # a missing file (DataError) or an unset ${VAR} (DataMissingError): the suite's field is wrong
         path = resolve_path(text, base_dir=base_dir, what="references file")
-    except DataMissingError as exc:
+    except DataError as exc:
         raise SpecError(str(exc), field="references", fix="give the path of a YAML or CSV reference file") from None
     return _load_file(path)
 
@@ -206,6 +205,43 @@ class _Entry:
     def error(self, where: str, fld: str | None, problem: str, fix: str | None = None, line: int | None = None) -> SpecError:
         return SpecError(f"{where}: {problem}" if where else problem, file=self.path, line=line, field=fld, fix=fix)
 
+    def _value(self, raw: Mapping[str, Any], where: str, line: int | None, *, metric: str, unit: str, kind: str,
+               fraction: bool) -> tuple[float, str]:
+        """``(value in the library's units, the number as published)``."""
+        number = raw.get("value")
+        published = str(raw.get("published", number)).strip()
+        if isinstance(number, str):
+            try:
+                number = float(number)
+            except ValueError:
+                raise self.error(where, "value", f"'{number}' is not a number", None, line) from None
+        if not is_number(number):
+            raise self.error(where, "value", f"value must be a finite number, got {number!r}", None, line)
+        value = float(number) * UNITS[unit]
+        if kind == "value" and fraction and not 0.0 <= value <= 1.0:
+            raise self.error(where, "value", f"{metric} {published} {unit} is outside [0, 1] as a fraction",
+                             "check the number and its unit (percent or fraction)", line)
+        if kind == "value" and metric == "nll" and value < 0:
+            raise self.error(where, "value", f"an NLL cannot be negative, got {published}", None, line)
+        return value, published
+
+    def _details(self, raw: Mapping[str, Any], where: str, line: int | None, unit: str) -> tuple[float | None, bool | None, tuple[int, ...] | None]:
+        """``(std in the library's units, relative, seeds)``, each None when absent."""
+        std = raw.get("std")
+        if std is not None:
+            if not is_number(std) or std < 0:
+                raise self.error(where, "std", f"std must be a number >= 0, got {std!r}", None, line)
+            std = float(std) * UNITS[unit]
+        relative = raw.get("relative")
+        if relative is not None and not isinstance(relative, bool):
+            raise self.error(where, "relative", f"relative must be true, false or absent, got {relative!r}", None, line)
+        seeds = raw.get("seeds")
+        if seeds is not None:
+            if not isinstance(seeds, (list, tuple)) or not all(is_int(s) for s in seeds):
+                raise self.error(where, "seeds", f"seeds must be a list of integers, got {seeds!r}", None, line)
+            seeds = tuple(seeds)
+        return std, relative, seeds
+
     def add(self, raw: Mapping[str, Any], where: str, line: int | None = None) -> None:
         from ..metrics import METRICS
 
@@ -226,48 +262,20 @@ class _Entry:
         model, quantizer, dataset = (text(k) for k in ("model", "quantizer", "dataset"))
         metric = text("metric")
         if metric not in METRICS:
-            close = difflib.get_close_matches(metric, METRICS.names(), n=1)
-            hint = f"did you mean '{close[0]}'? " if close else ""
-            raise self.error(where, "metric", f"unknown metric '{metric}'", f"{hint}known: {', '.join(METRICS.names())}", line)
+            raise self.error(where, "metric", str(UnknownNameError("metric", metric, METRICS.names())), "use one of the known metrics", line)
         meta = METRICS.meta(metric)
         unit = text("unit")
         if unit not in UNITS:
-            raise self.error(where, "unit", f"unknown unit '{unit}'", f"one of {', '.join(UNITS)}", line)
+            raise self.error(where, "unit", str(UnknownNameError("unit", unit, list(UNITS))), None, line)
         if meta.get("unit") == "nats" and unit != "nats":
             raise self.error(where, "unit", f"{metric} is published in nats, not '{unit}'", "write unit: nats", line)
         if meta.get("fraction") and unit == "nats":
             raise self.error(where, "unit", f"{metric} is a fraction, not nats", "write unit: percent or fraction", line)
         kind = optional("kind") or "value"
         if kind not in KINDS:
-            raise self.error(where, "kind", f"unknown kind '{kind}'", f"one of {', '.join(KINDS)}", line)
-        number = raw.get("value")
-        published = str(raw.get("published", number)).strip()
-        if isinstance(number, str):
-            try:
-                number = float(number)
-            except ValueError:
-                raise self.error(where, "value", f"'{number}' is not a number", None, line) from None
-        if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
-            raise self.error(where, "value", f"value must be a finite number, got {number!r}", None, line)
-        value = float(number) * UNITS[unit]
-        if kind == "value" and meta.get("fraction") and not 0.0 <= value <= 1.0:
-            raise self.error(where, "value", f"{metric} {published} {unit} is outside [0, 1] as a fraction",
-                             "check the number and its unit (percent or fraction)", line)
-        if kind == "value" and metric == "nll" and value < 0:
-            raise self.error(where, "value", f"an NLL cannot be negative, got {published}", None, line)
-        std = raw.get("std")
-        if std is not None:
-            if isinstance(std, bool) or not isinstance(std, (int, float)) or not math.isfinite(std) or std < 0:
-                raise self.error(where, "std", f"std must be a number >= 0, got {std!r}", None, line)
-            std = float(std) * UNITS[unit]
-        relative = raw.get("relative")
-        if relative is not None and not isinstance(relative, bool):
-            raise self.error(where, "relative", f"relative must be true, false or absent, got {relative!r}", None, line)
-        seeds = raw.get("seeds")
-        if seeds is not None:
-            if not isinstance(seeds, (list, tuple)) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-                raise self.error(where, "seeds", f"seeds must be a list of integers, got {seeds!r}", None, line)
-            seeds = tuple(seeds)
+            raise self.error(where, "kind", str(UnknownNameError("kind", kind, list(KINDS))), None, line)
+        value, published = self._value(raw, where, line, metric=metric, unit=unit, kind=kind, fraction=bool(meta.get("fraction")))
+        std, relative, seeds = self._details(raw, where, line, unit)
         source = text("source")
         entry = ReferenceValue(
             model=model, quantizer=quantizer, metric=metric, dataset=dataset, value=value, published=published, unit=unit,
@@ -296,9 +304,7 @@ def _from_csv(path: Path) -> References:
         raise SpecError(f"the header lacks column(s) {', '.join(missing)}", file=path, line=lines[0],
                         fix="the header needs model,quantizer,metric,dataset,value,unit,source")
     known = {*KEYS, "value", "unit", "source", "kind", "relative", "score", "statistic", "std", "note", "published"}
-    unknown = [h for h in header if h not in known]
-    if unknown:
-        raise SpecError(f"unknown column(s) {', '.join(unknown)}", file=path, line=lines[0], fix=f"columns: {', '.join(sorted(known))}")
+    reject_unknown(header, known, kind="column", fail=lambda key, problem, fix: SpecError(problem, file=path, line=lines[0], fix=fix))
     entries = _Entry(path)
     for lineno, row in zip(lines[1:], rows[1:]):
         if len(row) != len(header):
@@ -331,10 +337,8 @@ def _from_yaml(path: Path) -> References:
     if doc.get("format", FORMAT) != FORMAT or doc.get("version", FORMAT_VERSION) != FORMAT_VERSION:
         raise SpecError(f"format '{doc.get('format')}' version {doc.get('version')!r} is not {FORMAT} version {FORMAT_VERSION}",
                         file=path, field="format", fix=f"write format: {FORMAT} and version: {FORMAT_VERSION}")
-    extra = set(doc) - {"format", "version", "name", "paper", "source", "names", "tables", "values"}
-    if extra:
-        raise SpecError(f"unknown top-level field(s) {', '.join(sorted(extra))}", file=path,
-                        fix="top-level fields: format, version, name, paper, source, names, tables, values")
+    reject_unknown(doc, ("format", "version", "name", "paper", "source", "names", "tables", "values"), kind="top-level field",
+                   fail=lambda key, problem, fix: SpecError(problem, file=path, field=key, fix=fix))
     entries = _Entry(path)
     default_source = doc.get("source")
     for t, table in enumerate(doc.get("tables") or []):
@@ -356,9 +360,7 @@ def _table(entries: _Entry, table: Any, where: str, default_source: Any) -> None
     """Expand one table: fixed keys, a row key, one column key with its names, and a row of numbers per row label."""
     if not isinstance(table, Mapping):
         raise entries.error(where, None, "a table is a mapping (rows, columns, values and the fixed keys)")
-    extra = set(table) - _TABLE_FIELDS
-    if extra:
-        raise entries.error(where, None, f"unknown field(s) {', '.join(sorted(extra))}", f"table fields: {', '.join(sorted(_TABLE_FIELDS))}")
+    reject_unknown(table, _TABLE_FIELDS, kind="table field", fail=lambda key, problem, fix: entries.error(where, key, problem, fix))
     row_key, columns = table.get("rows"), table.get("columns")
     if row_key not in KEYS:
         raise entries.error(where, "rows", f"'rows' must name what the row labels are, one of {', '.join(KEYS)}; got {row_key!r}")

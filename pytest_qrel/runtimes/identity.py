@@ -130,7 +130,7 @@ def unit_identity(spec: Any, base_dir: Path) -> dict[str, Any] | None:
     Raises:
         SpecError: located at the quantizer, for an option or a file the hook refuses.
     """
-    from ..quantize import QUANTIZERS, validate_quantizer
+    from ..quantize.base import QUANTIZERS, validate_quantizer  # .base: no edge back to quantize/__init__
     from ..spec.quantizers import spec_error_for
 
     hook = QUANTIZERS.meta(spec.method).get("identity")

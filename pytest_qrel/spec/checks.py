@@ -49,6 +49,7 @@ import re
 from typing import Any
 
 from ..errors import SpecError
+from ..options import reject_unknown
 from .schema import MEAN_OOD, Bound, CheckSpec, Location
 from .yamlsrc import kind_of
 
@@ -211,15 +212,8 @@ def parse_check(raw: Any, where: Location, field: str, default_confidence: float
         return check if check.confidence is not None else replace(check, confidence=default_confidence)
     if not isinstance(raw, dict):
         raise SpecError(f"a check must be a string or a mapping, got {kind_of(raw)}", file=where.file, line=where.line, field=field, fix=SHORTHAND_HELP)
-    unknown = sorted(set(map(str, raw)) - _STRUCTURED_KEYS)
-    if unknown:
-        raise SpecError(
-            f"unknown key(s) {', '.join(unknown)}",
-            file=where.file,
-            line=where.line,
-            field=field,
-            fix=f"use only {', '.join(sorted(_STRUCTURED_KEYS))}",
-        )
+    reject_unknown(raw, _STRUCTURED_KEYS, kind="key",
+                   fail=lambda key, problem, fix: SpecError(problem, file=where.file, line=where.line, field=field, fix=fix))
     if "check" in raw:
         clash = sorted({"metric", "score", "quantizers", "on", "datasets", "delta", "value"} & set(raw))
         if clash:

@@ -7,13 +7,14 @@ pytest collection stays fast.
 
 from __future__ import annotations
 
-import difflib
 import re
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ..errors import SpecError, UnknownNameError
+from ..options import Option, anything, boolean, integer, mapping, parse_options, reject_unknown, value_problem
 from .checks import parse_check, parse_confidence
 from .schema import (
     FP32,
@@ -71,17 +72,21 @@ class _Ctx:
             line = node.line_of(key) if key is not None else node.line
         return Location(str(self.path), line)
 
+    def section(self, node: LineDict, table: dict[str, Option], field: str) -> dict[str, Any]:
+        """``node``'s keys checked against ``table`` (:func:`pytest_qrel.options.parse_options`),
+        every error located at the key's line."""
+        return parse_options(node, table, kind="key", fail=lambda key, problem, fix: self.err(
+            problem, node=node, key=key, field=f"{field}.{key}" if field else str(key), fix=fix))
+
     def mapping(self, node: Any, field: str, fix: str) -> LineDict:
         if not isinstance(node, dict):
             raise self.err(f"expected a mapping, got {_typename(node)}", node=node, field=field, fix=fix)
         return node  # type: ignore[return-value]
 
     def unknown_keys(self, node: LineDict, allowed: tuple[str, ...] | set[str], field: str) -> None:
-        for key in node:
-            if key not in allowed:
-                close = difflib.get_close_matches(str(key), list(allowed), n=1)
-                hint = f"did you mean '{close[0]}'?" if close else f"allowed: {', '.join(sorted(allowed))}"
-                raise self.err(f"unknown key '{key}'", node=node, key=key, field=f"{field}.{key}" if field else str(key), fix=hint)
+        """A key of ``node`` not in ``allowed``: the one unknown-name message, at the key's line."""
+        reject_unknown(node, allowed, kind="key", fail=lambda key, problem, fix: self.err(
+            problem, node=node, key=key, field=f"{field}.{key}" if field else str(key), fix=fix))
 
 
 def _typename(x: Any) -> str:
@@ -124,10 +129,13 @@ def _known_source(ctx: _Ctx, validate: Any, spec: LineDict, field: str, options:
 
 
 def _int(ctx: _Ctx, raw: Any, node: Any, key: Any, field: str, lo: int, hi: int | None = None) -> int:
-    if isinstance(raw, bool) or not isinstance(raw, int) or raw < lo or (hi is not None and raw > hi):
-        rng = f"from {lo} to {hi}" if hi is not None else f">= {lo}"
-        raise ctx.err(f"expected an integer {rng}, got {raw!r}", node=node, key=key, field=field, fix=f"use an integer {rng}")
-    return raw
+    """``raw`` if it is an integer in ``[lo, hi]`` (never a bool); else the one bad-value message of
+    :mod:`pytest_qrel.options`, naming the last part of ``field``."""
+    option = integer(None, lo=lo, hi=hi)
+    if not option.valid(raw):
+        name = field.rpartition(".")[2]
+        raise ctx.err(value_problem(name, raw, option.expect, "key"), node=node, key=key, field=field, fix=f"use {option.expect}")
+    return int(raw)
 
 
 def _models(ctx: _Ctx, raw: Any) -> dict[str, ModelSpec]:
@@ -228,6 +236,26 @@ def _datasets(ctx: _Ctx, raw: Any) -> tuple[DatasetSpec, dict[str, DatasetSpec],
     return id_ds, ood, shifted, pairs
 
 
+QUANTIZER_KEYS: dict[str, Option] = {
+    "method": anything(),  # checked by the method registry (_validated_method)
+    "weight_bits": anything(),  # default from the name (W4A4): _bits
+    "act_bits": anything(),
+    "calibration": mapping("a mapping like {samples: 256, seed: 0}"),
+    "options": mapping("a mapping of the method's options"),
+    "verify": boolean(False),
+    "allow_float_paths": boolean(False),
+}
+"""The keys of one ``quantizers:`` entry."""
+
+CALIBRATION_KEYS: dict[str, Option] = {
+    "samples": integer(256, lo=1),
+    "seed": integer(0, lo=0),
+    "seeds": anything(),  # a list of distinct integers >= 0, each located: _seeds
+    "draw": anything(),  # a registered draw: checked against CALIBRATION_DRAWS
+}
+"""The keys of ``quantizers.<name>.calibration``."""
+
+
 def _quantizers(ctx: _Ctx, raw: Any) -> dict[str, QuantizerSpec]:
     if raw is None:
         return {}
@@ -241,74 +269,85 @@ def _quantizers(ctx: _Ctx, raw: Any) -> dict[str, QuantizerSpec]:
         if isinstance(spec, str):
             spec = LineDict(method=spec)
             spec.line = node.line_of(name)
-        spec = ctx.mapping(spec, field, "write '{method: minmax, weight_bits: 4, act_bits: 4}'")
-        ctx.unknown_keys(spec, ("method", "weight_bits", "act_bits", "calibration", "options", "verify", "allow_float_paths"), field)
-        verify = spec.get("verify", False)
-        if not isinstance(verify, bool):
-            raise ctx.err(f"'verify' must be true or false, got {verify!r}", node=spec, key="verify", field=f"{field}.verify", fix="write 'verify: true'")
-        allow_float = spec.get("allow_float_paths", False)
-        if not isinstance(allow_float, bool):
-            raise ctx.err(f"'allow_float_paths' must be true or false, got {allow_float!r}", node=spec, key="allow_float_paths", field=f"{field}.allow_float_paths", fix="write 'allow_float_paths: true'")
-        if "method" not in spec or not isinstance(spec["method"], str):
-            raise ctx.err("missing 'method'", node=spec, field=f"{field}.method", fix="add e.g. 'method: minmax'")
-        m = _BITS_IN_NAME.match(name)
-        bits_from_name = (int(m[1]), int(m[2]) if m[2] else None) if m else (None, None)
-        wb = spec.get("weight_bits", bits_from_name[0])
-        if wb is None:
-            raise ctx.err("missing 'weight_bits'", node=spec, field=f"{field}.weight_bits", fix="add e.g. 'weight_bits: 4' (or name the quantizer like W4A4)")
-        wb = _int(ctx, wb, spec, "weight_bits", f"{field}.weight_bits", 2, 8)
-        ab = spec.get("act_bits", bits_from_name[1])
-        if ab is not None and ab not in (16, 32):
-            ab = _int(ctx, ab, spec, "act_bits", f"{field}.act_bits", 2, 8)
-        elif ab in (16, 32):
-            ab = None  # floating-point activations
-        cal_raw = spec.get("calibration") or {}
-        cal_node = ctx.mapping(cal_raw, f"{field}.calibration", "write '{samples: 256, seed: 0}'")
-        ctx.unknown_keys(cal_node, ("samples", "seed", "seeds", "draw"), f"{field}.calibration")
-        if "seed" in cal_node and "seeds" in cal_node:
-            raise ctx.err("give either 'seed' or 'seeds'", node=cal_node, key="seeds", field=f"{field}.calibration", fix="e.g. 'seeds: [0, 13, 37]'")
-        seeds: tuple[int, ...] = ()
-        if "seeds" in cal_node:
-            raw_seeds = cal_node["seeds"]
-            if not isinstance(raw_seeds, list) or not raw_seeds:
-                raise ctx.err("'seeds' must be a non-empty list of integers", node=cal_node, key="seeds", field=f"{field}.calibration.seeds", fix="e.g. 'seeds: [0, 13, 37]'")
-            seeds = tuple(_int(ctx, x, raw_seeds, i, f"{field}.calibration.seeds[{i}]", 0) for i, x in enumerate(raw_seeds))
-            if len(set(seeds)) != len(seeds):
-                raise ctx.err("'seeds' repeats a seed", node=cal_node, key="seeds", field=f"{field}.calibration.seeds", fix="list each seed once")
-        from ..calibration_draw import CALIBRATION_DRAWS, DEFAULT_DRAW
-
-        draw = cal_node.get("draw", DEFAULT_DRAW)
-        if not isinstance(draw, str) or draw not in CALIBRATION_DRAWS:
-            raise ctx.err(str(UnknownNameError("calibration draw", str(draw), CALIBRATION_DRAWS.names())), node=cal_node,
-                          key="draw", field=f"{field}.calibration.draw", fix=f"use one of: {', '.join(CALIBRATION_DRAWS.names())}")
-        cal = CalibrationSpec(
-            samples=_int(ctx, cal_node.get("samples", 256), cal_node, "samples", f"{field}.calibration.samples", 1),
-            seed=seeds[0] if seeds else _int(ctx, cal_node.get("seed", 0), cal_node, "seed", f"{field}.calibration.seed", 0),
-            seeds=seeds if len(seeds) > 1 else (),
-            draw=draw,
-        )
-        options = spec.get("options") or {}
-        if not isinstance(options, dict):
-            raise ctx.err("'options' must be a mapping", node=spec, key="options", field=f"{field}.options")
-        # The method, its options and the bits, checked by the method's own typed options (no torch).
-        from ..errors import QuantOptionError
-        from ..quantize import validate_quantizer
-        from .quantizers import SETTINGS, located_error
-
-        try:
-            validate_quantizer(spec["method"], wb, ab, options, seed=cal.seed)
-        except UnknownNameError as exc:
-            raise ctx.err(str(exc), node=spec, key="method", field=f"{field}.method", fix="use one of the known methods") from None
-        except QuantOptionError as exc:
-            if exc.option in SETTINGS:
-                line = spec.line_of(exc.option) if exc.option in spec else ctx.loc(node, name).line
-            elif exc.option == "calibration":
-                line = cal_node.line_of("samples") if isinstance(cal_node, LineDict) else spec.line_of("calibration")
-            else:
-                line = options.line_of(exc.option) if isinstance(options, LineDict) else spec.line_of("options")
-            raise located_error(exc, name, file=ctx.path, line=line) from None
-        out[name] = QuantizerSpec(name, spec["method"], wb, ab, cal, dict(options), ctx.loc(node, name), verify, allow_float)
+        out[name] = _quantizer(ctx, node, name, ctx.mapping(spec, field, "write '{method: minmax, weight_bits: 4, act_bits: 4}'"))
     return out
+
+
+def _quantizer(ctx: _Ctx, node: LineDict, name: str, spec: LineDict) -> QuantizerSpec:
+    field = f"quantizers.{name}"
+    values = ctx.section(spec, QUANTIZER_KEYS, field)
+    if not isinstance(spec.get("method"), str):
+        raise ctx.err("missing 'method'", node=spec, field=f"{field}.method", fix="add e.g. 'method: minmax'")
+    wb, ab = _bits(ctx, name, spec)
+    cal_node = spec.get("calibration") or LineDict()
+    cal = _calibration(ctx, cal_node, f"{field}.calibration")
+    options = spec.get("options") or {}
+    _validated_method(ctx, node, name, spec, wb, ab, cal, cal_node)
+    return QuantizerSpec(name, spec["method"], wb, ab, cal, dict(options), ctx.loc(node, name), values["verify"], values["allow_float_paths"])
+
+
+def _bits(ctx: _Ctx, name: str, spec: LineDict) -> tuple[int, int | None]:
+    """``(weight_bits, act_bits)``: given, or read from a name like ``W4A4`` / ``W8A16`` (16 and 32
+    activation bits mean floating point: None)."""
+    field = f"quantizers.{name}"
+    m = _BITS_IN_NAME.match(name)
+    from_name = (int(m[1]), int(m[2]) if m[2] else None) if m else (None, None)
+    wb = spec.get("weight_bits", from_name[0])
+    if wb is None:
+        raise ctx.err("missing 'weight_bits'", node=spec, field=f"{field}.weight_bits", fix="add e.g. 'weight_bits: 4' (or name the quantizer like W4A4)")
+    wb = _int(ctx, wb, spec, "weight_bits", f"{field}.weight_bits", 2, 8)
+    ab = spec.get("act_bits", from_name[1])
+    if ab in (16, 32) and not isinstance(ab, bool):
+        return wb, None  # floating-point activations
+    return wb, (None if ab is None else _int(ctx, ab, spec, "act_bits", f"{field}.act_bits", 2, 8))
+
+
+def _calibration(ctx: _Ctx, node: LineDict, field: str) -> CalibrationSpec:
+    from ..calibration_draw import CALIBRATION_DRAWS, DEFAULT_DRAW
+
+    values = ctx.section(node, CALIBRATION_KEYS, field)
+    if "seed" in node and "seeds" in node:
+        raise ctx.err("give either 'seed' or 'seeds'", node=node, key="seeds", field=field, fix="e.g. 'seeds: [0, 13, 37]'")
+    seeds = _seeds(ctx, node, field) if "seeds" in node else ()
+    draw = node.get("draw", DEFAULT_DRAW)
+    if not isinstance(draw, str) or draw not in CALIBRATION_DRAWS:
+        raise ctx.err(str(UnknownNameError("calibration draw", str(draw), CALIBRATION_DRAWS.names())), node=node,
+                      key="draw", field=f"{field}.draw", fix=f"use one of: {', '.join(CALIBRATION_DRAWS.names())}")
+    return CalibrationSpec(samples=values["samples"], seed=seeds[0] if seeds else values["seed"], seeds=seeds if len(seeds) > 1 else (), draw=draw)
+
+
+def _seeds(ctx: _Ctx, node: LineDict, field: str) -> tuple[int, ...]:
+    raw = node["seeds"]
+    if not isinstance(raw, list) or not raw:
+        raise ctx.err("'seeds' must be a non-empty list of integers", node=node, key="seeds", field=f"{field}.seeds", fix="e.g. 'seeds: [0, 13, 37]'")
+    seeds = tuple(_int(ctx, x, raw, i, f"{field}.seeds[{i}]", 0) for i, x in enumerate(raw))
+    if len(set(seeds)) != len(seeds):
+        raise ctx.err("'seeds' repeats a seed", node=node, key="seeds", field=f"{field}.seeds", fix="list each seed once")
+    return seeds
+
+
+def _validated_method(
+    ctx: _Ctx, node: LineDict, name: str, spec: LineDict, wb: int, ab: int | None, cal: CalibrationSpec, cal_node: LineDict,
+) -> None:
+    """The method, its options and the bits, checked by the method's own typed options (no torch);
+    its error is located at the line of the key it names."""
+    from ..errors import QuantOptionError
+    from ..quantize import validate_quantizer
+    from .quantizers import SETTINGS, located_error
+
+    options = spec.get("options") or {}
+    try:
+        validate_quantizer(spec["method"], wb, ab, options, seed=cal.seed)
+    except UnknownNameError as exc:
+        raise ctx.err(str(exc), node=spec, key="method", field=f"quantizers.{name}.method", fix="use one of the known methods") from None
+    except QuantOptionError as exc:
+        if exc.option in SETTINGS:
+            line = spec.line_of(exc.option) if exc.option in spec else ctx.loc(node, name).line
+        elif exc.option == "calibration":
+            line = cal_node.line_of("samples") if isinstance(cal_node, LineDict) and cal_node else spec.line_of("calibration")
+        else:
+            line = options.line_of(exc.option) if isinstance(options, LineDict) else spec.line_of("options")
+        raise located_error(exc, name, file=ctx.path, line=line) from None
 
 
 def _scores(ctx: _Ctx, raw: Any, node: LineDict) -> tuple[str, ...]:
@@ -344,96 +383,180 @@ def _diagnostics(ctx: _Ctx, raw: Any, node: LineDict) -> tuple[str, ...]:
     return tuple(dict.fromkeys(raw))
 
 
+# ------------------------------------------------------------------------------------------- checks
+# A check is validated in steps (each raises the located SpecError of the first rule it breaks):
+# names first (metric, quantizers), then the bound against the metric (_BOUND_RULES, a table of
+# condition -> problem, fix), then what the metric's kind asks of the datasets and the score
+# (_BY_KIND). Only OOD checks without a score expand: one check per suite score.
+
+
+@dataclass(frozen=True)
+class _CheckSite:
+    """One check under validation, with what every step reads."""
+
+    ctx: _Ctx
+    check: CheckSpec
+    suite: Suite
+    field: str
+    meta: dict[str, Any]
+
+    def fail(self, problem: str, fix: str | None = None, sub: str = "") -> SpecError:
+        line = self.check.where.line if self.check.where else None
+        return SpecError(problem, file=self.ctx.path, line=line, field=self.field + sub, fix=fix)
+
+    @property
+    def known_quantizers(self) -> list[str]:
+        return [FP32, *self.suite.quantizers]
+
+
 def _validate_check(ctx: _Ctx, check: CheckSpec, suite: Suite, field: str) -> list[CheckSpec]:
     """Check names against the suite; expand an OOD check without a score into one per suite score."""
     from ..metrics import METRICS
 
-    line = check.where.line if check.where else None
-
-    def fail(problem: str, fix: str | None = None, sub: str = "") -> SpecError:
-        return SpecError(problem, file=ctx.path, line=line, field=field + sub, fix=fix)
-
     if check.metric not in METRICS:
-        raise fail(str(UnknownNameError("metric", check.metric, METRICS.names())), fix="use one of the known metrics")
-    meta = METRICS.meta(check.metric)
-    is_ood = meta["kind"] == "ood"
+        line = check.where.line if check.where else None
+        raise SpecError(str(UnknownNameError("metric", check.metric, METRICS.names())), file=ctx.path, line=line, field=field,
+                        fix="use one of the known metrics")
+    site = _CheckSite(ctx, check, suite, field, METRICS.meta(check.metric))
+    _check_quantizer_names(site)
+    _check_bound(site)
+    return _BY_KIND.get(site.meta["kind"], _labelled_check)(site)
+
+
+def _check_quantizer_names(site: _CheckSite) -> None:
     from ..posthoc import POSTHOC, split_name
 
-    known_q = [FP32, *suite.quantizers]
+    check = site.check
     for q in check.quantizers:
         if q == "all":
             continue
         base, steps = split_name(q)
-        if base not in known_q:
-            raise fail(str(UnknownNameError("quantizer", base, known_q)), fix="define it under 'quantizers:' or use 'all'")
+        if base not in site.known_quantizers:
+            raise site.fail(str(UnknownNameError("quantizer", base, site.known_quantizers)), fix="define it under 'quantizers:' or use 'all'")
         for step in steps:
             if step not in POSTHOC:
-                raise fail(str(UnknownNameError("post-hoc step", step, POSTHOC.names())), fix=f"write e.g. '{base}+temperature'")
+                raise site.fail(str(UnknownNameError("post-hoc step", step, POSTHOC.names())), fix=f"write e.g. '{base}+temperature'")
     if "all" in check.quantizers and len(check.quantizers) > 1:
-        raise fail("'all' cannot be combined with other quantizer names", fix="write either 'all' or a list of names")
-    if check.bound.kind == "delta" and not meta.get("delta_bounds", True):
-        raise fail(
-            f"{check.metric} already measures the distance from FP32 (0 for FP32 itself), so it takes a value bound, not a delta bound",
-            fix=f"write e.g. '{','.join(check.quantizers)} {check.metric} <= 0.25'",
-        )
-    if check.bound.kind == "delta" and FP32 in check.quantizers:
-        raise fail("a delta check on FP32 compares FP32 with itself", fix="use a value bound for FP32, or name a quantizer")
+        raise site.fail("'all' cannot be combined with other quantizer names", fix="write either 'all' or a list of names")
     if check.bound.ref is not None:
         base, steps = split_name(check.bound.ref)
-        if base not in known_q or any(step not in POSTHOC for step in steps):
-            raise fail(str(UnknownNameError("quantizer", check.bound.ref, known_q)), fix="compare with a quantizer defined under 'quantizers:'")
-        if check.bound.ref in check.quantizers:
-            raise fail(f"the check compares {check.bound.ref} with itself", fix="name a different quantizer inside delta(...)")
-    elif check.bound.kind == "delta" and (check.bound.op not in ("<=", "<") or check.bound.amount < 0):
-        # Keeps "an improvement always passes a delta bound" true: deltas are capped, never floored.
-        raise fail("a delta bound must be '<=' or '<' a non-negative amount", fix="write e.g. 'delta <= 5%' ('delta <= 0' means: must not worsen)")
-    if check.bound.unit == "pp" and not meta["fraction"]:
-        raise fail(f"'pp' (percentage points) needs a metric in [0, 1]; {check.metric} is not one", fix="use % (relative) or an absolute number")
-    if check.bound.kind == "value" and check.bound.unit == "pp":
-        raise fail("'pp' applies to deltas; a value bound takes a plain number or %", fix="write e.g. 'value >= 90%'")
-    if check.bound.kind == "value" and check.bound.unit == "%" and not meta["fraction"]:
-        raise fail(f"'%' on a value bound means percent of a fraction metric; {check.metric} is not one", fix="write an absolute number")
-    if meta["kind"] == "runtime":  # parity / int8 share / latency of runtime units
-        from ..runtimes.checks import validate_runtime_check
+        if base not in site.known_quantizers or any(step not in POSTHOC for step in steps):
+            raise site.fail(str(UnknownNameError("quantizer", check.bound.ref, site.known_quantizers)),
+                            fix="compare with a quantizer defined under 'quantizers:'")
 
-        return validate_runtime_check(check, suite, fail)
-    if is_ood:
-        if check.score is not None and check.score not in suite.scores:
-            raise fail(str(UnknownNameError("score", check.score, list(suite.scores))), fix="add it to 'scores:' or pick a listed one")
-        if not suite.ood_datasets:
-            raise fail(f"{check.metric} is an OOD metric but the suite has no OOD sets", fix="add sets under 'datasets: ood:'")
-        for d in check.datasets or ():
-            members = mean_members(d, list(suite.ood_datasets))
-            for name in members if members is not None else [d]:
-                if name not in suite.ood_datasets:
-                    raise fail(str(UnknownNameError("OOD dataset", name, [*suite.ood_datasets, MEAN_OOD])), fix="name a set listed under 'datasets: ood:'")
-            if members is not None and not members:
-                raise fail(f"'{d}' averages over no dataset", fix="write mean(ood) or mean(<set>,<set>)")
-        scores = (check.score,) if check.score else suite.scores
-        return [replace(check, score=s) for s in scores]
-    if check.score is not None:
-        raise fail(f"{check.metric} is not an OOD metric and takes no score", fix=f"write '{check.metric}' without '({check.score})'")
-    if meta["kind"] == "spectral":  # feature spectra are recorded on the ID test split only
-        for d in check.datasets or ():
-            if d != suite.id_dataset.name:
-                raise fail(f"{check.metric} is measured on the ID test split ('{suite.id_dataset.name}'), not '{d}'", fix="drop 'on ...'")
-        return [check]
-    if meta["kind"] == "pair":
-        if not suite.pairs:
-            raise fail(f"{check.metric} compares a pair of sets but the suite has no 'datasets: pairs:'", fix="add e.g. 'pairs: {bg: {common: <set>, counter: <set>}}'")
-        for d in check.datasets or ():
-            if d not in suite.pairs:
-                raise fail(str(UnknownNameError("pair", d, list(suite.pairs))), fix="name a pair listed under 'datasets: pairs:'")
-        return [check]
+
+def _is_delta(site: _CheckSite) -> bool:
+    return site.check.bound.kind == "delta"
+
+
+def _is_value(site: _CheckSite) -> bool:
+    return site.check.bound.kind == "value"
+
+
+_BoundRule = tuple[Callable[[_CheckSite], bool], Callable[[_CheckSite], tuple[str, str]]]
+_BOUND_RULES: tuple[_BoundRule, ...] = (
+    (lambda s: _is_delta(s) and not s.meta.get("delta_bounds", True),
+     lambda s: (f"{s.check.metric} already measures the distance from FP32 (0 for FP32 itself), so it takes a value bound, not a delta bound",
+                f"write e.g. '{','.join(s.check.quantizers)} {s.check.metric} <= 0.25'")),
+    (lambda s: _is_delta(s) and FP32 in s.check.quantizers,
+     lambda s: ("a delta check on FP32 compares FP32 with itself", "use a value bound for FP32, or name a quantizer")),
+    (lambda s: s.check.bound.ref is not None and s.check.bound.ref in s.check.quantizers,
+     lambda s: (f"the check compares {s.check.bound.ref} with itself", "name a different quantizer inside delta(...)")),
+    # Keeps "an improvement always passes a delta bound" true: deltas are capped, never floored.
+    (lambda s: s.check.bound.ref is None and _is_delta(s) and (s.check.bound.op not in ("<=", "<") or s.check.bound.amount < 0),
+     lambda s: ("a delta bound must be '<=' or '<' a non-negative amount", "write e.g. 'delta <= 5%' ('delta <= 0' means: must not worsen)")),
+    (lambda s: s.check.bound.unit == "pp" and not s.meta["fraction"],
+     lambda s: (f"'pp' (percentage points) needs a metric in [0, 1]; {s.check.metric} is not one", "use % (relative) or an absolute number")),
+    (lambda s: _is_value(s) and s.check.bound.unit == "pp",
+     lambda s: ("'pp' applies to deltas; a value bound takes a plain number or %", "write e.g. 'value >= 90%'")),
+    (lambda s: _is_value(s) and s.check.bound.unit == "%" and not s.meta["fraction"],
+     lambda s: (f"'%' on a value bound means percent of a fraction metric; {s.check.metric} is not one", "write an absolute number")),
+)
+"""``(broken(site), (problem, fix))``: what a bound may not be, checked in order."""
+
+
+def _check_bound(site: _CheckSite) -> None:
+    for broken, message in _BOUND_RULES:
+        if broken(site):
+            problem, fix = message(site)
+            raise site.fail(problem, fix=fix)
+
+
+def _runtime_check(site: _CheckSite) -> list[CheckSpec]:
+    """Parity / int8 share / latency of runtime units (:mod:`pytest_qrel.runtimes.checks`)."""
+    from ..runtimes.checks import validate_runtime_check
+
+    return validate_runtime_check(site.check, site.suite, site.fail)
+
+
+def _ood_check(site: _CheckSite) -> list[CheckSpec]:
+    check, suite = site.check, site.suite
+    if check.score is not None and check.score not in suite.scores:
+        raise site.fail(str(UnknownNameError("score", check.score, list(suite.scores))), fix="add it to 'scores:' or pick a listed one")
+    if not suite.ood_datasets:
+        raise site.fail(f"{check.metric} is an OOD metric but the suite has no OOD sets", fix="add sets under 'datasets: ood:'")
     for d in check.datasets or ():
+        members = mean_members(d, list(suite.ood_datasets))
+        for name in members if members is not None else [d]:
+            if name not in suite.ood_datasets:
+                raise site.fail(str(UnknownNameError("OOD dataset", name, [*suite.ood_datasets, MEAN_OOD])),
+                                fix="name a set listed under 'datasets: ood:'")
+        if members is not None and not members:
+            raise site.fail(f"'{d}' averages over no dataset", fix="write mean(ood) or mean(<set>,<set>)")
+    scores = (check.score,) if check.score else suite.scores
+    return [replace(check, score=s) for s in scores]
+
+
+def _no_score(site: _CheckSite) -> None:
+    if site.check.score is not None:
+        raise site.fail(f"{site.check.metric} is not an OOD metric and takes no score",
+                        fix=f"write '{site.check.metric}' without '({site.check.score})'")
+
+
+def _spectral_check(site: _CheckSite) -> list[CheckSpec]:
+    """Feature spectra are recorded on the ID test split only."""
+    _no_score(site)
+    id_name = site.suite.id_dataset.name
+    for d in site.check.datasets or ():
+        if d != id_name:
+            raise site.fail(f"{site.check.metric} is measured on the ID test split ('{id_name}'), not '{d}'", fix="drop 'on ...'")
+    return [site.check]
+
+
+def _pair_check(site: _CheckSite) -> list[CheckSpec]:
+    _no_score(site)
+    if not site.suite.pairs:
+        raise site.fail(f"{site.check.metric} compares a pair of sets but the suite has no 'datasets: pairs:'",
+                        fix="add e.g. 'pairs: {bg: {common: <set>, counter: <set>}}'")
+    for d in site.check.datasets or ():
+        if d not in site.suite.pairs:
+            raise site.fail(str(UnknownNameError("pair", d, list(site.suite.pairs))), fix="name a pair listed under 'datasets: pairs:'")
+    return [site.check]
+
+
+def _labelled_check(site: _CheckSite) -> list[CheckSpec]:
+    """ID metrics (accuracy, calibration): the ID set, a shifted set or all of them (``on shifted``)."""
+    _no_score(site)
+    suite = site.suite
+    for d in site.check.datasets or ():
         if d != "shifted" and d not in suite.labelled_datasets:
-            raise fail(
-                f"{check.metric} is measured on labelled sets ({', '.join(suite.labelled_datasets)}), not '{d}'",
+            raise site.fail(
+                f"{site.check.metric} is measured on labelled sets ({', '.join(suite.labelled_datasets)}), not '{d}'",
                 fix="name the ID set or a set under 'datasets: shifted:', or drop 'on ...'",
             )
         if d == "shifted" and not suite.shifted_datasets:
-            raise fail("'on shifted' but the suite has no 'datasets: shifted:'", fix="add labelled shifted sets or drop 'on shifted'")
-    return [check]
+            raise site.fail("'on shifted' but the suite has no 'datasets: shifted:'", fix="add labelled shifted sets or drop 'on shifted'")
+    return [site.check]
+
+
+_BY_KIND: dict[str, Callable[[_CheckSite], list[CheckSpec]]] = {
+    "runtime": _runtime_check, "ood": _ood_check, "spectral": _spectral_check, "pair": _pair_check,
+}
+"""A metric's ``kind`` -> what its checks ask of datasets and scores (anything else: labelled sets)."""
+
+
+BOOTSTRAP_KEYS: dict[str, Option] = {"resamples": integer(1000, lo=10, hi=1_000_000), "seed": integer(0, lo=0)}
+"""The keys of the top-level ``bootstrap:`` section (:class:`~pytest_qrel.spec.schema.BootstrapSpec`)."""
 
 
 def _evidence(ctx: _Ctx, doc: LineDict) -> tuple[float | None, str, BootstrapSpec]:
@@ -445,15 +568,9 @@ def _evidence(ctx: _Ctx, doc: LineDict) -> tuple[float | None, str, BootstrapSpe
             f"'inconclusive' must be one of {', '.join(INCONCLUSIVE_POLICIES)}, got {policy!r}", node=doc, key="inconclusive",
             field="inconclusive", fix="write 'inconclusive: fail' (default), 'warn' or 'pass'",
         )
-    raw = doc.get("bootstrap") or {}
+    raw = doc.get("bootstrap") or LineDict()
     node = ctx.mapping(raw, "bootstrap", "write e.g. 'bootstrap: {resamples: 1000, seed: 0}'")
-    if node:
-        ctx.unknown_keys(node, ("resamples", "seed"), "bootstrap")
-    boot = BootstrapSpec(
-        resamples=_int(ctx, node.get("resamples", 1000), node, "resamples", "bootstrap.resamples", 10, 1_000_000),
-        seed=_int(ctx, node.get("seed", 0), node, "seed", "bootstrap.seed", 0),
-    )
-    return confidence, policy, boot
+    return confidence, policy, BootstrapSpec(**ctx.section(node, BOOTSTRAP_KEYS, "bootstrap"))
 
 
 def load_suite(path: str | Path) -> Suite:
