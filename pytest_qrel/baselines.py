@@ -168,8 +168,9 @@ def _npz_name(model: str, sha: str) -> str:
 
 
 def _write_error(path: Path, exc: OSError) -> BaselineError:
-    where = exc.filename or path
-    reason = exc.strerror or type(exc).__name__
+    # The atomic writer's StorageError carries the failing path and the OS's reason as attributes.
+    where = exc.filename or getattr(exc, "path", None) or path
+    reason = exc.strerror or getattr(exc, "reason", "") or type(exc).__name__
     return BaselineError(
         f"cannot write the FP32 baseline {path}: {reason} ({where}) (fix: make {path.parent} writable, or free space on its disk)"
     )

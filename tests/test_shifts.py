@@ -772,8 +772,10 @@ def test_frost_needs_its_folder(tmp_path, frost_dir):
         load_dataset("shift:frost/1", split="test", options=of)
     with pytest.raises(DataError, match="only read by corruption 'frost'"):
         load_dataset("shift:fog/1", split="test", options={**of, "frost_dir": str(frost_dir)})
-    with pytest.raises(DataMissingError, match=str(tmp_path / "none")):
+    # A literal path that does not exist is an error (only an unset environment variable skips).
+    with pytest.raises(DataError, match=str(tmp_path / "none")) as info:
         load_dataset("shift:frost/1", split="test", options={**of, "frost_dir": "none"}, base_dir=tmp_path)
+    assert not isinstance(info.value, DataMissingError)
     from pytest_qrel.data.base import validate_dataset_source
 
     with pytest.raises(DataError, match="frost_dir"):
