@@ -37,7 +37,7 @@ from typing import Any
 
 from .errors import QrelError
 from .policy import OUTCOMES, is_failing, junit_result, outcome_of
-from .report.paths import read_head, report_path_problem
+from .output_paths import read_head, report_path_problem
 from .results import RunResults, UnitMetrics, Verdict
 from .spec.plan import PlannedCheck, scopes
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..errors import StorageError
 from ..results import RunResults
-from .paths import report_path_problem, summary_path
+from ..output_paths import report_path_problem, summary_path
 from .render import DEFAULT_TITLE, render_html, write_html
 from .view import build_page
 
@@ -34,7 +34,7 @@ def render_report(results: RunResults, path: str | os.PathLike[str], *, title: s
     ``figures=False`` leaves the figures out (faster, smaller).
 
     :class:`~pytest_qrel.errors.StorageError` when ``path`` is not an ``.html`` file or either
-    file would overwrite one that pytest-qrel did not write (:func:`.paths.report_path_problem`)."""
+    file would overwrite one that pytest-qrel did not write (:func:`pytest_qrel.output_paths.report_path_problem`)."""
     from ..io import atomic_write_text
 
     if not isinstance(results, RunResults):
