@@ -38,7 +38,7 @@ from ..errors import BaselineError, BaselineMissingError, BaselineStaleError, Nu
 from ..evaluate import decide
 from ..results import UnitMetrics, Verdict
 from ..spec.plan import PlannedCheck, base_quantizer
-from ..spec.schema import FP32, HELDOUT, Suite, mean_members
+from ..spec.schema import FP32, HELDOUT, REPORT_ONLY, Suite, mean_members
 from .loading import HELDOUT_SPLIT, Loader, user_stage
 from .runner import PassResult, Runner, Want
 from .samples import SampleArrays
@@ -78,7 +78,7 @@ def _check_needs(p: PlannedCheck, base: str) -> Needs:
 
     datasets = {d for d in p.datasets if d != HELDOUT}
     variants = {tuple(q.split("+")[1:]) for q in p.quantizers_read if base_quantizer(q) == base and "+" in q}
-    return Needs(datasets, variants, METRICS.meta(p.check.metric)["kind"] == "spectral")
+    return Needs(datasets, variants, p.check.metric in METRICS and METRICS.meta(p.check.metric)["kind"] == "spectral")
 
 
 class Engine:
@@ -655,6 +655,8 @@ class Engine:
         from ..metrics import METRICS
 
         suite = p.suite
+        if p.check.metric == REPORT_ONLY:
+            return self._report_only(p)
         for d in p.datasets:  # missing data skips the check before anything else can fail
             self.loader.dataset(suite, d)
         b = self.checked_baseline(suite, p.model, list(p.datasets))
@@ -668,6 +670,18 @@ class Engine:
             p, value, fp32, higher_is_better=meta["higher_is_better"], fraction=meta["fraction"], ref_value=ref_value,
             interval=interval,
         )
+
+    def _report_only(self, p: PlannedCheck) -> Verdict:
+        """A report-only unit (suite ``report:``): computed over every dataset available here (a
+        missing ID set skips it), recorded for the report, no bound (:mod:`pytest_qrel.suite_report`)."""
+        from ..suite_report import report_verdict
+
+        self.loader.dataset(p.suite, p.suite.id_dataset.name)
+        datasets = self.loader.available(p.suite, list(p.datasets))
+        self.checked_baseline(p.suite, p.model, datasets)
+        base = base_quantizer(p.quantizer)
+        self.unit(p.suite, p.model, base, Needs(set(datasets), set(), False))
+        return report_verdict(p, datasets)
 
     # ------------------------------------------------------------------ intervals
     @staticmethod

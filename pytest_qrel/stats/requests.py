@@ -26,6 +26,8 @@ def request_for(planned: PlannedCheck, arrays_of: ArraysOf) -> IntervalRequest |
     form, such as the spectral and runtime ones)."""
     from ..metrics import METRICS
 
+    if planned.check.metric not in METRICS:  # a report-only unit: no quantity, no interval
+        return None
     kind = METRICS.meta(planned.check.metric)["kind"]
     if kind in ("spectral", "runtime"):
         return None
