@@ -470,5 +470,5 @@ def suite_references(suite: Any) -> dict[str, Any]:
         row.update(model=model, quantizer=quantizer, dataset=dataset, reference_model=v.model,
                    seeds=list(v.seeds) if v.seeds is not None else None)
         values.append(row)
-    return {"sets": list(suite.references), "papers": list(refs.papers), "sources": list(dict.fromkeys(v["source"] for v in values)),
+    return {"sets": list(suite.references), "id_dataset": suite.id_dataset.name, "papers": list(refs.papers), "sources": list(dict.fromkeys(v["source"] for v in values)),
             "values": values}

@@ -253,6 +253,7 @@ def _ordered(first: Sequence[str], found: Sequence[str]) -> list[str]:
 def build_page(results: RunResults, *, title: str = "pytest-qrel reliability audit") -> Page:
     """The whole page's view objects (figures as specifications; the renderer draws them)."""
     from .figspecs import suite_figures
+    from .paper_view import suite_blocks
 
     summary = summarize(results)
     b = _Builder(summary)
@@ -263,7 +264,8 @@ def build_page(results: RunResults, *, title: str = "pytest-qrel reliability aud
         mine = [ms for ms in summary.models if ms.suite == suite]
         sv = SuiteView(suite, f"suite-{i}", [b.model_view(ms, b.anchors[(ms.suite, ms.model)]) for ms in mine],
                        planned=results.planned.get(suite), n_verdicts=standing.total, missing=standing.missing)
-        sv.figures = suite_figures(b, suite, mine)
+        sv.figures = suite_figures(b, suite, mine, mean_sets=(results.run.get("ood_mean") or {}).get(suite))
+        sv.blocks = suite_blocks(b, suite, mine, results.run)
         suites.append(sv)
     vs, verdict = b.verdicts, summary.verdict
     run = dict(results.run)
