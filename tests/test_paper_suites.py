@@ -57,8 +57,8 @@ def test_deit_suite_runs_on_stand_in_folders(tmp_path, monkeypatch):
     tiny = {"pretrained": False, "model_kwargs": {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}}
     # tagged as the paper's DeiT-S row, so that the suite's references (Table 1) match it
     doc["models"] = {"tiny_deit": {"source": "timm:deit_small_patch16_224.fb_in1k", "options": tiny}}
-    for q in doc["quantizers"].values():
-        q["calibration"] = {"samples": 4, "seeds": [0, 13]}
+    for name, q in doc["quantizers"].items():  # two seeds for W4A4 (mean +- std), one for the others (fewer passes)
+        q["calibration"] = {"samples": 4, "seeds": [0, 13]} if name == "W4A4" else {"samples": 4}
         q["method"] = "minmax"
     path = tmp_path / "deit.yaml"
     path.write_text(yaml.safe_dump(doc))
@@ -78,7 +78,7 @@ def test_deit_suite_runs_on_stand_in_folders(tmp_path, monkeypatch):
     assert sorted(v.quantizer for v in reported) == sorted(BITS) and all(v.outcome == "passed" for v in reported)
     for q in ("W4A8", "W8A4", "W8A8"):
         for d in ["imagenet", "imagenet_o", *five]:
-            assert engine.forward_passes[("deit", "tiny_deit", f"{q}@0", d)] == 1, (q, d)
+            assert engine.forward_passes[("deit", "tiny_deit", q, d)] == 1, (q, d)
     _check_deit_report(suite, verdicts, engine, started, five)
 
 
