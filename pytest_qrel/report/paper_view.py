@@ -65,7 +65,7 @@ def table1_block(b: TableBuilder, models: Sequence[ModelSummary]) -> Block | Non
             cells.append(b.cell(ms, ms.reference, "id", m) if ms.reference else Cell(empty=True))
             cells += [b.cell(ms, quantized[x], "id", m) if x in quantized else Cell(empty=True) for x in bits]
         rows.append(Row(ms.model, cells))
-    table = Table(b.new_id("t"), "In-distribution: models \u00d7 bit configurations", columns, rows, rowhead="Model", groups=groups,
+    table = Table(b.new_id("t"), "Models \u00d7 bit configurations (ID test split)", columns, rows, rowhead="Model", groups=groups,
                   css="table1")
     legend = ("The layout of Kuang & Wong's Table 1: each cell the mean over the calibration seeds \u00b1 their sample standard "
               "deviation, and its change against FP32 (+ is worse). " + b.delta_legend(next(ms.reference for ms, _ in by_model if ms.reference), metrics))
