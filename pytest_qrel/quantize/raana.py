@@ -466,7 +466,7 @@ def layer_coefficients(
                         w = module.weight.detach().to(torch.float64)
                         n_x = math.sqrt(float((x_rows.norm(dim=1) ** 2).mean())) if x_rows.numel() else 0.0
                         norms[name].append(n_x * float(w.norm()) / math.sqrt(w.shape[1]))
-                        outputs.append((name, out))
+                        outputs.append((name, out))  # noqa: B023  (hooks removed before the next batch)
                     return fn
 
                 handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]

@@ -109,7 +109,6 @@ from functools import partial
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import QuantOptionError
@@ -117,11 +116,7 @@ from .attention import LogSqrt2Quantizer, QuantAttention, replace_attention
 from .base import QuantConfig, calibration_error, no_linear_error
 from .fakequant import (
     FakeQuantConv2d,
-    ActQuantizer,
     FakeQuantLinear,
-    QuantModule,
-    WeightQuantizer,
-    quantize_weight_per_channel_symmetric,
     replace_linears,
     unsigned_range,
 )
