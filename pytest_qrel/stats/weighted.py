@@ -243,7 +243,7 @@ class OodStatic:
         self._fix: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
         self._ones = {k: np.ones(self.layout[k].m, dtype=DTYPE) for k in ("id", "ood")}
 
-    def rows(self, k: str, positions: np.ndarray) -> np.ndarray:
+    def rows(self, k: str, positions: np.ndarray | int) -> np.ndarray:
         """Stored rows of positions ``positions`` (counts of samples) in set ``k``'s layout."""
         return self.layout[k].row_of(positions)
 
