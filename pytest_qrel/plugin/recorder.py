@@ -37,6 +37,7 @@ class Recorder:
         self.written = Written()
         self.all_skipped = False
         self.problems: list[str] = []
+        self.paid: list[tuple[str, dict[str, Any]]] = []  # (node id of the check that computed it, unit timing)
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         checks = list(checks_of(session.items))
@@ -45,6 +46,7 @@ class Recorder:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         state = self.state
+        self.paid += [(report.nodeid, u) for u in getattr(report, "qrel_paid", None) or []]
         for raw in getattr(report, "qrel_units", None) or []:
             u = UnitMetrics.from_dict(raw)
             state.units[(u.suite, u.model, u.quantizer)] = u
@@ -127,6 +129,8 @@ class Recorder:
             terminalreporter.section("pytest-qrel")
             for line, red, yellow in self.summary_lines():
                 terminalreporter.write_line(line, red=red, yellow=yellow)
+            for line in self.unit_durations():
+                terminalreporter.write_line(line)
         elif self.problems or self.written.results:
             terminalreporter.section("pytest-qrel")
             for line in self.problems:
@@ -166,6 +170,22 @@ class Recorder:
             lines.append((f"report: {self.written.report} (summary: {self.written.report.with_suffix('.md')})", False, False))
         if self.written.results:
             lines.append((self._results_line(), False, False))
+        return lines
+
+    def unit_durations(self) -> list[str]:
+        """Under ``--durations``: pytest times items, and a unit's passes and calibration run inside
+        the first check that reads it, so its table charges the whole unit to that check. These
+        lines give each unit its own time, slowest first (as many as ``--durations=N``; 0: all)."""
+        n = self.config.getoption("durations", None)
+        if n is None or not self.paid:
+            return []
+        paid = sorted(self.paid, key=lambda p: -float(p[1].get("seconds", 0.0)))
+        shown = paid if n <= 0 else paid[:n]
+        lines = [f"unit durations: --durations above charges each unit's forward passes and calibration to the first check "
+                 f"that reads it; per unit ({len(shown)} of {len(paid)}):"]
+        for nodeid, u in shown:
+            lines.append(f"{float(u['seconds']):8.2f}s  {u['unit']}: {u['passes']} passes, {u['images']} images "
+                         f"(charged to {nodeid})")
         return lines
 
     def _results_line(self) -> str:
