@@ -38,6 +38,7 @@ class Recorder:
         self.all_skipped = False
         self.problems: list[str] = []
         self.paid: list[tuple[str, dict[str, Any]]] = []  # (node id of the check that computed it, unit timing)
+        self.durations: dict[str, float] = {}  # node id -> seconds of its call (pytest's --durations)
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         checks = list(checks_of(session.items))
@@ -47,6 +48,8 @@ class Recorder:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         state = self.state
         self.paid += [(report.nodeid, u) for u in getattr(report, "qrel_paid", None) or []]
+        if report.when == "call":
+            self.durations[report.nodeid] = report.duration
         for raw in getattr(report, "qrel_units", None) or []:
             u = UnitMetrics.from_dict(raw)
             state.units[(u.suite, u.model, u.quantizer)] = u
@@ -173,19 +176,26 @@ class Recorder:
         return lines
 
     def unit_durations(self) -> list[str]:
-        """Under ``--durations``: pytest times items, and a unit's passes and calibration run inside
-        the first check that reads it, so its table charges the whole unit to that check. These
-        lines give each unit its own time, slowest first (as many as ``--durations=N``; 0: all)."""
+        """Under ``--durations``: pytest times items, and a unit runs inside the first check that
+        reads it (with the loading of torch, the model, the data and the baseline when it is the
+        first of all), so pytest's table charges all of it to that check. These lines say so, and
+        give each such check's time to the units it computed: their passes, images and own
+        seconds, slowest first (as many as ``--durations=N``; 0: all)."""
         n = self.config.getoption("durations", None)
         if n is None or not self.paid:
             return []
-        paid = sorted(self.paid, key=lambda p: -float(p[1].get("seconds", 0.0)))
-        shown = paid if n <= 0 else paid[:n]
-        lines = [f"unit durations: --durations above charges each unit's forward passes and calibration to the first check "
-                 f"that reads it; per unit ({len(shown)} of {len(paid)}):"]
-        for nodeid, u in shown:
-            lines.append(f"{float(u['seconds']):8.2f}s  {u['unit']}: {u['passes']} passes, {u['images']} images "
-                         f"(charged to {nodeid})")
+        by_check: dict[str, list[dict[str, Any]]] = {}
+        for nodeid, unit in self.paid:
+            by_check.setdefault(nodeid, []).append(unit)
+        rows = sorted(by_check.items(), key=lambda kv: -self.durations.get(kv[0], 0.0))
+        shown = rows if n <= 0 else rows[:n]
+        lines = [f"unit durations: a unit's forward passes and calibration run in the first check that reads it, so "
+                 f"--durations charges them (and any loading) to that check; the units behind {len(shown)} of {len(rows)} such checks:"]
+        for nodeid, units in shown:
+            own = sum(float(u.get("seconds", 0.0)) for u in units)
+            what = "; ".join(f"{u['unit']}: {u['passes']} passes, {u['images']} images" for u in units)
+            lines.append(f"{self.durations.get(nodeid, own):8.2f}s  {what} ({own:.2f} s computing the unit, the rest loading "
+                         f"the model, data and baseline) in {nodeid}")
         return lines
 
     def _results_line(self) -> str:
