@@ -101,7 +101,7 @@ def test_the_first_suite_walkthrough_runs_as_written(pytester):
     assert len(commands) == 5 and all(c.startswith("pytest ") for c in commands[2:])
     results = []
     for command in commands[2:]:
-        results.append(pytester.runpytest(*shlex.split(command)[1:], "-p", "no:cacheprovider"))
+        results.append(pytester.runpytest(*shlex.split(command)[1:]))
         assert results[-1].ret == 0, results[-1].stdout.str()
     baseline, audit, pasted = results
     baseline.stdout.fnmatch_lines(["*model 'test_vit' has random weights*is at chance level, as a dry run's is*"])
