@@ -4,6 +4,7 @@ under --tb=line, a unit's cost under --durations, and a unit's error printed onc
 from __future__ import annotations
 
 import re
+import shlex
 
 
 def test_printed_ids_select_their_item_and_failures_are_one_line(pytester, write_suite):
@@ -30,6 +31,10 @@ def test_printed_ids_select_their_item_and_failures_are_one_line(pytester, write
     assert all(re.search(r": [1-9]\d* passes, [1-9]\d* images \(.* s computing the unit.*\) in suites/mini\.yaml::vit::", u) for u in units)
     # off a terminal, one line per unit as it ends (none under -q: tests/test_progress.py)
     assert len([x for x in out if re.match(r"qrel: vit (W8A8|W4A4): \d+ passes, \d+ images in ", x)]) == 2
+    # the summary offers the first failure's command, quoted for a shell
+    rerun = next(x for x in out if x.startswith("re-run one: "))
+    words = shlex.split(rerun.split(": ", 1)[1].split("   (")[0])
+    assert words == ["pytest", "--qrel-suite", "suites/mini.yaml", printed[0]]
     # each printed id with a decimal bound, pasted back as one shell word, runs that one check
     for nodeid in printed[:2]:
         again = pytester.runpytest(*suite, nodeid)

@@ -132,7 +132,7 @@ class Recorder:
             terminalreporter.section("pytest-qrel")
             for line, red, yellow in self.summary_lines():
                 terminalreporter.write_line(line, red=red, yellow=yellow)
-            for line in self.unit_durations():
+            for line in self.rerun_lines() + self.unit_durations():
                 terminalreporter.write_line(line)
         elif self.problems or self.written.results:
             terminalreporter.section("pytest-qrel")
@@ -174,6 +174,18 @@ class Recorder:
         if self.written.results:
             lines.append((self._results_line(), False, False))
         return lines
+
+    def rerun_lines(self) -> list[str]:
+        """The command that re-runs the first failing check, its id quoted for a POSIX shell (ids
+        hold spaces, ``(``, ``<=``): ``pytest --qrel-suite suites/x.yaml 'suites/x.yaml::vit::W4A4::ece on digits value<=0.05'``."""
+        import shlex
+
+        failed = [n for n, v in self.state.verdicts.items() if v.outcome in ("failed", "error") and n.count("::") == 3]
+        if not failed:
+            return []
+        nodeid = self.config.cwd_relative_nodeid(failed[0])
+        suite = nodeid.split("::", 1)[0]
+        return [f"re-run one: pytest --qrel-suite {shlex.quote(suite)} {shlex.quote(nodeid)}   (all failures: --lf)"]
 
     def unit_durations(self) -> list[str]:
         """Under ``--durations``: pytest times items, and a unit runs inside the first check that
