@@ -186,12 +186,12 @@ def test_off_a_terminal_a_running_phase_gets_a_line_at_least_every_10_s():
     screen, clock, progress = _log()
     times = []
     progress.update("vit W8A8-qat: QAT", 0, 100, "steps")
-    for step in range(1, 101):  # 100 steps of 0.7 s: 70 s
+    for done in range(1, 101):  # 100 steps of 0.7 s: 70 s
         clock.now += 0.7
         before = len(screen.lines)
-        progress.update("vit W8A8-qat: QAT", step, 100, "steps")
+        progress.update("vit W8A8-qat: QAT", done, 100, "steps")
         if len(screen.lines) > before:
-            times.append((clock.now, step, screen.lines[-1]))
+            times.append((clock.now, done, screen.lines[-1]))
     progress.update("model 'vit' W8A8 on digits", 0, 385)  # a short pass: no line
     clock.now += 2.0
     progress.update("model 'vit' W8A8 on digits", 385, 385)
@@ -200,18 +200,18 @@ def test_off_a_terminal_a_running_phase_gets_a_line_at_least_every_10_s():
     assert len(lines) == 6 + 1 + 1  # t = 10.5, 21, ..., 63 s; the end of the phase; the unit
     starts = [1000.0] + [t for t, _, _ in times]
     assert max(b - a for a, b in zip(starts, starts[1:])) <= 10.0 + 0.7  # every 10 s, give or take a step
-    for t, step, line in times[:-1]:
-        assert line.startswith(f"qrel: vit W8A8-qat: QAT: {step}/100 steps, 1.4 steps/s, ETA ")
-        assert abs(step - (t - 1000.0) / 0.7) < 1e-6  # the count is the work done at that time
+    for t, done, line in times[:-1]:
+        assert line.startswith(f"qrel: vit W8A8-qat: QAT: {done}/100 steps, 1.4 steps/s, ETA ")
+        assert abs(done - (t - 1000.0) / 0.7) < 1e-6  # the count is the work done at that time
     assert times[-1][2] == "qrel: vit W8A8-qat: QAT: 100/100 steps, 1.4 steps/s, 70.0 s"
     assert lines[-1] == "qrel: vit W8A8-qat: 1 passes, 385 images in 72.0 s"
 
 
 def test_nothing_under_q_but_units_are_still_timed():
     screen, clock, progress = _log(verbosity=-1)
-    for step in range(0, 101):
+    for done in range(0, 101):
         clock.now += 0.7
-        progress.update("vit W8A8-qat: QAT", step, 100, "steps")
+        progress.update("vit W8A8-qat: QAT", done, 100, "steps")
     progress.unit("vit W8A8-qat", 72.0, 1, 385)
     assert screen.lines == [] and screen.visible == ""
     assert progress.take_units() == [{"unit": "vit W8A8-qat", "seconds": 72.0, "passes": 1, "images": 385}]
