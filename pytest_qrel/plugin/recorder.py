@@ -206,8 +206,8 @@ class Recorder:
         for nodeid, units in shown:
             own = sum(float(u.get("seconds", 0.0)) for u in units)
             what = "; ".join(f"{u['unit']}: {u['passes']} passes, {u['images']} images" for u in units)
-            lines.append(f"{self.durations.get(nodeid, own):8.2f}s  {what} ({own:.2f} s computing the unit, the rest loading "
-                         f"the model, data and baseline) in {nodeid}")
+            lines.append(f"{self.durations.get(nodeid, own):8.2f}s  {what} ({own:.2f} s computing the unit; the rest: imports "
+                         f"and loading the model, data and baseline) in {nodeid}")
         return lines
 
     def _results_line(self) -> str:
