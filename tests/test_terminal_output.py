@@ -6,7 +6,10 @@ from __future__ import annotations
 import re
 import shlex
 
+import pytest
 
+
+@pytest.mark.slow
 def test_printed_ids_select_their_item_and_failures_are_one_line(pytester, write_suite):
     """Bounds with decimals: `pytest -v` rewrote the `.` of an item's id whose tail equals its
     headline (`value<=0::001`), and that id selected nothing (rc 4)."""
