@@ -43,7 +43,7 @@ from .loading import HELDOUT_SPLIT, Loader, user_stage
 from .runner import PassResult, Runner, Want
 from .samples import SampleArrays
 from .units import (
-    BASE, Needs, SeedOutputs, UnitComputer, mean_metrics, metrics_of, score_functions, seed_names, variant_name, wants_spectrum,
+    BASE, Needs, SeedOutputs, UnitComputer, mean_metrics, metrics_of, score_functions, seed_names, wants_spectrum,
 )
 
 __all__ = ["HELDOUT_SPLIT", "Engine", "UnitState"]
@@ -817,5 +817,3 @@ class Engine:
         """Per seed: what quantizing recorded (``qat_steps``, ``qat_losses``, ``qat_options``, ``verify``)."""
         return self.unit(suite, model, base_quantizer(quantizer)).info
 
-
-_ = (variant_name, Verdict)  # re-exported names used by callers of this package
