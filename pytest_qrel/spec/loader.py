@@ -36,7 +36,7 @@ from .yamlsrc import LineDict, LineList, kind_of, load_yaml
 
 TOP_LEVEL_KEYS = (
     "version", "name", "description", "models", "datasets", "quantizers", "scores", "checks", "conventions", "batch_size",
-    "diagnostics", "confidence", "inconclusive", "bootstrap",
+    "diagnostics", "confidence", "inconclusive", "bootstrap", "scenarios",
 )
 # Names appear in pytest ids "model[quantizer-dataset]::check"; the scheduler splits on the last
 # "-", so dataset names may not contain one.
@@ -582,6 +582,16 @@ def load_suite(path: str | Path) -> Suite:
         raise ctx.err("the suite file is empty", fix="see the README for a complete example")
     doc = ctx.mapping(doc, "", "a suite is a mapping with models, datasets, quantizers, scores and checks")
     ctx.unknown_keys(doc, TOP_LEVEL_KEYS, "")
+    if "scenarios" in doc:  # one suite per scenario, each validated below (spec/scenarios.py)
+        from .scenarios import load_scenarios
+
+        return load_scenarios(ctx, doc, suite_from_doc)
+    return suite_from_doc(ctx, doc)
+
+
+def suite_from_doc(ctx: _Ctx, doc: LineDict) -> Suite:
+    """The validated suite of one suite document (without ``scenarios``)."""
+    path = ctx.path
     version = doc.get("version", SCHEMA_VERSION)
     if isinstance(version, bool):  # True == 1 in Python: a boolean is never a number here
         raise ctx.err(f"'version' must be a number, got {version!r}", node=doc, key="version", field="version", fix=f"write 'version: {SCHEMA_VERSION}'")

@@ -197,6 +197,10 @@ class Suite:
     inconclusive: Literal["fail", "warn", "pass"] = "fail"
     """What an inconclusive verdict does to the run (top-level ``inconclusive:``)."""
     bootstrap: BootstrapSpec = field(default_factory=BootstrapSpec)
+    scenarios: dict[str, "Suite"] = field(default_factory=dict)
+    """``scenario -> Suite`` when the suite has ``scenarios:`` (:mod:`pytest_qrel.spec.scenarios`):
+    each an ordinary suite of models ``<model>@<scenario>``; this suite is then the first of them
+    holding every scenario's models, and the planner plans each scenario's suite."""
 
     @property
     def all_datasets(self) -> dict[str, DatasetSpec]:
