@@ -68,6 +68,10 @@ class CalibrationSpec:
     seed: int = 0
     seeds: tuple[int, ...] = ()
     draw: str = "numpy"
+    data: str | None = None
+    """A dataset source the images come from instead of the ID train split, e.g. an image-text
+    folder (``imagetext:${QREL_CC3M}``, :mod:`pytest_qrel.data.imagetext`); its captions become the
+    QAT methods' training targets. ``None``: the ID set's train split and its labels."""
 
 
 @dataclass(frozen=True)
@@ -95,7 +99,8 @@ class QuantizerSpec:
             "act_bits": self.act_bits,
             "calibration": {"samples": self.calibration.samples, "seed": self.calibration.seed, "seeds": list(self.calibration.seeds),
                             # only when not the default, so that existing fingerprints stay valid
-                            **({"draw": self.calibration.draw} if self.calibration.draw != "numpy" else {})},
+                            **({"draw": self.calibration.draw} if self.calibration.draw != "numpy" else {}),
+                            **({"data": self.calibration.data} if self.calibration.data is not None else {})},
             "options": self.options,
         }
 
