@@ -3,7 +3,7 @@ matplotlib drawers. Every number comes computed (:mod:`pytest_qrel.summary`: del
 deltas, averages across scenarios; :attr:`pytest_qrel.results.UnitMetrics.curves`: the bin-wise
 reliability shift); this module only picks and draws them.
 
-Per model:
+Drawn for OpenCLIP models only (:func:`is_clip`). Per model:
 
 - ``clip-qat-steps`` (Fig. 4): top-1 against the number of QAT steps, one line per (method, bit
   configuration); only when a method ran at two or more step counts (quantizers that differ only
@@ -120,7 +120,15 @@ def _reliability_shift(b: TableBuilder, ms: ModelSummary) -> FigureSpec | None:
                  "middle: confidence squeezed.", {"panels": panels})
 
 
+def is_clip(ms: ModelSummary) -> bool:
+    """Whether the model is an OpenCLIP model (the figures of this module are drawn for those only,
+    so that other suites' reports keep their size and rendering time)."""
+    return _model_source(ms).startswith("open_clip:")
+
+
 def clip_model_figures(b: TableBuilder, ms: ModelSummary) -> list[FigureSpec]:
+    if not is_clip(ms):
+        return []
     figs = [_qat_steps(b, ms), _acc_nll(b, ms), _reliability_shift(b, ms)]
     return [f for f in figs if f is not None]
 
@@ -175,6 +183,7 @@ def _ece_violins(b: TableBuilder, models: Sequence[ModelSummary]) -> FigureSpec 
 
 
 def clip_suite_figures(b: TableBuilder, suite: str, models: Sequence[ModelSummary]) -> list[FigureSpec]:
+    models = [ms for ms in models if is_clip(ms)]
     figs = [_acc_by_source(b, models), _ece_violins(b, models)]
     return [f for f in figs if f is not None]
 
