@@ -29,8 +29,7 @@ def reliability_shift(ref_confidence: Any, ref_correct: Any, confidence: Any, co
     if not (rc.shape == ra.shape == qc.shape == qa.shape) or rc.ndim != 1:
         raise ValueError(f"reliability_shift(): arrays of one value per sample expected, got shapes {rc.shape}, {ra.shape}, {qc.shape}, {qa.shape}")
     edges = np.linspace(0.0, 1.0, n_bins + 1)
-    # right-closed bins as ECE's (0 falls in the first)
-    which = np.clip(np.searchsorted(edges, rc, side="left") - 1, 0, n_bins - 1)
+    which = np.clip(np.digitize(rc, edges) - 1, 0, n_bins - 1)  # the bins of curves.reliability_bins / ECE
     out: dict[str, list[Any]] = {"edges": edges.tolist(), "count": [], "ref_confidence": [], "ref_accuracy": [], "confidence": [], "accuracy": []}
     for k in range(n_bins):
         members = which == k
