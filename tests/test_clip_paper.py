@@ -125,3 +125,38 @@ def test_reliability_shift_follows_the_same_samples():
     assert out["ref_accuracy"][5] == 0.5 and out["accuracy"][5] == 1.0 and out["confidence"][0] is None
     with pytest.raises(ValueError):
         reliability_shift(ref_conf, ref_correct, conf[:3], correct[:3])
+
+
+CAPTION_SUITE = """\
+version: 1
+name: cap
+models:
+  clip_digits: {source: "open_clip:digits_clip"}
+scenarios:
+  only:
+    id: {name: digits, source: "embedded:digits"}
+quantizers:
+  W8A8: {method: qat_lsq, calibration: {samples: 8, data: "imagetext:pairs"}, options: {steps: 1, batch_size: 4}}
+scores: [msp]
+checks: ["W8A8 top1 delta <= 50pp"]
+"""
+
+
+@pytest.mark.slow
+def test_a_changed_caption_is_never_green_from_the_outputs_cache(tmp_path):
+    """The image-text data a quantizer adapts on is part of its unit's outputs key: the same run hits
+    the cache, an edited caption (a QAT target) misses it."""
+    from pytest_qrel import Engine, run
+
+    _pairs(tmp_path / "pairs", 8)
+    suite = load_suite(_write(tmp_path, CAPTION_SUITE))
+
+    def quantized() -> int:
+        engine = Engine(baseline_dir=tmp_path / "baselines", cache_dir=tmp_path / "cache", update_baselines=True)
+        assert [v.outcome for v in run(suite, engine=engine)] == ["passed"]
+        return sum(engine.units.quantizations.values())
+
+    assert quantized() == 1
+    assert quantized() == 0  # every array from the cache
+    (tmp_path / "pairs" / "000000005.txt").write_text("a photo of something else")
+    assert quantized() == 1
