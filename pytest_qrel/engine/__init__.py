@@ -469,6 +469,13 @@ class Engine:
         if order_from != ORDER_FROM_FOLDERS or loaded.class_names or getattr(loaded, "class_ids", None):
             return
         labels = arrays["label"]
+        weights = str(loaded.info.get("weights_from", ""))
+        if weights.startswith("random init"):  # a dry run (pretrained: false): chance is what it should score
+            top1 = 100 * float(np.mean(arrays["correct"]))
+            self.warn(f"qrel: model '{model}' has random weights ({weights}; pretrained: false): its FP32 top-1 {top1:.1f}% on "
+                      f"'{suite.id_dataset.name}' is at chance level, as a dry run's is; this baseline checks the pipeline, not "
+                      "the model (for a real audit give options.checkpoint or drop pretrained: false)")
+            return
         refuse_chance_level(
             float(np.mean(arrays["correct"])), len(np.unique(labels[labels >= 0])), len(labels), model=model,
             dataset=suite.id_dataset.name, class_order=getattr(ds, "class_order", None), class_order_from=order_from,
