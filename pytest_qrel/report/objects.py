@@ -165,9 +165,9 @@ class SuiteView:
     anchor: str
     models: list[ModelView]
     figures: list[FigureSpec] = field(default_factory=list)
-    blocks: list[Block] = field(default_factory=list)  # suite-level tables (report.paper_view)
     planned: int | None = None
     n_verdicts: int = 0
+    blocks: list[Block] = field(default_factory=list)  # suite-wide tables (averages across scenarios)
     missing: int = 0  # planned checks of this suite without a verdict
 
 
