@@ -5,7 +5,8 @@
   the unit is the usual error verdict (:func:`pytest_qrel.verdicts.verdict_for_error`).
 - :func:`fill_ood_means`: every unit record's :attr:`~pytest_qrel.results.UnitMetrics.ood_mean`,
   the mean of each OOD metric over exactly the suite's mean sets (``report: {ood_mean: [...]}``,
-  default all OOD sets), and only where the unit has every one of them: a mean is never taken
+  default all OOD sets; in a suite with scenarios, those of the unit's scenario), and only where the
+  unit has every one of them: a mean is never taken
   over fewer sets for one unit than for another (the ViT paper's Fig. 1a averages five sets for
   every bit configuration).
 - :func:`report_run_info`: what the report needs of the suites beyond the records, for
@@ -45,7 +46,7 @@ def fill_ood_means(units: Iterable[UnitMetrics], suites: Sequence[Suite]) -> Non
     so no mean over fewer sets is shown) for one that lacks some."""
     by_name = {s.name: s for s in suites}
     for u in units:
-        suite = by_name.get(u.suite)
+        suite = _suite_of(by_name.get(u.suite), u.model)
         if suite is None or not u.ood:
             continue
         sets = suite.mean_sets
@@ -59,12 +60,20 @@ def fill_ood_means(units: Iterable[UnitMetrics], suites: Sequence[Suite]) -> Non
         u.ood_mean = means
 
 
+def _suite_of(suite: Suite | None, model: str) -> Suite | None:
+    """The suite whose datasets ``model``'s records have: its scenario's, in a suite with scenarios."""
+    if suite is None or not suite.scenarios:
+        return suite
+    return next((sub for sub in suite.scenarios.values() if model in sub.models), None)
+
+
 def report_run_info(suites: Sequence[Suite]) -> dict[str, Any]:
     """``{"ood_mean": {suite: [sets]}, "references": {suite: {...}}}`` for ``RunResults.run``
     (a suite without ``references:`` has no entry there)."""
     from .references import suite_references
 
-    out: dict[str, Any] = {"ood_mean": {s.name: s.mean_sets for s in suites if s.ood_datasets}}
+    # per suite; a suite with scenarios has other sets per scenario, so its means are named by none
+    out: dict[str, Any] = {"ood_mean": {s.name: s.mean_sets for s in suites if s.ood_datasets and not s.scenarios}}
     refs = {s.name: suite_references(s) for s in suites if s.references}
     if refs:
         out["references"] = refs
