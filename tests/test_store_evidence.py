@@ -117,12 +117,14 @@ def suite_path(tmp_path, monkeypatch) -> Path:
 
 def test_an_unchanged_model_reproduces_with_one_small_pass_per_model(suite_path, tmp_path):
     engine = Engine(baseline_dir=tmp_path / "baselines")
-    verdicts = run(load_suite(suite_path), engine=engine)
+    suite = load_suite(suite_path)
+    verdicts = run(suite, engine=engine)
     assert [v.outcome for v in verdicts] == ["passed"] * 6, [v.message for v in verdicts]
     # one pass of REPRODUCE_IMAGES images per model, whatever the number of checks; no unit pass
     assert dict(engine.reproduction_passes) == {("evidence", "m", "FP32", "digits"): 1, ("evidence", "k", "FP32", "digits"): 1}
     assert sum(engine.forward_passes.values()) == 0
-    probe = engine._probes[("evidence", "m")]
+    probe = engine.reproduction.probe(suite, "m")  # the probe of the run, not a second pass
+    assert engine.reproduction_passes[("evidence", "m", "FP32", "digits")] == 1
     assert len(probe.arrays["pred"]) == REPRODUCE_IMAGES == 32
 
 
@@ -275,3 +277,33 @@ def test_first_images_is_a_prefix_with_its_own_fingerprint():
     assert np.array_equal(np.asarray(first[4][0]), np.asarray(ds[4][0]))
     with pytest.raises(IndexError):
         first[5]
+
+
+# ------------------------------------------------------------------ reading runs no model (issue 19)
+
+
+def test_reading_a_baseline_runs_no_forward_pass_the_diagnostics_are_an_explicit_step(suite_path, tmp_path, monkeypatch):
+    from pytest_qrel import plan
+
+    text = suite_path.read_text().replace("checks:", "diagnostics: [attention_rollout]\nchecks:")
+    suite_path.write_text(text)
+    suite = load_suite(suite_path)
+    engine = Engine(baseline_dir=tmp_path / "baselines")
+    module = engine.model(suite, "m").module
+    calls = {"forward": 0, "diagnostics": 0}
+    module.register_forward_hook(lambda *_: calls.__setitem__("forward", calls["forward"] + 1))
+
+    def counted(suite, model, module):  # attention rollout needs a ViT; counting the step is enough here
+        calls["diagnostics"] += 1
+        return {"attention_rollout": {"error": "counted"}}
+
+    monkeypatch.setattr(engine.units, "diagnostics", counted)
+    b = engine.baseline(suite, "m")
+    assert b.metrics["id"]["top1"] >= 0
+    assert calls == {"forward": 0, "diagnostics": 0}  # a read parses the file and nothing else
+    assert not engine.forward_passes and not engine.reproduction_passes and engine.report_units() == []
+    # the explicit steps do run the model: the counters above can count
+    engine.record_baseline(suite, "m")
+    assert calls["diagnostics"] == 1 and "FP32" in [u.quantizer for u in engine.report_units()]
+    engine.evaluate(next(p for p in plan(suite) if p.model == "m"))
+    assert calls["forward"] >= 1 and calls["diagnostics"] == 1  # the reproduction probe; diagnostics once per model
