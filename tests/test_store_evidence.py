@@ -4,6 +4,7 @@ or that does not reproduce itself, is never stored."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -115,11 +116,25 @@ def suite_path(tmp_path, monkeypatch) -> Path:
 # ------------------------------------------------------------------ the reproduction check, per run
 
 
-def test_an_unchanged_model_reproduces_with_one_small_pass_per_model(suite_path, tmp_path):
+def test_an_unchanged_model_reproduces_with_one_small_pass_per_model(suite_path, tmp_path, monkeypatch):
     engine = Engine(baseline_dir=tmp_path / "baselines")
-    suite = load_suite(suite_path)
+    # with diagnostics (counted, not run: attention rollout needs a ViT) to see where they run
+    suite = replace(load_suite(suite_path), diagnostics=("attention_rollout",))
+    calls = {"forward": 0, "diagnostics": 0}
+    engine.model(suite, "m").module.register_forward_hook(lambda *_: calls.__setitem__("forward", calls["forward"] + 1))
+
+    def counted_diagnostics(suite, model, module):
+        calls["diagnostics"] += 1
+        return {"attention_rollout": {"error": "counted"}}
+
+    monkeypatch.setattr(engine.units, "diagnostics", counted_diagnostics)
+    assert engine.baseline(suite, "m").metrics["id"]["top1"] >= 0
+    # reading a baseline parses the file and runs nothing (issue 19); the FP32 record is a later, explicit step
+    assert calls == {"forward": 0, "diagnostics": 0} and not engine.reproduction_passes and engine.report_units() == []
     verdicts = run(suite, engine=engine)
     assert [v.outcome for v in verdicts] == ["passed"] * 6, [v.message for v in verdicts]
+    assert calls["forward"] >= 1 and calls["diagnostics"] == 2  # the probe; the FP32 diagnostics once per model
+    assert [u.quantizer for u in engine.report_units() if u.model == "m"][0] == "FP32"
     # one pass of REPRODUCE_IMAGES images per model, whatever the number of checks; no unit pass
     assert dict(engine.reproduction_passes) == {("evidence", "m", "FP32", "digits"): 1, ("evidence", "k", "FP32", "digits"): 1}
     assert sum(engine.forward_passes.values()) == 0
@@ -277,33 +292,3 @@ def test_first_images_is_a_prefix_with_its_own_fingerprint():
     assert np.array_equal(np.asarray(first[4][0]), np.asarray(ds[4][0]))
     with pytest.raises(IndexError):
         first[5]
-
-
-# ------------------------------------------------------------------ reading runs no model (issue 19)
-
-
-def test_reading_a_baseline_runs_no_forward_pass_the_diagnostics_are_an_explicit_step(suite_path, tmp_path, monkeypatch):
-    from pytest_qrel import plan
-
-    text = suite_path.read_text().replace("checks:", "diagnostics: [attention_rollout]\nchecks:")
-    suite_path.write_text(text)
-    suite = load_suite(suite_path)
-    engine = Engine(baseline_dir=tmp_path / "baselines")
-    module = engine.model(suite, "m").module
-    calls = {"forward": 0, "diagnostics": 0}
-    module.register_forward_hook(lambda *_: calls.__setitem__("forward", calls["forward"] + 1))
-
-    def counted(suite, model, module):  # attention rollout needs a ViT; counting the step is enough here
-        calls["diagnostics"] += 1
-        return {"attention_rollout": {"error": "counted"}}
-
-    monkeypatch.setattr(engine.units, "diagnostics", counted)
-    b = engine.baseline(suite, "m")
-    assert b.metrics["id"]["top1"] >= 0
-    assert calls == {"forward": 0, "diagnostics": 0}  # a read parses the file and nothing else
-    assert not engine.forward_passes and not engine.reproduction_passes and engine.report_units() == []
-    # the explicit steps do run the model: the counters above can count
-    engine.record_baseline(suite, "m")
-    assert calls["diagnostics"] == 1 and "FP32" in [u.quantizer for u in engine.report_units()]
-    engine.evaluate(next(p for p in plan(suite) if p.model == "m"))
-    assert calls["forward"] >= 1 and calls["diagnostics"] == 1  # the reproduction probe; diagnostics once per model
