@@ -20,14 +20,19 @@ if TYPE_CHECKING:
     from .lifecycle import UnitState
 
 
-def curves(arrays: dict[str, SampleArrays], suite: Suite) -> dict[str, Any]:
-    """The report's small plot data from one seed's per-sample arrays (see UnitMetrics.curves)."""
+def curves(arrays: dict[str, SampleArrays], suite: Suite, baseline: Baseline | None = None) -> dict[str, Any]:
+    """The report's small plot data from one seed's per-sample arrays (see UnitMetrics.curves);
+    with the FP32 ``baseline``, the bin-wise reliability shift of the same samples."""
     from ..curves import unit_curves
+    from ..reliability_shift import shift_curve
 
     if suite.id_dataset.name not in arrays:
         return {}
     ood = [d for d in suite.ood_datasets if d in arrays]
-    return unit_curves(arrays, suite.id_dataset.name, ood, list(suite.scores))
+    out = unit_curves(arrays, suite.id_dataset.name, ood, list(suite.scores))
+    if baseline is not None:
+        out.update(shift_curve(baseline.samples(FP32), arrays, suite.id_dataset.name))
+    return out
 
 
 def _display_info(state: UnitState, variant: str) -> tuple[dict[str, Any], dict[str, list[float]]]:
@@ -90,7 +95,7 @@ class RecordBuilder:
             posthoc=list(QuantizerRef.parse(variant).steps) if variant else [],
             weight_bits=spec.weight_bits, act_bits=spec.act_bits, bits_label=f"W{spec.weight_bits}A{spec.act_bits or 16}",
             seeds=list(spec.calibration.seeds or (spec.calibration.seed,)), calibration_samples=spec.calibration.samples,
-            options=dict(spec.options), per_seed=per_seed, curves=curves(first.arrays.get(variant, {}) if first else {}, suite),
+            options=dict(spec.options), per_seed=per_seed, curves=curves(first.arrays.get(variant, {}) if first else {}, suite, b),
             diagnostics=dict(first.diagnostics) if first and not variant else {},
             runtime=dict(state.info[0].get("runtime", {})) if state.info and not variant else {},
         ))
