@@ -22,6 +22,7 @@ import numpy as np
 from .. import progress
 from ..errors import SimulationError, SpecError, UnknownNameError
 from ..spec.schema import FP32, HELDOUT, QuantizerSpec, Suite
+from .diagnose import Diagnose
 from .loading import Loader, user_stage
 from .runner import Runner, Want
 from .outputs import BASE, Needs, SeedOutputs, variant_name
@@ -68,7 +69,7 @@ class UnitComputer:
         self.quantizations: dict[str, int] = {}  # seed name -> times quantized in this process
         self.seed_cache = SeedCache(loader, cache, device)
         self._labels_checked: set[tuple[str, str]] = set()
-        self._diag_images: dict[tuple[str, str], tuple[Any, list[dict[str, Any]]]] = {}
+        self._diagnose = Diagnose(loader, device)
         self.verified: dict[str, Any] = {}  # quantizer -> SimulationReport of its last verify (verify: true)
 
     @property
@@ -232,48 +233,11 @@ class UnitComputer:
                 self.seed_cache.put(suite, model, qconf, d, v, arrays)
 
     def diagnostic_images(self, suite: Suite, model: str) -> tuple[Any, list[dict[str, Any]]]:
-        """The few images every unit's diagnostics look at (the same for all units of a model):
-        the first ID test images and the first image of each OOD set, preprocessed."""
-        import torch
-
-        from ..diagnostics import DEFAULT_IMAGES
-        from ..errors import DataMissingError
-
-        key = (str(suite.path), model)
-        if key not in self._diag_images:
-            preprocess = self.loader.model(suite, model).preprocess
-            picks = [(suite.id_dataset.name, i, "id") for i in range(DEFAULT_IMAGES["id"])]
-            for d in suite.ood_datasets:
-                picks += [(d, i, "ood") for i in range(DEFAULT_IMAGES["ood_per_set"])]
-            images, info = [], []
-            for d, i, kind in picks:
-                try:
-                    ds = self.loader.dataset(suite, d)
-                except DataMissingError:
-                    continue
-                if i < len(ds):
-                    with user_stage("preprocessing diagnostic images", f"model '{model}'"):
-                        images.append(preprocess(ds[i][0]))
-                    info.append({"dataset": d, "index": i, "kind": kind})
-            self._diag_images[key] = (torch.stack(images).to(self.device), info)
-        return self._diag_images[key]
+        return self._diagnose.images(suite, model)
 
     def diagnostics(self, suite: Suite, model: str, module: Any) -> dict[str, Any]:
-        """Every diagnostic the suite asks for, on ``module``; one that cannot handle this model
-        records why instead of failing the unit (e.g. attention rollout on a non-ViT)."""
-        import torch
-
-        from ..diagnostics import run_diagnostic
-
-        images, info = self.diagnostic_images(suite, model)
-        out: dict[str, Any] = {}
-        for name in suite.diagnostics:
-            try:
-                with torch.inference_mode(), user_stage(f"the '{name}' diagnostic", f"model '{model}'"):
-                    out[name] = run_diagnostic(name, module, images, image_info=info)
-            except ValueError as exc:
-                out[name] = {"error": str(exc)}
-        return out
+        """Every diagnostic the suite asks for, on ``module`` (:class:`~.diagnose.Diagnose`)."""
+        return self._diagnose.run(suite, model, module)
 
     def check_labels(self, suite: Suite, model: str, dataset: str) -> None:
         """A labelled set's labels are classes of the model, in the model's order when the order
