@@ -1,4 +1,7 @@
-"""The ``qrel`` console script: ``qrel merge results/*.json --report R.html [--junitxml J.xml]``.
+"""The ``qrel`` console script: ``qrel init MODEL FOLDER`` and ``qrel merge results/*.json --report R.html``.
+
+``qrel init timm:vit_tiny_patch16_224 data/photos --random-init`` writes a starter suite
+(``suites/<folder>.yaml``) for a model and a folder of images: :mod:`pytest_qrel.init_suite`.
 
 Merges the results files of sharded runs (``pytest --qrel-suite S --qrel-shard K/N
 --qrel-results shard-K.json``) into one report. It trusts no stored outcome: the suites are read
@@ -34,7 +37,37 @@ def _parser() -> argparse.ArgumentParser:
                        help="a suite file the merge must cover (repeatable; default: the suites the files name)")
     merge.add_argument("--inconclusive", choices=("fail", "warn", "pass"), default=None,
                        help="what an inconclusive check does (default: the suite's 'inconclusive:')")
+    init = sub.add_parser(
+        "init", help="write a starter suite for a model and a folder of images",
+        description="Write a starter suite for MODEL and the images in FOLDER (root/<class>/ or root/{train,val,test}/<class>/). "
+                    "Paths in it are relative to the suite file. It never overwrites a file.")
+    init.add_argument("model", help="a timm model name (timm:<name> or just <name>) or another model source (embedded:digits_vit)")
+    init.add_argument("folder", type=Path, help="the folder of images: class folders, or train/val/test folders of class folders")
+    init.add_argument("--out", "-o", type=Path, default=None, help="the suite file to write (default: suites/<folder name>.yaml)")
+    init.add_argument("--name", default=None, help="the suite's name (its baselines folder; default: the file name)")
+    weights = init.add_mutually_exclusive_group()
+    weights.add_argument("--random-init", action="store_true",
+                         help="random weights (pretrained: false): a dry run of the pipeline, at chance level")
+    weights.add_argument("--checkpoint", type=Path, default=None, help="a weights file of the model (a fine-tuned head: one output per class folder)")
     return parser
+
+
+def _init(args: argparse.Namespace) -> int:
+    from .init_suite import InitRequest, write_starter_suite
+
+    out = args.out or Path("suites") / f"{args.folder.resolve().name or 'suite'}.yaml"
+    path, layout = write_starter_suite(InitRequest(
+        model=args.model, data=args.folder, out=out, name=args.name, random_init=args.random_init, checkpoint=args.checkpoint))
+    splits = ", ".join(f"{s}: {n} images" for s, n in layout.images.items())
+    where = f"split_dirs {layout.split_dirs}" if layout.split_dirs else "class folders without splits"
+    print(f"qrel init: wrote {path} ({len(layout.classes)} classes; {where}; {splits})")
+    print(f"  paths in it are relative to {path.parent.as_posix() or '.'}/ (the suite file's folder)")
+    if args.random_init:
+        print("  random weights (pretrained: false): a dry run; its FP32 top-1 is at chance level, and the baseline is stored with a warning")
+    print("next:")
+    print(f"  pytest --qrel-suite {path.as_posix()} --qrel-update-baselines   # once: the FP32 baseline")
+    print(f"  pytest --qrel-suite {path.as_posix()} --qrel-report reports/{path.stem}.html")
+    return 0
 
 
 def _merge(args: argparse.Namespace) -> int:
@@ -84,7 +117,7 @@ def _merge(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return _merge(args)
+        return _init(args) if args.command == "init" else _merge(args)
     except QrelError as exc:
         print(f"qrel {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -180,6 +180,13 @@ def check_class_folders(
     names = max(candidates, key=lambda c: len(set(class_order) & set(c)))  # the list the folders use
     index = {n: i for i, n in enumerate(names)}
     unknown = [c for c in class_order if c not in index]
+    splits = [c for c in class_order if c in ("train", "val", "test")]
+    if unknown and splits:  # the root/{train,val,test}/<class> layout read as if its splits were classes
+        dirs = ", ".join(f"{c}: {c}" for c in splits)
+        raise NumericsError(
+            f"dataset '{dataset}': its folders {few(class_order)} are splits, not classes of model '{model}' "
+            f"(fix: add 'split_dirs: {{{dirs}}}' to the dataset's options; `qrel init` writes it for this layout)"
+        )
     if unknown:
         raise NumericsError(
             f"dataset '{dataset}': {len(unknown)} of {len(class_order)} class folders ({few(unknown)}) are not classes of "
@@ -265,8 +272,10 @@ def refuse_chance_level(
         order = f"; its labels follow {class_order_from or 'the class list'} ({shown})"
     raise NumericsError(
         f"refusing to store the FP32 baseline of model '{model}': FP32 top-1 {100 * top1:.2f}% on '{dataset}' is at chance level "
-        f"({100 * chance:.2f}% for {n_classes} classes, {n_samples} samples){order} "
-        "(fix: make the set's labels match the model's classes with 'classes:' or 'class_index:', or check that it is the right data)"
+        f"({100 * chance:.2f}% for {n_classes} classes, {n_samples} samples){order}"
+        "; either its labels are not the model's classes (their order comes from the sorted folder names) or the model is "
+        "untrained (fix: give 'classes:' or 'class_index:' in the model's class order, or check the weights and the data; "
+        "a random-init dry run is 'pretrained: false', which is stored at chance with a warning)"
     )
 
 

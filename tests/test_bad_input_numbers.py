@@ -84,11 +84,15 @@ NUMBER_CASES: list[tuple[str, Callable[[], object], type[Exception], str]] = [
         0.208, 5, 600, model="vit", dataset="digit_folders", class_order=["four", "one", "three", "two", "zero"], class_order_from="sorted folder names"),
      NumericsError,
      "refusing to store the FP32 baseline of model 'vit': FP32 top-1 20.80% on 'digit_folders' is at chance level (20.00% for 5 classes, 600 samples); "
-     "its labels follow sorted folder names (four, one, three, two, zero) "
-     "(fix: make the set's labels match the model's classes with 'classes:' or 'class_index:', or check that it is the right data)"),
+     "its labels follow sorted folder names (four, one, three, two, zero)"
+     "; either its labels are not the model's classes (their order comes from the sorted folder names) or the model is untrained "
+     "(fix: give 'classes:' or 'class_index:' in the model's class order, or check the weights and the data; a random-init dry run is "
+     "'pretrained: false', which is stored at chance with a warning)"),
     ("below-chance FP32 baseline", lambda: validation.refuse_chance_level(0.001, 1000, 50000, model="deit", dataset="val"), NumericsError,
-     "refusing to store the FP32 baseline of model 'deit': FP32 top-1 0.10% on 'val' is at chance level (0.10% for 1000 classes, 50000 samples) "
-     "(fix: make the set's labels match the model's classes with 'classes:' or 'class_index:', or check that it is the right data)"),
+     "refusing to store the FP32 baseline of model 'deit': FP32 top-1 0.10% on 'val' is at chance level (0.10% for 1000 classes, 50000 samples)"
+     "; either its labels are not the model's classes (their order comes from the sorted folder names) or the model is untrained "
+     "(fix: give 'classes:' or 'class_index:' in the model's class order, or check the weights and the data; a random-init dry run is "
+     "'pretrained: false', which is stored at chance with a warning)"),
     # ---- metric functions: ValueError naming the argument
     ("NaN logits in top1", lambda: metrics.top1(with_nan, np.zeros(20, dtype=int)), NumericsError,
      "logits contains non-finite values: 2 NaN and 1 inf (first at index (3, 1)); the model output is broken"),

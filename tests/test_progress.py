@@ -37,7 +37,7 @@ def test_the_engine_reports_passes_calibration_and_qat_steps(tmp_path):
     (verdict,) = run(load_suite(tmp_path / "s.yaml"), engine=engine)
     assert verdict.outcome == "passed", verdict.message
     qat = [u for u in listener.updates if u[0] == "vit W8A8-qat: QAT"]
-    assert qat == [("vit W8A8-qat: QAT", k, 3, "steps") for k in (1, 2, 3)]
+    assert qat == [("vit W8A8-qat: QAT", k, 3, "steps") for k in (0, 1, 2, 3)]  # 0: the phase's start
     assert ("vit W8A8-qat: calibrating", 1, 1, "steps") in listener.updates
     passes = [u for u in listener.updates if u[0] == "model 'vit' W8A8-qat on digits"]
     assert passes[0][1] == 0 and passes[-1][1] == passes[-1][2] == 385 and all(u[3] == "images" for u in passes)
@@ -96,7 +96,7 @@ class Screen:
         return "".join(self.cells).rstrip()
 
 
-def _config(screen: Screen):
+def _config(screen: Screen, verbosity: int = 0):
     import types
 
     import pytest
@@ -104,6 +104,7 @@ def _config(screen: Screen):
     plugins = {"terminalreporter": screen}
     return types.SimpleNamespace(
         pluginmanager=types.SimpleNamespace(get_plugin=plugins.get), get_terminal_writer=lambda: screen, stash=pytest.Stash(),
+        get_verbosity=lambda: verbosity,
     )
 
 
@@ -115,7 +116,7 @@ def test_the_progress_text_follows_pytests_line_and_is_erased_back_to_it():
     progress = config.stash[PROGRESS] = Progress(config)
     screen.pytest_write("suites/mini.yaml ..")
     progress.update("model 'vit' W8A8 on digits", 0, 385)
-    assert screen.visible == "suites/mini.yaml .. qrel: model 'vit' W8A8 on digits: 0/385 images, 0 img/s"
+    assert screen.visible == "suites/mini.yaml .. qrel: model 'vit' W8A8 on digits: 0/385 images"  # no rate yet
     progress.last = 0.0  # past the half-second between updates
     progress.update("model 'vit' W8A8 on digits", 120, 385)
     assert screen.visible.startswith("suites/mini.yaml .. qrel: model 'vit' W8A8 on digits: 120/385 images, ")
@@ -139,3 +140,79 @@ def test_a_narrow_terminal_gets_no_progress_text_rather_than_a_wrapped_line():
     screen.pytest_write("suites/mini.yaml::vit::W8A8 ")
     progress.update("model 'vit' W8A8 on digits", 0, 385)
     assert screen.visible == "suites/mini.yaml::vit::W8A8"
+
+
+# ---------------------------------------------------------------------------- true counts, steady cadence
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_rates_count_only_the_work_seen_and_a_phase_run_again_starts_over():
+    from pytest_qrel.progress import Meter
+
+    clock = Clock()
+    meter = Meter(clock=clock)
+    assert meter.read("QAT", 0, 100).rate is None
+    first = meter.read("QAT", 1, 100)  # no time has passed: no rate, not 1e9 steps/s
+    assert (first.rate, first.eta) == (None, None) and first.line() == "QAT: 1/100 steps"
+    clock.now += 2.0
+    r = meter.read("QAT", 5, 100)
+    assert (r.rate, r.eta) == (2.5, 38.0) and r.line() == "QAT: 5/100 steps, 2.5 steps/s, ETA 38 s"
+    clock.now += 38.0
+    assert meter.read("QAT", 100, 100).line() == "QAT: 100/100 steps, 2.5 steps/s, 40.0 s"
+    # a phase first seen mid-way rates only what it saw; the same phase again is a new one
+    again = meter.read("QAT", 3, 100)
+    assert (again.done, again.elapsed, again.rate) == (3, 0.0, None)
+    clock.now += 1.0
+    assert meter.read("QAT", 4, 100).rate == 1.0
+    assert meter.read("QAT", 2, 100).elapsed == 0.0  # going backwards: a new phase, not a replay
+
+
+def _log(verbosity: int = 0):
+    from pytest_qrel.plugin.progress import Progress
+
+    screen = Screen(width=200)
+    screen.isatty = False
+    clock = Clock()
+    progress = Progress(_config(screen, verbosity), clock=clock)
+    return screen, clock, progress
+
+
+def test_off_a_terminal_a_running_phase_gets_a_line_at_least_every_10_s():
+    screen, clock, progress = _log()
+    times = []
+    progress.update("vit W8A8-qat: QAT", 0, 100, "steps")
+    for done in range(1, 101):  # 100 steps of 0.7 s: 70 s
+        clock.now += 0.7
+        before = len(screen.lines)
+        progress.update("vit W8A8-qat: QAT", done, 100, "steps")
+        if len(screen.lines) > before:
+            times.append((clock.now, done, screen.lines[-1]))
+    progress.update("model 'vit' W8A8 on digits", 0, 385)  # a short pass: no line
+    clock.now += 2.0
+    progress.update("model 'vit' W8A8 on digits", 385, 385)
+    progress.unit("vit W8A8-qat", 72.0, 1, 385)
+    lines = [line for line in screen.lines if line]
+    assert len(lines) == 6 + 1 + 1  # t = 10.5, 21, ..., 63 s; the end of the phase; the unit
+    starts = [1000.0] + [t for t, _, _ in times]
+    assert max(b - a for a, b in zip(starts, starts[1:])) <= 10.0 + 0.7  # every 10 s, give or take a step
+    for t, done, line in times[:-1]:
+        assert line.startswith(f"qrel: vit W8A8-qat: QAT: {done}/100 steps, 1.4 steps/s, ETA ")
+        assert abs(done - (t - 1000.0) / 0.7) < 1e-6  # the count is the work done at that time
+    assert times[-1][2] == "qrel: vit W8A8-qat: QAT: 100/100 steps, 1.4 steps/s, 70.0 s"
+    assert lines[-1] == "qrel: vit W8A8-qat: 1 passes, 385 images in 72.0 s"
+
+
+def test_nothing_under_q_but_units_are_still_timed():
+    screen, clock, progress = _log(verbosity=-1)
+    for done in range(0, 101):
+        clock.now += 0.7
+        progress.update("vit W8A8-qat: QAT", done, 100, "steps")
+    progress.unit("vit W8A8-qat", 72.0, 1, 385)
+    assert screen.lines == [] and screen.visible == ""
+    assert progress.take_units() == [{"unit": "vit W8A8-qat", "seconds": 72.0, "passes": 1, "images": 385}]
+    assert progress.take_units() == []

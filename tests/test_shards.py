@@ -80,9 +80,11 @@ def test_two_shards_merged_equal_the_serial_run(pytester, tmp_path):
     serial_junit = results_of(pytester)
     n_planned = len(plan(load_suite(pytester.path / "suites/sharded.yaml")))
     outcomes = []
-    for k in (1, 2):
-        r = pytester.runpytest(*suite, "--qrel-shard", f"{k}/2", "--qrel-results", f"shard-{k}.json")
+    for k in (1, 2):  # shard 2 without --qrel-results: its default place, which the run prints
+        r = pytester.runpytest(*suite, "--qrel-shard", f"{k}/2", *(["--qrel-results", "shard-1.json"] if k == 1 else []))
         outcomes.append(r.parseoutcomes())
+    r.stdout.fnmatch_lines(["results: reports/qrel-shard-2-of-2.json (no --qrel-results given: the default for a shard)"])
+    (pytester.path / "reports/qrel-shard-2-of-2.json").rename(pytester.path / "shard-2.json")
     assert sum(o.get("deselected", 0) for o in outcomes) == n_planned  # each check deselected in exactly one shard
     merged_dir = pytester.path / "merged"
     code = qrel_main(["merge", str(pytester.path / "shard-1.json"), str(pytester.path / "shard-2.json"),

@@ -98,7 +98,7 @@ class Engine(UnitViews):
         self.reproduction = Reproduction(self.loader, self.units, reproduction_runner, device=device, update_command=self.update_command)
         self.store = BaselineStore(
             self.baseline_dir, self.loader, self.units, self.reproduction, update=update_baselines, run_id=self.run_id,
-            device=device, lock_dir=root, update_command=self.update_command,
+            device=device, lock_dir=root, update_command=self.update_command, warn=self.warn,
         )
         self.lifecycle = UnitLifecycle(
             self.loader, self.units, self.runner, self.records, baseline_of=self.store.peek,

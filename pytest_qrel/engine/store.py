@@ -32,15 +32,15 @@ class BaselineStore:
 
     ``root``: the baselines folder. ``lock_dir``: where the write lock lives (the cache folder,
     shared by the xdist workers of one run; None: no lock). ``run_id``: written into a baseline so
-    that the other workers of this run do not write it again."""
+    that the other workers of this run do not write it again. ``warn(message)``: one-line warnings."""
 
     def __init__(
         self, root: Path, loader: Loader, units: UnitComputer, reproduction: Reproduction, *, update: bool, run_id: str,
-        device: str, lock_dir: Path | None, update_command: Callable[[Suite], str],
+        device: str, lock_dir: Path | None, update_command: Callable[[Suite], str], warn: Callable[[str], None],
     ) -> None:
         self.root, self.loader, self.units, self.reproduction = root, loader, units, reproduction
         self.update, self.run_id, self.device, self.lock_dir = update, run_id, device, lock_dir
-        self.update_command = update_command
+        self.update_command, self.warn = update_command, warn
         self._read: dict[tuple[str, str], Baseline] = {}
         self._written: set[tuple[str, str]] = set()
         self._verified: dict[tuple[str, str], set[str]] = {}  # (suite, model) -> datasets verified
@@ -187,6 +187,13 @@ class BaselineStore:
         if order_from != ORDER_FROM_FOLDERS or loaded.class_names or getattr(loaded, "class_ids", None):
             return
         labels = arrays["label"]
+        weights = str(loaded.info.get("weights_from", ""))
+        if weights.startswith("random init"):  # a dry run (pretrained: false): chance is what it should score
+            top1 = 100 * float(np.mean(arrays["correct"]))
+            self.warn(f"qrel: model '{model}' has random weights ({weights}; pretrained: false): its FP32 top-1 {top1:.1f}% on "
+                      f"'{suite.id_dataset.name}' is at chance level, as a dry run's is; this baseline checks the pipeline, not "
+                      "the model (for a real audit give options.checkpoint or drop pretrained: false)")
+            return
         refuse_chance_level(
             float(np.mean(arrays["correct"])), len(np.unique(labels[labels >= 0])), len(labels), model=model,
             dataset=suite.id_dataset.name, class_order=getattr(ds, "class_order", None), class_order_from=order_from,

@@ -44,7 +44,7 @@ from . import engine_setup, guard, options, outputs, sharding
 from .collect import CheckFailed, CheckItem, QrelInconclusiveWarning, collect_file, skip_at_check, unit_scope
 from .progress import PROGRESS, Progress
 from .recorder import Recorder
-from .state import PLANNED, PROP_PREFIX, RUN_ID, STATE, RunState, is_worker, quiet, relative
+from .state import PLANNED, PROP_PREFIX, RUN_ID, STATE, RunState, is_worker, relative
 
 __all__ = [
     "PLANNED", "PROP_PREFIX", "STATE", "CheckFailed", "CheckItem", "QrelInconclusiveWarning", "RunState", "unit_scope",
@@ -79,8 +79,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_sessionstart(session: pytest.Session) -> None:
     config = session.config
     config.stash.setdefault(RUN_ID, uuid.uuid4().hex)  # under xdist, its testrunuid (XdistController)
-    if not quiet(config):
-        config.stash[PROGRESS] = Progress(config)
+    config.stash[PROGRESS] = Progress(config)  # silent under -q; it still times units for --durations
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
@@ -98,6 +97,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if isinstance(item, CheckItem):
         if call.when == "call" and (records := engine_setup.take_unit_records(item.config)) is not None:
             report.qrel_units = records
+        if call.when == "call" and (progress := item.config.stash.get(PROGRESS, None)) is not None:
+            report.qrel_paid = progress.take_units()  # the units this check computed (--durations)
         skip_at_check(item, report)
     return report
 

@@ -60,6 +60,24 @@ def _one_line(excinfo: pytest.ExceptionInfo[BaseException], config: pytest.Confi
     return None
 
 
+#: The one-line errors shown so far in this process, each with the node id that showed it: a unit's
+#: error (a broken data folder) fails every check that reads the unit, and is printed in full once.
+_SHOWN = pytest.StashKey[dict[str, str]]()
+
+
+def _line_repr(path: Path, line: int | None, text: str) -> Any:
+    """``--tb=line``: pytest prints a failure's ``longrepr`` and then its crash line; a plain string
+    is both (printed twice). An exception repr with no traceback entries prints only its crash
+    line, ``suites/x.yaml:12: <message>`` (the check's line in the suite). pytest has no public
+    type for it; without the private one, the plain string (printed twice) is the fallback."""
+    try:
+        from _pytest._code.code import ReprExceptionInfo, ReprFileLocation, ReprTraceback
+    except ImportError:  # pragma: no cover - a pytest that moved them
+        return text
+    return ReprExceptionInfo(reprtraceback=ReprTraceback([], None, "line"),
+                             reprcrash=ReprFileLocation(str(path), line or 0, text))
+
+
 class SuiteFile(pytest.File):
     """A suite YAML file: validated, planned, and split into model / quantizer collectors."""
 
@@ -159,12 +177,26 @@ class CheckItem(pytest.Item):
                 self.user_properties.append((PROP_PREFIX + key, value))
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:  # type: ignore[override]
-        return _one_line(excinfo, self.config) or super().repr_failure(excinfo)
+        text = _one_line(excinfo, self.config)
+        if text is None:
+            return super().repr_failure(excinfo)
+        if isinstance(excinfo.value, QrelError):
+            first = self.config.stash.setdefault(_SHOWN, {}).setdefault(text, self.nodeid)
+            if first != self.nodeid:
+                text = f"the same error as {first}"
+        if self.config.getoption("tbstyle") == "line":
+            path, line, _ = self.reportinfo()
+            return _line_repr(relative(path, self.config.invocation_params.dir), None if line is None else line + 1, text)
+        return text
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
+        """The check's line in the suite, and the headline of its failure (``vit W8A8: ece on digits
+        value<=0.05``). The headline is not the tail of the node id on purpose: ``pytest -v`` prints
+        an item's id with ``.`` replaced by ``::`` in the part that equals that tail, and
+        ``value<=0::05`` selects nothing; with another headline ``-v`` prints the id as it is."""
         where = self.planned.check.where
         line = (where.line - 1) if where and where.line else None
-        return self.path, line, f"{self.planned.model}::{self.planned.quantizer}::{self.name}"
+        return self.path, line, f"{self.planned.model} {self.planned.quantizer}: {self.name}"
 
 
 def skip_at_check(item: CheckItem, report: pytest.TestReport) -> None:

@@ -1,10 +1,13 @@
 """What the plugin writes to the terminal while checks run: progress and warnings.
 
-- :class:`Progress` listens to the engine (:mod:`pytest_qrel.progress`): on a terminal, the pass
-  that is running (images done / total, images/s, ETA) is shown after what pytest has written
-  on its current line, and erased when the pass ends, leaving the cursor where pytest left it;
-  off a terminal, one line per finished unit; nothing under ``-q``. An xdist worker writes its
-  line to a status file instead, which :class:`StatusPoller` shows in the controller.
+- :class:`Progress` listens to the engine (:mod:`pytest_qrel.progress`): on a terminal, the phase
+  that is running (a pass: images done / total, images/s, ETA; a QAT: steps) is shown after what
+  pytest has written on its current line, rewritten at most every 0.5 s and erased when the
+  phase ends, leaving the cursor where pytest left it; off a terminal (CI logs), a line every
+  10 s for each phase still running (:class:`pytest_qrel.progress.Meter`) and one per finished
+  unit; nothing under ``-q``. Counts and rates are those of the work seen since the phase
+  began. An xdist worker writes its line to a status file instead, which :class:`StatusPoller`
+  shows in the controller.
 - :func:`warn_line` prints a warning mid-test (cache unusable, watchdog action) past pytest's
   output capture, after erasing the progress text.
 
@@ -27,7 +30,8 @@ from typing import Any
 
 import pytest
 
-from .state import is_worker, run_id, worker_id
+from ..progress import Meter
+from .state import is_worker, quiet, run_id, worker_id
 
 PROGRESS = pytest.StashKey["Progress"]()
 
@@ -55,48 +59,65 @@ def warn_line(config: pytest.Config, message: str) -> None:
 
 
 class Progress:
-    """The engine's progress listener (``update`` / ``unit``); see the module docstring."""
+    """The engine's progress listener (``update`` / ``unit``); see the module docstring.
 
-    def __init__(self, config: pytest.Config) -> None:
+    ``every``: seconds between the lines of a running phase off a terminal (:class:`Meter`);
+    ``clock``: injectable for tests. Under ``-q`` it prints nothing but still times the units
+    (for ``--durations``: :meth:`take_units`).
+    """
+
+    def __init__(self, config: pytest.Config, *, every: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.tr = config.pluginmanager.get_plugin("terminalreporter")
+        self.quiet = quiet(config)
         # write_raw: pytest >= 8.? has it on the reporter; without it, no live text (unit lines stay)
         self.tty = bool(self.tr is not None and self.tr.isatty and hasattr(self.tr, "write_raw"))
         self.worker = worker_id(config)
         self.status: Path | None = None  # the status folder, made on the first line a worker writes
-        self.last = 0.0
-        self.start: dict[str, float] = {}
+        self.clock = clock
+        self.meter = Meter(every=every, clock=clock)
+        self.last = -1.0  # when the live text or status file was last rewritten (at most every 0.5 s)
         self.shown = 0  # characters of progress text on screen after pytest's own
+        self.units: list[dict[str, Any]] = []  # units finished since the last take_units()
 
     def update(self, what: str, done: int, total: int, unit: str = "images") -> None:
         """A pass advanced (``done`` of ``total`` images), or a calibration / QAT (``unit`` steps)."""
-        now = time.monotonic()
-        if done == 0:
-            self.start[what] = now
-        elapsed = max(1e-9, now - self.start.get(what, now))
-        rate = done / elapsed if done else 0.0
-        finished = done >= total
-        if not finished and now - self.last < 0.5:
+        reading = self.meter.read(what, done, total, unit)
+        if self.quiet:
+            return
+        line = f"qrel: {reading.line()}"
+        if self.worker is None and not self.tty:  # a log: a line per running phase every `every` s
+            if self.tr is not None and self.meter.due(reading):
+                with _uncaptured(self.config):
+                    self.tr.write_line(line)
+            return
+        now = self.clock()
+        if not reading.finished and now - self.last < 0.5:
             return
         self.last = now
-        eta = f", ETA {int((total - done) / rate)} s" if rate and not finished else ""
-        per = "img/s" if unit == "images" else f"{unit}/s"
-        line = f"qrel: {what}: {done}/{total} {unit}, {rate:.0f} {per}{eta}"
         if self.worker is not None:
-            self._status(line, finished)
-        elif self.tty and finished:
+            self._status(line, reading.finished)
+        elif reading.finished:
             self.clear()
-        elif self.tty:
+        else:
             self._show(line)
 
     def unit(self, what: str, seconds: float, passes: int, images: int) -> None:
         """A unit finished: ``passes`` passes over ``images`` images in ``seconds``."""
+        self.units.append({"unit": what, "seconds": round(seconds, 3), "passes": passes, "images": images})
+        if self.quiet:
+            return
         line = f"qrel: {what}: {passes} passes, {images} images in {seconds:.1f} s"
         if self.worker is not None:
             self._status(line, True)
         elif self.tr is not None and not self.tr.isatty and passes:
             with _uncaptured(self.config):
                 self.tr.write_line(line)
+
+    def take_units(self) -> list[dict[str, Any]]:
+        """The units finished since the last call: ``{"unit", "seconds", "passes", "images"}``."""
+        units, self.units = self.units, []
+        return units
 
     def _show(self, line: str) -> None:
         tw = self.config.get_terminal_writer()

@@ -37,6 +37,8 @@ class Recorder:
         self.written = Written()
         self.all_skipped = False
         self.problems: list[str] = []
+        self.paid: list[tuple[str, dict[str, Any]]] = []  # (node id of the check that computed it, unit timing)
+        self.durations: dict[str, float] = {}  # node id -> seconds of its call (pytest's --durations)
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         checks = list(checks_of(session.items))
@@ -45,6 +47,9 @@ class Recorder:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         state = self.state
+        self.paid += [(report.nodeid, u) for u in getattr(report, "qrel_paid", None) or []]
+        if report.when == "call":
+            self.durations[report.nodeid] = report.duration
         for raw in getattr(report, "qrel_units", None) or []:
             u = UnitMetrics.from_dict(raw)
             state.units[(u.suite, u.model, u.quantizer)] = u
@@ -127,6 +132,8 @@ class Recorder:
             terminalreporter.section("pytest-qrel")
             for line, red, yellow in self.summary_lines():
                 terminalreporter.write_line(line, red=red, yellow=yellow)
+            for line in self.rerun_lines() + self.unit_durations():
+                terminalreporter.write_line(line)
         elif self.problems or self.written.results:
             terminalreporter.section("pytest-qrel")
             for line in self.problems:
@@ -166,6 +173,41 @@ class Recorder:
             lines.append((f"report: {self.written.report} (summary: {self.written.report.with_suffix('.md')})", False, False))
         if self.written.results:
             lines.append((self._results_line(), False, False))
+        return lines
+
+    def rerun_lines(self) -> list[str]:
+        """The command that re-runs the first failing check, its id quoted for a POSIX shell (ids
+        hold spaces, ``(``, ``<=``): ``pytest --qrel-suite suites/x.yaml 'suites/x.yaml::vit::W4A4::ece on digits value<=0.05'``."""
+        import shlex
+
+        failed = [n for n, v in self.state.verdicts.items() if v.outcome in ("failed", "error") and n.count("::") == 3]
+        if not failed:
+            return []
+        nodeid = self.config.cwd_relative_nodeid(failed[0])
+        suite = nodeid.split("::", 1)[0]
+        return [f"re-run one: pytest --qrel-suite {shlex.quote(suite)} {shlex.quote(nodeid)}   (all failures: --lf)"]
+
+    def unit_durations(self) -> list[str]:
+        """Under ``--durations``: pytest times items, and a unit runs inside the first check that
+        reads it (with the loading of torch, the model, the data and the baseline when it is the
+        first of all), so pytest's table charges all of it to that check. These lines say so, and
+        give each such check's time to the units it computed: their passes, images and own
+        seconds, slowest first (as many as ``--durations=N``; 0: all)."""
+        n = self.config.getoption("durations", None)
+        if n is None or not self.paid:
+            return []
+        by_check: dict[str, list[dict[str, Any]]] = {}
+        for nodeid, unit in self.paid:
+            by_check.setdefault(nodeid, []).append(unit)
+        rows = sorted(by_check.items(), key=lambda kv: -self.durations.get(kv[0], 0.0))
+        shown = rows if n <= 0 else rows[:n]
+        lines = [f"unit durations: a unit's forward passes and calibration run in the first check that reads it, so "
+                 f"--durations charges them (and any loading) to that check; the units behind {len(shown)} of {len(rows)} such checks:"]
+        for nodeid, units in shown:
+            own = sum(float(u.get("seconds", 0.0)) for u in units)
+            what = "; ".join(f"{u['unit']}: {u['passes']} passes, {u['images']} images" for u in units)
+            lines.append(f"{self.durations.get(nodeid, own):8.2f}s  {what} ({own:.2f} s computing the unit; the rest: imports "
+                         f"and loading the model, data and baseline) in {nodeid}")
         return lines
 
     def _results_line(self) -> str:

@@ -738,6 +738,7 @@ def train(
     step_params = [p for m in qmodel.modules() if isinstance(m, QATLinear) for p in m.steps_parameters()]
     batches = index_stream(images.shape[0], opts.batch_size, torch.Generator().manual_seed(seed))
     qmodel.eval()
+    progress.step("QAT", 0, opts.steps)  # the phase starts now: its rate counts from here
     with torch.enable_grad():
         for _ in range(opts.steps):
             idx = next(batches).to(images.device)

@@ -1,0 +1,249 @@
+"""``qrel init``: a starter suite for a model and a folder of images, written so that it runs.
+
+What it decides, from the folder alone (nothing is imported but the standard library):
+
+- *Layout.* ``root/{train,val,test}/<class>/`` (any of the three; ImageNet's ``train`` + ``val``
+  too) gives ``split_dirs:`` naming the splits found: ``train`` calibrates the quantizer, ``val``
+  fits post-hoc steps, ``test`` (else ``val``) is measured. ``root/<class>/`` (class folders
+  only) is measured and, with no training split to draw from, also calibrates (a comment says
+  so). A flat folder of images has no labels and is refused: it can be an OOD set, not the ID
+  set. A ``root/ood/`` folder beside the splits becomes an OOD set (``labels: none``).
+- *Paths* are written relative to the suite file's folder, which is how the suite loader reads
+  them (a comment in the file says so).
+- *Model.* ``timm:<name>`` (a bare name means timm) or any other source as given
+  (``embedded:digits_vit``). ``--random-init`` writes ``pretrained: false`` with a comment: a dry
+  run scores at chance level, and the engine stores its baseline with a warning that says so.
+  A timm model gets ``num_classes`` = the number of class folders when its head is new
+  (``--random-init``, ``--checkpoint``); with pretrained weights the folders must be the
+  model's classes (WordNet ids give ``classes: imagenet1k``).
+- *Checks.* A few that a sound 8-bit quantization passes: top-1, ECE and (with an OOD set) AUROC
+  deltas against FP32. OOD: the folder's ``ood/`` images, else the shipped ``embedded:noise``.
+
+It refuses to overwrite a file, and loads what it wrote with :func:`pytest_qrel.load_suite` before
+saying it is done.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import QrelError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+"""torchvision's ``IMG_EXTENSIONS``, case-insensitive (what ``imagefolder:`` reads by default)."""
+
+SPLITS = ("train", "val", "test")
+CALIBRATION_SAMPLES = 64
+"""At most this many calibration images (fewer when the training split is smaller)."""
+
+
+class InitError(QrelError):
+    """``qrel init`` cannot write a suite from these arguments; the message says what to change."""
+
+
+@dataclass
+class Layout:
+    """What :func:`detect_layout` found under a root: ``split_dirs`` (``{split: subfolder}``, empty
+    for class folders directly under the root), ``classes`` (sorted class folder names), image
+    counts per split (``"test"`` for a root without splits), and an ``ood`` subfolder, if any."""
+
+    root: Path
+    split_dirs: dict[str, str] = field(default_factory=dict)
+    classes: list[str] = field(default_factory=list)
+    images: dict[str, int] = field(default_factory=dict)
+    ood: str | None = None
+
+    @property
+    def calibration_split(self) -> str:
+        """The split the quantizer draws its calibration images from."""
+        return "train" if "train" in self.split_dirs else "test"
+
+
+def _images_below(folder: Path) -> int:
+    return sum(1 for _, _, files in os.walk(folder, followlinks=False) for f in files if f.lower().endswith(IMAGE_SUFFIXES))
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def detect_layout(root: Path) -> Layout:
+    """The layout of ``root`` (see the module docstring). Raises :class:`InitError` for a root that
+    is missing, holds no class folders, or only loose images."""
+    if not root.is_dir():
+        raise InitError(f"{root}: no such folder (give the folder that holds your images)")
+    subs = {p.name: p for p in _subfolders(root)}
+    found = [s for s in SPLITS if s in subs]
+    layout = Layout(root=root)
+    if found:
+        test = "test" if "test" in subs else "val" if "val" in subs else None
+        if test is None:
+            raise InitError(f"{root}: has a 'train' folder but no 'test' or 'val' folder to measure on "
+                            "(add root/test/<class>/ images, or point qrel init at a folder of class folders)")
+        layout.split_dirs = {s: s for s in found if not (s == "val" and test == "val")}
+        layout.split_dirs["test"] = test
+        classes: set[str] = set()
+        for split, sub in layout.split_dirs.items():
+            names = [p.name for p in _subfolders(subs[sub])]
+            if not names:
+                raise InitError(f"{subs[sub]}: no class folders inside (expected {sub}/<class>/<image>)")
+            classes.update(names)
+            layout.images[split] = _images_below(subs[sub])
+        layout.classes = sorted(classes)
+        if "ood" in subs and _images_below(subs["ood"]):
+            layout.ood = "ood"
+    else:
+        layout.classes = [name for name, p in subs.items() if _images_below(p)]
+        if not layout.classes:
+            loose = _images_below(root)
+            raise InitError(
+                f"{root}: {'only loose images, no class folders' if loose else 'no images'}: the in-distribution set needs "
+                "one folder per class (root/<class>/<image> or root/{train,val,test}/<class>/<image>)"
+                + ("; a folder of unlabelled images can be an OOD set of a suite instead" if loose else "")
+            )
+        layout.images["test"] = _images_below(root)
+    if len(layout.classes) < 2:
+        raise InitError(f"{root}: {len(layout.classes)} class folder(s) ({', '.join(layout.classes)}): a classifier audit needs at least 2")
+    return layout
+
+
+def _key(text: str, default: str) -> str:
+    """A suite key / dataset name from free text: letters, digits and ``_`` (no ``-``: ids use it)."""
+    key = re.sub(r"[^A-Za-z0-9_]+", "_", text).strip("_")
+    return key if key and not key[0].isdigit() else f"{default}_{key}" if key else default
+
+
+def _rel(path: Path, start: Path) -> str:
+    return Path(os.path.relpath(path.resolve(), start.resolve())).as_posix()
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@dataclass
+class InitRequest:
+    """The arguments of ``qrel init``; ``out``: the suite file to write."""
+
+    model: str
+    data: Path
+    out: Path
+    name: str | None = None
+    random_init: bool = False
+    checkpoint: Path | None = None
+
+
+def suite_text(req: InitRequest, layout: Layout) -> str:
+    """The starter suite's YAML (with its comments) for ``req`` and ``layout``."""
+    base = req.out.parent
+    source = req.model if ":" in req.model else f"timm:{req.model}"
+    scheme, _, arg = source.partition(":")
+    timm = scheme == "timm"
+    name = req.name or _key(req.out.stem, "suite")
+    model_key = _key(arg.split("/")[-1].split(".")[0], "model")
+    data_name = _key(layout.root.resolve().name, "data")
+    root = _rel(layout.root, base)
+    lines = [
+        f"# A starter suite written by `qrel init` for {source} and the images in {root}.",
+        f"# Paths in this file are relative to this file's folder ({base.as_posix() or '.'}), not to where pytest runs.",
+        "# Run:  pytest --qrel-suite <this file> --qrel-update-baselines   (once: stores the FP32 baseline)",
+        "#       pytest --qrel-suite <this file>                           (the audit)",
+        "version: 1",
+        f"name: {name}",
+        "models:",
+        f"  {model_key}:",
+        f"    source: {_quote(source)}",
+    ]
+    options: list[str] = []
+    if req.random_init:
+        if not timm:
+            raise InitError(f"--random-init: only timm models take 'pretrained: false' ({source} is not one)")
+        lines += [
+            "    # A dry run: random weights (pretrained: false). Its FP32 top-1 is at chance level, so this checks the",
+            "    # pipeline (data, quantization, metrics), not the model; the baseline is stored with a warning saying so.",
+            "    # For the real audit remove 'pretrained: false' and give 'checkpoint: <your weights file>'",
+            "    # (or keep the pretrained weights in the local Hugging Face cache: pytest-qrel never downloads).",
+        ]
+        options += ["pretrained: false", f"num_classes: {len(layout.classes)}"]
+    elif req.checkpoint is not None:
+        if not timm:
+            raise InitError(f"--checkpoint: only timm models take a checkpoint option here ({source} is not one)")
+        options += [f"checkpoint: {_quote(_rel(req.checkpoint, base))}", f"num_classes: {len(layout.classes)}"]
+    if timm and not req.random_init and req.checkpoint is None:
+        lines.append("    # Pretrained weights from the local Hugging Face cache: the class folders must be the model's classes.")
+    if options:
+        lines.append(f"    options: {{{', '.join(options)}}}")
+
+    id_options: list[str] = []
+    if layout.split_dirs:
+        dirs = ", ".join(f"{s}: {d}" for s, d in layout.split_dirs.items())
+        id_options.append(f"split_dirs: {{{dirs}}}")
+        used = {"train": "calibrates the quantizer", "val": "fits post-hoc steps", "test": "is measured"}
+        lines += ["datasets:", "  # " + "; ".join(f"{d}/ {used[s]}" for s, d in layout.split_dirs.items())]
+    else:
+        id_options.append(f"train: {_quote(root)}")
+        lines += ["datasets:", "  # Class folders without train/val/test splits: the same images calibrate and are measured.",
+                  "  # Give a separate training folder ('train: <folder>') for calibration images the audit does not score."]
+    wnids = all(re.fullmatch(r"n\d{8}", c) for c in layout.classes)
+    if timm and wnids and not req.random_init and req.checkpoint is None:
+        id_options.append("classes: imagenet1k")
+    lines.append(f"  id: {{name: {data_name}, source: {_quote('imagefolder:' + root)}, options: {{{', '.join(id_options)}}}}}")
+    lines.append("  ood:")
+    ood_names = []
+    if layout.ood:
+        ood_root = _rel(layout.root / layout.ood, base)
+        lines.append(f"    - {{name: {data_name}_ood, source: {_quote('imagefolder:' + ood_root)}, options: {{labels: none}}}}")
+        ood_names.append(f"{data_name}_ood")
+    else:  # no OOD images of the user's: a set that ships with pytest-qrel, until they add their own
+        lines.append("    - {name: noise, source: \"embedded:noise\"}   # shipped with pytest-qrel: Gaussian noise images")
+        ood_names.append("noise")
+    calib = layout.images.get(layout.calibration_split, 0)
+    samples = max(1, min(CALIBRATION_SAMPLES, calib))
+    lines += [
+        "quantizers:",
+        f"  W8A8: {{method: minmax, weight_bits: 8, act_bits: 8, calibration: {{samples: {samples}, seed: 0}}}}",
+        "scores: [msp]",
+    ]
+    on_ood = "mean(ood)" if len(ood_names) > 1 else ood_names[0]
+    if req.random_init:  # a random model's outputs are noise: one flipped prediction in 24 images is 4pp
+        lines += [
+            "# Dry-run bounds, loose on purpose: a random model's numbers mean nothing. For the real audit tighten them,",
+            "# e.g. top1 delta <= 1pp, ece delta <= 2pp, auroc delta <= 5pp.",
+            "checks:",
+            "  - \"W8A8 top1 delta <= 25pp\"",
+            "  - \"W8A8 ece delta <= 25pp\"",
+            f"  - \"W8A8 auroc(msp) on {on_ood} delta <= 25pp\"",
+        ]
+    else:
+        lines += [
+            "checks:",
+            "  - \"W8A8 top1 delta <= 1pp\"",
+            "  - \"W8A8 ece delta <= 2pp\"",
+            f"  - \"W8A8 auroc(msp) on {on_ood} delta <= 5pp\"",
+        ]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def write_starter_suite(req: InitRequest) -> tuple[Path, Layout]:
+    """Write the starter suite to ``req.out`` (never over an existing file) and load it back.
+    Raises :class:`InitError` (or the loader's own error) with one line saying what to change."""
+    if req.out.exists():
+        raise InitError(f"{req.out}: already exists; qrel init never overwrites a file (give another --out, or delete it)")
+    if req.checkpoint is not None and not req.checkpoint.is_file():
+        raise InitError(f"--checkpoint {req.checkpoint}: no such file")
+    if req.out.suffix not in (".yaml", ".yml"):
+        raise InitError(f"--out {req.out}: a suite file ends in .yaml or .yml")
+    layout = detect_layout(req.data)
+    text = suite_text(req, layout)
+    from .io import atomic_write_text
+
+    req.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(req.out, text)
+    from .spec import load_suite
+
+    load_suite(req.out)  # what we wrote must load: a bug here is ours, and it says so at once
+    return req.out, layout

@@ -1,0 +1,110 @@
+"""`qrel init` and the first-suite walkthrough (docs/first-suite.md), run as the page says."""
+
+from __future__ import annotations
+
+import re
+import runpy
+import shlex
+from pathlib import Path
+
+import pytest
+
+from pytest_qrel import load_suite
+from pytest_qrel.cli import main as qrel_main
+from pytest_qrel.init_suite import InitError, InitRequest, detect_layout, write_starter_suite
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "first-suite.md"
+
+
+def _jpegs(folder: Path, count: int = 3) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(folder / f"{i}.jpg")
+
+
+def test_the_standard_layout_gives_split_dirs_and_paths_relative_to_the_suite(tmp_path, monkeypatch, capsys):
+    for split in ("train", "val", "test"):
+        for cls in ("cat", "dog"):
+            _jpegs(tmp_path / "data" / "pets" / split / cls)
+    _jpegs(tmp_path / "data" / "pets" / "ood", 12)
+    monkeypatch.chdir(tmp_path)
+    assert qrel_main(["init", "vit_tiny_patch16_224", "data/pets", "--random-init"]) == 0
+    out = capsys.readouterr().out
+    assert "wrote suites/pets.yaml" in out and "relative to suites/" in out and "dry run" in out
+    text = (tmp_path / "suites/pets.yaml").read_text()
+    assert "relative to this file's folder" in text and "pretrained: false" in text and "chance level" in text
+    suite = load_suite(tmp_path / "suites/pets.yaml")
+    model = suite.models["vit_tiny_patch16_224"]
+    assert model.source == "timm:vit_tiny_patch16_224" and model.options == {"pretrained": False, "num_classes": 2}
+    assert suite.id_dataset.source == "imagefolder:../data/pets"
+    assert suite.id_dataset.options["split_dirs"] == {"train": "train", "val": "val", "test": "test"}
+    assert [(d.source, d.options) for d in suite.ood_datasets.values()] == [("imagefolder:../data/pets/ood", {"labels": "none"})]
+    assert suite.quantizers["W8A8"].calibration.samples == 6  # the 6 training images, not more
+    # the same data read from the suite's folder: the paths resolve against the suite file
+    from pytest_qrel.data import load_dataset
+
+    ds = load_dataset(suite.id_dataset.source, split="test", options=suite.id_dataset.options, base_dir=suite.path.parent)
+    assert len(ds) == 6 and ds.class_order == ["cat", "dog"]
+    # never over an existing file: one line, exit code 2, the file unchanged
+    assert qrel_main(["init", "vit_tiny_patch16_224", "data/pets"]) == 2
+    assert "already exists; qrel init never overwrites a file" in capsys.readouterr().err
+    assert (tmp_path / "suites/pets.yaml").read_text() == text
+
+
+def test_other_layouts(tmp_path):
+    _jpegs(tmp_path / "imagenet" / "train" / "n01440764")
+    _jpegs(tmp_path / "imagenet" / "train" / "n01443537")
+    _jpegs(tmp_path / "imagenet" / "val" / "n01440764")
+    _jpegs(tmp_path / "imagenet" / "val" / "n01443537")
+    layout = detect_layout(tmp_path / "imagenet")
+    assert layout.split_dirs == {"train": "train", "test": "val"} and layout.images == {"train": 6, "test": 6}
+    out, _ = write_starter_suite(InitRequest("timm:deit_tiny_patch16_224", tmp_path / "imagenet", tmp_path / "s" / "in.yaml"))
+    suite = load_suite(out)
+    assert suite.id_dataset.options == {"split_dirs": {"train": "train", "test": "val"}, "classes": "imagenet1k"}
+    assert [d.source for d in suite.ood_datasets.values()] == ["embedded:noise"]  # no ood/ folder: the shipped one
+    # class folders without splits: measured, and (saying so) the calibration images too
+    _jpegs(tmp_path / "flat" / "a")
+    _jpegs(tmp_path / "flat" / "b")
+    out, layout = write_starter_suite(InitRequest("embedded:digits_vit", tmp_path / "flat", tmp_path / "flat.yaml"))
+    assert layout.split_dirs == {} and "the same images calibrate and are measured" in out.read_text()
+    assert load_suite(out).id_dataset.options == {"train": "flat"}
+    # loose images are no ID set; nor one class; nor a folder that is not there
+    _jpegs(tmp_path / "loose")
+    _jpegs(tmp_path / "one" / "a")
+    for folder, message in [("loose", "only loose images, no class folders"), ("one", "1 class folder(s) (a)"), ("nope", "no such folder")]:
+        with pytest.raises(InitError, match=re.escape(message)):
+            write_starter_suite(InitRequest("timm:x", tmp_path / folder, tmp_path / f"{folder}.yaml"))
+        assert not (tmp_path / f"{folder}.yaml").exists()
+
+
+def _walkthrough() -> tuple[str, list[str]]:
+    """The page's Python snippet and its `$ ` command lines, in order."""
+    text = DOC.read_text()
+    snippet = re.search(r"```python\n(.*?)```", text, re.S)
+    assert snippet is not None
+    commands = [line[2:] for block in re.findall(r"```console\n(.*?)```", text, re.S) for line in block.splitlines()
+                if line.startswith("$ ")]
+    return snippet.group(1), commands
+
+
+@pytest.mark.slow
+def test_the_first_suite_walkthrough_runs_as_written(pytester):
+    """docs/first-suite.md step by step: the snippet's JPEG folders, `qrel init` with a random-init
+    timm model, the baseline, the audit (passing), and the pasted node id."""
+    snippet, commands = _walkthrough()
+    (pytester.path / "make_folders.py").write_text(snippet)
+    assert commands[:2] == ["python make_folders.py", "qrel init timm:test_vit photos --random-init"]
+    runpy.run_path(str(pytester.path / "make_folders.py"))
+    assert qrel_main(shlex.split(commands[1])[1:]) == 0
+    assert len(commands) == 5 and all(c.startswith("pytest ") for c in commands[2:])
+    results = []
+    for command in commands[2:]:
+        results.append(pytester.runpytest(*shlex.split(command)[1:]))
+        assert results[-1].ret == 0, results[-1].stdout.str()
+    baseline, audit, pasted = results
+    baseline.stdout.fnmatch_lines(["*model 'test_vit' has random weights*is at chance level, as a dry run's is*"])
+    audit.stdout.fnmatch_lines(["*photos: 3 checks: 3 passed*"])
+    assert (pytester.path / "reports/photos.html").is_file()
+    assert pasted.parseoutcomes() == {"passed": 1}
