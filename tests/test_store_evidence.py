@@ -4,6 +4,7 @@ or that does not reproduce itself, is never stored."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -115,14 +116,30 @@ def suite_path(tmp_path, monkeypatch) -> Path:
 # ------------------------------------------------------------------ the reproduction check, per run
 
 
-def test_an_unchanged_model_reproduces_with_one_small_pass_per_model(suite_path, tmp_path):
+def test_an_unchanged_model_reproduces_with_one_small_pass_per_model(suite_path, tmp_path, monkeypatch):
     engine = Engine(baseline_dir=tmp_path / "baselines")
-    verdicts = run(load_suite(suite_path), engine=engine)
+    # with diagnostics (counted, not run: attention rollout needs a ViT) to see where they run
+    suite = replace(load_suite(suite_path), diagnostics=("attention_rollout",))
+    calls = {"forward": 0, "diagnostics": 0}
+    engine.model(suite, "m").module.register_forward_hook(lambda *_: calls.__setitem__("forward", calls["forward"] + 1))
+
+    def counted_diagnostics(suite, model, module):
+        calls["diagnostics"] += 1
+        return {"attention_rollout": {"error": "counted"}}
+
+    monkeypatch.setattr(engine.units, "diagnostics", counted_diagnostics)
+    assert engine.baseline(suite, "m").metrics["id"]["top1"] >= 0
+    # reading a baseline parses the file and runs nothing (issue 19); the FP32 record is a later, explicit step
+    assert calls == {"forward": 0, "diagnostics": 0} and not engine.reproduction_passes and engine.report_units() == []
+    verdicts = run(suite, engine=engine)
     assert [v.outcome for v in verdicts] == ["passed"] * 6, [v.message for v in verdicts]
+    assert calls["forward"] >= 1 and calls["diagnostics"] == 2  # the probe; the FP32 diagnostics once per model
+    assert [u.quantizer for u in engine.report_units() if u.model == "m"][0] == "FP32"
     # one pass of REPRODUCE_IMAGES images per model, whatever the number of checks; no unit pass
     assert dict(engine.reproduction_passes) == {("evidence", "m", "FP32", "digits"): 1, ("evidence", "k", "FP32", "digits"): 1}
     assert sum(engine.forward_passes.values()) == 0
-    probe = engine._probes[("evidence", "m")]
+    probe = engine.reproduction.probe(suite, "m")  # the probe of the run, not a second pass
+    assert engine.reproduction_passes[("evidence", "m", "FP32", "digits")] == 1
     assert len(probe.arrays["pred"]) == REPRODUCE_IMAGES == 32
 
 

@@ -12,62 +12,25 @@ memory a run holds does not grow with the number of units.
 from __future__ import annotations
 
 import json
-import os
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from .. import fingerprint as fp
 from .. import progress
 from ..errors import SimulationError, SpecError, UnknownNameError
 from ..spec.schema import FP32, HELDOUT, QuantizerSpec, Suite
+from .diagnose import Diagnose
 from .loading import Loader, user_stage
 from .runner import Runner, Want
+from .outputs import BASE, Needs, SeedOutputs, variant_name
 from .samples import SampleArrays
+from .seedcache import SeedCache
 from .trace import trace
 
-BASE = ""
-"""The variant name of a unit's own outputs (no post-hoc step)."""
-
-
-@dataclass
-class Needs:
-    """What a unit computes: ``datasets`` (test splits, the ID set included), post-hoc ``variants``
-    (step chains such as ``("temperature",)``), and ``spectrum`` on the ID pass."""
-
-    datasets: set[str] = field(default_factory=set)
-    variants: set[tuple[str, ...]] = field(default_factory=set)
-    spectrum: bool = False
-
-    def covers(self, other: "Needs") -> bool:
-        return other.datasets <= self.datasets and other.variants <= self.variants and (self.spectrum or not other.spectrum)
-
-    def merge(self, other: "Needs") -> None:
-        self.datasets |= other.datasets
-        self.variants |= other.variants
-        self.spectrum = self.spectrum or other.spectrum
-
-
-def variant_name(steps: tuple[str, ...]) -> str:
-    """``("temperature",)`` -> ``"+temperature"``; ``()`` -> ``""``."""
-    return "".join(f"+{s}" for s in steps)
-
-
-@dataclass
-class SeedOutputs:
-    """One seed of a unit: ``arrays[variant][dataset]``, the ID ``spectrum``, fitted post-hoc
-    ``params[variant]`` and ``info`` (e.g. QAT steps taken; ``verify`` report summary)."""
-
-    name: str  # "W8A8", or "W8A8@13" for one seed of a multi-seed quantizer
-    seed: int | None
-    arrays: dict[str, dict[str, SampleArrays]] = field(default_factory=dict)
-    spectrum: np.ndarray | None = None
-    params: dict[str, dict[str, float]] = field(default_factory=dict)
-    info: dict[str, Any] = field(default_factory=dict)
-    diagnostics: dict[str, Any] = field(default_factory=dict)  # name -> plain result (suite's ``diagnostics:``)
+__all__ = ["BASE", "Needs", "SeedOutputs", "UnitComputer", "mean_metrics", "metrics_of", "seed_names", "variant_name"]
 
 
 def seed_names(base: str, spec: QuantizerSpec | None) -> list[tuple[str, int | None]]:
@@ -104,32 +67,14 @@ class UnitComputer:
         self.progress = progress  # listener(what, done, total, unit) of calibration / QAT steps
         self.live_modules: "weakref.WeakSet[Any]" = weakref.WeakSet()
         self.quantizations: dict[str, int] = {}  # seed name -> times quantized in this process
-        self.cache_hits: dict[tuple[str, str, str, str], int] = {}
+        self.seed_cache = SeedCache(loader, cache, device)
         self._labels_checked: set[tuple[str, str]] = set()
-        self._diag_images: dict[tuple[str, str], tuple[Any, list[dict[str, Any]]]] = {}
+        self._diagnose = Diagnose(loader, device)
         self.verified: dict[str, Any] = {}  # quantizer -> SimulationReport of its last verify (verify: true)
 
-    # ------------------------------------------------------------------ keys
-    def _output_key(self, suite: Suite, model: str, qconf: Any, dataset: str, variant: str) -> str:
-        ds = self.loader.dataset(suite, dataset)
-        spec = suite.id_dataset if dataset == HELDOUT else suite.all_datasets[dataset]
-        import torch
-
-        # A fingerprint need not hash file contents, so the key also names where the data came from.
-        source = [os.path.expandvars(spec.source), spec.options, str(suite.path.parent.resolve()), "val" if dataset == HELDOUT else "test"]
-        return fp.digest(
-            {
-                "model": self.loader.identity(suite, model),
-                "quantizer": qconf,
-                "dataset": ds.fingerprint,
-                "source": source,
-                "variant": variant,
-                "scores": list(suite.scores),
-                "code": fp.code_digest(),
-                "torch": torch.__version__,
-                "device": str(self.device).split(":")[0],
-            }
-        )
+    @property
+    def cache_hits(self) -> dict[tuple[str, str, str, str], int]:
+        return self.seed_cache.hits
 
     # ------------------------------------------------------------------ quantization
     def quantizer_spec(self, suite: Suite, base: str, seed: int | None) -> QuantizerSpec:
@@ -232,133 +177,67 @@ class UnitComputer:
         if data is not None:  # what the calibration / QAT images and captions are, not only where
             qconf = {**qconf, "calibration_data": self.loader.calibration_data(suite, data, f"quantizers.{base}.calibration.data").fingerprint}
         runtime = base != FP32 and self._runtime_key(suite, base, seed, qconf)
-        loaded_scores = score_functions(suite)
-        required = {f"score.{s}" for s in suite.scores}
-        todo: list[str] = []
-        variants = sorted(needs.variants)
-        for d in sorted(needs.datasets):
-            spectrum = needs.spectrum and d == suite.id_dataset.name
-            hit = True
-            for steps in [(), *variants]:
-                v = variant_name(steps)
-                entry = self._get(suite, model, qconf, d, v)
-                labelled = d in suite.labelled_datasets
-                if entry is None or not required <= set(entry) or (labelled and "nll" not in entry) or (spectrum and not steps and "spectrum" not in entry):
-                    hit = False
-                    break
-                if not steps and spectrum:
-                    out.spectrum = entry.pop("spectrum")
-                entry.pop("spectrum", None)
-                out.arrays.setdefault(v, {})[d] = entry
-            if hit:
-                self.cache_hits[(suite.name, model, name, d)] = self.cache_hits.get((suite.name, model, name, d), 0) + 1
-            else:
-                todo.append(d)
-        for steps in variants:
-            params = self._get(suite, model, qconf, HELDOUT, variant_name(steps) + "#params")
-            if params is not None:
-                out.params[variant_name(steps)] = {k: float(v) for k, v in params.items()}
-        missing_params = [s for s in variants if variant_name(s) not in out.params]
+        todo = self.seed_cache.arrays(suite, model, name, qconf, needs, out)
+        missing_params = self.seed_cache.params(suite, model, qconf, sorted(needs.variants), out)
         first_seed = seed_names(base, suite.quantizers.get(base))[0][0] == name
         want_diagnostics = bool(suite.diagnostics) and first_seed
         if want_diagnostics:
-            cached = self._get(suite, model, qconf, suite.id_dataset.name, "#diagnostics")
-            if cached is not None and "json" in cached:
-                out.diagnostics = json.loads(str(cached["json"]))
+            self.seed_cache.diagnostics(suite, model, qconf, out)
         if runtime:  # a runtime unit's audit (census, parity, latency) is cached with its arrays
-            self._cached_runtime(suite, model, base, seed, qconf, out)
+            self.seed_cache.runtime(suite, model, self.quantizer_spec(suite, base, seed), qconf, out)
         if not todo and not missing_params and (out.diagnostics or not want_diagnostics) and (not runtime or "runtime" in out.info):
             return out
         module = self.build_module(suite, model, base, seed, out.info, key_identity=qconf.get("identity") if runtime else None)
         try:
             if runtime:
-                self._put(suite, model, qconf, suite.id_dataset.name, "#runtime", {"json": np.array(json.dumps(out.info["runtime"]))})
+                self.seed_cache.put(suite, model, qconf, suite.id_dataset.name, "#runtime", {"json": np.array(json.dumps(out.info["runtime"]))})
             if want_diagnostics and not out.diagnostics:
                 out.diagnostics = self.diagnostics(suite, model, module)
-                self._put(suite, model, qconf, suite.id_dataset.name, "#diagnostics", {"json": np.array(json.dumps(out.diagnostics))})
+                self.seed_cache.put(suite, model, qconf, suite.id_dataset.name, "#diagnostics", {"json": np.array(json.dumps(out.diagnostics))})
             self._fit_posthoc(suite, model, qconf, module, name, missing_params, out)
-            loaded = self.loader.model(suite, model)
-            clip = loaded.info.get("clip")
-            self._check_clip_scores(suite, model, module, clip)
-            for d in todo:
-                spectrum = needs.spectrum and d == suite.id_dataset.name
-                self.check_labels(suite, model, d)
-                want = Want(
-                    labelled=d in suite.labelled_datasets,
-                    scores=loaded_scores,
-                    clip=clip,
-                    variants={variant_name(s): self._apply(s, out.params) for s in variants},
-                    spectrum=spectrum,
-                )
-                what = f"model '{model}' {name} on {d}"
-                with user_stage("the forward pass", what):
-                    result = self.runner.run(
-                        module, self.loader.dataset(suite, d), loaded.preprocess, batch_size=suite.batch_size, want=want,
-                        what=what, preprocessing=loaded.preprocessing, key=(suite.name, model, name, d),
-                    )
-                out.arrays.setdefault(BASE, {})[d] = result.arrays
-                entry = dict(result.arrays)
-                if result.spectrum is not None:
-                    out.spectrum = result.spectrum
-                    entry["spectrum"] = result.spectrum
-                self._put(suite, model, qconf, d, BASE, entry)
-                for v, arrays in result.variants.items():
-                    out.arrays.setdefault(v, {})[d] = arrays
-                    self._put(suite, model, qconf, d, v, arrays)
+            self._stream(suite, model, name, qconf, module, todo, needs, out)
         finally:
             del module
         return out
 
+    def _stream(self, suite: Suite, model: str, name: str, qconf: Any, module: Any, todo: list[str], needs: Needs, out: SeedOutputs) -> None:
+        """Stream each dataset of ``todo`` through ``module`` once (post-hoc variants applied batch
+        by batch), keeping the arrays in ``out`` and putting them in the cache."""
+        loaded = self.loader.model(suite, model)
+        clip = loaded.info.get("clip")
+        self._check_clip_scores(suite, model, module, clip)
+        variants, scores = sorted(needs.variants), score_functions(suite)
+        for d in todo:
+            self.check_labels(suite, model, d)
+            want = Want(
+                labelled=d in suite.labelled_datasets,
+                scores=scores,
+                clip=clip,
+                variants={variant_name(s): self._apply(s, out.params) for s in variants},
+                spectrum=needs.spectrum and d == suite.id_dataset.name,
+            )
+            what = f"model '{model}' {name} on {d}"
+            with user_stage("the forward pass", what):
+                result = self.runner.run(
+                    module, self.loader.dataset(suite, d), loaded.preprocess, batch_size=suite.batch_size, want=want,
+                    what=what, preprocessing=loaded.preprocessing, key=(suite.name, model, name, d),
+                )
+            out.arrays.setdefault(BASE, {})[d] = result.arrays
+            entry = dict(result.arrays)
+            if result.spectrum is not None:
+                out.spectrum = result.spectrum
+                entry["spectrum"] = result.spectrum
+            self.seed_cache.put(suite, model, qconf, d, BASE, entry)
+            for v, arrays in result.variants.items():
+                out.arrays.setdefault(v, {})[d] = arrays
+                self.seed_cache.put(suite, model, qconf, d, v, arrays)
+
     def diagnostic_images(self, suite: Suite, model: str) -> tuple[Any, list[dict[str, Any]]]:
-        """The few images every unit's diagnostics look at (the same for all units of a model):
-        the first ID test images and the first image of each OOD set, preprocessed."""
-        import torch
-
-        from ..diagnostics import DEFAULT_IMAGES
-        from ..errors import DataMissingError
-
-        key = (str(suite.path), model)
-        if key not in self._diag_images:
-            preprocess = self.loader.model(suite, model).preprocess
-            picks = [(suite.id_dataset.name, i, "id") for i in range(DEFAULT_IMAGES["id"])]
-            for d in suite.ood_datasets:
-                picks += [(d, i, "ood") for i in range(DEFAULT_IMAGES["ood_per_set"])]
-            images, info = [], []
-            for d, i, kind in picks:
-                try:
-                    ds = self.loader.dataset(suite, d)
-                except DataMissingError:
-                    continue
-                if i < len(ds):
-                    with user_stage("preprocessing diagnostic images", f"model '{model}'"):
-                        images.append(preprocess(ds[i][0]))
-                    info.append({"dataset": d, "index": i, "kind": kind})
-            self._diag_images[key] = (torch.stack(images).to(self.device), info)
-        return self._diag_images[key]
+        return self._diagnose.images(suite, model)
 
     def diagnostics(self, suite: Suite, model: str, module: Any) -> dict[str, Any]:
-        """Every diagnostic the suite asks for, on ``module``; one that cannot handle this model
-        records why instead of failing the unit (e.g. attention rollout on a non-ViT)."""
-        import torch
-
-        from ..diagnostics import run_diagnostic
-
-        images, info = self.diagnostic_images(suite, model)
-        out: dict[str, Any] = {}
-        for name in suite.diagnostics:
-            try:
-                with torch.inference_mode(), user_stage(f"the '{name}' diagnostic", f"model '{model}'"):
-                    out[name] = run_diagnostic(name, module, images, image_info=info)
-            except ValueError as exc:
-                out[name] = {"error": str(exc)}
-        # class names for the captions (the ViT paper's Fig. 2 labels each map with its predicted class)
-        names = self.loader.model(suite, model).class_names
-        if not names and suite.id_dataset.name in self.loader.available(suite, [suite.id_dataset.name]):
-            names = getattr(self.loader.dataset(suite, suite.id_dataset.name), "class_names", None)
-        for record in out.values():
-            if names and "pred" in record:
-                record["pred_names"] = [str(names[p]) if 0 <= p < len(names) else f"class {p}" for p in record["pred"]]
-        return out
+        """Every diagnostic the suite asks for, on ``module`` (:class:`~.diagnose.Diagnose`)."""
+        return self._diagnose.run(suite, model, module)
 
     def check_labels(self, suite: Suite, model: str, dataset: str) -> None:
         """A labelled set's labels are classes of the model, in the model's order when the order
@@ -418,7 +297,7 @@ class UnitComputer:
                 v = variant_name(steps[: i + 1])
                 if v not in out.params:
                     out.params[v] = POSTHOC.get(step).fit(logits, labels)
-                    self._put(suite, model, qconf, HELDOUT, v + "#params", {k: np.array(x) for k, x in out.params[v].items()})
+                    self.seed_cache.put(suite, model, qconf, HELDOUT, v + "#params", {k: np.array(x) for k, x in out.params[v].items()})
                 logits = POSTHOC.get(step).apply(logits, out.params[v])
 
     # ------------------------------------------------------------------ runtime units
@@ -434,29 +313,6 @@ class UnitComputer:
             qconf["identity"] = identity
         return is_runtime_method(spec.method)
 
-    def _cached_runtime(self, suite: Suite, model: str, base: str, seed: int | None, qconf: Any, out: SeedOutputs) -> None:
-        from ..runtimes.audit import census_failure
-
-        cached = self._get(suite, model, qconf, suite.id_dataset.name, "#runtime")
-        if cached is not None and "json" in cached:
-            record = json.loads(str(cached["json"]))
-            failure = census_failure(self.quantizer_spec(suite, base, seed), record.get("census", {}))
-            if failure is not None:
-                raise failure
-            out.info["runtime"] = record
-
-    # ------------------------------------------------------------------ cache
-    def _get(self, suite: Suite, model: str, qconf: Any, dataset: str, variant: str) -> dict[str, np.ndarray] | None:
-        if self.cache is None:
-            return None
-        return self.cache.get(self._output_key(suite, model, qconf, dataset, variant))
-
-    def _put(self, suite: Suite, model: str, qconf: Any, dataset: str, variant: str, arrays: dict[str, np.ndarray]) -> None:
-        if self.cache is not None:
-            try:
-                self.cache.put(self._output_key(suite, model, qconf, dataset, variant), arrays)
-            except OSError:  # a read-only or full cache costs reuse, not the run
-                pass
 
 
 def mean_metrics(dicts: list[dict[str, Any]]) -> dict[str, Any]:

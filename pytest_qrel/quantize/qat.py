@@ -783,27 +783,8 @@ def run_qat(
     """Prepare, train and export one QAT method (the body shared by every entry)."""
     opts: QATOptions = config.options
     seed = config.seed if opts.seed is None else opts.seed
-    distill_weight = None
-    if recipe.distill:
-        assert isinstance(opts, DistillOptions)
-        distill_weight = opts.distill_weight
-        if distill_weight is None:
-            distill_weight = DEFAULT_DISTILL_WEIGHT if labels is not None or targets is not None else 1.0
-    elif recipe.feature_distill:
-        assert isinstance(opts, LoRAOptions)
-        distill_weight = opts.distill_weight
-    has_task = labels is not None or targets is not None
-    needs_task = distill_weight is None or distill_weight < 1.0
-    if not has_task and needs_task:
-        if distill_weight is not None:
-            raise QuantOptionError("distill_weight",
-                                   f"distill_weight {distill_weight:g} mixes in the task loss (cross-entropy on labels, "
-                                   "or contrastive on captions), but the calibration images have neither",
-                                   "use distill_weight: 1 (the FP32 model's outputs alone)")
-        raise QuantOptionError("method",
-                               f"method '{config.method}' trains on the class labels (or captions) of the calibration "
-                               "images, and none were given", "use method 'qat_distill' (it can learn from the FP32 "
-                               "model's outputs alone) or a dataset with labels")
+    distill_weight = _distill_weight(recipe, opts, has_task=labels is not None or targets is not None)
+    _check_task(config, distill_weight, has_task=labels is not None or targets is not None)
     if calibration.shape[0] == 0:
         raise calibration_error(config.method, "train on")
 
@@ -842,6 +823,37 @@ def run_qat(
     for name, value in record.items():
         setattr(qmodel, name, value)  # plain attributes (nn.Module.__setattr__ is typed for tensors and modules)
     return qmodel
+
+
+def _distill_weight(recipe: Recipe, opts: QATOptions, *, has_task: bool) -> float | None:
+    """The weight of the distillation loss (None: the recipe does not distill). Distill variants
+    without a stated weight use :data:`DEFAULT_DISTILL_WEIGHT` when there is a task loss to mix
+    with, and the FP32 model's outputs alone (1.0) when there is none."""
+    if recipe.distill:
+        assert isinstance(opts, DistillOptions)
+        if opts.distill_weight is not None:
+            return opts.distill_weight
+        return DEFAULT_DISTILL_WEIGHT if has_task else 1.0
+    if recipe.feature_distill:
+        assert isinstance(opts, LoRAOptions)
+        return opts.distill_weight
+    return None
+
+
+def _check_task(config: QuantConfig, distill_weight: float | None, *, has_task: bool) -> None:
+    """Refuse a recipe whose loss needs labels or captions when the calibration images have neither."""
+    needs_task = distill_weight is None or distill_weight < 1.0
+    if has_task or not needs_task:
+        return
+    if distill_weight is not None:
+        raise QuantOptionError("distill_weight",
+                               f"distill_weight {distill_weight:g} mixes in the task loss (cross-entropy on labels, "
+                               "or contrastive on captions), but the calibration images have neither",
+                               "use distill_weight: 1 (the FP32 model's outputs alone)")
+    raise QuantOptionError("method",
+                           f"method '{config.method}' trains on the class labels (or captions) of the calibration "
+                           "images, and none were given", "use method 'qat_distill' (it can learn from the FP32 "
+                           "model's outputs alone) or a dataset with labels")
 
 
 def _logit_scale(model: nn.Module) -> Tensor:

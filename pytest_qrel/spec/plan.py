@@ -16,12 +16,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from .quantizer_ref import QuantizerRef
 from .schema import FP32, HELDOUT, MEAN_OOD, REPORT_ONLY, CheckSpec, Suite, mean_members
 
 
 def base_quantizer(quantizer: str) -> str:
-    """``"W8A8-qat+temperature"`` -> ``"W8A8-qat"`` (post-hoc steps dropped)."""
-    return quantizer.split("+", 1)[0]
+    """``"W8A8-qat+temperature"`` -> ``"W8A8-qat"`` (seed and post-hoc steps dropped)."""
+    return QuantizerRef.parse(quantizer).base
 
 
 @dataclass(frozen=True)
@@ -43,19 +44,23 @@ class PlannedCheck:
         return (self.quantizer,) if ref is None else (self.quantizer, ref)
 
     @property
+    def refs_read(self) -> tuple[QuantizerRef, ...]:
+        """:attr:`quantizers_read`, parsed."""
+        return tuple(QuantizerRef.parse(q) for q in self.quantizers_read)
+
+    @property
     def units(self) -> tuple[tuple[str, str], ...]:
         """The units ``(model, base quantizer)`` this check reads; FP32 variants come from the baseline."""
         out = []
-        for q in self.quantizers_read:
-            base = base_quantizer(q)
-            if base != FP32 and (self.model, base) not in out:
-                out.append((self.model, base))
+        for ref in self.refs_read:
+            if not ref.is_fp32 and (self.model, ref.base) not in out:
+                out.append((self.model, ref.base))
         return tuple(out)
 
     @property
     def posthoc(self) -> tuple[str, ...]:
         """Post-hoc quantizer names this check reads (``W8A8+temperature``), FP32 ones excluded."""
-        return tuple(q for q in self.quantizers_read if "+" in q and base_quantizer(q) != FP32)
+        return tuple(str(r) for r in self.refs_read if r.steps and not r.is_fp32)
 
     @property
     def datasets(self) -> tuple[str, ...]:
@@ -69,7 +74,7 @@ class PlannedCheck:
             names = list(dict.fromkeys(suite.pairs[self.dataset]))
         else:
             names = [suite.id_dataset.name, *(mean_members(self.dataset, list(suite.ood_datasets)) or [self.dataset])]
-        if any("+" in q for q in self.quantizers_read):
+        if any(r.steps for r in self.refs_read):
             names.append(HELDOUT)
         return tuple(names)
 

@@ -292,17 +292,28 @@ class _Plan:
         return term
 
 
-def _side_terms(plan: _Plan, req: IntervalRequest, side: int, kind: str) -> list[tuple]:
-    """The terms whose values make one side's value: one per dataset, averaged (for pair metrics
-    ``[top1 on common, top1 on counter]``, subtracted)."""
-    if kind == "id":
-        return [plan.id_term(side, d, req.metric) for d in req.datasets]
-    if kind == "pair":
-        common, counter = req.datasets
-        return [plan.id_term(side, common, "top1"), plan.id_term(side, counter, "top1")]
+def _id_side(plan: _Plan, req: IntervalRequest, side: int) -> list[tuple]:
+    return [plan.id_term(side, d, req.metric) for d in req.datasets]
+
+
+def _pair_side(plan: _Plan, req: IntervalRequest, side: int) -> list[tuple]:
+    common, counter = req.datasets
+    return [plan.id_term(side, common, "top1"), plan.id_term(side, counter, "top1")]
+
+
+def _ood_side(plan: _Plan, req: IntervalRequest, side: int) -> list[tuple]:
     if req.score is None or req.id_dataset is None:
         raise ValueError(f"OOD metric '{req.metric}' needs a score and the ID dataset")
     return [plan.ood_term(side, req.score, req.id_dataset, d, req.metric, req.conventions) for d in req.datasets]
+
+
+_SIDE_TERMS = {"id": _id_side, "pair": _pair_side, "ood": _ood_side}
+"""Metric kind -> the terms whose values make one side's value: one per dataset, averaged (for pair
+metrics ``[top1 on common, top1 on counter]``, subtracted)."""
+
+
+def _side_terms(plan: _Plan, req: IntervalRequest, side: int, kind: str) -> list[tuple]:
+    return _SIDE_TERMS.get(kind, _ood_side)(plan, req, side)
 
 
 def _term_sets(term: tuple) -> tuple[str, ...]:
@@ -416,6 +427,91 @@ def _compared(kind: Kind, unit: str, value: np.ndarray, fp32: np.ndarray | None,
     return 100.0 * delta if unit == "pp" else delta
 
 
+@dataclass(frozen=True, eq=False)
+class _Prepared:
+    """One request, planned: its metric's registry entry, kind (``id`` / ``ood`` / ``pair`` /
+    ``spectral``), the bound's quantity kind and unit, its terms per side (``None``: no interval,
+    ``note`` says why)."""
+
+    req: IntervalRequest
+    meta: Mapping[str, Any]
+    kind: str
+    rkind: Kind
+    unit: str
+    terms: dict[str, list[list[tuple]]] | None
+    note: str
+
+    @property
+    def hib(self) -> bool:
+        return bool(self.meta["higher_is_better"])
+
+    def used(self) -> set[str]:
+        """The datasets the request's terms read."""
+        assert self.terms is not None
+        return {d for sides in self.terms.values() for side in sides for t in side for d in _term_sets(t)}
+
+
+def _prepare(plan: _Plan, req: IntervalRequest) -> _Prepared:
+    """Check ``req`` and plan the terms of each side (quantized seeds, FP32, reference seeds)."""
+    from ..metrics import METRICS
+
+    meta = METRICS.meta(req.metric)
+    kind = meta["kind"]
+    rkind, unit = _kind_unit(req.bound)
+    if not req.quantized:
+        raise ValueError("a request needs the quantized arrays (one mapping per seed)")
+    if req.fp32 is None and rkind != "value":
+        raise ValueError(f"a {rkind} interval needs the FP32 arrays")
+    if rkind.startswith("ref") and not req.ref:
+        raise ValueError("a bound against another quantizer needs its arrays (ref=...)")
+    if kind == "spectral" or (kind == "id" and req.metric not in WEIGHTED_ID):
+        return _Prepared(req, meta, kind, rkind, unit, None, f"{req.metric} has no per-sample form, so no interval")
+    if kind == "pair" and len(req.datasets) != 2:
+        raise ValueError("a pair metric reads (common, counter)")
+    terms = {
+        "q": [_side_terms(plan, req, plan.side(s), kind) for s in req.quantized],
+        "fp32": [_side_terms(plan, req, plan.side(req.fp32), kind)] if req.fp32 is not None else [],
+        "ref": [_side_terms(plan, req, plan.side(s), kind) for s in req.ref],
+    }
+    return _Prepared(req, meta, kind, rkind, unit, terms, "")
+
+
+def _studentizes(p: _Prepared, plan: _Plan) -> bool:
+    """An OOD request whose metric has an influence form, on sets below :data:`STUDENTIZE_BELOW`."""
+    return (
+        p.terms is not None and p.kind == "ood" and influence_key(p.req.metric, p.req.conventions) in WEIGHTED_INFLUENCE
+        and all(MIN_SAMPLES <= plan.n[d] < STUDENTIZE_BELOW for d in p.used())
+    )
+
+
+def _resample(
+    prepared: list[_Prepared], plan: _Plan, evaluate: _Evaluator, student: Mapping[int, tuple[Any, dict[str, np.ndarray]]],
+    resamples: int, seed: int,
+) -> dict[tuple, np.ndarray]:
+    """Every term on every resample, chunk by chunk (each dataset's counts drawn once per chunk);
+    the studentized requests' per-resample variances go into ``student[i][1]``."""
+    resampled: set[str] = set()
+    for p in prepared:
+        if p.terms is not None and all(plan.n[d] >= MIN_SAMPLES for d in p.used()):
+            resampled |= p.used()
+    values: dict[tuple, np.ndarray] = {}
+    if not resampled:
+        return values
+    rows = _chunk_rows(max(plan.n[d] for d in resampled))
+    for start in range(0, resamples, rows):
+        stop = min(resamples, start + rows)
+        counts = {d: counts_chunk(seed, d, plan.n[d], start, stop) for d in sorted(resampled)}
+        chunk = evaluate(counts)
+        for term, vals in chunk.items():
+            if term[0] != "influence":
+                values.setdefault(term, np.empty((resamples, *vals.shape[1:])))[start:stop] = vals
+        for i, (_, per_resample) in student.items():
+            p = prepared[i]
+            for which, v in _student_variance(p.terms, chunk, counts, p.rkind, p.unit, p.hib).items():
+                per_resample.setdefault(which, np.empty(resamples))[start:stop] = v
+    return values
+
+
 def paired_intervals(
     requests: Sequence[IntervalRequest],
     *,
@@ -434,75 +530,23 @@ def paired_intervals(
         ValueError: bad ``resamples`` / ``level``, arrays missing or of different lengths across
             sides, unknown metric names.
     """
-    from ..metrics import METRICS
-
     if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 10:
         raise ValueError(f"resamples must be an integer >= 10, got {resamples!r}")
     _check_level(level)
     plan = _Plan()
-    prepared = []
-    for req in requests:
-        meta = METRICS.meta(req.metric)
-        kind = meta["kind"]
-        rkind, unit = _kind_unit(req.bound)
-        if not req.quantized:
-            raise ValueError("a request needs the quantized arrays (one mapping per seed)")
-        if req.fp32 is None and rkind != "value":
-            raise ValueError(f"a {rkind} interval needs the FP32 arrays")
-        if rkind.startswith("ref") and not req.ref:
-            raise ValueError("a bound against another quantizer needs its arrays (ref=...)")
-        note, terms = "", None
-        if kind == "spectral" or (kind == "id" and req.metric not in WEIGHTED_ID):
-            note = f"{req.metric} has no per-sample form, so no interval"
-        elif kind == "pair" and len(req.datasets) != 2:
-            raise ValueError("a pair metric reads (common, counter)")
-        else:
-            terms = {
-                "q": [_side_terms(plan, req, plan.side(s), kind) for s in req.quantized],
-                "fp32": [_side_terms(plan, req, plan.side(req.fp32), kind)] if req.fp32 is not None else [],
-                "ref": [_side_terms(plan, req, plan.side(s), kind) for s in req.ref],
-            }
-        prepared.append((req, meta, kind, rkind, unit, terms, note))
-
+    prepared = [_prepare(plan, req) for req in requests]
     evaluate = _Evaluator(plan, seed)
-
-    def used(terms: Mapping[str, list]) -> set[str]:
-        return {d for sides in terms.values() for side in sides for t in side for d in _term_sets(t)}
-
-    datasets = sorted(plan.n)
-    ones = {d: np.concatenate([np.ones((plan.n[d], 1), DTYPE), [[0.0], [TINY]]]).astype(DTYPE) for d in datasets}
+    ones = {d: np.concatenate([np.ones((plan.n[d], 1), DTYPE), [[0.0], [TINY]]]).astype(DTYPE) for d in sorted(plan.n)}
     point = evaluate(ones)
-    student: dict[int, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = {  # requests with a studentized interval: their variances, on the full data and per resample
-        i: (_student_variance(terms, point, ones, rkind, unit, bool(meta["higher_is_better"])), {})
-        for i, (req, meta, kind, rkind, unit, terms, note) in enumerate(prepared)
-        if terms is not None and kind == "ood" and influence_key(req.metric, req.conventions) in WEIGHTED_INFLUENCE
-        and all(MIN_SAMPLES <= plan.n[d] < STUDENTIZE_BELOW for d in used(terms))
+    student: dict[int, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = {  # variances on the full data and per resample
+        i: (_student_variance(p.terms, point, ones, p.rkind, p.unit, p.hib), {})
+        for i, p in enumerate(prepared) if _studentizes(p, plan)
     }
     evaluate.influence = bool(student)  # the resamples need influence values only where a request studentizes
-
-    resampled: set[str] = set()
-    for req, meta, kind, rkind, unit, terms, note in prepared:
-        if terms is not None and all(plan.n[d] >= MIN_SAMPLES for d in used(terms)):
-            resampled |= used(terms)
-    values: dict[tuple, np.ndarray] = {}
-    if resampled:
-        rows = _chunk_rows(max(plan.n[d] for d in resampled))
-        for start in range(0, resamples, rows):
-            stop = min(resamples, start + rows)
-            counts = {d: counts_chunk(seed, d, plan.n[d], start, stop) for d in sorted(resampled)}
-            chunk = evaluate(counts)
-            for term, vals in chunk.items():
-                if term[0] != "influence":
-                    values.setdefault(term, np.empty((resamples, *vals.shape[1:])))[start:stop] = vals
-            if student:
-                for i, (_, per_resample) in student.items():
-                    req, meta, kind, rkind, unit, terms, note = prepared[i]
-                    for which, v in _student_variance(terms, chunk, counts, rkind, unit, bool(meta["higher_is_better"])).items():
-                        per_resample.setdefault(which, np.empty(resamples))[start:stop] = v
-
+    values = _resample(prepared, plan, evaluate, student, resamples, seed)
     out = []
-    for i, (req, meta, kind, rkind, unit, terms, note) in enumerate(prepared):
-        res = _summarise(req, meta, kind, rkind, unit, terms, note, plan, evaluate.statics, point, values, resamples, level, seed)
+    for i, p in enumerate(prepared):
+        res = _summarise(p, plan, evaluate.statics, point, values, resamples, level, seed)
         if i in student and res.compared_draws is not None:
             _studentize(res, student[i][1], student[i][0])  # variances: (full data, per resample)
         out.append(res)
@@ -567,81 +611,109 @@ def _studentize(res: PairedInterval, se_draws: Mapping[str, np.ndarray], se_full
         res.method = "studentized"
 
 
-def _summarise(req, meta, kind, rkind, unit, terms, note, plan, statics, point, values, resamples, level, seed) -> PairedInterval:
-    hib = bool(meta["higher_is_better"])
-    base = PairedInterval(
-        metric=req.metric, kind=rkind, unit=unit, level=level, resamples=resamples, seed=seed,
-        value=None, fp32=None, ref_value=None, delta=None, compared=None, note=note,
-    )
-    if terms is None:
-        return base
-    sets = sorted({d for sides in terms.values() for side in sides for t in side for d in _term_sets(t)})
-    base.n = {d: plan.n[d] for d in sets}
+def _side_values(terms: Mapping[str, list], source: Mapping[tuple, np.ndarray], which: str, kind: str) -> np.ndarray | None:
+    """One side's value (mean over its seeds of the combined terms), on the full data or per resample."""
+    sides = terms[which]
+    if not sides:
+        return None
+    return np.mean([_combine(source, s, kind) for s in sides], axis=0)
 
-    def side_values(source: Mapping[tuple, np.ndarray], which: str) -> np.ndarray | None:
-        sides = terms[which]
-        if not sides:
-            return None
-        return np.mean([_combine(source, s, kind) for s in sides], axis=0)
 
-    pv, pf, pr = (side_values(point, w) for w in ("q", "fp32", "ref"))
-    assert pv is not None  # every term has a quantized side
+def _set_point(base: PairedInterval, p: _Prepared, point: Mapping[tuple, np.ndarray]) -> None:
+    """The point values (full data) of every side, the delta and the compared quantity."""
+    assert p.terms is not None
+    pv, pf, pr = (_side_values(p.terms, point, w, p.kind) for w in ("q", "fp32", "ref"))
+    assert pv is not None  # every request has the quantized side
     base.value = float(pv[0])
     base.fp32 = None if pf is None else float(pf[0])
     base.ref_value = None if pr is None else float(pr[0])
     if pf is not None:
-        base.delta = float(_signed(pf, pv, hib)[0])
-    base.compared = float(_compared(rkind, unit, pv, pf, pr, hib)[0])
+        base.delta = float(_signed(pf, pv, p.hib)[0])
+    base.compared = float(_compared(p.rkind, p.unit, pv, pf, pr, p.hib)[0])
 
-    small = [d for d in sets if plan.n[d] < MIN_SAMPLES]
-    if small:
-        base.note = "; ".join(
-            f"'{d}' has {plan.n[d]} sample{'s' if plan.n[d] != 1 else ''}: no interval "
-            f"(a bootstrap needs at least {MIN_SAMPLES} samples per set)"
-            for d in small
+
+def _small_sets_note(plan: _Plan, sets: list[str]) -> str:
+    return "; ".join(
+        f"'{d}' has {plan.n[d]} sample{'s' if plan.n[d] != 1 else ''}: no interval "
+        f"(a bootstrap needs at least {MIN_SAMPLES} samples per set)"
+        for d in sets if plan.n[d] < MIN_SAMPLES
+    )
+
+
+def _set_ece_bounds(base: PairedInterval, p: _Prepared, values: Mapping[tuple, np.ndarray], notes: list[str]) -> None:
+    """ECE: the interval from the over- and under-estimators (:mod:`.ece`), not the percentile one."""
+    assert p.terms is not None
+    base.method = ece.ECE_METHOD
+    base.delta_bounds, base.compared_bounds = _ece_bounds(p.terms, values, p.rkind, p.unit)
+    if base.delta_bounds is not None:
+        base.delta_ci = base.delta_bounds.interval(base.level)
+    base.compared_ci = base.compared_bounds.interval(base.level)
+    if p.rkind == "delta" and p.unit == "%" and base.compared_ci is not None and not np.isfinite(base.compared_ci[1]):
+        notes.append(
+            "FP32's ECE cannot be told from 0 on some resamples (its under-estimate is 0 there), so a relative "
+            "ECE delta has no upper bound at this sample size; bound it in pp instead"
         )
-        return base
-    rv, rf, rr = (side_values(values, w) for w in ("q", "fp32", "ref"))
-    assert rv is not None  # every term has a quantized side
+
+
+def _draw_notes(base: PairedInterval, p: _Prepared, rf: np.ndarray | None, plan: _Plan, sets: list[str]) -> list[str]:
+    """What a reader must know about the draws: undefined resamples, FP32 at 0 under a relative
+    bound, zero width, few samples."""
     notes = []
-    if rf is not None:
-        base.delta_draws = _signed(rf, rv, hib)
-        base.delta_ci = percentile_interval(base.delta_draws, level)
-    base.compared_draws = _compared(rkind, unit, rv, rf, rr, hib)
-    base.compared_ci = percentile_interval(base.compared_draws, level)
-    if req.metric == "ece" and kind == "id":
-        base.method = ece.ECE_METHOD
-        base.delta_bounds, base.compared_bounds = _ece_bounds(terms, values, rkind, unit)
-        if base.delta_bounds is not None:
-            base.delta_ci = base.delta_bounds.interval(level)
-        base.compared_ci = base.compared_bounds.interval(level)
-        if rkind == "delta" and unit == "%" and base.compared_ci is not None and not np.isfinite(base.compared_ci[1]):
-            notes.append(
-                "FP32's ECE cannot be told from 0 on some resamples (its under-estimate is 0 there), so a relative "
-                "ECE delta has no upper bound at this sample size; bound it in pp instead"
-            )
     if base.compared_ci is None:
-        notes.append(f"{req.metric} is undefined on some resamples, so no interval")
-    if rkind == "delta" and unit == "%" and rf is not None:
+        notes.append(f"{p.req.metric} is undefined on some resamples, so no interval")
+    if p.rkind == "delta" and p.unit == "%" and rf is not None:
         zero = int((rf == 0).sum())
         if zero or base.fp32 == 0:
-            where = f"on {zero} of {resamples} resamples" + (" and on the full data" if base.fp32 == 0 else "")
+            where = f"on {zero} of {base.resamples} resamples" + (" and on the full data" if base.fp32 == 0 else "")
             notes.append(
-                f"FP32 {req.metric} is 0 {where}, where a relative (%) delta is undefined (0 if equal, "
+                f"FP32 {p.req.metric} is 0 {where}, where a relative (%) delta is undefined (0 if equal, "
                 "+/-inf otherwise); bound it in pp or absolute units instead"
             )
     draws = base.compared_draws
+    assert draws is not None
     if base.compared_ci is not None and np.isfinite(draws).all() and np.ptp(draws) == 0:
-        what = "value" if rkind == "value" else "delta"
+        what = "value" if p.rkind == "value" else "delta"
         notes.append(f"the {what} is the same on every resample (e.g. constant scores), so the interval has zero width")
     few = [d for d in sets if plan.n[d] < FEW_SAMPLES]
     if few:
         notes.append(f"only {' and '.join(f'{plan.n[d]} samples in {d}' for d in few)}: the interval is a rough guide")
-    if req.metric == "auroc" and rkind != "value" and not req.ref:
-        delong = _delong(req, plan, statics, level, notes)
+    return notes
+
+
+def _summarise(
+    p: _Prepared, plan: _Plan, statics: Mapping[tuple, OodStatic], point: Mapping[tuple, np.ndarray],
+    values: Mapping[tuple, np.ndarray], resamples: int, level: float, seed: int,
+) -> PairedInterval:
+    """The :class:`PairedInterval` of one prepared request from the point values and the draws."""
+    base = PairedInterval(
+        metric=p.req.metric, kind=p.rkind, unit=p.unit, level=level, resamples=resamples, seed=seed,
+        value=None, fp32=None, ref_value=None, delta=None, compared=None, note=p.note,
+    )
+    if p.terms is None:
+        return base
+    sets = sorted(p.used())
+    base.n = {d: plan.n[d] for d in sets}
+    _set_point(base, p, point)
+    small = _small_sets_note(plan, sets)
+    if small:
+        base.note = small
+        return base
+    rv, rf, rr = (_side_values(p.terms, values, w, p.kind) for w in ("q", "fp32", "ref"))
+    assert rv is not None
+    notes: list[str] = []
+    if rf is not None:
+        base.delta_draws = _signed(rf, rv, p.hib)
+        base.delta_ci = percentile_interval(base.delta_draws, level)
+    base.compared_draws = _compared(p.rkind, p.unit, rv, rf, rr, p.hib)
+    base.compared_ci = percentile_interval(base.compared_draws, level)
+    if p.req.metric == "ece" and p.kind == "id":
+        _set_ece_bounds(base, p, values, notes)
+    notes += _draw_notes(base, p, rf, plan, sets)
+    if p.req.metric == "auroc" and p.rkind != "value" and not p.req.ref:
+        delong = _delong(p.req, plan, statics, level, notes)
         if delong is not None:
             base.delong_ci, base.delong_se = (delong.low, delong.high), delong.se
-    base.note = "; ".join([n for n in [note, *notes] if n])
+    base.note = "; ".join([n for n in [p.note, *notes] if n])
     return base
 
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from ..metric_table import MetricQuery
 from ..spec.plan import PlannedCheck
-from ..spec.schema import FP32, mean_members
+from ..spec.schema import FP32, REPORT_ONLY
 from .bootstrap import IntervalRequest, PairedInterval, SampleArrays, paired_intervals
 
 ArraysOf = Callable[[str, str], Sequence[SampleArrays]]
@@ -24,29 +25,21 @@ ArraysOf = Callable[[str, str], Sequence[SampleArrays]]
 def request_for(planned: PlannedCheck, arrays_of: ArraysOf) -> IntervalRequest | None:
     """The :class:`IntervalRequest` of one planned check (``None`` for metrics without per-sample
     form, such as the spectral and runtime ones)."""
-    from ..metrics import METRICS
-
-    if planned.check.metric not in METRICS:  # a report-only unit: no quantity, no interval
+    if planned.check.metric == REPORT_ONLY:  # a report-only unit: no quantity, no interval
         return None
-    kind = METRICS.meta(planned.check.metric)["kind"]
-    if kind in ("spectral", "runtime"):
+    query = MetricQuery.of(planned)
+    if not query.per_sample:
         return None
     suite, bound = planned.suite, planned.check.bound
-    if kind == "pair":
-        datasets = tuple(suite.pairs[planned.dataset])
-    elif kind == "ood":
-        datasets = tuple(mean_members(planned.dataset, list(suite.ood_datasets)) or [planned.dataset])
-    else:
-        datasets = (planned.dataset,)
     fp32 = list(arrays_of(planned.model, FP32))[0]
     return IntervalRequest(
         metric=planned.check.metric,
-        datasets=datasets,
+        datasets=query.sets,
         quantized=tuple(arrays_of(planned.model, planned.quantizer)),
         fp32=fp32,
         ref=tuple(arrays_of(planned.model, bound.ref)) if bound.ref is not None else (),
         score=planned.score,
-        id_dataset=suite.id_dataset.name if kind == "ood" else None,
+        id_dataset=suite.id_dataset.name if query.kind == "ood" else None,
         conventions=suite.conventions,
         bound=bound,
     )
