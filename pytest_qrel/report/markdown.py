@@ -77,14 +77,15 @@ def _verdict_lines(b: _Builder, verdicts: Sequence[Verdict], limit: int, *, reas
     """One row per verdict (not-verified checks, expected failures): few, each with its own reason."""
     head = "| Outcome | Check | Where | Bounded | Bound | Line | Why | Report |"
     if reason:
-        head = "| Check | Where | Bounded | Bound | Line | Reason |"
+        head = "| Check | Where | Bounded | Interval | Bound | Line | Reason |"
     n_cols = head.count("|") - 1
     lines = [head, "|" + "|".join("---" for _ in range(n_cols)) + "|"]
     for v in verdicts[:limit]:
         row = b.verdict_row(v)
         line = _code(v.source) if v.source else MISSING
         if reason:
-            cells = [md_escape(row.check), md_escape(row.where), md_escape(row.shown), md_escape(row.bound), line, md_escape(row.reason or row.message)]
+            cells = [md_escape(row.check), md_escape(row.where), md_escape(row.shown), md_escape(row.ci), md_escape(row.bound), line,
+                     md_escape(row.reason or row.message)]
         else:
             cells = [row.outcome, md_escape(row.check), md_escape(row.where), md_escape(row.shown), md_escape(row.bound), line,
                      md_escape(_clip(row.message, WHY_CHARS)), _link(report_url, v, "row")]
