@@ -91,7 +91,7 @@ def per_convention(quantized: dict, fp32: dict, names: list[str], resamples: int
     print(f"  {'convention':12s} {'unit':>15s} " + " ".join(f"{m:>15s}" for m in OOD_METRICS))
     for name in names:
         reqs = requests(quantized, fp32, name)
-        row = [cpu_best(lambda: paired_intervals(reqs, resamples=resamples), repeats)]
+        row = [cpu_best(lambda: paired_intervals(reqs, resamples=resamples), repeats)]  # noqa: B023  (called here, in this iteration)
         for r in reqs[3:]:
             row.append(cpu_best(lambda r=r: paired_intervals([r], resamples=resamples), repeats))
         print(f"  {name:12s} " + " ".join(f"{b:7.3f} / {m:5.3f}" for b, m in row)

@@ -223,7 +223,8 @@ def write_baseline(
             long): one line naming the path.
     """
     buf = io.BytesIO()
-    np.savez_compressed(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    plain: dict[str, Any] = {k: np.asarray(v) for k, v in arrays.items()}  # Any: savez's **kwds, not allow_pickle
+    np.savez_compressed(buf, **plain)
     npz_bytes = buf.getvalue()
     sha = hashlib.sha256(npz_bytes).hexdigest()
     npz = path.with_name(_npz_name(model, sha))

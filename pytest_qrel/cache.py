@@ -22,6 +22,7 @@ import os
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -90,8 +91,9 @@ class OutputsCache:
 
     def put(self, key: str, arrays: Mapping[str, np.ndarray]) -> None:
         buf = io.BytesIO()
-        plain = {k: np.asarray(v) for k, v in arrays.items()}
-        np.savez(buf, **{_FORMAT: np.array(CACHE_FORMAT), _DIGEST: np.array(arrays_digest(plain))}, **plain)
+        plain: dict[str, Any] = {k: np.asarray(v) for k, v in arrays.items()}  # Any: savez's **kwds, not allow_pickle
+        header: dict[str, Any] = {_FORMAT: np.array(CACHE_FORMAT), _DIGEST: np.array(arrays_digest(plain))}
+        np.savez(buf, **header, **plain)
         try:
             atomic_write_bytes(self.path(key), buf.getvalue())
         except StorageError as exc:

@@ -105,7 +105,7 @@ def _alive(pid: int) -> bool:
 
 def remove_stray_temps(target: Path) -> list[Path]:
     """Delete temp files of ``target`` left by killed writers; returns what was removed."""
-    removed = []
+    removed: list[Path] = []
     prefix = _temp_prefix(target)
     try:
         entries = list(target.parent.iterdir())

@@ -61,6 +61,27 @@ def _pytester_rootdir(request: pytest.FixtureRequest) -> None:
         request.getfixturevalue("pytester").makeini("[pytest]\n")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tests on one torch thread: tiny matmuls gain nothing from threads, and thread
+    spinning is slow on a shared 2-core box. Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch  # not at module level: a `pytest --qrel-suite` run loads this conftest too
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def vit():
+    """The default tiny random ViT of tests/tinyvit.py, once per test module."""
+    from tinyvit import make_vit
+
+    return make_vit()
+
+
 @pytest.fixture
 def write_suite(pytester: pytest.Pytester):
     """Write ``suites/<name>.yaml`` into the pytester directory; returns its path."""

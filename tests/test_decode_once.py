@@ -88,12 +88,7 @@ def _run(engine: Engine, suite) -> list:
     return verdicts
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matmuls: one torch thread (tests/conftest.py)
 
 
 def test_each_image_is_decoded_once_per_run_and_never_again_with_the_same_cache(suite_dir, tmp_path):

@@ -16,7 +16,9 @@ from pytest_qrel.errors import SpecError, UnknownNameError
 from pytest_qrel.quantize import calibrate
 from pytest_qrel.quantize.attention import QuantAttention, replace_attention
 from pytest_qrel.spec import load_suite
-from tinyvit import make_vit, one_thread, random_images  # noqa: F401  (one_thread: autouse fixture)
+from tinyvit import make_vit, random_images
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matmuls: one torch thread (tests/conftest.py)
 
 
 def reference_rollout(attentions: list[np.ndarray], discard: float, prefix: int) -> np.ndarray:

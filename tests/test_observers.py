@@ -37,7 +37,9 @@ from pytest_qrel.quantize.observers import (
 )
 from pytest_qrel.quantize import QuantConfig
 from pytest_qrel.quantize.fakequant import FakeQuantConv2d
-from tinyvit import make_vit, one_thread, logits, quant_config, vit, random_images  # noqa: F401  (one_thread is autouse)
+from tinyvit import make_vit, logits, quant_config, random_images
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matmuls: one torch thread (tests/conftest.py)
 
 timm = pytest.importorskip("timm")
 

@@ -33,7 +33,9 @@ from pytest_qrel.quantize.qat import (
 )
 from pytest_qrel.quantize import QuantConfig
 import tinyvit
-from tinyvit import one_thread, logits, quant_config  # noqa: F401  (autouse: one torch thread for this module)
+from tinyvit import logits, quant_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matmuls: one torch thread (tests/conftest.py)
 
 timm = pytest.importorskip("timm")
 

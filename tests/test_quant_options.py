@@ -23,7 +23,9 @@ from pytest_qrel.quantize.options import (
     LinearQuantOptions,
 )
 from pytest_qrel.quantize.selection import find_head, find_patch_embed, select_modules
-from tinyvit import make_vit, one_thread, logits, quant_config, vit, random_images  # noqa: F401  (one_thread is autouse)
+from tinyvit import logits, quant_config, random_images
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matmuls: one torch thread (tests/conftest.py)
 
 timm = pytest.importorskip("timm")
 observer = pytest.importorskip("torch.ao.quantization.observer")

@@ -32,7 +32,9 @@ from pytest_qrel.quantize import (
 )
 from pytest_qrel.quantize.verify import assert_simulation_ok
 from pytest_qrel.quantize import QuantConfig, validate_quantizer
-from tinyvit import make_vit, one_thread, logits, rel_error, quant_config, vit, random_images  # noqa: F401  (one_thread is autouse)
+from tinyvit import make_vit, logits, rel_error, quant_config, random_images
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matmuls: one torch thread (tests/conftest.py)
 
 timm = pytest.importorskip("timm")
 

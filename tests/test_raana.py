@@ -26,7 +26,9 @@ from pytest_qrel.quantize.raana import (
     rabitq_quantize,
 )
 from pytest_qrel.quantize import QuantConfig
-from tinyvit import make_vit, one_thread, logits, rel_error, quant_config, vit, random_images  # noqa: F401  (one_thread is autouse)
+from tinyvit import logits, rel_error, quant_config, random_images
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matmuls: one torch thread (tests/conftest.py)
 
 timm = pytest.importorskip("timm")
 

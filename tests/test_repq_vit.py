@@ -33,9 +33,12 @@ from pytest_qrel.quantize.repq_vit import (
 )
 from pytest_qrel.quantize import QuantConfig
 
+from tinyvit import make_vit, logits, rel_error, quant_config, random_images
+
 timm = pytest.importorskip("timm")
-from timm.models.vision_transformer import Attention, VisionTransformer  # noqa: E402
-from tinyvit import make_vit, one_thread, logits, rel_error, quant_config, vit, random_images  # noqa: F401  (one_thread is autouse)
+from timm.models.vision_transformer import Attention  # noqa: E402  (after the importorskip)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matmuls: one torch thread (tests/conftest.py)
 
 N_LINEARS = 2 * 4 + 1
 OUTLIER_CHANNELS = [3, 17, 40]

@@ -10,7 +10,6 @@ import pytest
 
 from pytest_qrel import scores
 from pytest_qrel.errors import UnknownNameError
-from pytest_qrel.registry import Registry
 from pytest_qrel.scores import SCORES, compute_scores, energy, maxlogit, msp
 
 SCORE_FNS = [msp, energy, maxlogit]

@@ -8,7 +8,6 @@ import pytest
 
 from pytest_qrel import Engine, load_suite, plan
 from pytest_qrel.errors import SpecError
-from pytest_qrel.metrics import top1
 
 SUITE = """\
 name: shift

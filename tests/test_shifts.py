@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import colorsys
+import io
+import math
 import textwrap
 
 import numpy as np
@@ -10,8 +13,17 @@ import torch
 from PIL import Image
 
 import pytest_qrel
-from pytest_qrel.data import OOD_LABEL, load_dataset
-from pytest_qrel.data.shifts import CORRUPTIONS, SEVERITIES, ShiftedImageSet, corrupt
+from pytest_qrel.data import OOD_LABEL, imaging, load_dataset
+from pytest_qrel.data.shifts import (
+    CORRUPTIONS,
+    SEVERITIES,
+    ImageNetCSet,
+    ShiftedImageSet,
+    corrupt,
+    corrupt_released,
+    frost_files,
+    imagenet_c_geometry,
+)
 from pytest_qrel.errors import DataError, DataMissingError, UnknownNameError
 
 REQUIRED = ("gaussian_noise", "shot_noise", "gaussian_blur", "contrast", "jpeg")
@@ -393,10 +405,6 @@ def test_suite_with_folder_and_shifted_ood_sets_runs_through_the_engine(tmp_path
 # np.array(img) / 255 and returns np.clip(x, 0, 1) * 255 (JPEG / pixelate work on the PIL image),
 # the result is stored with Image.fromarray(np.uint8(img)).save(path, quality=85, optimize=True).
 
-import io
-
-from pytest_qrel.data.shifts import ImageNetCSet, corrupt_released, imagenet_c_geometry
-
 SEVERITY = 3
 
 
@@ -564,12 +572,6 @@ def test_shift_source_protocol_option(tmp_path):
 # Each checked against the reference's arithmetic written out here independently (loops over a few
 # pixels, colorsys, np.interp), or against a property the reference's formula implies; the
 # OpenCV / ImageMagick primitives against the libraries themselves where those are installed.
-
-import colorsys
-import math
-
-from pytest_qrel.data import imaging
-from pytest_qrel.data.shifts import frost_files
 
 
 def small_rgb(h=14, w=12, seed=0) -> np.ndarray:

@@ -22,7 +22,9 @@ from pytest_qrel.quantize.smoothquant import (
 )
 from pytest_qrel.quantize import DynamicActQuantizer, QuantConfig
 from pytest_qrel.quantize.attention import QuantAttention
-from tinyvit import make_vit, one_thread, logits, rel_error, quant_config, vit, random_images  # noqa: F401  (one_thread is autouse)
+from tinyvit import logits, rel_error, quant_config, random_images
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matmuls: one torch thread (tests/conftest.py)
 
 timm = pytest.importorskip("timm")
 

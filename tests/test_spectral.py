@@ -30,7 +30,9 @@ from pytest_qrel.spectral import (
     spectral_error,
     spectral_error_high,
 )
-from tinyvit import make_vit, one_thread  # noqa: F401  (one_thread: autouse fixture)
+from tinyvit import make_vit
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matmuls: one torch thread (tests/conftest.py)
 
 # ------------------------------------------------------------------------------ hand-computed spectra
 

@@ -30,12 +30,7 @@ checks: ["all top1 >= 0"]
 """
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matmuls: one torch thread (tests/conftest.py)
 
 
 def suite_for(tmp_path, method: str, bits: int, *, allow: bool = True, options: dict | None = None):

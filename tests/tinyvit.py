@@ -1,9 +1,9 @@
 """Shared helpers of the quantizer tests: a tiny random timm ViT, a quantizer config builder, logits
-without autograd, the relative error, and a one-thread fixture."""
+without autograd and the relative error. The fixtures built on them (``vit``, ``one_thread``) live in
+tests/conftest.py; this module stays a plain import so that helpers are not pulled in as fixtures."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 from torch import nn
 
@@ -40,18 +40,3 @@ def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
 def random_images(n: int, seed: int) -> torch.Tensor:
     """``n`` seeded standard-normal one-channel 16x16 images (N, 1, 16, 16)."""
     return torch.randn(n, 1, 16, 16, generator=torch.Generator().manual_seed(seed))
-
-
-@pytest.fixture(scope="module")
-def vit() -> nn.Module:
-    """The default tiny ViT, once per test module."""
-    return make_vit()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls gain nothing from threads, and thread spinning is slow on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

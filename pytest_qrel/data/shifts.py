@@ -263,7 +263,7 @@ def _pixelate_pil(image: Any, c: float) -> Any:
     from PIL import Image
 
     w, h = image.size
-    return image.resize((max(1, int(w * c)), max(1, int(h * c))), Image.BOX).resize((w, h), Image.BOX)
+    return image.resize((max(1, int(w * c)), max(1, int(h * c))), Image.Resampling.BOX).resize((w, h), Image.Resampling.BOX)
 
 
 @_register("jpeg_compression", (25, 18, 15, 10, 7), (80, 65, 58, 50, 40), "JPEG round trip (quality)", False, aliases=("jpeg",),
@@ -290,7 +290,7 @@ def _pixelate(x: np.ndarray, c: float, rng: np.random.Generator) -> np.ndarray:
     out = np.empty_like(x)
     for ch in range(x.shape[0]):
         im = Image.fromarray(x[ch].astype(np.float32), mode="F")
-        out[ch] = np.asarray(im.resize(small, Image.BOX).resize((w, h), Image.BOX), dtype=np.float64)
+        out[ch] = np.asarray(im.resize(small, Image.Resampling.BOX).resize((w, h), Image.Resampling.BOX), dtype=np.float64)
     return out
 
 
@@ -609,7 +609,7 @@ def corrupt(image: Any, name: str, severity: int, seed: int | Sequence[int] = 0,
         raise DataError(f"corruption '{name}' needs a float image with values in [0, 1]; got dtype {image.dtype}")
     if arr.size and (arr.min() < -1e-6 or arr.max() > 1 + 1e-6 or not np.isfinite(arr).all()):
         raise DataError(f"corruption '{name}' needs values in [0, 1]; got [{arr.min():.3g}, {arr.max():.3g}]")
-    rng = np.random.default_rng(list(seed) if isinstance(seed, (list, tuple)) else int(seed))
+    rng = np.random.default_rng(list(seed) if isinstance(seed, Sequence) else int(seed))
     out = np.clip(entry.op(np.clip(arr, 0.0, 1.0), entry.parameter(severity, table), rng, **extras), 0.0, 1.0).astype(np.float32)
     if is_tensor:
         import torch
@@ -703,7 +703,7 @@ class ShiftedImageSet:
         if self.resize:
             w, h = image.size
             scale = self.resize / min(w, h)
-            image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
+            image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR)
         if self.crop:
             w, h = image.size
             left, top = int(round((w - self.crop) / 2.0)), int(round((h - self.crop) / 2.0))
@@ -788,7 +788,7 @@ def imagenet_c_geometry(image: Any, resize: int = IMAGENET_C_RESIZE, crop: int =
     else:
         size = (int(resize * w / h), resize)
     if size != (w, h):
-        image = image.resize(size, Image.BILINEAR)
+        image = image.resize(size, Image.Resampling.BILINEAR)
     w, h = image.size
     if crop > w or crop > h:
         raise DataError(f"ImageNet-C geometry: crop {crop} is larger than the resized image ({w}x{h})")
@@ -815,7 +815,7 @@ def corrupt_released(image: Any, name: str, severity: int, seed: int | Sequence[
     if entry.pil_op is not None:
         out = entry.pil_op(image, c)
     else:
-        rng = np.random.default_rng(list(seed) if isinstance(seed, (list, tuple)) else int(seed))
+        rng = np.random.default_rng(list(seed) if isinstance(seed, Sequence) else int(seed))
         x = np.moveaxis(np.asarray(image, dtype=np.float64) / 255.0, -1, 0)
         y = np.clip((entry.released_op or entry.op)(x, c, rng, **extras), 0.0, 1.0) * 255.0
         out = Image.fromarray(np.moveaxis(y, 0, -1).astype(np.uint8), mode="RGB")  # astype: floor, as np.uint8()

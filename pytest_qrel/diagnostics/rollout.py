@@ -24,7 +24,7 @@ output is unchanged up to float rounding), for the project's
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -39,7 +39,7 @@ _ROUND = 4
 
 
 def _fuse(attn: np.ndarray, head_fusion: str) -> np.ndarray:
-    fusions = {"max": np.max, "mean": np.mean, "min": np.min}
+    fusions: dict[str, Callable[..., np.ndarray]] = {"max": np.max, "mean": np.mean, "min": np.min}
     if head_fusion not in fusions:
         raise ValueError(f"head_fusion must be one of {', '.join(fusions)}, got {head_fusion!r}")
     return fusions[head_fusion](attn, axis=1)
@@ -77,7 +77,7 @@ def rollout(
         fused = _fuse(arr, head_fusion)
         if k > 0:
             flat = fused.reshape(b, n * n)
-            order = np.argsort(flat, axis=1, kind="stable")[:, :k]
+            order: np.ndarray | list[np.ndarray] = np.argsort(flat, axis=1, kind="stable")[:, :k]
             if num_prefix_tokens > 0:  # keep the class token's attention to itself
                 order = [row[row != 0] for row in order]
             for i, idx in enumerate(order):

@@ -620,6 +620,7 @@ class Engine:
                 section = metrics["id"] if p.dataset == suite.id_dataset.name else metrics["shifted"][p.dataset]
                 return float(section[p.check.metric])
             sets = mean_members(p.dataset, list(suite.ood_datasets)) or [p.dataset]
+            assert p.score is not None  # an OOD check names its score
             for d in sets:
                 if errors and (p.score, d) in errors:
                     raise NumericsError(errors[(p.score, d)])

@@ -302,8 +302,9 @@ class Runner:
     def _loader(self, fn: Callable[[int], Any], n: int, batch_size: int, workers: int, ds: Any = None, what: str = "") -> Any:
         import torch
 
+        samples: Any = _Samples(fn, n)  # a map-style dataset by duck typing (this module does not import torch)
         loader = torch.utils.data.DataLoader(
-            _Samples(fn, n),
+            samples,
             batch_size=batch_size,
             shuffle=False,
             num_workers=workers,

@@ -196,8 +196,9 @@ class UnitComputer:
         for attr in ("qat_steps", "qat_options"):
             if hasattr(module, attr):
                 info[attr] = getattr(module, attr)
-        if hasattr(module, "qat_losses"):
-            info["qat_losses"] = len(module.qat_losses)
+        losses = getattr(module, "qat_losses", None)
+        if losses is not None:
+            info["qat_losses"] = len(losses)
         if spec.verify:
             from ..quantize import verify_simulation
 
@@ -394,6 +395,7 @@ class UnitComputer:
         labels = np.asarray(held.labels, dtype=np.int64)
         for steps in chains:
             logits = result.logits
+            assert logits is not None  # keep_logits=True
             for i, step in enumerate(steps):
                 v = variant_name(steps[: i + 1])
                 if v not in out.params:

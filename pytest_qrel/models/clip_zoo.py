@@ -173,6 +173,9 @@ class ZeroShotCLIP(nn.Module):
         linear_attention: convert attention and the output projection to ``nn.Linear`` layers.
     """
 
+    class_text_features: torch.Tensor  # buffers registered in __init__ (declared: nn.Module attributes
+    logit_scale: torch.Tensor  # type as `Tensor | Module`)
+
     def __init__(
         self, visual: nn.Module, class_text_features: torch.Tensor, logit_scale: float, *, linear_attention: bool = True
     ) -> None:
@@ -186,7 +189,7 @@ class ZeroShotCLIP(nn.Module):
                 linear = nn.Linear(proj.shape[0], proj.shape[1], bias=False).to(proj.dtype)
                 with torch.no_grad():
                     linear.weight.copy_(proj.detach().T)
-                visual.proj = None  # the tower now returns the pooled token; self.proj projects it
+                visual.register_parameter("proj", None)  # (visual.proj = None) the tower now returns the pooled token; self.proj projects it
                 self.proj = linear
         text = F.normalize(class_text_features.detach().float(), dim=-1)
         self.register_buffer("class_text_features", text.clone())

@@ -77,7 +77,7 @@ class GreyNormalize:
             import torch
             from PIL import Image
 
-            grey = image.convert("L").resize((self.size, self.size), Image.BILINEAR)
+            grey = image.convert("L").resize((self.size, self.size), Image.Resampling.BILINEAR)
             image = torch.from_numpy(np.asarray(grey, dtype=np.float32) / 255.0).unsqueeze(0)
         shape = tuple(getattr(image, "shape", ()))
         if len(shape) < 3 or shape[-3:] != (1, self.size, self.size):

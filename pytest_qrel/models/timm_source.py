@@ -455,6 +455,7 @@ class TimmPreprocess:
         at = next((i for i, t in enumerate(steps) if type(t).__name__ == "Normalize"), None)
         if at is None or self._split is None or self._split > at:
             return None
+        split = self._split
         from torchvision.transforms import Compose
 
         head, tail = Compose(steps[:at]), Compose(steps[at:])
@@ -464,10 +465,10 @@ class TimmPreprocess:
                 mode = {1: "L", 3: "RGB"}.get(self.in_chans)
                 return head(image.convert(mode) if mode is not None and image.mode != mode else image).clamp(0.0, 1.0)
             x = self._channels(image.float())
-            for t in steps[: self._split]:
+            for t in steps[:split]:
                 x = t(x)
             x = x.clamp(0.0, 1.0)
-            for t in steps[self._split + 1 : at]:
+            for t in steps[split + 1 : at]:
                 x = t(x)
             return x
 

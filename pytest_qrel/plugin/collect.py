@@ -67,7 +67,8 @@ class SuiteFile(pytest.File):
         suite = load_suite(relative(self.path, self.config.invocation_params.dir))
         from ..baselines import claim_baseline_folder  # two suites with one name would share one baseline folder
 
-        claim_baseline_folder(self.config.stash.setdefault(BASELINE_FOLDERS, {}), suite.name, suite.path)
+        folders = self.config.stash.setdefault(BASELINE_FOLDERS, {})
+        claim_baseline_folder(folders, suite.name, suite.path)
         planned = plan(suite)
         state = self.config.stash[STATE]
         state.planned[suite.name] = state.planned.get(suite.name, 0) + len(planned)

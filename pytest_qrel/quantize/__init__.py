@@ -56,7 +56,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = [
+__all__ = [  # noqa: PLE0604  (*_LAZY below adds the dict's keys: strings)
     "QUANTIZERS",
     "Option",
     "QuantConfig",
@@ -65,5 +65,5 @@ __all__ = [
     "quantize",
     "validate_bits",
     "validate_quantizer",
-    *_LAZY,
+    *_LAZY,  # the lazily imported names: strings, the keys of _LAZY
 ]

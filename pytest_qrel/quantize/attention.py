@@ -102,6 +102,8 @@ class LogSqrt2Quantizer(QuantModule):
     Buffer ``scale`` (float32, 0-dim).
     """
 
+    scale: Tensor  # the buffer registered in __init__ (declared: nn.Module attributes type as `Tensor | Module`)
+
     def __init__(
         self,
         bits: int,
@@ -250,7 +252,7 @@ class QuantAttention(nn.Module):
 
     def __init__(
         self,
-        attn: nn.Module,
+        attn: Any,  # timm's Attention, or an object with its attributes (read by name)
         *,
         act_bits: int | None,
         act_quantizer: QuantizerFactory = ActQuantizer,

@@ -243,6 +243,8 @@ class QuantModule(nn.Module):
     idempotent.
     """
 
+    _qrel_compiled: bool = False  # set by the engine's --qrel-compile once it has compiled `forward`
+
     def observe(self) -> None:
         """Start observing: forward passes now collect statistics and do not quantize."""
 
@@ -270,6 +272,12 @@ class ActQuantizer(QuantModule):
     uses_compiled_kernel = True
     """Its ``forward`` calls :func:`compiled_fake_quantize` when ``compiled`` is set (a subclass
     with a forward of its own that does not sets this to False)."""
+
+    # Buffers (register_buffer below), declared so that type checkers see tensors, not `Tensor | Module`.
+    min_val: Tensor
+    max_val: Tensor
+    scale: Tensor
+    zero_point: Tensor
 
     def __init__(self, bits: int, *, symmetric: bool = False) -> None:
         super().__init__()
@@ -402,7 +410,7 @@ class _FakeQuantWeighted(QuantModule):
 
     def _take_weights(
         self,
-        layer: nn.Module,
+        layer: nn.Linear | nn.Conv2d,
         weight_bits: int | None,
         act_bits: int | None,
         weight_quantizer: WeightQuantizer,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..runtimes.identity import artifact_identity, runtime_identity
 from .base import QUANTIZERS, lazy_method
 from .options import (
     DistillOptions,
@@ -22,6 +23,13 @@ from .options import (
     RaanAOptions,
     RepQOptions,
     SmoothQuantOptions,
+)
+from .runtime_options import (
+    ArtifactOptions,
+    OnnxRuntimeOptions,
+    OpenVinoOptions,
+    RuntimeOptions,
+    TorchAoOptions,
 )
 
 
@@ -64,14 +72,6 @@ _add("qat_lora", "qat:qat_method", LoRAOptions,
 # Runtimes (pytest_qrel.runtimes): the deployed side. Each builds or loads an int8 artifact and
 # returns a module carrying its identity and census; ``identity`` goes into the outputs cache key
 # without building anything, ``bind`` resolves paths against the suite file.
-from ..runtimes.identity import artifact_identity, runtime_identity
-from .runtime_options import (
-    ArtifactOptions,
-    OnnxRuntimeOptions,
-    OpenVinoOptions,
-    RuntimeOptions,
-    TorchAoOptions,
-)
 
 
 def _add_runtime(name: str, target: str, options: type[RuntimeOptions], summary: str, **meta: Any) -> None:

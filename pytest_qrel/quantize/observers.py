@@ -336,6 +336,7 @@ class MinMaxObserver(ActObserver):
 
     def qparams(self, bits: int) -> tuple[Tensor, Tensor]:
         self._require()
+        assert self.min_val is not None and self.max_val is not None  # _require(): something was observed
         return asymmetric_qparams(self.min_val, self.max_val, bits)
 
 
@@ -399,6 +400,7 @@ class MSEObserver(_SampledObserver):
     def candidates(self, bits: int) -> list[tuple[float, Tensor, Tensor, Tensor]]:
         """``(alpha, scale, zero_point, error)`` for every candidate, widest first."""
         self._require()
+        assert self.min_val is not None and self.max_val is not None  # _require(): something was observed
         qmin, qmax = unsigned_range(bits)
         x = self.sample.values().reshape(-1)
         out = []
@@ -508,6 +510,7 @@ def search_percentile_qparams(
         if best_err is None:
             best_scale, best_zp, best_err = scale, zp, err
         else:
+            assert best_scale is not None and best_zp is not None  # set with best_err
             better = err < best_err  # strict: the first smallest wins
             best_scale = torch.where(better, scale, best_scale)
             best_zp = torch.where(better, zp, best_zp)
@@ -538,6 +541,9 @@ class ObservedActQuantizer(ActQuantizer):
     :meth:`set_qparams` is told to keep a fractional one (RepQ-ViT's mean zero point; float32 then).
     """
 
+    # ActQuantizer's modes plus "calibrate" (a wider type than the base class declares).
+    mode: Literal["observe", "quantize", "off", "calibrate"]  # type: ignore[assignment]
+
     def __init__(self, bits: int, observer: ActObserver, *, arithmetic: Arithmetic = "aten") -> None:
         super().__init__(bits)
         fake_quantizer_by(arithmetic)  # ValueError for an unknown one
@@ -559,7 +565,7 @@ class ObservedActQuantizer(ActQuantizer):
     def calibrate_once(self) -> None:
         """Forget what was observed; the next forward calibrates on its input, freezes and quantizes."""
         self.reset()
-        self.mode = "calibrate"  # type: ignore[assignment]
+        self.mode = "calibrate"
 
     def freeze(self) -> None:
         if self.mode == "quantize" and self.observer.empty:

@@ -268,6 +268,8 @@ class LSQActQuantizer(ActQuantizer):
     """
 
     uses_compiled_kernel = False  # its own forward (learned step, LSQ gradients)
+    abs_sum: Tensor  # buffers registered in __init__ (declared: nn.Module attributes type as `Tensor | Module`)
+    abs_count: Tensor
 
     def __init__(self, bits: int, *, step_init: StepInit = "minmax") -> None:
         super().__init__(bits)
@@ -483,7 +485,7 @@ class QATLinear(QuantModule):
             out.weight_frozen = True  # the weight already holds its fake-quantized values
             out.to(self.weight.device)
             if self.input_quantizer is not None:
-                assert out.input_quantizer is not None
+                assert isinstance(out.input_quantizer, ActQuantizer)  # act_bits given: FakeQuantLinear made one
                 _freeze_act_like(out.input_quantizer, self.input_quantizer)
         for p in out.parameters():
             p.requires_grad_(False)
@@ -639,9 +641,10 @@ def logits_and_features(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
     with_features = getattr(model, "forward_with_features", None)
     if callable(with_features):
         return with_features(x)
-    if callable(getattr(model, "forward_features", None)) and callable(getattr(model, "forward_head", None)):
-        tokens = model.forward_features(x)
-        return model.forward_head(tokens), model.forward_head(tokens, pre_logits=True)
+    forward_features, forward_head = getattr(model, "forward_features", None), getattr(model, "forward_head", None)
+    if callable(forward_features) and callable(forward_head):
+        tokens = forward_features(x)
+        return forward_head(tokens), forward_head(tokens, pre_logits=True)
     raise QuantOptionError("distill", f"{type(model).__name__} exposes no image features (forward_with_features, "
                            "or timm's forward_features / forward_head) for a feature loss",
                            "use a CLIP or timm model, or distill: none")
@@ -828,11 +831,15 @@ def run_qat(
     except FloatingPointError as exc:
         raise QuantOptionError("lr", str(exc), "use a smaller lr (and step_lr)") from None
     export(qmodel, merge_lora=opts.lora_merge if isinstance(opts, LoRAOptions) else True)
-    qmodel.qat_steps = len(losses)
-    qmodel.qat_losses = tuple(losses)
-    qmodel.qat_options = dataclasses.replace(opts, seed=seed, **(
-        {"distill_weight": distill_weight} if distill_weight is not None else {}))
-    qmodel.qat_task = "contrastive" if targets is not None else "cross_entropy" if labels is not None else "none"
+    resolved: dict[str, Any] = {"distill_weight": distill_weight} if distill_weight is not None else {}
+    record = {
+        "qat_steps": len(losses),
+        "qat_losses": tuple(losses),
+        "qat_options": dataclasses.replace(opts, seed=seed, **resolved),
+        "qat_task": "contrastive" if targets is not None else "cross_entropy" if labels is not None else "none",
+    }
+    for name, value in record.items():
+        setattr(qmodel, name, value)  # plain attributes (nn.Module.__setattr__ is typed for tensors and modules)
     return qmodel
 
 

@@ -96,7 +96,7 @@ import copy
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -147,6 +147,9 @@ def fwht(x: Tensor) -> Tensor:
 class RandomizedHadamard(nn.Module):
     """The orthogonal map ``R(x) = H_b(D2 H_a(D1 x))`` over the last dimension ``dim`` (see the module
     docstring); :meth:`inverse` is ``R^T``. Buffers ``signs1``, ``signs2`` (float, +-1)."""
+
+    signs1: Tensor  # buffers registered in __init__ (declared: nn.Module attributes type as `Tensor | Module`)
+    signs2: Tensor
 
     def __init__(self, dim: int, generator: torch.Generator | None = None) -> None:
         super().__init__()
@@ -347,7 +350,7 @@ def calibrate_rotated_inputs(
     ref = next(iter(model.parameters()), None)
     handles = []
     for name, rotation in rotations.items():
-        layer = model.get_submodule(name)
+        layer = cast(nn.Linear, model.get_submodule(name))  # rotations: on the selected Linears
         rot = rotation.to(layer.weight.device)
         q = quantizers[name].to(layer.weight.device)
         q.observe()
@@ -463,10 +466,10 @@ def layer_coefficients(
                     def fn(module: nn.Module, args: Any, out: Tensor) -> None:
                         x = args[0].detach().to(torch.float64)
                         x_rows = x.reshape(-1, x.shape[-1])
-                        w = module.weight.detach().to(torch.float64)
+                        w = cast(nn.Linear, module).weight.detach().to(torch.float64)  # hooked on `layers`: Linears
                         n_x = math.sqrt(float((x_rows.norm(dim=1) ** 2).mean())) if x_rows.numel() else 0.0
                         norms[name].append(n_x * float(w.norm()) / math.sqrt(w.shape[1]))
-                        outputs.append((name, out))
+                        outputs.append((name, out))  # noqa: B023  (hooks removed before the next batch)
                     return fn
 
                 handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
@@ -546,8 +549,8 @@ def plan_bits(
         raise calibration_error("raana", "measure its layer sensitivities on")
     coeffs = layer_coefficients(model, layers, calibration, labels=labels, batch_size=opts.batch_size)
     c = tuple(coeffs[n] for n in layers)
-    bits = allocate_bits(sizes, c, config.weight_bits, cands)
-    return BitPlan(tuple(layers), sizes, c, tuple(bits))
+    allocated = allocate_bits(sizes, c, config.weight_bits, cands)
+    return BitPlan(tuple(layers), sizes, c, tuple(allocated))
 
 
 def raana(model: nn.Module, config: QuantConfig, calibration: Tensor, *, labels: Tensor | None = None) -> nn.Module:
@@ -563,7 +566,8 @@ def raana(model: nn.Module, config: QuantConfig, calibration: Tensor, *, labels:
     generator = torch.Generator().manual_seed(int(seed))
     bits = plan.as_dict()
     # one rotation per layer, drawn in module order from one seeded generator
-    rotations = {name: RandomizedHadamard(qmodel.get_submodule(name).in_features, generator) for name in plan.layers}
+    rotations = {name: RandomizedHadamard(cast(nn.Linear, qmodel.get_submodule(name)).in_features, generator)
+                 for name in plan.layers}  # plan.layers: the selected nn.Linear layers
     inputs: Mapping[str, nn.Module | None] = {}
     if config.act_bits is not None:  # on the FP32 model, before any layer is replaced (as minmax observes)
         inputs = calibrate_rotated_inputs(qmodel, rotations, calibration, config.act_bits,

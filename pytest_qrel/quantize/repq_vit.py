@@ -109,7 +109,6 @@ from functools import partial
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import QuantOptionError
@@ -117,11 +116,7 @@ from .attention import LogSqrt2Quantizer, QuantAttention, replace_attention
 from .base import QuantConfig, calibration_error, no_linear_error
 from .fakequant import (
     FakeQuantConv2d,
-    ActQuantizer,
     FakeQuantLinear,
-    QuantModule,
-    WeightQuantizer,
-    quantize_weight_per_channel_symmetric,
     replace_linears,
     unsigned_range,
 )
@@ -193,7 +188,7 @@ def replace_convs(model: nn.Module, factory: Any) -> list[str]:
 
 def scale_reparameterize(
     norm: nn.LayerNorm,
-    consumers: nn.Module | Sequence[nn.Module],
+    consumers: nn.Module | Sequence[Any],  # Linear-like (nn.Linear or a fake-quantized one): weight / bias by name
     channel_scale: Tensor,
     channel_zero_point: Tensor,
     *,
@@ -266,6 +261,7 @@ def reparameterizable_pairs(model: nn.Module) -> list[tuple[nn.LayerNorm, nn.Mod
         attn, mlp = block.attn, block.mlp
         if (isinstance(block.norm1, nn.LayerNorm) and type(attn) in (Attention, QuantAttention)
                 and getattr(attn, "gate", None) is None):
+            assert isinstance(attn.qkv, nn.Module)  # a Linear in timm's Attention and in QuantAttention
             pairs.append((block.norm1, attn.qkv))
         if isinstance(block.norm2, nn.LayerNorm) and type(mlp) is Mlp:
             pairs.append((block.norm2, mlp.fc1))

@@ -59,9 +59,10 @@ def find_head(model: nn.Module) -> tuple[str, ...]:
     has it, else ``model.head``; its Linears are the module itself when it is one, else those inside.
     """
     head: Any = None
-    if callable(getattr(model, "get_classifier", None)):
+    get_classifier = getattr(model, "get_classifier", None)
+    if callable(get_classifier):
         try:
-            head = model.get_classifier()
+            head = get_classifier()
         except Exception:  # noqa: BLE001 - a custom get_classifier may need arguments or fail
             head = None
     if head is None:

@@ -77,7 +77,7 @@ import copy
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -217,7 +217,8 @@ def layernorm_statistics(
 
 def _snapshot(model: nn.Module, group: SmoothGroup) -> list[tuple[Tensor, Tensor]]:
     mods = [model.get_submodule(group.norm), *(model.get_submodule(n) for n in group.linears)]
-    return [(p, p.detach().clone()) for m in mods for p in (m.weight, getattr(m, "bias", None)) if p is not None]
+    return [(p, p.detach().clone()) for m in mods for p in (getattr(m, "weight", None), getattr(m, "bias", None))
+            if p is not None]
 
 
 @torch.no_grad()
@@ -262,8 +263,10 @@ def smooth_model(
         saved = {g.norm: _snapshot(model, g) for g in groups}
 
         def apply(group: SmoothGroup) -> Tensor:
-            return smooth_ln_linears(model.get_submodule(group.norm),
-                                     [model.get_submodule(n) for n in group.linears], absmax[group.norm], alpha)
+            # the group's names were found as a LayerNorm and the Linears it feeds (smoothing_groups)
+            return smooth_ln_linears(cast(nn.LayerNorm, model.get_submodule(group.norm)),
+                                     [cast(nn.Linear, model.get_submodule(n)) for n in group.linears],
+                                     absmax[group.norm], alpha)
 
         scales = {g.norm: apply(g) for g in groups}
         if _close(model(check), expected):

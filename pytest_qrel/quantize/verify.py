@@ -228,8 +228,9 @@ def _collector(seen: dict[str, Tensor], rows: dict[str, int], name: str) -> Any:
     (one scale per group, e.g. dynamic per-token) the most distinct values in any group."""
 
     def hook(module: nn.Module, inputs: Any, output: Tensor) -> None:
-        if callable(getattr(module, "grid_rows", None)):
-            rows[name] = max(rows.get(name, 0), distinct_per_row(module.grid_rows(output)))
+        grid_rows = getattr(module, "grid_rows", None)
+        if callable(grid_rows):
+            rows[name] = max(rows.get(name, 0), distinct_per_row(grid_rows(output)))
             seen[name] = output.detach().reshape(-1)[:0]
             return
         values = torch.unique(output.detach())

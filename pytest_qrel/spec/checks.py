@@ -46,6 +46,7 @@ Structured form::
 from __future__ import annotations
 
 import re
+from functools import partial
 from typing import Any
 
 from ..errors import SpecError
@@ -87,20 +88,20 @@ CONFIDENCE_HELP = "write a fraction such as 0.95 or a percentage such as '95%'"
 def parse_confidence(raw: object, where: Location | None, field: str) -> float | None:
     """A demanded confidence: a fraction in (0, 1) (``0.95``), a percentage string (``"95%"``),
     or ``null`` / ``false`` / ``"none"`` / ``"off"`` for none. Raises :class:`SpecError` otherwise."""
-    err = dict(file=where.file if where else None, line=where.line if where else None, field=field)
+    err = partial(SpecError, file=where.file if where else None, line=where.line if where else None, field=field)
     if raw is None or raw is False or (isinstance(raw, str) and raw.strip().lower() in ("none", "off")):
         return None
     if isinstance(raw, bool):
-        raise SpecError(f"confidence must be a level, got {raw!r}", fix=CONFIDENCE_HELP, **err)
+        raise err(f"confidence must be a level, got {raw!r}", fix=CONFIDENCE_HELP)
     value: float | None = None
     if isinstance(raw, (int, float)):
         if 50 <= raw < 100:  # a percentage written without %
-            raise SpecError(f"confidence {raw!r} is not a fraction", fix=f"write {raw / 100:g} or '{raw:g}%'", **err)
+            raise err(f"confidence {raw!r} is not a fraction", fix=f"write {raw / 100:g} or '{raw:g}%'")
         value = float(raw)
     elif isinstance(raw, str) and (m := _PERCENT.match(raw)):
         value = float(m["amount"]) / 100.0
     if value is None or not 0.0 < value < 1.0:
-        raise SpecError(f"confidence must be between 0 and 1 (exclusive), got {raw!r}", fix=CONFIDENCE_HELP, **err)
+        raise err(f"confidence must be between 0 and 1 (exclusive), got {raw!r}", fix=CONFIDENCE_HELP)
     return value
 
 
@@ -173,12 +174,11 @@ def parse_shorthand(text: str, where: Location | None = None, field: str = "chec
 
 
 def _bound_from_mapping(kind: str, raw: Any, where: Location, field: str, metric: str = "") -> Bound:
-    err = dict(file=where.file, line=where.line, field=field)
+    err = partial(SpecError, file=where.file, line=where.line, field=field)
     if not isinstance(raw, dict) or len(raw) != 1 or next(iter(raw)) not in ("max", "min", "lt", "gt"):
-        raise SpecError(
+        raise err(
             f"'{kind}' must be a mapping with exactly one of max/min/lt/gt, got {raw!r}",
             fix=f"write e.g. '{kind}: {{max: 10%}}'",
-            **err,
         )
     (key, amount_raw), = raw.items()
     op = {"max": "<=", "min": ">=", "lt": "<", "gt": ">"}[key]
@@ -187,7 +187,7 @@ def _bound_from_mapping(kind: str, raw: Any, where: Location, field: str, metric
         return Bound(kind=kind, op=op, amount=0.0, unit="abs", ref=ref["ref"])  # type: ignore[arg-type]
     m = _AMOUNT.match(str(amount_raw))
     if not m or isinstance(amount_raw, bool):
-        raise SpecError(f"bound '{amount_raw}' is not a number with an optional % or pp", fix="write e.g. 10%, 1pp or 0.05", **err)
+        raise err(f"bound '{amount_raw}' is not a number with an optional % or pp", fix="write e.g. 10%, 1pp or 0.05")
     return Bound(kind=kind, op=op, amount=float(m["amount"]), unit=_unit(m["unit"], metric, str(amount_raw), where, field))  # type: ignore[arg-type]
 
 

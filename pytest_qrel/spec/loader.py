@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ..errors import SpecError, UnknownNameError
 from ..options import Option, anything, boolean, integer, mapping, parse_options, reject_unknown, value_problem
@@ -559,7 +559,7 @@ BOOTSTRAP_KEYS: dict[str, Option] = {"resamples": integer(1000, lo=10, hi=1_000_
 """The keys of the top-level ``bootstrap:`` section (:class:`~pytest_qrel.spec.schema.BootstrapSpec`)."""
 
 
-def _evidence(ctx: _Ctx, doc: LineDict) -> tuple[float | None, str, BootstrapSpec]:
+def _evidence(ctx: _Ctx, doc: LineDict) -> tuple[float | None, Literal["fail", "warn", "pass"], BootstrapSpec]:
     """Top-level ``confidence`` (default for every check), ``inconclusive`` and ``bootstrap``."""
     confidence = parse_confidence(doc.get("confidence"), ctx.loc(doc, "confidence"), "confidence") if "confidence" in doc else None
     policy = doc.get("inconclusive", "fail")

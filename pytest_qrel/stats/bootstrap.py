@@ -585,6 +585,7 @@ def _summarise(req, meta, kind, rkind, unit, terms, note, plan, statics, point, 
         return np.mean([_combine(source, s, kind) for s in sides], axis=0)
 
     pv, pf, pr = (side_values(point, w) for w in ("q", "fp32", "ref"))
+    assert pv is not None  # every term has a quantized side
     base.value = float(pv[0])
     base.fp32 = None if pf is None else float(pf[0])
     base.ref_value = None if pr is None else float(pr[0])
@@ -601,6 +602,7 @@ def _summarise(req, meta, kind, rkind, unit, terms, note, plan, statics, point, 
         )
         return base
     rv, rf, rr = (side_values(values, w) for w in ("q", "fp32", "ref"))
+    assert rv is not None  # every term has a quantized side
     notes = []
     if rf is not None:
         base.delta_draws = _signed(rf, rv, hib)

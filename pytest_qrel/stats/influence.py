@@ -119,7 +119,7 @@ def weighted_influence(c: OodCurve, positive: str, trapezoid: bool) -> tuple[np.
         if trapezoid:
             counts.append(((c.at("ood", "ood", "ood_lt"), c.at("ood", "id", "id_lt")), True))
     else:
-        A, O = c.A.astype(DTYPE), c.O.astype(DTYPE)
+        A, O = c.A.astype(DTYPE), c.O.astype(DTYPE)  # noqa: E741  (O: the total OOD weight, the notation of c.O and the formulas)
         counts = [((A - c.at("id", "id", "id_lt"), O - c.at("id", "ood", "ood_lt")), False)]
         if trapezoid:
             counts.append(((A - c.at("id", "id", "id_le"), O - c.at("id", "ood", "ood_le")), True))

@@ -243,7 +243,7 @@ class OodStatic:
         self._fix: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
         self._ones = {k: np.ones(self.layout[k].m, dtype=DTYPE) for k in ("id", "ood")}
 
-    def rows(self, k: str, positions: np.ndarray) -> np.ndarray:
+    def rows(self, k: str, positions: np.ndarray | int) -> np.ndarray:
         """Stored rows of positions ``positions`` (counts of samples) in set ``k``'s layout."""
         return self.layout[k].row_of(positions)
 
@@ -536,7 +536,7 @@ def _mcm_fpr(c: OodCurve) -> np.ndarray:
     ``hi`` the OOD share scoring above the next weighted ID sample below ``s_t`` (or, at TPR 1,
     the point at ``s_t`` itself). Distances are compared in float64 as ``numpy`` does.
     """
-    st, A, O = c.static, c.A, c.O
+    st, A, O = c.static, c.A, c.O  # noqa: E741  (O: the total OOD weight, the notation of c.O and the formulas)
     t = _hendrycks_threshold(c)
     below = np.rint(c.cum_at("id", st.counts["id"]["id_lt"][t]))  # ID weight scoring < s_t
     above = A - np.rint(c.cum_at("id", st.counts["id"]["id_le"][t]))  # ID weight scoring > s_t
@@ -569,7 +569,7 @@ def _openood_fpr(c: OodCurve) -> np.ndarray:
     resamples still in a run. Along a run of OOD-only points the FPR is constant, so only a run of
     tied ID-and-OOD points with equal weights (rare: e.g. integer scores) is walked.
     """
-    st, A, O, cols = c.static, c.A, c.O, np.arange(c.rows)
+    st, A, O, cols = c.static, c.A, c.O, np.arange(c.rows)  # noqa: E741  (O: the total OOD weight, the notation of c.O and the formulas)
     gr = st.groups
     K = last_position(c, "ood", lambda cum: cum / O < 0.95) + 1  # first OOD position reaching 95%
     p = gr.of_ood[np.minimum(K, st.n["ood"]) - 1]
@@ -632,7 +632,7 @@ def _openood_aupr_out(c: OodCurve) -> np.ndarray:
 def _openood_aupr_in(c: OodCurve) -> np.ndarray:
     """Trapezoidal AUPR, ID positive, decision ``score``, read as :func:`_openood_aupr_out`."""
     st = c.static
-    A, O = c.A.astype(DTYPE), c.O.astype(DTYPE)
+    A, O = c.A.astype(DTYPE), c.O.astype(DTYPE)  # noqa: E741  (O: the total OOD weight, the notation of c.O and the formulas)
     cum, w = c.cum("id"), c.w("id")
     o_ge = O - c.at("id", "ood", "ood_lt")
     a_ge = A - (cum - w)

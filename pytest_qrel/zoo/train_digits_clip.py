@@ -142,10 +142,11 @@ def evaluate(model: Any, tokenizer: Any, names: list[str], split: str = "test") 
     import torch
     import torch.nn.functional as F
 
-    from ..data.base import load_dataset
+    from ..data.base import TensorImageSet, load_dataset
     from ..models.clip_zoo import zero_shot_weights
 
     data = load_dataset(DATASET, split=split)
+    assert isinstance(data, TensorImageSet)  # embedded sets are held in memory (.images)
     labels = torch.from_numpy(data.labels.copy())
     model.eval()
     with torch.no_grad():
@@ -179,7 +180,7 @@ def train(settings: TrainSettings = TrainSettings(), *, verbose: bool = False) -
     import torch
     import torch.nn.functional as F
 
-    from ..data.base import load_dataset
+    from ..data.base import TensorImageSet, load_dataset
     from ..models.clip_zoo import RemappedTokenizer, build_clip
 
     tok_cfg = tokenizer_config()
@@ -198,6 +199,7 @@ def train(settings: TrainSettings = TrainSettings(), *, verbose: bool = False) -
         model = build_clip(arch)
 
         data = load_dataset(DATASET, split="train")
+        assert isinstance(data, TensorImageSet)  # embedded sets are held in memory (.images)
         images, labels = data.images, torch.from_numpy(data.labels.copy())
         n = len(labels)
         texts = captions(WORDS) + captions(NUMERALS)

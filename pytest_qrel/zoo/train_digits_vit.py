@@ -24,7 +24,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import platform
 import sys
 import time
@@ -130,9 +129,10 @@ def evaluate(module: Any, split: str = "test") -> dict[str, float]:
     """Top-1 accuracy, NLL and ECE (15 bins) of ``module`` on a split of ``embedded:digits``."""
     import torch
 
-    from ..data.base import load_dataset
+    from ..data.base import TensorImageSet, load_dataset
 
     data = load_dataset(DATASET, split=split)
+    assert isinstance(data, TensorImageSet)  # embedded sets are held in memory (.images)
     labels = torch.from_numpy(data.labels.copy())
     module.eval()
     with torch.no_grad():
@@ -165,7 +165,7 @@ def train(settings: TrainSettings = TrainSettings(), *, verbose: bool = False) -
     """
     import torch
 
-    from ..data.base import load_dataset
+    from ..data.base import TensorImageSet, load_dataset
 
     prev_threads = torch.get_num_threads()
     prev_det = torch.are_deterministic_algorithms_enabled()
@@ -179,6 +179,7 @@ def train(settings: TrainSettings = TrainSettings(), *, verbose: bool = False) -
         module = build_vit(ARCHITECTURE)
 
         data = load_dataset(DATASET, split="train")
+        assert isinstance(data, TensorImageSet)  # embedded sets are held in memory (.images)
         images, labels = data.images, torch.from_numpy(data.labels.copy())
         n = len(labels)
         steps_per_epoch = math.ceil(n / settings.batch_size)
