@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import check_not_degenerate, check_scores
+from .metric_inputs import check_not_degenerate, check_scores
 from .registry import Registry
 
 CONVENTIONS: Registry[dict[str, Callable[[Any, Any], float]]] = Registry("metric convention")

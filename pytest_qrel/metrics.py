@@ -52,7 +52,15 @@ from typing import Any
 
 import numpy as np
 
-from .errors import NumericsError
+from .metric_inputs import (  # the input checks, in a leaf module that conventions.py imports too
+    check_labels,
+    check_logits,
+    check_n_bins,
+    check_not_degenerate,
+    check_ood_sizes,
+    check_probs,
+    check_scores,
+)
 from .spectral import spectral_error, spectral_error_high
 from .registry import Registry
 
@@ -85,126 +93,6 @@ __all__ = [
 
 #: Every metric under its YAML name, with the metadata described in the module docstring.
 METRICS: Registry[Callable[..., float]] = Registry("metric")
-
-#: Rows of ``probs`` must sum to 1 within this absolute tolerance (float16 softmax is ~5e-4 off).
-PROBS_SUM_ATOL = 1e-2
-
-
-# --------------------------------------------------------------------------------------------
-# Validation (separate from computation)
-# --------------------------------------------------------------------------------------------
-
-
-def _as_float_array(x: Any, name: str) -> np.ndarray:
-    try:
-        arr = np.asarray(x, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be numeric; could not convert it to float64 ({exc})") from None
-    return arr
-
-
-def _check_finite(arr: np.ndarray, name: str) -> None:
-    bad = ~np.isfinite(arr)
-    if bad.any():
-        first = np.unravel_index(int(np.argmax(bad)), arr.shape)
-        where = first[0] if len(first) == 1 else tuple(int(i) for i in first)
-        n_nan = int(np.isnan(arr).sum())
-        n_inf = int(bad.sum()) - n_nan
-        raise NumericsError(
-            f"{name} contains non-finite values: {n_nan} NaN and {n_inf} inf "
-            f"(first at index {where}); the model output is broken"
-        )
-
-
-def check_logits(logits: Any, name: str = "logits") -> np.ndarray:
-    """Return ``logits`` as a finite float64 array of shape (N, C), N >= 1, C >= 1.
-
-    Raises:
-        ValueError: not 2-D, empty, or containing NaN/inf.
-    """
-    arr = _as_float_array(logits, name)
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be 2-D with shape (N, C); got shape {arr.shape}")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"{name} is empty: got shape {arr.shape}; need at least one sample and one class")
-    _check_finite(arr, name)
-    return arr
-
-
-def check_probs(probs: Any, name: str = "probs") -> np.ndarray:
-    """Return ``probs`` as a float64 (N, C) array of probabilities (rows sum to 1).
-
-    Raises:
-        ValueError: as :func:`check_logits`, or values outside [0, 1], or a row whose sum is
-            more than :data:`PROBS_SUM_ATOL` away from 1 (pass ``softmax(logits)``, not logits).
-    """
-    arr = check_logits(probs, name)
-    lo, hi = float(arr.min()), float(arr.max())
-    if lo < 0.0 or hi > 1.0:
-        raise ValueError(
-            f"{name} must be probabilities in [0, 1]; found values in [{lo:g}, {hi:g}] "
-            "(pass softmax(logits), not logits)"
-        )
-    sums = arr.sum(axis=1)
-    off = np.abs(sums - 1.0) > PROBS_SUM_ATOL
-    if off.any():
-        i = int(np.argmax(off))
-        raise ValueError(
-            f"{name} rows must sum to 1; row {i} sums to {sums[i]:g} "
-            f"({int(off.sum())} rows off by more than {PROBS_SUM_ATOL:g})"
-        )
-    return arr
-
-
-def check_labels(labels: Any, n_samples: int, n_classes: int, name: str = "labels") -> np.ndarray:
-    """Return ``labels`` as an int64 array of shape (n_samples,) with values in [0, n_classes).
-
-    Integer-valued floats are accepted; fractional values are not.
-
-    Raises:
-        ValueError: not 1-D, wrong length, non-integer, non-finite or out-of-range values.
-    """
-    arr = np.asarray(labels)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be 1-D with shape (N,); got shape {arr.shape}")
-    if arr.shape[0] != n_samples:
-        raise ValueError(f"{name} has {arr.shape[0]} entries but there are {n_samples} samples (rows)")
-    if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        raise ValueError(f"{name} must be integer class indices; got dtype {arr.dtype}")
-    if np.issubdtype(arr.dtype, np.floating):
-        _check_finite(arr, name)
-        if not np.all(arr == np.round(arr)):
-            raise ValueError(f"{name} must be integer class indices; found fractional values")
-    arr = arr.astype(np.int64)
-    lo, hi = int(arr.min()), int(arr.max())
-    if lo < 0 or hi >= n_classes:
-        raise NumericsError(
-            f"{name} out of range: values must be in [0, {n_classes}) for {n_classes} classes; "
-            f"found min {lo}, max {hi}"
-        )
-    return arr
-
-
-def check_scores(scores: Any, name: str) -> np.ndarray:
-    """Return ``scores`` as a non-empty, finite, 1-D float64 array.
-
-    Raises:
-        ValueError: not 1-D, empty, or containing NaN/inf.
-    """
-    arr = _as_float_array(scores, name)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be 1-D with shape (N,); got shape {arr.shape}")
-    if arr.shape[0] == 0:
-        raise ValueError(f"{name} is empty (0 scores); need at least one")
-    _check_finite(arr, name)
-    return arr
-
-
-def _check_n_bins(n_bins: Any) -> int:
-    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
-        raise ValueError(f"n_bins must be a positive integer; got {n_bins!r}")
-    return int(n_bins)
-
 
 # --------------------------------------------------------------------------------------------
 # Numerics shared with scores.py
@@ -317,7 +205,7 @@ def ece(probs: Any, labels: Any, n_bins: int = 15) -> float:
     """
     p = check_probs(probs)
     y = check_labels(labels, p.shape[0], p.shape[1])
-    n_bins = _check_n_bins(n_bins)
+    n_bins = check_n_bins(n_bins)
 
     return ece_from_confidence(p.max(axis=1), p.argmax(axis=1) == y, n_bins)
 
@@ -334,7 +222,7 @@ def ece_from_confidence(confidence: Any, correct: Any, n_bins: int = 15) -> floa
     hit = np.asarray(correct, dtype=np.float64)
     if conf.ndim != 1 or conf.shape != hit.shape or conf.size == 0:
         raise ValueError(f"confidence and correct must be non-empty 1-D arrays of one length; got {conf.shape} and {hit.shape}")
-    idx = ece_bin_index(conf, _check_n_bins(n_bins))
+    idx = ece_bin_index(conf, check_n_bins(n_bins))
     conf_sum = np.bincount(idx, weights=conf, minlength=n_bins)
     acc_sum = np.bincount(idx, weights=hit, minlength=n_bins)
     # sum_b |B_b|/N * |acc_b - conf_b| == sum_b |acc_sum_b - conf_sum_b| / N
@@ -344,26 +232,6 @@ def ece_from_confidence(confidence: Any, correct: Any, n_bins: int = 15) -> floa
 # --------------------------------------------------------------------------------------------
 # OOD-detection metrics (scores: higher = more in-distribution)
 # --------------------------------------------------------------------------------------------
-
-
-def check_not_degenerate(s_id: np.ndarray, s_ood: np.ndarray) -> None:
-    """Raise :class:`~pytest_qrel.errors.NumericsError` when every ID and OOD score is the same value
-    (no threshold separates anything: AUROC 0.5 and FPR@95 1.0 by construction)."""
-    lo = min(float(s_id.min()), float(s_ood.min()))
-    if lo == max(float(s_id.max()), float(s_ood.max())):
-        raise NumericsError(
-            f"all {s_id.size} ID and {s_ood.size} OOD scores equal {lo:.6g}: the OOD metrics are degenerate "
-            "(AUROC 0.5 and FPR@95 1.0 by construction); the outputs do not depend on the input"
-        )
-
-
-def check_ood_sizes(s_ood: np.ndarray, min_ood: int) -> None:
-    """Raise :class:`~pytest_qrel.errors.NumericsError` when there are fewer than ``min_ood`` OOD scores."""
-    if s_ood.size < min_ood:
-        raise NumericsError(
-            f"ood_scores has {s_ood.size} sample{'s' if s_ood.size != 1 else ''}; OOD metrics need at least {min_ood} "
-            f"(with fewer, one sample moves FPR@95 by more than {100 / min_ood:g} points)"
-        )
 
 
 def _ood_inputs(id_scores: Any, ood_scores: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -559,5 +427,31 @@ def compute_spectral_metrics(quantized_spectrum: Any, fp32_spectrum: Any) -> dic
 
 
 # Runtime metrics (parity to the simulation, int8 share, latency / memory / size ratios to FP32):
-# kind "runtime", read from a runtime unit's audit record (see pytest_qrel.runtimes.checks).
-from .runtimes import checks as _runtime_checks  # noqa: E402,F401  (registers them)
+# kind "runtime", read from a runtime unit's audit record. Registered here, not in
+# pytest_qrel.runtimes.checks (which validates and reads these checks and imports this table), so that
+# this module needs nothing from runtimes/: importing METRICS gives every metric, with no import cycle.
+RUNTIME_METRICS: dict[str, dict[str, Any]] = {
+    "parity": {"higher_is_better": False, "fraction": False, "label": "Parity to the simulation", "unit": "floors", "ref": True},
+    "logit_diff": {"higher_is_better": False, "fraction": False, "label": "Mean |logit diff| to the simulation", "unit": "logits", "ref": True, "fmt": ".3g"},
+    "agreement": {"higher_is_better": True, "fraction": True, "label": "Top-1 agreement with the simulation", "ref": True},
+    "int8_share": {"higher_is_better": True, "fraction": True, "label": "Int8 share of MACs", "ref": False},
+    "latency": {"higher_is_better": False, "fraction": False, "label": "Latency / FP32", "unit": "x FP32", "ref": False, "timed": True},
+    "latency_b1": {"higher_is_better": False, "fraction": False, "label": "Latency at batch 1 / FP32", "unit": "x FP32", "ref": False, "timed": True},
+    "memory": {"higher_is_better": False, "fraction": False, "label": "Working memory / FP32", "unit": "x FP32", "ref": False, "timed": True},
+    "size": {"higher_is_better": False, "fraction": False, "label": "Artifact size / FP32", "unit": "x FP32", "ref": False},
+}
+
+
+def _reader(name: str) -> Any:
+    def read(values: dict[str, Any], ref: str | None = None) -> float:
+        value = values[name]
+        return float(value[ref] if ref is not None else value)
+
+    read.__name__ = f"runtime_{name}"
+    return read
+
+
+for _name, _meta in RUNTIME_METRICS.items():
+    METRICS.add(_name, _reader(_name), kind="runtime", input="runtime", delta_bounds=False,
+                **{k: v for k, v in _meta.items() if k in ("higher_is_better", "fraction", "label", "unit", "fmt")})
+

@@ -36,7 +36,7 @@ from .policy import RunVerdict, run_verdict
 from .results import MetricInfo, RunResults, UnitMetrics, Verdict
 from .spec.schema import MEAN_OOD
 
-__all__ = ["ID", "METHOD_METRICS", "CellKey", "ModelSummary", "Number", "RunSummary", "info_of", "summarize"]
+__all__ = ["ID", "METHOD_METRICS", "CellKey", "ModelSummary", "Number", "RunSummary", "ScenarioMeans", "info_of", "scenario_means", "summarize"]
 
 ID = ""
 """The dataset of a cell on the ID test split."""
@@ -135,6 +135,8 @@ class RunSummary:
     verdict: RunVerdict
     models: list[ModelSummary]
     suites: dict[str, RunVerdict]  # per suite, against its planned checks
+    scenario_means: list["ScenarioMeans"] = field(default_factory=list)
+    """Per (suite, model) of a suite with scenarios: averages across its scenarios (:func:`scenario_means`)."""
 
     def model(self, suite: str, model: str) -> ModelSummary:
         return next(m for m in self.models if (m.suite, m.model) == (suite, model))
@@ -269,4 +271,88 @@ def summarize(results: RunResults) -> RunSummary:
         grouped.setdefault(v.suite, {}).setdefault(v.model, [])
     models = [summarize_model(results, suite, model, units) for suite, by_model in grouped.items() for model, units in by_model.items()]
     suites = {s: run_verdict([v for v in results.verdicts if v.suite == s], results.planned.get(s)) for s in grouped}
-    return RunSummary(results=results, verdict=results.verdict(), models=models, suites=suites)
+    return RunSummary(results=results, verdict=results.verdict(), models=models, suites=suites,
+                      scenario_means=scenario_means(models))
+
+
+# ------------------------------------------------------------------------------------ scenarios
+
+SCENARIO_ID_METRICS: tuple[str, ...] = ("top1", "ece", "nll")
+"""ID metrics averaged across scenarios (the CLIP paper's accuracy / calibration columns)."""
+SCENARIO_OOD_METRICS: tuple[str, ...] = ("auroc", "fpr_at_95_tpr")
+"""OOD metrics averaged across scenarios, each a scenario's mean over its own OOD sets."""
+
+
+@dataclass
+class ScenarioMeans:
+    """One model's averages across the scenarios of its suite (:mod:`pytest_qrel.spec.scenarios`).
+
+    ``numbers[(quantizer, kind, metric, score)]``: ``kind`` ``"id"`` (the scenario's ID test split)
+    or ``"ood"`` (the scenario's mean over its OOD sets, ``score`` set); the :class:`Number`'s
+    ``value`` and ``delta`` (positive = worse, against each scenario's FP32) are plain means over
+    ``scenarios``, ``delta_percent`` the mean of the per-scenario relative deltas. A cell is left
+    out unless *every* scenario of the model has it, so an average never mixes scenario counts."""
+
+    suite: str
+    model: str  # without the scenario: "vit_b32_openai"
+    scenarios: list[str]
+    quantizers: list[str]
+    scores: list[str]
+    numbers: dict[tuple[str, str, str, "str | None"], Number] = field(default_factory=dict)
+
+    def number(self, quantizer: str, kind: str, metric: str, score: str | None = None) -> Number:
+        return self.numbers.get((quantizer, kind, metric, score), MISSING_NUMBER)
+
+
+def _mean(xs: Sequence[float | None]) -> float | None:
+    return None if not xs or any(x is None for x in xs) else float(statistics.fmean(x for x in xs if x is not None))
+
+
+def _scenario_number(ms: ModelSummary, quantizer: str, kind: str, metric: str, score: str | None) -> Number | None:
+    """One scenario's number: the ID cell, or the mean over *all* the scenario's OOD sets (one set
+    counts: a near-OOD pair such as ImageNet-10 / ImageNet-20 has a single OOD set)."""
+    if kind == "id":
+        return ms.numbers.get((quantizer, "id", metric, None, ID))
+    ref = ms.reference
+    sets = list(ref.ood.get(score or "", {})) if ref is not None else []
+    if not sets:
+        return None
+    found = [ms.numbers.get((quantizer, "ood", metric, score, d)) for d in sets]
+    if any(n is None or n.value is None for n in found):
+        return None
+    numbers = [n for n in found if n is not None]
+    assert ref is not None
+    ref_mean = _mean([ms.numbers.get((ref.quantizer, "ood", metric, score, d), MISSING_NUMBER).value for d in sets])
+    delta = _mean([n.delta for n in numbers])
+    percent = None if delta is None or not ref_mean else 100.0 * delta / abs(ref_mean)
+    return Number(value=_mean([n.value for n in numbers]), delta=delta, delta_percent=percent)
+
+
+def scenario_means(models: Sequence[ModelSummary]) -> list[ScenarioMeans]:
+    """The :class:`ScenarioMeans` of every model split over scenarios (names ``<model>@<scenario>``),
+    in the order the models come; none for a suite without scenarios."""
+    from .spec.scenarios import split_scenario
+
+    groups: dict[tuple[str, str], list[tuple[str, ModelSummary]]] = {}
+    for ms in models:
+        base, scenario = split_scenario(ms.model)
+        if scenario is not None:
+            groups.setdefault((ms.suite, base), []).append((scenario, ms))
+    out = []
+    for (suite, base), members in groups.items():
+        quantizers = union([u.quantizer for u in ms.units] for _, ms in members)
+        scores = union(ms.scores for _, ms in members)
+        sm = ScenarioMeans(suite=suite, model=base, scenarios=[s for s, _ in members], quantizers=quantizers, scores=scores)
+        cells: list[tuple[str, str, str | None]] = [("id", m, None) for m in SCENARIO_ID_METRICS]
+        cells += [("ood", m, score) for score in scores for m in SCENARIO_OOD_METRICS]
+        for q in quantizers:
+            for kind, metric, score in cells:
+                found = [_scenario_number(ms, q, kind, metric, score) for _, ms in members]
+                if any(n is None or n.value is None for n in found):
+                    continue
+                numbers = [n for n in found if n is not None]
+                sm.numbers[(q, kind, metric, score)] = Number(
+                    value=_mean([n.value for n in numbers]), delta=_mean([n.delta for n in numbers]),
+                    delta_percent=_mean([n.delta_percent for n in numbers]), seeds=0)
+        out.append(sm)
+    return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -83,15 +84,28 @@ def vit():
 
 
 @pytest.fixture
-def write_suite(pytester: pytest.Pytester):
-    """Write ``suites/<name>.yaml`` into the pytester directory; returns its path."""
+def suite_file(request: pytest.FixtureRequest):
+    """``suite_file(text, name)`` writes a suite's YAML to ``suites/<name>.yaml`` under the test's
+    directory (pytester's when the test uses pytester, else ``tmp_path``); returns its path."""
+    root = request.getfixturevalue("pytester" if "pytester" in request.fixturenames else "tmp_path")
+    folder = getattr(root, "path", root) / "suites"
 
-    def write(checks: str = DEFAULT_CHECKS, name: str = "mini") -> object:
-        suites = pytester.path / "suites"
-        suites.mkdir(exist_ok=True)
-        path = suites / f"{name}.yaml"
-        body = MINI_SUITE.format(checks=textwrap.indent(textwrap.dedent(checks), "  ")).replace("name: mini", f"name: {name}")
-        path.write_text(body)
+    def write(text: str, name: str = "suite") -> Path:
+        folder.mkdir(exist_ok=True)
+        path = folder / f"{name}.yaml"
+        path.write_text(text)
         return path
+
+    return write
+
+
+@pytest.fixture
+def write_suite(pytester: pytest.Pytester, suite_file):
+    """Write the mini suite (embedded ViT and digits) with ``checks`` as ``suites/<name>.yaml`` into the
+    pytester directory; returns its path."""
+
+    def write(checks: str = DEFAULT_CHECKS, name: str = "mini") -> Path:
+        body = MINI_SUITE.format(checks=textwrap.indent(textwrap.dedent(checks), "  ")).replace("name: mini", f"name: {name}")
+        return suite_file(body, name)
 
     return write

@@ -41,9 +41,9 @@ CHECK_HELP = (
 )
 NO_TAG = "(fix: remove the tag: a suite holds only plain mappings, lists, strings and numbers)"
 MODEL_SOURCES = "(known: embedded, open_clip, python, timm)"
-DATASET_SOURCES = "(known: embedded, filelist, imagefolder, shift, torchvision)"
+DATASET_SOURCES = "(known: embedded, filelist, imagefolder, imagetext, shift, torchvision)"
 EMBEDDED_SETS = "(known: digits, digits89, noise, photos, textures)"
-TOP_LEVEL = "batch_size, bootstrap, checks, confidence, conventions, datasets, description, diagnostics, inconclusive, models, name, quantizers, scores, version"
+TOP_LEVEL = "batch_size, bootstrap, checks, confidence, conventions, datasets, description, diagnostics, inconclusive, models, name, quantizers, scenarios, scores, version"
 KEY_FIX = " (fix: remove it or use a known key)"
 ONE_CHECK = """(fix: add at least one check, e.g. '- "W8A8 top1 delta <= 1pp"')"""
 NOT_OVERLAP = "(fix: remove one of them, or narrow 'all' / 'on' so that they do not overlap)"
@@ -422,10 +422,9 @@ E2E = [
 
 
 @pytest.mark.parametrize(("case", "change", "line"), E2E, ids=[c[0] for c in E2E])
-def test_bad_suite_through_pytest_is_one_line_and_red(pytester: pytest.Pytester, case: str, change: tuple[str, str], line: str) -> None:
-    suites = pytester.path / "suites"
-    suites.mkdir()
-    (suites / "bad.yaml").write_text(BASE.replace(*change, 1))
+def test_bad_suite_through_pytest_is_one_line_and_red(pytester: pytest.Pytester, suite_file, case: str, change: tuple[str, str],
+                                                      line: str) -> None:
+    suite_file(BASE.replace(*change, 1), "bad")
     result = pytester.runpytest("--qrel-suite", "suites/bad.yaml")
     out = result.stdout.str() + result.stderr.str()
     assert result.ret != 0
@@ -435,10 +434,8 @@ def test_bad_suite_through_pytest_is_one_line_and_red(pytester: pytest.Pytester,
     assert matching[0].startswith("suites/bad.yaml:"), matching
 
 
-def test_a_top_level_list_through_pytest(pytester: pytest.Pytester) -> None:
-    suites = pytester.path / "suites"
-    suites.mkdir()
-    (suites / "bad.yaml").write_text("- models\n- datasets\n")
+def test_a_top_level_list_through_pytest(pytester: pytest.Pytester, suite_file) -> None:
+    suite_file("- models\n- datasets\n", "bad")
     result = pytester.runpytest("--qrel-suite", "suites/bad.yaml")
     out = result.stdout.str()
     assert result.ret != 0 and "Traceback" not in out and "LineList" not in out

@@ -62,7 +62,7 @@ def nothing(t: Path) -> None:
 
 DATA_CASES: list[Case] = [
     ("unknown scheme", nothing, ds("embeded:digits"), UnknownNameError,
-     "unknown dataset source 'embeded'; did you mean 'embedded'? (known: embedded, filelist, imagefolder, shift, torchvision)"),
+     "unknown dataset source 'embeded'; did you mean 'embedded'? (known: embedded, filelist, imagefolder, imagetext, shift, torchvision)"),
     ("no scheme", nothing, ds("digits"), DataError, "source 'digits' is not of the form '<scheme>:<arg>' (e.g. 'embedded:digits')"),
     ("embedded set misspelled", nothing, ds("embedded:digts"), UnknownNameError,
      "unknown embedded dataset 'digts'; did you mean 'digits'? (known: digits, digits89, noise, photos, textures)"),

@@ -125,7 +125,8 @@ def test_shipped_suite_passes_against_committed_baselines(name: str, engine: Eng
 FIGURES = {
     "demo": {"reliability", "roc-pr", "acc-ece", "margin-heatmap", "bits-ood", "rollout"},
     "demo_methods": {"reliability", "roc-pr", "acc-ece", "margin-heatmap", "bits-ood", "bits-top1"},
-    "demo_clip": {"reliability", "roc-pr", "acc-ece", "margin-heatmap", "bits-ood"},
+    "demo_clip": {"reliability", "roc-pr", "acc-ece", "margin-heatmap", "bits-ood", "clip-acc-nll", "clip-reliability-shift",
+                  "clip-acc-by-source", "clip-ece-violins"},
     "demo_spectral": {"reliability", "acc-ece", "margin-heatmap", "spectral"},
     "demo_runtime": {"reliability", "roc-pr", "acc-ece", "margin-heatmap", "bits-ood"},
 }

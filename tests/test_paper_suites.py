@@ -19,18 +19,26 @@ DEIT_VARS = ["QREL_IMAGENET_VAL", "QREL_IMAGENET_TRAIN", "QREL_IMAGENET_O", "QRE
 
 @pytest.mark.parametrize("suite", ["deit.yaml", "clip.yaml"])
 def test_paper_suite_without_data_skips_every_item_and_fails_naming_the_variables(pytester, monkeypatch, suite):
-    for var in [*DEIT_VARS, "QREL_IMAGENET_HELDOUT"]:
+    import os
+
+    for var in {*DEIT_VARS, "QREL_IMAGENET_HELDOUT", *(v for v in os.environ if v.startswith("QREL_"))}:
         monkeypatch.delenv(var, raising=False)
     (pytester.path / "suites").mkdir()
     shutil.copy(ROOT / "suites" / suite, pytester.path / "suites" / suite)
-    result = pytester.runpytest("--qrel-suite", f"suites/{suite}", "-rs")
+    shutil.copytree(ROOT / "suites" / "lists", pytester.path / "suites" / "lists")
+    planned = plan(load_suite(ROOT / "suites" / suite))
+    # clip.yaml plans 16,632 checks (30 model x scenario units of 42 quantizers): run one model of one
+    # scenario (its node), not all of them
+    node = f"suites/{suite}" + ("::vit_b32_openai@imagenet" if suite == "clip.yaml" else "")
+    result = pytester.runpytest("--qrel-suite", f"suites/{suite}", node, "-rs")
     assert result.ret == pytest.ExitCode.TESTS_FAILED  # a run that verifies nothing is not green
     outcomes = result.parseoutcomes()
-    assert outcomes.get("skipped", 0) == len(plan(load_suite(ROOT / "suites" / suite))) and "failed" not in outcomes
+    expected = [p for p in planned if suite != "clip.yaml" or p.model == "vit_b32_openai@imagenet"]
+    assert outcomes.get("skipped", 0) == len(expected) and "failed" not in outcomes
     result.stdout.fnmatch_lines([f"SKIPPED*suites/{suite}:*QREL_IMAGENET_VAL, which is not set*"])
     result.stdout.fnmatch_lines(["NOT VERIFIED: * check(s) skipped: *QREL_IMAGENET_VAL, which is not set*"])
     result.stdout.fnmatch_lines(["ERROR: no check produced a verdict: all * were skipped because data is missing*"])
-    assert pytester.runpytest("--qrel-suite", f"suites/{suite}", "--qrel-allow-skip-all").ret == 0
+    assert pytester.runpytest("--qrel-suite", f"suites/{suite}", node, "--qrel-allow-skip-all").ret == 0
 
 
 def _images(folder: Path, n: int, seed: int) -> None:
@@ -71,69 +79,116 @@ def test_deit_suite_runs_on_stand_in_folders(tmp_path, monkeypatch):
     assert engine.forward_passes[("deit", "tiny_deit", "W4A4@13", "imagenet_o")] == 1, dict(engine.forward_passes)
 
 
-TINY_CLIP = "qrel-paper-tiny-ViT"
-TINY_CLIP_CFG = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16, "mlp_ratio": 2.0},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
-CLIP_VARS = ["QREL_IMAGENET_VAL", "QREL_IMAGENET_TRAIN", "QREL_IMAGENET_HELDOUT", "QREL_INATURALIST", "QREL_SUN",
-             "QREL_PLACES365", "QREL_TEXTURES"]
+IN_R_AND_A = ["n01498041", "n01531178"]  # two ImageNet-1k classes that ImageNet-R and ImageNet-A both hold
+IN10, IN20 = ["n04552348", "n04285008"], ["n04147183", "n02951358"]  # two classes of MCM's ImageNet-10 / -20 each
 
 
-def test_clip_suite_runs_on_stand_in_folders(tmp_path, monkeypatch):
-    """clip.yaml's data, scores, quantizers (PTQ, SmoothQuant, QAT-LSQ + temperature), shifted sets
-    and checks, on generated folders and a tiny random OpenCLIP architecture (the real ViT-B/32
-    weights are not here); the quantizers calibrate on 4 images and QAT takes 2 steps."""
-    import json
+def _cc3m(folder: Path, n: int) -> None:
+    """A CC3M-layout stand-in: <key>.jpg + <key>.txt caption pairs (img2dataset's files layout)."""
+    _images(folder / "00000", n, seed=300)
+    for i in range(n):
+        (folder / "00000" / f"img{i}.txt").write_text(f"a photo of the digit {['zero', 'one', 'two', 'three'][i % 4]}\n")
 
-    import open_clip
-    import torch
-    from safetensors.torch import save_file
 
-    (tmp_path / f"{TINY_CLIP}.json").write_text(json.dumps(TINY_CLIP_CFG))
-    open_clip.add_model_config(tmp_path / f"{TINY_CLIP}.json")
-    torch.manual_seed(0)
-    model = open_clip.create_model(TINY_CLIP)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "tiny_clip.safetensors"))
-
-    synsets = ["n01440764", "n01443537"]  # the first two ImageNet-1k classes
-    for split, var in (("val", "QREL_IMAGENET_VAL"), ("train", "QREL_IMAGENET_TRAIN"), ("heldout", "QREL_IMAGENET_HELDOUT")):
-        for k, syn in enumerate(synsets):
-            _images(tmp_path / split / syn, 3, seed=10 * k + len(split))
+def _clip_doc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """clip.yaml on generated folders with the shipped tiny CLIP: the imagenet scenario (2 classes;
+    ImageNet-R / -A stand-ins and one ImageNet-C corruption; every W8A8 method plus a longer QAT-LoRA
+    for the steps figure), MCM's ImageNet-10 / -20 pair both ways (two methods; CIFAR's scenarios read
+    torchvision files and are left out), all calibrated on a CC3M-layout folder with captions, QAT for
+    1 or 2 steps."""
+    _cc3m(tmp_path / "cc3m", 6)
+    monkeypatch.setenv("QREL_CC3M", str(tmp_path / "cc3m"))
+    for split, var, n in (("val", "QREL_IMAGENET_VAL", 3), ("heldout", "QREL_IMAGENET_HELDOUT", 3), ("in_r", "QREL_IMAGENET_R", 2),
+                          ("in_a", "QREL_IMAGENET_A", 2)):
+        for k, syn in enumerate(IN_R_AND_A):
+            _images(tmp_path / split / syn, n, seed=10 * k + len(split))
         monkeypatch.setenv(var, str(tmp_path / split))
-    for i, var in enumerate(CLIP_VARS[3:]):
+    for var, classes in (("QREL_IMAGENET10", IN10), ("QREL_IMAGENET20", IN20)):
+        for k, syn in enumerate(classes):
+            _images(tmp_path / var.lower() / syn, 5, seed=400 + k + len(var))  # 10 per set: each is the other's OOD set
+        monkeypatch.setenv(var, str(tmp_path / var.lower()))
+    for i, var in enumerate(["QREL_INATURALIST", "QREL_SUN", "QREL_PLACES365", "QREL_TEXTURES"]):
         _images(tmp_path / var.lower(), 10, seed=200 + i)  # OOD metrics need at least 10 images
         monkeypatch.setenv(var, str(tmp_path / var.lower()))
+    (tmp_path / "lists").mkdir()
+    for name in ("imagenet10.txt", "imagenet20.txt"):
+        shutil.copy(ROOT / "suites" / "lists" / name, tmp_path / "lists" / name)
 
     doc = yaml.safe_load((ROOT / "suites/clip.yaml").read_text())
-    options = {
-        "checkpoint": str(tmp_path / "tiny_clip.safetensors"),
-        "templates": "simple",  # 1000 classes x 2 prompts through the tiny text tower
-        "neg_labels": ["tree", "river", "cloud", "chair", "spoon", "mountain", "guitar", "bridge"],
-        "n_neg": 4,
-        "neglabel_groups": 2,
-        "cache_dir": False,
-    }
-    doc["models"] = {"tiny_clip": {"source": f"open_clip:{TINY_CLIP}", "options": options}}
-    for q in doc["quantizers"].values():
-        q["calibration"] = {"samples": 4}
-        if q["method"].startswith("qat"):
-            q["options"] = {"steps": 2, "batch_size": 4}
+    assert len(doc["models"]) == 6 and set(doc["scenarios"]) == {"imagenet", "cifar10", "cifar100", "imagenet10", "imagenet20"}
+    # one prompt per class: the imagenet scenario's 1000 class names go through the text tower once
+    doc["models"] = {"clip_digits": {"source": "open_clip:digits_clip", "options": {"templates": ["a photo of a {}."]}}}
+    del doc["scenarios"]["cifar10"], doc["scenarios"]["cifar100"]
+    shifted = doc["scenarios"]["imagenet"]["shifted"]
+    doc["scenarios"]["imagenet"]["shifted"] = [d for d in shifted if d["name"] in ("imagenet_r", "imagenet_a", "in_c_gaussian_noise3")]
+    kept = [q for q in doc["quantizers"] if q.startswith("W8A8-") and "-s" not in q.removeprefix("W8A8-qat-lora")] + ["W8A8-qat-lora-s900"]
+    doc["quantizers"] = {q: doc["quantizers"][q] for q in kept}
+    for q, spec in doc["quantizers"].items():
+        spec["calibration"] = {**spec["calibration"], "samples": 4}
+        if spec["method"].startswith("qat"):
+            spec["options"] = {**spec.get("options", {}), "steps": 2 if q.endswith("-s900") else 1, "batch_size": 4}
+    # The suite's own bounds on every kept unit of the imagenet scenario (the 4-bit collapse check has
+    # no unit here); the near-OOD pair reads two units per scenario, which keeps the run short.
+    own = ["all " + c.split(" ", 1)[1] for c in doc.pop("checks") if isinstance(c, str)]
+    doc["scenarios"]["imagenet"]["checks"] += own
+    for name in ("imagenet10", "imagenet20"):
+        doc["scenarios"][name]["checks"] = ["W8A8-ptq,W8A8-qat-lsq " + c.split(" ", 1)[1] for c in own]
+    return doc
+
+
+@pytest.mark.slow
+def test_clip_suite_runs_on_stand_in_folders(tmp_path, monkeypatch):
+    """clip.yaml's shape end to end: several scenarios, calibration and QAT on image-text pairs (captions
+    as contrastive targets), every QAT variant for a few steps, the report's averages across scenarios
+    and the CLIP figures."""
+    import time
+
+    from pytest_qrel.report import build_page
+    from pytest_qrel.report.format import MISSING
+    from pytest_qrel.shards import run_results
+
     path = tmp_path / "clip.yaml"
-    path.write_text(yaml.safe_dump(doc))
+    path.write_text(yaml.safe_dump(_clip_doc(tmp_path, monkeypatch), sort_keys=False))
     suite = load_suite(path)
-    assert list(suite.shifted_datasets) == ["in_c_noise3", "in_c_blur3", "in_c_contrast3", "in_c_jpeg3"]
+    assert list(suite.scenarios) == ["imagenet", "imagenet10", "imagenet20"]
     engine = Engine(baseline_dir=tmp_path / "baselines", update_baselines=True)
     verdicts = run(suite, engine=engine)
     assert len(verdicts) == len(plan(suite))
     bad = [v.message for v in verdicts if v.outcome not in ("passed", "failed")]
     assert not bad, bad
-    # every score of the paper reached an OOD verdict, and the shifted sets were evaluated
-    scored = {v.score for v in verdicts if v.metric in ("auroc", "fpr_at_95_tpr")}
-    assert scored >= {"msp", "energy", "mcm", "neglabel", "genneg"}
-    shifted = {v.dataset for v in verdicts if v.quantizer == "W8A8-qat-lsq+temperature" and v.metric == "ece"}
-    assert shifted >= {"in_c_noise3", "in_c_blur3", "in_c_contrast3", "in_c_jpeg3"}
-    noisy = engine.samples(suite, "tiny_clip", "W8A8", "in_c_noise3")
-    clean = engine.samples(suite, "tiny_clip", "W8A8", "imagenet")
-    assert noisy["label"].shape == clean["label"].shape and not np.allclose(noisy["confidence"], clean["confidence"])
+    # every scenario's units exist, with every score and their own ID / OOD sets
+    assert {v.model for v in verdicts} == {"clip_digits@imagenet", "clip_digits@imagenet10", "clip_digits@imagenet20"}
+    assert sorted(p.name for p in (tmp_path / "baselines" / "clip").glob("*.json")) == [
+        "clip_digits@imagenet.json", "clip_digits@imagenet10.json", "clip_digits@imagenet20.json"]
+    scored = {(v.model, v.score) for v in verdicts if v.metric == "auroc"}
+    assert {s for _, s in scored} == {"msp", "energy", "mcm", "neglabel", "genneg"} and len(scored) == 15
+    near = engine.ood_metrics(suite.scenarios["imagenet10"], "clip_digits@imagenet10", "W8A8-ptq", "mcm", "imagenet20")
+    assert 0 <= near["auroc"] <= 1
+    shifted = {v.dataset for v in verdicts if v.model == "clip_digits@imagenet" and v.quantizer == "W8A8-qat" and v.metric == "top1"}
+    assert shifted == {"imagenet", "imagenet_r", "imagenet_a", "in_c_gaussian_noise3"}
+    # QAT trained on the captions (contrastive), every variant for its steps; LoRA stays unmerged
+    imagenet = suite.scenarios["imagenet"]
+    for q, spec in imagenet.quantizers.items():
+        if spec.method.startswith("qat"):
+            (info,) = engine.unit_info(imagenet, "clip_digits@imagenet", q)
+            assert info["qat_task"] == "contrastive" and info["qat_steps"] == (2 if q.endswith("-s900") else 1), q
+    (lora,) = engine.unit_info(imagenet, "clip_digits@imagenet", "W8A8-qat-lora-distill")
+    assert lora["qat_options"].lora_merge is False and lora["qat_options"].distill == "feature_mse"
+
+    results = run_results(verdicts, engine.report_units(), suites=[suite], planned={suite.name: len(verdicts)}, started=time.time())
+    page = build_page(results)
+    (sv,) = page.suites
+    (block,) = sv.blocks
+    (table,) = block.tables
+    assert "mean over 3 scenarios" in table.caption and [r.label for r in table.rows][0] == "FP32"
+    ptq = next(r for r in table.rows if r.label == "W8A8-ptq")
+    lora = next(r for r in table.rows if r.label == "W8A8-qat-lora")
+    assert all(c.text != MISSING for c in ptq.cells) and ptq.cells[0].delta_text  # every scenario has it: averaged
+    assert all(c.text == MISSING for c in lora.cells)  # the imagenet scenario only: never a mean of fewer scenarios
+    heads = [c.label for c in table.columns]
+    assert heads[:3] == ["Top-1 \u2191", "ECE \u2193", "NLL \u2193"] and "AUROC (MCM) \u2191" in heads
+    means = {sm.model: sm for sm in __import__("pytest_qrel.summary", fromlist=["summarize"]).summarize(results).scenario_means}
+    top1 = [engine.id_metrics(s, f"clip_digits@{n}", "W8A8-ptq")["top1"] for n, s in suite.scenarios.items()]
+    assert means["clip_digits"].number("W8A8-ptq", "id", "top1").value == pytest.approx(np.mean(top1))
+    kinds = {f.kind for f in sv.figures} | {f.kind for mv in sv.models for f in mv.figures}
+    assert kinds >= {"clip-acc-by-source", "clip-ece-violins", "clip-qat-steps", "clip-acc-nll", "clip-reliability-shift"}

@@ -361,9 +361,8 @@ checks:
 """
 
 
-def test_update_baselines_into_an_unwritable_folder_is_one_line(pytester):
-    (pytester.path / "suites").mkdir()
-    (pytester.path / "suites/a.yaml").write_text(PLUGIN_SUITE.format(name="a"))
+def test_update_baselines_into_an_unwritable_folder_is_one_line(pytester, suite_file):
+    suite_file(PLUGIN_SUITE.format(name="a"), "a")
     (pytester.path / "baselines").write_text("a file where the folder should be")
     result = pytester.runpytest("--qrel-suite", "suites/a.yaml", "--qrel-update-baselines", "-p", "no:randomly", "--qrel-no-cache")
     result.assert_outcomes(failed=1)
@@ -388,10 +387,9 @@ def test_claim_baseline_folder(tmp_path):
         )
 
 
-def test_two_suites_with_one_name_are_a_collection_error_naming_both(pytester):
-    (pytester.path / "suites").mkdir()
-    for file in ("a.yaml", "b.yaml"):
-        (pytester.path / "suites" / file).write_text(PLUGIN_SUITE.format(name="shared"))
+def test_two_suites_with_one_name_are_a_collection_error_naming_both(pytester, suite_file):
+    for file in ("a", "b"):
+        suite_file(PLUGIN_SUITE.format(name="shared"), file)
     result = pytester.runpytest("--qrel-suite", "suites/a.yaml", "--qrel-suite", "suites/b.yaml", "--co", "-q", "-p", "no:randomly")
     assert result.ret != 0
     out = result.stdout.str()

@@ -43,7 +43,7 @@ from .loading import HELDOUT_SPLIT, Loader, user_stage
 from .runner import PassResult, Runner, Want
 from .samples import SampleArrays
 from .units import (
-    BASE, Needs, SeedOutputs, UnitComputer, mean_metrics, metrics_of, score_functions, seed_names, variant_name, wants_spectrum,
+    BASE, Needs, SeedOutputs, UnitComputer, mean_metrics, metrics_of, score_functions, seed_names, wants_spectrum,
 )
 
 __all__ = ["HELDOUT_SPLIT", "Engine", "UnitState"]
@@ -343,19 +343,24 @@ class Engine:
             spectral=m.get("spectral", {}), spectral_map=spectral_map, base=state.base, posthoc=[s for s in variant.split("+") if s],
             weight_bits=spec.weight_bits, act_bits=spec.act_bits, bits_label=f"W{spec.weight_bits}A{spec.act_bits or 16}",
             seeds=list(spec.calibration.seeds or (spec.calibration.seed,)), calibration_samples=spec.calibration.samples,
-            options=dict(spec.options), per_seed=per_seed, curves=self._curves(state.seeds[0].arrays.get(variant, {}) if state.seeds else {}, suite),
+            options=dict(spec.options), per_seed=per_seed, curves=self._curves(state.seeds[0].arrays.get(variant, {}) if state.seeds else {}, suite, b),
             diagnostics=dict(state.seeds[0].diagnostics) if state.seeds and not variant else {},
             runtime=dict(state.info[0].get("runtime", {})) if state.info and not variant else {},
         )
 
-    def _curves(self, arrays: dict[str, SampleArrays], suite: Suite) -> dict[str, Any]:
-        """The report's small plot data from one seed's per-sample arrays (see UnitMetrics.curves)."""
+    def _curves(self, arrays: dict[str, SampleArrays], suite: Suite, baseline: Baseline | None = None) -> dict[str, Any]:
+        """The report's small plot data from one seed's per-sample arrays (see UnitMetrics.curves);
+        with the FP32 ``baseline``, the bin-wise reliability shift of the same samples."""
         from ..curves import unit_curves
+        from ..reliability_shift import shift_curve
 
         if suite.id_dataset.name not in arrays:
             return {}
         ood = [d for d in suite.ood_datasets if d in arrays]
-        return unit_curves(arrays, suite.id_dataset.name, ood, list(suite.scores))
+        out = unit_curves(arrays, suite.id_dataset.name, ood, list(suite.scores))
+        if baseline is not None:
+            out.update(shift_curve(baseline.samples(FP32), arrays, suite.id_dataset.name))
+        return out
 
     def _baseline_records(self, suite: Suite, model: str, b: Baseline) -> None:
         diagnostics: dict[str, Any] = {}
@@ -817,5 +822,3 @@ class Engine:
         """Per seed: what quantizing recorded (``qat_steps``, ``qat_losses``, ``qat_options``, ``verify``)."""
         return self.unit(suite, model, base_quantizer(quantizer)).info
 
-
-_ = (variant_name, Verdict)  # re-exported names used by callers of this package

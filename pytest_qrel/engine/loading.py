@@ -189,16 +189,40 @@ class Loader:
             return False
         return True
 
+    def calibration_data(self, suite: Suite, source: str, field: str) -> Any:
+        """The image set a quantizer's ``calibration.data`` names (e.g. ``imagetext:${QREL_CC3M}``)."""
+        from ..data import load_dataset
+
+        key = _json_key(["calibration.data", source, str(suite.path.parent.resolve())])
+        if key not in self._datasets:
+            try:
+                with user_stage("loading the calibration data", f"{suite.path}: {field}"):
+                    self._datasets[key] = load_dataset(source, split="train", options={}, base_dir=suite.path.parent)
+            except UserCodeError:
+                raise
+            except QrelError as exc:
+                raise exc.with_context(f"{suite.path}: field '{field}'") from None
+        return self._datasets[key]
+
     def calibration_images(self, suite: Suite, model: str, samples: int, seed: int, field: str,
-                           draw: str = "numpy") -> tuple[Any, Any]:
+                           draw: str = "numpy", data: str | None = None) -> tuple[Any, Any]:
         """``samples`` preprocessed images (N, C, H, W) of the ID *train* split drawn with ``seed`` by
-        ``draw`` (:mod:`pytest_qrel.calibration_draw`), and their labels (N,), on the device."""
+        ``draw`` (:mod:`pytest_qrel.calibration_draw`), and their labels (N,), on the device.
+
+        With ``data`` (a quantizer's ``calibration.data``) the images come from that set instead;
+        an image-text set's captions, encoded by the model's text tower, take the labels' place as a
+        :class:`~pytest_qrel.quantize.qat.TextTargets` (QAT's contrastive task loss), ``None`` when
+        the set has no captions or the model no text tower."""
         import torch
 
-        train = self.dataset(suite, suite.id_dataset.name, "train")
+        if data is not None:
+            train = self.calibration_data(suite, data, field.rpartition(".")[0] + ".data")
+        else:
+            train = self.dataset(suite, suite.id_dataset.name, "train")
         if samples > len(train):
+            what = f"'{data}'" if data is not None else f"the train split of '{suite.id_dataset.name}'"
             raise SpecError(
-                f"asks for {samples} calibration images but the train split of '{suite.id_dataset.name}' has {len(train)}",
+                f"asks for {samples} calibration images but {what} has {len(train)}",
                 file=suite.path, field=field, fix=f"use at most {len(train)}",
             )
         from ..calibration_draw import draw_calibration
@@ -207,5 +231,17 @@ class Loader:
         preprocess = self.model(suite, model).preprocess
         with user_stage("preprocessing calibration images", f"model '{model}'"):
             images = torch.stack([preprocess(train[int(i)][0]) for i in index]).to(self.device)
+        if data is not None:
+            return images, self._caption_targets(suite, model, train, index)
         labels = torch.as_tensor(np.asarray(train.labels)[index], dtype=torch.int64).to(self.device)
         return images, labels
+
+    def _caption_targets(self, suite: Suite, model: str, train: Any, index: Any) -> Any:
+        captions = getattr(train, "captions", None)
+        encode = self.model(suite, model).info.get("encode_captions")
+        if captions is None or encode is None:
+            return None
+        from ..quantize.qat import TextTargets
+
+        with user_stage("encoding the calibration captions", f"model '{model}'"):
+            return TextTargets(encode([captions[int(i)] for i in index]))

@@ -173,14 +173,22 @@ class UnitComputer:
                             line=where.line if where else None, field=f"quantizers.{base}.verify", fix="remove 'verify: true'")
         images, labels = self.loader.calibration_images(
             suite, model, spec.calibration.samples, spec.calibration.seed, f"quantizers.{base}.calibration.samples",
-            draw=spec.calibration.draw,
+            draw=spec.calibration.draw, data=spec.calibration.data,
         )
+        from ..quantize import QUANTIZERS as _Q
+        from ..quantize.qat import TextTargets
+
+        targets = labels if isinstance(labels, TextTargets) else None
+        if targets is not None or spec.calibration.data is not None:  # image-text data: captions, never labels
+            labels = None
+            if not _Q.meta(spec.method).get("accepts_targets"):
+                targets = None  # PTQ methods calibrate on the images alone
         what = f"model '{model}' quantizer '{base}'"
         name = f"{base}@{seed}" if len(suite.quantizers[base].calibration.seeds) > 1 else base
         try:
             with user_stage("quantization (calibration / QAT)", what), progress.reporting(self.progress, f"{model} {name}"):
                 progress.step("calibrating", 0, 1)
-                module = quantize(loaded.module.to(self.device), config, images, labels=labels).eval()
+                module = quantize(loaded.module.to(self.device), config, images, labels=labels, targets=targets).eval()
                 progress.step("calibrating", 1, 1)
         except QuantOptionError as exc:  # found only now, on the model (e.g. no timm Attention)
             raise spec_error_for(exc, spec) from None
@@ -193,7 +201,7 @@ class UnitComputer:
 
             with user_stage("the runtime audit (census, parity, latency)", what):
                 info["runtime"] = audit_runtime(self, suite, model, base, spec, module, key_identity)
-        for attr in ("qat_steps", "qat_options"):
+        for attr in ("qat_steps", "qat_options", "qat_task"):
             if hasattr(module, attr):
                 info[attr] = getattr(module, attr)
         losses = getattr(module, "qat_losses", None)
@@ -220,6 +228,9 @@ class UnitComputer:
         quantizing once and streaming each missing dataset through the module."""
         out = SeedOutputs(name=name, seed=seed)
         qconf: Any = "FP32" if base == FP32 else self.quantizer_spec(suite, base, seed).config_dict()
+        data = None if base == FP32 else suite.quantizers[base].calibration.data
+        if data is not None:  # what the calibration / QAT images and captions are, not only where
+            qconf = {**qconf, "calibration_data": self.loader.calibration_data(suite, data, f"quantizers.{base}.calibration.data").fingerprint}
         runtime = base != FP32 and self._runtime_key(suite, base, seed, qconf)
         loaded_scores = score_functions(suite)
         required = {f"score.{s}" for s in suite.scores}

@@ -247,6 +247,19 @@ def _text_key(**parts: Any) -> str:
     return hashlib.sha256(json.dumps({"format": TEXT_CACHE_FORMAT, **parts}, sort_keys=True).encode()).hexdigest()
 
 
+def _caption_encoder(clip_model: Any, tokenizer: Any, tokenizer_id: str, checkpoint_sha: str, cache_dir: Path | None,
+                     device: Any) -> Callable[[list[str]], Any]:
+    """``encode(captions) -> (N, D)`` float32 text features of ``captions`` (memoised like the prompts)."""
+    from .clip_zoo import encode_texts
+
+    def encode(captions: list[str]) -> Any:
+        texts = [str(c) for c in captions]
+        key = _text_key(kind="captions", texts=texts, checkpoint_sha256=checkpoint_sha, tokenizer=tokenizer_id)
+        return cached_text_features(key, lambda: encode_texts(clip_model, tokenizer, texts, device=device), cache_dir)
+
+    return encode
+
+
 def cached_text_features(key: str, compute: Callable[[], Any], cache_dir: Path | None) -> Any:
     """``compute()`` (a float32 tensor) memoised under ``key`` in-process and in ``cache_dir/<key>.safetensors``.
 
@@ -717,7 +730,10 @@ def open_clip_model_source(arg: str, *, options: Mapping[str, Any] | None = None
     # features: those are float results that vary with the torch build and thread count.
     with torch.no_grad():
         checkpoint_sha = state_dict_sha256(clip_model)
-    del clip_model  # the text tower is not needed any more
+    # Captions of image-text calibration data (calibration.data: imagetext:...) become QAT targets
+    # through the same frozen text tower; the closure keeps it (the visual tower is shared anyway).
+    info["encode_captions"] = _caption_encoder(clip_model, tokenizer, tokenizer_id, checkpoint_sha, cache_dir, text_device)
+    del clip_model
     module = ZeroShotCLIP(visual, text.class_features, logit_scale, linear_attention=linear_attention).eval()
     for p in module.parameters():
         p.requires_grad_(False)

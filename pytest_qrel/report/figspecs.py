@@ -22,6 +22,8 @@ from .. import display
 from ..results import UnitMetrics, Verdict
 from ..spec.schema import MEAN_OOD
 from ..summary import ModelSummary
+from . import clip_figspecs  # noqa: F401  (registers the CLIP paper's figure sets)
+from .figure_sets import figures_of
 from .format import missing
 from .objects import FigureSpec, TableBuilder
 
@@ -155,7 +157,7 @@ def model_figures(b: TableBuilder, ms: ModelSummary) -> list[FigureSpec]:
     """The figures of one model's section, in the order of the module docstring."""
     figs = [_reliability(b, ms), *(_roc_pr(b, ms, score) for score in ms.scores), _acc_ece(b, ms), _bits_top1(b, ms),
             _margin_heatmap(b, ms), _spectral_maps(b, ms)]
-    return [f for f in figs if f is not None]
+    return [f for f in figs if f is not None] + figures_of("model", b, ms)
 
 
 def rollout_figures(b: TableBuilder, ms: ModelSummary) -> list[FigureSpec]:
@@ -220,10 +222,11 @@ def suite_figures(b: TableBuilder, suite: str, models: Sequence[ModelSummary]) -
     lines, xs = _suite_lines(b, models)
     metrics = [m for m in ("aupr_out", "auroc") if any(m in ln["by_bits"][x].mean_ood(ln["score"]) for ln in lines for x in ln["by_bits"])]
     if not lines or not metrics:
-        return []
+        return figures_of("suite", b, suite, models)
     ref_label = next((ln["ref"].quantizer for ln in lines if ln["ref"] is not None), "FP32")
     out_lines = [{"label": ln["label"], "values": {m: _line_values(ln, m, xs) for m in metrics}} for ln in lines]
     return [_spec(b, "bits-ood", "OOD detection against bit configuration",
                   "Mean over the OOD sets of AUPR-out (OOD positive) and AUROC, in %, at each bit configuration; one line per model "
                   "(and method or score).",
-                  {"x": [ref_label, *xs], "metrics": [[m, f"{b.info(m).label} (%)"] for m in metrics], "lines": out_lines})]
+                  {"x": [ref_label, *xs], "metrics": [[m, f"{b.info(m).label} (%)"] for m in metrics], "lines": out_lines}),
+            *figures_of("suite", b, suite, models)]

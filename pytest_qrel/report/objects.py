@@ -169,6 +169,7 @@ class SuiteView:
     figures: list[FigureSpec] = field(default_factory=list)
     planned: int | None = None
     n_verdicts: int = 0
+    blocks: list[Block] = field(default_factory=list)  # suite-wide tables (averages across scenarios)
     missing: int = 0  # planned checks of this suite without a verdict
 
 

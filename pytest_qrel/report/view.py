@@ -283,6 +283,9 @@ def build_page(results: RunResults, *, title: str = "pytest-qrel reliability aud
         sv = SuiteView(suite, f"suite-{i}", [b.model_view(ms, b.anchors[(ms.suite, ms.model)]) for ms in mine],
                        planned=results.planned.get(suite), n_verdicts=standing.total, missing=standing.missing)
         sv.figures = suite_figures(b, suite, mine)
+        from .scenario_view import scenario_blocks
+
+        sv.blocks = scenario_blocks(b, [sm for sm in summary.scenario_means if sm.suite == suite])
         suites.append(sv)
     vs, verdict = b.verdicts, summary.verdict
     run = dict(results.run)

@@ -21,32 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..metrics import METRICS
-
-RUNTIME_METRICS: dict[str, dict[str, Any]] = {
-    "parity": {"higher_is_better": False, "fraction": False, "label": "Parity to the simulation", "unit": "floors", "ref": True},
-    "logit_diff": {"higher_is_better": False, "fraction": False, "label": "Mean |logit diff| to the simulation", "unit": "logits", "ref": True, "fmt": ".3g"},
-    "agreement": {"higher_is_better": True, "fraction": True, "label": "Top-1 agreement with the simulation", "ref": True},
-    "int8_share": {"higher_is_better": True, "fraction": True, "label": "Int8 share of MACs", "ref": False},
-    "latency": {"higher_is_better": False, "fraction": False, "label": "Latency / FP32", "unit": "x FP32", "ref": False, "timed": True},
-    "latency_b1": {"higher_is_better": False, "fraction": False, "label": "Latency at batch 1 / FP32", "unit": "x FP32", "ref": False, "timed": True},
-    "memory": {"higher_is_better": False, "fraction": False, "label": "Working memory / FP32", "unit": "x FP32", "ref": False, "timed": True},
-    "size": {"higher_is_better": False, "fraction": False, "label": "Artifact size / FP32", "unit": "x FP32", "ref": False},
-}
-
-
-def _reader(name: str) -> Any:
-    def read(values: dict[str, Any], ref: str | None = None) -> float:
-        value = values[name]
-        return float(value[ref] if ref is not None else value)
-
-    read.__name__ = f"runtime_{name}"
-    return read
-
-
-for _name, _meta in RUNTIME_METRICS.items():
-    METRICS.add(_name, _reader(_name), kind="runtime", input="runtime", delta_bounds=False,
-                **{k: v for k, v in _meta.items() if k in ("higher_is_better", "fraction", "label", "unit", "fmt")})
+from ..metrics import METRICS, RUNTIME_METRICS  # the runtime metrics' table (registered there)
 
 
 def is_runtime_method(method: str) -> bool:

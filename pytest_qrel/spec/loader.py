@@ -36,7 +36,7 @@ from .yamlsrc import LineDict, LineList, kind_of, load_yaml
 
 TOP_LEVEL_KEYS = (
     "version", "name", "description", "models", "datasets", "quantizers", "scores", "checks", "conventions", "batch_size",
-    "diagnostics", "confidence", "inconclusive", "bootstrap",
+    "diagnostics", "confidence", "inconclusive", "bootstrap", "scenarios",
 )
 # Names appear in pytest ids "model[quantizer-dataset]::check"; the scheduler splits on the last
 # "-", so dataset names may not contain one.
@@ -252,6 +252,7 @@ CALIBRATION_KEYS: dict[str, Option] = {
     "seed": integer(0, lo=0),
     "seeds": anything(),  # a list of distinct integers >= 0, each located: _seeds
     "draw": anything(),  # a registered draw: checked against CALIBRATION_DRAWS
+    "data": anything(),  # a dataset source (imagetext:...): _calibration_data
 }
 """The keys of ``quantizers.<name>.calibration``."""
 
@@ -313,7 +314,23 @@ def _calibration(ctx: _Ctx, node: LineDict, field: str) -> CalibrationSpec:
     if not isinstance(draw, str) or draw not in CALIBRATION_DRAWS:
         raise ctx.err(str(UnknownNameError("calibration draw", str(draw), CALIBRATION_DRAWS.names())), node=node,
                       key="draw", field=f"{field}.draw", fix=f"use one of: {', '.join(CALIBRATION_DRAWS.names())}")
-    return CalibrationSpec(samples=values["samples"], seed=seeds[0] if seeds else values["seed"], seeds=seeds if len(seeds) > 1 else (), draw=draw)
+    return CalibrationSpec(samples=values["samples"], seed=seeds[0] if seeds else values["seed"], seeds=seeds if len(seeds) > 1 else (), draw=draw,
+                           data=_calibration_data(ctx, node, field))
+
+
+def _calibration_data(ctx: _Ctx, node: LineDict, field: str) -> str | None:
+    """``calibration.data``: a dataset source string, checked like a dataset's (no torch)."""
+    if "data" not in node:
+        return None
+    source = _source(ctx, node["data"], node, "data", f"{field}.data")
+    from ..data.base import validate_dataset_source
+    from ..errors import QrelError
+
+    try:
+        validate_dataset_source(source, None)
+    except QrelError as exc:
+        raise ctx.err(str(exc), node=node, key="data", field=f"{field}.data") from None
+    return source
 
 
 def _seeds(ctx: _Ctx, node: LineDict, field: str) -> tuple[int, ...]:
@@ -582,6 +599,16 @@ def load_suite(path: str | Path) -> Suite:
         raise ctx.err("the suite file is empty", fix="see the README for a complete example")
     doc = ctx.mapping(doc, "", "a suite is a mapping with models, datasets, quantizers, scores and checks")
     ctx.unknown_keys(doc, TOP_LEVEL_KEYS, "")
+    if "scenarios" in doc:  # one suite per scenario, each validated below (spec/scenarios.py)
+        from .scenarios import load_scenarios
+
+        return load_scenarios(ctx, doc, suite_from_doc)
+    return suite_from_doc(ctx, doc)
+
+
+def suite_from_doc(ctx: _Ctx, doc: LineDict) -> Suite:
+    """The validated suite of one suite document (without ``scenarios``)."""
+    path = ctx.path
     version = doc.get("version", SCHEMA_VERSION)
     if isinstance(version, bool):  # True == 1 in Python: a boolean is never a number here
         raise ctx.err(f"'version' must be a number, got {version!r}", node=doc, key="version", field="version", fix=f"write 'version: {SCHEMA_VERSION}'")

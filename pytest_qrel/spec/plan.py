@@ -109,6 +109,8 @@ def plan(suite: Suite) -> list[PlannedCheck]:
     already refused two checks that expand to the same item)."""
     from ..metrics import METRICS
 
+    if suite.scenarios:  # one ordinary suite per scenario (spec/scenarios.py)
+        return [p for sub in suite.scenarios.values() for p in plan(sub)]
     planned: list[PlannedCheck] = []
     for check in suite.checks:
         kind = METRICS.meta(check.metric)["kind"]

@@ -68,6 +68,10 @@ class CalibrationSpec:
     seed: int = 0
     seeds: tuple[int, ...] = ()
     draw: str = "numpy"
+    data: str | None = None
+    """A dataset source the images come from instead of the ID train split, e.g. an image-text
+    folder (``imagetext:${QREL_CC3M}``, :mod:`pytest_qrel.data.imagetext`); its captions become the
+    QAT methods' training targets. ``None``: the ID set's train split and its labels."""
 
 
 @dataclass(frozen=True)
@@ -95,7 +99,8 @@ class QuantizerSpec:
             "act_bits": self.act_bits,
             "calibration": {"samples": self.calibration.samples, "seed": self.calibration.seed, "seeds": list(self.calibration.seeds),
                             # only when not the default, so that existing fingerprints stay valid
-                            **({"draw": self.calibration.draw} if self.calibration.draw != "numpy" else {})},
+                            **({"draw": self.calibration.draw} if self.calibration.draw != "numpy" else {}),
+                            **({"data": self.calibration.data} if self.calibration.data is not None else {})},
             "options": self.options,
         }
 
@@ -197,6 +202,10 @@ class Suite:
     inconclusive: Literal["fail", "warn", "pass"] = "fail"
     """What an inconclusive verdict does to the run (top-level ``inconclusive:``)."""
     bootstrap: BootstrapSpec = field(default_factory=BootstrapSpec)
+    scenarios: dict[str, "Suite"] = field(default_factory=dict)
+    """``scenario -> Suite`` when the suite has ``scenarios:`` (:mod:`pytest_qrel.spec.scenarios`):
+    each an ordinary suite of models ``<model>@<scenario>``; this suite is then the first of them
+    holding every scenario's models, and the planner plans each scenario's suite."""
 
     @property
     def all_datasets(self) -> dict[str, DatasetSpec]:
