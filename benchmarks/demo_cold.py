@@ -1,7 +1,17 @@
 """Cold demo audit: wall time of the README command in a fresh process with no cache, and where
 the time goes. A measurement, not a test (machines are noisy): report the numbers of one run.
 
-    python benchmarks/demo_cold.py [--repeat 3] [--suite suites/demo.yaml]
+    python benchmarks/demo_cold.py [--repeat 3] [--suite suites/demo.yaml] [--before /path/to/other/checkout]
+
+For each checkout (this one, and ``--before`` when given: e.g. ``git worktree add /tmp/before main``)
+it runs, ``--repeat`` times and alternating between the checkouts so that both see the same load,
+``python -m pytest --qrel-suite SUITE -q -p no:cacheprovider --qrel-report R.html`` from that
+checkout's root with ``PYTHONPATH`` set to it (no outputs cache: ``-p no:cacheprovider``), and
+prints the median wall and CPU seconds and the after/before ratios. Then, once per checkout, a
+fresh process times the run's phases as library calls (imports, model, data, calibration, forward
+passes, metrics and checks, report) and lists which optional heavy packages a run *without* a
+report imported (matplotlib, jinja2, scikit-learn's datasets, the project's test helpers, ...).
+On a loaded machine read the ratios, not the seconds.
 """
 
 from __future__ import annotations
@@ -13,10 +23,15 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench import measure  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
+
+# Heavy packages the demo without a report should not need (the probe lists those it imported).
+PROBED = ("matplotlib", "jinja2", "sklearn", "sklearn.datasets", "scipy.stats", "skimage", "tests", "pandas", "open_clip")
 
 PHASES = r'''
 import json, sys, time
@@ -28,7 +43,6 @@ import pytest; mark("import pytest")
 import pytest_qrel.plugin; mark("import pytest_qrel.plugin")
 from pytest_qrel import load_suite, plan; suite = load_suite(sys.argv[1]); items = plan(suite); mark("load + plan suite (collection)")
 import torch, timm; mark("import torch + timm")
-import sklearn.metrics; mark("import scikit-learn")
 from pytest_qrel.engine import Engine
 engine = Engine(baseline_dir=sys.argv[2])
 for m in suite.models: engine.model(suite, m)
@@ -50,38 +64,67 @@ engine.runner.run = timed(engine.runner.run, "forward passes")
 engine.expect(items)
 t = time.perf_counter(); verdicts = [engine.evaluate(p) for p in items]; total = time.perf_counter() - t
 out.update({k: round(v, 3) for k, v in spent.items()})
-out["metrics + checks (intervals, records)"] = round(total - sum(spent.values()), 3); t0 = time.perf_counter()
+out["metrics + checks (intervals, records; scikit-learn imported here)"] = round(total - sum(spent.values()), 3)
+probed = json.loads(sys.argv[3])
+imported_without_report = [m for m in probed if m in sys.modules]
+t0 = time.perf_counter()
 from pytest_qrel.report import render_report
+from pytest_qrel.shards import run_results
 import tempfile, os
-render_report(verdicts, engine.report_units(), os.path.join(tempfile.mkdtemp(), "r.html")); mark("render report")
+results = run_results(verdicts, engine.report_units(), suites=[suite], planned={suite.name: len(items)}, started=time.time())
+render_report(results, os.path.join(tempfile.mkdtemp(), "r.html")); mark("render report (matplotlib, jinja2)")
 out["forward_passes"] = sum(engine.forward_passes.values()); out["checks"] = len(items)
+out["imported by a run without a report"] = imported_without_report
 print(json.dumps(out))
 '''
+
+
+def _wall(checkout: Path, suite: str) -> tuple[float, float]:
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(checkout)}
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pytest", "--qrel-suite", suite, "-q", "-p", "no:cacheprovider",
+               "--qrel-report", str(Path(tmp) / "demo.html")]
+        m = measure(cmd, cwd=checkout, env=env)
+    if m.returncode != 0:
+        sys.exit(f"demo audit in {checkout} failed (exit {m.returncode}):\n{m.output[-2000:]}")
+    return m.wall_s, m.cpu_s
+
+
+def _phases(checkout: Path, suite: str) -> dict[str, object]:
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(checkout)}
+    proc = subprocess.run([sys.executable, "-c", PHASES, suite, str(checkout / "baselines"), json.dumps(PROBED)],
+                          cwd=checkout, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"phase breakdown in {checkout} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--suite", default="suites/demo.yaml")
+    parser.add_argument("--before", type=Path, help="another checkout (the baseline of a before/after comparison)")
     args = parser.parse_args()
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    walls = []
+    checkouts = {"before": args.before.resolve(), "after": ROOT} if args.before else {"this": ROOT}
+    walls: dict[str, list[float]] = {k: [] for k in checkouts}
+    cpus: dict[str, list[float]] = {k: [] for k in checkouts}
     for _ in range(args.repeat):
-        with tempfile.TemporaryDirectory() as tmp:
-            cmd = [sys.executable, "-m", "pytest", "--qrel-suite", args.suite, "-q", "-p", "no:cacheprovider",
-                   "--qrel-report", str(Path(tmp) / "demo.html")]
-            t = time.perf_counter()
-            proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-            walls.append(time.perf_counter() - t)
-            if proc.returncode != 0:
-                sys.exit(f"demo audit failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}")
-    phases = subprocess.run([sys.executable, "-c", PHASES, args.suite, str(ROOT / "baselines")], cwd=ROOT, env=env,
-                            capture_output=True, text=True, check=True)
-    print(f"cold demo audit ({args.suite}, {os.cpu_count()} cores): wall {statistics.median(walls):.2f} s median of "
-          f"{args.repeat} ({', '.join(f'{w:.2f}' for w in walls)})")
-    print("where the time goes (one fresh process, library calls):")
-    for name, value in json.loads(phases.stdout).items():
-        print(f"  {name:32s} {value}")
+        for name, checkout in checkouts.items():
+            wall, cpu = _wall(checkout, args.suite)
+            walls[name].append(wall)
+            cpus[name].append(cpu)
+    load = os.getloadavg()[0]
+    print(f"cold demo audit ({args.suite}, {os.cpu_count()} cores, load {load:.1f} at the end), median of {args.repeat}:")
+    for name, checkout in checkouts.items():
+        print(f"  {name:6s} {checkout}: wall {statistics.median(walls[name]):.2f} s ({', '.join(f'{w:.2f}' for w in walls[name])}),"
+              f" CPU {statistics.median(cpus[name]):.2f} s")
+    if args.before:
+        for label, series in (("wall", walls), ("CPU", cpus)):
+            print(f"  after/before {label}: {statistics.median(series['after']) / statistics.median(series['before']):.2f}")
+    for name, checkout in checkouts.items():
+        print(f"where the time goes ({name}; one fresh process, library calls, seconds):")
+        for phase, value in _phases(checkout, args.suite).items():
+            print(f"  {phase:40s} {value}")
 
 
 if __name__ == "__main__":

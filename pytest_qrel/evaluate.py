@@ -29,7 +29,7 @@ import operator
 from typing import TYPE_CHECKING, Any
 
 from .deltas import relative, signed_delta
-from .display import format_bound, format_ci, format_compared, format_delta, format_value, metric_info
+from .display import format_bound, format_ci, format_compared, format_delta, format_margin, format_value, metric_info
 from .policy import outcome_of
 from .results import MetricInfo, Verdict
 from .spec.plan import PlannedCheck
@@ -147,6 +147,8 @@ def decide(
         reason=check.reason or "",
         ref_value=ref_value,
         compared_ci=list(ci) if ci is not None else None,
+        source=str(check.where) if check.where else "",
+        margin_display=format_margin(info, bound, evidence.margin) if evidence.margin is not None else "",
         **_interval_fields(interval),
     )
 

@@ -77,6 +77,8 @@ class Verdict:
     ci_note: str = ""
     ref_value: float | None = None
     compared_ci: list[float] | None = None
+    source: str = ""  # where the check is written, "suites/x.yaml:23": the line a reviewer changes
+    margin_display: str = ""  # ``margin`` in the bound's display unit ("-2.26pp"; negative: violated)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: _plain(v) for k, v in asdict(self).items()}

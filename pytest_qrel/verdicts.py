@@ -36,6 +36,7 @@ def verdict_without_result(p: PlannedCheck, outcome: Outcome, message: str, *, s
         suite=p.suite.name, model=p.model, quantizer=p.quantizer, dataset=p.dataset, metric=p.check.metric,
         score=p.score, check=p.check.text, bound=str(p.check.bound), fp32=None, value=None, delta=None,
         delta_display="", passed=False, expect_fail=p.check.expect == "fail", outcome=outcome, message=message, stage=stage,
+        source=str(p.check.where) if p.check.where else "",
     )
 
 

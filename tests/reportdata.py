@@ -149,6 +149,7 @@ class Check:
     expect_fail: bool = False
     reason: str = ""
     text: str = field(default="")
+    source: str = ""  # where the check is written in its suite ("suites/demo.yaml:23")
 
 
 def _value(u: UnitMetrics, c: Check) -> float:
@@ -210,7 +211,8 @@ def decide(c: Check, units: dict[str, UnitMetrics], metrics: dict[str, Any], sui
         delta_ci=ci or None, ci_level=0.95 if ci else None, ci_resamples=1000 if ci else None, ci_seed=0 if ci else None,
         ci_display=ci_display, compared=compared, margin=margin, value_display=value_display,
         fp32_display="" if on_ref else display.format_value(info, fp32), bound_display=display.format_bound(info, b),
-        reason=c.reason, bound_amount=None if b.ref else b.amount,
+        reason=c.reason, bound_amount=None if b.ref else b.amount, source=c.source,
+        margin_display=display.format_margin(info, b, margin),
     )
 
 

@@ -113,6 +113,12 @@ def test_shipped_suite_passes_against_committed_baselines(name: str, engine: Eng
         assert sorted(qat) == ["W4A4-qat-distill", "W4A4-qat-lsq", "W8A8-qat-distill", "W8A8-qat-lsq"]
         assert all(suite.quantizers[q].calibration.samples == 100 for q in qat)
         assert sum(steps_taken.values()) == 4 * QAT_DEFAULT_STEPS
+    if name == "demo":
+        # The showcase caught regression is one a reader of the intervals believes: its whole 95%
+        # interval lies beyond zero (and beyond the bound), not a noisy point estimate.
+        (showcase,) = [v for v in verdicts if v.outcome == "xfailed"]
+        assert showcase.delta_ci is not None and showcase.delta_ci[0] > 0
+        assert showcase.compared_ci is not None and showcase.compared_ci[0] > showcase.bound_amount
 
 
 # The figures each real demo report must hold (data-kind of its <figure>s).

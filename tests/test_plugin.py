@@ -569,11 +569,27 @@ def test_user_code_that_exits_or_raises_is_an_error_naming_model_and_stage(pytes
     assert "FAIL" in summary.splitlines()[0]
 
 
+# Imported only when a run asks for what they do: the report (matplotlib, Jinja2), scikit-learn's
+# dataset loaders (the embedded digits are read from its data file), the project's own test helpers.
+UNUSED_BY_A_RUN = ("matplotlib", "jinja2", "pytest_qrel.report", "sklearn.datasets", "scipy.io", "tests", "tinyvit", "reportdata")
+RUN_PROBE = f"""
+import json, sys
+
+def pytest_unconfigure(config):
+    with open("loaded.json", "w") as f:
+        json.dump([m for m in ("torch", "pytest_qrel.engine", *{UNUSED_BY_A_RUN!r}) if m in sys.modules], f)
+"""
+
+
 def test_nan_logits_fail_naming_model_quantizer_dataset_and_count(pytester, monkeypatch):
     write_model(pytester, on_forward="if os.environ.get('QREL_NAN'): out = out.clone(); out[::3] = float('nan')")
     monkeypatch.delenv("QREL_NAN", raising=False)
+    pytester.makeconftest(RUN_PROBE)
     result = pytester.runpytest_subprocess("--qrel-suite", "suites/py.yaml", "--qrel-update-baselines")
     assert result.ret == 0, result.stdout.str()
+    # A whole run without --qrel-report (cold start): the process that ran the checks imported
+    # torch and the engine, and nothing it did not use.
+    assert json.loads((pytester.path / "loaded.json").read_text()) == ["torch", "pytest_qrel.engine"]
     monkeypatch.setenv("QREL_NAN", "1")
     result = pytester.runpytest_subprocess("--qrel-suite", "suites/py.yaml", "--qrel-report", "r/py.html", "-p", "no:cacheprovider")
     out = result.stdout.str()

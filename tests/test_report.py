@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from collections import Counter
+from html import unescape as html_unescape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from pytest_qrel.report import build_page, render_html, render_markdown, render_
 from pytest_qrel.report.format import delta_class, delta_level
 from pytest_qrel.report.markdown import MAX_CHARS
 from pytest_qrel.results import RunResults, Verdict
+from pytest_qrel.spec.schema import Bound
 from pytest_qrel.summary import Number, summarize
 
 # ------------------------------------------------------------------------------ a tiny DOM
@@ -481,11 +484,40 @@ def test_markdown_summary_of_a_failing_run() -> None:
     md = render_markdown(rd.demo_results(), report_path="reports/demo.html")
     assert md.startswith("## \u274c pytest-qrel: FAIL \u2014 demo\n")
     assert "**2 of 40 checks block the release.**" in md
-    assert '`pytest "suites/demo.yaml::vit_digits[W6A6-digits]::nll delta<=40%"`' in md
-    line = next(ln for ln in md.splitlines() if "W6A6-digits]::nll" in ln)
-    assert "+40.62%" in line and "\\[95% CI +29.09%, +52.16%\\]" in line and "delta &lt;= 40%" in line
+    assert "pytest 'suites/demo.yaml::vit_digits[W6A6-digits]::nll delta<=40%'" in md.splitlines()  # shell-quoted, in a code block
+    line = next(ln for ln in md.splitlines() if ln.startswith("| `W6A6 nll delta <= 40%`"))
+    assert "+40.62%" in line and "\\[95% CI +29.09%, +52.16%\\]" in line and "| -0.62% |" in line
     assert "### Expected failures" in md and "W4A4 minmax keeps top-1" in md
     assert md.rstrip().endswith("Full report: `reports/demo.html`")
+
+
+def test_markdown_groups_failures_by_check_with_the_line_to_change_and_links_into_the_report() -> None:
+    # One over-tight bound failing on most units (the issue's "all auroc >= 0.95", 24 of 25 rows) is one
+    # row: the suite line to change, how many units fail it, the worst margin, a link to its row.
+    res = rd.demo_results(diagnostics=False)
+    by_q = {u.quantizer: u for u in res.units}
+    tight = [rd.decide(rd.Check(q, "auroc", Bound("value", ">=", 0.95), score=s, dataset=d, text="all auroc >= 0.95",
+                                source="suites/demo.yaml:23"), by_q, res.metrics, "demo", "vit_digits")
+             for q in rd.SEVERITY for s in ("msp", "energy") for d in rd.OOD_SETS]
+    res.verdicts += tight
+    res.planned["demo"] += len(tight)
+    failing = [v for v in tight if v.outcome == "failed"]
+    assert 10 < len(failing) < len(tight)
+    md = render_markdown(res, report_path="out/demo.html")
+    rows = [ln for ln in md.splitlines() if ln.startswith("| `all auroc >= 0.95`")]
+    assert len(rows) == 1 and "| `suites/demo.yaml:23` |" in rows[0] and f"| {len(failing)} of {len(tight)} |" in rows[0]
+    worst = min(failing, key=lambda v: v.margin)
+    assert f"| {worst.margin_display} |" in rows[0] and worst.margin_display.startswith("-")
+    assert not any(v.margin < worst.margin for v in tight)
+    anchor = re.search(r"\(demo\.html#(v-[0-9a-f]{12})\)", rows[0]).group(1)
+    html = render_html(res, figures=False)
+    assert html.count(f'id="{anchor}"') == 1  # the link lands on the worst row of the failing table
+    assert f"pytest {shlex.quote(worst.nodeid)}" in md.splitlines()
+    # every failing row of the report offers its node id shell-quoted in one unwrapped code element
+    codes = {html_unescape(c) for c in re.findall(r'<code class="nodeid"[^>]*>(.*?)</code>', html)}
+    assert {f"pytest {shlex.quote(v.nodeid)}" for v in failing} <= codes
+    assert shlex.split(f"pytest {shlex.quote(worst.nodeid)}")[1] == worst.nodeid  # one shell word, the id itself
+    assert render_markdown(res, report_path="out/demo.html", report_url="https://ci.example/r.html").count("(https://ci.example/r.html#v-") >= 3
 
 
 def test_markdown_summary_of_a_passing_run_has_the_key_numbers() -> None:

@@ -53,9 +53,12 @@ def render_markdown(
     report_path: str | os.PathLike[str] | None = None,
     title: str = "pytest-qrel",
     max_rows: int = 50,
+    report_url: str | None = None,
 ) -> str:
     """The Markdown summary of ``results`` (see :mod:`.markdown`); ``report_path`` adds the
-    ``Full report: <path>`` line."""
+    ``Full report: <path>`` line; links into the report point at ``report_url`` (default: the
+    report's file name, beside the summary)."""
     from .markdown import summary_markdown
 
-    return summary_markdown(results, report_path=None if report_path is None else str(report_path), title=title, max_rows=max_rows)
+    return summary_markdown(results, report_path=None if report_path is None else str(report_path), title=title, max_rows=max_rows,
+                            report_url=report_url)

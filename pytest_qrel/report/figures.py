@@ -25,7 +25,7 @@ from markupsafe import Markup
 from ..curves import simplify
 from ..registry import Registry
 
-__all__ = ["DRAWERS", "draw", "svg_of"]
+__all__ = ["DRAWERS", "draw", "place_labels", "svg_of"]
 
 DRAWERS: Registry[Callable[[Any, dict[str, Any]], None]] = Registry("figure kind")
 """``kind -> draw(fig, data)``; ``size`` metadata: a function ``data -> (width, height)`` in inches."""
@@ -264,14 +264,96 @@ def _text_width(labels: Sequence[str], size: float = 7.0) -> float:
     return max((len(str(t)) for t in labels), default=0) * size * 0.62 / 72.0
 
 
-@DRAWERS.register("acc-ece", size=lambda d: (4.6, 3.4), layout=None)
+SCATTER_LABEL_PT = 8.0  # point labels of the accuracy-vs-ECE scatter
+# Where a point's label may go, tried in this order (offsets in points): close to the point first,
+# then further out on 16 directions with a leader line back to the point.
+_LABEL_RADII = (0.0, 14.0, 24.0, 36.0, 50.0, 66.0, 84.0, 104.0)
+_LABEL_ANGLES = tuple(math.radians(a) for a in (35, -35, 145, -145, 90, -90, 0, 180, 60, -60, 120, -120, 15, -15, 165, -165))
+
+
+def _label_candidates() -> list[tuple[float, float, str, str]]:
+    """(dx, dy, ha, va) offsets in points: the four corners beside the marker, then rings."""
+    out = [(5.0, 4.0, "left", "bottom"), (5.0, -4.0, "left", "top"), (-5.0, 4.0, "right", "bottom"), (-5.0, -4.0, "right", "top")]
+    for r in _LABEL_RADII[1:]:
+        for a in _LABEL_ANGLES:
+            dx, dy = r * math.cos(a), r * math.sin(a)
+            out.append((dx, dy, "left" if dx > 1 else "right" if dx < -1 else "center", "bottom" if dy > 1 else "top" if dy < -1 else "center"))
+    return out
+
+
+def place_labels(ax: Any, points: Sequence[tuple[float, float, str]], *, fontsize: float = SCATTER_LABEL_PT, color: str = "#333333") -> list[Any]:
+    """Label each ``(x, y, text)`` point of ``ax`` without overlaps (no adjustText dependency).
+
+    Greedy: labels are placed one by one (the most crowded points first), each at the first
+    candidate offset (:func:`_label_candidates`) whose text box, measured by the renderer,
+    stays inside the axes and overlaps neither a placed label nor a marker; a label moved away
+    from its point gets a thin leader line. A label with no free place (a pathological pile-up)
+    goes to the nearest spot inside the figure that overlaps no label. Returns the annotations."""
+    import numpy as np
+    from matplotlib.transforms import Bbox
+
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    pad = 1.5  # points of air around each label
+    to_px = fig.dpi / 72.0
+    xy_px = ax.transData.transform(np.array([(x, y) for x, y, _ in points], dtype=float).reshape(-1, 2))
+    marker_r = 4.0 * to_px
+    markers = [Bbox.from_extents(px - marker_r, py - marker_r, px + marker_r, py + marker_r) for px, py in xy_px]
+    frame = ax.get_window_extent(renderer)
+    crowd = [sum(1 for q in xy_px if np.hypot(*(q - p)) < 40 * to_px) for p in xy_px]
+    placed: list[Any] = []
+    boxes: list[Any] = []
+    out: list[Any] = [None] * len(points)
+    for i in sorted(range(len(points)), key=lambda k: (-crowd[k], k)):
+        x, y, text = points[i]
+        chosen = None
+        for dx, dy, ha, va in _label_candidates():
+            ann = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, va=va, fontsize=fontsize, color=color,
+                              annotation_clip=False)
+            box = ann.get_window_extent(renderer)
+            box = Bbox.from_extents(box.x0 - pad * to_px, box.y0 - pad * to_px, box.x1 + pad * to_px, box.y1 + pad * to_px)
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            free = inside and not any(box.overlaps(b) for b in boxes) and not any(box.overlaps(m) for k, m in enumerate(markers) if k != i)
+            if free:
+                chosen = (ann, box, math.hypot(dx, dy))
+                break
+            ann.remove()
+        # Nowhere free inside the axes: the nearest spot inside the figure that overlaps no label.
+        for dx, dy, ha, va in [] if chosen is not None else _label_candidates():
+            ann = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, va=va, fontsize=fontsize, color=color,
+                              annotation_clip=False)
+            box = ann.get_window_extent(renderer)
+            box = Bbox.from_extents(box.x0 - pad * to_px, box.y0 - pad * to_px, box.x1 + pad * to_px, box.y1 + pad * to_px)
+            if fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1 and fig.bbox.y0 <= box.y0 and box.y1 <= fig.bbox.y1 \
+                    and not any(box.overlaps(b) for b in boxes):
+                chosen = (ann, box, math.hypot(dx, dy))
+                break
+            ann.remove()
+        if chosen is None:
+            ann = ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=fontsize, color=color)
+            chosen = (ann, ann.get_window_extent(renderer), 5.0)
+        ann, box, dist = chosen
+        if dist > 8.0:
+            ann.remove()
+            ann = ax.annotate(ann.get_text(), (x, y), textcoords="offset points", xytext=ann.xyann, ha=ann.get_ha(), va=ann.get_va(),
+                              fontsize=fontsize, color=color, annotation_clip=False,
+                              arrowprops={"arrowstyle": "-", "color": "#999999", "lw": 0.5, "shrinkA": 1.0, "shrinkB": 3.0})
+        placed.append(ann)
+        boxes.append(box)
+        out[i] = ann
+    return out
+
+
+@DRAWERS.register("acc-ece", size=lambda d: (5.2, 3.9), layout=None)
 def acc_ece(fig: Any, data: dict[str, Any]) -> None:
+    """Each quantizer's (ECE change, top-1 change) against the reference; labels placed without
+    overlaps (:func:`place_labels`), moved labels joined to their point by a leader line."""
     ax = _single(fig, left=0.6, bottom=0.45)
     pts = data["points"]
     xs = [p["dx"] for p in pts] + [0.0]
     ys = [p["dy"] for p in pts] + [0.0]
-    span_x = max(abs(min(xs)), abs(max(xs)), 0.05) * 1.25
-    span_y = max(abs(min(ys)), abs(max(ys)), 0.05) * 1.25
+    span_x = max(abs(min(xs)), abs(max(xs)), 0.05) * 1.35
+    span_y = max(abs(min(ys)), abs(max(ys)), 0.05) * 1.35
     ax.axvspan(-span_x, 0, ymin=0.5, ymax=1.0, color="#2ca02c", alpha=0.08, lw=0)
     ax.axhline(0, color="#555555", lw=0.7)
     ax.axvline(0, color="#555555", lw=0.7)
@@ -279,13 +361,12 @@ def acc_ece(fig: Any, data: dict[str, Any]) -> None:
     for p, c in zip(pts, colors):
         face = "none" if p["posthoc"] else c
         ax.scatter([p["dx"]], [p["dy"]], s=28, facecolors=face, edgecolors=c, linewidths=1.2, zorder=3)
-        ax.annotate(p["label"], (p["dx"], p["dy"]), textcoords="offset points", xytext=(4, 3), fontsize=6.5, color="#333333")
     ax.scatter([0], [0], s=30, color=REF_COLOR, marker="s", zorder=4)
-    ax.annotate(data["ref"], (0, 0), textcoords="offset points", xytext=(-6, 5), ha="right", fontsize=6.5)
     ax.set_xlim(-span_x, span_x)
     ax.set_ylim(-span_y, span_y)
     ax.set_xlabel("ECE change (pp; left is better)")
     ax.set_ylabel("top-1 change (pp; up is better)")
+    place_labels(ax, [(p["dx"], p["dy"], p["label"]) for p in pts] + [(0.0, 0.0, data["ref"])])
 
 
 def _legend_width(labels: Sequence[str]) -> float:
@@ -329,51 +410,75 @@ def bits_ood(fig: Any, data: dict[str, Any]) -> None:
     axes[-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.03, 1.0), frameon=False, borderaxespad=0.0)
 
 
-def _heat_margins(d: dict[str, Any]) -> tuple[float, float]:
-    """Left and bottom margins in inches: row labels, and column labels rotated by 40 degrees
-    (the first one reaches left of the axes by its width times cos 40)."""
-    col_w = _text_width(d["cols"], 6.5)
-    left = max(_text_width(d["rows"]) + 0.2, col_w * 0.77 - 0.2, 0.3)
-    return left, col_w * 0.66 + 0.25
+HEAT_PT = 9.0  # every text of the margin heatmap (cells, labels, colour bar), in points at the rendered size
+
+
+def _heat_grid(d: dict[str, Any]) -> tuple[list[str], list[str], Any, Any, Any]:
+    """The heatmap's (row labels, column labels, values, texts, xfail marks), oriented so the
+    longer of quantizers and checks runs down (its labels horizontal) and the shorter across
+    (labels upright on top): the figure stays narrow enough to show at its natural size."""
+    import numpy as np
+
+    values = np.array([[np.nan if v is None else v for v in r] for r in d["values"]], dtype=float)
+    text = [[t + (" x" if x else "") for t, x in zip(tr, xr)] for tr, xr in zip(d["text"], d["xfail"])]
+    if len(d["cols"]) >= len(d["rows"]):  # more checks than quantizers: checks down
+        return list(d["cols"]), list(d["rows"]), values.T, [list(r) for r in zip(*text)], None
+    return list(d["rows"]), list(d["cols"]), values, text, None
+
+
+def _heat_layout(d: dict[str, Any]) -> dict[str, float]:
+    """Sizes in inches, every text at :data:`HEAT_PT` (see :func:`_heat_grid`)."""
+    rows, cols, _, text, _ = _heat_grid(d)
+    cell_w = max(_text_width([t for r in text for t in r if t], HEAT_PT) * 0.9 + 0.12, 0.55)
+    cell_h = HEAT_PT / 72.0 * 2.0
+    left = _text_width(rows, HEAT_PT) * 0.92 + 0.15
+    col_w = _text_width(cols, HEAT_PT) * 0.92
+    top = col_w + 0.2  # column labels upright above the grid (rotated text would need slanted boxes to not touch)
+    grid_w = cell_w * len(cols)
+    return {"cell_w": cell_w, "cell_h": cell_h, "left": left, "top": top, "bottom": 0.1,
+            "width": left + grid_w + 1.35, "height": top + cell_h * len(rows) + 0.1}
 
 
 def _heat_size(d: dict[str, Any]) -> tuple[float, float]:
-    left, bottom = _heat_margins(d)
-    return (left + 0.62 * len(d["cols"]) + 1.1, bottom + 0.3 * len(d["rows"]) + 0.2)
+    lay = _heat_layout(d)
+    return (lay["width"], lay["height"])
 
 
 @DRAWERS.register("margin-heatmap", size=_heat_size, layout=None)
 def margin_heatmap(fig: Any, data: dict[str, Any]) -> None:
+    """Checks and quantizers, coloured by margin share (:func:`_heat_grid` orients the grid);
+    every text is :data:`HEAT_PT` points at the figure's natural size."""
     import numpy as np
     from matplotlib.colors import Normalize
 
-    rows, cols = data["rows"], data["cols"]
-    w, h = _heat_size(data)
-    left, bottom = _heat_margins(data)
-    ax = fig.add_axes((left / w, bottom / h, 0.62 * len(cols) / w, 0.3 * len(rows) / h))
-    cax = fig.add_axes(((left + 0.62 * len(cols) + 0.15) / w, bottom / h, 0.12 / w, 0.3 * len(rows) / h))
-    arr = np.array([[np.nan if v is None else v for v in r] for r in data["values"]], dtype=float)
+    rows, cols, arr, text, _ = _heat_grid(data)
+    lay = _heat_layout(data)
+    w, h = lay["width"], lay["height"]
+    grid_w, grid_h = lay["cell_w"] * len(cols), lay["cell_h"] * len(rows)
+    ax = fig.add_axes((lay["left"] / w, lay["bottom"] / h, grid_w / w, grid_h / h))
+    cax = fig.add_axes(((lay["left"] + grid_w + 0.2) / w, lay["bottom"] / h, 0.12 / w, grid_h / h))
     norm = Normalize(vmin=-1.0, vmax=1.0)
     mesh = ax.pcolormesh(np.arange(len(cols) + 1), np.arange(len(rows) + 1), np.ma.masked_invalid(arr), cmap="RdBu", norm=norm,
                          edgecolors="white", linewidth=0.5)
     ax.set_xlim(0, len(cols))
     ax.set_ylim(len(rows), 0)
     ax.grid(False)
-    ax.set_xticks([j + 0.5 for j in range(len(cols))], cols, rotation=40, ha="right", rotation_mode="anchor", fontsize=6.5)
-    ax.set_yticks([i + 0.5 for i in range(len(rows))], rows)
+    ax.xaxis.tick_top()
+    ax.set_xticks([j + 0.5 for j in range(len(cols))], cols, rotation=90, ha="center", va="bottom", fontsize=HEAT_PT)
+    ax.set_yticks([i + 0.5 for i in range(len(rows))], rows, fontsize=HEAT_PT)
     ax.tick_params(length=0)
-    for side in ("left", "bottom"):
+    for side in ("left", "bottom", "top", "right"):
         ax.spines[side].set_visible(False)
     for i in range(len(rows)):
         for j in range(len(cols)):
             if np.isnan(arr[i, j]):
                 continue
-            text = data["text"][i][j] + (" x" if data["xfail"][i][j] else "")
             dark = abs(arr[i, j]) > 0.6
-            ax.text(j + 0.5, i + 0.5, text, ha="center", va="center", fontsize=5.8, color="white" if dark else "#111111")
+            ax.text(j + 0.5, i + 0.5, text[i][j], ha="center", va="center", fontsize=HEAT_PT, color="white" if dark else "#111111")
     bar = fig.colorbar(mesh, cax=cax)
-    bar.set_label("margin / |bound|", fontsize=6.5)
+    bar.set_label("margin / |bound|", fontsize=HEAT_PT)
     bar.set_ticks([-1, -0.5, 0, 0.5, 1])
+    bar.ax.tick_params(labelsize=HEAT_PT)
 
 
 def _tile(maps: Sequence[Sequence[Any] | None], rows: int, cols: int, gap: int = 1) -> Any:

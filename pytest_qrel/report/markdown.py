@@ -1,9 +1,18 @@
 """A Markdown summary of a run for CI (``$GITHUB_STEP_SUMMARY``, a pull-request comment).
 
 Layout: a title with the verdict and the suite names; the banner's sentence and what was not
-verified; the counts; the failing checks (node id to re-run, the numbers in the bound's unit, the
-interval); expected failures; on every run the key numbers per model (top-1, NLL, ECE and the mean
-OOD metrics of the suite's first score, with the change against FP32); and ``Full report: <path>``.
+verified; the counts; the failing checks **grouped by check** (one row per check as written in the
+suite: the line of the suite to change, how many of the units it applies to fail it, the worst
+margin and where, a link to that row of the HTML report; errors add their message), then the
+command that re-runs each group's worst unit, shell-quoted, in a code block; what was not verified
+and the expected failures (one row per check); on every run the key numbers per model (top-1, NLL,
+ECE and the mean OOD metrics of the suite's first score, with the change against FP32); and
+``Full report: <path>``.
+
+Links into the report point at the row ids of its failing / not-verified / expected tables
+(:func:`.view.verdict_anchor`), relative to ``report_url`` (default: the report's file name, which
+works where the ``.md`` sits beside the ``.html``; a CI job that publishes the report passes the
+published address).
 
 The text is always shorter than :data:`MAX_CHARS` (65,000, under GitHub's 65,536-character limit
 for comments and job summaries): long tables are cut with a line that says how many rows were left
@@ -15,15 +24,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from pathlib import PurePath
 from typing import Any
 
 from .. import display
 from ..policy import is_unverified, sort_failing
-from ..results import RunResults
+from ..results import RunResults, Verdict
 from ..spec.schema import MEAN_OOD
 from ..summary import ID, ModelSummary, summarize
 from .format import MISSING, fmt_delta, fmt_value
-from .view import _Builder
+from .view import _Builder, verdict_anchor
 
 __all__ = ["MAX_CHARS", "md_escape", "summary_markdown"]
 
@@ -59,25 +69,75 @@ def _clip(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 1] + "\u2026"
 
 
-def _verdict_lines(b: _Builder, verdicts: Sequence[Any], limit: int, *, reason: bool = False) -> list[str]:
-    head = "| Outcome | Check | Where | FP32 | Value | Bounded | Interval | Bound | Re-run | Why |"
+def _link(report_url: str | None, v: Verdict, text: str) -> str:
+    return f"[{text}]({report_url}#{verdict_anchor(v)})" if report_url else MISSING
+
+
+def _verdict_lines(b: _Builder, verdicts: Sequence[Verdict], limit: int, *, reason: bool = False, report_url: str | None = None) -> list[str]:
+    """One row per verdict (not-verified checks, expected failures): few, each with its own reason."""
+    head = "| Outcome | Check | Where | Bounded | Bound | Line | Why | Report |"
     if reason:
-        head = "| Check | Where | Bounded | Bound | Reason |"
+        head = "| Check | Where | Bounded | Interval | Bound | Line | Reason |"
     n_cols = head.count("|") - 1
     lines = [head, "|" + "|".join("---" for _ in range(n_cols)) + "|"]
     for v in verdicts[:limit]:
         row = b.verdict_row(v)
-        rerun = _code(f'pytest "{row.nodeid}"') if row.nodeid else MISSING
+        line = _code(v.source) if v.source else MISSING
         if reason:
-            cells = [md_escape(row.check), md_escape(row.where), md_escape(row.shown), md_escape(row.bound), md_escape(row.reason or row.message)]
+            cells = [md_escape(row.check), md_escape(row.where), md_escape(row.shown), md_escape(row.ci), md_escape(row.bound), line,
+                     md_escape(row.reason or row.message)]
         else:
-            # An error, a crash or a check that never ran has no numbers: its message is the reason.
-            why = MISSING if v.outcome == "failed" else md_escape(_clip(row.message, WHY_CHARS))
-            cells = [row.outcome, md_escape(row.check), md_escape(row.where), md_escape(row.fp32), md_escape(row.value),
-                     md_escape(row.shown), md_escape(row.ci), md_escape(row.bound), rerun, why]
+            cells = [row.outcome, md_escape(row.check), md_escape(row.where), md_escape(row.shown), md_escape(row.bound), line,
+                     md_escape(_clip(row.message, WHY_CHARS)), _link(report_url, v, "row")]
         lines.append("| " + " | ".join(cells) + " |")
     if len(verdicts) > limit:
         lines += ["", f"\u2026 and {len(verdicts) - limit} more (see the full report)."]
+    return lines
+
+
+def _group_key(v: Verdict) -> tuple[str, str, str]:
+    return (v.suite, v.source, v.check)
+
+
+def _worst(group: Sequence[Verdict]) -> Verdict:
+    """The verdict furthest beyond its bound (smallest margin); an error (no margin) counts last."""
+    with_margin = [v for v in group if v.margin is not None]
+    return min(with_margin, key=lambda v: v.margin) if with_margin else group[0]  # type: ignore[arg-type, return-value]
+
+
+def _grouped_failing_lines(b: _Builder, failing: Sequence[Verdict], limit: int, report_url: str | None) -> list[str]:
+    """One row per failing check as written in the suite, then the commands that re-run the worst
+    unit of each (see the module docstring)."""
+    applies: dict[tuple[str, str, str], int] = {}
+    for v in b.verdicts:
+        applies[_group_key(v)] = applies.get(_group_key(v), 0) + 1
+    groups: dict[tuple[str, str, str], list[Verdict]] = {}
+    for v in failing:
+        groups.setdefault(_group_key(v), []).append(v)
+    ordered = sorted(groups.values(), key=lambda g: (-len(g), _worst(g).margin if _worst(g).margin is not None else 0.0))
+    why = any(v.outcome not in ("failed", "xpassed") for v in failing)
+    head = "| Check | Line to change | Failing | Worst margin | Worst at | Report |" + (" Why |" if why else "")
+    lines = [head, "|" + "|".join("---" for _ in range(head.count("|") - 1)) + "|"]
+    reruns = []
+    for group in ordered[:limit]:
+        worst = _worst(group)
+        row = b.verdict_row(worst)
+        outcomes = sorted({v.outcome for v in group})
+        count = f"{len(group)} of {applies.get(_group_key(worst), len(group))}"
+        if outcomes != ["failed"]:
+            count += f" ({', '.join(outcomes)})"
+        at = md_escape(row.where) + ("" if row.shown == MISSING else f": {md_escape(row.shown)}") + ("" if row.ci == MISSING else f" {md_escape(row.ci)}")
+        cells = [_code(worst.check), _code(worst.source) if worst.source else MISSING, count,
+                 md_escape(worst.margin_display or MISSING), at, _link(report_url, worst, "worst row")]
+        if why:
+            cells.append(MISSING if worst.outcome in ("failed", "xpassed") else md_escape(_clip(worst.message, WHY_CHARS)))
+        lines.append("| " + " | ".join(cells) + " |")
+        if row.rerun:
+            reruns.append(row.rerun)
+    if len(ordered) > limit:
+        lines += ["", f"\u2026 and {len(ordered) - limit} more (see the full report)."]
+    if reruns:
+        lines += ["", "Re-run the worst unit of each (node ids shell-quoted):", "", "```sh", *reruns, "```"]
     return lines
 
 
@@ -120,11 +180,14 @@ def _with_delta(b: _Builder, ms: ModelSummary, quantizer: str, kind: str, metric
 
 
 def summary_markdown(results: RunResults, *, report_path: str | None = None, title: str = "pytest-qrel",
-                     max_rows: int = 50, max_chars: int = MAX_CHARS) -> str:
-    """The Markdown summary of ``results`` (see the module docstring); always ``< max_chars``."""
+                     max_rows: int = 50, max_chars: int = MAX_CHARS, report_url: str | None = None) -> str:
+    """The Markdown summary of ``results`` (see the module docstring); always ``< max_chars``.
+    ``report_url``: where links into the HTML report point (default: ``report_path``'s file name)."""
+    if report_url is None and report_path:
+        report_url = PurePath(report_path).name
     rows = max_rows
     while True:
-        text = _render(results, report_path=report_path, title=title, max_rows=rows)
+        text = _render(results, report_path=report_path, title=title, max_rows=rows, report_url=report_url)
         if len(text) < max_chars or rows == 0:
             break
         rows //= 2
@@ -134,7 +197,7 @@ def summary_markdown(results: RunResults, *, report_path: str | None = None, tit
     return text
 
 
-def _render(results: RunResults, *, report_path: str | None, title: str, max_rows: int) -> str:
+def _render(results: RunResults, *, report_path: str | None, title: str, max_rows: int, report_url: str | None) -> str:
     b = _Builder(summarize(results))
     vs, verdict = b.verdicts, b.summary.verdict
     suites = list(dict.fromkeys([*(u.suite for u in results.units), *(v.suite for v in vs)]))
@@ -144,11 +207,16 @@ def _render(results: RunResults, *, report_path: str | None, title: str, max_row
         lines += ["", f"\u26a0\ufe0f {md_escape(verdict.unverified_line)}"]
     lines += ["", " \u00b7 ".join(f"{n} {o}" for o, n in verdict.counts.items() if n or o in ("passed", "failed"))
               + f" \u2014 {len(results.units)} unit{'s' if len(results.units) != 1 else ''}"]
-    sections = (("### Failing checks", sort_failing(vs), False), ("### Not verified", [v for v in vs if is_unverified(v)], False),
+    failing = sort_failing(vs)
+    if failing:
+        n_checks = len({_group_key(v) for v in failing})
+        lines += ["", f"### Failing checks ({n_checks} check{'s' if n_checks != 1 else ''} of the suite, {len(failing)} item{'s' if len(failing) != 1 else ''})", ""]
+        lines += _grouped_failing_lines(b, failing, max_rows, report_url)
+    sections = (("### Not verified", [v for v in vs if is_unverified(v)], False),
                 ("### Expected failures (known regressions)", [v for v in vs if v.outcome == "xfailed"], True))
     for heading, shown, reason in sections:
         if shown:
-            lines += ["", heading, ""] + _verdict_lines(b, shown, max_rows, reason=reason)
+            lines += ["", heading, ""] + _verdict_lines(b, shown, max_rows, reason=reason, report_url=report_url)
     for suite in suites:  # published values beside the measured ones (suite 'references:')
         from .paper_view import reference_markdown
 

@@ -253,7 +253,26 @@ class _Builder:
             outcome=v.outcome, where=where, anchor=self.anchors.get((v.suite, v.model), ""), nodeid=v.nodeid, check=v.check,
             fp32=fp32, value=value, shown=shown or MISSING, ci=v.ci_display or MISSING, bound=v.bound_display or v.bound or MISSING,
             message=v.message, reason=v.reason, css=f"row-{v.outcome.replace(' ', '-')}", sort_margin=v.margin,
+            rerun=rerun_command(v.nodeid), row_id=verdict_anchor(v),
         )
+
+
+def rerun_command(nodeid: str) -> str:
+    """``pytest '<node id>'``: the id shell-quoted (ids hold spaces, parentheses, ``<=``), pasteable
+    as one argument in POSIX shells; empty without an id."""
+    import shlex
+
+    return f"pytest {shlex.quote(nodeid)}" if nodeid else ""
+
+
+def verdict_anchor(v: Verdict) -> str:
+    """The HTML id of ``v``'s row in the report's failing / not-verified / expected tables, stable
+    across renders of the same results (the Markdown summary links to it): ``v-`` and 12 hex
+    digits of a hash of the node id (or of where the check ran, when it has none)."""
+    import hashlib
+
+    key = v.nodeid or "\0".join((v.suite, v.model, v.quantizer, v.dataset, v.score or "", v.check))
+    return "v-" + hashlib.sha1(key.encode("utf-8")).hexdigest()[:12]
 
 
 def _ordered(first: Sequence[str], found: Sequence[str]) -> list[str]:
