@@ -40,6 +40,7 @@ from .policy import OUTCOMES, is_failing, junit_result, outcome_of
 from .output_paths import read_head, report_path_problem
 from .results import RunResults, UnitMetrics, Verdict
 from .spec.plan import PlannedCheck, scopes
+from .spec.schema import REPORT_ONLY
 
 RESULTS_FORMAT = "pytest-qrel-results"
 #: 2: verdicts carry ``ref_value`` and ``compared_ci`` (what the merge recomputes them from).
@@ -119,6 +120,10 @@ def run_results(
         suites, start=started, end=time.time(), device=describe_device(device) if device else None, baselines=baselines,
         command=command, extra={"shard": list(shard) if shard else None, **({"runtimes": runtimes} if runtimes else {})},
     )
+    from .suite_report import fill_ood_means, report_run_info
+
+    fill_ood_means(units, suites)  # the report's means over exactly the suite's mean sets
+    run.update(report_run_info(suites))
     ordered = sorted(units, key=lambda u: (u.suite, u.model, not u.is_reference, u.quantizer.split("+")[0] != "FP32"))
     return RunResults(
         verdicts=verdicts, units=ordered, metrics=metric_infos(),
@@ -355,6 +360,8 @@ def recompute(v: Verdict, p: PlannedCheck, *, inconclusive: str, source: str = "
     from .stats.decision import judge
 
     check, bound = p.check, p.check.bound
+    if check.metric == REPORT_ONLY:  # a report-only unit: no number, no bound to decide again
+        return replace(v), ""
     stored, out = v.outcome, replace(v)
     out.expect_fail = check.expect == "fail"
     if v.value is None or stored in ("error", "not run"):

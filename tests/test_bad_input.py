@@ -43,7 +43,7 @@ NO_TAG = "(fix: remove the tag: a suite holds only plain mappings, lists, string
 MODEL_SOURCES = "(known: embedded, open_clip, python, timm)"
 DATASET_SOURCES = "(known: embedded, filelist, imagefolder, imagetext, shift, torchvision)"
 EMBEDDED_SETS = "(known: digits, digits89, noise, photos, textures)"
-TOP_LEVEL = "batch_size, bootstrap, checks, confidence, conventions, datasets, description, diagnostics, inconclusive, models, name, quantizers, scenarios, scores, version"
+TOP_LEVEL = "batch_size, bootstrap, checks, confidence, conventions, datasets, description, diagnostics, inconclusive, models, name, quantizers, references, report, scenarios, scores, version"
 KEY_FIX = " (fix: remove it or use a known key)"
 ONE_CHECK = """(fix: add at least one check, e.g. '- "W8A8 top1 delta <= 1pp"')"""
 NOT_OVERLAP = "(fix: remove one of them, or narrow 'all' / 'on' so that they do not overlap)"

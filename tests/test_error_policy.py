@@ -85,6 +85,9 @@ def _key(check: str) -> int:
 @pytest.mark.parametrize("policy", ["fail", "pass"])
 def test_run_and_the_plugin_give_each_error_the_same_verdict(pytester, write_suite, monkeypatch, strict, policy):
     path = write_suite(CHECKS)
+    # nothing declared that no check reads: --qrel-strict would refuse it at collection (test_report_only.py)
+    path.write_text("".join(line for line in path.read_text().splitlines(keepends=True)
+                            if not any(k in line for k in ("W4A4:", "name: digits89", "name: noise"))))
     from_api = {
         _key(v.check): (v.outcome, v.message, v.stage, v.passed)
         for v in run(load_suite(path), engine=FakeEngine(), strict=strict, inconclusive=policy)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -62,14 +63,16 @@ def test_deit_suite_runs_on_stand_in_folders(tmp_path, monkeypatch):
     # models for one tiny random timm DeiT (pretrained: false) and calibrate on 4 images, 2 seeds.
     doc = yaml.safe_load((ROOT / "suites/deit.yaml").read_text())
     tiny = {"pretrained": False, "model_kwargs": {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}}
-    doc["models"] = {"tiny_deit": {"source": "timm:deit_small_patch16_224", "options": tiny}}
-    for q in doc["quantizers"].values():
-        q["calibration"] = {"samples": 4, "seeds": [0, 13]}
+    # tagged as the paper's DeiT-S row, so that the suite's references (Table 1) match it
+    doc["models"] = {"tiny_deit": {"source": "timm:deit_small_patch16_224.fb_in1k", "options": tiny}}
+    for name, q in doc["quantizers"].items():  # two seeds for W4A4 (mean +- std), one for the others (fewer passes)
+        q["calibration"] = {"samples": 4, "seeds": [0, 13]} if name == "W4A4" else {"samples": 4}
         q["method"] = "minmax"
     path = tmp_path / "deit.yaml"
     path.write_text(yaml.safe_dump(doc))
     suite = load_suite(path)
     engine = Engine(baseline_dir=tmp_path / "baselines", update_baselines=True)
+    started = time.time()
     verdicts = run(suite, engine=engine)
     assert verdicts and all(v.outcome in ("passed", "failed") for v in verdicts), [v.message for v in verdicts if v.outcome not in ("passed", "failed")]
     five = ["textures", "places365", "sun", "inaturalist", "openimage_o"]
@@ -77,6 +80,60 @@ def test_deit_suite_runs_on_stand_in_folders(tmp_path, monkeypatch):
     expected = np.mean([engine.ood_metrics(suite, "tiny_deit", "W4A4", "msp", d)["aupr_out"] for d in five])
     assert v.value == pytest.approx(expected)
     assert engine.forward_passes[("deit", "tiny_deit", "W4A4@13", "imagenet_o")] == 1, dict(engine.forward_passes)
+    # All five bit configs ran: W4A8 and W8A4 have no check, only a report-only item each, which
+    # computed them over every set (ImageNet-O too) exactly once per seed.
+    reported = [v for v in verdicts if v.check.endswith("report-only")]
+    assert sorted(v.quantizer for v in reported) == sorted(BITS) and all(v.outcome == "passed" for v in reported)
+    for q in ("W4A8", "W8A4", "W8A8"):
+        for d in ["imagenet", "imagenet_o", *five]:
+            assert engine.forward_passes[("deit", "tiny_deit", q, d)] == 1, (q, d)
+    _check_deit_report(suite, verdicts, engine, started, five)
+
+
+BITS = ["W8A8", "W6A6", "W4A8", "W8A4", "W4A4"]
+
+
+def _check_deit_report(suite, verdicts, engine, started, five):
+    """The report of the deit.yaml-shaped run: Table 1's layout, Fig. 1a over exactly the five sets
+    (every unit's mean over the same five), Fig. 1b on ImageNet-O, Fig. 2 with class names, and the
+    published Table 1 values beside the measured ones (HTML and Markdown)."""
+    from pytest_qrel.report import build_page, render_markdown
+    from pytest_qrel.shards import run_results
+
+    units = engine.report_units()
+    results = run_results(verdicts, units, suites=[suite], planned={suite.name: len(plan(suite))}, started=started)
+    by_q = {u.quantizer: u for u in results.units}
+    assert sorted(by_q) == sorted(["FP32", *BITS])
+    for u in by_q.values():  # Fig. 1a's numbers: the mean of exactly the five sets, for FP32 and every bit config
+        per_set = [u.ood["msp"][d]["aupr_out"] for d in five]
+        assert "imagenet_o" in u.ood["msp"] and u.ood_mean["msp"]["aupr_out"] == pytest.approx(np.mean(per_set))
+    page = build_page(results)
+    (sv,) = page.suites
+    table1 = next(t for blk in sv.blocks for t in blk.tables if t.css == "table1")
+    assert [g[0].split(" ")[0] for g in table1.groups] == ["Top-1", "NLL"]
+    assert [c.label for c in table1.columns] == ["FP32", *BITS] * 2 and [r.label for r in table1.rows] == ["tiny_deit"]
+    w4a4_top1 = table1.rows[0].cells[5]
+    assert w4a4_top1.spread.startswith("\u00b1") and w4a4_top1.delta_text  # mean +- std over the two seeds, change against FP32
+    fig_a, fig_b = [f for f in sv.figures if f.kind == "bits-ood"]
+    assert fig_a.data["sets"] == five and fig_a.data["x"] == ["FP32", *BITS]
+    (line,) = fig_a.data["lines"]
+    assert line["values"]["aupr_out"] == pytest.approx([100 * by_q[q].ood_mean["msp"]["aupr_out"] for q in ["FP32", *BITS]])
+    assert fig_b.data["sets"] == ["imagenet_o"]
+    assert fig_b.data["lines"][0]["values"]["aupr_out"] == pytest.approx([100 * by_q[q].ood["msp"]["imagenet_o"]["aupr_out"] for q in ["FP32", *BITS]])
+    (mv,) = sv.models
+    rollout = next(f for f in mv.diagnostics if f.kind == "rollout")
+    captions = [c for col in rollout.data["columns"] for c in col["captions"]]
+    assert captions and not any(c.startswith("class ") for c in captions), captions[:3]  # names, not indices
+    refs = next(t for blk in sv.blocks for t in blk.tables if t.css == "references")
+    assert "Kuang & Wong, Table 1" in refs.caption
+    row = next(r for r in refs.rows if r.sub == "W4A4")
+    measured, published, difference = (c.text for c in row.cells[:3])
+    assert published == "67.933"
+    ours = 100 * by_q["W4A4"].id["top1"]
+    assert float(difference.replace("\u2212", "-")) == pytest.approx(ours - 67.933, abs=0.006)
+    md = render_markdown(results)
+    assert "measured beside the published values" in md and "| tiny\\_deit |" not in md
+    assert "| tiny_deit | W4A4 | Top-1 (%) |" in md and "| 67.933 |" in md and "Kuang &amp; Wong, Table 1" in md
 
 
 IN_R_AND_A = ["n01498041", "n01531178"]  # two ImageNet-1k classes that ImageNet-R and ImageNet-A both hold

@@ -32,7 +32,7 @@ from ..baselines import Baseline
 from ..results import UnitMetrics, Verdict
 from ..spec.plan import PlannedCheck
 from ..spec.quantizer_ref import QuantizerRef
-from ..spec.schema import Suite
+from ..spec.schema import REPORT_ONLY, Suite
 from .evaluation import verdict_of
 from .intervals import IntervalBatcher
 from .lifecycle import UnitLifecycle, UnitState
@@ -218,12 +218,27 @@ class Engine(UnitViews):
         reproduction are checked); the tables of the quantizers read (units computed if needed);
         the interval; the bound."""
         try:
+            if p.check.metric == REPORT_ONLY:
+                return self._report_only(p)
             b = self.store.verified(p.suite, p.model, list(p.datasets)) or self._verify(p)
             return verdict_of(
                 p, partial(self.lifecycle.table, p, b), partial(self.intervals.interval, p), partial(self.update_command, p.suite),
             )
         finally:
             self.lifecycle.done(p)
+
+    def _report_only(self, p: PlannedCheck) -> Verdict:
+        """A report-only unit (suite ``report:``): computed over every dataset available here (a
+        missing ID set skips it), recorded for the report, no bound (:mod:`pytest_qrel.suite_report`)."""
+        from ..suite_report import report_verdict
+
+        self.loader.dataset(p.suite, p.suite.id_dataset.name)
+        datasets = self.loader.available(p.suite, list(p.datasets))
+        if self.store.verified(p.suite, p.model, datasets) is None:
+            self.record_baseline(p.suite, p.model)
+            self.store.checked(p.suite, p.model, datasets)
+        self.lifecycle.unit(p.suite, p.model, QuantizerRef.parse(p.quantizer).base, Needs(set(datasets), set(), False))
+        return report_verdict(p, datasets)
 
     def _verify(self, p: PlannedCheck) -> Baseline:
         for d in p.datasets:  # missing data skips the check before anything else can fail

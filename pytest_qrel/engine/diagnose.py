@@ -58,4 +58,11 @@ class Diagnose:
                     out[name] = run_diagnostic(name, module, images, image_info=info)
             except ValueError as exc:
                 out[name] = {"error": str(exc)}
+        # class names for the captions (the ViT paper's Fig. 2 labels each map with its predicted class)
+        names = self.loader.model(suite, model).class_names
+        if not names and suite.id_dataset.name in self.loader.available(suite, [suite.id_dataset.name]):
+            names = getattr(self.loader.dataset(suite, suite.id_dataset.name), "class_names", None)
+        for record in out.values():
+            if names and "pred" in record:
+                record["pred_names"] = [str(names[p]) if 0 <= p < len(names) else f"class {p}" for p in record["pred"]]
         return out

@@ -61,7 +61,8 @@ def check_needs(p: PlannedCheck, base: str) -> Needs:
 
     refs = [QuantizerRef.parse(q) for q in p.quantizers_read]
     variants = {r.steps for r in refs if r.base == base and r.steps}
-    return Needs({d for d in p.datasets if d != HELDOUT}, variants, METRICS.meta(p.check.metric)["kind"] == "spectral")
+    spectral = p.check.metric in METRICS and METRICS.meta(p.check.metric)["kind"] == "spectral"  # not a report-only unit's
+    return Needs({d for d in p.datasets if d != HELDOUT}, variants, spectral)
 
 
 def spectral_metrics(state: UnitState, b: Baseline, update_command: str) -> None:

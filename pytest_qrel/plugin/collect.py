@@ -36,6 +36,10 @@ class QrelInconclusiveWarning(UserWarning):
     """A check passed only because the suite lets inconclusive checks pass with a warning."""
 
 
+class QrelUnreadWarning(UserWarning):
+    """A suite declares a model, quantizer or dataset that no selected check reads."""
+
+
 def collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     """A :class:`SuiteFile` for a ``--qrel-suite`` file or one matching ``qrel_suite_glob``."""
     if file_path.suffix not in (".yaml", ".yml"):
@@ -88,6 +92,7 @@ class SuiteFile(pytest.File):
         folders = self.config.stash.setdefault(BASELINE_FOLDERS, {})
         claim_baseline_folder(folders, suite.name, suite.path)
         planned = plan(suite)
+        self._unread(suite, planned)
         state = self.config.stash[STATE]
         state.planned[suite.name] = state.planned.get(suite.name, 0) + len(planned)
         state.suites_loaded[suite.name] = suite
@@ -101,6 +106,17 @@ class SuiteFile(pytest.File):
             models.setdefault(p.model, {}).setdefault(p.quantizer, []).append(p)
         for model, quantizers in models.items():
             yield ModelNode.from_parent(self, name=model, quantizers=quantizers)
+
+    def _unread(self, suite: Any, planned: list[PlannedCheck]) -> None:
+        """Nothing declared is silently skipped: a model, quantizer or dataset no item reads is a
+        warning naming it and the suite file (an error under ``--qrel-strict``)."""
+        from ..errors import SpecError
+        from ..spec.report_keys import unread_declarations
+
+        for line in unread_declarations(suite, planned):
+            if self.config.getoption("qrel_strict"):
+                raise SpecError(line, file=suite.path, fix="or run without --qrel-strict to only warn")
+            warnings.warn(QrelUnreadWarning(f"{suite.path}: {line}"), stacklevel=1)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:  # type: ignore[override]
         return _one_line(excinfo, self.config) or super().repr_failure(excinfo)

@@ -96,6 +96,7 @@ class References:
     values: list[ReferenceValue]
     aliases: dict[str, dict[str, str]] = field(default_factory=dict)  # key ("model"...) -> {alias folded: name}
     files: list[Path] = field(default_factory=list)
+    papers: list[str] = field(default_factory=list)  # the ``paper:`` citation of each file that gives one
 
     def canonical(self, key: str, name: str) -> str:
         """The reference's own spelling of ``name`` (an alias or the name itself), else ``name``."""
@@ -178,6 +179,7 @@ def _merge(into: References, part: References) -> None:
     for key, table in part.aliases.items():
         into.aliases.setdefault(key, {}).update(table)
     into.files.extend(part.files)
+    into.papers.extend(p for p in part.papers if p not in into.papers)
 
 
 def _identity(v: ReferenceValue) -> tuple[Any, ...]:
@@ -349,7 +351,9 @@ def _from_yaml(path: Path) -> References:
         entries.add({"source": default_source, **raw}, f"values[{i}]")
     if not entries.values:
         raise SpecError("the references file holds no values", file=path, fix="add 'tables' or 'values' (docs/references.md)")
-    return References(name=str(doc.get("name") or path), values=entries.values, aliases=_aliases(entries, doc.get("names")), files=[path])
+    paper = doc.get("paper")
+    return References(name=str(doc.get("name") or path), values=entries.values, aliases=_aliases(entries, doc.get("names")), files=[path],
+                      papers=[str(paper)] if paper else [])
 
 
 _TABLE_FIELDS = {"source", "unit", "kind", "relative", "score", "statistic", "seeds", "note", "decimals", "rows", "columns", "values",
@@ -416,3 +420,55 @@ def names_in(refs: References, key: str) -> list[str]:
 def shipped() -> Iterable[str]:
     """The names of the shipped reference sets."""
     return REFERENCE_SETS.names()
+
+
+# ------------------------------------------------------------------------------ a suite's references
+
+
+def _model_names(spec: Any) -> list[str]:
+    """What a suite model may be called in a reference set: its name, its source (``timm:<tag>``)
+    and the file name of its ``checkpoint`` (the paper's ``.npz`` files are aliases)."""
+    names = [spec.name, spec.source]
+    checkpoint = (spec.options or {}).get("checkpoint")
+    if isinstance(checkpoint, str) and checkpoint:
+        names.append(Path(checkpoint.replace("\\", "/")).name)
+    return names
+
+
+def suite_references(suite: Any) -> dict[str, Any]:
+    """The values of ``suite.references`` that belong to the suite, as plain data for the report:
+    ``{"sets": [names], "papers": [citations], "sources": [tables cited], "values": [...]}``,
+    each value a dict of :class:`ReferenceValue`'s fields with ``model``, ``quantizer`` and
+    ``dataset`` in the suite's names (``reference_model`` keeps the reference's), the ID set's
+    name for the reference's ID dataset and ``mean(ood)`` for its ``ood_mean``.
+
+    A suite model matches a reference model by its name, its source or its checkpoint's file
+    name (or an alias of the reference's); a quantizer by name (``FP32`` included)."""
+    from ..spec.schema import FP32, MEAN_OOD
+
+    refs = load_references(list(suite.references), base_dir=Path(suite.path).parent)
+    ref_models = {_fold(v.model) for v in refs.values}
+    model_of: dict[str, str] = {}
+    for spec in suite.models.values():
+        for name in _model_names(spec):
+            canon = _fold(refs.canonical("model", name))
+            if canon in ref_models:
+                model_of.setdefault(canon, spec.name)
+                break
+    quantizers = {_fold(q): q for q in [FP32, *suite.quantizers]}
+    datasets = {_fold(refs.canonical("dataset", suite.id_dataset.name)): suite.id_dataset.name}
+    datasets.update({_fold(refs.canonical("dataset", d)): d for d in suite.ood_datasets})
+    if suite.ood_datasets:
+        datasets["ood_mean"] = MEAN_OOD
+    values = []
+    for v in refs.values:
+        model, quantizer = model_of.get(_fold(v.model)), quantizers.get(_fold(refs.canonical("quantizer", v.quantizer)))
+        dataset = datasets.get(_fold(v.dataset))
+        if model is None or quantizer is None or dataset is None:
+            continue
+        row = {k: getattr(v, k) for k in ReferenceValue.__dataclass_fields__}
+        row.update(model=model, quantizer=quantizer, dataset=dataset, reference_model=v.model,
+                   seeds=list(v.seeds) if v.seeds is not None else None)
+        values.append(row)
+    return {"sets": list(suite.references), "id_dataset": suite.id_dataset.name, "papers": list(refs.papers), "sources": list(dict.fromkeys(v["source"] for v in values)),
+            "values": values}

@@ -21,7 +21,7 @@ from typing import Any
 from .. import display
 from ..results import UnitMetrics, Verdict
 from ..spec.schema import MEAN_OOD
-from ..summary import ModelSummary
+from ..summary import ModelSummary, union
 from . import clip_figspecs  # noqa: F401  (registers the CLIP paper's figure sets)
 from .figure_sets import figures_of
 from .format import missing
@@ -174,7 +174,8 @@ def rollout_figures(b: TableBuilder, ms: ModelSummary) -> list[FigureSpec]:
     columns = []
     for u in withmaps:
         d = u.diagnostics["attention_rollout"]
-        caps = [f"class {p} \u00b7 {100 * c:.0f}%" for p, c in zip(d.get("pred", []), d.get("confidence", []))]
+        names = d.get("pred_names") or [f"class {p}" for p in d.get("pred", [])]
+        caps = [f"{name} \u00b7 {100 * c:.0f}%" for name, c in zip(names, d.get("confidence", []))]
         columns.append({"label": u.quantizer, "maps": d["maps"], "captions": caps})
     ratio = first.get("discard_ratio", 0.9)
     fusion = first.get("head_fusion", "max")
@@ -206,16 +207,19 @@ def _suite_lines(b: TableBuilder, models: Sequence[ModelSummary]) -> tuple[list[
     return lines, xs
 
 
-def _line_values(line: dict[str, Any], metric: str, xs: list[str]) -> list[float | None]:
-    """The line's mean ``metric`` over the OOD sets in percent: FP32, then each bit configuration."""
+def _line_values(line: dict[str, Any], metric: str, xs: list[str], dataset: str = MEAN_OOD) -> list[float | None]:
+    """The line's ``metric`` on ``dataset`` (default: the mean over the suite's mean sets) in
+    percent: FP32, then each bit configuration."""
     ms: ModelSummary = line["ms"]
     units: list[UnitMetrics | None] = [line["ref"], *(line["by_bits"].get(bx) for bx in xs)]
-    return [None if u is None else _pct(ms.number(u.quantizer, "ood", metric, line["score"], MEAN_OOD).value) for u in units]
+    return [None if u is None else _pct(ms.number(u.quantizer, "ood", metric, line["score"], dataset).value) for u in units]
 
 
-def suite_figures(b: TableBuilder, suite: str, models: Sequence[ModelSummary]) -> list[FigureSpec]:
-    """The ViT paper's Fig. 1: mean AUPR-out (and AUROC) over the OOD sets against the bit
-    configuration (FP32 first, then the bit configurations in the order the units come).
+def suite_figures(b: TableBuilder, suite: str, models: Sequence[ModelSummary], *, mean_sets: Sequence[str] | None = None) -> list[FigureSpec]:
+    """The ViT paper's Fig. 1: (a) mean AUPR-out (and AUROC) over the suite's mean sets
+    (``report: {ood_mean: ...}``; every unit's mean is over exactly those sets, or missing) against
+    the bit configuration (FP32 first, then the bit configurations in the order the units come);
+    (b) one more such figure per OOD set left out of the mean (ImageNet-O in the paper).
 
     One line per model and score when each model uses one method; per model and method (first
     score only) when a model uses several, so the lines stay few enough to read."""
@@ -225,8 +229,18 @@ def suite_figures(b: TableBuilder, suite: str, models: Sequence[ModelSummary]) -
         return figures_of("suite", b, suite, models)
     ref_label = next((ln["ref"].quantizer for ln in lines if ln["ref"] is not None), "FP32")
     out_lines = [{"label": ln["label"], "values": {m: _line_values(ln, m, xs) for m in metrics}} for ln in lines]
-    return [_spec(b, "bits-ood", "OOD detection against bit configuration",
-                  "Mean over the OOD sets of AUPR-out (OOD positive) and AUROC, in %, at each bit configuration; one line per model "
-                  "(and method or score).",
-                  {"x": [ref_label, *xs], "metrics": [[m, f"{b.info(m).label} (%)"] for m in metrics], "lines": out_lines}),
-            *figures_of("suite", b, suite, models)]
+    over = f"the {len(mean_sets)} OOD sets {', '.join(mean_sets)}" if mean_sets else "the OOD sets"
+    figs = [_spec(b, "bits-ood", "OOD detection against bit configuration" + (f" (mean of {len(mean_sets)} sets)" if mean_sets else ""),
+                  f"Mean over {over} of AUPR-out (OOD positive) and AUROC, in %, at each bit configuration (every point averages "
+                  "exactly these sets); one line per model (and method or score).",
+                  {"x": [ref_label, *xs], "metrics": [[m, f"{b.info(m).label} (%)"] for m in metrics], "lines": out_lines,
+                   "sets": list(mean_sets or [])})]
+    if mean_sets:
+        apart = union([[d for ms in models for u in ms.units for d in u.ood.get(ms.scores[0] if ms.scores else "", {}) if d not in mean_sets]])
+        for d in apart:
+            per = [{"label": ln["label"], "values": {m: _line_values(ln, m, xs, d) for m in metrics}} for ln in lines]
+            figs.append(_spec(b, "bits-ood", f"OOD detection against bit configuration: {d}",
+                              f"AUPR-out (OOD positive) and AUROC on {d} alone (not part of the mean), in %, at each bit configuration; "
+                              "one line per model (and method or score).",
+                              {"x": [ref_label, *xs], "metrics": [[m, f"{b.info(m).label} (%)"] for m in metrics], "lines": per, "sets": [d]}))
+    return [*figs, *figures_of("suite", b, suite, models)]

@@ -217,6 +217,10 @@ def _render(results: RunResults, *, report_path: str | None, title: str, max_row
     for heading, shown, reason in sections:
         if shown:
             lines += ["", heading, ""] + _verdict_lines(b, shown, max_rows, reason=reason, report_url=report_url)
+    for suite in suites:  # published values beside the measured ones (suite 'references:')
+        from .paper_view import reference_markdown
+
+        lines += reference_markdown(b, suite, [ms for ms in b.summary.models if ms.suite == suite], results.run, md_escape)
     numbers = _key_numbers(b, max(1, max_rows))
     if numbers:
         lines += ["", "### Key numbers"] + numbers

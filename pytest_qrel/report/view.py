@@ -161,25 +161,35 @@ class _Builder:
         sets = union(u.ood.get(s, {}) for s in scores for u in sorted(units, key=lambda u: u.is_reference))
         metrics = _ordered(OOD_ORDER, union([[m for u in units for s in scores for per in u.ood.get(s, {}).values() for m in per]]))
         main = [m for m in metrics if m in OOD_ORDER] or metrics
+        mean_label, mean_title = self.mean_row(ms.suite, sets)
         tables: list[Table] = []
         extra_tables: list[Table] = []
         for score in scores:
             for metric in metrics:
                 rows = [Row(d, [self.cell(ms, u, "ood", metric, score, d) for u in units]) for d in sets]
                 if len(sets) > 1:
-                    rows.append(Row("mean", [self.cell(ms, u, "ood", metric, score, MEAN_OOD) for u in units], kind="mean",
-                                    title="mean over the OOD sets"))
+                    rows.append(Row(mean_label, [self.cell(ms, u, "ood", metric, score, MEAN_OOD) for u in units], kind="mean",
+                                    title=mean_title))
                 caption = f"{self.header(metric)} {self.arrow(metric)} · {display.score_label(score)}"
                 t = fit(Table(self.new_id("t"), caption, columns, rows, rowhead="OOD set", css="ood-metrics"))
                 (tables if metric in main else extra_tables).append(t)
         many = len(scores) >= 3
-        legend = "Values in %. Rows: OOD sets against the ID test split; “mean” averages over the sets. " + self.delta_legend(ms.reference, metrics)
+        legend = (f"Values in %. Rows: OOD sets against the ID test split; “{mean_label}” averages over {mean_title[len('mean over '):]}. "
+                  + self.delta_legend(ms.reference, metrics))
         blocks = [Block(self.new_id("b"), "OOD detection by quantizer (one table per score and metric)", tables, legend, open=not many, grid=True)]
         if extra_tables:
             blocks.append(Block(self.new_id("b"), "Other OOD metrics", extra_tables, legend, open=False, grid=True))
         if len(scores) >= 2:
             blocks.append(self.side_by_side(ms, sets, open_=many))
         return blocks
+
+    def mean_row(self, suite: str, sets: Sequence[str]) -> tuple[str, str]:
+        """The label and title of the "mean" row: the suite's mean sets (``report: {ood_mean}``),
+        named when they are not all the sets shown."""
+        chosen = (self.r.run.get("ood_mean") or {}).get(suite)
+        if not chosen or set(chosen) >= set(sets):
+            return "mean", "mean over the OOD sets"
+        return f"mean of {len(chosen)}", f"mean over {', '.join(chosen)}"
 
     def side_by_side(self, ms: ModelSummary, sets: list[str], open_: bool) -> Block:
         """The CLIP paper's appendix layout: a row per quantizer under each OOD set, the scores
@@ -190,7 +200,7 @@ class _Builder:
         groups = [(display.score_label(s), len(metrics)) for s in scores]
         rows = []
         for d in sets + ([MEAN_OOD] if len(sets) > 1 else []):
-            rows.append(Row("mean over the OOD sets" if d == MEAN_OOD else d, [], kind="group"))
+            rows.append(Row(self.mean_row(ms.suite, sets)[1] if d == MEAN_OOD else d, [], kind="group"))
             for u in units:
                 cells = [self.cell(ms, u, "ood", m, s, d) for s in scores for m in metrics]
                 rows.append(Row(u.quantizer, cells, kind="mean" if d == MEAN_OOD else "data"))
@@ -272,6 +282,7 @@ def _ordered(first: Sequence[str], found: Sequence[str]) -> list[str]:
 def build_page(results: RunResults, *, title: str = "pytest-qrel reliability audit") -> Page:
     """The whole page's view objects (figures as specifications; the renderer draws them)."""
     from .figspecs import suite_figures
+    from .paper_view import suite_blocks
 
     summary = summarize(results)
     b = _Builder(summary)
@@ -282,10 +293,10 @@ def build_page(results: RunResults, *, title: str = "pytest-qrel reliability aud
         mine = [ms for ms in summary.models if ms.suite == suite]
         sv = SuiteView(suite, f"suite-{i}", [b.model_view(ms, b.anchors[(ms.suite, ms.model)]) for ms in mine],
                        planned=results.planned.get(suite), n_verdicts=standing.total, missing=standing.missing)
-        sv.figures = suite_figures(b, suite, mine)
+        sv.figures = suite_figures(b, suite, mine, mean_sets=(results.run.get("ood_mean") or {}).get(suite))
         from .scenario_view import scenario_blocks
 
-        sv.blocks = scenario_blocks(b, [sm for sm in summary.scenario_means if sm.suite == suite])
+        sv.blocks = [*suite_blocks(b, suite, mine, results.run), *scenario_blocks(b, [sm for sm in summary.scenario_means if sm.suite == suite])]
         suites.append(sv)
     vs, verdict = b.verdicts, summary.verdict
     run = dict(results.run)

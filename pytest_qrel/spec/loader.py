@@ -36,7 +36,7 @@ from .yamlsrc import LineDict, LineList, kind_of, load_yaml
 
 TOP_LEVEL_KEYS = (
     "version", "name", "description", "models", "datasets", "quantizers", "scores", "checks", "conventions", "batch_size",
-    "diagnostics", "confidence", "inconclusive", "bootstrap", "scenarios",
+    "diagnostics", "confidence", "inconclusive", "bootstrap", "scenarios", "report", "references",
 )
 # Names appear in pytest ids "model[quantizer-dataset]::check"; the scheduler splits on the last
 # "-", so dataset names may not contain one.
@@ -655,7 +655,10 @@ def suite_from_doc(ctx: _Ctx, doc: LineDict) -> Suite:
         checks.extend(expanded)
         fields.extend([field] * len(expanded))
     _reject_repeated_checks(ctx, suite, checks, fields)
-    return replace(suite, checks=tuple(checks))
+    from .report_keys import parse_references, parse_report
+
+    report = parse_report(ctx, doc, list(suite.quantizers), list(suite.ood_datasets))
+    return replace(suite, checks=tuple(checks), report=report, references=parse_references(ctx, doc))
 
 
 def _checks_list(ctx: _Ctx, doc: LineDict) -> LineList:

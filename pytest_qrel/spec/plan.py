@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .quantizer_ref import QuantizerRef
-from .schema import FP32, HELDOUT, MEAN_OOD, CheckSpec, Suite, mean_members
+from .schema import FP32, HELDOUT, MEAN_OOD, REPORT_ONLY, CheckSpec, Suite, mean_members
 
 
 def base_quantizer(quantizer: str) -> str:
@@ -66,6 +66,8 @@ class PlannedCheck:
     def datasets(self) -> tuple[str, ...]:
         """Every dataset the check's value depends on; post-hoc steps add the held-out split."""
         suite = self.suite
+        if self.check.metric == REPORT_ONLY:  # a report-only unit (suite 'report:'): every dataset
+            return (suite.id_dataset.name, *suite.ood_datasets, *suite.shifted_datasets)
         if self.dataset in suite.labelled_datasets:
             names = [self.dataset]
         elif self.dataset in suite.pairs:
@@ -123,6 +125,9 @@ def plan(suite: Suite) -> list[PlannedCheck]:
             for quantizer in expand_quantizers(check, suite):
                 for dataset in expand_datasets(check, suite, kind):
                     planned.append(PlannedCheck(suite, check, model, quantizer, dataset, check.score, item_name(check, dataset)))
+    for check in suite.report.checks:  # report-only units: computed and shown, no bound (spec/report_keys.py)
+        for model in suite.models:
+            planned.append(PlannedCheck(suite, check, model, check.quantizers[0], suite.id_dataset.name, None, REPORT_ONLY))
     return planned
 
 

@@ -20,6 +20,10 @@ HELDOUT = "heldout"
 MEAN_OOD = "mean(ood)"
 """The pseudo-dataset of a check that averages an OOD metric over every OOD set."""
 
+REPORT_ONLY = "report-only"
+"""The item name (and the check's pseudo-metric) of a report-only unit: a (model, quantizer) the
+suite's ``report:`` asks to compute and show without a bound."""
+
 
 def mean_members(dataset: str, ood_names: list[str]) -> list[str] | None:
     """The OOD sets a ``mean(...)`` pseudo-dataset averages over (``mean(ood)``: all of them;
@@ -135,6 +139,18 @@ class Bound:
 
 
 @dataclass(frozen=True)
+class NoBound(Bound):
+    """The "bound" of a report-only unit: none (it passes unless the unit errors)."""
+
+    kind: Literal["delta", "value"] = "value"
+    op: Op = ">="
+    amount: float = 0.0
+
+    def __str__(self) -> str:
+        return "no bound"
+
+
+@dataclass(frozen=True)
 class CheckSpec:
     """One check, from either the shorthand string or the structured mapping.
 
@@ -177,6 +193,23 @@ class BootstrapSpec:
 
 
 @dataclass(frozen=True)
+class ReportSpec:
+    """Top-level ``report:``: what the report computes and shows beyond what the checks read.
+
+    ``units``: quantizer names computed for every model over every dataset and shown in the
+    report's tables and figures without a bound (``report: all`` or ``report: [W4A8, W8A4]``);
+    each (model, quantizer) is one report-only item. ``ood_mean``: the OOD sets the report's
+    "mean over the OOD sets" (tables, figures, ``UnitMetrics.ood_mean``) averages over, in suite
+    order; ``None``: all of them. OOD sets outside it get figures of their own (the ViT paper's
+    Fig. 1a averages five sets and Fig. 1b shows ImageNet-O alone)."""
+
+    units: tuple[str, ...] = ()
+    ood_mean: tuple[str, ...] | None = None
+    checks: tuple["CheckSpec", ...] = ()
+    """The report-only units as checks without a bound (metric :data:`REPORT_ONLY`), one per quantizer."""
+
+
+@dataclass(frozen=True)
 class Suite:
     name: str
     path: Path
@@ -202,6 +235,16 @@ class Suite:
     inconclusive: Literal["fail", "warn", "pass"] = "fail"
     """What an inconclusive verdict does to the run (top-level ``inconclusive:``)."""
     bootstrap: BootstrapSpec = field(default_factory=BootstrapSpec)
+    report: ReportSpec = field(default_factory=ReportSpec)
+    """Top-level ``report:`` (report-only units, the OOD sets of the report's means)."""
+    references: tuple[str, ...] = ()
+    """Top-level ``references:``: shipped reference sets or files (:mod:`pytest_qrel.references`)
+    whose published values the report shows beside the measured ones."""
+
+    @property
+    def mean_sets(self) -> list[str]:
+        """The OOD sets the report's means average over (``report: {ood_mean: ...}``, else all)."""
+        return list(self.report.ood_mean) if self.report.ood_mean is not None else list(self.ood_datasets)
     scenarios: dict[str, "Suite"] = field(default_factory=dict)
     """``scenario -> Suite`` when the suite has ``scenarios:`` (:mod:`pytest_qrel.spec.scenarios`):
     each an ordinary suite of models ``<model>@<scenario>``; this suite is then the first of them

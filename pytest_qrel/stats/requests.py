@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 from ..metric_table import MetricQuery
 from ..spec.plan import PlannedCheck
-from ..spec.schema import FP32
+from ..spec.schema import FP32, REPORT_ONLY
 from .bootstrap import IntervalRequest, PairedInterval, SampleArrays, paired_intervals
 
 ArraysOf = Callable[[str, str], Sequence[SampleArrays]]
@@ -25,6 +25,8 @@ ArraysOf = Callable[[str, str], Sequence[SampleArrays]]
 def request_for(planned: PlannedCheck, arrays_of: ArraysOf) -> IntervalRequest | None:
     """The :class:`IntervalRequest` of one planned check (``None`` for metrics without per-sample
     form, such as the spectral and runtime ones)."""
+    if planned.check.metric == REPORT_ONLY:  # a report-only unit: no quantity, no interval
+        return None
     query = MetricQuery.of(planned)
     if not query.per_sample:
         return None
