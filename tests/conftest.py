@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import textwrap
 from pathlib import Path
 
@@ -25,6 +26,11 @@ def pytest_configure(config: pytest.Config) -> None:
         return  # a suite run: neither pytester nor the preloads
     if not config.pluginmanager.has_plugin("pytester"):
         config.pluginmanager.import_plugin("pytester")
+    # The project's tests run 2 xdist workers plus pytester subprocesses (some with -n 2 of their
+    # own) on 2 cores: OpenMP threads that spin while waiting burn the cores the other processes
+    # need. Passive waiting changes no result, only who gets the CPU. Set before torch loads, and
+    # inherited by the subprocesses; a user's own setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     for name in PRELOAD:
         importlib.import_module(name)
 
