@@ -113,10 +113,16 @@ class SuiteFile(pytest.File):
         from ..errors import SpecError
         from ..spec.report_keys import unread_declarations
 
+        from .state import worker_id
+
+        # Every xdist worker collects the same plan: the first one alone warns, so a run shows each
+        # warning once (a replaced worker, gw2 and on, repeats nothing). Strict errors stay everywhere.
+        quiet = worker_id(self.config) not in (None, "gw0")
         for line in unread_declarations(suite, planned):
             if self.config.getoption("qrel_strict"):
                 raise SpecError(line, file=suite.path, fix="or run without --qrel-strict to only warn")
-            warnings.warn(QrelUnreadWarning(f"{suite.path}: {line}"), stacklevel=1)
+            if not quiet:
+                warnings.warn(QrelUnreadWarning(f"{suite.path}: {line}"), stacklevel=1)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:  # type: ignore[override]
         return _one_line(excinfo, self.config) or super().repr_failure(excinfo)
