@@ -40,7 +40,8 @@ from .policy import OUTCOMES, is_failing, junit_result, outcome_of
 from .output_paths import read_head, report_path_problem
 from .results import RunResults, UnitMetrics, Verdict
 from .spec.plan import PlannedCheck, scopes
-from .spec.schema import REPORT_ONLY
+from .spec.quantizer_ref import base_of
+from .spec.schema import FP32, REPORT_ONLY
 
 RESULTS_FORMAT = "pytest-qrel-results"
 #: 2: verdicts carry ``ref_value`` and ``compared_ci`` (what the merge recomputes them from).
@@ -124,7 +125,7 @@ def run_results(
 
     fill_ood_means(units, suites)  # the report's means over exactly the suite's mean sets
     run.update(report_run_info(suites))
-    ordered = sorted(units, key=lambda u: (u.suite, u.model, not u.is_reference, u.quantizer.split("+")[0] != "FP32"))
+    ordered = sorted(units, key=lambda u: (u.suite, u.model, not u.is_reference, base_of(u.quantizer) != FP32))
     return RunResults(
         verdicts=verdicts, units=ordered, metrics=metric_infos(),
         scores={s.name: list(s.scores) for s in suites}, run=run, planned=dict(planned),
@@ -497,7 +498,7 @@ def _units(docs: list[tuple[Path, dict[str, Any]]]) -> list[UnitMetrics]:
             except TypeError as exc:
                 raise MergeError(f"a unit record of {raw.get('suite')}/{raw.get('model')} cannot be read ({exc})") from None
             units.setdefault((u.suite, u.model, u.quantizer), u)
-    return sorted(units.values(), key=lambda u: (u.suite, u.model, u.quantizer.split("+")[0] != "FP32"))
+    return sorted(units.values(), key=lambda u: (u.suite, u.model, base_of(u.quantizer) != FP32))
 
 
 def merge(

@@ -96,3 +96,12 @@ def test_report_all_and_ood_mean(tmp_path):
         *(f"OOD dataset '{d}' is declared but no check reads it (add a check that reads it, or list it under 'report:' to "
           "compute and show it without a bound, e.g. 'report: all')" for d in ("noise", "digits89")),
     ]
+
+
+def test_a_quantizer_read_through_a_post_hoc_variant_is_read(tmp_path):
+    """``W4A4+temperature`` reads W4A4: its post-hoc step does not make W4A4 unread."""
+    text = _suite(tmp_path, "").read_text()
+    text = text.replace('checks: ["W8A8 top1 delta <= 2pp"]', 'checks: ["W8A8 top1 delta <= 2pp", "W4A4+temperature ece value <= 0.5"]')
+    (tmp_path / "s.yaml").write_text(text)
+    suite = load_suite(tmp_path / "s.yaml")
+    assert not [line for line in unread_declarations(suite, plan(suite)) if "quantizer" in line]

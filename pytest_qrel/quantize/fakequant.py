@@ -114,6 +114,18 @@ def asymmetric_qparams(min_val: Tensor | float, max_val: Tensor | float, bits: i
 # --------------------------------------------------------------------------------------------------
 
 
+
+def quant_params_like(x: Tensor, scale: Any, zero_point: Any, axis: int | None) -> tuple[Tensor, Tensor]:
+    """``scale`` and ``zero_point`` as float32 tensors on ``x``'s device, shaped to broadcast against
+    ``x`` along ``axis`` (``None``: as given, per tensor or along the last dimension)."""
+    scale_t = torch.as_tensor(scale, dtype=torch.float32, device=x.device)
+    zp_t = torch.as_tensor(zero_point, device=x.device).to(torch.float32)
+    if axis is not None:
+        shape = [1] * x.dim()
+        shape[axis] = -1
+        scale_t, zp_t = scale_t.reshape(shape), zp_t.reshape(shape)
+    return scale_t, zp_t
+
 def fake_quantize_reference(
     x: Tensor,
     scale: Tensor | float,
@@ -130,12 +142,7 @@ def fake_quantize_reference(
     tests as an independent statement of the formula and by methods that need it on dtypes or
     shapes the fused ops do not take.
     """
-    scale_t = torch.as_tensor(scale, dtype=torch.float32, device=x.device)
-    zp_t = torch.as_tensor(zero_point, device=x.device).to(torch.float32)
-    if axis is not None:
-        shape = [1] * x.dim()
-        shape[axis] = -1
-        scale_t, zp_t = scale_t.reshape(shape), zp_t.reshape(shape)
+    scale_t, zp_t = quant_params_like(x, scale, zero_point, axis)
     inv_scale = 1.0 / scale_t  # float32, like ATen's `1.0f / scale`
     q = torch.round(x.float() * inv_scale) + zp_t  # torch.round == nearbyint (half to even)
     q = torch.clamp(q, quant_min, quant_max)

@@ -70,6 +70,7 @@ from .fakequant import (
     compiled_fake_quantize,
     asymmetric_qparams,
     fake_quantize_reference,
+    quant_params_like,
     unsigned_range,
 )
 
@@ -180,12 +181,7 @@ def fake_quantize_divide(
     ``quant_max - quant_min + 2`` values. ``axis``: per-channel parameters along that dimension
     (``None``: per tensor, or broadcast along the last dimension).
     """
-    scale_t = torch.as_tensor(scale, dtype=torch.float32, device=x.device)
-    zp_t = torch.as_tensor(zero_point, device=x.device).to(torch.float32)
-    if axis is not None:
-        shape = [1] * x.dim()
-        shape[axis] = -1
-        scale_t, zp_t = scale_t.reshape(shape), zp_t.reshape(shape)
+    scale_t, zp_t = quant_params_like(x, scale, zero_point, axis)
     q = torch.clamp(torch.round(x.float() / scale_t) + zp_t, quant_min, quant_max)
     return ((q - zp_t) * scale_t).to(x.dtype)
 

@@ -31,6 +31,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import QrelError, SpecError, UnknownNameError
+from .quantizer_ref import base_of
 from .schema import REPORT_ONLY, CheckSpec, NoBound, ReportSpec
 
 if TYPE_CHECKING:
@@ -120,7 +121,7 @@ def unread_declarations(suite: "Suite", planned: Iterable["PlannedCheck"]) -> li
     sets). Report-only units read every dataset."""
     planned = list(planned)
     models = {p.model for p in planned}
-    quantizers = {q.split("+", 1)[0] for p in planned for q in p.quantizers_read}
+    quantizers = {base_of(q) for p in planned for q in p.quantizers_read}  # W4A4@13+temperature reads W4A4
     datasets = {d for p in planned for d in p.datasets}
     fix = "add a check that reads it, or list it under 'report:' to compute and show it without a bound"
     out = [f"model '{m}' is declared but no check reads it ({fix})" for m in suite.models if m not in models]
