@@ -2,6 +2,7 @@
 the time goes. A measurement, not a test (machines are noisy): report the numbers of one run.
 
     python benchmarks/demo_cold.py [--repeat 3] [--suite suites/demo.yaml] [--before /path/to/other/checkout]
+                                   [--python /path/to/venv/bin/python]
 
 For each checkout (this one, and ``--before`` when given: e.g. ``git worktree add /tmp/before main``)
 it runs, ``--repeat`` times and alternating between the checkouts so that both see the same load,
@@ -12,6 +13,17 @@ fresh process times the run's phases as library calls (imports, model, data, cal
 passes, metrics and checks, report) and lists which optional heavy packages a run *without* a
 report imported (matplotlib, jinja2, scikit-learn's datasets, the project's test helpers, ...).
 On a loaded machine read the ratios, not the seconds.
+
+``--python``: the interpreter to run (default: this one). A user's first audit runs in a fresh
+environment holding pytest-qrel and its dependencies only; a development environment also
+autoloads every installed pytest plugin (hypothesis, anyio, pytest-benchmark: about a second of
+imports and assertion rewriting), which is not the project's cost. Make one with::
+
+    python -m venv /tmp/qrel-user && /tmp/qrel-user/bin/pip install torch torchvision && /tmp/qrel-user/bin/pip install .
+
+Each checkout is run once unmeasured first: ``pip install`` byte-compiles the package, so a user's
+first run finds compiled modules (and pytest's rewritten ones are cached the same way); "cold"
+here means a fresh process and no outputs cache, not a missing ``__pycache__``.
 """
 
 from __future__ import annotations
@@ -79,10 +91,17 @@ print(json.dumps(out))
 '''
 
 
-def _wall(checkout: Path, suite: str) -> tuple[float, float]:
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(checkout)}
+def _env(checkout: Path) -> dict[str, str]:
+    # PYTHONDONTWRITEBYTECODE (set on some CI images) would make every run recompile and re-rewrite
+    # the checkout's modules, which no pip-installed package does.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    return {**env, "PYTHONPATH": str(checkout)}
+
+
+def _wall(python: str, checkout: Path, suite: str) -> tuple[float, float]:
+    env = _env(checkout)
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pytest", "--qrel-suite", suite, "-q", "-p", "no:cacheprovider",
+        cmd = [python, "-m", "pytest", "--qrel-suite", suite, "-q", "-p", "no:cacheprovider",
                "--qrel-report", str(Path(tmp) / "demo.html")]
         m = measure(cmd, cwd=checkout, env=env)
     if m.returncode != 0:
@@ -90,9 +109,9 @@ def _wall(checkout: Path, suite: str) -> tuple[float, float]:
     return m.wall_s, m.cpu_s
 
 
-def _phases(checkout: Path, suite: str) -> dict[str, object]:
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(checkout)}
-    proc = subprocess.run([sys.executable, "-c", PHASES, suite, str(checkout / "baselines"), json.dumps(PROBED)],
+def _phases(python: str, checkout: Path, suite: str) -> dict[str, object]:
+    env = _env(checkout)
+    proc = subprocess.run([python, "-c", PHASES, suite, str(checkout / "baselines"), json.dumps(PROBED)],
                           cwd=checkout, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"phase breakdown in {checkout} failed:\n{proc.stderr[-2000:]}")
@@ -104,17 +123,20 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--suite", default="suites/demo.yaml")
     parser.add_argument("--before", type=Path, help="another checkout (the baseline of a before/after comparison)")
+    parser.add_argument("--python", default=sys.executable, help="the interpreter of a fresh user environment (see above)")
     args = parser.parse_args()
     checkouts = {"before": args.before.resolve(), "after": ROOT} if args.before else {"this": ROOT}
     walls: dict[str, list[float]] = {k: [] for k in checkouts}
     cpus: dict[str, list[float]] = {k: [] for k in checkouts}
+    for checkout in checkouts.values():
+        _wall(args.python, checkout, args.suite)  # unmeasured: compiles the modules, as pip install does
     for _ in range(args.repeat):
         for name, checkout in checkouts.items():
-            wall, cpu = _wall(checkout, args.suite)
+            wall, cpu = _wall(args.python, checkout, args.suite)
             walls[name].append(wall)
             cpus[name].append(cpu)
     load = os.getloadavg()[0]
-    print(f"cold demo audit ({args.suite}, {os.cpu_count()} cores, load {load:.1f} at the end), median of {args.repeat}:")
+    print(f"cold demo audit ({args.suite}, {os.cpu_count()} cores, load {load:.1f} at the end, {args.python}), median of {args.repeat}:")
     for name, checkout in checkouts.items():
         print(f"  {name:6s} {checkout}: wall {statistics.median(walls[name]):.2f} s ({', '.join(f'{w:.2f}' for w in walls[name])}),"
               f" CPU {statistics.median(cpus[name]):.2f} s")
@@ -123,7 +145,7 @@ def main() -> None:
             print(f"  after/before {label}: {statistics.median(series['after']) / statistics.median(series['before']):.2f}")
     for name, checkout in checkouts.items():
         print(f"where the time goes ({name}; one fresh process, library calls, seconds):")
-        for phase, value in _phases(checkout, args.suite).items():
+        for phase, value in _phases(args.python, checkout, args.suite).items():
             print(f"  {phase:40s} {value}")
 
 

@@ -40,6 +40,7 @@ import numpy as np
 
 from .metric_inputs import check_not_degenerate, check_scores
 from .registry import Registry
+from .ranking import precision_recall_curve, roc_curve, trapezoid_auc
 
 CONVENTIONS: Registry[dict[str, Callable[[Any, Any], float]]] = Registry("metric convention")
 """Convention name -> ``{metric name: fn(id_scores, ood_scores) -> float}`` overrides; metadata
@@ -58,8 +59,6 @@ def _stack(id_scores: Any, ood_scores: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def openood_fpr_at_95_tpr(id_scores: Any, ood_scores: Any) -> float:
     """Share of ID samples flagged as OOD when 95% of OOD samples are caught (OOD positive)."""
-    from sklearn.metrics import roc_curve
-
     scores, is_ood = _stack(id_scores, ood_scores)
     fpr, tpr, _ = roc_curve(is_ood, -scores)
     return float(fpr[np.argmax(tpr >= RECALL_LEVEL)])
@@ -74,8 +73,6 @@ def nearest_recall_fpr_at_95_tpr(id_scores: Any, ood_scores: Any) -> float:
     ``|TPR - 0.95|``; the search runs from full recall downwards, so the first minimum met is the
     higher recall and, at equal recall, the higher FPR. Fraction in [0, 1]; lower is better.
     """
-    from sklearn.metrics import roc_curve
-
     scores, is_ood = _stack(id_scores, ood_scores)
     fpr, tpr, _ = roc_curve(1 - is_ood, scores, drop_intermediate=False)
     fpr, tpr = fpr[1:], tpr[1:]  # one point per distinct score, decreasing threshold
@@ -85,10 +82,8 @@ def nearest_recall_fpr_at_95_tpr(id_scores: Any, ood_scores: Any) -> float:
 
 
 def _trapezoid_aupr(positive: np.ndarray, decision: np.ndarray) -> float:
-    from sklearn.metrics import auc, precision_recall_curve
-
     precision, recall, _ = precision_recall_curve(positive, decision)
-    return float(auc(recall, precision))
+    return trapezoid_auc(recall, precision)
 
 
 def openood_aupr_in(id_scores: Any, ood_scores: Any) -> float:

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from .ranking import precision_recall_curve, roc_curve
+
 __all__ = [
     "DECIMALS",
     "MAX_POINTS",
@@ -159,8 +161,6 @@ def roc_points(id_scores: Any, ood_scores: Any, max_points: int = MAX_POINTS) ->
 
     ``sklearn.metrics.roc_curve(is_id, score)`` (collinear points dropped), then :func:`simplify`.
     """
-    from sklearn.metrics import roc_curve
-
     scores, is_id = _ood_inputs(id_scores, ood_scores)
     fpr, tpr, _ = roc_curve(is_id, scores, drop_intermediate=True)
     fpr, tpr = simplify(fpr, tpr, max_points)
@@ -173,8 +173,6 @@ def pr_points(id_scores: Any, ood_scores: Any, max_points: int = MAX_POINTS) -> 
     ``sklearn.metrics.precision_recall_curve(is_ood, -score)`` (recall decreasing from 1 to 0; the
     last point is sklearn's (recall 0, precision 1)), then :func:`simplify`.
     """
-    from sklearn.metrics import precision_recall_curve
-
     scores, is_id = _ood_inputs(id_scores, ood_scores)
     precision, recall, _ = precision_recall_curve(1 - is_id, -scores)
     recall, precision = simplify(recall, precision, max_points)

@@ -61,6 +61,7 @@ from .metric_inputs import (  # the input checks, in a leaf module that conventi
     check_probs,
     check_scores,
 )
+from .ranking import average_precision, roc_auc, roc_curve
 from .spectral import spectral_error, spectral_error_high
 from .registry import Registry
 
@@ -260,9 +261,7 @@ def auroc(id_scores: Any, ood_scores: Any) -> float:
     1.0
     """
     scores, is_id = _ood_inputs(id_scores, ood_scores)
-    from sklearn.metrics import roc_auc_score  # lazy: collection must not pay for scikit-learn
-
-    return float(roc_auc_score(is_id, scores))
+    return roc_auc(is_id, scores)
 
 
 @METRICS.register("aupr_in", higher_is_better=True, kind="ood", fraction=True, input="scores")
@@ -278,9 +277,7 @@ def aupr_in(id_scores: Any, ood_scores: Any) -> float:
     1.0
     """
     scores, is_id = _ood_inputs(id_scores, ood_scores)
-    from sklearn.metrics import average_precision_score
-
-    return float(average_precision_score(is_id, scores))
+    return average_precision(is_id, scores)
 
 
 @METRICS.register("aupr_out", higher_is_better=True, kind="ood", fraction=True, input="scores")
@@ -295,9 +292,7 @@ def aupr_out(id_scores: Any, ood_scores: Any) -> float:
     1.0
     """
     scores, is_id = _ood_inputs(id_scores, ood_scores)
-    from sklearn.metrics import average_precision_score
-
-    return float(average_precision_score(1 - is_id, -scores))
+    return average_precision(1 - is_id, -scores)
 
 
 @METRICS.register("fpr_at_95_tpr", higher_is_better=False, kind="ood", fraction=True, input="scores")
@@ -316,8 +311,6 @@ def fpr_at_95_tpr(id_scores: Any, ood_scores: Any) -> float:
     1.0
     """
     scores, is_id = _ood_inputs(id_scores, ood_scores)
-    from sklearn.metrics import roc_curve
-
     fpr, tpr, _ = roc_curve(is_id, scores, drop_intermediate=False)
     # tpr is non-decreasing and ends at 1.0, so the search always succeeds.
     i = int(np.searchsorted(tpr, 0.95, side="left"))
