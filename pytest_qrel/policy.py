@@ -53,7 +53,10 @@ run status         when                                                        e
 Decision (recorded here and in ``docs/exit-codes.md``): a run in which nothing was verified does
 not pass the gate. A green exit code means "verified", so a suite whose every check was skipped
 (an unset ``QREL_*`` variable, a dataset root absent on this machine) or could not decide must
-not be green by default, in a serial run, in each shard, and in ``qrel merge`` alike. Checks
+not be green by default, in a run and in ``qrel merge`` of its shards alike. One shard
+(``--qrel-shard``) does not apply this rule to itself: whether the run verified anything depends on
+every shard, so the merge decides (a shard whose data is missing beside one that verified is an
+``INCOMPLETE`` run, as the same run unsharded is); its failures fail it as usual. Checks
 that ``-k`` / ``--deselect`` leave out are not skipped: they are "planned without a result"
 (``INCOMPLETE``, exit 0: the user chose them), and a pytest run that collected nothing keeps
 pytest's own exit code (5). :meth:`RunVerdict.exit_code` is the one function that turns a run's verdicts

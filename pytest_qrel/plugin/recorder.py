@@ -6,7 +6,8 @@ the workers send (a verdict travels in a report's ``user_properties``, the unit 
 that produced no verdict (``not run``: ``-x``, an interrupted run, a crashed worker) and makes the
 run red for them, makes pytest's exit status follow the one policy's exit code
 (:meth:`pytest_qrel.policy.RunVerdict.exit_code`, what ``qrel merge`` exits with: e.g. a run in
-which no check was verified fails unless ``--qrel-allow-skip-all``), has the report and results
+which no check was verified fails unless ``--qrel-allow-skip-all``; a shard leaves that to the
+merge), has the report and results
 file written (:mod:`.outputs`) and prints the summary lines.
 
 A crash is recognised by xdist's crash report (``when == "???"``: the report xdist makes for the
@@ -111,7 +112,7 @@ class Recorder:
         from ..policy import run_verdict  # the one policy: the exit code qrel merge gives the same verdicts
 
         verdict = run_verdict(verdicts, _planned_total(state))
-        if verdict.exit_code(allow_nothing_verified=config.getoption("qrel_allow_skip_all")):
+        if verdict.exit_code(allow_nothing_verified=self.allow_nothing_verified()):
             self.nothing_verified = verdict.status in ("NOT VERIFIED", "NO CHECKS")
             if session.exitstatus == pytest.ExitCode.OK:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
@@ -120,6 +121,12 @@ class Recorder:
         except Exception as exc:  # a broken report must not hide the verdicts behind an INTERNALERROR
             self.problems.append(f"ERROR: could not write the report: {type(exc).__name__}: {exc}")
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def allow_nothing_verified(self) -> bool:
+        """Whether a run that verified no check may exit 0: ``--qrel-allow-skip-all``, or a shard
+        (``--qrel-shard``): whether the *run* verified anything depends on every shard, so
+        ``qrel merge`` decides it, with the same rule; a shard's failures fail it all the same."""
+        return bool(self.config.getoption("qrel_allow_skip_all")) or self.config.getoption("qrel_shard") is not None
 
     def _finish_empty_shard(self, session: pytest.Session) -> None:
         try:
@@ -154,15 +161,23 @@ class Recorder:
         from ..policy import run_verdict  # the one policy: the same status as the report, junit and qrel merge
 
         verdict = run_verdict(state.verdicts.values(), _planned_total(state))
-        red = bool(verdict.exit_code(allow_nothing_verified=self.config.getoption("qrel_allow_skip_all")))
+        red = bool(verdict.exit_code(allow_nothing_verified=self.allow_nothing_verified()))
         lines += [(line, red, not red and verdict.status != "PASS") for line in verdict.lines()]
-        skipped = [v for v in state.verdicts.values() if v.outcome == "skipped"]
-        reasons: dict[str, int] = {}
-        for v in skipped:
-            reasons[v.message] = reasons.get(v.message, 0) + 1
-        for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1]):
-            lines.append((f"NOT VERIFIED: {n} check(s) skipped: {reason}", False, True))
+        from ..policy import is_report_only
+
+        skipped = [v for v in state.verdicts.values() if v.outcome == "skipped" and not is_report_only(v)]
+        reasons: dict[str, list[int]] = {}  # reason -> [checks, report-only items] (counted apart, as everywhere)
+        for v in state.verdicts.values():
+            if v.outcome == "skipped":
+                reasons.setdefault(v.message, [0, 0])[is_report_only(v)] += 1
+        for reason, (n, n_ro) in sorted(reasons.items(), key=lambda kv: -sum(kv[1])):
+            what = " + ".join([f"{n} check(s)"] * bool(n) + [f"{n_ro} report-only item(s)"] * bool(n_ro))
+            lines.append((f"NOT VERIFIED: {what} skipped: {reason}", False, True))
         errors = []
+        shard = self.config.getoption("qrel_shard")
+        if shard is not None and verdict.status == "NOT VERIFIED" and not self.config.getoption("qrel_allow_skip_all"):
+            lines.append((f"qrel: shard {shard[0]}/{shard[1]} verified no check; whether the run did is qrel merge's verdict "
+                          "(it fails a run that verifies nothing unless --allow-skip-all)", False, True))
         if self.nothing_verified:
             why = (f"no check produced a verdict: all {len(skipped)} were skipped because data is missing (see above)"
                    if len(skipped) == verdict.total else f"no check was verified: each of the {verdict.total} was skipped or inconclusive (see above)")
