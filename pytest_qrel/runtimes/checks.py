@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..metrics import METRICS, RUNTIME_METRICS  # the runtime metrics' table (registered there)
+from ..spec.quantizer_ref import QuantizerRef
 
 
 def is_runtime_method(method: str) -> bool:
@@ -43,8 +44,9 @@ def validate_runtime_check(check: Any, suite: Any, fail: Any) -> list[Any]:
     if "all" in check.quantizers:
         raise fail(f"{check.metric} is measured on runtime units only; name them instead of 'all'", fix=f"write e.g. '{example}'")
     for q in check.quantizers:
-        spec = suite.quantizers.get(q.split("+")[0])
-        if "+" in q or spec is None or not is_runtime_method(spec.method):
+        ref = QuantizerRef.parse(q)  # a runtime unit is named alone: no seed, no post-hoc step
+        spec = suite.quantizers.get(ref.base)
+        if ref.steps or ref.seed is not None or spec is None or not is_runtime_method(spec.method):
             raise fail(f"{check.metric} is measured on runtime units (onnxruntime, openvino, torchao, artifact); '{q}' is not one",
                        fix="name a quantizer whose method is a runtime")
         if meta.get("timed") and spec.options.get("latency") is False:
