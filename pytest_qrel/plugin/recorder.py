@@ -7,8 +7,7 @@ that produced no verdict (``not run``: ``-x``, an interrupted run, a crashed wor
 run red for them, makes pytest's exit status follow the one policy's exit code
 (:meth:`pytest_qrel.policy.RunVerdict.exit_code`, what ``qrel merge`` exits with: e.g. a run in
 which no check was verified fails unless ``--qrel-allow-skip-all``; a shard leaves that to the
-merge), has the report and results
-file written (:mod:`.outputs`) and prints the summary lines.
+merge), has the report and results file written (:mod:`.outputs`) and prints the summary lines.
 
 A crash is recognised by xdist's crash report (``when == "???"``: the report xdist makes for the
 item a worker was running when it died; the session guard makes the same for a supervised child's
@@ -158,12 +157,11 @@ class Recorder:
         """``(line, red, yellow)``: counts per suite, what was not verified, what went wrong, files."""
         state = self.state
         lines: list[tuple[str, bool, bool]] = [(line, False, False) for line in _counts(state)]
-        from ..policy import run_verdict  # the one policy: the same status as the report, junit and qrel merge
+        from ..policy import is_report_only, run_verdict  # the one policy: the same status as the report, junit and qrel merge
 
         verdict = run_verdict(state.verdicts.values(), _planned_total(state))
         red = bool(verdict.exit_code(allow_nothing_verified=self.allow_nothing_verified()))
         lines += [(line, red, not red and verdict.status != "PASS") for line in verdict.lines()]
-        from ..policy import is_report_only
 
         skipped = [v for v in state.verdicts.values() if v.outcome == "skipped" and not is_report_only(v)]
         reasons: dict[str, list[int]] = {}  # reason -> [checks, report-only items] (counted apart, as everywhere)
