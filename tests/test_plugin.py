@@ -76,7 +76,25 @@ def test_collect_only_exits_0_and_lists_the_ids(pytester, write_suite):
 
 
 HEAVY = ("torch", "timm", "pytest_qrel.engine", "pytest_qrel.report", "pytest_qrel.plugin.xdist_sched", "xdist.scheduler")
-PROBE = f"""
+# Whether the interpreter tore itself down (an object's __del__ at module teardown) and whether the
+# exit handlers ran: a qrel run skips the teardown (pytest_qrel.plugin.fast_exit), no other run does.
+EXIT_PROBE = """
+import atexit, os
+
+class _TornDown:  # late in the teardown builtins are gone: keep what __del__ needs
+    def __init__(self, path, touch):
+        self.path, self.touch = path, touch
+
+    def __del__(self):
+        self.touch(self.path)
+
+def _touch(path, _open=open):
+    _open(path, "a").close()
+
+_torn_down = _TornDown(os.path.abspath("torn_down"), _touch)
+atexit.register(_touch, os.path.abspath("exit_handlers_ran"))
+"""
+PROBE = EXIT_PROBE + f"""
 import json, sys
 
 def pytest_unconfigure(config):
@@ -97,6 +115,8 @@ def test_collection_and_other_tests_import_no_torch_nor_engine(pytester, write_s
     pytester.makepyfile(test_plain="def test_ok():\n    assert True\n")
     result = pytester.runpytest_subprocess("test_plain.py", "-p", "no:randomly")
     assert result.ret == 0 and json.loads(loaded.read_text()) == []
+    # not a qrel run: the interpreter exits as usual (no fast exit)
+    assert (pytester.path / "torn_down").exists() and (pytester.path / "exit_handlers_ran").exists()
     pytest.importorskip("xdist")
     result = pytester.runpytest_subprocess(*SUITE, "--co", "-q", "-n", "1", "-p", "no:randomly")
     assert result.ret == 0 and "pytest_qrel.plugin.xdist_sched" in json.loads(loaded.read_text())  # the probe sees it
@@ -573,7 +593,7 @@ def test_user_code_that_exits_or_raises_is_an_error_naming_model_and_stage(pytes
 # test helpers; never scikit-learn (the ranking metrics are pytest_qrel.ranking, the embedded digits
 # are read from its data file) nor scipy.stats, which it imports.
 UNUSED_BY_A_RUN = ("matplotlib", "jinja2", "pytest_qrel.report", "sklearn", "scipy.stats", "scipy.io", "tests", "tinyvit", "reportdata")
-RUN_PROBE = f"""
+RUN_PROBE = EXIT_PROBE + f"""
 import json, sys
 
 def pytest_unconfigure(config):
@@ -589,12 +609,16 @@ def test_nan_logits_fail_naming_model_quantizer_dataset_and_count(pytester, monk
     result = pytester.runpytest_subprocess("--qrel-suite", "suites/py.yaml", "--qrel-update-baselines")
     assert result.ret == 0, result.stdout.str()
     # A whole run without --qrel-report (cold start): the process that ran the checks imported
-    # torch and the engine, and nothing it did not use.
+    # torch and the engine, and nothing it did not use; it ran its exit handlers and skipped the
+    # interpreter's teardown (pytest_qrel.plugin.fast_exit).
     assert json.loads((pytester.path / "loaded.json").read_text()) == ["torch", "pytest_qrel.engine"]
+    assert (pytester.path / "exit_handlers_ran").exists() and not (pytester.path / "torn_down").exists()
+    (pytester.path / "exit_handlers_ran").unlink()
     monkeypatch.setenv("QREL_NAN", "1")
     result = pytester.runpytest_subprocess("--qrel-suite", "suites/py.yaml", "--qrel-report", "r/py.html", "-p", "no:cacheprovider")
     out = result.stdout.str()
     assert result.ret == pytest.ExitCode.TESTS_FAILED and "INTERNALERROR" not in out and "Traceback" not in out
+    assert (pytester.path / "exit_handlers_ran").exists() and not (pytester.path / "torn_down").exists()
     # the NaN comes from the model's own forward, so the FP32 reproduction check (the first pass of the run) finds it
     result.stdout.re_match_lines([
         r".*the FP32 reproduction check on the first 32 'digits' test images: model 'm' FP32 on 'digits': 11 of 32 samples have "

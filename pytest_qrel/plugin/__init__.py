@@ -40,7 +40,7 @@ from typing import Any
 
 import pytest
 
-from . import engine_setup, guard, options, outputs, sharding
+from . import engine_setup, fast_exit, guard, options, outputs, sharding
 from .collect import CheckFailed, CheckItem, QrelInconclusiveWarning, collect_file, skip_at_check, unit_scope
 from .progress import PROGRESS, Progress
 from .recorder import Recorder
@@ -74,6 +74,14 @@ def pytest_configure(config: pytest.Config) -> None:
         from .xdist_sched import XdistController
 
         config.pluginmanager.register(XdistController(config), "qrel-xdist-controller")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_cmdline_main(config: pytest.Config) -> Any:
+    status = yield  # the run's exit status (an exception here exits as Python would: not armed)
+    if status is not None and fast_exit.should_arm(config):
+        fast_exit.arm(int(status))
+    return status
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
