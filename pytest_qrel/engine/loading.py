@@ -79,6 +79,7 @@ class Loader:
         self._models: dict[str, Any] = {}
         self._identities: dict[str, dict[str, Any]] = {}
         self._datasets: dict[str, Any] = {}
+        self._draws: dict[str, Any] = {}  # calibration_draw's, by set, samples, seed and draw
 
     def _model_key(self, suite: Suite, name: str) -> tuple[str, dict[str, Any]]:
         from ..models.base import model_source_meta
@@ -208,7 +209,8 @@ class Loader:
                          data: str | None = None) -> tuple[Any, Any]:
         """``(split, drawn)``: the set the calibration images come from (the ID *train* split, or
         ``data``) and the :class:`~pytest_qrel.calibration_draw.Drawn` positions into it, with the
-        digest that identifies them (part of a quantized unit's outputs-cache key)."""
+        digest that identifies them (part of a quantized unit's outputs-cache key). Drawn once per
+        (set, samples, seed, draw) in a process: every model and seed name of a suite shares it."""
         from ..calibration_draw import draw_from
 
         if data is not None:
@@ -221,7 +223,10 @@ class Loader:
                 f"asks for {samples} calibration images but {what} has {len(train)}",
                 file=suite.path, field=field, fix=f"use at most {len(train)}",
             )
-        return train, draw_from(train, samples, seed, draw)
+        key = _json_key(["draw", data, suite.id_dataset.name, id(train), samples, seed, draw])
+        if key not in self._draws:
+            self._draws[key] = draw_from(train, samples, seed, draw)
+        return train, self._draws[key]
 
     def calibration_images(self, suite: Suite, model: str, samples: int, seed: int, field: str,
                            draw: str = "numpy", data: str | None = None) -> tuple[Any, Any]:
