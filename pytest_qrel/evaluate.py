@@ -157,10 +157,16 @@ def _numbers(
     planned: PlannedCheck, info: MetricInfo, fp32: float | None, value: float, ref_value: float | None,
     delta: float | None, compared_display: str, higher_is_better: bool,
 ) -> str:
-    """The numbers part of a verdict's message: ``"FP32 97.92%, W4A4 96.10%, delta +1.82pp"``."""
+    """The numbers part of a verdict's message: ``"FP32 97.92%, W4A4 96.10%, delta +1.82pp"``; a
+    runtime metric's (no FP32 value, value bounds only): ``"ORT 0.40 x FP32 (<what it compares
+    against>)"``."""
     bound = planned.check.bound
     fp32_display = format_value(info, fp32, missing="n/a")
     numbers = f"FP32 {fp32_display}" if planned.quantizer == "FP32" else f"FP32 {fp32_display}, {planned.quantizer} {format_value(info, value)}"
+    if fp32 is None and info.kind == "runtime":  # no FP32 value: say what the number is measured against
+        from .runtimes.checks import compared_with
+
+        numbers = f"{planned.quantizer} {format_value(info, value)} ({compared_with(planned.check.metric, planned.score)})"
     if bound.ref is not None:
         numbers += f", {bound.ref} {format_value(info, ref_value, missing='n/a')}"
         if bound.kind == "delta" and fp32 is not None and ref_value is not None:

@@ -81,8 +81,3 @@ def apply_temperature(logits: np.ndarray, params: dict[str, float]) -> np.ndarra
 
 POSTHOC.add("temperature", PostHocStep(fit_temperature, apply_temperature))
 
-
-def split_name(quantizer: str) -> tuple[str, tuple[str, ...]]:
-    """``"W8A8-qat-lsq+temperature"`` -> ``("W8A8-qat-lsq", ("temperature",))``."""
-    base, *steps = quantizer.split("+")
-    return base, tuple(steps)

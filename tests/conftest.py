@@ -31,6 +31,9 @@ def pytest_configure(config: pytest.Config) -> None:
     # need. Passive waiting changes no result, only who gets the CPU. Set before torch loads, and
     # inherited by the subprocesses; a user's own setting wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # No spawned figure worker per pytester run (pytest_qrel.figure_pool): the xdist workers keep
+    # both cores busy already; tests/test_figure_pool.py starts one on purpose.
+    os.environ.setdefault("QREL_FIGURE_WORKER", "0")
     for name in PRELOAD:
         importlib.import_module(name)
 

@@ -212,6 +212,22 @@ def test_batch_normalisation_gives_the_bits_of_normalising_image_by_image():
         expected = torch.stack([normalize(u.clone()) for u in units])
         assert torch.equal(_batched(normalize)(units), expected)
         assert torch.equal(units, original)  # the batch it was given is left as it was
+    # An elementwise normalize (the embedded models') takes the batch in one call: the same bits.
+    from pytest_qrel.models.embedded import GreyNormalize
+
+    grey, calls = GreyNormalize(mean=0.3, std=0.2), []
+    units = torch.rand(6, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    expected = torch.stack([grey.normalize(u) for u in units])
+
+    class Counted:
+        elementwise = True
+
+        def __call__(self, x):
+            calls.append(x.shape)
+            return grey.normalize(x)
+
+    assert torch.equal(_batched(grey.normalize)(units), expected) and torch.equal(_batched(Counted())(units), expected)
+    assert calls == [units.shape]
 
 
 HOLD_LOCK = """

@@ -168,3 +168,15 @@ def test_import_does_not_import_torch():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("name", E.TEXTURE_IMAGES + E.PHOTO_IMAGES)
+def test_sample_images_are_scikit_image_s_own(name):
+    """The crops' sources, read straight from scikit-image's data folder, are the arrays its
+    loaders return (the fast path must not change a pixel, nor the OOD sets' fingerprints)."""
+    import skimage.data
+
+    want = skimage.data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(skimage.data, name)()
+    got = E._load_skimage(name)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)

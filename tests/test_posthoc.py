@@ -11,7 +11,8 @@ import torch
 from pytest_qrel import Engine, load_suite, plan, run
 from pytest_qrel.errors import SpecError
 from pytest_qrel.metrics import nll, softmax
-from pytest_qrel.posthoc import POSTHOC, fit_temperature, split_name
+from pytest_qrel.posthoc import POSTHOC, fit_temperature
+from pytest_qrel.spec.quantizer_ref import QuantizerRef
 
 
 def test_fit_temperature_recovers_the_scale_of_overconfident_logits():
@@ -37,10 +38,11 @@ def test_fit_temperature_in_chunks_matches_the_fit_in_one_piece():
     assert chunked == pytest.approx(whole, rel=1e-6)
 
 
-def test_split_name():
-    assert split_name("W8A8-qat-lsq+temperature") == ("W8A8-qat-lsq", ("temperature",))
-    assert split_name("FP32") == ("FP32", ())
-    assert "temperature" in POSTHOC
+def test_posthoc_names_are_read_by_the_one_parser():
+    ref = QuantizerRef.parse("W8A8-qat-lsq+temperature")
+    assert (ref.base, ref.steps) == ("W8A8-qat-lsq", ("temperature",))
+    assert QuantizerRef.parse("FP32").steps == ()
+    assert all(step in POSTHOC for step in ref.steps)
 
 
 SUITE = """\
@@ -99,6 +101,12 @@ def test_unknown_posthoc_step_is_a_spec_error(tmp_path):
         load_suite(write(tmp_path, '- "W4A4+temprature ece delta <= 0"\n'))
     with pytest.raises(SpecError, match="unknown quantizer 'W9A9'"):
         load_suite(write(tmp_path, '- "W9A9+temperature ece delta <= 0"\n'))
+    # a check covers every calibration seed: a seeded name (or a malformed one) is no quantizer of the suite
+    for name, shown in (("W4A4@13+temperature", "W4A4@13"), ("W4A4@x", "W4A4@x")):
+        with pytest.raises(SpecError, match=f"unknown quantizer '{shown}'"):
+            load_suite(write(tmp_path, f'- "{name} ece delta <= 0"\n'))
+    with pytest.raises(SpecError, match="unknown quantizer 'W4A4@13'"):
+        load_suite(write(tmp_path, '- "W4A4+temperature ece delta <= delta(W4A4@13)"\n'))
 
 
 def test_quantizer_names_cannot_contain_plus(tmp_path):

@@ -74,6 +74,7 @@ def test_linear_recipe_is_within_three_noise_floors_of_the_simulation(ort_run: t
     assert parity["runtime_error"] == pytest.approx(parity["sim_error"], rel=0.05)
     (check,) = [v for v in verdicts if v.metric == "parity"]
     assert check.value == pytest.approx(parity["parity"]) and check.fp32 is None
+    assert "to the W8A8 simulation on the same ID test images" in check.message and "n/a" not in check.message  # no FP32 value
     assert "parity" not in record(engine, "ORTdyn").runtime or not record(engine, "ORTdyn").runtime["parity"]
 
 
@@ -103,6 +104,15 @@ def test_identity_latency_and_report(ort_run: tuple[Any, list[Any], Path]) -> No
     page = render_html(results, figures=False)
     for text in ("Deployed runtimes", "runtime-census", "runtime-parity", "runtime-latency", "MatMulIntegerToFloat", sha[:12]):
         assert text in page, text
+    from pytest_qrel.report.markdown import summary_markdown
+
+    text = summary_markdown(results)  # the pull-request comment: one row per runtime unit, the record's numbers
+    rows = {line.split(" | ")[1]: line for line in text[text.index("### Deployed runtimes"):].splitlines() if line.startswith("| rt_onnx / vit |")}
+    assert set(rows) == {"ORT", "ORTdyn"}
+    parity = rt["parity"]["W8A8"]
+    assert f"| {parity['parity']:.3g} vs W8A8 | {100 * parity['agreement']:.1f}% vs W8A8 |" in rows["ORT"]
+    assert f"| {latency['ratio']['latency']:.2f} / {latency['ratio']['latency_b1']:.2f} |" in rows["ORT"]
+    assert f"| {100 * rt['census']['int8_share']:.1f}% |" in rows["ORT"] and "MatMulIntegerToFloat \u00d716" in rows["ORT"]
 
 
 # ------------------------------------------------------------------------------------------ artifacts

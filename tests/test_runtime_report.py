@@ -10,6 +10,7 @@ import pytest
 
 from pytest_qrel.display import metric_infos
 from pytest_qrel.report import render_html, render_report
+from pytest_qrel.report.markdown import summary_markdown
 from pytest_qrel.results import RunResults, UnitMetrics, Verdict
 from pytest_qrel.runtimes.census import Kernel, census_of
 
@@ -60,10 +61,32 @@ def test_runtime_block_shows_census_parity_latency_and_identity() -> None:
     assert "s/vit/ORT" in page[page.index('id="run-info"'):]  # identity in the run info
 
 
+def test_markdown_summary_has_one_row_per_runtime_unit() -> None:
+    """The pull-request comment carries the block's numbers too, read from the same records."""
+    r = results(runtime_record())
+    weight_only = runtime_record("torchao")
+    weight_only["census"] = census_of("torchao", [Kernel("aten._weight_int8pack_mm", "weight_only", 750.0, True, 8), Kernel("aten.mm", "float", 250.0)])
+    weight_only["parity"], weight_only["latency"] = {}, {}  # no simulation named, latency: false
+    r.units.append(UnitMetrics("s", "vit", "AO", id={"top1": 0.98}, method="torchao", base="AO", weight_bits=8, bits_label="W8A16", runtime=weight_only))
+    text = summary_markdown(r, report_path="r.html")
+    section = text[text.index("### Deployed runtimes"):text.index("Full report:")]
+    rows = [line for line in section.splitlines() if line.startswith("| s / vit |")]
+    ort, ao = runtime_record(), weight_only
+    latency, parity = ort["latency"]["ratio"], ort["parity"]["W8A8"]
+    assert rows[0] == (f"| s / vit | ORT | onnxruntime | {100 * ort['census']['int8_share']:.1f}% | MatMulIntegerToFloat \u00d71 "
+                       f"| {parity['parity']:.3g} vs W8A8 | {100 * parity['agreement']:.1f}% vs W8A8 "
+                       f"| {latency['latency']:.2f} / {latency['latency_b1']:.2f} | {latency['memory']:.2f} | {ort['size']['ratio']:.2f} |")
+    weight_share = 100 * ao["census"]["weight_int8_share"]  # no int8 activations: every integer-weight MAC is weight-only
+    assert rows[1] == (f"| s / vit | AO | torchao | 0.0% (weight-only {weight_share:.1f}%) | aten._weight_int8pack_mm \u00d71 "
+                       f"| \u2014 | \u2014 | \u2014 | \u2014 | {ao['size']['ratio']:.2f} |")
+    assert len(rows) == 2 and text.index("### Key numbers") < text.index("### Deployed runtimes")
+
+
 def test_no_runtime_units_no_block() -> None:
     r = results(runtime_record())
     r.units = r.units[:2]
     assert "Deployed runtimes" not in render_html(r, figures=False)
+    assert "Deployed runtimes" not in summary_markdown(r)
 
 
 def test_runtime_block_in_a_browser(tmp_path: Path) -> None:

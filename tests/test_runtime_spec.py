@@ -128,6 +128,33 @@ def test_floor_is_the_unit_of_parity_in_both_forms() -> None:
         assert (check.metric, check.score, check.bound.amount, check.bound.unit) == ("parity", "W8A8", 3.0, "abs")
 
 
+def test_runtime_check_messages_say_what_they_compare_against(tmp_path: Path) -> None:
+    """A runtime metric has no FP32 value: its verdict names the simulation (parity, agreement) or
+    FP32 measured in the same process (ratios) instead of printing "FP32 n/a"."""
+    if importlib.util.find_spec("onnxruntime") is None:
+        pytest.skip("onnxruntime is not installed")
+    from pytest_qrel.evaluate import decide
+    from pytest_qrel.metrics import RUNTIME_METRICS
+    from pytest_qrel.runtimes.checks import COMPARED_WITH
+    from pytest_qrel.spec.plan import plan
+
+    assert set(COMPARED_WITH) == set(RUNTIME_METRICS)  # a new runtime metric says what it compares against
+    checks = "".join(f'  - "ART {m}(W8A8) <= 5"\n' if meta["ref"] else f'  - "ART {m} <= 5"\n' for m, meta in RUNTIME_METRICS.items())
+    planned = plan(load_suite(suite(tmp_path, "  ART: {method: artifact, weight_bits: 8, act_bits: 8, options: {path: m.onnx}}\n", checks)))
+    said = {}
+    for p in planned:
+        meta = RUNTIME_METRICS[p.check.metric]
+        v = decide(p, 0.5, None, higher_is_better=meta["higher_is_better"], fraction=meta["fraction"])
+        assert "n/a" not in v.message and v.message.split(": ", 1)[1].startswith("ART "), v.message  # was "FP32 n/a, ART ..."
+        said[p.check.metric] = v.message
+    assert set(said) == set(RUNTIME_METRICS)
+    assert "ART 0.5000 floors (mean |logit difference| to the W8A8 simulation on the same ID test images, in that simulation's noise floors)" in said["parity"]
+    assert "top-1 agreement with the W8A8 simulation" in said["agreement"]
+    for ratio in ("latency", "latency_b1", "memory"):
+        assert "over FP32's, measured in the same process" in said[ratio], said[ratio]
+    assert "over FP32's parameter bytes" in said["size"] and "in int8 kernels" in said["int8_share"]
+
+
 # ------------------------------------------------------------------------------------------ census, parity
 
 

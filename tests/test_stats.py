@@ -169,7 +169,7 @@ def test_fast_fpr_forms_equal_the_plain_function_on_larger_sets(conventions, tie
             # data a straight ROC run from OpenOOD's 95% point (at score 17) to the end, all dropped but the last
             s_id, s_ood = np.arange(40.0), np.r_[np.full(400, -1.0), np.arange(40.0)]
             n_id, n_ood = s_id.size, s_ood.size
-        c_id, c_ood = counts_chunk(trial, "id", n_id, 0, 24), counts_chunk(trial, "ood", n_ood, 0, 24)
+        c_id, c_ood = counts_chunk(trial, "id", n_id, 0, 24).copy(), counts_chunk(trial, "ood", n_ood, 0, 24).copy()  # read-only (cached)
         c_id[:n_id, 0], c_ood[:n_ood, 0] = 1.0, 1.0  # the full data
         got = form(OodCurve(OodStatic(s_id, s_ood), c_id, c_ood))
         want = [plain(s_id[resample_indices(c_id[:n_id, b])], s_ood[resample_indices(c_ood[:n_ood, b])]) for b in range(24)]
@@ -597,3 +597,25 @@ def test_relative_ece_delta_of_a_calibrated_fp32_model_has_no_upper_bound_and_sa
     assert "bound it in pp instead" in res.note
     pp = paired_interval(IntervalRequest("ece", ("digits",), (q,), fp32, bound=Bound("delta", "<=", 1, "pp")), resamples=200)
     assert all(math.isfinite(x) for x in pp.compared_ci) and "bound it in pp" not in pp.note
+
+
+def test_resample_chunks_are_drawn_once_and_cannot_be_written(monkeypatch):
+    """Every interval request of a run reads the same dataset's resamples: a chunk is drawn once
+    and handed out again, read-only, so no caller can change what the next one reads."""
+    from pytest_qrel.stats import resample
+
+    monkeypatch.setattr(resample, "_CACHE", type(resample._CACHE)())
+    draws = []
+    real = resample._draw_chunk
+    monkeypatch.setattr(resample, "_draw_chunk", lambda *a: draws.append(a) or real(*a))
+    first = counts_chunk(7, "digits", 300, 0, 64)
+    again = counts_chunk(7, "digits", 300, 0, 64)
+    assert again is first and len(draws) == 1 and not first.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        first[0, 0] = 5.0
+    counts_chunk(7, "digits89", 300, 0, 64)
+    assert len(draws) == 2  # another dataset: its own draw
+    monkeypatch.setattr(resample, "CACHED_BYTES", 0)  # too large to keep: drawn each time, the same values
+    big = counts_chunk(7, "photos", 300, 0, 64)
+    np.testing.assert_array_equal(counts_chunk(7, "photos", 300, 0, 64), big)
+    assert len(draws) == 4

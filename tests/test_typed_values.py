@@ -26,7 +26,15 @@ def test_a_quantizer_name_parses_into_its_parts_and_back(text, base, seed, steps
     assert (ref.base, ref.seed, ref.steps, ref.variant) == (base, seed, steps, variant)
     assert str(ref) == text and QuantizerRef.parse(str(ref)) == ref
     assert ref.is_fp32 == (base == "FP32") and base_quantizer(text) == base
-    assert ref.unseeded == base + variant
+    assert ref.unseeded == base + variant and ref.head == text.removesuffix(variant)
+
+
+@pytest.mark.parametrize("text", ["W4A4@x", "W4A4@", "W4A4@-1", "@13"])
+def test_an_at_without_a_seed_stays_in_the_name(text):
+    """Only ``@<digits>`` is a seed: anything else is part of the base name (an unknown quantizer
+    the loader names in one line), never a ValueError out of the parser."""
+    ref = QuantizerRef.parse(text + "+temperature")
+    assert (ref.base, ref.seed, ref.steps, ref.head) == (text, None, ("temperature",), text)
 
 
 def test_refs_compare_by_their_parts_and_are_frozen():

@@ -164,12 +164,33 @@ def _grey(image: np.ndarray) -> np.ndarray:
     return 0.2125 * rgb[..., 0] + 0.7154 * rgb[..., 1] + 0.0721 * rgb[..., 2]
 
 
+_SKIMAGE_FILES = {"motorcycle": "motorcycle_left.png"}
+"""The data file of a sample image whose file is not ``<name>.png`` (``stereo_motorcycle()[0]``)."""
+
+
 def _load_skimage(name: str) -> np.ndarray:
+    """scikit-image's sample image ``name`` (the left view of ``motorcycle``) as uint8 pixels.
+
+    Decoded with Pillow straight from scikit-image's data folder, which is what
+    ``skimage.data.<name>()`` does through ``skimage.io`` and imageio (whose PNG reader is
+    Pillow's), without importing ``skimage.io``: that import (scipy.linalg, every imageio plugin)
+    costs about 0.3 s of a cold run. Where the file is not in the folder (a scikit-image that
+    fetches its data), ``skimage.data`` loads it. ``tests/test_embedded_data.py`` compares both."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("skimage")  # a top-level package: found, not imported
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(root) / "data" / _SKIMAGE_FILES.get(name, f"{name}.png")
+        if path.is_file():
+            from PIL import Image
+
+            with Image.open(path) as image:
+                return np.asarray(image)
     import skimage.data
 
     if name == "motorcycle":
-        return skimage.data.stereo_motorcycle()[0]  # the left view, a PNG
-    return getattr(skimage.data, name)()
+        return skimage.data.stereo_motorcycle()[0]
+    return np.asarray(getattr(skimage.data, name)())
 
 
 def _random_crops(names: tuple[str, ...], n: int, seed: int) -> np.ndarray:

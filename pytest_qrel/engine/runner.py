@@ -241,7 +241,11 @@ def _batched(normalize: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """``normalize`` (one image) made to map a batch (B, C, H, W). A torchvision ``Normalize`` (alone
     or in a ``Compose`` of them, as the timm and ``Compose`` stages give) takes the whole batch in one
     call: the same per-element subtraction and division, so the same bits, without one copy of
-    every image. Any other ``normalize`` runs image by image."""
+    every image; so does a callable that declares ``elementwise = True`` (it maps every element
+    on its own, e.g. the embedded models' ``GreyNormalize.normalize``). Any other ``normalize``
+    runs image by image."""
+    if getattr(normalize, "elementwise", False):
+        return normalize
     from torchvision.transforms import Compose, Normalize
     from torchvision.transforms.functional import normalize as tv_normalize
 

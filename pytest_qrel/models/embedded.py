@@ -89,6 +89,8 @@ class GreyNormalize:
     def normalize(self, x: Any) -> Any:
         return (x - self.mean) / self.std
 
+    normalize.elementwise = True  # type: ignore[attr-defined]  # a batch at once is the same bits (engine.runner._batched)
+
     def stages(self) -> Any:
         return self.to_unit, self.normalize
 

@@ -91,6 +91,12 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     sharding.select_shard(config, items)
 
 
+def pytest_runtestloop(session: pytest.Session) -> None:
+    # After the supervisor's fork (its hook is tryfirst and returns None in the process that runs the checks).
+    if not is_worker(session.config):
+        outputs.prestart_figure_worker(session)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
@@ -109,6 +115,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    outputs.stop_figure_worker()
     guard.leave(config)
     engine_setup.restore(config)
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from ..results import Verdict
-from .collect import suite_of
+from .collect import checks_of, suite_of
 from .engine_setup import run_device
 from .state import STATE, relative
 
@@ -74,6 +74,26 @@ def _suites(config: pytest.Config) -> dict[str, tuple[Any, str]]:
     if not out:
         out = {name: (suite, state.files.get(name, str(suite.path))) for name, suite in state.suites_loaded.items()}
     return out
+
+
+def prestart_figure_worker(session: pytest.Session) -> None:
+    """A serial run that will draw a report starts its figure worker now, before the first check
+    imports torch (:mod:`pytest_qrel.figure_pool`: it imports matplotlib on the other core).
+    Not under xdist (the workers keep every core busy) nor for ``--collect-only``."""
+    config = session.config
+    if (config.getoption("qrel_report") and not config.getoption("collectonly")
+            and config.pluginmanager.getplugin("dsession") is None and any(checks_of(session.items))):
+        from ..figure_pool import prestart
+
+        prestart()
+
+
+def stop_figure_worker() -> None:
+    """The session is over: its figure worker (if one was started) goes with it."""
+    import sys
+
+    if "pytest_qrel.figure_pool" in sys.modules:
+        sys.modules["pytest_qrel.figure_pool"].shutdown()
 
 
 def write_outputs(config: pytest.Config, verdicts: list[Verdict], note: str = "") -> Written:

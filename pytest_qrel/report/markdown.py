@@ -6,8 +6,11 @@ suite: the line of the suite to change, how many of the units it applies to fail
 margin and where, a link to that row of the HTML report; errors add their message), then the
 command that re-runs each group's worst unit, shell-quoted, in a code block; what was not verified
 and the expected failures (one row per check); on every run the key numbers per model (top-1, NLL,
-ECE and the mean OOD metrics of the suite's first score, with the change against FP32); and
-``Full report: <path>``.
+ECE and the mean OOD metrics of the suite's first score, with the change against FP32); when the run
+has deployed-runtime units, one row per runtime unit (its int8 census, parity to the simulation in
+noise floors, top-1 agreement, and its latency / memory / size as ratios to FP32 measured in the same
+process: the numbers of the HTML report's "Deployed runtimes" block, read from the same records);
+and ``Full report: <path>``.
 
 Links into the report point at the row ids of its failing / not-verified / expected tables
 (:func:`.view.verdict_anchor`), relative to ``report_url`` (default: the report's file name, which
@@ -33,6 +36,7 @@ from ..results import RunResults, Verdict
 from ..spec.schema import MEAN_OOD
 from ..summary import ID, ModelSummary, summarize
 from .format import MISSING, fmt_delta, fmt_value
+from .runtime_view import _kernels  # the HTML block's list of kernels, so both read alike
 from .view import _Builder, verdict_anchor
 
 __all__ = ["MAX_CHARS", "md_escape", "summary_markdown"]
@@ -179,6 +183,47 @@ def _with_delta(b: _Builder, ms: ModelSummary, quantizer: str, kind: str, metric
     return text if n.delta is None else f"{text} ({fmt_delta(info, n.delta)})"
 
 
+def _ratio(value: Any, spec: str = ".2f", suffix: str = "") -> str:
+    """A recorded number in the HTML block's format (``spec``), or the missing mark."""
+    return MISSING if value is None else f"{float(value):{spec}}{suffix}"
+
+
+def _runtime_lines(b: _Builder, limit: int) -> list[str]:
+    """One row per deployed-runtime unit (none: no lines), from the records the HTML report's
+    "Deployed runtimes" block reads (:attr:`UnitMetrics.runtime`, the census shares of
+    :attr:`ModelSummary.census_percent`): nothing is recomputed here."""
+    units = [(ms, u) for ms in b.summary.models for u in ms.units if u.runtime and u.runtime.get("census")]
+    if not units:
+        return []
+    head = ("| Model | Runtime unit | Runtime | Int8 MACs | Int8 kernels | Parity (noise floors) | Top-1 agreement "
+            "| Latency \u00d7 FP32 (suite's batch / batch 1) | Memory \u00d7 FP32 | Size \u00d7 FP32 |")
+    lines = ["", "### Deployed runtimes", "",
+             "Parity: mean absolute logit difference to the simulation of the same recipe on the same ID test images, in that "
+             "simulation's noise floors. Ratios are to FP32 measured in the same process (below 1: faster / smaller; "
+             "wall times are noisy on a shared machine).", "",
+             head, "|---|---|---|---:|---|---:|---:|---:|---:|---:|"]
+    for ms, u in units[:limit]:
+        rt = u.runtime
+        census, share = rt["census"], ms.census_percent.get(u.quantizer, {})
+        int8 = _ratio(share.get("int8"), ".1f", "%")
+        if share.get("weight_only"):
+            int8 += f" (weight-only {_ratio(share['weight_only'], '.1f', '%')})"
+        parity = rt.get("parity") or {}
+        latency = (rt.get("latency") or {}).get("ratio") or {}
+        cells = [
+            md_escape(f"{ms.suite} / {ms.model}"), md_escape(u.quantizer), md_escape(census["runtime"]), int8,
+            md_escape(_kernels(census["ops"].get("integer", {}))),
+            "; ".join(f"{_ratio(p['parity'], '.3g')} vs {md_escape(ref)}" for ref, p in parity.items()) or MISSING,
+            "; ".join(f"{_ratio(100 * p['agreement'], '.1f', '%')} vs {md_escape(ref)}" for ref, p in parity.items()) or MISSING,
+            MISSING if not latency else f"{_ratio(latency.get('latency'))} / {_ratio(latency.get('latency_b1'))}",
+            _ratio(latency.get("memory")), _ratio((rt.get("size") or {}).get("ratio")),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    if len(units) > limit:
+        lines += ["", f"\u2026 and {len(units) - limit} more runtime units in the full report."]
+    return lines
+
+
 def summary_markdown(results: RunResults, *, report_path: str | None = None, title: str = "pytest-qrel",
                      max_rows: int = 50, max_chars: int = MAX_CHARS, report_url: str | None = None) -> str:
     """The Markdown summary of ``results`` (see the module docstring); always ``< max_chars``.
@@ -224,6 +269,7 @@ def _render(results: RunResults, *, report_path: str | None, title: str, max_row
     numbers = _key_numbers(b, max(1, max_rows))
     if numbers:
         lines += ["", "### Key numbers"] + numbers
+    lines += _runtime_lines(b, max(1, max_rows))
     if report_path:
         lines += ["", f"Full report: {_code(report_path)}"]
     return "\n".join(lines) + "\n"

@@ -55,16 +55,19 @@ def _all_figures(page: Page) -> list[tuple[str, FigureSpec]]:
 
 
 def draw_figures(page: Page) -> None:
-    """Draw every figure of ``page`` into ``spec.svg``. A figure that fails to draw becomes a
-    visible note naming it and the error (the rest of the report is still written)."""
-    from .figures import draw
+    """Draw every figure of ``page`` into ``spec.svg`` (beside a figure worker when the run started
+    one: :mod:`pytest_qrel.figure_pool`). A figure that fails to draw becomes a visible note naming
+    it and the error (the rest of the report is still written)."""
+    from ..figure_pool import FigureError, FigureJob, draw_all
 
-    for where, spec in _all_figures(page):
-        try:
-            spec.svg = draw(spec.kind, spec.data, spec.id, spec.title)
-        except Exception as exc:  # noqa: BLE001 - one broken figure must not cost the audit report
-            msg = f"The figure '{spec.title}' of {where} could not be drawn: {type(exc).__name__}: {exc}"
+    figures = _all_figures(page)
+    drawn = draw_all([FigureJob(spec.kind, spec.data, spec.id, spec.title) for _, spec in figures])
+    for (where, spec), svg in zip(figures, drawn):
+        if isinstance(svg, FigureError):
+            msg = f"The figure '{spec.title}' of {where} could not be drawn: {svg}"
             spec.svg = Markup('<p class="figure-error">{}</p>').format(msg)
+        else:
+            spec.svg = svg
 
 
 def render_html(results: RunResults, *, title: str = DEFAULT_TITLE, figures: bool = True, template: str = "report.html.j2") -> str:

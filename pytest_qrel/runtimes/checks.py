@@ -15,6 +15,10 @@ already compare with something, the simulation or FP32)::
 The name in parentheses of ``parity`` / ``logit_diff`` / ``agreement`` is the simulated quantizer
 compared with; the unit computes that parity on the first ``parity_images`` ID test images.
 Checks name runtime quantizers explicitly (not ``all``, not FP32) and read the ID set only.
+
+None of them has an FP32 value: a verdict's message says instead what the number is measured
+against (:data:`COMPARED_WITH`, one phrase per metric: the simulation for parity and agreement,
+FP32 measured in the same process for the ratios, the runtime's own graph for the census).
 """
 
 from __future__ import annotations
@@ -22,6 +26,27 @@ from __future__ import annotations
 from typing import Any
 
 from ..metrics import METRICS, RUNTIME_METRICS  # the runtime metrics' table (registered there)
+from ..spec.quantizer_ref import QuantizerRef
+
+
+COMPARED_WITH: dict[str, str] = {
+    "parity": "mean |logit difference| to the {ref} simulation on the same ID test images, in that simulation's noise floors",
+    "logit_diff": "mean |logit difference| to the {ref} simulation on the same ID test images",
+    "agreement": "top-1 agreement with the {ref} simulation on the same ID test images",
+    "int8_share": "share of the Linear/MatMul/Conv multiply-accumulates of the runtime's own graph in int8 kernels",
+    "latency": "median wall time at the suite's batch size over FP32's, measured in the same process",
+    "latency_b1": "median wall time at batch 1 over FP32's, measured in the same process",
+    "memory": "working memory over FP32's, measured in the same process",
+    "size": "artifact bytes over FP32's parameter bytes",
+}
+"""What each runtime metric is measured against, for the verdict's message (it has no FP32 value);
+``{ref}``: the simulated quantizer named in parentheses. One entry per metric of
+:data:`~pytest_qrel.metrics.RUNTIME_METRICS` (a test holds the two tables to the same names)."""
+
+
+def compared_with(metric: str, ref: str | None) -> str:
+    """``("parity", "W8A8")`` -> ``"mean |logit difference| to the W8A8 simulation ..."``."""
+    return COMPARED_WITH[metric].format(ref=ref if ref is not None else "named")
 
 
 def is_runtime_method(method: str) -> bool:
@@ -43,8 +68,9 @@ def validate_runtime_check(check: Any, suite: Any, fail: Any) -> list[Any]:
     if "all" in check.quantizers:
         raise fail(f"{check.metric} is measured on runtime units only; name them instead of 'all'", fix=f"write e.g. '{example}'")
     for q in check.quantizers:
-        spec = suite.quantizers.get(q.split("+")[0])
-        if "+" in q or spec is None or not is_runtime_method(spec.method):
+        ref = QuantizerRef.parse(q)  # a runtime unit is named alone: no seed, no post-hoc step
+        spec = suite.quantizers.get(ref.base)
+        if ref.steps or ref.seed is not None or spec is None or not is_runtime_method(spec.method):
             raise fail(f"{check.metric} is measured on runtime units (onnxruntime, openvino, torchao, artifact); '{q}' is not one",
                        fix="name a quantizer whose method is a runtime")
         if meta.get("timed") and spec.options.get("latency") is False:

@@ -441,23 +441,24 @@ def _validate_check(ctx: _Ctx, check: CheckSpec, suite: Suite, field: str) -> li
 
 
 def _check_quantizer_names(site: _CheckSite) -> None:
-    from ..posthoc import POSTHOC, split_name
+    from ..posthoc import POSTHOC
+    from .quantizer_ref import QuantizerRef
 
     check = site.check
     for q in check.quantizers:
         if q == "all":
             continue
-        base, steps = split_name(q)
-        if base not in site.known_quantizers:
-            raise site.fail(str(UnknownNameError("quantizer", base, site.known_quantizers)), fix="define it under 'quantizers:' or use 'all'")
-        for step in steps:
+        ref = QuantizerRef.parse(q)  # a check covers every seed of a quantizer: a seeded name is unknown here
+        if ref.seed is not None or ref.base not in site.known_quantizers:
+            raise site.fail(str(UnknownNameError("quantizer", ref.head, site.known_quantizers)), fix="define it under 'quantizers:' or use 'all'")
+        for step in ref.steps:
             if step not in POSTHOC:
-                raise site.fail(str(UnknownNameError("post-hoc step", step, POSTHOC.names())), fix=f"write e.g. '{base}+temperature'")
+                raise site.fail(str(UnknownNameError("post-hoc step", step, POSTHOC.names())), fix=f"write e.g. '{ref.base}+temperature'")
     if "all" in check.quantizers and len(check.quantizers) > 1:
         raise site.fail("'all' cannot be combined with other quantizer names", fix="write either 'all' or a list of names")
     if check.bound.ref is not None:
-        base, steps = split_name(check.bound.ref)
-        if base not in site.known_quantizers or any(step not in POSTHOC for step in steps):
+        ref = QuantizerRef.parse(check.bound.ref)
+        if ref.seed is not None or ref.base not in site.known_quantizers or any(step not in POSTHOC for step in ref.steps):
             raise site.fail(str(UnknownNameError("quantizer", check.bound.ref, site.known_quantizers)),
                             fix="compare with a quantizer defined under 'quantizers:'")
 

@@ -5,6 +5,10 @@ quantizer of the suite (``W4A4``, or ``FP32``), optionally one calibration seed 
 quantizer (``@13``), and optionally a chain of post-hoc steps fitted on the held-out split
 (``+temperature``; applied left to right). :meth:`QuantizerRef.parse` reads that string; the rest
 of the code passes the frozen value and reads its fields, never re-splitting the string.
+
+Parsing never fails: only ``@`` followed by digits is a seed; any other ``@`` stays in the base
+name (``W4A4@x`` has the base ``W4A4@x``), which then is not a quantizer of the suite, and the
+spec loader says so in its one located line (a ``ValueError`` from ``int()`` would be a traceback).
 """
 
 from __future__ import annotations
@@ -45,20 +49,26 @@ class QuantizerRef:
         return _parse(text)
 
     @property
+    def head(self) -> str:
+        """The name without the post-hoc steps: ``W4A4@13`` (how a check names an unknown quantizer)."""
+        return self.base if self.seed is None else f"{self.base}@{self.seed}"
+
+    @property
     def unseeded(self) -> str:
         """The name without the seed: ``W4A4+temperature`` (how units and records name it)."""
         return self.base + self.variant
 
     def __str__(self) -> str:
-        seed = f"@{self.seed}" if self.seed is not None else ""
-        return f"{self.base}{seed}{self.variant}"
+        return self.head + self.variant
 
 
 @lru_cache(maxsize=1024)
 def _parse(text: str) -> QuantizerRef:
     head, *steps = text.split("+")
-    base, at, seed = head.partition("@")
-    return QuantizerRef(base, int(seed) if at and seed else None, tuple(steps))
+    base, at, seed = head.rpartition("@")
+    if at and base and seed.isascii() and seed.isdigit():
+        return QuantizerRef(base, int(seed), tuple(steps))
+    return QuantizerRef(head, None, tuple(steps))
 
 
 def base_of(quantizer: str) -> str:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections import OrderedDict
 from functools import lru_cache
 
 import numpy as np
@@ -123,11 +124,34 @@ def _ones(n: int) -> np.ndarray:
     return np.ones(n, dtype=np.float32)
 
 
+CACHED_BYTES = 8 << 20
+"""Chunks up to this size are kept (:func:`counts_chunk`): a run asks for the same dataset's
+resamples once per interval request (every check on the ID test set redraws them otherwise)."""
+
+_CACHE: OrderedDict[tuple[int, str, int, int, int], np.ndarray] = OrderedDict()
+_CACHE_ENTRIES = 32
+
+
 def counts_chunk(seed: int, key: str, n: int, start: int, stop: int) -> np.ndarray:
     """Resamples ``start .. stop - 1`` of dataset ``key`` as an ``(n + 2, stop - start)`` float32
     array: rows ``0 .. n - 1`` the counts (see :func:`resample_counts`), row ``n`` zeros ("no
     sample"), row ``n + 1`` :data:`TINY` ("almost nothing"); the gathers of :mod:`.weighted` read
-    the last two rows."""
+    the last two rows. The array is read-only: small chunks are cached and handed out again."""
+    cache_key = (seed, key, n, start, stop)
+    cached = _CACHE.get(cache_key)
+    if cached is not None:
+        _CACHE.move_to_end(cache_key)
+        return cached
+    out = _draw_chunk(seed, key, n, start, stop)
+    out.flags.writeable = False
+    if out.nbytes <= CACHED_BYTES:
+        _CACHE[cache_key] = out
+        while len(_CACHE) > _CACHE_ENTRIES:
+            _CACHE.popitem(last=False)
+    return out
+
+
+def _draw_chunk(seed: int, key: str, n: int, start: int, stop: int) -> np.ndarray:
     if n < 1:
         raise ValueError(f"dataset '{key}' has no samples to resample")
     if not 0 <= start <= stop:
