@@ -8,6 +8,9 @@ import json
 import textwrap
 from pathlib import Path
 
+import pytest
+
+from pytest_qrel.errors import SpecError
 from pytest_qrel.runinfo import describe_device, quantizer_configs, run_info
 from pytest_qrel.spec import load_suite
 
@@ -204,6 +207,11 @@ def test_the_draw_digest_follows_the_images_drawn(tmp_path: Path, monkeypatch) -
     _png(tmp_path / "pics" / "a" / "9.png", 9)
     after = draw_from(load_dataset(f"imagefolder:{tmp_path / 'pics'}", split="test"), 3, 0)
     assert before.sha256 != after.sha256 and before.record() == {"draw": "numpy", "seed": 0, "samples": 3, "sha256": before.sha256}
+    # no unseeded draw exists: `seed: null` is refused when the suite loads, so equal suites and data
+    # always draw the same images (and record the same digest)
+    path.write_text(path.read_text().replace("samples: 64, seed: 4", "samples: 64, seed: null"))
+    with pytest.raises(SpecError, match=r"quantizers\.W8A8\.calibration\.seed'.* must be an integer >= 0, got None"):
+        load_suite(path)
 
 
 def _png(path: Path, value: int) -> None:
