@@ -7,9 +7,11 @@ Merges the results files of sharded runs (``pytest --qrel-suite S --qrel-shard K
 --qrel-results shard-K.json``) into one report. It trusts no stored outcome: the suites are read
 where the merge runs and must be the files the shards ran (SHA-256), the plan comes from them,
 and every verdict is recomputed from its numbers (:func:`pytest_qrel.shards.merge`). A problem
-with the inputs or an output path is one line naming the file, exit code 2. Exit code 1 when any
-check failed, errored, did not run or was inconclusive (under the suite's policy), else 0: the
-run's status under :mod:`pytest_qrel.policy`, as the report shows it. No pytest and no torch are
+with the inputs or an output path is one line naming the file, exit code 2. Otherwise the exit
+code is :meth:`pytest_qrel.policy.RunVerdict.exit_code` of the merged run, the rule pytest's exit
+status follows too: 1 when any check failed, errored, did not run or was inconclusive (under the
+suite's policy), or when no check was verified (every one skipped or undecided; ``--allow-skip-all``
+accepts that, as ``--qrel-allow-skip-all`` does for a run), else 0. No pytest and no torch are
 imported.
 """
 
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections import Counter
 from pathlib import Path
 
 from .errors import QrelError
@@ -37,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="a suite file the merge must cover (repeatable; default: the suites the files name)")
     merge.add_argument("--inconclusive", choices=("fail", "warn", "pass"), default=None,
                        help="what an inconclusive check does (default: the suite's 'inconclusive:')")
+    merge.add_argument("--allow-skip-all", action="store_true", default=False,
+                       help="exit 0 for a run in which no check was verified (every one skipped, e.g. data missing); by default it fails")
     init = sub.add_parser(
         "init", help="write a starter suite for a model and a folder of images",
         description="Write a starter suite for MODEL and the images in FOLDER (root/<class>/ or root/{train,val,test}/<class>/). "
@@ -93,9 +96,8 @@ def _merge(args: argparse.Namespace) -> int:
     results = merge(args.results, root=args.root, suites=args.suites, inconclusive=args.inconclusive, notes=notes)
     for line in notes:
         print(f"qrel merge: WARNING: {line}", file=sys.stderr)
-    counts = Counter(v.outcome for v in results.verdicts)
-    parts = ", ".join(f"{n} {o}" for o, n in sorted(counts.items()))
-    print(f"qrel merge: {len(args.results)} results file(s), {len(results.verdicts)} checks: {parts}")
+    verdict = results.verdict()  # the one policy (pytest_qrel.policy): the report's status, the counts and this exit code
+    print(f"qrel merge: {len(args.results)} results file(s), {verdict.tally}")
     if args.report:
         print(f"report: {write_report(results, args.report)}")
     if args.junitxml:
@@ -105,13 +107,16 @@ def _merge(args: argparse.Namespace) -> int:
         for v in results.verdicts:
             plan_ids.setdefault(v.suite, []).append(v.nodeid)
         print(f"results: {write_results(results, args.merged, plan_ids=plan_ids)}")
-    verdict = results.verdict()  # the one policy (pytest_qrel.policy): the report's status and this exit code
     for line in verdict.lines():
         print(line)
     bad = failing(results)
     if bad:
         print(f"FAIL: {len(bad)} check(s) block the release, e.g. {bad[0].nodeid}: {bad[0].message}")
-    return verdict.exit_code
+    code = verdict.exit_code(allow_nothing_verified=args.allow_skip_all)
+    if code and not bad:
+        print("NOT VERIFIED: no check was verified; provide the data the skipped checks name, or pass --allow-skip-all "
+              "to accept a run that verifies nothing")
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,10 +27,40 @@ an unknown outcome            blocks          failure
 ``inconclusive`` only arises for a check that demands ``confidence:``: the suite's (or
 ``--qrel-inconclusive``'s) policy has then set the verdict's ``passed`` (:func:`outcome_of`).
 
-The run (:func:`run_verdict`): ``FAIL`` when any verdict blocks; else ``INCOMPLETE`` when anything
-was not verified (skipped, inconclusive let pass, or planned checks without a verdict); else
-``PASS`` (every planned check produced a verdict and passed or failed as expected); ``NO
-CHECKS`` when nothing was planned or run. Only ``FAIL`` fails the gate (exit code 1).
+The run (:func:`run_verdict`) counts **checks** only. A report-only item (a suite's ``report:``,
+:func:`is_report_only`) computes numbers for the report and judges nothing: it is never counted
+as a check nor as passed, and :attr:`RunVerdict.tally` names such items apart ("+ 6 report-only
+items"); one that errors or did not run still blocks (its pytest item fails, and the report
+would lack what the suite asked for).
+
+=================  ==========================================================  =========
+run status         when                                                        exit code
+=================  ==========================================================  =========
+``FAIL``           any verdict blocks (a check, or a report-only item)         1
+``NOT VERIFIED``   checks ran, none blocks, and none was verified: each was    1 (*)
+                   skipped (data missing) or inconclusive under a policy
+                   that lets it pass
+``NO CHECKS``      nothing was planned or run                                  1 (*)
+``INCOMPLETE``     some checks verified, but something was not (skipped,       0
+                   inconclusive let pass, planned checks without a verdict)
+``PASS``           every planned check produced a verdict and passed or        0
+                   failed as expected
+=================  ==========================================================  =========
+
+(*) 0 where the user accepts a run that verifies nothing (``--qrel-allow-skip-all``,
+``qrel merge --allow-skip-all``): e.g. a CI job on a machine without the datasets.
+
+Decision (recorded here and in ``docs/exit-codes.md``): a run in which nothing was verified does
+not pass the gate. A green exit code means "verified", so a suite whose every check was skipped
+(an unset ``QREL_*`` variable, a dataset root absent on this machine) or could not decide must
+not be green by default, in a run and in ``qrel merge`` of its shards alike. One shard
+(``--qrel-shard``) does not apply this rule to itself: whether the run verified anything depends on
+every shard, so the merge decides (a shard whose data is missing beside one that verified is an
+``INCOMPLETE`` run, as the same run unsharded is); its failures fail it as usual. Checks
+that ``-k`` / ``--deselect`` leave out are not skipped: they are "planned without a result"
+(``INCOMPLETE``, exit 0: the user chose them), and a pytest run that collected nothing keeps
+pytest's own exit code (5). :meth:`RunVerdict.exit_code` is the one function that turns a run's verdicts
+into the exit code: the plugin sets pytest's exit status from it, and ``qrel merge`` exits with it.
 """
 
 from __future__ import annotations
@@ -45,12 +75,14 @@ __all__ = [
     "INCONCLUSIVE_POLICIES",
     "NOT_VERIFIED",
     "OUTCOMES",
+    "REPORT_ONLY",
     "InconclusivePolicy",
     "Outcome",
     "RunVerdict",
     "Standing",
     "Status",
     "is_failing",
+    "is_report_only",
     "is_unverified",
     "junit_result",
     "outcome_of",
@@ -74,7 +106,7 @@ NOT_VERIFIED: tuple[str, ...] = ("skipped", "inconclusive")
 InconclusivePolicy = Literal["fail", "warn", "pass"]
 INCONCLUSIVE_POLICIES: tuple[str, ...] = ("fail", "warn", "pass")
 
-Status = Literal["PASS", "FAIL", "INCOMPLETE", "NO CHECKS"]
+Status = Literal["PASS", "FAIL", "INCOMPLETE", "NOT VERIFIED", "NO CHECKS"]
 
 
 class VerdictLike(Protocol):
@@ -85,6 +117,9 @@ class VerdictLike(Protocol):
 
     @property
     def passed(self) -> bool: ...
+
+    @property
+    def metric(self) -> str: ...
 
 
 V = TypeVar("V", bound=VerdictLike)
@@ -168,20 +203,38 @@ def sort_failing(verdicts: Iterable[V]) -> list[V]:
 
 # ------------------------------------------------------------------------------------ the run
 
+#: The metric (and item name) of a report-only item's verdict: ``pytest_qrel.spec.schema.REPORT_ONLY``
+#: (written out here because this module imports nothing of the package; a test holds them equal).
+REPORT_ONLY = "report-only"
+
+
+def is_report_only(v: VerdictLike) -> bool:
+    """``v`` is a report-only item's verdict (a suite's ``report:``): it computes numbers for the
+    report and judges nothing, so it is not a check (see the module docstring)."""
+    return v.metric == REPORT_ONLY
+
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
+def _outcome_list(counts: dict[str, int]) -> str:
+    """``"1 error, 2 passed"``: the non-zero counts, outcomes in alphabetical order."""
+    return ", ".join(f"{n} {o}" for o, n in sorted(counts.items()) if n)
+
+
 @dataclass(frozen=True)
 class RunVerdict:
-    """What a run's verdicts add up to (:func:`run_verdict`).
+    """What a run's verdicts add up to (:func:`run_verdict`). Everything here counts **checks**;
+    report-only items only in ``report_only`` and ``report_only_failing``.
 
-    ``counts``: verdicts per outcome (every outcome of :data:`OUTCOMES`, then any unknown one);
-    ``total``: verdicts; ``planned``: checks planned (``None``: not known); ``of``: the number a
-    sentence counts against (``planned`` when known and not below ``total``); ``missing``:
-    planned checks without a verdict; ``n_failing``: verdicts that block; ``unverified``: the
-    not-verified verdicts per outcome (``missing`` not included).
+    ``counts``: check verdicts per outcome (every outcome of :data:`OUTCOMES`, then any unknown
+    one); ``total``: check verdicts; ``planned``: checks planned (``None``: not known); ``of``: the
+    number a sentence counts against (``planned`` when known and not below ``total``);
+    ``missing``: planned checks without a verdict; ``n_failing``: check verdicts that block;
+    ``unverified``: the not-verified check verdicts per outcome (``missing`` not included);
+    ``n_verified``: checks verified; ``report_only``: report-only items per outcome (non-zero
+    only); ``report_only_failing``: report-only items that block.
     """
 
     status: Status
@@ -190,6 +243,9 @@ class RunVerdict:
     planned: int | None
     n_failing: int
     unverified: dict[str, int] = field(default_factory=dict)
+    n_verified: int = 0
+    report_only: dict[str, int] = field(default_factory=dict)
+    report_only_failing: int = 0
 
     @property
     def missing(self) -> int:
@@ -205,17 +261,50 @@ class RunVerdict:
         return sum(self.unverified.values()) + self.missing
 
     @property
-    def exit_code(self) -> int:
-        """1 when the gate fails (``FAIL``), else 0: what ``qrel merge`` exits with."""
-        return 1 if self.status == "FAIL" else 0
+    def n_report_only(self) -> int:
+        return sum(self.report_only.values())
+
+    @property
+    def n_blocking(self) -> int:
+        """Verdicts that block the release: checks and report-only items."""
+        return self.n_failing + self.report_only_failing
+
+    def exit_code(self, *, allow_nothing_verified: bool = False) -> int:
+        """The gate's exit code: 1 for ``FAIL``; 1 for ``NOT VERIFIED`` and ``NO CHECKS`` unless
+        ``allow_nothing_verified`` (``--qrel-allow-skip-all``, ``qrel merge --allow-skip-all``);
+        else 0. The one rule: pytest's exit status (the plugin) and ``qrel merge`` both read it."""
+        if self.status == "FAIL":
+            return 1
+        if self.status in ("NOT VERIFIED", "NO CHECKS"):
+            return 0 if allow_nothing_verified else 1
+        return 0
+
+    @property
+    def tally(self) -> str:
+        """The count every output prints (terminal, ``qrel merge``, HTML banner, Markdown summary):
+        ``"76 checks (of 80 planned): 1 error, 75 passed + 6 report-only items"``. Report-only
+        items are named apart, with their outcomes only when one did not pass (never as passed)."""
+        planned = f" (of {self.planned} planned)" if self.planned is not None and self.planned != self.total else ""
+        text = f"{_plural(self.total, 'check')}{planned}"
+        if self.total:
+            text += f": {_outcome_list(self.counts)}"
+        if self.report_only:
+            others = {o: n for o, n in self.report_only.items() if o != "passed"}
+            text += f" + {_plural(self.n_report_only, 'report-only item')}" + (f" ({_outcome_list(others)})" if others else "")
+        return text
 
     @property
     def headline(self) -> str:
         """The banner's sentence."""
         if self.status == "FAIL":
-            return f"{self.n_failing} of {self.of} checks block the release."
+            parts = [f"{self.n_failing} of {self.of} checks"] if self.n_failing else []
+            if self.report_only_failing:
+                parts.append(f"{self.report_only_failing} of {_plural(self.n_report_only, 'report-only item')}")
+            return f"{' and '.join(parts)} block the release."
         if self.status == "NO CHECKS":
             return "No checks were planned or run: nothing was verified."
+        if self.status == "NOT VERIFIED":
+            return f"No check was verified: each of the {_plural(self.total, 'check')} that ran was skipped or could not decide."
         if self.status == "INCOMPLETE":
             return "No check failed, but the run did not verify everything."
         xf = self.counts.get("xfailed", 0)
@@ -243,24 +332,34 @@ class RunVerdict:
 
 def run_verdict(verdicts: Iterable[VerdictLike], planned: int | None = None) -> RunVerdict:
     """The :class:`RunVerdict` of ``verdicts`` when ``planned`` checks were planned (``None``:
-    unknown; then only the verdicts count)."""
+    unknown; then only the verdicts count). ``planned`` counts checks, not report-only items."""
     vs: Sequence[VerdictLike] = list(verdicts)
     counts = dict.fromkeys(OUTCOMES, 0)
     unverified: dict[str, int] = {}
-    n_failing = 0
+    report_only: dict[str, int] = {}
+    n_failing = n_verified = report_only_failing = total = 0
     for v in vs:
-        counts[v.outcome] = counts.get(v.outcome, 0) + 1
         where = standing(v)
+        if is_report_only(v):
+            report_only[v.outcome] = report_only.get(v.outcome, 0) + 1
+            report_only_failing += where is Standing.BLOCKS
+            continue
+        total += 1
+        counts[v.outcome] = counts.get(v.outcome, 0) + 1
         n_failing += where is Standing.BLOCKS
+        n_verified += where is Standing.VERIFIED
         if where is Standing.NOT_VERIFIED:
             unverified[v.outcome] = unverified.get(v.outcome, 0) + 1
     status: Status
-    if n_failing:
+    if n_failing or report_only_failing:
         status = "FAIL"
-    elif not vs and not planned:
+    elif not total and not planned:
         status = "NO CHECKS"
-    elif unverified or (planned is not None and planned > len(vs)) or not vs:
+    elif total and not n_verified:
+        status = "NOT VERIFIED"
+    elif unverified or (planned is not None and planned > total) or not total:
         status = "INCOMPLETE"
     else:
         status = "PASS"
-    return RunVerdict(status=status, counts=counts, total=len(vs), planned=planned, n_failing=n_failing, unverified=unverified)
+    return RunVerdict(status=status, counts=counts, total=total, planned=planned, n_failing=n_failing, unverified=unverified,
+                      n_verified=n_verified, report_only=report_only, report_only_failing=report_only_failing)

@@ -21,7 +21,8 @@ than shards) writes one too, with no verdicts, so the merge knows it ran.
   do not give is replaced (by the recomputed failure, or by an error when the numbers pass but
   the file said otherwise) and named in a note;
 
-then it writes one report (and junit XML) and exits non-zero on any failure. Every problem with
+then it writes one report (and junit XML) and exits with the one policy's exit code
+(:meth:`pytest_qrel.policy.RunVerdict.exit_code`, as pytest does for a run). Every problem with
 the inputs is one :class:`MergeError` line naming the file.
 """
 
@@ -131,6 +132,13 @@ def run_results(
         verdicts=verdicts, units=ordered, metrics=metric_infos(),
         scores={s.name: list(s.scores) for s in suites}, run=run, planned=dict(planned),
     )
+
+
+def planned_check_count(planned: Iterable[PlannedCheck]) -> int:
+    """The checks among ``planned``: what ``RunResults.planned`` and the run's counts hold. A
+    report-only item (suite ``report:``) is planned like a check but judges nothing, so it is not
+    one (:func:`pytest_qrel.policy.is_report_only`)."""
+    return sum(p.check.metric != REPORT_ONLY for p in planned)
 
 
 def planned_ids(suite: Any, file: str) -> list[str]:
@@ -542,13 +550,15 @@ def merge(
     run["shard"] = None
     return RunResults(
         verdicts=[verdicts[i] for i in planned_all], units=units,
-        metrics=first.metrics, scores=first.scores, run=run, planned={name: len(ids) for name, ids in plan_ids.items()},
+        metrics=first.metrics, scores=first.scores, run=run,
+        planned={name: planned_check_count(planned[i] for i in ids) for name, ids in plan_ids.items()},
     )
 
 
 def failing(results: RunResults) -> list[Verdict]:
     """The verdicts that block the release (:func:`pytest_qrel.policy.is_failing`); ``qrel merge``
-    exits with :attr:`RunResults.verdict`'s ``exit_code`` (1 exactly when there is one)."""
+    exits with :meth:`pytest_qrel.policy.RunVerdict.exit_code` of :meth:`RunResults.verdict`
+    (1 when there is one, or when no check was verified)."""
     return [v for v in results.verdicts if is_failing(v)]
 
 

@@ -53,6 +53,12 @@ def test_report_only_unit_is_an_item_computed_once_and_shown_in_the_report(pytes
     assert verdict["outcome"] == "passed" and verdict["bound"] == "no bound" and "digits89" in verdict["message"]
     html = (pytester.path / "reports/mini.html").read_text()
     assert "W4A4" in html and "report-only" in html
+    # A report-only item judges nothing: not a check, nor a passed one, in any count (pytest_qrel.policy's tally).
+    assert results["planned"] == {"mini": 1}
+    result.stdout.fnmatch_lines(["mini: 1 check: 1 passed + 1 report-only item", "qrel: PASS: All 1 check verified: 1 passed."])
+    md = (pytester.path / "reports/mini.md").read_text().splitlines()
+    assert md[2] == "**All 1 check verified: 1 passed.**" and md[4].startswith("1 check: 1 passed + 1 report-only item \u2014 ")
+    assert '<p class="tally">1 check: 1 passed + 1 report-only item</p>' in html and "All checks (1 + 1 report-only)" in html
 
 
 def _suite(tmp_path, extra: str):

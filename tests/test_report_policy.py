@@ -135,3 +135,48 @@ def test_the_standing_of_every_outcome() -> None:
     missing = run_verdict([v("passed", True)], 4)
     assert missing.status == "INCOMPLETE" and missing.unverified_line == (
         "3 of 4 checks did not run or could not decide (3 planned without a result): not verified.")
+
+
+def _v(outcome: str, passed: bool = False, metric: str = "top1") -> Verdict:
+    return Verdict("s", "m", "q", "d", metric, None, "c", "b", None, None, None, "", passed, False, outcome, "")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("verdicts", "planned", "status", "code", "allowed"),
+    [
+        ([("skipped", False)] * 3, 3, "NOT VERIFIED", 1, 0),  # every check skipped: data missing
+        ([("skipped", False), ("inconclusive", True)], 2, "NOT VERIFIED", 1, 0),  # undecided, let pass: verified nothing
+        ([("skipped", False)], 4, "NOT VERIFIED", 1, 0),  # -k kept one check, and it was skipped
+        ([("skipped", False), ("passed", True)], 2, "INCOMPLETE", 0, 0),  # one check verified
+        ([("skipped", False), ("failed", False)], 2, "FAIL", 1, 1),  # the allowance never hides a failure
+        ([], 3, "INCOMPLETE", 0, 0),  # checks deselected (-k): planned without a result, not skipped
+        ([], None, "NO CHECKS", 1, 0),
+        ([("passed", True), ("xfailed", False)], 2, "PASS", 0, 0),
+    ],
+)
+def test_a_run_that_verifies_nothing_fails_the_gate_unless_allowed(verdicts, planned, status, code, allowed) -> None:
+    """The one exit code (pytest's exit status and qrel merge's): pytest_qrel.policy's table."""
+    verdict = run_verdict([_v(o, p) for o, p in verdicts], planned)
+    assert verdict.status == status
+    assert (verdict.exit_code(), verdict.exit_code(allow_nothing_verified=True)) == (code, allowed)
+
+
+def test_report_only_items_are_not_checks_in_any_count() -> None:
+    from pytest_qrel.policy import REPORT_ONLY, is_report_only
+    from pytest_qrel.spec.schema import REPORT_ONLY as PLANNED_METRIC
+
+    assert REPORT_ONLY == PLANNED_METRIC  # the policy recognises the verdicts the planner's items produce
+    ro = [_v("passed", True, REPORT_ONLY)] * 6
+    assert is_report_only(ro[0]) and not is_report_only(_v("passed", True))
+    verdict = run_verdict([_v("passed", True)] * 75 + [_v("xfailed")] + ro, 76)
+    assert (verdict.status, verdict.total, verdict.counts["passed"], verdict.n_report_only) == ("PASS", 76, 75, 6)
+    assert verdict.tally == "76 checks: 75 passed, 1 xfailed + 6 report-only items"
+    assert verdict.headline == "All 76 checks verified: 75 passed, 1 failed as expected (see Expected failures)."
+    # A report-only item alone verifies nothing; one whose unit errored blocks (its pytest item fails).
+    skipped = run_verdict([_v("skipped")] + ro, 1)
+    assert (skipped.status, skipped.exit_code()) == ("NOT VERIFIED", 1)
+    broken = run_verdict([_v("passed", True)] + ro[:5] + [_v("error", metric=REPORT_ONLY)], 1)
+    assert (broken.status, broken.n_failing, broken.n_blocking, broken.exit_code()) == ("FAIL", 0, 1, 1)
+    assert broken.tally == "1 check: 1 passed + 6 report-only items (1 error)"
+    assert broken.headline == "1 of 6 report-only items block the release."
+    assert run_verdict([_v("passed", True), _v("passed", True)], 5).tally == "2 checks (of 5 planned): 2 passed"

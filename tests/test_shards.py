@@ -440,3 +440,49 @@ def test_an_empty_shard_under_xdist_writes_results_too(pytester, write_suite):
     result.stdout.fnmatch_lines(["qrel: shard 2/2 has no units of mini (1 unit group(s) for 2 shards): nothing to run; *", "results: s2.json"])
     doc = json.loads((pytester.path / "s2.json").read_text())
     assert doc["shard"] == [2, 2] and doc["plan"] == {"mini": ["suites/mini.yaml::vit::W8A8::top1 on digits delta<=2pp"]}
+
+
+def _status_of(report: Path) -> tuple[str, str, str]:
+    """``(data-status, headline, tally)`` of an HTML report's banner, and the Markdown summary's title must agree."""
+    html = report.read_text(encoding="utf-8")
+    status = html.split('data-status="', 1)[1].split('"', 1)[0]
+    headline = html.split('<p class="headline">', 1)[1].split("</p>", 1)[0]
+    tally = html.split('<p class="tally">', 1)[1].split("</p>", 1)[0]
+    title = report.with_suffix(".md").read_text(encoding="utf-8").splitlines()[0]
+    assert f": {status} \u2014 " in title, title
+    return status, headline, tally
+
+
+def test_a_run_that_verifies_nothing_exits_alike_serially_and_merged(pytester, monkeypatch, capsys):
+    """Every check skipped (the ID set behind an unset variable: data missing on this machine).
+    The serial run and the merge of its two shards give one status, headline and exit code, all
+    from pytest_qrel.policy: 1 by default, 0 where the user accepts a run that verifies nothing.
+    Each shard exits 0: whether the run verified anything is the merge's call (the shards together)."""
+    monkeypatch.delenv("QREL_TEST_NOWHERE", raising=False)
+    path = write(pytester.path)
+    path.write_text(SUITE.replace('source: "embedded:digits"}', 'source: "imagefolder:${QREL_TEST_NOWHERE}/val"}'))
+    n = len(ids_of(pytester.path))
+    # (no:unraisableexception: its gc.collect() at each session's end, over this process's heap, is most of a skipped run's time)
+    suite = ("--qrel-suite", SUITE_FILE, "-p", "no:cacheprovider", "-p", "no:randomly", "-p", "no:unraisableexception")
+    serial = pytester.runpytest(*suite, "--qrel-report", "serial/r.html")
+    serial.assert_outcomes(skipped=n)
+    shards = [pytester.runpytest(*suite, "--qrel-shard", f"{k}/2", "--qrel-results", f"s{k}.json") for k in (1, 2)]
+    assert [r.ret for r in shards] == [0, 0]  # a shard leaves "did the run verify anything" to the merge
+    shards[0].stdout.fnmatch_lines(["qrel: shard 1/2 verified no check; whether the run did is qrel merge's verdict*"])
+    capsys.readouterr()
+    monkeypatch.chdir(pytester.path)
+    merged = qrel_main(["merge", "s1.json", "s2.json", "--report", "merged/r.html"])
+    printed = capsys.readouterr().out.splitlines()
+    assert serial.ret == merged == 1
+    assert _status_of(pytester.path / "serial/r.html") == _status_of(pytester.path / "merged/r.html") == (
+        "NOT VERIFIED", f"No check was verified: each of the {n} checks that ran was skipped or could not decide.",
+        f"{n} checks: {n} skipped")
+    status = merge([Path("s1.json"), Path("s2.json")]).verdict().lines()
+    assert status[0] == "qrel: NOT VERIFIED: " + _status_of(pytester.path / "merged/r.html")[1]
+    assert all(line in serial.stdout.lines and line in printed for line in status)
+    assert printed[0] == f"qrel merge: 2 results file(s), {n} checks: {n} skipped"
+    serial.stdout.fnmatch_lines([f"sharded: {n} checks: {n} skipped", "ERROR: no check produced a verdict: all * were skipped*--qrel-allow-skip-all*"])
+    assert printed[-1].startswith("NOT VERIFIED: no check was verified;") and "--allow-skip-all" in printed[-1]
+    # Accepted (as a run's --qrel-allow-skip-all is: tests/test_plugin.py), it exits 0 and still says what the run was.
+    assert qrel_main(["merge", "s1.json", "s2.json", "--allow-skip-all"]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == status

@@ -153,7 +153,7 @@ def test_a_literal_path_that_does_not_exist_is_an_error_not_a_skip(pytester):
     result = pytester.runpytest("--qrel-suite", "suite.yaml", "-p", "no:randomly", "--qrel-no-cache", "--qrel-allow-skip-all")
     assert result.ret == 1
     result.assert_outcomes(failed=1, skipped=0)
-    result.stdout.fnmatch_lines(["suite.yaml:7: dataset 'far': dataset root textrues does not exist", "paths: 1 checks: 1 error"])
+    result.stdout.fnmatch_lines(["suite.yaml:7: dataset 'far': dataset root textrues does not exist", "paths: 1 check: 1 error"])
     assert "Traceback" not in result.stdout.str() and "NOT VERIFIED" not in result.stdout.str()
 
 

@@ -94,7 +94,9 @@ class SuiteFile(pytest.File):
         planned = plan(suite)
         self._unread(suite, planned)
         state = self.config.stash[STATE]
-        state.planned[suite.name] = state.planned.get(suite.name, 0) + len(planned)
+        from ..shards import planned_check_count  # checks only: report-only items judge nothing
+
+        state.planned[suite.name] = state.planned.get(suite.name, 0) + planned_check_count(planned)
         state.suites_loaded[suite.name] = suite
         state.files.setdefault(suite.name, self.nodeid)
         from ..spec.plan import in_scope_order

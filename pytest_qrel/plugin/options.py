@@ -60,7 +60,7 @@ def add_options(parser: pytest.Parser) -> None:
     group.addoption("--qrel-strict", action="store_true", default=False,
                     help="treat missing datasets as errors instead of skipping their checks.")
     group.addoption("--qrel-allow-skip-all", action="store_true", default=False,
-                    help="let a run in which every check was skipped (data missing) pass; by default it fails.")
+                    help="let a run in which no check was verified (every one skipped: data missing) pass; by default it fails.")
     group.addoption("--qrel-inconclusive", default=None, choices=("fail", "warn", "pass"),
                     help="what a check demanding confidence whose interval straddles its bound does (default: the suite's "
                          "'inconclusive:', fail): fail the run, pass with a warning, or pass.")

@@ -102,14 +102,15 @@ def write_outputs(config: pytest.Config, verdicts: list[Verdict], note: str = ""
     report_path, results_to = config.getoption("qrel_report"), results_path(config)
     if not (report_path or results_to):
         return Written()
-    from ..shards import planned_ids, run_results, write_report, write_results
+    from ..shards import planned_check_count, planned_ids, run_results, write_report, write_results
+    from ..spec import plan
 
     state = config.stash[STATE]
     suites = _suites(config)
     plan_ids = {name: planned_ids(suite, file) for name, (suite, file) in suites.items()}
     results = run_results(
         verdicts, list(state.units.values()), suites=[s for s, _ in suites.values()],
-        planned=state.planned or {name: len(ids) for name, ids in plan_ids.items()}, started=state.started,
+        planned=state.planned or {name: planned_check_count(plan(suite)) for name, (suite, _) in suites.items()}, started=state.started,
         command=" ".join(map(str, config.invocation_params.args)),
         device=run_device(config, resolve=bool(verdicts)),
         shard=config.getoption("qrel_shard"),

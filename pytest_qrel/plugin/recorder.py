@@ -4,8 +4,10 @@ Registered in every process of the run. Under xdist it works in the controller, 
 the workers send (a verdict travels in a report's ``user_properties``, the unit records in its
 ``qrel_units`` attribute); in a worker it only collects. At the session's end it names the checks
 that produced no verdict (``not run``: ``-x``, an interrupted run, a crashed worker) and makes the
-run red for them, fails a run in which every check was skipped (unless ``--qrel-allow-skip-all``),
-has the report and results file written (:mod:`.outputs`) and prints the summary lines.
+run red for them, makes pytest's exit status follow the one policy's exit code
+(:meth:`pytest_qrel.policy.RunVerdict.exit_code`, what ``qrel merge`` exits with: e.g. a run in
+which no check was verified fails unless ``--qrel-allow-skip-all``; a shard leaves that to the
+merge), has the report and results file written (:mod:`.outputs`) and prints the summary lines.
 
 A crash is recognised by xdist's crash report (``when == "???"``: the report xdist makes for the
 item a worker was running when it died; the session guard makes the same for a supervised child's
@@ -35,7 +37,7 @@ class Recorder:
         self.state: RunState = config.stash[STATE]
         self.not_run: list[str] = []
         self.written = Written()
-        self.all_skipped = False
+        self.nothing_verified = False  # the policy's NOT VERIFIED failed the run (no --qrel-allow-skip-all)
         self.problems: list[str] = []
         self.paid: list[tuple[str, dict[str, Any]]] = []  # (node id of the check that computed it, unit timing)
         self.durations: dict[str, float] = {}  # node id -> seconds of its call (pytest's --durations)
@@ -106,14 +108,24 @@ class Recorder:
         verdicts = list(state.verdicts.values())
         if (self.not_run and exitstatus != pytest.ExitCode.INTERRUPTED) or state.ended:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
-        if verdicts and all(v.outcome == "skipped" for v in verdicts) and not config.getoption("qrel_allow_skip_all"):
-            self.all_skipped = True
-            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        from ..policy import run_verdict  # the one policy: the exit code qrel merge gives the same verdicts
+
+        verdict = run_verdict(verdicts, _planned_total(state))
+        if verdict.exit_code(allow_nothing_verified=self.allow_nothing_verified()):
+            self.nothing_verified = verdict.status in ("NOT VERIFIED", "NO CHECKS")
+            if session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
         try:
             self.written = write_outputs(config, verdicts)
         except Exception as exc:  # a broken report must not hide the verdicts behind an INTERNALERROR
             self.problems.append(f"ERROR: could not write the report: {type(exc).__name__}: {exc}")
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def allow_nothing_verified(self) -> bool:
+        """Whether a run that verified no check may exit 0: ``--qrel-allow-skip-all``, or a shard
+        (``--qrel-shard``): whether the *run* verified anything depends on every shard, so
+        ``qrel merge`` decides it, with the same rule; a shard's failures fail it all the same."""
+        return bool(self.config.getoption("qrel_allow_skip_all")) or self.config.getoption("qrel_shard") is not None
 
     def _finish_empty_shard(self, session: pytest.Session) -> None:
         try:
@@ -145,22 +157,29 @@ class Recorder:
         """``(line, red, yellow)``: counts per suite, what was not verified, what went wrong, files."""
         state = self.state
         lines: list[tuple[str, bool, bool]] = [(line, False, False) for line in _counts(state)]
-        from ..policy import run_verdict  # the one policy: the same status as the report, junit and qrel merge
+        from ..policy import is_report_only, run_verdict  # the one policy: the same status as the report, junit and qrel merge
 
-        verdict = run_verdict(state.verdicts.values(), sum(state.planned.values()) if state.planned else None)
-        lines += [(line, verdict.status == "FAIL", verdict.status not in ("FAIL", "PASS")) for line in verdict.lines()]
-        skipped = [v for v in state.verdicts.values() if v.outcome == "skipped"]
-        reasons: dict[str, int] = {}
-        for v in skipped:
-            reasons[v.message] = reasons.get(v.message, 0) + 1
-        for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1]):
-            lines.append((f"NOT VERIFIED: {n} check(s) skipped: {reason}", False, True))
+        verdict = run_verdict(state.verdicts.values(), _planned_total(state))
+        red = bool(verdict.exit_code(allow_nothing_verified=self.allow_nothing_verified()))
+        lines += [(line, red, not red and verdict.status != "PASS") for line in verdict.lines()]
+
+        skipped = [v for v in state.verdicts.values() if v.outcome == "skipped" and not is_report_only(v)]
+        reasons: dict[str, list[int]] = {}  # reason -> [checks, report-only items] (counted apart, as everywhere)
+        for v in state.verdicts.values():
+            if v.outcome == "skipped":
+                reasons.setdefault(v.message, [0, 0])[is_report_only(v)] += 1
+        for reason, (n, n_ro) in sorted(reasons.items(), key=lambda kv: -sum(kv[1])):
+            what = " + ".join([f"{n} check(s)"] * bool(n) + [f"{n_ro} report-only item(s)"] * bool(n_ro))
+            lines.append((f"NOT VERIFIED: {what} skipped: {reason}", False, True))
         errors = []
-        if self.all_skipped:
-            errors.append(
-                f"ERROR: no check produced a verdict: all {len(skipped)} were skipped because data is missing (see above); "
-                "point the suite at the data, or pass --qrel-allow-skip-all to accept a run that verifies nothing"
-            )
+        shard = self.config.getoption("qrel_shard")
+        if shard is not None and verdict.status == "NOT VERIFIED" and not self.config.getoption("qrel_allow_skip_all"):
+            lines.append((f"qrel: shard {shard[0]}/{shard[1]} verified no check; whether the run did is qrel merge's verdict "
+                          "(it fails a run that verifies nothing unless --allow-skip-all)", False, True))
+        if self.nothing_verified:
+            why = (f"no check produced a verdict: all {len(skipped)} were skipped because data is missing (see above)"
+                   if len(skipped) == verdict.total else f"no check was verified: each of the {verdict.total} was skipped or inconclusive (see above)")
+            errors.append(f"ERROR: {why}; point the suite at the data, or pass --qrel-allow-skip-all to accept a run that verifies nothing")
         if state.ended_line:
             errors.append(state.ended_line)
         elif self.not_run:
@@ -215,20 +234,20 @@ class Recorder:
         return f"results: {self.written.results}{default}"
 
 
+def _planned_total(state: RunState) -> int | None:
+    """Checks planned over the collected suites (``None``: not known here, e.g. xdist's controller)."""
+    return sum(state.planned.values()) if state.planned else None
+
+
 def _counts(state: RunState) -> list[str]:
-    """``mini: 3 checks (of 5 planned): 1 failed, 2 passed``, one line per suite."""
-    by_suite: dict[str, dict[str, int]] = {}
+    """``mini: 3 checks (of 5 planned): 1 failed, 2 passed + 1 report-only item``, one line per
+    suite: :attr:`pytest_qrel.policy.RunVerdict.tally`, the count every output prints."""
+    from ..policy import run_verdict
+
+    by_suite: dict[str, list[Verdict]] = {}
     for v in state.verdicts.values():
-        counts = by_suite.setdefault(v.suite, {})
-        counts[v.outcome] = counts.get(v.outcome, 0) + 1
-    lines = []
-    for suite, counts in sorted(by_suite.items()):
-        parts = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-        total = sum(counts.values())
-        planned = state.planned.get(suite, total)
-        selected = "" if planned == total else f" (of {planned} planned)"
-        lines.append(f"{suite}: {total} checks{selected}: {parts}")
-    return lines
+        by_suite.setdefault(v.suite, []).append(v)
+    return [f"{suite}: {run_verdict(vs, state.planned.get(suite)).tally}" for suite, vs in sorted(by_suite.items())]
 
 
 def _first_line(report: pytest.TestReport) -> str:

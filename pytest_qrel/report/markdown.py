@@ -44,7 +44,7 @@ __all__ = ["MAX_CHARS", "md_escape", "summary_markdown"]
 MAX_CHARS = 65_000
 _SPECIAL = re.compile(r"([\\`*\[\]|])")
 _ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
-ICONS = {"FAIL": "\u274c", "PASS": "\u2705", "INCOMPLETE": "\u26a0\ufe0f", "NO CHECKS": "\u26a0\ufe0f"}
+ICONS = {"FAIL": "\u274c", "PASS": "\u2705", "INCOMPLETE": "\u26a0\ufe0f", "NOT VERIFIED": "\u274c", "NO CHECKS": "\u26a0\ufe0f"}
 
 
 def md_escape(text: Any) -> str:
@@ -250,8 +250,7 @@ def _render(results: RunResults, *, report_path: str | None, title: str, max_row
     lines.append(f"**{md_escape(verdict.headline)}**")
     if verdict.unverified_line:
         lines += ["", f"\u26a0\ufe0f {md_escape(verdict.unverified_line)}"]
-    lines += ["", " \u00b7 ".join(f"{n} {o}" for o, n in verdict.counts.items() if n or o in ("passed", "failed"))
-              + f" \u2014 {len(results.units)} unit{'s' if len(results.units) != 1 else ''}"]
+    lines += ["", f"{md_escape(verdict.tally)} \u2014 {len(results.units)} unit{'s' if len(results.units) != 1 else ''}"]
     failing = sort_failing(vs)
     if failing:
         n_checks = len({_group_key(v) for v in failing})

@@ -192,6 +192,8 @@ class Page:
     run_summary: list[tuple[str, str]]
     n_units: int
     toc: list[tuple[str, str, int]]  # (anchor, label, depth)
+    tally: str = ""  # the run's count line (pytest_qrel.policy.RunVerdict.tally): checks, then report-only items
+    report_only: int = 0  # report-only items (not checks: they judge nothing)
 
 
 MAX_COLUMNS = 8

@@ -11,6 +11,7 @@ Outcomes and the banner (:func:`pytest_qrel.policy.run_verdict`)
     ``FAIL``: a check failed, errored, or a strict expected failure passed (``xpassed``).
     ``INCOMPLETE``: nothing failed, but some planned checks were not verified (skipped,
     inconclusive, ``not run``, or planned and missing: ``RunResults.planned``).
+    ``NOT VERIFIED``: no check failed, and none was verified (each skipped or undecided).
     ``PASS``: every planned check produced a verdict and each passed or failed as expected.
     ``NO CHECKS``: nothing was planned or run.
 
@@ -126,7 +127,7 @@ class _Builder:
 
         units = ms.units
         view = ModelView(suite=ms.suite, model=ms.model, anchor=anchor, units=[u.quantizer for u in units],
-                         counts=ms.verdict.counts, n_failing=ms.verdict.n_failing, n_unverified=ms.verdict.n_unverified)
+                         counts=ms.verdict.counts, n_failing=ms.verdict.n_blocking, n_unverified=ms.verdict.n_unverified)
         columns = [Column(u.quantizer, ref=u is ms.reference, title=self.unit_title(u)) for u in units]
         blocks = [methods_block(self, ms), self.id_block(ms, columns), *self.ood_blocks(ms, columns),
                   *self.set_blocks(ms, columns), self.spectral_block(ms, columns), *runtime_blocks(self, ms)]
@@ -308,6 +309,7 @@ def build_page(results: RunResults, *, title: str = "pytest-qrel reliability aud
         unverified=[b.verdict_row(v) for v in vs if is_unverified(v)],
         verdicts=[b.verdict_row(v) for v in vs],
         run=run, run_summary=_run_summary(run), n_units=len(b.units), toc=[],
+        tally=verdict.tally, report_only=verdict.n_report_only,
     )
     page.toc = _toc(page)
     return page
@@ -322,7 +324,7 @@ def _toc(page: Page) -> list[tuple[str, str, int]]:
         toc.append(("not-verified", "Not verified", 0))
     if page.expected:
         toc.append(("expected", f"Expected failures ({len(page.expected)})", 0))
-    toc.append(("all-checks", f"All checks ({page.total})", 0))
+    toc.append(("all-checks", f"All checks ({page.total}{f' + {page.report_only} report-only' if page.report_only else ''})", 0))
     for sv in page.suites:
         toc.append((sv.anchor, f"Suite {sv.name}", 0))
         toc += [(mv.anchor, mv.model + (f" ({mv.n_failing} failing)" if mv.n_failing else ""), 1) for mv in sv.models]
