@@ -40,12 +40,21 @@ draw's own enumeration of the split (``meta["order"]``: ``"dataset"``, the split
 
     On other sources (embedded sets, file lists) it draws the same positions over the split's own
     order: deterministic, but no longer the reference's images.
+
+**What was drawn** (:class:`Drawn`, :func:`drawn_sha256`): the SHA-256 of the split's fingerprint
+and the drawn positions identifies the calibration images themselves, not only how they were
+asked for: another seed, draw, number of samples, or a train split whose files changed gives
+another digest. The engine puts it in each quantized unit's outputs-cache key (cached outputs of
+other calibration images are never reused) and in the run info (``quantizers.<suite>.<quantizer>.drawn``,
+:mod:`pytest_qrel.runinfo`), so two runs that calibrated on different images say so.
 """
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -120,3 +129,32 @@ def draw_calibration(train: Any, samples: int, seed: int, draw: str = DEFAULT_DR
         order = np.asarray(imagefolder_order(list(relpaths)), dtype=np.int64)
         positions = order[positions]
     return positions
+
+
+def drawn_sha256(split_fingerprint: str, positions: np.ndarray) -> str:
+    """SHA-256 identifying a set of calibration images: the split's fingerprint (which files, sizes,
+    labels; see its source) and the drawn ``positions`` into it, in the order the method gets them."""
+    h = hashlib.sha256(f"calibration draw|{split_fingerprint}|".encode())
+    h.update(np.ascontiguousarray(positions, dtype="<i8").tobytes())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Drawn:
+    """The calibration images of one quantizer seed: ``positions`` into the split (its own order),
+    drawn by ``draw`` with ``seed``, and ``sha256`` (:func:`drawn_sha256`)."""
+
+    positions: np.ndarray
+    draw: str
+    seed: int
+    sha256: str
+
+    def record(self) -> dict[str, Any]:
+        """``{"draw", "seed", "samples", "sha256"}``: what the run info shows of it."""
+        return {"draw": self.draw, "seed": int(self.seed), "samples": len(self.positions), "sha256": self.sha256}
+
+
+def draw_from(train: Any, samples: int, seed: int, draw: str = DEFAULT_DRAW) -> Drawn:
+    """:func:`draw_calibration` with the digest of what it drew (``train.fingerprint``: the split's)."""
+    positions = draw_calibration(train, samples, seed, draw)
+    return Drawn(positions, draw, int(seed), drawn_sha256(str(getattr(train, "fingerprint", "")), positions))

@@ -120,6 +120,8 @@ class UnitMetrics:
     ``runtime``: the audit of a runtime unit (an int8 artifact run by ONNX Runtime, OpenVINO,
     torchao, or a user's file): ``{"identity", "census", "parity", "latency", "size"}`` as
     :func:`pytest_qrel.runtimes.audit.audit_runtime` records it; ``{}`` for simulated units.
+    ``calibration``: the images each seed calibrated on (:meth:`pytest_qrel.calibration_draw.Drawn.record`:
+    ``{"draw", "seed", "samples", "sha256"}``); ``[]`` for FP32.
     ``ood_mean``: ``{score: {metric: value}}``, each OOD metric averaged over the suite's OOD sets
     (what a ``mean(ood)`` check reads); :meth:`mean_ood` falls back to the plain mean over the sets
     in ``ood`` when the engine did not fill it.
@@ -151,6 +153,7 @@ class UnitMetrics:
     ood_mean: dict[str, dict[str, float]] = field(default_factory=dict)
     baseline: dict[str, Any] = field(default_factory=dict)  # FP32 records: {"file", "created", "fingerprint"}
     runtime: dict[str, Any] = field(default_factory=dict)  # runtime units: {"identity", "census", "parity", "latency", "size"}
+    calibration: list[dict[str, Any]] = field(default_factory=list)  # quantized units: per seed {"draw", "seed", "samples", "sha256"}
 
     @property
     def is_reference(self) -> bool:

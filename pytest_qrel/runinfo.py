@@ -22,13 +22,20 @@ string, start and end times) and returns JSON-ready data; it imports no torch, t
 ``conventions``
     ``{suite: metric conventions}``.
 ``baselines``
-    ``{"<suite>/<model>": fingerprint}`` as stored with each FP32 baseline (weights sha256,
+    ``{"<suite>/<model>": fingerprint}`` as stored with each FP32 baseline (the model's identity:
+    ``weights_sha256``, the digest of the loaded weights, and ``checkpoint_sha256``, the SHA-256 of
+    the checkpoint file where the model was read from one (``timm:`` and ``open_clip:`` sources);
     dataset fingerprints and sample counts, preprocessing, versions).
 ``quantizers``
     ``{suite: {quantizer: {"method", "weight_bits", "act_bits", "granularity",
     "calibration_samples", "seeds", "options"}}}``: the configuration as written in the suite
     (``act_bits`` ``None`` = float activations; ``granularity`` is ``options.weight_granularity``
-    or ``"method default"``; ``seeds`` lists every calibration seed).
+    or ``"method default"``; ``seeds`` lists every calibration seed). With the units' records given
+    (``drawn``, :func:`calibration_drawn`), each quantizer also has ``"drawn"``: ``{seed: sha256}``
+    of the calibration images that seed was calibrated on
+    (:func:`pytest_qrel.calibration_draw.drawn_sha256`: the split's fingerprint and the drawn
+    positions, so another seed, draw or train split shows as another digest), or ``None`` where no
+    unit of it ran in this run.
 ``diagnostics``
     ``{suite: [diagnostic names]}`` for suites that enable any.
 ``runtimes``
@@ -50,7 +57,7 @@ from .fingerprint import package_version
 from .results import _plain
 from .spec.schema import Suite
 
-__all__ = ["VERSION_PACKAGES", "describe_device", "file_sha256", "quantizer_configs", "run_info"]
+__all__ = ["VERSION_PACKAGES", "calibration_drawn", "describe_device", "file_sha256", "quantizer_configs", "run_info"]
 
 VERSION_PACKAGES: tuple[str, ...] = ("torch", "timm", "open_clip_torch", "pytest-qrel", "numpy", "scikit-learn", "matplotlib")
 
@@ -107,6 +114,18 @@ def quantizer_configs(suite: Suite) -> dict[str, dict[str, Any]]:
     return out
 
 
+def calibration_drawn(units: Sequence[Any]) -> dict[str, dict[str, dict[str, str]]]:
+    """``{suite: {quantizer: {seed: sha256}}}`` from unit records
+    (:class:`~pytest_qrel.results.UnitMetrics`' ``calibration``); post-hoc variants and every
+    model of a suite share their quantizer's draws (the draw does not depend on the model)."""
+    out: dict[str, dict[str, dict[str, str]]] = {}
+    for u in units:
+        for record in getattr(u, "calibration", None) or []:
+            base = getattr(u, "base", "") or u.quantizer
+            out.setdefault(u.suite, {}).setdefault(base, {})[str(record["seed"])] = str(record["sha256"])
+    return out
+
+
 def run_info(
     suites: Sequence[Suite],
     *,
@@ -116,6 +135,7 @@ def run_info(
     baselines: Mapping[str, Mapping[str, Any]] | None = None,
     command: str | None = None,
     extra: Mapping[str, Any] | None = None,
+    drawn: Mapping[str, Mapping[str, Mapping[str, str]]] | None = None,
 ) -> dict[str, Any]:
     """The run metadata dict (keys in the module docstring); plain types only.
 
@@ -126,6 +146,8 @@ def run_info(
         baselines: ``{"<suite>/<model>": fingerprint dict}`` of the FP32 baselines used.
         command: the command line.
         extra: more entries, appended as given (e.g. ``{"workers": 2}``).
+        drawn: ``{suite: {quantizer: {seed: sha256}}}`` of the calibration images drawn
+            (:func:`calibration_drawn`); each quantizer's config then records them as ``"drawn"``.
     """
     t0, t1 = _as_datetime(start), _as_datetime(end)
     info: dict[str, Any] = {
@@ -143,6 +165,10 @@ def run_info(
     info["conventions"] = {s.name: s.conventions for s in suites}
     info["baselines"] = {k: dict(v) for k, v in (baselines or {}).items()}
     info["quantizers"] = {s.name: quantizer_configs(s) for s in suites}
+    if drawn is not None:
+        for s in suites:
+            for name, config in info["quantizers"][s.name].items():
+                config["drawn"] = dict((drawn.get(s.name) or {}).get(name) or {}) or None
     diagnostics = {s.name: list(getattr(s, "diagnostics", ())) for s in suites if getattr(s, "diagnostics", ())}
     if diagnostics:
         info["diagnostics"] = diagnostics

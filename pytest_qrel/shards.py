@@ -113,7 +113,7 @@ def run_results(
     """Everything the report and a results file need, as plain data (run metadata from
     :func:`pytest_qrel.runinfo.run_info`, baseline fingerprints from the FP32 records)."""
     from .display import metric_infos
-    from .runinfo import describe_device, run_info
+    from .runinfo import calibration_drawn, describe_device, run_info
     from .runtimes.identity import run_info_identities
 
     baselines = {f"{u.suite}/{u.model}": u.baseline for u in units if u.baseline}
@@ -121,6 +121,7 @@ def run_results(
     run = run_info(
         suites, start=started, end=time.time(), device=describe_device(device) if device else None, baselines=baselines,
         command=command, extra={"shard": list(shard) if shard else None, **({"runtimes": runtimes} if runtimes else {})},
+        drawn=calibration_drawn(units),
     )
     from .suite_report import fill_ood_means, report_run_info
 

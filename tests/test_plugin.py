@@ -477,6 +477,9 @@ def test_xdist_gives_the_serial_verdicts_and_runs_each_unit_once(pytester, write
     assert sorted(quantized) == [("mini", "vit", "W4A4"), ("mini", "vit", "W8A8")]  # once each across workers
     passes = [e[2:6] for e in events if e[1] == "forward"]
     assert len(passes) == len(set(passes)) and ("mini", "vit", "W8A8", "heldout") in passes
+    # the FP32 reproduction probe: once per model per run (two workers checking one model share it:
+    # test_store_evidence.py)
+    assert [e[2:6] for e in events if e[1] == "reproduce"] == [("mini", "vit", "FP32", "digits")]
 
 
 def test_missing_data_skips_with_the_path_unless_strict(pytester, write_suite, monkeypatch):

@@ -183,6 +183,29 @@ def test_the_plugin_fails_the_noisy_models_items(pytester, monkeypatch):
     pytester.runpytest(*args).assert_outcomes(passed=3)  # the same model without the noise reproduces again
 
 
+@pytest.mark.slow
+def test_under_xdist_the_probe_runs_once_per_model_and_a_failure_fails_every_worker(pytester, monkeypatch, tmp_path):
+    pytest.importorskip("xdist")
+    from pytest_qrel.engine.trace import read_trace
+
+    monkeypatch.delenv("QREL_TEST_NOISE_M", raising=False)
+    path = write_suite(pytester.path, models='  m: {source: "python:models.py:build_m"}')
+    # two units of m (FP32, W8A8): the scheduler gives one to each worker, and both check m's baseline
+    path.write_text(path.read_text() + '  - "W8A8 top1 delta <= 100pp"\n  - "W8A8 ece <= 1"\n')
+    run(load_suite(path), engine=Engine(baseline_dir=pytester.path / "baselines", update_baselines=True))
+    trace = tmp_path / "trace.tsv"
+    monkeypatch.setenv("PYTEST_QREL_TRACE", str(trace))
+    # unseeded noise in m's forward: the one probe of the run fails (a passing run's one probe is
+    # counted in test_plugin.py's xdist test), and every check of m fails on both workers
+    monkeypatch.setenv("QREL_TEST_NOISE_M", "0.05")
+    result = pytester.runpytest("--qrel-suite", "suite.yaml", "-p", "no:randomly", "-n", "2", "-v")
+    result.assert_outcomes(failed=5)
+    assert {w for w in ("gw0", "gw1") if any(line.startswith(f"[{w}]") and "FAILED" in line for line in result.stdout.lines)} == {"gw0", "gw1"}
+    # the same line on each worker (its first failure prints it, the others say "the same error as")
+    assert result.stdout.str().count("model 'm': the FP32 model no longer reproduces its baseline baselines/evidence/m.json") == 2
+    assert [e[1:] for e in read_trace(trace) if e[1] == "reproduce"] == [("reproduce", "evidence", "m", "FP32", "digits")]
+
+
 # ------------------------------------------------------------------ refused at baseline time
 
 

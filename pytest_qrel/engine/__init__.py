@@ -57,6 +57,8 @@ class Engine(UnitViews):
     ``update(what, done, total)``, called as passes advance, and ``unit(what, seconds, passes,
     images)``, called when a unit is computed; ``warn(message)`` receives one-line warnings (a
     corrupt cache entry). ``compile``: forward passes through :func:`torch.compile` (same logits).
+    ``shared_dir``: a folder the processes of one run share (the xdist workers), where the FP32
+    reproduction check's outcome per model is written once for all (:mod:`.reproduce`).
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class Engine(UnitViews):
         progress: Any = None,
         warn: Callable[[str], None] | None = None,
         compile: bool = False,
+        shared_dir: str | Path | None = None,
     ) -> None:
         from ..cache import OutputsCache
         from .imagestore import ImageStore
@@ -95,7 +98,10 @@ class Engine(UnitViews):
         # The FP32 reproduction check has its own runner (no image store, no outputs cache), so its
         # one small pass per model is counted apart from the units' passes.
         reproduction_runner = Runner(device=device, workers=workers, store=None, trace_event="reproduce")
-        self.reproduction = Reproduction(self.loader, self.units, reproduction_runner, device=device, update_command=self.update_command)
+        self.reproduction = Reproduction(
+            self.loader, self.units, reproduction_runner, device=device, update_command=self.update_command, run_id=self.run_id,
+            shared_dir=Path(shared_dir) if shared_dir is not None else None,
+        )
         self.store = BaselineStore(
             self.baseline_dir, self.loader, self.units, self.reproduction, update=update_baselines, run_id=self.run_id,
             device=device, lock_dir=root, update_command=self.update_command, warn=self.warn,

@@ -79,6 +79,7 @@ class Loader:
         self._models: dict[str, Any] = {}
         self._identities: dict[str, dict[str, Any]] = {}
         self._datasets: dict[str, Any] = {}
+        self._draws: dict[str, Any] = {}  # calibration_draw's, by set, samples, seed and draw
 
     def _model_key(self, suite: Suite, name: str) -> tuple[str, dict[str, Any]]:
         from ..models.base import model_source_meta
@@ -204,16 +205,13 @@ class Loader:
                 raise exc.with_context(f"{suite.path}: field '{field}'") from None
         return self._datasets[key]
 
-    def calibration_images(self, suite: Suite, model: str, samples: int, seed: int, field: str,
-                           draw: str = "numpy", data: str | None = None) -> tuple[Any, Any]:
-        """``samples`` preprocessed images (N, C, H, W) of the ID *train* split drawn with ``seed`` by
-        ``draw`` (:mod:`pytest_qrel.calibration_draw`), and their labels (N,), on the device.
-
-        With ``data`` (a quantizer's ``calibration.data``) the images come from that set instead;
-        an image-text set's captions, encoded by the model's text tower, take the labels' place as a
-        :class:`~pytest_qrel.quantize.qat.TextTargets` (QAT's contrastive task loss), ``None`` when
-        the set has no captions or the model no text tower."""
-        import torch
+    def calibration_draw(self, suite: Suite, samples: int, seed: int, field: str, draw: str = "numpy",
+                         data: str | None = None) -> tuple[Any, Any]:
+        """``(split, drawn)``: the set the calibration images come from (the ID *train* split, or
+        ``data``) and the :class:`~pytest_qrel.calibration_draw.Drawn` positions into it, with the
+        digest that identifies them (part of a quantized unit's outputs-cache key). Drawn once per
+        (set, samples, seed, draw) in a process: every model and seed name of a suite shares it."""
+        from ..calibration_draw import draw_from
 
         if data is not None:
             train = self.calibration_data(suite, data, field.rpartition(".")[0] + ".data")
@@ -225,9 +223,24 @@ class Loader:
                 f"asks for {samples} calibration images but {what} has {len(train)}",
                 file=suite.path, field=field, fix=f"use at most {len(train)}",
             )
-        from ..calibration_draw import draw_calibration
+        key = _json_key(["draw", data, suite.id_dataset.name, id(train), samples, seed, draw])
+        if key not in self._draws:
+            self._draws[key] = draw_from(train, samples, seed, draw)
+        return train, self._draws[key]
 
-        index = draw_calibration(train, samples, seed, draw)
+    def calibration_images(self, suite: Suite, model: str, samples: int, seed: int, field: str,
+                           draw: str = "numpy", data: str | None = None) -> tuple[Any, Any]:
+        """``samples`` preprocessed images (N, C, H, W) of the ID *train* split drawn with ``seed`` by
+        ``draw`` (:mod:`pytest_qrel.calibration_draw`), and their labels (N,), on the device.
+
+        With ``data`` (a quantizer's ``calibration.data``) the images come from that set instead;
+        an image-text set's captions, encoded by the model's text tower, take the labels' place as a
+        :class:`~pytest_qrel.quantize.qat.TextTargets` (QAT's contrastive task loss), ``None`` when
+        the set has no captions or the model no text tower."""
+        import torch
+
+        train, drawn = self.calibration_draw(suite, samples, seed, field, draw, data)
+        index = drawn.positions
         preprocess = self.model(suite, model).preprocess
         with user_stage("preprocessing calibration images", f"model '{model}'"):
             images = torch.stack([preprocess(train[int(i)][0]) for i in index]).to(self.device)

@@ -98,6 +98,7 @@ class RecordBuilder:
             options=dict(spec.options), per_seed=per_seed, curves=curves(first.arrays.get(variant, {}) if first else {}, suite, b),
             diagnostics=dict(first.diagnostics) if first and not variant else {},
             runtime=dict(state.info[0].get("runtime", {})) if state.info and not variant else {},
+            calibration=[dict(i["calibration"]) for i in state.info if "calibration" in i],
         ))
 
     def baseline(self, suite: Suite, model: str, b: Baseline, diagnostics: dict[str, Any]) -> None:

@@ -5,16 +5,29 @@ pass refuses a model whose outputs do not depend on its input or change from pas
 
 Its own runner (no image store, no outputs cache), so its one small pass per model is counted
 apart from the units' passes (:attr:`Reproduction.passes`).
+
+Once per run, not once per process: the xdist workers of one run share a folder (``shared_dir``,
+the run's temp folder, see :mod:`pytest_qrel.plugin.engine_setup`). The first worker to check a
+model takes a file lock, runs the probe and writes the comparison's outcome (reproduced, or the
+one failure line) to a small JSON file named by a digest of what it compared (suite, model, the
+baseline file and its arrays' checksum, the ID set's fingerprint, the device type); the other
+workers wait on the lock and read that outcome. A failure is shared as its line, so every check of
+the model fails on every worker with the same message; a probe that raised (a crash in the model's
+forward, NaN logits) shares nothing, so each worker runs it again and fails on its own. A baseline
+written in this run (its ``run_id`` is the run's) was reproduced by the worker that wrote it, before
+writing (:meth:`Reproduction.refuse_unreproducible`): nothing to probe.
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ..baselines import Baseline
-from ..errors import BaselineError, NumericsError, QrelError
+from ..errors import BaselineError, NumericsError, QrelError, StorageError
 from ..spec.schema import FP32, Suite
 from .loading import Loader, user_stage
 from .runner import PassResult, Runner, Want
@@ -25,11 +38,16 @@ from .units import BASE, SeedOutputs, UnitComputer, score_functions
 class Reproduction:
     """One probe pass per (suite, model) and engine, and the verdict of comparing it with a baseline.
 
-    ``update_command(suite)``: the command quoted in messages to re-create a baseline."""
+    ``update_command(suite)``: the command quoted in messages to re-create a baseline. ``run_id``:
+    the run's id (a baseline written with it was reproduced by its writer). ``shared_dir``: a folder
+    the processes of this run share (xdist workers), where each model's outcome is written once
+    (module docstring); None: this process probes on its own."""
 
-    def __init__(self, loader: Loader, units: UnitComputer, runner: Runner, *, device: str, update_command: Callable[[Suite], str]) -> None:
+    def __init__(self, loader: Loader, units: UnitComputer, runner: Runner, *, device: str, update_command: Callable[[Suite], str],
+                 run_id: str = "", shared_dir: Path | None = None) -> None:
         self.loader, self.units, self.runner, self.device = loader, units, runner, device
         self.update_command = update_command
+        self.run_id, self.shared_dir = run_id, shared_dir
         self._probes: dict[tuple[str, str], PassResult] = {}
         self._reproduced: dict[tuple[str, str], QrelError | None] = {}
 
@@ -86,20 +104,65 @@ class Reproduction:
 
     def _compare(self, suite: Suite, model: str, b: Baseline) -> QrelError | None:
         from ..errors import DataMissingError
-        from ..reproduction import device_type
 
         id_name = suite.id_dataset.name
+        if b.run_id and b.run_id == self.run_id:
+            return None  # written in this run, after its writer's probe reproduced it
         stored = b.samples(FP32).get(id_name)
         try:
             ds = self.loader.dataset(suite, id_name)
             same_data = ((b.fingerprint.get("datasets") or {}).get(id_name) or {}).get("fingerprint") == ds.fingerprint
             if stored is None or not same_data or b.id_dataset != id_name or not len(ds):
                 return None
-            n, differences, tol = self._problem(suite, model, stored, b.device)
+            if self.shared_dir is None:
+                return self._outcome(suite, model, b, stored)
+            return self._shared_outcome(suite, model, b, stored, ds.fingerprint)
         except DataMissingError:
             return None
         except QrelError as exc:
             return exc
+
+    def _shared_outcome(self, suite: Suite, model: str, b: Baseline, stored: SampleArrays, data_fingerprint: str) -> QrelError | None:
+        """:meth:`_outcome`, computed by the first process of the run and read by the others."""
+        from filelock import FileLock
+
+        from .. import fingerprint as fp
+        from ..io import atomic_write_text
+        from ..reproduction import device_type
+
+        assert self.shared_dir is not None
+        what = [suite.name, model, str(b.path.resolve()), b.npz_sha256, b.device, b.id_dataset, data_fingerprint, device_type(self.device)]
+        name = fp.digest(["reproduction", *what])[:32]
+        path = self.shared_dir / f"reproduction-{name}.json"
+        lock = FileLock(str(path.with_suffix(".lock")))
+        try:
+            self.shared_dir.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+        except OSError:  # an unusable temp folder costs the sharing, not the check
+            return self._outcome(suite, model, b, stored)
+        try:
+            try:
+                record = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                record = None
+            if isinstance(record, dict) and record.get("run_id") == self.run_id and record.get("compared") == what:
+                message = record.get("failure")
+                return BaselineError(message) if isinstance(message, str) else None
+            found = self._outcome(suite, model, b, stored)  # a probe that raises shares nothing
+            try:
+                atomic_write_text(path, json.dumps({"run_id": self.run_id, "compared": what, "failure": str(found) if found else None}))
+            except StorageError:
+                pass  # the other workers probe on their own
+            return found
+        finally:
+            lock.release()
+
+    def _outcome(self, suite: Suite, model: str, b: Baseline, stored: SampleArrays) -> QrelError | None:
+        """The probe against the stored ID arrays: None when it reproduces them, else the one line."""
+        from ..reproduction import device_type
+
+        id_name = suite.id_dataset.name
+        n, differences, tol = self._problem(suite, model, stored, b.device)
         if not differences:
             return None
         return BaselineError(

@@ -176,6 +176,11 @@ class UnitComputer:
         data = None if base == FP32 else suite.quantizers[base].calibration.data
         if data is not None:  # what the calibration / QAT images and captions are, not only where
             qconf = {**qconf, "calibration_data": self.loader.calibration_data(suite, data, f"quantizers.{base}.calibration.data").fingerprint}
+        if base != FP32:  # which images it calibrates on, not only how they were asked for (a changed train split)
+            cal = self.quantizer_spec(suite, base, seed).calibration
+            _, drawn = self.loader.calibration_draw(suite, cal.samples, cal.seed, f"quantizers.{base}.calibration.samples", cal.draw, data)
+            qconf = {**qconf, "drawn_sha256": drawn.sha256}
+            out.info["calibration"] = drawn.record()
         runtime = base != FP32 and self._runtime_key(suite, base, seed, qconf)
         todo = self.seed_cache.arrays(suite, model, name, qconf, needs, out)
         missing_params = self.seed_cache.params(suite, model, qconf, sorted(needs.variants), out)

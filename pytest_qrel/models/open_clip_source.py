@@ -71,6 +71,13 @@ Text embeddings are cached in-process and (``cache_dir``) on disk as one safeten
 of prompts, named by the SHA-256 of ``{text-tower weights SHA-256, tokenizer, prompts}``: the class
 head (class names x templates), the NegLabel candidate vocabulary (mining is redone at each load,
 it is cheap) and the generic prompts. A changed checkpoint or prompt list never hits a stale entry.
+
+**Fingerprint.** The checkpoint file's SHA-256 (of its bytes; for the shipped model the one its
+config pins and the load checks) is recorded in ``info["checkpoint_sha256"]`` and so in the model's
+identity (baselines, outputs-cache keys, the run info), beside ``weights_sha256``, the digest of the
+loaded state dict (both towers) with the class names, templates and tokenizer: as the ``timm:``
+source records a checkpoint. A file changed at the same path is a new model even when the weights it
+loads are the same.
 """
 
 from __future__ import annotations
@@ -128,6 +135,7 @@ def clear_cache() -> None:
     """Forget the in-process text embeddings and shipped weights (the disk cache stays)."""
     _TEXT_CACHE.clear()
     _read_embedded_state.cache_clear()
+    _file_sha256.cache_clear()
 
 
 def default_cache_dir() -> Path:
@@ -564,8 +572,25 @@ def _build_pretrained(arg: str, options: Mapping[str, Any], base_dir: Path) -> t
     preprocess = OpenClipTransform(pp_cfg)
     if repr(preprocess._get()) != repr(preprocess_val):  # pragma: no cover - guards an open_clip API change
         raise ModelError(f"{_where(arg)}: cannot reproduce open_clip's eval transform ({preprocess_val!r})")
-    info = {"arch": arch, "pretrained": tag or None, "checkpoint": str(checkpoint), "quick_gelu": quick_gelu}
+    info = {"arch": arch, "pretrained": tag or None, "checkpoint": str(checkpoint), "quick_gelu": quick_gelu,
+            "checkpoint_sha256": checkpoint_file_sha256(checkpoint)}
     return model, tokenizer, preprocess, info
+
+
+def checkpoint_file_sha256(path: Path) -> str:
+    """SHA-256 of a checkpoint file's bytes (as the ``timm:`` source records it), computed once per
+    file version in a process (a suite's scenarios load one checkpoint several times)."""
+    stat = Path(path).stat()
+    return _file_sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -627,6 +652,7 @@ def _build_embedded(name: str) -> tuple[Any, Any, Any, dict[str, Any], dict[str,
         "arch": name,
         "pretrained": None,
         "checkpoint": str(weights),
+        "checkpoint_sha256": str(config.get("weights_file_sha256")),  # the file's, checked by _read_embedded_state
         "config": str(config_path),
         "trained_on": config.get("training", {}).get("dataset"),
         "recorded_test_accuracy": config.get("metrics", {}).get("test", {}).get("accuracy"),

@@ -49,6 +49,19 @@ def _cache_dir(config: pytest.Config) -> Any:
     return cache_folder(lambda: config.cache.mkdir("qrel"), lambda message: warn_line(config, message))
 
 
+def shared_dir(config: pytest.Config) -> Any:
+    """The folder the xdist workers of this run share: their basetemp's parent, the controller's
+    basetemp (xdist gives worker ``gwN`` ``<basetemp>/popen-gwN``; pytest keeps the last few runs'
+    and removes older ones). None outside xdist (one process shares with nobody) and where a worker
+    has no basetemp (``-p no:tmpdir``)."""
+    from pathlib import Path
+
+    basetemp = getattr(config.option, "basetemp", None)
+    if not getattr(config, "workerinput", None) or not basetemp:
+        return None
+    return Path(basetemp).parent / "qrel-shared"
+
+
 def engine(config: pytest.Config) -> Any:
     """The session's :class:`pytest_qrel.Engine`, built on first use."""
     state = config.stash[STATE]
@@ -75,6 +88,7 @@ def engine(config: pytest.Config) -> Any:
         progress=config.stash.get(PROGRESS, None),
         warn=lambda message: warn_line(config, message),
         compile=config.getoption("qrel_compile"),
+        shared_dir=shared_dir(config),
     )
     # Every selected check is announced, so each unit computes what all its checks read, once,
     # and is released after its last check.
