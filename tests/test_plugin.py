@@ -93,11 +93,17 @@ def _touch(path, _open=open):
 
 _torn_down = _TornDown(os.path.abspath("torn_down"), _touch)
 atexit.register(_touch, os.path.abspath("exit_handlers_ran"))
+
+def _gc_state(path=os.path.abspath("gc_state")):  # objects frozen out of the collector, and whether it runs
+    import gc
+    with open(path, "w") as f:
+        f.write(f"{gc.get_freeze_count()} {gc.isenabled()}")
 """
 PROBE = EXIT_PROBE + f"""
 import json, sys
 
 def pytest_unconfigure(config):
+    _gc_state()
     with open("loaded.json", "w") as f:
         json.dump([m for m in {HEAVY!r} if m in sys.modules], f)
 """
@@ -115,8 +121,9 @@ def test_collection_and_other_tests_import_no_torch_nor_engine(pytester, write_s
     pytester.makepyfile(test_plain="def test_ok():\n    assert True\n")
     result = pytester.runpytest_subprocess("test_plain.py", "-p", "no:randomly")
     assert result.ret == 0 and json.loads(loaded.read_text()) == []
-    # not a qrel run: the interpreter exits as usual (no fast exit)
+    # not a qrel run: the interpreter exits as usual (no fast exit) and its collector is left alone
     assert (pytester.path / "torn_down").exists() and (pytester.path / "exit_handlers_ran").exists()
+    assert (pytester.path / "gc_state").read_text() == "0 True"
     pytest.importorskip("xdist")
     result = pytester.runpytest_subprocess(*SUITE, "--co", "-q", "-n", "1", "-p", "no:randomly")
     assert result.ret == 0 and "pytest_qrel.plugin.xdist_sched" in json.loads(loaded.read_text())  # the probe sees it
@@ -600,6 +607,7 @@ RUN_PROBE = EXIT_PROBE + f"""
 import json, sys
 
 def pytest_unconfigure(config):
+    _gc_state()
     with open("loaded.json", "w") as f:
         json.dump([m for m in ("torch", "pytest_qrel.engine", *{UNUSED_BY_A_RUN!r}) if m in sys.modules], f)
 """
@@ -616,6 +624,9 @@ def test_nan_logits_fail_naming_model_quantizer_dataset_and_count(pytester, monk
     # interpreter's teardown (pytest_qrel.plugin.fast_exit).
     assert json.loads((pytester.path / "loaded.json").read_text()) == ["torch", "pytest_qrel.engine"]
     assert (pytester.path / "exit_handlers_ran").exists() and not (pytester.path / "torn_down").exists()
+    # the objects alive after the first check were frozen out of the collector, which runs again (plugin/gc_hold.py)
+    frozen, enabled = (pytester.path / "gc_state").read_text().split()
+    assert int(frozen) > 100_000 and enabled == "True"
     (pytester.path / "exit_handlers_ran").unlink()
     monkeypatch.setenv("QREL_NAN", "1")
     result = pytester.runpytest_subprocess("--qrel-suite", "suites/py.yaml", "--qrel-report", "r/py.html", "-p", "no:cacheprovider")

@@ -42,6 +42,7 @@ import pytest
 
 from . import engine_setup, fast_exit, guard, options, outputs, sharding
 from .collect import CheckFailed, CheckItem, QrelInconclusiveWarning, collect_file, skip_at_check, unit_scope
+from .gc_hold import GcHold
 from .progress import PROGRESS, Progress
 from .recorder import Recorder
 from .state import PLANNED, PROP_PREFIX, RUN_ID, STATE, RunState, is_worker, relative
@@ -103,6 +104,10 @@ def pytest_runtestloop(session: pytest.Session) -> None:
     # After the supervisor's fork (its hook is tryfirst and returns None in the process that runs the checks).
     if not is_worker(session.config):
         outputs.prestart_figure_worker(session)
+    if fast_exit.should_arm(session.config):  # this process ends with the run
+        hold = GcHold()
+        if hold.hold():
+            session.config.pluginmanager.register(hold, "qrel-gc-hold")
 
 
 @pytest.hookimpl(wrapper=True)
