@@ -21,6 +21,7 @@ from pytest_qrel.quantize import (
     FakeQuantLinear,
     asymmetric_qparams,
     calibrate,
+    fake_quantize_per_tensor,
     fake_quantize_reference,
     quantize,
     quantize_weight_per_channel_symmetric,
@@ -170,8 +171,10 @@ def test_every_linear_replaced_conv_left_fp32(vit, qmodels):
 
 
 def test_weights_quantized_once_and_activations_in_every_forward(vit, calib, images, monkeypatch):
+    from pytest_qrel.quantize import fakequant
+
     calls = {"per_channel": 0, "per_tensor": 0}
-    per_channel, per_tensor = torch.fake_quantize_per_channel_affine, torch.fake_quantize_per_tensor_affine
+    per_channel, per_tensor = torch.fake_quantize_per_channel_affine, fakequant.fake_quantize_per_tensor
 
     def count_channel(*a, **k):
         calls["per_channel"] += 1
@@ -182,7 +185,7 @@ def test_weights_quantized_once_and_activations_in_every_forward(vit, calib, ima
         return per_tensor(*a, **k)
 
     monkeypatch.setattr(torch, "fake_quantize_per_channel_affine", count_channel)
-    monkeypatch.setattr(torch, "fake_quantize_per_tensor_affine", count_tensor)
+    monkeypatch.setattr(fakequant, "fake_quantize_per_tensor", count_tensor)  # ATen's bits, the fast path in evaluation
     q = quantize(vit, spec(8, 8), calib)
     assert calls["per_channel"] == N_LINEARS
     assert calls["per_tensor"] == 0  # calibration observes, it does not quantize
@@ -391,6 +394,15 @@ def test_fused_ops_equal_round_clamp_formula(bits):
     assert torch.equal(fused, fake_quantize_reference(x, scale, zp, qmin, qmax))
     fused_t = torch.fake_quantize_per_tensor_affine(x, torch.tensor(scale), torch.tensor(zp, dtype=torch.int32), qmin, qmax)
     assert torch.equal(fused_t, fused)
+    # the evaluation path (plain in-place ops) gives ATen's bits, and leaves its input alone
+    x_before = x.clone()
+    fast = fake_quantize_per_tensor(x.reshape(-1, 1), torch.tensor(scale), torch.tensor(zp, dtype=torch.int32), qmin, qmax)
+    assert torch.equal(fast.reshape(-1), fused) and torch.equal(x, x_before)
+    # with autograd ATen's op runs: the straight-through gradient (1 inside the range, 0 outside)
+    xg = x.clone().requires_grad_(True)
+    fake_quantize_per_tensor(xg, torch.tensor(scale), torch.tensor(zp, dtype=torch.int32), qmin, qmax).sum().backward()
+    inside = ((torch.round(x * (1.0 / torch.tensor(scale))) + zp) >= qmin) & ((torch.round(x * (1.0 / torch.tensor(scale))) + zp) <= qmax)
+    assert torch.equal(xg.grad, inside.float())
 
     smin, smax = signed_range(bits)
     w = torch.randn(16, 33, generator=g)

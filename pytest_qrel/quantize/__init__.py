@@ -32,6 +32,7 @@ _LAZY = {
     "QuantModule": "fakequant",
     "asymmetric_qparams": "fakequant",
     "calibrate": "fakequant",
+    "fake_quantize_per_tensor": "fakequant",
     "fake_quantize_reference": "fakequant",
     "freeze": "fakequant",
     "observe": "fakequant",

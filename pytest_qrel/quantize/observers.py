@@ -68,6 +68,7 @@ from .fakequant import (
     EPS,
     ActQuantizer,
     compiled_fake_quantize,
+    fake_quantize_per_tensor,
     asymmetric_qparams,
     fake_quantize_reference,
     quant_params_like,
@@ -607,9 +608,7 @@ class ObservedActQuantizer(ActQuantizer):
                 return compiled_fake_quantize()(x, self.scale, self.zero_point, self.quant_min, self.quant_max)
             if (not self.per_channel and self.integer_zero_point
                     and self.quant_min <= int(self.zero_point) <= self.quant_max):
-                return torch.fake_quantize_per_tensor_affine(
-                    x, self.scale, self.zero_point, self.quant_min, self.quant_max
-                )
+                return fake_quantize_per_tensor(x, self.scale, self.zero_point, self.quant_min, self.quant_max)
             axis = x.dim() - 1 if self.per_channel else None
             return fake_quantize_reference(x, self.scale, self.zero_point, self.quant_min, self.quant_max, axis)
         if self.mode == "observe":
