@@ -825,6 +825,24 @@ def run_qat(
     return qmodel
 
 
+def reads_class_logits(config: QuantConfig, *, labels: bool, targets: bool) -> bool:
+    """Whether the training loss of QAT ``config`` reads the model's class logits, i.e. whether the
+    trained weights depend on the classifier head (a CLIP model's zero-shot class embeddings).
+
+    ``labels`` / ``targets``: the calibration images come with class labels / caption
+    :class:`TextTargets`. True for ``qat_distill`` (KL on the logits) and for cross-entropy on labels;
+    False when every term of the loss reads image features only: the contrastive task on captions
+    (labels are then ignored) and ``distill: feature_mse``. The engine's in-run QAT memo
+    (:mod:`pytest_qrel.engine.trainmemo`) keys a training by the head only when this is True.
+    """
+    recipe = RECIPES[config.method](config.options)
+    if recipe.distill:
+        return True
+    weight = _distill_weight(recipe, config.options, has_task=labels or targets)
+    task = weight is None or weight < 1.0
+    return task and not targets
+
+
 def _distill_weight(recipe: Recipe, opts: QATOptions, *, has_task: bool) -> float | None:
     """The weight of the distillation loss (None: the recipe does not distill). Distill variants
     without a stated weight use :data:`DEFAULT_DISTILL_WEIGHT` when there is a task loss to mix

@@ -1,0 +1,155 @@
+"""QAT trained once per process for every unit whose training inputs are the same.
+
+A suite with scenarios (:mod:`pytest_qrel.spec.scenarios`) runs each quantizer once per ``<model>@<scenario>``
+unit. The CLIP paper's suite trains light QAT on one fixed image-text set (``calibration.data``, CC3M)
+with CLIP's contrastive loss on the image features: the scenario only changes the zero-shot head
+(the ID set's class embeddings), which that loss never reads, so every scenario would train the same
+weights again. :class:`TrainMemo` keys a training by everything that determines it and reuses it:
+
+- the model: the source, the user's options, the preprocessing and the checkpoint from the loader's
+  identity (not the parts derived from the ID set's classes), the structure of its submodules and
+  the SHA-256 of its state dict -- *without* the head buffers (:data:`HEAD_BUFFERS`) when the loss
+  does not read the class logits (:func:`pytest_qrel.quantize.qat.reads_class_logits`), with them
+  when it does (``qat_distill``, cross-entropy on labels: a scenario with other classes trains
+  again);
+- the method, bit widths, typed options and seed;
+- the bytes of the calibration images, labels and caption embeddings the training reads (a
+  scenario that calibrates on its own ID train split gets other images: it trains again);
+- the device.
+
+A reused module is the memoised one with the current model's head buffers put in its place. The
+trained modules are written to a private temporary folder (``torch.save``, removed when the memo
+goes) rather than held in memory: a run's memory stays that of one unit, while the disk holds one
+copy of the model per shared training (a full run of ``suites/clip.yaml`` keeps the 26 head-free QAT
+quantizers of the backbone being run). Each pytest-xdist worker has its own memo.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import shutil
+import tempfile
+import weakref
+from pathlib import Path
+from typing import Any
+
+from .. import fingerprint as fp
+
+HEAD_BUFFERS: dict[str, tuple[str, ...]] = {"ZeroShotCLIP": ("class_text_features",)}
+"""Model class name -> the state-dict entries that are its classifier head (built from the ID set's
+class names, so different in each scenario): a CLIP zero-shot head's class text embeddings."""
+
+
+def head_entries(module: Any) -> tuple[str, ...]:
+    return HEAD_BUFFERS.get(type(module).__name__, ())
+
+
+def tensor_sha256(tensor: Any) -> str:
+    """SHA-256 over the shape, dtype and bytes of a tensor (None: ``"none"``)."""
+    if tensor is None:
+        return "none"
+    t = tensor.detach().cpu().contiguous()
+    h = hashlib.sha256(f"{tuple(t.shape)}:{t.dtype};".encode())
+    if t.numel():
+        import torch
+
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def module_sha256(module: Any, skip: tuple[str, ...]) -> str:
+    """SHA-256 of ``module``'s state dict without the entries ``skip``, and of its submodules' structure
+    (their ``repr``: layer types and sizes, e.g. QuickGELU or GELU, which no tensor records)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        if name not in skip:
+            h.update(f"{name}={tensor_sha256(tensor)};".encode())
+    for name, child in module.named_children():
+        h.update(f"{name}:{child!r};".encode())
+    return h.hexdigest()
+
+
+DEFAULT_BUDGET_BYTES = 16 * 2**30
+"""The most disk the memo's files take (16 GiB: the shared QAT quantizers of a ViT-B/32 or B/16 backbone
+of ``suites/clip.yaml``, or about half of a ViT-L/14's); a training past it is not memoised."""
+
+
+class TrainMemo:
+    """Trained QAT modules by training key, for one process. ``trained`` / ``reused``: key -> count.
+
+    Only units of a suite with scenarios are memoised (model ``<model>@<scenario>``: :meth:`wanted`);
+    elsewhere no two units share a training's inputs. The files take at most ``budget_bytes``; past
+    it a training is not kept (the first ones are: a run goes scenario by scenario, so those are the
+    ones every later scenario reuses).
+    """
+
+    def __init__(self, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> None:
+        self.budget_bytes = budget_bytes
+        self._dir: Path | None = None
+        self._files: dict[str, Path] = {}
+        self._used = 0
+        self.trained: dict[str, int] = {}
+        self.reused: dict[str, int] = {}
+
+    @staticmethod
+    def wanted(model: str) -> bool:
+        """A unit of a scenario model (``<model>@<scenario>``), whose training other scenarios may share."""
+        from ..spec.scenarios import split_scenario
+
+        return split_scenario(model)[1] is not None
+
+    def key(self, identity: dict[str, Any], module: Any, config: Any, images: Any, labels: Any, targets: Any,
+            device: str) -> str | None:
+        """The training key of ``quantize(module, config, images, labels=..., targets=...)``, or None
+        for a method that does not train (those are not memoised)."""
+        from ..quantize.qat import RECIPES, reads_class_logits
+
+        if config.method not in RECIPES:
+            return None
+        with_head = reads_class_logits(config, labels=labels is not None, targets=targets is not None)
+        skip = () if with_head else head_entries(module)
+        return fp.digest({
+            "model": {k: identity.get(k) for k in ("source", "options", "preprocessing", "checkpoint_sha256")},
+            "module": module_sha256(module, skip),
+            "method": [config.method, config.weight_bits, config.act_bits, repr(config.options), config.seed],
+            "images": tensor_sha256(images),
+            "labels": tensor_sha256(labels),
+            "targets": tensor_sha256(None if targets is None else targets.features),
+            "device": str(device),
+        })
+
+    def get(self, key: str, module: Any, device: str) -> Any | None:
+        """The memoised trained module with ``module``'s head entries, or None."""
+        path = self._files.get(key)
+        if path is None:
+            return None
+        import torch
+
+        trained = torch.load(path, map_location=device, weights_only=False)
+        for name in head_entries(module):
+            owner, _, attr = name.rpartition(".")
+            value = module.get_submodule(owner).get_buffer(attr) if owner else module.get_buffer(attr)
+            setattr(trained.get_submodule(owner) if owner else trained, attr, value.detach().clone().to(device))
+        self.reused[key] = self.reused.get(key, 0) + 1
+        return trained
+
+    def put(self, key: str, trained: Any) -> None:
+        import torch
+
+        if self._dir is None:
+            self._dir = Path(tempfile.mkdtemp(prefix="qrel-qat-"))
+            weakref.finalize(self, shutil.rmtree, self._dir, True)
+        path = self._dir / f"{key}.pt"
+        try:
+            torch.save(trained, path)
+            size = path.stat().st_size
+        except (OSError, pickle.PicklingError, TypeError, AttributeError):  # a full disk, a model that cannot be pickled: costs reuse, not the run
+            path.unlink(missing_ok=True)
+            return
+        if self._used + size > self.budget_bytes:
+            path.unlink(missing_ok=True)
+            return
+        self._used += size
+        self._files[key] = path
+        self.trained[key] = self.trained.get(key, 0) + 1

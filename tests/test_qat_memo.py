@@ -1,0 +1,88 @@
+"""QAT trained once for the scenarios that share its inputs (engine/trainmemo.py): the CLIP suite's
+light QAT adapts on one image-text set with a loss on image features only, so a scenario (another
+zero-shot head) reuses the training; a loss on the class logits (qat_distill) or other training
+images train again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pytest_qrel import Engine, load_suite, run
+from pytest_qrel.quantize import qat
+
+SUITE = """\
+version: 1
+name: memo
+models:
+  clip_digits: {source: "open_clip:digits_clip"}
+datasets:
+  ood: [{name: noise, source: "embedded:noise"}]
+scenarios:
+SCENARIOS
+quantizers:
+  W8A8-lsq: {method: qat_lsq, calibration: {samples: 8, data: "imagetext:pairs"}, options: {steps: 2, batch_size: 4}}
+  W8A8-kd: {method: qat_distill, calibration: {samples: 8, data: "imagetext:pairs"}, options: {steps: 2, batch_size: 4}}
+scores: [msp]
+checks: ["W8A8-lsq,W8A8-kd top1 delta <= 100pp"]
+"""
+DIGITS = '  digits:\n    id: {name: digits, source: "embedded:digits"}\n'
+WORDS = '  words:\n    id: {name: words, source: "imagefolder:words"}\n'  # other class names: another head
+NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven"]
+
+
+def _data(root: Path) -> None:
+    rng = np.random.default_rng(0)
+    (root / "pairs").mkdir()
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(root / "pairs" / f"{i:09d}.png")
+        (root / "pairs" / f"{i:09d}.txt").write_text(f"a photo of the number {NAMES[i]}\n")
+        for j in range(2):
+            (root / "words" / NAMES[i]).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(root / "words" / NAMES[i] / f"{j}.png")
+
+
+def _run(root: Path, name: str, scenarios: str, trainings: list[str]) -> Engine:
+    path = root / name
+    path.write_text(SUITE.replace("SCENARIOS\n", scenarios))
+    engine = Engine(baseline_dir=root / name.replace(".yaml", "-baselines"), update_baselines=True)
+    assert {v.outcome for v in run(load_suite(path), engine=engine)} == {"passed"}
+    return engine
+
+
+@pytest.fixture
+def trainings(monkeypatch) -> list[str]:
+    """The method of every QAT training loop that ran."""
+    ran: list[str] = []
+    real = qat.train
+
+    def counting(qmodel, images, loss_fn, opts, **kwargs):
+        ran.append(type(opts).__name__)
+        return real(qmodel, images, loss_fn, opts, **kwargs)
+
+    monkeypatch.setattr(qat, "train", counting)
+    return ran
+
+
+def test_scenarios_share_a_head_free_training_and_retrain_a_logit_loss(tmp_path, trainings):
+    _data(tmp_path)
+    both = _run(tmp_path, "both.yaml", DIGITS + WORDS, trainings)
+    # qat_lsq's contrastive loss on captions reads no class logits: trained once for both scenarios;
+    # qat_distill's KL on the zero-shot logits depends on each scenario's head: trained twice
+    assert sorted(trainings) == ["DistillOptions", "DistillOptions", "LSQOptions"]
+    assert sum(both.units.train_memo.reused.values()) == 1
+    assert both.units.quantizations == {"W8A8-lsq": 2, "W8A8-kd": 2}  # every unit was still built (and evaluated)
+
+    # the reused training is the one the scenario trains alone: same metrics, to the last bit
+    alone = _run(tmp_path, "alone.yaml", WORDS, trainings)
+    assert sum(alone.units.train_memo.reused.values()) == 0
+
+    def metrics(engine: Engine, base: str) -> dict:
+        [state] = [s for (_, m, b), s in engine.lifecycle.states.items() if m == "clip_digits@words" and b == base]
+        return state.metrics
+
+    assert metrics(both, "W8A8-lsq") == metrics(alone, "W8A8-lsq")
+    assert metrics(both, "W8A8-kd") == metrics(alone, "W8A8-kd")
