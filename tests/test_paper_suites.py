@@ -231,6 +231,9 @@ def test_clip_suite_runs_on_stand_in_folders(tmp_path, monkeypatch):
         if spec.method.startswith("qat"):
             (info,) = engine.unit_info(imagenet, "clip_digits@imagenet", q)
             assert info["qat_task"] == "contrastive" and info["qat_steps"] == (2 if q.endswith("-s900") else 1), q
+    # the near-OOD scenarios' W8A8-qat-lsq reuse the imagenet scenario's training (same captions, a loss
+    # that reads no zero-shot head: engine/trainmemo.py)
+    assert sum(engine.units.train_memo.reused.values()) == 2 and engine.units.quantizations["W8A8-qat-lsq"] == 3
     (lora,) = engine.unit_info(imagenet, "clip_digits@imagenet", "W8A8-qat-lora-distill")
     assert lora["qat_options"].lora_merge is False and lora["qat_options"].distill == "feature_mse"
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from pytest_qrel import Engine, load_suite, run
@@ -45,7 +46,7 @@ def _data(root: Path) -> None:
             Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(root / "words" / NAMES[i] / f"{j}.png")
 
 
-def _run(root: Path, name: str, scenarios: str, trainings: list[str]) -> Engine:
+def _run(root: Path, name: str, scenarios: str) -> Engine:
     path = root / name
     path.write_text(SUITE.replace("SCENARIOS\n", scenarios))
     engine = Engine(baseline_dir=root / name.replace(".yaml", "-baselines"), update_baselines=True)
@@ -67,9 +68,10 @@ def trainings(monkeypatch) -> list[str]:
     return ran
 
 
+@pytest.mark.slow
 def test_scenarios_share_a_head_free_training_and_retrain_a_logit_loss(tmp_path, trainings):
     _data(tmp_path)
-    both = _run(tmp_path, "both.yaml", DIGITS + WORDS, trainings)
+    both = _run(tmp_path, "both.yaml", DIGITS + WORDS)
     # qat_lsq's contrastive loss on captions reads no class logits: trained once for both scenarios;
     # qat_distill's KL on the zero-shot logits depends on each scenario's head: trained twice
     assert sorted(trainings) == ["DistillOptions", "DistillOptions", "LSQOptions"]
@@ -77,7 +79,7 @@ def test_scenarios_share_a_head_free_training_and_retrain_a_logit_loss(tmp_path,
     assert both.units.quantizations == {"W8A8-lsq": 2, "W8A8-kd": 2}  # every unit was still built (and evaluated)
 
     # the reused training is the one the scenario trains alone: same metrics, to the last bit
-    alone = _run(tmp_path, "alone.yaml", WORDS, trainings)
+    alone = _run(tmp_path, "alone.yaml", WORDS)
     assert sum(alone.units.train_memo.reused.values()) == 0
 
     def metrics(engine: Engine, base: str) -> dict:
@@ -86,3 +88,61 @@ def test_scenarios_share_a_head_free_training_and_retrain_a_logit_loss(tmp_path,
 
     assert metrics(both, "W8A8-lsq") == metrics(alone, "W8A8-lsq")
     assert metrics(both, "W8A8-kd") == metrics(alone, "W8A8-kd")
+
+
+def _clip(head_seed: int = 0, weight: float = 0.0) -> torch.nn.Module:
+    from pytest_qrel.models.clip_zoo import ZeroShotCLIP
+
+    torch.manual_seed(0)
+    visual = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4))
+    with torch.no_grad():
+        visual[1].weight[0, 0] += weight
+    head = torch.randn(3, 4, generator=torch.Generator().manual_seed(head_seed))
+    return ZeroShotCLIP(visual, head, 10.0, linear_attention=False)
+
+
+def test_the_training_key_holds_every_input_and_the_head_only_for_a_logit_loss():
+    from pytest_qrel.engine.trainmemo import TrainMemo
+    from pytest_qrel.quantize import validate_quantizer
+
+    memo, identity = TrainMemo(), {"source": "open_clip:x", "options": {}, "preprocessing": "p"}
+    images, captions = torch.rand(4, 3, 2, 2), qat.TextTargets(torch.rand(4, 4))
+    lsq = validate_quantizer("qat_lsq", 8, 8, {"steps": 1})
+
+    def key(model=None, config=lsq, x=images, labels=None, targets=captions, ident=identity):
+        return memo.key(ident, _clip() if model is None else model, config, x, labels, targets, "cpu")
+
+    base = key()
+    assert key(_clip(head_seed=1)) == base  # another zero-shot head: the contrastive loss never reads it
+    changed = [
+        key(_clip(weight=1e-3)),  # the weights
+        key(config=validate_quantizer("qat_lsq", 8, 8, {"steps": 2})),
+        key(config=validate_quantizer("qat_lsq", 8, 8, {"steps": 1}, seed=1)),
+        key(config=validate_quantizer("qat_lsq", 6, 8, {"steps": 1})),
+        key(config=validate_quantizer("qat_lsq_per_channel", 8, 8, {"steps": 1})),
+        key(x=images + 1e-3),
+        key(targets=qat.TextTargets(captions.features + 1e-3)),
+        key(ident={**identity, "options": {"quick_gelu": True}}),
+    ]
+    assert len({base, *changed}) == len(changed) + 1
+    distill = validate_quantizer("qat_distill", 8, 8, {"steps": 1})
+    assert key(_clip(head_seed=1), config=distill) != key(config=distill)  # KL on the class logits
+    labels = torch.tensor([0, 1, 2, 0])
+    assert key(_clip(head_seed=1), labels=labels, targets=None) != key(labels=labels, targets=None)  # cross-entropy
+    assert key(labels=labels, targets=None) != key(labels=labels.flip(0), targets=None)
+    assert memo.key(identity, _clip(), validate_quantizer("minmax", 8, 8), images, None, None, "cpu") is None
+
+
+def test_a_reused_training_takes_the_units_head_and_a_full_budget_shares_nothing():
+    from pytest_qrel.engine.trainmemo import TrainMemo
+
+    trained, other = _clip(weight=0.5), _clip(head_seed=1)
+    memo = TrainMemo()
+    memo.put("k", trained)
+    got = memo.get("k", other, "cpu")
+    assert torch.equal(got.class_text_features, other.class_text_features)  # this unit's classes
+    assert torch.equal(got.visual[1].weight, trained.visual[1].weight)  # the memoised training
+    assert memo.get("other", other, "cpu") is None
+    full = TrainMemo(budget_bytes=0)
+    full.put("k", trained)
+    assert full.get("k", other, "cpu") is None and not full.trained

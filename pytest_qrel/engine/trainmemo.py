@@ -20,8 +20,10 @@ weights again. :class:`TrainMemo` keys a training by everything that determines 
 A reused module is the memoised one with the current model's head buffers put in its place. The
 trained modules are written to a private temporary folder (``torch.save``, removed when the memo
 goes) rather than held in memory: a run's memory stays that of one unit, while the disk holds one
-copy of the model per shared training (a full run of ``suites/clip.yaml`` keeps the 26 head-free QAT
-quantizers of the backbone being run). Each pytest-xdist worker has its own memo.
+copy of the model per shared training, at most :data:`DEFAULT_BUDGET_BYTES` (a run goes scenario by
+scenario, so every backbone's trainings wait on disk for its next scenario: ``suites/clip.yaml``'s 26
+head-free QAT quantizers take about 9 GB for a ViT-B backbone, 32 GB for ViT-L/14; past the budget a
+training is simply not shared). Each pytest-xdist worker has its own memo.
 """
 
 from __future__ import annotations
@@ -73,6 +75,9 @@ def module_sha256(module: Any, skip: tuple[str, ...]) -> str:
 DEFAULT_BUDGET_BYTES = 16 * 2**30
 """The most disk the memo's files take (16 GiB: the shared QAT quantizers of a ViT-B/32 or B/16 backbone
 of ``suites/clip.yaml``, or about half of a ViT-L/14's); a training past it is not memoised."""
+
+RESERVE_BYTES = 2 * 2**30
+"""Free space a memo file must leave on the temporary folder's disk (else the training is not kept)."""
 
 
 class TrainMemo:
@@ -140,16 +145,15 @@ class TrainMemo:
         if self._dir is None:
             self._dir = Path(tempfile.mkdtemp(prefix="qrel-qat-"))
             weakref.finalize(self, shutil.rmtree, self._dir, True)
+        size = sum(t.numel() * t.element_size() for t in trained.state_dict().values())
+        if self._used + size > self.budget_bytes or shutil.disk_usage(self._dir).free < size + RESERVE_BYTES:
+            return  # over the budget, or the disk would fill: this training is not shared
         path = self._dir / f"{key}.pt"
         try:
             torch.save(trained, path)
-            size = path.stat().st_size
-        except (OSError, pickle.PicklingError, TypeError, AttributeError):  # a full disk, a model that cannot be pickled: costs reuse, not the run
+        except (OSError, pickle.PicklingError, TypeError, AttributeError):  # a model that cannot be pickled: costs reuse, not the run
             path.unlink(missing_ok=True)
             return
-        if self._used + size > self.budget_bytes:
-            path.unlink(missing_ok=True)
-            return
-        self._used += size
+        self._used += path.stat().st_size
         self._files[key] = path
         self.trained[key] = self.trained.get(key, 0) + 1
