@@ -577,15 +577,16 @@ def failing(results: RunResults) -> list[Verdict]:
 
 
 # ------------------------------------------------------------------------------------ outputs
-def write_report(results: RunResults, path: Path) -> Path:
-    """The HTML report and its Markdown summary (``.md`` beside it, :func:`pytest_qrel.report.render_report`);
-    a path that :func:`report_path_problem` rejects is a :class:`MergeError`."""
+def write_report(results: RunResults, path: Path, *, report_url: str | None = None) -> Path:
+    """The HTML report and its Markdown summary (``.md`` beside it, :func:`pytest_qrel.report.render_report`;
+    ``report_url``: where the summary's links point); a path that :func:`report_path_problem` rejects
+    is a :class:`MergeError`."""
     from .report import render_report
 
     problem = report_path_problem(Path(path))
     if problem:
         raise MergeError(f"{path}: {problem}")
-    return render_report(results, path)
+    return render_report(results, path, report_url=report_url)
 
 
 def write_junit(results: RunResults, path: Path) -> Path:

@@ -373,6 +373,16 @@ def test_qrel_merge_truncated_file_and_bad_output_paths_are_one_line(tmp_path, c
     for report, message in cases.items():
         assert qrel_main(["merge", str(good), "--root", str(tmp_path), "--report", report]) == 2
         assert capsys.readouterr().err.splitlines() == [f"qrel merge: error: {message}"]
+    for extra, message in (
+        (["--report-url", "https://ci.example/r.html"],
+         "--report-url https://ci.example/r.html: the links it sets are in the report's Markdown summary: add --report PATH"),
+        (["--report", str(tmp_path / "ok.html"), "--report-url", "https://ci.example/r.html#x"],
+         "--report-url https://ci.example/r.html#x: the links add '#<row anchor>' to the address: give it without its fragment "
+         "(https://ci.example/r.html)"),
+    ):
+        assert qrel_main(["merge", str(good), "--root", str(tmp_path), *extra]) == 2
+        assert capsys.readouterr().err.splitlines() == [f"qrel merge: error: {message}"]
+    assert not (tmp_path / "ok.html").exists()
     assert load_suite(tmp_path / SUITE_FILE).name == "sharded"  # untouched
 
 
