@@ -136,7 +136,9 @@ def _compare(info: MetricInfo, ms: ModelSummary, ref: Mapping[str, Any], id_name
 
 def comparisons(b: TableBuilder, suite: str, models: Sequence[ModelSummary], run: Mapping[str, Any]) -> tuple[list[Comparison], dict[str, Any]]:
     """Every published value of ``suite``'s references with its measured counterpart, in model
-    then quantizer order, and the references' record (``sets``, ``sources``, ``papers``)."""
+    then quantizer order, and the references' record (``sets``, ``sources``, ``papers``). A value
+    whose model or quantizer has no unit in this run is left out (a run of a few units is not
+    padded with rows of dashes: one light-QAT row of the CLIP paper matches 16 quantizers)."""
     record = (run.get("references") or {}).get(suite) or {}
     values = record.get("values") or []
     if not values:
@@ -147,7 +149,7 @@ def comparisons(b: TableBuilder, suite: str, models: Sequence[ModelSummary], run
     out = []
     for ref in sorted(values, key=lambda r: (order.get(r["model"], (99, {}))[0], order.get(r["model"], (99, {}))[1].get(r["quantizer"], 99))):
         ms = by_model.get(ref["model"])
-        if ms is None:
+        if ms is None or ref["quantizer"] not in order[ref["model"]][1]:  # not run here: no row of dashes
             continue
         out.append(_compare(b.info(ref["metric"]), ms, ref, id_name))
     return out, record
