@@ -23,6 +23,12 @@ with a ``timm:`` / ``open_clip:`` scheme ignored. Values are in the library's un
 [0, 1] for accuracy, ECE, AUROC, AUPR and FPR@95 (a published ``82.700`` % is ``0.827``), nats
 for NLL; :attr:`ReferenceValue.published` keeps the number as printed.
 
+:func:`suite_references` matches a set to a suite's own names for the report (the only place
+where matching rules live). A published quantizer whose bit width the source does not state
+(``bouguerra_2025``'s light-QAT rows) lists the library's method among its aliases (``Basic
+QAT: [qat]``) and matches every quantizer of that method without method options, at any bit
+width, marked :data:`BITS_NOT_STATED` ("bit width not stated by the paper") in the report.
+
 Errors in a user's file are one :class:`~pytest_qrel.errors.SpecError` naming the file, the line
 (CSV) or entry (YAML), the field and the fix; an unknown shipped name is an
 :class:`~pytest_qrel.errors.UnknownNameError` with a "did you mean".
