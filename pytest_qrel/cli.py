@@ -30,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     merge = sub.add_parser("merge", help="merge the results files of sharded runs into one report")
     merge.add_argument("results", nargs="+", type=Path, help="results files written with --qrel-results")
     merge.add_argument("--report", type=Path, default=None, help="write the HTML report here (and a Markdown summary beside it)")
+    merge.add_argument("--report-url", default=None, metavar="URL",
+                       help="where CI publishes the HTML report: the Markdown summary's links point there (default: the report's file name)")
     merge.add_argument("--junitxml", type=Path, default=None, help="write a junit XML file of every check here")
     merge.add_argument("--results", dest="merged", type=Path, default=None, help="write the merged results file here")
     merge.add_argument("--root", type=Path, default=None,
@@ -88,6 +90,13 @@ def _merge(args: argparse.Namespace) -> int:
     # Output paths first: a typo must not cost a merge, nor overwrite a file that is not ours.
     if args.report is not None and (problem := report_path_problem(args.report)):
         raise MergeError(f"--report {args.report}: {problem}")
+    if args.report_url is not None:
+        from .output_paths import report_url_problem
+
+        if args.report is None:
+            raise MergeError(f"--report-url {args.report_url}: the links it sets are in the report's Markdown summary: add --report PATH")
+        if problem := report_url_problem(args.report_url):
+            raise MergeError(f"--report-url {args.report_url}: {problem}")
     if args.merged is not None and (problem := results_path_problem(args.merged)):
         raise MergeError(f"--results {args.merged}: {problem}")
     if args.junitxml is not None and args.junitxml.is_dir():
@@ -99,7 +108,7 @@ def _merge(args: argparse.Namespace) -> int:
     verdict = results.verdict()  # the one policy (pytest_qrel.policy): the report's status, the counts and this exit code
     print(f"qrel merge: {len(args.results)} results file(s), {verdict.tally}")
     if args.report:
-        print(f"report: {write_report(results, args.report)}")
+        print(f"report: {write_report(results, args.report, report_url=args.report_url)}")
     if args.junitxml:
         print(f"junit: {write_junit(results, args.junitxml)}")
     if args.merged:

@@ -73,8 +73,11 @@ def prestart() -> bool:
         return False
     import multiprocessing
 
-    pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-    pool.submit(_warm)  # starts the process; its imports run while this one works
+    try:
+        pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        pool.submit(_warm)  # starts the process; its imports run while this one works
+    except (OSError, RuntimeError):  # no process to spare (limits, a sandbox): the figures are drawn here
+        return False
     _POOL.append(pool)
     atexit.register(shutdown)
     return True

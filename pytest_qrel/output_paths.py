@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["REPORT_MARKER", "SUMMARY_MARKER", "read_head", "report_path_problem", "summary_path"]
+__all__ = ["REPORT_MARKER", "SUMMARY_MARKER", "read_head", "report_path_problem", "report_url_problem", "summary_path"]
 
 #: What marks a file as a pytest-qrel HTML report (the template's ``<meta name="generator">``).
 REPORT_MARKER = '<meta name="generator" content="pytest-qrel">'
@@ -46,3 +46,17 @@ def report_path_problem(path: Path) -> str | None:
             return (f"{kind} would overwrite {target}, an existing file that is not a pytest-qrel {what}; "
                     "give another path, or move that file away")
     return None
+
+
+def report_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be where the Markdown summary's links point (``None``: it can).
+
+    The address CI publishes the HTML report at (``https://ci.example/run/42/demo.html``), or a
+    path relative to where the summary is read: the links append ``#<row anchor>`` to it, so it
+    carries no fragment and no whitespace."""
+    if not url or any(c.isspace() for c in url):
+        return "the address must be one word (e.g. https://ci.example/run/42/demo.html)"
+    if "#" in url:
+        return f"the links add '#<row anchor>' to the address: give it without its fragment ({url.split('#', 1)[0]})"
+    return None
+

@@ -4,8 +4,10 @@
 scopes of the plan (:func:`pytest_qrel.spec.plan.scopes`: units that must run together, with all
 their checks) are spread over N shards by a deterministic longest-processing-time rule on an
 estimated cost, so every machine computes the same partition from the suite alone. Each shard
-writes a results file: its verdicts, the report's unit records, run metadata, and the suite's
-SHA-256 and full list of planned node ids. A shard that gets no units (a suite with fewer units
+writes a results file: its verdicts, the report's unit records, run metadata, the number of
+checks planned for this shard (``results.planned``: what the shard's own summary and report count
+against) and the suite's SHA-256 and full list of planned node ids (``plan``: what the merge
+checks against; it counts the whole suite's planned checks itself). A shard that gets no units (a suite with fewer units
 than shards) writes one too, with no verdicts, so the merge knows it ran.
 
 ``qrel merge shard-*.json --report R.html`` trusts no outcome stored in the files:
@@ -139,6 +141,18 @@ def planned_check_count(planned: Iterable[PlannedCheck]) -> int:
     report-only item (suite ``report:``) is planned like a check but judges nothing, so it is not
     one (:func:`pytest_qrel.policy.is_report_only`)."""
     return sum(p.check.metric != REPORT_ONLY for p in planned)
+
+
+def planned_counts(planned: Sequence[PlannedCheck], shard: tuple[int, int] | None = None) -> dict[str, int]:
+    """``{suite name: checks}`` of ``planned`` (:func:`planned_check_count`), or of the part of it
+    shard ``K/N`` is given (:func:`assign` over the whole of ``planned``, as the merge partitions
+    it): what a shard's run and its results file count as planned. Every suite of ``planned`` has
+    an entry (0 where the shard got none of its checks)."""
+    mine = assign(planned, *shard) if shard is not None else [True] * len(planned)
+    counts = dict.fromkeys((p.suite.name for p in planned), 0)
+    for p, keep in zip(planned, mine):
+        counts[p.suite.name] += keep and p.check.metric != REPORT_ONLY
+    return counts
 
 
 def planned_ids(suite: Any, file: str) -> list[str]:
@@ -563,15 +577,16 @@ def failing(results: RunResults) -> list[Verdict]:
 
 
 # ------------------------------------------------------------------------------------ outputs
-def write_report(results: RunResults, path: Path) -> Path:
-    """The HTML report and its Markdown summary (``.md`` beside it, :func:`pytest_qrel.report.render_report`);
-    a path that :func:`report_path_problem` rejects is a :class:`MergeError`."""
+def write_report(results: RunResults, path: Path, *, report_url: str | None = None) -> Path:
+    """The HTML report and its Markdown summary (``.md`` beside it, :func:`pytest_qrel.report.render_report`;
+    ``report_url``: where the summary's links point); a path that :func:`report_path_problem` rejects
+    is a :class:`MergeError`."""
     from .report import render_report
 
     problem = report_path_problem(Path(path))
     if problem:
         raise MergeError(f"{path}: {problem}")
-    return render_report(results, path)
+    return render_report(results, path, report_url=report_url)
 
 
 def write_junit(results: RunResults, path: Path) -> Path:

@@ -88,7 +88,7 @@ def test_imagefolder_order_is_torchvisions(tmp_path):
     assert [ours.relpaths[i] for i in order] != list(ours.relpaths)  # nested folders: the orders differ
 
 
-def test_draw_calibration_gives_the_reference_loaders_files(tmp_path):
+def test_draw_calibration_gives_the_reference_loaders_files(tmp_path, monkeypatch):
     """draw_calibration(imagefolder set, 'repq_vit') returns the files ImageFolder + the seeded
     shuffled DataLoader of the reference put in its first batch."""
     from pathlib import Path
@@ -97,9 +97,15 @@ def test_draw_calibration_gives_the_reference_loaders_files(tmp_path):
 
     from pytest_qrel.data.folders import imagefolder_source
 
+    from pytest_qrel import calibration_draw
+
     names = [f"n{c:02d}/img_{i:03d}.JPEG" for c in (5, 1, 3) for i in range(30)] + ["n01/nested/extra.JPEG"]
     _image_tree(tmp_path, names)
     reference = ImageFolder(str(tmp_path))
+    sorts = []
+    real_order = calibration_draw.imagefolder_order
+    monkeypatch.setattr(calibration_draw, "imagefolder_order", lambda rel: sorts.append(1) or real_order(rel))
+    calibration_draw._imagefolder_positions.cache_clear()
     for seed in (0, 13):
         batch = loader_batches(len(reference), seed, 32, 1)
         expected = [Path(reference.samples[i][0]).relative_to(tmp_path).as_posix() for i in batch]
@@ -107,6 +113,7 @@ def test_draw_calibration_gives_the_reference_loaders_files(tmp_path):
         index = draw_calibration(ours, 32, seed, "repq_vit")
         assert [ours.relpaths[i] for i in index] == expected
         assert [int(ours.labels[i]) for i in index] == [reference.targets[i] for i in batch]
+    assert len(sorts) == 1  # the split's ImageFolder order is computed once for both seeds
     # on a set without file paths the positions are the split's own
     assert draw_calibration(list(range(100)), 10, 0, "repq_vit").tolist() == repq_vit_draw(100, 10, 0).tolist()
     with pytest.raises(ValueError):

@@ -60,6 +60,15 @@ def test_a_drawer_that_raises_is_that_figure_s_error_wherever_it_runs(worker) ->
 
 def test_no_worker_without_a_spare_core_or_when_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
     figure_pool.shutdown()
+    monkeypatch.setenv(figure_pool.ENV_SWITCH, "1")
+    monkeypatch.setattr(figure_pool, "_cores", lambda: 2)
+
+    def no_process(*a, **k):
+        raise OSError("Resource temporarily unavailable")
+
+    monkeypatch.setattr(figure_pool, "ProcessPoolExecutor", no_process)
+    assert not figure_pool.prestart() and not figure_pool.running()  # a process that cannot start: drawn here
+    monkeypatch.undo()
     monkeypatch.setattr(figure_pool, "_cores", lambda: 1)
     assert not figure_pool.prestart()
     monkeypatch.setattr(figure_pool, "_cores", lambda: 8)

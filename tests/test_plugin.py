@@ -324,6 +324,11 @@ def test_missing_suite_file_is_a_usage_error(pytester):
         (("--qrel-results", "suites/mini.yaml"), None,
          "--qrel-results suites/mini.yaml: suites/mini.yaml exists and is not a pytest-qrel results file; give another path, "
          "or move that file away"),
+        (("--qrel-report-url", "https://ci.example/r.html"), None,
+         "--qrel-report-url https://ci.example/r.html: the links it sets are in the report's Markdown summary: add --qrel-report PATH"),
+        (("--qrel-report", "r.html", "--qrel-report-url", "https://ci.example/r.html#top"), None,
+         "--qrel-report-url https://ci.example/r.html#top: the links add '#<row anchor>' to the address: give it without its "
+         "fragment (https://ci.example/r.html)"),
     ],
 )
 def test_report_and_results_never_overwrite_what_is_not_ours(pytester, write_suite, option, existing, message):
@@ -526,11 +531,13 @@ def test_a_run_that_verifies_nothing_fails_unless_allowed(pytester, write_suite,
 def test_x_stops_early_and_the_report_says_what_did_not_run(pytester, write_suite):
     write_suite('- "W4A4 top1 >= 1.5"\n- "W8A8 top1 delta <= 2pp"\n- "W4A4 ece <= 0.5"\n')
     pytester.runpytest(*SUITE, "--qrel-update-baselines")
-    result = pytester.runpytest(*SUITE, "-x", "--qrel-report", "r/x.html")
+    result = pytester.runpytest(*SUITE, "-x", "--qrel-report", "r/x.html", "--qrel-report-url", "https://ci.example/run/7/x.html")
     assert result.ret == 1
     result.stdout.fnmatch_lines(["ERROR: 2 check(s) did not run, e.g. *; the run is marked failed"])
     summary = (pytester.path / "r/x.md").read_text()
     assert "FAIL" in summary.splitlines()[0] and "not run" in summary
+    # the summary's links point where CI publishes the report (--qrel-report-url), at the failing row
+    assert "](https://ci.example/run/7/x.html#v-" in summary and "](x.html#" not in summary
 
 
 MODEL = '''

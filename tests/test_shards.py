@@ -11,6 +11,7 @@ import pytest
 
 from pytest_qrel import load_suite, plan
 from pytest_qrel.cli import main as qrel_main
+from pytest_qrel.results import RunResults
 from pytest_qrel.shards import MergeError, assign, merge
 from pytest_qrel.spec.plan import scopes
 
@@ -79,13 +80,26 @@ def test_two_shards_merged_equal_the_serial_run(pytester, tmp_path):
     serial = pytester.runpytest(*suite, "--qrel-results", "serial.json", "--junitxml", "junit.xml")
     serial_junit = results_of(pytester)
     n_planned = len(plan(load_suite(pytester.path / "suites/sharded.yaml")))
-    outcomes = []
+    outcomes, shard_runs = [], []
     for k in (1, 2):  # shard 2 without --qrel-results: its default place, which the run prints
         r = pytester.runpytest(*suite, "--qrel-shard", f"{k}/2", *(["--qrel-results", "shard-1.json"] if k == 1 else []))
         outcomes.append(r.parseoutcomes())
+        shard_runs.append(r)
     r.stdout.fnmatch_lines(["results: reports/qrel-shard-2-of-2.json (no --qrel-results given: the default for a shard)"])
     (pytester.path / "reports/qrel-shard-2-of-2.json").rename(pytester.path / "shard-2.json")
     assert sum(o.get("deselected", 0) for o in outcomes) == n_planned  # each check deselected in exactly one shard
+    # A shard's plan is its own checks: its summary and results count them, not the other shard's
+    # (which would read "N checks planned without a result"); its file still lists the whole plan for the merge.
+    for k, r, o in zip((1, 2), shard_runs, outcomes):
+        own = n_planned - o["deselected"]
+        doc = json.loads((pytester.path / f"shard-{k}.json").read_text())
+        assert doc["results"]["planned"] == {"sharded": own} and len(doc["plan"]["sharded"]) == n_planned
+        shard_verdict = RunResults.from_dict(doc["results"]).verdict()
+        assert (shard_verdict.planned, shard_verdict.total, shard_verdict.missing) == (own, own, 0)
+        assert shard_verdict.status == ("FAIL" if o.get("failed") else "PASS")
+        assert shard_verdict.lines()[0] in r.stdout.lines  # e.g. "qrel: PASS: All 9 checks verified: 9 passed."
+        r.stdout.fnmatch_lines([f"sharded: {own} checks: *"])
+        assert "planned" not in r.stdout.str()
     merged_dir = pytester.path / "merged"
     code = qrel_main(["merge", str(pytester.path / "shard-1.json"), str(pytester.path / "shard-2.json"),
                       "--report", str(merged_dir / "r.html"), "--junitxml", str(merged_dir / "j.xml")])
@@ -100,6 +114,8 @@ def test_two_shards_merged_equal_the_serial_run(pytester, tmp_path):
     assert [v.nodeid for v in merged.verdicts] == [v.nodeid for v in one.verdicts]
     assert [(v.outcome, v.value, v.delta_ci) for v in merged.verdicts] == [(v.outcome, v.value, v.delta_ci) for v in one.verdicts]
     assert {(u.model, u.quantizer) for u in merged.units} == {(u.model, u.quantizer) for u in one.units}
+    assert merged.planned == one.planned == {"sharded": n_planned}  # the merge counts the whole suite
+    assert merged.verdict().lines() == one.verdict().lines()
     assert (merged_dir / "r.html").is_file() and (merged_dir / "r.md").read_text().startswith("## ")
     junit = {f"{c.get('classname')}::{c.get('name')}" for c in ET.parse(merged_dir / "j.xml").iter("testcase")}
     assert junit == set(serial_junit)
@@ -357,6 +373,16 @@ def test_qrel_merge_truncated_file_and_bad_output_paths_are_one_line(tmp_path, c
     for report, message in cases.items():
         assert qrel_main(["merge", str(good), "--root", str(tmp_path), "--report", report]) == 2
         assert capsys.readouterr().err.splitlines() == [f"qrel merge: error: {message}"]
+    for extra, message in (
+        (["--report-url", "https://ci.example/r.html"],
+         "--report-url https://ci.example/r.html: the links it sets are in the report's Markdown summary: add --report PATH"),
+        (["--report", str(tmp_path / "ok.html"), "--report-url", "https://ci.example/r.html#x"],
+         "--report-url https://ci.example/r.html#x: the links add '#<row anchor>' to the address: give it without its fragment "
+         "(https://ci.example/r.html)"),
+    ):
+        assert qrel_main(["merge", str(good), "--root", str(tmp_path), *extra]) == 2
+        assert capsys.readouterr().err.splitlines() == [f"qrel merge: error: {message}"]
+    assert not (tmp_path / "ok.html").exists()
     assert load_suite(tmp_path / SUITE_FILE).name == "sharded"  # untouched
 
 
@@ -400,6 +426,7 @@ def test_an_empty_shard_writes_results_that_merge_accepts(pytester, write_suite,
     ])
     doc = json.loads((pytester.path / "reports/qrel-shard-2-of-2.json").read_text())
     assert doc["shard"] == [2, 2] and doc["results"]["verdicts"] == [] and doc["note"].startswith("shard 2/2 has no units")
+    assert doc["results"]["planned"] == {"mini": 0}  # none of the suite's checks is this shard's
     assert doc["plan"] == {"mini": [
         "suites/mini.yaml::vit::W8A8::top1 on digits delta<=2pp", "suites/mini.yaml::vit::W8A8::ece on digits value<=0.5"]}
     # shard 1 (made up here, without running the model) and the empty shard 2 merge into one passing run
@@ -440,6 +467,7 @@ def test_an_empty_shard_under_xdist_writes_results_too(pytester, write_suite):
     result.stdout.fnmatch_lines(["qrel: shard 2/2 has no units of mini (1 unit group(s) for 2 shards): nothing to run; *", "results: s2.json"])
     doc = json.loads((pytester.path / "s2.json").read_text())
     assert doc["shard"] == [2, 2] and doc["plan"] == {"mini": ["suites/mini.yaml::vit::W8A8::top1 on digits delta<=2pp"]}
+    assert doc["results"]["planned"] == {"mini": 0}  # the controller plans the shard too
 
 
 def _status_of(report: Path) -> tuple[str, str, str]:

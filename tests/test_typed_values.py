@@ -7,8 +7,7 @@ import pytest
 
 from pytest_qrel.errors import NumericsError
 from pytest_qrel.metric_table import MetricQuery, MetricsTable
-from pytest_qrel.spec.plan import base_quantizer
-from pytest_qrel.spec.quantizer_ref import QuantizerRef
+from pytest_qrel.spec.quantizer_ref import QuantizerRef, base_of
 
 
 @pytest.mark.parametrize(
@@ -25,7 +24,7 @@ def test_a_quantizer_name_parses_into_its_parts_and_back(text, base, seed, steps
     ref = QuantizerRef.parse(text)
     assert (ref.base, ref.seed, ref.steps, ref.variant) == (base, seed, steps, variant)
     assert str(ref) == text and QuantizerRef.parse(str(ref)) == ref
-    assert ref.is_fp32 == (base == "FP32") and base_quantizer(text) == base
+    assert ref.is_fp32 == (base == "FP32") and base_of(text) == base
     assert ref.unseeded == base + variant and ref.head == text.removesuffix(variant)
 
 

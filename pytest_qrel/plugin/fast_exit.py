@@ -52,13 +52,14 @@ def _flush() -> bool:
 
 def arm(status: int) -> None:
     """Make the process end with ``status`` right after its exit handlers (see the module doc)."""
-    if os.environ.get(ENV_SWITCH, "1") == "0":
+    run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)  # CPython's; elsewhere: a normal exit
+    if os.environ.get(ENV_SWITCH, "1") == "0" or run_exit_handlers is None:
         return
     stdout_was = _stdout_identity()
 
     def end_now() -> None:
         atexit.unregister(end_now)
-        atexit._run_exitfuncs()  # every other handler, as the interpreter would have run them
+        run_exit_handlers()  # every other handler, as the interpreter would have run them
         code = int(status)
         if not _flush() or _stdout_identity() != stdout_was:
             code = 1  # pytest's broken-pipe exit: stdout went to /dev/null with status 1

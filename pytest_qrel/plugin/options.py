@@ -51,6 +51,8 @@ def add_options(parser: pytest.Parser) -> None:
                     help="run this reliability suite (YAML); may be given several times. Only suites are then collected.")
     group.addoption("--qrel-report", metavar="PATH", default=None,
                     help="write a self-contained HTML audit report here (and a Markdown summary next to it, .md).")
+    group.addoption("--qrel-report-url", metavar="URL", default=None,
+                    help="where CI publishes the HTML report: the Markdown summary's links point there (default: the report's file name).")
     group.addoption("--qrel-results", metavar="PATH", default=None,
                     help="write the run's results (verdicts, report tables, environment, suite hashes) as JSON, for 'qrel merge'.")
     group.addoption("--qrel-shard", metavar="K/N", default=None, type=parse_shard,

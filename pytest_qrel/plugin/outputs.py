@@ -28,6 +28,14 @@ def check_output_paths(config: pytest.Config) -> None:
     report, results = config.getoption("qrel_report"), config.getoption("qrel_results")
     if report and (problem := report_path_problem(Path(report))):
         raise pytest.UsageError(f"--qrel-report {report}: {problem}")
+    url = config.getoption("qrel_report_url")
+    if url is not None:
+        from ..output_paths import report_url_problem
+
+        if not report:
+            raise pytest.UsageError(f"--qrel-report-url {url}: the links it sets are in the report's Markdown summary: add --qrel-report PATH")
+        if problem := report_url_problem(url):
+            raise pytest.UsageError(f"--qrel-report-url {url}: {problem}")
     if results and (problem := results_path_problem(Path(results))):
         raise pytest.UsageError(f"--qrel-results {results}: {problem}")
     shard = config.getoption("qrel_shard")
@@ -119,5 +127,5 @@ def write_outputs(config: pytest.Config, verdicts: list[Verdict], note: str = ""
     if results_to:
         written.results = write_results(results, results_to, plan_ids=plan_ids, note=note)
     if report_path:
-        written.report = write_report(results, Path(report_path))
+        written.report = write_report(results, Path(report_path), report_url=config.getoption("qrel_report_url"))
     return written

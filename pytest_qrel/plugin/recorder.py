@@ -101,6 +101,7 @@ class Recorder:
             if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and sharding.shard_is_empty(config):
                 self._finish_empty_shard(session)
             return
+        sharding.shard_planned(config)  # an xdist controller's shard: the checks planned for it (a serial run knows them)
         reason = self._why_not_run(session, exitstatus)
         self.not_run = [n for n in state.expected if n not in state.verdicts]
         for nodeid in self.not_run:
@@ -235,7 +236,9 @@ class Recorder:
 
 
 def _planned_total(state: RunState) -> int | None:
-    """Checks planned over the collected suites (``None``: not known here, e.g. xdist's controller)."""
+    """Checks planned for this run: the collected suites', or a shard's own (the other shards'
+    checks are not this run's; :func:`.sharding.shard_planned`). ``None``: not known here, e.g.
+    an unsharded run's xdist controller."""
     return sum(state.planned.values()) if state.planned else None
 
 

@@ -29,7 +29,7 @@ class RunState:
 
     suites: list[Path] = field(default_factory=list)  # --qrel-suite files, resolved
     expected: dict[str, str] = field(default_factory=dict)  # nodeid -> suite name
-    planned: dict[str, int] = field(default_factory=dict)  # suite name -> planned checks (whole suite)
+    planned: dict[str, int] = field(default_factory=dict)  # suite name -> planned checks (a shard's: its own)
     verdicts: dict[str, Verdict] = field(default_factory=dict)
     crashed: set[str] = field(default_factory=set)  # node ids lost to a crashed worker or child
     units: dict[tuple[str, str, str], UnitMetrics] = field(default_factory=dict)

@@ -28,10 +28,12 @@ from .view import build_page
 __all__ = ["build_page", "render_html", "render_markdown", "render_report"]
 
 
-def render_report(results: RunResults, path: str | os.PathLike[str], *, title: str = DEFAULT_TITLE, figures: bool = True) -> Path:
+def render_report(results: RunResults, path: str | os.PathLike[str], *, title: str = DEFAULT_TITLE, figures: bool = True,
+                  report_url: str | None = None) -> Path:
     """Write the HTML report of ``results`` to ``path`` and its Markdown summary beside it
     (``path`` with ``.md``; parent folders created, both atomic) and return the HTML file's path.
-    ``figures=False`` leaves the figures out (faster, smaller).
+    ``figures=False`` leaves the figures out (faster, smaller). ``report_url``: where CI publishes
+    the HTML report, for the summary's links (default: the report's file name, beside the summary).
 
     :class:`~pytest_qrel.errors.StorageError` when ``path`` is not an ``.html`` file or either
     file would overwrite one that pytest-qrel did not write (:func:`pytest_qrel.output_paths.report_path_problem`)."""
@@ -43,7 +45,7 @@ def render_report(results: RunResults, path: str | os.PathLike[str], *, title: s
     if problem:
         raise StorageError(f"{path}: {problem}", path=Path(path), reason=problem)
     html = write_html(results, path, title=title, figures=figures)
-    atomic_write_text(summary_path(html), render_markdown(results, report_path=html))
+    atomic_write_text(summary_path(html), render_markdown(results, report_path=html, report_url=report_url))
     return html
 
 

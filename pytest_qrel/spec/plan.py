@@ -20,11 +20,6 @@ from .quantizer_ref import QuantizerRef
 from .schema import FP32, HELDOUT, MEAN_OOD, REPORT_ONLY, CheckSpec, Suite, mean_members
 
 
-def base_quantizer(quantizer: str) -> str:
-    """``"W8A8-qat+temperature"`` -> ``"W8A8-qat"`` (seed and post-hoc steps dropped)."""
-    return QuantizerRef.parse(quantizer).base
-
-
 @dataclass(frozen=True)
 class PlannedCheck:
     """One check applied to one model, quantizer, dataset (or ``mean(...)``) and score."""
