@@ -23,6 +23,12 @@ with a ``timm:`` / ``open_clip:`` scheme ignored. Values are in the library's un
 [0, 1] for accuracy, ECE, AUROC, AUPR and FPR@95 (a published ``82.700`` % is ``0.827``), nats
 for NLL; :attr:`ReferenceValue.published` keeps the number as printed.
 
+:func:`suite_references` matches a set to a suite's own names for the report (the only place
+where matching rules live). A published quantizer whose bit width the source does not state
+(``bouguerra_2025``'s light-QAT rows) lists the library's method among its aliases (``Basic
+QAT: [qat]``) and matches every quantizer of that method without method options, at any bit
+width, marked :data:`BITS_NOT_STATED` ("bit width not stated by the paper") in the report.
+
 Errors in a user's file are one :class:`~pytest_qrel.errors.SpecError` naming the file, the line
 (CSV) or entry (YAML), the field and the fix; an unknown shipped name is an
 :class:`~pytest_qrel.errors.UnknownNameError` with a "did you mean".
@@ -435,40 +441,93 @@ def _model_names(spec: Any) -> list[str]:
     return names
 
 
+BITS_NOT_STATED = "bit width not stated by the paper"
+"""What the report says beside a published value matched by method (:func:`suite_references`)."""
+
+
+def _quantizer_matches(refs: References, quantizers: Mapping[str, Any]) -> dict[str, list[tuple[str, bool]]]:
+    """Folded reference quantizer -> ``[(suite quantizer, matched by name)]`` (FP32 by name).
+
+    A suite quantizer matches by its name (or an alias of a reference quantizer); failing that,
+    by its ``method`` where the method's name is an alias of a reference quantizer and the
+    quantizer sets no method ``options`` (a step count or a distillation loss is another recipe
+    than the published one). The second kind matches at every bit width."""
+    from ..spec.schema import FP32
+
+    out: dict[str, list[tuple[str, bool]]] = {_fold(FP32): [(FP32, True)]}
+    known = {_fold(v.quantizer) for v in refs.values}
+    for name, spec in quantizers.items():
+        by_name = _fold(refs.canonical("quantizer", name))
+        if by_name in known:
+            out.setdefault(by_name, []).append((name, True))
+            continue
+        method = getattr(spec, "method", None)
+        if not method or getattr(spec, "options", None):
+            continue
+        canon = refs.canonical("quantizer", method)
+        if _fold(canon) in known and _fold(canon) != _fold(method):  # an alias, not a reference name spelled like the method
+            out.setdefault(_fold(canon), []).append((name, False))
+    return out
+
+
 def suite_references(suite: Any) -> dict[str, Any]:
     """The values of ``suite.references`` that belong to the suite, as plain data for the report:
     ``{"sets": [names], "papers": [citations], "sources": [tables cited], "values": [...]}``,
     each value a dict of :class:`ReferenceValue`'s fields with ``model``, ``quantizer`` and
-    ``dataset`` in the suite's names (``reference_model`` keeps the reference's), the ID set's
-    name for the reference's ID dataset and ``mean(ood)`` for its ``ood_mean``.
+    ``dataset`` in the suite's names (``reference_model`` and ``reference_quantizer`` keep the
+    reference's), ``id_dataset`` the ID set of the value's model (its scenario's), ``dataset``
+    the ID set's name for the reference's ID dataset and ``mean(ood)`` for its ``ood_mean``, and
+    ``bits_stated`` / ``bits_note`` (below). One published value may appear under several suite
+    models and quantizers.
 
-    A suite model matches a reference model by its name, its source or its checkpoint's file
-    name (or an alias of the reference's); a quantizer by name (``FP32`` included)."""
-    from ..spec.schema import FP32, MEAN_OOD
+    The matching rules (all of them live here; the report only renders the result):
+
+    - **Model**: a suite model matches a reference model by its name, its source or its
+      checkpoint's file name (or an alias of the reference's). In a suite with ``scenarios:``
+      each scenario's model (``vit_b32_openai@cifar10``) matches on its own.
+    - **Dataset**: a value of an OOD metric (AUROC, AUPR, FPR@95) matches an OOD set of the
+      scenario (by name or alias), or ``ood_mean`` its mean over the OOD sets; a value of any
+      other metric (top-1, ECE, NLL...) matches the scenario whose ID set is its dataset. So a CIFAR-10 top-1 goes to the
+      ``cifar10`` scenario, never to the ``cifar100`` scenario where CIFAR-10 is an OOD set.
+    - **Quantizer**: by name (``FP32`` included) or alias, at the bit width the name says.
+      **A published quantizer whose bit width the source does not state** (Bouguerra et al.'s
+      light-QAT table) lists the library's method name among its aliases (``Basic QAT: [qat]``):
+      it then matches every suite quantizer of that method that sets no method ``options``,
+      at **any** bit width (``W8A8-qat``, ``W6A6-qat``, ``W4A8-qat``, ``W4A6-qat``), and the value
+      carries ``bits_stated: False`` and ``bits_note`` (:data:`BITS_NOT_STATED`), which the
+      report prints beside the published number. Matched by name, ``bits_stated`` is True and
+      ``bits_note`` None. Declare a method alias only for such a quantizer: one whose bit width
+      is published is named by its configuration (``W8A8``) instead."""
+    from ..metrics import METRICS
+    from ..spec.schema import MEAN_OOD
 
     refs = load_references(list(suite.references), base_dir=Path(suite.path).parent)
     ref_models = {_fold(v.model) for v in refs.values}
-    model_of: dict[str, str] = {}
-    for spec in suite.models.values():
-        for name in _model_names(spec):
-            canon = _fold(refs.canonical("model", name))
-            if canon in ref_models:
-                model_of.setdefault(canon, spec.name)
-                break
-    quantizers = {_fold(q): q for q in [FP32, *suite.quantizers]}
-    datasets = {_fold(refs.canonical("dataset", suite.id_dataset.name)): suite.id_dataset.name}
-    datasets.update({_fold(refs.canonical("dataset", d)): d for d in suite.ood_datasets})
-    if suite.ood_datasets:
-        datasets["ood_mean"] = MEAN_OOD
+    quantizers = _quantizer_matches(refs, suite.quantizers)
+    id_dataset = suite.id_dataset.name
     values = []
-    for v in refs.values:
-        model, quantizer = model_of.get(_fold(v.model)), quantizers.get(_fold(refs.canonical("quantizer", v.quantizer)))
-        dataset = datasets.get(_fold(v.dataset))
-        if model is None or quantizer is None or dataset is None:
-            continue
-        row = {k: getattr(v, k) for k in ReferenceValue.__dataclass_fields__}
-        row.update(model=model, quantizer=quantizer, dataset=dataset, reference_model=v.model,
-                   seeds=list(v.seeds) if v.seeds is not None else None)
-        values.append(row)
-    return {"sets": list(suite.references), "id_dataset": suite.id_dataset.name, "papers": list(refs.papers), "sources": list(dict.fromkeys(v["source"] for v in values)),
-            "values": values}
+    for sub in (list(suite.scenarios.values()) or [suite]):
+        model_of: dict[str, str] = {}
+        for spec in sub.models.values():
+            for name in _model_names(spec):
+                canon = _fold(refs.canonical("model", name))
+                if canon in ref_models:
+                    model_of.setdefault(canon, spec.name)
+                    break
+        id_sets = {_fold(refs.canonical("dataset", sub.id_dataset.name)): sub.id_dataset.name}
+        ood_sets = {_fold(refs.canonical("dataset", d)): d for d in sub.ood_datasets}
+        if sub.ood_datasets:
+            ood_sets["ood_mean"] = MEAN_OOD
+        for v in refs.values:
+            model = model_of.get(_fold(v.model))
+            dataset = (ood_sets if METRICS.meta(v.metric).get("kind") == "ood" else id_sets).get(_fold(v.dataset))
+            if model is None or dataset is None:
+                continue
+            for quantizer, by_name in quantizers.get(_fold(refs.canonical("quantizer", v.quantizer)), []):
+                row = {k: getattr(v, k) for k in ReferenceValue.__dataclass_fields__}
+                row.update(model=model, quantizer=quantizer, dataset=dataset, reference_model=v.model, reference_quantizer=v.quantizer,
+                           id_dataset=sub.id_dataset.name, bits_stated=by_name, bits_note=None if by_name else BITS_NOT_STATED,
+                           seeds=list(v.seeds) if v.seeds is not None else None)
+                values.append(row)
+    return {"sets": list(suite.references), "id_dataset": id_dataset, "papers": list(refs.papers),
+            "sources": list(dict.fromkeys(v["source"] for v in values)), "values": values}

@@ -12,7 +12,10 @@ measured ones.
   for fractions, nats for NLL); the table cites the sources (``"Kuang & Wong, Table 1"``) and the
   papers. A published *delta* (FP32 -> quantizer, positive = worse) is compared with the measured
   delta relative to FP32 (``relative: true``) or in points (``false``); where the source does not
-  say which, both measured forms are shown and no difference is taken.
+  say which, both measured forms are shown and no difference is taken. A published value matched
+  to the suite's quantizer by method, its bit width unpublished (``bits_note``, set by
+  :func:`pytest_qrel.references.suite_references`, which holds every matching rule), shows that
+  note beside the published number, in HTML and Markdown.
 
 The reference values come matched to the suite's names in ``RunResults.run["references"]``
 (:func:`pytest_qrel.suite_report.report_run_info`); the numbers from :class:`~pytest_qrel.summary.ModelSummary`.
@@ -84,6 +87,7 @@ class Comparison:
     difference: str
     source: str
     note: str = ""
+    bits_note: str = ""  # "bit width not stated by the paper": matched by method, at every bit width
 
 
 def _column(info: MetricInfo, ref: Mapping[str, Any], id_name: str) -> str:
@@ -100,12 +104,14 @@ def _signed(x: float, decimals: int) -> str:
 
 
 def _compare(info: MetricInfo, ms: ModelSummary, ref: Mapping[str, Any], id_name: str) -> Comparison:
+    id_name = str(ref.get("id_dataset") or id_name)  # the value's scenario's ID set
     kind = "id" if ref["dataset"] == id_name else "ood"
     n = ms.number(ref["quantizer"], kind, ref["metric"], ref.get("score"), ID if kind == "id" else ref["dataset"])
     scale = 100.0 if info.fraction else 1.0
     column, note = _column(info, ref, id_name), ref.get("note") or ""
     if ref.get("kind") == "delta":
         published = f"{ref['published']} {'%' if ref.get('relative') else 'pp' if ref.get('relative') is False else '% (relative or points: not stated)'}"
+        published += f" ({ref['bits_note']})" if ref.get("bits_note") else ""
         rel = n.delta_percent
         pts = None if n.delta is None else scale * n.delta
         if ref.get("relative") is True:
@@ -116,20 +122,23 @@ def _compare(info: MetricInfo, ms: ModelSummary, ref: Mapping[str, Any], id_name
             parts = [f"{_signed(rel, 1)} %" if rel is not None else "", f"{_signed(pts, 2)} pp" if pts is not None else ""]
             measured, diff = " / ".join(p for p in parts if p), None
         return Comparison(ms.model, ref["quantizer"], column, measured or MISSING, published,
-                          MISSING if diff is None else _signed(diff, 2), ref["source"], note)
+                          MISSING if diff is None else _signed(diff, 2), ref["source"], note, ref.get("bits_note") or "")
     value = n.value
     measured = fmt_value(info, value)
     if n.spread is not None:
         measured += " \u00b1" + display.format_number(info, n.spread)
     diff = None if value is None else scale * (value - float(ref["value"]))
     decimals = 2 if info.fraction else 3
-    return Comparison(ms.model, ref["quantizer"], column, measured, str(ref["published"]), MISSING if diff is None else _signed(diff, decimals),
-                      ref["source"], note)
+    published = str(ref["published"]) + (f" ({ref['bits_note']})" if ref.get("bits_note") else "")
+    return Comparison(ms.model, ref["quantizer"], column, measured, published, MISSING if diff is None else _signed(diff, decimals),
+                      ref["source"], note, ref.get("bits_note") or "")
 
 
 def comparisons(b: TableBuilder, suite: str, models: Sequence[ModelSummary], run: Mapping[str, Any]) -> tuple[list[Comparison], dict[str, Any]]:
     """Every published value of ``suite``'s references with its measured counterpart, in model
-    then quantizer order, and the references' record (``sets``, ``sources``, ``papers``)."""
+    then quantizer order, and the references' record (``sets``, ``sources``, ``papers``). A value
+    whose model or quantizer has no unit in this run is left out (a run of a few units is not
+    padded with rows of dashes: one light-QAT row of the CLIP paper matches 16 quantizers)."""
     record = (run.get("references") or {}).get(suite) or {}
     values = record.get("values") or []
     if not values:
@@ -140,16 +149,21 @@ def comparisons(b: TableBuilder, suite: str, models: Sequence[ModelSummary], run
     out = []
     for ref in sorted(values, key=lambda r: (order.get(r["model"], (99, {}))[0], order.get(r["model"], (99, {}))[1].get(r["quantizer"], 99))):
         ms = by_model.get(ref["model"])
-        if ms is None:
+        if ms is None or ref["quantizer"] not in order[ref["model"]][1]:  # not run here: no row of dashes
             continue
         out.append(_compare(b.info(ref["metric"]), ms, ref, id_name))
     return out, record
 
 
-def _citation(record: Mapping[str, Any]) -> str:
+def _citation(record: Mapping[str, Any], found: Sequence[Comparison] = ()) -> str:
     sources = "; ".join(record.get("sources") or [])
     papers = "; ".join(record.get("papers") or [])
-    return f"Published values: {sources}" + (f" \u2014 {papers}" if papers else "") + f" (reference set: {', '.join(record.get('sets') or [])})."
+    out = f"Published values: {sources}" + (f" \u2014 {papers}" if papers else "") + f" (reference set: {', '.join(record.get('sets') or [])})."
+    notes = list(dict.fromkeys(c.bits_note for c in found if c.bits_note))
+    if notes:  # matched by method (pytest_qrel.references.suite_references)
+        out += (f" A published value marked \u201c{notes[0]}\u201d is shown beside each of the suite's quantizers of that method, "
+                "at every bit width.")
+    return out
 
 
 def reference_block(b: TableBuilder, suite: str, models: Sequence[ModelSummary], run: Mapping[str, Any]) -> Block | None:
@@ -175,7 +189,7 @@ def reference_block(b: TableBuilder, suite: str, models: Sequence[ModelSummary],
         rows.append(Row(model, cells, sub=quantizer))
     table = Table(b.new_id("t"), f"Measured beside {'; '.join(record.get('sources') or [])}", columns, rows, rowhead="Model / quantizer",
                   groups=[(c, 3) for c in cols], css="references")
-    legend = (_citation(record) + " Difference: measured \u2212 published, in points for percentages and in nats for NLL; a published "
+    legend = (_citation(record, found) + " Difference: measured \u2212 published, in points for percentages and in nats for NLL; a published "
               "change (FP32 \u2192 quantizer, + is worse) is compared with the measured change in the same form.")
     return Block(b.new_id("b"), "Beside the published values", [table], legend)
 
@@ -190,7 +204,7 @@ def reference_markdown(b: TableBuilder, suite: str, models: Sequence[ModelSummar
     found, record = comparisons(b, suite, models, run)
     if not found:
         return []
-    lines = ["", f"**{escape(suite)}: measured beside the published values.** {escape(_citation(record))}", "",
+    lines = ["", f"**{escape(suite)}: measured beside the published values.** {escape(_citation(record, found))}", "",
              "| Model | Quantizer | Quantity | Measured | Published | Difference |", "|---|---|---|---:|---:|---:|"]
     for c in found:
         lines.append(f"| {escape(c.model)} | {escape(c.quantizer)} | {escape(c.column)} | {escape(c.measured)} | {escape(c.published)} | {escape(c.difference)} |")
