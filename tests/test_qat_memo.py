@@ -146,3 +146,17 @@ def test_a_reused_training_takes_the_units_head_and_a_full_budget_shares_nothing
     full = TrainMemo(budget_bytes=0)
     full.put("k", trained)
     assert full.get("k", other, "cpu") is None and not full.trained
+
+
+def test_the_budget_comes_from_the_environment(monkeypatch):
+    from pytest_qrel.engine.trainmemo import DEFAULT_BUDGET_BYTES, ENV_BUDGET, TrainMemo
+
+    monkeypatch.delenv(ENV_BUDGET, raising=False)
+    assert TrainMemo().budget_bytes == DEFAULT_BUDGET_BYTES
+    monkeypatch.setenv(ENV_BUDGET, "0.5")
+    assert TrainMemo().budget_bytes == 2**29
+    monkeypatch.setenv(ENV_BUDGET, "0")
+    assert TrainMemo().budget_bytes == 0
+    monkeypatch.setenv(ENV_BUDGET, "lots")
+    with pytest.warns(UserWarning, match="QREL_QAT_MEMO_GB='lots' is not a number of GiB"):
+        assert TrainMemo().budget_bytes == DEFAULT_BUDGET_BYTES

@@ -80,6 +80,30 @@ RESERVE_BYTES = 2 * 2**30
 """Free space a memo file must leave on the temporary folder's disk (else the training is not kept)."""
 
 
+ENV_BUDGET = "QREL_QAT_MEMO_GB"
+"""``QREL_QAT_MEMO_GB=<GiB>`` sets the folder's budget (``0``: share nothing, keep no file)."""
+
+
+def budget_from_env() -> int:
+    """The budget in bytes: :data:`ENV_BUDGET` in GiB when set to a number >= 0, else :data:`DEFAULT_BUDGET_BYTES`."""
+    import os
+
+    raw = os.environ.get(ENV_BUDGET, "").strip()
+    if not raw:
+        return DEFAULT_BUDGET_BYTES
+    try:
+        gib = float(raw)
+    except ValueError:
+        gib = -1.0
+    if not gib >= 0:  # also NaN
+        import warnings
+
+        warnings.warn(f"{ENV_BUDGET}={raw!r} is not a number of GiB >= 0; the QAT memo uses {DEFAULT_BUDGET_BYTES / 2**30:g} GiB",
+                      stacklevel=2)
+        return DEFAULT_BUDGET_BYTES
+    return int(gib * 2**30)
+
+
 class TrainMemo:
     """Trained QAT modules by training key, for one process. ``trained`` / ``reused``: key -> count.
 
@@ -89,8 +113,8 @@ class TrainMemo:
     ones every later scenario reuses).
     """
 
-    def __init__(self, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> None:
-        self.budget_bytes = budget_bytes
+    def __init__(self, budget_bytes: int | None = None) -> None:
+        self.budget_bytes = budget_from_env() if budget_bytes is None else budget_bytes
         self._dir: Path | None = None
         self._files: dict[str, Path] = {}
         self._used = 0
