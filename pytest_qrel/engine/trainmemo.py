@@ -18,8 +18,9 @@ weights again. :class:`TrainMemo` keys a training by everything that determines 
 - the device.
 
 A reused module is the memoised one with the current model's head buffers put in its place. The
-trained modules are written to a private temporary folder (``torch.save``, removed when the memo
-goes) rather than held in memory: a run's memory stays that of one unit, while the disk holds one
+trained modules' tensors are written to a private temporary folder (``torch.save`` of plain
+tensors, read back with ``weights_only=True``; removed when the memo goes; the structure stays in
+memory with no data) rather than held in memory: a run's memory stays that of one unit, while the disk holds one
 copy of the model per shared training, at most :data:`DEFAULT_BUDGET_BYTES` (a run goes scenario by
 scenario, so every backbone's trainings wait on disk for its next scenario: ``suites/clip.yaml``'s 26
 head-free QAT quantizers take about 9 GB for a ViT-B backbone, 32 GB for ViT-L/14; past the budget a
@@ -28,8 +29,8 @@ training is simply not shared). Each pytest-xdist worker has its own memo.
 
 from __future__ import annotations
 
+import copy
 import hashlib
-import pickle
 import shutil
 import tempfile
 import weakref
@@ -104,6 +105,14 @@ def budget_from_env() -> int:
     return int(gib * 2**30)
 
 
+def _meta_like(t: Any) -> Any:
+    """A data-less stand-in of a parameter or buffer (its Parameter-ness and requires_grad kept)."""
+    import torch
+
+    meta = torch.empty_like(t, device="meta")
+    return torch.nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, torch.nn.Parameter) else meta
+
+
 class TrainMemo:
     """Trained QAT modules by training key, for one process. ``trained`` / ``reused``: key -> count.
 
@@ -117,6 +126,7 @@ class TrainMemo:
         self.budget_bytes = budget_from_env() if budget_bytes is None else budget_bytes
         self._dir: Path | None = None
         self._files: dict[str, Path] = {}
+        self._skeletons: dict[str, Any] = {}  # key -> the trained module with meta tensors (its structure)
         self._used = 0
         self.trained: dict[str, int] = {}
         self.reused: dict[str, int] = {}
@@ -155,7 +165,11 @@ class TrainMemo:
             return None
         import torch
 
-        trained = torch.load(path, map_location=device, weights_only=False)
+        tensors = torch.load(path, map_location=device, weights_only=True)  # tensors only: nothing in the file runs code
+        trained = copy.deepcopy(self._skeletons[key]).to_empty(device=device)
+        with torch.no_grad():
+            for name, t in (*trained.named_parameters(remove_duplicate=False), *trained.named_buffers(remove_duplicate=False)):
+                t.copy_(tensors[name])
         for name in head_entries(module):
             owner, _, attr = name.rpartition(".")
             value = module.get_submodule(owner).get_buffer(attr) if owner else module.get_buffer(attr)
@@ -173,11 +187,16 @@ class TrainMemo:
         if self._used + size > self.budget_bytes or shutil.disk_usage(self._dir).free < size + RESERVE_BYTES:
             return  # over the budget, or the disk would fill: this training is not shared
         path = self._dir / f"{key}.pt"
+        named = {**dict(trained.named_parameters(remove_duplicate=False)), **dict(trained.named_buffers(remove_duplicate=False))}
         try:
-            torch.save(trained, path)
-        except (OSError, pickle.PicklingError, TypeError, AttributeError):  # a model that cannot be pickled: costs reuse, not the run
+            # The values go to disk as plain tensors (loaded back with weights_only=True); the module's
+            # structure stays here as a skeleton whose tensors are on the meta device (no data).
+            skeleton = copy.deepcopy(trained, memo={id(t): _meta_like(t) for t in named.values()})
+            torch.save({name: t.detach() for name, t in named.items()}, path)
+        except (OSError, copy.Error, TypeError, AttributeError, RuntimeError):  # a model that cannot be copied: costs reuse, not the run
             path.unlink(missing_ok=True)
             return
         self._used += path.stat().st_size
         self._files[key] = path
+        self._skeletons[key] = skeleton
         self.trained[key] = self.trained.get(key, 0) + 1
