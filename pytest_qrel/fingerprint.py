@@ -72,3 +72,14 @@ def _short(value: Any) -> str:
     if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
         return value[:12]  # a digest: the prefix is enough to tell them apart
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB chunks (the one file digest of the package: model
+    checkpoints, artifacts, suite files, images). Raises OSError when the file cannot be read."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+

@@ -47,7 +47,6 @@ string, start and end times) and returns JSON-ready data; it imports no torch, t
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import platform
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -73,9 +72,11 @@ def _as_datetime(t: Time) -> _dt.datetime | None:
 
 
 def file_sha256(path: str | Path) -> str | None:
-    """SHA-256 of a file's bytes, or ``None`` when it cannot be read."""
+    """SHA-256 of a file's bytes (:func:`pytest_qrel.fingerprint.file_sha256`), or ``None`` when it cannot be read."""
+    from .fingerprint import file_sha256 as digest
+
     try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        return digest(path)
     except OSError:
         return None
 

@@ -88,6 +88,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..errors import DataError, DataMissingError
+from ..fingerprint import file_sha256
 from ..options import Option, anything, boolean, choice, choices_text, integer, parse_options, prefixed
 from .base import DATASET_SOURCES, OOD_LABEL
 from .paths import resolve_path
@@ -115,14 +116,6 @@ def subset_indices(n: int, limit: int | None, seed: int) -> np.ndarray:
     return np.sort(rng.choice(n, size=limit, replace=False))
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def files_fingerprint(
     header: Mapping[str, Any], relpaths: Sequence[str], sizes: Sequence[int], labels: np.ndarray, paths: Sequence[Path] | None = None
 ) -> str:
@@ -132,7 +125,7 @@ def files_fingerprint(
     for i, (rel, size, label) in enumerate(zip(relpaths, sizes, labels.tolist())):
         line = f"\n{rel}\t{size}\t{label}"
         if paths is not None:
-            line += "\t" + _sha256_file(paths[i])
+            line += "\t" + file_sha256(paths[i])
         h.update(line.encode())
     return h.hexdigest()
 

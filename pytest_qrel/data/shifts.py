@@ -628,10 +628,10 @@ def _frost_state(entry: Corruption, frost_dir: Path | str | None) -> tuple[Path 
         return None, {}
     if frost_dir is None:
         raise DataError(FROST_NEEDS_DIR)
-    from .folders import _sha256_file
+    from ..fingerprint import file_sha256
 
     files = frost_files(frost_dir)
-    return Path(frost_dir), {name: _sha256_file(path) for name, path in files.items()}
+    return Path(frost_dir), {name: file_sha256(path) for name, path in files.items()}
 
 
 def _is_pil(image: Any) -> bool:

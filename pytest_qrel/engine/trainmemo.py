@@ -64,10 +64,9 @@ def tensor_sha256(tensor: Any) -> str:
 def module_sha256(module: Any, skip: tuple[str, ...]) -> str:
     """SHA-256 of ``module``'s state dict without the entries ``skip``, and of its submodules' structure
     (their ``repr``: layer types and sizes, e.g. QuickGELU or GELU, which no tensor records)."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        if name not in skip:
-            h.update(f"{name}={tensor_sha256(tensor)};".encode())
+    from ..models.base import state_dict_sha256
+
+    h = hashlib.sha256(state_dict_sha256(module, skip).encode())
     for name, child in module.named_children():
         h.update(f"{name}:{child!r};".encode())
     return h.hexdigest()

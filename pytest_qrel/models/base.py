@@ -6,7 +6,7 @@ as ``source: "<scheme>:<arg>"`` and calls ``fn(arg, options=..., base_dir=...)``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,12 +71,15 @@ def model_source_meta(source: str) -> dict[str, Any]:
     return dict(MODEL_SOURCES.meta(scheme)) if scheme in MODEL_SOURCES else {}
 
 
-def state_dict_sha256(module: Any) -> str:
-    """SHA-256 over the names, shapes, dtypes and bytes of every tensor in ``module.state_dict()``."""
+def state_dict_sha256(module: Any, skip: Collection[str] = ()) -> str:
+    """SHA-256 over the names, shapes, dtypes and bytes of every tensor in ``module.state_dict()``
+    (but the entries named in ``skip``)."""
     import hashlib
 
     h = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
+        if name in skip:
+            continue
         t = tensor.detach().cpu().contiguous()
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
         h.update(t.view(-1).view(dtype=__import__("torch").uint8).numpy().tobytes() if t.numel() else b"")

@@ -586,11 +586,9 @@ def checkpoint_file_sha256(path: Path) -> str:
 
 @functools.lru_cache(maxsize=16)
 def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from ..fingerprint import file_sha256
+
+    return file_sha256(path)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -69,6 +69,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelError, UnknownNameError
+from ..fingerprint import file_sha256
 from ..options import Option, anything, boolean, integer, mapping, parse_options, prefixed
 from .base import MODEL_SOURCES, LoadedModel, state_dict_sha256
 
@@ -249,17 +250,6 @@ def read_state_dict(path: Path, *, fix: str) -> dict[str, Any]:
                 f"(save `model.state_dict()` or convert it to .safetensors; {fix})"
             ) from None
     return _unwrap_state_dict(obj, path, fix)
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes (read in 1 MiB chunks)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 _NPZ_BLOCK_KEY = re.compile(r"(?:^|/)Transformer/encoderblock_(\d+)/")

@@ -19,12 +19,11 @@ Missing, unreadable or wrongly shaped artifact files are a
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 from ..errors import QuantOptionError
-from ..fingerprint import package_version
+from ..fingerprint import file_sha256, package_version
 
 RUNTIME_PACKAGES: dict[str, tuple[str, ...]] = {
     "onnxruntime": ("onnxruntime", "onnx", "torch"),
@@ -33,18 +32,6 @@ RUNTIME_PACKAGES: dict[str, tuple[str, ...]] = {
     "torch": ("torch",),
 }
 """Packages whose versions a unit of each runtime records (the first is the runtime itself)."""
-
-CHUNK = 1 << 20
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes (read in 1 MiB chunks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def resolved_threads(threads: int | None) -> int:
     """The thread count a runtime will use: ``threads``, or torch's in this process."""

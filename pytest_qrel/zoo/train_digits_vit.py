@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import math
 import platform
@@ -31,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..fingerprint import file_sha256
 from ..io import atomic_write_bytes, atomic_write_text
 from . import ZOO_DIR, build_vit
 
@@ -144,14 +144,6 @@ def evaluate(module: Any, split: str = "test") -> dict[str, float]:
         "ece": _ece(probs, labels),
         "n": int(len(labels)),
     }
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # -------------------------------------------------------------------------------------------- train
