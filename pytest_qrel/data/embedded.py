@@ -80,6 +80,19 @@ EMBEDDED_SETS: Registry[EmbeddedSet] = Registry("embedded dataset")
 # ----------------------------------------------------------------------------------------- digits
 
 
+def _package_file(package: str, *parts: str) -> Path | None:
+    """A data file shipped inside the installed top-level ``package`` (found, not imported: importing
+    scikit-learn or skimage.io costs a cold run a second or a third of one), or None."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(root).joinpath(*parts)
+        if path.is_file():
+            return path
+    return None
+
+
 def _load_digits_file() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's digits as (1797, 8, 8) pixel values 0..16 and their labels 0..9.
 
@@ -88,15 +101,12 @@ def _load_digits_file() -> tuple[np.ndarray, np.ndarray]:
     scikit-learn: importing it costs about a second (scipy.stats) that a run computing no
     scikit-learn metric need not pay. Falls back to ``load_digits`` when the file is not there."""
     import gzip
-    import importlib.util
 
-    spec = importlib.util.find_spec("sklearn")  # a top-level package: found, not imported
-    for root in (spec.submodule_search_locations or []) if spec else []:
-        path = Path(root) / "datasets" / "data" / "digits.csv.gz"
-        if path.is_file():
-            with gzip.open(path, "rt") as fh:
-                table = np.loadtxt(fh, delimiter=",")
-            return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
+    path = _package_file("sklearn", "datasets", "data", "digits.csv.gz")
+    if path is not None:
+        with gzip.open(path, "rt") as fh:
+            table = np.loadtxt(fh, delimiter=",")
+        return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -176,16 +186,12 @@ def _load_skimage(name: str) -> np.ndarray:
     Pillow's), without importing ``skimage.io``: that import (scipy.linalg, every imageio plugin)
     costs about 0.3 s of a cold run. Where the file is not in the folder (a scikit-image that
     fetches its data), ``skimage.data`` loads it. ``tests/test_embedded_data.py`` compares both."""
-    import importlib.util
+    path = _package_file("skimage", "data", _SKIMAGE_FILES.get(name, f"{name}.png"))
+    if path is not None:
+        from PIL import Image
 
-    spec = importlib.util.find_spec("skimage")  # a top-level package: found, not imported
-    for root in (spec.submodule_search_locations or []) if spec else []:
-        path = Path(root) / "data" / _SKIMAGE_FILES.get(name, f"{name}.png")
-        if path.is_file():
-            from PIL import Image
-
-            with Image.open(path) as image:
-                return np.asarray(image)
+        with Image.open(path) as image:
+            return np.asarray(image)
     import skimage.data
 
     if name == "motorcycle":
