@@ -93,9 +93,7 @@ def _merge(args: argparse.Namespace) -> int:
     if args.report_url is not None:
         from .output_paths import report_url_problem
 
-        if args.report is None:
-            raise MergeError(f"--report-url {args.report_url}: the links it sets are in the report's Markdown summary: add --report PATH")
-        if problem := report_url_problem(args.report_url):
+        if problem := report_url_problem(args.report_url, report_given=args.report is not None, report_flag="--report"):
             raise MergeError(f"--report-url {args.report_url}: {problem}")
     if args.merged is not None and (problem := results_path_problem(args.merged)):
         raise MergeError(f"--results {args.merged}: {problem}")

@@ -48,12 +48,15 @@ def report_path_problem(path: Path) -> str | None:
     return None
 
 
-def report_url_problem(url: str) -> str | None:
+def report_url_problem(url: str, *, report_given: bool, report_flag: str) -> str | None:
     """Why ``url`` cannot be where the Markdown summary's links point (``None``: it can).
 
     The address CI publishes the HTML report at (``https://ci.example/run/42/demo.html``), or a
     path relative to where the summary is read: the links append ``#<row anchor>`` to it, so it
-    carries no fragment and no whitespace."""
+    carries no fragment and no whitespace. ``report_given``: whether the report is written at all
+    (by ``report_flag``, ``--qrel-report`` or ``qrel merge --report``): without it no summary has links."""
+    if not report_given:
+        return f"the links it sets are in the report's Markdown summary: add {report_flag} PATH"
     if not url or any(c.isspace() for c in url):
         return "the address must be one word (e.g. https://ci.example/run/42/demo.html)"
     if "#" in url:

@@ -32,9 +32,7 @@ def check_output_paths(config: pytest.Config) -> None:
     if url is not None:
         from ..output_paths import report_url_problem
 
-        if not report:
-            raise pytest.UsageError(f"--qrel-report-url {url}: the links it sets are in the report's Markdown summary: add --qrel-report PATH")
-        if problem := report_url_problem(url):
+        if problem := report_url_problem(url, report_given=bool(report), report_flag="--qrel-report"):
             raise pytest.UsageError(f"--qrel-report-url {url}: {problem}")
     if results and (problem := results_path_problem(Path(results))):
         raise pytest.UsageError(f"--qrel-results {results}: {problem}")
