@@ -103,6 +103,7 @@ def _clip(head_seed: int = 0, weight: float = 0.0) -> torch.nn.Module:
 
 def test_the_training_key_holds_every_input_and_the_head_only_for_a_logit_loss():
     from pytest_qrel.engine.trainmemo import TrainMemo
+    from pytest_qrel.models.base import state_dict_sha256
     from pytest_qrel.quantize import validate_quantizer
 
     memo, identity = TrainMemo(), {"source": "open_clip:x", "options": {}, "preprocessing": "p"}
@@ -110,7 +111,9 @@ def test_the_training_key_holds_every_input_and_the_head_only_for_a_logit_loss()
     lsq = validate_quantizer("qat_lsq", 8, 8, {"steps": 1})
 
     def key(model=None, config=lsq, x=images, labels=None, targets=captions, ident=identity):
-        return memo.key(ident, _clip() if model is None else model, config, x, labels, targets, "cpu")
+        model = _clip() if model is None else model
+        # the loader's identity names the loaded weights (head included), as Loader.identity does
+        return memo.key({**ident, "weights_sha256": state_dict_sha256(model)}, model, config, x, labels, targets, "cpu")
 
     base = key()
     assert key(_clip(head_seed=1)) == base  # another zero-shot head: the contrastive loss never reads it
@@ -131,6 +134,19 @@ def test_the_training_key_holds_every_input_and_the_head_only_for_a_logit_loss()
     assert key(_clip(head_seed=1), labels=labels, targets=None) != key(labels=labels, targets=None)  # cross-entropy
     assert key(labels=labels, targets=None) != key(labels=labels.flip(0), targets=None)
     assert memo.key(identity, _clip(), validate_quantizer("minmax", 8, 8), images, None, None, "cpu") is None
+    # the head-free weights are hashed once per loaded model, not once per quantizer
+    hashed = []
+    import pytest_qrel.engine.trainmemo as tm
+
+    real = tm.module_sha256
+    tm.module_sha256 = lambda m, skip: hashed.append(1) or real(m, skip)
+    try:
+        fresh, model = TrainMemo(), _clip(weight=2e-3)
+        ident = {**identity, "weights_sha256": state_dict_sha256(model)}
+        keys = {fresh.key(ident, model, c, images, None, captions, "cpu") for c in (lsq, validate_quantizer("qat", 8, 8, {"steps": 1}))}
+    finally:
+        tm.module_sha256 = real
+    assert len(keys) == 2 and len(hashed) == 1
 
 
 def test_a_reused_training_takes_the_units_head_and_a_full_budget_shares_nothing():

@@ -125,6 +125,7 @@ class TrainMemo:
         self.budget_bytes = budget_from_env() if budget_bytes is None else budget_bytes
         self._dir: Path | None = None
         self._files: dict[str, Path] = {}
+        self._module_digests: dict[str, str] = {}  # fp.digest([identity, skip]) -> module_sha256
         self._skeletons: dict[str, Any] = {}  # key -> the trained module with meta tensors (its structure)
         self._used = 0
         self.trained: dict[str, int] = {}
@@ -149,13 +150,23 @@ class TrainMemo:
         skip = () if with_head else head_entries(module)
         return fp.digest({
             "model": {k: identity.get(k) for k in ("source", "options", "preprocessing", "checkpoint_sha256")},
-            "module": module_sha256(module, skip),
+            "module": self._module_digest(identity, module, skip),
             "method": [config.method, config.weight_bits, config.act_bits, repr(config.options), config.seed],
             "images": tensor_sha256(images),
             "labels": tensor_sha256(labels),
             "targets": tensor_sha256(None if targets is None else targets.features),
             "device": str(device),
         })
+
+    def _module_digest(self, identity: dict[str, Any], module: Any, skip: tuple[str, ...]) -> str:
+        """:func:`module_sha256`, once per loaded model (its ``weights_sha256`` names the weights it
+        hashes): a scenario's QAT quantizers all train the same FP32 module, a ViT-B's 350 MB."""
+        if not identity.get("weights_sha256"):
+            return module_sha256(module, skip)
+        cache_key = fp.digest([identity, list(skip)])
+        if cache_key not in self._module_digests:
+            self._module_digests[cache_key] = module_sha256(module, skip)
+        return self._module_digests[cache_key]
 
     def get(self, key: str, module: Any, device: str) -> Any | None:
         """The memoised trained module with ``module``'s head entries, or None."""
