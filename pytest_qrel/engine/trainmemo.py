@@ -243,6 +243,11 @@ class TrainMemo:
         self.evicted: dict[str, int] = {}
 
     @property
+    def folder(self) -> Path | None:
+        """The private temporary folder of the entries' files (None until the first is kept)."""
+        return self._dir
+
+    @property
     def used_bytes(self) -> int:
         """Bytes the kept entries' files take."""
         return sum(e.size for e in self._entries.values())
@@ -315,8 +320,8 @@ class TrainMemo:
         if self._dir is None:
             self._dir = Path(tempfile.mkdtemp(prefix="qrel-quant-"))
             weakref.finalize(self, shutil.rmtree, self._dir, True)
-        size = sum(t.numel() * t.element_size() for t in trained.state_dict().values())
-        if not self._make_room(size, backbone, key.with_head):
+        estimate = sum(t.numel() * t.element_size() for t in trained.state_dict().values())  # the file holds a little more
+        if not self._make_room(estimate, backbone, key.with_head):
             return  # over the budget, or the disk would fill: this one is not shared
         path = self._dir / f"{key.digest}.pt"
         named = {**dict(trained.named_parameters(remove_duplicate=False)), **dict(trained.named_buffers(remove_duplicate=False))}
@@ -328,20 +333,24 @@ class TrainMemo:
         except (OSError, copy.Error, TypeError, AttributeError, RuntimeError):  # a model that cannot be copied: costs reuse, not the run
             path.unlink(missing_ok=True)
             return
-        self._entries[key.digest] = _Entry(path, path.stat().st_size, skeleton, key.with_head,
-                                           set() if backbone is None else {backbone})
+        size = path.stat().st_size
+        if not self._make_room(size, backbone, key.with_head, written=size):  # the budget counts what is written
+            path.unlink(missing_ok=True)
+            return
+        self._entries[key.digest] = _Entry(path, size, skeleton, key.with_head, set() if backbone is None else {backbone})
         counter = self.trained if key.training else self.calibrated
         counter[key.digest] = counter.get(key.digest, 0) + 1
 
-    def _fits(self, size: int, freed: int) -> bool:
+    def _fits(self, size: int, freed: int, written: int) -> bool:
         assert self._dir is not None
         return (self.used_bytes - freed + size <= self.budget_bytes
-                and shutil.disk_usage(self._dir).free + freed >= size + RESERVE_BYTES)
+                and shutil.disk_usage(self._dir).free + freed + written >= size + RESERVE_BYTES)
 
-    def _make_room(self, size: int, backbone: Backbone | None, with_head: bool) -> bool:
-        """Whether ``size`` more bytes fit, after evicting what the module docstring's order allows
-        (only when that makes enough room: nothing is evicted for an entry that still would not fit)."""
-        if self._fits(size, 0):
+    def _make_room(self, size: int, backbone: Backbone | None, with_head: bool, written: int = 0) -> bool:
+        """Whether an entry of ``size`` bytes (``written`` of them on disk already) fits, after evicting
+        what the module docstring's order allows (only when that makes enough room: nothing is
+        evicted for an entry that still would not fit)."""
+        if self._fits(size, 0, written):
             return True
         others = [k for k, e in self._entries.items() if backbone not in e.backbones]
         own_heads = [] if with_head else [k for k, e in self._entries.items() if backbone in e.backbones and e.with_head]
@@ -349,7 +358,7 @@ class TrainMemo:
         for k in others + own_heads:
             victims.append(k)
             freed += self._entries[k].size
-            if self._fits(size, freed):
+            if self._fits(size, freed, written):
                 for v in victims:
                     self._drop(v)
                     self.evicted[v] = self.evicted.get(v, 0) + 1
