@@ -157,7 +157,8 @@ def test_the_training_key_holds_every_input_and_the_head_only_for_a_logit_loss()
         assert key(config=config, targets=None).with_head
         assert key(_clip(head_seed=1), config=config, targets=None) != key(config=config, targets=None), method
     assert memo.key(identity, _clip(), validate_quantizer("onnxruntime", 8, 8), images, None, None, "cpu") is None
-    # the head-free weights are hashed once per loaded model, not once per quantizer
+    # the head-free weights are hashed once per loaded model, not once per quantizer (nor again for a
+    # key that holds the head: its buffers are hashed apart)
     hashed = []
     import pytest_qrel.engine.trainmemo as tm
 
@@ -166,10 +167,11 @@ def test_the_training_key_holds_every_input_and_the_head_only_for_a_logit_loss()
     try:
         fresh, model = TrainMemo(), _clip(weight=2e-3)
         ident = {**identity, "weights_sha256": state_dict_sha256(model)}
-        keys = {fresh.key(ident, model, c, images, None, captions, "cpu") for c in (lsq, validate_quantizer("qat", 8, 8, {"steps": 1}))}
+        keys = {fresh.key(ident, model, c, images, None, captions, "cpu") for c in (lsq, validate_quantizer("qat", 8, 8, {"steps": 1}), distill)}
+        keys |= {fresh.key(ident, model, validate_quantizer(m, 8, 8), images, None, None, "cpu") for m in ("minmax", "smoothquant")}
     finally:
         tm.module_sha256 = real
-    assert len(keys) == 2 and len(hashed) == 1
+    assert len(keys) == 5 and len(hashed) == 1
 
 
 def _key(name: str, with_head: bool = False, training: bool = True):
