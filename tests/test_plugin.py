@@ -741,6 +741,57 @@ def test_a_worker_that_finishes_a_unit_takes_one_more_unit_not_two(pytester):
     assert not sched.workqueue
 
 
+def test_scenario_units_go_to_the_worker_that_owns_their_quantizer_and_models_are_not_revisited(pytester):
+    # Two backbones x two scenarios x four quantizers: a worker owns the quantizers it takes first
+    # (its memo then serves them in the other scenario), finishes a scenario model before the next
+    # and never returns to a model it left (each model is loaded once per worker); a model of a
+    # suite without scenarios stays in the queue's order.
+    import types
+
+    from pytest_qrel.plugin.xdist_sched import UnitScheduling, affinity_group
+
+    class Node:
+        def __init__(self, name: str) -> None:
+            self.gateway, self.shutting_down, self.sent = types.SimpleNamespace(id=name), False, []
+
+        def send_runtest_some(self, indexes: list[int]) -> None:
+            self.sent.extend(indexes)
+
+        def shutdown(self) -> None:
+            self.shutting_down = True
+
+    models = ["a@s1", "a@s2", "b@s1", "b@s2"]
+    collection = [f"none.yaml::{m}::{q}::check{k}" for m in models for q in ("Q1", "Q2", "Q3", "Q4+temperature") for k in range(2)]
+    sched = UnitScheduling(pytester.parseconfig("-p", "xdist", "--tx", "2*popen"))
+    nodes = [Node("gw0"), Node("gw1")]
+    for node in nodes:
+        sched.add_node(node)
+        sched.add_node_collection(node, collection)
+    sched.schedule()
+    done: set[int] = set()
+    turns = iter([0, 1, 1, 0, 1, 1, 1, 0] * 8)  # uneven speeds: the next unit is not simply the other worker's
+    while sched.has_pending:
+        turn = next(turns)
+        node = nodes[turn] if any(i not in done for i in nodes[turn].sent) else nodes[1 - turn]
+        first = next(i for i in node.sent if i not in done)
+        unit = collection[first].rsplit("::", 1)[0]
+        for i in [i for i in node.sent if i not in done and collection[i].startswith(unit + "::")]:
+            done.add(i)
+            sched.mark_test_complete(node, i)
+    assert len(done) == len(collection)
+    units = {n.gateway.id: list(dict.fromkeys(collection[i].rsplit("::", 1)[0] for i in n.sent)) for n in nodes}
+    owner_of = {}
+    for name, seq in units.items():
+        assert seq, name  # both workers had work
+        for unit in seq:
+            assert owner_of.setdefault(affinity_group(unit), name) == name, (unit, units)
+        order = [unit.split("::")[1] for unit in seq]
+        visited = list(dict.fromkeys(order))
+        assert order == sorted(order, key=visited.index), order  # a model is never met again once left
+    assert affinity_group("none.yaml::a@s2::Q4+temperature") == "none.yaml::a::Q4"
+    assert affinity_group("none.yaml::a::Q1") == "none.yaml::a::Q1" != affinity_group("none.yaml::b::Q1")
+
+
 def test_a_crashed_workers_unit_goes_to_a_worker_that_has_collected(pytester):
     # The check a dying worker was running is named; its unit's unfinished checks are queued
     # again; a replacement still collecting gets nothing before its collection arrives (xdist
