@@ -484,7 +484,8 @@ def test_markdown_summary_of_a_failing_run() -> None:
     md = render_markdown(rd.demo_results(), report_path="reports/demo.html")
     assert md.startswith("## \u274c pytest-qrel: FAIL \u2014 demo\n")
     assert "**2 of 40 checks block the release.**" in md
-    assert "pytest 'suites/demo.yaml::vit_digits[W6A6-digits]::nll delta<=40%'" in md.splitlines()  # shell-quoted, in a code block
+    # shell-quoted, in a code block; --qrel-suite: pasted, it also selects a suite outside qrel_suite_glob (suites/*.yaml)
+    assert "pytest --qrel-suite suites/demo.yaml 'suites/demo.yaml::vit_digits[W6A6-digits]::nll delta<=40%'" in md.splitlines()
     line = next(ln for ln in md.splitlines() if ln.startswith("| `W6A6 nll delta <= 40%`"))
     assert "+40.62%" in line and "\\[95% CI +29.09%, +52.16%\\]" in line and "| -0.62% |" in line
     assert "### Expected failures" in md and "W4A4 minmax keeps top-1" in md
