@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="example: qrel init timm:test_vit photos --random-init")
     init.add_argument("model", help="a timm model name (timm:<name> or just <name>) or another model source (embedded:digits_vit)")
     init.add_argument("folder", type=Path, help="the folder of images: class folders, or train/val/test folders of class folders")
-    init.add_argument("--out", "-o", type=Path, default=None, help="the suite file to write (default: suites/<folder name>.yaml)")
+    init.add_argument("--out", "-o", type=Path, default=None, help="the suite file to write (default: suites/<folder name>.yaml, spaces and punctuation as _)")
     init.add_argument("--name", default=None, help="the suite's name (its baselines folder; default: the file name)")
     weights = init.add_mutually_exclusive_group()
     weights.add_argument("--random-init", action="store_true",
@@ -109,11 +109,17 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def _init(args: argparse.Namespace) -> int:
     from .init_suite import InitRequest, model_notes, write_starter_suite
 
-    out = args.out or Path("suites") / f"{args.folder.resolve().name or 'suite'}.yaml"
+    import shlex
+
+    from .init_suite import name_key
+
+    # the default file name is a key (no spaces): it starts every node id, and the commands below are pasted
+    out = args.out or Path("suites") / f"{name_key(args.folder.resolve().name, 'suite')}.yaml"
     req = InitRequest(model=args.model, data=args.folder, out=out, name=args.name, random_init=args.random_init, checkpoint=args.checkpoint)
     path, layout = write_starter_suite(req)
     splits = ", ".join(f"{s}: {n} images" for s, n in layout.images.items())
-    where = f"split_dirs {layout.split_dirs}" if layout.split_dirs else "class folders without splits"
+    dirs = ", ".join(f"{s}: {d}" for s, d in layout.split_dirs.items())
+    where = f"split_dirs {{{dirs}}}" if layout.split_dirs else "class folders without splits"
     print(f"qrel init: wrote {path} ({len(layout.classes)} classes; {where}; {splits})")
     print(f"  paths in it are relative to {path.parent.as_posix() or '.'}/ (the suite file's folder)")
     if args.random_init:
@@ -121,8 +127,9 @@ def _init(args: argparse.Namespace) -> int:
     for note in model_notes(req, layout):
         print(f"  note: {note}")
     print("next:")
-    print(f"  pytest --qrel-suite {path.as_posix()} --qrel-update-baselines   # once: the FP32 baseline")
-    print(f"  pytest --qrel-suite {path.as_posix()} --qrel-report reports/{path.stem}.html")
+    suite, report = shlex.quote(path.as_posix()), shlex.quote(f"reports/{name_key(path.stem, 'suite')}.html")
+    print(f"  pytest --qrel-suite {suite} --qrel-update-baselines   # once: the FP32 baseline")
+    print(f"  pytest --qrel-suite {suite} --qrel-report {report}")
     return 0
 
 

@@ -117,7 +117,7 @@ def detect_layout(root: Path) -> Layout:
     return layout
 
 
-def _key(text: str, default: str) -> str:
+def name_key(text: str, default: str) -> str:
     """A suite key / dataset name from free text: letters, digits and ``_`` (no ``-``: ids use it)."""
     key = re.sub(r"[^A-Za-z0-9_]+", "_", text).strip("_")
     return key if key and not key[0].isdigit() else f"{default}_{key}" if key else default
@@ -154,9 +154,9 @@ def suite_text(req: InitRequest, layout: Layout) -> str:
     source = _source(req.model)
     scheme, _, arg = source.partition(":")
     timm = scheme == "timm"
-    name = req.name or _key(req.out.stem, "suite")
-    model_key = _key(arg.split("/")[-1].split(".")[0], "model")
-    data_name = _key(layout.root.resolve().name, "data")
+    name = req.name or name_key(req.out.stem, "suite")
+    model_key = name_key(arg.split("/")[-1].split(".")[0], "model")
+    data_name = name_key(layout.root.resolve().name, "data")
     root = _rel(layout.root, base)
     lines = [
         f"# A starter suite written by `qrel init` for {source} and the images in {root}.",

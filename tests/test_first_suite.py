@@ -164,3 +164,19 @@ def test_qrel_command_line_help_version_and_typos(capsys):
             qrel_main(argv)
         err = capsys.readouterr().err
         assert stop.value.code == 2 and err.startswith(usage) and message in err, err
+
+
+def test_init_with_spaces_in_the_folder_prints_commands_that_paste(tmp_path, monkeypatch, capsys):
+    """A folder named `my photos`: the default suite file has no space (its name starts every node
+    id), and a given --out with spaces is shell-quoted in the printed next steps."""
+    for cls in ("cat", "dog"):
+        _jpegs(tmp_path / "my photos" / cls)
+    monkeypatch.chdir(tmp_path)
+    assert qrel_main(["init", "embedded:digits_vit", "my photos"]) == 0
+    out = capsys.readouterr().out
+    assert "wrote suites/my_photos.yaml (2 classes; class folders without splits" in out
+    assert "  pytest --qrel-suite suites/my_photos.yaml --qrel-report reports/my_photos.html" in out.splitlines()
+    assert qrel_main(["init", "embedded:digits_vit", "my photos", "--out", "my suites/a b.yaml"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert shlex.split(lines[-1]) == ["pytest", "--qrel-suite", "my suites/a b.yaml", "--qrel-report", "reports/a_b.html"]
+    assert load_suite(tmp_path / "my suites/a b.yaml").id_dataset.source == "imagefolder:../my photos"
