@@ -304,7 +304,11 @@ def test_bad_spec_is_one_line_collection_error_and_touches_nothing(pytester, wri
 def test_missing_suite_file_is_a_usage_error(pytester):
     result = pytester.runpytest("--qrel-suite", "suites/nope.yaml")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--qrel-suite suites/nope.yaml: no such file*"])
+    result.stderr.fnmatch_lines(["*--qrel-suite suites/nope.yaml: no such file (give the path of a suite YAML file)"])
+    (pytester.path / "suites").mkdir()
+    (pytester.path / "suites/photos.yaml").write_text("version: 1\n")
+    result = pytester.runpytest("--qrel-suite", "suites/photo.yaml")  # a typo: the file beside it is suggested
+    result.stderr.fnmatch_lines(["*--qrel-suite suites/photo.yaml: no such file; did you mean 'suites/photos.yaml'? (give the path*"])
 
 
 @pytest.mark.parametrize(
