@@ -116,6 +116,8 @@ def _init(args: argparse.Namespace) -> int:
     # the default file name is a key (no spaces): it starts every node id, and the commands below are pasted
     out = args.out or Path("suites") / f"{name_key(args.folder.resolve().name, 'suite')}.yaml"
     req = InitRequest(model=args.model, data=args.folder, out=out, name=args.name, random_init=args.random_init, checkpoint=args.checkpoint)
+    if ":" not in args.model or args.model.startswith("timm:"):  # timm's import (torch) is the seconds a user waits here
+        print(f"qrel init: checking timm model '{args.model.removeprefix('timm:')}' ...", file=sys.stderr, flush=True)
     path, layout = write_starter_suite(req)
     splits = ", ".join(f"{s}: {n} images" for s, n in layout.images.items())
     dirs = ", ".join(f"{s}: {d}" for s, d in layout.split_dirs.items())
