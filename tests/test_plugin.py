@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -303,7 +304,11 @@ def test_bad_spec_is_one_line_collection_error_and_touches_nothing(pytester, wri
 def test_missing_suite_file_is_a_usage_error(pytester):
     result = pytester.runpytest("--qrel-suite", "suites/nope.yaml")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--qrel-suite suites/nope.yaml: no such file*"])
+    result.stderr.fnmatch_lines(["*--qrel-suite suites/nope.yaml: no such file (give the path of a suite YAML file)"])
+    (pytester.path / "suites").mkdir()
+    (pytester.path / "suites/photos.yaml").write_text("version: 1\n")
+    result = pytester.runpytest("--qrel-suite", "suites/photo.yaml")  # a typo: the file beside it is suggested
+    result.stderr.fnmatch_lines(["*--qrel-suite suites/photo.yaml: no such file; did you mean 'suites/photos.yaml'? (give the path*"])
 
 
 @pytest.mark.parametrize(
@@ -653,6 +658,8 @@ def test_progress_lines_unless_quiet_and_worker_status_files(pytester, write_sui
     pytester.runpytest(*SUITE, "--qrel-update-baselines", "-p", "no:cacheprovider")
     result = pytester.runpytest(*SUITE, "-p", "no:cacheprovider")  # not a terminal: one line per unit
     result.stdout.re_match_lines([r"qrel: vit W8A8: 1 passes, 385 images in \d+\.\d s", r"qrel: vit W4A4: 1 passes, 385 images in \d+\.\d s"])
+    # each unit line is followed by the suite file's name again: no item letter stands alone on a line
+    assert not [line for line in result.outlines if re.fullmatch(r"[.FEsxX]+(\s+\[\s*\d+%\])?", line.strip())], result.outlines
     quiet = pytester.runpytest(*SUITE, "-q", "-p", "no:cacheprovider")
     assert "qrel: vit" not in quiet.stdout.str()
     pytest.importorskip("xdist")
