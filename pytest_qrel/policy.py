@@ -318,7 +318,8 @@ class RunVerdict:
             return ""
         parts = [f"{n} {o}" for o, n in self.unverified.items()]
         if self.missing:
-            parts.append(f"{self.missing} planned without a result")
+            # the usual cause first: a check the user did not select (-k, node ids) is not run, not skipped
+            parts.append(f"{self.missing} planned without a result: not selected in this run, or not reached")
         return f"{self.n_unverified} of {self.of} checks did not run or could not decide ({', '.join(parts)}): not verified."
 
     def lines(self) -> list[str]:

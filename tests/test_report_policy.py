@@ -134,7 +134,7 @@ def test_the_standing_of_every_outcome() -> None:
     assert run_verdict([], None).status == "NO CHECKS" and run_verdict([], 2).status == "INCOMPLETE"
     missing = run_verdict([v("passed", True)], 4)
     assert missing.status == "INCOMPLETE" and missing.unverified_line == (
-        "3 of 4 checks did not run or could not decide (3 planned without a result): not verified.")
+        "3 of 4 checks did not run or could not decide (3 planned without a result: not selected in this run, or not reached): not verified.")
 
 
 def _v(outcome: str, passed: bool = False, metric: str = "top1") -> Verdict:
