@@ -514,11 +514,15 @@ def test_markdown_groups_failures_by_check_with_the_line_to_change_and_links_int
     html = render_html(res, figures=False)
     assert html.count(f'id="{anchor}"') == 1  # the link lands on the worst row of the failing table
     assert f"pytest --qrel-suite suites/demo.yaml {shlex.quote(worst.nodeid)}" in md.splitlines()
-    # every failing row of the report offers its node id shell-quoted in one unwrapped code element
-    codes = {html_unescape(c) for c in re.findall(r'<code class="nodeid"[^>]*>(.*?)</code>', html)}
-    assert {f"pytest --qrel-suite suites/demo.yaml {shlex.quote(v.nodeid)}" for v in failing} <= codes
-    # one shell word, the id itself; --qrel-suite names the suite, so the pasted command collects it outside suites/*.yaml too
-    assert shlex.split(next(iter(codes)))[1:3] == ["--qrel-suite", "suites/demo.yaml"]
+    # every failing row of the report offers its node id shell-quoted in one unwrapped code element,
+    # on its own line after a shell line continuation (a narrow cell shows the id, not the command's start)
+    codes = {html_unescape(c) for c in re.findall(r'<code class="nodeid"[^>]*>(.*?)</code>', html, re.S)}
+    assert {f"pytest --qrel-suite suites/demo.yaml \\\n    {shlex.quote(v.nodeid)}" for v in failing} <= codes
+    # pasted into a shell, one command: the continuation joins the lines, the id is one word;
+    # --qrel-suite names the suite, so it collects it outside suites/*.yaml too
+    pasted = next(iter(codes))
+    assert pasted.splitlines()[1].lstrip().startswith("'suites/demo.yaml::")
+    assert shlex.split(pasted.replace("\\\n", ""))[1:3] == ["--qrel-suite", "suites/demo.yaml"]
     assert shlex.split(f"pytest --qrel-suite suites/demo.yaml {shlex.quote(worst.nodeid)}")[3] == worst.nodeid
     assert render_markdown(res, report_path="out/demo.html", report_url="https://ci.example/r.html").count("(https://ci.example/r.html#v-") >= 3
 

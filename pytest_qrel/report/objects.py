@@ -143,6 +143,7 @@ class VerdictRow:
     css: str
     sort_margin: float | None
     rerun: str = ""  # the command that re-runs this check, its node id shell-quoted: pytest --qrel-suite suites/x.yaml 'suites/x.yaml::m::q::...'
+    rerun_continued: str = ""  # the same over two lines (shell continuation): the HTML cell shows the id
     row_id: str = ""  # the row's HTML id in the failing / not-verified / expected tables (verdict_anchor)
 
 

@@ -254,19 +254,23 @@ class _Builder:
             outcome=v.outcome, where=where, anchor=self.anchors.get((v.suite, v.model), ""), nodeid=v.nodeid, check=v.check,
             fp32=fp32, value=value, shown=shown or MISSING, ci=v.ci_display or MISSING, bound=v.bound_display or v.bound or MISSING,
             message=v.message, reason=v.reason, css=f"row-{v.outcome.replace(' ', '-')}", sort_margin=v.margin,
-            rerun=rerun_command(v.nodeid), row_id=verdict_anchor(v),
+            rerun=rerun_command(v.nodeid), rerun_continued=rerun_command(v.nodeid, continued=True), row_id=verdict_anchor(v),
         )
 
 
-def rerun_command(nodeid: str) -> str:
+def rerun_command(nodeid: str, *, continued: bool = False) -> str:
     """``pytest --qrel-suite <suite> '<node id>'``: the id shell-quoted (ids hold spaces, parentheses,
     ``<=``), pasteable as one argument in POSIX shells; empty without an id. ``--qrel-suite`` makes
     pytest read the suite wherever it lives (without it, only files matching ``qrel_suite_glob``,
-    ``suites/*.yaml`` by default, are collected), as the terminal's ``re-run one:`` line does."""
+    ``suites/*.yaml`` by default, are collected), as the terminal's ``re-run one:`` line does.
+    ``continued``: the id on a second line after a shell line continuation (a trailing backslash), so that a
+    narrow table cell shows the id rather than the command's fixed start."""
     import shlex
 
     suite = nodeid.split("::", 1)[0]
-    return f"pytest --qrel-suite {shlex.quote(suite)} {shlex.quote(nodeid)}" if nodeid else ""
+    if not nodeid:
+        return ""
+    return f"pytest --qrel-suite {shlex.quote(suite)}" + (" \\\n    " if continued else " ") + shlex.quote(nodeid)
 
 
 def verdict_anchor(v: Verdict) -> str:
