@@ -44,8 +44,10 @@ def census_failure(spec: Any, census: dict[str, Any]) -> SimulationError | None:
     problem = bits_problem(census, spec.weight_bits, spec.act_bits)
     if problem is None:
         return None
+    fix = ("give the quantized file (a float export is not one), or declare the bits it has (weight_bits, act_bits)"
+           if spec.method == "artifact" else "declare the bits the runtime's recipe produces (weight_bits, act_bits)")
     return SimulationError(f"{spec.where or spec.name}: quantizer '{spec.name}' (method {spec.method}) is not what it declares: "
-                           f"{problem}; census: {summary(census)}")
+                           f"{problem}; census: {summary(census)} (fix: {fix})")
 
 
 def _check_unchanged(spec: Any, identity: dict[str, Any], key_identity: dict[str, Any] | None) -> None:
