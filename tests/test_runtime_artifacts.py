@@ -165,6 +165,31 @@ def test_onnx_file_is_checked_against_the_suite_when_it_loads(tmp_path: Path) ->
         _load(other, model)
     assert f"{other} returns 5 logits per image, but the suite's FP32 model has 3 classes" in _message(info)
 
+    # weights in an external data file (torch.onnx.export(dynamo=True) writes model.onnx.data): read and fingerprinted
+    import onnx
+
+    from pytest_qrel.quantize import validate_quantizer
+    from pytest_qrel.runtimes.identity import artifact_identity
+
+    outside = tmp_path / "ext" / "tiny.onnx"
+    outside.parent.mkdir()
+    onnx.save(onnx.load(str(fixed)), str(outside), save_as_external_data=True, location="tiny.onnx.data", size_threshold=0)
+    with torch.no_grad():
+        torch.testing.assert_close(_load(outside, model)(IMAGES), model(IMAGES), rtol=1e-4, atol=1e-5)
+    config = validate_quantizer("artifact", 8, 8, {"path": str(outside)})
+    before = artifact_identity(config)["files"]
+    assert set(before) == {"tiny.onnx", "tiny.onnx.data"}
+    data = outside.with_name("tiny.onnx.data")
+    data.write_bytes(data.read_bytes()[::-1])
+    assert artifact_identity(config)["files"]["tiny.onnx.data"] != before["tiny.onnx.data"]
+    data.unlink()
+    with pytest.raises(QuantOptionError) as info:
+        _load(outside, model)
+    assert f"ONNX model {outside} keeps its weights in the external data file {data}, which does not exist" in _message(info)
+    with pytest.raises(QuantOptionError) as info:
+        _load(outside.parent, model, runtime="onnxruntime")
+    assert f"artifact file {outside.parent} is a folder, not a file" in _message(info)
+
     truncated = tmp_path / "cut.onnx"
     truncated.write_bytes(fixed.read_bytes()[:200])
     with pytest.raises(QuantOptionError) as info:

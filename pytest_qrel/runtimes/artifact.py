@@ -164,7 +164,7 @@ def artifact_method(model: Any, config: Any, calibration: Any, *, labels: Any = 
     if runtime == "onnxruntime":
         from .onnx import onnx_artifact
 
-        return onnx_artifact(paths[0], options, str(calibration.device), example.numpy(), identity, classes)
+        return onnx_artifact(paths, options, str(calibration.device), example.numpy(), identity, classes)
     if runtime == "openvino":
         from .openvino import openvino_artifact
 

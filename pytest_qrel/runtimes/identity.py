@@ -65,8 +65,9 @@ def runtime_identity(config: Any, base_dir: Path | None = None) -> dict[str, Any
 
 
 def artifact_paths(spelled: str, runtime: str, base_dir: Path | None) -> list[Path]:
-    """The files an artifact consists of (an OpenVINO ``.xml`` and its ``.bin``), resolved
-    against the suite's directory.
+    """The files an artifact consists of (an OpenVINO ``.xml`` and its ``.bin``; an ONNX model and
+    the external data files its tensors name, as ``torch.onnx.export(dynamo=True)`` writes
+    ``model.onnx.data``), resolved against the suite's directory.
 
     Raises:
         QuantOptionError: on ``path``, when a file does not exist or is not a file.
@@ -76,9 +77,18 @@ def artifact_paths(spelled: str, runtime: str, base_dir: Path | None) -> list[Pa
     path = (path if path.is_absolute() else base / path).resolve()
     where = f"(paths are relative to the suite file's directory {base})"
     if not path.is_file():
-        raise QuantOptionError("path", f"artifact file {path} does not exist {where}",
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise QuantOptionError("path", f"artifact file {path} {what} {where}",
                                "point 'path' at the quantized model file the team deploys")
     files = [path]
+    if runtime == "onnxruntime":
+        from .onnx import external_data_files
+
+        for data in external_data_files(path):
+            if not data.is_file():
+                raise QuantOptionError("path", f"ONNX model {path} keeps its weights in the external data file {data}, "
+                                       "which does not exist", "keep the data file saved with the .onnx beside it (as written)")
+            files.append(data)
     if runtime == "openvino":
         weights = path.with_suffix(".bin")
         if path.suffix.lower() != ".xml":

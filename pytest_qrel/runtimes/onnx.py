@@ -264,21 +264,22 @@ def profile_census(model: bytes | str, options: Any, device: str, example: np.nd
     return census_of("onnxruntime", kernels, images=batch, notes=notes)
 
 
-def ort_module(model_bytes: bytes, options: Any, device: str, example: np.ndarray, identity: dict[str, Any], *, notes: str = "",
-               session: Any = None, fixed_batch: int | None = None) -> RuntimeModule:
-    """The :class:`RuntimeModule` of an ONNX model (its session, census and identity); ``session``:
-    one opened already; ``fixed_batch``: the model takes exactly that many images (:mod:`.signature`)."""
-    sess = session if session is not None else load_session(model_bytes, options, device)
+def ort_module(model: bytes | str, options: Any, device: str, example: np.ndarray, identity: dict[str, Any], *, notes: str = "",
+               session: Any = None, fixed_batch: int | None = None, size: int | None = None) -> RuntimeModule:
+    """The :class:`RuntimeModule` of an ONNX model, its bytes or its path (its session, census and
+    identity); ``session``: one opened already; ``fixed_batch``: the model takes exactly that many
+    images (:mod:`.signature`); ``size``: its bytes on disk (default: ``len(model)``)."""
+    sess = session if session is not None else load_session(model, options, device)
     name = sess.get_inputs()[0].name
     notes = "; ".join(n for n in (notes, fixed_batch_note(fixed_batch)) if n)
-    census = profile_census(model_bytes, options, device, example, notes=notes, batch=fixed_batch or 1)
+    census = profile_census(model, options, device, example, notes=notes, batch=fixed_batch or 1)
     identity = {**identity, "provider": sess.get_providers()[0], "threads": resolved_threads(options.threads),
                 "graph_optimization": options.graph_optimization}
 
     def run(batch: np.ndarray) -> np.ndarray:
         return sess.run(None, {name: batch})[0]
 
-    info = {"identity": identity, "census": census, "artifact_bytes": len(model_bytes)}
+    info = {"identity": identity, "census": census, "artifact_bytes": len(model) if size is None else size}
     return RuntimeModule(run if not fixed_batch else fixed_batch_run(run, fixed_batch), info, keep=sess)
 
 
@@ -317,17 +318,49 @@ def declared_inputs(sess: Any) -> list[DeclaredInput]:
     return out
 
 
-def onnx_artifact(path: Path, options: Any, device: str, example: np.ndarray, identity: dict[str, Any], classes: int) -> RuntimeModule:
-    """A user's ``.onnx`` file as a runtime module: its declared input and its logits on one small
-    batch are checked against the suite's images and the FP32 model's ``classes`` first (:mod:`.signature`).
+def external_data_files(path: Path) -> list[Path]:
+    """The external data files the tensors of the ONNX model at ``path`` name (``[]``: its weights
+    are inside it, or it is not a model ONNX can parse: loading it says so)."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - a truncated or foreign file: the session's load reports it, with the file
+        return []
+    locations: list[str] = []
+
+    def visit(graph: Any) -> None:
+        tensors = list(graph.initializer) + list(graph.sparse_initializer)
+        for node in graph.node:
+            for attr in node.attribute:
+                tensors += ([attr.t] if attr.HasField("t") else []) + list(attr.tensors)
+                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    visit(sub)
+        for tensor in tensors:
+            if isinstance(tensor, onnx.TensorProto) and uses_external_data(tensor):
+                location = next((e.value for e in tensor.external_data if e.key == "location"), None)
+                if location and location not in locations:
+                    locations.append(location)
+
+    visit(model.graph)
+    return [(path.parent / location).resolve() for location in locations]
+
+
+def onnx_artifact(paths: list[Path], options: Any, device: str, example: np.ndarray, identity: dict[str, Any], classes: int) -> RuntimeModule:
+    """A user's ``.onnx`` file (``paths[0]``; the rest: its external data files) as a runtime
+    module: its declared input and its logits on one small batch are checked against the suite's
+    images and the FP32 model's ``classes`` first (:mod:`.signature`).
 
     Raises:
         QuantOptionError: on ``path``: not an ONNX model ONNX Runtime can load, or not one that
         maps the suite's preprocessed images to its classes.
     """
-    data = path.read_bytes()
-    sess = load_session(data, options, device, source=str(path))
+    path = paths[0]
+    model: bytes | str = path.read_bytes() if len(paths) == 1 else str(path)  # external data: ORT finds it beside the path
+    sess = load_session(model, options, device, source=str(path))
     fixed = check_inputs(path, declared_inputs(sess), example.shape[1:], EXPORT_HINT)
     name = sess.get_inputs()[0].name
     fixed = probe(path, lambda batch: sess.run(None, {name: batch})[0], example, fixed, classes, EXPORT_HINT)
-    return ort_module(data, options, device, example, identity, session=sess, fixed_batch=fixed)
+    return ort_module(model, options, device, example, identity, session=sess, fixed_batch=fixed,
+                      size=sum(p.stat().st_size for p in paths))
