@@ -62,8 +62,11 @@ def _exported_program(path: Path) -> Any:
     """The :class:`torch.export.ExportedProgram` saved at ``path`` (a ``.pt2``)."""
     import torch
 
+    from .torchao import quiet_pytree
+
     try:
-        return torch.export.load(str(path))
+        with quiet_pytree():  # a program of torchao tensors imports torchao while it loads
+            return torch.export.load(str(path))
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file: one line for all
         raise _load_failure(path, exc, "is not a torch.export program torch can load", f"save it with {PT2_HINT}") from None
 
@@ -110,7 +113,9 @@ def _state_dict_module(path: Path, model: Any) -> Any:
     import torch
 
     if importlib.util.find_spec("torchao") is not None:
-        import torchao.quantization  # type: ignore[import-untyped]  # noqa: F401  (registers its tensor classes as safe to load)
+        from .torchao import import_torchao
+
+        import_torchao()  # registers its tensor classes as safe to load
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - unpickling errors of any type: one line for all

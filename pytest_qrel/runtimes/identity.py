@@ -82,7 +82,7 @@ def artifact_paths(spelled: str, runtime: str, base_dir: Path | None) -> list[Pa
                                "point 'path' at the quantized model file the team deploys")
     files = [path]
     if runtime == "onnxruntime":
-        from .onnx import external_data_files
+        from .onnx_files import external_data_files
 
         for data in external_data_files(path):
             if not data.is_file():

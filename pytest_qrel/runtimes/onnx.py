@@ -318,35 +318,6 @@ def declared_inputs(sess: Any) -> list[DeclaredInput]:
     return out
 
 
-def external_data_files(path: Path) -> list[Path]:
-    """The external data files the tensors of the ONNX model at ``path`` name (``[]``: its weights
-    are inside it, or it is not a model ONNX can parse: loading it says so)."""
-    import onnx
-    from onnx.external_data_helper import uses_external_data
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # noqa: BLE001 - a truncated or foreign file: the session's load reports it, with the file
-        return []
-    locations: list[str] = []
-
-    def visit(graph: Any) -> None:
-        tensors = list(graph.initializer) + list(graph.sparse_initializer)
-        for node in graph.node:
-            for attr in node.attribute:
-                tensors += ([attr.t] if attr.HasField("t") else []) + list(attr.tensors)
-                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                    visit(sub)
-        for tensor in tensors:
-            if isinstance(tensor, onnx.TensorProto) and uses_external_data(tensor):
-                location = next((e.value for e in tensor.external_data if e.key == "location"), None)
-                if location and location not in locations:
-                    locations.append(location)
-
-    visit(model.graph)
-    return [(path.parent / location).resolve() for location in locations]
-
-
 def onnx_artifact(paths: list[Path], options: Any, device: str, example: np.ndarray, identity: dict[str, Any], classes: int) -> RuntimeModule:
     """A user's ``.onnx`` file (``paths[0]``; the rest: its external data files) as a runtime
     module: its declared input and its logits on one small batch are checked against the suite's
