@@ -98,6 +98,19 @@ def test_declared_batch() -> None:
     assert check_inputs(Path("m"), [DeclaredInput("x", None, "float32")], (1, 16, 16), "") is None
 
 
+def test_path_written_from_the_working_directory_gets_the_suite_relative_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_qrel.runtimes.identity import artifact_paths
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "vit.int8.onnx").write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)  # pytest runs here; the suite lives in suites/
+    with pytest.raises(QuantOptionError) as info:
+        artifact_paths("models/vit.int8.onnx", "torch", tmp_path / "suites")
+    text = _message(info)
+    assert f"artifact file {tmp_path / 'suites' / 'models' / 'vit.int8.onnx'} does not exist" in text
+    assert text.endswith(f"(fix: write 'path: ../models/vit.int8.onnx': {tmp_path / 'models' / 'vit.int8.onnx'} is that file, relative to the suite file)")
+
+
 def test_fixed_batch_run_cuts_and_pads() -> None:
     seen = []
 

@@ -19,6 +19,7 @@ Missing, unreadable or wrongly shaped artifact files are a
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -78,8 +79,11 @@ def artifact_paths(spelled: str, runtime: str, base_dir: Path | None) -> list[Pa
     where = f"(paths are relative to the suite file's directory {base})"
     if not path.is_file():
         what = "is a folder, not a file" if path.is_dir() else "does not exist"
-        raise QuantOptionError("path", f"artifact file {path} {what} {where}",
-                               "point 'path' at the quantized model file the team deploys")
+        fix = "point 'path' at the quantized model file the team deploys"
+        from_cwd = Path(spelled).expanduser().resolve()  # a path written relative to where pytest runs
+        if base_dir is not None and from_cwd.is_file() and from_cwd != path:
+            fix = f"write 'path: {os.path.relpath(from_cwd, base)}': {from_cwd} is that file, relative to the suite file"
+        raise QuantOptionError("path", f"artifact file {path} {what} {where}", fix)
     files = [path]
     if runtime == "onnxruntime":
         from .onnx_files import external_data_files
