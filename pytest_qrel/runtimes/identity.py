@@ -76,7 +76,7 @@ def artifact_paths(spelled: str, runtime: str, base_dir: Path | None) -> list[Pa
     base = Path(base_dir) if base_dir is not None else Path.cwd()
     path = Path(spelled).expanduser()
     path = (path if path.is_absolute() else base / path).resolve()
-    where = f"(paths are relative to the suite file's directory {base})"
+    where = f"(paths are relative to the suite file's directory {base.resolve()})"
     if not path.is_file():
         what = "is a folder, not a file" if path.is_dir() else "does not exist"
         fix = "point 'path' at the quantized model file the team deploys"
