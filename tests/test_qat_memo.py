@@ -1,7 +1,9 @@
-"""QAT trained once for the scenarios that share its inputs (engine/trainmemo.py): the CLIP suite's
-light QAT adapts on one image-text set with a loss on image features only, so a scenario (another
-zero-shot head) reuses the training; a loss on the class logits (qat_distill) or other training
-images train again."""
+"""Quantizations computed once for the scenarios that share their inputs (engine/trainmemo.py): the CLIP
+suite's light QAT adapts on one image-text set with a loss on image features only, and minmax calibrates
+on the same images observing layer inputs only, so a scenario (another zero-shot head) reuses them; a
+loss on the class logits (qat_distill), a PTQ method whose result reads them (smoothquant) or other
+calibration images compute again. Entries belong to backbones: released when a backbone's checks are
+done, evicted (other backbones first) past the budget."""
 
 from __future__ import annotations
 
@@ -27,8 +29,10 @@ SCENARIOS
 quantizers:
   W8A8-lsq: {method: qat_lsq, calibration: {samples: 8, data: "imagetext:pairs"}, options: {steps: 2, batch_size: 4}}
   W8A8-kd: {method: qat_distill, calibration: {samples: 8, data: "imagetext:pairs"}, options: {steps: 2, batch_size: 4}}
+  W8A8-ptq: {method: minmax, calibration: {samples: 8, data: "imagetext:pairs"}}
+  W8A8-sq: {method: smoothquant, calibration: {samples: 8, data: "imagetext:pairs"}}
 scores: [msp]
-checks: ["W8A8-lsq,W8A8-kd top1 delta <= 100pp"]
+checks: ["W8A8-lsq,W8A8-kd,W8A8-ptq,W8A8-sq top1 delta <= 100pp"]
 """
 DIGITS = '  digits:\n    id: {name: digits, source: "embedded:digits"}\n'
 WORDS = '  words:\n    id: {name: words, source: "imagefolder:words"}\n'  # other class names: another head
@@ -75,10 +79,17 @@ def test_scenarios_share_a_head_free_training_and_retrain_a_logit_loss(tmp_path,
     # qat_lsq's contrastive loss on captions reads no class logits: trained once for both scenarios;
     # qat_distill's KL on the zero-shot logits depends on each scenario's head: trained twice
     assert sorted(trainings) == ["DistillOptions", "DistillOptions", "LSQOptions"]
-    assert sum(both.units.train_memo.reused.values()) == 1
-    assert both.units.quantizations == {"W8A8-lsq": 2, "W8A8-kd": 2}  # every unit was still built (and evaluated)
+    memo = both.units.train_memo
+    assert sum(memo.reused.values()) == 1
+    # minmax observes layer inputs only: calibrated once; smoothquant's equivalence check reads the
+    # logits: calibrated (and kept, keyed by the head) in each scenario
+    assert sum(memo.calibrations_reused.values()) == 1 and sum(memo.calibrated.values()) == 3
+    assert both.units.quantizations == {"W8A8-lsq": 2, "W8A8-kd": 2, "W8A8-ptq": 2, "W8A8-sq": 2}  # every unit still built
+    # the backbone's last check released its entries (lsq, ptq, kd and sq per scenario), files included
+    assert sum(memo.released.values()) == 6 and not memo.kept() and not memo.evicted
+    assert memo.folder is not None and not list(memo.folder.glob("*.pt"))
 
-    # the reused training is the one the scenario trains alone: same metrics, to the last bit
+    # the reused training / calibration is the one the scenario computes alone: same metrics, to the last bit
     alone = _run(tmp_path, "alone.yaml", WORDS)
     assert sum(alone.units.train_memo.reused.values()) == 0
 
@@ -86,8 +97,8 @@ def test_scenarios_share_a_head_free_training_and_retrain_a_logit_loss(tmp_path,
         [state] = [s for (_, m, b), s in engine.lifecycle.states.items() if m == "clip_digits@words" and b == base]
         return state.metrics
 
-    assert metrics(both, "W8A8-lsq") == metrics(alone, "W8A8-lsq")
-    assert metrics(both, "W8A8-kd") == metrics(alone, "W8A8-kd")
+    for q in ("W8A8-lsq", "W8A8-kd", "W8A8-ptq", "W8A8-sq"):
+        assert metrics(both, q) == metrics(alone, q), q
 
 
 def _clip(head_seed: int = 0, weight: float = 0.0) -> torch.nn.Module:
@@ -133,8 +144,21 @@ def test_the_training_key_holds_every_input_and_the_head_only_for_a_logit_loss()
     labels = torch.tensor([0, 1, 2, 0])
     assert key(_clip(head_seed=1), labels=labels, targets=None) != key(labels=labels, targets=None)  # cross-entropy
     assert key(labels=labels, targets=None) != key(labels=labels.flip(0), targets=None)
-    assert memo.key(identity, _clip(), validate_quantizer("minmax", 8, 8), images, None, None, "cpu") is None
-    # the head-free weights are hashed once per loaded model, not once per quantizer
+    # PTQ: minmax observes layer inputs only (head-free); smoothquant checks the logits, raana's bit
+    # allocation follows gradients of the logits (keyed with the head); a runtime is not memoised
+    minmax = validate_quantizer("minmax", 8, 8)
+    ptq = key(config=minmax, targets=None)
+    assert ptq is not None and not ptq.with_head and not ptq.training and ptq.digest != base.digest
+    assert key(_clip(head_seed=1), config=minmax, targets=None) == ptq
+    assert key(config=minmax, x=images + 1e-3, targets=None) != ptq  # other calibration images
+    assert key(config=validate_quantizer("minmax", 8, 6), targets=None) != ptq
+    for method in ("smoothquant", "raana"):
+        config = validate_quantizer(method, 8, 8)
+        assert key(config=config, targets=None).with_head
+        assert key(_clip(head_seed=1), config=config, targets=None) != key(config=config, targets=None), method
+    assert memo.key(identity, _clip(), validate_quantizer("onnxruntime", 8, 8), images, None, None, "cpu") is None
+    # the head-free weights are hashed once per loaded model, not once per quantizer (nor again for a
+    # key that holds the head: its buffers are hashed apart)
     hashed = []
     import pytest_qrel.engine.trainmemo as tm
 
@@ -143,10 +167,17 @@ def test_the_training_key_holds_every_input_and_the_head_only_for_a_logit_loss()
     try:
         fresh, model = TrainMemo(), _clip(weight=2e-3)
         ident = {**identity, "weights_sha256": state_dict_sha256(model)}
-        keys = {fresh.key(ident, model, c, images, None, captions, "cpu") for c in (lsq, validate_quantizer("qat", 8, 8, {"steps": 1}))}
+        keys = {fresh.key(ident, model, c, images, None, captions, "cpu") for c in (lsq, validate_quantizer("qat", 8, 8, {"steps": 1}), distill)}
+        keys |= {fresh.key(ident, model, validate_quantizer(m, 8, 8), images, None, None, "cpu") for m in ("minmax", "smoothquant")}
     finally:
         tm.module_sha256 = real
-    assert len(keys) == 2 and len(hashed) == 1
+    assert len(keys) == 5 and len(hashed) == 1
+
+
+def _key(name: str, with_head: bool = False, training: bool = True):
+    from pytest_qrel.engine.trainmemo import MemoKey
+
+    return MemoKey(name, with_head, training)
 
 
 def test_a_reused_training_takes_the_units_head_and_a_full_budget_shares_nothing():
@@ -154,25 +185,122 @@ def test_a_reused_training_takes_the_units_head_and_a_full_budget_shares_nothing
 
     trained, other = _clip(weight=0.5), _clip(head_seed=1)
     memo = TrainMemo()
-    memo.put("k", trained)
-    got = memo.get("k", other, "cpu")
+    memo.put(_key("k"), trained)
+    got = memo.get(_key("k"), other, "cpu")
     assert torch.equal(got.class_text_features, other.class_text_features)  # this unit's classes
     assert torch.equal(got.visual[1].weight, trained.visual[1].weight)  # the memoised training
-    assert memo.get("other", other, "cpu") is None
+    assert memo.get(_key("other"), other, "cpu") is None
     full = TrainMemo(budget_bytes=0)
-    full.put("k", trained)
-    assert full.get("k", other, "cpu") is None and not full.trained
+    full.put(_key("k"), trained)
+    assert full.get(_key("k"), other, "cpu") is None and not full.trained
+
+
+A, B = ("s.yaml", "vit_a"), ("s.yaml", "vit_b")  # two backbones
+
+
+def _room_for(entries: int) -> int:
+    """A budget holding ``entries`` files of a :func:`_clip` module (their size as written; the
+    archive holds its name, so the keys here are all two letters long)."""
+    from pytest_qrel.engine.trainmemo import TrainMemo
+
+    probe = TrainMemo()
+    probe.put(_key("pp"), _clip())
+    return entries * probe.used_bytes
+
+
+def test_past_the_budget_other_backbones_go_first_and_the_current_ones_head_free_entries_never():
+    from pytest_qrel.engine.trainmemo import TrainMemo
+
+    memo, model = TrainMemo(budget_bytes=_room_for(2)), _clip()
+    memo.put(_key("a1"), model, A)
+    memo.put(_key("a2", with_head=True), model, A)
+    assert memo.kept() == ["a1", "a2"] and not memo.evicted
+    memo.put(_key("b1"), model, B)  # the run moved on to backbone B: A's oldest entry makes room
+    memo.put(_key("b2", with_head=True, training=False), model, B)
+    assert memo.kept() == ["b1", "b2"] and memo.evicted == {"a1": 1, "a2": 1}
+    assert memo.calibrated == {"b2": 1} and set(memo.trained) == {"a1", "a2", "b1"}
+    memo.put(_key("b3", with_head=True), model, B)  # B's own entries stay: b3 is not kept
+    assert memo.kept() == ["b1", "b2"]
+    memo.put(_key("b4"), model, B)  # a head-free entry (every scenario reads it) displaces B's head-keyed one
+    assert memo.kept() == ["b1", "b4"] and memo.evicted == {"a1": 1, "a2": 1, "b2": 1}
+    memo.put(_key("b5"), model, B)  # nothing left it may evict: not kept, and nothing evicted for it
+    assert memo.kept() == ["b1", "b4"] and len(memo.evicted) == 3
+    assert sorted(p.stem for p in memo.folder.glob("*.pt")) == ["b1", "b4"]  # evicted files are gone from disk
+    assert memo.get(_key("b1"), model, "cpu", B) is not None and memo.get(_key("a1"), model, "cpu", A) is None
+
+
+def test_eviction_keeps_the_disk_reserve_and_evicts_nothing_in_vain(monkeypatch):
+    import pytest_qrel.engine.trainmemo as tm
+
+    memo, model = tm.TrainMemo(budget_bytes=_room_for(1)), _clip()
+    memo.put(_key("a1"), model, A)
+    monkeypatch.setattr(tm, "RESERVE_BYTES", 2**62)  # no disk has that much free: nothing may be written
+    memo.put(_key("b1"), model, B)
+    assert memo.kept() == ["a1"] and not memo.evicted  # evicting a1 would not have made room
+
+
+def test_a_backbone_releases_the_entries_only_it_read():
+    from pytest_qrel.engine.trainmemo import TrainMemo
+
+    memo, model = TrainMemo(), _clip()
+    memo.put(_key("a"), model, A)
+    memo.put(_key("shared"), model, A)
+    memo.put(_key("b"), model, B)
+    assert memo.get(_key("shared"), model, "cpu", B) is not None  # same inputs under B (e.g. same weights)
+    assert memo.release(A) == 1 and memo.kept() == ["shared", "b"] and memo.released == {"a": 1}
+    assert memo.release(B) == 2 and not memo.kept() and not list(memo.folder.glob("*.pt"))
+
+
+def test_the_lifecycle_releases_a_backbone_after_its_last_scenario_check(tmp_path):
+    """Backbone-major order (as pytest collects suites/clip.yaml): A's entries go when A's last check
+    (of any scenario) is done, before B's first; a model without scenarios releases nothing."""
+    from pytest_qrel.engine.lifecycle import UnitLifecycle
+    from pytest_qrel.spec.plan import plan
+
+    _data(tmp_path)
+    path = tmp_path / "two.yaml"
+    doc = SUITE.replace("SCENARIOS\n", DIGITS + WORDS).replace(
+        '  clip_digits: {source: "open_clip:digits_clip"}', '  vit_a: {source: "open_clip:digits_clip"}\n  vit_b: {source: "open_clip:digits_clip"}')
+    path.write_text(doc)
+    planned = plan(load_suite(path))
+    planned.sort(key=lambda p: p.model.split("@")[0])  # stable: backbone-major, scenarios in order
+    released: list[tuple[int, tuple[str, str]]] = []
+
+    class Memo:
+        def release(self, backbone):
+            released.append((i, backbone))
+
+    class Units:
+        train_memo = Memo()
+
+    class Loader:
+        def release_model(self, suite, model):
+            pass
+
+    lifecycle = UnitLifecycle(Loader(), Units(), None, None, baseline_of=lambda s, m: None, update_command=lambda s: "")
+    lifecycle.expect(planned)
+    for i, p in enumerate(planned):
+        lifecycle.done(p)
+    last_a = max(i for i, p in enumerate(planned) if p.model.startswith("vit_a@"))
+    assert released == [(last_a, (str(path), "vit_a")), (len(planned) - 1, (str(path), "vit_b"))]
+    assert {p.model for p in planned[: last_a + 1]} == {"vit_a@digits", "vit_a@words"}
 
 
 def test_the_budget_comes_from_the_environment(monkeypatch):
-    from pytest_qrel.engine.trainmemo import DEFAULT_BUDGET_BYTES, ENV_BUDGET, TrainMemo
+    from pytest_qrel.engine.trainmemo import DEFAULT_BUDGET_BYTES, ENV_BUDGET, ENV_BUDGET_OLD, TrainMemo
 
     monkeypatch.delenv(ENV_BUDGET, raising=False)
+    monkeypatch.delenv(ENV_BUDGET_OLD, raising=False)
     assert TrainMemo().budget_bytes == DEFAULT_BUDGET_BYTES
     monkeypatch.setenv(ENV_BUDGET, "0.5")
     assert TrainMemo().budget_bytes == 2**29
     monkeypatch.setenv(ENV_BUDGET, "0")
     assert TrainMemo().budget_bytes == 0
     monkeypatch.setenv(ENV_BUDGET, "lots")
-    with pytest.warns(UserWarning, match="QREL_QAT_MEMO_GB='lots' is not a number of GiB"):
+    with pytest.warns(UserWarning, match="QREL_QUANT_MEMO_GB='lots' is not a number of GiB"):
         assert TrainMemo().budget_bytes == DEFAULT_BUDGET_BYTES
+    monkeypatch.delenv(ENV_BUDGET)
+    monkeypatch.setenv(ENV_BUDGET_OLD, "0.25")  # the name before PTQ was memoised still works
+    assert TrainMemo().budget_bytes == 2**28
+    monkeypatch.setenv(ENV_BUDGET, "1")  # the new name wins
+    assert TrainMemo().budget_bytes == 2**30

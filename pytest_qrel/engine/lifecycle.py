@@ -1,7 +1,8 @@
 """The unit lifecycle: the engine is told which checks will run (:meth:`UnitLifecycle.expect`), so it
 knows what each unit must compute and when a unit's last check has run (:meth:`UnitLifecycle.done`);
 it then releases the unit's per-sample arrays, keeping only its metrics and the records the report
-shows. A unit is computed at most once per process for what its checks read
+shows, and once no check of any scenario of a backbone is left, the quantizations memoised for that
+backbone (:meth:`~.trainmemo.TrainMemo.release`). A unit is computed at most once per process for what its checks read
 (:meth:`UnitLifecycle.unit`), seed by seed through :class:`~.units.UnitComputer`.
 """
 
@@ -24,6 +25,7 @@ from ..spec.schema import HELDOUT, Suite
 from .loading import Loader
 from .records import RecordBuilder
 from .runner import Runner
+from .trainmemo import Backbone, backbone_of
 from .units import BASE, Needs, SeedOutputs, UnitComputer, mean_metrics, metrics_of, seed_names
 
 UnitKey = tuple[str, str, str]  # (suite file, model, base quantizer)
@@ -98,6 +100,7 @@ class UnitLifecycle:
         self.announced: dict[UnitKey, list[PlannedCheck]] = {}
         self._pending: Counter[UnitKey] = Counter()
         self._model_pending: Counter[tuple[str, str]] = Counter()
+        self._backbone_pending: Counter[Backbone] = Counter()  # a scenario model's backbone: its memo entries
         self._needs: dict[UnitKey, Needs] = {}
 
     def expect(self, planned: Iterable[PlannedCheck]) -> None:
@@ -105,6 +108,9 @@ class UnitLifecycle:
         released when the last of them is done (:meth:`done`)."""
         for p in planned:
             self._model_pending[(str(p.suite.path), p.model)] += 1
+            backbone = backbone_of(str(p.suite.path), p.model)
+            if backbone is not None:
+                self._backbone_pending[backbone] += 1
             for model, base in p.units:
                 key = (str(p.suite.path), model, base)
                 self._pending[key] += 1
@@ -124,6 +130,11 @@ class UnitLifecycle:
             self._model_pending[key_model] -= 1
             if self._model_pending[key_model] == 0:
                 self.loader.release_model(p.suite, p.model)
+        backbone = backbone_of(str(p.suite.path), p.model)
+        if backbone is not None and self._backbone_pending[backbone] > 0:
+            self._backbone_pending[backbone] -= 1
+            if self._backbone_pending[backbone] == 0:  # no scenario of it left: its memoised quantizations go
+                self.units.train_memo.release(backbone)
 
     def live_units(self) -> int:
         return sum(1 for s in self.states.values() if s.live)

@@ -1,30 +1,69 @@
-"""QAT trained once per process for every unit whose training inputs are the same.
+"""Quantizations computed once per process for every unit whose inputs are the same: QAT trainings and
+the PTQ calibrations that provably do not read the zero-shot head.
 
 A suite with scenarios (:mod:`pytest_qrel.spec.scenarios`) runs each quantizer once per ``<model>@<scenario>``
 unit. The CLIP paper's suite trains light QAT on one fixed image-text set (``calibration.data``, CC3M)
-with CLIP's contrastive loss on the image features: the scenario only changes the zero-shot head
-(the ID set's class embeddings), which that loss never reads, so every scenario would train the same
-weights again. :class:`TrainMemo` keys a training by everything that determines it and reuses it:
+with CLIP's contrastive loss on the image features, and calibrates its PTQ methods on the same images:
+the scenario only changes the zero-shot head (the ID set's class embeddings), which neither the
+contrastive loss nor a range observer reads, so every scenario would compute the same module again.
+:class:`TrainMemo` keys a quantization by everything that determines it (:class:`MemoKey`) and reuses it:
 
 - the model: the source, the user's options, the preprocessing and the checkpoint from the loader's
   identity (not the parts derived from the ID set's classes), the structure of its submodules and
-  the SHA-256 of its state dict -- *without* the head buffers (:data:`HEAD_BUFFERS`) when the loss
-  does not read the class logits (:func:`pytest_qrel.quantize.qat.reads_class_logits`), with them
-  when it does (``qat_distill``, cross-entropy on labels: a scenario with other classes trains
-  again);
+  the SHA-256 of its state dict -- *without* the head buffers (:data:`HEAD_BUFFERS`) when the result
+  does not read the head, with them when it does (a scenario with other classes computes again);
 - the method, bit widths, typed options and seed;
-- the bytes of the calibration images, labels and caption embeddings the training reads (a
-  scenario that calibrates on its own ID train split gets other images: it trains again);
+- the bytes of the calibration images, labels and caption embeddings it reads (a scenario that
+  calibrates on its own ID train split gets other images: it computes again);
 - the device.
 
+Which results read the head (:func:`reads_head`), decided per method:
+
+- QAT (:data:`pytest_qrel.quantize.qat.RECIPES`): :func:`pytest_qrel.quantize.qat.reads_class_logits`
+  -- ``qat_distill`` (KL on the logits) and cross-entropy on labels do, the contrastive loss on
+  captions and ``distill: feature_mse`` do not.
+- ``minmax``, ``percentile``, ``mse``, ``repq_vit``: no. They replace and observe ``nn.Linear`` /
+  ``nn.Conv2d`` layers and attention operands only. A :class:`~pytest_qrel.models.clip_zoo.ZeroShotCLIP`'s
+  head is a matmul of the image features with the ``class_text_features`` buffer
+  (``logits_from_features``), not an ``nn.Linear``, and the model has no ``get_classifier`` /
+  ``head`` for :func:`pytest_qrel.quantize.selection.find_head` to find; the calibration forward
+  computes logits that nothing reads.
+- ``smoothquant``: yes. It checks that smoothing leaves the FP32 *logits* unchanged (relative
+  tolerance) and restores a LayerNorm group that does not, so which groups are smoothed may depend
+  on the classes.
+- ``raana``: yes. AllocateBits' layer sensitivities are gradients of a cross-entropy on the zero-shot
+  logits (when the bit budget leaves a choice; the memo keys every ``raana`` with the head rather
+  than restate that rule).
+- Anything else is not memoised: the deployed runtimes (``onnxruntime``, ``openvino``, ``torchao``,
+  ``artifact``) build artifacts, not torch modules, and a user-registered method is unknown.
+
 A reused module is the memoised one with the current model's head buffers put in its place. The
-trained modules' tensors are written to a private temporary folder (``torch.save`` of plain
-tensors, read back with ``weights_only=True``; removed when the memo goes; the structure stays in
-memory with no data) rather than held in memory: a run's memory stays that of one unit, while the disk holds one
-copy of the model per shared training, at most :data:`DEFAULT_BUDGET_BYTES` (a run goes scenario by
-scenario, so every backbone's trainings wait on disk for its next scenario: ``suites/clip.yaml``'s 26
-head-free QAT quantizers take about 9 GB for a ViT-B backbone, 32 GB for ViT-L/14; past the budget a
-training is simply not shared). Each pytest-xdist worker has its own memo.
+modules' tensors are written to a private temporary folder (``torch.save`` of plain tensors, read
+back with ``weights_only=True``; removed when the memo goes; the structure stays in memory with no
+data) rather than held in memory: a run's memory stays that of one unit, the disk holds one copy of
+the model per shared quantization.
+
+What is kept, and for how long. Each entry is tagged with the *backbones* that read it (suite file
+and model name without its ``@scenario``: :func:`backbone_of`). ``suites/clip.yaml`` runs
+backbone-major (every scenario of ``vit_b32_openai``, then ``vit_b32_laion400m``, ...), so:
+
+- :meth:`TrainMemo.release` drops a backbone's entries once its last announced check is done
+  (:class:`~pytest_qrel.engine.lifecycle.UnitLifecycle` counts them; in a serial run. A
+  pytest-xdist worker is announced every selected check, so there the budget rule below applies);
+- a new entry that does not fit the budget (:data:`DEFAULT_BUDGET_BYTES`, :data:`ENV_BUDGET`) or
+  would leave less than :data:`RESERVE_BYTES` free on the folder's disk evicts, oldest first, the
+  entries of *other* backbones, then -- for an entry without the head -- its own backbone's entries
+  keyed by a head (those serve only a scenario with the same classes, a head-free one serves every
+  scenario). It never evicts its own backbone's head-free entries: the run cycles through that
+  backbone's scenarios, and evicting them would share nothing. If even that does not make room the
+  entry is not kept (nothing is evicted for it).
+
+``suites/clip.yaml``'s 26 head-free QAT quantizers and 4 ``minmax`` ones take about 10 GB for a ViT-B
+backbone (36 GB for ViT-L/14: past the default budget, its first 13 in suite order are shared);
+``benchmarks/quant_memo_counts.py`` counts a whole run. Each pytest-xdist worker has its own memo.
+
+(On ``open_clip:digits_clip`` ``smoothquant`` and ``raana`` gave the same modules for two class sets;
+they are keyed with the head because nothing in them guarantees it.)
 """
 
 from __future__ import annotations
@@ -34,6 +73,8 @@ import hashlib
 import shutil
 import tempfile
 import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,22 +114,28 @@ def module_sha256(module: Any, skip: tuple[str, ...]) -> str:
 
 
 DEFAULT_BUDGET_BYTES = 16 * 2**30
-"""The most disk the memo's files take (16 GiB: the shared QAT quantizers of a ViT-B/32 or B/16 backbone
-of ``suites/clip.yaml``, or about half of a ViT-L/14's); a training past it is not memoised."""
+"""The most disk the memo's files take (16 GiB: the shared quantizers of a ViT-B/32 or B/16 backbone of
+``suites/clip.yaml``, or 13 of a ViT-L/14's 30)."""
 
 RESERVE_BYTES = 2 * 2**30
-"""Free space a memo file must leave on the temporary folder's disk (else the training is not kept)."""
+"""Free space a memo file must leave on the temporary folder's disk (else older entries are evicted
+as for the budget, or the new one is not kept)."""
 
 
-ENV_BUDGET = "QREL_QAT_MEMO_GB"
-"""``QREL_QAT_MEMO_GB=<GiB>`` sets the folder's budget (``0``: share nothing, keep no file)."""
+ENV_BUDGET = "QREL_QUANT_MEMO_GB"
+"""``QREL_QUANT_MEMO_GB=<GiB>`` sets the folder's budget (``0``: share nothing, keep no file)."""
+
+ENV_BUDGET_OLD = "QREL_QAT_MEMO_GB"
+"""The variable's name before the memo kept PTQ results too; still read when :data:`ENV_BUDGET` is not set."""
 
 
 def budget_from_env() -> int:
-    """The budget in bytes: :data:`ENV_BUDGET` in GiB when set to a number >= 0, else :data:`DEFAULT_BUDGET_BYTES`."""
+    """The budget in bytes: :data:`ENV_BUDGET` (else :data:`ENV_BUDGET_OLD`) in GiB when set to a
+    number >= 0, else :data:`DEFAULT_BUDGET_BYTES` (with a warning when set to anything else)."""
     import os
 
-    raw = os.environ.get(ENV_BUDGET, "").strip()
+    name = ENV_BUDGET if os.environ.get(ENV_BUDGET, "").strip() else ENV_BUDGET_OLD
+    raw = os.environ.get(name, "").strip()
     if not raw:
         return DEFAULT_BUDGET_BYTES
     try:
@@ -98,7 +145,7 @@ def budget_from_env() -> int:
     if not gib >= 0:  # also NaN
         import warnings
 
-        warnings.warn(f"{ENV_BUDGET}={raw!r} is not a number of GiB >= 0; the QAT memo uses {DEFAULT_BUDGET_BYTES / 2**30:g} GiB",
+        warnings.warn(f"{name}={raw!r} is not a number of GiB >= 0; the quantization memo uses {DEFAULT_BUDGET_BYTES / 2**30:g} GiB",
                       stacklevel=2)
         return DEFAULT_BUDGET_BYTES
     return int(gib * 2**30)
@@ -112,55 +159,132 @@ def _meta_like(t: Any) -> Any:
     return torch.nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, torch.nn.Parameter) else meta
 
 
-class TrainMemo:
-    """Trained QAT modules by training key, for one process. ``trained`` / ``reused``: key -> count.
+Backbone = tuple[str, str]
+"""``(suite file, model name without its @scenario)``: the units whose memo entries a run shares."""
 
-    Only units of a suite with scenarios are memoised (model ``<model>@<scenario>``: :meth:`wanted`);
-    elsewhere no two units share a training's inputs. The files take at most ``budget_bytes``; past
-    it a training is not kept (the first ones are: a run goes scenario by scenario, so those are the
-    ones every later scenario reuses).
+
+def backbone_of(suite_file: str, model: str) -> Backbone | None:
+    """The backbone of a scenario model ``<model>@<scenario>`` of ``suite_file``; None for a model
+    of a suite without scenarios (nothing is memoised for it)."""
+    from ..spec.scenarios import split_scenario
+
+    base, scenario = split_scenario(model)
+    return None if scenario is None else (str(suite_file), base)
+
+
+def _never(config: Any) -> bool:
+    return False
+
+
+def _always(config: Any) -> bool:
+    return True
+
+
+PTQ_READS_HEAD: dict[str, Callable[[Any], bool]] = {
+    "minmax": _never, "percentile": _never, "mse": _never, "repq_vit": _never,
+    "smoothquant": _always,  # its equivalence check compares the FP32 logits before and after smoothing
+    "raana": _always,  # gradient sensitivities of a cross-entropy on the logits
+}
+"""PTQ method -> ``reads(config)``: whether its result depends on the classifier head (the module
+docstring gives the reasons). A method not here (a runtime, a user's method) is not memoised."""
+
+
+def reads_head(config: Any, *, labels: bool, targets: bool) -> bool | None:
+    """Whether quantizing with ``config`` reads the classifier head (True), provably does not (False),
+    or is not memoised at all (None). ``labels`` / ``targets``: the calibration images come with
+    class labels / caption embeddings."""
+    from ..quantize.qat import RECIPES, reads_class_logits
+
+    if config.method in RECIPES:
+        return reads_class_logits(config, labels=labels, targets=targets)
+    rule = PTQ_READS_HEAD.get(config.method)
+    return None if rule is None else rule(config)
+
+
+@dataclass(frozen=True)
+class MemoKey:
+    """A memo entry's key: ``digest`` over every input; ``with_head``: the head's embeddings are among
+    them (only a scenario with the same classes reuses it); ``training``: a QAT training (else a PTQ
+    calibration; they are counted apart)."""
+
+    digest: str
+    with_head: bool
+    training: bool
+
+
+@dataclass
+class _Entry:
+    path: Path
+    size: int
+    skeleton: Any  # the module with meta tensors (its structure, no data)
+    with_head: bool
+    backbones: set[Backbone]  # those that stored or reused it; released when none is left
+
+
+class TrainMemo:
+    """Quantized modules by :class:`MemoKey`, for one process.
+
+    Counters (key digest -> count): ``trained`` / ``reused`` QAT trainings kept / reused,
+    ``calibrated`` / ``calibrations_reused`` PTQ calibrations kept / reused, ``released`` entries
+    dropped because their backbones' checks were all done (:meth:`release`), ``evicted`` entries
+    dropped to make room for a newer one (the eviction order is in the module docstring).
+
+    Only units of a suite with scenarios are memoised (model ``<model>@<scenario>``: :func:`backbone_of`);
+    elsewhere no two units share a quantization's inputs.
     """
 
     def __init__(self, budget_bytes: int | None = None) -> None:
         self.budget_bytes = budget_from_env() if budget_bytes is None else budget_bytes
         self._dir: Path | None = None
-        self._files: dict[str, Path] = {}
+        self._entries: dict[str, _Entry] = {}  # digest -> entry, oldest first
         self._module_digests: dict[str, str] = {}  # fp.digest([identity, skip]) -> module_sha256
-        self._skeletons: dict[str, Any] = {}  # key -> the trained module with meta tensors (its structure)
-        self._used = 0
         self.trained: dict[str, int] = {}
         self.reused: dict[str, int] = {}
+        self.calibrated: dict[str, int] = {}
+        self.calibrations_reused: dict[str, int] = {}
+        self.released: dict[str, int] = {}
+        self.evicted: dict[str, int] = {}
 
-    @staticmethod
-    def wanted(model: str) -> bool:
-        """A unit of a scenario model (``<model>@<scenario>``), whose training other scenarios may share."""
-        from ..spec.scenarios import split_scenario
+    @property
+    def folder(self) -> Path | None:
+        """The private temporary folder of the entries' files (None until the first is kept)."""
+        return self._dir
 
-        return split_scenario(model)[1] is not None
+    @property
+    def used_bytes(self) -> int:
+        """Bytes the kept entries' files take."""
+        return sum(e.size for e in self._entries.values())
+
+    def kept(self, backbone: Backbone | None = None) -> list[str]:
+        """Digests of the entries kept now (of ``backbone`` only, when given), oldest first."""
+        return [k for k, e in self._entries.items() if backbone is None or backbone in e.backbones]
 
     def key(self, identity: dict[str, Any], module: Any, config: Any, images: Any, labels: Any, targets: Any,
-            device: str) -> str | None:
-        """The training key of ``quantize(module, config, images, labels=..., targets=...)``, or None
-        for a method that does not train (those are not memoised)."""
-        from ..quantize.qat import RECIPES, reads_class_logits
+            device: str) -> MemoKey | None:
+        """The key of ``quantize(module, config, images, labels=..., targets=...)``, or None for a
+        method that is not memoised (:func:`reads_head`)."""
+        from ..quantize.qat import RECIPES
 
-        if config.method not in RECIPES:
+        with_head = reads_head(config, labels=labels is not None, targets=targets is not None)
+        if with_head is None:
             return None
-        with_head = reads_class_logits(config, labels=labels is not None, targets=targets is not None)
-        skip = () if with_head else head_entries(module)
-        return fp.digest({
+        head = head_entries(module)
+        digest = fp.digest({
             "model": {k: identity.get(k) for k in ("source", "options", "preprocessing", "checkpoint_sha256")},
-            "module": self._module_digest(identity, module, skip),
+            # the weights without the head, hashed once per model; the head's (small) buffers apart when read
+            "module": self._module_digest(identity, module, head),
+            "head": {name: tensor_sha256(module.get_buffer(name)) for name in head} if with_head else None,
             "method": [config.method, config.weight_bits, config.act_bits, repr(config.options), config.seed],
             "images": tensor_sha256(images),
             "labels": tensor_sha256(labels),
             "targets": tensor_sha256(None if targets is None else targets.features),
             "device": str(device),
         })
+        return MemoKey(digest, with_head, config.method in RECIPES)
 
     def _module_digest(self, identity: dict[str, Any], module: Any, skip: tuple[str, ...]) -> str:
         """:func:`module_sha256`, once per loaded model (its ``weights_sha256`` names the weights it
-        hashes): a scenario's QAT quantizers all train the same FP32 module, a ViT-B's 350 MB."""
+        hashes): a scenario's quantizers all start from the same FP32 module, a ViT-B's 350 MB."""
         if not identity.get("weights_sha256"):
             return module_sha256(module, skip)
         cache_key = fp.digest([identity, list(skip)])
@@ -168,15 +292,16 @@ class TrainMemo:
             self._module_digests[cache_key] = module_sha256(module, skip)
         return self._module_digests[cache_key]
 
-    def get(self, key: str, module: Any, device: str) -> Any | None:
-        """The memoised trained module with ``module``'s head entries, or None."""
-        path = self._files.get(key)
-        if path is None:
+    def get(self, key: MemoKey, module: Any, device: str, backbone: Backbone | None = None) -> Any | None:
+        """The memoised module with ``module``'s head entries, or None. ``backbone`` (the unit's)
+        becomes one of the entry's readers: it is kept until that backbone is released too."""
+        entry = self._entries.get(key.digest)
+        if entry is None:
             return None
         import torch
 
-        tensors = torch.load(path, map_location=device, weights_only=True)  # tensors only: nothing in the file runs code
-        trained = copy.deepcopy(self._skeletons[key]).to_empty(device=device)
+        tensors = torch.load(entry.path, map_location=device, weights_only=True)  # tensors only: nothing in the file runs code
+        trained = copy.deepcopy(entry.skeleton).to_empty(device=device)
         with torch.no_grad():
             for name, t in (*trained.named_parameters(remove_duplicate=False), *trained.named_buffers(remove_duplicate=False)):
                 t.copy_(tensors[name])
@@ -184,19 +309,26 @@ class TrainMemo:
             owner, _, attr = name.rpartition(".")
             value = module.get_submodule(owner).get_buffer(attr) if owner else module.get_buffer(attr)
             setattr(trained.get_submodule(owner) if owner else trained, attr, value.detach().clone().to(device))
-        self.reused[key] = self.reused.get(key, 0) + 1
+        if backbone is not None:
+            entry.backbones.add(backbone)
+        counter = self.reused if key.training else self.calibrations_reused
+        counter[key.digest] = counter.get(key.digest, 0) + 1
         return trained
 
-    def put(self, key: str, trained: Any) -> None:
+    def put(self, key: MemoKey, trained: Any, backbone: Backbone | None = None) -> None:
+        """Keep ``trained`` for later units of the same inputs, evicting older entries if it does not
+        fit (module docstring); ``backbone``: the unit's (None: an entry of no backbone, never released)."""
         import torch
 
+        if key.digest in self._entries:
+            return
         if self._dir is None:
-            self._dir = Path(tempfile.mkdtemp(prefix="qrel-qat-"))
+            self._dir = Path(tempfile.mkdtemp(prefix="qrel-quant-"))
             weakref.finalize(self, shutil.rmtree, self._dir, True)
-        size = sum(t.numel() * t.element_size() for t in trained.state_dict().values())
-        if self._used + size > self.budget_bytes or shutil.disk_usage(self._dir).free < size + RESERVE_BYTES:
-            return  # over the budget, or the disk would fill: this training is not shared
-        path = self._dir / f"{key}.pt"
+        estimate = sum(t.numel() * t.element_size() for t in trained.state_dict().values())  # the file holds a little more
+        if not self._make_room(estimate, backbone, key.with_head):
+            return  # over the budget, or the disk would fill: this one is not shared
+        path = self._dir / f"{key.digest}.pt"
         named = {**dict(trained.named_parameters(remove_duplicate=False)), **dict(trained.named_buffers(remove_duplicate=False))}
         try:
             # The values go to disk as plain tensors (loaded back with weights_only=True); the module's
@@ -206,7 +338,51 @@ class TrainMemo:
         except (OSError, copy.Error, TypeError, AttributeError, RuntimeError):  # a model that cannot be copied: costs reuse, not the run
             path.unlink(missing_ok=True)
             return
-        self._used += path.stat().st_size
-        self._files[key] = path
-        self._skeletons[key] = skeleton
-        self.trained[key] = self.trained.get(key, 0) + 1
+        size = path.stat().st_size
+        if not self._make_room(size, backbone, key.with_head, written=size):  # the budget counts what is written
+            path.unlink(missing_ok=True)
+            return
+        self._entries[key.digest] = _Entry(path, size, skeleton, key.with_head, set() if backbone is None else {backbone})
+        counter = self.trained if key.training else self.calibrated
+        counter[key.digest] = counter.get(key.digest, 0) + 1
+
+    def _fits(self, size: int, freed: int, written: int) -> bool:
+        assert self._dir is not None
+        return (self.used_bytes - freed + size <= self.budget_bytes
+                and shutil.disk_usage(self._dir).free + freed + written >= size + RESERVE_BYTES)
+
+    def _make_room(self, size: int, backbone: Backbone | None, with_head: bool, written: int = 0) -> bool:
+        """Whether an entry of ``size`` bytes (``written`` of them on disk already) fits, after evicting
+        what the module docstring's order allows (only when that makes enough room: nothing is
+        evicted for an entry that still would not fit)."""
+        if self._fits(size, 0, written):
+            return True
+        others = [k for k, e in self._entries.items() if backbone not in e.backbones]
+        own_heads = [] if with_head else [k for k, e in self._entries.items() if backbone in e.backbones and e.with_head]
+        victims, freed = [], 0
+        for k in others + own_heads:
+            victims.append(k)
+            freed += self._entries[k].size
+            if self._fits(size, freed, written):
+                for v in victims:
+                    self._drop(v)
+                    self.evicted[v] = self.evicted.get(v, 0) + 1
+                return True
+        return False
+
+    def _drop(self, digest: str) -> None:
+        entry = self._entries.pop(digest)
+        entry.path.unlink(missing_ok=True)
+
+    def release(self, backbone: Backbone) -> int:
+        """``backbone``'s checks are all done: it reads no entry any more; drop the entries no other
+        backbone read. Returns how many were dropped."""
+        dropped = 0
+        for k, e in list(self._entries.items()):
+            if backbone in e.backbones:
+                e.backbones.discard(backbone)
+                if not e.backbones:
+                    self._drop(k)
+                    self.released[k] = self.released.get(k, 0) + 1
+                    dropped += 1
+        return dropped

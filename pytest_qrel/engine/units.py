@@ -28,7 +28,7 @@ from .runner import Runner, Want
 from .outputs import BASE, Needs, SeedOutputs, variant_name
 from .samples import SampleArrays
 from .seedcache import SeedCache
-from .trainmemo import TrainMemo
+from .trainmemo import TrainMemo, backbone_of
 from .trace import trace
 
 __all__ = ["BASE", "Needs", "SeedOutputs", "UnitComputer", "mean_metrics", "metrics_of", "seed_names", "variant_name"]
@@ -69,7 +69,7 @@ class UnitComputer:
         self.live_modules: "weakref.WeakSet[Any]" = weakref.WeakSet()
         self.quantizations: dict[str, int] = {}  # seed name -> times quantized in this process
         self.seed_cache = SeedCache(loader, cache, device)
-        self.train_memo = TrainMemo()  # QAT trained once for the units (e.g. scenarios) that share its inputs
+        self.train_memo = TrainMemo()  # QAT / PTQ computed once for the units (scenarios) that share its inputs
         self._labels_checked: set[tuple[str, str]] = set()
         self._diagnose = Diagnose(loader, device)
         self.verified: dict[str, Any] = {}  # quantizer -> SimulationReport of its last verify (verify: true)
@@ -136,14 +136,14 @@ class UnitComputer:
             with user_stage("quantization (calibration / QAT)", what), progress.reporting(self.progress, f"{model} {name}"):
                 progress.step("calibrating", 0, 1)
                 fp32 = loaded.module.to(self.device)
-                memo = None
-                if self.train_memo.wanted(model):
+                memo, backbone = None, backbone_of(str(suite.path), model)
+                if backbone is not None:
                     memo = self.train_memo.key(self.loader.identity(suite, model), fp32, config, images, labels, targets, self.device)
-                module = None if memo is None else self.train_memo.get(memo, fp32, self.device)
+                module = None if memo is None else self.train_memo.get(memo, fp32, self.device, backbone)
                 if module is None:
                     module = quantize(fp32, config, images, labels=labels, targets=targets).eval()
                     if memo is not None:
-                        self.train_memo.put(memo, module)
+                        self.train_memo.put(memo, module, backbone)
                 progress.step("calibrating", 1, 1)
         except QuantOptionError as exc:  # found only now, on the model (e.g. no timm Attention)
             raise spec_error_for(exc, spec) from None

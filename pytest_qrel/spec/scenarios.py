@@ -31,9 +31,9 @@ baselines, report) needs to know about scenarios:
 - The expanded suites keep the suite's name (one baseline folder, one report section); the returned
   suite is the first scenario's, with every scenario's models and :attr:`Suite.scenarios` holding
   the per-scenario suites, which :func:`pytest_qrel.spec.plan.plan` plans one after the other.
-- A quantizer is quantized once per (model, scenario) unit: calibration runs again in each scenario;
-  QAT reuses a training whose inputs another scenario already had (:mod:`pytest_qrel.engine.trainmemo`;
-  docs/papers-clip.md).
+- A quantizer is quantized once per (model, scenario) unit, except that QAT and the PTQ methods whose
+  result does not read the zero-shot head reuse a module whose inputs another scenario already had
+  (:mod:`pytest_qrel.engine.trainmemo`; docs/papers-clip.md).
 
 Averages across scenarios (a model's top-1, ECE, NLL and mean-over-OOD-sets AUROC / FPR@95 averaged
 over its scenarios) are computed by :func:`pytest_qrel.summary.scenario_means` and only rendered by
