@@ -136,7 +136,8 @@ def test_torchao_file_without_torchao_names_the_extra(monkeypatch: pytest.Monkey
     monkeypatch.undo()
     other = RuntimeError(exc.args[0].replace("torchao.quantization.Int8Tensor", "mypkg.Thing"))
     text = str(artifact._load_failure(Path("vit.pt"), other, "cannot be loaded", "save a state dict"))
-    assert "vit.pt cannot be loaded: WeightsUnpickler error: Unsupported global: GLOBAL mypkg.Thing" in text and "\x1b" not in text
+    assert text.startswith("path: vit.pt holds a pickled mypkg.Thing, not a state dict of tensors") and "\x1b" not in text
+    assert text.endswith("(fix: save the model's state dict (torch.save(model.state_dict(), path)) or a .pt2 (torch.export.save))")
 
 
 # ------------------------------------------------------------------------------------------ torch.export

@@ -196,7 +196,7 @@ def test_float_onnx_declared_w8a8_fails_with_its_census(tmp_path: Path) -> None:
         assert "quantizer 'ART' (method artifact) is not what it declares" in v.message
         assert "declared W8A8, but no matrix op runs with integer weights" in v.message
         assert "census: onnxruntime: 0.0% of Linear/MatMul/Conv MACs in int8" in v.message
-        assert v.message.endswith("(fix: give the quantized file (a float export is not one), or declare the bits it has (weight_bits, act_bits))")
+        assert v.message.endswith("(fix: give the quantized model (a float export is not one), or a recipe that quantizes its Linear layers)")
         assert "\n" not in v.message
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib.util
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -54,8 +55,12 @@ def _load_failure(path: Path, exc: BaseException, what: str, fix: str) -> QuantO
     if _torchao_missing(text):
         return QuantOptionError("path", f"{path} holds torchao-quantized tensors, but torchao is not installed",
                                 'pip install "pytest-qrel[torchao]"')
-    found = next((line.strip() for line in text.splitlines() if "Unsupported global" in line), None)
-    return QuantOptionError("path", f"{path} {what}: {reason(exc) if found is None else reason(Exception(found))}", fix)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found is not None:  # a pickled object (a whole nn.Module, say): unpickling it could run any code
+        return QuantOptionError("path", f"{path} holds a pickled {found.group(1)}, not a state dict of tensors: the gate loads "
+                                "torch files with torch.load(weights_only=True), which runs no code from the file",
+                                "save the model's state dict (torch.save(model.state_dict(), path)) or a .pt2 (torch.export.save)")
+    return QuantOptionError("path", f"{path} {what}: {reason(exc)}", fix)
 
 
 def _exported_program(path: Path) -> Any:
