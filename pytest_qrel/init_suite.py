@@ -19,8 +19,15 @@ What it decides, from the folder alone (nothing is imported but the standard lib
 - *Checks.* A few that a sound 8-bit quantization passes: top-1, ECE and (with an OOD set) AUROC
   deltas against FP32. OOD: the folder's ``ood/`` images, else the shipped ``embedded:noise``.
 
+*Model check.* The model source is checked before anything is written (an unknown scheme, an
+unknown timm name or tag, a misspelled shipped model: one line with "did you mean"), so a typo
+costs no file to delete; for a timm model this imports timm (seconds), which is cheaper than a
+first pytest run that fails on it. Pretrained weights missing from the local Hugging Face cache,
+and class folders that cannot be a pretrained ImageNet head's classes, are notes printed with the
+next steps (the suite is still written: the weights may be copied in later).
+
 It refuses to overwrite a file, and loads what it wrote with :func:`pytest_qrel.load_suite` before
-saying it is done.
+saying it is done; a suite that does not load is removed again (a bug of ours, and the message says so).
 """
 
 from __future__ import annotations
@@ -110,7 +117,7 @@ def detect_layout(root: Path) -> Layout:
     return layout
 
 
-def _key(text: str, default: str) -> str:
+def name_key(text: str, default: str) -> str:
     """A suite key / dataset name from free text: letters, digits and ``_`` (no ``-``: ids use it)."""
     key = re.sub(r"[^A-Za-z0-9_]+", "_", text).strip("_")
     return key if key and not key[0].isdigit() else f"{default}_{key}" if key else default
@@ -118,6 +125,11 @@ def _key(text: str, default: str) -> str:
 
 def _rel(path: Path, start: Path) -> str:
     return Path(os.path.relpath(path.resolve(), start.resolve())).as_posix()
+
+
+def _wordnet_ids(classes: list[str]) -> bool:
+    """Whether every class folder is an ImageNet WordNet id (``n01440764``): a pretrained head's classes."""
+    return all(re.fullmatch(r"n\d{8}", c) for c in classes)
 
 
 def _quote(text: str) -> str:
@@ -139,12 +151,12 @@ class InitRequest:
 def suite_text(req: InitRequest, layout: Layout) -> str:
     """The starter suite's YAML (with its comments) for ``req`` and ``layout``."""
     base = req.out.parent
-    source = req.model if ":" in req.model else f"timm:{req.model}"
+    source = _source(req.model)
     scheme, _, arg = source.partition(":")
     timm = scheme == "timm"
-    name = req.name or _key(req.out.stem, "suite")
-    model_key = _key(arg.split("/")[-1].split(".")[0], "model")
-    data_name = _key(layout.root.resolve().name, "data")
+    name = req.name or name_key(req.out.stem, "suite")
+    model_key = name_key(arg.split("/")[-1].split(".")[0], "model")
+    data_name = name_key(layout.root.resolve().name, "data")
     root = _rel(layout.root, base)
     lines = [
         f"# A starter suite written by `qrel init` for {source} and the images in {root}.",
@@ -187,8 +199,7 @@ def suite_text(req: InitRequest, layout: Layout) -> str:
         id_options.append(f"train: {_quote(root)}")
         lines += ["datasets:", "  # Class folders without train/val/test splits: the same images calibrate and are measured.",
                   "  # Give a separate training folder ('train: <folder>') for calibration images the audit does not score."]
-    wnids = all(re.fullmatch(r"n\d{8}", c) for c in layout.classes)
-    if timm and wnids and not req.random_init and req.checkpoint is None:
+    if timm and _wordnet_ids(layout.classes) and not req.random_init and req.checkpoint is None:
         id_options.append("classes: imagenet1k")
     lines.append(f"  id: {{name: {data_name}, source: {_quote('imagefolder:' + root)}, options: {{{', '.join(id_options)}}}}}")
     lines.append("  ood:")
@@ -228,9 +239,48 @@ def suite_text(req: InitRequest, layout: Layout) -> str:
     return "\n".join(lines)
 
 
+def _source(model: str) -> str:
+    return model if ":" in model else f"timm:{model}"
+
+
+def check_model(req: InitRequest) -> None:
+    """Raise :class:`InitError` naming the MODEL argument when its source cannot load: an unknown
+    scheme (``timmm:``), shipped model, timm model name or pretrained tag, each with "did you mean"."""
+    from .models.base import validate_model_source
+
+    source = _source(req.model)
+    try:
+        validate_model_source(source)
+        if source.startswith("timm:"):
+            from .models.timm_source import missing_pretrained_weights
+
+            missing_pretrained_weights(source.partition(":")[2])
+    except QrelError as exc:
+        raise InitError(f"MODEL {req.model}: {exc}") from None
+
+
+def model_notes(req: InitRequest, layout: Layout) -> list[str]:
+    """What the user should know before the first run of a suite for ``req`` (one line each): a
+    pretrained timm model whose weights are not in the local cache, or whose class folders are not
+    ImageNet WordNet ids (a pretrained head's 1,000 outputs are not your classes)."""
+    source = _source(req.model)
+    if not source.startswith("timm:") or req.random_init or req.checkpoint is not None:
+        return []
+    from .models.timm_source import missing_pretrained_weights
+
+    notes = []
+    if missing := missing_pretrained_weights(source.partition(":")[2]):
+        notes.append(f"{missing}; or write the suite again with --checkpoint <your weights file>, or --random-init for a dry run")
+    if not _wordnet_ids(layout.classes):
+        shown = ", ".join(layout.classes[:3]) + (", ..." if len(layout.classes) > 3 else "")
+        notes.append(f"your class folders ({shown}) are not ImageNet WordNet ids, so they are not a pretrained head's classes: "
+                     "give --checkpoint with a head fine-tuned on them (one output per class folder), or --random-init for a dry run")
+    return notes
+
+
 def write_starter_suite(req: InitRequest) -> tuple[Path, Layout]:
     """Write the starter suite to ``req.out`` (never over an existing file) and load it back.
-    Raises :class:`InitError` (or the loader's own error) with one line saying what to change."""
+    Raises :class:`InitError` with one line saying what to change; nothing is left written then."""
     if req.out.exists():
         raise InitError(f"{req.out}: already exists; qrel init never overwrites a file (give another --out, or delete it)")
     if req.checkpoint is not None and not req.checkpoint.is_file():
@@ -238,6 +288,7 @@ def write_starter_suite(req: InitRequest) -> tuple[Path, Layout]:
     if req.out.suffix not in (".yaml", ".yml"):
         raise InitError(f"--out {req.out}: a suite file ends in .yaml or .yml")
     layout = detect_layout(req.data)
+    check_model(req)
     text = suite_text(req, layout)
     from .io import atomic_write_text
 
@@ -245,5 +296,9 @@ def write_starter_suite(req: InitRequest) -> tuple[Path, Layout]:
     atomic_write_text(req.out, text)
     from .spec import load_suite
 
-    load_suite(req.out)  # what we wrote must load: a bug here is ours, and it says so at once
+    try:
+        load_suite(req.out)  # what we wrote must load: a bug here is ours, and it says so at once
+    except QrelError as exc:
+        req.out.unlink()  # a re-run after the fix must not meet "already exists"
+        raise InitError(f"the suite qrel init would write does not load (nothing written; please report this): {exc}") from None
     return req.out, layout

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from pytest_qrel import load_suite
+from pytest_qrel._version import __version__
 from pytest_qrel.cli import main as qrel_main
 from pytest_qrel.init_suite import InitError, InitRequest, detect_layout, write_starter_suite
 
@@ -108,3 +109,74 @@ def test_the_first_suite_walkthrough_runs_as_written(pytester):
     audit.stdout.fnmatch_lines(["*photos: 3 checks: 3 passed*"])
     assert (pytester.path / "reports/photos.html").is_file()
     assert pasted.parseoutcomes() == {"passed": 1}
+
+
+def test_init_checks_the_model_before_writing_anything(tmp_path, monkeypatch, capsys):
+    """A misspelled MODEL is one line naming it, with "did you mean", and no file: the re-run with
+    the fix must not meet "already exists" (it did: the loader failed after the write)."""
+    for cls in ("cat", "dog"):
+        _jpegs(tmp_path / "pets" / cls)
+    monkeypatch.chdir(tmp_path)
+    for model, message in [
+        ("timmm:test_vit", "MODEL timmm:test_vit: unknown model source 'timmm'; did you mean 'timm'?"),
+        ("tset_vit", "MODEL tset_vit: timm model 'tset_vit': unknown timm model 'tset_vit'; did you mean 'test_vit'?"),
+        ("embedded:digts_vit", "MODEL embedded:digts_vit: unknown embedded model 'digts_vit'; did you mean 'digits_vit'?"),
+    ]:
+        assert qrel_main(["init", model, "pets", "--random-init"]) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "suites/pets.yaml").exists()
+    assert qrel_main(["init", "embedded:digits_vit", "pets"]) == 0  # the fixed command writes it
+    assert (tmp_path / "suites/pets.yaml").is_file()
+
+
+def test_init_notes_what_a_pretrained_run_would_lack(tmp_path, monkeypatch, capsys):
+    """Without --random-init / --checkpoint, the first run needs cached pretrained weights and
+    WordNet-id folders: `qrel init` says so (and how to fix it) instead of a failing first run."""
+    for cls in ("cat", "dog"):
+        _jpegs(tmp_path / "pets" / cls)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    assert qrel_main(["init", "test_vit", "pets"]) == 0
+    out = capsys.readouterr().out
+    assert ("note: the pretrained weights of timm/test_vit.r160_in1k are not in the local Hugging Face cache "
+            f"({tmp_path / 'empty-cache'}); fetch them on a machine with internet access with "
+            "`hf download timm/test_vit.r160_in1k model.safetensors`; or write the suite again with --checkpoint") in out
+    assert "note: your class folders (cat, dog) are not ImageNet WordNet ids" in out
+    assert qrel_main(["init", "test_vit", "pets", "--random-init", "--out", "dry.yaml"]) == 0
+    assert "note:" not in capsys.readouterr().out  # a dry run lacks nothing
+
+
+def test_qrel_command_line_help_version_and_typos(capsys):
+    with pytest.raises(SystemExit) as stop:
+        qrel_main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"pytest-qrel {__version__}"
+    with pytest.raises(SystemExit):
+        qrel_main(["--help"])
+    out = capsys.readouterr().out
+    assert "{init,merge}" in out and "qrel init timm:test_vit photos --random-init" in out  # the first steps
+    for argv, usage, message in [
+        (["int", "x", "y"], "usage: qrel [-h]", "qrel: error: unknown command 'int'; did you mean 'init'? (known: init, merge)"),
+        (["init", "x", "y", "--random-int"], "usage: qrel init", "qrel init: error: unknown option '--random-int'; did you mean '--random-init'?"),
+        (["merge", "a.json", "--reprot", "r.html"], "usage: qrel merge", "qrel merge: error: unknown option '--reprot'; did you mean '--report'?"),
+        (["init", "x", "y", "z"], "usage: qrel init", "qrel init: error: unexpected argument 'z' (see: qrel init --help)"),
+    ]:
+        with pytest.raises(SystemExit) as stop:
+            qrel_main(argv)
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and err.startswith(usage) and message in err, err
+
+
+def test_init_with_spaces_in_the_folder_prints_commands_that_paste(tmp_path, monkeypatch, capsys):
+    """A folder named `my photos`: the default suite file has no space (its name starts every node
+    id), and a given --out with spaces is shell-quoted in the printed next steps."""
+    for cls in ("cat", "dog"):
+        _jpegs(tmp_path / "my photos" / cls)
+    monkeypatch.chdir(tmp_path)
+    assert qrel_main(["init", "embedded:digits_vit", "my photos"]) == 0
+    out = capsys.readouterr().out
+    assert "wrote suites/my_photos.yaml (2 classes; class folders without splits" in out
+    assert "  pytest --qrel-suite suites/my_photos.yaml --qrel-report reports/my_photos.html" in out.splitlines()
+    assert qrel_main(["init", "embedded:digits_vit", "my photos", "--out", "my suites/a b.yaml"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert shlex.split(lines[-1]) == ["pytest", "--qrel-suite", "my suites/a b.yaml", "--qrel-report", "reports/a_b.html"]
+    assert load_suite(tmp_path / "my suites/a b.yaml").id_dataset.source == "imagefolder:../my photos"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -303,7 +304,11 @@ def test_bad_spec_is_one_line_collection_error_and_touches_nothing(pytester, wri
 def test_missing_suite_file_is_a_usage_error(pytester):
     result = pytester.runpytest("--qrel-suite", "suites/nope.yaml")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--qrel-suite suites/nope.yaml: no such file*"])
+    result.stderr.fnmatch_lines(["*--qrel-suite suites/nope.yaml: no such file (give the path of a suite YAML file)"])
+    (pytester.path / "suites").mkdir()
+    (pytester.path / "suites/photos.yaml").write_text("version: 1\n")
+    result = pytester.runpytest("--qrel-suite", "suites/photo.yaml")  # a typo: the file beside it is suggested
+    result.stderr.fnmatch_lines(["*--qrel-suite suites/photo.yaml: no such file; did you mean 'suites/photos.yaml'? (give the path*"])
 
 
 @pytest.mark.parametrize(
@@ -653,6 +658,8 @@ def test_progress_lines_unless_quiet_and_worker_status_files(pytester, write_sui
     pytester.runpytest(*SUITE, "--qrel-update-baselines", "-p", "no:cacheprovider")
     result = pytester.runpytest(*SUITE, "-p", "no:cacheprovider")  # not a terminal: one line per unit
     result.stdout.re_match_lines([r"qrel: vit W8A8: 1 passes, 385 images in \d+\.\d s", r"qrel: vit W4A4: 1 passes, 385 images in \d+\.\d s"])
+    # each unit line is followed by the suite file's name again: no item letter stands alone on a line
+    assert not [line for line in result.outlines if re.fullmatch(r"[.FEsxX]+(\s+\[\s*\d+%\])?", line.strip())], result.outlines
     quiet = pytester.runpytest(*SUITE, "-q", "-p", "no:cacheprovider")
     assert "qrel: vit" not in quiet.stdout.str()
     pytest.importorskip("xdist")
@@ -739,6 +746,57 @@ def test_a_worker_that_finishes_a_unit_takes_one_more_unit_not_two(pytester):
         sched.mark_test_complete(gw0, index)
     assert units(gw0) == {"A", "D"}
     assert not sched.workqueue
+
+
+def test_scenario_units_go_to_the_worker_that_owns_their_quantizer_and_models_are_not_revisited(pytester):
+    # Two backbones x two scenarios x four quantizers: a worker owns the quantizers it takes first
+    # (its memo then serves them in the other scenario), finishes a scenario model before the next
+    # and never returns to a model it left (each model is loaded once per worker); a model of a
+    # suite without scenarios stays in the queue's order.
+    import types
+
+    from pytest_qrel.plugin.xdist_sched import UnitScheduling, affinity_group
+
+    class Node:
+        def __init__(self, name: str) -> None:
+            self.gateway, self.shutting_down, self.sent = types.SimpleNamespace(id=name), False, []
+
+        def send_runtest_some(self, indexes: list[int]) -> None:
+            self.sent.extend(indexes)
+
+        def shutdown(self) -> None:
+            self.shutting_down = True
+
+    models = ["a@s1", "a@s2", "b@s1", "b@s2"]
+    collection = [f"none.yaml::{m}::{q}::check{k}" for m in models for q in ("Q1", "Q2", "Q3", "Q4+temperature") for k in range(2)]
+    sched = UnitScheduling(pytester.parseconfig("-p", "xdist", "--tx", "2*popen"))
+    nodes = [Node("gw0"), Node("gw1")]
+    for node in nodes:
+        sched.add_node(node)
+        sched.add_node_collection(node, collection)
+    sched.schedule()
+    done: set[int] = set()
+    turns = iter([0, 1, 1, 0, 1, 1, 1, 0] * 8)  # uneven speeds: the next unit is not simply the other worker's
+    while sched.has_pending:
+        turn = next(turns)
+        node = nodes[turn] if any(i not in done for i in nodes[turn].sent) else nodes[1 - turn]
+        first = next(i for i in node.sent if i not in done)
+        unit = collection[first].rsplit("::", 1)[0]
+        for i in [i for i in node.sent if i not in done and collection[i].startswith(unit + "::")]:
+            done.add(i)
+            sched.mark_test_complete(node, i)
+    assert len(done) == len(collection)
+    units = {n.gateway.id: list(dict.fromkeys(collection[i].rsplit("::", 1)[0] for i in n.sent)) for n in nodes}
+    owner_of = {}
+    for name, seq in units.items():
+        assert seq, name  # both workers had work
+        for unit in seq:
+            assert owner_of.setdefault(affinity_group(unit), name) == name, (unit, units)
+        order = [unit.split("::")[1] for unit in seq]
+        visited = list(dict.fromkeys(order))
+        assert order == sorted(order, key=visited.index), order  # a model is never met again once left
+    assert affinity_group("none.yaml::a@s2::Q4+temperature") == "none.yaml::a::Q4"
+    assert affinity_group("none.yaml::a::Q1") == "none.yaml::a::Q1" != affinity_group("none.yaml::b::Q1")
 
 
 def test_a_crashed_workers_unit_goes_to_a_worker_that_has_collected(pytester):

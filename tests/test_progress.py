@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pytest_qrel import Engine, load_suite, run
 from pytest_qrel.progress import reporting, step
 
@@ -90,6 +92,13 @@ class Screen:
         self.lines.append(self.visible)
         self.cells, self.cursor, self.counted = [], 0, ""
         self.lines.append(line)
+        self.currentfspath = None  # pytest's ensure_newline: the next letter starts a line of its own
+
+    currentfspath: Path | str | None = None  # pytest's: the file whose letters this line holds (a str under -v)
+    startpath = Path("/project")
+
+    def write(self, text: str, **markup: bool) -> None:
+        self.pytest_write(text)
 
     @property
     def visible(self) -> str:
@@ -216,3 +225,19 @@ def test_nothing_under_q_but_units_are_still_timed():
     assert screen.lines == [] and screen.visible == ""
     assert progress.take_units() == [{"unit": "vit W8A8-qat", "seconds": 72.0, "passes": 1, "images": 385}]
     assert progress.take_units() == []
+
+
+def test_a_line_mid_run_leaves_the_next_letters_under_their_file_name():
+    """Off a terminal, a unit's line comes while its item runs: after it, pytest's `<file> ` prefix
+    is written again, so the item's letter does not stand alone on a line (it did: `.` then
+    `suites/x.yaml ..` a second time)."""
+    screen, clock, progress = _log()
+    screen.currentfspath = screen.startpath / "suites" / "x.yaml"
+    screen.pytest_write("suites/x.yaml F.")
+    progress.unit("vit W8A8", 5.0, 2, 36)
+    screen.pytest_write(".")  # the running item's letter, as pytest writes it: no prefix of its own
+    assert screen.lines[-2:] == ["suites/x.yaml F.", "qrel: vit W8A8: 2 passes, 36 images in 5.0 s"]
+    assert screen.visible == "suites/x.yaml ." and screen.currentfspath == screen.startpath / "suites" / "x.yaml"
+    screen.currentfspath = "suites/x.yaml::vit::W8A8::top1 on digits delta<=1pp "  # -v: pytest rewrites its own prefix
+    progress.unit("vit W4A4", 5.0, 2, 36)
+    assert screen.visible == "" and screen.currentfspath is None

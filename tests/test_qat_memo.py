@@ -101,6 +101,37 @@ def test_scenarios_share_a_head_free_training_and_retrain_a_logit_loss(tmp_path,
         assert metrics(both, q) == metrics(alone, q), q
 
 
+@pytest.mark.slow
+def test_xdist_workers_reuse_their_memo_across_scenarios_and_release_each_model_they_leave(pytester, monkeypatch):
+    # -n 2: both workers start on the first scenario's model. A worker is announced every check, so
+    # the pending counts that release a model in a serial run never reach zero there (it held every
+    # model it met): it now releases a model when its next check reads another one, and loads each
+    # scenario model once. A head-free quantization is reused by the worker that computed it when
+    # that worker also gets the other scenario's unit (which worker gets which unit is the
+    # scheduler's, tested in test_plugin.py; at the end of a queue an idle worker takes the unit).
+    pytest.importorskip("xdist")
+    from pytest_qrel.engine.trace import read_trace
+
+    _data(pytester.path)
+    (pytester.path / "both.yaml").write_text(SUITE.replace("SCENARIOS\n", DIGITS + WORDS))
+    trace = pytester.path / "trace.tsv"
+    monkeypatch.setenv("PYTEST_QREL_TRACE", str(trace))
+    result = pytester.runpytest("--qrel-suite", "both.yaml", "-p", "no:randomly", "-n", "2", "--qrel-update-baselines")
+    result.assert_outcomes(passed=8)
+    events = read_trace(trace)
+    worker = {(e[3], e[4]): e[0] for e in events if e[1] == "quantize"}
+    assert len(worker) == 8
+    reused = {(e[3], e[4]) for e in events if e[1] == "reuse"}
+    expected = {("clip_digits@words", q) for q in ("W8A8-lsq", "W8A8-ptq") if worker[("clip_digits@digits", q)] == worker[("clip_digits@words", q)]}
+    assert reused == expected  # never a head-keyed one (kd, sq: another head), never across workers
+    for pid in {e[0] for e in events}:
+        mine = [(e[1], e[3]) for e in events if e[0] == pid and e[1] in ("load", "release")]
+        loaded = [m for what, m in mine if what == "load"]
+        assert len(loaded) == len(set(loaded)), mine  # no model loaded twice by one worker
+        assert mine == [(what, m) for m in loaded for what in ("load", "release")], mine  # each released before the next load
+    assert len({e[0] for e in events if e[1] == "load" and e[3] == "clip_digits@digits"}) == 2  # both workers met it
+
+
 def _clip(head_seed: int = 0, weight: float = 0.0) -> torch.nn.Module:
     from pytest_qrel.models.clip_zoo import ZeroShotCLIP
 
@@ -291,7 +322,11 @@ def test_the_budget_comes_from_the_environment(monkeypatch):
 
     monkeypatch.delenv(ENV_BUDGET, raising=False)
     monkeypatch.delenv(ENV_BUDGET_OLD, raising=False)
+    monkeypatch.delenv("PYTEST_XDIST_WORKER_COUNT", raising=False)  # this test may run in an xdist worker
     assert TrainMemo().budget_bytes == DEFAULT_BUDGET_BYTES
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")  # each worker of -n 2 takes half of the run's budget
+    assert TrainMemo().budget_bytes == DEFAULT_BUDGET_BYTES // 2
+    monkeypatch.delenv("PYTEST_XDIST_WORKER_COUNT")
     monkeypatch.setenv(ENV_BUDGET, "0.5")
     assert TrainMemo().budget_bytes == 2**29
     monkeypatch.setenv(ENV_BUDGET, "0")

@@ -484,7 +484,8 @@ def test_markdown_summary_of_a_failing_run() -> None:
     md = render_markdown(rd.demo_results(), report_path="reports/demo.html")
     assert md.startswith("## \u274c pytest-qrel: FAIL \u2014 demo\n")
     assert "**2 of 40 checks block the release.**" in md
-    assert "pytest 'suites/demo.yaml::vit_digits[W6A6-digits]::nll delta<=40%'" in md.splitlines()  # shell-quoted, in a code block
+    # shell-quoted, in a code block; --qrel-suite: pasted, it also selects a suite outside qrel_suite_glob (suites/*.yaml)
+    assert "pytest --qrel-suite suites/demo.yaml 'suites/demo.yaml::vit_digits[W6A6-digits]::nll delta<=40%'" in md.splitlines()
     line = next(ln for ln in md.splitlines() if ln.startswith("| `W6A6 nll delta <= 40%`"))
     assert "+40.62%" in line and "\\[95% CI +29.09%, +52.16%\\]" in line and "| -0.62% |" in line
     assert "### Expected failures" in md and "W4A4 minmax keeps top-1" in md
@@ -512,11 +513,13 @@ def test_markdown_groups_failures_by_check_with_the_line_to_change_and_links_int
     anchor = re.search(r"\(demo\.html#(v-[0-9a-f]{12})\)", rows[0]).group(1)
     html = render_html(res, figures=False)
     assert html.count(f'id="{anchor}"') == 1  # the link lands on the worst row of the failing table
-    assert f"pytest {shlex.quote(worst.nodeid)}" in md.splitlines()
+    assert f"pytest --qrel-suite suites/demo.yaml {shlex.quote(worst.nodeid)}" in md.splitlines()
     # every failing row of the report offers its node id shell-quoted in one unwrapped code element
     codes = {html_unescape(c) for c in re.findall(r'<code class="nodeid"[^>]*>(.*?)</code>', html)}
-    assert {f"pytest {shlex.quote(v.nodeid)}" for v in failing} <= codes
-    assert shlex.split(f"pytest {shlex.quote(worst.nodeid)}")[1] == worst.nodeid  # one shell word, the id itself
+    assert {f"pytest --qrel-suite suites/demo.yaml {shlex.quote(v.nodeid)}" for v in failing} <= codes
+    # one shell word, the id itself; --qrel-suite names the suite, so the pasted command collects it outside suites/*.yaml too
+    assert shlex.split(next(iter(codes)))[1:3] == ["--qrel-suite", "suites/demo.yaml"]
+    assert shlex.split(f"pytest --qrel-suite suites/demo.yaml {shlex.quote(worst.nodeid)}")[3] == worst.nodeid
     assert render_markdown(res, report_path="out/demo.html", report_url="https://ci.example/r.html").count("(https://ci.example/r.html#v-") >= 3
 
 

@@ -174,6 +174,13 @@ class Engine(UnitViews):
         """``p`` has its verdict: release every unit (and model) no announced check still reads."""
         self.lifecycle.done(p)
 
+    def next_check(self, p: PlannedCheck | None) -> None:
+        """The check this process runs next is ``p`` (None: none): release the loaded models it
+        does not read. Called by a pytest-xdist worker between checks (it knows its next check,
+        not the ones after: a model met again later is loaded again); elsewhere :meth:`done`
+        releases a model after its last announced check."""
+        self.loader.release_models_except([] if p is None else [(p.suite, p.model)])
+
     def unit(self, suite: Suite, model: str, base: str, needs: Needs | None = None, *, arrays: bool = False) -> UnitState:
         return self.lifecycle.unit(suite, model, base, needs, arrays=arrays)
 

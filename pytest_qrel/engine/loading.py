@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import DataMissingError, DeviceError, QrelError, SpecError, UserCodeError
 from ..spec.schema import HELDOUT, Suite
+from .trace import trace
 
 HELDOUT_SPLIT = "val"
 """The ID split post-hoc steps (``+temperature``) are fitted on: held out from both the model's
@@ -78,6 +79,7 @@ class Loader:
         self.device = device
         self._models: dict[str, Any] = {}
         self._identities: dict[str, dict[str, Any]] = {}
+        self._names: dict[str, tuple[str, str]] = {}  # model key -> (suite name, model name), for the trace
         self._datasets: dict[str, Any] = {}
         self._draws: dict[str, Any] = {}  # calibration_draw's, by set, samples, seed and draw
 
@@ -111,6 +113,8 @@ class Loader:
                 raise exc.with_context(where) from None
             self._models[key] = loaded
             self._identities[key] = self._identity(suite, name, loaded)
+            self._names[key] = (suite.name, name)
+            trace("load", suite.name, name)
         return self._models[key]
 
     @staticmethod
@@ -138,7 +142,19 @@ class Loader:
     def release_model(self, suite: Suite, name: str) -> None:
         """Forget the loaded module (its identity stays): no unit of it is pending any more."""
         key, _ = self._model_key(suite, name)
-        self._models.pop(key, None)
+        if self._models.pop(key, None) is not None:
+            trace("release", suite.name, name)
+
+    def release_models_except(self, keep: list[tuple[Suite, str]]) -> int:
+        """Forget every loaded module but those of ``keep`` (suite, model); returns how many went.
+        For a process that cannot know which models its later checks read (a pytest-xdist worker:
+        it is announced every selected check, so a model's pending count never reaches zero there)."""
+        kept = {self._model_key(suite, name)[0] for suite, name in keep}
+        gone = [key for key in self._models if key not in kept]
+        for key in gone:
+            del self._models[key]
+            trace("release", *self._names[key])
+        return len(gone)
 
     def live_models(self) -> int:
         return len(self._models)

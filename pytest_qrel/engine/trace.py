@@ -1,7 +1,9 @@
 """An opt-in event trace for counting work across processes (xdist workers, shards).
 
 With ``PYTEST_QREL_TRACE=<file>`` set, every forward pass and every quantization appends one line
-``<pid>\t<event>\t<suite>\t<model>\t<quantizer>\t<dataset>`` to the file (``O_APPEND``: lines of
+``<pid>\t<event>\t<suite>\t<model>\t<quantizer>\t<dataset>`` to the file (a model's load and
+release: ``<pid>\tload\t<suite>\t<model>``; a quantization served by the memo:
+``<pid>\treuse\t<suite>\t<model>\t<quantizer>``, before its ``quantize`` line) (``O_APPEND``: lines of
 concurrent processes do not interleave). The project's tests use it to show that under ``-n 2``
 each pass and each calibration happens once across workers; it costs nothing when unset.
 """

@@ -60,7 +60,9 @@ backbone-major (every scenario of ``vit_b32_openai``, then ``vit_b32_laion400m``
 
 ``suites/clip.yaml``'s 26 head-free QAT quantizers and 4 ``minmax`` ones take about 10 GB for a ViT-B
 backbone (36 GB for ViT-L/14: past the default budget, its first 13 in suite order are shared);
-``benchmarks/quant_memo_counts.py`` counts a whole run. Each pytest-xdist worker has its own memo.
+``benchmarks/quant_memo_counts.py`` counts a whole run. Each pytest-xdist worker has its own memo and
+its share of the budget (:func:`budget_from_env`); the scheduler gives a quantizer's units in every
+scenario to one worker (:class:`pytest_qrel.plugin.xdist_sched.UnitScheduling`).
 
 (On ``open_clip:digits_clip`` ``smoothquant`` and ``raana`` gave the same modules for two class sets;
 they are keyed with the head because nothing in them guarantees it.)
@@ -130,14 +132,20 @@ ENV_BUDGET_OLD = "QREL_QAT_MEMO_GB"
 
 
 def budget_from_env() -> int:
-    """The budget in bytes: :data:`ENV_BUDGET` (else :data:`ENV_BUDGET_OLD`) in GiB when set to a
-    number >= 0, else :data:`DEFAULT_BUDGET_BYTES` (with a warning when set to anything else)."""
+    """This process's budget in bytes: :data:`ENV_BUDGET` (else :data:`ENV_BUDGET_OLD`) in GiB when
+    set to a number >= 0, else :data:`DEFAULT_BUDGET_BYTES` (with a warning when set to anything
+    else); the run's budget, so a pytest-xdist worker takes its share (``PYTEST_XDIST_WORKER_COUNT``,
+    which xdist sets in each worker): ``-n 2`` does not put twice the budget on the temporary disk."""
     import os
 
     name = ENV_BUDGET if os.environ.get(ENV_BUDGET, "").strip() else ENV_BUDGET_OLD
     raw = os.environ.get(name, "").strip()
+    try:
+        workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    except ValueError:
+        workers = 1
     if not raw:
-        return DEFAULT_BUDGET_BYTES
+        return DEFAULT_BUDGET_BYTES // workers
     try:
         gib = float(raw)
     except ValueError:
@@ -147,8 +155,8 @@ def budget_from_env() -> int:
 
         warnings.warn(f"{name}={raw!r} is not a number of GiB >= 0; the quantization memo uses {DEFAULT_BUDGET_BYTES / 2**30:g} GiB",
                       stacklevel=2)
-        return DEFAULT_BUDGET_BYTES
-    return int(gib * 2**30)
+        return DEFAULT_BUDGET_BYTES // workers
+    return int(gib * 2**30) // workers
 
 
 def _meta_like(t: Any) -> Any:

@@ -140,7 +140,9 @@ class UnitComputer:
                 if backbone is not None:
                     memo = self.train_memo.key(self.loader.identity(suite, model), fp32, config, images, labels, targets, self.device)
                 module = None if memo is None else self.train_memo.get(memo, fp32, self.device, backbone)
-                if module is None:
+                if module is not None:
+                    trace("reuse", suite.name, model, name)
+                else:
                     module = quantize(fp32, config, images, labels=labels, targets=targets).eval()
                     if memo is not None:
                         self.train_memo.put(memo, module, backbone)

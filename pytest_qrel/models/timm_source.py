@@ -615,6 +615,25 @@ def check_options(arg: str, options: Mapping[str, Any]) -> None:
     _parse_options(options, f"timm model '{arg}'")
 
 
+def missing_pretrained_weights(arg: str) -> str | None:
+    """For ``qrel init``, before it writes a suite: what a run with ``timm:<arg>``'s pretrained
+    weights (no options) would lack, in one line naming the fetch command; None when they are in
+    the local cache. Raises :class:`ModelError` for an unknown model name or pretrained tag (with
+    "did you mean"). Imports timm; reads the disk only."""
+    label = f"timm model '{arg}'"
+    _, pcfg = _resolve_name(arg, label)
+    hub_id = getattr(pcfg, "hf_hub_id", None) if pcfg is not None else None
+    if not hub_id:
+        return f"timm registers no Hugging Face weights for '{arg}'"
+    repo_id, _, revision = str(hub_id).partition("@")
+    filenames = (pcfg.hf_hub_filename,) if getattr(pcfg, "hf_hub_filename", None) else _WEIGHT_FILES
+    cache_dir, how = hf_hub_cache_dir()
+    if find_cached_file(repo_id, filenames, cache_dir, revision or None) is not None:
+        return None
+    return (f"the pretrained weights of {repo_id} are not in the local Hugging Face cache ({cache_dir}); "
+            f"fetch them on a machine with internet access with `{_fetch_command(repo_id, filenames[0], cache_dir, how)}`")
+
+
 @MODEL_SOURCES.register("timm", check_options=check_options)
 def timm_model_source(arg: str, *, options: Mapping[str, Any] | None = None, base_dir: Path | None = None) -> LoadedModel:
     """``source: "timm:<name>"``: a timm classifier in eval mode with its own eval preprocessing.

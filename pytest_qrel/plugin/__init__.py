@@ -122,6 +122,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    if isinstance(item, CheckItem) and is_worker(item.config):
+        engine_setup.release_models_for(item.config, nextitem)
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     if is_worker(session.config):
         engine_setup.report_device(session.config)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from .progress import PROGRESS, warn_line
-from .state import STATE, relative, xdist_workers
+from .state import PLANNED, STATE, relative, xdist_workers
 
 
 def choose_threads(config: pytest.Config) -> None:
@@ -94,6 +94,18 @@ def engine(config: pytest.Config) -> Any:
     # and is released after its last check.
     state.engine.expect(state.selected)
     return state.engine
+
+
+def release_models_for(config: pytest.Config, nextitem: pytest.Item | None) -> None:
+    """On a pytest-xdist worker, between two checks: the engine keeps only the model the next
+    check reads. A worker is announced every selected check, so a model's count of pending checks
+    never reaches zero there and it would hold every model it met; the scheduler queues units model
+    by model (:mod:`.xdist_sched`), so a released model is rarely met again (then it is loaded again)."""
+    state = config.stash[STATE]
+    if state.engine is None:
+        return
+    nxt = nextitem.stash.get(PLANNED, None) if nextitem is not None else None
+    state.engine.next_check(nxt)
 
 
 def take_unit_records(config: pytest.Config) -> list[dict[str, Any]] | None:

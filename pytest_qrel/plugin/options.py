@@ -84,6 +84,9 @@ def suite_paths(config: pytest.Config) -> list[Path]:
     for raw in config.getoption("qrel_suite") or []:
         path = Path(raw)
         if not path.is_file():
-            raise pytest.UsageError(f"--qrel-suite {raw}: no such file (give the path of a suite YAML file)")
+            from ..errors import did_you_mean
+
+            beside = sorted(str(p) for p in path.parent.glob("*.y*ml")) if path.parent.is_dir() else []
+            raise pytest.UsageError(f"--qrel-suite {raw}: no such file{did_you_mean(raw, beside)} (give the path of a suite YAML file)")
         paths.append(path.resolve())
     return paths

@@ -11,7 +11,8 @@
 - :func:`warn_line` prints a warning mid-test (cache unusable, watchdog action) past pytest's
   output capture, after erasing the progress text.
 
-Only public pytest API: the terminal reporter's ``write_raw`` / ``write_line``, the terminal
+Only public pytest API: the terminal reporter's ``write_raw`` / ``write_line`` / ``write`` and its
+``currentfspath`` / ``startpath`` (:func:`_write_line_mid_run`), the terminal
 writer's ``fullwidth`` / ``width_of_current_line`` (``config.get_terminal_writer()``). The
 progress text goes through ``write_raw``, which pytest does not count as part of its line, and is
 erased with backspaces, so pytest's own line (and its ``[ 50%]`` column) is never rewritten.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import threading
 import time
@@ -45,6 +47,18 @@ def _uncaptured(config: pytest.Config) -> Iterator[None]:
         yield
 
 
+def _write_line_mid_run(tr: Any, line: str, **markup: bool) -> None:
+    """``write_line`` while an item runs, then pytest's ``<suite file> `` prefix again (without
+    ``-v``): the letters of this item and the next continue under their file's name, not as a
+    lone ``.`` line followed by the prefix a second time. Under ``-v`` pytest writes each item's
+    id before its word itself (its prefix is then a string, not a path)."""
+    fspath = getattr(tr, "currentfspath", None)
+    tr.write_line(line, **markup)
+    if isinstance(fspath, Path):
+        tr.write(os.path.relpath(fspath, tr.startpath) + " ")
+        tr.currentfspath = fspath
+
+
 def warn_line(config: pytest.Config, message: str) -> None:
     """One yellow line on the terminal now (mid-test too); on stderr in an xdist worker."""
     tr = config.pluginmanager.get_plugin("terminalreporter")
@@ -55,7 +69,7 @@ def warn_line(config: pytest.Config, message: str) -> None:
     if progress is not None:
         progress.clear()
     with _uncaptured(config):
-        tr.write_line(message, yellow=True)
+        _write_line_mid_run(tr, message, yellow=True)
 
 
 class Progress:
@@ -89,7 +103,7 @@ class Progress:
         if self.worker is None and not self.tty:  # a log: a line per running phase every `every` s
             if self.tr is not None and self.meter.due(reading):
                 with _uncaptured(self.config):
-                    self.tr.write_line(line)
+                    _write_line_mid_run(self.tr, line)
             return
         now = self.clock()
         if not reading.finished and now - self.last < 0.5:
@@ -112,7 +126,7 @@ class Progress:
             self._status(line, True)
         elif self.tr is not None and not self.tr.isatty and passes:
             with _uncaptured(self.config):
-                self.tr.write_line(line)
+                _write_line_mid_run(self.tr, line)
 
     def take_units(self) -> list[dict[str, Any]]:
         """The units finished since the last call: ``{"unit", "seconds", "passes", "images"}``."""

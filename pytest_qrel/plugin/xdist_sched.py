@@ -87,6 +87,27 @@ class XdistController:
 WorkUnit = dict[str, bool]  # node id -> completed
 
 
+def model_of_scope(scope: str) -> str:
+    """``suite.yaml::model::quantizer`` (a unit's scope, :func:`.collect.unit_scope`) ->
+    ``suite.yaml::model``; any other scope (a plain test's node id) is its own."""
+    parts = scope.split("::")
+    return "::".join(parts[:2]) if len(parts) == 3 and parts[0].endswith((".yaml", ".yml")) else scope
+
+
+def affinity_group(scope: str) -> str:
+    """The units whose quantization a worker's memo can share: ``suite.yaml::vit@cifar10::W4A4-qat``
+    -> ``suite.yaml::vit::W4A4-qat`` (the scenario, seed and post-hoc steps dropped). A model of a suite
+    without scenarios keeps its name, so each of its units is a group of its own."""
+    from ..spec.quantizer_ref import QuantizerRef
+    from ..spec.scenarios import split_scenario
+
+    parts = scope.split("::")
+    if len(parts) != 3 or not parts[0].endswith((".yaml", ".yml")):
+        return scope
+    file, model, quantizer = parts
+    return f"{file}::{split_scenario(model)[0]}::{QuantizerRef.parse(quantizer).base}"
+
+
 class UnitScheduling:
     """xdist's ``Scheduling`` protocol over units (:func:`.collect.unit_scope`).
 
@@ -101,7 +122,18 @@ class UnitScheduling:
       run its last queued item before it knows the next one;
     - a worker that has not sent its collection yet (a replacement for a crashed one) gets work
       only once it has: xdist 3.8 re-schedules every node when one goes down, and assigning to a
-      collecting node raised ``KeyError`` (an INTERNALERROR) when two workers crashed close together.
+      collecting node raised ``KeyError`` (an INTERNALERROR) when two workers crashed close together;
+    - units are queued model by model in plan order (the larger first within a model, as xdist
+      orders scopes), not largest first over the whole run: a worker then holds one model at a
+      time (it releases the others when its next check reads another model:
+      :func:`pytest_qrel.plugin.engine_setup.release_models_for`), instead of every model it met;
+    - in a suite with ``scenarios:`` a worker *owns* the quantizer groups it takes first
+      (:func:`affinity_group`: the same quantizer of the same backbone in every scenario) and never
+      takes another worker's group while a unit of its own or of nobody's is queued: each QAT
+      training and PTQ calibration the scenarios share is then computed by one worker, which
+      reuses it from its memo (:mod:`pytest_qrel.engine.trainmemo`), instead of once per worker that
+      meets it. Within that, it finishes the model (scenario) it is on before it starts the next
+      (:meth:`_next_scope`).
     """
 
     def __init__(self, config: pytest.Config) -> None:
@@ -113,6 +145,10 @@ class UnitScheduling:
         self.workqueue: OrderedDict[str, WorkUnit] = OrderedDict()
         self.assigned_work: dict[Any, dict[str, WorkUnit]] = {}
         self.registered_collections: dict[Any, list[str]] = {}
+        self.owner: dict[str, Any] = {}  # affinity group -> the node that took its first unit
+        self.group: dict[str, str] = {}  # scope -> its affinity group
+        self.shared = False  # some group has several units
+        self.current: dict[Any, str] = {}  # node -> the model of the unit it took last
 
     @property
     def nodes(self) -> list[Any]:
@@ -150,6 +186,8 @@ class UnitScheduling:
         """``node`` finished or died; returns the check it was running if it died with work left,
         whose unit's unfinished checks go back to the queue (xdist re-runs the crashed one too)."""
         workload = self.assigned_work.pop(node)
+        self.owner = {group: owner for group, owner in self.owner.items() if owner is not node}
+        self.current.pop(node, None)
         unfinished = [(scope, unit) for scope, unit in workload.items() if not all(unit.values())]
         if not unfinished:
             return None
@@ -187,9 +225,14 @@ class UnitScheduling:
         units: dict[str, WorkUnit] = {}
         for nodeid in self.collection:
             units.setdefault(unit_scope(nodeid, self.config), {})[nodeid] = False
-        if self.config.getoption("loadscopereorder", True):  # the larger units first, as xdist orders scopes
-            units = dict(sorted(units.items(), key=lambda su: -len(su[1])))
+        if self.config.getoption("loadscopereorder", True):  # model by model, the larger units first within one
+            rank: dict[str, int] = {}
+            for scope in units:
+                rank.setdefault(model_of_scope(scope), len(rank))
+            units = dict(sorted(units.items(), key=lambda su: (rank[model_of_scope(su[0])], -len(su[1]))))
         self.workqueue.update(units)
+        self.group = {scope: affinity_group(scope) for scope in units}
+        self.shared = len(set(self.group.values())) < len(self.group)
         for _ in range(len(self.nodes) - len(self.workqueue)):  # more workers than units
             unused, _work = self.assigned_work.popitem()
             unused.shutdown()
@@ -207,8 +250,32 @@ class UnitScheduling:
         elif self.pending(node) <= 1:
             self._assign(node)
 
+    def _next_scope(self, node: Any) -> str:
+        """The queued scope ``node`` takes next (the class docstring), in this order: the first of
+        the model it computed last whose group it owns or nobody owns (a worker finishes a model
+        before it loads the next: loading a CLIP scenario model encodes its class names again), the
+        first of a group it owns, the first of a group nobody owns, the queue's first."""
+        if not self.shared:  # no two units share a group (no scenarios): the queue's order
+            return next(iter(self.workqueue))
+        current = self.current.get(node)
+        owned = unowned = None
+        for scope in self.workqueue:
+            owner = self.owner.get(self.group[scope])
+            if owner is not node and owner is not None:
+                continue
+            if model_of_scope(scope) == current:
+                return scope
+            if owner is node and owned is None:
+                owned = scope
+            elif owner is None and unowned is None:
+                unowned = scope
+        return owned or unowned or next(iter(self.workqueue))
+
     def _assign(self, node: Any) -> None:
-        scope, unit = self.workqueue.popitem(last=False)
+        scope = self._next_scope(node)
+        unit = self.workqueue.pop(scope)
+        self.owner.setdefault(self.group[scope], node)
+        self.current[node] = model_of_scope(scope)
         self.assigned_work[node][scope] = unit
         collection = self.registered_collections[node]
         node.send_runtest_some([collection.index(nodeid) for nodeid, done in unit.items() if not done])

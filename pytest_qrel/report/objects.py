@@ -142,7 +142,7 @@ class VerdictRow:
     reason: str
     css: str
     sort_margin: float | None
-    rerun: str = ""  # the command that re-runs this check, its node id shell-quoted: pytest 'suites/x.yaml::m::q::...'
+    rerun: str = ""  # the command that re-runs this check, its node id shell-quoted: pytest --qrel-suite suites/x.yaml 'suites/x.yaml::m::q::...'
     row_id: str = ""  # the row's HTML id in the failing / not-verified / expected tables (verdict_anchor)
 
 

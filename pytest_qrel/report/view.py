@@ -259,11 +259,14 @@ class _Builder:
 
 
 def rerun_command(nodeid: str) -> str:
-    """``pytest '<node id>'``: the id shell-quoted (ids hold spaces, parentheses, ``<=``), pasteable
-    as one argument in POSIX shells; empty without an id."""
+    """``pytest --qrel-suite <suite> '<node id>'``: the id shell-quoted (ids hold spaces, parentheses,
+    ``<=``), pasteable as one argument in POSIX shells; empty without an id. ``--qrel-suite`` makes
+    pytest read the suite wherever it lives (without it, only files matching ``qrel_suite_glob``,
+    ``suites/*.yaml`` by default, are collected), as the terminal's ``re-run one:`` line does."""
     import shlex
 
-    return f"pytest {shlex.quote(nodeid)}" if nodeid else ""
+    suite = nodeid.split("::", 1)[0]
+    return f"pytest --qrel-suite {shlex.quote(suite)} {shlex.quote(nodeid)}" if nodeid else ""
 
 
 def verdict_anchor(v: Verdict) -> str:
