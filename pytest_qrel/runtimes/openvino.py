@@ -118,12 +118,13 @@ def runtime_census(model: Any, options: Any, example: np.ndarray, *, batch: int 
 
 
 def ov_module(model: Any, options: Any, example: np.ndarray, identity: dict[str, Any], size: int, *,
-              fixed_batch: int | None = None) -> RuntimeModule:
-    """The :class:`RuntimeModule` of an OpenVINO model compiled with the unit's settings;
-    ``fixed_batch``: the model takes exactly that many images (:mod:`.signature`)."""
+              fixed_batch: int | None = None, compiled: Any = None) -> RuntimeModule:
+    """The :class:`RuntimeModule` of an OpenVINO model compiled with the unit's settings
+    (``compiled``: already); ``fixed_batch``: the model takes exactly that many images (:mod:`.signature`)."""
     import openvino as ov  # type: ignore[import-untyped]
 
-    compiled = ov.Core().compile_model(model, "CPU", compile_options(options))
+    if compiled is None:
+        compiled = ov.Core().compile_model(model, "CPU", compile_options(options))
     output = compiled.output(0)
     census = runtime_census(model, options, example, batch=fixed_batch or 1, notes=fixed_batch_note(fixed_batch))
     identity = {**identity, "provider": "CPU", "threads": resolved_threads(options.threads),
@@ -214,4 +215,4 @@ def openvino_artifact(paths: list[Path], options: Any, example: np.ndarray, iden
         raise QuantOptionError("path", f"OpenVINO cannot compile {xml} for its CPU plugin: {reason(exc)}", fix) from None
     output = compiled.output(0)
     fixed = probe(xml, lambda batch: compiled(batch)[output], example, fixed, classes, EXPORT_HINT)
-    return ov_module(model, options, example, identity, sum(p.stat().st_size for p in paths), fixed_batch=fixed)
+    return ov_module(model, options, example, identity, sum(p.stat().st_size for p in paths), fixed_batch=fixed, compiled=compiled)
