@@ -3,14 +3,18 @@
 ``options: {path: models/vit.int8.onnx, runtime: onnxruntime}``; the FP32 side is the suite's
 model, whose baseline stays the reference. What the file can be:
 
-- ``.onnx`` (``runtime: onnxruntime``): run in an ONNX Runtime session (:mod:`.onnx`);
+- ``.onnx`` (``runtime: onnxruntime``): run in an ONNX Runtime session (:mod:`.onnx`), with the
+  external data files its tensors name (:mod:`.onnx_files`);
 - ``.xml`` + ``.bin`` (``runtime: openvino``): an OpenVINO IR, compiled for the CPU (:mod:`.openvino`);
 - ``.pt2`` (``runtime: torch``): a :func:`torch.export.save` program, loaded by :func:`torch.export.load`;
 - ``.pt`` / ``.pth`` (``runtime: torch``): a state dict *of the suite's model*, loaded with
   ``torch.load(weights_only=True)`` (no arbitrary unpickling; torchao's quantized tensors are
   allowed when torchao is installed) into a copy of the FP32 module.
 
-The path is relative to the suite file (:func:`bind`, called by the engine before the method).
+Before any image is scored, the file must take the suite's preprocessed images (one float32
+input (N, C, H, W)) and return the FP32 model's number of logits (:mod:`.signature`); a fixed batch
+is run in chunks of that size. The path is relative to the suite file (:func:`bind`, called by
+the engine before the method).
 The file's SHA-256 is in the unit's identity and cache key (:mod:`.identity`): a file overwritten
 at the same path is recomputed, never served from the cache. A missing, unreadable or
 wrongly-formatted file is one :class:`~pytest_qrel.errors.QuantOptionError` on ``path``, which
