@@ -196,6 +196,7 @@ def test_float_onnx_declared_w8a8_fails_with_its_census(tmp_path: Path) -> None:
         assert "quantizer 'ART' (method artifact) is not what it declares" in v.message
         assert "declared W8A8, but no matrix op runs with integer weights" in v.message
         assert "census: onnxruntime: 0.0% of Linear/MatMul/Conv MACs in int8" in v.message
+        assert v.message.endswith("(fix: give the quantized model (a float export is not one), or a recipe that quantizes its Linear layers)")
         assert "\n" not in v.message
 
 
@@ -212,4 +213,4 @@ def test_missing_or_unreadable_artifact_is_one_line(tmp_path: Path) -> None:
     _, verdicts = run_suite(suite, baselines=tmp_path / "baselines")
     (v,) = verdicts
     assert v.outcome == "error" and "\n" not in v.message
-    assert "quantizers.ART.options.path" in v.message and "ONNX Runtime cannot load the model" in v.message
+    assert "quantizers.ART.options.path" in v.message and f"ONNX Runtime cannot load {tmp_path / 'files' / 'vit.int8.onnx'}: " in v.message

@@ -172,13 +172,16 @@ def test_declared_bits_against_the_census() -> None:
     int8 = census(90.0, 0.0, 10.0)
     assert int8["int8_share"] == pytest.approx(0.9) and int8["ops"]["float"] == {"F": 1, "LayerNorm": 1}
     assert bits_problem(int8, 8, 8) is None
-    assert "W8A16 (float activations)" in bits_problem(int8, 8, None)
-    assert "declared 4-bit weights" in bits_problem(int8, 4, 8)
+    assert bits_problem(int8, 8, None)[0].startswith("declared W8A16 (float activations)")
+    assert bits_problem(int8, 8, None)[1] == "declare 'act_bits: 8'"
+    assert bits_problem(int8, 4, 8) == ("declared 4-bit weights, but the integer kernels use 8-bit weights", "declare 'weight_bits: 8'")
     floating = census(0.0, 0.0, 100.0)
-    assert bits_problem(floating, 8, 8) == "declared W8A8, but no matrix op runs with integer weights"
+    assert bits_problem(floating, 8, 8)[0] == "declared W8A8, but no matrix op runs with integer weights"
     weight_only = census(0.0, 80.0, 20.0)
     assert bits_problem(weight_only, 8, None) is None
-    assert bits_problem(weight_only, 8, 8) == "declared W8A8, but every matrix op computes with floating-point activations"
+    assert bits_problem(weight_only, 8, 8) == ("declared W8A8, but every matrix op computes with floating-point activations",
+                                               "declare 'act_bits: null' for a weight-only model, or give one quantized with integer "
+                                               "activations (e.g. torchao's Int8DynamicActivationInt8WeightConfig)")
 
 
 def test_ort_kernels_are_classified_by_op_and_counted_by_shape() -> None:

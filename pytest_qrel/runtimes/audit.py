@@ -41,11 +41,12 @@ def parity_refs(suite: Any, base: str) -> list[str]:
 
 def census_failure(spec: Any, census: dict[str, Any]) -> SimulationError | None:
     """The error of a unit whose census contradicts its declared bits (``None``: it does not)."""
-    problem = bits_problem(census, spec.weight_bits, spec.act_bits)
-    if problem is None:
+    found = bits_problem(census, spec.weight_bits, spec.act_bits)
+    if found is None:
         return None
+    problem, fix = found
     return SimulationError(f"{spec.where or spec.name}: quantizer '{spec.name}' (method {spec.method}) is not what it declares: "
-                           f"{problem}; census: {summary(census)}")
+                           f"{problem}; census: {summary(census)} (fix: {fix})")
 
 
 def _check_unchanged(spec: Any, identity: dict[str, Any], key_identity: dict[str, Any] | None) -> None:

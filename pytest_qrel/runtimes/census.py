@@ -91,8 +91,8 @@ def summary(census: dict[str, Any]) -> str:
             f"float kernels {ops('float')}")
 
 
-def bits_problem(census: dict[str, Any], weight_bits: int, act_bits: int | None) -> str | None:
-    """Why the census contradicts the declared bit widths, or ``None`` when it does not.
+def bits_problem(census: dict[str, Any], weight_bits: int, act_bits: int | None) -> tuple[str, str] | None:
+    """``(why, fix)`` when the census contradicts the declared bit widths, ``None`` when it does not.
 
     Declared integer activations need some matrix op computing with integer activations; declared
     integer weights need some matrix op with integer weights of that width (the runtimes here
@@ -102,15 +102,21 @@ def bits_problem(census: dict[str, Any], weight_bits: int, act_bits: int | None)
     """
     declared = f"W{weight_bits}A{act_bits or 16}"
     if census["weight_bits"] is None:
-        return f"declared {declared}, but no matrix op runs with integer weights"
+        return (f"declared {declared}, but no matrix op runs with integer weights",
+                "give the quantized model (a float export is not one), or a recipe that quantizes its Linear layers")
     if census["weight_bits"] != weight_bits:
-        return f"declared {weight_bits}-bit weights, but the integer kernels use {census['weight_bits']}-bit weights"
+        return (f"declared {weight_bits}-bit weights, but the integer kernels use {census['weight_bits']}-bit weights",
+                f"declare 'weight_bits: {census['weight_bits']}'")
     if act_bits is not None and census["act_bits"] is None:
-        return f"declared {declared}, but every matrix op computes with floating-point activations"
+        return (f"declared {declared}, but every matrix op computes with floating-point activations",
+                "declare 'act_bits: null' for a weight-only model, or give one quantized with integer activations "
+                "(e.g. torchao's Int8DynamicActivationInt8WeightConfig)")
     if act_bits is not None and census["act_bits"] != act_bits:
-        return f"declared {act_bits}-bit activations, but the integer kernels take {census['act_bits']}-bit activations"
+        return (f"declared {act_bits}-bit activations, but the integer kernels take {census['act_bits']}-bit activations",
+                f"declare 'act_bits: {census['act_bits']}'")
     if act_bits is None and census["act_bits"] is not None:
-        return f"declared {declared} (float activations), but {100 * census['int8_share']:.1f}% of the MACs run with int8 activations"
+        return (f"declared {declared} (float activations), but {100 * census['int8_share']:.1f}% of the MACs run with int8 activations",
+                f"declare 'act_bits: {census['act_bits']}'")
     return None
 
 

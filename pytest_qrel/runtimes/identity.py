@@ -19,6 +19,7 @@ Missing, unreadable or wrongly shaped artifact files are a
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +66,9 @@ def runtime_identity(config: Any, base_dir: Path | None = None) -> dict[str, Any
 
 
 def artifact_paths(spelled: str, runtime: str, base_dir: Path | None) -> list[Path]:
-    """The files an artifact consists of (an OpenVINO ``.xml`` and its ``.bin``), resolved
-    against the suite's directory.
+    """The files an artifact consists of (an OpenVINO ``.xml`` and its ``.bin``; an ONNX model and
+    the external data files its tensors name, as ``torch.onnx.export(dynamo=True)`` writes
+    ``model.onnx.data``), resolved against the suite's directory.
 
     Raises:
         QuantOptionError: on ``path``, when a file does not exist or is not a file.
@@ -74,11 +76,23 @@ def artifact_paths(spelled: str, runtime: str, base_dir: Path | None) -> list[Pa
     base = Path(base_dir) if base_dir is not None else Path.cwd()
     path = Path(spelled).expanduser()
     path = (path if path.is_absolute() else base / path).resolve()
-    where = f"(paths are relative to the suite file's directory {base})"
+    where = f"(paths are relative to the suite file's directory {base.resolve()})"
     if not path.is_file():
-        raise QuantOptionError("path", f"artifact file {path} does not exist {where}",
-                               "point 'path' at the quantized model file the team deploys")
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        fix = "point 'path' at the quantized model file the team deploys"
+        from_cwd = Path(spelled).expanduser().resolve()  # a path written relative to where pytest runs
+        if base_dir is not None and from_cwd.is_file() and from_cwd != path:
+            fix = f"write 'path: {os.path.relpath(from_cwd, base)}': {from_cwd} is that file, relative to the suite file"
+        raise QuantOptionError("path", f"artifact file {path} {what} {where}", fix)
     files = [path]
+    if runtime == "onnxruntime":
+        from .onnx_files import external_data_files
+
+        for data in external_data_files(path):
+            if not data.is_file():
+                raise QuantOptionError("path", f"ONNX model {path} keeps its weights in the external data file {data}, "
+                                       "which does not exist", "keep the data file saved with the .onnx beside it (as written)")
+            files.append(data)
     if runtime == "openvino":
         weights = path.with_suffix(".bin")
         if path.suffix.lower() != ".xml":

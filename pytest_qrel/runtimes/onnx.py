@@ -39,6 +39,7 @@ from ..errors import QuantOptionError
 from .census import Kernel, census_of, matmul_macs
 from .identity import file_sha256, resolved_threads, versions
 from .module import RuntimeModule
+from .signature import DeclaredInput, check_inputs, fixed_batch_note, fixed_batch_run, probe, reason
 
 INT8_MATRIX = frozenset({
     "MatMulInteger", "MatMulIntegerToFloat", "QLinearMatMul", "QGemm", "QLinearConv", "ConvInteger",
@@ -193,8 +194,9 @@ def session_options(options: Any, *, profile_dir: str | None = None) -> Any:
     return so
 
 
-def load_session(model: bytes | str, options: Any, device: str, *, profile_dir: str | None = None) -> Any:
-    """An InferenceSession of ``model`` (bytes or a path) with the unit's settings.
+def load_session(model: bytes | str, options: Any, device: str, *, profile_dir: str | None = None, source: str = "the model") -> Any:
+    """An InferenceSession of ``model`` (bytes or a path) with the unit's settings; ``source``
+    names it in an error (the artifact's path).
 
     Raises:
         QuantOptionError: on ``path``: ONNX Runtime cannot read the model.
@@ -207,9 +209,9 @@ def load_session(model: bytes | str, options: Any, device: str, *, profile_dir: 
     except QuantOptionError:
         raise
     except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail / InvalidGraph / InvalidProtobuf types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise QuantOptionError("path", f"ONNX Runtime cannot load the model: {first[:300]}",
-                               "give an ONNX model file (e.g. from torch.onnx.export, then onnxruntime.quantization)") from None
+        raise QuantOptionError("path", f"ONNX Runtime cannot load {source}: {reason(exc)}",
+                               "give the ONNX file as saved (e.g. by torch.onnx.export, then onnxruntime.quantization); "
+                               "a truncated or edited copy does not load") from None
 
 
 def _shape(entry: Any) -> tuple[str, list[int]]:
@@ -237,16 +239,17 @@ def kernel_of(op: str, inputs: list[tuple[str, list[int]]], outputs: list[tuple[
     return Kernel(op, "other", integer=integer)
 
 
-def profile_census(model: bytes | str, options: Any, device: str, example: np.ndarray, *, notes: str = "") -> dict[str, Any]:
-    """Run one image through a profiled session and count what executed (:mod:`.census`)."""
+def profile_census(model: bytes | str, options: Any, device: str, example: np.ndarray, *, notes: str = "", batch: int = 1) -> dict[str, Any]:
+    """Run one image (``batch`` copies of it, for a fixed-batch model) through a profiled session
+    and count what executed (:mod:`.census`), per image."""
+    images = np.ascontiguousarray(np.repeat(example[:1], batch, axis=0))
     with tempfile.TemporaryDirectory(prefix="qrel-ort-") as tmp:
         sess = load_session(model, options, device, profile_dir=tmp)
         try:
-            sess.run(None, {sess.get_inputs()[0].name: example[:1]})
+            sess.run(None, {sess.get_inputs()[0].name: images})
         except Exception as exc:  # noqa: BLE001 - wrong input shape / dtype for the suite's images
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise QuantOptionError("path", f"the ONNX model does not run on the suite's preprocessed images "
-                                   f"{tuple(example[:1].shape)}: {first[:300]}",
+                                   f"{tuple(images.shape)}: {reason(exc)}",
                                    "export the model the suite names, with its input (N, C, H, W) in float32") from None
         trace = Path(sess.end_profiling())
         events = json.loads(trace.read_text())
@@ -258,22 +261,26 @@ def profile_census(model: bytes | str, options: Any, device: str, example: np.nd
         inputs = [_shape(x) for x in args.get("input_type_shape", [])]
         outputs = [_shape(x) for x in args.get("output_type_shape", [])]
         kernels.append(kernel_of(str(args.get("op_name", "?")), inputs, outputs))
-    return census_of("onnxruntime", kernels, images=1, notes=notes)
+    return census_of("onnxruntime", kernels, images=batch, notes=notes)
 
 
-def ort_module(model_bytes: bytes, options: Any, device: str, example: np.ndarray, identity: dict[str, Any], *, notes: str = "") -> RuntimeModule:
-    """The :class:`RuntimeModule` of an ONNX model (its session, census and identity)."""
-    sess = load_session(model_bytes, options, device)
+def ort_module(model: bytes | str, options: Any, device: str, example: np.ndarray, identity: dict[str, Any], *, notes: str = "",
+               session: Any = None, fixed_batch: int | None = None, size: int | None = None) -> RuntimeModule:
+    """The :class:`RuntimeModule` of an ONNX model, its bytes or its path (its session, census and
+    identity); ``session``: one opened already; ``fixed_batch``: the model takes exactly that many
+    images (:mod:`.signature`); ``size``: its bytes on disk (default: ``len(model)``)."""
+    sess = session if session is not None else load_session(model, options, device)
     name = sess.get_inputs()[0].name
-    census = profile_census(model_bytes, options, device, example, notes=notes)
+    notes = "; ".join(n for n in (notes, fixed_batch_note(fixed_batch)) if n)
+    census = profile_census(model, options, device, example, notes=notes, batch=fixed_batch or 1)
     identity = {**identity, "provider": sess.get_providers()[0], "threads": resolved_threads(options.threads),
                 "graph_optimization": options.graph_optimization}
 
     def run(batch: np.ndarray) -> np.ndarray:
         return sess.run(None, {name: batch})[0]
 
-    info = {"identity": identity, "census": census, "artifact_bytes": len(model_bytes)}
-    return RuntimeModule(run, info, keep=sess)
+    info = {"identity": identity, "census": census, "artifact_bytes": len(model) if size is None else size}
+    return RuntimeModule(run if not fixed_batch else fixed_batch_run(run, fixed_batch), info, keep=sess)
 
 
 # ------------------------------------------------------------------------------------------ methods
@@ -296,10 +303,35 @@ def onnxruntime_method(model: Any, config: Any, calibration: Any, *, labels: Any
     return ort_module(data, options, device, images[:1], identity)
 
 
-def onnx_artifact(path: Path, options: Any, device: str, example: np.ndarray, identity: dict[str, Any]) -> RuntimeModule:
-    """A user's ``.onnx`` file as a runtime module.
+ONNX_TYPES = {"float": "float32", "double": "float64"}
+"""ONNX Runtime's element type names that are not NumPy's (``tensor(float)`` is float32)."""
+EXPORT_HINT = "torch.onnx.export(model, (images,), path, input_names=['images'], dynamic_axes={'images': {0: 'batch'}})"
+
+
+def declared_inputs(sess: Any) -> list[DeclaredInput]:
+    """The inputs ``sess`` expects (:class:`~.signature.DeclaredInput`)."""
+    out = []
+    for i in sess.get_inputs():
+        kind = str(i.type).removeprefix("tensor(").removesuffix(")")
+        shape = None if i.shape is None else tuple(d if isinstance(d, int) else (str(d) if d else None) for d in i.shape)
+        out.append(DeclaredInput(str(i.name), shape, ONNX_TYPES.get(kind, kind)))
+    return out
+
+
+def onnx_artifact(paths: list[Path], options: Any, device: str, example: np.ndarray, identity: dict[str, Any], classes: int) -> RuntimeModule:
+    """A user's ``.onnx`` file (``paths[0]``; the rest: its external data files) as a runtime
+    module: its declared input and its logits on one small batch are checked against the suite's
+    images and the FP32 model's ``classes`` first (:mod:`.signature`).
 
     Raises:
-        QuantOptionError: on ``path``: not an ONNX model ONNX Runtime can load.
+        QuantOptionError: on ``path``: not an ONNX model ONNX Runtime can load, or not one that
+        maps the suite's preprocessed images to its classes.
     """
-    return ort_module(path.read_bytes(), options, device, example, identity)
+    path = paths[0]
+    model: bytes | str = path.read_bytes() if len(paths) == 1 else str(path)  # external data: ORT finds it beside the path
+    sess = load_session(model, options, device, source=str(path))
+    fixed = check_inputs(path, declared_inputs(sess), example.shape[1:], EXPORT_HINT)
+    name = sess.get_inputs()[0].name
+    fixed = probe(path, lambda batch: sess.run(None, {name: batch})[0], example, fixed, classes, EXPORT_HINT)
+    return ort_module(model, options, device, example, identity, session=sess, fixed_batch=fixed,
+                      size=sum(p.stat().st_size for p in paths))

@@ -29,6 +29,7 @@ from ..errors import QuantOptionError
 from .census import Kernel, census_of, matmul_macs
 from .identity import file_sha256, resolved_threads, versions
 from .module import RuntimeModule
+from .signature import DeclaredInput, check_inputs, fixed_batch_note, fixed_batch_run, probe, reason
 
 MATRIX_LAYERS = frozenset({"FullyConnected", "MatMul", "Convolution", "GroupConvolution", "Deconvolution", "ScaledDotProductAttention"})
 NOT_KERNELS = frozenset({"Const", "Input", "Output", "Parameter", "Result"})
@@ -80,14 +81,15 @@ def matrix_macs(model: Any) -> list[tuple[str, str, float, float]]:
     return out
 
 
-def runtime_census(model: Any, options: Any, example: np.ndarray) -> dict[str, Any]:
-    """The census of ``model`` compiled with the unit's settings at batch 1 (module docstring):
-    every layer of the runtime model, and the multiply-accumulates of the original model's
-    matrix ops at the precision of the runtime layer each was fused into."""
+def runtime_census(model: Any, options: Any, example: np.ndarray, *, batch: int = 1, notes: str = "") -> dict[str, Any]:
+    """The census of ``model`` compiled with the unit's settings at batch 1 (``batch`` for a
+    fixed-batch model; module docstring): every layer of the runtime model, and the
+    multiply-accumulates of the original model's matrix ops at the precision of the runtime layer
+    each was fused into, per image."""
     import openvino as ov  # type: ignore[import-untyped]
 
     clone = model.clone()
-    clone.reshape({clone.inputs[0]: list(example[:1].shape)})
+    clone.reshape({clone.inputs[0]: [batch, *example.shape[1:]]})
     compiled = ov.Core().compile_model(clone, "CPU", compile_options(options))
     kernels = []
     precision_of: dict[str, tuple[str, str]] = {}
@@ -109,26 +111,30 @@ def runtime_census(model: Any, options: Any, example: np.ndarray) -> dict[str, A
         kernels.append(Kernel(layer, "int8" if integer else "float", macs, integer=integer, weight_bits=8 if integer else None, counted=False))
         if float_macs:
             kernels.append(Kernel(layer, "float", float_macs, counted=False))
-    notes = f"compiled for CPU, inference precision {_precision(compiled)}"
+    notes = "; ".join(n for n in (f"compiled for CPU, inference precision {_precision(compiled)}", notes) if n)
     if unmapped:
         notes += f"; {unmapped} matrix ops not found in the runtime model (counted as float)"
-    return census_of("openvino", kernels, images=1, notes=notes)
+    return census_of("openvino", kernels, images=batch, notes=notes)
 
 
-def ov_module(model: Any, options: Any, example: np.ndarray, identity: dict[str, Any], size: int) -> RuntimeModule:
-    """The :class:`RuntimeModule` of an OpenVINO model compiled with the unit's settings."""
+def ov_module(model: Any, options: Any, example: np.ndarray, identity: dict[str, Any], size: int, *,
+              fixed_batch: int | None = None, compiled: Any = None) -> RuntimeModule:
+    """The :class:`RuntimeModule` of an OpenVINO model compiled with the unit's settings
+    (``compiled``: already); ``fixed_batch``: the model takes exactly that many images (:mod:`.signature`)."""
     import openvino as ov  # type: ignore[import-untyped]
 
-    compiled = ov.Core().compile_model(model, "CPU", compile_options(options))
+    if compiled is None:
+        compiled = ov.Core().compile_model(model, "CPU", compile_options(options))
     output = compiled.output(0)
-    census = runtime_census(model, options, example)
+    census = runtime_census(model, options, example, batch=fixed_batch or 1, notes=fixed_batch_note(fixed_batch))
     identity = {**identity, "provider": "CPU", "threads": resolved_threads(options.threads),
                 "precision": _precision(compiled)}
 
     def run(batch: np.ndarray) -> np.ndarray:
         return np.array(compiled(batch)[output], copy=True)
 
-    return RuntimeModule(run, {"identity": identity, "census": census, "artifact_bytes": size}, keep=compiled)
+    return RuntimeModule(run if not fixed_batch else fixed_batch_run(run, fixed_batch),
+                         {"identity": identity, "census": census, "artifact_bytes": size}, keep=compiled)
 
 
 def _save(model: Any, folder: Path) -> tuple[dict[str, str], int]:
@@ -171,18 +177,42 @@ def openvino_method(model: Any, config: Any, calibration: Any, *, labels: Any = 
     return ov_module(quantized, options, images[:1], identity, size)
 
 
-def openvino_artifact(paths: list[Path], options: Any, example: np.ndarray, identity: dict[str, Any]) -> RuntimeModule:
-    """A user's OpenVINO IR (``.xml`` + ``.bin``) as a runtime module.
+EXPORT_HINT = "openvino.convert_model(model, example_input=images), then nncf.quantize and openvino.save_model"
+
+
+def declared_inputs(model: Any) -> list[DeclaredInput]:
+    """The inputs an OpenVINO model expects (:class:`~.signature.DeclaredInput`)."""
+    out = []
+    for port in model.inputs:
+        partial = port.get_partial_shape()
+        shape = None if partial.rank.is_dynamic else tuple(d.get_length() if d.is_static else None for d in partial)
+        name = next(iter(port.get_names()), port.get_node().get_friendly_name())
+        out.append(DeclaredInput(str(name), shape, np.dtype(port.get_element_type().to_dtype()).name))
+    return out
+
+
+def openvino_artifact(paths: list[Path], options: Any, example: np.ndarray, identity: dict[str, Any], classes: int) -> RuntimeModule:
+    """A user's OpenVINO IR (``.xml`` + ``.bin``) as a runtime module: its declared input and its
+    logits on one small batch are checked against the suite's images and the FP32 model's
+    ``classes`` first (:mod:`.signature`).
 
     Raises:
-        QuantOptionError: on ``path``: OpenVINO cannot read the IR.
+        QuantOptionError: on ``path``: OpenVINO cannot read or compile the IR, or it does not map
+        the suite's preprocessed images to its classes.
     """
     import openvino as ov  # type: ignore[import-untyped]
 
+    xml = paths[0]
+    fix = "give the .xml of an IR saved by openvino.save_model, with the .bin saved with it beside it (both as written)"
     try:
-        model = ov.Core().read_model(str(paths[0]))
+        model = ov.Core().read_model(str(xml))
     except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError with a multi-line report
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise QuantOptionError("path", f"OpenVINO cannot read {paths[0]}: {first[:300]}",
-                               "give the .xml of an IR saved by openvino.save_model, with its .bin beside it") from None
-    return ov_module(model, options, example, identity, sum(p.stat().st_size for p in paths))
+        raise QuantOptionError("path", f"OpenVINO cannot read {xml}: {reason(exc)}", fix) from None
+    fixed = check_inputs(xml, declared_inputs(model), example.shape[1:], EXPORT_HINT)
+    try:
+        compiled = ov.Core().compile_model(model, "CPU", compile_options(options))
+    except Exception as exc:  # noqa: BLE001 - as above
+        raise QuantOptionError("path", f"OpenVINO cannot compile {xml} for its CPU plugin: {reason(exc)}", fix) from None
+    output = compiled.output(0)
+    fixed = probe(xml, lambda batch: compiled(batch)[output], example, fixed, classes, EXPORT_HINT)
+    return ov_module(model, options, example, identity, sum(p.stat().st_size for p in paths), fixed_batch=fixed, compiled=compiled)

@@ -129,11 +129,11 @@ def quantized_weights(module: Any) -> dict[str, str]:
     return out
 
 
-def torch_census(module: Any, example: Any, *, runtime: str) -> dict[str, Any]:
-    """The census of a torch module (module docstring); ``notes`` names the layers with quantized
-    weights."""
+def torch_census(module: Any, example: Any, *, runtime: str, notes: str = "") -> dict[str, Any]:
+    """The census of a torch module on the images ``example`` (multiply-accumulates per image;
+    module docstring); its notes name the layers with quantized weights, then ``notes``."""
     quantized = quantized_weights(module)
     kernels = record_kernels(module, example, set(quantized))
     classes = sorted(set(quantized.values()))
-    notes = f"{len(quantized)} layers with quantized weights ({', '.join(classes)})" if quantized else "no layer has quantized weights"
-    return census_of(runtime, kernels, images=1, notes=notes)
+    layers = f"{len(quantized)} layers with quantized weights ({', '.join(classes)})" if quantized else "no layer has quantized weights"
+    return census_of(runtime, kernels, images=len(example), notes="; ".join(n for n in (layers, notes) if n))

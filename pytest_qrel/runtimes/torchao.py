@@ -12,14 +12,38 @@ simulation's noise floor, never bit for bit. ``compile: true`` runs the quantize
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 from ..quantize.runtime_options import TORCHAO_CONFIGS
 from .identity import resolved_threads, versions
 from .module import attach
 from .torch_census import torch_census
+
+
+@contextlib.contextmanager
+def quiet_pytree() -> Iterator[None]:
+    """Torch's pytree logger at ERROR: torchao 0.18 registers an Enum as a pytree constant, which
+    torch 2.14 answers with a deprecation warning on stderr whenever torchao is imported (printed
+    after the run's summary, or under a failing check's captured output)."""
+    logger = logging.getLogger("torch.utils._pytree")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def import_torchao() -> Any:
+    """``torchao.quantization``, imported quietly (:func:`quiet_pytree`)."""
+    with quiet_pytree():
+        import torchao.quantization as tq  # type: ignore[import-untyped]
+    return tq
 
 
 def state_dict_bytes(module: Any) -> int:
@@ -34,8 +58,8 @@ def state_dict_bytes(module: Any) -> int:
 def torchao_method(model: Any, config: Any, calibration: Any, *, labels: Any = None) -> Any:
     """``method: torchao`` (module docstring); torchao needs no calibration images."""
     import torch
-    import torchao.quantization as tq  # type: ignore[import-untyped]
 
+    tq = import_torchao()
     options = config.options
     quantized = copy.deepcopy(model).eval()
     cls_name, _ = TORCHAO_CONFIGS[options.config]
