@@ -73,6 +73,20 @@ def test_missing_runtime_package_names_the_extra(tmp_path: Path, monkeypatch: py
     assert 'pip install "pytest-qrel[onnx]"' in text
 
 
+def test_an_openvino_file_needs_openvino_but_not_nncf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # NNCF quantizes (method: openvino); a quantized IR the user hands over is read by openvino alone
+    import pytest_qrel.quantize.runtime_options as ro
+
+    monkeypatch.setattr(ro.importlib.util, "find_spec", lambda name, *a: None if name == "nncf" else object())
+    assert ro.missing_modules("openvino") == ["nncf"] and ro.missing_modules("openvino", reads_file=True) == []
+    text = error(tmp_path, "  OV: {method: openvino, weight_bits: 8, act_bits: 8, options: {inference_precision: f32}}\n")
+    assert "method 'openvino' runs openvino, but nncf is not installed" in text
+    ro.ArtifactOptions.parse({"path": "m.xml", "inference_precision": "f32"}, method="artifact")  # no error
+    monkeypatch.setattr(ro.importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else object())
+    with pytest.raises(QuantOptionError, match="method 'artifact' runs openvino, but openvino is not installed"):
+        ro.ArtifactOptions.parse({"path": "m.xml", "inference_precision": "f32"}, method="artifact")
+
+
 @pytest.mark.parametrize(("quantizer", "field", "words"), [
     ("  OV: {method: openvino, weight_bits: 8, act_bits: 8}\n", "quantizers.OV.options.inference_precision", "bf16"),
     ("  OV: {method: openvino, weight_bits: 8, act_bits: 8, options: {inference_precision: fp32}}\n",

@@ -50,6 +50,10 @@ EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 """runtime -> (the pytest-qrel extra that installs it, the importable modules it needs)."""
 
+QUANTIZING_ONLY: frozenset[str] = frozenset({"nncf"})
+"""Modules of :data:`EXTRAS` a runtime needs to quantize a model but not to run a quantized file the
+user hands over (``method: artifact``: an OpenVINO IR is read and compiled by ``openvino`` alone)."""
+
 SUFFIX_RUNTIME: dict[str, str] = {".onnx": "onnxruntime", ".xml": "openvino", ".pt2": "torch", ".pt": "torch", ".pth": "torch"}
 """An artifact file's suffix -> the runtime that reads it (when ``runtime:`` is not given)."""
 
@@ -59,19 +63,20 @@ def install_line(runtime: str) -> str:
     return f'pip install "pytest-qrel[{EXTRAS[runtime][0]}]"'
 
 
-def missing_modules(runtime: str) -> list[str]:
-    """The modules ``runtime`` needs that cannot be imported here (found without importing them)."""
-    return [m for m in EXTRAS[runtime][1] if importlib.util.find_spec(m) is None]
+def missing_modules(runtime: str, *, reads_file: bool = False) -> list[str]:
+    """The modules ``runtime`` needs that cannot be imported here (found without importing them);
+    ``reads_file``: only to run a quantized file (:data:`QUANTIZING_ONLY` left out)."""
+    return [m for m in EXTRAS[runtime][1] if not (reads_file and m in QUANTIZING_ONLY) and importlib.util.find_spec(m) is None]
 
 
-def require(method: str, runtime: str) -> None:
+def require(method: str, runtime: str, *, reads_file: bool = False) -> None:
     """Raise the one-line error of a runtime whose package is not installed.
 
     Raises:
         QuantOptionError: on ``method`` (the suite field ``quantizers.<name>.method``), whose fix is
             the install command of the runtime's extra.
     """
-    missing = missing_modules(runtime)
+    missing = missing_modules(runtime, reads_file=reads_file)
     if missing:
         raise QuantOptionError(
             "method", f"method '{method}' runs {runtime}, but {', '.join(missing)} is not installed", install_line(runtime),
@@ -95,6 +100,7 @@ class RuntimeOptions(MethodOptions):
     """The keys every runtime method accepts (module docstring)."""
 
     RUNTIME: ClassVar[str] = ""
+    READS_FILE: ClassVar[bool] = False  # runs a quantized file the user hands over (quantizes nothing)
     threads: int | None = None
     simulation: str | None = None
     parity_images: int = 64
@@ -115,7 +121,7 @@ class RuntimeOptions(MethodOptions):
     @classmethod
     def parse(cls, raw: Mapping[str, Any] | None, *, method: str) -> Any:
         options = super().parse(raw, method=method)
-        require(method, options.backend)
+        require(method, options.backend, reads_file=cls.READS_FILE)
         return options
 
     def _need_int8(self, weight_bits: int, act_bits: int | None, *, act: bool) -> None:
@@ -230,6 +236,7 @@ class ArtifactOptions(RuntimeOptions):
     """``artifact``: a file the user hands over (``.onnx``, OpenVINO ``.xml`` + ``.bin``,
     ``torch.export`` ``.pt2``, or a state dict ``.pt`` / ``.pth`` for the suite's model)."""
 
+    READS_FILE: ClassVar[bool] = True
     path: str | None = None
     runtime: Literal["onnxruntime", "openvino", "torch"] | None = None
     graph_optimization: GraphOptimization = "all"
