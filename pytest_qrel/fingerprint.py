@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -83,3 +84,66 @@ def file_sha256(path: str | Path) -> str:
             h.update(chunk)
     return h.hexdigest()
 
+
+
+_STAMP_ATTR = "_qrel_files_stamp"
+
+
+def files_stamp(paths: list[Path]) -> str:
+    """SHA-256 over each file's path, size, modification and status-change times (ns) and inode.
+
+    The key of what a *cache* may reuse, never of a baseline: a dataset's fingerprint hashes its
+    files' paths and sizes (and their bytes only with ``content_hash``), so an edit that keeps a
+    file's size -- with its modification time set back (``os.utime``) -- keeps the fingerprint; the
+    status-change time cannot be set back and changes with every write, so a cache keyed on this stamp
+    recomputes. A copy or checkout of the data changes it too, which costs one recomputation, not a
+    stale result. A file that cannot be stat'ed is recorded as missing (reading it fails later, with
+    the data source's own message)."""
+    h = hashlib.sha256()
+    for path in paths:
+        try:
+            st = os.stat(path)
+            record = f"{path}\t{st.st_size}\t{st.st_mtime_ns}\t{st.st_ctime_ns}\t{st.st_ino}\n"
+        except OSError:
+            record = f"{path}\tmissing\n"
+        h.update(record.encode())
+    return h.hexdigest()
+
+
+def _dataset_files(ds: Any) -> list[Path] | None:
+    """The files a dataset reads its samples from, by duck typing (this module imports nothing of
+    the data sources): file sets (``root`` / ``relpaths``: imagefolder, filelist, image-text) and
+    torchvision sets over per-sample files (``samples`` / ``imgs`` / ``_image_files``); None for
+    in-memory sets, whose fingerprint hashes their content."""
+    root, relpaths = getattr(ds, "root", None), getattr(ds, "relpaths", None)
+    if isinstance(root, (str, os.PathLike)) and isinstance(relpaths, list):
+        return [Path(root) / r for r in relpaths]
+    inner, indices = getattr(ds, "dataset", None), getattr(ds, "indices", None)
+    if inner is not None and indices is not None:
+        for attr in ("samples", "imgs", "_samples", "_image_files"):
+            value = getattr(inner, attr, None)
+            if isinstance(value, (list, tuple)) and value:
+                try:
+                    return [Path(os.fspath(v[0] if isinstance(v, (tuple, list)) else v)) for v in (value[int(i)] for i in indices)]
+                except (TypeError, IndexError):
+                    return None
+    return None
+
+
+def data_stamp(ds: Any) -> str:
+    """The cache-side identity of a dataset's files (:func:`files_stamp`), "" for a set that reads no
+    per-sample files; a shifted set has its base set's. Computed once per dataset object (one
+    ``stat`` per file), which lives for one run."""
+    base = getattr(ds, "base", None)
+    if base is not None and base is not ds:
+        return data_stamp(base)
+    cached = getattr(ds, _STAMP_ATTR, None)
+    if isinstance(cached, str):
+        return cached
+    files = _dataset_files(ds)
+    stamp = files_stamp(files) if files is not None else ""
+    try:
+        setattr(ds, _STAMP_ATTR, stamp)
+    except (AttributeError, TypeError):  # a frozen or slotted set: recomputed next time
+        pass
+    return stamp

@@ -36,6 +36,8 @@ class SeedCache:
                 "model": self.loader.identity(suite, model),
                 "quantizer": qconf,
                 "dataset": ds.fingerprint,
+                # the files' stat records: an edit that keeps the fingerprint (same size) is a miss
+                "files": fp.data_stamp(ds),
                 "source": source,
                 "variant": variant,
                 "scores": list(suite.scores),
