@@ -40,6 +40,20 @@ def versions_major_minor() -> dict[str, str]:
     return out
 
 
+CACHE_PACKAGES = (
+    "torch", "torchvision", "timm", "open_clip_torch", "numpy", "pillow", "onnxruntime", "openvino", "nncf", "torchao",
+)
+"""Packages whose exact versions key the outputs cache: each can change what a model or a quantizer
+computes (timm's attention, OpenCLIP's towers, PIL's decoders and resampling, a runtime's kernels),
+and a cache, unlike a baseline, is free to recompute, so any release is a miss."""
+
+
+@functools.lru_cache(maxsize=1)
+def versions_exact() -> dict[str, str]:
+    """The full version of every package of :data:`CACHE_PACKAGES` (``"absent"`` when not installed)."""
+    return {name: package_version(name) for name in CACHE_PACKAGES}
+
+
 @functools.lru_cache(maxsize=1)
 def code_digest() -> str:
     """SHA-256 of this package's Python sources: part of every cache key, so editing the code

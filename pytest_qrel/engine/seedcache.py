@@ -43,6 +43,7 @@ class SeedCache:
                 "scores": list(suite.scores),
                 "code": fp.code_digest(),
                 "torch": torch.__version__,
+                "packages": fp.versions_exact(),
                 "device": str(self.device).split(":")[0],
             }
         )

@@ -1,0 +1,125 @@
+"""Ways the gate could go green when it must not (an adversarial review of caches and bounds).
+
+- A data file edited in place to the same size, its modification time set back with ``os.utime``,
+  keeps the dataset's fingerprint (paths and sizes; bytes only with ``content_hash``): the outputs
+  cache and the decoded-image store must still recompute, not serve the old file's numbers.
+- Another release of a package that changes what a model computes (timm, PIL, a runtime) must be
+  a cache miss.
+- A compared quantity on its bound within float error is *on* the bound (``0.30 - 0.29`` is below
+  0.01 in floating point: it must not pass ``delta < 1pp``), and a NaN estimate holds no bound
+  whatever its interval says.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pytest_qrel import Engine, fingerprint, load_suite, plan
+from pytest_qrel.engine.imagestore import store_key
+from pytest_qrel.evaluate import compare
+from pytest_qrel.spec.schema import Bound
+from pytest_qrel.stats.decision import judge
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_decode_once import SUITE  # noqa: E402  (the tiny timm image-folder suite)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _bmp_images(folder: Path, n: int, seed: int) -> None:
+    """``n`` random 20x20 BMP files: uncompressed, so new pixels keep the file's size."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, size=(20, 20, 3), dtype=np.uint8)).save(folder / f"img{i}.bmp")
+
+
+def _rewrite_same_size_same_mtime(path: Path) -> None:
+    """Invert the image's pixels in place; same size, and the modification time set back."""
+    before = path.stat()
+    Image.fromarray(255 - np.asarray(Image.open(path))).save(path)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+
+
+def test_files_stamp_sees_an_edit_that_keeps_size_and_mtime(tmp_path):
+    _bmp_images(tmp_path, 2, seed=0)
+    files = sorted(tmp_path.glob("*.bmp"))
+    stamp = fingerprint.files_stamp(files)
+    assert fingerprint.files_stamp(files) == stamp  # stable while nothing changes
+    _rewrite_same_size_same_mtime(files[1])
+    assert fingerprint.files_stamp(files) != stamp
+
+
+def test_image_store_key_names_the_decoder_versions(monkeypatch):
+    key = store_key("f" * 64, "resize 16")
+    monkeypatch.setattr(fingerprint, "versions_exact", lambda: {"pillow": "0.0.1", "torchvision": "0.0", "torch": "0.0"})
+    assert store_key("f" * 64, "resize 16") != key
+
+
+def test_cached_outputs_are_recomputed_after_a_same_size_edit_and_a_package_upgrade(tmp_path, monkeypatch):
+    """A green run, then an OOD image rewritten in place (same size, mtime set back): the next run
+    decodes and forwards that set again and its scores change; a new timm version misses the cache."""
+    for split, seed in (("val", 1), ("train", 2)):
+        for k, cls in enumerate("ab"):
+            _bmp_images(tmp_path / "data" / split / cls, 3, seed=10 * seed + k)
+    _bmp_images(tmp_path / "data" / "ood", 10, seed=99)
+    path = tmp_path / "s.yaml"
+    path.write_text(SUITE % "  W8A8: {method: minmax, weight_bits: 8, act_bits: 8, calibration: {samples: 4, seed: 0}}")
+    cache = tmp_path / "cache"
+
+    def run(update: bool = False):
+        suite = load_suite(path)
+        engine = Engine(baseline_dir=tmp_path / "b", cache_dir=cache, update_baselines=update, workers=0)
+        planned = plan(suite)
+        engine.expect(planned)
+        verdicts = [engine.evaluate(p) for p in planned]
+        assert all(v.outcome in ("passed", "failed") for v in verdicts), [v.message for v in verdicts]
+        return engine, suite
+
+    first, suite = run(update=True)
+    before = first.samples(suite, "tiny", "W8A8", "flat")["score.msp"]
+    again, _ = run()
+    assert sum(again.forward_passes.values()) == 0  # the cache works: nothing changed, nothing computed
+
+    _rewrite_same_size_same_mtime(tmp_path / "data" / "ood" / "img3.bmp")
+    edited, suite = run()
+    assert edited.forward_passes[("dec", "tiny", "W8A8", "flat")] == 1
+    assert edited.images.decodes == 10  # the OOD set's store is rebuilt, not read
+    after = edited.samples(suite, "tiny", "W8A8", "flat")["score.msp"]
+    assert not np.array_equal(before, after)
+
+    real = fingerprint.versions_exact()
+    monkeypatch.setattr(fingerprint, "versions_exact", lambda: {**real, "timm": real["timm"] + ".post1"})
+    upgraded, _ = run()
+    assert upgraded.forward_passes[("dec", "tiny", "W8A8", "pics")] == 1
+
+
+@pytest.mark.parametrize(
+    ("op", "fp32", "value", "passes"),
+    [
+        ("<", 0.30, 0.29, False),  # exactly 1pp worse: 0.30 - 0.29 < 0.01 in floating point
+        ("<=", 0.97, 0.96, True),  # exactly 1pp worse: 0.97 - 0.96 > 0.01 in floating point
+        ("<=", 0.97, 0.9599, False),
+        ("<", 0.30, 0.2901, True),
+    ],
+)
+def test_a_delta_on_its_bound_within_float_error_is_on_the_bound(op, fp32, value, passes):
+    bound = Bound("delta", op, 1, "pp")
+    assert compare(bound, fp32, value, higher_is_better=True)[0] is passes
+    assert (judge(bound, 100 * (fp32 - value), None, None).outcome == "passed") is passes
+
+
+def test_a_nan_estimate_fails_whatever_its_interval():
+    for bound in (Bound("value", ">=", 0.5, ""), Bound("delta", "<=", 1, "pp")):
+        assert compare(bound, 0.9, math.nan, higher_is_better=True)[0] is False
+        for ci in (None, (0.1, 0.2), (0.6, 0.7)):
+            assert judge(bound, math.nan, ci, 0.95 if ci else None).outcome == "failed"
