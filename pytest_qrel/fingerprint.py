@@ -144,13 +144,17 @@ def _dataset_files(ds: Any) -> list[Path] | None:
     return None
 
 
-def data_stamp(ds: Any) -> str:
+def data_stamp(ds: Any, positions: Any = None) -> str:
     """The cache-side identity of a dataset's files (:func:`files_stamp`), "" for a set that reads no
-    per-sample files; a shifted set has its base set's. Computed once per dataset object (one
-    ``stat`` per file), which lives for one run."""
+    per-sample files; a shifted set has its base set's. ``positions``: only those samples' files
+    (the calibration images drawn from a training split). The whole set's is computed once per
+    dataset object (one ``stat`` per file), which lives for one run."""
     base = getattr(ds, "base", None)
     if base is not None and base is not ds:
-        return data_stamp(base)
+        return data_stamp(base, positions)
+    if positions is not None:
+        files = _dataset_files(ds)
+        return files_stamp([files[int(i)] for i in positions]) if files is not None else ""
     cached = getattr(ds, _STAMP_ATTR, None)
     if isinstance(cached, str):
         return cached

@@ -67,7 +67,8 @@ def test_image_store_key_names_the_decoder_versions(monkeypatch):
 
 def test_cached_outputs_are_recomputed_after_a_same_size_edit_and_a_package_upgrade(tmp_path, monkeypatch):
     """A green run, then an OOD image rewritten in place (same size, mtime set back): the next run
-    decodes and forwards that set again and its scores change; a new timm version misses the cache."""
+    decodes and forwards that set again and its scores change; the calibration images rewritten so:
+    the quantizer is calibrated again; a new timm version misses the cache."""
     for split, seed in (("val", 1), ("train", 2)):
         for k, cls in enumerate("ab"):
             _bmp_images(tmp_path / "data" / split / cls, 3, seed=10 * seed + k)
@@ -96,6 +97,13 @@ def test_cached_outputs_are_recomputed_after_a_same_size_edit_and_a_package_upgr
     assert edited.images.decodes == 10  # the OOD set's store is rebuilt, not read
     after = edited.samples(suite, "tiny", "W8A8", "flat")["score.msp"]
     assert not np.array_equal(before, after)
+
+    # A calibration image (the train split: 6 images, 4 drawn) rewritten the same way: W8A8 calibrates again.
+    passes = edited.forward_passes.copy()
+    for image in sorted((tmp_path / "data" / "train").rglob("*.bmp")):
+        _rewrite_same_size_same_mtime(image)
+    recalibrated, _ = run()
+    assert recalibrated.forward_passes[("dec", "tiny", "W8A8", "pics")] == 1, (passes, recalibrated.forward_passes)
 
     real = fingerprint.versions_exact()
     monkeypatch.setattr(fingerprint, "versions_exact", lambda: {**real, "timm": real["timm"] + ".post1"})
