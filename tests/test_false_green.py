@@ -25,6 +25,7 @@ from pytest_qrel import Engine, fingerprint, load_suite, plan
 from pytest_qrel.engine.imagestore import store_key
 from pytest_qrel.evaluate import compare
 from pytest_qrel.spec.schema import Bound
+from pytest_qrel.stats import IntervalRequest
 from pytest_qrel.stats.decision import judge
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -131,3 +132,67 @@ def test_a_nan_estimate_fails_whatever_its_interval():
         assert compare(bound, 0.9, math.nan, higher_is_better=True)[0] is False
         for ci in (None, (0.1, 0.2), (0.6, 0.7)):
             assert judge(bound, math.nan, ci, 0.95 if ci else None).outcome == "failed"
+
+
+# ------------------------------------------------------------------ top-1 intervals from few disagreements
+
+
+def _top1_sides(n: int, flips: int, fp32_right: int | None = None):
+    """FP32 right on ``fp32_right`` of ``n`` images (all by default); the quantized model right on
+    the same images but ``flips`` of them."""
+    fp32_right = n if fp32_right is None else fp32_right
+    f = np.arange(n) < fp32_right
+    q = f.copy()
+    q[:flips] = False
+    return {"id": {"correct": f, "confidence": np.full(n, 0.9)}}, {"id": {"correct": q, "confidence": np.full(n, 0.9)}}
+
+
+def test_no_disagreement_on_100_images_does_not_show_a_1pp_bound():
+    """The models agree on all 100 images: every resample gives delta 0, so the bootstrap's interval
+    is [0, 0]; 100 images only show a disagreement rate below about 3.7% (the score interval), so
+    ``top1 delta <= 1pp with 95% confidence`` is inconclusive, and with 10,000 images it passes."""
+    from pytest_qrel.stats import paired_interval
+
+    bound = Bound("delta", "<=", 1, "pp")
+    fp32, quant = _top1_sides(100, 0)
+    r = paired_interval(IntervalRequest("top1", ("id",), (quant,), fp32, bound=bound), resamples=200)
+    assert np.ptp(r.compared_draws) == 0  # what the bootstrap sees
+    assert r.compared == 0 and r.compared_ci[0] <= 0 <= r.compared_ci[1]  # contains the point estimate
+    assert r.compared_ci[1] > 3 and r.method == "percentile+score" and "score interval" in r.note
+    assert judge(bound, r.compared, r.compared_ci, 0.95).outcome == "inconclusive"
+    assert r.at_level(0.99).compared_ci[1] > r.compared_ci[1]  # at_level keeps the score interval
+    fp32, quant = _top1_sides(10_000, 0)
+    big = paired_interval(IntervalRequest("top1", ("id",), (quant,), fp32, bound=bound), resamples=200)
+    assert judge(bound, big.compared, big.compared_ci, 0.95).outcome == "passed"
+
+
+def test_an_accuracy_of_100_percent_on_50_images_does_not_show_99_percent():
+    from pytest_qrel.stats import paired_interval
+
+    bound = Bound("value", ">=", 99, "%")
+    fp32, quant = _top1_sides(50, 0)
+    r = paired_interval(IntervalRequest("top1", ("id",), (quant,), fp32, bound=bound), resamples=200)
+    assert r.compared == 100 and r.compared_ci[1] == 100 and r.compared_ci[0] < 95
+    assert judge(bound, r.compared, r.compared_ci, 0.95).outcome == "inconclusive"
+
+
+def test_ten_samples_give_a_wide_interval_that_says_so():
+    from pytest_qrel.stats import paired_interval
+
+    fp32, quant = _top1_sides(10, 1, fp32_right=8)
+    r = paired_interval(IntervalRequest("top1", ("id",), (quant,), fp32, bound=Bound("delta", "<=", 5, "pp")), resamples=200)
+    assert r.compared_ci[0] <= r.compared <= r.compared_ci[1]
+    assert r.compared_ci[1] - r.compared_ci[0] > 30  # pp: ten images say little
+    assert "only 10 samples" in r.note
+
+
+def test_tango_interval_matches_the_rule_of_three_and_wald_with_many_disagreements():
+    from pytest_qrel.stats.counts import tango_paired
+
+    lo, hi = tango_paired(100, 0, 0, 0, 0.95)
+    assert lo == pytest.approx(-hi) and 3.0 / 100 < hi < 4.0 / 100  # z^2 / (n + z^2) = 3.7%
+    n, b, c = 10_000, 400, 100
+    delta = (b - c) / n
+    se = math.sqrt((b + c) / n - delta**2) / math.sqrt(n)
+    lo, hi = tango_paired(n - b - c - 1000, b, c, 1000, 0.95)
+    assert lo == pytest.approx(delta - 1.96 * se, abs=5e-4) and hi == pytest.approx(delta + 1.96 * se, abs=5e-4)
