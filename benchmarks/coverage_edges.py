@@ -85,7 +85,7 @@ SETTINGS: dict[str, tuple[str, str, Callable[[np.random.Generator], Setting], di
     "auroc sep1.2 n=30+20": ("auroc", "abs", lambda r: auroc_population(r, 1.2, 0.5), {"id": 30, "ood": 20}),
     "auroc sep1.2 n=10+10": ("auroc", "abs", lambda r: auroc_population(r, 1.2, 0.5), {"id": 10, "ood": 10}),
     "ece shift.04 n=500": ("ece", "abs", lambda r: ece_population(r, 0.04, 0.03), {"id": 500}),
-    "ece shift0 n=2000": ("ece", "abs", lambda r: ece_population(r, 0.0, 0.0), {"id": 2000}),
+    "ece shift0 noise.01 n=2000": ("ece", "abs", lambda r: ece_population(r, 0.0, 0.01), {"id": 2000}),
     "ece shift.04 n=100": ("ece", "abs", lambda r: ece_population(r, 0.04, 0.03), {"id": 100}),
 }
 
