@@ -165,3 +165,37 @@ def data_stamp(ds: Any, positions: Any = None) -> str:
     except (AttributeError, TypeError):  # a frozen or slotted set: recomputed next time
         pass
     return stamp
+
+
+def module_code_digest(module: Any) -> str:
+    """SHA-256 of what a model's code is, beyond its weights: every submodule's name and class
+    (``pkg.mod.Class``), and the bytes of each class's source file that lies outside the installed
+    packages (a ``python:`` model's file and the modules it imports; installed packages are keyed
+    by their versions, :func:`versions_exact`). A cache key, not a baseline's: refactoring a model
+    file so that a layer becomes an ``nn.Linear`` keeps its state dict but changes what a quantizer
+    quantizes, and must not be served the old outputs. Source files that cannot be read are named
+    without their bytes."""
+    import inspect
+
+    h = hashlib.sha256()
+    files: set[str] = set()
+    classes: set[type] = set()
+    for name, sub in module.named_modules():
+        cls = type(sub)
+        h.update(f"{name}\t{cls.__module__}.{cls.__qualname__}\n".encode())
+        classes.update(cls.__mro__)
+    for klass in classes:  # each class once, however many submodules share it
+        if klass.__module__ == "builtins":
+            continue
+        try:
+            source = inspect.getsourcefile(klass)
+        except (TypeError, OSError):
+            continue
+        if source and not any(part in ("site-packages", "dist-packages") for part in Path(source).parts):
+            files.add(source)
+    for source in sorted(files):
+        try:
+            h.update(f"{source}\t{file_sha256(source)}\n".encode())
+        except OSError:
+            h.update(f"{source}\tunreadable\n".encode())
+    return h.hexdigest()

@@ -106,6 +106,14 @@ def test_cached_outputs_are_recomputed_after_a_same_size_edit_and_a_package_upgr
     recalibrated, _ = run()
     assert recalibrated.forward_passes[("dec", "tiny", "W8A8", "pics")] == 1, (passes, recalibrated.forward_passes)
 
+    # The model's code (its classes and their source files) changed, its weights not: computed again.
+    from pytest_qrel.engine import loading
+
+    monkeypatch.setattr(loading, "module_code_digest", lambda module: "another model file")
+    recoded, _ = run()
+    assert recoded.forward_passes[("dec", "tiny", "W8A8", "pics")] == 1
+    monkeypatch.undo()
+
     real = fingerprint.versions_exact()
     monkeypatch.setattr(fingerprint, "versions_exact", lambda: {**real, "timm": real["timm"] + ".post1"})
     upgraded, _ = run()
@@ -215,3 +223,34 @@ def test_a_small_set_auroc_delta_interval_includes_delong_at_every_level():
         assert lo <= min(boot[0], res.delong_ci[0]) and hi >= max(boot[1], res.delong_ci[1])
         assert res.compared_ci == pytest.approx((100 * lo, 100 * hi))
         assert lo <= res.delta <= hi
+
+
+def test_module_code_digest_sees_a_layer_class_and_its_source_file(tmp_path, monkeypatch):
+    """Same state dict, another class (a custom linear layer that became an ``nn.Linear``, which
+    the quantizers then quantize): another digest; the class's source file edited: another digest."""
+    import importlib
+
+    import torch
+    from torch import nn
+
+    layers = tmp_path / "qrel_fg_layers.py"
+    layers.write_text(
+        "import torch\nfrom torch import nn\n\n"
+        "class Dense(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.weight = nn.Parameter(torch.zeros(2, 3))\n"
+        "        self.bias = nn.Parameter(torch.zeros(2))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("qrel_fg_layers")
+    custom, linear = nn.Sequential(module.Dense()), nn.Sequential(nn.Linear(3, 2))
+    with torch.no_grad():
+        linear[0].weight.zero_()
+        linear[0].bias.zero_()
+    assert custom.state_dict().keys() == linear.state_dict().keys()
+    digest = fingerprint.module_code_digest(custom)
+    assert fingerprint.module_code_digest(custom) == digest
+    assert fingerprint.module_code_digest(linear) != digest
+    layers.write_text(layers.read_text() + "\n# a comment: the file changed\n")
+    assert fingerprint.module_code_digest(custom) != digest

@@ -34,6 +34,7 @@ class SeedCache:
         return fp.digest(
             {
                 "model": self.loader.identity(suite, model),
+                "model_code": self.loader.code(suite, model),  # its classes and their source files
                 "quantizer": qconf,
                 "dataset": ds.fingerprint,
                 # the files' stat records: an edit that keeps the fingerprint (same size) is a miss
