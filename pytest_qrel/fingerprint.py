@@ -124,16 +124,19 @@ def files_stamp(paths: list[Path]) -> str:
     return h.hexdigest()
 
 
-def _dataset_files(ds: Any) -> list[Path] | None:
+def _dataset_files(ds: Any, positions: Any = None) -> list[Path] | None:
     """The files a dataset reads its samples from, by duck typing (this module imports nothing of
     the data sources): file sets (``root`` / ``relpaths``: imagefolder, filelist, image-text) and
     torchvision sets over per-sample files (``samples`` / ``imgs`` / ``_image_files``); None for
-    in-memory sets, whose fingerprint hashes their content."""
+    in-memory sets, whose fingerprint hashes their content. ``positions``: those samples' only."""
     root, relpaths = getattr(ds, "root", None), getattr(ds, "relpaths", None)
     if isinstance(root, (str, os.PathLike)) and isinstance(relpaths, list):
-        return [Path(root) / r for r in relpaths]
+        chosen = relpaths if positions is None else [relpaths[int(i)] for i in positions]
+        return [Path(root) / r for r in chosen]
     inner, indices = getattr(ds, "dataset", None), getattr(ds, "indices", None)
     if inner is not None and indices is not None:
+        if positions is not None:
+            indices = [indices[int(i)] for i in positions]
         for attr in ("samples", "imgs", "_samples", "_image_files"):
             value = getattr(inner, attr, None)
             if isinstance(value, (list, tuple)) and value:
@@ -153,8 +156,8 @@ def data_stamp(ds: Any, positions: Any = None) -> str:
     if base is not None and base is not ds:
         return data_stamp(base, positions)
     if positions is not None:
-        files = _dataset_files(ds)
-        return files_stamp([files[int(i)] for i in positions]) if files is not None else ""
+        files = _dataset_files(ds, positions)
+        return files_stamp(files) if files is not None else ""
     cached = getattr(ds, _STAMP_ATTR, None)
     if isinstance(cached, str):
         return cached
