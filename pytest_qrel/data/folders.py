@@ -613,6 +613,13 @@ def imagefolder_source(
         found = _unlabelled(sorted(walk.images(folder), key=_sort_key), "unlabelled")
     else:
         files_by_dir = {d: walk.images(folder / d) for d in subdirs}
+        empty = [d for d, files in files_by_dir.items() if not files]
+        if empty and len(empty) < len(files_by_dir):  # a failed copy, or images of another extension
+            raise DataError(
+                f"{where}: class folder {folder / empty[0]} holds no images"
+                + (f" ({len(empty)} empty class folders: {', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''})" if len(empty) > 1 else "")
+                + f" (extensions: {', '.join(exts)}) (fix: put its images there, or remove the folder)"
+            )
         if not any(files_by_dir.values()):
             if labels_mode == "folders":
                 raise DataError(f"{where}: {folder} has no class subfolders with images (labels: folders); for an OOD folder use 'labels: none'")

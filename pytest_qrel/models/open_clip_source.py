@@ -87,6 +87,7 @@ import hashlib
 import json
 import os
 import re
+import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,8 +107,29 @@ DEFAULT_NEGLABEL_GROUPS = 100
 MCM_TAU = 1.0
 
 
+def template_problem(template: Any) -> str | None:
+    """Why ``template`` is not a prompt template with exactly one ``{}`` (the class name), or None.
+
+    Read as Python's ``str.format`` reads it: a second placeholder (``{pet}``), a stray brace or a
+    conversion would fail or misplace the class name when the prompts are built. Literal braces are
+    written ``{{`` and ``}}``."""
+    if not isinstance(template, str):
+        return f"a template must be a string, got {template!r}"
+    try:
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(template) if name is not None]
+    except ValueError as err:
+        return f"template {template!r} is not a valid format string ({err}; write a literal brace as '{{{{' or '}}}}')"
+    if len(fields) != 1:
+        return f"template {template!r} must contain '{{}}' exactly once (where the class name goes), it has {len(fields)} placeholders"
+    name, spec, conv = fields[0]
+    if name or spec or conv:
+        placeholder = "{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+        return f"template {template!r} has the placeholder {placeholder!r}; write '{{}}' alone, where the class name goes"
+    return None
+
+
 def _one_placeholder(value: Any) -> bool:
-    return isinstance(value, str) and value.count("{}") == 1
+    return template_problem(value) is None
 
 
 def _fraction_above_zero(value: Any) -> bool:
@@ -163,8 +185,11 @@ def _path(raw: Any, base_dir: Path, what: str, source: str) -> Path:
 
 
 def _check_options(options: Mapping[str, Any], source: str) -> None:
-    """Unknown keys and bad scalar values (:data:`OPTIONS`); ModelError naming the model."""
+    """Unknown keys, bad scalar values (:data:`OPTIONS`) and prompt templates given as a list: a
+    ModelError naming the model (so a typo in a template is an error when the suite loads)."""
     parse_options(options, OPTIONS, fail=prefixed(ModelError, _where(source)))
+    if "templates" in options and options["templates"] not in ("openai", "simple"):
+        _templates(options["templates"], source)
 
 
 def _read_lines(path: Path, what: str, source: str) -> list[str]:
@@ -193,15 +218,16 @@ _WNID = re.compile(r"^n\d{8}$")
 
 
 def _readable(names: list[str]) -> list[str]:
-    """Replace ImageNet WordNet ids by readable names (open_clip's ImageNet-1k names, else timm's lemma)."""
-    if not names or not all(_WNID.fullmatch(n) for n in names):
+    """Replace each ImageNet WordNet id among ``names`` by a readable name (open_clip's ImageNet-1k
+    names, else timm's first lemma); other names, and ids of neither list, stay as they are."""
+    if not any(_WNID.fullmatch(n) for n in names):
         return names
     from ..data.classnames import imagenet_classnames, imagenet_synsets
 
     index = {s: i for i, s in enumerate(imagenet_synsets())}
     readable = imagenet_classnames()
     lemmas = _synset_lemmas()
-    return [readable[index[n]] if n in index else lemmas.get(n, n) for n in names]
+    return [(readable[index[n]] if n in index else lemmas.get(n, n)) if _WNID.fullmatch(n) else n for n in names]
 
 
 def _class_names(value: Any, source: str, base_dir: Path) -> list[str]:
@@ -220,11 +246,22 @@ def _templates(value: Any, source: str) -> list[str]:
         from ..data.classnames import imagenet_templates
 
         return imagenet_templates(simple=value == "simple")
+    if isinstance(value, str):
+        raise ModelError(f"{_where(source)}: option 'templates' must be 'openai', 'simple' or a list of prompts, got {value!r} "
+                         f"(fix: a list, even of one prompt: templates: [{json.dumps(value)}])")
     templates = _string_list(value, "templates", source, Path.cwd(), allow_file=False)
-    bad = [t for t in templates if t.count("{}") != 1]
-    if bad:
-        raise ModelError(f"{_where(source)}: template {bad[0]!r} must contain '{{}}' exactly once")
+    for template in templates:
+        problem = template_problem(template)
+        if problem:
+            raise ModelError(f"{_where(source)}: option 'templates': {problem}")
     return templates
+
+
+def prompt_name(name: str) -> str:
+    """The words a class name stands for in a prompt: ``_`` becomes a space (``golden_retriever`` ->
+    ``golden retriever``; folder names cannot easily hold spaces, and CLIP was trained on captions,
+    as open_clip's own class lists are written)."""
+    return " ".join(name.replace("_", " ").split()) or name
 
 
 @functools.lru_cache(maxsize=1)
@@ -333,12 +370,13 @@ def _text_side(
 
     tower = text_tower_sha256(clip_model)
     common = {"text_tower_sha256": tower, "tokenizer": tokenizer_id}
+    names = [prompt_name(c) for c in class_names]
     class_features = cached_text_features(
-        _text_key(kind="classes", classes=class_names, templates=templates, **common),
-        lambda: zero_shot_weights(clip_model, tokenizer, class_names, templates, device=device),
+        _text_key(kind="classes", classes=names, templates=templates, **common),
+        lambda: zero_shot_weights(clip_model, tokenizer, names, templates, device=device),
         cache_dir,
     )
-    lowered = {c.strip().lower() for c in class_names}
+    lowered = {c.strip().lower() for c in [*class_names, *names]}
     words = [w for w in dict.fromkeys(w.strip() for w in candidates) if w and w.lower() not in lowered]
     if not words:
         raise ModelError("no negative-label candidates are left after removing the ID class names")
@@ -539,7 +577,9 @@ def _build_pretrained(arg: str, options: Mapping[str, Any], base_dir: Path) -> t
     if options.get("checkpoint"):
         checkpoint = _path(options["checkpoint"], base_dir, "checkpoint", arg)
         if not checkpoint.is_file():
-            raise ModelError(f"{_where(arg)}: checkpoint {checkpoint} does not exist")
+            raise ModelError(f"{_where(arg)}: option 'checkpoint': {checkpoint.resolve()} "
+                             f"{'is a folder, not a weights file' if checkpoint.is_dir() else 'does not exist'} (a relative path is read "
+                             "from the suite file's folder; fix: the path of your .safetensors / .pt / .bin file)")
     elif tag:
         found, looked = find_local_weights(arch, tag, cfg, weights_cache_dir)
         if found is None:
@@ -658,6 +698,24 @@ def _build_embedded(name: str) -> tuple[Any, Any, Any, dict[str, Any], dict[str,
     return model, tokenizer, preprocess, info, config
 
 
+def _check_vocabulary(arg: str, tokenizer: Any, class_names: list[str], own_names: list[str]) -> None:
+    """The shipped CLIP keeps only the few hundred tokens of its training captions; a word outside
+    them becomes the padding id, so classes named by unknown words get identical prompts and one
+    text embedding: a head that cannot tell them apart (every image scored 1/C). Refused here."""
+    unknown = tokenizer.unknown_words([prompt_name(c) for c in class_names])
+    if not unknown:
+        return
+    shown = ", ".join(repr(n) for n in unknown[:6]) + (", ..." if len(unknown) > 6 else "")
+    example = ", ".join(own_names[: min(len(class_names), len(own_names))])
+    raise ModelError(
+        f"{_where(arg)}: {len(unknown)} of {len(class_names)} class names ({shown}) are not in the vocabulary of this "
+        f"shipped demo CLIP, trained on digit captions only (it knows {', '.join(own_names)} and a few prompt words); "
+        "their prompts would be identical and its zero-shot head could not tell the classes apart (fix: for a dry run on "
+        f"your folders give the ID set's options 'class_names: [{example}]', one per class folder in sorted order; "
+        "for a real audit use your CLIP: 'open_clip:<arch>/<tag>' or 'open_clip:<arch>' with option 'checkpoint')"
+    )
+
+
 # --------------------------------------------------------------------------------------------------
 # The source
 # --------------------------------------------------------------------------------------------------
@@ -712,6 +770,8 @@ def open_clip_model_source(arg: str, *, options: Mapping[str, Any] | None = None
     opt = {**defaults, **options}
     class_names = _class_names(opt["class_names"], arg, base_dir)
     templates = _templates(opt["templates"], arg)
+    if arg in EMBEDDED_CLIPS:
+        _check_vocabulary(arg, tokenizer, class_names, list(config["class_names"]))
     if opt["neg_labels"] is None:
         candidates = default_negative_vocabulary()
     else:
@@ -783,8 +843,11 @@ def open_clip_model_source(arg: str, *, options: Mapping[str, Any] | None = None
             },
         }
     )
+    # The prompt names (``_`` read as a space) are hashed where they differ from the class names: the
+    # head they build is another one, and a class list without ``_`` keeps its earlier digest.
+    names = [prompt_name(c) for c in class_names]
     sha = hashlib.sha256(
-        json.dumps([checkpoint_sha, class_names, templates, tokenizer_id, linear_attention]).encode()
+        json.dumps([checkpoint_sha, class_names, templates, tokenizer_id, linear_attention, *([names] if names != class_names else [])]).encode()
     ).hexdigest()
     return LoadedModel(
         name=arg,
