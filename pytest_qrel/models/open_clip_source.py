@@ -709,7 +709,8 @@ def _check_vocabulary(arg: str, tokenizer: Any, class_names: list[str], own_name
     example = ", ".join(own_names[: min(len(class_names), len(own_names))])
     raise ModelError(
         f"{_where(arg)}: {len(unknown)} of {len(class_names)} class names ({shown}) are not in the vocabulary of this "
-        f"shipped demo CLIP, trained on digit captions only (it knows {', '.join(own_names)} and a few prompt words); "
+        f"shipped demo CLIP, trained on digit captions only (it knows the digits' names such as {', '.join(own_names[:3])} and "
+        "a few prompt words); "
         "their prompts would be identical and its zero-shot head could not tell the classes apart (fix: for a dry run on "
         f"your folders give the ID set's options 'class_names: [{example}]', one per class folder in sorted order; "
         "for a real audit use your CLIP: 'open_clip:<arch>/<tag>' or 'open_clip:<arch>' with option 'checkpoint')"
