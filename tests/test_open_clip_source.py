@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import re
 import shutil
 import socket
 
@@ -528,3 +529,32 @@ def test_display_names_of_the_id_set_build_the_head_and_keep_the_folder_order(tm
     verdicts = run(load_suite(tmp_path / "s.yaml"), engine=engine)
     assert [v.outcome for v in verdicts] == ["passed"], [v.message for v in verdicts]
     assert engine.model(load_suite(tmp_path / "s.yaml"), "clip").class_names == ["zero", "one", "two"]
+
+
+def test_random_weights_from_a_config_file_of_your_own(tmp_path, no_network):
+    """``pretrained: false`` (+ ``seed``) and ``model_config: <arch>.json``: a dry run of your own
+    architecture, offline, reproducible, and another model (digest) for another seed or config."""
+    cfg = tmp_path / "qrel-test-random.json"
+    cfg.write_text(json.dumps(TINY_CFG))
+    opts = {"model_config": cfg.name, "pretrained": False, "class_names": CLASSES, "templates": TEMPLATES,
+            "neg_labels": NEG_WORDS, "n_neg": 6, "neglabel_groups": 2, "cache_dir": False}
+    torch.manual_seed(123)  # whatever the global RNG holds, the seed decides the weights
+    a = S.open_clip_model_source("qrel-test-random", options=opts, base_dir=tmp_path)
+    b = S.open_clip_model_source("qrel-test-random", options=opts, base_dir=tmp_path)
+    c = S.open_clip_model_source("qrel-test-random", options={**opts, "seed": 1}, base_dir=tmp_path)
+    assert a.weights_sha256 == b.weights_sha256 != c.weights_sha256
+    assert a.info["weights_from"] == "random init (seed 0)" and a.num_classes == 3 and no_network == []
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(a.module(x), b.module(x))
+    cfg.write_text(json.dumps({**TINY_CFG, "quick_gelu": True}))  # the same weights' shapes, another model
+    assert S.open_clip_model_source("qrel-test-random", options=opts, base_dir=tmp_path).weights_sha256 != a.weights_sha256
+    for arg, options, message in [
+        ("qrel-test-random/openai", opts, "has no pretrained tag"),
+        ("other-name", opts, "write the model as 'open_clip:qrel-test-random'"),
+        ("qrel-test-random", {**opts, "model_config": "nope.json"}, f"{tmp_path.resolve() / 'nope.json'} does not exist"),
+        ("qrel-test-random", {**opts, "checkpoint": "w.safetensors"}, "'pretrained: false' (random weights) and option 'checkpoint' contradict"),
+        ("ViT-B-32/openai", {"pretrained": False}, "and the pretrained tag 'openai' contradict"),
+        ("digits_clip", {"pretrained": False}, "the shipped model takes no 'pretrained'"),
+    ]:
+        with pytest.raises(ModelError, match=re.escape(message)):
+            S.open_clip_model_source(arg, options=options, base_dir=tmp_path)

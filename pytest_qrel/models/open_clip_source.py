@@ -4,7 +4,9 @@
 
     open_clip:<arch>/<tag>   a pretrained open_clip model, e.g. ViT-B-32/openai, ViT-B-32/laion400m_e32,
                              ViT-B-16/openai, ViT-L-14/openai, ViT-L-14/laion2b_s32b_b82k
-    open_clip:<arch>         an open_clip architecture with weights from option ``checkpoint``
+    open_clip:<arch>         an open_clip architecture with weights from option ``checkpoint``, or random
+                             weights with ``pretrained: false`` (a dry run); ``model_config: <arch>.json``
+                             adds an architecture open_clip does not ship
     open_clip:digits_clip    the tiny CLIP shipped in pytest_qrel/zoo (digits 0-7, 16x16 grey; offline)
 
 **Never downloads.** Weights come from option ``checkpoint: <file>``, else from the local caches that
@@ -57,6 +59,11 @@ Options (all optional):
 ``cache_dir``          disk cache of text embeddings; ``false`` disables it. Default for pretrained
                        models: ``$XDG_CACHE_HOME/pytest-qrel/clip-text`` (``~/.cache/...``); for the
                        shipped model: none (its text encoder takes milliseconds)
+``pretrained``         ``false``: random weights (``seed``, default 0) for ``open_clip:<arch>``: a dry run of
+                       the pipeline, at chance level; no tag and no ``checkpoint`` with it
+``model_config``       an open_clip architecture file (``{"embed_dim", "vision_cfg", "text_cfg"}``) named
+                       ``<arch>.json``, for an ``<arch>`` open_clip does not ship (a tiny one for a dry run,
+                       or your own); its SHA-256 is part of the model's digest
 ``linear_attention``   convert attention / output projections to ``nn.Linear`` (default true)
 ``quick_gelu``         force QuickGELU on or off (default: the tag's setting; false without a tag)
 ``text_device``        torch device the text tower runs on once at load (default ``cpu``; e.g. ``cuda``).
@@ -94,7 +101,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelError, QrelError, UnknownNameError
-from ..options import Option, anything, boolean, is_number, parse_options, positive_int, prefixed
+from ..options import Option, anything, boolean, integer, is_number, parse_options, positive_int, prefixed
 from ..zoo import ZOO_DIR
 from .base import MODEL_SOURCES, LoadedModel, state_dict_sha256
 from .embedded import EMBEDDED_CLIPS, GreyNormalize
@@ -141,6 +148,9 @@ OPTIONS: dict[str, Option] = {
     **{key: anything() for key in ("cache_dir", "checkpoint", "class_names", "generic_prompts", "neg_labels",
                                    "templates", "text_device", "weights_cache_dir")},
     "linear_attention": boolean(True),
+    "model_config": anything(),
+    "pretrained": boolean(None),
+    "seed": integer(0, lo=0),
     "n_neg": Option(None, positive_int, "a positive integer"),
     "neg_percentile": Option(DEFAULT_NEG_PERCENTILE, _fraction_above_zero, "a number in (0, 1]", float),
     "neg_template": Option(None, _one_placeholder, "a string with one '{}'"),
@@ -561,10 +571,13 @@ def _build_pretrained(arg: str, options: Mapping[str, Any], base_dir: Path) -> t
         raise ModelError(f"{_where(arg)} needs open_clip: `pip install open_clip_torch` (or pytest-qrel[clip])") from None
 
     arch, _, tag = arg.partition("/")
+    config_sha = _add_model_config(arch, tag, options, base_dir, arg) if options.get("model_config") else None
     known = open_clip.list_models()
     if arch not in known:
         unknown = UnknownNameError("open_clip architecture", arch, known, listing="see open_clip.list_models()")
-        raise ModelError(f"{_where(arg)}: {unknown}")
+        raise ModelError(f"{_where(arg)}: {unknown} (an architecture of your own: option 'model_config: {arch}.json')")
+    if options.get("pretrained") is False:
+        return _build_random(open_clip, arg, arch, tag, options, config_sha)
     cfg: dict[str, Any] = {}
     if tag:
         cfg = dict(open_clip.get_pretrained_cfg(arch, tag) or {})
@@ -614,6 +627,67 @@ def _build_pretrained(arg: str, options: Mapping[str, Any], base_dir: Path) -> t
         raise ModelError(f"{_where(arg)}: cannot reproduce open_clip's eval transform ({preprocess_val!r})")
     info = {"arch": arch, "pretrained": tag or None, "checkpoint": str(checkpoint), "quick_gelu": quick_gelu,
             "checkpoint_sha256": checkpoint_file_sha256(checkpoint)}
+    if config_sha:
+        info["model_config_sha256"] = config_sha
+    return model, tokenizer, preprocess, info
+
+
+def _add_model_config(arch: str, tag: str, options: Mapping[str, Any], base_dir: Path, arg: str) -> str:
+    """Register option ``model_config`` (``<arch>.json``) with open_clip; its SHA-256."""
+    path = _path(options["model_config"], base_dir, "model_config", arg)
+    where = f"{_where(arg)}: option 'model_config'"
+    if not path.is_file():
+        raise ModelError(f"{where}: {path.resolve()} does not exist (a relative path is read from the suite file's folder)")
+    if path.suffix != ".json" or path.stem != arch:
+        raise ModelError(f"{where}: open_clip names an architecture by its file: write the model as 'open_clip:{path.stem}' "
+                         f"(fix: or name the file {arch}.json)")
+    if tag:
+        raise ModelError(f"{where}: an architecture of your own has no pretrained tag (fix: 'open_clip:{arch}' with option "
+                         "'checkpoint', or 'pretrained: false')")
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ModelError(f"{where}: {path} is not a JSON file: {err}") from None
+    missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if not isinstance(cfg, dict) or k not in cfg]
+    if missing:
+        raise ModelError(f"{where}: {path} lacks {', '.join(missing)} (fix: an open_clip model config, such as "
+                         "open_clip/model_configs/ViT-B-32.json)")
+    import open_clip
+
+    open_clip.add_model_config(path)
+    from ..fingerprint import file_sha256
+
+    return file_sha256(path)
+
+
+def _build_random(open_clip: Any, arg: str, arch: str, tag: str, options: Mapping[str, Any],
+                  config_sha: str | None) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """``pretrained: false``: ``<arch>`` with random weights drawn from option ``seed`` (torch's global
+    RNG is left as it was); nothing is loaded or downloaded (no base tower weights either)."""
+    if tag or options.get("checkpoint"):
+        given = f"the pretrained tag '{tag}'" if tag else "option 'checkpoint'"
+        raise ModelError(f"{_where(arg)}: option 'pretrained: false' (random weights) and {given} contradict each other "
+                         "(fix: drop one)")
+    import torch
+
+    seed = int(options.get("seed", 0))
+    kwargs: dict[str, Any] = {"force_quick_gelu": bool(options.get("quick_gelu") or False)}
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model, _, preprocess_val = open_clip.create_model_and_transforms(
+                arch, pretrained=None, pretrained_image=False, pretrained_text=False, **kwargs)
+        tokenizer = open_clip.get_tokenizer(arch)
+    except QrelError:
+        raise
+    except Exception as err:
+        raise ModelError(f"{_where(arg)}: cannot build {arch} with random weights: {err}") from None
+    model.eval()
+    preprocess = OpenClipTransform(dict(getattr(model.visual, "preprocess_cfg", {}) or {}))
+    info: dict[str, Any] = {"arch": arch, "pretrained": None, "checkpoint": None, "quick_gelu": kwargs["force_quick_gelu"],
+                            "weights_from": f"random init (seed {seed})"}
+    if config_sha:
+        info["model_config_sha256"] = config_sha
     return model, tokenizer, preprocess, info
 
 
@@ -738,8 +812,11 @@ def open_clip_model_source(arg: str, *, options: Mapping[str, Any] | None = None
         raise ModelError("model 'open_clip:': name an architecture and tag, e.g. 'open_clip:ViT-B-32/openai'")
 
     if arg in EMBEDDED_CLIPS:
-        if options.get("checkpoint") or options.get("weights_cache_dir") or "quick_gelu" in options:
-            raise ModelError(f"{_where(arg)}: the shipped model takes no 'checkpoint', 'weights_cache_dir' or 'quick_gelu'")
+        given = [k for k in ("checkpoint", "weights_cache_dir", "quick_gelu", "pretrained", "seed", "model_config") if k in options]
+        if given:
+            raise ModelError(f"{_where(arg)}: the shipped model takes no '{given[0]}' (its weights are its own; "
+                             "'checkpoint', 'weights_cache_dir', 'quick_gelu', 'pretrained', 'seed' and 'model_config' are for "
+                             "'open_clip:<arch>')")
         clip_model, tokenizer, preprocess, info, config = _build_embedded(arg)
         defaults = {
             "class_names": list(config["class_names"]),
@@ -847,9 +924,8 @@ def open_clip_model_source(arg: str, *, options: Mapping[str, Any] | None = None
     # The prompt names (``_`` read as a space) are hashed where they differ from the class names: the
     # head they build is another one, and a class list without ``_`` keeps its earlier digest.
     names = [prompt_name(c) for c in class_names]
-    sha = hashlib.sha256(
-        json.dumps([checkpoint_sha, class_names, templates, tokenizer_id, linear_attention, *([names] if names != class_names else [])]).encode()
-    ).hexdigest()
+    extra = ([names] if names != class_names else []) + ([info["model_config_sha256"]] if "model_config_sha256" in info else [])
+    sha = hashlib.sha256(json.dumps([checkpoint_sha, class_names, templates, tokenizer_id, linear_attention, *extra]).encode()).hexdigest()
     return LoadedModel(
         name=arg,
         module=module,
