@@ -28,9 +28,10 @@ Which results read the head (:func:`reads_head`), decided per method:
   (``logits_from_features``), not an ``nn.Linear``, and the model has no ``get_classifier`` /
   ``head`` for :func:`pytest_qrel.quantize.selection.find_head` to find; the calibration forward
   computes logits that nothing reads.
-- ``smoothquant``: yes. It checks that smoothing leaves the FP32 *logits* unchanged (relative
-  tolerance) and restores a LayerNorm group that does not, so which groups are smoothed may depend
-  on the classes.
+- ``smoothquant``: no. Its statistics are the visual tower's LayerNorm outputs, and on a zero-shot
+  CLIP the check that smoothing leaves the FP32 model unchanged compares the *image features*, not
+  the logits (:func:`pytest_qrel.quantize.smoothquant.checked_output`), so which groups are smoothed
+  does not depend on the classes.
 - ``raana``: yes. AllocateBits' layer sensitivities are gradients of a cross-entropy on the zero-shot
   logits (when the bit budget leaves a choice; the memo keys every ``raana`` with the head rather
   than restate that rule).
@@ -54,8 +55,9 @@ backbone-major (every scenario of ``vit_b32_openai``, then ``vit_b32_laion400m``
   would leave less than :data:`RESERVE_BYTES` free on the folder's disk evicts, oldest first, the
   entries of *other* backbones, then -- for an entry without the head -- its own backbone's entries
   keyed by a head (those serve only a scenario with the same classes, a head-free one serves every
-  scenario). It never evicts its own backbone's head-free entries: the run cycles through that
-  backbone's scenarios, and evicting them would share nothing. If even that does not make room the
+  scenario), then -- for a QAT training -- its own backbone's PTQ calibrations (seconds to compute
+  again, where a training takes minutes). It never evicts its own backbone's head-free trainings:
+  the run cycles through that backbone's scenarios, and evicting them would share nothing. If even that does not make room the
   entry is not kept (nothing is evicted for it).
 
 ``suites/clip.yaml``'s 26 head-free QAT quantizers and 4 ``minmax`` ones take about 10 GB for a ViT-B
@@ -64,8 +66,8 @@ backbone (36 GB for ViT-L/14: past the default budget, its first 13 in suite ord
 its share of the budget (:func:`budget_from_env`); the scheduler gives a quantizer's units in every
 scenario to one worker (:class:`pytest_qrel.plugin.xdist_sched.UnitScheduling`).
 
-(On ``open_clip:digits_clip`` ``smoothquant`` and ``raana`` gave the same modules for two class sets;
-they are keyed with the head because nothing in them guarantees it.)
+(On ``open_clip:digits_clip`` ``raana`` gave the same modules for two class sets; it is keyed with
+the head because nothing in it guarantees that.)
 """
 
 from __future__ import annotations
@@ -190,7 +192,7 @@ def _always(config: Any) -> bool:
 
 PTQ_READS_HEAD: dict[str, Callable[[Any], bool]] = {
     "minmax": _never, "percentile": _never, "mse": _never, "repq_vit": _never,
-    "smoothquant": _always,  # its equivalence check compares the FP32 logits before and after smoothing
+    "smoothquant": _never,  # on a zero-shot CLIP its equivalence check compares image features, not logits
     "raana": _always,  # gradient sensitivities of a cross-entropy on the logits
 }
 """PTQ method -> ``reads(config)``: whether its result depends on the classifier head (the module
@@ -227,6 +229,7 @@ class _Entry:
     skeleton: Any  # the module with meta tensors (its structure, no data)
     with_head: bool
     backbones: set[Backbone]  # those that stored or reused it; released when none is left
+    training: bool = True  # a QAT training (else a PTQ calibration: far cheaper to compute again)
 
 
 class TrainMemo:
@@ -334,7 +337,7 @@ class TrainMemo:
             self._dir = Path(tempfile.mkdtemp(prefix="qrel-quant-"))
             weakref.finalize(self, shutil.rmtree, self._dir, True)
         estimate = sum(t.numel() * t.element_size() for t in trained.state_dict().values())  # the file holds a little more
-        if not self._make_room(estimate, backbone, key.with_head):
+        if not self._make_room(estimate, backbone, key.with_head, key.training):
             return  # over the budget, or the disk would fill: this one is not shared
         path = self._dir / f"{key.digest}.pt"
         named = {**dict(trained.named_parameters(remove_duplicate=False)), **dict(trained.named_buffers(remove_duplicate=False))}
@@ -347,10 +350,10 @@ class TrainMemo:
             path.unlink(missing_ok=True)
             return
         size = path.stat().st_size
-        if not self._make_room(size, backbone, key.with_head, written=size):  # the budget counts what is written
+        if not self._make_room(size, backbone, key.with_head, key.training, written=size):  # the budget counts what is written
             path.unlink(missing_ok=True)
             return
-        self._entries[key.digest] = _Entry(path, size, skeleton, key.with_head, set() if backbone is None else {backbone})
+        self._entries[key.digest] = _Entry(path, size, skeleton, key.with_head, set() if backbone is None else {backbone}, key.training)
         counter = self.trained if key.training else self.calibrated
         counter[key.digest] = counter.get(key.digest, 0) + 1
 
@@ -359,7 +362,7 @@ class TrainMemo:
         return (self.used_bytes - freed + size <= self.budget_bytes
                 and shutil.disk_usage(self._dir).free + freed + written >= size + RESERVE_BYTES)
 
-    def _make_room(self, size: int, backbone: Backbone | None, with_head: bool, written: int = 0) -> bool:
+    def _make_room(self, size: int, backbone: Backbone | None, with_head: bool, training: bool, written: int = 0) -> bool:
         """Whether an entry of ``size`` bytes (``written`` of them on disk already) fits, after evicting
         what the module docstring's order allows (only when that makes enough room: nothing is
         evicted for an entry that still would not fit)."""
@@ -367,8 +370,11 @@ class TrainMemo:
             return True
         others = [k for k, e in self._entries.items() if backbone not in e.backbones]
         own_heads = [] if with_head else [k for k, e in self._entries.items() if backbone in e.backbones and e.with_head]
+        # a training (minutes) displaces a calibration (seconds) of its own backbone, never the reverse
+        own_calibrations = [k for k, e in self._entries.items()
+                            if training and backbone in e.backbones and not e.with_head and not e.training]
         victims, freed = [], 0
-        for k in others + own_heads:
+        for k in others + own_heads + own_calibrations:
             victims.append(k)
             freed += self._entries[k].size
             if self._fits(size, freed, written):

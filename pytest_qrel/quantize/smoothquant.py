@@ -98,7 +98,7 @@ SCALE_MIN = 1e-5
 
 DEFAULT_ALPHA = 0.5
 EQUIVALENCE_RTOL = 1e-4
-"""Largest relative (Frobenius) change of the FP32 logits that smoothing may cause."""
+"""Largest relative (Frobenius) change of the FP32 output (:func:`checked_output`) that smoothing may cause."""
 CHECK_IMAGES = 8
 
 
@@ -227,6 +227,17 @@ def _restore(saved: list[tuple[Tensor, Tensor]]) -> None:
         p.copy_(value)
 
 
+def checked_output(model: nn.Module, images: Tensor) -> Tensor:
+    """What smoothing must leave unchanged: the model's output, or, for a model whose classifier is a
+    fixed function of its image features (a zero-shot CLIP, with ``image_features``: its logits are
+    ``logit_scale * features @ class_text_features.T``), those features. Checking the features keeps
+    the result independent of the class names, so the scenarios of a CLIP suite, which differ only
+    in their classes, share one smoothing (:mod:`pytest_qrel.engine.trainmemo`); the logits change
+    no more than the features do."""
+    features = getattr(model, "image_features", None)
+    return features(images) if callable(features) else model(images)
+
+
 def _close(out: Tensor, ref: Tensor) -> bool:
     return bool(torch.isfinite(out).all()) and float((out - ref).norm()) <= EQUIVALENCE_RTOL * max(float(ref.norm()), 1e-12)
 
@@ -242,7 +253,7 @@ def smooth_model(
     """Smooth ``model`` IN PLACE (give it a copy) and return ``{layernorm name: s}`` of the groups smoothed.
 
     Statistics come from ``calibration`` (N, C, H, W) through :func:`layernorm_statistics`; the FP32
-    output on the first few images is checked afterwards, and a group whose smoothing changes it is
+    output (:func:`checked_output`) on the first few images is checked afterwards, and a group whose smoothing changes it is
     restored (with a warning). Warns when there is nothing to smooth.
     """
     was_training = model.training
@@ -259,7 +270,7 @@ def smooth_model(
         ref = next(iter(model.parameters()), None)
         if ref is not None:
             check = check.to(device=ref.device, dtype=ref.dtype)
-        expected = model(check)
+        expected = checked_output(model, check)
         saved = {g.norm: _snapshot(model, g) for g in groups}
 
         def apply(group: SmoothGroup) -> Tensor:
@@ -269,7 +280,7 @@ def smooth_model(
                                      absmax[group.norm], alpha)
 
         scales = {g.norm: apply(g) for g in groups}
-        if _close(model(check), expected):
+        if _close(checked_output(model, check), expected):
             return scales
         # Some group's output also feeds something else: smooth group by group, keep what is exact.
         for g in groups:
@@ -277,7 +288,7 @@ def smooth_model(
         scales, skipped = {}, []
         for g in groups:
             s = apply(g)
-            if _close(model(check), expected):
+            if _close(checked_output(model, check), expected):
                 scales[g.norm] = s
             else:
                 _restore(saved[g.norm])
