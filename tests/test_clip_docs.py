@@ -8,6 +8,7 @@ import runpy
 from pathlib import Path
 
 import pytest
+import yaml
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "clip.md"
 
@@ -20,7 +21,7 @@ def _blocks(kind: str) -> list[str]:
 def test_the_clip_page_runs_as_written(tmp_path, monkeypatch):
     from pytest_qrel import Engine, load_suite, run
 
-    (snippet,), (suite_text,) = _blocks("python"), _blocks("yaml")
+    (snippet,), (suite_text, fragment), (config,) = _blocks("python"), _blocks("yaml"), _blocks("json")
     (commands,) = _blocks("console")
     assert [c.removeprefix("$ ").split()[:2] for c in commands.strip().splitlines()] == [
         ["python", "make_clip_folders.py"], ["pytest", "--qrel-suite"], ["pytest", "--qrel-suite"]]
@@ -39,3 +40,12 @@ def test_the_clip_page_runs_as_written(tmp_path, monkeypatch):
         outcomes[update] = {v.outcome for v in verdicts}
         assert outcomes[update] == {"passed"}, [v.message for v in verdicts if v.outcome != "passed"]
     assert (tmp_path / "baselines" / "clip_photos" / "clip@grey.json").is_file()
+    # the dry run of an architecture of your own: the page's config file and model entry, as written
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # the default text-embedding cache
+    (tmp_path / "suites" / "tiny-clip.json").write_text(config)
+    models = yaml.safe_load(fragment)["models"]
+    (tmp_path / "suites" / "tiny.yaml").write_text(suite_text.replace(suite_text[suite_text.index("models:"):suite_text.index("datasets:")],
+                                                                      yaml.safe_dump({"models": models})))
+    tiny = load_suite(tmp_path / "suites" / "tiny.yaml")
+    loaded = Engine(baseline_dir=tmp_path / "baselines").model(tiny.scenarios["grey"], "tiny@grey")
+    assert loaded.info["weights_from"] == "random init (seed 0)" and loaded.class_names == ["three", "four", "five"]
