@@ -9,6 +9,14 @@ from pathlib import Path
 
 import pytest
 
+# The report package, imported whole before any pytester in-process run: such a run removes from
+# sys.modules what it imported, but the package object that stays keeps its submodules as attributes,
+# so a later test would mix old and new report modules (the CLIP figure sets registered in the old
+# registry, drawn from the new one: a demo_clip report without its CLIP figures). 0.1 s, no matplotlib.
+import pytest_qrel.report.figspecs  # noqa: E402,F401
+import pytest_qrel.report.figures  # noqa: E402,F401
+import pytest_qrel.report.render  # noqa: E402,F401
+
 # This conftest is also loaded when a user runs `pytest --qrel-suite ...` from the repository root
 # (testpaths = ["tests"]), so it imports nothing heavy at module level: a suite run must not pay
 # for the project's own tests.

@@ -70,7 +70,11 @@ def test_scenarios_expand_into_one_ordinary_suite_per_scenario(tmp_path):
     (lambda t: t.replace("  noisy:\n", "  noisy:\n    idd: 1\n"), "field 'scenarios.noisy.idd'"),
     (lambda t: t.replace("  noisy:\n", "  no-isy:\n"), "invalid scenario name 'no-isy'"),
     # a top-level check must hold in every scenario: 'textures' is not an OOD set of 'noisy'
-    (lambda t: t.replace('"W8A8 top1 delta <= 1pp"', '"W8A8 auroc on textures delta <= 2pp"'), "unknown OOD dataset 'textures'"),
+    (lambda t: t.replace('"W8A8 top1 delta <= 1pp"', '"W8A8 auroc on textures delta <= 2pp"'),
+     "field 'checks[0]': in scenario 'noisy' (top-level checks apply to every scenario): unknown OOD dataset 'textures'"),
+    # a scenario's own check is named in its own list, not by its place in the merged one
+    (lambda t: t.replace('"W8A8 auroc on textures delta <= 5pp"', '"W8A8 top1 delta <= 1pp"'),
+     "field 'scenarios.digits.checks[0]': repeats checks[0]"),
     (lambda t: t.replace('data: "imagetext:pairs"', 'data: "nosuch:pairs"'), "field 'quantizers.W8A8.calibration.data'"),
 ])
 def test_scenario_errors_name_the_file_line_and_field(tmp_path, edit, message):
@@ -108,6 +112,9 @@ def test_imagetext_source_reads_caption_files_and_listings_and_fingerprints_the_
     (tmp_path / "cc3m" / "captions.tsv").unlink()
     (tmp_path / "cc3m" / "00000" / "000000003.txt").unlink()
     with pytest.raises(DataError, match=r"000000003.jpg has no caption file 000000003.txt"):
+        load_dataset("imagetext:cc3m", split="train", options={}, base_dir=tmp_path)
+    (tmp_path / "cc3m" / "00000" / "000000003.txt").write_bytes("caf\u00e9 au lait".encode("latin-1"))
+    with pytest.raises(DataError, match=r"caption file .*000000003.txt is not UTF-8 \(byte 0xe9 at offset 3\) \(fix: save it as UTF-8"):
         load_dataset("imagetext:cc3m", split="train", options={}, base_dir=tmp_path)
 
 
@@ -149,14 +156,19 @@ def test_a_changed_caption_is_never_green_from_the_outputs_cache(tmp_path):
     from pytest_qrel import Engine, run
 
     _pairs(tmp_path / "pairs", 8)
-    suite = load_suite(_write(tmp_path, CAPTION_SUITE))
 
-    def quantized() -> int:
+    def quantized(text: str = CAPTION_SUITE) -> int:
         engine = Engine(baseline_dir=tmp_path / "baselines", cache_dir=tmp_path / "cache", update_baselines=True)
-        assert [v.outcome for v in run(suite, engine=engine)] == ["passed"]
+        assert [v.outcome for v in run(load_suite(_write(tmp_path, text)), engine=engine)] == ["passed"]
         return sum(engine.units.quantizations.values())
 
     assert quantized() == 1
     assert quantized() == 0  # every array from the cache
     (tmp_path / "pairs" / "000000005.txt").write_text("a photo of something else")
     assert quantized() == 1
+    # other class names are another zero-shot head: quantized and evaluated again, never from the cache
+    renamed = CAPTION_SUITE.replace('{source: "open_clip:digits_clip"}', '{source: "open_clip:digits_clip", options: '
+                                    '{class_names: [one, zero, two, three, four, five, six, seven]}}')
+    assert renamed != CAPTION_SUITE
+    assert quantized(renamed) == 1
+    assert quantized(renamed) == 0

@@ -160,6 +160,17 @@ def test_no_images_is_a_data_error(tmp_path):
         imagefolder(tmp_path / "empty")
 
 
+def test_an_empty_class_folder_is_a_data_error(tree):
+    """A class folder with no file (a failed copy) is named once; one whose files 'extensions' filters
+    out is not empty (test_extensions_option)."""
+    (tree / "d_fox").mkdir()
+    with pytest.raises(DataError, match=r"class folder .*d_fox is empty \(fix: put its images there, or remove the folder\)"):
+        imagefolder(tree)
+    (tree / "e_gnu" / "sub").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"2 empty class folders: d_fox, e_gnu"):
+        imagefolder(tree)
+
+
 def test_extensions_option(tree):
     write_image(tree / "a_cat" / "extra.bmp", fmt="BMP")
     assert len(imagefolder(tree)) == 7

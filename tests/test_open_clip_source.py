@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import re
 import shutil
 import socket
 
@@ -241,6 +242,49 @@ def test_class_names_from_a_file_and_wordnet_ids(tiny, tmp_path):
     assert loaded.class_names == ["zebra", "koala"] and loaded.num_classes == 2
     loaded = load_tiny(tiny, tmp_path, class_names=["n01440764", "n01443537"])
     assert loaded.class_names == ["tench", "goldfish"]
+    # WordNet ids among other folder names are replaced one by one
+    assert load_tiny(tiny, tmp_path, class_names=["n01440764", "zebra"]).class_names == ["tench", "zebra"]
+
+
+def test_an_underscore_in_a_class_name_is_a_space_in_its_prompts(tiny, tmp_path):
+    """Folder names cannot easily hold spaces: ``golden_retriever`` is prompted as "a photo of a
+    golden retriever." (a new head, so a new digest), and the names shown keep the folder's spelling."""
+    folders = load_tiny(tiny, tmp_path, class_names=["golden_retriever", "tabby_cat"])
+    words = load_tiny(tiny, tmp_path, class_names=["golden retriever", "tabby cat"])
+    assert folders.class_names == ["golden_retriever", "tabby_cat"]
+    assert torch.equal(folders.module.class_text_features, words.module.class_text_features)
+    assert folders.weights_sha256 != words.weights_sha256  # the class names differ, and so does the baseline
+
+
+@pytest.mark.parametrize(("templates", "message"), [
+    (["a photo of a {}, a type of {pet}."], "it has 2 placeholders"),
+    (["a photo of a {]."], "is not a valid format string"),
+    (["a {} photo }"], "Single '}'"),
+    (["a photo of a {0}."], "has the placeholder '{0}'"),
+    (["a photo of a {!r}."], "has the placeholder '{!r}'"),
+    (["no placeholder"], "exactly once"),
+    ("a photo of a {}.", "a list, even of one prompt: templates: [\"a photo of a {}.\"]"),
+])
+def test_a_prompt_template_typo_is_one_error_when_the_suite_loads(templates, message):
+    """Checked with the suite's other model options (no model is loaded), naming the option and template."""
+    from pytest_qrel.models.base import validate_model_source
+
+    with pytest.raises(ModelError) as err:
+        validate_model_source("open_clip:digits_clip", {"templates": templates})
+    assert message in str(err.value) and "option 'templates'" in str(err.value)
+    validate_model_source("open_clip:digits_clip", {"templates": ["a {{literal}} brace and a {}."]})
+    validate_model_source("open_clip:digits_clip", {"templates": "simple"})
+
+
+def test_the_shipped_clip_refuses_class_names_outside_its_vocabulary():
+    """Words it never saw map to the padding id: three unknown names would give three identical
+    prompts and a head that scores every image 1/3. One error says so and how to do a dry run."""
+    with pytest.raises(ModelError) as err:
+        S.open_clip_model_source("digits_clip", options={"class_names": ["golden_retriever", "n01440764", "zero"]})
+    msg = str(err.value)
+    assert "2 of 3 class names ('golden retriever', 'tench')" in msg
+    assert "'class_names: [zero, one, two]'" in msg and "open_clip:<arch>/<tag>" in msg
+    assert S.open_clip_model_source("digits_clip", options={"class_names": ["zero", "1", "two"]}).num_classes == 3
 
 
 def test_preprocess_is_open_clips_eval_transform_and_accepts_grey_tensors(tiny, tmp_path):
@@ -299,8 +343,13 @@ def test_missing_pretrained_weights_name_the_paths_and_the_fetch_command(tmp_pat
 
 
 def test_missing_checkpoint_file_is_a_model_error(tiny, tmp_path, no_network):
-    with pytest.raises(ModelError, match="nope.safetensors does not exist"):
-        load_tiny(tiny, tmp_path, checkpoint="nope.safetensors")
+    """The option, the resolved path (relative to the suite's folder) and what to give instead."""
+    with pytest.raises(ModelError) as err:
+        load_tiny(tiny, tmp_path, checkpoint="weights/nope.safetensors")
+    assert f"option 'checkpoint': {tmp_path.resolve() / 'weights' / 'nope.safetensors'} does not exist" in str(err.value)
+    assert "fix: " in str(err.value)
+    with pytest.raises(ModelError, match="is a folder, not a weights file"):
+        load_tiny(tiny, tmp_path, checkpoint=".")
     assert no_network == []
 
 
@@ -453,3 +502,59 @@ def test_the_zero_shot_head_does_not_depend_on_import_order():
     suite = Path(__file__).resolve().parents[1] / "suites/demo_clip.yaml"
     out = subprocess.run([sys.executable, "-c", code, str(suite)], capture_output=True, text=True, timeout=300, check=True)
     assert out.stdout.strip() == "['0', '1', '2', '3', '4', '5', '6', '7']"
+
+
+def test_display_names_of_the_id_set_build_the_head_and_keep_the_folder_order(tmp_path):
+    """``class_names:`` of an image folder renames its classes for the prompts (here: folders of
+    photos named for the shipped CLIP's words, a dry run). The head is built from those names in the
+    folders' order, so the folders are the head's classes: not refused as 'not classes of the model'."""
+    from PIL import Image
+
+    from pytest_qrel import Engine, load_suite, run
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for k, folder in enumerate(("astronaut", "cat", "coffee")):
+            (tmp_path / "photos" / split / folder).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(rng.integers(60 * k, 60 * k + 80, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "photos" / split / folder / f"{i}.png")
+    (tmp_path / "s.yaml").write_text(
+        "version: 1\nname: s\nmodels:\n  clip: {source: \"open_clip:digits_clip\"}\n"
+        "datasets:\n  id: {name: photos, source: \"imagefolder:photos\", options: {split_dirs: {train: train, test: test}, "
+        "class_names: [zero, one, two]}}\n  ood: [{name: noise, source: \"embedded:noise\"}]\n"
+        "quantizers:\n  W8A8: {method: minmax, calibration: {samples: 4}}\nscores: [mcm]\n"
+        "checks: [\"W8A8 top1 delta <= 100pp\"]\n"
+    )
+    engine = Engine(baseline_dir=tmp_path / "baselines", cache_dir=tmp_path / "cache", update_baselines=True)
+    verdicts = run(load_suite(tmp_path / "s.yaml"), engine=engine)
+    assert [v.outcome for v in verdicts] == ["passed"], [v.message for v in verdicts]
+    assert engine.model(load_suite(tmp_path / "s.yaml"), "clip").class_names == ["zero", "one", "two"]
+
+
+def test_random_weights_from_a_config_file_of_your_own(tmp_path, no_network):
+    """``pretrained: false`` (+ ``seed``) and ``model_config: <arch>.json``: a dry run of your own
+    architecture, offline, reproducible, and another model (digest) for another seed or config."""
+    cfg = tmp_path / "qrel-test-random.json"
+    cfg.write_text(json.dumps(TINY_CFG))
+    opts = {"model_config": cfg.name, "pretrained": False, "class_names": CLASSES, "templates": TEMPLATES,
+            "neg_labels": NEG_WORDS, "n_neg": 6, "neglabel_groups": 2, "cache_dir": False}
+    torch.manual_seed(123)  # whatever the global RNG holds, the seed decides the weights
+    a = S.open_clip_model_source("qrel-test-random", options=opts, base_dir=tmp_path)
+    b = S.open_clip_model_source("qrel-test-random", options=opts, base_dir=tmp_path)
+    c = S.open_clip_model_source("qrel-test-random", options={**opts, "seed": 1}, base_dir=tmp_path)
+    assert a.weights_sha256 == b.weights_sha256 != c.weights_sha256
+    assert a.info["weights_from"] == "random init (seed 0)" and a.num_classes == 3 and no_network == []
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(a.module(x), b.module(x))
+    cfg.write_text(json.dumps({**TINY_CFG, "quick_gelu": True}))  # the same weights' shapes, another model
+    assert S.open_clip_model_source("qrel-test-random", options=opts, base_dir=tmp_path).weights_sha256 != a.weights_sha256
+    for arg, options, message in [
+        ("qrel-test-random/openai", opts, "has no pretrained tag"),
+        ("other-name", opts, "write the model as 'open_clip:qrel-test-random'"),
+        ("qrel-test-random", {**opts, "model_config": "nope.json"}, f"{tmp_path.resolve() / 'nope.json'} does not exist"),
+        ("qrel-test-random", {**opts, "checkpoint": "w.safetensors"}, "'pretrained: false' (random weights) and option 'checkpoint' contradict"),
+        ("ViT-B-32/openai", {"pretrained": False}, "and the pretrained tag 'openai' contradict"),
+        ("digits_clip", {"pretrained": False}, "the shipped model takes no 'pretrained'"),
+    ]:
+        with pytest.raises(ModelError, match=re.escape(message)):
+            S.open_clip_model_source(arg, options=options, base_dir=tmp_path)

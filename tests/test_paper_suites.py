@@ -206,10 +206,15 @@ def test_clip_suite_runs_on_stand_in_folders(tmp_path, monkeypatch):
     from pytest_qrel.report.format import MISSING
     from pytest_qrel.shards import run_results
 
+    from pytest_qrel.models import open_clip_source
+
     path = tmp_path / "clip.yaml"
     path.write_text(yaml.safe_dump(_clip_doc(tmp_path, monkeypatch), sort_keys=False))
     suite = load_suite(path)
     assert list(suite.scenarios) == ["imagenet", "imagenet10", "imagenet20"]
+    # The shipped CLIP stands in for the suite's ImageNet heads, whose class names are not in its
+    # vocabulary (a user's run refuses them): the pipeline's shape is checked here, not its numbers.
+    monkeypatch.setattr(open_clip_source, "_check_vocabulary", lambda *args: None)
     engine = Engine(baseline_dir=tmp_path / "baselines", update_baselines=True)
     verdicts = run(suite, engine=engine)
     assert len(verdicts) == len(plan(suite))

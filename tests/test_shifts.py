@@ -874,3 +874,25 @@ def test_motion_blur_matches_imagemagick():
             theirs = np.asarray(Image.open(io.BytesIO(im.make_blob("png"))).convert("RGB"))
         ours = imaging.magick_to_8bit(imaging.motion_blur(img, radius, sigma, angle))
         np.testing.assert_array_equal(ours, theirs)
+
+
+def test_a_shifted_folder_keeps_its_class_order_so_a_wrong_model_is_caught(tmp_path):
+    """A shifted copy of class folders carries their label order: shared across scenarios, it is
+    checked against each scenario's model, and folders of another class set are refused, never
+    scored on the wrong classes (its labels 0..2 would fit any 3-class head)."""
+    from pytest_qrel.errors import NumericsError
+    from pytest_qrel.validation import check_class_folders
+
+    for k, name in enumerate(("zero", "one", "two")):
+        (tmp_path / "clean" / name).mkdir(parents=True)
+        Image.fromarray(np.full((8, 8, 3), 40 * k, np.uint8)).save(tmp_path / "clean" / name / "a.png")
+    base = load_dataset("imagefolder:clean", split="test", options={}, base_dir=tmp_path)
+    for protocol in ("model", "imagenet_c"):
+        ds = load_dataset("shift:gaussian_blur/2", split="test", base_dir=tmp_path,
+                          options={"of": "imagefolder:clean", "protocol": protocol})
+        assert (ds.class_order, ds.class_order_from) == (base.class_order, base.class_order_from) == (["one", "two", "zero"], "sorted folder names")
+        check_class_folders(ds.class_order, ds.class_order_from, ["one", "two", "zero"], model="m", dataset="blurred")
+        with pytest.raises(NumericsError, match="class folders .* are not classes of model 'm@b'"):
+            check_class_folders(ds.class_order, ds.class_order_from, ["three", "four", "five"], model="m@b", dataset="blurred")
+    as_ood = load_dataset("shift:gaussian_blur/2", split="test", base_dir=tmp_path, options={"of": "imagefolder:clean", "as_ood": True})
+    assert as_ood.class_order is None

@@ -337,6 +337,15 @@ def _split_root(where: str, root_raw: str, split: str, options: Mapping[str, Any
     return root if split == "test" else None
 
 
+def _holds_files(folder: Path) -> bool:
+    """Whether any visible file lies under ``folder`` (recursively)."""
+    for _, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        if any(not f.startswith(".") for f in files):
+            return True
+    return False
+
+
 def _scan(folder: Path, exts: tuple[str, ...]) -> tuple[list[str], list[str]]:
     """``(loose images directly in folder, visible subfolder names)``, both sorted."""
     loose, subdirs = [], []
@@ -613,6 +622,12 @@ def imagefolder_source(
         found = _unlabelled(sorted(walk.images(folder), key=_sort_key), "unlabelled")
     else:
         files_by_dir = {d: walk.images(folder / d) for d in subdirs}
+        # A class folder with no file at all is a failed copy or a forgotten class, not a class without
+        # test images: refused. One whose files the 'extensions' option filters out is what it asked for.
+        empty = [d for d, files in files_by_dir.items() if not files and not _holds_files(folder / d)]
+        if empty and len(empty) < len(files_by_dir):
+            more = f" ({len(empty)} empty class folders: {', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''})" if len(empty) > 1 else ""
+            raise DataError(f"{where}: class folder {folder / empty[0]} is empty{more} (fix: put its images there, or remove the folder)")
         if not any(files_by_dir.values()):
             if labels_mode == "folders":
                 raise DataError(f"{where}: {folder} has no class subfolders with images (labels: folders); for an OOD folder use 'labels: none'")

@@ -71,11 +71,18 @@ def check_imagetext_options(arg: str, options: Mapping[str, Any]) -> None:
     _options(f"imagetext:{arg}", options)
 
 
+def _not_utf8(where: str, what: str, path: Path, err: UnicodeDecodeError) -> DataError:
+    return DataError(f"{where}: {what} {path} is not UTF-8 (byte 0x{err.object[err.start]:02x} at offset {err.start}) "
+                     f"(fix: save it as UTF-8, e.g. `iconv -f latin1 -t utf-8 {path.name}` if it is Latin-1)")
+
+
 def _read_listing(where: str, root: Path, listing: Path) -> list[tuple[str, str]]:
     try:
         text = listing.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"{where}: cannot read the caption listing {listing}: {err}") from None
+    except UnicodeDecodeError as err:
+        raise _not_utf8(where, "the caption listing", listing, err) from None
+    except OSError as err:
+        raise DataError(f"{where}: cannot read the caption listing {listing}: {err.strerror or err}") from None
     pairs = []
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -100,8 +107,10 @@ def _caption_files(where: str, root: Path, exts: tuple[str, ...]) -> list[tuple[
             caption = txt.read_text(encoding="utf-8").strip()
         except FileNotFoundError:
             raise DataError(f"{where}: image {path} has no caption file {txt.name} (fix: add it, or list the pairs in {LISTING})") from None
-        except (OSError, UnicodeDecodeError) as err:
-            raise DataError(f"{where}: cannot read caption {txt}: {err}") from None
+        except UnicodeDecodeError as err:
+            raise _not_utf8(where, "caption file", txt, err) from None
+        except OSError as err:
+            raise DataError(f"{where}: cannot read caption {txt}: {err.strerror or err}") from None
         if not caption:
             raise DataError(f"{where}: caption file {txt} is empty")
         pairs.append((path.relative_to(root).as_posix(), caption))

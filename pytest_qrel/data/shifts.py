@@ -676,6 +676,9 @@ class ShiftedImageSet:
         labels.setflags(write=False)
         self.labels = labels
         self.class_names = None if self.as_ood else getattr(base, "class_names", None)
+        # the base's label order and where it came from, so its folders are checked against the model's classes
+        self.class_order = None if self.as_ood else getattr(base, "class_order", None)
+        self.class_order_from = None if self.as_ood else getattr(base, "class_order_from", None)
         spec = {
             "shift_version": SHIFT_VERSION,
             "base": base.fingerprint,
@@ -865,6 +868,9 @@ class ImageNetCSet:
         labels.setflags(write=False)
         self.labels = labels
         self.class_names = None if self.as_ood else getattr(base, "class_names", None)
+        # the base's label order and where it came from, so its folders are checked against the model's classes
+        self.class_order = None if self.as_ood else getattr(base, "class_order", None)
+        self.class_order_from = None if self.as_ood else getattr(base, "class_order_from", None)
         spec = {
             "shift_version": SHIFT_VERSION,
             "protocol": self.protocol,

@@ -97,6 +97,18 @@ class Loader:
                 options["class_names"] = list(names)
         return _json_key([spec.source, options, str(suite.path.parent.resolve())]), options
 
+    def class_ids_from_id_set(self, suite: Suite, name: str) -> list[str] | None:
+        """The ID set's class folders in label order when model ``name``'s zero-shot head was built
+        from that set's class names (the suite names none): the head's class ``i`` is then folder
+        ``i`` by construction, whatever display names (``class_names:``) the set gives them."""
+        from ..models.base import model_source_meta
+
+        spec = suite.models[name]
+        if not model_source_meta(spec.source).get("zero_shot") or "class_names" in spec.options:
+            return None
+        order = getattr(self.dataset(suite, suite.id_dataset.name), "class_order", None)
+        return list(order) if order else None
+
     def model(self, suite: Suite, name: str) -> Any:
         """The loaded FP32 :class:`~pytest_qrel.models.LoadedModel` named ``name`` in ``suite``."""
         from ..models import load_model

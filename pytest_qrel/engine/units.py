@@ -269,7 +269,8 @@ class UnitComputer:
         check_labels_in_range(ds.labels, loaded.num_classes, model=model, dataset=dataset)
         check_class_folders(
             getattr(ds, "class_order", None), getattr(ds, "class_order_from", None), loaded.class_names,
-            model_class_ids=getattr(loaded, "class_ids", None), model=model, dataset=dataset,
+            model_class_ids=getattr(loaded, "class_ids", None) or self.loader.class_ids_from_id_set(suite, model),
+            model=model, dataset=dataset,
         )
         self._labels_checked.add((model, dataset))
 

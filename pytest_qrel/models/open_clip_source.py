@@ -4,7 +4,9 @@
 
     open_clip:<arch>/<tag>   a pretrained open_clip model, e.g. ViT-B-32/openai, ViT-B-32/laion400m_e32,
                              ViT-B-16/openai, ViT-L-14/openai, ViT-L-14/laion2b_s32b_b82k
-    open_clip:<arch>         an open_clip architecture with weights from option ``checkpoint``
+    open_clip:<arch>         an open_clip architecture with weights from option ``checkpoint``, or random
+                             weights with ``pretrained: false`` (a dry run); ``model_config: <arch>.json``
+                             adds an architecture open_clip does not ship
     open_clip:digits_clip    the tiny CLIP shipped in pytest_qrel/zoo (digits 0-7, 16x16 grey; offline)
 
 **Never downloads.** Weights come from option ``checkpoint: <file>``, else from the local caches that
@@ -57,6 +59,11 @@ Options (all optional):
 ``cache_dir``          disk cache of text embeddings; ``false`` disables it. Default for pretrained
                        models: ``$XDG_CACHE_HOME/pytest-qrel/clip-text`` (``~/.cache/...``); for the
                        shipped model: none (its text encoder takes milliseconds)
+``pretrained``         ``false``: random weights (``seed``, default 0) for ``open_clip:<arch>``: a dry run of
+                       the pipeline, at chance level; no tag and no ``checkpoint`` with it
+``model_config``       an open_clip architecture file (``{"embed_dim", "vision_cfg", "text_cfg"}``) named
+                       ``<arch>.json``, for an ``<arch>`` open_clip does not ship (a tiny one for a dry run,
+                       or your own); its SHA-256 is part of the model's digest
 ``linear_attention``   convert attention / output projections to ``nn.Linear`` (default true)
 ``quick_gelu``         force QuickGELU on or off (default: the tag's setting; false without a tag)
 ``text_device``        torch device the text tower runs on once at load (default ``cpu``; e.g. ``cuda``).
@@ -87,13 +94,14 @@ import hashlib
 import json
 import os
 import re
+import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import ModelError, QrelError, UnknownNameError
-from ..options import Option, anything, boolean, is_number, parse_options, positive_int, prefixed
+from ..options import Option, anything, boolean, integer, is_number, parse_options, positive_int, prefixed
 from ..zoo import ZOO_DIR
 from .base import MODEL_SOURCES, LoadedModel, state_dict_sha256
 from .embedded import EMBEDDED_CLIPS, GreyNormalize
@@ -106,8 +114,29 @@ DEFAULT_NEGLABEL_GROUPS = 100
 MCM_TAU = 1.0
 
 
+def template_problem(template: Any) -> str | None:
+    """Why ``template`` is not a prompt template with exactly one ``{}`` (the class name), or None.
+
+    Read as Python's ``str.format`` reads it: a second placeholder (``{pet}``), a stray brace or a
+    conversion would fail or misplace the class name when the prompts are built. Literal braces are
+    written ``{{`` and ``}}``."""
+    if not isinstance(template, str):
+        return f"a template must be a string, got {template!r}"
+    try:
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(template) if name is not None]
+    except ValueError as err:
+        return f"template {template!r} is not a valid format string ({err}; write a literal brace as '{{{{' or '}}}}')"
+    if len(fields) != 1:
+        return f"template {template!r} must contain '{{}}' exactly once (where the class name goes), it has {len(fields)} placeholders"
+    name, spec, conv = fields[0]
+    if name or spec or conv:
+        placeholder = "{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+        return f"template {template!r} has the placeholder {placeholder!r}; write '{{}}' alone, where the class name goes"
+    return None
+
+
 def _one_placeholder(value: Any) -> bool:
-    return isinstance(value, str) and value.count("{}") == 1
+    return template_problem(value) is None
 
 
 def _fraction_above_zero(value: Any) -> bool:
@@ -119,6 +148,9 @@ OPTIONS: dict[str, Option] = {
     **{key: anything() for key in ("cache_dir", "checkpoint", "class_names", "generic_prompts", "neg_labels",
                                    "templates", "text_device", "weights_cache_dir")},
     "linear_attention": boolean(True),
+    "model_config": anything(),
+    "pretrained": boolean(None),
+    "seed": integer(0, lo=0),
     "n_neg": Option(None, positive_int, "a positive integer"),
     "neg_percentile": Option(DEFAULT_NEG_PERCENTILE, _fraction_above_zero, "a number in (0, 1]", float),
     "neg_template": Option(None, _one_placeholder, "a string with one '{}'"),
@@ -163,8 +195,11 @@ def _path(raw: Any, base_dir: Path, what: str, source: str) -> Path:
 
 
 def _check_options(options: Mapping[str, Any], source: str) -> None:
-    """Unknown keys and bad scalar values (:data:`OPTIONS`); ModelError naming the model."""
+    """Unknown keys, bad scalar values (:data:`OPTIONS`) and prompt templates given as a list: a
+    ModelError naming the model (so a typo in a template is an error when the suite loads)."""
     parse_options(options, OPTIONS, fail=prefixed(ModelError, _where(source)))
+    if "templates" in options and options["templates"] not in ("openai", "simple"):
+        _templates(options["templates"], source)
 
 
 def _read_lines(path: Path, what: str, source: str) -> list[str]:
@@ -193,15 +228,16 @@ _WNID = re.compile(r"^n\d{8}$")
 
 
 def _readable(names: list[str]) -> list[str]:
-    """Replace ImageNet WordNet ids by readable names (open_clip's ImageNet-1k names, else timm's lemma)."""
-    if not names or not all(_WNID.fullmatch(n) for n in names):
+    """Replace each ImageNet WordNet id among ``names`` by a readable name (open_clip's ImageNet-1k
+    names, else timm's first lemma); other names, and ids of neither list, stay as they are."""
+    if not any(_WNID.fullmatch(n) for n in names):
         return names
     from ..data.classnames import imagenet_classnames, imagenet_synsets
 
     index = {s: i for i, s in enumerate(imagenet_synsets())}
     readable = imagenet_classnames()
     lemmas = _synset_lemmas()
-    return [readable[index[n]] if n in index else lemmas.get(n, n) for n in names]
+    return [(readable[index[n]] if n in index else lemmas.get(n, n)) if _WNID.fullmatch(n) else n for n in names]
 
 
 def _class_names(value: Any, source: str, base_dir: Path) -> list[str]:
@@ -220,11 +256,22 @@ def _templates(value: Any, source: str) -> list[str]:
         from ..data.classnames import imagenet_templates
 
         return imagenet_templates(simple=value == "simple")
+    if isinstance(value, str):
+        raise ModelError(f"{_where(source)}: option 'templates' must be 'openai', 'simple' or a list of prompts, got {value!r} "
+                         f"(fix: a list, even of one prompt: templates: [{json.dumps(value)}])")
     templates = _string_list(value, "templates", source, Path.cwd(), allow_file=False)
-    bad = [t for t in templates if t.count("{}") != 1]
-    if bad:
-        raise ModelError(f"{_where(source)}: template {bad[0]!r} must contain '{{}}' exactly once")
+    for template in templates:
+        problem = template_problem(template)
+        if problem:
+            raise ModelError(f"{_where(source)}: option 'templates': {problem}")
     return templates
+
+
+def prompt_name(name: str) -> str:
+    """The words a class name stands for in a prompt: ``_`` becomes a space (``golden_retriever`` ->
+    ``golden retriever``; folder names cannot easily hold spaces, and CLIP was trained on captions,
+    as open_clip's own class lists are written)."""
+    return " ".join(name.replace("_", " ").split()) or name
 
 
 @functools.lru_cache(maxsize=1)
@@ -333,12 +380,13 @@ def _text_side(
 
     tower = text_tower_sha256(clip_model)
     common = {"text_tower_sha256": tower, "tokenizer": tokenizer_id}
+    names = [prompt_name(c) for c in class_names]
     class_features = cached_text_features(
-        _text_key(kind="classes", classes=class_names, templates=templates, **common),
-        lambda: zero_shot_weights(clip_model, tokenizer, class_names, templates, device=device),
+        _text_key(kind="classes", classes=names, templates=templates, **common),
+        lambda: zero_shot_weights(clip_model, tokenizer, names, templates, device=device),
         cache_dir,
     )
-    lowered = {c.strip().lower() for c in class_names}
+    lowered = {c.strip().lower() for c in [*class_names, *names]}
     words = [w for w in dict.fromkeys(w.strip() for w in candidates) if w and w.lower() not in lowered]
     if not words:
         raise ModelError("no negative-label candidates are left after removing the ID class names")
@@ -523,10 +571,13 @@ def _build_pretrained(arg: str, options: Mapping[str, Any], base_dir: Path) -> t
         raise ModelError(f"{_where(arg)} needs open_clip: `pip install open_clip_torch` (or pytest-qrel[clip])") from None
 
     arch, _, tag = arg.partition("/")
+    config_sha = _add_model_config(arch, tag, options, base_dir, arg) if options.get("model_config") else None
     known = open_clip.list_models()
     if arch not in known:
         unknown = UnknownNameError("open_clip architecture", arch, known, listing="see open_clip.list_models()")
-        raise ModelError(f"{_where(arg)}: {unknown}")
+        raise ModelError(f"{_where(arg)}: {unknown} (an architecture of your own: option 'model_config: {arch}.json')")
+    if options.get("pretrained") is False:
+        return _build_random(open_clip, arg, arch, tag, options, config_sha)
     cfg: dict[str, Any] = {}
     if tag:
         cfg = dict(open_clip.get_pretrained_cfg(arch, tag) or {})
@@ -539,7 +590,9 @@ def _build_pretrained(arg: str, options: Mapping[str, Any], base_dir: Path) -> t
     if options.get("checkpoint"):
         checkpoint = _path(options["checkpoint"], base_dir, "checkpoint", arg)
         if not checkpoint.is_file():
-            raise ModelError(f"{_where(arg)}: checkpoint {checkpoint} does not exist")
+            raise ModelError(f"{_where(arg)}: option 'checkpoint': {checkpoint.resolve()} "
+                             f"{'is a folder, not a weights file' if checkpoint.is_dir() else 'does not exist'} (a relative path is read "
+                             "from the suite file's folder; fix: the path of your .safetensors / .pt / .bin file)")
     elif tag:
         found, looked = find_local_weights(arch, tag, cfg, weights_cache_dir)
         if found is None:
@@ -574,6 +627,67 @@ def _build_pretrained(arg: str, options: Mapping[str, Any], base_dir: Path) -> t
         raise ModelError(f"{_where(arg)}: cannot reproduce open_clip's eval transform ({preprocess_val!r})")
     info = {"arch": arch, "pretrained": tag or None, "checkpoint": str(checkpoint), "quick_gelu": quick_gelu,
             "checkpoint_sha256": checkpoint_file_sha256(checkpoint)}
+    if config_sha:
+        info["model_config_sha256"] = config_sha
+    return model, tokenizer, preprocess, info
+
+
+def _add_model_config(arch: str, tag: str, options: Mapping[str, Any], base_dir: Path, arg: str) -> str:
+    """Register option ``model_config`` (``<arch>.json``) with open_clip; its SHA-256."""
+    path = _path(options["model_config"], base_dir, "model_config", arg)
+    where = f"{_where(arg)}: option 'model_config'"
+    if not path.is_file():
+        raise ModelError(f"{where}: {path.resolve()} does not exist (a relative path is read from the suite file's folder)")
+    if path.suffix != ".json" or path.stem != arch:
+        raise ModelError(f"{where}: open_clip names an architecture by its file: write the model as 'open_clip:{path.stem}' "
+                         f"(fix: or name the file {arch}.json)")
+    if tag:
+        raise ModelError(f"{where}: an architecture of your own has no pretrained tag (fix: 'open_clip:{arch}' with option "
+                         "'checkpoint', or 'pretrained: false')")
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ModelError(f"{where}: {path} is not a JSON file: {err}") from None
+    missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if not isinstance(cfg, dict) or k not in cfg]
+    if missing:
+        raise ModelError(f"{where}: {path} lacks {', '.join(missing)} (fix: an open_clip model config, such as "
+                         "open_clip/model_configs/ViT-B-32.json)")
+    import open_clip
+
+    open_clip.add_model_config(path)
+    from ..fingerprint import file_sha256
+
+    return file_sha256(path)
+
+
+def _build_random(open_clip: Any, arg: str, arch: str, tag: str, options: Mapping[str, Any],
+                  config_sha: str | None) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """``pretrained: false``: ``<arch>`` with random weights drawn from option ``seed`` (torch's global
+    RNG is left as it was); nothing is loaded or downloaded (no base tower weights either)."""
+    if tag or options.get("checkpoint"):
+        given = f"the pretrained tag '{tag}'" if tag else "option 'checkpoint'"
+        raise ModelError(f"{_where(arg)}: option 'pretrained: false' (random weights) and {given} contradict each other "
+                         "(fix: drop one)")
+    import torch
+
+    seed = int(options.get("seed", 0))
+    kwargs: dict[str, Any] = {"force_quick_gelu": bool(options.get("quick_gelu") or False)}
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model, _, preprocess_val = open_clip.create_model_and_transforms(
+                arch, pretrained=None, pretrained_image=False, pretrained_text=False, **kwargs)
+        tokenizer = open_clip.get_tokenizer(arch)
+    except QrelError:
+        raise
+    except Exception as err:
+        raise ModelError(f"{_where(arg)}: cannot build {arch} with random weights: {err}") from None
+    model.eval()
+    preprocess = OpenClipTransform(dict(getattr(model.visual, "preprocess_cfg", {}) or {}))
+    info: dict[str, Any] = {"arch": arch, "pretrained": None, "checkpoint": None, "quick_gelu": kwargs["force_quick_gelu"],
+                            "weights_from": f"random init (seed {seed})"}
+    if config_sha:
+        info["model_config_sha256"] = config_sha
     return model, tokenizer, preprocess, info
 
 
@@ -658,6 +772,25 @@ def _build_embedded(name: str) -> tuple[Any, Any, Any, dict[str, Any], dict[str,
     return model, tokenizer, preprocess, info, config
 
 
+def _check_vocabulary(arg: str, tokenizer: Any, class_names: list[str], own_names: list[str]) -> None:
+    """The shipped CLIP keeps only the few hundred tokens of its training captions; a word outside
+    them becomes the padding id, so classes named by unknown words get identical prompts and one
+    text embedding: a head that cannot tell them apart (every image scored 1/C). Refused here."""
+    unknown = tokenizer.unknown_words([prompt_name(c) for c in class_names])
+    if not unknown:
+        return
+    shown = ", ".join(repr(n) for n in unknown[:6]) + (", ..." if len(unknown) > 6 else "")
+    example = ", ".join(own_names[: min(len(class_names), len(own_names))])
+    raise ModelError(
+        f"{_where(arg)}: {len(unknown)} of {len(class_names)} class names ({shown}) are not in the vocabulary of this "
+        f"shipped demo CLIP, trained on digit captions only (it knows the digits' names such as {', '.join(own_names[:3])} and "
+        "a few prompt words); "
+        "their prompts would be identical and its zero-shot head could not tell the classes apart (fix: for a dry run on "
+        f"your folders give the ID set's options 'class_names: [{example}]', one per class folder in sorted order; "
+        "for a real audit use your CLIP: 'open_clip:<arch>/<tag>' or 'open_clip:<arch>' with option 'checkpoint')"
+    )
+
+
 # --------------------------------------------------------------------------------------------------
 # The source
 # --------------------------------------------------------------------------------------------------
@@ -679,8 +812,11 @@ def open_clip_model_source(arg: str, *, options: Mapping[str, Any] | None = None
         raise ModelError("model 'open_clip:': name an architecture and tag, e.g. 'open_clip:ViT-B-32/openai'")
 
     if arg in EMBEDDED_CLIPS:
-        if options.get("checkpoint") or options.get("weights_cache_dir") or "quick_gelu" in options:
-            raise ModelError(f"{_where(arg)}: the shipped model takes no 'checkpoint', 'weights_cache_dir' or 'quick_gelu'")
+        given = [k for k in ("checkpoint", "weights_cache_dir", "quick_gelu", "pretrained", "seed", "model_config") if k in options]
+        if given:
+            raise ModelError(f"{_where(arg)}: the shipped model takes no '{given[0]}' (its weights are its own; "
+                             "'checkpoint', 'weights_cache_dir', 'quick_gelu', 'pretrained', 'seed' and 'model_config' are for "
+                             "'open_clip:<arch>')")
         clip_model, tokenizer, preprocess, info, config = _build_embedded(arg)
         defaults = {
             "class_names": list(config["class_names"]),
@@ -712,6 +848,8 @@ def open_clip_model_source(arg: str, *, options: Mapping[str, Any] | None = None
     opt = {**defaults, **options}
     class_names = _class_names(opt["class_names"], arg, base_dir)
     templates = _templates(opt["templates"], arg)
+    if arg in EMBEDDED_CLIPS:
+        _check_vocabulary(arg, tokenizer, class_names, list(config["class_names"]))
     if opt["neg_labels"] is None:
         candidates = default_negative_vocabulary()
     else:
@@ -783,9 +921,11 @@ def open_clip_model_source(arg: str, *, options: Mapping[str, Any] | None = None
             },
         }
     )
-    sha = hashlib.sha256(
-        json.dumps([checkpoint_sha, class_names, templates, tokenizer_id, linear_attention]).encode()
-    ).hexdigest()
+    # The prompt names (``_`` read as a space) are hashed where they differ from the class names: the
+    # head they build is another one, and a class list without ``_`` keeps its earlier digest.
+    names = [prompt_name(c) for c in class_names]
+    extra = ([names] if names != class_names else []) + ([info["model_config_sha256"]] if "model_config_sha256" in info else [])
+    sha = hashlib.sha256(json.dumps([checkpoint_sha, class_names, templates, tokenizer_id, linear_attention, *extra]).encode()).hexdigest()
     return LoadedModel(
         name=arg,
         module=module,

@@ -649,8 +649,9 @@ def suite_from_doc(ctx: _Ctx, doc: LineDict) -> Suite:
     checks_raw = _checks_list(ctx, doc)
     checks: list[CheckSpec] = []
     fields: list[str] = []
+    item_fields = getattr(checks_raw, "item_fields", None)  # a scenario's merged list (spec/scenarios.py)
     for i, raw in enumerate(checks_raw):
-        field = f"checks[{i}]"
+        field = item_fields[i] if item_fields else f"checks[{i}]"
         check = parse_check(raw, ctx.loc(checks_raw, i), field, default_confidence=confidence)
         expanded = _validate_check(ctx, check, suite, field)
         checks.extend(expanded)

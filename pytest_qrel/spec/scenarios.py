@@ -95,15 +95,19 @@ def _scenario_doc(ctx: Any, doc: LineDict, name: str, entry: Any) -> LineDict:
             datasets.key_lines[key] = entry.line_of(key) or 0
     checks = LineList()
     checks.line = doc.line_of("checks") if "checks" in doc else entry.line
+    item_fields: list[str] = []
+    checks.item_fields = item_fields  # type: ignore[attr-defined]
     for source in (doc.get("checks"), entry.get("checks")):
         if source is None:
             continue
         if not isinstance(source, list):
             raise _fail(ctx, "'checks' must be a list", entry if source is entry.get("checks") else doc, "checks",
                         "checks" if source is doc.get("checks") else f"{field}.checks", "start each check with '- '")
+        prefix = "checks" if source is doc.get("checks") else f"{field}.checks"
         for i, item in enumerate(source):
             checks.append(item)
             checks.item_lines.append(source.line_of(i) if isinstance(source, LineList) else None)  # type: ignore[arg-type]
+            item_fields.append(f"{prefix}[{i}]")  # errors name the list the user wrote it in, not the merged one
     out = LineDict({k: v for k, v in doc.items() if k != "scenarios"})
     out.line, out.key_lines = doc.line, dict(doc.key_lines)
     out["datasets"] = datasets
@@ -125,7 +129,16 @@ def load_scenarios(ctx: Any, doc: LineDict, build: Callable[[Any, LineDict], Sui
     for name, entry in raw.items():
         if not isinstance(name, str) or not _SCENARIO_NAME.fullmatch(name):
             raise _fail(ctx, f"invalid scenario name {name!r}", raw, name, f"scenarios.{name}", "use only letters, digits and _")
-        sub = build(ctx, _scenario_doc(ctx, doc, name, entry))
+        try:
+            sub = build(ctx, _scenario_doc(ctx, doc, name, entry))
+        except SpecError as err:
+            if len(raw) < 2 or not (err.field or "").startswith("checks["):
+                raise
+            # A top-level check is checked in every scenario: say in which one it does not hold.
+            fix = f"{err.fix}, " if err.fix else ""
+            raise SpecError(f"in scenario '{name}' (top-level checks apply to every scenario): {err.problem}", file=err.file,
+                            line=err.line, field=err.field,
+                            fix=f"{fix}or move the check under 'scenarios.<name>.checks' of the scenarios it is about") from None
         models = {scenario_model(m, name): replace(spec, name=scenario_model(m, name)) for m, spec in sub.models.items()}
         subs[name] = replace(sub, models=models)
     first = next(iter(subs.values()))
