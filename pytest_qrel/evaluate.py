@@ -25,7 +25,6 @@ interval is inconclusive.
 from __future__ import annotations
 
 import math
-import operator
 from typing import TYPE_CHECKING, Any
 
 from .deltas import relative, signed_delta
@@ -37,8 +36,6 @@ from .spec.schema import Bound
 
 if TYPE_CHECKING:
     from .stats import PairedInterval
-
-_OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt}
 
 __all__ = ["compare", "compared_quantity", "decide", "relative", "signed_delta"]
 
@@ -75,8 +72,10 @@ def compare(
     the two deltas (or values), held against 0."""
     compared = compared_quantity(bound, fp32, value, higher_is_better=higher_is_better, ref_value=ref_value)
     delta = None if fp32 is None else signed_delta(fp32, value, higher_is_better=higher_is_better)
+    from .stats.decision import holds  # the one comparison: a value within float error of the bound is on it
+
     limit = 0.0 if bound.ref is not None else bound.amount
-    return bool(_OPS[bound.op](compared, limit)), delta
+    return holds(bound.op, compared, float(limit)), delta
 
 
 def decide(

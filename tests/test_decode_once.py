@@ -253,8 +253,8 @@ def test_a_store_another_process_is_building_is_not_waited_for(suite_dir, tmp_pa
     engine = Engine(baseline_dir=tmp_path / "b", cache_dir=cache, workers=0)
     ds = engine.loader.dataset(suite, "pics")
     loaded = engine.loader.model(suite, "tiny")
-    _, geometry, _ = _clean_source(ds)
-    key = store_key(str(ds.fingerprint), loaded.preprocessing, geometry)
+    fingerprint, geometry, _ = _clean_source(ds)
+    key = store_key(fingerprint, loaded.preprocessing, geometry)
     (cache / "images").mkdir(parents=True)
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(cache / "images" / f"{key}.u8.lock"), "120"],
                               stdout=subprocess.PIPE, text=True)

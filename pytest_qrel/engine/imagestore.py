@@ -241,5 +241,9 @@ def _allocate(fd: int, size: int) -> None:
 def store_key(dataset_fingerprint: str, preprocessing: str, geometry: Any = None) -> str:
     """The store key of a dataset's content under a preprocessing (``geometry``: a shifted set's own
     resize / crop before the model's)."""
-    text = json.dumps([STORE_FORMAT, dataset_fingerprint, preprocessing, geometry], sort_keys=True, default=str)
+    from ..fingerprint import versions_exact
+
+    # The decoders and resampling (PIL, torchvision) make the pixels: another release is another store.
+    decoders = {k: v for k, v in versions_exact().items() if k in ("pillow", "torchvision", "torch")}
+    text = json.dumps([STORE_FORMAT, dataset_fingerprint, preprocessing, geometry, decoders], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:40]

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataMissingError, DeviceError, QrelError, SpecError, UserCodeError
+from ..fingerprint import module_code_digest
 from ..spec.schema import HELDOUT, Suite
 from .trace import trace
 
@@ -79,6 +80,7 @@ class Loader:
         self.device = device
         self._models: dict[str, Any] = {}
         self._identities: dict[str, dict[str, Any]] = {}
+        self._code: dict[str, str] = {}
         self._names: dict[str, tuple[str, str]] = {}  # model key -> (suite name, model name), for the trace
         self._datasets: dict[str, Any] = {}
         self._draws: dict[str, Any] = {}  # calibration_draw's, by set, samples, seed and draw
@@ -125,6 +127,7 @@ class Loader:
                 raise exc.with_context(where) from None
             self._models[key] = loaded
             self._identities[key] = self._identity(suite, name, loaded)
+            self._code[key] = module_code_digest(loaded.module)  # outputs-cache key only (not the baseline's identity)
             self._names[key] = (suite.name, name)
             trace("load", suite.name, name)
         return self._models[key]
@@ -150,6 +153,13 @@ class Loader:
         if key not in self._identities:
             self.model(suite, name)
         return self._identities[key]
+
+    def code(self, suite: Suite, name: str) -> str:
+        """:func:`~pytest_qrel.fingerprint.module_code_digest` of the model (kept after the module is released)."""
+        key, _ = self._model_key(suite, name)
+        if key not in self._code:
+            self.model(suite, name)
+        return self._code[key]
 
     def release_model(self, suite: Suite, name: str) -> None:
         """Forget the loaded module (its identity stays): no unit of it is pending any more."""

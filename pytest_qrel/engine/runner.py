@@ -220,12 +220,16 @@ def compile_quantizers(module: Any) -> int:
 def _clean_source(ds: Any) -> tuple[str, Any, Callable[[int], Any]]:
     """``(fingerprint, geometry, raw)`` of the uncorrupted images behind ``ds``: a shifted set that
     corrupts in the model's geometry reads its base set (plus its own resize / crop)."""
+    from ..fingerprint import data_stamp
+
+    # The stat records of the files join the fingerprint: an edit that keeps a file's size is a new store.
     if hasattr(ds, "corrupt_unit") and hasattr(ds, "raw"):
         base = getattr(ds, "base", ds)
         geometry = [getattr(ds, "resize", None), getattr(ds, "crop", None)]
         # No geometry of its own: the very images of its base set (the same store entry).
-        return str(getattr(base, "fingerprint", ds.fingerprint)), geometry if any(g is not None for g in geometry) else None, ds.raw
-    return str(ds.fingerprint), None, (lambda i: ds[i][0])
+        fingerprint = f"{getattr(base, 'fingerprint', ds.fingerprint)}+{data_stamp(ds)}"
+        return fingerprint, geometry if any(g is not None for g in geometry) else None, ds.raw
+    return f"{ds.fingerprint}+{data_stamp(ds)}", None, (lambda i: ds[i][0])
 
 
 def _decodes(ds: Any) -> bool:

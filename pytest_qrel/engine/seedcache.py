@@ -34,13 +34,17 @@ class SeedCache:
         return fp.digest(
             {
                 "model": self.loader.identity(suite, model),
+                "model_code": self.loader.code(suite, model),  # its classes and their source files
                 "quantizer": qconf,
                 "dataset": ds.fingerprint,
+                # the files' stat records: an edit that keeps the fingerprint (same size) is a miss
+                "files": fp.data_stamp(ds),
                 "source": source,
                 "variant": variant,
                 "scores": list(suite.scores),
                 "code": fp.code_digest(),
                 "torch": torch.__version__,
+                "packages": fp.versions_exact(),
                 "device": str(self.device).split(":")[0],
             }
         )

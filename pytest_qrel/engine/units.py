@@ -21,6 +21,7 @@ import numpy as np
 
 from .. import progress
 from ..errors import SimulationError, SpecError, UnknownNameError
+from ..fingerprint import data_stamp
 from ..spec.schema import FP32, HELDOUT, QuantizerSpec, Suite
 from .diagnose import Diagnose
 from .loading import Loader, user_stage
@@ -190,8 +191,9 @@ class UnitComputer:
             qconf = {**qconf, "calibration_data": self.loader.calibration_data(suite, data, f"quantizers.{base}.calibration.data").fingerprint}
         if base != FP32:  # which images it calibrates on, not only how they were asked for (a changed train split)
             cal = self.quantizer_spec(suite, base, seed).calibration
-            _, drawn = self.loader.calibration_draw(suite, cal.samples, cal.seed, f"quantizers.{base}.calibration.samples", cal.draw, data)
-            qconf = {**qconf, "drawn_sha256": drawn.sha256}
+            split, drawn = self.loader.calibration_draw(suite, cal.samples, cal.seed, f"quantizers.{base}.calibration.samples", cal.draw, data)
+            # the drawn files' stat records too: an in-place edit of a calibration image keeps the split's fingerprint
+            qconf = {**qconf, "drawn_sha256": drawn.sha256, "drawn_files": data_stamp(split, drawn.positions)}
             out.info["calibration"] = drawn.record()
         runtime = base != FP32 and self._runtime_key(suite, base, seed, qconf)
         todo = self.seed_cache.arrays(suite, model, name, qconf, needs, out)

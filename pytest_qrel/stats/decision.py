@@ -49,6 +49,23 @@ class Evidence:
     factor: float | None = None
 
 
+EQUAL_TOLERANCE = 1e-9
+"""Relative tolerance (of ``max(1, |bound|)``) within which a compared quantity *is* the bound.
+``0.30 - 0.29`` is ``0.009999999999999953`` in floating point: without it, a delta of exactly 1pp
+would pass ``delta < 1pp`` and ``0.97 - 0.96`` would fail ``delta <= 1pp``; counts over a few
+thousand images differ by far more than this."""
+
+
+def holds(op: str, compared: float, limit: float) -> bool:
+    """``compared <op> limit`` with :data:`EQUAL_TOLERANCE` (a value that close is the bound: it
+    holds ``<=`` / ``>=``, not ``<`` / ``>``); a NaN never holds a bound."""
+    if math.isnan(compared):
+        return False
+    if math.isfinite(compared) and math.isfinite(limit) and abs(compared - limit) <= EQUAL_TOLERANCE * max(1.0, abs(limit)):
+        compared = limit
+    return bool(_OPS[op](compared, limit))
+
+
 def threshold(bound: Bound) -> float:
     """The number the compared quantity is held against: the amount, or 0 against another quantizer."""
     return 0.0 if bound.ref is not None else float(bound.amount)
@@ -135,10 +152,12 @@ def judge(
     >>> e.outcome, e.factor is not None
     ('inconclusive', True)
     """
-    ok = _OPS[bound.op]
+    def ok(x: float, limit: float) -> bool:
+        return holds(bound.op, x, limit)
+
     thr = threshold(bound)
     room = margin(bound, compared)
-    if confidence is None:
+    if confidence is None or math.isnan(compared):  # a NaN estimate holds no bound, whatever its interval
         return Evidence("passed" if ok(compared, thr) else "failed", room)
     u = unit or ("abs" if bound.ref is not None else bound.unit)
     shown = f"{level_label(confidence)}"
@@ -165,4 +184,4 @@ def judge(
     return Evidence("inconclusive", room, explanation, factor)
 
 
-__all__ = ["Evidence", "Outcome", "format_interval", "format_number", "judge", "level_label", "margin", "samples_factor", "threshold"]
+__all__ = ["EQUAL_TOLERANCE", "Evidence", "Outcome", "format_interval", "format_number", "holds", "judge", "level_label", "margin", "samples_factor", "threshold"]
