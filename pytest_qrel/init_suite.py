@@ -169,6 +169,8 @@ def suite_text(req: InitRequest, layout: Layout) -> str:
         f"  {model_key}:",
         f"    source: {_quote(source)}",
     ]
+    display = shipped_clip_names(req, layout)  # the shipped CLIP's own names standing in for the classes: a dry run
+    dry_run = req.random_init or display is not None
     options: list[str] = []
     if req.random_init:
         if not timm:
@@ -201,6 +203,15 @@ def suite_text(req: InitRequest, layout: Layout) -> str:
                   "  # Give a separate training folder ('train: <folder>') for calibration images the audit does not score."]
     if timm and _wordnet_ids(layout.classes) and not req.random_init and req.checkpoint is None:
         id_options.append("classes: imagenet1k")
+    if display is not None:
+        shown = ", ".join(f"{c} -> {d}" for c, d in list(zip(layout.classes, display))[:3]) + (", ..." if len(display) > 3 else "")
+        lines += [
+            "  # A dry run: the shipped demo CLIP knows only the names of its own classes, so its",
+            f"  # zero-shot head is built from them, one per class folder in sorted order ({shown}). Its numbers check the",
+            "  # pipeline, not a model. For the real audit use your CLIP ('open_clip:<arch>/<tag>', or 'open_clip:<arch>' with",
+            "  # 'checkpoint'; docs/clip.md) and remove 'class_names'.",
+        ]
+        id_options.append(f"class_names: [{', '.join(display)}]")
     lines.append(f"  id: {{name: {data_name}, source: {_quote('imagefolder:' + root)}, options: {{{', '.join(id_options)}}}}}")
     lines.append("  ood:")
     ood_names = []
@@ -211,29 +222,31 @@ def suite_text(req: InitRequest, layout: Layout) -> str:
     else:  # no OOD images of the user's: a set that ships with pytest-qrel, until they add their own
         lines.append("    - {name: noise, source: \"embedded:noise\"}   # shipped with pytest-qrel: Gaussian noise images")
         ood_names.append("noise")
+    # a zero-shot CLIP's OOD score of the CLIP paper: MCM (softmax over the class similarities)
+    scores = ["msp", "mcm"] if scheme == "open_clip" else ["msp"]
     calib = layout.images.get(layout.calibration_split, 0)
     samples = max(1, min(CALIBRATION_SAMPLES, calib))
     lines += [
         "quantizers:",
         f"  W8A8: {{method: minmax, weight_bits: 8, act_bits: 8, calibration: {{samples: {samples}, seed: 0}}}}",
-        "scores: [msp]",
+        f"scores: [{', '.join(scores)}]",
     ]
     on_ood = "mean(ood)" if len(ood_names) > 1 else ood_names[0]
-    if req.random_init:  # a random model's outputs are noise: one flipped prediction in 24 images is 4pp
+    if dry_run:  # a random model's outputs are noise: one flipped prediction in 24 images is 4pp
         lines += [
-            "# Dry-run bounds, loose on purpose: a random model's numbers mean nothing. For the real audit tighten them,",
+            "# Dry-run bounds, loose on purpose: a dry run's numbers mean nothing. For the real audit tighten them,",
             "# e.g. top1 delta <= 1pp, ece delta <= 2pp, auroc delta <= 5pp.",
             "checks:",
             "  - \"W8A8 top1 delta <= 25pp\"",
             "  - \"W8A8 ece delta <= 25pp\"",
-            f"  - \"W8A8 auroc(msp) on {on_ood} delta <= 25pp\"",
+            f"  - \"W8A8 auroc({scores[-1]}) on {on_ood} delta <= 25pp\"",
         ]
     else:
         lines += [
             "checks:",
             "  - \"W8A8 top1 delta <= 1pp\"",
             "  - \"W8A8 ece delta <= 2pp\"",
-            f"  - \"W8A8 auroc(msp) on {on_ood} delta <= 5pp\"",
+            f"  - \"W8A8 auroc({scores[-1]}) on {on_ood} delta <= 5pp\"",
         ]
     lines.append("")
     return "\n".join(lines)
@@ -241,6 +254,29 @@ def suite_text(req: InitRequest, layout: Layout) -> str:
 
 def _source(model: str) -> str:
     return model if ":" in model else f"timm:{model}"
+
+
+def shipped_clip_names(req: InitRequest, layout: Layout) -> list[str] | None:
+    """For the shipped demo CLIP and class folders it has no words for: its own class names, one per
+    folder (the ID set's ``class_names``: a dry run); None otherwise (any other model, or folders
+    named by words it knows). Raises :class:`InitError` when there are more folders than names."""
+    scheme, _, arg = _source(req.model).partition(":")
+    if scheme != "open_clip":
+        return None
+    from .models.open_clip_source import shipped_clip_vocabulary
+
+    try:
+        found = shipped_clip_vocabulary(arg, layout.classes)
+    except QrelError as exc:
+        raise InitError(f"MODEL {req.model}: {exc}") from None
+    if found is None or not found[0]:
+        return None
+    unknown, own = found
+    if len(layout.classes) > len(own):
+        raise InitError(f"MODEL {req.model}: the shipped demo CLIP knows the names of {len(own)} classes ({', '.join(own[:3])}, ...); "
+                        f"{layout.root} has {len(layout.classes)} class folders, {len(unknown)} named by words it does not know "
+                        "(fix: use your CLIP, 'open_clip:<arch>/<tag>' or 'open_clip:<arch>' with a checkpoint; docs/clip.md)")
+    return own[: len(layout.classes)]
 
 
 def check_model(req: InitRequest) -> None:
@@ -264,6 +300,10 @@ def model_notes(req: InitRequest, layout: Layout) -> list[str]:
     pretrained timm model whose weights are not in the local cache, or whose class folders are not
     ImageNet WordNet ids (a pretrained head's 1,000 outputs are not your classes)."""
     source = _source(req.model)
+    if (names := shipped_clip_names(req, layout)) is not None:
+        return [f"the shipped demo CLIP has no words for your class folders: the suite builds its zero-shot head from its own "
+                f"class names ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}), a dry run of the pipeline with loose bounds; "
+                "for the real audit use your CLIP (docs/clip.md)"]
     if not source.startswith("timm:") or req.random_init or req.checkpoint is not None:
         return []
     from .models.timm_source import missing_pretrained_weights

@@ -180,3 +180,32 @@ def test_init_with_spaces_in_the_folder_prints_commands_that_paste(tmp_path, mon
     lines = capsys.readouterr().out.splitlines()
     assert shlex.split(lines[-1]) == ["pytest", "--qrel-suite", "my suites/a b.yaml", "--qrel-report", "reports/a_b.html"]
     assert load_suite(tmp_path / "my suites/a b.yaml").id_dataset.source == "imagefolder:../my photos"
+
+
+def test_init_with_the_shipped_clip_writes_a_dry_run_that_passes(tmp_path, monkeypatch, capsys):
+    """The shipped demo CLIP has no words for 'cat' / 'dog' (the run refuses such names): `qrel init`
+    builds its head from the CLIP's own class names, one per folder, with loose bounds and MCM, says
+    so, and the suite it writes passes; folders named by its words keep their names; more folders
+    than it has names is one line naming MODEL."""
+    from pytest_qrel import Engine, run
+
+    for split in ("train", "val", "test"):
+        for cls in ("cat", "dog"):
+            _jpegs(tmp_path / "pets" / split / cls, 4)
+    monkeypatch.chdir(tmp_path)
+    assert qrel_main(["init", "open_clip:digits_clip", "pets"]) == 0
+    assert "note: the shipped demo CLIP has no words for your class folders" in capsys.readouterr().out
+    suite = load_suite(tmp_path / "suites/pets.yaml")
+    assert suite.id_dataset.options["class_names"] == ["zero", "one"] and list(suite.scores) == ["msp", "mcm"]
+    assert [c.bound.amount for c in suite.checks] == [25, 25, 25]  # a dry run's loose bounds
+    verdicts = run(suite, engine=Engine(baseline_dir=tmp_path / "baselines", update_baselines=True))
+    assert [v.outcome for v in verdicts] == ["passed"] * 3
+    for cls in ("zero", "one"):
+        _jpegs(tmp_path / "digits" / cls)
+    assert qrel_main(["init", "open_clip:digits_clip", "digits"]) == 0
+    assert "class_names" not in (tmp_path / "suites/digits.yaml").read_text()
+    for i in range(9):  # the shipped CLIP was trained on the digits 0-7
+        _jpegs(tmp_path / "many" / f"c{i}", 1)
+    assert qrel_main(["init", "open_clip:digits_clip", "many"]) == 2
+    assert "MODEL open_clip:digits_clip: the shipped demo CLIP knows the names of 8 classes" in capsys.readouterr().err
+    assert not (tmp_path / "suites/many.yaml").exists()

@@ -772,6 +772,15 @@ def _build_embedded(name: str) -> tuple[Any, Any, Any, dict[str, Any], dict[str,
     return model, tokenizer, preprocess, info, config
 
 
+def shipped_clip_vocabulary(arg: str, class_names: list[str]) -> tuple[list[str], list[str]] | None:
+    """For ``qrel init``: for a shipped CLIP (``open_clip:digits_clip``), the class names outside its
+    vocabulary (as prompt words) and its own class names; None for any other model (loads nothing)."""
+    if arg not in EMBEDDED_CLIPS:
+        return None
+    _, tokenizer, _, _, config = _build_embedded(arg)
+    return tokenizer.unknown_words([prompt_name(c) for c in class_names]), list(config["class_names"])
+
+
 def _check_vocabulary(arg: str, tokenizer: Any, class_names: list[str], own_names: list[str]) -> None:
     """The shipped CLIP keeps only the few hundred tokens of its training captions; a word outside
     them becomes the padding id, so classes named by unknown words get identical prompts and one
