@@ -708,34 +708,38 @@ def test_an_inconclusive_check_fails_by_default_and_the_policy_can_pass_it(pytes
     assert pytester.runpytest(*SUITE).ret == 0
 
 
+class FakeNode:
+    """An xdist worker as the scheduler sees it: the item indexes sent to it, whether it was shut down."""
+
+    def __init__(self, name: str) -> None:
+        import types
+
+        self.gateway, self.shutting_down, self.sent = types.SimpleNamespace(id=name), False, []
+
+    def send_runtest_some(self, indexes: list[int]) -> None:
+        self.sent.extend(indexes)
+
+    def shutdown(self) -> None:
+        self.shutting_down = True
+
+
 def test_a_worker_that_finishes_a_unit_takes_one_more_unit_not_two(pytester):
     # A unit's first check does all its work and the rest finish at once; the scheduler must not
     # let that burst of completions hand one worker every remaining unit (4 units on 2 workers
     # ran 3 + 1 with xdist's threshold of two pending items).
-    import types
 
     from pytest_qrel.plugin.xdist_sched import UnitScheduling
-
-    class Node:
-        def __init__(self, name: str) -> None:
-            self.gateway, self.shutting_down, self.sent = types.SimpleNamespace(id=name), False, []
-
-        def send_runtest_some(self, indexes: list[int]) -> None:
-            self.sent.extend(indexes)
-
-        def shutdown(self) -> None:
-            self.shutting_down = True
 
     sizes = {"A": 4, "B": 3, "C": 2, "D": 2}  # xdist queues the larger scopes first
     collection = [f"none.yaml::m::{u}::check{k}" for u, n in sizes.items() for k in range(n)]
     sched = UnitScheduling(pytester.parseconfig("-p", "xdist", "--tx", "2*popen"))
-    gw0, gw1 = Node("gw0"), Node("gw1")
+    gw0, gw1 = FakeNode("gw0"), FakeNode("gw1")
     for node in (gw0, gw1):
         sched.add_node(node)
         sched.add_node_collection(node, collection)
     sched.schedule()
 
-    def units(node: Node) -> set[str]:
+    def units(node: FakeNode) -> set[str]:
         return {collection[i].split("::")[2] for i in node.sent}
 
     assert units(gw0) == {"A"} and units(gw1) == {"B"}
@@ -753,24 +757,13 @@ def test_scenario_units_go_to_the_worker_that_owns_their_quantizer_and_models_ar
     # (its memo then serves them in the other scenario), finishes a scenario model before the next
     # and never returns to a model it left (each model is loaded once per worker); a model of a
     # suite without scenarios stays in the queue's order.
-    import types
 
     from pytest_qrel.plugin.xdist_sched import UnitScheduling, affinity_group
-
-    class Node:
-        def __init__(self, name: str) -> None:
-            self.gateway, self.shutting_down, self.sent = types.SimpleNamespace(id=name), False, []
-
-        def send_runtest_some(self, indexes: list[int]) -> None:
-            self.sent.extend(indexes)
-
-        def shutdown(self) -> None:
-            self.shutting_down = True
 
     models = ["a@s1", "a@s2", "b@s1", "b@s2"]
     collection = [f"none.yaml::{m}::{q}::check{k}" for m in models for q in ("Q1", "Q2", "Q3", "Q4+temperature") for k in range(2)]
     sched = UnitScheduling(pytester.parseconfig("-p", "xdist", "--tx", "2*popen"))
-    nodes = [Node("gw0"), Node("gw1")]
+    nodes = [FakeNode("gw0"), FakeNode("gw1")]
     for node in nodes:
         sched.add_node(node)
         sched.add_node_collection(node, collection)
@@ -803,30 +796,19 @@ def test_a_crashed_workers_unit_goes_to_a_worker_that_has_collected(pytester):
     # The check a dying worker was running is named; its unit's unfinished checks are queued
     # again; a replacement still collecting gets nothing before its collection arrives (xdist
     # re-schedules every node when one goes down: that raised KeyError on a collecting one).
-    import types
 
     from pytest_qrel.plugin.xdist_sched import UnitScheduling
 
-    class Node:
-        def __init__(self, name: str) -> None:
-            self.gateway, self.shutting_down, self.sent = types.SimpleNamespace(id=name), False, []
-
-        def send_runtest_some(self, indexes: list[int]) -> None:
-            self.sent.extend(indexes)
-
-        def shutdown(self) -> None:
-            self.shutting_down = True
-
     collection = [f"none.yaml::m::{u}::check{k}" for u in "ABC" for k in range(2)]
     sched = UnitScheduling(pytester.parseconfig("-p", "xdist", "--tx", "2*popen"))
-    gw0, gw1 = Node("gw0"), Node("gw1")
+    gw0, gw1 = FakeNode("gw0"), FakeNode("gw1")
     for node in (gw0, gw1):
         sched.add_node(node)
         sched.add_node_collection(node, collection)
     sched.schedule()
     assert [collection[i] for i in gw0.sent] == ["none.yaml::m::A::check0", "none.yaml::m::A::check1"]
     sched.mark_test_complete(gw0, gw0.sent[0])
-    replacement = Node("gw2")
+    replacement = FakeNode("gw2")
     sched.add_node(replacement)
     assert sched.remove_node(gw0) == "none.yaml::m::A::check1"  # the check it was running
     assert replacement.sent == [] and sched.has_pending and not sched.tests_finished
