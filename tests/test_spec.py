@@ -257,3 +257,31 @@ def test_conventions_field(tmp_path):
     path = write(tmp_path, "[]\n", BASE.replace("name: mini", "name: mini\nconventions: openod"))
     with pytest.raises(SpecError, match="unknown metric convention 'openod'; did you mean 'openood'"):
         load_suite(path)
+
+
+def test_a_clip_score_on_a_plain_classifier_is_refused_at_the_scores_line(tmp_path):
+    # it failed every unit of the model at run time; a python: model may be a CLIP (checked when it loads)
+    suite = """\
+version: 1
+name: mix
+models:
+  vit: {source: "%s"}
+datasets:
+  id: {name: digits, source: "embedded:digits"}
+  ood: [{name: noise, source: "embedded:noise"}]
+quantizers:
+  W8A8: {method: minmax}
+scores: [msp, mcm]
+checks: ["W8A8 top1 delta <= 2pp"]
+"""
+    path = tmp_path / "mix.yaml"
+    for source in ("embedded:digits_vit", "timm:deit_tiny_patch16_224"):
+        path.write_text(suite % source)
+        with pytest.raises(SpecError) as info:
+            load_suite(path)
+        assert str(info.value) == (
+            f"{path}:10: field 'scores': score 'mcm' needs a CLIP model (image features and text embeddings); model 'vit' "
+            f"({source}) is a classifier (fix: list only msp, energy or maxlogit here, or give the CLIP models a suite of their own)")
+    for source in ("open_clip:digits_clip", "python:models.py:build"):
+        path.write_text(suite % source)
+        assert list(load_suite(path).scores) == ["msp", "mcm"]

@@ -40,6 +40,9 @@ class LoadedModel:
 
 ModelSource = Callable[..., LoadedModel]
 MODEL_SOURCES: Registry[ModelSource] = Registry("model source")
+"""Scheme -> source function. Entry metadata: ``zero_shot=True`` (the head is built from the ID set's
+class names: a CLIP), ``classifier=True`` (only ever logits, never image features and text
+embeddings: CLIP scores cannot read it), ``check_arg`` / ``check_options`` (validated at suite load)."""
 
 
 def load_model(source: str, *, options: Mapping[str, Any] | None = None, base_dir: Path | None = None) -> LoadedModel:

@@ -161,7 +161,7 @@ def check_no_options(arg: str, options: Mapping[str, Any]) -> None:
     parse_options(options, {}, fail=prefixed(ModelError, f"model 'embedded:{arg}'"))
 
 
-@MODEL_SOURCES.register("embedded", check_arg=check_name, check_options=check_no_options)
+@MODEL_SOURCES.register("embedded", check_arg=check_name, check_options=check_no_options, classifier=True)
 def embedded_model_source(
     arg: str, *, options: Mapping[str, Any] | None = None, base_dir: Path | None = None
 ) -> LoadedModel:

@@ -634,7 +634,7 @@ def missing_pretrained_weights(arg: str) -> str | None:
             f"fetch them on a machine with internet access with `{_fetch_command(repo_id, filenames[0], cache_dir, how)}`")
 
 
-@MODEL_SOURCES.register("timm", check_options=check_options)
+@MODEL_SOURCES.register("timm", check_options=check_options, classifier=True)
 def timm_model_source(arg: str, *, options: Mapping[str, Any] | None = None, base_dir: Path | None = None) -> LoadedModel:
     """``source: "timm:<name>"``: a timm classifier in eval mode with its own eval preprocessing.
 

@@ -382,6 +382,23 @@ def _scores(ctx: _Ctx, raw: Any, node: LineDict) -> tuple[str, ...]:
     return tuple(dict.fromkeys(raw))
 
 
+def _reject_clip_scores_on_classifiers(ctx: _Ctx, suite: Suite, doc: LineDict) -> None:
+    """A CLIP score (``needs: clip``: image features and text embeddings) on a model whose source only
+    ever gives logits (its registry entry says ``classifier=True``: timm, the shipped ViTs) fails every
+    unit of that model at run time; it is refused here, at the ``scores`` line. A ``python:`` model
+    may be a CLIP: it is checked when it loads."""
+    from ..models.base import model_source_meta
+    from ..scores import SCORES
+
+    clip = [s for s in suite.scores if SCORES.meta(s).get("needs") == "clip"]
+    plain = [name for name, m in suite.models.items() if model_source_meta(m.source).get("classifier")]
+    if clip and plain:
+        model = suite.models[plain[0]]
+        raise ctx.err(f"score '{clip[0]}' needs a CLIP model (image features and text embeddings); model '{plain[0]}' "
+                      f"({model.source}) is a classifier", node=doc, key="scores", field="scores",
+                      fix="list only msp, energy or maxlogit here, or give the CLIP models a suite of their own")
+
+
 def _diagnostics(ctx: _Ctx, raw: Any, node: LineDict) -> tuple[str, ...]:
     """``diagnostics: [attention_rollout]``: a list of registered diagnostic names (each once)."""
     from ..diagnostics import DIAGNOSTICS
@@ -646,6 +663,7 @@ def suite_from_doc(ctx: _Ctx, doc: LineDict) -> Suite:
         inconclusive=inconclusive,
         bootstrap=boot,
     )
+    _reject_clip_scores_on_classifiers(ctx, suite, doc)
     checks_raw = _checks_list(ctx, doc)
     checks: list[CheckSpec] = []
     fields: list[str] = []
