@@ -78,7 +78,8 @@ DATA_CASES: list[Case] = [
     ("imagefolder root is a file", lambda t: write(t, "list.txt", "a.png\n"), ds("imagefolder:list.txt"), DataError,
      "dataset root {t}/list.txt is a file, not a folder (for a list of files use 'filelist:{t}/list.txt')"),
     ("imagefolder without images", lambda t: (t / "empty").mkdir(), ds("imagefolder:empty"), DataError,
-     "dataset 'imagefolder:empty': no images found under {t}/empty (extensions: .bmp, .jpeg, .jpg, .pgm, .png, .ppm, .tif, .tiff, .webp)"),
+     "dataset 'imagefolder:empty': no images found under {t}/empty (extensions: .bmp, .jpeg, .jpg, .pgm, .png, .ppm, .tif, .tiff, .webp) "
+     "(fix: put the images in its class folders, or give the folder that holds them, relative to the suite file's folder)"),
     ("imagefolder loose images and classes", lambda t: (classes_tree(t), png(t / "data" / "stray.png")), ds("imagefolder:data"), DataError,
      "dataset 'imagefolder:data': {t}/data holds both class subfolders and loose images (stray.png, ...); move the loose images "
      "into a class folder, or use 'labels: none' to label everything -1 (OOD)"),
@@ -313,3 +314,27 @@ def test_any_decoder_failure_names_the_file(tmp_path, monkeypatch) -> None:
     with pytest.raises(DataError) as info:
         ds_[0]
     assert str(info.value) == f"cannot read image {tmp_path}/data/cat/0.png: unpack requires a buffer of 4 bytes"
+
+
+def test_a_run_names_the_suites_dataset_and_its_source_once(tmp_path) -> None:
+    # "s.yaml:6: dataset 'photos' (imagefolder:d3): ...", not "dataset 'photos': dataset 'imagefolder:d3': ..."
+    from pytest_qrel import Engine, load_suite, run
+
+    (tmp_path / "d3" / "test" / "a").mkdir(parents=True)
+    path = tmp_path / "s.yaml"
+    path.write_text("""\
+version: 1
+name: pfx
+models:
+  vit: {source: "embedded:digits_vit"}
+datasets:
+  id: {name: photos, source: "imagefolder:d3/test", options: {classes: [a, b]}}
+  ood: [{name: noise, source: "embedded:noise"}]
+quantizers:
+  W8A8: {method: minmax}
+checks: ["W8A8 top1 delta <= 2pp"]
+""")
+    [verdict] = run(load_suite(path), engine=Engine(baseline_dir=tmp_path / "baselines", update_baselines=True))
+    assert verdict.outcome == "error"
+    assert verdict.message.startswith(f"{path}:6: dataset 'photos' (imagefolder:d3/test): no images found under "), verdict.message
+    assert verdict.message.count("dataset '") == 1

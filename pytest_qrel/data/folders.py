@@ -649,7 +649,9 @@ def imagefolder_source(
     walk.done()
     relpaths, labels, class_names, header_classes, layout, class_order, order_from = found
     if not relpaths:
-        raise DataError(f"{where}: no images found under {folder} (extensions: {', '.join(exts)})")
+        raise DataError(f"{where}: no images found under {folder} (extensions: {', '.join(exts)}) "
+                        "(fix: put the images in its class folders, or give the folder that holds them, "
+                        "relative to the suite file's folder)")
 
     keep = subset_indices(len(relpaths), limit, seed)
     relpaths = [relpaths[i] for i in keep]
