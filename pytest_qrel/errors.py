@@ -74,6 +74,19 @@ class QrelError(Exception):
         return (_rebuild, (type(self), self.args, dict(self.__dict__)))
 
 
+def strip_source(exc: QrelError, source: str) -> QrelError | None:
+    """A copy of ``exc`` without its message's own ``dataset '<source>': `` prefix (a dataset source
+    names itself when it is loaded on its own), for a caller whose context names ``source`` already;
+    None when the message does not start with it."""
+    own = f"dataset '{source}': "
+    text = str(exc)
+    if not text.startswith(own):
+        return None
+    bare = exc.with_context("")  # a copy of the same type and attributes
+    bare.args = (text[len(own):],)
+    return bare
+
+
 class SpecError(QrelError):
     """A suite file is invalid.
 

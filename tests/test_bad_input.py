@@ -184,7 +184,7 @@ SPEC_CASES: list[tuple[str, tuple[str, str] | str, str]] = [
     ("shift of a misspelled set", edit('{name: noise, source: "embedded:noise"}', '{name: noise, source: "shift:gaussian_noise/3", options: {of: "embedded:digts", as_ood: true}}'),
      f"{{p}}:9: field 'datasets.ood[1].options': dataset 'shift:gaussian_noise/3': base set 'embedded:digts': unknown embedded dataset 'digts'; did you mean 'digits'? {EMBEDDED_SETS}"),
     ("shift of_options bad", edit('{name: noise, source: "embedded:noise"}', '{name: noise, source: "shift:gaussian_noise/3", options: {of: "imagefolder:x", of_options: {labels: maybe}}}'),
-     "{p}:9: field 'datasets.ood[1].options': dataset 'shift:gaussian_noise/3': base set 'imagefolder:x': dataset 'imagefolder:x': option 'labels' must be one of 'auto', 'folders', 'none', got 'maybe'"),
+     "{p}:9: field 'datasets.ood[1].options': dataset 'shift:gaussian_noise/3': base set 'imagefolder:x': option 'labels' must be one of 'auto', 'folders', 'none', got 'maybe'"),
     ("pair of an OOD set", edit("  ood:", "  pairs: {bg: {common: digits, counter: noise}}\n  ood:"),
      "{p}:7: field 'datasets.pairs.bg.counter': 'counter' must name the ID set or a shifted set, got 'noise' (fix: use one of digits)"),
     # ---- quantizers (method and option names are validated by the quantizer registry's own checks)

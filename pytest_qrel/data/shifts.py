@@ -119,7 +119,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError, QrelError
+from ..errors import DataError, QrelError, strip_source
 from ..registry import Registry
 from .base import DATASET_SOURCES, OOD_LABEL, ImageSet
 from ..options import Option, anything, boolean, choice, integer, mapping, parse_options, prefixed
@@ -978,7 +978,7 @@ def check_shift_options(arg: str, options: Mapping[str, Any]) -> None:
         validate_dataset_source(of)
         validate_dataset_source(of, of_options)
     except QrelError as exc:
-        raise exc.with_context(f"{where}: base set '{of}'") from None
+        raise (strip_source(exc, of) or exc).with_context(f"{where}: base set '{of}'") from None
 
 
 @DATASET_SOURCES.register("shift", check_arg=_parse_arg, check_options=check_shift_options)
@@ -1009,7 +1009,7 @@ def shift_source(
     try:
         base = load_dataset(of, split=split, options=of_options, base_dir=base_dir)
     except QrelError as exc:
-        raise exc.with_context(f"{where}: base set '{of}'") from None
+        raise (strip_source(exc, of) or exc).with_context(f"{where}: base set '{of}'") from None
     if protocol == "imagenet_c":
         return ImageNetCSet(base, name, sev, seed or 0, as_ood=as_ood, resize=resize or IMAGENET_C_RESIZE,
                             crop=crop or IMAGENET_C_CROP, name=f"{of}+{name}/{sev}", frost_dir=frost_dir)

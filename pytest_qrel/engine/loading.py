@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataMissingError, DeviceError, QrelError, SpecError, UserCodeError
+from ..errors import DataMissingError, DeviceError, QrelError, SpecError, UserCodeError, strip_source
 from ..fingerprint import module_code_digest
 from ..spec.schema import HELDOUT, Suite
 from .trace import trace
@@ -64,19 +64,6 @@ def device_problem(device: str, option: str = "--qrel-device") -> str | None:
             return f"{option} {device}: no Apple MPS device is available ({build}) {fix})"
         return None
     return f"{option} {device}: unknown device (expected auto, cpu, cuda, cuda:K or mps)"
-
-
-def _in_suite(exc: QrelError, where: str, source: str) -> QrelError:
-    """``exc`` of a dataset source, in the suite's words: ``s.yaml:6: dataset 'photos' (imagefolder:d3):
-    ...``, not ``s.yaml:6: dataset 'photos': dataset 'imagefolder:d3': ...`` (the source names itself
-    when it is loaded on its own)."""
-    own = f"dataset '{source}': "
-    text = str(exc)
-    if not text.startswith(own):
-        return exc.with_context(where)
-    bare = exc.with_context("")  # a copy, then its message without the source's own prefix
-    bare.args = (text[len(own):],)
-    return bare.with_context(f"{where} ({source})")
 
 
 def _json_key(obj: Any) -> str:
@@ -219,7 +206,9 @@ class Loader:
             except UserCodeError:
                 raise
             except QrelError as exc:
-                raise _in_suite(exc, where, spec.source) from None
+                # "s.yaml:6: dataset 'photos' (imagefolder:d3): ...", not "...: dataset 'photos': dataset 'imagefolder:d3': ..."
+                bare = strip_source(exc, spec.source)
+                raise (exc.with_context(where) if bare is None else bare.with_context(f"{where} ({spec.source})")) from None
             self._datasets[key] = ds
         return self._datasets[key]
 
