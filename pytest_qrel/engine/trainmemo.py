@@ -77,7 +77,6 @@ import hashlib
 import shutil
 import tempfile
 import weakref
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -182,21 +181,13 @@ def backbone_of(suite_file: str, model: str) -> Backbone | None:
     return None if scenario is None else (str(suite_file), base)
 
 
-def _never(config: Any) -> bool:
-    return False
-
-
-def _always(config: Any) -> bool:
-    return True
-
-
-PTQ_READS_HEAD: dict[str, Callable[[Any], bool]] = {
-    "minmax": _never, "percentile": _never, "mse": _never, "repq_vit": _never,
-    "smoothquant": _never,  # on a zero-shot CLIP its equivalence check compares image features, not logits
-    "raana": _always,  # gradient sensitivities of a cross-entropy on the logits
+PTQ_READS_HEAD: dict[str, bool] = {
+    "minmax": False, "percentile": False, "mse": False, "repq_vit": False,
+    "smoothquant": False,  # on a zero-shot CLIP its equivalence check compares image features, not logits
+    "raana": True,  # gradient sensitivities of a cross-entropy on the logits
 }
-"""PTQ method -> ``reads(config)``: whether its result depends on the classifier head (the module
-docstring gives the reasons). A method not here (a runtime, a user's method) is not memoised."""
+"""PTQ method -> whether its result depends on the classifier head (the module docstring gives the
+reasons). A method not here (a runtime, a user's method) is not memoised."""
 
 
 def reads_head(config: Any, *, labels: bool, targets: bool) -> bool | None:
@@ -207,8 +198,7 @@ def reads_head(config: Any, *, labels: bool, targets: bool) -> bool | None:
 
     if config.method in RECIPES:
         return reads_class_logits(config, labels=labels, targets=targets)
-    rule = PTQ_READS_HEAD.get(config.method)
-    return None if rule is None else rule(config)
+    return PTQ_READS_HEAD.get(config.method)
 
 
 @dataclass(frozen=True)

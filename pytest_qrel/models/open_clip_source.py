@@ -613,23 +613,30 @@ def _build_pretrained(arg: str, options: Mapping[str, Any], base_dir: Path) -> t
                          ("resize_mode", "image_resize_mode")):  # fmt: skip
         if cfg.get(ours) is not None:
             kwargs[theirs] = cfg[ours]
-    try:
-        model, _, preprocess_val = open_clip.create_model_and_transforms(arch, pretrained=str(checkpoint), **kwargs)
-        tokenizer = open_clip.get_tokenizer(arch)
-    except QrelError:
-        raise
-    except Exception as err:
-        raise ModelError(f"{_where(arg)}: cannot build {arch} from {checkpoint}: {err}") from None
-    model.eval()
-    pp_cfg = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
-    preprocess = OpenClipTransform(pp_cfg)
-    if repr(preprocess._get()) != repr(preprocess_val):  # pragma: no cover - guards an open_clip API change
-        raise ModelError(f"{_where(arg)}: cannot reproduce open_clip's eval transform ({preprocess_val!r})")
+    model, tokenizer, preprocess = _create(open_clip, arg, arch, f"from {checkpoint}", pretrained=str(checkpoint), **kwargs)
     info = {"arch": arch, "pretrained": tag or None, "checkpoint": str(checkpoint), "quick_gelu": quick_gelu,
             "checkpoint_sha256": checkpoint_file_sha256(checkpoint)}
     if config_sha:
         info["model_config_sha256"] = config_sha
     return model, tokenizer, preprocess, info
+
+
+def _create(open_clip: Any, arg: str, arch: str, how: str, **kwargs: Any) -> tuple[Any, Any, Any]:
+    """``(model in eval mode, tokenizer, preprocess)`` from ``open_clip.create_model_and_transforms(arch,
+    **kwargs)``; its failures are one ModelError ("cannot build <arch> <how>: ..."). The preprocessing
+    is :class:`OpenClipTransform` of the model's config, checked to be open_clip's own eval transform."""
+    try:
+        model, _, preprocess_val = open_clip.create_model_and_transforms(arch, **kwargs)
+        tokenizer = open_clip.get_tokenizer(arch)
+    except QrelError:
+        raise
+    except Exception as err:
+        raise ModelError(f"{_where(arg)}: cannot build {arch} {how}: {err}") from None
+    model.eval()
+    preprocess = OpenClipTransform(dict(getattr(model.visual, "preprocess_cfg", {}) or {}))
+    if repr(preprocess._get()) != repr(preprocess_val):  # pragma: no cover - guards an open_clip API change
+        raise ModelError(f"{_where(arg)}: cannot reproduce open_clip's eval transform ({preprocess_val!r})")
+    return model, tokenizer, preprocess
 
 
 def _add_model_config(arch: str, tag: str, options: Mapping[str, Any], base_dir: Path, arg: str) -> str:
@@ -672,18 +679,10 @@ def _build_random(open_clip: Any, arg: str, arch: str, tag: str, options: Mappin
 
     seed = int(options.get("seed", 0))
     kwargs: dict[str, Any] = {"force_quick_gelu": bool(options.get("quick_gelu") or False)}
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model, _, preprocess_val = open_clip.create_model_and_transforms(
-                arch, pretrained=None, pretrained_image=False, pretrained_text=False, **kwargs)
-        tokenizer = open_clip.get_tokenizer(arch)
-    except QrelError:
-        raise
-    except Exception as err:
-        raise ModelError(f"{_where(arg)}: cannot build {arch} with random weights: {err}") from None
-    model.eval()
-    preprocess = OpenClipTransform(dict(getattr(model.visual, "preprocess_cfg", {}) or {}))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model, tokenizer, preprocess = _create(open_clip, arg, arch, "with random weights", pretrained=None,
+                                               pretrained_image=False, pretrained_text=False, **kwargs)
     info: dict[str, Any] = {"arch": arch, "pretrained": None, "checkpoint": None, "quick_gelu": kwargs["force_quick_gelu"],
                             "weights_from": f"random init (seed {seed})"}
     if config_sha:
@@ -730,29 +729,40 @@ def embedded_paths(name: str) -> tuple[Path, Path]:
     return ZOO_DIR / f"{name}.safetensors", ZOO_DIR / f"{name}.json"
 
 
-def _build_embedded(name: str) -> tuple[Any, Any, Any, dict[str, Any], dict[str, Any]]:
-    """``(clip_model, tokenizer, preprocess, info, config)`` of a shipped CLIP."""
-    from .clip_zoo import RemappedTokenizer, build_clip
+def _embedded_config(name: str) -> tuple[dict[str, Any], Any, str]:
+    """``(config, tokenizer, fix)`` of a shipped CLIP: its JSON config and its tokenizer (no weights read)."""
+    from .clip_zoo import RemappedTokenizer
 
     fix = f"re-run `{EMBEDDED_CLIPS[name]}` to re-create it, or reinstall pytest-qrel"
-    weights, config_path = embedded_paths(name)
+    _, config_path = embedded_paths(name)
     try:
         config = json.loads(config_path.read_text())
-        arch, tok_cfg, prep = config["architecture"], config["tokenizer"], config["preprocess"]
+        tok_cfg = config["tokenizer"]
+        config["architecture"], config["preprocess"]  # noqa: B018 - present, or the config is unreadable
+        kept_ids, context_length = tok_cfg["kept_ids"], int(tok_cfg["context_length"])
     except FileNotFoundError:
         raise ModelError(f"shipped CLIP config {config_path} is missing ({fix})") from None
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ModelError(f"shipped CLIP config {config_path} is unreadable: {err!r} ({fix})") from None
     try:
+        import open_clip  # noqa: F401
+    except ImportError:
+        raise ModelError(f"model 'open_clip:{name}' needs open_clip: `pip install open_clip_torch`") from None
+    return config, RemappedTokenizer(kept_ids, context_length), fix
+
+
+def _build_embedded(name: str) -> tuple[Any, Any, Any, dict[str, Any], dict[str, Any]]:
+    """``(clip_model, tokenizer, preprocess, info, config)`` of a shipped CLIP."""
+    from .clip_zoo import build_clip
+
+    weights, config_path = embedded_paths(name)
+    config, tokenizer, fix = _embedded_config(name)
+    arch, prep = config["architecture"], config["preprocess"]
+    try:
         stat = weights.stat()
     except FileNotFoundError:
         raise ModelError(f"shipped CLIP weights {weights} are missing ({fix})") from None
     state = _read_embedded_state(str(weights), stat.st_size, stat.st_mtime_ns, str(config.get("weights_file_sha256")), fix)
-    try:
-        import open_clip  # noqa: F401
-    except ImportError:
-        raise ModelError(f"model 'open_clip:{name}' needs open_clip: `pip install open_clip_torch`") from None
-    tokenizer = RemappedTokenizer(tok_cfg["kept_ids"], int(tok_cfg["context_length"]))
     try:
         model = build_clip(arch, init=False)
         model.load_state_dict(state, strict=True)
@@ -777,7 +787,7 @@ def shipped_clip_vocabulary(arg: str, class_names: list[str]) -> tuple[list[str]
     vocabulary (as prompt words) and its own class names; None for any other model (loads nothing)."""
     if arg not in EMBEDDED_CLIPS:
         return None
-    _, tokenizer, _, _, config = _build_embedded(arg)
+    config, tokenizer, _ = _embedded_config(arg)  # the tokenizer's vocabulary only: no weights read
     return tokenizer.unknown_words([prompt_name(c) for c in class_names]), list(config["class_names"])
 
 

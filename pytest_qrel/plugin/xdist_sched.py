@@ -147,6 +147,7 @@ class UnitScheduling:
         self.registered_collections: dict[Any, list[str]] = {}
         self.owner: dict[str, Any] = {}  # affinity group -> the node that took its first unit
         self.group: dict[str, str] = {}  # scope -> its affinity group
+        self.model: dict[str, str] = {}  # scope -> its model (model_of_scope)
         self.shared = False  # some group has several units
         self.current: dict[Any, str] = {}  # node -> the model of the unit it took last
 
@@ -225,13 +226,14 @@ class UnitScheduling:
         units: dict[str, WorkUnit] = {}
         for nodeid in self.collection:
             units.setdefault(unit_scope(nodeid, self.config), {})[nodeid] = False
+        self.model = {scope: model_of_scope(scope) for scope in units}
+        self.group = {scope: affinity_group(scope) for scope in units}
         if self.config.getoption("loadscopereorder", True):  # model by model, the larger units first within one
             rank: dict[str, int] = {}
             for scope in units:
-                rank.setdefault(model_of_scope(scope), len(rank))
-            units = dict(sorted(units.items(), key=lambda su: (rank[model_of_scope(su[0])], -len(su[1]))))
+                rank.setdefault(self.model[scope], len(rank))
+            units = dict(sorted(units.items(), key=lambda su: (rank[self.model[su[0]]], -len(su[1]))))
         self.workqueue.update(units)
-        self.group = {scope: affinity_group(scope) for scope in units}
         self.shared = len(set(self.group.values())) < len(self.group)
         for _ in range(len(self.nodes) - len(self.workqueue)):  # more workers than units
             unused, _work = self.assigned_work.popitem()
@@ -263,7 +265,7 @@ class UnitScheduling:
             owner = self.owner.get(self.group[scope])
             if owner is not node and owner is not None:
                 continue
-            if model_of_scope(scope) == current:
+            if self.model[scope] == current:
                 return scope
             if owner is node and owned is None:
                 owned = scope
@@ -275,7 +277,7 @@ class UnitScheduling:
         scope = self._next_scope(node)
         unit = self.workqueue.pop(scope)
         self.owner.setdefault(self.group[scope], node)
-        self.current[node] = model_of_scope(scope)
+        self.current[node] = self.model[scope]
         self.assigned_work[node][scope] = unit
         collection = self.registered_collections[node]
         node.send_runtest_some([collection.index(nodeid) for nodeid, done in unit.items() if not done])
