@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -70,6 +71,15 @@ def _json_key(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=str)
 
 
+@dataclass(frozen=True)
+class _SeenModel:
+    """What the loader keeps of a model after releasing its module."""
+
+    identity: dict[str, Any]  # what makes its outputs what they are (baselines, outputs cache)
+    code: str  # module_code_digest: the outputs-cache key only, not the baseline's identity
+    names: tuple[str, str]  # (suite name, model name), for the trace
+
+
 class Loader:
     """Models and datasets by content (source and options), loaded once; models can be released."""
 
@@ -79,9 +89,7 @@ class Loader:
             raise DeviceError(problem)
         self.device = device
         self._models: dict[str, Any] = {}
-        self._identities: dict[str, dict[str, Any]] = {}
-        self._code: dict[str, str] = {}
-        self._names: dict[str, tuple[str, str]] = {}  # model key -> (suite name, model name), for the trace
+        self._seen: dict[str, _SeenModel] = {}  # model key -> what stays known after the module is released
         self._datasets: dict[str, Any] = {}
         self._draws: dict[str, Any] = {}  # calibration_draw's, by set, samples, seed and draw
 
@@ -126,9 +134,7 @@ class Loader:
             except QrelError as exc:
                 raise exc.with_context(where) from None
             self._models[key] = loaded
-            self._identities[key] = self._identity(suite, name, loaded)
-            self._code[key] = module_code_digest(loaded.module)  # outputs-cache key only (not the baseline's identity)
-            self._names[key] = (suite.name, name)
+            self._seen[key] = _SeenModel(self._identity(suite, name, loaded), module_code_digest(loaded.module), (suite.name, name))
             trace("load", suite.name, name)
         return self._models[key]
 
@@ -150,16 +156,16 @@ class Loader:
     def identity(self, suite: Suite, name: str) -> dict[str, Any]:
         """What makes the model's outputs what they are (kept after the module is released)."""
         key, _ = self._model_key(suite, name)
-        if key not in self._identities:
+        if key not in self._seen:
             self.model(suite, name)
-        return self._identities[key]
+        return self._seen[key].identity
 
     def code(self, suite: Suite, name: str) -> str:
         """:func:`~pytest_qrel.fingerprint.module_code_digest` of the model (kept after the module is released)."""
         key, _ = self._model_key(suite, name)
-        if key not in self._code:
+        if key not in self._seen:
             self.model(suite, name)
-        return self._code[key]
+        return self._seen[key].code
 
     def release_model(self, suite: Suite, name: str) -> None:
         """Forget the loaded module (its identity stays): no unit of it is pending any more."""
@@ -175,7 +181,7 @@ class Loader:
         gone = [key for key in self._models if key not in kept]
         for key in gone:
             del self._models[key]
-            trace("release", *self._names[key])
+            trace("release", *self._seen[key].names)
         return len(gone)
 
     def live_models(self) -> int:
